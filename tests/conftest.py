@@ -1,0 +1,20 @@
+"""Shared fixtures: every test runs offline, with its own ZOO_HOME and catalog cache."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_zoo(tmp_path_factory, monkeypatch):
+    """A private store and cache directory per test; the process catalog is left as is."""
+    home = tmp_path_factory.mktemp("zoo_home")
+    monkeypatch.setenv("ZOO_HOME", str(home))
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(home / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield home

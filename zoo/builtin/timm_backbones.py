@@ -1,0 +1,195 @@
+"""Built-in plugin ``timm``: every timm architecture, its pretrained tags and input configs.
+
+Registered through the same hooks as any third-party plugin. Listing reads timm's registry of
+pretrained configs and builds no model. Building with ``pretrained=True`` first checks that the
+weights are cached locally or reachable, and fails within seconds otherwise (timm alone retries
+for most of a minute before a cryptic error).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from zoo.errors import WeightsUnavailableError
+from zoo.hookspecs import RegisterBackbone, hookimpl
+from zoo.specs import BackboneSpec, InputConfig, ParamGroup
+
+if TYPE_CHECKING:
+    from torch import nn
+
+PLUGIN_NAME = "timm"
+_HF_HOST = "huggingface.co"
+
+
+def _input_config(cfg: Any) -> InputConfig:
+    return InputConfig(
+        input_size=tuple(int(v) for v in cfg.input_size),
+        mean=tuple(float(v) for v in cfg.mean),
+        std=tuple(float(v) for v in cfg.std),
+        interpolation=str(cfg.interpolation or "bicubic"),
+        crop_pct=float(cfg.crop_pct or 0.875),
+        crop_mode=str(cfg.crop_mode or "center"),
+    )
+
+
+def _head_locator(cfg: Any) -> str | None:
+    classifier = getattr(cfg, "classifier", None)
+    if not classifier:
+        return None
+    if isinstance(classifier, (tuple, list)):
+        return ",".join(classifier)
+    return str(classifier)
+
+
+@hookimpl
+def zoo_register_backbones(register: RegisterBackbone) -> None:
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    module_of = {
+        arch: module for module in timm.list_modules() for arch in timm.list_models(module=module)
+    }
+    tagged: dict[str, list[str]] = {}
+    for full in timm.list_models(pretrained=True):
+        arch, _, tag = full.partition(".")
+        if tag:
+            tagged.setdefault(arch, []).append(tag)
+    for arch in timm.list_models():
+        cfg = get_pretrained_cfg(arch)
+        tags = tuple(tagged.get(arch, ()))
+        tag_configs: dict[str, InputConfig] = {}
+        for tag in tags:
+            tag_cfg = get_pretrained_cfg(f"{arch}.{tag}")
+            if tag_cfg is not None:
+                tag_configs[tag] = _input_config(tag_cfg)
+        if cfg is not None:
+            input_config = _input_config(cfg)
+            head = _head_locator(cfg)
+            num_classes = int(cfg.num_classes) if cfg.num_classes else None
+            paper = cfg.paper_name or cfg.description or ""
+        else:
+            input_config, head, num_classes, paper = InputConfig(), None, None, ""
+        family = module_of.get(arch, "")
+        summary = " — ".join(filter(None, (family.replace("_", " "), paper))) or arch
+        register(
+            BackboneSpec(
+                name=arch,
+                create=functools.partial(create_timm_model, arch),
+                summary=summary,
+                pretrained_tags=tags,
+                input_config=input_config,
+                tag_input_configs=tag_configs,
+                head=head,
+                num_classes=num_classes,
+                family=family,
+            )
+        )
+
+
+def create_timm_model(
+    arch: str, num_classes: int | None = None, pretrained: bool | str = False, **kwargs: Any
+) -> nn.Module:
+    """Build ``arch`` with timm; a tag string for ``pretrained`` picks those weights."""
+    import timm
+
+    name = arch
+    if isinstance(pretrained, str):
+        name = f"{arch}.{pretrained}"
+    if pretrained:
+        ensure_weights_available(name)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+
+
+# ---------------------------------------------------------------- pretrained weights, offline
+
+
+def _hf_cached(hub_id: str, filename: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    names = (
+        [filename]
+        if filename
+        else ["model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"]
+    )
+    return any(isinstance(try_to_load_from_cache(hub_id, n), str) for n in names)
+
+
+def _url_cached(url: str) -> bool:
+    from torch.hub import get_dir
+
+    return (Path(get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)).is_file()
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_weights_available(name: str) -> None:
+    """Raise :class:`~zoo.WeightsUnavailableError` quickly if ``name``'s weights can't be had."""
+    from timm.models import get_pretrained_cfg
+    from timm.models._builder import _resolve_pretrained_source
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        raise WeightsUnavailableError(f"timm has no pretrained weights for {name!r}")
+    load_from, location = _resolve_pretrained_source(cfg.to_dict())
+    if load_from in ("file", "local-dir", "state_dict"):
+        return
+    if load_from == "hf-hub":
+        hub_id, filename = location if isinstance(location, tuple) else (location, None)
+        if _hf_cached(hub_id, filename):
+            return
+        where, host = f"Hugging Face Hub repo {hub_id!r}", _HF_HOST
+    elif load_from == "url":
+        if _url_cached(location):
+            return
+        where, host = f"URL {location}", urlparse(location).hostname or ""
+    else:
+        raise WeightsUnavailableError(f"timm names no weight source for {name!r}")
+    offline = any(
+        os.environ.get(v, "").lower() in {"1", "true", "yes", "on"}
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ZOO_OFFLINE")
+    )
+    if not offline and _reachable(host):
+        return
+    reason = "offline mode is set (HF_HUB_OFFLINE)" if offline else f"{host} is unreachable"
+    raise WeightsUnavailableError(
+        f"pretrained weights for timm {name!r} are not cached locally and {reason}; "
+        f"they would come from the {where}. Ways out: pass weights='path/to/file.safetensors' "
+        "(zoo.create / --weights), populate the Hugging Face cache on a machine with network "
+        "(HF_HOME), or use pretrained=False."
+    )
+
+
+# ---------------------------------------------------------------- parameter groups
+
+
+@hookimpl(trylast=True)
+def zoo_param_groups(
+    model: nn.Module, backbone: BackboneSpec | None
+) -> Sequence[ParamGroup] | None:
+    """Groups from timm's ``group_matcher(coarse=True)``: stem, blocks/stages, head."""
+    from zoo.builtin.timm_groups import timm_param_groups
+
+    return timm_param_groups(model)
+
+
+@hookimpl
+def zoo_extra_metadata(model: nn.Module, backbone: BackboneSpec | None) -> Mapping[str, str] | None:
+    if backbone is None or backbone.plugin != PLUGIN_NAME:
+        return None
+    import timm
+
+    return {"timm.version": timm.__version__}

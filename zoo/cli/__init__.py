@@ -1,0 +1,1 @@
+"""The ``zoo`` command line: a thin rich edge over the Python API."""

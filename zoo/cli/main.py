@@ -1,0 +1,70 @@
+"""Entry point of the ``zoo`` command: parses arguments and dispatches to a command module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from zoo._version import __version__
+from zoo.cli import commands
+from zoo.cli.output import Output
+from zoo.errors import ZooError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _command_modules() -> list:
+    modules = [
+        importlib.import_module(f"{commands.__name__}.{info.name}")
+        for info in pkgutil.iter_modules(commands.__path__)
+        if not info.name.startswith("_")
+    ]
+    return sorted(modules, key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zoo",
+        description="A model zoo for transfer learning: backbones and freeze policies as plugins.",
+    )
+    parser.add_argument("--version", action="version", version=f"zoo {__version__}")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit non-zero when any plugin failed to load or raised (also ZOO_STRICT_PLUGINS=1)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _command_modules():
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``zoo`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
+    if args.strict:
+        os.environ["ZOO_STRICT_PLUGINS"] = "1"
+    out = Output(json_mode=getattr(args, "json", False))
+    try:
+        status = args.handler(args, out)
+    except ZooError as exc:
+        out.error(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return 130
+    return EXIT_OK if status is None else int(status)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Where the CLI writes: rich on stdout, errors and warnings on stderr, JSON when asked.
+
+Rich is used only here and in render functions, which return renderables and are tested on a
+``Console(file=StringIO())``. When stdout is not a terminal, rich writes plain text without
+colour codes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+class Output:
+    """The CLI's consoles. ``json_mode`` means stdout carries exactly one JSON document."""
+
+    def __init__(self, *, json_mode: bool = False, stdout: Any = None, stderr: Any = None) -> None:
+        from rich.console import Console
+
+        self.json_mode = json_mode
+        self.console = Console(file=stdout or sys.stdout, highlight=False, soft_wrap=False)
+        self.err = Console(file=stderr or sys.stderr, highlight=False, soft_wrap=True)
+
+    def print(self, *renderables: Any) -> None:
+        """Print renderables; plain :class:`~rich.text.Text` blocks are never re-wrapped."""
+        from rich.text import Text
+
+        soft = all(isinstance(r, Text) for r in renderables)
+        self.console.print(*renderables, soft_wrap=soft)
+
+    def json(self, data: Any) -> None:
+        """Print ``data`` as indented JSON (plain, never coloured)."""
+        self.console.file.write(json.dumps(data, indent=2, default=str) + "\n")
+        self.console.file.flush()
+
+    def error(self, message: str) -> None:
+        self.err.print(f"[bold red]error:[/] {_escape(message)}")
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"[yellow]warning:[/] {_escape(message)}")
+
+    def info(self, message: str) -> None:
+        self.err.print(_escape(message))
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def bar(fraction: float, width: int = 20, *, on: str = "█", off: str = "░") -> str:
+    """A text bar ``fraction`` full (clamped to 0..1)."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    filled = round(fraction * width)
+    return on * filled + off * (width - filled)
+
+
+def human_count(n: float) -> str:
+    """1234567 -> '1.23M' (parameter counts)."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def human_bytes(n: float) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"

@@ -1,0 +1,141 @@
+"""Every error zoo raises, in one hierarchy.
+
+All derive from :class:`ZooError`, so ``except zoo.ZooError`` catches anything zoo reports on
+purpose. The CLI prints a ``ZooError`` as one clear message and exits non-zero; anything else is
+a bug. Errors that are also a classic Python category (a missing key, a bad value) inherit from
+that builtin too, so existing ``except KeyError`` code keeps working.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ZooError(Exception):
+    """Base class of every error zoo raises on purpose."""
+
+
+# ---------------------------------------------------------------- names and the catalog
+
+
+class UnknownNameError(ZooError, KeyError):
+    """A backbone, policy, plugin or stored model name that does not resolve."""
+
+    def __init__(self, kind: str, name: str, candidates: Iterable[str] = ()) -> None:
+        self.kind = kind
+        self.name = name
+        self.suggestions = suggest(name, candidates)
+        message = f"unknown {kind} {name!r}"
+        if self.suggestions:
+            message += "; did you mean " + ", ".join(repr(s) for s in self.suggestions) + "?"
+        super().__init__(message)
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class AmbiguousNameError(ZooError, KeyError):
+    """A bare name that more than one plugin registers; qualify it as ``plugin:name``."""
+
+    def __init__(self, kind: str, name: str, candidates: Iterable[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.candidates = sorted(candidates)
+        super().__init__(
+            f"{kind} name {name!r} is ambiguous: it is registered by several plugins; "
+            f"use one of {', '.join(self.candidates)}"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SpecError(ZooError, ValueError):
+    """A plugin registered something invalid (bad spec, duplicate name)."""
+
+
+class PluginError(ZooError):
+    """A plugin failed to import or raised inside a hook (raised only in strict mode)."""
+
+
+# ---------------------------------------------------------------- models and weights
+
+
+class WeightsUnavailableError(ZooError, RuntimeError):
+    """Pretrained weights are not in any local cache and cannot be downloaded."""
+
+
+class WeightsMismatchError(ZooError, ValueError):
+    """A state dict does not fit a model: missing, unexpected or wrongly shaped tensors."""
+
+
+# ---------------------------------------------------------------- policies and plans
+
+
+class PolicyArgumentError(ZooError, ValueError):
+    """A policy got an unknown argument, a value of the wrong type or one out of range."""
+
+
+class PlanError(ZooError, ValueError):
+    """A plan does not fit the model (unknown parameter names, a bad value)."""
+
+
+# ---------------------------------------------------------------- files and the store
+
+
+class StoreError(ZooError):
+    """A problem with the model store."""
+
+
+class InvalidNameError(StoreError, ValueError):
+    """A store name that breaks a naming rule; the message names the rule."""
+
+
+class ModelExistsError(StoreError, FileExistsError):
+    """Saving would replace an existing model and ``overwrite=True`` was not given."""
+
+
+class ModelNotFoundError(StoreError, UnknownNameError):
+    """No model is stored under that name."""
+
+
+class LockTimeoutError(StoreError, TimeoutError):
+    """Another process holds the lock of a store entry for too long."""
+
+
+class CorruptFileError(ZooError, ValueError):
+    """A saved file that cannot be read: truncated, malformed header, wrong types."""
+
+
+class TamperedFileError(CorruptFileError):
+    """A saved file whose content no longer matches the hash recorded when it was written."""
+
+
+class BaseMismatchError(ZooError, ValueError):
+    """A delta whose base weights differ from the ones it was trained from."""
+
+
+# ---------------------------------------------------------------- data and training
+
+
+class DataError(ZooError, ValueError):
+    """Training data that cannot be used: an empty folder, a class without images."""
+
+
+def suggest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    """Close matches for ``name`` among ``candidates`` (qualified or bare), best first."""
+    pool = sorted(set(candidates))
+    if not pool:
+        return []
+    bare_to_full: dict[str, list[str]] = {}
+    for candidate in pool:
+        bare_to_full.setdefault(candidate.split(":", 1)[-1], []).append(candidate)
+    target = name.split(":", 1)[-1]
+    close = difflib.get_close_matches(target, list(bare_to_full), n=n, cutoff=0.6)
+    found: list[str] = []
+    for bare in close:
+        found.extend(bare_to_full[bare])
+    if not found:
+        found = [c for c in pool if target and target.lower() in c.lower()]
+    return found[:n]

@@ -1,0 +1,308 @@
+"""What ``zoo list`` and ``zoo plugins`` show, cached on disk so a warm listing skips imports.
+
+A :class:`Listing` is the catalog as plain data: every backbone and policy, and every plugin
+record with its errors. Building it imports every plugin (timm alone takes seconds); the cached
+copy is keyed by a fingerprint of everything that can change it — zoo's version, the installed
+entry points with their distributions' versions, the versions of what those distributions
+require, and the modification times of the plugin modules — computed from package metadata
+without importing any plugin. Installing, upgrading, removing or editing a plugin changes the
+key, so the cache is never stale; a damaged cache file is ignored and rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as importlib_metadata
+import importlib.util
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zoo._version import __version__
+from zoo.catalog import filter_backbone_names, matches
+from zoo.plugins import (
+    BUILTIN_PLUGINS,
+    DISABLE_AUTOLOAD_ENV,
+    PluginRecord,
+    discover_entry_points,
+    env_flag,
+)
+
+if TYPE_CHECKING:
+    from zoo.catalog import Catalog
+
+LISTING_FORMAT = 1
+CACHE_ENV = "ZOO_CACHE_DIR"
+NO_CACHE_ENV = "ZOO_NO_CACHE"
+_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    plugin: str
+    name: str
+    summary: str
+    tags: tuple[str, ...]
+    input: dict[str, Any]
+    head: str | None = None
+    num_classes: int | None = None
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.plugin}:{self.name}"
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    plugin: str
+    name: str
+    summary: str
+    args: tuple[dict[str, Any], ...] = ()
+    schedule: bool = False
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.plugin}:{self.name}"
+
+
+@dataclass
+class Listing:
+    """The catalog as data: what listing commands render, and what the disk cache holds."""
+
+    backbones: list[BackboneEntry]
+    policies: list[PolicyEntry]
+    plugins: list[PluginRecord]
+    key: str = ""
+    from_cache: bool = field(default=False, compare=False)
+
+    @property
+    def problems(self) -> list[tuple[PluginRecord, str]]:
+        return [(p, e) for p in sorted(self.plugins, key=lambda p: p.name) for e in p.errors]
+
+    def find_backbones(
+        self,
+        pattern: str | None = None,
+        *,
+        pretrained: bool | None = None,
+        plugin: str | None = None,
+    ) -> list[BackboneEntry | tuple[BackboneEntry, str]]:
+        """Entries matching; with ``pretrained=True`` one ``(entry, tag)`` per pretrained tag."""
+        by_name = {b.qualified_name: b for b in self.backbones if plugin in (None, b.plugin)}
+        names = filter_backbone_names(
+            ((q, b.tags) for q, b in by_name.items()), pattern, pretrained
+        )
+        if pretrained:
+            found: list[Any] = []
+            for full in names:
+                qualified, _, tag = full.rpartition(".")
+                found.append((by_name[qualified], tag))
+            return found
+        return [by_name[n] for n in names]
+
+    def find_policies(
+        self, pattern: str | None = None, *, plugin: str | None = None
+    ) -> list[PolicyEntry]:
+        return [
+            p
+            for p in self.policies
+            if plugin in (None, p.plugin) and matches(pattern, p.qualified_name)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": LISTING_FORMAT,
+            "key": self.key,
+            "backbones": [asdict(b) for b in self.backbones],
+            "policies": [asdict(p) for p in self.policies],
+            "plugins": [p.to_dict() for p in self.plugins],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Listing:
+        if data.get("format") != LISTING_FORMAT:
+            raise ValueError("listing format changed")
+        return cls(
+            backbones=[BackboneEntry(**{**b, "tags": tuple(b["tags"])}) for b in data["backbones"]],
+            policies=[PolicyEntry(**{**p, "args": tuple(p["args"])}) for p in data["policies"]],
+            plugins=[PluginRecord.from_dict(p) for p in data["plugins"]],
+            key=data["key"],
+        )
+
+
+def listing_from_catalog(catalog: Catalog, key: str = "") -> Listing:
+    backbones = [
+        BackboneEntry(
+            plugin=s.plugin,
+            name=s.name,
+            summary=s.summary,
+            tags=tuple(s.pretrained_tags),
+            input=s.input_config.to_dict(),
+            head=s.head,
+            num_classes=s.num_classes,
+        )
+        for s in catalog.backbones
+    ]
+    policies = [
+        PolicyEntry(
+            plugin=s.plugin,
+            name=s.name,
+            summary=s.summary,
+            args=tuple(a.to_dict() for a in s.args),
+            schedule=s.schedule,
+        )
+        for s in catalog.policies
+    ]
+    plugins = sorted(catalog.host.records.values(), key=lambda r: r.name)
+    return Listing(backbones, policies, plugins, key=key)
+
+
+# ---------------------------------------------------------------- the fingerprint
+
+
+def _module_stamp(module: str, *, whole_package: bool = True) -> str:
+    """Newest mtime of a module's files, found without importing it ("-" if missing).
+
+    ``whole_package`` stamps every file of the module's top-level package (a plugin's own
+    package); otherwise only the module itself (a built-in plugin inside zoo).
+    """
+    name = module.split(":", 1)[0].strip()
+    top = name.split(".", 1)[0] if whole_package else name
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return "-"
+    if spec is None:
+        return "-"
+    paths = []
+    for location in spec.submodule_search_locations or ([spec.origin] if spec.origin else []):
+        path = Path(location)
+        if path.is_dir():
+            paths.extend(p for p in path.rglob("*.py"))
+        else:
+            paths.append(path)
+    stamps = []
+    for path in paths:
+        try:
+            stamps.append(path.stat().st_mtime_ns)
+        except OSError:
+            continue
+    return f"{max(stamps, default=0)}:{len(stamps)}"
+
+
+def _requirement_versions(distribution: str) -> list[str]:
+    try:
+        requires = importlib_metadata.requires(distribution) or []
+    except importlib_metadata.PackageNotFoundError:
+        return []
+    found = []
+    for requirement in requires:
+        if "extra ==" in requirement or "extra==" in requirement:
+            continue
+        match = _REQ_NAME.match(requirement)
+        if not match:
+            continue
+        name = match.group(1)
+        try:
+            found.append(f"{name}=={importlib_metadata.version(name)}")
+        except importlib_metadata.PackageNotFoundError:
+            found.append(f"{name}==missing")
+    return sorted(found)
+
+
+def listing_key() -> str:
+    """A fingerprint of everything the listing depends on; reads metadata, imports nothing."""
+    parts: list[str] = [f"zoo=={__version__}", f"format={LISTING_FORMAT}"]
+    parts += _requirement_versions("zoo-transfer")
+    parts += [
+        f"builtin {name} {_module_stamp(module, whole_package=False)}"
+        for name, module in BUILTIN_PLUGINS
+    ]
+    autoload = not env_flag(DISABLE_AUTOLOAD_ENV)
+    parts.append(f"autoload={autoload}")
+    if autoload:
+        for source in discover_entry_points():
+            parts.append(
+                f"ep {source.name}={source.value} {source.distribution}=={source.version} "
+                f"{_module_stamp(source.value)}"
+            )
+            if source.distribution:
+                parts += _requirement_versions(source.distribution)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- the cache
+
+
+def cache_dir() -> Path:
+    """``$ZOO_CACHE_DIR``, else ``$XDG_CACHE_HOME/zoo``, else ``~/.cache/zoo``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "zoo"
+
+
+def _cache_path(key: str) -> Path:
+    return cache_dir() / f"listing-{key[:24]}.json"
+
+
+def _read_cache(key: str) -> Listing | None:
+    try:
+        data = json.loads(_cache_path(key).read_text(encoding="utf-8"))
+        listing = Listing.from_dict(data)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if listing.key != key:
+        return None
+    listing.from_cache = True
+    return listing
+
+
+def _write_cache(listing: Listing) -> None:
+    """Write atomically; remove older listings. A cache that cannot be written is skipped."""
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".listing-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(listing.to_dict(), fh)
+            target = _cache_path(listing.key)
+            os.replace(tmp, target)
+        except BaseException:
+            with _suppress_oserror():
+                os.unlink(tmp)
+            raise
+        for old in directory.glob("listing-*.json"):
+            if old != target:
+                with _suppress_oserror():
+                    old.unlink()
+    except OSError:
+        return
+
+
+class _suppress_oserror:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        return exc_type is not None and issubclass(exc_type, OSError)
+
+
+def get_listing(*, use_cache: bool = True) -> Listing:
+    """The listing, from the disk cache when its key matches, else built and cached."""
+    use_cache = use_cache and not env_flag(NO_CACHE_ENV)
+    key = listing_key()
+    if use_cache:
+        cached = _read_cache(key)
+        if cached is not None:
+            return cached
+    from zoo.api import get_catalog
+
+    listing = listing_from_catalog(get_catalog(strict=False), key=key)
+    if use_cache:
+        _write_cache(listing)
+    return listing

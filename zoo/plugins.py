@@ -1,0 +1,263 @@
+"""Finding, loading and calling plugins, one at a time, so that one broken plugin hurts nobody.
+
+:func:`make_plugin_host` builds a :class:`PluginHost`: a pluggy manager with zoo's hookspecs, the
+built-in plugins registered through the same call a third-party plugin goes through, and every
+entry point of the group ``zoo.plugins`` loaded on its own. A plugin that fails to import, has a
+misspelled hook or a wrong signature, or raises inside a hook, is recorded on its
+:class:`PluginRecord` and skipped; the rest keep working. Nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as importlib_metadata
+import os
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from zoo import hookspecs
+from zoo.errors import PluginError, suggest
+
+DISABLE_AUTOLOAD_ENV = "ZOO_DISABLE_PLUGIN_AUTOLOAD"
+STRICT_ENV = "ZOO_STRICT_PLUGINS"
+
+#: Built-in plugins: (plugin name, module). They are registered exactly like entry points.
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("timm", "zoo.builtin.timm_backbones"),
+    ("zoo", "zoo.builtin.standard_policies"),
+)
+
+
+def env_flag(name: str) -> bool:
+    """True when the environment variable is set to a truthy value (1, true, yes, on)."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass
+class PluginRecord:
+    """What zoo knows about one plugin: where it came from, what it did, what went wrong."""
+
+    name: str
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    builtin: bool = False
+    hooks: list[str] = field(default_factory=list)
+    backbones: int = 0
+    policies: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "distribution": self.distribution,
+            "version": self.version,
+            "builtin": self.builtin,
+            "hooks": list(self.hooks),
+            "backbones": self.backbones,
+            "policies": self.policies,
+            "errors": list(self.errors),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PluginRecord:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class PluginSource:
+    """An entry point of the group ``zoo.plugins``, described without importing it."""
+
+    name: str
+    value: str
+    distribution: str | None
+    version: str | None
+
+
+def discover_entry_points(group: str = hookspecs.ENTRY_POINT_GROUP) -> list[PluginSource]:
+    """Every installed entry point of ``group``, sorted by (name, distribution), not imported."""
+    found = []
+    for ep in importlib_metadata.entry_points(group=group):
+        dist = getattr(ep, "dist", None)
+        dist_name = dist.metadata["Name"] if dist is not None else None
+        version = dist.version if dist is not None else None
+        found.append(PluginSource(ep.name, ep.value, dist_name, version))
+    return sorted(set(found), key=lambda s: (s.name, s.distribution or "", s.value))
+
+
+def _load_object(value: str) -> Any:
+    """Load ``module`` or ``module:attr.path`` like an entry point does."""
+    module_name, _, attrs = value.partition(":")
+    obj: Any = importlib.import_module(module_name.strip())
+    for attr in filter(None, attrs.strip().split(".")):
+        obj = getattr(obj, attr)
+    return obj
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SyntaxError) and exc.filename:
+        text = f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    return text
+
+
+class PluginHost:
+    """A pluggy manager plus a record per plugin; calls hooks one plugin at a time."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.records: dict[str, PluginRecord] = {}
+
+    # ------------------------------------------------------------ registration
+
+    def add(self, plugin: object, record: PluginRecord) -> bool:
+        """Register ``plugin`` under ``record.name``; on failure record why and return False."""
+        if record.name in self.records:
+            other = self.records[record.name]
+            record.errors.append(
+                f"plugin name {record.name!r} is already taken by "
+                f"{other.distribution or other.module}; this one is ignored"
+            )
+            self.records[f"{record.name}@{record.distribution or record.module}"] = record
+            return False
+        self.records[record.name] = record
+        try:
+            self.pm.register(plugin, name=record.name)
+        except Exception as exc:  # pluggy.PluginValidationError, ValueError
+            record.errors.append(f"invalid plugin: {_describe(exc)}")
+            return False
+        record.hooks = sorted(
+            caller.name for caller in self.pm.get_hookcallers(plugin) or () if caller.name
+        )
+        for attr in sorted(dir(plugin)):
+            if attr.startswith("zoo_") and attr not in hookspecs.HOOK_NAMES:
+                close = suggest(attr, hookspecs.HOOK_NAMES, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                record.errors.append(f"unknown hook {attr!r}{hint}; it is never called")
+        return True
+
+    def add_module(self, name: str, value: str, **info: Any) -> bool:
+        """Import ``value`` (``module`` or ``module:attr``) and register it as plugin ``name``."""
+        record = PluginRecord(name=name, module=value, **info)
+        try:
+            plugin = _load_object(value)
+        except BaseException as exc:  # a plugin's import may even call sys.exit
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            record.errors.append(f"failed to import {value!r}: {_describe(exc)}")
+            self.records.setdefault(name, record)
+            if self.records[name] is not record:
+                self.records[f"{name}@{record.distribution or value}"] = record
+            return False
+        return self.add(plugin, record)
+
+    # ------------------------------------------------------------ calling hooks
+
+    def _impls(self, hook_name: str) -> list[pluggy.HookImpl]:
+        """Implementations in pluggy's call order (tryfirst … trylast, later-registered first)."""
+        caller = getattr(self.pm.hook, hook_name)
+        return [impl for impl in reversed(caller.get_hookimpls()) if not impl.hookwrapper]
+
+    def call_each(
+        self, hook_name: str, kwargs_for: Callable[[str], dict[str, Any]]
+    ) -> Iterator[tuple[str, Any]]:
+        """Call every implementation of ``hook_name``, isolating failures.
+
+        ``kwargs_for(plugin_name)`` gives each plugin its own arguments (a ``register`` bound to
+        it). Yields ``(plugin_name, result)``; a plugin that raises is recorded and skipped.
+        """
+        for impl in self._impls(hook_name):
+            kwargs = kwargs_for(impl.plugin_name)
+            try:
+                result = impl.function(*(kwargs[arg] for arg in impl.argnames))
+            except Exception as exc:
+                self.record_error(impl.plugin_name, f"{hook_name} raised {_describe(exc)}", exc)
+                continue
+            yield impl.plugin_name, result
+
+    def call_first(self, hook_name: str, **kwargs: Any) -> tuple[str, Any] | None:
+        """``firstresult`` semantics with isolation: the first non-None ``(plugin, result)``."""
+        for plugin_name, result in self.call_each(hook_name, lambda _name: kwargs):
+            if result is not None:
+                return plugin_name, result
+        return None
+
+    def record_error(
+        self, plugin_name: str, message: str, exc: BaseException | None = None
+    ) -> None:
+        record = self.records.get(plugin_name)
+        if record is None:
+            record = self.records[plugin_name] = PluginRecord(plugin_name, module="?")
+        if exc is not None and env_flag("ZOO_DEBUG"):
+            message += "\n" + "".join(traceback.format_exception(exc))
+        if message not in record.errors:
+            record.errors.append(message)
+
+    # ------------------------------------------------------------ problems
+
+    @property
+    def problems(self) -> list[tuple[PluginRecord, str]]:
+        """Every recorded plugin error, sorted by plugin name."""
+        return [
+            (record, error)
+            for _key, record in sorted(self.records.items())
+            for error in record.errors
+        ]
+
+    def raise_if_problems(self) -> None:
+        """Strict mode: turn recorded plugin errors into one :class:`PluginError`."""
+        problems = self.problems
+        if problems:
+            lines = [f"{format_origin(r)}: {e}" for r, e in problems]
+            raise PluginError("plugin problems (strict mode):\n  " + "\n  ".join(lines))
+
+
+def format_origin(record: PluginRecord) -> str:
+    """``name (distribution version)``: how messages name a plugin."""
+    if record.builtin:
+        return f"{record.name} (built-in)"
+    if record.distribution:
+        return f"{record.name} ({record.distribution} {record.version or ''})".replace(" )", ")")
+    return f"{record.name} ({record.module})"
+
+
+def make_plugin_host(
+    *,
+    autoload: bool | None = None,
+    builtins: bool = True,
+    extra: Mapping[str, object] | None = None,
+) -> PluginHost:
+    """Build a plugin host: built-ins, then installed entry points, then ``extra`` objects.
+
+    ``autoload=None`` loads entry points unless ``ZOO_DISABLE_PLUGIN_AUTOLOAD`` is set.
+    ``extra`` maps plugin names to plugin objects (modules, classes, instances) to register too,
+    as tests and notebooks do.
+    """
+    from zoo._version import __version__
+
+    host = PluginHost()
+    if builtins:
+        for name, module in BUILTIN_PLUGINS:
+            host.add_module(
+                name, module, builtin=True, distribution="zoo-transfer", version=__version__
+            )
+    if autoload is None:
+        autoload = not env_flag(DISABLE_AUTOLOAD_ENV)
+    if autoload:
+        for source in discover_entry_points():
+            host.add_module(
+                source.name, source.value, distribution=source.distribution, version=source.version
+            )
+    for name, plugin in (extra or {}).items():
+        host.add(plugin, PluginRecord(name=name, module=getattr(plugin, "__name__", repr(plugin))))
+    return host
