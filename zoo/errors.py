@@ -81,6 +81,10 @@ class PlanError(ZooError, ValueError):
     """A plan does not fit the model (unknown parameter names, a bad value)."""
 
 
+class FreezeViolationError(ZooError, AssertionError):
+    """A frozen parameter or a fixed norm statistic changed (see ``zoo.check_frozen``)."""
+
+
 # ---------------------------------------------------------------- files and the store
 
 

@@ -300,9 +300,12 @@ def get_listing(*, use_cache: bool = True) -> Listing:
         cached = _read_cache(key)
         if cached is not None:
             return cached
-    from zoo.api import get_catalog
+    from zoo.api import set_catalog
+    from zoo.catalog import build_catalog
 
-    listing = listing_from_catalog(get_catalog(strict=False), key=key)
+    catalog = build_catalog()  # fresh: plugins may have changed since the process catalog
+    set_catalog(catalog)
+    listing = listing_from_catalog(catalog, key=key)
     if use_cache:
         _write_cache(listing)
     return listing

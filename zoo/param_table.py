@@ -89,11 +89,13 @@ class ParamTable:
     backbone: str | None = None
     model_type: str = ""
     grouped_by: str = ""
+    notes: tuple[str, ...] = ()
     _index: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", tuple(self.rows))
         object.__setattr__(self, "norms", tuple(self.norms))
+        object.__setattr__(self, "notes", tuple(self.notes))
         self._index.update({row.name: i for i, row in enumerate(self.rows)})
 
     # ------------------------------------------------------------ access
@@ -147,8 +149,20 @@ class ParamTable:
         return [row for row in self.rows if row.role in roles]
 
     def head(self) -> list[ParamInfo]:
-        """The rows of the head: the parameters at ``max_depth``."""
-        return self.at_depth(self.max_depth)
+        """The rows of the head: the parameters at ``max_depth``, when that group is the head.
+
+        Empty when the model has no head parameters (a classifier removed with
+        ``num_classes=0``): then the deepest group is a body stage, not a head.
+        """
+        rows = self.at_depth(self.max_depth)
+        if any(r.group == "head" or r.role == "head" for r in rows):
+            return rows
+        return []
+
+    @property
+    def depths(self) -> list[int]:
+        """The depths present, in order (``0`` … ``max_depth``)."""
+        return sorted({row.depth for row in self.rows})
 
     def depth_summary(self) -> list[DepthSummary]:
         """One :class:`DepthSummary` per depth, in depth order."""
@@ -179,6 +193,7 @@ class ParamTable:
             "backbone": self.backbone,
             "model_type": self.model_type,
             "grouped_by": self.grouped_by,
+            "notes": list(self.notes),
             "max_depth": self.max_depth,
             "total_numel": self.total_numel,
             "trainable_numel": self.trainable_numel,
@@ -195,6 +210,7 @@ class ParamTable:
             backbone=data.get("backbone"),
             model_type=data.get("model_type", ""),
             grouped_by=data.get("grouped_by", ""),
+            notes=tuple(data.get("notes", ())),
         )
 
     def to_json(self, **kwargs: Any) -> str:

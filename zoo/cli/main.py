@@ -13,6 +13,7 @@ from zoo._version import __version__
 from zoo.cli import commands
 from zoo.cli.output import Output
 from zoo.errors import ZooError
+from zoo.plugins import STRICT_ENV
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -52,8 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_OK
+    previous_strict = os.environ.get(STRICT_ENV)
     if args.strict:
-        os.environ["ZOO_STRICT_PLUGINS"] = "1"
+        os.environ[STRICT_ENV] = "1"
     out = Output(json_mode=getattr(args, "json", False))
     try:
         status = args.handler(args, out)
@@ -63,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         out.error("interrupted")
         return 130
+    finally:
+        if previous_strict is None:
+            os.environ.pop(STRICT_ENV, None)
+        else:
+            os.environ[STRICT_ENV] = previous_strict
     return EXIT_OK if status is None else int(status)
 
 

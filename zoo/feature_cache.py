@@ -1,0 +1,208 @@
+"""Fast linear probes: compute the frozen part of a model once, train the head on the features.
+
+When a plan trains only the head and the training images are not randomly augmented, every
+epoch would push the same images through the same frozen backbone. Instead, zoo runs the
+backbone once, keeps what enters the trained part, and trains that part alone on the cached
+tensors: the same computation, many times faster.
+
+How the cut is found (the generic way, for any ``nn.Module``): the *trained module* is the
+deepest sub-module that holds every trainable parameter (for timm models with a linear-probe
+plan this is the classifier, ``fc`` / ``head`` / ``head.fc``). A forward pre-hook captures its
+input and a forward hook its output. The cut is accepted only when, on the first batch, the
+module runs exactly once, takes a single tensor, and its output *is* the model's output
+(checked numerically) — so nothing after the head (a distillation average, a second head) is
+lost. Otherwise :class:`CacheUnsupported` says why and adapt falls back to the plain loop. For
+timm this is equivalent to ``forward_head(forward_features(x), pre_logits=True)`` followed by
+the classifier, but it also covers heads that hold more than a linear layer (ConvNeXt's
+``head.norm``) and models that are not timm models.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+MAX_BYTES_ENV = "ZOO_FEATURE_CACHE_MAX_BYTES"
+DEFAULT_MAX_BYTES = 4 << 30
+
+
+class CacheUnsupported(Exception):
+    """The feature cache cannot stand in for the plain loop on this model; the message says why."""
+
+
+def trained_module_path(model: nn.Module) -> str | None:
+    """Dotted path of the deepest sub-module holding every trainable parameter.
+
+    ``None`` when nothing trains, or only the model itself holds them all (the backbone
+    trains: no cut is possible).
+    """
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not names:
+        return None
+    owners = [n.rsplit(".", 1)[0] if "." in n else "" for n in names]
+    common = owners[0].split(".") if owners[0] else []
+    for owner in owners[1:]:
+        parts = owner.split(".") if owner else []
+        i = 0
+        while i < min(len(common), len(parts)) and common[i] == parts[i]:
+            i += 1
+        common = common[:i]
+    path = ".".join(common)
+    if not path:
+        return None
+    # the common prefix of parameter owners is itself a module
+    model.get_submodule(path)
+    return path
+
+
+def max_cache_bytes() -> int:
+    """The largest feature cache zoo builds (``ZOO_FEATURE_CACHE_MAX_BYTES``, default 4 GiB)."""
+    value = os.environ.get(MAX_BYTES_ENV, "")
+    try:
+        return int(value) if value else DEFAULT_MAX_BYTES
+    except ValueError:
+        return DEFAULT_MAX_BYTES
+
+
+@dataclass
+class CachedFeatures:
+    """What enters the trained module for each image, with the labels, on one device."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.element_size() * self.features.nelement()
+
+    def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Mini-batches of ``(features, labels)``, reshuffled on every call when ``shuffle``."""
+        n = len(self)
+        if shuffle:
+            order = torch.randperm(n, generator=generator).to(self.labels.device)
+        else:
+            order = torch.arange(n, device=self.labels.device)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            yield self.features[idx], self.labels[idx]
+
+    def num_batches(self, batch_size: int) -> int:
+        return (len(self) + batch_size - 1) // batch_size
+
+
+class _Capture:
+    """Hooks on the trained module that record its input (and output on the first batch)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.inputs: list[torch.Tensor] = []
+        self.outputs: list[Any] = []
+        self.bad_call: str | None = None
+        self.keep_output = True
+        self._handles = [
+            module.register_forward_pre_hook(self._pre, with_kwargs=True),
+            module.register_forward_hook(self._post),
+        ]
+
+    def _pre(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+            self.bad_call = "it is called with more than one tensor argument"
+        elif args:
+            self.inputs.append(args[0].detach())
+
+    def _post(self, _module: nn.Module, _args: Any, output: Any) -> None:
+        if self.keep_output:
+            self.outputs.append(output)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _first_tensor(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise CacheUnsupported("the data loader does not yield (images, labels) batches")
+
+
+def extract_features(
+    model: nn.Module,
+    module_path: str,
+    batches: Iterable[Any],
+    *,
+    device: torch.device,
+    total: int | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    max_bytes: int | None = None,
+) -> CachedFeatures:
+    """Run ``model`` once over ``batches`` (eval mode, no grad); keep the trained module's input.
+
+    Raises :class:`CacheUnsupported` when the cut is not exact (see the module docstring) or
+    the cache would exceed ``max_bytes`` (default :func:`max_cache_bytes`).
+    """
+    module = model.get_submodule(module_path)
+    limit = max_cache_bytes() if max_bytes is None else max_bytes
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    capture = _Capture(module)
+    feats: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(batches):
+                images, targets = _first_tensor(batch)
+                images = images.to(device, non_blocking=True)
+                capture.inputs.clear()
+                capture.outputs.clear()
+                capture.keep_output = i == 0
+                output = model(images)
+                if capture.bad_call:
+                    raise CacheUnsupported(f"the trained module {module_path!r}: {capture.bad_call}")
+                if len(capture.inputs) != 1:
+                    raise CacheUnsupported(
+                        f"the trained module {module_path!r} runs {len(capture.inputs)} times "
+                        "per forward pass"
+                    )
+                if i == 0:
+                    _check_output_is_model_output(module_path, capture.outputs, output)
+                    per_image = capture.inputs[0][0].nelement() * capture.inputs[0].element_size()
+                    if total is not None and per_image * total * images.shape[0] > limit:
+                        raise CacheUnsupported(
+                            f"the cache would take about {per_image * total * images.shape[0]:,} "
+                            f"bytes, more than {limit:,} ({MAX_BYTES_ENV})"
+                        )
+                feats.append(capture.inputs[0])
+                labels.append(targets.to(device))
+                if progress is not None:
+                    progress(i + 1, total)
+    finally:
+        capture.close()
+        for m, flag in was_training.items():
+            m.training = flag
+    if not feats:
+        raise CacheUnsupported("the data loader yielded no batches")
+    cached = CachedFeatures(torch.cat(feats), torch.cat(labels).long())
+    if cached.nbytes > limit:
+        raise CacheUnsupported(f"the cache takes {cached.nbytes:,} bytes, more than {limit:,}")
+    return cached
+
+
+def _check_output_is_model_output(path: str, outputs: list[Any], model_output: Any) -> None:
+    if len(outputs) != 1 or not isinstance(outputs[0], torch.Tensor):
+        raise CacheUnsupported(f"the trained module {path!r} does not return one tensor")
+    if not isinstance(model_output, torch.Tensor):
+        raise CacheUnsupported("the model does not return a tensor of logits")
+    out = outputs[0]
+    if out.shape != model_output.shape or not torch.allclose(out, model_output, atol=1e-5,
+                                                             rtol=1e-4):
+        raise CacheUnsupported(
+            f"the output of {path!r} is not the model's output (something runs after it)"
+        )

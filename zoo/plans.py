@@ -1,0 +1,683 @@
+"""Plans: what trains, at which learning-rate scale, and how each normalization layer behaves.
+
+A :class:`Plan` is pure data. For every parameter it holds a :class:`ParamPlan` (trained or
+frozen, an lr scale, whether weight decay applies); for every normalization layer a
+:class:`NormMode`. :func:`plan` computes one by running a freeze policy on a
+:class:`~zoo.ParamTable`, without touching the model; :func:`zoo.freeze` applies it.
+
+A plan serializes to a compact dict (:meth:`Plan.to_dict`), small enough for a saved file's
+metadata, and back (:meth:`Plan.from_dict`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from zoo.errors import PlanError, PolicyArgumentError, UnknownNameError, ZooError, suggest
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from zoo.param_table import NormInfo, ParamInfo, ParamTable
+    from zoo.specs import PolicySpec
+
+PLAN_FORMAT = 1
+NO_DECAY_ROLES = frozenset({"bias", "norm", "embedding"})
+
+
+class NormMode(str, Enum):
+    """How a normalization layer behaves while the model trains.
+
+    ``train``: batch statistics in train mode, running statistics update, affine as planned.
+    ``frozen-stats``: always in eval mode (running statistics used and fixed), affine trainable
+    as planned. ``frozen``: eval mode and affine frozen. Applied modes survive ``model.train()``.
+    """
+
+    TRAIN = "train"
+    FROZEN_STATS = "frozen-stats"
+    FROZEN = "frozen"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def coerce(cls, value: NormMode | str) -> NormMode:
+        try:
+            return cls(value)
+        except ValueError:
+            valid = ", ".join(repr(m.value) for m in cls)
+            raise PlanError(f"unknown norm mode {value!r}; valid modes: {valid}") from None
+
+
+@dataclass(frozen=True)
+class ParamPlan:
+    """The plan of one parameter: trained or frozen, lr scale, weight decay on or off."""
+
+    name: str
+    trainable: bool
+    lr_scale: float = 1.0
+    weight_decay: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise PlanError(f"a parameter plan needs a parameter name, got {self.name!r}")
+        scale = self.lr_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+            math.isfinite(scale) and scale >= 0
+        ):
+            raise PlanError(
+                f"lr scale of {self.name!r} must be a finite number >= 0, got {scale!r}"
+            )
+        object.__setattr__(self, "lr_scale", float(scale))
+        object.__setattr__(self, "trainable", bool(self.trainable))
+        object.__setattr__(self, "weight_decay", bool(self.weight_decay))
+
+
+def default_weight_decay(row: ParamInfo) -> bool:
+    """Whether weight decay applies by default: not on biases, norms, embeddings, 1-D tensors."""
+    leaf = row.name.rpartition(".")[2]
+    return len(row.shape) > 1 and row.role not in NO_DECAY_ROLES and leaf != "bias"
+
+
+@dataclass(frozen=True)
+class PlanDepth:
+    """A plan's totals at one depth of the table (what ``zoo plan`` shows per line)."""
+
+    depth: int
+    group: str
+    tensors: int
+    numel: int
+    trainable_tensors: int
+    trainable_numel: int
+    norm_modes: dict[str, int]
+    lr_scales: tuple[float, float] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "depth": self.depth,
+            "group": self.group,
+            "tensors": self.tensors,
+            "numel": self.numel,
+            "trainable_tensors": self.trainable_tensors,
+            "trainable_numel": self.trainable_numel,
+            "norm_modes": dict(self.norm_modes),
+            "lr_scale": list(self.lr_scales) if self.lr_scales else None,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which parameters train (with lr scale and weight decay) and each norm layer's mode.
+
+    ``params`` maps every parameter name to its :class:`ParamPlan` (in model order when the
+    plan came from a table); ``norms`` maps each normalization layer's module path to its
+    :class:`NormMode`. ``policy`` is the qualified policy name, ``args`` its arguments,
+    ``epoch`` the epoch of a schedule policy, ``notes`` what the policy wants a user to know
+    (``auto`` explains its choice there). ``table`` is the table the plan was computed from,
+    kept in memory only (not serialized, not compared). Parameters a plan does not list are
+    frozen when it is applied.
+    """
+
+    params: Mapping[str, ParamPlan]
+    norms: Mapping[str, NormMode] = field(default_factory=dict)
+    policy: str = ""
+    args: Mapping[str, Any] = field(default_factory=dict)
+    epoch: int | None = None
+    notes: tuple[str, ...] = ()
+    backbone: str | None = None
+    table: ParamTable | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        params = self.params
+        if isinstance(params, Mapping):
+            items = list(params.values())
+        elif isinstance(params, Iterable) and not isinstance(params, (str, bytes)):
+            items = list(params)
+        else:
+            raise PlanError(f"Plan.params must map names to ParamPlan, got {type(params).__name__}")
+        checked: dict[str, ParamPlan] = {}
+        for item in items:
+            if not isinstance(item, ParamPlan):
+                raise PlanError(f"Plan.params holds {type(item).__name__}, expected zoo ParamPlan")
+            if item.name in checked:
+                raise PlanError(f"parameter {item.name!r} is planned twice")
+            checked[item.name] = item
+        if isinstance(params, Mapping):
+            for key, item in params.items():
+                if key != item.name:
+                    raise PlanError(f"Plan.params key {key!r} holds the plan of {item.name!r}")
+        object.__setattr__(self, "params", checked)
+        if not isinstance(self.norms, Mapping):
+            raise PlanError(f"Plan.norms must map module paths to modes, got {self.norms!r}")
+        object.__setattr__(
+            self, "norms", {str(k): NormMode.coerce(v) for k, v in self.norms.items()}
+        )
+        object.__setattr__(self, "args", dict(self.args))
+        object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
+        if self.epoch is not None:
+            object.__setattr__(self, "epoch", int(self.epoch))
+
+    __hash__ = None  # type: ignore[assignment]  # holds dicts
+
+    # ------------------------------------------------------------ building
+
+    @classmethod
+    def from_table(
+        cls,
+        table: ParamTable,
+        trainable: Iterable[str],
+        *,
+        lr_scales: Mapping[str, float] | None = None,
+        weight_decay: Mapping[str, bool] | None = None,
+        norm_modes: Mapping[str, NormMode | str] | None = None,
+        notes: Iterable[str] = (),
+    ) -> Plan:
+        """A complete plan for ``table``: ``trainable`` names train, everything else is frozen.
+
+        ``lr_scales`` and ``weight_decay`` override the defaults (1.0; no decay on biases,
+        norms, embeddings and 1-D tensors) per parameter name. ``norm_modes`` sets modes by
+        module path; a norm layer not named gets its mode from its parameters: all trained ->
+        ``train``, all frozen -> ``frozen``, some -> ``frozen-stats`` (a layer without affine
+        follows the parameters at its depth). Unknown names raise :class:`~zoo.PlanError`.
+        """
+        wanted = _names(trainable, "trainable")
+        lr_scales = dict(lr_scales or {})
+        decay = dict(weight_decay or {})
+        _check_known(table, [*wanted, *lr_scales, *decay], "parameter")
+        params = {
+            row.name: ParamPlan(
+                row.name,
+                row.name in wanted,
+                lr_scales.get(row.name, 1.0),
+                decay.get(row.name, default_weight_decay(row)),
+            )
+            for row in table.rows
+        }
+        modes = _derive_norm_modes(table, params, norm_modes or {})
+        return cls(params=params, norms=modes, notes=tuple(notes), table=table,
+                   backbone=table.backbone)
+
+    def complete(self, table: ParamTable) -> Plan:
+        """This plan checked against ``table`` and filled in: unlisted parameters frozen,
+        unlisted norm layers given their derived mode. Raises :class:`~zoo.PlanError` for
+        names the table does not have or a ``frozen`` norm whose affine trains."""
+        _check_known(table, list(self.params), "parameter")
+        known_norms = {n.path for n in table.norms}
+        unknown = [p for p in self.norms if p not in known_norms]
+        if unknown:
+            raise PlanError(_unknown_message("normalization layer", unknown, known_norms))
+        params = {
+            row.name: self.params.get(row.name)
+            or ParamPlan(row.name, False, 1.0, default_weight_decay(row))
+            for row in table.rows
+        }
+        modes = _derive_norm_modes(table, params, self.norms)
+        return replace(self, params=params, norms=modes, table=table,
+                       backbone=self.backbone or table.backbone)
+
+    # ------------------------------------------------------------ reading
+
+    @property
+    def trainable(self) -> list[str]:
+        """Names of the parameters that train, in order."""
+        return [name for name, p in self.params.items() if p.trainable]
+
+    @property
+    def frozen(self) -> list[str]:
+        """Names of the parameters that stay frozen, in order."""
+        return [name for name, p in self.params.items() if not p.trainable]
+
+    def __getitem__(self, name: str) -> ParamPlan:
+        try:
+            return self.params[name]
+        except KeyError:
+            raise UnknownNameError("parameter", name, self.params) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.params
+
+    def norm_mode(self, path: str) -> NormMode:
+        """The mode of the norm layer at ``path`` (``train`` when the plan does not list it)."""
+        return self.norms.get(path, NormMode.TRAIN)
+
+    @property
+    def spec_text(self) -> str:
+        """The policy in CLI form, e.g. ``"zoo:freeze-to:depth=3"``."""
+        from zoo.policy_args import format_policy_spec
+
+        return format_policy_spec(self.policy or "<custom>", self.args)
+
+    def depth_summary(self, table: ParamTable | None = None) -> list[PlanDepth]:
+        """Totals per depth; needs the table (the one the plan came from by default)."""
+        table = table or self.table
+        if table is None:
+            raise PlanError("this plan carries no parameter table; pass table=zoo.params(model)")
+        out = []
+        for summary in table.depth_summary():
+            rows = table.at_depth(summary.depth)
+            plans = [self.params.get(r.name) for r in rows]
+            trained = [(r, p) for r, p in zip(rows, plans, strict=True) if p and p.trainable]
+            modes: dict[str, int] = {}
+            for norm in table.norms:
+                if norm.depth == summary.depth:
+                    mode = self.norm_mode(norm.path).value
+                    modes[mode] = modes.get(mode, 0) + 1
+            scales = [p.lr_scale for _, p in trained]
+            out.append(
+                PlanDepth(
+                    depth=summary.depth,
+                    group=summary.group,
+                    tensors=len(rows),
+                    numel=summary.numel,
+                    trainable_tensors=len(trained),
+                    trainable_numel=sum(r.numel for r, _ in trained),
+                    norm_modes=modes,
+                    lr_scales=(min(scales), max(scales)) if scales else None,
+                )
+            )
+        return out
+
+    def numel(self, *, trainable: bool | None = None, table: ParamTable | None = None) -> int:
+        """Parameter count (all, trained or frozen); needs the table."""
+        table = table or self.table
+        if table is None:
+            raise PlanError("this plan carries no parameter table; pass table=zoo.params(model)")
+        return sum(
+            row.numel
+            for row in table.rows
+            if trainable is None or self.params.get(row.name, _FROZEN).trainable == trainable
+        )
+
+    def summary(self) -> str:
+        """A few lines for a human: policy, what trains, norm modes, notes."""
+        lines = [f"plan {self.spec_text}" + (f" at epoch {self.epoch}" if self.epoch is not None
+                                              else "")]
+        n_train, n_all = len(self.trainable), len(self.params)
+        if self.table is not None:
+            total = self.numel()
+            trained = self.numel(trainable=True)
+            share = 100.0 * trained / total if total else 0.0
+            lines.append(
+                f"trains {trained:,} of {total:,} parameters ({share:.1f}%), "
+                f"{n_train} of {n_all} tensors"
+            )
+            for d in self.depth_summary():
+                state = ("trained" if d.trainable_tensors == d.tensors
+                         else "frozen" if d.trainable_tensors == 0 else "partly trained")
+                extra = ", ".join(f"{k} x{v}" for k, v in d.norm_modes.items())
+                scale = ""
+                if d.lr_scales and d.lr_scales != (1.0, 1.0):
+                    lo, hi = d.lr_scales
+                    scale = f", lr x{lo:.3g}" if lo == hi else f", lr x{lo:.3g}-{hi:.3g}"
+                lines.append(
+                    f"  {d.depth:>3} {d.group:<10} {state}{scale}"
+                    + (f" (norms: {extra})" if extra else "")
+                )
+        else:
+            lines.append(f"trains {n_train} of {n_all} tensors")
+        counts: dict[str, int] = {}
+        for mode in self.norms.values():
+            counts[mode.value] = counts.get(mode.value, 0) + 1
+        if counts:
+            lines.append("norms: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------ optimizer groups
+
+    def param_groups(
+        self,
+        model: nn.Module,
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        decay_norm_and_bias: bool = False,
+        names: Iterable[str] | None = None,
+        with_names: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: only trainable parameters, lr scales applied.
+
+        Parameters with the same (lr scale, decay) share a group, in model order. A group
+        is ``{"params", "lr", "weight_decay", "lr_scale"}`` plus ``"param_names"`` when
+        ``with_names`` (torch >= 2.6 keeps them in the optimizer's state dict). Biases, norms,
+        embeddings and 1-D tensors get no weight decay unless ``decay_norm_and_bias``.
+        ``names`` restricts the groups to those parameters (how a schedule adds new ones).
+        """
+        named = dict(model.named_parameters())
+        only = set(names) if names is not None else None
+        groups: dict[tuple[float, bool], dict[str, Any]] = {}
+        for name, item in self.params.items():
+            if not item.trainable or (only is not None and name not in only):
+                continue
+            if name not in named:
+                raise PlanError(_unknown_message("parameter", [name], named, where="the model"))
+            decay = item.weight_decay or decay_norm_and_bias
+            key = (item.lr_scale, decay and weight_decay > 0)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = {
+                    "params": [],
+                    "lr": lr * item.lr_scale,
+                    "weight_decay": weight_decay if key[1] else 0.0,
+                    "lr_scale": item.lr_scale,
+                }
+                if with_names:
+                    group["param_names"] = []
+            group["params"].append(named[name])
+            if with_names:
+                group["param_names"].append(name)
+        return list(groups.values())
+
+    def apply(self, model: nn.Module) -> Plan:
+        """Apply this plan to ``model`` (see :func:`zoo.freezing.apply_plan`)."""
+        from zoo.freezing import apply_plan
+
+        return apply_plan(model, self)
+
+    # ------------------------------------------------------------ serialization
+
+    def to_dict(self) -> dict[str, Any]:
+        """A compact, JSON-ready dict: names by state, only non-default lr scales."""
+        by_mode: dict[str, list[str]] = {m.value: [] for m in NormMode}
+        for path, mode in self.norms.items():
+            by_mode[mode.value].append(path)
+        return {
+            "format": PLAN_FORMAT,
+            "policy": self.policy,
+            "args": _jsonable(self.args),
+            "epoch": self.epoch,
+            "backbone": self.backbone,
+            "notes": list(self.notes),
+            "trainable": self.trainable,
+            "frozen": self.frozen,
+            "lr_scale": {n: p.lr_scale for n, p in self.params.items() if p.lr_scale != 1.0},
+            "no_weight_decay": [n for n, p in self.params.items() if not p.weight_decay],
+            "norms": {mode: paths for mode, paths in by_mode.items() if paths},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        """The inverse of :meth:`to_dict`; raises :class:`~zoo.PlanError` on malformed data."""
+        try:
+            version = int(data.get("format", PLAN_FORMAT))
+            if version > PLAN_FORMAT:
+                raise PlanError(
+                    f"plan format {version} is newer than this zoo understands ({PLAN_FORMAT}); "
+                    "upgrade zoo"
+                )
+            scales = {str(k): float(v) for k, v in dict(data.get("lr_scale", {})).items()}
+            no_decay = {str(n) for n in data.get("no_weight_decay", [])}
+            params: dict[str, ParamPlan] = {}
+            order = [(str(n), True) for n in data.get("trainable", [])]
+            order += [(str(n), False) for n in data.get("frozen", [])]
+            for name, trainable in order:
+                params[name] = ParamPlan(name, trainable, scales.get(name, 1.0),
+                                         name not in no_decay)
+            norms = {
+                str(path): NormMode.coerce(mode)
+                for mode, paths in dict(data.get("norms", {})).items()
+                for path in paths
+            }
+            epoch = data.get("epoch")
+            return cls(
+                params=params,
+                norms=norms,
+                policy=str(data.get("policy", "")),
+                args=dict(data.get("args", {})),
+                epoch=None if epoch is None else int(epoch),
+                notes=tuple(data.get("notes", ())),
+                backbone=data.get("backbone"),
+            )
+        except ZooError:
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise PlanError(f"malformed plan data: {type(exc).__name__}: {exc}") from exc
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"malformed plan JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise PlanError("malformed plan JSON: expected an object")
+        return cls.from_dict(data)
+
+
+_FROZEN = ParamPlan("<frozen>", False)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _names(value: Any, what: str) -> list[str]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise PlanError(f"{what} must be an iterable of parameter names, got {value!r}")
+    out = list(value)
+    bad = [v for v in out if not isinstance(v, str)]
+    if bad:
+        raise PlanError(f"{what} must hold parameter names (str), got {bad[0]!r}")
+    return out
+
+
+def _unknown_message(kind: str, unknown: list[str], known: Iterable[str], where: str = "the table"
+                     ) -> str:
+    known = list(known)
+    shown = ", ".join(repr(n) for n in unknown[:5])
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    message = f"{len(unknown)} unknown {kind} name(s) not in {where}: {shown}{more}"
+    close = suggest(unknown[0], known, n=3)
+    if close:
+        message += f" (did you mean {', '.join(repr(c) for c in close)}?)"
+    return message
+
+
+def _check_known(table: ParamTable, names: list[str], kind: str) -> None:
+    unknown = [n for n in dict.fromkeys(names) if n not in table]
+    if unknown:
+        raise PlanError(_unknown_message(kind, unknown, table.names))
+
+
+def derive_norm_mode(norm: NormInfo, params: Mapping[str, ParamPlan], table: ParamTable
+                     ) -> NormMode:
+    """A norm layer's mode from its parameters (see :meth:`Plan.from_table`)."""
+    if norm.params:
+        flags = [params[p].trainable for p in norm.params if p in params]
+    else:
+        flags = [any(params[r.name].trainable for r in table.at_depth(norm.depth)
+                     if r.name in params)]
+    if flags and all(flags):
+        return NormMode.TRAIN
+    if not any(flags):
+        return NormMode.FROZEN
+    return NormMode.FROZEN_STATS
+
+
+def _derive_norm_modes(
+    table: ParamTable, params: Mapping[str, ParamPlan], given: Mapping[str, NormMode | str]
+) -> dict[str, NormMode]:
+    known = {n.path for n in table.norms}
+    unknown = [p for p in given if p not in known]
+    if unknown:
+        raise PlanError(_unknown_message("normalization layer", unknown, known))
+    modes: dict[str, NormMode] = {}
+    for norm in table.norms:
+        if norm.path in given:
+            mode = NormMode.coerce(given[norm.path])
+            if mode is NormMode.FROZEN:
+                training = [p for p in norm.params if p in params and params[p].trainable]
+                if training:
+                    raise PlanError(
+                        f"norm layer {norm.path!r} is planned 'frozen' but its parameter "
+                        f"{training[0]!r} trains; use 'frozen-stats' to train the affine with "
+                        "fixed statistics"
+                    )
+        else:
+            mode = derive_norm_mode(norm, params, table)
+        modes[norm.path] = mode
+    return modes
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+# ---------------------------------------------------------------- running a policy
+
+
+def resolve_policy(policy: str | PolicySpec) -> tuple[PolicySpec, dict[str, list[str]]]:
+    """The spec a policy text names, and the raw arguments written in it."""
+    from zoo.policy_args import parse_policy_spec
+    from zoo.specs import PolicySpec
+
+    if isinstance(policy, PolicySpec):
+        return policy, {}
+    from zoo.api import get_catalog
+
+    name, raw = parse_policy_spec(policy)
+    catalog = get_catalog()
+    try:
+        return catalog.policy(name), raw
+    except UnknownNameError:
+        head, sep, tail = name.rpartition(":")
+        if sep and not raw:
+            try:
+                spec = catalog.policy(head)
+            except ZooError:
+                spec = None
+            if spec is not None:
+                from zoo.policy_args import describe_args
+
+                raise PolicyArgumentError(
+                    f"argument {tail!r} of policy {spec.qualified_name!r} is not key=value; "
+                    f"valid arguments: {describe_args(spec)}"
+                ) from None
+        raise
+
+
+def policy_origin(spec: PolicySpec) -> str:
+    """How messages name a policy: ``'zoo:gradual' (plugin zoo (built-in))``."""
+    name = spec.qualified_name if spec.plugin else spec.name
+    if not spec.plugin:
+        return f"policy {name!r} (not registered by a plugin)"
+    try:
+        from zoo.api import get_catalog
+        from zoo.plugins import format_origin
+
+        record = get_catalog().host.records.get(spec.plugin)
+        where = format_origin(record) if record is not None else spec.plugin
+    except Exception:  # describing must never fail
+        where = spec.plugin
+    return f"policy {name!r} (plugin {where})"
+
+
+def run_policy(
+    spec: PolicySpec, table: ParamTable, args: Mapping[str, Any], *, epoch: int | None = None
+) -> Plan:
+    """Call ``spec.plan`` on ``table`` with validated ``args`` and make a complete Plan of it.
+
+    A result that is neither a Plan nor an iterable of names, unknown names, or an exception
+    inside the policy become a :class:`~zoo.PlanError` naming the policy and its plugin.
+    """
+    name = spec.qualified_name if spec.plugin else spec.name
+    kwargs = dict(args)
+    if spec.schedule:
+        epoch = 0 if epoch is None else epoch
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise PolicyArgumentError(f"policy {name!r}: epoch must be an int >= 0, got {epoch!r}")
+        kwargs["epoch"] = epoch
+    elif epoch is not None:
+        raise PolicyArgumentError(
+            f"policy {name!r} is not a schedule, so it takes no epoch; schedule policies "
+            "(such as zoo:gradual) do"
+        )
+    try:
+        result = spec.plan(table, **kwargs)
+    except PolicyArgumentError as exc:
+        if str(exc).startswith("policy "):
+            raise
+        raise PolicyArgumentError(f"policy {name!r}: {exc}") from exc
+    except PlanError as exc:
+        raise PlanError(f"{policy_origin(spec)}: {exc}") from exc
+    except ZooError:
+        raise
+    except Exception as exc:
+        raise PlanError(
+            f"{policy_origin(spec)} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        if isinstance(result, Plan):
+            made = result.complete(table)
+        elif isinstance(result, (str, bytes)) or not isinstance(result, Iterable):
+            raise PlanError(
+                f"returned {type(result).__name__} {_short(result)}; a policy returns a zoo.Plan "
+                "or an iterable of parameter names"
+            )
+        else:
+            made = Plan.from_table(table, _names(result, "the returned names"))
+    except PlanError as exc:
+        message = str(exc)
+        if not message.startswith("policy "):
+            message = f"{policy_origin(spec)}: {message}"
+        raise PlanError(message) from exc
+    return replace(
+        made,
+        policy=spec.qualified_name if spec.plugin else spec.name,
+        args=_jsonable(args),
+        epoch=epoch if spec.schedule else None,
+        table=table,
+        backbone=table.backbone,
+    )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _table_of(model_or_name: Any) -> ParamTable:
+    from zoo.param_table import ParamTable, params
+
+    if isinstance(model_or_name, ParamTable):
+        return model_or_name
+    return params(model_or_name)
+
+
+def plan(
+    model_or_name: nn.Module | str | ParamTable,
+    policy: str | PolicySpec,
+    /,
+    *,
+    epoch: int | None = None,
+    **args: Any,
+) -> Plan:
+    """Compute the plan of ``policy`` for a model, a backbone name or a table; touches nothing.
+
+    ``policy`` is a name (``"freeze-to"``, ``"zoo:freeze-to"``), the CLI form with arguments
+    (``"freeze-to:depth=3"``) or a :class:`~zoo.PolicySpec`; ``args`` are the policy's keyword
+    arguments (``zoo.plan(model, "freeze-to", depth=3)``). A name is described on the ``meta``
+    device. ``epoch`` selects the epoch of a schedule policy (``gradual``; default 0).
+
+    Raises :class:`~zoo.UnknownNameError` (with close names) for an unknown policy,
+    :class:`~zoo.PolicyArgumentError` for a bad argument and :class:`~zoo.PlanError` when the
+    policy returns something unusable.
+    """
+    from zoo.policy_args import bind_policy_args
+
+    spec, raw = resolve_policy(policy)
+    bound = bind_policy_args(spec, raw, args)
+    return run_policy(spec, _table_of(model_or_name), bound, epoch=epoch)

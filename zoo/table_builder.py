@@ -1,0 +1,549 @@
+"""Building a :class:`~zoo.ParamTable` from a model or a backbone name.
+
+``table_for(name)`` resolves the name in the catalog and builds the model on the ``meta``
+device: parameters get shapes and dtypes but no storage, so a billion-parameter model is
+described in a fraction of a second and nothing is downloaded. ``table_for(model)`` describes a
+model that already exists (any ``nn.Module``).
+
+Grouping asks the plugins first (hook ``zoo_param_groups``, first valid answer wins; the
+built-in timm plugin answers last from timm's ``group_matcher``) and falls back to a generic
+split of the module tree, so every model gets a table. Whatever the grouping, the head is
+exactly the parameters of ``model.get_classifier()`` when the model has one, at the highest
+depth.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from zoo.errors import ZooError
+from zoo.param_table import NormInfo, ParamInfo, ParamTable
+from zoo.specs import ParamGroup
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from zoo.catalog import Catalog
+    from zoo.specs import BackboneSpec
+
+GENERIC = "generic"
+HEAD = "head"
+STEM = "stem"
+
+_EMBEDDING_RE = re.compile(
+    r"(^|_)(cls|dist|reg|mask|register|prompt|query)_?tokens?$"
+    r"|(^|_)(pos|position|abs_pos|rel_pos)(_|$)|pos_embed|position_embedding"
+    r"|^relative_position_bias_table$|_embed(ding)?s?$|^embed(ding)?s?$",
+)
+
+
+class ModelBuildError(ZooError, RuntimeError):
+    """A backbone could not be built to describe its parameters."""
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def table_for(model_or_name: nn.Module | str, **create_kwargs: Any) -> ParamTable:
+    """The :class:`~zoo.ParamTable` of a model, or of a backbone name built on ``meta``.
+
+    ``create_kwargs`` (``num_classes=`` and architecture keyword arguments) only apply to a name.
+    """
+    from torch import nn
+
+    catalog = _catalog()
+    if isinstance(model_or_name, str):
+        model, spec, notes = build_meta(model_or_name, catalog=catalog, **create_kwargs)
+    elif isinstance(model_or_name, nn.Module):
+        if create_kwargs:
+            raise TypeError(
+                f"params() got keyword arguments {sorted(create_kwargs)} with a model; "
+                "they only apply when building from a backbone name"
+            )
+        model, spec, notes = model_or_name, spec_of(model_or_name, catalog), []
+    else:
+        raise TypeError(
+            f"params() expects an nn.Module or a backbone name, got {type(model_or_name).__name__}"
+        )
+    return describe(model, spec=spec, catalog=catalog, notes=notes)
+
+
+def _catalog() -> Catalog:
+    from zoo.api import get_catalog
+
+    return get_catalog()
+
+
+def spec_of(model: nn.Module, catalog: Catalog) -> BackboneSpec | None:
+    """The spec a model was built from, read from ``model.zoo_build`` (None if unknown)."""
+    build = getattr(model, "zoo_build", None)
+    name = build.get("backbone") if isinstance(build, dict) else None
+    if not isinstance(name, str):
+        return None
+    try:
+        return catalog.backbones.lookup(name)
+    except ZooError:
+        return None
+
+
+# ---------------------------------------------------------------- building on meta
+
+
+def build_meta(
+    name: str, *, catalog: Catalog | None = None, **create_kwargs: Any
+) -> tuple[nn.Module, BackboneSpec, list[str]]:
+    """Build backbone ``name`` without allocating weights: ``(model, spec, notes)``.
+
+    The model is built under ``torch.device("meta")``. A constructor that cannot run on
+    ``meta`` (one that reads tensor values while building) is retried with each parameter moved
+    to ``meta`` as soon as it is registered (one tensor allocated at a time), which ``notes``
+    says. Never loads pretrained weights.
+    """
+    import torch
+
+    from zoo.api import attach_build_info
+
+    catalog = catalog or _catalog()
+    spec, tag = catalog.backbone(name)
+    num_classes = create_kwargs.pop("num_classes", None)
+    notes: list[str] = []
+    try:
+        with torch.device("meta"):
+            model = spec.create(num_classes, False, **dict(create_kwargs))
+    except ZooError:
+        raise
+    except Exception as first:
+        try:
+            with _params_to_meta_on_register():
+                model = spec.create(num_classes, False, **dict(create_kwargs))
+        except Exception as exc:
+            raise ModelBuildError(
+                f"cannot build {spec.qualified_name} to describe it: "
+                f"{type(first).__name__}: {first} (and without the meta device: "
+                f"{type(exc).__name__}: {exc})"
+            ) from exc
+        notes.append(
+            f"built with parameters moved to meta one at a time ({type(first).__name__} on the "
+            "meta device)"
+        )
+    not_meta = sum(1 for p in model.parameters() if not p.is_meta)
+    if not_meta:
+        notes.append(f"{not_meta} parameter tensors were allocated by the backbone's create()")
+    attach_build_info(
+        model, spec, tag=tag, num_classes=num_classes, kwargs=dict(create_kwargs)
+    )
+    return model, spec, notes
+
+
+class _params_to_meta_on_register:
+    """Context manager: every ``register_parameter`` / buffer moves the tensor to ``meta``."""
+
+    def __enter__(self) -> None:
+        from torch import nn
+
+        self._orig_param = nn.Module.register_parameter
+        self._orig_buffer = nn.Module.register_buffer
+        orig_param, orig_buffer = self._orig_param, self._orig_buffer
+
+        def register_parameter(module: nn.Module, name: str, param: Any) -> None:
+            if param is not None and not param.is_meta:
+                param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+            orig_param(module, name, param)
+
+        def register_buffer(module: nn.Module, name: str, tensor: Any, persistent: bool = True
+                            ) -> None:
+            if tensor is not None and not tensor.is_meta:
+                tensor = tensor.to("meta")
+            orig_buffer(module, name, tensor, persistent=persistent)
+
+        nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
+        nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
+
+    def __exit__(self, *exc: object) -> None:
+        from torch import nn
+
+        nn.Module.register_parameter = self._orig_param  # type: ignore[method-assign]
+        nn.Module.register_buffer = self._orig_buffer  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------- describing a model
+
+
+def describe(
+    model: nn.Module,
+    *,
+    spec: BackboneSpec | None = None,
+    catalog: Catalog | None = None,
+    notes: Sequence[str] = (),
+) -> ParamTable:
+    """The table of ``model``: plugin grouping (validated) or the generic one, roles, norms."""
+    notes = list(notes)
+    named = list(model.named_parameters())
+    names = [n for n, _ in named]
+    groups, grouped_by = _grouping(model, spec, catalog, names, notes)
+    groups = _place_head(model, groups, names)
+    depth_of: dict[str, tuple[int, str]] = {}
+    for depth, group in enumerate(groups):
+        for name in group.params:
+            depth_of[name] = (depth, group.name)
+
+    owners = _owners(model)
+    norm_modules = {path for path, module in model.named_modules() if is_norm(module)}
+    head_names = {n for g in groups if g.name == HEAD for n in g.params}
+    rows = []
+    for name, param in named:
+        module_path, _, leaf = name.rpartition(".")
+        module = owners.get(module_path, model)
+        depth, group = depth_of[name]
+        rows.append(
+            ParamInfo(
+                name=name,
+                module=module_path,
+                module_type=type(module).__name__,
+                role=_role(name, leaf, module, module_path in norm_modules, name in head_names),
+                shape=tuple(int(s) for s in param.shape),
+                numel=int(param.numel()),
+                dtype=str(param.dtype).removeprefix("torch."),
+                group=group,
+                depth=depth,
+                trainable=bool(param.requires_grad),
+            )
+        )
+    norms = _norms(model, norm_modules, depth_of)
+    build = getattr(model, "zoo_build", None)
+    backbone = spec.qualified_name if spec is not None else None
+    if backbone is None and isinstance(build, dict):
+        backbone = build.get("backbone")
+    return ParamTable(
+        rows=tuple(rows),
+        norms=norms,
+        backbone=backbone,
+        model_type=f"{type(model).__module__}.{type(model).__qualname__}",
+        grouped_by=grouped_by,
+        notes=tuple(notes),
+    )
+
+
+# ---------------------------------------------------------------- grouping
+
+
+def _grouping(
+    model: nn.Module,
+    spec: BackboneSpec | None,
+    catalog: Catalog | None,
+    names: list[str],
+    notes: list[str],
+) -> tuple[list[ParamGroup], str]:
+    """The first valid plugin answer to ``zoo_param_groups``, else the generic grouping."""
+    if catalog is not None:
+        host = catalog.host
+        for plugin, answer in host.call_each(
+            "zoo_param_groups", lambda _name: {"model": model, "backbone": spec}
+        ):
+            if answer is None:
+                continue
+            try:
+                groups = validate_groups(answer, names)
+            except GroupingError as exc:
+                message = f"zoo_param_groups returned invalid groups: {exc}"
+                host.record_error(plugin, message)
+                notes.append(f"plugin {plugin!r}: {message}; ignored")
+                continue
+            return groups, plugin
+    return generic_groups(model), GENERIC
+
+
+class GroupingError(ZooError, ValueError):
+    """A plugin's ``zoo_param_groups`` answer does not cover every parameter exactly once."""
+
+
+def validate_groups(answer: Any, names: Sequence[str]) -> list[ParamGroup]:
+    """Check a plugin's groups: ParamGroups that hold every parameter exactly once.
+
+    Empty groups are dropped. Raises :class:`GroupingError` naming what is wrong.
+    """
+    if isinstance(answer, (str, bytes)) or not isinstance(answer, Iterable):
+        raise GroupingError(f"expected a sequence of zoo.ParamGroup, got {type(answer).__name__}")
+    groups = list(answer)
+    known = set(names)
+    seen: dict[str, str] = {}
+    problems: list[str] = []
+    for group in groups:
+        if not isinstance(group, ParamGroup):
+            raise GroupingError(f"expected zoo.ParamGroup items, got {type(group).__name__}")
+        for name in group.params:
+            if name not in known:
+                problems.append(f"unknown parameter {name!r} in group {group.name!r}")
+            elif name in seen:
+                problems.append(
+                    f"parameter {name!r} is in both {seen[name]!r} and {group.name!r}"
+                )
+            else:
+                seen[name] = group.name
+    missing = [n for n in names if n not in seen]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        problems.append(f"{len(missing)} parameters in no group: {shown}{more}")
+    if problems:
+        extra = f" (+{len(problems) - 3} more problems)" if len(problems) > 3 else ""
+        raise GroupingError("; ".join(problems[:3]) + extra)
+    return [g for g in groups if g.params]
+
+
+def generic_groups(model: nn.Module) -> list[ParamGroup]:
+    """Any model's groups: its parts in module order, stem first, head last.
+
+    The parts are the model's own parameters (with the first child, in the stem) and its
+    top-level children; a child that is a ``ModuleList`` / ``Sequential`` of several blocks is
+    split into its blocks, and a model whose parameters all sit in one child (a wrapper) is
+    split one level down. The head is the classifier (``get_classifier()``) or else the last
+    ``nn.Linear``; the first part is the stem, the parts between are ``stage.1`` … ``stage.K``.
+    """
+    from torch import nn
+
+    head = set(classifier_param_names(model)) or set(_last_linear_params(model))
+    prefix, module = "", model
+    parts = _parts(module, prefix)
+    while len(parts) == 1 and parts[0][0]:  # a wrapper: all parameters in one child
+        child = parts[0][0]
+        module, prefix = getattr(module, child), f"{prefix}{child}."
+        parts = _parts(module, prefix)
+    bodies: list[list[str]] = []
+    for child, members in parts:
+        sub = getattr(module, child) if child else None
+        inner = _parts(sub, f"{prefix}{child}.") if isinstance(
+            sub, (nn.ModuleList, nn.Sequential)
+        ) else []
+        whole = len(inner) < 2 or any(n in head for n in members)  # keep the head's part whole
+        if not whole and sum(len(m) for _, m in inner) == len(members):
+            bodies.extend(m for _, m in inner)
+        else:
+            bodies.append(members)
+    canonical = [n for n, _ in model.named_parameters()]
+    known = set(canonical)
+    norm_params = {
+        f"{path}.{n}" if path else n
+        for path, m in model.named_modules()
+        if is_norm(m)
+        for n, _ in m.named_parameters(recurse=False)
+    }
+    placed: set[str] = set()
+    groups: list[ParamGroup] = []
+    neck: list[str] = []
+    for members in bodies:
+        body = [n for n in members if n in known and n not in head and n not in placed]
+        placed.update(body)
+        if not body:
+            continue
+        if any(n in head for n in members):  # what shares a part with the classifier
+            neck.extend(body)
+        elif groups and all(n in norm_params for n in body):  # a norm joins the layer before
+            groups[-1] = ParamGroup(groups[-1].name, [*groups[-1].params, *body])
+        else:
+            name = STEM if not groups else f"stage.{len(groups)}"
+            groups.append(ParamGroup(name, body))
+    if neck:
+        groups.append(ParamGroup("neck", neck))
+    if groups:  # parameters only reachable under another name (shared): with the first group
+        stray = [n for n in canonical if n not in placed and n not in head]
+        if stray:
+            groups[0] = ParamGroup(groups[0].name, [*groups[0].params, *stray])
+    ordered_head = [n for n in canonical if n in head]
+    if ordered_head:
+        groups.append(ParamGroup(HEAD, ordered_head))
+    return groups
+
+
+def _parts(module: nn.Module, prefix: str) -> list[tuple[str, list[str]]]:
+    """``(child name, parameter names)`` of each part of ``module`` that has parameters.
+
+    The module's own parameters come first under the name ``""``; a parameter shared by two
+    children counts in the first.
+    """
+    parts: list[tuple[str, list[str]]] = []
+    direct = [prefix + n for n, _ in module.named_parameters(recurse=False)]
+    if direct:
+        parts.append(("", direct))
+    seen: set[int] = {id(p) for _, p in module.named_parameters(recurse=False)}
+    for child_name, child in module.named_children():
+        members = []
+        for n, p in child.named_parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                members.append(f"{prefix}{child_name}.{n}")
+        if members:
+            parts.append((child_name, members))
+    return parts
+
+
+def _place_head(model: nn.Module, groups: list[ParamGroup], names: list[str]) -> list[ParamGroup]:
+    """Move the classifier's parameters into a final ``head`` group, whatever the grouping."""
+    head = set(classifier_param_names(model))
+    if not head:
+        # the grouping's own head (a plugin's or the generic one) stays, moved to the end
+        heads = [g for g in groups if g.name == HEAD]
+        others = [g for g in groups if g.name != HEAD]
+        return others + heads
+    body = [ParamGroup(g.name, [n for n in g.params if n not in head]) for g in groups]
+    body = [g for g in body if g.params]
+    demoted = [
+        ParamGroup("neck" if g.name == HEAD else g.name, g.params) for g in body
+    ]
+    return [*demoted, ParamGroup(HEAD, [n for n in names if n in head])]
+
+
+def classifier_param_names(model: nn.Module) -> list[str]:
+    """Names of the parameters of ``model.get_classifier()`` (a module or several), in order."""
+    get = getattr(model, "get_classifier", None)
+    if not callable(get):
+        return []
+    try:
+        found = get()
+    except Exception:
+        return []
+    modules = found if isinstance(found, (tuple, list)) else [found]
+    from torch import nn
+
+    wanted = {id(m) for m in modules if isinstance(m, nn.Module)}
+    if not wanted:
+        return []
+    names: list[str] = []
+    for path, module in model.named_modules():
+        if id(module) in wanted:
+            wanted.discard(id(module))
+            prefix = f"{path}." if path else ""
+            names.extend(prefix + n for n, _ in module.named_parameters())
+    by_tensor = {id(p): n for n, p in model.named_parameters()}  # canonical (deduplicated) names
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return list(dict.fromkeys(by_tensor[id(params[n])] for n in names if n in params))
+
+
+def _last_linear_params(model: nn.Module) -> list[str]:
+    from torch import nn
+
+    last: tuple[str, nn.Module] | None = None
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (path, module)
+    if last is None:
+        return []
+    path, module = last
+    prefix = f"{path}." if path else ""
+    return [prefix + n for n, _ in module.named_parameters()]
+
+
+# ---------------------------------------------------------------- roles and norms
+
+
+def _owners(model: nn.Module) -> dict[str, nn.Module]:
+    return dict(model.named_modules(remove_duplicate=False))
+
+
+def is_norm(module: nn.Module) -> bool:
+    """A normalization layer: BatchNorm*, SyncBatchNorm, GroupNorm, LayerNorm, RMSNorm and
+    subclasses (timm's BatchNormAct2d, LayerNorm2d, …), or any module whose class name says
+    ``Norm`` and whose parameters are all its own (timm's RmsNorm, EvoNorm, FrozenBatchNorm2d)."""
+    from torch import nn
+
+    if isinstance(module, _torch_norm_types()):
+        return True
+    name = type(module).__name__
+    if "norm" not in name.lower() or isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+        return False
+    own = sum(1 for _ in module.parameters(recurse=False))
+    return own == sum(1 for _ in module.parameters()) and not name.lower().startswith("normal")
+
+
+def _torch_norm_types() -> tuple[type, ...]:
+    from torch import nn
+
+    types: list[type] = [
+        nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm
+        nn.GroupNorm,
+        nn.LayerNorm,
+        nn.LocalResponseNorm,
+    ]
+    if hasattr(nn, "RMSNorm"):
+        types.append(nn.RMSNorm)
+    return tuple(types)
+
+
+def _role(name: str, leaf: str, module: nn.Module, in_norm: bool, in_head: bool) -> str:
+    from torch import nn
+
+    if in_head:
+        return "head"
+    if in_norm:
+        return "norm"
+    if isinstance(module, nn.Embedding) or _EMBEDDING_RE.search(leaf):
+        return "embedding"
+    if leaf == "bias" or leaf.endswith("_bias") or leaf.startswith("bias_"):
+        return "bias"
+    return "weight"
+
+
+def _norms(
+    model: nn.Module, norm_paths: set[str], depth_of: dict[str, tuple[int, str]]
+) -> tuple[NormInfo, ...]:
+    """Every normalization layer with its depth (its parameters', else its nearest parent's)."""
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    infos = []
+    for path, module in model.named_modules():
+        if path not in norm_paths:
+            continue
+        params = tuple(
+            canonical[id(p)] for _, p in module.named_parameters(recurse=False)
+            if id(p) in canonical
+        )
+        depth, group = _depth_near(path, params, depth_of)
+        running = getattr(module, "running_mean", None) is not None
+        infos.append(
+            NormInfo(
+                path=path,
+                type=type(module).__name__,
+                depth=depth,
+                group=group,
+                tracks_running_stats=bool(
+                    running and getattr(module, "track_running_stats", True)
+                ),
+                params=params,
+            )
+        )
+    return tuple(infos)
+
+
+def _depth_near(
+    path: str, params: tuple[str, ...], depth_of: dict[str, tuple[int, str]]
+) -> tuple[int, str]:
+    """A norm's depth: its parameters', else that of the first parameter of its nearest
+    ancestor that has any (a norm without affine sits with its block)."""
+    if params:
+        return depth_of[params[0]]
+    prefix = path
+    while prefix:
+        prefix = prefix.rpartition(".")[0]
+        start = f"{prefix}." if prefix else ""
+        for name, found in depth_of.items():
+            if name.startswith(start):
+                return found
+    return next(iter(depth_of.values()), (0, STEM))
+
+
+def storage_bytes(model: nn.Module) -> int:
+    """Bytes of real (non-meta) storage held by ``model``'s parameters and buffers."""
+    total = 0
+    seen: set[int] = set()
+    tensors: list[torch.Tensor] = [*model.parameters(), *model.buffers()]
+    for tensor in tensors:
+        if tensor.is_meta:
+            continue
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        total += storage.nbytes()
+    return total
