@@ -91,20 +91,28 @@ def create(
     ``num_classes`` replaces the head (``0`` removes it, ``None`` keeps the default).
     ``pretrained=True`` loads the default pretrained weights, or those of the tag in the name
     (``"resnet50.a1_in1k"``); without network or cache it fails fast with
-    :class:`~zoo.WeightsUnavailableError`. ``weights=`` loads a local ``.safetensors`` file
+    :class:`~zoo.WeightsUnavailableError`. Without ``pretrained=True`` a tag is ignored: no
+    weights are loaded and the architecture's defaults apply. ``weights=`` loads a local ``.safetensors`` file
     instead (a zoo-saved model or a plain state dict); tensors of a classifier whose shape no
     longer fits ``num_classes`` are skipped, everything else must match.
     """
     spec, tag = get_catalog().backbone(name)
     if weights is not None and pretrained:
         raise ZooError("pass either pretrained=True or weights=FILE, not both")
-    want: bool | str = tag if (pretrained and tag) else bool(pretrained)
+    if not pretrained:
+        tag = None  # a tag names weights; without them the architecture's defaults apply
+    want: bool | str = tag if tag else bool(pretrained)
     model = spec.create(num_classes, want, **kwargs)
     attach_build_info(model, spec, tag=tag, num_classes=num_classes, kwargs=kwargs)
+    if pretrained:  # the base a delta save refers to (zoo.persistence)
+        ref = spec.qualified_name + (f".{tag}" if tag else "")
+        model.zoo_build["base"] = {"kind": "pretrained", "ref": ref, "sha256": None}
     if weights is not None:
+        from zoo.persistence import file_base
         from zoo.weights import load_weights_file
 
-        load_weights_file(model, Path(weights), head=spec.head)
+        saved = load_weights_file(model, Path(weights), head=spec.head)
+        model.zoo_build["base"] = file_base(Path(weights), saved)
     return model
 
 

@@ -59,6 +59,10 @@ class PluginError(ZooError):
     """A plugin failed to import or raised inside a hook (raised only in strict mode)."""
 
 
+class PluginCheckError(PluginError, AssertionError):
+    """``zoo.testing.check_plugin`` found a problem; the message is the full report."""
+
+
 # ---------------------------------------------------------------- models and weights
 
 
@@ -68,6 +72,14 @@ class WeightsUnavailableError(ZooError, RuntimeError):
 
 class WeightsMismatchError(ZooError, ValueError):
     """A state dict does not fit a model: missing, unexpected or wrongly shaped tensors."""
+
+
+class ModelBuildError(ZooError, RuntimeError):
+    """A backbone could not be built (for instance on the meta device, to describe it)."""
+
+
+class GroupingError(ZooError, ValueError):
+    """A plugin's ``zoo_param_groups`` answer does not hold every parameter exactly once."""
 
 
 # ---------------------------------------------------------------- policies and plans
@@ -118,6 +130,14 @@ class TamperedFileError(CorruptFileError):
 
 class BaseMismatchError(ZooError, ValueError):
     """A delta whose base weights differ from the ones it was trained from."""
+
+
+class MissingBaseError(ZooError, ValueError):
+    """A delta without a base: none was recorded (random init), or it can no longer be found."""
+
+
+class UnsupportedFormatError(ZooError, ValueError):
+    """A saved file written in a newer zoo file format than this zoo reads."""
 
 
 # ---------------------------------------------------------------- data and training

@@ -83,20 +83,32 @@ class CachedFeatures:
     def nbytes(self) -> int:
         return self.features.element_size() * self.features.nelement()
 
-    def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Mini-batches of ``(features, labels)``, reshuffled on every call when ``shuffle``."""
-        n = len(self)
-        if shuffle:
-            order = torch.randperm(n, generator=generator).to(self.labels.device)
-        else:
-            order = torch.arange(n, device=self.labels.device)
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            yield self.features[idx], self.labels[idx]
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Mini-batches of ``(features, labels)`` in order (for evaluation)."""
+        for start in range(0, len(self), batch_size):
+            yield (self.features[start:start + batch_size],
+                   self.labels[start:start + batch_size])
+
+    def loader(self, batch_size: int, *, seed: int) -> torch.utils.data.DataLoader:
+        """Shuffled mini-batches, drawn exactly as a plain ``DataLoader(shuffle=True)`` with a
+        generator seeded ``seed`` draws them (same order as zoo's plain loop over the images),
+        but indexing whole batches at once."""
+        from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+
+        dataset = TensorDataset(self.features, self.labels)
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        sampler = BatchSampler(RandomSampler(dataset, generator=generator), batch_size,
+                               drop_last=False)
+        return DataLoader(dataset, batch_size=None, sampler=sampler, generator=generator,
+                          collate_fn=_identity)
 
     def num_batches(self, batch_size: int) -> int:
         return (len(self) + batch_size - 1) // batch_size
+
+
+def _identity(batch: Any) -> Any:
+    return batch
 
 
 class _Capture:
@@ -165,7 +177,9 @@ def extract_features(
                 capture.keep_output = i == 0
                 output = model(images)
                 if capture.bad_call:
-                    raise CacheUnsupported(f"the trained module {module_path!r}: {capture.bad_call}")
+                    raise CacheUnsupported(
+                        f"the trained module {module_path!r}: {capture.bad_call}"
+                    )
                 if len(capture.inputs) != 1:
                     raise CacheUnsupported(
                         f"the trained module {module_path!r} runs {len(capture.inputs)} times "

@@ -249,7 +249,7 @@ def _parse_entry(name: str, info: Any, bad: Any, data_len: int) -> TensorEntry:
 
 def _open(path: Path) -> Any:
     try:
-        return open(path, "rb")  # noqa: SIM115 - closed by the caller's with-block
+        return open(path, "rb")  # the caller closes it (with-block)
     except FileNotFoundError:
         raise ModelNotFoundError("model file", str(path)) from None
     except IsADirectoryError:
@@ -368,36 +368,27 @@ def content_hash(tensors_sha256: str, metadata: Mapping[str, str]) -> str:
 def read_file(path: str | os.PathLike[str], *, verify: bool = True) -> SavedFile:
     """Read a ``.safetensors`` file into CPU tensors, validating it first; never unpickles.
 
-    The header is validated by :func:`parse_header`; the data is read once. A sealed file (one
-    zoo wrote) has its hashes recomputed unless ``verify=False``: a changed byte raises
-    :class:`~zoo.TamperedFileError`. Unsealed files (plain safetensors from elsewhere) are read
-    as they are (``verified`` stays False).
+    The header is validated by :func:`parse_header`; then each tensor's bytes are read straight
+    into its own freshly allocated (aligned) tensor, so the file is read once and never held
+    twice in memory. A sealed file (one zoo wrote) has its hashes recomputed unless
+    ``verify=False``: a changed byte raises :class:`~zoo.TamperedFileError`. Unsealed files
+    (plain safetensors from elsewhere) are read as they are (``verified`` stays False).
     """
     path = Path(path)
     with _open(path) as f:
         header = _header_from_open(f, path)
-        data = bytearray(header.data_len)
-        view = memoryview(data)
-        got = 0
-        while got < header.data_len:
-            n = f.readinto(view[got:])
-            if not n:
-                break
-            got += n
-    if got != header.data_len:
-        raise CorruptFileError(f"{path}: truncated while reading tensor data (file changed?)")
+        tensors = {e.name: _read_tensor(f, e, path) for e in header.entries}
 
     tensors_sha256 = None
     verified = False
     if verify and header.sealed:
         tensors_sha256 = _hash_items(
-            (e.name, e.dtype, e.shape, view[e.begin : e.end]) for e in header.entries
+            (e.name, e.dtype, e.shape, tensor_bytes(tensors[e.name])) for e in header.entries
         )
         check_seal(header.metadata, tensors_sha256, source=str(path))
         verified = True
     elif header.sealed:
         tensors_sha256 = header.metadata.get(TENSORS_HASH_KEY)
-    tensors = {e.name: _tensor_from(data, e) for e in header.entries}
     return SavedFile(
         tensors=tensors,
         metadata=dict(header.metadata),
@@ -407,6 +398,33 @@ def read_file(path: str | os.PathLike[str], *, verify: bool = True) -> SavedFile
         verified=verified,
         size=header.file_size,
     )
+
+
+def _read_tensor(f: Any, entry: TensorEntry, path: Path) -> torch.Tensor:
+    """Read one tensor (the file is positioned at its first byte) into a new tensor.
+
+    Every tensor gets its own allocation: kernels may give alignment-dependent results, so a
+    view into one big buffer at an odd offset could compute differently from the model saved.
+    """
+    import torch
+
+    tensor = torch.empty(entry.shape, dtype=_torch_dtype(entry.dtype))
+    if entry.nbytes == 0:
+        return tensor
+    view = memoryview(tensor.view(-1).view(torch.uint8).numpy()).cast("B")
+    got = 0
+    while got < entry.nbytes:
+        n = f.readinto(view[got:])
+        if not n:
+            raise CorruptFileError(
+                f"{path}: truncated while reading tensor {entry.name!r} (file changed?)"
+            )
+        got += n
+    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
+        itemsize = DTYPES[entry.dtype][1]
+        swapped = tensor.view(-1).view(torch.uint8).view(-1, itemsize).flip(1).contiguous()
+        tensor = swapped.view(-1).view(tensor.dtype).view(entry.shape)
+    return tensor
 
 
 def check_seal(metadata: Mapping[str, str], tensors_sha256: str, *, source: str) -> None:
@@ -432,27 +450,11 @@ def check_seal(metadata: Mapping[str, str], tensors_sha256: str, *, source: str)
         )
 
 
-def _tensor_from(data: bytearray, entry: TensorEntry) -> torch.Tensor:
-    import torch
-
-    dtype = _torch_dtype(entry.dtype)
-    if entry.numel == 0:
-        return torch.empty(entry.shape, dtype=dtype)
-    itemsize = DTYPES[entry.dtype][1]
-    if entry.begin % itemsize:  # misaligned: give this tensor its own aligned buffer
-        chunk = bytearray(data[entry.begin : entry.end])
-        flat = torch.frombuffer(chunk, dtype=dtype, count=entry.numel)
-    else:
-        flat = torch.frombuffer(data, dtype=dtype, count=entry.numel, offset=entry.begin)
-    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
-        flat = flat.clone().view(torch.uint8).view(-1, itemsize).flip(1).reshape(-1).view(dtype)
-    return flat.view(entry.shape)
-
-
 # ---------------------------------------------------------------- writing
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read without changing it where the platform allows)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
@@ -467,7 +469,7 @@ def _umask() -> int:
 
 def default_mode() -> int:
     """The mode a plain ``open(path, "w")`` would give a new file (0o666 less the umask)."""
-    return 0o666 & ~_umask()
+    return 0o666 & ~current_umask()
 
 
 def fsync_dir(directory: Path) -> None:

@@ -386,6 +386,9 @@ class Plan:
         by_mode: dict[str, list[str]] = {m.value: [] for m in NormMode}
         for path, mode in self.norms.items():
             by_mode[mode.value].append(path)
+        # trained names first, then frozen ones: the order from_dict rebuilds, so that
+        # to_dict(from_dict(d)) == d exactly
+        ordered = [self.params[n] for n in (*self.trainable, *self.frozen)]
         return {
             "format": PLAN_FORMAT,
             "policy": self.policy,
@@ -395,8 +398,8 @@ class Plan:
             "notes": list(self.notes),
             "trainable": self.trainable,
             "frozen": self.frozen,
-            "lr_scale": {n: p.lr_scale for n, p in self.params.items() if p.lr_scale != 1.0},
-            "no_weight_decay": [n for n, p in self.params.items() if not p.weight_decay],
+            "lr_scale": {p.name: p.lr_scale for p in ordered if p.lr_scale != 1.0},
+            "no_weight_decay": [p.name for p in ordered if not p.weight_decay],
             "norms": {mode: paths for mode, paths in by_mode.items() if paths},
         }
 

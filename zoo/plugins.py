@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as importlib_metadata
+import inspect
 import os
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -103,6 +104,11 @@ def _load_object(value: str) -> Any:
     return obj
 
 
+def _is_function(obj: object) -> bool:
+    """A function or method (what a hook implementation is), not a module, class or value."""
+    return inspect.isfunction(obj) or inspect.ismethod(obj)
+
+
 def _describe(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, SyntaxError) and exc.filename:
@@ -135,15 +141,23 @@ class PluginHost:
             self.pm.register(plugin, name=record.name)
         except Exception as exc:  # pluggy.PluginValidationError, ValueError
             record.errors.append(f"invalid plugin: {_describe(exc)}")
+            if self.pm.get_plugin(record.name) is not None:  # pluggy keeps the hooks it checked
+                self.pm.unregister(name=record.name)
             return False
         record.hooks = sorted(
             caller.name for caller in self.pm.get_hookcallers(plugin) or () if caller.name
         )
         for attr in sorted(dir(plugin)):
-            if attr.startswith("zoo_") and attr not in hookspecs.HOOK_NAMES:
+            if not attr.startswith("zoo_") or not _is_function(getattr(plugin, attr, None)):
+                continue  # a helper module or class named zoo_* is not a hook
+            if attr not in hookspecs.HOOK_NAMES:
                 close = suggest(attr, hookspecs.HOOK_NAMES, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 record.errors.append(f"unknown hook {attr!r}{hint}; it is never called")
+            elif attr not in record.hooks:
+                record.errors.append(
+                    f"{attr!r} is not marked @zoo.hookimpl; it is never called"
+                )
         return True
 
     def add_module(self, name: str, value: str, **info: Any) -> bool:

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import ZooError
+from zoo.errors import GroupingError, ModelBuildError, ZooError
 from zoo.param_table import NormInfo, ParamInfo, ParamTable
 from zoo.specs import ParamGroup
 
@@ -33,15 +33,14 @@ GENERIC = "generic"
 HEAD = "head"
 STEM = "stem"
 
+#: Leaf names of positional / token parameters (role "embedding"): class, distillation and
+#: register tokens, absolute and relative position tables, LeViT's attention biases.
 _EMBEDDING_RE = re.compile(
-    r"(^|_)(cls|dist|reg|mask|register|prompt|query)_?tokens?$"
-    r"|(^|_)(pos|position|abs_pos|rel_pos)(_|$)|pos_embed|position_embedding"
-    r"|^relative_position_bias_table$|_embed(ding)?s?$|^embed(ding)?s?$",
+    r"(^|_)(cls|dist|reg|mask|register|prompt|query|memory)_?tokens?(_?\d+)?$"
+    r"|pos_embed|pos_embedding|position_embedding|(^|_)(patch|pixel)_pos$"
+    r"|^rel_pos|_rel$|^relative_position_bias_table$|^attention_biases$"
+    r"|(^|_)embed(ding)?s?(_?\d+)?$"
 )
-
-
-class ModelBuildError(ZooError, RuntimeError):
-    """A backbone could not be built to describe its parameters."""
 
 
 # ---------------------------------------------------------------- entry point
@@ -123,7 +122,8 @@ def build_meta(
             raise ModelBuildError(
                 f"cannot build {spec.qualified_name} to describe it: "
                 f"{type(first).__name__}: {first} (and without the meta device: "
-                f"{type(exc).__name__}: {exc})"
+                f"{type(exc).__name__}: {exc}). Check the architecture arguments; or build "
+                f"the model yourself and pass it: zoo.params(zoo.create({spec.qualified_name!r}))"
             ) from exc
         notes.append(
             f"built with parameters moved to meta one at a time ({type(first).__name__} on the "
@@ -203,7 +203,7 @@ def describe(
                 name=name,
                 module=module_path,
                 module_type=type(module).__name__,
-                role=_role(name, leaf, module, module_path in norm_modules, name in head_names),
+                role=_role(leaf, module, module_path in norm_modules, name in head_names),
                 shape=tuple(int(s) for s in param.shape),
                 numel=int(param.numel()),
                 dtype=str(param.dtype).removeprefix("torch."),
@@ -237,27 +237,41 @@ def _grouping(
     names: list[str],
     notes: list[str],
 ) -> tuple[list[ParamGroup], str]:
-    """The first valid plugin answer to ``zoo_param_groups``, else the generic grouping."""
-    if catalog is not None:
-        host = catalog.host
-        for plugin, answer in host.call_each(
-            "zoo_param_groups", lambda _name: {"model": model, "backbone": spec}
-        ):
-            if answer is None:
-                continue
-            try:
-                groups = validate_groups(answer, names)
-            except GroupingError as exc:
-                message = f"zoo_param_groups returned invalid groups: {exc}"
-                host.record_error(plugin, message)
-                notes.append(f"plugin {plugin!r}: {message}; ignored")
-                continue
-            return groups, plugin
+    """The first valid plugin answer to ``zoo_param_groups``, else the generic grouping.
+
+    A plugin that raises or answers invalid groups is recorded on its plugin record (as every
+    hook failure is) and named in ``notes``; the next plugin is asked.
+    """
+    if catalog is None:
+        return generic_groups(model), GENERIC
+    host = catalog.host
+    called: list[str] = []
+
+    def kwargs_for(plugin: str) -> dict[str, Any]:
+        called.append(plugin)
+        return {"model": model, "backbone": spec}
+
+    def note_raised(answered: str | None) -> None:
+        for plugin in called:
+            if plugin != answered:
+                errors = [e for e in host.records[plugin].errors if "zoo_param_groups" in e]
+                notes.append(f"plugin {plugin!r}: {errors[-1] if errors else 'raised'}; ignored")
+        called.clear()
+
+    for plugin, answer in host.call_each("zoo_param_groups", kwargs_for):
+        note_raised(plugin)
+        if answer is None:
+            continue
+        try:
+            groups = validate_groups(answer, names)
+        except GroupingError as exc:
+            message = f"zoo_param_groups returned invalid groups: {exc}"
+            host.record_error(plugin, message)
+            notes.append(f"plugin {plugin!r}: {message}; ignored")
+            continue
+        return groups, plugin
+    note_raised(None)
     return generic_groups(model), GENERIC
-
-
-class GroupingError(ZooError, ValueError):
-    """A plugin's ``zoo_param_groups`` answer does not cover every parameter exactly once."""
 
 
 def validate_groups(answer: Any, names: Sequence[str]) -> list[ParamGroup]:
@@ -287,7 +301,8 @@ def validate_groups(answer: Any, names: Sequence[str]) -> list[ParamGroup]:
     if missing:
         shown = ", ".join(repr(n) for n in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        problems.append(f"{len(missing)} parameters in no group: {shown}{more}")
+        noun = "parameter" if len(missing) == 1 else "parameters"
+        problems.append(f"{len(missing)} {noun} in no group: {shown}{more}")
     if problems:
         extra = f" (+{len(problems) - 3} more problems)" if len(problems) > 3 else ""
         raise GroupingError("; ".join(problems[:3]) + extra)
@@ -472,7 +487,8 @@ def _torch_norm_types() -> tuple[type, ...]:
     return tuple(types)
 
 
-def _role(name: str, leaf: str, module: nn.Module, in_norm: bool, in_head: bool) -> str:
+def _role(leaf: str, module: nn.Module, in_norm: bool, in_head: bool) -> str:
+    """``head`` > ``norm`` > ``embedding`` > ``bias`` > ``weight``."""
     from torch import nn
 
     if in_head:
@@ -489,48 +505,69 @@ def _role(name: str, leaf: str, module: nn.Module, in_norm: bool, in_head: bool)
 def _norms(
     model: nn.Module, norm_paths: set[str], depth_of: dict[str, tuple[int, str]]
 ) -> tuple[NormInfo, ...]:
-    """Every normalization layer with its depth (its parameters', else its nearest parent's)."""
+    """Every normalization layer, in module order, with the depth of its parameters.
+
+    A norm without parameters (``affine=False``) takes the depth of its enclosing block when
+    that block sits at one depth, else that of the layer just before it (the one it normalizes).
+    """
     canonical = {id(p): n for n, p in model.named_parameters()}
+    modules = list(model.named_modules())
+    position = {path: i for i, (path, _) in enumerate(modules)}
     infos = []
-    for path, module in model.named_modules():
+    for path, module in modules:
         if path not in norm_paths:
             continue
         params = tuple(
             canonical[id(p)] for _, p in module.named_parameters(recurse=False)
             if id(p) in canonical
         )
-        depth, group = _depth_near(path, params, depth_of)
-        running = getattr(module, "running_mean", None) is not None
+        if params:
+            depth, group = depth_of[params[0]]
+        else:
+            depth, group = _depth_without_params(path, position, depth_of)
         infos.append(
             NormInfo(
                 path=path,
                 type=type(module).__name__,
                 depth=depth,
                 group=group,
-                tracks_running_stats=bool(
-                    running and getattr(module, "track_running_stats", True)
-                ),
+                tracks_running_stats=_tracks_running_stats(module),
                 params=params,
             )
         )
     return tuple(infos)
 
 
-def _depth_near(
-    path: str, params: tuple[str, ...], depth_of: dict[str, tuple[int, str]]
+def _tracks_running_stats(module: nn.Module) -> bool:
+    """Whether the layer keeps running statistics it updates in training mode (BatchNorm-like);
+    a frozen BatchNorm holds statistics as constants and does not."""
+    running = any(getattr(module, b, None) is not None for b in ("running_mean", "running_var"))
+    default = "frozen" not in type(module).__name__.lower()
+    return bool(running and getattr(module, "track_running_stats", default))
+
+
+def _depth_without_params(
+    path: str, position: dict[str, int], depth_of: dict[str, tuple[int, str]]
 ) -> tuple[int, str]:
-    """A norm's depth: its parameters', else that of the first parameter of its nearest
-    ancestor that has any (a norm without affine sits with its block)."""
-    if params:
-        return depth_of[params[0]]
+    if not depth_of:
+        return 0, STEM
     prefix = path
     while prefix:
         prefix = prefix.rpartition(".")[0]
-        start = f"{prefix}." if prefix else ""
-        for name, found in depth_of.items():
-            if name.startswith(start):
-                return found
-    return next(iter(depth_of.values()), (0, STEM))
+        if not prefix:
+            break
+        inside = {found for name, found in depth_of.items() if name.startswith(prefix + ".")}
+        if len(inside) == 1:
+            return inside.pop()
+        if inside:
+            break
+    # the parameter owned by the closest module before this one (else the first after it)
+    here = position.get(path, 0)
+    before = [(position.get(n.rpartition(".")[0], -1), found) for n, found in depth_of.items()]
+    earlier = [item for item in before if item[0] < here]
+    if earlier:
+        return max(earlier, key=lambda item: item[0])[1]
+    return min(before, key=lambda item: item[0])[1]
 
 
 def storage_bytes(model: nn.Module) -> int:

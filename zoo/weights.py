@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from zoo.fileformat import SavedFile
+
 
 def describe_mismatch(
     model: nn.Module, state: Mapping[str, torch.Tensor], *, skip: set[str] = frozenset()
@@ -63,8 +65,8 @@ def load_state_strict(
     model.load_state_dict(kept, strict=not skip)
 
 
-def load_weights_file(model: nn.Module, path: Path, *, head: str | None = None) -> None:
-    """Load a ``.safetensors`` file into ``model``.
+def load_weights_file(model: nn.Module, path: Path, *, head: str | None = None) -> SavedFile:
+    """Load a ``.safetensors`` file into ``model``; returns the file read.
 
     A classifier whose shape differs (a new ``num_classes``) keeps its fresh initialisation;
     every other tensor must be present with the right shape.
@@ -80,3 +82,4 @@ def load_weights_file(model: nn.Module, path: Path, *, head: str | None = None) 
         if k not in own or k not in state or tuple(own[k].shape) != tuple(state[k].shape)
     }
     load_state_strict(model, state, source=str(path), skip=skip)
+    return saved

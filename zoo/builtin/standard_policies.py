@@ -140,7 +140,7 @@ def pattern(
                 sample = ", ".join(names[:3] + names[-2:])
                 raise PolicyArgumentError(
                     f"{kind} glob {glob!r} matches no parameter; names look like {sample} "
-                    "(see `zoo params NAME`)"
+                    "(see `zoo show NAME --full`)"
                 )
 
     def matches(name: str, globs: list[str]) -> bool:

@@ -19,13 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Names print as plugin:name; PATTERN is a shell-style glob on either form.",
     )
     parser.add_argument(
-        "what",
-        nargs="?",
-        choices=("all", "backbones", "policies"),
-        default="all",
-        help="what to list (default: all)",
+        "words",
+        nargs="*",
+        metavar="[backbones|policies] [PATTERN]",
+        help="what to list (default: both) and a glob such as 'convnext*'",
     )
-    parser.add_argument("pattern", nargs="?", default=None, help="glob, e.g. 'convnext*'")
     parser.add_argument(
         "--pretrained",
         action="store_true",
@@ -49,19 +47,16 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.listing import get_listing
     from zoo.plugins import STRICT_ENV, env_flag
 
+    what, pattern = _parse_words(args.words)
     listing = get_listing(use_cache=not args.refresh)
-    show_backbones = args.what in ("all", "backbones")
-    show_policies = args.what in ("all", "policies")
+    show_backbones = what in ("all", "backbones")
+    show_policies = what in ("all", "policies") and not args.pretrained
     backbones = (
-        listing.find_backbones(args.pattern, pretrained=args.pretrained or None, plugin=args.plugin)
+        listing.find_backbones(pattern, pretrained=args.pretrained or None, plugin=args.plugin)
         if show_backbones
         else []
     )
-    policies = (
-        listing.find_policies(args.pattern if args.what == "policies" else None, plugin=args.plugin)
-        if show_policies
-        else []
-    )
+    policies = listing.find_policies(pattern, plugin=args.plugin) if show_policies else []
 
     if args.json:
         data: dict[str, object] = {}
@@ -90,14 +85,30 @@ def run(args: argparse.Namespace, out: Output) -> int:
         ]
         out.json(data)
     else:
-        if show_backbones:
+        if show_backbones and (backbones or what == "backbones" or not policies):
             out.print(
                 pretrained_table(backbones) if args.pretrained else backbones_table(backbones)
             )
-        if show_policies:
+        if show_policies and (policies or what == "policies" or not pattern):
             out.print(policies_table(policies))
     for line in problem_lines(listing.problems):
         out.warn(line + "  (see `zoo plugins`)")
     if listing.problems and env_flag(STRICT_ENV):
         return EXIT_PLUGIN_PROBLEMS
     return 0
+
+
+def _parse_words(words: list[str]) -> tuple[str, str | None]:
+    """``[backbones|policies] [PATTERN]`` -> (what, pattern); a lone pattern lists both."""
+    from zoo.errors import ZooError
+
+    words = list(words)
+    what = "all"
+    if words and words[0] in ("all", "backbones", "policies"):
+        what = words.pop(0)
+    if len(words) > 1:
+        raise ZooError(
+            f"zoo list takes at most one pattern, got {len(words)}: {' '.join(words)} "
+            "(quote a glob such as 'resnet*' so the shell does not expand it)"
+        )
+    return what, (words[0] if words else None)

@@ -10,6 +10,9 @@ from zoo_torchvision.families import family_of, replace_heads
 if TYPE_CHECKING:
     from torch import nn
 
+#: Families whose builders warn unless ``init_weights`` is given (scipy-based init is slow).
+LEGACY_INIT = frozenset({"googlenet", "inception"})
+
 
 def create_torchvision_model(
     model_name: str, num_classes: int | None = None, pretrained: bool | str = False, **kwargs: Any
@@ -38,6 +41,8 @@ def create_torchvision_model(
         return model
     if num_classes:
         kwargs["num_classes"] = num_classes
+    if family in LEGACY_INIT:
+        kwargs.setdefault("init_weights", False)  # torchvision's future default, and fast
     model = tvm.get_model(model_name, **kwargs)
     if num_classes == 0:
         replace_heads(model, family, 0)

@@ -15,7 +15,6 @@ from zoo import hookimpl
 
 if TYPE_CHECKING:
     from torch import nn
-
     from zoo.hookspecs import RegisterBackbone
     from zoo.specs import BackboneSpec, ParamGroup
 
@@ -35,7 +34,9 @@ def zoo_register_backbones(register: RegisterBackbone) -> None:
 
 
 @hookimpl
-def zoo_param_groups(model: nn.Module, backbone: BackboneSpec | None) -> Sequence[ParamGroup] | None:
+def zoo_param_groups(
+    model: nn.Module, backbone: BackboneSpec | None
+) -> Sequence[ParamGroup] | None:
     if not _ours(backbone):
         return None
     from zoo_torchvision.groups import torchvision_param_groups

@@ -1,0 +1,205 @@
+"""zoo.adapt and ``zoo adapt``: plans drive training, the feature cache, saving, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from test_data import make_color_folder
+
+import zoo
+from zoo.adaptation import AdaptCallback, History
+from zoo.cli.main import main
+
+BACKBONE = "timm:resnet18"
+FAST = {"image_size": 32, "batch_size": 8, "lr": 1e-2}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colours")
+    make_color_folder(root / "train", per_class=8, seed=0)
+    make_color_folder(root / "val", per_class=3, seed=1)
+    return root
+
+
+def _store_listing(home):
+    models = home / "models"
+    if not models.exists():
+        return {}
+    return {p.name: p.stat().st_mtime_ns for p in models.rglob("*") if p.is_file()}
+
+
+class Recorder(AdaptCallback):
+    def __init__(self):
+        self.events = []
+
+    def on_start(self, info):
+        self.events.append(("start", info["feature_cache"]))
+
+    def on_features_start(self, split, batches):
+        self.events.append(("features", split))
+
+    def on_epoch_end(self, record):
+        self.events.append(("epoch", record.epoch))
+
+    def on_plan_change(self, epoch, plan):
+        self.events.append(("plan", epoch))
+
+
+def test_linear_probe_uses_the_feature_cache_and_saves(data):
+    recorder = Recorder()
+    model, history = zoo.adapt(BACKBONE, data / "train", data / "val", policy="linear-probe",
+                               epochs=3, name="colours-probe", callback=recorder, **FAST)
+    assert isinstance(history, History) and len(history) == 3
+    assert history.feature_cache and "'fc'" in history.feature_cache_note
+    assert not history.augment
+    assert history.classes == ["blue", "green", "red"]
+    assert history.train_images == 24 and history.val_images == 9
+    assert history.epochs[-1].train_loss < history.epochs[0].train_loss
+    assert history.final_accuracy is not None and history.final_accuracy >= 2 / 3
+    assert all(e.trainable_tensors == 2 for e in history)
+    assert ("features", "train") in recorder.events and ("epoch", 3) in recorder.events
+    # history, saved metadata and the plan agree
+    saved = zoo.load("colours-probe")
+    assert history.path and os.path.samefile(history.path,
+                                             zoo.persistence.resolve_target("colours-probe")
+                                             .model_path)
+    assert saved.zoo_classes == history.classes
+    assert saved.zoo_plan.policy == "zoo:linear-probe" == history.policy
+    assert saved.zoo_plan.trainable == ["fc.weight", "fc.bias"]
+    assert saved.zoo_input_config.input_size == (3, 32, 32)
+    assert history.trainable_params == sum(p.numel() for p in model.fc.parameters())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved.state_dict()[key]), key
+
+
+def test_cached_features_train_exactly_like_the_plain_loop(data):
+    weights = {}
+    for cache in (True, False):
+        model, history = zoo.adapt(BACKBONE, data / "train", data / "val",
+                                   policy="linear-probe", epochs=2, feature_cache=cache, **FAST)
+        assert history.feature_cache is cache
+        weights[cache] = (model.fc.weight.detach(), history.accuracy, history.loss)
+    torch.testing.assert_close(weights[True][0], weights[False][0], atol=1e-4, rtol=1e-4)
+    assert weights[True][1] == weights[False][1]
+    assert weights[True][2] == pytest.approx(weights[False][2], rel=1e-4)
+
+
+def test_freeze_to_trains_the_plan_and_nothing_else(data):
+    torch.manual_seed(0)
+    start = zoo.create(BACKBONE, num_classes=3)
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    model, history = zoo.adapt(start, data / "train", policy="freeze-to:depth=4",
+                               epochs=2, **FAST)
+    plan = model.zoo_plan
+    assert plan.policy == "zoo:freeze-to" and plan.args == {"depth": 4}
+    assert not history.feature_cache and "more than one" in history.feature_cache_note
+    assert history.augment  # fine-tuning augments by default
+    trained = set(plan.trainable)
+    assert trained and all(n.startswith(("layer4.", "fc.")) for n in trained)
+    after = model.state_dict()
+    for name, _ in model.named_parameters():
+        changed = not torch.equal(before[name], after[name])
+        assert changed == (name in trained), name
+    assert history.val_images == 0 and history.epochs[0].val_accuracy is None
+
+
+def test_gradual_unfreezes_per_epoch(data):
+    recorder = Recorder()
+    model, history = zoo.adapt(BACKBONE, data / "train", data / "val", policy="gradual",
+                               epochs=3, callback=recorder, **FAST)
+    tensors = [e.trainable_tensors for e in history]
+    assert tensors[0] == 2 and tensors[0] < tensors[1] < tensors[2]
+    assert ("plan", 2) in recorder.events and ("plan", 3) in recorder.events
+    assert not history.feature_cache and "schedule" in history.feature_cache_note
+    assert model.zoo_plan.epoch == 2
+
+
+def test_auto_gets_samples_per_class_and_similarity_from_adapt(data):
+    _, history = zoo.adapt(BACKBONE, data / "train", policy="auto", val_split=0.25,
+                           epochs=1, **FAST)
+    assert history.policy == "zoo:auto"
+    assert history.policy_args["samples_per_class"] == 6
+    assert history.policy_args["similarity"] == "high"
+    assert history.train_images == 18 and history.val_images == 6
+    assert any("linear-probe" in note for note in history.notes)
+
+
+def test_data_loaders_and_readapting_a_saved_model(data):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    x = torch.randn(24, 3, 32, 32)
+    y = torch.arange(24) % 2
+    x[y == 1] += 1.5
+    train = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)
+    base, _ = zoo.adapt(BACKBONE, data / "train", policy="linear-probe", epochs=1,
+                        name="colours-base", **FAST)
+    model, history = zoo.adapt("colours-base", train, classes=["a", "b"], policy="auto",
+                               epochs=1, similarity="low", name="ab")
+    assert history.start == "saved model 'colours-base'"
+    assert history.feature_cache is False  # auto chose train-last:n=1
+    assert history.policy_args["samples_per_class"] == 12
+    assert model.fc.out_features == 2
+    # the backbone came from the saved model, the head is new
+    assert torch.equal(model.conv1.weight, base.conv1.weight)
+    assert zoo.load("ab").zoo_classes == ["a", "b"]
+    # same classes: the saved head is kept and trained further
+    _again, hist = zoo.adapt("ab", train, classes=["a", "b"], policy="linear-probe", epochs=1,
+                             feature_cache=True)
+    assert hist.feature_cache  # a TensorDataset has no random transform
+
+
+@pytest.mark.parametrize("case, error, message", [
+    ("name-taken", zoo.ModelExistsError, "already saved"),
+    ("bad-name", zoo.InvalidNameError, "invalid model name"),
+    ("backbone", zoo.UnknownNameError, "resnet18"),
+    ("policy", zoo.UnknownNameError, "linear-probe"),
+    ("empty", zoo.DataError, "is empty"),
+    ("force-cache", zoo.ZooError, "feature cache cannot be used"),
+])
+def test_errors_are_clear_and_change_nothing(data, tmp_path, _isolated_zoo, case, error, message):
+    zoo.save(zoo.create(BACKBONE, num_classes=3), "taken")
+    before = _store_listing(_isolated_zoo)
+    kwargs = {"policy": "linear-probe", "epochs": 1, "name": "new", **FAST}
+    start, train = BACKBONE, data / "train"
+    if case == "name-taken":
+        kwargs["name"] = "taken"
+        train = tmp_path / "missing"  # the name is checked before the data is read
+    elif case == "bad-name":
+        kwargs["name"] = "bad name"
+    elif case == "backbone":
+        start = "timm:resnet18x"
+    elif case == "policy":
+        kwargs["policy"] = "linear-prob"
+    elif case == "empty":
+        (tmp_path / "empty").mkdir()
+        train = tmp_path / "empty"
+    elif case == "force-cache":
+        kwargs.update(policy="full", feature_cache=True)
+    with pytest.raises(error, match=message):
+        zoo.adapt(start, train, **kwargs)
+    assert _store_listing(_isolated_zoo) == before
+
+
+def test_cli_adapt_json_and_errors(data, capsys, _isolated_zoo):
+    argv = ["adapt", BACKBONE, "--data", str(data / "train"), "--val-split", "0.25",
+            "--policy", "linear-probe", "--epochs", "2", "--image-size", "32",
+            "--batch-size", "8", "--name", "cli-probe", "--json"]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["name"] == "cli-probe" and doc["feature_cache"] is True
+    assert len(doc["epochs"]) == 2 and doc["policy"] == "zoo:linear-probe"
+    assert zoo.load("cli-probe").zoo_classes == ["blue", "green", "red"]
+    before = _store_listing(_isolated_zoo)
+    assert main(argv) == 1
+    assert "already saved" in capsys.readouterr().err
+    assert main([*argv[:-3], "--overwrite", "--name", "cli-probe", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "cli-probe" in out and "feature cache" in out.lower()
+    assert _store_listing(_isolated_zoo) != before
+    assert main(["adapt", BACKBONE, "--data", str(data / "nope"), "--name", "x"]) == 1
+    assert "does not exist" in capsys.readouterr().err

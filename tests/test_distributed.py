@@ -1,0 +1,131 @@
+"""Distributed adaptation: two real CPU processes under torchrun (gloo on 127.0.0.1).
+
+The run uses the gradual schedule, so DDP must be re-wrapped when layers unfreeze mid-training.
+Checked: rank 0 saved the model; trained parameters agree exactly across ranks; parameters and
+statistics that stay frozen never changed; the parameters unfrozen later did train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from test_data import make_color_folder
+
+import zoo
+from zoo.distributed import DistContext, Replica, ShardSampler, launched_by_torchrun
+
+WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    torch.set_num_threads(1)
+    import zoo
+
+    out, data = sys.argv[1], sys.argv[2]
+    rank = int(os.environ["RANK"])
+    torch.manual_seed(0)
+    model = zoo.create("timm:resnet18", num_classes=3)
+    if rank == 0:
+        torch.save(model.state_dict(), os.path.join(out, "init.pt"))
+    model, history = zoo.adapt(
+        model, os.path.join(data, "train"), os.path.join(data, "val"),
+        policy="gradual", epochs=3, image_size=32, batch_size=8, lr=5e-3,
+        name="ddp-gradual", seed=1,
+    )
+    torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    with open(os.path.join(out, f"history{rank}.json"), "w") as f:
+        json.dump(history.to_dict(), f)
+    """
+)
+
+
+@pytest.mark.slow
+def test_gradual_under_torchrun_two_processes(tmp_path, _isolated_zoo):
+    data = tmp_path / "data"
+    make_color_folder(data / "train", per_class=8, size=32, seed=0)
+    make_color_folder(data / "val", per_class=3, size=32, seed=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
+           "ZOO_HOME": str(_isolated_zoo)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(out), str(data)],
+        env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    init = torch.load(out / "init.pt")
+    rank0 = torch.load(out / "rank0.pt")
+    rank1 = torch.load(out / "rank1.pt")
+    # replicas agree exactly: parameters and (averaged) norm statistics
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    # what never unfroze (stem, layer1, layer2) never changed, statistics included
+    frozen = [k for k in init if k.startswith(("conv1.", "bn1.", "layer1.", "layer2."))]
+    assert frozen
+    for key in frozen:
+        assert torch.equal(init[key], rank0[key]), key
+    # the head from epoch 1, layer4 from epoch 2 and layer3 from epoch 3 did train
+    for key in ("fc.weight", "layer4.1.conv2.weight", "layer3.0.conv1.weight"):
+        assert not torch.equal(init[key], rank0[key]), key
+
+    history = json.loads((out / "history0.json").read_text())
+    assert history["world_size"] == 2
+    assert history["ddp_wraps"] == 3  # the first wrap, then one per unfreeze boundary
+    tensors = [e["trainable_tensors"] for e in history["epochs"]]
+    assert tensors[0] < tensors[1] < tensors[2]
+    assert history["train_images"] == 24
+    # only rank 0 saved; the store has the model with the last plan and the class names
+    saved = zoo.load("ddp-gradual")
+    assert saved.zoo_classes == ["blue", "green", "red"]
+    assert saved.zoo_plan.policy == "zoo:gradual"
+    assert "layer3.0.conv1.weight" in saved.zoo_plan.trainable
+    assert "layer2.0.conv1.weight" not in saved.zoo_plan.trainable
+    for key, value in saved.state_dict().items():
+        assert torch.equal(value, rank0[key]), key
+    assert sorted(p.name for p in (_isolated_zoo / "models").iterdir()) == ["ddp-gradual"]
+
+
+def test_single_process_context_is_a_no_op():
+    ctx = DistContext()
+    assert not ctx.enabled and ctx.is_main
+    assert ctx.sum([1, 2.5]) == [1.0, 2.5]
+    assert ctx.broadcast({"a": 1}) == {"a": 1}
+    module = torch.nn.Linear(2, 2)
+    replica = Replica(module, ctx)
+    assert replica.wrapped is module and replica.wraps == 0
+    assert not replica.sync()
+
+
+def test_shard_sampler_covers_every_index_once():
+    shards = [list(ShardSampler(10, r, 3)) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(10))
+    assert [len(s) for s in shards] == [4, 3, 3]
+
+
+def test_torchrun_detection(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not launched_by_torchrun()
+    monkeypatch.setenv("RANK", "1")
+    assert launched_by_torchrun()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not launched_by_torchrun()
+
+
+def test_distributed_true_without_launcher_is_a_clear_error(monkeypatch):
+    from zoo.distributed import setup
+
+    for var in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(zoo.ZooError, match="torchrun"):
+        setup(True)

@@ -1,0 +1,262 @@
+"""The safetensors reader/writer: round trips, interop, hashing, atomic writes, bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from zoo.errors import CorruptFileError, ModelNotFoundError, TamperedFileError
+from zoo.fileformat import (
+    CONTENT_HASH_KEY,
+    TENSORS_HASH_KEY,
+    atomic_write_bytes,
+    content_hash,
+    hash_tensors,
+    is_temp_name,
+    parse_header,
+    read_file,
+    read_header,
+    write_file,
+)
+
+
+def sample_tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "conv.weight": torch.randn(4, 3, 3, 3, generator=g),
+        "half": torch.randn(5, generator=g).half(),
+        "brain": torch.randn(2, 3, generator=g).bfloat16(),
+        "double": torch.randn(3, generator=g).double(),
+        "steps": torch.tensor(7),  # a 0-d int64 scalar, like num_batches_tracked
+        "mask": torch.tensor([True, False, True]),
+        "bytes": torch.arange(5, dtype=torch.uint8),
+        "int8": torch.tensor([-3, 4], dtype=torch.int8),
+        "empty": torch.zeros(0, 4),
+        "transposed": torch.arange(6.0).reshape(2, 3).t(),  # not contiguous
+    }
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype, name
+        assert a[name].shape == b[name].shape, name
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_round_trip_every_dtype_bit_identical(tmp_path):
+    tensors = sample_tensors()
+    path = write_file(tmp_path / "a.safetensors", tensors, {"zoo.note": "hi"})
+    saved = read_file(path)
+    assert_same(saved.tensors, tensors)
+    assert saved.verified
+    assert saved.metadata["zoo.note"] == "hi"
+    assert saved.tensors_sha256 == hash_tensors(tensors) == saved.metadata[TENSORS_HASH_KEY]
+
+
+def test_files_interoperate_with_the_safetensors_library(tmp_path):
+    tensors = sample_tensors()
+    ours = write_file(tmp_path / "ours.safetensors", tensors, {"k": "v"})
+    assert_same(safetensors.torch.load_file(str(ours)), tensors)
+    theirs = tmp_path / "theirs.safetensors"
+    safetensors.torch.save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, str(theirs), metadata={"format": "pt"}
+    )
+    saved = read_file(theirs)
+    assert_same(saved.tensors, tensors)
+    assert not saved.verified  # not sealed by zoo: read as it is
+    assert saved.metadata == {"format": "pt"}
+
+
+def test_tensor_hash_is_canonical():
+    a = {"x": torch.ones(2, 2), "y": torch.zeros(3)}
+    b = {"y": torch.zeros(3), "x": torch.ones(2, 2).t().contiguous()}
+    assert hash_tensors(a) == hash_tensors(b)  # order and layout do not matter
+    assert hash_tensors(a) != hash_tensors({"x": torch.ones(4), "y": torch.zeros(3)})  # shape
+    assert hash_tensors(a) != hash_tensors({"x": torch.ones(2, 2).double(), "y": torch.zeros(3)})
+    assert hash_tensors(a) != hash_tensors({"x2": torch.ones(2, 2), "y": torch.zeros(3)})  # name
+    assert content_hash("0" * 64, {"a": "1"}) != content_hash("0" * 64, {"a": "2"})
+
+
+def test_written_file_gets_the_mode_the_umask_implies(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = write_file(tmp_path / "m.safetensors", {"x": torch.ones(1)})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_failed_write_leaves_target_and_no_temp_file(tmp_path):
+    target = tmp_path / "m.safetensors"
+    write_file(target, {"x": torch.ones(3)})
+    before = target.read_bytes()
+
+    def chunks():
+        yield b"partial data"
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        atomic_write_bytes(target, chunks())
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_read_header_needs_no_tensor_data(tmp_path):
+    path = write_file(tmp_path / "m.safetensors", {"x": torch.ones(1000)}, {"a": "b"})
+    header = read_header(path)
+    assert header.names == ["x"]
+    assert header.data_len == 4000
+    assert header.metadata["a"] == "b"
+    assert header.sealed
+
+
+def test_missing_file_is_a_zoo_error(tmp_path):
+    with pytest.raises(ModelNotFoundError, match=r"nope\.safetensors"):
+        read_file(tmp_path / "nope.safetensors")
+
+
+# ---------------------------------------------------------------- malformed files
+
+
+def raw_file(header: object, data: bytes = b"", *, length: int | None = None) -> bytes:
+    text = header if isinstance(header, (bytes, str)) else json.dumps(header)
+    raw = text.encode() if isinstance(text, str) else text
+    return struct.pack("<Q", len(raw) if length is None else length) + raw + data
+
+
+GOOD = {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+
+MALFORMED = {
+    "empty file": (b"", "truncated"),
+    "five bytes": (b"\x01\x02\x03\x04\x05", "truncated"),
+    "header length beyond file": (raw_file(GOOD, b"\0" * 8, length=10_000), "larger than"),
+    "header length over limit": (raw_file(GOOD, length=200 * 1024 * 1024), "exceeds"),
+    "not json": (raw_file(b"{nope", b""), "not valid JSON"),
+    "not utf8": (raw_file(b"\xff\xfe{}", b""), "not UTF-8"),
+    "json list": (raw_file([1, 2]), "not an object"),
+    "duplicate key": (
+        raw_file(
+            '{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},'
+            ' "x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}',
+            b"\0" * 8,
+        ),
+        "repeats the key 'x'",
+    ),
+    "NaN constant": (
+        raw_file('{"x": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 4]}}', b"\0" * 4),
+        "not valid JSON",
+    ),
+    "metadata value not str": (raw_file({"__metadata__": {"a": 1}}), "not a string"),
+    "metadata not object": (raw_file({"__metadata__": ["a"]}), "not an object of strings"),
+    "unknown dtype": (
+        raw_file({"x": {"dtype": "F33", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+        "unknown dtype",
+    ),
+    "negative dim": (
+        raw_file({"x": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4),
+        "non-negative",
+    ),
+    "bool dim": (
+        raw_file({"x": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, b"\0" * 4),
+        "non-negative",
+    ),
+    "offsets outside": (
+        raw_file({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4),
+        "outside the data region",
+    ),
+    "wrong byte count": (
+        raw_file({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8),
+        "expected 12",
+    ),
+    "overlap": (
+        raw_file(
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            b"\0" * 12,
+        ),
+        "overlaps",
+    ),
+    "gap": (
+        raw_file({"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8),
+        "gap of 4 bytes",
+    ),
+    "trailing bytes": (raw_file(GOOD, b"\0" * 12), "trailing bytes"),
+    "extra field": (
+        raw_file({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "z": 1}}, b"\0" * 4),
+        "unknown field",
+    ),
+    "entry not object": (raw_file({"x": [1, 2]}), "not an object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_files_raise_corrupt_file_error_naming_file_and_problem(tmp_path, case):
+    content, problem = MALFORMED[case]
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(CorruptFileError) as info:
+        read_file(path)
+    assert str(path) in str(info.value)
+    assert problem in str(info.value)
+
+
+def test_parse_header_accepts_a_valid_header():
+    header = parse_header(json.dumps(GOOD).encode(), 8 + len(json.dumps(GOOD)) + 8)
+    assert [e.name for e in header.entries] == ["x"]
+
+
+# ---------------------------------------------------------------- tampering
+
+
+def sealed_file(tmp_path: Path) -> Path:
+    return write_file(tmp_path / "m.safetensors", {"w": torch.arange(16.0)}, {"zoo.x": "1"})
+
+
+def test_changed_tensor_byte_is_tampering(tmp_path):
+    path = sealed_file(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(TamperedFileError, match="tensor data changed") as info:
+        read_file(path)
+    assert str(path) in str(info.value)
+    read_file(path, verify=False)  # an explicit opt-out still reads it
+
+
+def rewrite_metadata(path: Path, change) -> None:
+    """Rewrite the header with changed metadata (same tensors), as a tamperer would."""
+    header = read_header(path)
+    data = path.read_bytes()[header.data_start :]
+    doc = json.loads(path.read_bytes()[8 : header.data_start])
+    change(doc["__metadata__"])
+    raw = json.dumps(doc).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def test_changed_metadata_is_tampering(tmp_path):
+    path = sealed_file(tmp_path)
+    rewrite_metadata(path, lambda md: md.update({"zoo.x": "2"}))
+    with pytest.raises(TamperedFileError, match="metadata changed"):
+        read_file(path)
+
+
+def test_removed_seal_is_tampering(tmp_path):
+    path = sealed_file(tmp_path)
+    rewrite_metadata(path, lambda md: md.pop(CONTENT_HASH_KEY))
+    with pytest.raises(TamperedFileError, match="seal is incomplete"):
+        read_file(path)
+
+
+def test_temp_names_are_recognised():
+    assert is_temp_name(".model.safetensors.x1y2.zoo-tmp")
+    assert not is_temp_name("model.safetensors")
+    assert not is_temp_name(".hidden")

@@ -1,0 +1,268 @@
+"""Rich output of ``zoo adapt``, ``zoo predict`` and ``zoo demo``.
+
+:class:`AdaptProgress` is the live view (epoch and batch bars with loss, accuracy and
+images/s); the other functions return renderables (tested on ``Console(file=StringIO())``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from zoo.adaptation import AdaptCallback, EpochRecord, History
+from zoo.cli.output import bar, human_count
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}s" if value < 120 else f"{value / 60:.1f}min"
+
+
+def start_text(info: Mapping[str, Any]) -> Text:
+    """What is about to happen: model, policy, data, device, cache decision."""
+    text = Text()
+    text.append("adapting ", style="bold")
+    text.append(str(info.get("start", "")), style="bold cyan")
+    text.append(f"  policy {info.get('policy', '')}\n")
+    classes = list(info.get("classes", []))
+    shown = ", ".join(classes[:8]) + (f", … (+{len(classes) - 8})" if len(classes) > 8 else "")
+    text.append(f"data: {info.get('train_images', 0)} training / {info.get('val_images', 0)} "
+                f"validation images, {len(classes)} classes ({shown})\n")
+    if info.get("skipped"):
+        text.append(f"skipped {info['skipped']} unreadable image(s)\n", style="yellow")
+    size = info.get("input_size") or []
+    where = f"{info.get('device', 'cpu')}"
+    if int(info.get("world_size", 1)) > 1:
+        where += f" x {info['world_size']} processes (DDP)"
+    text.append(f"input {'x'.join(str(v) for v in size[1:])}, augmentation "
+                f"{'on' if info.get('augment') else 'off'}, {where}\n")
+    text.append(str(info.get("note", "")), style="green" if info.get("feature_cache") else "dim")
+    return text
+
+
+def epoch_line(record: EpochRecord, epochs: int) -> Text:
+    """One finished epoch, as printed above the progress bars."""
+    text = Text(f"epoch {record.epoch}/{epochs}  ", style="bold")
+    text.append(f"loss {record.train_loss:.4f}  acc {_pct(record.train_accuracy)}")
+    if record.val_accuracy is not None:
+        text.append(f"  val loss {_num(record.val_loss)}  ")
+        text.append(f"val acc {_pct(record.val_accuracy)}", style="bold green")
+    text.append(f"  {_seconds(record.seconds)}, {record.images_per_second:,.0f} img/s",
+                style="dim")
+    return text
+
+
+class AdaptProgress(AdaptCallback):
+    """Live progress of :func:`zoo.adapt` on a rich console: an epoch bar and a batch bar."""
+
+    def __init__(self, console: Console, *, show_start: bool = True) -> None:
+        self.console = console
+        self.show_start = show_start
+        self.progress = Progress(
+            TextColumn("{task.description:<12}"),
+            BarColumn(bar_width=30),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.epochs = 0
+        self._epoch: TaskID | None = None
+        self._batch: TaskID | None = None
+        self._started = False
+
+    def _start(self) -> None:
+        if not self._started:
+            self.progress.start()
+            self._started = True
+
+    def close(self) -> None:
+        if self._started:
+            self.progress.stop()
+            self._started = False
+
+    def on_start(self, info: Mapping[str, Any]) -> None:
+        self.epochs = int(info.get("epochs", 0))
+        for task in (self._epoch, self._batch):  # a callback may serve several runs
+            if task is not None:
+                self.progress.remove_task(task)
+        self._epoch = self._batch = None
+        if self.show_start:
+            self.console.print(start_text(info))
+        self._start()
+
+    def on_features_start(self, split: str, batches: int) -> None:
+        if self._batch is None:
+            self._batch = self.progress.add_task(f"features {split}", total=batches, stats="")
+        else:
+            self.progress.reset(self._batch, total=batches, description=f"features {split}",
+                                stats="")
+
+    def on_features_batch(self, split: str, done: int, batches: int) -> None:
+        if self._batch is not None:
+            self.progress.update(self._batch, completed=done)
+
+    def on_epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
+        if self._epoch is None:
+            self._epoch = self.progress.add_task("epochs", total=epochs, stats="")
+        if self._batch is None:
+            self._batch = self.progress.add_task(f"epoch {epoch}", total=batches, stats="")
+        else:
+            self.progress.reset(self._batch, total=batches, description=f"epoch {epoch}",
+                                stats="")
+
+    def on_batch_end(self, epoch: int, batch: int, batches: int, loss: float, accuracy: float,
+                     images_per_second: float) -> None:
+        if self._batch is not None:
+            self.progress.update(
+                self._batch, completed=batch,
+                stats=f"loss {loss:.4f}  acc {_pct(accuracy)}  {images_per_second:,.0f} img/s",
+            )
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        self.progress.console.print(epoch_line(record, self.epochs))
+        if self._epoch is not None:
+            last = _pct(record.val_accuracy if record.val_accuracy is not None
+                        else record.train_accuracy)
+            self.progress.update(self._epoch, completed=record.epoch, stats=f"acc {last}")
+
+    def on_plan_change(self, epoch: int, plan: Any) -> None:
+        notes = "; ".join(getattr(plan, "notes", ()) or ())
+        self.progress.console.print(
+            Text(f"epoch {epoch}: {len(plan.trainable)} tensors train now"
+                 + (f" ({notes})" if notes else ""), style="cyan")
+        )
+
+    def on_end(self, history: History) -> None:
+        self.close()
+
+
+def history_table(history: History) -> Table:
+    """One row per epoch: losses, accuracies, time and throughput."""
+    table = Table(title="training history", title_justify="left", show_edge=False)
+    table.add_column("epoch", justify="right")
+    table.add_column("train loss", justify="right")
+    table.add_column("train acc", justify="right")
+    table.add_column("val loss", justify="right")
+    table.add_column("val acc", justify="right")
+    table.add_column("trainable", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("img/s", justify="right")
+    for e in history.epochs:
+        table.add_row(
+            str(e.epoch), _num(e.train_loss), _pct(e.train_accuracy), _num(e.val_loss),
+            _pct(e.val_accuracy), human_count(e.trainable_params), _seconds(e.seconds),
+            f"{e.images_per_second:,.0f}",
+        )
+    return table
+
+
+def summary_table(history: History) -> Table:
+    """The final summary: where it was saved, what trained, how well, how long."""
+    table = Table(show_header=False, title="summary", title_justify="left", show_edge=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    if history.name:
+        table.add_row("saved as", f"{history.name}  ({history.path})")
+    else:
+        table.add_row("saved as", "not saved (no name)")
+    table.add_row("started from", history.start)
+    policy = history.policy + (
+        ":" + ",".join(f"{k}={v}" for k, v in history.policy_args.items())
+        if history.policy_args else ""
+    )
+    table.add_row("policy", policy)
+    share = history.trainable_fraction
+    table.add_row("trainable", f"{human_count(history.trainable_params)} of "
+                  f"{human_count(history.total_params)} ({100 * share:.1f}%) {bar(share, 12)}")
+    table.add_row("classes", f"{len(history.classes)}: " + ", ".join(history.classes[:10])
+                  + (" …" if len(history.classes) > 10 else ""))
+    table.add_row("images", f"{history.train_images} train, {history.val_images} validation"
+                  + (f", {len(history.skipped)} skipped (unreadable)" if history.skipped else ""))
+    if history.epochs:
+        last = history.epochs[-1]
+        table.add_row("final", f"train acc {_pct(last.train_accuracy)}, val acc "
+                      f"{_pct(last.val_accuracy)}, best {_pct(history.best_accuracy)}")
+    cache = "used" if history.feature_cache else "not used"
+    table.add_row("feature cache", f"{cache} — {history.feature_cache_note}"
+                  + (f" ({_seconds(history.feature_seconds)} to compute)"
+                     if history.feature_cache else ""))
+    table.add_row("time", f"{_seconds(history.total_seconds)} on {history.device}"
+                  + (f" x {history.world_size}" if history.world_size > 1 else ""))
+    for note in history.notes:
+        table.add_row("note", note)
+    return table
+
+
+def skipped_text(history: History, limit: int = 10) -> Text:
+    """The unreadable images that were left out, one per line."""
+    text = Text()
+    for item in history.skipped[:limit]:
+        text.append(f"skipped {item['path']}: {item['reason']}\n", style="yellow")
+    if len(history.skipped) > limit:
+        text.append(f"… and {len(history.skipped) - limit} more\n", style="yellow")
+    return text
+
+
+# ---------------------------------------------------------------- predict
+
+
+def predictions_table(predictions: Sequence[Any]) -> Table:
+    """Top-k classes per image with probability bars."""
+    table = Table(show_edge=False)
+    table.add_column("image")
+    table.add_column("#", justify="right")
+    table.add_column("class")
+    table.add_column("probability", justify="right")
+    table.add_column("")
+    for pred in predictions:
+        for rank, (name, prob) in enumerate(pred.top, start=1):
+            table.add_row(pred.source if rank == 1 else "", str(rank), name,
+                          f"{100 * prob:.1f}%", bar(prob, 20),
+                          style="bold" if rank == 1 else None)
+        table.add_section()
+    return table
+
+
+# ---------------------------------------------------------------- demo
+
+
+def demo_table(rows: Sequence[Any]) -> Table:
+    """The demo's comparison: one row per strategy."""
+    best = max((r.accuracy for r in rows), default=None)
+    table = Table(title="digits 5-9, few labels per class", title_justify="left",
+                  show_edge=False)
+    table.add_column("strategy")
+    table.add_column("policy")
+    table.add_column("start")
+    table.add_column("test acc", justify="right")
+    table.add_column("trainable", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("feature cache")
+    for r in rows:
+        table.add_row(
+            r.strategy, r.policy, r.start, _pct(r.accuracy), f"{100 * r.trainable_fraction:.1f}%",
+            _seconds(r.seconds), "yes" if r.feature_cache else "no",
+            style="bold green" if r.accuracy == best else None,
+        )
+    return table

@@ -1,0 +1,181 @@
+"""Rich renderables for ``zoo models``, ``zoo inspect``, ``zoo rm`` and ``zoo gc`` (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from zoo.cli.output import bar, human_bytes, human_count
+
+if TYPE_CHECKING:
+    from zoo.persistence import Inspection
+    from zoo.store import EntryInfo, GcResult
+
+BAR_WIDTH = 20
+
+
+def _classes_text(num_classes: int | None, classes: Sequence[str] | None, width: int = 28) -> str:
+    if classes:
+        shown = ", ".join(classes)
+        if len(shown) > width:
+            shown = shown[: width - 1].rstrip(", ") + "…"
+        return f"{len(classes)}: {shown}"
+    return "-" if num_classes is None else str(num_classes)
+
+
+def _date(created: str) -> str:
+    return created.replace("T", " ")[:16] if created else "-"
+
+
+def _percent(fraction: float | None) -> str:
+    if fraction is None:
+        return "-"
+    return f"{100 * fraction:.2f}%" if fraction < 0.01 else f"{100 * fraction:.1f}%"
+
+
+def models_table(entries: Sequence[EntryInfo]) -> Table:
+    """One row per store entry; a broken entry says ``broken`` (:func:`broken_lines` says why)."""
+    table = Table(box=None, pad_edge=False, collapse_padding=True, header_style="bold")
+    table.add_column("name", style="cyan", overflow="fold")
+    table.add_column("backbone", overflow="fold")
+    table.add_column("classes", no_wrap=True, overflow="ellipsis", max_width=30)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("policy", overflow="fold")
+    table.add_column("trained", justify="right", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("date", no_wrap=True)
+    for entry in entries:
+        if not entry.ok:
+            table.add_row(
+                entry.name, "", "", Text("broken", style="bold red"), "", "",
+                human_bytes(entry.size) if entry.size else "-", "",
+            )
+            continue
+        table.add_row(
+            entry.name,
+            entry.backbone,
+            _classes_text(entry.num_classes, entry.classes),
+            entry.kind,
+            (entry.policy or "-").removeprefix("zoo:"),
+            _percent(entry.trained_fraction),
+            human_bytes(entry.size),
+            _date(entry.created)[:10],
+        )
+    return table
+
+
+def broken_lines(entries: Sequence[EntryInfo]) -> list[Text]:
+    """One line per broken entry: its name and what is wrong with it."""
+    return [
+        Text.assemble((f"{e.name}", "bold"), (f": {e.reason}", "red"))
+        for e in entries if not e.ok
+    ]
+
+
+def models_summary(entries: Sequence[EntryInfo], home: str) -> Text:
+    """The line under the table: how many models, how many broken, where the store is."""
+    broken = sum(1 for e in entries if not e.ok)
+    total = sum(e.size for e in entries)
+    text = Text(f"{len(entries)} model(s), {human_bytes(total)} in {home}", style="dim")
+    if broken:
+        text.append(f"; {broken} broken (remove with zoo rm NAME)", style="red")
+    return text
+
+
+def inspect_view(info: Inspection) -> Group:
+    """Metadata of a saved model, then what was trained at each depth."""
+    meta = info.metadata
+    head = Text()
+    head.append(info.name or str(info.path), style="bold cyan")
+    head.append(f"  {meta.kind} save of {meta.backbone}\n")
+    rows = Table(box=None, pad_edge=False, show_header=False)
+    rows.add_column(style="bold")
+    rows.add_column()
+    rows.add_row("file", f"{info.path} ({human_bytes(info.size)}, {info.tensors} tensors)")
+    rows.add_row("classes", _classes_text(meta.num_classes, meta.classes, width=60))
+    policy = meta.policy or "-"
+    if meta.policy_args:
+        policy += " (" + ", ".join(f"{k}={v}" for k, v in meta.policy_args.items()) + ")"
+    rows.add_row("policy", policy)
+    rows.add_row(
+        "trained",
+        f"{human_count(meta.num_trained_params)} of {human_count(meta.num_params)} parameters "
+        f"({_percent(meta.trained_fraction if meta.num_params else None)}), "
+        f"{len(meta.trained)} tensors",
+    )
+    if meta.build.get("kwargs"):
+        rows.add_row("arguments", ", ".join(f"{k}={v!r}" for k, v in meta.build["kwargs"].items()))
+    config = meta.input_config
+    if config:
+        size = "x".join(str(v) for v in config.get("input_size", []))
+        mean, std = _floats(config.get("mean")), _floats(config.get("std"))
+        rows.add_row("input", f"{size}, {config.get('interpolation', '?')}, "
+                              f"mean {mean}, std {std}")
+    if meta.base:
+        digest = meta.base.get("sha256") or "?"
+        rows.add_row("base", f"{meta.base.get('kind')} {meta.base.get('ref')} "
+                             f"(sha256 {digest[:16]}…)")
+    rows.add_row("created", f"{_date(meta.created)} UTC by zoo {meta.zoo_version or '?'}")
+    if meta.plugins:
+        rows.add_row("plugins", ", ".join(f"{k} {v or '?'}" for k, v in meta.plugins.items()))
+    rows.add_row("seal", "verified" if info.verified else "not checked (--no-verify)")
+    parts: list[Any] = [head, rows]
+    if info.depths:
+        parts.extend([Text(""), depth_table(info.depths)])
+    for note in info.notes:
+        parts.append(Text(f"note: {note}", style="yellow"))
+    return Group(*parts)
+
+
+def _floats(values: Any) -> str:
+    if not isinstance(values, (list, tuple)):
+        return "?"
+    return "(" + ", ".join(f"{float(v):.3g}" for v in values) + ")"
+
+
+def depth_table(depths: Sequence[dict[str, Any]], *, bar_width: int = BAR_WIDTH) -> Table:
+    """What was trained at each depth: parameters, trained share, a bar."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("depth", justify="right")
+    table.add_column("group", style="cyan")
+    table.add_column("tensors", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("trained", justify="right")
+    table.add_column("", no_wrap=True)
+    for row in depths:
+        numel, trained = row["numel"], row["trained_numel"]
+        if trained == numel and numel:
+            label = "all"
+        elif trained == 0:
+            label = "none"
+        else:
+            label = human_count(trained)
+        table.add_row(
+            str(row["depth"]),
+            row["group"],
+            str(row["tensors"]),
+            human_count(numel),
+            label,
+            Text(bar(trained / numel if numel else 0.0, bar_width), style="green"),
+        )
+    return table
+
+
+def gc_view(result: GcResult, *, dry_run: bool) -> Text:
+    """What ``zoo gc`` removed (or would remove) and what it left alone."""
+    text = Text()
+    verb = "would remove" if dry_run else "removed"
+    for path in result.removed:
+        text.append(f"{verb} {path}\n")
+    for path, reason in result.skipped:
+        text.append(f"skipped {path}: {reason}\n", style="yellow")
+    if not result.removed and not result.skipped:
+        text.append("nothing to clean up\n", style="dim")
+    else:
+        text.append(f"{len(result.removed)} leftover(s), {human_bytes(result.freed)} "
+                    f"{'to free' if dry_run else 'freed'}\n", style="dim")
+    return text

@@ -1,0 +1,251 @@
+"""Distributed data-parallel adaptation: process group, sharding, DDP wrapping and re-wrapping.
+
+``zoo adapt`` (and :func:`zoo.adapt`) run unchanged under ``torchrun --nproc_per_node N``:
+torchrun sets ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``; zoo then joins the process group
+(``gloo`` on CPU, ``nccl`` on GPU), shards the training data with a ``DistributedSampler``,
+averages gradients with :class:`~torch.nn.parallel.DistributedDataParallel`, sums the loss and
+accuracy counts over ranks, and only rank 0 writes the saved model.
+
+Frozen parameters and DDP. DDP decides once, when it is constructed, which parameters it
+reduces: those with ``requires_grad=True`` at that moment (its ``Reducer`` is built from them
+and registers autograd hooks on exactly those). So zoo applies the plan *before* wrapping:
+frozen parameters are outside the reduction and cost nothing. A schedule that unfreezes more
+parameters later (``gradual``) would leave the newly trainable parameters out of the reducer if
+``requires_grad`` were just flipped on the wrapped model — each rank would then step them with
+its own local gradient and the replicas would silently drift apart (the failure reported for
+other tools, e.g. Lightning issue 20340). zoo instead **re-wraps** at each boundary where the
+set of trainable parameters changes: the old DDP wrapper is dropped (its reducer and hooks go
+with it), a new ``DistributedDataParallel`` is built around the *same* module, and the *same*
+optimizer gets the new parameters as a new param group. Re-wrapping broadcasts rank 0's
+parameters and buffers, so every replica restarts the phase identical; optimizer state of the
+already-trained parameters is kept. :class:`Replica` does this.
+
+Norm statistics: DDP is built with ``broadcast_buffers=False`` and zoo averages floating-point
+buffers (BatchNorm running mean/var) over the ranks at the end of every epoch, so the replicas
+agree exactly and the saved statistics describe all the data, not rank 0's shard.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo.errors import ZooError
+
+DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE")
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process was started by torchrun (or another launcher) with WORLD_SIZE > 1."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    except ValueError:
+        return False
+
+
+def resolve_device(device: str | torch.device | None, *, local_rank: int = 0) -> torch.device:
+    """``None``/``"auto"``: the local GPU (``cuda:LOCAL_RANK``) when there is one, else CPU."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ZooError(f"device {str(device)!r} asked for, but no CUDA GPU is available")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return dev
+
+
+@dataclass
+class DistContext:
+    """Where this process stands: rank, world size, device; helpers for collective sums."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str | None = None
+    owns_group: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            if self.backend == "nccl":
+                dist.barrier(device_ids=[self.device.index or 0])
+            else:
+                dist.barrier()
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sum of ``values`` over all ranks (the values themselves when alone)."""
+        if not self.enabled:
+            return [float(v) for v in values]
+        import torch.distributed as dist
+
+        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return [float(v) for v in tensor.tolist()]
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any rank."""
+        return self.sum([1.0 if flag else 0.0])[0] > 0
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=self.device if self.backend == "nccl"
+                                   else None)
+        return box[0]
+
+    def average_buffers(self, module: nn.Module) -> None:
+        """Average floating-point buffers (BatchNorm running statistics) over the ranks.
+
+        DDP is built with ``broadcast_buffers=False``, so each rank's norm layers in ``train``
+        mode track statistics of its own shard; averaging them at the end of every epoch keeps
+        the replicas identical (what rank 0 saves is the mean over all data).
+        """
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        for buffer in module.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer.data, op=dist.ReduceOp.SUM)
+                buffer.data.div_(self.world_size)
+
+    def close(self) -> None:
+        """Leave the process group if this context created it."""
+        if self.owns_group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.owns_group = False
+
+
+def setup(distributed: bool | None = None, device: str | torch.device | None = None,
+          *, timeout_s: float = 1800.0) -> DistContext:
+    """Join (or reuse) a process group when asked or launched by torchrun.
+
+    ``distributed=None`` means: distributed when a process group is already initialized or the
+    launcher set ``WORLD_SIZE > 1``. ``True`` requires one of those. The backend is ``nccl`` on
+    GPU and ``gloo`` on CPU; the device is ``cuda:LOCAL_RANK`` when GPUs exist.
+    """
+    import torch.distributed as dist
+
+    initialized = dist.is_available() and dist.is_initialized()
+    wanted = distributed if distributed is not None else (initialized or launched_by_torchrun())
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if not wanted:
+        return DistContext(device=resolve_device(device))
+    if not dist.is_available():
+        raise ZooError("distributed training asked for, but this torch build has no "
+                       "torch.distributed")
+    owns = False
+    if not initialized:
+        if not launched_by_torchrun():
+            raise ZooError(
+                "distributed training asked for, but no process group exists and WORLD_SIZE is "
+                "not set: launch with torchrun --nproc_per_node N (or call "
+                "torch.distributed.init_process_group first)"
+            )
+        dev = resolve_device(device, local_rank=local_rank)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend=backend,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        owns = True
+    backend = dist.get_backend()
+    if device is None and backend == "gloo":
+        dev = torch.device("cpu")
+    else:
+        dev = resolve_device(device, local_rank=local_rank)
+    return DistContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        device=dev,
+        backend=str(backend),
+        owns_group=owns,
+    )
+
+
+def trainable_names(module: nn.Module) -> tuple[str, ...]:
+    return tuple(n for n, p in module.named_parameters() if p.requires_grad)
+
+
+class Replica:
+    """A module as trained on this rank: itself alone, or wrapped in DDP when distributed.
+
+    :meth:`sync` (re)builds the DDP wrapper whenever the set of trainable parameters changed
+    since the last wrap — call it after every change of ``requires_grad`` (a schedule step).
+    ``forward`` goes through the wrapper; ``module`` is always the plain module.
+    """
+
+    def __init__(self, module: nn.Module, ctx: DistContext) -> None:
+        self.module = module
+        self.ctx = ctx
+        self.wrapped: nn.Module = module
+        self.wraps = 0
+        self._wrapped_for: tuple[str, ...] | None = None
+        self.sync()
+
+    def sync(self) -> bool:
+        """Re-wrap if the trainable parameters changed; True when a new wrapper was built."""
+        if not self.ctx.enabled:
+            return False
+        names = trainable_names(self.module)
+        if names == self._wrapped_for:
+            return False
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # Drop the old wrapper first: its reducer holds autograd hooks on the parameters it
+        # was built for, and must not see the next backward pass.
+        self.wrapped = self.module
+        self._wrapped_for = names
+        if not names:
+            return False
+        device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+        self.wrapped = DDP(self.module, device_ids=device_ids, broadcast_buffers=False)
+        self.wraps += 1
+        return True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.wrapped(*args, **kwargs)
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Indices ``rank, rank + world, …``: every sample exactly once over all ranks (no padding).
+
+    For evaluation, where DistributedSampler's padding would count some images twice.
+    """
+
+    def __init__(self, size: int, rank: int, world_size: int) -> None:
+        self.indices = list(range(rank, size, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

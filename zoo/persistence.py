@@ -1,0 +1,713 @@
+"""Saving and loading models: ``zoo.save``, ``zoo.load``, ``zoo.inspect``.
+
+``save`` writes one self-sufficient ``.safetensors`` file (tensors + ``zoo.*`` metadata, see
+:mod:`zoo.metadata`) into the store or to a path; ``load`` rebuilds the backbone through its
+plugin and loads the tensors strictly. A *delta* stores only what training changed, plus a
+reference to its base (pretrained weights, a file, or another store entry) and the base's hash;
+loading resolves the base again and refuses one whose hash differs. The base of a model is
+recorded when it is built: ``zoo.create(pretrained=True)``, ``zoo.create(weights=FILE)`` and
+``zoo.load(...)`` set ``model.zoo_build["base"]``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zoo import store
+from zoo.errors import (
+    BaseMismatchError,
+    CorruptFileError,
+    InvalidNameError,
+    MissingBaseError,
+    ModelExistsError,
+    ModelNotFoundError,
+    WeightsMismatchError,
+    ZooError,
+)
+from zoo.fileformat import (
+    SavedFile,
+    atomic_write_bytes,
+    current_umask,
+    encode,
+    fsync_dir,
+    hash_tensors,
+    read_file,
+    read_header,
+    seal,
+)
+from zoo.metadata import FORMAT_VERSION, KEYS, ZooMetadata, config_json, is_zoo_metadata
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from zoo.plans import Plan
+
+MAX_BASE_CHAIN = 32
+
+
+# ---------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a model is saved or loaded from: a store entry, a folder, or a single file."""
+
+    kind: str  # "store" | "dir" | "file"
+    model_path: Path
+    config_path: Path | None
+    lock_key: str
+    name: str | None = None
+
+    @property
+    def display(self) -> str:
+        return repr(self.name) if self.name else str(self.model_path)
+
+
+def resolve_target(name_or_path: str | os.PathLike[str]) -> Target:
+    """Where ``name_or_path`` points (see :func:`zoo.store.is_path_target` for the rule).
+
+    A store name is ``<ZOO_HOME>/models/<name>/``; a path ending in ``.safetensors`` is that
+    single file; any other path is a folder laid out like a store entry (``model.safetensors`` +
+    ``config.json``). An existing file is always a single file.
+    """
+    if not store.is_path_target(name_or_path):
+        name = store.validate_name(name_or_path)
+        folder = store.entry_dir(name)
+        return Target("store", folder / store.MODEL_FILE, folder / store.CONFIG_FILE, name, name)
+    path = Path(os.path.abspath(Path(name_or_path).expanduser()))
+    if path.suffix == ".safetensors" or path.is_file():
+        return Target("file", path, None, str(path))
+    return Target("dir", path / store.MODEL_FILE, path / store.CONFIG_FILE, str(path))
+
+
+def _existing(target: Target) -> Path:
+    if target.model_path.is_file():
+        return target.model_path
+    if target.kind == "store":
+        return store.existing_entry(target.name or "")
+    raise ModelNotFoundError("model file", str(target.model_path))
+
+
+# ---------------------------------------------------------------- bases
+
+
+@dataclass
+class ResolvedState:
+    """A complete state dict read from a file (a delta merged with its base) and its hash."""
+
+    tensors: dict[str, torch.Tensor]
+    sha256: str
+    meta: ZooMetadata | None = None
+    saved: SavedFile | None = None
+
+
+def file_base(path: Path, saved: SavedFile | None = None) -> dict[str, Any]:
+    """The base record of weights read from a file: ``{"kind": "file", "ref", "sha256"}``."""
+    resolved = _state_of_file(Path(path), (), saved=saved)
+    return {"kind": "file", "ref": str(Path(path).resolve()), "sha256": resolved.sha256}
+
+
+def _state_of_file(path: Path, chain: tuple[Path, ...], *, saved: SavedFile | None = None
+                   ) -> ResolvedState:
+    real = path.resolve()
+    if real in chain:
+        loop = " -> ".join(str(p) for p in (*chain, real))
+        raise CorruptFileError(f"{path}: the chain of delta bases loops: {loop}")
+    if len(chain) >= MAX_BASE_CHAIN:
+        raise CorruptFileError(f"{path}: more than {MAX_BASE_CHAIN} deltas stacked on each other")
+    saved = saved if saved is not None else read_file(path)
+    if not is_zoo_metadata(saved.metadata):
+        digest = saved.tensors_sha256 or hash_tensors(saved.tensors)
+        return ResolvedState(saved.tensors, digest, None, saved)
+    meta = ZooMetadata.parse(saved.metadata, source=str(path))
+    if meta.kind == "full":
+        return ResolvedState(saved.tensors, meta.tensors_sha256, meta, saved)
+    assert meta.base is not None  # parse guarantees it for deltas
+    base = resolve_base(meta.base, meta.build, chain=(*chain, real), for_file=path)
+    missing = [n for n in meta.base_tensors if n not in base.tensors]
+    if missing:
+        raise BaseMismatchError(
+            f"{path}: its base lacks {len(missing)} tensor(s) the delta needs: "
+            + ", ".join(missing[:6])
+        )
+    merged = {n: base.tensors[n] for n in meta.base_tensors}
+    merged.update(saved.tensors)
+    digest = hash_tensors(merged)
+    if digest != meta.state_sha256:
+        raise BaseMismatchError(
+            f"{path}: delta + base do not rebuild the saved model (state hash {digest[:16]}… "
+            f"vs recorded {str(meta.state_sha256)[:16]}…)"
+        )
+    return ResolvedState(merged, digest, meta, saved)
+
+
+def resolve_base(
+    base: Mapping[str, Any],
+    build: Mapping[str, Any],
+    *,
+    chain: tuple[Path, ...] = (),
+    for_file: Path | str = "model",
+) -> ResolvedState:
+    """The complete state of a base reference, checked against its recorded sha256.
+
+    ``kind="file"`` reads the file (itself possibly a delta), ``"store"`` the store entry,
+    ``"pretrained"`` builds the backbone with its pretrained weights (default head, the saved
+    architecture arguments) through the plugin. Raises :class:`~zoo.MissingBaseError` if the
+    base cannot be found and :class:`~zoo.BaseMismatchError` if its hash differs.
+    """
+    kind, ref, recorded = base.get("kind"), base.get("ref"), base.get("sha256")
+    if kind == "file":
+        path = Path(str(ref))
+        if not path.is_file():
+            raise MissingBaseError(
+                f"{for_file}: its base file {path} is missing; restore it to load this delta"
+            )
+        resolved = _state_of_file(path, chain)
+    elif kind == "store":
+        try:
+            path = store.existing_entry(str(ref))
+        except (ModelNotFoundError, InvalidNameError) as exc:
+            raise MissingBaseError(
+                f"{for_file}: its base, store entry {ref!r}, cannot be found ({exc}); "
+                "restore it to load this delta"
+            ) from None
+        resolved = _state_of_file(path, chain)
+    elif kind == "pretrained":
+        from zoo.api import create
+
+        kwargs = dict(build.get("kwargs") or {})
+        model = create(str(ref), pretrained=True, **kwargs)
+        tensors = {k: v.detach() for k, v in model.state_dict().items()}
+        resolved = ResolvedState(tensors, hash_tensors(tensors))
+    else:
+        raise CorruptFileError(f"{for_file}: unknown base kind {kind!r}")
+    if recorded and recorded != resolved.sha256:
+        raise BaseMismatchError(
+            f"{for_file}: its base {kind} {ref!r} has changed: expected sha256 {recorded}, "
+            f"found {resolved.sha256}; a delta only loads on the exact weights it was trained from"
+        )
+    return resolved
+
+
+# ---------------------------------------------------------------- saving
+
+
+def save(
+    model: nn.Module,
+    name_or_path: str | os.PathLike[str],
+    *,
+    classes: Sequence[str] | None = None,
+    delta: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Save ``model`` as one self-sufficient ``.safetensors`` file; returns the file's path.
+
+    ``name_or_path``: a store name (``"cats-v1"`` -> ``<ZOO_HOME>/models/cats-v1/``, with a
+    timm-style ``config.json``), or a path — an ``os.PathLike``, or a ``str`` with a path
+    separator or ending in ``.safetensors``. A ``.safetensors`` path is written as that single
+    file; another path becomes a folder like a store entry.
+
+    ``classes`` (default ``model.zoo_classes``) names the outputs. ``delta=True`` stores only the
+    trained tensors and whatever else differs from the model's base (recorded at build time),
+    with the base's hash. An existing model is only replaced with ``overwrite=True``
+    (:class:`~zoo.ModelExistsError`). The model must come from ``zoo.create`` or ``zoo.load``.
+    """
+    build = _build_of(model)
+    target = resolve_target(name_or_path)
+    _check_free(target, overwrite)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    plan = getattr(model, "zoo_plan", None)
+    trained = list(plan.trainable) if plan is not None else [
+        n for n, p in model.named_parameters() if p.requires_grad
+    ]
+    num_classes = _num_classes(model, build)
+    names = _classes(model, classes, num_classes)
+    numel = {n: p.numel() for n, p in model.named_parameters()}
+    base = build.get("base")
+    meta_kwargs: dict[str, Any] = {}
+    tensors: Mapping[str, torch.Tensor] = state
+    if delta:
+        if not base:
+            raise MissingBaseError(
+                "a delta stores only what changed from the model's base weights, but this model "
+                "has none recorded (it was built with random weights); build it with "
+                "zoo.create(..., pretrained=True), zoo.create(..., weights=FILE) or zoo.load(...), "
+                "or save it in full (delta=False)"
+            )
+        _check_not_own_base(base, target)
+        resolved = resolve_base(base, build, for_file="the model's base")
+        kept = _delta_names(state, resolved.tensors, trained)
+        tensors = {n: state[n] for n in sorted(kept)}
+        base = {**base, "sha256": resolved.sha256}
+        meta_kwargs = {
+            "base_tensors": sorted(set(state) - kept),
+            "state_sha256": hash_tensors(state),
+        }
+    meta = ZooMetadata(
+        format_version=FORMAT_VERSION,
+        kind="delta" if delta else "full",
+        backbone=build["backbone"],
+        build=_jsonable_build(build),
+        num_classes=num_classes,
+        classes=names,
+        input_config=_input_config(model),
+        policy=plan.policy if plan is not None else "",
+        policy_args=dict(plan.args) if plan is not None else {},
+        plan=plan.to_dict() if plan is not None else None,
+        trained=trained,
+        num_params=sum(numel.values()),
+        num_trained_params=sum(numel.get(n, 0) for n in trained),
+        base=base or None,
+        zoo_version=_zoo_version(),
+        plugins=_plugin_versions(build["backbone"], plan),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        timm_config=timm_config(model, names, _input_config(model), build),
+        extra=_extra_metadata(model, build["backbone"]),
+        **meta_kwargs,
+    )
+    metadata = seal(tensors, meta.to_metadata())
+    head, chunks = encode(tensors, metadata)
+    with store.locked(target.lock_key):
+        _check_free(target, overwrite)
+        _write(target, [head, *chunks], metadata)
+    return target.model_path
+
+
+def _build_of(model: Any) -> dict[str, Any]:
+    build = getattr(model, "zoo_build", None)
+    if not isinstance(build, dict) or not isinstance(build.get("backbone"), str):
+        raise ZooError(
+            "zoo.save needs a model built by zoo.create or zoo.load (it reads model.zoo_build to "
+            "know how to rebuild it); build it with zoo.create(name, ...)"
+        )
+    return build
+
+
+def _jsonable_build(build: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: build.get(k) for k in ("backbone", "tag", "num_classes", "kwargs")}
+    out["kwargs"] = dict(out["kwargs"] or {})
+    try:
+        json.dumps(out, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ZooError(
+            f"the model's architecture arguments {out['kwargs']!r} cannot be saved ({exc}); "
+            "zoo saves JSON values only (numbers, strings, lists, dicts)"
+        ) from None
+    return out
+
+
+def _num_classes(model: Any, build: Mapping[str, Any]) -> int | None:
+    value = build.get("num_classes")
+    if value is None:
+        value = getattr(model, "num_classes", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _classes(model: Any, classes: Sequence[str] | None, num_classes: int | None
+             ) -> list[str] | None:
+    if classes is None:
+        classes = getattr(model, "zoo_classes", None)
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes)) or not all(isinstance(c, str) for c in classes):
+        raise ZooError("classes must be a list of class names (strings)")
+    names = list(classes)
+    if num_classes is not None and len(names) != num_classes:
+        raise ZooError(
+            f"got {len(names)} class names for a model with {num_classes} outputs; "
+            "pass one name per output, in index order"
+        )
+    return names
+
+
+def _input_config(model: Any) -> dict[str, Any]:
+    config = getattr(model, "zoo_input_config", None)
+    return config.to_dict() if hasattr(config, "to_dict") else {}
+
+
+def _zoo_version() -> str:
+    from zoo._version import __version__
+
+    return __version__
+
+
+def _plugin_versions(backbone: str, plan: Plan | None) -> dict[str, Any]:
+    from zoo.api import get_catalog
+
+    wanted = {backbone.split(":", 1)[0]}
+    if plan is not None and ":" in plan.policy:
+        wanted.add(plan.policy.split(":", 1)[0])
+    records = get_catalog().host.records
+    return {name: (records[name].version if name in records else None) for name in sorted(wanted)}
+
+
+def _extra_metadata(model: nn.Module, backbone: str) -> dict[str, str]:
+    """Entries from every plugin's ``zoo_extra_metadata``; bad entries are recorded, not saved."""
+    from zoo.api import get_catalog
+
+    catalog = get_catalog()
+    try:
+        spec = catalog.backbones.lookup(backbone)
+    except ZooError:
+        spec = None
+    extra: dict[str, str] = {}
+    host = catalog.host
+    for plugin, result in host.call_each(
+        "zoo_extra_metadata", lambda _name: {"model": model, "backbone": spec}
+    ):
+        if result is None:
+            continue
+        if not isinstance(result, Mapping):
+            host.record_error(plugin, f"zoo_extra_metadata returned {type(result).__name__}, "
+                                      "not a mapping of str to str")
+            continue
+        for key, value in result.items():
+            if not isinstance(key, str) or not key.startswith(f"{plugin}.") or key in KEYS:
+                host.record_error(plugin, f"zoo_extra_metadata key {key!r} is not namespaced "
+                                          f"'{plugin}.<key>'; it was not saved")
+            elif not isinstance(value, str):
+                host.record_error(plugin, f"zoo_extra_metadata value of {key!r} is a "
+                                          f"{type(value).__name__}, not a string; not saved")
+            else:
+                extra[key] = value
+    return extra
+
+
+def timm_config(
+    model: nn.Module,
+    classes: list[str] | None,
+    input_config: Mapping[str, Any],
+    build: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The timm-style ``config.json`` of ``model``, as ``timm.models.push_to_hf_hub`` writes it.
+
+    A timm model gets timm's own writer (``save_config_for_hf``), so the folder loads with
+    ``timm.create_model("local-dir:<folder>", pretrained=True)``; other models get the same
+    layout from zoo's build record.
+    """
+    data_config = {k: input_config[k] for k in ("mean", "std", "interpolation", "crop_pct",
+                                                "crop_mode") if k in input_config}
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):
+        try:
+            from timm.models._hub import save_config_for_hf
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "config.json"
+                save_config_for_hf(
+                    model, str(path),
+                    model_config={"label_names": list(classes)} if classes else None,
+                    data_config=data_config,
+                )
+                return json.loads(path.read_text(encoding="utf-8"))
+        except Exception:  # an older timm, or arguments it cannot serialize: generic layout
+            pass
+    name = str(build.get("backbone", "")).split(":", 1)[-1]
+    num_classes = _num_classes(model, build)
+    pretrained_cfg = {
+        "architecture": name,
+        **({"tag": build["tag"]} if build.get("tag") else {}),
+        **{k: v for k, v in input_config.items()},
+        "num_classes": num_classes,
+    }
+    config: dict[str, Any] = {"architecture": name, "num_classes": num_classes}
+    if classes:
+        config["label_names"] = list(classes)
+    if build.get("kwargs"):
+        config["model_args"] = dict(build["kwargs"])
+    config["pretrained_cfg"] = pretrained_cfg
+    return config
+
+
+def _delta_names(
+    state: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], trained: Sequence[str]
+) -> set[str]:
+    """Tensors a delta must hold: the trained ones and every tensor that differs from the base."""
+    import torch
+
+    kept = {n for n in trained if n in state}
+    for name, tensor in state.items():
+        if name in kept:
+            continue
+        other = base.get(name)
+        if (
+            other is None
+            or other.shape != tensor.shape
+            or other.dtype != tensor.dtype
+            or not torch.equal(other, tensor.to(other.device))
+        ):
+            kept.add(name)
+    return kept
+
+
+def _check_not_own_base(base: Mapping[str, Any], target: Target) -> None:
+    kind, ref = base.get("kind"), str(base.get("ref"))
+    same = (kind == "store" and target.kind == "store" and ref == target.name) or (
+        kind == "file" and Path(ref).resolve() == target.model_path.resolve()
+    )
+    if same:
+        raise ZooError(
+            f"cannot save a delta over its own base {target.display}: the delta would need the "
+            "weights it replaces; save it under another name, or in full (delta=False)"
+        )
+
+
+def _check_free(target: Target, overwrite: bool) -> None:
+    if target.kind == "store":
+        twin = store.case_twin(target.name or "")
+        if twin is not None:
+            raise InvalidNameError(
+                f"invalid model name {target.name!r}: it differs only in case from the existing "
+                f"entry {twin!r} (names must stay distinct on case-insensitive file systems)"
+            )
+        store.check_inside(target.model_path, store.models_dir())
+    if target.model_path.exists() and not overwrite:
+        raise ModelExistsError(
+            f"a model is already saved at {target.display} ({target.model_path}); pass "
+            "overwrite=True (CLI: --overwrite) to replace it, or choose another name"
+        )
+
+
+def _write(target: Target, chunks: list, metadata: Mapping[str, str]) -> None:
+    config = config_json(metadata).encode("utf-8")
+    if target.kind == "store" and target.name is not None:
+        _warn_dependents(target.name)
+    if target.kind == "store" and not target.model_path.parent.exists():
+        _write_new_entry(target, chunks, config)
+        return
+    target.model_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target.model_path, chunks)
+    if target.config_path is not None:
+        atomic_write_bytes(target.config_path, [config])
+
+
+def _write_new_entry(target: Target, chunks: list, config: bytes) -> None:
+    """A new entry is written whole into a hidden folder, then renamed into place at once."""
+    root = store.models_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    folder = target.model_path.parent
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}.", suffix=".zoo-tmp"))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())
+        atomic_write_bytes(tmp / store.MODEL_FILE, chunks)
+        atomic_write_bytes(tmp / store.CONFIG_FILE, [config])
+        os.rename(tmp, folder)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(root)
+
+
+def _warn_dependents(name: str) -> None:
+    if not store.model_file(name).is_file():
+        return
+    needed_by = store.dependents(name)
+    if needed_by:
+        warnings.warn(
+            f"replacing {name!r}, the base of the delta(s) {', '.join(map(repr, needed_by))}; "
+            "they will refuse to load (base hash mismatch) until saved again",
+            stacklevel=4,
+        )
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    trainable: bool = False,
+) -> nn.Module:
+    """Load a saved model, ready to predict (eval mode, nothing trainable).
+
+    The backbone is rebuilt through its plugin (``zoo.create`` with the saved backbone,
+    ``num_classes`` and arguments, no pretrained download) and the tensors are loaded strictly:
+    missing, unexpected or wrongly shaped tensors raise :class:`~zoo.WeightsMismatchError`
+    naming them. A delta's base is resolved and checked (:class:`~zoo.BaseMismatchError`).
+
+    The model carries ``zoo_classes``, ``zoo_input_config``, ``zoo_build`` (whose ``base`` is
+    now this saved model, so a delta of it can be saved again), ``zoo_plan`` (or None) and
+    ``zoo_metadata`` (the raw metadata). ``trainable=True`` re-applies the saved plan (which
+    parameters train, norm modes) to continue training; the model is still in eval mode.
+    """
+    target = resolve_target(name_or_path)
+    path = _existing(target)
+    resolved = _state_of_file(path, ())  # one read: metadata and tensors of the same version
+    assert resolved.saved is not None
+    metadata = resolved.saved.metadata
+    meta = resolved.meta or ZooMetadata.parse(metadata, source=str(path))
+    model = rebuild(meta.build, resolved.tensors, source=str(path))
+    base_kind = "store" if target.kind == "store" else "file"
+    ref = target.name if target.kind == "store" else str(path.resolve())
+    model.zoo_build = {  # type: ignore[assignment]
+        **meta.build, "base": {"kind": base_kind, "ref": ref, "sha256": resolved.sha256}
+    }
+    from zoo.specs import InputConfig
+
+    model.zoo_input_config = InputConfig.from_dict(meta.input_config)  # type: ignore[assignment]
+    model.zoo_classes = list(meta.classes) if meta.classes is not None else None  # type: ignore[assignment]
+    model.zoo_metadata = dict(metadata)  # type: ignore[assignment]
+    plan = _plan_of(meta, path)
+    model.zoo_plan = plan  # type: ignore[assignment]
+    model.to(device)
+    model.eval()
+    if trainable:
+        if plan is not None:
+            from zoo.freezing import apply_plan
+
+            apply_plan(model, plan)
+        else:
+            trained = set(meta.trained)
+            for name, param in model.named_parameters():
+                param.requires_grad_(name in trained)
+    else:
+        for param in model.parameters():
+            param.requires_grad_(False)
+    return model
+
+
+def _plan_of(meta: ZooMetadata, path: Path) -> Plan | None:
+    if meta.plan is None:
+        return None
+    from zoo.errors import PlanError
+    from zoo.plans import Plan
+
+    try:
+        return Plan.from_dict(meta.plan)
+    except PlanError as exc:
+        raise CorruptFileError(f"{path}: metadata 'zoo.plan' is invalid: {exc}") from None
+
+
+def rebuild(build: Mapping[str, Any], state: Mapping[str, torch.Tensor], *, source: str
+            ) -> nn.Module:
+    """Build ``build``'s backbone (no pretrained weights) and load ``state`` into it strictly.
+
+    The model is first built on the ``meta`` device and the tensors assigned in place (no
+    random initialisation, no copy); a backbone that cannot be built that way — or that has
+    tied weights or non-persistent buffers, which assignment cannot restore — is built normally.
+    """
+    import torch
+
+    from zoo.api import create
+    from zoo.weights import describe_mismatch, load_state_strict
+
+    name = str(build["backbone"])
+    kwargs = dict(build.get("kwargs") or {})
+    num_classes = build.get("num_classes")
+    model = None
+    try:
+        with torch.device("meta"):
+            model = create(name, num_classes=num_classes, **kwargs)
+    except ZooError:
+        raise
+    except Exception:  # a constructor that reads tensor values: build it normally below
+        model = None
+    if model is not None and _assignable(model):
+        problems = describe_mismatch(model, state)
+        if problems:
+            raise WeightsMismatchError(f"{source} does not fit the model: " + "; ".join(problems))
+        model.load_state_dict(state, strict=True, assign=True)
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            model = None
+    else:
+        model = None
+    if model is None:
+        model = create(name, num_classes=num_classes, **kwargs)
+        load_state_strict(model, state, source=source)
+    return model
+
+
+def _assignable(model: nn.Module) -> bool:
+    persistent = set(model.state_dict())
+    params = list(model.named_parameters(remove_duplicate=False))
+    buffers = list(model.named_buffers(remove_duplicate=False))
+    unique = {id(t) for _, t in params} | {id(t) for _, t in buffers}
+    if len(unique) != len(params) + len(buffers):
+        return False  # tied tensors: assignment would untie them
+    return all(n in persistent for n, _ in (*params, *buffers))
+
+
+# ---------------------------------------------------------------- inspecting
+
+
+@dataclass
+class Inspection:
+    """What ``zoo.inspect`` reports about a saved model."""
+
+    path: Path
+    name: str | None
+    size: int
+    metadata: ZooMetadata
+    tensors: int
+    tensor_bytes: int
+    verified: bool
+    depths: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "size": self.size,
+            "tensors": self.tensors,
+            "tensor_bytes": self.tensor_bytes,
+            "verified": self.verified,
+            **self.metadata.summary(),
+            "plan": self.metadata.plan,
+            "depths": self.depths,
+            "notes": self.notes,
+        }
+
+
+def inspect(name_or_path: str | os.PathLike[str], *, verify: bool = True) -> Inspection:
+    """Describe a saved model without building it: metadata, size, what was trained per depth.
+
+    ``verify=True`` reads the whole file and checks its seal (raising
+    :class:`~zoo.TamperedFileError` if a byte changed); the per-depth summary comes from
+    ``zoo.params`` of the backbone on the ``meta`` device with the saved trained names.
+    """
+    target = resolve_target(name_or_path)
+    path = _existing(target)
+    header = read_file(path).header if verify else read_header(path)
+    meta = ZooMetadata.parse(header.metadata, source=str(path))
+    notes: list[str] = []
+    depths: list[dict[str, Any]] = []
+    try:
+        from zoo.param_table import params
+
+        kwargs = dict(meta.build.get("kwargs") or {})
+        table = params(meta.backbone, num_classes=meta.build.get("num_classes"), **kwargs)
+        trained = set(meta.trained)
+        for summary in table.with_trainable(trained).depth_summary():
+            depths.append({
+                "depth": summary.depth,
+                "group": summary.group,
+                "tensors": summary.tensors,
+                "numel": summary.numel,
+                "trained_numel": summary.trainable_numel,
+                "norms": summary.norms,
+            })
+    except ZooError as exc:
+        notes.append(f"no per-depth summary: {exc}")
+    return Inspection(
+        path=path,
+        name=target.name,
+        size=header.file_size,
+        metadata=meta,
+        tensors=len(header.entries),
+        tensor_bytes=header.data_len,
+        verified=verify,
+        depths=depths,
+        notes=notes,
+    )
