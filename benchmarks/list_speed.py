@@ -28,7 +28,7 @@ def zoo_cmd() -> list[str]:
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+    subprocess.run(cmd, env=env, capture_output=True, check=True)
     return time.perf_counter() - start
 
 

@@ -195,6 +195,10 @@ MALFORMED = {
         "unknown field",
     ),
     "entry not object": (raw_file({"x": [1, 2]}), "not an object"),
+    "giant zero-size dim": (
+        raw_file({"x": {"dtype": "F32", "shape": [0, 2**64], "data_offsets": [0, 0]}}),
+        "dimension above",
+    ),
 }
 
 
@@ -260,3 +264,11 @@ def test_temp_names_are_recognised():
     assert is_temp_name(".model.safetensors.x1y2.zoo-tmp")
     assert not is_temp_name("model.safetensors")
     assert not is_temp_name(".hidden")
+
+
+def test_every_metadata_key_is_documented():
+    from zoo.metadata import KEYS
+
+    text = (Path(__file__).parent.parent / "docs" / "file-format.md").read_text()
+    missing = [key for key in KEYS if f"| `{key}` |" not in text]
+    assert missing == []

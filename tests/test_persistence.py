@@ -298,6 +298,20 @@ def test_metadata_of_the_wrong_type_names_the_key(tiny, key, value, problem):
     assert key in str(info.value) and problem in str(info.value)
 
 
+def test_build_arguments_the_plugin_rejects_are_a_clear_error(tiny):
+    path = zoo.save(zoo.create("tinyplug:tiny", num_classes=2), "m")
+
+    def bogus(md):
+        build = json.loads(md["zoo.build"])
+        build["kwargs"] = {"bogus": 1}
+        md["zoo.build"] = json.dumps(build)
+
+    reseal(path, change_metadata=bogus)
+    with pytest.raises(ZooError, match="cannot rebuild backbone tinyplug:tiny") as info:
+        zoo.load("m")
+    assert "bogus" in str(info.value) and str(path) in str(info.value)
+
+
 def test_plain_safetensors_is_not_a_saved_model(tmp_path):
     path = write_file(tmp_path / "w.safetensors", {"x": torch.ones(1)})
     with pytest.raises(CorruptFileError, match="not a zoo model file"):

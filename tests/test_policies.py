@@ -303,6 +303,8 @@ def test_unknown_argument_lists_the_valid_ones(table):
         ("gradual:2", {}, "argument '2' of policy 'zoo:gradual' is not key=value"),
         ("freeze-to:=3", {}, "has no name"),
         ("full", {"epoch": 2}, "not a schedule, so it takes no epoch"),
+        ("gradual:epoch=2", {}, "no argument 'epoch' (give the epoch on its own: epoch=N"),
+        ("full:epoch=2", {}, "no argument 'epoch' (only schedule policies take an epoch)"),
     ],
 )
 def test_bad_arguments_are_rejected_with_clear_messages(table, spec, kwargs, message):

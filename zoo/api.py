@@ -92,9 +92,11 @@ def create(
     ``pretrained=True`` loads the default pretrained weights, or those of the tag in the name
     (``"resnet50.a1_in1k"``); without network or cache it fails fast with
     :class:`~zoo.WeightsUnavailableError`. Without ``pretrained=True`` a tag is ignored: no
-    weights are loaded and the architecture's defaults apply. ``weights=`` loads a local ``.safetensors`` file
-    instead (a zoo-saved model or a plain state dict); tensors of a classifier whose shape no
-    longer fits ``num_classes`` are skipped, everything else must match.
+    weights are loaded and the architecture's defaults apply.
+
+    ``weights=`` loads a local ``.safetensors`` file instead (a zoo-saved model or a plain
+    state dict); tensors of a classifier whose shape no longer fits ``num_classes`` are
+    skipped, everything else must match.
     """
     spec, tag = get_catalog().backbone(name)
     if weights is not None and pretrained:

@@ -3,9 +3,9 @@
 The data ships with scikit-learn (``sklearn.datasets.load_digits``: 1,797 scanned 8x8 digits),
 so the demo runs offline. It writes the digits as PNG image folders, then:
 
-1. **source task** — trains a small timm backbone from scratch on digits 0-4 and saves it
-   into the store (``demo-digits-source``);
-2. **target task** — digits 5-9 with only a few labelled images per class, adapted four ways:
+1. **source task** — trains a small timm backbone (ResNet-10-T at 24x24 px) from scratch on
+   digits 0-4 and saves it into the store (``demo-digits-source``);
+2. **target task** — digits 5-9 with five labelled images per class, adapted four ways:
    ``scratch`` (same architecture, random weights, policy ``full``), ``linear-probe``,
    ``partial`` (``train-last:n=1``) and ``full`` fine-tuning, each starting from the saved
    source model by name (its head is replaced: the classes differ);
@@ -40,28 +40,48 @@ AUGMENT = {"hflip": 0.0, "scale": (0.75, 1.0), "ratio": (0.9, 1.1), "color_jitte
 class DemoSettings:
     """Sizes of one demo run (``FULL`` for people, ``FAST`` for tests)."""
 
-    backbone: str = "timm:resnet18"
-    image_size: int = 32
+    backbone: str = "timm:resnet10t"
+    image_size: int = 24
     source_per_class: int | None = None  # None: all (~180 per digit)
-    source_epochs: int = 4
-    shots: int = 10
-    target_epochs: int = 12
-    test_per_class: int | None = None  # None: all the rest
+    source_epochs: int = 2
+    shots: int = 5
+    target_epochs: int = 15
+    probe_epochs: int = 40  # cheap: the linear probe trains on cached features
+    test_per_class: int | None = None  # None: all the rest (~175 per digit)
     batch_size: int = 32
     lr: float = 2e-3
+    probe_lr: float = 2e-2
+    finetune_lr: float = 1e-3
     predictions: int = 5
 
 
 FULL = DemoSettings()
 FAST = DemoSettings(source_per_class=24, source_epochs=1, shots=4, target_epochs=2,
-                    test_per_class=6, batch_size=16, predictions=3)
+                    probe_epochs=3, test_per_class=6, batch_size=16, predictions=3)
 
-#: (strategy, policy, start from the source model?, epochs factor)
-STRATEGIES: tuple[tuple[str, str, bool], ...] = (
-    ("scratch", "full", False),
-    ("linear-probe", "linear-probe", True),
-    ("partial", "train-last:n=1", True),
-    ("full", "full", True),
+
+@dataclass(frozen=True)
+class Strategy:
+    """One way to learn the target task."""
+
+    name: str
+    policy: str
+    from_source: bool
+
+    def epochs(self, settings: DemoSettings) -> int:
+        return settings.probe_epochs if self.policy == "linear-probe" else settings.target_epochs
+
+    def lr(self, settings: DemoSettings) -> float:
+        if self.policy == "linear-probe":
+            return settings.probe_lr
+        return settings.finetune_lr if self.from_source else settings.lr
+
+
+STRATEGIES: tuple[Strategy, ...] = (
+    Strategy("scratch", "full", from_source=False),
+    Strategy("linear-probe", "linear-probe", from_source=True),
+    Strategy("partial", "train-last:n=1", from_source=True),
+    Strategy("full", "full", from_source=True),
 )
 
 
@@ -175,35 +195,36 @@ def run_demo(
         root = Path(workdir) if workdir is not None else Path(tmp)
         folders = write_digits(root, settings)
         common = {"image_size": settings.image_size, "input_config": {"crop_pct": 1.0},
-                  "batch_size": settings.batch_size, "lr": settings.lr, "callback": callback}
+                  "batch_size": settings.batch_size, "callback": callback}
         say(f"1/3  source task: {settings.backbone} from scratch on digits 0-4 "
             f"({settings.source_epochs} epochs)")
         _source, source_history = adapt(
             settings.backbone, folders.source_train, folders.source_val, policy="full",
-            epochs=settings.source_epochs, augment=AUGMENT, name=SOURCE_NAME, overwrite=True,
-            **common)
+            epochs=settings.source_epochs, lr=settings.lr, augment=AUGMENT, name=SOURCE_NAME,
+            overwrite=True, **common)
         result = DemoResult(backbone=settings.backbone,
                             source_accuracy=source_history.final_accuracy or 0.0)
         say(f"     saved {SOURCE_NAME!r}: {100 * result.source_accuracy:.1f}% on held-out 0-4")
         say(f"2/3  target task: digits 5-9 with {settings.shots} labelled images per class")
         best_model = None
-        for strategy, policy, from_source in STRATEGIES:
-            start = SOURCE_NAME if from_source else settings.backbone
-            epochs = settings.target_epochs * (2 if not from_source else 1)
-            say(f"     {strategy}: {policy} from {start!r} ({epochs} epochs)")
+        for strategy in STRATEGIES:
+            start = SOURCE_NAME if strategy.from_source else settings.backbone
+            epochs = strategy.epochs(settings)
+            say(f"     {strategy.name}: {strategy.policy} from {start!r} ({epochs} epochs)")
             t0 = time.perf_counter()
-            model, history = adapt(start, folders.target_train, policy=policy, epochs=epochs,
-                                   augment=None if policy == "linear-probe" else AUGMENT,
-                                   **common)
+            model, history = adapt(
+                start, folders.target_train, policy=strategy.policy, epochs=epochs,
+                lr=strategy.lr(settings),
+                augment=None if strategy.policy == "linear-probe" else AUGMENT, **common)
             score = evaluate(model, folders.target_test, batch_size=128)
             result.rows.append(DemoRow(
-                strategy=strategy, policy=history.policy, start=start,
+                strategy=strategy.name, policy=history.policy, start=start,
                 accuracy=score.accuracy, trainable_fraction=history.trainable_fraction,
                 seconds=time.perf_counter() - t0, feature_cache=history.feature_cache,
             ))
             result.train_images, result.test_images = history.train_images, score.images
             if best_model is None or score.accuracy > max(r.accuracy for r in result.rows[:-1]):
-                best_model, result.best_strategy = model, strategy
+                best_model, result.best_strategy = model, strategy.name
         assert best_model is not None
         zoo.save(best_model, BEST_NAME, overwrite=True)
         result.best = BEST_NAME

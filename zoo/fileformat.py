@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 #: Largest JSON header accepted (the safetensors library uses the same bound).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+#: Bounds on a tensor's shape (torch's own limits on dimension sizes).
+MAX_DIMS = 64
+MAX_DIM = 2**63 - 1
 #: Metadata keys of the seal.
 TENSORS_HASH_KEY = "zoo.tensors_sha256"
 CONTENT_HASH_KEY = "zoo.content_sha256"
@@ -225,6 +228,9 @@ def _parse_entry(name: str, info: Any, bad: Any, data_len: int) -> TensorEntry:
     shape = info.get("shape")
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise bad(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+    if len(shape) > MAX_DIMS or any(d > MAX_DIM for d in shape):
+        raise bad(f"tensor {name!r}: shape {shape!r} has more than {MAX_DIMS} dimensions or a "
+                  f"dimension above {MAX_DIM}")
     offsets = info.get("data_offsets")
     if (
         not isinstance(offsets, list)
@@ -408,7 +414,11 @@ def _read_tensor(f: Any, entry: TensorEntry, path: Path) -> torch.Tensor:
     """
     import torch
 
-    tensor = torch.empty(entry.shape, dtype=_torch_dtype(entry.dtype))
+    try:
+        dtype = _torch_dtype(entry.dtype)
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"{path}: tensor {entry.name!r}: {exc}") from None
+    tensor = torch.empty(entry.shape, dtype=dtype)
     if entry.nbytes == 0:
         return tensor
     view = memoryview(tensor.view(-1).view(torch.uint8).numpy()).cast("B")

@@ -182,8 +182,9 @@ class FreezeReport:
         head = (f"freeze held: {self.checked_params} frozen parameters and {self.checked_stats} "
                 "norm statistics unchanged")
         if self.changed:
-            head = (f"freeze broken: {len(self.changed)} of {self.checked_params} frozen "
-                    f"parameters / {self.checked_stats} norm statistics changed")
+            head = (f"freeze broken: {len(self.changed)} frozen tensors changed (checked "
+                    f"{self.checked_params} frozen parameters and {self.checked_stats} norm "
+                    "statistics)")
         lines = [head, *(f"  {c}" for c in self.changed[:20])]
         if len(self.changed) > 20:
             lines.append(f"  ... and {len(self.changed) - 20} more")

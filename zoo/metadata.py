@@ -6,18 +6,26 @@ Every value in a safetensors ``__metadata__`` is a string. zoo writes plain stri
 raises :class:`~zoo.CorruptFileError` naming the key, so a file with metadata of the wrong type
 never becomes a wrong model. ``docs/file-format.md`` documents each key and the versioning
 promise: readers accept every file whose ``zoo.format_version`` is not newer than theirs and
-ignore keys they do not know.
+ignore keys they do not know. The functions at the end gather what a save records from the
+model and the plugins: plugin versions, ``zoo_extra_metadata`` entries, the timm-style config.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from zoo.errors import CorruptFileError, UnsupportedFormatError
+from zoo.errors import CorruptFileError, UnsupportedFormatError, ZooError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from zoo.plans import Plan
 
 #: Version of the metadata layout; bumped only for changes an older reader would misread.
 FORMAT_VERSION = 1
@@ -360,3 +368,98 @@ def config_json(metadata: Mapping[str, str]) -> str:
         "content_sha256": metadata.get("zoo.content_sha256"),
     }
     return json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+
+
+# ---------------------------------------------------------------- from a model and plugins
+
+
+def plugin_versions(backbone: str, plan: Plan | None) -> dict[str, Any]:
+    """Versions of the plugins a saved model depends on: the backbone's and the policy's."""
+    from zoo.api import get_catalog
+
+    wanted = {backbone.split(":", 1)[0]}
+    if plan is not None and ":" in plan.policy:
+        wanted.add(plan.policy.split(":", 1)[0])
+    records = get_catalog().host.records
+    return {name: (records[name].version if name in records else None) for name in sorted(wanted)}
+
+
+def plugin_metadata(model: nn.Module, backbone: str) -> dict[str, str]:
+    """Entries from every plugin's ``zoo_extra_metadata``; bad entries are recorded, not saved."""
+    from zoo.api import get_catalog
+
+    catalog = get_catalog()
+    try:
+        spec = catalog.backbones.lookup(backbone)
+    except ZooError:
+        spec = None
+    extra: dict[str, str] = {}
+    host = catalog.host
+    for plugin, result in host.call_each(
+        "zoo_extra_metadata", lambda _name: {"model": model, "backbone": spec}
+    ):
+        if result is None:
+            continue
+        if not isinstance(result, Mapping):
+            host.record_error(plugin, f"zoo_extra_metadata returned {type(result).__name__}, "
+                                      "not a mapping of str to str")
+            continue
+        for key, value in result.items():
+            if not isinstance(key, str) or not key.startswith(f"{plugin}.") or key in KEYS:
+                host.record_error(plugin, f"zoo_extra_metadata key {key!r} is not namespaced "
+                                          f"'{plugin}.<key>'; it was not saved")
+            elif not isinstance(value, str):
+                host.record_error(plugin, f"zoo_extra_metadata value of {key!r} is a "
+                                          f"{type(value).__name__}, not a string; not saved")
+            else:
+                extra[key] = value
+    return extra
+
+
+def timm_config(
+    model: nn.Module,
+    classes: list[str] | None,
+    input_config: Mapping[str, Any],
+    build: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The timm-style ``config.json`` of ``model``, as ``timm.models.push_to_hf_hub`` writes it.
+
+    A timm model gets timm's own writer (``save_config_for_hf``), so the folder loads with
+    ``timm.create_model("local-dir:<folder>", pretrained=True)``; other models get the same
+    layout from zoo's build record.
+    """
+    data_config = {k: input_config[k] for k in ("mean", "std", "interpolation", "crop_pct",
+                                                "crop_mode") if k in input_config}
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):
+        try:
+            from timm.models._hub import save_config_for_hf
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "config.json"
+                save_config_for_hf(
+                    model, str(path),
+                    model_config={"label_names": list(classes)} if classes else None,
+                    data_config=data_config,
+                )
+                return json.loads(path.read_text(encoding="utf-8"))
+        except Exception:  # an older timm, or arguments it cannot serialize: generic layout
+            pass
+    name = str(build.get("backbone", "")).split(":", 1)[-1]
+    num_classes = build.get("num_classes")
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", None)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool):
+        num_classes = None
+    pretrained_cfg = {
+        "architecture": name,
+        **({"tag": build["tag"]} if build.get("tag") else {}),
+        **input_config,
+        "num_classes": num_classes,
+    }
+    config: dict[str, Any] = {"architecture": name, "num_classes": num_classes}
+    if classes:
+        config["label_names"] = list(classes)
+    if build.get("kwargs"):
+        config["model_args"] = dict(build["kwargs"])
+    config["pretrained_cfg"] = pretrained_cfg
+    return config

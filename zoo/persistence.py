@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo import store
+from zoo._version import __version__
 from zoo.errors import (
     BaseMismatchError,
     CorruptFileError,
@@ -29,6 +30,7 @@ from zoo.errors import (
     MissingBaseError,
     ModelExistsError,
     ModelNotFoundError,
+    StoreError,
     WeightsMismatchError,
     ZooError,
 )
@@ -43,7 +45,15 @@ from zoo.fileformat import (
     read_header,
     seal,
 )
-from zoo.metadata import FORMAT_VERSION, KEYS, ZooMetadata, config_json, is_zoo_metadata
+from zoo.metadata import (
+    FORMAT_VERSION,
+    ZooMetadata,
+    config_json,
+    is_zoo_metadata,
+    plugin_metadata,
+    plugin_versions,
+    timm_config,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -267,18 +277,23 @@ def save(
         num_params=sum(numel.values()),
         num_trained_params=sum(numel.get(n, 0) for n in trained),
         base=base or None,
-        zoo_version=_zoo_version(),
-        plugins=_plugin_versions(build["backbone"], plan),
+        zoo_version=__version__,
+        plugins=plugin_versions(build["backbone"], plan),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         timm_config=timm_config(model, names, _input_config(model), build),
-        extra=_extra_metadata(model, build["backbone"]),
+        extra=plugin_metadata(model, build["backbone"]),
         **meta_kwargs,
     )
     metadata = seal(tensors, meta.to_metadata())
     head, chunks = encode(tensors, metadata)
     with store.locked(target.lock_key):
         _check_free(target, overwrite)
-        _write(target, [head, *chunks], metadata)
+        try:
+            _write(target, [head, *chunks], metadata)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot save to {target.model_path}: {exc.strerror or exc}"
+            ) from exc
     return target.model_path
 
 
@@ -332,99 +347,6 @@ def _classes(model: Any, classes: Sequence[str] | None, num_classes: int | None
 def _input_config(model: Any) -> dict[str, Any]:
     config = getattr(model, "zoo_input_config", None)
     return config.to_dict() if hasattr(config, "to_dict") else {}
-
-
-def _zoo_version() -> str:
-    from zoo._version import __version__
-
-    return __version__
-
-
-def _plugin_versions(backbone: str, plan: Plan | None) -> dict[str, Any]:
-    from zoo.api import get_catalog
-
-    wanted = {backbone.split(":", 1)[0]}
-    if plan is not None and ":" in plan.policy:
-        wanted.add(plan.policy.split(":", 1)[0])
-    records = get_catalog().host.records
-    return {name: (records[name].version if name in records else None) for name in sorted(wanted)}
-
-
-def _extra_metadata(model: nn.Module, backbone: str) -> dict[str, str]:
-    """Entries from every plugin's ``zoo_extra_metadata``; bad entries are recorded, not saved."""
-    from zoo.api import get_catalog
-
-    catalog = get_catalog()
-    try:
-        spec = catalog.backbones.lookup(backbone)
-    except ZooError:
-        spec = None
-    extra: dict[str, str] = {}
-    host = catalog.host
-    for plugin, result in host.call_each(
-        "zoo_extra_metadata", lambda _name: {"model": model, "backbone": spec}
-    ):
-        if result is None:
-            continue
-        if not isinstance(result, Mapping):
-            host.record_error(plugin, f"zoo_extra_metadata returned {type(result).__name__}, "
-                                      "not a mapping of str to str")
-            continue
-        for key, value in result.items():
-            if not isinstance(key, str) or not key.startswith(f"{plugin}.") or key in KEYS:
-                host.record_error(plugin, f"zoo_extra_metadata key {key!r} is not namespaced "
-                                          f"'{plugin}.<key>'; it was not saved")
-            elif not isinstance(value, str):
-                host.record_error(plugin, f"zoo_extra_metadata value of {key!r} is a "
-                                          f"{type(value).__name__}, not a string; not saved")
-            else:
-                extra[key] = value
-    return extra
-
-
-def timm_config(
-    model: nn.Module,
-    classes: list[str] | None,
-    input_config: Mapping[str, Any],
-    build: Mapping[str, Any],
-) -> dict[str, Any]:
-    """The timm-style ``config.json`` of ``model``, as ``timm.models.push_to_hf_hub`` writes it.
-
-    A timm model gets timm's own writer (``save_config_for_hf``), so the folder loads with
-    ``timm.create_model("local-dir:<folder>", pretrained=True)``; other models get the same
-    layout from zoo's build record.
-    """
-    data_config = {k: input_config[k] for k in ("mean", "std", "interpolation", "crop_pct",
-                                                "crop_mode") if k in input_config}
-    if isinstance(getattr(model, "pretrained_cfg", None), dict):
-        try:
-            from timm.models._hub import save_config_for_hf
-
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "config.json"
-                save_config_for_hf(
-                    model, str(path),
-                    model_config={"label_names": list(classes)} if classes else None,
-                    data_config=data_config,
-                )
-                return json.loads(path.read_text(encoding="utf-8"))
-        except Exception:  # an older timm, or arguments it cannot serialize: generic layout
-            pass
-    name = str(build.get("backbone", "")).split(":", 1)[-1]
-    num_classes = _num_classes(model, build)
-    pretrained_cfg = {
-        "architecture": name,
-        **({"tag": build["tag"]} if build.get("tag") else {}),
-        **{k: v for k, v in input_config.items()},
-        "num_classes": num_classes,
-    }
-    config: dict[str, Any] = {"architecture": name, "num_classes": num_classes}
-    if classes:
-        config["label_names"] = list(classes)
-    if build.get("kwargs"):
-        config["model_args"] = dict(build["kwargs"])
-    config["pretrained_cfg"] = pretrained_cfg
-    return config
 
 
 def _delta_names(
@@ -623,7 +545,16 @@ def rebuild(build: Mapping[str, Any], state: Mapping[str, torch.Tensor], *, sour
     else:
         model = None
     if model is None:
-        model = create(name, num_classes=num_classes, **kwargs)
+        try:
+            model = create(name, num_classes=num_classes, **kwargs)
+        except ZooError:
+            raise
+        except Exception as exc:
+            raise ZooError(
+                f"{source}: cannot rebuild backbone {name} with num_classes={num_classes!r} and "
+                f"arguments {kwargs!r}: {type(exc).__name__}: {exc} (was the file written with "
+                "another version of the backbone's plugin?)"
+            ) from exc
         load_state_strict(model, state, source=source)
     return model
 

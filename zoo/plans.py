@@ -185,10 +185,11 @@ class Plan:
         ``train``, all frozen -> ``frozen``, some -> ``frozen-stats`` (a layer without affine
         follows the parameters at its depth). Unknown names raise :class:`~zoo.PlanError`.
         """
-        wanted = _names(trainable, "trainable")
+        names = _names(trainable, "trainable")
         lr_scales = dict(lr_scales or {})
         decay = dict(weight_decay or {})
-        _check_known(table, [*wanted, *lr_scales, *decay], "parameter")
+        _check_known(table, [*names, *lr_scales, *decay], "parameter")
+        wanted = set(names)
         params = {
             row.name: ParamPlan(
                 row.name,
@@ -254,7 +255,7 @@ class Plan:
 
     def depth_summary(self, table: ParamTable | None = None) -> list[PlanDepth]:
         """Totals per depth; needs the table (the one the plan came from by default)."""
-        table = table or self.table
+        table = table if table is not None else self.table
         if table is None:
             raise PlanError("this plan carries no parameter table; pass table=zoo.params(model)")
         out = []
@@ -284,7 +285,7 @@ class Plan:
 
     def numel(self, *, trainable: bool | None = None, table: ParamTable | None = None) -> int:
         """Parameter count (all, trained or frozen); needs the table."""
-        table = table or self.table
+        table = table if table is not None else self.table
         if table is None:
             raise PlanError("this plan carries no parameter table; pass table=zoo.params(model)")
         return sum(

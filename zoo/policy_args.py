@@ -279,7 +279,9 @@ def bind_policy_args(
             close = suggest(key, infos)
             hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
             if key == "epoch":
-                hint = " (epoch is only for schedule policies)" if not spec.schedule else hint
+                hint = (" (give the epoch on its own: epoch=N in Python, --epoch N on the "
+                        "command line)" if spec.schedule else " (only schedule policies take "
+                        "an epoch)")
             raise PolicyArgumentError(
                 f"policy {name!r} has no argument {key!r}{hint}; valid arguments: {valid}"
             )

@@ -252,11 +252,17 @@ def locked(key: str, *, timeout: float | None = None, blocking: bool = True
     taken, so a lock file removed meanwhile (``zoo rm``, ``zoo gc``) is never trusted.
     """
     path = lock_path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + _lock_timeout(timeout)
     delay = 0.005
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the lock file {path}: {exc.strerror or exc}; "
+                f"set {ZOO_HOME_ENV} to a writable folder"
+            ) from None
         if _try_lock(fd):
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(path))

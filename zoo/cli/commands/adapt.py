@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "head on un-augmented images trains on features computed once (fast linear probe). "
         "Runs distributed under `torchrun --nproc_per_node N $(which zoo) adapt ...`.",
         epilog="examples:\n"
-        "  zoo adapt resnet18 --data flowers/train --val flowers/val --policy linear-probe "
+        "  zoo adapt timm:resnet18 --data flowers/train --val flowers/val --policy linear-probe "
         "--name flowers\n"
         "  zoo adapt timm:convnext_atto --data pets --val-split 0.2 --policy gradual:every=2 "
         "--epochs 6 --pretrained\n"

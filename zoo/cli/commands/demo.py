@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fast", action="store_true",
                         help="tiny sizes: a smoke test in a few seconds (numbers are noise)")
     parser.add_argument("--backbone", metavar="NAME",
-                        help="backbone to use (default timm:resnet18)")
+                        help="backbone to use (default timm:resnet10t)")
     parser.add_argument("--keep-data", metavar="DIR",
                         help="write the digit image folders to DIR and keep them")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -74,5 +74,5 @@ def run(args: argparse.Namespace, out: Output) -> int:
                       style="green" if p.truth == p.predicted else "red")
     out.print(table)
     out.print(f"done in {result.seconds:.0f}s.  Next: zoo predict {result.best} IMAGE.png, "
-              f"or zoo adapt resnet18 --data YOUR_FOLDER --name NAME")
+              f"or zoo adapt timm:resnet18 --data YOUR_FOLDER --name NAME")
     return 0
