@@ -353,6 +353,21 @@ def test_delta_round_trip_is_small_and_exact(tmp_path):
         assert zoo.load("full")(x).equal(expected)
 
 
+def test_a_delta_file_is_a_valid_starting_point_for_create(tmp_path):
+    """weights=DELTA merges the delta with its verified base, then adapts from that."""
+    path = base_file(tmp_path)
+    model = zoo.create("timm:resnet18", num_classes=3, weights=path)
+    zoo.freeze(model, "linear-probe")
+    with torch.no_grad():
+        model.fc.weight.add_(1.0)
+    delta = zoo.save(model, tmp_path / "delta.safetensors", delta=True)
+    again = zoo.create("timm:resnet18", num_classes=3, weights=delta)
+    assert again.fc.weight.equal(model.fc.weight)
+    assert again.zoo_build["base"]["ref"] == str(delta.resolve())
+    again_head = zoo.create("timm:resnet18", num_classes=5, weights=delta)  # new head
+    assert again_head.layer1[0].conv1.weight.equal(model.layer1[0].conv1.weight)
+
+
 def test_delta_refuses_a_changed_base_naming_both_hashes(tmp_path):
     path = base_file(tmp_path, num_classes=3)
     model = zoo.create("timm:resnet18", num_classes=3, weights=path)

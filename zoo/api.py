@@ -110,11 +110,17 @@ def create(
         ref = spec.qualified_name + (f".{tag}" if tag else "")
         model.zoo_build["base"] = {"kind": "pretrained", "ref": ref, "sha256": None}
     if weights is not None:
-        from zoo.persistence import file_base
-        from zoo.weights import load_weights_file
+        from zoo.persistence import file_state
+        from zoo.weights import load_weights
 
-        saved = load_weights_file(model, Path(weights), head=spec.head)
-        model.zoo_build["base"] = file_base(Path(weights), saved)
+        path = Path(weights)
+        resolved = file_state(path)  # a zoo delta is merged with its base here
+        load_weights(model, resolved.tensors, head=spec.head, source=str(path))
+        model.zoo_build["base"] = {
+            "kind": "file",
+            "ref": str(path.resolve()),
+            "sha256": resolved.sha256,
+        }
     return model
 
 

@@ -120,10 +120,10 @@ class ResolvedState:
     saved: SavedFile | None = None
 
 
-def file_base(path: Path, saved: SavedFile | None = None) -> dict[str, Any]:
-    """The base record of weights read from a file: ``{"kind": "file", "ref", "sha256"}``."""
-    resolved = _state_of_file(Path(path), (), saved=saved)
-    return {"kind": "file", "ref": str(Path(path).resolve()), "sha256": resolved.sha256}
+def file_state(path: str | os.PathLike[str]) -> ResolvedState:
+    """The complete state a weights file holds: a plain file, a full save, or a zoo delta
+    merged with its (verified) base."""
+    return _state_of_file(Path(path), ())
 
 
 def _state_of_file(path: Path, chain: tuple[Path, ...], *, saved: SavedFile | None = None

@@ -1,9 +1,8 @@
-"""Loading a local weights file into a freshly built model, strictly, with named mismatches."""
+"""Loading a state dict into a freshly built model, strictly, with named mismatches."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zoo.errors import WeightsMismatchError
@@ -11,8 +10,6 @@ from zoo.errors import WeightsMismatchError
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-    from zoo.fileformat import SavedFile
 
 
 def describe_mismatch(
@@ -65,21 +62,18 @@ def load_state_strict(
     model.load_state_dict(kept, strict=not skip)
 
 
-def load_weights_file(model: nn.Module, path: Path, *, head: str | None = None) -> SavedFile:
-    """Load a ``.safetensors`` file into ``model``; returns the file read.
+def load_weights(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, head: str | None, source: str
+) -> None:
+    """Load ``state`` into ``model``, strictly except for a classifier that changed shape.
 
     A classifier whose shape differs (a new ``num_classes``) keeps its fresh initialisation;
     every other tensor must be present with the right shape.
     """
-    from zoo.fileformat import read_file
-
-    saved = read_file(path)
-    state = saved.tensors
     own = model.state_dict()
     skip = {
         k
         for k in head_tensor_names(list(own), head) | head_tensor_names(list(state), head)
         if k not in own or k not in state or tuple(own[k].shape) != tuple(state[k].shape)
     }
-    load_state_strict(model, state, source=str(path), skip=skip)
-    return saved
+    load_state_strict(model, state, source=source, skip=skip)
