@@ -273,6 +273,36 @@ def test_generic_grouping_descends_wrappers_and_splits_block_lists():
     assert classifier_param_names(model) == ["net.out.weight", "net.out.bias"]
 
 
+class TokenNet(nn.Module):
+    """ViT-like: a class token on the model itself, a patch embedding, a list of blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.patch = nn.Conv2d(3, 4, 4, stride=4)
+        self.blocks = nn.ModuleList([nn.Linear(4, 4) for _ in range(2)])
+        self.norm = nn.LayerNorm(4)
+        self.fc = nn.Linear(4, 2)
+
+
+def test_generic_grouping_puts_model_level_tokens_in_the_stem():
+    table = zoo.params(TokenNet())
+    assert table.groups == ["stem", "stage.1", "stage.2", "head"]
+    assert [r.name for r in table.in_group("stem")] == ["cls_token", "patch.weight", "patch.bias"]
+    assert table["norm.weight"].group == "stage.2"  # a final norm joins the last block
+    assert table["cls_token"].role == "embedding"
+
+
+def test_timm_model_without_coarse_matcher_uses_the_generic_grouping():
+    catalog = get_catalog()
+    before = list(catalog.host.records["timm"].errors)
+    table = zoo.params("timm:rdnet_tiny")  # timm: "coarse grouping is not implemented"
+    assert table.grouped_by == "generic" and table.notes == ()
+    assert catalog.host.records["timm"].errors == before  # not a plugin error
+    assert table.groups[0] == "stem" and table.groups[-2:] == ["neck", "head"]
+    assert [r.name for r in table.head()] == ["head.fc.weight", "head.fc.bias"]
+
+
 def test_shared_parameters_appear_once():
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
     model[2].weight = model[0].weight  # tied

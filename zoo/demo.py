@@ -208,12 +208,13 @@ def run_demo(
         say(f"2/3  target task: digits 5-9 with {settings.shots} labelled images per class")
         best_model = None
         for strategy in STRATEGIES:
-            start = SOURCE_NAME if strategy.from_source else settings.backbone
+            start = SOURCE_NAME if strategy.from_source else "random init"
             epochs = strategy.epochs(settings)
-            say(f"     {strategy.name}: {strategy.policy} from {start!r} ({epochs} epochs)")
+            say(f"     {strategy.name}: {strategy.policy} from {start} ({epochs} epochs)")
             t0 = time.perf_counter()
             model, history = adapt(
-                start, folders.target_train, policy=strategy.policy, epochs=epochs,
+                SOURCE_NAME if strategy.from_source else settings.backbone,
+                folders.target_train, policy=strategy.policy, epochs=epochs,
                 lr=strategy.lr(settings),
                 augment=None if strategy.policy == "linear-probe" else AUGMENT, **common)
             score = evaluate(model, folders.target_test, batch_size=128)
@@ -223,6 +224,10 @@ def run_demo(
                 seconds=time.perf_counter() - t0, feature_cache=history.feature_cache,
             ))
             result.train_images, result.test_images = history.train_images, score.images
+            row = result.rows[-1]
+            say(f"       -> {100 * row.accuracy:.1f}% test accuracy, "
+                f"{100 * row.trainable_fraction:.1f}% of parameters trained, {row.seconds:.1f}s"
+                + (" (features cached)" if row.feature_cache else ""))
             if best_model is None or score.accuracy > max(r.accuracy for r in result.rows[:-1]):
                 best_model, result.best_strategy = model, strategy.name
         assert best_model is not None

@@ -312,32 +312,37 @@ def validate_groups(answer: Any, names: Sequence[str]) -> list[ParamGroup]:
 def generic_groups(model: nn.Module) -> list[ParamGroup]:
     """Any model's groups: its parts in module order, stem first, head last.
 
-    The parts are the model's own parameters (with the first child, in the stem) and its
-    top-level children; a child that is a ``ModuleList`` / ``Sequential`` of several blocks is
-    split into its blocks, and a model whose parameters all sit in one child (a wrapper) is
-    split one level down. The head is the classifier (``get_classifier()``) or else the last
-    ``nn.Linear``; the first part is the stem, the parts between are ``stage.1`` … ``stage.K``.
+    The parts are the model's top-level children (the model's own parameters, such as a class
+    token, join the first); a child that is a ``ModuleList`` / ``Sequential`` of several blocks
+    is split into its blocks; a model whose parameters all sit in one child (a wrapper) is split
+    one level down; a part made only of normalization layers joins the part before it. The head
+    is the classifier (``get_classifier()``) or else the last ``nn.Linear``, and what shares a
+    part with it is the ``neck``. The first part is the ``stem``, the others ``stage.1`` ….
     """
     from torch import nn
 
     head = set(classifier_param_names(model)) or set(_last_linear_params(model))
     prefix, module = "", model
-    parts = _parts(module, prefix)
-    while len(parts) == 1 and parts[0][0]:  # a wrapper: all parameters in one child
+    direct, parts = _parts(module, prefix)
+    while not direct and len(parts) == 1:  # a wrapper: all parameters in one child
         child = parts[0][0]
         module, prefix = getattr(module, child), f"{prefix}{child}."
-        parts = _parts(module, prefix)
+        direct, parts = _parts(module, prefix)
     bodies: list[list[str]] = []
     for child, members in parts:
-        sub = getattr(module, child) if child else None
-        inner = _parts(sub, f"{prefix}{child}.") if isinstance(
-            sub, (nn.ModuleList, nn.Sequential)
-        ) else []
-        whole = len(inner) < 2 or any(n in head for n in members)  # keep the head's part whole
-        if not whole and sum(len(m) for _, m in inner) == len(members):
-            bodies.extend(m for _, m in inner)
-        else:
+        sub = getattr(module, child)
+        inner_direct, inner = (
+            _parts(sub, f"{prefix}{child}.")
+            if isinstance(sub, (nn.ModuleList, nn.Sequential))
+            else ([], [])
+        )
+        whole = inner_direct or len(inner) < 2 or any(n in head for n in members)
+        if whole:  # keep the head's part whole: what it holds besides the classifier is the neck
             bodies.append(members)
+        else:
+            bodies.extend(m for _, m in inner)
+    if direct:
+        bodies = [[*direct, *bodies[0]], *bodies[1:]] if bodies else [direct]
     canonical = [n for n, _ in model.named_parameters()]
     known = set(canonical)
     norm_params = {
@@ -373,17 +378,15 @@ def generic_groups(model: nn.Module) -> list[ParamGroup]:
     return groups
 
 
-def _parts(module: nn.Module, prefix: str) -> list[tuple[str, list[str]]]:
-    """``(child name, parameter names)`` of each part of ``module`` that has parameters.
+def _parts(module: nn.Module, prefix: str) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """``(own parameter names, [(child name, parameter names), ...])`` of ``module``.
 
-    The module's own parameters come first under the name ``""``; a parameter shared by two
-    children counts in the first.
+    Only children with parameters are listed; a parameter shared by two children counts in the
+    first.
     """
-    parts: list[tuple[str, list[str]]] = []
     direct = [prefix + n for n, _ in module.named_parameters(recurse=False)]
-    if direct:
-        parts.append(("", direct))
-    seen: set[int] = {id(p) for _, p in module.named_parameters(recurse=False)}
+    seen: set[int] = {id(p) for p in module.parameters(recurse=False)}
+    parts: list[tuple[str, list[str]]] = []
     for child_name, child in module.named_children():
         members = []
         for n, p in child.named_parameters():
@@ -392,7 +395,7 @@ def _parts(module: nn.Module, prefix: str) -> list[tuple[str, list[str]]]:
                 members.append(f"{prefix}{child_name}.{n}")
         if members:
             parts.append((child_name, members))
-    return parts
+    return direct, parts
 
 
 def _place_head(model: nn.Module, groups: list[ParamGroup], names: list[str]) -> list[ParamGroup]:

@@ -24,13 +24,17 @@ Ordinal = tuple[float, ...]
 
 
 def timm_param_groups(model: nn.Module) -> list[ParamGroup] | None:
-    """Ordered groups for a timm model; ``None`` when it has no (working) ``group_matcher``."""
+    """Ordered groups for a timm model; ``None`` when it has no (working) ``group_matcher``.
+
+    ``None`` lets zoo fall back to its generic grouping (MetaFormer, PiT, RDNet, … have no
+    coarse matcher in timm 1.0).
+    """
     matcher_fn = getattr(model, "group_matcher", None)
     if not callable(matcher_fn):
         return None
     try:
         matcher = matcher_fn(coarse=True)
-    except (NotImplementedError, TypeError, AttributeError):
+    except Exception:  # e.g. RDNet: "coarse grouping is not implemented" (an AssertionError)
         return None
     if not matcher:
         return None

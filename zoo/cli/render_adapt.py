@@ -74,9 +74,11 @@ def epoch_line(record: EpochRecord, epochs: int) -> Text:
 class AdaptProgress(AdaptCallback):
     """Live progress of :func:`zoo.adapt` on a rich console: an epoch bar and a batch bar."""
 
-    def __init__(self, console: Console, *, show_start: bool = True) -> None:
+    def __init__(self, console: Console, *, show_start: bool = True,
+                 epoch_lines: bool = True) -> None:
         self.console = console
         self.show_start = show_start
+        self.epoch_lines = epoch_lines
         self.progress = Progress(
             TextColumn("{task.description:<12}"),
             BarColumn(bar_width=30),
@@ -140,13 +142,16 @@ class AdaptProgress(AdaptCallback):
             )
 
     def on_epoch_end(self, record: EpochRecord) -> None:
-        self.progress.console.print(epoch_line(record, self.epochs))
+        if self.epoch_lines:
+            self.progress.console.print(epoch_line(record, self.epochs))
         if self._epoch is not None:
             last = _pct(record.val_accuracy if record.val_accuracy is not None
                         else record.train_accuracy)
             self.progress.update(self._epoch, completed=record.epoch, stats=f"acc {last}")
 
     def on_plan_change(self, epoch: int, plan: Any) -> None:
+        if not self.epoch_lines:
+            return
         notes = "; ".join(getattr(plan, "notes", ()) or ())
         self.progress.console.print(
             Text(f"epoch {epoch}: {len(plan.trainable)} tensors train now"
@@ -248,21 +253,22 @@ def predictions_table(predictions: Sequence[Any]) -> Table:
 
 
 def demo_table(rows: Sequence[Any]) -> Table:
-    """The demo's comparison: one row per strategy."""
+    """The demo's comparison: one row per strategy, the best in bold green."""
     best = max((r.accuracy for r in rows), default=None)
-    table = Table(title="digits 5-9, few labels per class", title_justify="left",
+    table = Table(title="target task: digits 5-9, few labels per class", title_justify="left",
                   show_edge=False)
     table.add_column("strategy")
     table.add_column("policy")
-    table.add_column("start")
+    table.add_column("starts from")
     table.add_column("test acc", justify="right")
-    table.add_column("trainable", justify="right")
+    table.add_column("trained", justify="right")
     table.add_column("time", justify="right")
-    table.add_column("feature cache")
+    table.add_column("cache")
     for r in rows:
         table.add_row(
-            r.strategy, r.policy, r.start, _pct(r.accuracy), f"{100 * r.trainable_fraction:.1f}%",
-            _seconds(r.seconds), "yes" if r.feature_cache else "no",
+            r.strategy, r.policy.removeprefix("zoo:"), r.start, _pct(r.accuracy),
+            f"{100 * r.trainable_fraction:.1f}%", _seconds(r.seconds),
+            "yes" if r.feature_cache else "no",
             style="bold green" if r.accuracy == best else None,
         )
     return table

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if not args.json:
         from zoo.cli.render_adapt import AdaptProgress
 
-        progress = AdaptProgress(out.console, show_start=False)
+        progress = AdaptProgress(out.console, show_start=False, epoch_lines=False)
 
     def log(line: str) -> None:
         if not args.json:
