@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     retried = [r for r in ok if r.get("default_head_empty")]
     fallback = [r for r in results if any("one at a time" in n for n in r.get("notes", ()))]
     failed = [r for r in results if not r["ok"]]
-    generic = [r["name"] for r in ok if r.get("grouped_by") != "timm"]
+    generic = [r["name"] for r in ok if r.get("grouped_by") not in (None, "timm")]
     print()
     print(f"timm {timm.__version__}, torch {torch.__version__}: {len(names)} architectures, "
           f"{elapsed:.0f}s ({elapsed / max(len(names), 1):.2f}s each)")

@@ -204,3 +204,74 @@ def test_cli_adapt_json_and_errors(data, capsys, _isolated_zoo):
     assert _store_listing(_isolated_zoo) != before
     assert main(["adapt", BACKBONE, "--data", str(data / "nope"), "--name", "x"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def _history() -> History:
+    from zoo.adaptation import EpochRecord
+
+    epochs = [EpochRecord(i, 1.0 / i, 0.5 + i / 10, 0.9 / i, 0.6 + i / 10, 1.5, 24, 16.0,
+                          1e-3, 291, 2) for i in (1, 2)]
+    return History(epochs=epochs, backbone="timm:test_resnet", start="backbone timm:test_resnet",
+                   policy="zoo:linear-probe", classes=["blue", "green", "red"], train_images=24,
+                   val_images=9, feature_cache=True, feature_cache_note="features cached at 'fc'",
+                   feature_seconds=0.4, total_seconds=3.2, trainable_params=291,
+                   total_params=372_982, name="colours", path="/store/colours/model.safetensors",
+                   skipped=[{"path": "red/bad.png", "reason": "OSError: truncated"}])
+
+
+def test_render_tables_and_progress():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from zoo.cli.render_adapt import AdaptProgress, history_table, skipped_text, summary_table
+
+    history = _history()
+    console = Console(file=StringIO(), width=120)
+    console.print(history_table(history))
+    console.print(summary_table(history))
+    console.print(skipped_text(history))
+    text = console.file.getvalue()
+    assert "80.0%" in text and "0.5000" in text  # epoch 2: val acc, train loss
+    assert "colours" in text and "0.1%" in text and "used" in text
+    assert "red/bad.png" in text and "1 skipped" in text
+    assert History.from_dict(json.loads(history.to_json())) == history
+    # the live view, driven by hand: prints a line per epoch, leaves no bars behind
+    live = Console(file=StringIO(), width=120)
+    progress = AdaptProgress(live)
+    progress.on_start({"start": "backbone x", "policy": "zoo:full", "classes": ["a", "b"],
+                       "train_images": 4, "val_images": 0, "epochs": 2, "note": "plain loop"})
+    progress.on_epoch_start(1, 2, 3)
+    progress.on_batch_end(1, 1, 3, 0.5, 0.75, 100.0)
+    progress.on_epoch_end(history.epochs[0])
+    progress.on_end(history)
+    shown = live.file.getvalue()
+    assert "backbone x" in shown and "epoch 1/2" in shown and "plain loop" in shown
+
+
+class _Net(torch.nn.Module):
+    """A plain module zoo knows nothing about; ``scale`` puts work after the classifier."""
+
+    def __init__(self, scale: float | None = None) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+                                        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                        torch.nn.Flatten())
+        self.fc = torch.nn.Linear(8, 3)
+        self.scale = scale
+
+    def forward(self, x):
+        out = self.fc(self.body(x))
+        return out * self.scale if self.scale is not None else out
+
+
+def test_generic_modules_get_the_cache_only_when_the_cut_is_exact(data):
+    _, plain = zoo.adapt(_Net(), data / "train", policy="linear-probe", epochs=2, **FAST)
+    assert plain.feature_cache and "'fc'" in plain.feature_cache_note
+    model, scaled = zoo.adapt(_Net(scale=2.0), data / "train", policy="linear-probe",
+                              epochs=2, **FAST)
+    assert not scaled.feature_cache
+    assert "not the model's output" in scaled.feature_cache_note
+    assert len(scaled) == 2 and model.fc.weight.requires_grad
+    with pytest.raises(zoo.ZooError, match="cannot save this _Net"):
+        zoo.adapt(_Net(), data / "train", policy="linear-probe", epochs=1, name="net", **FAST)

@@ -50,3 +50,14 @@ def test_demo_table_marks_the_best():
     console.print(demo_table(rows))
     text = console.file.getvalue()
     assert "linear-probe" in text and "90.0%" in text and "40.0%" in text
+
+
+def test_digits_match_scikit_learn():
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from zoo.demo import load_digits
+
+    images, labels = load_digits()
+    reference = sklearn_digits()
+    assert images.shape == (1797, 8, 8)
+    assert (images == reference.images).all() and (labels == reference.target).all()

@@ -339,6 +339,15 @@ class ItemNet(TinyNet):
         self.extra = nn.Linear(width, width)
 
 
+def _make_half_frozen(num_classes=None, pretrained=False, **kw):
+    model = TinyNet(num_classes or 4)
+    nn.init.trunc_normal_(model.fc.weight, std=0.02)  # skipped on meta: there are no values
+    with torch.no_grad():
+        model.fc.weight.mul_(0.5).clamp_(-1, 1)
+    model.patch.weight.requires_grad_(False)  # never skipped: it is not about values
+    return model
+
+
 def _make_broken(num_classes=None, pretrained=False, **kw):
     raise ValueError("depth must be positive")
 
@@ -360,6 +369,7 @@ class TinyPlugin:
         register(BackboneSpec(name="itemnet", create=lambda num_classes=None, pretrained=False:
                               ItemNet(num_classes or 4)))
         register(BackboneSpec(name="brokennet", create=_make_broken))
+        register(BackboneSpec(name="halfnet", create=_make_half_frozen))
 
     @zoo.hookimpl
     def zoo_param_groups(self, model, backbone):
@@ -443,6 +453,17 @@ def test_constructor_reading_values_falls_back_to_meta_per_parameter(tiny_catalo
     assert table["extra.weight"].shape == (4, 4)
     assert table.notes == tuple(notes)
     assert not (nn.Module.register_parameter.__module__ or "").startswith("zoo")  # restored
+
+
+def test_meta_build_skips_initialisation_but_keeps_flags(tiny_catalog):
+    model, _spec, notes = build_meta("tiny:halfnet")
+    assert notes == [] and storage_bytes(model) == 0
+    table = zoo.params("tiny:halfnet")
+    assert not table["patch.weight"].trainable
+    assert table.trainable_numel == table.total_numel - table["patch.weight"].numel
+    # outside a meta build, in-place operations on a real model behave as usual
+    real = _make_half_frozen()
+    assert real.fc.weight.abs().max() > 0 and not real.patch.weight.requires_grad
 
 
 def test_backbone_that_cannot_be_built_is_a_clear_error(tiny_catalog):

@@ -49,9 +49,7 @@ class DemoSettings:
     probe_epochs: int = 40  # cheap: the linear probe trains on cached features
     test_per_class: int | None = None  # None: all the rest (~175 per digit)
     batch_size: int = 32
-    lr: float = 2e-3
-    probe_lr: float = 2e-2
-    finetune_lr: float = 1e-3
+    lr: float = 2e-3  # the source task
     predictions: int = 5
 
 
@@ -62,26 +60,23 @@ FAST = DemoSettings(source_per_class=24, source_epochs=1, shots=4, target_epochs
 
 @dataclass(frozen=True)
 class Strategy:
-    """One way to learn the target task."""
+    """One way to learn the target task, with a learning rate typical for it: the more of a
+    pretrained network trains, the gentler the steps."""
 
     name: str
     policy: str
     from_source: bool
+    lr: float
 
     def epochs(self, settings: DemoSettings) -> int:
         return settings.probe_epochs if self.policy == "linear-probe" else settings.target_epochs
 
-    def lr(self, settings: DemoSettings) -> float:
-        if self.policy == "linear-probe":
-            return settings.probe_lr
-        return settings.finetune_lr if self.from_source else settings.lr
-
 
 STRATEGIES: tuple[Strategy, ...] = (
-    Strategy("scratch", "full", from_source=False),
-    Strategy("linear-probe", "linear-probe", from_source=True),
-    Strategy("partial", "train-last:n=1", from_source=True),
-    Strategy("full", "full", from_source=True),
+    Strategy("scratch", "full", from_source=False, lr=2e-3),
+    Strategy("linear-probe", "linear-probe", from_source=True, lr=2e-2),
+    Strategy("partial", "train-last:n=1", from_source=True, lr=3e-3),
+    Strategy("full", "full", from_source=True, lr=1e-3),
 )
 
 
@@ -132,16 +127,39 @@ class DigitFolders:
     target_test: Path
 
 
+def load_digits() -> tuple[Any, Any]:
+    """``(images (1797, 8, 8) in 0..16, labels)`` of scikit-learn's digits.
+
+    Read straight from the CSV file inside the installed scikit-learn package (the same data
+    ``sklearn.datasets.load_digits`` returns), which spares importing scikit-learn and SciPy
+    (seconds); falls back to ``load_digits`` if the file has moved.
+    """
+    import importlib.util
+    import os
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            data = np.loadtxt(path, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    return digits.images, digits.target
+
+
 def write_digits(root: Path, settings: DemoSettings, *, seed: int = 0) -> DigitFolders:
     """Write sklearn's digits as PNG class folders: source (0-4) train/val, target (5-9)
     few-shot train and test."""
     from PIL import Image
-    from sklearn.datasets import load_digits
 
-    digits = load_digits()
+    images, labels = load_digits()
     rng = random.Random(seed)
     by_digit: dict[int, list[int]] = {}
-    for index, target in enumerate(digits.target):
+    for index, target in enumerate(labels):
         by_digit.setdefault(int(target), []).append(index)
     folders = DigitFolders(root / "source" / "train", root / "source" / "val",
                            root / "target" / "train", root / "target" / "test")
@@ -150,8 +168,8 @@ def write_digits(root: Path, settings: DemoSettings, *, seed: int = 0) -> DigitF
         out = folder / str(digit)
         out.mkdir(parents=True, exist_ok=True)
         for i in indices:
-            pixels = (digits.images[i] * (255.0 / 16.0)).clip(0, 255).astype("uint8")
-            Image.fromarray(pixels, mode="L").save(out / f"{i:04d}.png")
+            pixels = (images[i] * (255.0 / 16.0)).clip(0, 255).astype("uint8")
+            Image.fromarray(pixels).save(out / f"{i:04d}.png")
 
     for digit, indices in sorted(by_digit.items()):
         indices = list(indices)
@@ -208,18 +226,19 @@ def run_demo(
         say(f"2/3  target task: digits 5-9 with {settings.shots} labelled images per class")
         best_model = None
         for strategy in STRATEGIES:
-            start = SOURCE_NAME if strategy.from_source else "random init"
+            start = "source model" if strategy.from_source else "random init"
             epochs = strategy.epochs(settings)
-            say(f"     {strategy.name}: {strategy.policy} from {start} ({epochs} epochs)")
+            say(f"     {strategy.name}: {strategy.policy} from "
+                f"{SOURCE_NAME if strategy.from_source else 'random init'} ({epochs} epochs)")
             t0 = time.perf_counter()
             model, history = adapt(
                 SOURCE_NAME if strategy.from_source else settings.backbone,
                 folders.target_train, policy=strategy.policy, epochs=epochs,
-                lr=strategy.lr(settings),
+                lr=strategy.lr,
                 augment=None if strategy.policy == "linear-probe" else AUGMENT, **common)
             score = evaluate(model, folders.target_test, batch_size=128)
             result.rows.append(DemoRow(
-                strategy=strategy.name, policy=history.policy, start=start,
+                strategy=strategy.name, policy=strategy.policy, start=start,
                 accuracy=score.accuracy, trainable_fraction=history.trainable_fraction,
                 seconds=time.perf_counter() - t0, feature_cache=history.feature_cache,
             ))

@@ -20,7 +20,7 @@ optimizer gets the new parameters as a new param group. Re-wrapping broadcasts r
 parameters and buffers, so every replica restarts the phase identical; optimizer state of the
 already-trained parameters is kept. :class:`Replica` does this.
 
-Norm statistics: DDP is built with ``broadcast_buffers=False`` and zoo averages floating-point
+Norm statistics: DDP is built without per-forward buffer broadcasts and zoo averages floating-point
 buffers (BatchNorm running mean/var) over the ranks at the end of every epoch, so the replicas
 agree exactly and the saved statistics describe all the data, not rank 0's shard.
 """
@@ -120,7 +120,7 @@ class DistContext:
     def average_buffers(self, module: nn.Module) -> None:
         """Average floating-point buffers (BatchNorm running statistics) over the ranks.
 
-        DDP is built with ``broadcast_buffers=False``, so each rank's norm layers in ``train``
+        DDP does not broadcast buffers before each forward, so each rank's norm layers in ``train``
         mode track statistics of its own shard; averaging them at the end of every epoch keeps
         the replicas identical (what rank 0 saves is the mean over all data).
         """
@@ -227,12 +227,25 @@ class Replica:
         if not names:
             return False
         device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
-        self.wrapped = DDP(self.module, device_ids=device_ids, broadcast_buffers=False)
+        self.wrapped = DDP(self.module, device_ids=device_ids, **_no_buffer_sync())
         self.wraps += 1
         return True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.wrapped(*args, **kwargs)
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP's option for not broadcasting buffers before every forward (zoo averages them per
+    epoch instead): ``forward_sync_buffers=False`` on newer torch, ``broadcast_buffers``
+    before. Both still sync once when the wrapper is built."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 class ShardSampler(torch.utils.data.Sampler):

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 MAX_BYTES_ENV = "ZOO_FEATURE_CACHE_MAX_BYTES"
+#: images per batch when computing features (inference only: larger batches run faster)
+INFERENCE_BATCH = 128
 DEFAULT_MAX_BYTES = 4 << 30
 
 

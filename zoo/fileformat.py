@@ -156,9 +156,10 @@ def _is_int(value: Any) -> bool:
 def parse_header(raw: bytes, file_size: int, *, source: str = "<bytes>") -> Header:
     """Validate the JSON header ``raw`` of a file of ``file_size`` bytes; return a :class:`Header`.
 
-    Checks, in order: the JSON is UTF-8, an object, free of duplicate keys and NaN/Infinity;
-    ``__metadata__`` maps str to str; each tensor has exactly ``dtype`` (known), ``shape`` (a list
-    of non-negative ints) and ``data_offsets`` (two ints, ``0 <= begin <= end``); each tensor's
+    Checks, in order: the JSON is UTF-8, an object starting at its first byte (``{``), free of
+    duplicate keys and NaN/Infinity; ``__metadata__`` maps str to str; each tensor has exactly
+    ``dtype`` (known), ``shape`` (a list of non-negative ints whose size fits a tensor, even
+    when one of them is 0) and ``data_offsets`` (two ints, ``0 <= begin <= end``); each tensor's
     byte length is ``numel * itemsize``; the tensors tile the data region exactly (no overlap, no
     gap, nothing after the last one). Raises :class:`~zoo.CorruptFileError` naming ``source``.
     """
@@ -182,6 +183,8 @@ def parse_header(raw: bytes, file_size: int, *, source: str = "<bytes>") -> Head
         raise bad(f"header is not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise bad(f"header is a JSON {type(doc).__name__}, not an object")
+    if not text.startswith("{"):
+        raise bad(f"header must begin with '{{' (found {text[:1]!r} before it)")
 
     metadata = doc.pop("__metadata__", {})
     if not isinstance(metadata, dict):
@@ -231,6 +234,9 @@ def _parse_entry(name: str, info: Any, bad: Any, data_len: int) -> TensorEntry:
     if len(shape) > MAX_DIMS or any(d > MAX_DIM for d in shape):
         raise bad(f"tensor {name!r}: shape {shape!r} has more than {MAX_DIMS} dimensions or a "
                   f"dimension above {MAX_DIM}")
+    if math.prod(max(d, 1) for d in shape) * DTYPES[dtype][1] > MAX_DIM:
+        raise bad(f"tensor {name!r}: shape {shape!r} describes more bytes than a tensor can "
+                  f"hold (over {MAX_DIM})")
     offsets = info.get("data_offsets")
     if (
         not isinstance(offsets, list)

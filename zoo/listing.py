@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from zoo._version import __version__
 from zoo.catalog import filter_backbone_names, matches
 from zoo.plugins import (
-    BUILTIN_PLUGINS,
     DISABLE_AUTOLOAD_ENV,
     PluginRecord,
     discover_entry_points,
@@ -134,6 +133,8 @@ class Listing:
 
 
 def listing_from_catalog(catalog: Catalog, key: str = "") -> Listing:
+    from zoo.policy_args import policy_args
+
     backbones = [
         BackboneEntry(
             plugin=s.plugin,
@@ -151,7 +152,10 @@ def listing_from_catalog(catalog: Catalog, key: str = "") -> Listing:
             plugin=s.plugin,
             name=s.name,
             summary=s.summary,
-            args=tuple(a.to_dict() for a in s.args),
+            args=tuple(
+                {**a.to_dict(), "type": info.type.describe()}
+                for a, info in zip(s.args, policy_args(s), strict=True)
+            ),
             schedule=s.schedule,
         )
         for s in catalog.policies
@@ -163,14 +167,10 @@ def listing_from_catalog(catalog: Catalog, key: str = "") -> Listing:
 # ---------------------------------------------------------------- the fingerprint
 
 
-def _module_stamp(module: str, *, whole_package: bool = True) -> str:
-    """Newest mtime of a module's files, found without importing it ("-" if missing).
-
-    ``whole_package`` stamps every file of the module's top-level package (a plugin's own
-    package); otherwise only the module itself (a built-in plugin inside zoo).
-    """
-    name = module.split(":", 1)[0].strip()
-    top = name.split(".", 1)[0] if whole_package else name
+def _module_stamp(module: str) -> str:
+    """Newest mtime and file count of a module's top-level package, found without importing
+    it ("-" if missing): an edited editable install changes it."""
+    top = module.split(":", 1)[0].strip().split(".", 1)[0]
     try:
         spec = importlib.util.find_spec(top)
     except (ImportError, ValueError):
@@ -217,10 +217,7 @@ def listing_key() -> str:
     """A fingerprint of everything the listing depends on; reads metadata, imports nothing."""
     parts: list[str] = [f"zoo=={__version__}", f"format={LISTING_FORMAT}"]
     parts += _requirement_versions("zoo-transfer")
-    parts += [
-        f"builtin {name} {_module_stamp(module, whole_package=False)}"
-        for name, module in BUILTIN_PLUGINS
-    ]
+    parts.append(f"zoo files {_module_stamp('zoo')}")  # built-in plugins live in zoo itself
     autoload = not env_flag(DISABLE_AUTOLOAD_ENV)
     parts.append(f"autoload={autoload}")
     if autoload:

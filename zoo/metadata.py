@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import CorruptFileError, UnsupportedFormatError, ZooError
+from zoo.specs import InputConfig
 
 if TYPE_CHECKING:
     from torch import nn
@@ -171,6 +172,11 @@ class ZooMetadata:
         classes = reader.optional_str_list("zoo.classes")
         num_classes = reader.optional_int("zoo.num_classes")
         plugins = reader.obj("zoo.plugins", default={})
+        input_config = reader.obj("zoo.input_config", default={})
+        try:
+            InputConfig.from_dict(input_config)
+        except (TypeError, ValueError) as exc:
+            raise reader.bad("zoo.input_config", f"{type(exc).__name__}: {exc}") from None
         extra = {k: v for k, v in metadata.items() if k not in KEYS}
         return cls(
             format_version=version,
@@ -179,7 +185,7 @@ class ZooMetadata:
             build=build,
             num_classes=num_classes,
             classes=classes,
-            input_config=reader.obj("zoo.input_config", default={}),
+            input_config=input_config,
             policy=metadata.get("zoo.policy", ""),
             policy_args=reader.obj("zoo.policy_args", default={}),
             plan=reader.optional_obj("zoo.plan"),

@@ -222,7 +222,16 @@ class ParamTable:
 
 
 def params(model_or_name: nn.Module | str, **create_kwargs: Any) -> ParamTable:
-    """The parameter table of a model, or of a backbone name built on the ``meta`` device."""
+    """The parameter table of a model, or of a backbone name built on the ``meta`` device.
+
+    Given a name (``"timm:resnet18"``, or a bare name when unique) the backbone is built on the
+    ``meta`` device: no weights are allocated and nothing is downloaded; ``create_kwargs``
+    (``num_classes=``, architecture arguments) are passed to its ``create``. Given a model, its
+    ``trainable`` column follows ``requires_grad``. Groups come from the first plugin whose
+    ``zoo_param_groups`` answers validly (timm's ``group_matcher`` last), else a generic split
+    of the module tree; the head is always ``model.get_classifier()``'s parameters, at
+    ``table.max_depth``. See ``docs/parameter-table.md``.
+    """
     from zoo.table_builder import table_for
 
     return table_for(model_or_name, **create_kwargs)

@@ -100,6 +100,8 @@ def resolve_target(name_or_path: str | os.PathLike[str]) -> Target:
 
 
 def _existing(target: Target) -> Path:
+    if target.kind == "store":  # never read through a symlink that leaves the store
+        store.check_inside(target.model_path, store.models_dir())
     if target.model_path.is_file():
         return target.model_path
     if target.kind == "store":

@@ -405,8 +405,14 @@ def remove(name: str, *, force: bool = False) -> Path:
     """Delete store entry ``name`` (its folder); returns the folder removed.
 
     Refuses (:class:`~zoo.StoreError`) while other entries are deltas of it, unless ``force``.
-    A broken entry can be removed too. Raises :class:`~zoo.ModelNotFoundError` if absent.
+    A broken entry can be removed too; an entry that is a symlink is removed as a link, never
+    followed. Raises :class:`~zoo.ModelNotFoundError` if absent.
     """
+    link = models_dir() / validate_name(name)
+    if link.is_symlink():  # the link goes, never what it points to (maybe outside the store)
+        with locked(name):
+            link.unlink()
+        return link
     path = entry_dir(name)
     if not path.exists() and not path.is_symlink():
         twin = case_twin(name)
@@ -435,17 +441,23 @@ def _remove_tree(path: Path) -> None:
 
 @dataclass
 class GcResult:
-    """What ``zoo gc`` removed (or would remove with ``dry_run``) and what it left alone."""
+    """What ``zoo gc`` removed (or would remove with ``dry_run``) and what it left alone.
+
+    ``repaired`` lists the ``config.json`` files rewritten because they described another
+    version of their ``model.safetensors`` (a save killed between writing the two files).
+    """
 
     removed: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     freed: int = 0
+    repaired: list[Path] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "removed": [str(p) for p in self.removed],
             "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped],
             "freed_bytes": self.freed,
+            "repaired": [str(p) for p in self.repaired],
         }
 
 
@@ -465,10 +477,12 @@ def _owner_of_temp(name: str) -> str | None:
 
 
 def gc(*, dry_run: bool = False) -> GcResult:
-    """Remove temporary files a killed or failed save left in the store.
+    """Remove temporary files a killed or failed save left in the store; repair config files.
 
     Each leftover belongs to an entry; it is removed only while that entry's lock can be taken
-    at once, so a save in progress is never disturbed (its files are reported as skipped).
+    at once, so a save in progress is never disturbed (its files are reported as skipped). A
+    ``config.json`` that describes another version than its ``model.safetensors`` (the save
+    was killed between replacing the one and the other) is rewritten from the model's metadata.
     """
     result = GcResult()
     root = models_dir()
@@ -499,4 +513,39 @@ def gc(*, dry_run: bool = False) -> GcResult:
                 result.freed += size
         except OSError as exc:
             result.skipped.append((path, f"cannot remove: {exc.strerror or exc}"))
+    for name in entry_names():
+        try:
+            check_inside(root / name, root)
+            with locked(name, blocking=False) as held:
+                if held is not None and _repair_config(root / name, dry_run=dry_run):
+                    result.repaired.append(root / name / CONFIG_FILE)
+        except (OSError, ZooError):
+            continue  # a broken entry: zoo models reports it, gc leaves it alone
     return result
+
+
+def _repair_config(folder: Path, *, dry_run: bool) -> bool:
+    """Rewrite ``folder/config.json`` if it exists and does not name its model's content hash."""
+    import json
+
+    from zoo.fileformat import CONTENT_HASH_KEY, atomic_write_bytes
+    from zoo.metadata import config_json, is_zoo_metadata
+
+    model = folder / MODEL_FILE
+    if folder.is_symlink() or not model.is_file():
+        return False
+    metadata = read_header(model).metadata
+    if not is_zoo_metadata(metadata) or CONTENT_HASH_KEY not in metadata:
+        return False
+    config = folder / CONFIG_FILE
+    if not config.exists():
+        return False  # zoo never leaves an entry without one; not ours to invent
+    try:
+        current = json.loads(config.read_text(encoding="utf-8"))["zoo"]["content_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        current = None
+    if current == metadata[CONTENT_HASH_KEY]:
+        return False
+    if not dry_run:
+        atomic_write_bytes(config, [config_json(metadata).encode("utf-8")])
+    return True

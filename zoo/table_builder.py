@@ -110,13 +110,13 @@ def build_meta(
     num_classes = create_kwargs.pop("num_classes", None)
     notes: list[str] = []
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _skip_init_on_meta():
             model = spec.create(num_classes, False, **dict(create_kwargs))
     except ZooError:
         raise
     except Exception as first:
         try:
-            with _params_to_meta_on_register():
+            with _params_to_meta_on_register(), _skip_init_on_meta():
                 model = spec.create(num_classes, False, **dict(create_kwargs))
         except Exception as exc:
             raise ModelBuildError(
@@ -136,6 +136,47 @@ def build_meta(
         model, spec, tag=tag, num_classes=num_classes, kwargs=dict(create_kwargs)
     )
     return model, spec, notes
+
+
+#: In-place operations (tensor methods and ``torch.nn.init`` functions) that only change values.
+#: On a meta tensor, which has no values, they are skipped, so weight initialisation is free
+#: (timm's trunc_normal_ on meta otherwise costs about a second for a ViT-L, through torch's
+#: Python decompositions). Shape-changing and flag-setting in-place methods (resize_,
+#: requires_grad_, ...) are deliberately not listed.
+_VALUE_INPLACE_OPS = frozenset(
+    [
+        "uniform_", "normal_", "bernoulli_", "random_", "exponential_", "geometric_",
+        "cauchy_", "log_normal_", "zero_", "fill_", "copy_", "clamp_", "clamp_min_",
+        "clamp_max_", "clip_", "erfinv_", "erf_", "mul_", "add_", "sub_", "div_", "addcmul_",
+        "addcdiv_", "neg_", "abs_", "exp_", "log_", "sqrt_", "rsqrt_", "pow_", "reciprocal_",
+        "sign_", "floor_", "ceil_", "round_", "trunc_", "tanh_", "sigmoid_", "sin_", "cos_",
+        "masked_fill_", "index_fill_", "fill_diagonal_", "lerp_",
+        # torch.nn.init, which dispatches through torch functions for tensor subclasses/modes
+        "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+        "xavier_normal_", "constant_", "zeros_", "ones_", "orthogonal_", "eye_", "dirac_",
+        "sparse_",
+    ]
+)
+
+
+def _skip_init_on_meta() -> Any:
+    """A torch-function mode that skips value-only in-place ops on meta tensors."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class SkipInit(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+            name = getattr(func, "__name__", "")
+            if (
+                name in _VALUE_INPLACE_OPS
+                and args
+                and isinstance(args[0], torch.Tensor)
+                and args[0].is_meta
+            ):
+                return args[0]
+            return func(*args, **(kwargs or {}))
+
+    return SkipInit()
 
 
 class _params_to_meta_on_register:

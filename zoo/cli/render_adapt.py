@@ -87,6 +87,7 @@ class AdaptProgress(AdaptCallback):
             TimeElapsedColumn(),
             console=console,
             transient=True,
+            disable=not console.is_terminal,  # piped output keeps only the epoch lines
         )
         self.epochs = 0
         self._epoch: TaskID | None = None
@@ -152,10 +153,9 @@ class AdaptProgress(AdaptCallback):
     def on_plan_change(self, epoch: int, plan: Any) -> None:
         if not self.epoch_lines:
             return
-        notes = "; ".join(getattr(plan, "notes", ()) or ())
         self.progress.console.print(
-            Text(f"epoch {epoch}: {len(plan.trainable)} tensors train now"
-                 + (f" ({notes})" if notes else ""), style="cyan")
+            Text(f"epoch {epoch}: the schedule unfroze more, {len(plan.trainable)} parameter "
+                 "tensors train now", style="cyan")
         )
 
     def on_end(self, history: History) -> None:
@@ -256,17 +256,17 @@ def demo_table(rows: Sequence[Any]) -> Table:
     """The demo's comparison: one row per strategy, the best in bold green."""
     best = max((r.accuracy for r in rows), default=None)
     table = Table(title="target task: digits 5-9, few labels per class", title_justify="left",
-                  show_edge=False)
+                  caption="scratch starts from random weights, the others from the source model",
+                  caption_justify="left", show_edge=False)
     table.add_column("strategy")
     table.add_column("policy")
-    table.add_column("starts from")
     table.add_column("test acc", justify="right")
     table.add_column("trained", justify="right")
     table.add_column("time", justify="right")
     table.add_column("cache")
     for r in rows:
         table.add_row(
-            r.strategy, r.policy.removeprefix("zoo:"), r.start, _pct(r.accuracy),
+            r.strategy, r.policy, _pct(r.accuracy),
             f"{100 * r.trainable_fraction:.1f}%", _seconds(r.seconds),
             "yes" if r.feature_cache else "no",
             style="bold green" if r.accuracy == best else None,

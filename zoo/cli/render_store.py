@@ -173,7 +173,10 @@ def gc_view(result: GcResult, *, dry_run: bool) -> Text:
         text.append(f"{verb} {path}\n")
     for path, reason in result.skipped:
         text.append(f"skipped {path}: {reason}\n", style="yellow")
-    if not result.removed and not result.skipped:
+    for path in result.repaired:
+        text.append(f"{'would rewrite' if dry_run else 'rewrote'} {path} (it described another "
+                    "version of the model)\n")
+    if not result.removed and not result.skipped and not result.repaired:
         text.append("nothing to clean up\n", style="dim")
     else:
         text.append(f"{len(result.removed)} leftover(s), {human_bytes(result.freed)} "

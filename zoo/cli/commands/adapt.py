@@ -9,18 +9,19 @@ from pathlib import Path
 
 from zoo.cli.output import Output
 
-ORDER = 50
+ORDER = 40
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "adapt",
         help="adapt a backbone to your images under a freeze policy and save it by name",
-        description="Train BACKBONE (a backbone name, a saved model's name or a .safetensors "
-        "file) on an image folder with one sub-folder per class, under a freeze policy, and "
-        "save the result into the store with its class names. A plan that trains only the "
-        "head on un-augmented images trains on features computed once (fast linear probe). "
-        "Runs distributed under `torchrun --nproc_per_node N $(which zoo) adapt ...`.",
+        description="Train BACKBONE (a backbone name, a saved model's name or a .safetensors\n"
+        "file) on an image folder with one sub-folder per class, under a freeze policy, and\n"
+        "save the result into the store with its class names. A plan that trains only the\n"
+        "head on un-augmented images trains on features computed once (fast linear probe).\n"
+        "Unreadable images are skipped and listed (--strict-images: stop at the first).\n"
+        "Distributed: torchrun --nproc_per_node N -m zoo.cli.main adapt ...",
         epilog="examples:\n"
         "  zoo adapt timm:resnet18 --data flowers/train --val flowers/val --policy linear-probe "
         "--name flowers\n"
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("backbone", metavar="BACKBONE",
-                        help="backbone name (resnet18, timm:vit_tiny_patch16_224), a saved "
+                        help="backbone name (timm:resnet18, timm:vit_tiny_patch16_224), a saved "
                         "model's name, or a .safetensors file to start from")
     parser.add_argument("--data", "-d", required=True, metavar="DIR",
                         help="training images: one sub-folder per class")

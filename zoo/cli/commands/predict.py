@@ -6,7 +6,7 @@ import argparse
 
 from zoo.cli.output import Output
 
-ORDER = 55
+ORDER = 45
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

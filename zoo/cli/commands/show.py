@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "any backbone name the catalog resolves (plugin:name, or a bare name when unique).",
     )
     parser.add_argument(
-        "name", metavar="NAME", help="backbone name, e.g. resnet50 or timm:vit_base_patch16_224"
+        "name", metavar="NAME", help="backbone name, e.g. vit_base_patch16_224 or timm:resnet50"
     )
     parser.add_argument(
         "--full", action="store_true", help="also list every parameter and every norm layer"
