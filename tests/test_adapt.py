@@ -161,6 +161,8 @@ def test_data_loaders_and_readapting_a_saved_model(data):
     ("policy", zoo.UnknownNameError, "linear-probe"),
     ("empty", zoo.DataError, "is empty"),
     ("force-cache", zoo.ZooError, "feature cache cannot be used"),
+    ("delta-from-scratch", zoo.errors.MissingBaseError, "has none"),
+    ("weights-for-a-saved-model", zoo.ZooError, "apply when starting from a backbone"),
 ])
 def test_errors_are_clear_and_change_nothing(data, tmp_path, _isolated_zoo, case, error, message):
     zoo.save(zoo.create(BACKBONE, num_classes=3), "taken")
@@ -181,6 +183,10 @@ def test_errors_are_clear_and_change_nothing(data, tmp_path, _isolated_zoo, case
         train = tmp_path / "empty"
     elif case == "force-cache":
         kwargs.update(policy="full", feature_cache=True)
+    elif case == "delta-from-scratch":
+        kwargs["delta"] = True
+    elif case == "weights-for-a-saved-model":
+        start, kwargs["weights"] = "taken", "taken"
     with pytest.raises(error, match=message):
         zoo.adapt(start, train, **kwargs)
     assert _store_listing(_isolated_zoo) == before

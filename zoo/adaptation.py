@@ -734,6 +734,11 @@ def adapt(
                      on_corrupt=on_corrupt, val_split=val_split)
     _check_target(name, overwrite)
     start_desc = _check_start(backbone_or_model)
+    if (weights is not None or pretrained) and not start_desc.startswith("backbone"):
+        raise ZooError(
+            f"pretrained= and weights= apply when starting from a backbone name; this run starts "
+            f"from the {start_desc}, whose weights are used as they are"
+        )
     from zoo.plans import resolve_policy
 
     resolve_policy(policy)  # an unknown policy fails before any data is read
@@ -746,6 +751,15 @@ def adapt(
         torch.manual_seed(seed)
         model = _build_model(backbone_or_model, data.classes, pretrained=pretrained,
                              weights=weights_path, kwargs=model_kwargs or {})
+        if delta and name is not None and not (getattr(model, "zoo_build", None) or {}).get("base"):
+            from zoo.errors import MissingBaseError
+
+            raise MissingBaseError(
+                "delta=True saves only what differs from recorded starting weights, and this "
+                "model has none (random weights, or a saved model whose head was replaced for "
+                "new classes); start from pretrained=True, weights=FILE or a saved model with "
+                "the same classes, or save in full (delta=False)"
+            )
         if name is not None and not getattr(model, "zoo_build", None):
             raise ZooError(
                 f"cannot save this {type(model).__name__} as {str(name)!r}: zoo only saves models "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -50,8 +50,8 @@ def _head_locator(cfg: Any) -> str | None:
 @hookimpl
 def zoo_register_backbones(register: RegisterBackbone) -> None:
     import timm
-    from timm.models import get_pretrained_cfg
 
+    get_pretrained_cfg = _pretrained_cfg_reader()
     module_of = {
         arch: module for module in timm.list_modules() for arch in timm.list_models(module=module)
     }
@@ -90,6 +90,29 @@ def zoo_register_backbones(register: RegisterBackbone) -> None:
                 family=family,
             )
         )
+
+
+def _pretrained_cfg_reader() -> Callable[[str], Any]:
+    """Read pretrained configs without copying them.
+
+    timm's public ``get_pretrained_cfg`` deep-copies each config: 3,000-odd copies cost about
+    half a second per catalog build. Listing only reads them, so the registry's own objects
+    are read directly where this timm exposes them, and the public function is the fallback.
+    """
+    from timm.models import _registry, get_pretrained_cfg
+
+    configs = getattr(_registry, "_model_pretrained_cfgs", None)
+    default_cfgs = getattr(_registry, "_model_default_cfgs", None)
+    if not isinstance(configs, dict) or not isinstance(default_cfgs, dict):
+        return get_pretrained_cfg
+
+    def read(name: str) -> Any:
+        if "." in name:
+            return configs.get(name)
+        default = default_cfgs.get(name)
+        return default.default if default is not None else None
+
+    return read
 
 
 def create_timm_model(
@@ -141,7 +164,11 @@ def ensure_weights_available(name: str) -> None:
     from timm.models import get_pretrained_cfg
     from timm.models._builder import _resolve_pretrained_source
 
-    cfg = get_pretrained_cfg(name)
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError as exc:  # timm: "Invalid pretrained tag (...) for ..."
+        message = f"timm has no pretrained weights for {name!r}: {exc}"
+        raise WeightsUnavailableError(message) from None
     if cfg is None:
         raise WeightsUnavailableError(f"timm has no pretrained weights for {name!r}")
     load_from, location = _resolve_pretrained_source(cfg.to_dict())
