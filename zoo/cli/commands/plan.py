@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`zoo list policies` lists the policies.",
     )
     parser.add_argument("name", metavar="NAME",
-                        help="backbone name, e.g. resnet50 or timm:vit_base_patch16_224")
+                        help="backbone name, e.g. timm:resnet50 or vit_base_patch16_224")
     parser.add_argument("--policy", "-p", required=True, metavar="SPEC",
                         help="policy and arguments, e.g. freeze-to:depth=3")
     parser.add_argument("--epoch", type=int, default=None, metavar="E",
