@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -281,3 +282,13 @@ def test_generic_modules_get_the_cache_only_when_the_cut_is_exact(data):
     assert len(scaled) == 2 and model.fc.weight.requires_grad
     with pytest.raises(zoo.ZooError, match="cannot save this _Net"):
         zoo.adapt(_Net(), data / "train", policy="linear-probe", epochs=1, name="net", **FAST)
+
+
+def test_unreadable_images_are_skipped_and_recorded(tmp_path):
+    root = make_color_folder(tmp_path / "d", per_class=4)
+    (root / "red" / "broken.png").write_bytes(b"\x89PNG not really")
+    _, history = zoo.adapt(BACKBONE, root, policy="linear-probe", epochs=1, **FAST)
+    assert history.train_images == 12
+    assert [Path(s["path"]).name for s in history.skipped] == ["broken.png"]
+    with pytest.raises(zoo.DataError, match=r"broken\.png"):
+        zoo.adapt(BACKBONE, root, policy="linear-probe", epochs=1, on_corrupt="error", **FAST)
