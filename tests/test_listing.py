@@ -151,3 +151,20 @@ def test_unknown_backbone_suggests_close_names():
     with pytest.raises(KeyError) as info:
         api.get_backbone("resnet18x")
     assert "did you mean" in str(info.value) and "timm:resnet18" in str(info.value)
+
+
+def test_a_mistyped_name_is_refused_from_the_cache_without_importing_plugins():
+    import subprocess
+    import sys
+
+    get_listing()  # warm the cache for this ZOO_CACHE_DIR
+    script = (
+        "import sys; from zoo.cli.main import main; "
+        "codes = [main(['show', 'resnt18']), main(['plan', 'timm:resnet18', '--policy', 'frez'])]; "
+        "print(codes, 'timm' in sys.modules, 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.split() == ["[1,", "1]", "False", "False"]
+    assert "did you mean" in result.stderr and "timm:resnet18" in result.stderr
+    assert "zoo:freeze-to" in result.stderr

@@ -41,6 +41,11 @@ def get_catalog(*, strict: bool | None = None) -> Catalog:
     return catalog
 
 
+def current_catalog() -> Catalog | None:
+    """The process-wide catalog if one is built or set, else None (builds nothing)."""
+    return _catalog
+
+
 def set_catalog(catalog: Catalog | None) -> Catalog | None:
     """Replace the process-wide catalog (``None`` forgets it); returns the previous one."""
     global _catalog

@@ -11,17 +11,35 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from zoo.errors import AmbiguousNameError, SpecError, UnknownNameError
 from zoo.plugins import PluginHost, make_plugin_host
 from zoo.specs import BackboneSpec, PolicySpec
 
-SpecT = TypeVar("SpecT", BackboneSpec, PolicySpec)
+
+class Named(Protocol):
+    """What a registry holds: a spec, or its cached listing entry."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def plugin(self) -> str: ...
+    @property
+    def qualified_name(self) -> str: ...
+
+
+class Tagged(Named, Protocol):
+    @property
+    def pretrained_tags(self) -> tuple[str, ...]: ...
+
+
+SpecT = TypeVar("SpecT", bound=Named)
+TaggedT = TypeVar("TaggedT", bound=Tagged)
 
 
 class Registry(Generic[SpecT]):
-    """Specs of one kind keyed by qualified name, with bare-name resolution."""
+    """Specs (or listing entries) of one kind keyed by qualified name; bare-name resolution."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -94,21 +112,7 @@ class Catalog:
 
     def backbone(self, name: str) -> tuple[BackboneSpec, str | None]:
         """Resolve a backbone name to ``(spec, pretrained tag or None)``."""
-        spec = self.backbones.lookup(name) if isinstance(name, str) and name else None
-        if spec is not None:
-            return spec, None
-        if isinstance(name, str) and "." in name:
-            arch, _, tag = name.rpartition(".")
-            base = self.backbones.lookup(arch)
-            if base is not None:
-                if tag in base.pretrained_tags:
-                    return base, tag
-                raise UnknownNameError(
-                    f"pretrained tag of {base.qualified_name}",
-                    tag,
-                    base.pretrained_tags,
-                )
-        return self.backbones.resolve(name), None
+        return resolve_backbone(self.backbones, name)
 
     def policy(self, name: str) -> PolicySpec:
         return self.policies.resolve(name)
@@ -129,6 +133,23 @@ class Catalog:
 
     def list_policies(self, pattern: str | None = None) -> list[str]:
         return [s.qualified_name for s in self.policies if matches(pattern, s.qualified_name)]
+
+
+def resolve_backbone(registry: Registry[TaggedT], name: str) -> tuple[TaggedT, str | None]:
+    """``(entry, tag)`` for a backbone name, ``arch.tag`` included; raises with candidates."""
+    spec = registry.lookup(name) if isinstance(name, str) and name else None
+    if spec is not None:
+        return spec, None
+    if isinstance(name, str) and "." in name:
+        arch, _, tag = name.rpartition(".")
+        base = registry.lookup(arch)
+        if base is not None:
+            if tag in base.pretrained_tags:
+                return base, tag
+            raise UnknownNameError(
+                f"pretrained tag of {base.qualified_name}", tag, base.pretrained_tags
+            )
+    return registry.resolve(name), None
 
 
 def matches(pattern: str | None, qualified: str) -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo._version import __version__
-from zoo.catalog import filter_backbone_names, matches
+from zoo.catalog import Registry, filter_backbone_names, matches, resolve_backbone
 from zoo.plugins import (
     DISABLE_AUTOLOAD_ENV,
     PluginRecord,
@@ -53,6 +53,10 @@ class BackboneEntry:
     @property
     def qualified_name(self) -> str:
         return f"{self.plugin}:{self.name}"
+
+    @property
+    def pretrained_tags(self) -> tuple[str, ...]:
+        return self.tags
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,26 @@ class Listing:
             for p in self.policies
             if plugin in (None, p.plugin) and matches(pattern, p.qualified_name)
         ]
+
+    def check_names(self, backbone: str | None = None, policy: str | None = None) -> None:
+        """Raise at once for a backbone or policy name the catalog would refuse.
+
+        The same errors as the catalog's (unknown with suggestions, ambiguous with the
+        candidates), from the cached listing, so a typo costs no plugin imports. Only the
+        policy's name is checked, not its arguments.
+        """
+        if backbone is not None:
+            backbones: Registry[BackboneEntry] = Registry("backbone")
+            for entry in self.backbones:
+                backbones.add(entry)
+            resolve_backbone(backbones, backbone)
+        if policy is not None:
+            from zoo.policy_args import split_policy_spec
+
+            policies: Registry[PolicyEntry] = Registry("policy")
+            for entry in self.policies:
+                policies.add(entry)
+            policies.resolve(split_policy_spec(policy)[0])
 
     def to_dict(self) -> dict[str, Any]:
         return {

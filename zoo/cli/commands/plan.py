@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from zoo.cli.common import add_num_classes_argument, num_classes_kwargs, precheck_names
 from zoo.cli.output import Output
 
 ORDER = 30
@@ -27,8 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="policy and arguments, e.g. freeze-to:depth=3")
     parser.add_argument("--epoch", type=int, default=None, metavar="E",
                         help="for a schedule policy (gradual): the epoch to show (default 0)")
-    parser.add_argument("--num-classes", type=int, default=None, metavar="N",
-                        help="build the head for N classes (0 removes it)")
+    add_num_classes_argument(parser)
     parser.add_argument("--full", action="store_true",
                         help="also list every parameter and every norm layer")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -36,13 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from zoo.errors import ZooError
     from zoo.param_table import params
     from zoo.plans import plan
 
-    if args.num_classes is not None and args.num_classes < 0:
-        raise ZooError(f"--num-classes must be 0 or more, got {args.num_classes}")
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    kwargs = num_classes_kwargs(args)
+    precheck_names(backbone=args.name, policy=args.policy)
     table = params(args.name, **kwargs)
     result = plan(table, args.policy, epoch=args.epoch)
 

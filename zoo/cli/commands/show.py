@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from zoo.cli.common import add_num_classes_argument, num_classes_kwargs, precheck_names
 from zoo.cli.output import Output
 
 ORDER = 20
@@ -25,24 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--full", action="store_true", help="also list every parameter and every norm layer"
     )
-    parser.add_argument(
-        "--num-classes",
-        type=int,
-        default=None,
-        metavar="N",
-        help="build the head for N classes (0 removes it; default: the architecture's own)",
-    )
+    add_num_classes_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the table as one JSON document")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from zoo.errors import ZooError
     from zoo.param_table import params
 
-    if args.num_classes is not None and args.num_classes < 0:
-        raise ZooError(f"--num-classes must be 0 or more, got {args.num_classes}")
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    kwargs = num_classes_kwargs(args)
+    precheck_names(backbone=args.name)
     table = params(args.name, **kwargs)
     if args.json:
         out.json(table.to_dict())

@@ -1,0 +1,49 @@
+"""Arguments and checks that several commands share."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from zoo.errors import ZooError
+
+
+def add_num_classes_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="build the head for N classes (0 removes it; default: the architecture's own)",
+    )
+
+
+def num_classes_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"num_classes": N}`` from ``--num-classes``, ``{}`` if absent; refuses a negative N."""
+    if args.num_classes is None:
+        return {}
+    if args.num_classes < 0:
+        raise ZooError(f"--num-classes must be 0 or more, got {args.num_classes}")
+    return {"num_classes": args.num_classes}
+
+
+def precheck_names(backbone: str | None = None, policy: str | None = None) -> None:
+    """Refuse an unknown or ambiguous name from the cached listing, before importing plugins.
+
+    A catalog already built or set in this process (a test, a notebook) is the authority
+    instead: the check then costs nothing either.
+    """
+    from zoo.api import current_catalog
+
+    catalog = current_catalog()
+    if catalog is not None:
+        if backbone is not None:
+            catalog.backbone(backbone)
+        if policy is not None:
+            from zoo.policy_args import split_policy_spec
+
+            catalog.policy(split_policy_spec(policy)[0])
+        return
+    from zoo.listing import get_listing
+
+    get_listing().check_names(backbone=backbone, policy=policy)
