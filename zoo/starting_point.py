@@ -1,0 +1,205 @@
+"""Where an adaptation starts: a backbone name, a saved model, a file or a module.
+
+:func:`check_start` and :func:`check_target` fail fast, before any data is read;
+:func:`build_model` then gives the model to adapt a classifier for the run's classes (a fresh
+backbone, a saved model re-used or given a new head, or the caller's module with its head
+reset).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zoo.errors import UnknownNameError, ZooError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def _store_path(name: str) -> Path | None:
+    """The file of store entry ``name`` when it exists (None otherwise, or for invalid names)."""
+    from zoo import store
+
+    try:
+        path = store.model_file(name)
+    except ZooError:
+        return None
+    return path if path.is_file() else None
+
+
+def check_target(name: str | os.PathLike[str] | None, overwrite: bool) -> None:
+    """Fail before training when ``name`` is invalid or taken (and ``overwrite`` is False)."""
+    if name is None:
+        return
+    from zoo.persistence import _check_free, resolve_target
+
+    _check_free(resolve_target(name), overwrite)
+
+
+def resolve_weights(weights: str | os.PathLike[str] | None) -> Path | None:
+    if weights is None:
+        return None
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return path
+    stored = _store_path(str(weights)) if isinstance(weights, str) else None
+    if stored is not None:
+        return stored
+    raise ZooError(
+        f"weights {str(weights)!r} are neither a file nor a model in the store "
+        "(see `zoo models`)"
+    )
+
+
+def check_start(backbone_or_model: Any) -> str:
+    """Check (cheaply, before data is read) that a starting point resolves; describe it."""
+    from torch import nn
+
+    if isinstance(backbone_or_model, nn.Module):
+        return f"module {type(backbone_or_model).__name__}"
+    if not isinstance(backbone_or_model, (str, os.PathLike)):
+        raise ZooError(
+            "adapt() starts from a backbone name, a saved model's name, a .safetensors file or "
+            f"an nn.Module, not {type(backbone_or_model).__name__}"
+        )
+    from zoo.store import is_path_target
+
+    text = str(backbone_or_model)
+    if is_path_target(backbone_or_model):
+        if Path(text).expanduser().is_file():
+            return f"file {text}"
+        raise ZooError(f"model file {text!r} does not exist")
+    if _store_path(text) is not None:
+        return f"saved model {text!r}"
+    from zoo.api import get_catalog
+
+    try:
+        spec, _ = get_catalog().backbone(text)
+    except UnknownNameError as exc:
+        raise UnknownNameError(
+            "backbone or saved model", text,
+            [*get_catalog().backbones.by_qualified, *_saved_names()],
+        ) from exc
+    return f"backbone {spec.qualified_name}"
+
+
+def _saved_names() -> list[str]:
+    try:
+        from zoo.store import list_saved
+
+        return [getattr(e, "name", str(e)) for e in list_saved()]
+    except Exception:  # listing is only for suggestions
+        return []
+
+
+def build_model(
+    backbone_or_model: Any, classes: Sequence[str], *, pretrained: bool | str,
+    weights: Path | None, kwargs: Mapping[str, Any],
+) -> nn.Module:
+    """The model to adapt, with a classifier for ``classes``."""
+    from torch import nn
+
+    import zoo
+    from zoo.store import is_path_target
+
+    if isinstance(backbone_or_model, nn.Module):
+        model = backbone_or_model
+        _ensure_build_info(model)
+        _fit_head(model, len(classes))
+        return model
+    text = str(backbone_or_model)
+    if is_path_target(backbone_or_model) or _store_path(text) is not None:
+        from zoo.persistence import load
+
+        saved = load(backbone_or_model, trainable=True)
+        old = getattr(saved, "zoo_classes", None)
+        if (old is not None and list(old) == list(classes)) or (
+            old is None and _num_outputs(saved) == len(classes)
+        ):
+            return saved
+        return _with_new_head(saved, len(classes))
+    return zoo.create(text, num_classes=len(classes), pretrained=pretrained, weights=weights,
+                      **dict(kwargs))
+
+
+def _with_new_head(saved: nn.Module, num_classes: int) -> nn.Module:
+    """A copy of a loaded model with a freshly initialised classifier of ``num_classes``.
+
+    Everything but the classifier (found with ``get_classifier`` or as the last linear layer)
+    is copied; a saved model trained for other classes keeps its features, not its head.
+    """
+    import zoo
+    from zoo.errors import WeightsMismatchError
+    from zoo.table_builder import classifier_param_names
+
+    build = dict(saved.zoo_build)
+    name = build["backbone"] + (f".{build['tag']}" if build.get("tag") else "")
+    fresh = zoo.create(name, num_classes=num_classes, **dict(build.get("kwargs") or {}))
+    state = saved.state_dict()
+    own = fresh.state_dict()
+    head = set(classifier_param_names(fresh))
+    skip = {k for k in own if k in head or (k in state and state[k].shape != own[k].shape)}
+    missing = [k for k in own if k not in state and k not in skip]
+    if missing:
+        raise WeightsMismatchError(
+            f"the saved model does not fit a fresh {name}: missing {', '.join(missing[:5])}"
+        )
+    fresh.load_state_dict({k: v for k, v in state.items() if k in own and k not in skip},
+                          strict=False)
+    fresh.zoo_input_config = saved.zoo_input_config
+    return fresh
+
+
+def _num_outputs(model: nn.Module) -> int | None:
+    build = getattr(model, "zoo_build", None) or {}
+    if build.get("num_classes"):
+        return int(build["num_classes"])
+    value = getattr(model, "num_classes", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def _ensure_build_info(model: nn.Module) -> None:
+    """Give a plain timm model ``zoo_build`` (so it can be saved) when timm says what it is."""
+    if getattr(model, "zoo_build", None):
+        return
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch = cfg.get("architecture") if isinstance(cfg, Mapping) else None
+    if not arch:
+        return
+    from zoo.api import attach_build_info, get_catalog
+
+    try:
+        spec, _ = get_catalog().backbone(f"timm:{arch}")
+    except ZooError:
+        return
+    config = getattr(model, "zoo_input_config", None)
+    attach_build_info(model, spec, tag=None, num_classes=getattr(model, "num_classes", None),
+                      kwargs={})
+    if config is not None:
+        model.zoo_input_config = config
+    else:
+        from zoo.data import input_config_of
+
+        model.zoo_input_config = input_config_of(_without_zoo_config(model))
+
+
+def _without_zoo_config(model: nn.Module) -> nn.Module:
+    if hasattr(model, "zoo_input_config"):
+        del model.zoo_input_config
+    return model
+
+
+def _fit_head(model: nn.Module, num_classes: int) -> None:
+    current = _num_outputs(model)
+    if current == num_classes:
+        return
+    reset = getattr(model, "reset_classifier", None)
+    if callable(reset):
+        reset(num_classes)
+        build = getattr(model, "zoo_build", None)
+        if isinstance(build, dict):
+            build["num_classes"] = num_classes
+    # otherwise checked on the first batch: the logits must have num_classes columns
