@@ -8,8 +8,11 @@ colour codes.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
+
+PIPE_WIDTH = 160
 
 
 class Output:
@@ -19,7 +22,10 @@ class Output:
         from rich.console import Console
 
         self.json_mode = json_mode
-        self.console = Console(file=stdout or sys.stdout, highlight=False, soft_wrap=False)
+        file = stdout or sys.stdout
+        self.console = Console(
+            file=file, highlight=False, soft_wrap=False, width=_pipe_width(file)
+        )
         self.err = Console(file=stderr or sys.stderr, highlight=False, soft_wrap=True)
 
     def print(self, *renderables: Any) -> None:
@@ -42,6 +48,15 @@ class Output:
 
     def info(self, message: str) -> None:
         self.err.print(_escape(message))
+
+
+def _pipe_width(file: Any) -> int | None:
+    """Width for output that is not a terminal: wide enough that tables are not folded
+    (rich would assume 80 columns); ``COLUMNS`` still wins. None: let rich ask the terminal."""
+    isatty = getattr(file, "isatty", None)
+    if (isatty is not None and isatty()) or os.environ.get("COLUMNS"):
+        return None
+    return PIPE_WIDTH
 
 
 def _escape(text: str) -> str:

@@ -40,11 +40,11 @@ def _percent(fraction: float | None) -> str:
 def models_table(entries: Sequence[EntryInfo]) -> Table:
     """One row per store entry; a broken entry says ``broken`` (:func:`broken_lines` says why)."""
     table = Table(box=None, pad_edge=False, collapse_padding=True, header_style="bold")
-    table.add_column("name", style="cyan", overflow="fold")
-    table.add_column("backbone", overflow="fold")
+    table.add_column("name", style="cyan", no_wrap=True)
+    table.add_column("backbone", no_wrap=True)
     table.add_column("classes", no_wrap=True, overflow="ellipsis", max_width=30)
     table.add_column("kind", no_wrap=True)
-    table.add_column("policy", overflow="fold")
+    table.add_column("policy", no_wrap=True, overflow="ellipsis", max_width=24)
     table.add_column("trained", justify="right", no_wrap=True)
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("date", no_wrap=True)
