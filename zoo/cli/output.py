@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 PIPE_WIDTH = 160
 
@@ -85,3 +89,50 @@ def human_bytes(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{int(n)} B"
+
+
+def aligned_text(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    right: Collection[int] = (),
+    title: str | None = None,
+    rule: bool = False,
+    first_style: str | None = "cyan",
+    row_style: Callable[[Sequence[str]], str | None] | None = None,
+    max_width: int | None = None,
+) -> Text:
+    """Plain aligned columns as one :class:`~rich.text.Text`, one line per row.
+
+    A rich ``Table`` measures every cell (about a second for timm's 1,371 backbones) and squeezes
+    long names at 80 columns; this renders in milliseconds and keeps every row on one line.
+    Print it with ``soft_wrap=True`` (:meth:`Output.print` does). Cells longer than
+    ``max_width`` are cut with an ellipsis; ``row_style(row)`` styles a whole row.
+    """
+    from rich.text import Text
+
+    if max_width is not None:
+        rows = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in r] for r in rows]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ).rstrip()
+
+    text = Text()
+    if title:
+        text.append(f"{title}\n", style="bold")
+    text.append(line(headers) + "\n", style="bold")
+    if rule:
+        text.append("  ".join("─" * w for w in widths) + "\n", style="dim")
+    for row in rows:
+        style = row_style(row) if row_style else None
+        if first_style and not style and len(row) > 1:
+            first = row[0].ljust(widths[0])
+            text.append(first, style=first_style)
+            text.append(line(row)[len(first):] + "\n")
+        else:
+            text.append(line(row) + "\n", style=style)
+    text.rstrip()
+    return text

@@ -8,8 +8,14 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from zoo.cli.output import aligned_text
 from zoo.listing import BackboneEntry, PolicyEntry
 from zoo.plugins import PluginRecord, format_origin
+
+
+def _size(entry_input: dict[str, Any]) -> str:
+    size = entry_input.get("input_size") or []
+    return "x".join(str(v) for v in size[1:]) if len(size) == 3 else "?"
 
 
 def _size(entry_input: dict[str, Any]) -> str:
@@ -64,11 +70,13 @@ def backbones_table(entries: Sequence[BackboneEntry], *, title: str = "Backbones
         (e.qualified_name, str(len(e.tags)) if e.tags else "-", _size(e.input), e.summary)
         for e in entries
     ]
-    return column_text(
-        f"{title} ({len(entries)})",
+    return aligned_text(
         ("name", "pretrained", "input", "summary"),
         rows,
         right=(1, 2),
+        title=f"{title} ({len(entries)})",
+        rule=True,
+        max_width=60,
     )
 
 
@@ -83,11 +91,12 @@ def pretrained_table(pairs: Sequence[tuple[BackboneEntry, str]]) -> Text:
         )
         for entry, tag in pairs
     ]
-    return column_text(
-        f"Pretrained weights ({len(pairs)})",
+    return aligned_text(
         ("name", "input", "interpolation", "crop"),
         rows,
         right=(1, 3),
+        title=f"Pretrained weights ({len(pairs)})",
+        rule=True,
         max_width=80,
     )
 

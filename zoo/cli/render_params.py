@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 
 from rich.table import Table
 from rich.text import Text
 
-from zoo.cli.output import bar, human_count
+from zoo.cli.output import aligned_text, bar, human_count
 from zoo.param_table import ParamTable
 
 BAR_WIDTH = 20
@@ -88,28 +87,6 @@ def depth_table(table: ParamTable, *, bar_width: int = BAR_WIDTH) -> Table:
     return out
 
 
-def _aligned(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> Text:
-    """Columns aligned as plain text, one line per row, never squeezed to the terminal.
-
-    Print it with ``soft_wrap=True``: long parameter names stay whole and every row stays on one
-    line, which a rich ``Table`` cannot promise at 80 columns.
-    """
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
-        ).rstrip()
-
-    text = Text()
-    text.append(line(headers) + "\n", style="bold")
-    for row in rows:
-        text.append(row[0].ljust(widths[0]), style="cyan")
-        text.append(line(row)[widths[0]:] + "\n")
-    text.rstrip()
-    return text
-
-
 def rows_table(table: ParamTable) -> Text:
     """Every parameter: name, depth, group, role, module type, shape, count, dtype, trainable."""
     rows = [
@@ -128,7 +105,7 @@ def rows_table(table: ParamTable) -> Text:
     ]
     headers = ("name", "depth", "group", "role", "module type", "shape", "params", "dtype",
                "trainable")
-    return _aligned(headers, rows, right={1, 6})
+    return aligned_text(headers, rows, right={1, 6})
 
 
 def norms_table(table: ParamTable) -> Text:
@@ -145,4 +122,4 @@ def norms_table(table: ParamTable) -> Text:
         for norm in table.norms
     ]
     headers = ("norm layer", "type", "depth", "group", "running stats", "affine")
-    return _aligned(headers, rows, right={2})
+    return aligned_text(headers, rows, right={2})

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 
-from zoo.cli.output import human_count
+from zoo.cli.output import aligned_text, human_count
 from zoo.param_table import ParamTable
 from zoo.plans import NormMode, Plan, PlanDepth
 
@@ -117,22 +116,6 @@ def depth_table(plan: Plan, table: ParamTable, *, bar_width: int = BAR_WIDTH) ->
     return out
 
 
-def _aligned(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> Text:
-    """Plain aligned columns, one line per row (print with ``soft_wrap=True``)."""
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
-        ).rstrip()
-
-    text = Text()
-    text.append(line(headers) + "\n", style="bold")
-    for row in rows:
-        text.append(line(row) + "\n", style=None if "trained" in row else "dim")
-    return text
-
-
 def params_text(plan: Plan, table: ParamTable) -> Text:
     """Every parameter: depth, group, shape, count, trained/frozen, lr scale, decay, norm mode."""
     norm_of = {p: norm.path for norm in table.norms for p in norm.params}
@@ -153,7 +136,10 @@ def params_text(plan: Plan, table: ParamTable) -> Text:
             plan.norm_mode(norm).value if norm else "",
         ))
     headers = ("name", "depth", "group", "shape", "params", "state", "lr scale", "decay", "norm")
-    return _aligned(headers, rows, right={1, 4, 6})
+    return aligned_text(
+        headers, rows, right={1, 4, 6}, first_style=None,
+        row_style=lambda row: None if "trained" in row else "dim",
+    )
 
 
 def norms_text(plan: Plan, table: ParamTable) -> Text:
