@@ -11,6 +11,7 @@ key, so the cache is never stale; a damaged cache file is ignored and rewritten.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata as importlib_metadata
 import importlib.util
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,6 +117,13 @@ class Listing:
             if plugin in (None, p.plugin) and matches(pattern, p.qualified_name)
         ]
 
+    def resolve_backbone(self, name: str) -> tuple[BackboneEntry, str | None]:
+        """``(entry, tag)`` for a backbone name, resolved as the catalog would."""
+        backbones: Registry[BackboneEntry] = Registry("backbone")
+        for entry in self.backbones:
+            backbones.add(entry)
+        return resolve_backbone(backbones, name)
+
     def check_names(self, backbone: str | None = None, policy: str | None = None) -> None:
         """Raise at once for a backbone or policy name the catalog would refuse.
 
@@ -123,10 +132,7 @@ class Listing:
         policy's name is checked, not its arguments.
         """
         if backbone is not None:
-            backbones: Registry[BackboneEntry] = Registry("backbone")
-            for entry in self.backbones:
-                backbones.add(entry)
-            resolve_backbone(backbones, backbone)
+            self.resolve_backbone(backbone)
         if policy is not None:
             from zoo.policy_args import split_policy_spec
 
@@ -282,35 +288,38 @@ def _read_cache(key: str) -> Listing | None:
     return listing
 
 
-def _write_cache(listing: Listing) -> None:
-    """Write atomically; remove older listings. A cache that cannot be written is skipped."""
-    directory = cache_dir()
+def write_cache_file(
+    target: Path, text: str, *, stale: Callable[[Path], bool] | None = None
+) -> None:
+    """Write ``text`` to ``target`` atomically, best effort: a cache that cannot be written is
+    skipped. Other ``*.json`` files beside it for which ``stale(path)`` is true are removed."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".listing-", suffix=".tmp", dir=directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".cache-", suffix=".tmp", dir=target.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(listing.to_dict(), fh)
-            target = _cache_path(listing.key)
+                fh.write(text)
             os.replace(tmp, target)
         except BaseException:
-            with _suppress_oserror():
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        for old in directory.glob("listing-*.json"):
-            if old != target:
-                with _suppress_oserror():
+        for old in target.parent.glob("*.json") if stale else ():
+            if old != target and stale(old):
+                with contextlib.suppress(OSError):
                     old.unlink()
     except OSError:
         return
 
 
-class _suppress_oserror:
-    def __enter__(self) -> None:
-        return None
+_catalog_built_here: Catalog | None = None
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        return exc_type is not None and issubclass(exc_type, OSError)
+
+def catalog_matches_installed(catalog: Catalog | None) -> bool:
+    """True when ``catalog`` is None or the one :func:`get_listing` built from the installed
+    plugins; False for a catalog a test or notebook set up itself, which caches must not
+    speak for."""
+    return catalog is None or catalog is _catalog_built_here
 
 
 def get_listing(*, use_cache: bool = True) -> Listing:
@@ -324,9 +333,15 @@ def get_listing(*, use_cache: bool = True) -> Listing:
     from zoo.api import set_catalog
     from zoo.catalog import build_catalog
 
+    global _catalog_built_here
     catalog = build_catalog()  # fresh: plugins may have changed since the process catalog
     set_catalog(catalog)
+    _catalog_built_here = catalog
     listing = listing_from_catalog(catalog, key=key)
     if use_cache:
-        _write_cache(listing)
+        write_cache_file(
+            _cache_path(key),
+            json.dumps(listing.to_dict()),
+            stale=lambda p: p.name.startswith("listing-"),
+        )
     return listing

@@ -32,11 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from zoo.param_table import params
+    from zoo.table_cache import table_for_name
 
     kwargs = num_classes_kwargs(args)
     precheck_names(backbone=args.name)
-    table = params(args.name, **kwargs)
+    table = table_for_name(args.name, **kwargs)
     if args.json:
         out.json(table.to_dict())
         return 0
