@@ -117,6 +117,10 @@ class Catalog:
     def policy(self, name: str) -> PolicySpec:
         return self.policies.resolve(name)
 
+    def check_names(self, backbone: str | None = None, policy: str | None = None) -> None:
+        """Raise if a backbone name or a policy spec's name does not resolve."""
+        check_names(self.backbones, self.policies, backbone=backbone, policy=policy)
+
     # ------------------------------------------------------------ listing
 
     def list_backbones(
@@ -150,6 +154,24 @@ def resolve_backbone(registry: Registry[TaggedT], name: str) -> tuple[TaggedT, s
                 f"pretrained tag of {base.qualified_name}", tag, base.pretrained_tags
             )
     return registry.resolve(name), None
+
+
+def check_names(
+    backbones: Registry[TaggedT],
+    policies: Registry[SpecT],
+    *,
+    backbone: str | None = None,
+    policy: str | None = None,
+) -> None:
+    """Resolve ``backbone`` and the name of ``policy`` (``NAME[:k=v,...]``, arguments not
+    checked), raising what the catalog raises: unknown with suggestions, ambiguous with the
+    candidates."""
+    if backbone is not None:
+        resolve_backbone(backbones, backbone)
+    if policy is not None:
+        from zoo.policy_args import split_policy_spec
+
+        policies.resolve(split_policy_spec(policy)[0])
 
 
 def matches(pattern: str | None, qualified: str) -> bool:

@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo._version import __version__
-from zoo.catalog import Registry, filter_backbone_names, matches, resolve_backbone
+from zoo.catalog import (
+    Registry,
+    check_names,
+    filter_backbone_names,
+    matches,
+    resolve_backbone,
+)
 from zoo.plugins import (
     DISABLE_AUTOLOAD_ENV,
     PluginRecord,
@@ -117,12 +123,18 @@ class Listing:
             if plugin in (None, p.plugin) and matches(pattern, p.qualified_name)
         ]
 
-    def resolve_backbone(self, name: str) -> tuple[BackboneEntry, str | None]:
-        """``(entry, tag)`` for a backbone name, resolved as the catalog would."""
+    def _registries(self) -> tuple[Registry[BackboneEntry], Registry[PolicyEntry]]:
         backbones: Registry[BackboneEntry] = Registry("backbone")
         for entry in self.backbones:
             backbones.add(entry)
-        return resolve_backbone(backbones, name)
+        policies: Registry[PolicyEntry] = Registry("policy")
+        for entry in self.policies:
+            policies.add(entry)
+        return backbones, policies
+
+    def resolve_backbone(self, name: str) -> tuple[BackboneEntry, str | None]:
+        """``(entry, tag)`` for a backbone name, resolved as the catalog would."""
+        return resolve_backbone(self._registries()[0], name)
 
     def check_names(self, backbone: str | None = None, policy: str | None = None) -> None:
         """Raise at once for a backbone or policy name the catalog would refuse.
@@ -131,15 +143,7 @@ class Listing:
         candidates), from the cached listing, so a typo costs no plugin imports. Only the
         policy's name is checked, not its arguments.
         """
-        if backbone is not None:
-            self.resolve_backbone(backbone)
-        if policy is not None:
-            from zoo.policy_args import split_policy_spec
-
-            policies: Registry[PolicyEntry] = Registry("policy")
-            for entry in self.policies:
-                policies.add(entry)
-            policies.resolve(split_policy_spec(policy)[0])
+        check_names(*self._registries(), backbone=backbone, policy=policy)
 
     def to_dict(self) -> dict[str, Any]:
         return {

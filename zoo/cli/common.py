@@ -37,12 +37,7 @@ def precheck_names(backbone: str | None = None, policy: str | None = None) -> No
 
     catalog = current_catalog()
     if catalog is not None:
-        if backbone is not None:
-            catalog.backbone(backbone)
-        if policy is not None:
-            from zoo.policy_args import split_policy_spec
-
-            catalog.policy(split_policy_spec(policy)[0])
+        catalog.check_names(backbone=backbone, policy=policy)
         return
     from zoo.listing import get_listing
 
