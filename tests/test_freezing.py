@@ -55,15 +55,6 @@ POLICIES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small, shared machine more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @functools.cache
 def pristine(key: str) -> nn.Module:
     """The model with "pretrained-like" norms: timm zero-initializes the last norm of each

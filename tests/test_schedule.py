@@ -12,14 +12,6 @@ from zoo.freezing import check_frozen, snapshot
 from zoo.schedule import ScheduleDriver
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Net(nn.Module):
     """stem, three blocks with BatchNorm, a head: depths 0..4."""
 
