@@ -18,6 +18,7 @@ from zoo_torchvision.registry import summary_of
 import zoo
 from zoo.catalog import build_catalog
 from zoo.cli.main import main as zoo_main
+from zoo.errors import ModelBuildError
 from zoo.testing import check_plugin
 
 FAMILY_MODELS = {  # the smallest model of every family
@@ -98,8 +99,9 @@ def test_listing_builds_no_model(monkeypatch):
     assert catalog.host.records["torchvision"].ok, catalog.host.records["torchvision"].errors
     assert len(catalog.list_backbones("torchvision:*")) == len(tvm.list_models(module=tvm))
     assert built == []
-    with pytest.raises(AssertionError, match="built while listing"):
+    with pytest.raises(ModelBuildError, match="built while listing") as info:
         zoo.create("torchvision:resnet18")  # the guard is live: building would be caught
+    assert isinstance(info.value.__cause__, AssertionError)
 
 
 def test_weights_enums_become_tags_with_their_input_configs(catalog):

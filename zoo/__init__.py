@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     )
     from zoo.catalog import Catalog
     from zoo.errors import (
+        AdaptArgumentError,
         AmbiguousNameError,
         BaseMismatchError,
         CorruptFileError,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
         InvalidNameError,
         LockTimeoutError,
         MissingBaseError,
+        ModelBuildError,
         ModelExistsError,
         ModelNotFoundError,
         PlanError,
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from zoo.store import list_saved, remove
 
 _LAZY: dict[str, str] = {
+    "AdaptArgumentError": "zoo.errors",
     "AmbiguousNameError": "zoo.errors",
     "BackboneSpec": "zoo.specs",
     "BaseMismatchError": "zoo.errors",
@@ -70,6 +73,7 @@ _LAZY: dict[str, str] = {
     "InvalidNameError": "zoo.errors",
     "LockTimeoutError": "zoo.errors",
     "MissingBaseError": "zoo.errors",
+    "ModelBuildError": "zoo.errors",
     "ModelExistsError": "zoo.errors",
     "ModelNotFoundError": "zoo.errors",
     "NormInfo": "zoo.param_table",

@@ -44,27 +44,18 @@ def is_loader(obj: Any) -> bool:
 
 def prepare_data(train: Any, val: Any, *, classes: Sequence[str] | None,
                  val_split: float | None, seed: int, on_corrupt: str) -> AdaptData:
-    from zoo.data import class_counts_of, scan_image_folder, split_folder
+    """The run's data; refuses (:class:`~zoo.DataError`) anything a classifier cannot learn
+    from: fewer than 2 classes, a class without training data, labels out of range, a
+    validation set with other classes."""
+    from zoo.data import scan_image_folder, split_folder
 
     if is_loader(train):
-        if val is not None and not is_loader(val):
-            raise DataError("train is a DataLoader, so val must be a DataLoader too")
-        if val_split:
-            raise DataError("val_split only works with an image folder; pass val=DataLoader")
-        names = list(classes) if classes is not None else getattr(train.dataset, "classes", None)
-        if not names:
-            raise DataError(
-                "cannot tell the class names of this DataLoader: its dataset has no .classes; "
-                "pass classes=[...]"
-            )
-        counts = class_counts_of(train.dataset, len(names))
-        spc = round(sum(counts) / max(1, sum(1 for c in counts if c))) if counts else None
-        return AdaptData([str(n) for n in names], train, val, [], spc)
+        return _loader_data(train, val, classes=classes, val_split=val_split)
     if not isinstance(train, (str, os.PathLike)):
         raise DataError(
             f"train must be an image folder path or a DataLoader, not {type(train).__name__}"
         )
-    folder = scan_image_folder(train, classes=classes, on_corrupt=on_corrupt)
+    folder = scan_image_folder(train, classes=classes, on_corrupt=on_corrupt, training=True)
     skipped = [s.to_dict() for s in folder.skipped]
     val_folder = None
     if val is not None:
@@ -77,6 +68,63 @@ def prepare_data(train: Any, val: Any, *, classes: Sequence[str] | None,
     elif val_split:
         folder, val_folder = split_folder(folder, float(val_split), seed=seed)
     return AdaptData(list(folder.classes), folder, val_folder, skipped, folder.samples_per_class)
+
+
+def _loader_data(train: DataLoader, val: Any, *, classes: Sequence[str] | None,
+                 val_split: float | None) -> AdaptData:
+    from zoo.data import class_counts_of
+
+    if val is not None and not is_loader(val):
+        raise DataError("train is a DataLoader, so val must be a DataLoader too")
+    if val_split:
+        raise DataError("val_split only works with an image folder; pass val=DataLoader")
+    names = list(classes) if classes is not None else getattr(train.dataset, "classes", None)
+    if not names:
+        raise DataError(
+            "cannot tell the class names of this DataLoader: its dataset has no .classes; "
+            "pass classes=[...]"
+        )
+    names = [str(n) for n in names]
+    _check_loader_classes("training", train.dataset, names)
+    if val is not None:
+        _check_loader_classes("validation", val.dataset, names)
+    counts = class_counts_of(train.dataset, len(names))
+    spc = round(sum(counts) / max(1, sum(1 for c in counts if c))) if counts else None
+    return AdaptData(names, train, val, [], spc)
+
+
+def _check_loader_classes(role: str, dataset: Any, names: list[str]) -> None:
+    """Class names and labels of a loader's dataset, where it tells them (``.classes``,
+    ``.targets``, a ``TensorDataset``'s second tensor)."""
+    from zoo.data import dataset_targets
+
+    own = getattr(dataset, "classes", None)
+    if role == "training" and len(names) < 2:
+        raise DataError(
+            f"the training data has a single class, {names[0]!r}: a classifier needs at least 2 "
+            "classes (one class is always predicted, at 100 %)"
+        )
+    if own is not None and role == "validation" and [str(n) for n in own] != names:
+        raise DataError(
+            f"the validation data's classes {[str(n) for n in own]} differ from the training "
+            f"classes {names}: its labels would be read as other classes"
+        )
+    targets = dataset_targets(dataset)
+    if targets is None:
+        return
+    bad = sorted({t for t in targets if not 0 <= t < len(names)})
+    if bad:
+        raise DataError(
+            f"the {role} data has label(s) {bad[:5]} outside 0..{len(names) - 1}, but "
+            f"{len(names)} class names ({', '.join(names)}); fix the labels or the class names"
+        )
+    present = sorted(set(targets))
+    if role == "training" and len(present) < 2:
+        found = repr(names[present[0]]) if present else "none"
+        raise DataError(
+            f"the training data has samples of a single class ({found}) of {len(names)}: a "
+            "classifier trained on it always predicts that class; give it samples of every class"
+        )
 
 
 def loaders_for_folders(data: AdaptData, config: InputConfig, *,

@@ -17,13 +17,14 @@ training, so an existing name without ``overwrite=True`` fails fast and changes 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zoo.adapt_data import prepare_data
-from zoo.errors import DataError, ZooError
+from zoo.errors import AdaptArgumentError, DataError, ZooError
 from zoo.evaluation import Evaluation, evaluate
 from zoo.history import AdaptCallback, AdaptResult, EpochRecord, History
 from zoo.starting_point import build_model, check_start, check_target, resolve_weights
@@ -149,125 +150,253 @@ def adapt(
     from zoo.distributed import setup
 
     t_start = time.perf_counter()
-    _check_arguments(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                     lr_schedule=lr_schedule, feature_cache=feature_cache,
-                     on_corrupt=on_corrupt, val_split=val_split)
-    check_target(name, overwrite)
-    start_desc = check_start(backbone_or_model)
-    if (weights is not None or pretrained) and not start_desc.startswith("backbone"):
-        raise ZooError(
-            f"pretrained= and weights= apply when starting from a backbone name; this run starts "
-            f"from the {start_desc}, whose weights are used as they are"
-        )
-    from zoo.plans import resolve_policy
-
-    resolve_policy(policy)  # an unknown policy fails before any data is read
-    weights_path = resolve_weights(weights)
-    data = prepare_data(train, val, classes=classes, val_split=val_split, seed=seed,
-                        on_corrupt=on_corrupt)
+    _check_arguments(locals())
     ctx = setup(distributed, device)
-    callback = callback if (callback is not None and ctx.is_main) else AdaptCallback()
     try:
-        torch.manual_seed(seed)
-        model = build_model(backbone_or_model, data.classes, pretrained=pretrained,
-                            weights=weights_path, kwargs=model_kwargs or {})
-        if delta and name is not None and not (getattr(model, "zoo_build", None) or {}).get("base"):
-            from zoo.errors import MissingBaseError
+        with ctx.guard():  # a failure on any rank stops every rank, with its message
+            start_desc, weights_path = _check_start(backbone_or_model, name=name,
+                                                    overwrite=overwrite, weights=weights,
+                                                    pretrained=pretrained, policy=policy)
+            data = prepare_data(train, val, classes=classes, val_split=val_split, seed=seed,
+                                on_corrupt=on_corrupt)
+            callback = callback if (callback is not None and ctx.is_main) else AdaptCallback()
+            torch.manual_seed(seed)
+            model = build_model(backbone_or_model, data.classes, pretrained=pretrained,
+                                weights=weights_path, kwargs=model_kwargs or {})
+            _check_savable(model, name=name, delta=delta)
+            config = with_overrides(input_config_of(model), image_size=image_size,
+                                    overrides=input_config)
+            model.zoo_input_config = config
+            model.zoo_classes = list(data.classes)
+            model.to(ctx.device)
+            context = {
+                "samples_per_class": samples_per_class or data.samples_per_class,
+                "similarity": similarity,
+                "num_classes": len(data.classes),
+                "epochs": epochs,
+            }
+            from zoo.schedule import ScheduleDriver
 
-            raise MissingBaseError(
-                "delta=True saves only what differs from recorded starting weights, and this "
-                "model has none (random weights, or a saved model whose head was replaced for "
-                "new classes); start from pretrained=True, weights=FILE or a saved model with "
-                "the same classes, or save in full (delta=False)"
+            planner = ScheduleDriver(model, policy,
+                                     **_policy_kwargs(policy, dict(policy_args or {}), context))
+            plan = planner.step(0).plan
+            history = History(
+                backbone=(getattr(model, "zoo_build", None) or {}).get("backbone"),
+                start=start_desc,
+                policy=plan.policy,
+                policy_args=dict(plan.args),
+                classes=list(data.classes),
+                skipped=data.skipped,
+                input_size=list(config.input_size),
+                optimizer=optimizer,
+                lr=lr,
+                batch_size=batch_size,
+                device=str(ctx.device),
+                world_size=ctx.world_size,
+                name=name,
+                notes=list(plan.notes),
             )
-        if name is not None and not getattr(model, "zoo_build", None):
-            raise ZooError(
-                f"cannot save this {type(model).__name__} as {str(name)!r}: zoo only saves models "
-                "it can rebuild (built by zoo.create, loaded by zoo.load, or a timm model); "
-                "start from a backbone name, or pass name=None and save the weights yourself"
-            )
-        config = with_overrides(input_config_of(model), image_size=image_size,
-                                overrides=input_config)
-        model.zoo_input_config = config
-        model.zoo_classes = list(data.classes)
-        model.to(ctx.device)
-        context = {
-            "samples_per_class": samples_per_class or data.samples_per_class,
-            "similarity": similarity,
-            "num_classes": len(data.classes),
-            "epochs": epochs,
-        }
-        from zoo.schedule import ScheduleDriver
+            run_training(model, data, planner, history, ctx=ctx, config=config, callback=callback,
+                         epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                         optimizer=optimizer, momentum=momentum, lr_schedule=lr_schedule,
+                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+                         augment=augment, feature_cache=feature_cache, num_workers=num_workers,
+                         seed=seed)
+            history.total_params = sum(p.numel() for p in model.parameters())
+            final = planner.plan
+            assert final is not None
+            history.trainable_params = sum(p.numel() for n, p in model.named_parameters()
+                                           if n in set(final.trainable))
+            history.policy, history.policy_args = final.policy, dict(final.args)
+            history.notes = list(final.notes)
+            model.eval()
+            if name is not None:
+                if ctx.is_main:
+                    from zoo.persistence import save
 
-        planner = ScheduleDriver(model, policy,
-                                 **_policy_kwargs(policy, dict(policy_args or {}), context))
-        plan = planner.step(0).plan
-        history = History(
-            backbone=(getattr(model, "zoo_build", None) or {}).get("backbone"),
-            start=start_desc,
-            policy=plan.policy,
-            policy_args=dict(plan.args),
-            classes=list(data.classes),
-            skipped=data.skipped,
-            input_size=list(config.input_size),
-            optimizer=optimizer,
-            lr=lr,
-            batch_size=batch_size,
-            device=str(ctx.device),
-            world_size=ctx.world_size,
-            name=name,
-            notes=list(plan.notes),
-        )
-        run_training(model, data, planner, history, ctx=ctx, config=config, callback=callback,
-                     epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                     optimizer=optimizer, momentum=momentum, lr_schedule=lr_schedule,
-                     warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-                     augment=augment, feature_cache=feature_cache, num_workers=num_workers,
-                     seed=seed)
-        history.total_params = sum(p.numel() for p in model.parameters())
-        final = planner.plan
-        assert final is not None
-        history.trainable_params = sum(p.numel() for n, p in model.named_parameters()
-                                       if n in set(final.trainable))
-        history.policy, history.policy_args = final.policy, dict(final.args)
-        history.notes = list(final.notes)
-        model.eval()
-        if name is not None:
-            if ctx.is_main:
-                from zoo.persistence import save
-
-                model.zoo_history = history
-                path = save(model, name, classes=list(data.classes), delta=delta,
-                            overwrite=overwrite)
-                history.path = str(path)
-            ctx.barrier()
-            history.path = ctx.broadcast(history.path)
-        history.total_seconds = time.perf_counter() - t_start
-        model.zoo_history = history
-        callback.on_end(history)
-        return AdaptResult(model, history)
+                    model.zoo_history = history
+                    path = save(model, name, classes=list(data.classes), delta=delta,
+                                overwrite=overwrite)
+                    history.path = str(path)
+                ctx.barrier()
+                history.path = ctx.broadcast(history.path)
+            history.total_seconds = time.perf_counter() - t_start
+            model.zoo_history = history
+            callback.on_end(history)
+            return AdaptResult(model, history)
     finally:
         ctx.close()
 
 
-def _check_arguments(*, epochs: int, lr: float, batch_size: int, optimizer: str,
-                     lr_schedule: str, feature_cache: Any, on_corrupt: str,
-                     val_split: float | None) -> None:
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ZooError(f"epochs must be an int >= 1, not {epochs!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ZooError(f"lr must be a positive number, not {lr!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ZooError(f"batch_size must be an int >= 1, not {batch_size!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ZooError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if lr_schedule not in LR_SCHEDULES:
+def _check_start(backbone_or_model: Any, *, name: str | None, overwrite: bool, weights: Any,
+                 pretrained: bool | str, policy: str | PolicySpec) -> tuple[str, Any]:
+    """(description of the starting point, weights path): the target name, the start, the
+    policy and the weights checked before any data is read."""
+    from zoo.plans import resolve_policy
+
+    check_target(name, overwrite)
+    start_desc = check_start(backbone_or_model)
+    if (weights is not None or pretrained) and not start_desc.startswith("backbone"):
         raise ZooError(
-            f"unknown lr schedule {lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}"
+            f"pretrained= and weights= apply when starting from a backbone name; this run "
+            f"starts from the {start_desc}, whose weights are used as they are"
         )
-    if feature_cache not in (True, False, "auto"):
-        raise ZooError(f"feature_cache must be True, False or 'auto', not {feature_cache!r}")
-    if on_corrupt not in ("skip", "error"):
-        raise ZooError(f"on_corrupt must be 'skip' or 'error', not {on_corrupt!r}")
-    if val_split is not None and not 0.0 < float(val_split) < 1.0:
-        raise DataError(f"val_split must be between 0 and 1 (exclusive), not {val_split!r}")
+    resolve_policy(policy)
+    return start_desc, resolve_weights(weights)
+
+
+def _check_savable(model: nn.Module, *, name: str | None, delta: bool) -> None:
+    """Refuse, before training, a save under ``name`` that could not happen afterwards."""
+    build = getattr(model, "zoo_build", None) or {}
+    if delta and name is not None and not build.get("base"):
+        from zoo.errors import MissingBaseError
+
+        raise MissingBaseError(
+            "delta=True saves only what differs from recorded starting weights, and this "
+            "model has none (random weights, or a saved model whose head was replaced for "
+            "new classes); start from pretrained=True, weights=FILE or a saved model with "
+            "the same classes, or save in full (delta=False)"
+        )
+    if name is not None and not build:
+        raise ZooError(
+            f"cannot save this {type(model).__name__} as {str(name)!r}: zoo only saves models "
+            "it can rebuild (built by zoo.create, loaded by zoo.load, or a timm model); "
+            "start from a backbone name, or pass name=None and save the weights yourself"
+        )
+
+
+#: Upper bound of ``num_workers``: more loader processes than this is a typo, not a plan.
+MAX_WORKERS = 256
+#: Upper bound (exclusive) of ``seed``: what ``torch.manual_seed`` accepts on every platform.
+SEED_LIMIT = 2**63
+SIMILARITIES = ("high", "low")
+ON_CORRUPT = ("skip", "error")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    """A finite real number (bool, NaN, infinities and numbers too big for a float are not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _int_in(argument: str, value: Any, low: int, high: float = math.inf) -> None:
+    if not (_is_int(value) and low <= value <= high):
+        rule = f"an int >= {low}" if high == math.inf else f"an int from {low} to {high}"
+        raise AdaptArgumentError(argument, value, rule)
+
+
+def _real_in(argument: str, value: Any, rule: str, test: Any) -> None:
+    """Refuse ``value`` unless it is a finite real number (not bool) that passes ``test``."""
+    if not (_is_real(value) and test(float(value))):
+        raise AdaptArgumentError(argument, value, f"a finite number {rule}")
+
+
+def _choice(argument: str, value: Any, options: Sequence[Any]) -> None:
+    """Refuse ``value`` unless it is one of ``options`` (of the same type: 1 is not True)."""
+    if not any(type(value) is type(option) and value == option for option in options):
+        raise AdaptArgumentError(argument, value, "one of " + ", ".join(map(repr, options)))
+
+
+def _check_image_size(image_size: Any) -> None:
+    from zoo.specs import MAX_IMAGE_SIDE
+
+    sides = [image_size, image_size] if _is_int(image_size) else image_size
+    if not (isinstance(sides, Sequence) and not isinstance(sides, str) and len(sides) == 2
+            and all(_is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in sides)):
+        raise AdaptArgumentError("image_size", image_size,
+                                 f"an int or (height, width) from 1 to {MAX_IMAGE_SIDE} pixels")
+
+
+def _check_input_config(overrides: Any) -> None:
+    """Each override a user gives, checked before any work (the full config, which also
+    depends on the model, is checked again by ``InputConfig.from_dict`` once it is known)."""
+    from zoo.specs import CROP_MODES, INTERPOLATIONS, MAX_IMAGE_SIDE, InputConfig
+
+    if not isinstance(overrides, Mapping):
+        raise AdaptArgumentError("input_config", overrides, "a mapping of input config fields")
+    known = InputConfig().to_dict()
+    for key, value in overrides.items():
+        arg = f"input_config[{key!r}]"
+        if key not in known:
+            raise AdaptArgumentError("input_config", dict(overrides),
+                                     "a mapping with the keys " + ", ".join(sorted(known)))
+        if key == "crop_pct":
+            _real_in(arg, value, "in (0, 2] (1.0: no crop)", lambda v: 0 < v <= 2)
+        elif key in ("interpolation", "crop_mode"):
+            _choice(arg, value, INTERPOLATIONS if key == "interpolation" else CROP_MODES)
+        elif key == "input_size":
+            if not (isinstance(value, Sequence) and not isinstance(value, str)
+                    and len(value) == 3 and all(_is_int(v) for v in value)
+                    and all(1 <= v <= MAX_IMAGE_SIDE for v in value)):
+                raise AdaptArgumentError(arg, value, "(channels, height, width): 3 ints from "
+                                         f"1 to {MAX_IMAGE_SIDE}")
+        elif not (isinstance(value, Sequence) and not isinstance(value, str) and value
+                  and all(_is_real(v) and (key == "mean" or float(v) > 0) for v in value)):
+            rule = "finite numbers > 0" if key == "std" else "finite numbers"
+            raise AdaptArgumentError(arg, value, f"a list of {rule}, one per channel")
+
+
+def _check_classes(classes: Any) -> None:
+    if classes is None:
+        return
+    if isinstance(classes, str) or not isinstance(classes, Sequence) \
+            or not all(isinstance(c, str) and c for c in classes):
+        raise AdaptArgumentError("classes", classes, "a list of class names (non-empty strings)")
+    if len(set(classes)) != len(classes):
+        raise AdaptArgumentError("classes", classes, "a list of distinct class names")
+    if len(classes) < 2:
+        raise AdaptArgumentError("classes", classes, "at least 2 class names (a classifier with "
+                                 "one class always predicts it)")
+
+
+def _check_arguments(args: Mapping[str, Any]) -> None:
+    """Refuse any argument of :func:`adapt` of the wrong type or out of range, before any work
+    (no folder scanned, no model built, no weights read); raises :class:`AdaptArgumentError`."""
+    _int_in("epochs", args["epochs"], 1)
+    _real_in("lr", args["lr"], "> 0", lambda v: v > 0)
+    _real_in("weight_decay", args["weight_decay"], ">= 0", lambda v: v >= 0)
+    _int_in("batch_size", args["batch_size"], 1)
+    _choice("optimizer", args["optimizer"], OPTIMIZERS)
+    _real_in("momentum", args["momentum"], "in [0, 1)", lambda v: 0 <= v < 1)
+    _choice("lr_schedule", args["lr_schedule"], LR_SCHEDULES)
+    epochs = args["epochs"]
+    _real_in("warmup_epochs", args["warmup_epochs"], f"from 0 to epochs ({epochs})",
+             lambda v: 0 <= v <= epochs)
+    _real_in("label_smoothing", args["label_smoothing"], "in [0, 1)", lambda v: 0 <= v < 1)
+    if args["val_split"] is not None:
+        _real_in("val_split", args["val_split"], "between 0 and 1 (exclusive)",
+                 lambda v: 0 < v < 1)
+    if args["image_size"] is not None:
+        _check_image_size(args["image_size"])
+    if args["input_config"] is not None:
+        _check_input_config(args["input_config"])
+    if not (args["augment"] is None or isinstance(args["augment"], (bool, Mapping))):
+        raise AdaptArgumentError("augment", args["augment"],
+                                 "None, True, False or a mapping of timm transform options")
+    _choice("similarity", args["similarity"], SIMILARITIES)
+    if args["samples_per_class"] is not None:
+        _int_in("samples_per_class", args["samples_per_class"], 1)
+    _choice("feature_cache", args["feature_cache"], (True, False, "auto"))
+    _choice("on_corrupt", args["on_corrupt"], ON_CORRUPT)
+    _int_in("num_workers", args["num_workers"], 0, MAX_WORKERS)
+    _int_in("seed", args["seed"], 0, SEED_LIMIT - 1)
+    _choice("distributed", args["distributed"], (None, True, False))
+    for flag in ("overwrite", "delta"):
+        if not isinstance(args[flag], bool):
+            raise AdaptArgumentError(flag, args[flag], "True or False")
+    for mapping in ("policy_args", "model_kwargs"):
+        if args[mapping] is not None and not isinstance(args[mapping], Mapping):
+            raise AdaptArgumentError(mapping, args[mapping], "a mapping (dict) or None")
+    _check_classes(args["classes"])
+    if args["device"] is not None:
+        from zoo.distributed import resolve_device
+
+        resolve_device(args["device"])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.catalog import Catalog, build_catalog
-from zoo.errors import ZooError
+from zoo.errors import ModelBuildError, ZooError
 from zoo.plugins import STRICT_ENV, env_flag
 from zoo.specs import BackboneSpec, PolicySpec
 
@@ -102,6 +102,10 @@ def create(
     ``weights=`` loads a local ``.safetensors`` file instead (a zoo-saved model or a plain
     state dict); tensors of a classifier whose shape no longer fits ``num_classes`` are
     skipped, everything else must match.
+
+    A plugin whose ``create`` raises (other than a :class:`~zoo.ZooError`, which passes
+    unchanged) or returns something that is not an ``nn.Module`` gives a
+    :class:`~zoo.errors.ModelBuildError` naming the plugin and the backbone.
     """
     spec, tag = get_catalog().backbone(name)
     if weights is not None and pretrained:
@@ -109,7 +113,7 @@ def create(
     if not pretrained:
         tag = None  # a tag names weights; without them the architecture's defaults apply
     want: bool | str = tag if tag else bool(pretrained)
-    model = spec.create(num_classes, want, **kwargs)
+    model = call_create(spec, num_classes, want, kwargs)
     attach_build_info(model, spec, tag=tag, num_classes=num_classes, kwargs=kwargs)
     if pretrained:  # the base a delta save refers to (zoo.persistence)
         ref = spec.qualified_name + (f".{tag}" if tag else "")
@@ -126,6 +130,39 @@ def create(
             "ref": str(path.resolve()),
             "sha256": resolved.sha256,
         }
+    return model
+
+
+def call_create(
+    spec: BackboneSpec, num_classes: int | None, pretrained: bool | str, kwargs: dict[str, Any]
+) -> nn.Module:
+    """``spec.create(num_classes, pretrained, **kwargs)``, its failures named after the plugin.
+
+    A :class:`~zoo.ZooError` raised by the plugin (such as
+    :class:`~zoo.WeightsUnavailableError`) passes unchanged; any other exception becomes a
+    :class:`~zoo.ModelBuildError` chained to it, and a result that is not an ``nn.Module`` is
+    refused the same way.
+    """
+    from torch import nn
+
+    where = f"plugin {spec.plugin!r} failed to build backbone {spec.qualified_name}"
+    try:
+        model = spec.create(num_classes, pretrained, **kwargs)
+    except ZooError:
+        raise
+    except Exception as exc:
+        args = f"num_classes={num_classes!r}, pretrained={pretrained!r}" + "".join(
+            f", {k}={v!r}" for k, v in kwargs.items()
+        )
+        args = args if len(args) <= 300 else args[:300] + "…"
+        raise ModelBuildError(
+            f"{where} ({args}): {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise ModelBuildError(
+            f"{where}: its create() returned {type(model).__name__}, not a torch.nn.Module; "
+            "report this to the plugin's authors"
+        )
     return model
 
 

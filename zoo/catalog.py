@@ -9,7 +9,9 @@ A backbone name may carry a pretrained tag after a dot, as in timm: ``resnet50.a
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+import functools
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -178,10 +180,15 @@ def matches(pattern: str | None, qualified: str) -> bool:
     """fnmatch ``pattern`` against a qualified name or its bare part (case-insensitive)."""
     if not pattern:
         return True
-    pattern = pattern.lower()
+    match = _pattern_matcher(pattern)
     qualified = qualified.lower()
-    bare = qualified.split(":", 1)[-1]
-    return fnmatch.fnmatchcase(qualified, pattern) or fnmatch.fnmatchcase(bare, pattern)
+    return match(qualified) is not None or match(qualified.split(":", 1)[-1]) is not None
+
+
+@functools.lru_cache(maxsize=32)
+def _pattern_matcher(pattern: str) -> Callable[[str], re.Match[str] | None]:
+    """``fnmatch.fnmatchcase`` of the lower-cased ``pattern``, compiled once."""
+    return re.compile(fnmatch.translate(pattern.lower())).match
 
 
 def filter_backbone_names(

@@ -115,6 +115,7 @@ def scan_image_folder(
     classes: Sequence[str] | None = None,
     on_corrupt: OnCorrupt = "skip",
     verify: bool = True,
+    training: bool = False,
 ) -> ImageFolder:
     """Scan ``root`` (one sub-folder per class) into an :class:`ImageFolder`.
 
@@ -122,6 +123,8 @@ def scan_image_folder(
     classes); a sub-folder not among them is an error. Raises :class:`~zoo.DataError` for a
     missing, unreadable or empty folder, a class folder without images, and (with
     ``on_corrupt="error"``) a file PIL cannot read. ``verify=False`` skips the per-file check.
+    ``training=True`` (a folder to train on) also refuses fewer than 2 class folders and a
+    class of ``classes`` without a folder — checked before any image is opened.
     """
     if on_corrupt not in ("skip", "error"):
         raise DataError(f"on_corrupt must be 'skip' or 'error', not {on_corrupt!r}")
@@ -161,6 +164,8 @@ def scan_image_folder(
                 f"that the training data does not have (training classes: "
                 f"{', '.join(class_list)})"
             )
+    if training:
+        _check_training_classes(path, class_dirs, class_list)
     index = {name: i for i, name in enumerate(class_list)}
     samples: list[tuple[Path, int]] = []
     skipped: list[SkippedFile] = []
@@ -192,6 +197,24 @@ def scan_image_folder(
             f"({', '.join(IMAGE_EXTENSIONS)}) or remove the folder"
         )
     return ImageFolder(path, class_list, tuple(samples), tuple(skipped))
+
+
+def _check_training_classes(path: Path, class_dirs: Sequence[str], classes: Sequence[str]
+                            ) -> None:
+    """A training folder needs 2 classes or more, and a folder for every class it trains."""
+    if len(class_dirs) < 2:
+        raise DataError(
+            f"training folder {str(path)!r} has a single class folder, {class_dirs[0]!r}: a "
+            "classifier needs at least 2 classes (one class is always predicted, at 100 %); "
+            "add a sub-folder of images for every other class"
+        )
+    missing = [c for c in classes if c not in class_dirs]
+    if missing:
+        raise DataError(
+            f"training folder {str(path)!r} has no folder for class(es) "
+            f"{', '.join(map(repr, missing))}: a class without training images is never "
+            "learned; add the folder(s) or leave the class(es) out of classes="
+        )
 
 
 def split_folder(folder: ImageFolder, fraction: float, *, seed: int = 0
@@ -409,12 +432,27 @@ def make_loader(dataset: Dataset, spec: LoaderSpec, *, shuffle: bool,
     )
 
 
-def class_counts_of(dataset: Any, num_classes: int) -> list[int] | None:
-    """Images per class of a dataset that exposes ``targets`` (None when it doesn't)."""
+def dataset_targets(dataset: Any) -> list[int] | None:
+    """The integer labels of a dataset that exposes them (``targets``, a ``TensorDataset``'s
+    second tensor of integers); None when it doesn't."""
     targets = getattr(dataset, "targets", None)
     if targets is None and hasattr(dataset, "tensors") and len(dataset.tensors) >= 2:
-        targets = dataset.tensors[1].tolist()
+        labels = dataset.tensors[1]
+        if labels.is_floating_point() or labels.is_complex() or labels.ndim != 1:
+            return None
+        targets = labels.tolist()
     if targets is None:
         return None
-    counter = Counter(int(t) for t in targets)
+    try:
+        return [int(t) for t in targets]
+    except (TypeError, ValueError):
+        return None
+
+
+def class_counts_of(dataset: Any, num_classes: int) -> list[int] | None:
+    """Images per class of a dataset that exposes ``targets`` (None when it doesn't)."""
+    targets = dataset_targets(dataset)
+    if targets is None:
+        return None
+    counter = Counter(targets)
     return [counter.get(i, 0) for i in range(num_classes)]

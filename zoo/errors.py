@@ -147,6 +147,23 @@ class DataError(ZooError, ValueError):
     """Training data that cannot be used: an empty folder, a class without images."""
 
 
+class AdaptArgumentError(ZooError, ValueError):
+    """An argument of :func:`zoo.adapt` or :func:`zoo.evaluate` (an option of ``zoo adapt``) of
+    the wrong type or out of range; ``argument`` names it, ``rule`` says what it must be."""
+
+    def __init__(self, argument: str, value: object, rule: str) -> None:
+        self.argument = argument
+        self.value = value
+        self.rule = rule
+        try:
+            shown = repr(value)
+        except ValueError:  # an int too long to print
+            shown = f"a {type(value).__name__} too long to show"
+        if len(shown) > 80:
+            shown = shown[:79] + "…"
+        super().__init__(f"{argument} must be {rule}, not {shown}")
+
+
 def suggest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """Close matches for ``name`` among ``candidates`` (qualified or bare), best first."""
     pool = sorted(set(candidates))

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from zoo.adapt_data import is_loader
-from zoo.errors import DataError
+from zoo.errors import AdaptArgumentError, DataError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -43,6 +43,8 @@ def evaluate(model: nn.Module, data: str | os.PathLike[str] | DataLoader, *,
     )
     from zoo.distributed import resolve_device
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AdaptArgumentError("batch_size", batch_size, "an int >= 1")
     if is_loader(data):
         loader = data
     else:

@@ -4,31 +4,38 @@ A safetensors file is an 8-byte little-endian header length, a JSON header (tens
 ``__metadata__`` str -> str map) and one data region. :func:`parse_header` checks every rule of
 the format itself before any byte of data is trusted, so a truncated, malformed or hostile file
 raises :class:`~zoo.CorruptFileError` naming the file and the problem instead of crashing or
-yielding a wrong tensor.
+yielding a wrong tensor. Only regular files are opened (:func:`open_regular`: a FIFO or a
+device is refused before a byte is read), and a file's tensors are only allocated when the
+system reports enough memory for them (:func:`check_memory_for`).
 
 Files zoo writes are *sealed*: :func:`write_file` adds ``zoo.tensors_sha256`` (a canonical hash
 of the tensors: sorted names, dtype, shape, bytes) and ``zoo.content_sha256`` (that hash plus the
 metadata), and :func:`read_file` recomputes both, raising :class:`~zoo.TamperedFileError` when a
-byte changed. Writes go to a temporary file in the same directory, are fsynced, then
-``os.replace``-d over the target (and the directory fsynced): a reader sees the old file or the
-new one, never half of one. See ``docs/file-format.md``.
+byte changed; a file with ``zoo.*`` metadata but without both hashes (a stripped seal) is refused
+by every reader (:func:`check_sealed_if_zoo`). Writes go to a temporary file in the same
+directory, are fsynced, then ``os.replace``-d over the target (and the directory fsynced): a
+reader sees the old file or the new one, never half of one. See ``docs/file-format.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import gc
 import hashlib
 import json
 import math
 import os
+import re
+import stat
 import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from zoo.errors import CorruptFileError, ModelNotFoundError, TamperedFileError, ZooError
 
@@ -40,6 +47,9 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 #: Bounds on a tensor's shape (torch's own limits on dimension sizes).
 MAX_DIMS = 64
 MAX_DIM = 2**63 - 1
+#: Most tensors one file may hold. The largest timm models have a few thousand; the bound keeps
+#: the refusal of a header listing hundreds of thousands of (even empty) tensors under a second.
+MAX_TENSORS = 50_000
 #: Metadata keys of the seal.
 TENSORS_HASH_KEY = "zoo.tensors_sha256"
 CONTENT_HASH_KEY = "zoo.content_sha256"
@@ -136,21 +146,76 @@ class _DuplicateKey(ValueError):
     pass
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
+class _TooManyObjects(ValueError):
+    pass
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while many small objects are made.
+
+    Parsing a header of 50 000 entries allocates a million objects; with torch loaded, the
+    collections those allocations trigger take longer than the parsing itself.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _object_hook(limit: int) -> Any:
+    """A JSON ``object_pairs_hook`` that refuses duplicate keys and stops after ``limit``
+    objects (a valid header has one per tensor, plus ``__metadata__`` and itself)."""
+    count = 0
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise _TooManyObjects
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen: set[str] = set()
+            for key, _value in pairs:
+                if key in seen:
+                    raise _DuplicateKey(key)
+                seen.add(key)
+        return out
+
+    return hook
+
+
+#: A JSON escape that decodes to a UTF-16 surrogate (the only way one can enter a header:
+#: UTF-8 decoding refuses encoded surrogates).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _is_text(value: str) -> bool:
+    """False when ``value`` holds a lone surrogate (legal JSON, but not Unicode text)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(doc: dict[str, Any], metadata: dict[str, Any], bad: Any) -> None:
+    """Refuse a lone UTF-16 surrogate in a tensor name or a metadata key or value."""
+    for key, value in metadata.items():
+        if not _is_text(key):
+            raise bad(f"__metadata__ key {key!r} holds a lone UTF-16 surrogate (not Unicode text)")
+        if isinstance(value, str) and not _is_text(value):
+            raise bad(f"__metadata__[{key!r}] holds a lone UTF-16 surrogate (not Unicode text)")
+    for name in doc:
+        if not _is_text(name):
+            raise bad(f"tensor name {name!r} holds a lone UTF-16 surrogate (not Unicode text)")
 
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_header(raw: bytes, file_size: int, *, source: str = "<bytes>") -> Header:
@@ -161,8 +226,15 @@ def parse_header(raw: bytes, file_size: int, *, source: str = "<bytes>") -> Head
     ``dtype`` (known), ``shape`` (a list of non-negative ints whose size fits a tensor, even
     when one of them is 0) and ``data_offsets`` (two ints, ``0 <= begin <= end``); each tensor's
     byte length is ``numel * itemsize``; the tensors tile the data region exactly (no overlap, no
-    gap, nothing after the last one). Raises :class:`~zoo.CorruptFileError` naming ``source``.
+    gap, nothing after the last one). Text (tensor names, metadata keys and values) must be
+    Unicode: a lone UTF-16 surrogate (``"\\ud800"``, legal JSON) is refused. At most
+    :data:`MAX_TENSORS` tensors. Raises :class:`~zoo.CorruptFileError` naming ``source``.
     """
+    with _gc_paused():
+        return _parse_header(raw, file_size, source)
+
+
+def _parse_header(raw: bytes, file_size: int, source: str) -> Header:
     header_len = len(raw)
     data_len = file_size - 8 - header_len
 
@@ -175,10 +247,16 @@ def parse_header(raw: bytes, file_size: int, *, source: str = "<bytes>") -> Head
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise bad(f"header is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    too_many = bad(f"header lists more than {MAX_TENSORS} tensors (zoo's limit)")
+    if raw.count(b'"data_offsets"') > MAX_TENSORS + 2:  # quick refusal before parsing
+        raise too_many
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        doc = json.loads(text, object_pairs_hook=_object_hook(MAX_TENSORS + 2),
+                         parse_constant=_no_constants)
     except _DuplicateKey as exc:
         raise bad(f"header repeats the key {exc.args[0]!r}") from None
+    except _TooManyObjects:
+        raise too_many from None
     except (ValueError, RecursionError) as exc:
         raise bad(f"header is not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
@@ -192,6 +270,10 @@ def parse_header(raw: bytes, file_size: int, *, source: str = "<bytes>") -> Head
     for key, value in metadata.items():
         if not isinstance(value, str):
             raise bad(f"__metadata__[{key!r}] is a {type(value).__name__}, not a string")
+    if len(doc) > MAX_TENSORS:
+        raise too_many
+    if _SURROGATE_ESCAPE.search(text):
+        _check_text(doc, metadata, bad)
 
     entries = []
     for name, info in doc.items():
@@ -216,32 +298,41 @@ def parse_header(raw: bytes, file_size: int, *, source: str = "<bytes>") -> Head
     return Header(dict(metadata), tuple(entries), header_len, file_size)
 
 
+_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
+
+
 def _parse_entry(name: str, info: Any, bad: Any, data_len: int) -> TensorEntry:
+    """One tensor's entry, checked (written for speed: a header may list 100 000 of them)."""
     if not name:
         raise bad("a tensor has an empty name")
-    if not isinstance(info, dict):
+    if type(info) is not dict:
         raise bad(f"tensor {name!r}: entry is a {type(info).__name__}, not an object")
-    extra = sorted(set(info) - {"dtype", "shape", "data_offsets"})
-    if extra:
+    if info.keys() - _FIELDS:
+        extra = sorted(set(info) - _FIELDS)
         raise bad(f"tensor {name!r}: unknown field(s) {', '.join(map(repr, extra))}")
     dtype = info.get("dtype")
-    if not isinstance(dtype, str) or dtype not in DTYPES:
+    if type(dtype) is not str or dtype not in DTYPES:
         known = ", ".join(DTYPES)
         raise bad(f"tensor {name!r}: unknown dtype {dtype!r} (known: {known})")
     shape = info.get("shape")
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
         raise bad(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
     if len(shape) > MAX_DIMS or any(d > MAX_DIM for d in shape):
         raise bad(f"tensor {name!r}: shape {shape!r} has more than {MAX_DIMS} dimensions or a "
                   f"dimension above {MAX_DIM}")
-    if math.prod(max(d, 1) for d in shape) * DTYPES[dtype][1] > MAX_DIM:
+    itemsize = DTYPES[dtype][1]
+    expected = math.prod(shape) * itemsize
+    if expected > MAX_DIM or (
+        expected == 0 and math.prod(max(d, 1) for d in shape) * itemsize > MAX_DIM
+    ):
         raise bad(f"tensor {name!r}: shape {shape!r} describes more bytes than a tensor can "
                   f"hold (over {MAX_DIM})")
     offsets = info.get("data_offsets")
     if (
-        not isinstance(offsets, list)
+        type(offsets) is not list
         or len(offsets) != 2
-        or not all(_is_int(v) for v in offsets)
+        or type(offsets[0]) is not int
+        or type(offsets[1]) is not int
     ):
         raise bad(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
     begin, end = offsets
@@ -250,7 +341,6 @@ def _parse_entry(name: str, info: Any, bad: Any, data_len: int) -> TensorEntry:
             f"tensor {name!r}: data_offsets [{begin}, {end}] outside the data region "
             f"of {data_len} bytes"
         )
-    expected = math.prod(shape) * DTYPES[dtype][1]
     if end - begin != expected:
         raise bad(
             f"tensor {name!r}: {end - begin} bytes for shape {shape} of {dtype} "
@@ -259,15 +349,64 @@ def _parse_entry(name: str, info: Any, bad: Any, data_len: int) -> TensorEntry:
     return TensorEntry(name, dtype, tuple(shape), begin, end)
 
 
-def _open(path: Path) -> Any:
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
+def _kind_of(mode: int) -> str:
+    return next((kind for test, kind in _NOT_REGULAR if test(mode)), "not a regular file")
+
+
+def _refuse_special(path: Path, mode: int) -> CorruptFileError:
+    kind = _kind_of(mode)
+    if kind == "a directory":
+        return CorruptFileError(f"{path}: is a directory, not a .safetensors file")
+    return CorruptFileError(f"{path}: is {kind}, not a regular file; zoo only reads regular files")
+
+
+def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> BinaryIO:
+    """Open ``path`` for reading in binary mode, only if it is a regular file.
+
+    A FIFO, a device (``/dev/zero``), a socket or a directory raises
+    :class:`~zoo.CorruptFileError` at once: the file is opened non-blocking (opening a FIFO
+    would wait for a writer) and checked with ``fstat`` on the open descriptor before a byte
+    is read. With ``follow_symlinks=False`` a symbolic link is refused too (``O_NOFOLLOW``).
+    A missing file raises :class:`~zoo.ModelNotFoundError`; another failure a
+    :class:`~zoo.ZooError` naming the file.
+    """
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        return open(path, "rb")  # the caller closes it (with-block)
+        mode = os.stat(path, follow_symlinks=follow_symlinks).st_mode
+        if not stat.S_ISREG(mode):  # refuse before opening: opening a device can act
+            raise _refuse_special(path, mode)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise ModelNotFoundError("model file", str(path)) from None
-    except IsADirectoryError:
-        raise CorruptFileError(f"{path}: is a directory, not a .safetensors file") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_symlinks:
+            raise _refuse_special(path, stat.S_IFLNK) from None
+        if isinstance(exc, IsADirectoryError):
+            raise _refuse_special(path, stat.S_IFDIR) from None
         raise ZooError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _refuse_special(path, mode)
+        if getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")  # the caller closes it (with-block)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _read_exact(f: Any, n: int, path: Path, what: str) -> bytes:
@@ -296,13 +435,35 @@ def _header_from_open(f: Any, path: Path) -> Header:
             f"the {size - 8} bytes after it (truncated file?)"
         )
     raw = _read_exact(f, header_len, path, "header")
-    return parse_header(raw, size, source=str(path))
+    header = parse_header(raw, size, source=str(path))
+    check_sealed_if_zoo(header.metadata, source=str(path))
+    return header
+
+
+def check_sealed_if_zoo(metadata: Mapping[str, str], *, source: str) -> None:
+    """Refuse (:class:`~zoo.TamperedFileError`) a file with ``zoo.*`` metadata but no full seal.
+
+    zoo seals every file it writes; a plain safetensors file has no ``zoo.*`` keys. A file
+    with them and without both seal hashes had its seal stripped (maybe to hide a changed
+    byte), so it is refused rather than read as an unchecked plain file.
+    """
+    missing = [key for key in (TENSORS_HASH_KEY, CONTENT_HASH_KEY) if key not in metadata]
+    if not missing:
+        return
+    zoo_key = next((key for key in metadata if key.startswith("zoo.")), None)
+    if zoo_key is None:
+        return
+    raise TamperedFileError(
+        f"{source}: the seal is incomplete ({' and '.join(missing)} missing from the metadata) "
+        f"although the file carries zoo metadata ({zoo_key!r}); the file was modified after "
+        "zoo wrote it — do not use it, save the model again"
+    )
 
 
 def read_header(path: str | os.PathLike[str]) -> Header:
     """Read and validate only the header of ``path`` (fast: no tensor data is read)."""
     path = Path(path)
-    with _open(path) as f:
+    with open_regular(path) as f:
         return _header_from_open(f, path)
 
 
@@ -321,24 +482,31 @@ def _torch_dtype(code: str) -> torch.dtype:
 
 def dtype_code(dtype: torch.dtype) -> str:
     """The safetensors code of a torch dtype (``torch.float32`` -> ``"F32"``)."""
-    name = str(dtype).removeprefix("torch.")
-    for code, (attr, _size) in DTYPES.items():
-        if attr == name:
-            return code
-    raise ZooError(f"tensors of dtype {dtype} cannot be saved in a safetensors file")
+    code = _CODES.get(str(dtype).removeprefix("torch."))
+    if code is None:
+        raise ZooError(f"tensors of dtype {dtype} cannot be saved in a safetensors file")
+    return code
+
+
+_CODES = {attr: code for code, (attr, _size) in DTYPES.items()}
+#: One encoder for every line of the tensor hash (``json.dumps`` would build one per call).
+_HASH_LINE = json.JSONEncoder(ensure_ascii=False)
 
 
 def _hash_items(items: Iterable[tuple[str, str, tuple[int, ...], Any]]) -> str:
     """Canonical sha256 over ``(name, dtype code, shape, bytes)``, in sorted name order."""
     digest = hashlib.sha256(b"zoo-tensors-v1\n")
-    for name, code, shape, data in sorted(items, key=lambda item: item[0]):
-        digest.update(json.dumps([name, code, list(shape)], ensure_ascii=False).encode() + b"\n")
-        digest.update(data)
+    with _gc_paused():
+        for name, code, shape, data in sorted(items, key=lambda item: item[0]):
+            digest.update(_HASH_LINE.encode([name, code, list(shape)]).encode() + b"\n")
+            digest.update(data)
     return digest.hexdigest()
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a tensor (CPU, contiguous), without copying if possible."""
+    if tensor.numel() == 0:
+        return memoryview(b"")
     flat = tensor.detach()
     if flat.device.type != "cpu":
         flat = flat.cpu()
@@ -387,9 +555,11 @@ def read_file(path: str | os.PathLike[str], *, verify: bool = True) -> SavedFile
     (plain safetensors from elsewhere) are read as they are (``verified`` stays False).
     """
     path = Path(path)
-    with _open(path) as f:
+    with open_regular(path) as f:
         header = _header_from_open(f, path)
-        tensors = {e.name: _read_tensor(f, e, path) for e in header.entries}
+        check_memory_for(header.data_len, source=str(path))
+        with _gc_paused():
+            tensors = {e.name: _read_tensor(f, e, path) for e in header.entries}
 
     tensors_sha256 = None
     verified = False
@@ -412,6 +582,75 @@ def read_file(path: str | os.PathLike[str], *, verify: bool = True) -> SavedFile
     )
 
 
+#: Below this many bytes of tensors, reading a file skips the available-memory check.
+MEMORY_CHECK_FROM = 64 * 1024 * 1024
+
+
+def _amount(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB ({n} bytes)" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _meminfo_available() -> int | None:
+    """``MemAvailable`` + ``SwapFree`` of ``/proc/meminfo`` in bytes (None where absent)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            fields = {key: rest.split() for key, _, rest in (line.partition(":") for line in f)}
+        return sum(int(fields[key][0]) * 1024 for key in ("MemAvailable", "SwapFree")
+                   if key in fields) if "MemAvailable" in fields else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_CGROUP_FILES = (  # (limit, usage, stat, page-cache key of stat): cgroup v2, then v1
+    ("memory.max", "memory.current", "memory.stat", "file"),
+    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat",
+     "total_cache"),
+)
+
+
+def _cgroup_headroom() -> int | None:
+    """Bytes left under this container's cgroup memory limit (page cache counts as free)."""
+    root = Path("/sys/fs/cgroup")
+    for limit_file, usage_file, stat_file, cache_key in _CGROUP_FILES:
+        try:
+            limit = (root / limit_file).read_text().strip()
+            if not limit.isdigit() or int(limit) >= 2**60:  # "max" or the v1 "no limit"
+                continue
+            usage = int((root / usage_file).read_text())
+            cache = 0
+            for line in (root / stat_file).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == cache_key:
+                    cache = int(value)
+            return max(int(limit) - (usage - cache), 0)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still get, as far as the system says (None: unknown).
+
+    On Linux the least of ``MemAvailable`` + ``SwapFree`` (``/proc/meminfo``) and the room
+    left under a cgroup memory limit (a container's); elsewhere unknown.
+    """
+    known = [n for n in (_meminfo_available(), _cgroup_headroom()) if n is not None]
+    return min(known) if known else None
+
+
+def check_memory_for(nbytes: int, *, source: str) -> None:
+    """Refuse (:class:`~zoo.ZooError`) to allocate ``nbytes`` for ``source`` when the system
+    reports less memory available, instead of failing (or swapping) half-way through a read."""
+    if nbytes < MEMORY_CHECK_FROM:
+        return
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise ZooError(
+            f"{source}: its tensors need {_amount(nbytes)} of memory, but only "
+            f"{_amount(available)} is available; free memory, or read it on a larger machine"
+        )
+
+
 def _read_tensor(f: Any, entry: TensorEntry, path: Path) -> torch.Tensor:
     """Read one tensor (the file is positioned at its first byte) into a new tensor.
 
@@ -424,7 +663,12 @@ def _read_tensor(f: Any, entry: TensorEntry, path: Path) -> torch.Tensor:
         dtype = _torch_dtype(entry.dtype)
     except CorruptFileError as exc:
         raise CorruptFileError(f"{path}: tensor {entry.name!r}: {exc}") from None
-    tensor = torch.empty(entry.shape, dtype=dtype)
+    try:
+        tensor = torch.empty(entry.shape, dtype=dtype)
+    except (RuntimeError, MemoryError) as exc:  # the allocator's "can't allocate memory"
+        raise ZooError(
+            f"{path}: cannot allocate {_amount(entry.nbytes)} for tensor {entry.name!r}: {exc}"
+        ) from None
     if entry.nbytes == 0:
         return tensor
     view = memoryview(tensor.view(-1).view(torch.uint8).numpy()).cast("B")

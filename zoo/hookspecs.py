@@ -7,8 +7,9 @@ hooks below. Installed packages expose one through an entry point in the group `
     myplugin = "my_package.zoo_plugin"
 
 The entry point's name is the plugin's name: it prefixes everything the plugin registers
-(``myplugin:my-backbone``). These docstrings are the reference; ``docs/plugin-hooks.md`` is
-checked against them.
+(``myplugin:my-backbone``). Each plugin's implementations are called through pluggy on their
+own, so a ``wrapper=True`` implementation wraps its own plugin's implementation. These
+docstrings are the reference; ``docs/plugin-hooks.md`` is checked against them.
 """
 
 from __future__ import annotations
@@ -77,8 +78,10 @@ def zoo_param_groups(
 def zoo_extra_metadata(model: nn.Module, backbone: BackboneSpec | None) -> Mapping[str, str] | None:
     """Extra ``str -> str`` entries to store in a saved file's metadata.
 
-    Keys must be namespaced ``"<plugin>.<key>"`` (the plugin's own name); values are strings.
-    Every plugin is called; return ``None`` to add nothing.
+    Keys must be namespaced ``"<plugin>.<key>"`` (the plugin's own name); values are strings,
+    both valid Unicode. Every plugin is called; return ``None`` to add nothing. A bad entry, a
+    mapping that raises while it is read, or more than 64 KiB or 1,024 entries from one plugin
+    is recorded as that plugin's error and not saved; the save goes on.
     """
 
 

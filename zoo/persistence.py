@@ -23,24 +23,29 @@ from typing import TYPE_CHECKING, Any
 
 from zoo import store
 from zoo._version import __version__
+from zoo.build_args import check_save_kwargs, check_saved_kwargs
 from zoo.errors import (
     BaseMismatchError,
     CorruptFileError,
     InvalidNameError,
     MissingBaseError,
+    ModelBuildError,
     ModelExistsError,
     ModelNotFoundError,
     StoreError,
+    UnknownNameError,
     WeightsMismatchError,
     ZooError,
 )
 from zoo.fileformat import (
+    Header,
     SavedFile,
     atomic_write_bytes,
     current_umask,
     encode,
     fsync_dir,
     hash_tensors,
+    open_regular,
     read_file,
     read_header,
     seal,
@@ -54,12 +59,15 @@ from zoo.metadata import (
     plugin_versions,
     timm_config,
 )
+from zoo.rebuild import check_consistency, check_pretrained_size, saved_spec
+from zoo.rebuild import rebuild as rebuild
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from zoo.plans import Plan
+    from zoo.specs import BackboneSpec
 
 MAX_BASE_CHAIN = 32
 
@@ -104,6 +112,10 @@ def _existing(target: Target) -> Path:
         store.check_inside(target.model_path, store.models_dir())
     if target.model_path.is_file():
         return target.model_path
+    if target.kind == "file" and os.path.lexists(target.model_path):
+        # a FIFO or device named like a model: say what it is (open_regular never opens it)
+        with open_regular(target.model_path):
+            pass
     if target.kind == "store":
         return store.existing_entry(target.name or "")
     raise ModelNotFoundError("model file", str(target.model_path))
@@ -196,7 +208,9 @@ def resolve_base(
     elif kind == "pretrained":
         from zoo.api import create
 
-        kwargs = dict(build.get("kwargs") or {})
+        spec, _tag = saved_spec(str(ref), source=str(for_file))
+        kwargs = check_saved_kwargs(spec, build.get("kwargs"), source=str(for_file))
+        check_pretrained_size(spec, kwargs, source=str(for_file))
         model = create(str(ref), pretrained=True, **kwargs)
         tensors = {k: v.detach() for k, v in model.state_dict().items()}
         resolved = ResolvedState(tensors, hash_tensors(tensors))
@@ -234,6 +248,7 @@ def save(
     (:class:`~zoo.ModelExistsError`). The model must come from ``zoo.create`` or ``zoo.load``.
     """
     build = _build_of(model)
+    _check_saveable_kwargs(build)
     target = resolve_target(name_or_path)
     _check_free(target, overwrite)
     state = {k: v.detach() for k, v in model.state_dict().items()}
@@ -307,6 +322,18 @@ def _build_of(model: Any) -> dict[str, Any]:
             "know how to rebuild it); build it with zoo.create(name, ...)"
         )
     return build
+
+
+def _check_saveable_kwargs(build: Mapping[str, Any]) -> None:
+    """Refuse architecture arguments that loading would refuse (see zoo.build_args)."""
+    from zoo.api import get_catalog
+
+    try:
+        spec = get_catalog().backbones.lookup(str(build["backbone"]))
+    except ZooError:
+        spec = None
+    if spec is not None:
+        check_save_kwargs(spec, dict(build.get("kwargs") or {}))
 
 
 def _jsonable_build(build: Mapping[str, Any]) -> dict[str, Any]:
@@ -467,11 +494,17 @@ def load(
     """
     target = resolve_target(name_or_path)
     path = _existing(target)
+    header = read_header(path)
+    if not header.sealed and not is_zoo_metadata(header.metadata):  # plain: refuse it early
+        ZooMetadata.parse(header.metadata, source=str(path))  # raises "not a zoo model file"
     resolved = _state_of_file(path, ())  # one read: metadata and tensors of the same version
     assert resolved.saved is not None
     metadata = resolved.saved.metadata
     meta = resolved.meta or ZooMetadata.parse(metadata, source=str(path))
-    model = rebuild(meta.build, resolved.tensors, source=str(path))
+    model = rebuild(meta.build, resolved.tensors, source=str(path), plugins=meta.plugins)
+    plan = _plan_of(meta, path)
+    spec, _tag = saved_spec(meta.backbone, source=str(path), plugins=meta.plugins)
+    check_consistency(model, meta, spec, plan, source=str(path))
     base_kind = "store" if target.kind == "store" else "file"
     ref = target.name if target.kind == "store" else str(path.resolve())
     model.zoo_build = {  # type: ignore[assignment]
@@ -482,7 +515,6 @@ def load(
     model.zoo_input_config = InputConfig.from_dict(meta.input_config)  # type: ignore[assignment]
     model.zoo_classes = list(meta.classes) if meta.classes is not None else None  # type: ignore[assignment]
     model.zoo_metadata = dict(metadata)  # type: ignore[assignment]
-    plan = _plan_of(meta, path)
     model.zoo_plan = plan  # type: ignore[assignment]
     model.to(device)
     model.eval()
@@ -513,65 +545,53 @@ def _plan_of(meta: ZooMetadata, path: Path) -> Plan | None:
         raise CorruptFileError(f"{path}: metadata 'zoo.plan' is invalid: {exc}") from None
 
 
-def rebuild(build: Mapping[str, Any], state: Mapping[str, torch.Tensor], *, source: str
-            ) -> nn.Module:
-    """Build ``build``'s backbone (no pretrained weights) and load ``state`` into it strictly.
-
-    The model is first built on the ``meta`` device and the tensors assigned in place (no
-    random initialisation, no copy); a backbone that cannot be built that way — or that has
-    tied weights or non-persistent buffers, which assignment cannot restore — is built normally.
-    """
-    import torch
-
-    from zoo.api import create
-    from zoo.weights import describe_mismatch, load_state_strict
-
-    name = str(build["backbone"])
-    kwargs = dict(build.get("kwargs") or {})
-    num_classes = build.get("num_classes")
-    model = None
-    try:
-        with torch.device("meta"):
-            model = create(name, num_classes=num_classes, **kwargs)
-    except ZooError:
-        raise
-    except Exception:  # a constructor that reads tensor values: build it normally below
-        model = None
-    if model is not None and _assignable(model):
-        problems = describe_mismatch(model, state)
-        if problems:
-            raise WeightsMismatchError(f"{source} does not fit the model: " + "; ".join(problems))
-        model.load_state_dict(state, strict=True, assign=True)
-        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-            model = None
-    else:
-        model = None
-    if model is None:
-        try:
-            model = create(name, num_classes=num_classes, **kwargs)
-        except ZooError:
-            raise
-        except Exception as exc:
-            raise ZooError(
-                f"{source}: cannot rebuild backbone {name} with num_classes={num_classes!r} and "
-                f"arguments {kwargs!r}: {type(exc).__name__}: {exc} (was the file written with "
-                "another version of the backbone's plugin?)"
-            ) from exc
-        load_state_strict(model, state, source=source)
-    return model
-
-
-def _assignable(model: nn.Module) -> bool:
-    persistent = set(model.state_dict())
-    params = list(model.named_parameters(remove_duplicate=False))
-    buffers = list(model.named_buffers(remove_duplicate=False))
-    unique = {id(t) for _, t in params} | {id(t) for _, t in buffers}
-    if len(unique) != len(params) + len(buffers):
-        return False  # tied tensors: assignment would untie them
-    return all(n in persistent for n, _ in (*params, *buffers))
-
-
 # ---------------------------------------------------------------- inspecting
+
+
+def _depths(
+    spec: BackboneSpec, meta: ZooMetadata, kwargs: dict[str, Any], header: Header, path: Path
+) -> list[dict[str, Any]]:
+    """The per-depth summary of a saved model, from its backbone built on ``meta``.
+
+    The file's tensors (their shapes, from the header) must fit the meta-built model, and the
+    metadata must agree with it (:func:`~zoo.rebuild.check_consistency`).
+    """
+    from zoo.api import attach_build_info, get_catalog
+    from zoo.rebuild import ALLOCATION_FLOOR
+    from zoo.table_builder import describe, meta_model
+
+    entries = {e.name: e for e in header.entries}
+    limit = ALLOCATION_FLOOR + 2 * max((e.nbytes for e in entries.values()), default=0)
+    num_classes = meta.build.get("num_classes")
+    model, notes = meta_model(spec, num_classes, kwargs, max_tensor_bytes=limit)
+    _check_header_fits(model, entries, full=meta.kind == "full", source=str(path))
+    check_consistency(model, meta, spec, _plan_of(meta, path), source=str(path))
+    attach_build_info(model, spec, tag=None, num_classes=num_classes, kwargs=kwargs)
+    table = describe(model, spec=spec, catalog=get_catalog(), notes=notes)
+    return [
+        {
+            "depth": summary.depth,
+            "group": summary.group,
+            "tensors": summary.tensors,
+            "numel": summary.numel,
+            "trained_numel": summary.trainable_numel,
+            "norms": summary.norms,
+        }
+        for summary in table.with_trainable(set(meta.trained)).depth_summary()
+    ]
+
+
+def _check_header_fits(
+    model: nn.Module, entries: Mapping[str, Any], *, full: bool, source: str
+) -> None:
+    """A full file's tensors must be exactly the model's; a delta's must be some of them."""
+    from zoo.weights import describe_mismatch
+
+    own = set(model.state_dict())
+    skip = set() if full else own - set(entries)
+    problems = describe_mismatch(model, entries, skip=skip)
+    if problems:
+        raise WeightsMismatchError(f"{source} does not fit the model: " + "; ".join(problems))
 
 
 @dataclass
@@ -617,22 +637,16 @@ def inspect(name_or_path: str | os.PathLike[str], *, verify: bool = True) -> Ins
     notes: list[str] = []
     depths: list[dict[str, Any]] = []
     try:
-        from zoo.param_table import params
-
-        kwargs = dict(meta.build.get("kwargs") or {})
-        table = params(meta.backbone, num_classes=meta.build.get("num_classes"), **kwargs)
-        trained = set(meta.trained)
-        for summary in table.with_trainable(trained).depth_summary():
-            depths.append({
-                "depth": summary.depth,
-                "group": summary.group,
-                "tensors": summary.tensors,
-                "numel": summary.numel,
-                "trained_numel": summary.trainable_numel,
-                "norms": summary.norms,
-            })
-    except ZooError as exc:
+        spec, _tag = saved_spec(meta.backbone, source=str(path), plugins=meta.plugins)
+    except UnknownNameError as exc:
+        spec = None
         notes.append(f"no per-depth summary: {exc}")
+    if spec is not None:
+        kwargs = check_saved_kwargs(spec, meta.build.get("kwargs"), source=str(path))
+        try:
+            depths = _depths(spec, meta, kwargs, header, path)
+        except ModelBuildError as exc:
+            notes.append(f"no per-depth summary: {exc}")
     return Inspection(
         path=path,
         name=target.name,

@@ -406,41 +406,54 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
-        """The inverse of :meth:`to_dict`; raises :class:`~zoo.PlanError` on malformed data."""
-        try:
-            version = int(data.get("format", PLAN_FORMAT))
-            if version > PLAN_FORMAT:
-                raise PlanError(
-                    f"plan format {version} is newer than this zoo understands ({PLAN_FORMAT}); "
-                    "upgrade zoo"
-                )
-            scales = {str(k): float(v) for k, v in dict(data.get("lr_scale", {})).items()}
-            no_decay = {str(n) for n in data.get("no_weight_decay", [])}
-            params: dict[str, ParamPlan] = {}
-            order = [(str(n), True) for n in data.get("trainable", [])]
-            order += [(str(n), False) for n in data.get("frozen", [])]
-            for name, trainable in order:
-                params[name] = ParamPlan(name, trainable, scales.get(name, 1.0),
-                                         name not in no_decay)
-            norms = {
-                str(path): NormMode.coerce(mode)
-                for mode, paths in dict(data.get("norms", {})).items()
-                for path in paths
-            }
-            epoch = data.get("epoch")
-            return cls(
-                params=params,
-                norms=norms,
-                policy=str(data.get("policy", "")),
-                args=dict(data.get("args", {})),
-                epoch=None if epoch is None else int(epoch),
-                notes=tuple(data.get("notes", ())),
-                backbone=data.get("backbone"),
+        """The inverse of :meth:`to_dict`; raises :class:`~zoo.PlanError` on malformed data.
+
+        The data may come from an untrusted file, so every field must have the type
+        :meth:`to_dict` writes: names are strings, lr scales finite numbers >= 0 for planned
+        parameters, the epoch an integer >= 0, norm modes known ones.
+        """
+        if not isinstance(data, Mapping):
+            raise _malformed(f"expected a mapping, got {type(data).__name__}")
+        version = data.get("format", PLAN_FORMAT)
+        if not _is_int(version) or version < 1:
+            raise _malformed(f"format must be an integer >= 1, got {_short(version)}")
+        if version > PLAN_FORMAT:
+            raise PlanError(
+                f"plan format {version} is newer than this zoo understands ({PLAN_FORMAT}); "
+                "upgrade zoo"
             )
-        except ZooError:
-            raise
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise PlanError(f"malformed plan data: {type(exc).__name__}: {exc}") from exc
+        order = [(n, True) for n in _field_names(data, "trainable")]
+        order += [(n, False) for n in _field_names(data, "frozen")]
+        planned = {name for name, _ in order}
+        no_decay = set(_field_names(data, "no_weight_decay"))
+        scales = _field_mapping(data, "lr_scale")
+        stray = sorted(n for n in (*scales, *no_decay) if n not in planned)
+        if stray:
+            raise _malformed(f"lr_scale or no_weight_decay names parameters the plan does not "
+                             f"list: {', '.join(map(repr, stray[:5]))}")
+        try:
+            params = [ParamPlan(name, trainable, scales.get(name, 1.0), name not in no_decay)
+                      for name, trainable in order]
+        except PlanError as exc:  # an empty name, a scale that is not a finite number >= 0
+            raise _malformed(str(exc)) from None
+        norms: dict[str, NormMode] = {}
+        for mode, paths in _field_mapping(data, "norms").items():
+            for path in _names_of(paths, f"norms[{mode!r}]"):
+                if path in norms:
+                    raise _malformed(f"norm layer {path!r} has two modes")
+                norms[path] = NormMode.coerce(mode)
+        epoch = data.get("epoch")
+        if epoch is not None and not (_is_int(epoch) and epoch >= 0):
+            raise _malformed(f"epoch must be an integer >= 0 or null, got {_short(epoch)}")
+        return cls(
+            params=params,  # a list: a name planned twice is refused, not merged
+            norms=norms,
+            policy=_field_text(data, "policy", ""),
+            args=_field_mapping(data, "args"),
+            epoch=epoch,
+            notes=tuple(_field_names(data, "notes")),
+            backbone=_field_text(data, "backbone", None),
+        )
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
@@ -528,6 +541,46 @@ def _derive_norm_modes(
             mode = derive_norm_mode(norm, params, table)
         modes[norm.path] = mode
     return modes
+
+
+def _malformed(problem: str) -> PlanError:
+    return PlanError(f"malformed plan data: {problem}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        text = f"a {type(value).__name__} too long to show"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _names_of(value: object, what: str) -> list[str]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise _malformed(f"{what} must be a list of strings, got {_short(value)}")
+    return list(value)
+
+
+def _field_names(data: Mapping[str, Any], key: str) -> list[str]:
+    return _names_of(data.get(key, []), key)
+
+
+def _field_mapping(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise _malformed(f"{key} must be a mapping with string keys, got {_short(value)}")
+    return dict(value)
+
+
+def _field_text(data: Mapping[str, Any], key: str, default: str | None) -> Any:
+    value = data.get(key, default)
+    if value is not default and not isinstance(value, str):
+        raise _malformed(f"{key} must be a string, got {_short(value)}")
+    return value
 
 
 def _jsonable(value: Any) -> Any:

@@ -3,16 +3,21 @@
 :func:`make_plugin_host` builds a :class:`PluginHost`: a pluggy manager with zoo's hookspecs, the
 built-in plugins registered through the same call a third-party plugin goes through, and every
 entry point of the group ``zoo.plugins`` loaded on its own. A plugin that fails to import, has a
-misspelled hook or a wrong signature, or raises inside a hook, is recorded on its
-:class:`PluginRecord` and skipped; the rest keep working. Nothing happens at import time.
+misspelled hook or a wrong signature, or raises inside a hook (anything but ``KeyboardInterrupt``:
+``sys.exit`` too), is recorded on its :class:`PluginRecord` and skipped; the rest keep working.
+Hooks are called through pluggy one plugin at a time, so wrappers and ``firstresult`` behave as
+pluggy defines; what plugin code prints goes to stderr. Nothing happens at import time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata as importlib_metadata
 import inspect
+import io
 import os
+import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +30,7 @@ from zoo.errors import PluginError, suggest
 
 DISABLE_AUTOLOAD_ENV = "ZOO_DISABLE_PLUGIN_AUTOLOAD"
 STRICT_ENV = "ZOO_STRICT_PLUGINS"
+TRACE_ENV = "ZOO_TRACE_PLUGINS"
 
 #: Built-in plugins: (plugin name, module). They are registered exactly like entry points.
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
@@ -109,6 +115,17 @@ def _is_function(obj: object) -> bool:
     return inspect.isfunction(obj) or inspect.ismethod(obj)
 
 
+@contextlib.contextmanager
+def plugin_output() -> Iterator[None]:
+    """While plugin code runs, what it prints goes to stderr: stdout may carry JSON.
+
+    Only Python-level writes to ``sys.stdout`` are redirected; a C extension writing to file
+    descriptor 1 is not (and ``os._exit`` cannot be contained at all).
+    """
+    with contextlib.redirect_stdout(sys.stderr if sys.stderr is not None else io.StringIO()):
+        yield
+
+
 def _describe(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, SyntaxError) and exc.filename:
@@ -123,6 +140,29 @@ class PluginHost:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
+        self._callers: dict[tuple[str, str], Callable[..., Any]] = {}
+        if env_flag(TRACE_ENV):
+            self._enable_tracing()
+
+    def _enable_tracing(self) -> None:
+        """pluggy's tracing to stderr (what ``pm.enable_tracing`` does), naming the plugin
+        each call goes to and what it raised."""
+        self.pm.trace.root.setwriter(lambda text: sys.stderr.write(text))
+        hooktrace = self.pm.trace.root.get("hook")
+
+        def before(hook_name: str, impls: Any, kwargs: Any) -> None:
+            hooktrace.root.indent += 1
+            plugins = ", ".join(dict.fromkeys(impl.plugin_name for impl in impls))
+            hooktrace(hook_name, f"of plugin {plugins}", kwargs)
+
+        def after(outcome: Any, hook_name: str, impls: Any, kwargs: Any) -> None:
+            if outcome.exception is None:
+                hooktrace("finish", hook_name, "-->", outcome.get_result())
+            else:
+                hooktrace("raised", hook_name, "-->", _describe(outcome.exception))
+            hooktrace.root.indent -= 1
+
+        self.pm.add_hookcall_monitoring(before, after)
 
     # ------------------------------------------------------------ registration
 
@@ -137,6 +177,7 @@ class PluginHost:
             self.records[f"{record.name}@{record.distribution or record.module}"] = record
             return False
         self.records[record.name] = record
+        self._callers.clear()  # each cached caller leaves out every other plugin
         try:
             self.pm.register(plugin, name=record.name)
         except Exception as exc:  # pluggy.PluginValidationError, ValueError
@@ -164,7 +205,8 @@ class PluginHost:
         """Import ``value`` (``module`` or ``module:attr``) and register it as plugin ``name``."""
         record = PluginRecord(name=name, module=value, **info)
         try:
-            plugin = _load_object(value)
+            with plugin_output():
+                plugin = _load_object(value)
         except BaseException as exc:  # a plugin's import may even call sys.exit
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -177,34 +219,66 @@ class PluginHost:
 
     # ------------------------------------------------------------ calling hooks
 
-    def _impls(self, hook_name: str) -> list[pluggy.HookImpl]:
-        """Implementations in pluggy's call order (tryfirst … trylast, later-registered first)."""
-        caller = getattr(self.pm.hook, hook_name)
-        return [impl for impl in reversed(caller.get_hookimpls()) if not impl.hookwrapper]
+    def _plugin_order(self, hook_name: str) -> list[str]:
+        """Plugins implementing ``hook_name`` in pluggy's call order (tryfirst … trylast,
+        later-registered first); a plugin with only a wrapper comes after the others."""
+        impls = list(reversed(getattr(self.pm.hook, hook_name).get_hookimpls()))
+        ordered = [i.plugin_name for i in impls if not (i.wrapper or i.hookwrapper)]
+        ordered += [i.plugin_name for i in impls]
+        return list(dict.fromkeys(ordered))
+
+    def _caller(self, hook_name: str, plugin_name: str) -> Callable[..., Any]:
+        """pluggy's caller of ``hook_name`` restricted to one plugin (cached): its wrappers wrap
+        its own implementation, and ``firstresult`` holds, exactly as pluggy defines."""
+        key = (hook_name, plugin_name)
+        caller = self._callers.get(key)
+        if caller is None:
+            others = [p for n, p in self.pm.list_name_plugin() if n != plugin_name]
+            caller = self._callers[key] = self.pm.subset_hook_caller(hook_name, others)
+        return caller
 
     def call_each(
-        self, hook_name: str, kwargs_for: Callable[[str], dict[str, Any]]
+        self,
+        hook_name: str,
+        kwargs_for: Callable[[str], dict[str, Any]],
+        *,
+        accept: Callable[[str, Any], Any] | None = None,
     ) -> Iterator[tuple[str, Any]]:
-        """Call every implementation of ``hook_name``, isolating failures.
+        """Call ``hook_name`` plugin by plugin through pluggy, isolating failures.
 
         ``kwargs_for(plugin_name)`` gives each plugin its own arguments (a ``register`` bound to
-        it). Yields ``(plugin_name, result)``; a plugin that raises is recorded and skipped.
+        it). Yields ``(plugin_name, result)``: for a ``firstresult`` hook the plugin's answer,
+        else each of its results (``None`` when it returned nothing). ``accept(plugin, result)``,
+        when given, runs inside the same isolation (a result that raises while it is read is
+        the plugin's fault) and its return value is yielded instead. A plugin that raises anything
+        but ``KeyboardInterrupt`` (``SystemExit`` included) is recorded and skipped; what it
+        prints goes to stderr, never stdout.
         """
-        for impl in self._impls(hook_name):
-            kwargs = kwargs_for(impl.plugin_name)
+        firstresult = bool((getattr(self.pm.hook, hook_name).spec.opts or {}).get("firstresult"))
+        for plugin_name in self._plugin_order(hook_name):
+            kwargs = kwargs_for(plugin_name)
             try:
-                result = impl.function(*(kwargs[arg] for arg in impl.argnames))
-            except Exception as exc:
-                self.record_error(impl.plugin_name, f"{hook_name} raised {_describe(exc)}", exc)
+                with plugin_output():
+                    results = self._results(hook_name, plugin_name, kwargs, firstresult)
+                    if accept is not None:
+                        results = [accept(plugin_name, result) for result in results]
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                self.record_error(plugin_name, f"{hook_name} raised {_describe(exc)}", exc)
                 continue
-            yield impl.plugin_name, result
+            for result in results:
+                yield plugin_name, result
 
-    def call_first(self, hook_name: str, **kwargs: Any) -> tuple[str, Any] | None:
-        """``firstresult`` semantics with isolation: the first non-None ``(plugin, result)``."""
-        for plugin_name, result in self.call_each(hook_name, lambda _name: kwargs):
-            if result is not None:
-                return plugin_name, result
-        return None
+    def _results(
+        self, hook_name: str, plugin_name: str, kwargs: dict[str, Any], firstresult: bool
+    ) -> list[Any]:
+        answer = self._caller(hook_name, plugin_name)(**kwargs)
+        if firstresult:
+            return [answer]
+        if not isinstance(answer, list):  # only a wrapper can turn pluggy's list into this
+            raise PluginError(f"a wrapper returned {type(answer).__name__}, not pluggy's list")
+        return answer or [None]
 
     def record_error(
         self, plugin_name: str, message: str, exc: BaseException | None = None

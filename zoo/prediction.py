@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from zoo.specs import InputConfig
+
 ImageLike = Any  # a path, a PIL image, or a tensor (C, H, W) already prepared
 
 
@@ -76,6 +78,15 @@ def _prepare(item: ImageLike, index: int, transform: Any) -> tuple[str, torch.Te
                     "or prepared tensors")
 
 
+def _checked_config(config: InputConfig) -> InputConfig:
+    """``config`` checked (a model's ``zoo_input_config`` may have been set to anything)."""
+    try:
+        return config.checked()
+    except ZooError as exc:
+        raise ZooError(f"cannot prepare images for this model: {exc}; set "
+                       "model.zoo_input_config to a valid zoo.InputConfig") from None
+
+
 def predict(
     model: nn.Module | str | os.PathLike[str],
     images: ImageLike | Sequence[ImageLike],
@@ -104,7 +115,7 @@ def predict(
         from zoo.persistence import load
 
         model = load(model)
-    transform = build_transform(input_config_of(model), train=False)
+    transform = build_transform(_checked_config(input_config_of(model)), train=False)
     items = _as_list(images)
     if not items:
         raise DataError("no images to predict")
@@ -122,6 +133,12 @@ def predict(
         batch = torch.stack([tensor for _, tensor in chunk]).to(device)
         with torch.no_grad():
             probs = model(batch).float().softmax(dim=1).cpu()
+        if not bool(torch.isfinite(probs).all()):
+            raise ZooError(
+                f"the model gave non-finite outputs (NaN or infinity) for {chunk[0][0]}"
+                f"{' and others' if len(chunk) > 1 else ''}: its weights are damaged or the "
+                "images are not prepared for it; no prediction is returned"
+            )
         names = list(classes) if classes else [str(i) for i in range(probs.shape[1])]
         if len(names) != probs.shape[1]:
             raise ZooError(f"the model has {probs.shape[1]} outputs but {len(names)} class names")

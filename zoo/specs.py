@@ -7,9 +7,11 @@ Specs are frozen dataclasses. Listing them never builds a model: a :class:`Backb
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import SpecError
@@ -33,9 +35,29 @@ def check_spec_name(kind: str, name: object) -> str:
     return name
 
 
+#: Interpolation names timm's transforms accept (``timm.data.transforms.str_to_interp_mode``).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+#: Evaluation crop modes of ``timm.data.transforms_factory.transforms_imagenet_eval``.
+CROP_MODES = ("center", "squash", "border")
+#: Bounds of an input config: image side, channels, and the resize a crop implies.
+MAX_IMAGE_SIDE = 8192
+MAX_CHANNELS = 64
+MAX_RESIZE = 2 * MAX_IMAGE_SIDE
+#: Bounds of normalization: |mean| <= MAX_MEAN and MIN_STD <= std <= MAX_STD keep every
+#: normalized pixel a finite float32.
+MAX_MEAN = 1e4
+MIN_STD, MAX_STD = 1e-4, 1e4
+
+
 @dataclass(frozen=True)
 class InputConfig:
-    """How images must be prepared for a backbone (timm's data config, as data)."""
+    """How images must be prepared for a backbone (timm's data config, as data).
+
+    :meth:`from_dict` is the one place an input config is checked: ``input_size`` is
+    ``(channels, height, width)`` of positive ints (channels <= 64, sides <= 8192), ``mean``
+    and ``std`` hold one finite number per channel (std > 0), ``interpolation`` is one of
+    :data:`INTERPOLATIONS`, ``crop_mode`` one of :data:`CROP_MODES`, ``0 < crop_pct <= 2``.
+    """
 
     input_size: tuple[int, int, int] = (3, 224, 224)
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
@@ -56,15 +78,102 @@ class InputConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> InputConfig:
+        """An input config from a dict (missing fields take the defaults), fully checked.
+
+        Raises :class:`~zoo.SpecError` naming the field for a value of the wrong type or out of
+        range (a non-finite number, a size that is not 3 positive ints, an unknown mode).
+        Keys it does not know are ignored.
+        """
+        if not isinstance(data, Mapping):
+            raise SpecError(f"invalid input config: expected a mapping, got {type(data).__name__}")
         defaults = cls()
+        size = _input_size(data.get("input_size", defaults.input_size))
+        channels = size[0]
+        mean = _per_channel("mean", data.get("mean", defaults.mean), channels, -MAX_MEAN, MAX_MEAN)
+        std = _per_channel("std", data.get("std", defaults.std), channels, MIN_STD, MAX_STD)
+        crop_pct = _number("crop_pct", data.get("crop_pct", defaults.crop_pct))
+        if not 0 < crop_pct <= 2:
+            raise _bad_input("crop_pct", f"must be in (0, 2], got {crop_pct!r}")
+        if max(size[1:]) / crop_pct > MAX_RESIZE:
+            raise _bad_input("crop_pct", f"{crop_pct!r} would resize a {max(size[1:])}-pixel "
+                                         f"side to more than {MAX_RESIZE} pixels")
         return cls(
-            input_size=tuple(int(v) for v in data.get("input_size", defaults.input_size)),
-            mean=tuple(float(v) for v in data.get("mean", defaults.mean)),
-            std=tuple(float(v) for v in data.get("std", defaults.std)),
-            interpolation=str(data.get("interpolation", defaults.interpolation)),
-            crop_pct=float(data.get("crop_pct", defaults.crop_pct)),
-            crop_mode=str(data.get("crop_mode", defaults.crop_mode)),
+            input_size=size,
+            mean=mean,
+            std=std,
+            interpolation=_choice("interpolation", data.get("interpolation",
+                                                            defaults.interpolation),
+                                  INTERPOLATIONS),
+            crop_pct=crop_pct,
+            crop_mode=_choice("crop_mode", data.get("crop_mode", defaults.crop_mode), CROP_MODES),
         )
+
+    def checked(self) -> InputConfig:
+        """This config, checked like :meth:`from_dict` checks a dict (one built directly with
+        ``InputConfig(...)`` is not checked); raises :class:`~zoo.SpecError`."""
+        return type(self).from_dict({f.name: getattr(self, f.name) for f in fields(self)})
+
+
+def _bad_input(name: str, problem: str) -> SpecError:
+    return SpecError(f"invalid input config: {name} {problem}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _bad_input(name, f"must be a number, got {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise _bad_input(name, f"must be a finite number, got {_short(value)}")
+    return number
+
+
+def _input_size(value: object) -> tuple[int, int, int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 3 \
+            or not all(_is_int(v) for v in value):
+        raise _bad_input("input_size", "must be [channels, height, width] (3 integers), "
+                                       f"got {_short(value)}")
+    channels, height, width = (int(v) for v in value)
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise _bad_input("input_size", f"channels must be 1 to {MAX_CHANNELS}, got {channels}")
+    if not (1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE):
+        raise _bad_input("input_size", f"height and width must be 1 to {MAX_IMAGE_SIDE}, "
+                                       f"got {height} x {width}")
+    return channels, height, width
+
+
+def _per_channel(name: str, value: object, channels: int, low: float, high: float
+                 ) -> tuple[float, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise _bad_input(name, f"must be a list of numbers, got {_short(value)}")
+    if len(value) != channels:
+        raise _bad_input(name, f"must hold one number per channel ({channels}), "
+                               f"got {len(value)}")
+    out = tuple(_number(name, v) for v in value)
+    if not all(low <= v <= high for v in out):
+        raise _bad_input(name, f"values must be in [{low:g}, {high:g}], got {list(out)}")
+    return out
+
+
+def _choice(name: str, value: object, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise _bad_input(name, f"must be one of {', '.join(options)}, got {_short(value)}")
+    return str(value)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (an untrusted value can be huge)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        text = f"a {type(value).__name__} too long to show"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -74,6 +183,12 @@ class BackboneSpec:
     ``create(num_classes, pretrained, **kwargs) -> nn.Module`` builds it. ``num_classes=None``
     keeps the architecture's default head; ``0`` removes it. ``pretrained`` is ``False``, ``True``
     (the default weights) or a tag string from ``pretrained_tags`` naming specific weights.
+
+    ``unsafe_kwargs`` names the architecture arguments that make ``create`` read files,
+    unpickle or use the network (``fnmatch`` patterns, matched case-insensitively, such as
+    ``"checkpoint_path"`` or ``"*_url"``). zoo refuses them when they come from a saved file's
+    metadata (loading, inspecting, resolving a delta's base) and refuses to save a model built
+    with them; a user may still pass them to ``zoo.create`` directly.
     """
 
     name: str
@@ -86,9 +201,17 @@ class BackboneSpec:
     head: str | None = None
     num_classes: int | None = None
     family: str = ""
+    unsafe_kwargs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_spec_name("backbone", self.name)
+        unsafe = self.unsafe_kwargs
+        if isinstance(unsafe, str) or not all(isinstance(k, str) and k for k in unsafe):
+            raise SpecError(
+                f"backbone {self.name!r}: unsafe_kwargs must be a tuple of argument names or "
+                f"fnmatch patterns, got {unsafe!r}"
+            )
+        object.__setattr__(self, "unsafe_kwargs", tuple(unsafe))
         if not callable(self.create):
             raise SpecError(f"backbone {self.name!r}: create must be callable")
         for tag in self.pretrained_tags:

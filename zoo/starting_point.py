@@ -136,7 +136,8 @@ def _with_new_head(saved: nn.Module, num_classes: int) -> nn.Module:
     from zoo.table_builder import classifier_param_names
 
     build = dict(saved.zoo_build)
-    name = build["backbone"] + (f".{build['tag']}" if build.get("tag") else "")
+    name = build["backbone"]  # no tag: a tag names weights, and these come from the saved model
+    # the kwargs were checked when the model was loaded (zoo.build_args.check_saved_kwargs)
     fresh = zoo.create(name, num_classes=num_classes, **dict(build.get("kwargs") or {}))
     state = saved.state_dict()
     own = fresh.state_dict()

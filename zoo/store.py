@@ -6,8 +6,10 @@ plain timm). ``ZOO_HOME`` defaults to a per-user data folder (:func:`zoo_home`).
 
 Names are checked by one function, :func:`validate_name`, whose refusals name the broken rule;
 every path the store builds is resolved and checked to stay inside the store. Writers hold a
-per-entry lock (``<ZOO_HOME>/locks/<name>.lock``, ``flock``); readers need none, because files
-are only ever replaced whole (``os.replace``). See ``docs/store.md``.
+per-entry lock (``<ZOO_HOME>/locks/<name>.lock``, named after the case-folded name, ``flock``);
+readers need none, because files are only ever replaced whole (``os.replace``). Everything in
+the store is untrusted: listing, removal and ``gc`` never follow a link out of it, only read
+regular files, and report a broken entry instead of stopping. See ``docs/store.md``.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import math
 import os
+import secrets
 import shutil
+import stat
 import sys
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any
@@ -32,7 +37,7 @@ from zoo.errors import (
     StoreError,
     ZooError,
 )
-from zoo.fileformat import TEMP_SUFFIX, is_temp_name, read_header
+from zoo.fileformat import TEMP_SUFFIX, is_temp_name, open_regular, read_header
 
 ZOO_HOME_ENV = "ZOO_HOME"
 LOCK_TIMEOUT_ENV = "ZOO_LOCK_TIMEOUT"
@@ -40,6 +45,8 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 MAX_NAME_LENGTH = 100
+#: Largest ``config.json`` that ``zoo gc`` reads to compare it with its model.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 _ALLOWED_PUNCTUATION = "._-+@="
 _RESERVED_DEVICES = {
     "CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
@@ -86,9 +93,10 @@ def validate_name(name: object) -> str:
     """Return ``name`` if it is a valid store name, else raise :class:`~zoo.InvalidNameError`.
 
     A name is 1-100 characters of letters, digits and ``. _ - + @ =``; it does not start with a
-    dot, end with a dot, contain ``..``, a path separator, a control character or a drive; it is
-    not an absolute path and not a reserved device name (``CON``, ``nul.txt``, ``COM1``…). The
-    message names the rule that was broken.
+    dot or a ``-`` (it would read as a command-line option), end with a dot, contain ``..``, a
+    path separator, a control character or a drive; it is not an absolute path and not a
+    reserved device name (``CON``, ``nul.txt``, ``COM1``…). The message names the rule that was
+    broken.
     """
     if not isinstance(name, str):
         raise InvalidNameError(f"a model name must be a string, got {type(name).__name__}")
@@ -114,6 +122,8 @@ def validate_name(name: object) -> str:
         raise refuse("it must not contain '..'")
     if name.startswith("."):
         raise refuse("it must not start with '.' (hidden and temporary files do)")
+    if name.startswith("-"):
+        raise refuse("it must not start with '-' (it would read as a command-line option)")
     if name.endswith(".") or name.endswith(" "):
         raise refuse("it must not end with '.' or a space")
     stem = name.split(".", 1)[0].upper()
@@ -145,9 +155,13 @@ def is_path_target(name_or_path: str | os.PathLike[str]) -> bool:
 
 
 def check_inside(path: Path, root: Path) -> Path:
-    """``path`` resolved; :class:`~zoo.StoreError` if it leaves ``root`` (e.g. via a symlink)."""
-    real_root = root.resolve()
-    real = path.resolve()
+    """``path`` resolved; :class:`~zoo.StoreError` if it leaves ``root`` (e.g. via a symlink)
+    or cannot be resolved (a symlink loop)."""
+    try:
+        real_root = root.resolve()
+        real = path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise StoreError(f"{path} cannot be resolved: {exc}; refusing to follow it") from None
     if real != real_root and real_root not in real.parents:
         raise StoreError(
             f"{path} resolves to {real}, outside the store {real_root}; refusing to follow it "
@@ -173,13 +187,19 @@ def model_file(name: str) -> Path:
 
 
 def entry_names() -> list[str]:
-    """Names of the folders in the store that are not hidden or temporary, sorted."""
+    """Names of the folders in the store that are not hidden or temporary, sorted.
+
+    Raises :class:`~zoo.StoreError` when the store folder exists but cannot be listed.
+    """
     root = models_dir()
     try:
-        children = list(os.scandir(root))
+        with os.scandir(root) as children:
+            names = [c.name for c in children]
     except FileNotFoundError:
         return []
-    return sorted(c.name for c in children if not c.name.startswith("."))
+    except OSError as exc:
+        raise StoreError(f"cannot list the store {root}: {exc.strerror or exc}") from None
+    return sorted(n for n in names if not n.startswith("."))
 
 
 def case_twin(name: str) -> str | None:
@@ -204,21 +224,46 @@ def existing_entry(name: str) -> Path:
 
 
 def _lock_timeout(timeout: float | None) -> float:
+    """``timeout``, else ``$ZOO_LOCK_TIMEOUT``, else 60; refused unless finite and >= 0."""
     if timeout is not None:
-        return timeout
+        source, raw = f"the lock timeout {timeout!r}", timeout
+    else:
+        env = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+        if not env:
+            return DEFAULT_LOCK_TIMEOUT
+        source, raw = f"{LOCK_TIMEOUT_ENV}={env!r}", env
     try:
-        return float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT))
-    except ValueError:
-        return DEFAULT_LOCK_TIMEOUT
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise StoreError(
+            f"{source} is not a number of seconds to wait for a lock: it must be a finite "
+            f"number >= 0 (default {DEFAULT_LOCK_TIMEOUT:g})"
+        )
+    return value
 
 
 def lock_path(key: str) -> Path:
-    """The lock file of a store name, or of a path target (``key`` = the absolute path)."""
+    """The lock file of a store name, or of a path target (``key`` = the absolute path).
+
+    A name's lock file is named after the case-folded name: ``Cats`` and ``cats`` share
+    ``cats.lock``, so saves of case twins serialise and the second one sees the first.
+    """
     if is_path_target(key):
         digest = hashlib.sha256(os.fsencode(key)).hexdigest()[:32]
         return locks_dir() / f"path-{digest}.lock"
     validate_name(key)
-    return locks_dir() / f"{key}.lock"
+    return locks_dir() / f"{key.casefold()}.lock"
+
+
+def _entry_lock_path(name: str) -> Path:
+    """The lock of an existing entry, also one whose name breaks today's rules."""
+    try:
+        return lock_path(name)
+    except InvalidNameError:
+        digest = hashlib.sha256(os.fsencode(name.casefold())).hexdigest()[:32]
+        return locks_dir() / f"entry-{digest}.lock"
 
 
 def _try_lock(fd: int) -> bool:
@@ -246,13 +291,21 @@ def locked(key: str, *, timeout: float | None = None, blocking: bool = True
            ) -> Iterator[Path | None]:
     """Hold the exclusive lock of ``key`` (a store name or an absolute path) while in the block.
 
-    Waits up to ``timeout`` seconds (default ``$ZOO_LOCK_TIMEOUT`` or 60) and raises
+    Waits up to ``timeout`` seconds (default ``$ZOO_LOCK_TIMEOUT`` or 60; a value that is not
+    a finite number >= 0 raises :class:`~zoo.StoreError`) and raises
     :class:`~zoo.LockTimeoutError` naming the lock file. With ``blocking=False`` it yields
     ``None`` at once when another process holds the lock. The lock is re-checked after it is
     taken, so a lock file removed meanwhile (``zoo rm``, ``zoo gc``) is never trusted.
     """
-    path = lock_path(key)
-    deadline = time.monotonic() + _lock_timeout(timeout)
+    with _holding(lock_path(key), key, timeout=timeout, blocking=blocking) as held:
+        yield held
+
+
+@contextlib.contextmanager
+def _holding(path: Path, key: str, *, timeout: float | None, blocking: bool
+             ) -> Iterator[Path | None]:
+    wait = _lock_timeout(timeout) if blocking else 0.0
+    deadline = time.monotonic() + wait
     delay = 0.005
     while True:
         try:
@@ -276,7 +329,7 @@ def locked(key: str, *, timeout: float | None = None, blocking: bool = True
             return
         if time.monotonic() >= deadline:
             raise LockTimeoutError(
-                f"timed out after {_lock_timeout(timeout):g}s waiting for the lock {path} "
+                f"timed out after {wait:g}s waiting for the lock {path} "
                 f"({key!r} is being written by another process; if none is, remove the lock "
                 f"file, or raise {LOCK_TIMEOUT_ENV})"
             )
@@ -284,6 +337,29 @@ def locked(key: str, *, timeout: float | None = None, blocking: bool = True
         delay = min(delay * 2, 0.1)
     try:
         yield path
+    finally:
+        os.close(fd)
+
+
+def _remove_if_free(path: Path, *, dry_run: bool) -> bool | None:
+    """Delete the lock file ``path`` if no process holds it (taken without waiting, never
+    created, never followed): True if removed, False if held, None if it vanished."""
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    try:
+        if not _try_lock(fd):
+            return False
+        try:
+            if not os.path.samestat(os.fstat(fd), os.lstat(path)):
+                return None
+        except FileNotFoundError:
+            return None
+        if not dry_run:
+            path.unlink()  # while holding it: a waiting writer re-checks and makes a new one
+        return True
     finally:
         os.close(fd)
 
@@ -335,8 +411,10 @@ class EntryInfo:
 def entry_info(name: str) -> EntryInfo:
     """What the store knows about entry ``name``, from its header alone (no tensor is read).
 
-    Never raises for a broken entry: ``ok`` is False and ``reason`` says what is wrong.
-    Tampered tensor bytes are only found by a full read (``zoo inspect``, ``zoo.load``).
+    Never raises for a broken entry: ``ok`` is False and ``reason`` says what is wrong — even
+    for an error zoo did not foresee (a bug must show as one broken entry, not hide the
+    others). Tampered tensor bytes are only found by a full read (``zoo inspect``,
+    ``zoo.load``).
     """
     from zoo.metadata import ZooMetadata
 
@@ -351,10 +429,10 @@ def entry_info(name: str) -> EntryInfo:
             return info
         file = path / MODEL_FILE
         check_inside(file, root)
-        if not file.is_file():
+        if not os.path.lexists(file):
             info.reason = f"no {MODEL_FILE} (incomplete or damaged entry)"
             return info
-        header = read_header(file)
+        header = read_header(file)  # only a regular file is opened
         info.size = header.file_size
         info.metadata = header.metadata
         meta = ZooMetadata.parse(header.metadata, source=str(file))
@@ -363,6 +441,9 @@ def entry_info(name: str) -> EntryInfo:
         return info
     except OSError as exc:
         info.reason = f"unreadable: {exc.strerror or exc}"
+        return info
+    except Exception as exc:  # a hostile file must not stop the listing
+        info.reason = f"unreadable: unexpected {type(exc).__name__}: {exc}"
         return info
     info.ok = True
     info.backbone = meta.backbone
@@ -387,56 +468,155 @@ def list_saved() -> list[EntryInfo]:
     return [entry_info(name) for name in entry_names()]
 
 
+def deltas_by_base() -> dict[str, list[str]]:
+    """Store entry name -> the entries that are deltas of it (they need it to load).
+
+    Built from one listing; a broken entry counts as no delta, so it never stops the others.
+    """
+    found: dict[str, list[str]] = {}
+    for info in list_saved():
+        base = info.base if isinstance(info.base, dict) else {}
+        ref = base.get("ref")
+        if info.ok and info.kind == "delta" and base.get("kind") == "store" and \
+                isinstance(ref, str) and ref != info.name:
+            found.setdefault(ref, []).append(info.name)
+    return found
+
+
 def dependents(name: str) -> list[str]:
     """Entries that are deltas of store entry ``name`` (they need it to load)."""
-    found = []
-    for info in list_saved():
-        base = info.base or {}
-        if info.ok and info.kind == "delta" and base.get("kind") == "store" and \
-                base.get("ref") == name and info.name != name:
-            found.append(info.name)
-    return found
+    return deltas_by_base().get(name, [])
 
 
 # ---------------------------------------------------------------- removal and cleanup
 
 
-def remove(name: str, *, force: bool = False) -> Path:
-    """Delete store entry ``name`` (its folder); returns the folder removed.
-
-    Refuses (:class:`~zoo.StoreError`) while other entries are deltas of it, unless ``force``.
-    A broken entry can be removed too; an entry that is a symlink is removed as a link, never
-    followed. Raises :class:`~zoo.ModelNotFoundError` if absent.
-    """
-    link = models_dir() / validate_name(name)
-    if link.is_symlink():  # the link goes, never what it points to (maybe outside the store)
-        with locked(name):
-            link.unlink()
-        return link
-    path = entry_dir(name)
-    if not path.exists() and not path.is_symlink():
+def _path_to_remove(name: str) -> Path:
+    """The path of entry ``name`` for removal: a valid name, or exactly the name of a folder
+    in the store (so an entry saved under an older, laxer rule can still be removed)."""
+    root = models_dir()
+    try:
+        validate_name(name)
+    except InvalidNameError:
+        if not isinstance(name, str) or name not in entry_names():
+            raise
+    path = root / name
+    if not os.path.lexists(path):
         twin = case_twin(name)
         raise ModelNotFoundError("saved model", name, [twin] if twin else entry_names())
-    needed_by = dependents(name)
-    if needed_by and not force:
-        raise StoreError(
-            f"{name!r} is the base of the delta(s) {', '.join(map(repr, needed_by))}, which "
-            "could no longer load; remove them first, or force the removal (zoo rm --force)"
-        )
-    with locked(name):
-        _remove_tree(path)
-        with contextlib.suppress(OSError):
-            lock_path(name).unlink()
+    if not path.is_symlink():  # a link is removed as a link, wherever it points
+        check_inside(path, root)
     return path
 
 
-def _remove_tree(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
+def _base_problem(name: str, needed_by: Sequence[str]) -> str:
+    return (
+        f"{name!r} is the base of the delta(s) {', '.join(map(repr, needed_by))}, which "
+        "could no longer load; remove them first, or force the removal (zoo rm --force)"
+    )
+
+
+def removal_problems(names: Sequence[str], *, force: bool = False) -> dict[str, str]:
+    """Why each of ``names`` cannot be removed; empty when all of them can.
+
+    Checked for all names before any is removed (``zoo rm a b c``): an invalid or unknown
+    name, or — unless ``force`` — the base of deltas that are not removed along with it.
+    """
+    problems: dict[str, str] = {}
+    for name in names:
+        try:
+            _path_to_remove(name)
+        except ZooError as exc:
+            problems[name] = str(exc)
+    if not force:
+        removing = set(names)
+        for base, deltas in deltas_by_base().items():
+            kept = [d for d in deltas if d not in removing]
+            if base in removing and kept and base not in problems:
+                problems[base] = _base_problem(base, kept)
+    return problems
+
+
+def removal_order(names: Sequence[str]) -> list[str]:
+    """``names`` (without repeats) with every delta before the base it needs, so that removing
+    them in this order never leaves a delta without its base, even if one removal fails."""
+    pending = list(dict.fromkeys(names))
+    deltas = deltas_by_base()
+    ordered: list[str] = []
+    while pending:
+        ready = [n for n in pending if not set(deltas.get(n, ())) & (set(pending) - {n})]
+        ready = ready or pending[:1]  # a cycle (hostile metadata): keep the given order
+        ordered.extend(ready)
+        pending = [n for n in pending if n not in ready]
+    return ordered
+
+
+def remove(name: str, *, force: bool = False) -> Path:
+    """Delete store entry ``name`` (its folder) and its lock file; returns the folder removed.
+
+    Refuses (:class:`~zoo.StoreError`) while other entries are deltas of it, unless ``force``.
+    A broken entry can be removed too, even one whose name breaks today's naming rules; an
+    entry that is a symlink is removed as a link, never followed. Raises
+    :class:`~zoo.ModelNotFoundError` if absent. When a file cannot be deleted (a read-only
+    folder), the entry is put back in place and :class:`~zoo.StoreError` says why.
+    """
+    path = _path_to_remove(name)
+    lock = _entry_lock_path(name)
+    with _holding(lock, name, timeout=None, blocking=True):
+        needed_by = [] if force else dependents(name)
+        if needed_by:
+            raise StoreError(_base_problem(name, needed_by))
+        _remove_tree(path, name)
+        with contextlib.suppress(OSError):
+            lock.unlink()
+    return path
+
+
+def _remove_tree(path: Path, name: str) -> None:
+    """Remove the entry at ``path``: renamed out of sight first, then deleted."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+            return
+        trash = path.with_name(
+            f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}-removing{TEMP_SUFFIX}"
+        )
+        os.replace(path, trash)  # the entry vanishes at once; the files go after
+    except OSError as exc:
+        raise StoreError(
+            f"cannot remove {name!r}: {exc.strerror or exc} ({exc.filename or path}); the "
+            "entry is unchanged (is the store read-only?)"
+        ) from None
+    failures = _delete_tree(trash)
+    if not failures:
         return
-    trash = path.with_name(f".{path.name}.{os.getpid()}-removing{TEMP_SUFFIX}")
-    os.replace(path, trash)  # the entry vanishes at once; the files go after
-    shutil.rmtree(trash, ignore_errors=True)
+    failed, exc = failures[0]
+    reason = f"cannot remove {name!r}: cannot delete {failed}: {exc.strerror or exc}"
+    try:
+        os.replace(trash, path)
+    except OSError:
+        raise StoreError(
+            f"{reason}; what is left of it is in {trash}, which zoo gc removes once it can "
+            "be deleted"
+        ) from None
+    raise StoreError(
+        f"{reason}; the entry was put back in place (make {path} writable, or remove it as "
+        "its owner)"
+    )
+
+
+def _delete_tree(path: Path) -> list[tuple[str, OSError]]:
+    """``shutil.rmtree`` (links inside are never followed), collecting what failed."""
+    failures: list[tuple[str, OSError]] = []
+
+    def record(failed: str, exc: BaseException) -> None:
+        failures.append((failed, exc if isinstance(exc, OSError) else OSError(str(exc))))
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=lambda _f, failed, exc: record(failed, exc))
+    else:  # pragma: no cover - Python 3.10 and 3.11
+        shutil.rmtree(path, onerror=lambda _f, failed, info: record(failed, info[1]))
+    return failures
 
 
 @dataclass
@@ -444,13 +624,15 @@ class GcResult:
     """What ``zoo gc`` removed (or would remove with ``dry_run``) and what it left alone.
 
     ``repaired`` lists the ``config.json`` files rewritten because they described another
-    version of their ``model.safetensors`` (a save killed between writing the two files).
+    version of their ``model.safetensors`` (a save killed between writing the two files);
+    ``locks`` the lock files of entries that no longer exist (none held by a process).
     """
 
     removed: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     freed: int = 0
     repaired: list[Path] = field(default_factory=list)
+    locks: list[Path] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -458,13 +640,22 @@ class GcResult:
             "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped],
             "freed_bytes": self.freed,
             "repaired": [str(p) for p in self.repaired],
+            "locks_removed": [str(p) for p in self.locks],
         }
 
 
 def _size_of(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    """Bytes of the regular files at or under ``path``; links are never followed (size 0)."""
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISDIR(mode):
+        return os.lstat(path).st_size if stat.S_ISREG(mode) else 0
+    total = 0
+    for folder, _dirs, files in os.walk(path):  # os.walk never descends into links
+        for name in files:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(folder, name))
+                total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return total
 
 
 def _owner_of_temp(name: str) -> str | None:
@@ -476,6 +667,46 @@ def _owner_of_temp(name: str) -> str | None:
         return None
 
 
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return str(exc) if isinstance(exc, ZooError) else f"unexpected {type(exc).__name__}: {exc}"
+
+
+def _leftovers(root: Path, result: GcResult) -> list[tuple[Path, str | None]]:
+    """The temporary files and folders in the store and in its entries, with their owner."""
+    found: list[tuple[Path, str | None]] = []
+    try:
+        with os.scandir(root) as scan:
+            children = sorted(scan, key=lambda c: c.name)
+    except OSError as exc:
+        raise StoreError(f"cannot list the store {root}: {exc.strerror or exc}") from None
+    for child in children:
+        if is_temp_name(child.name):
+            found.append((Path(child.path), _owner_of_temp(child.name)))
+        elif not child.name.startswith(".") and child.is_dir(follow_symlinks=False):
+            try:
+                with os.scandir(child.path) as scan:
+                    inner = sorted(c.name for c in scan if is_temp_name(c.name))
+            except OSError as exc:
+                result.skipped.append((Path(child.path), f"cannot list it: {_why(exc)}"))
+                continue
+            found.extend((Path(child.path) / name, child.name) for name in inner)
+    return found
+
+
+def _remove_leftover(path: Path, *, dry_run: bool) -> int:
+    """Delete a temporary file or folder (a link as a link); returns the bytes it held."""
+    size = _size_of(path)
+    if not dry_run:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return size
+
+
 def gc(*, dry_run: bool = False) -> GcResult:
     """Remove temporary files a killed or failed save left in the store; repair config files.
 
@@ -483,68 +714,106 @@ def gc(*, dry_run: bool = False) -> GcResult:
     at once, so a save in progress is never disturbed (its files are reported as skipped). A
     ``config.json`` that describes another version than its ``model.safetensors`` (the save
     was killed between replacing the one and the other) is rewritten from the model's metadata.
+    Lock files of entries that no longer exist are removed when no process holds them.
+    Symbolic links are never followed (a linked leftover is removed as a link, sized 0); only
+    regular files are read; what cannot be removed is reported in ``skipped`` with the reason.
     """
     result = GcResult()
     root = models_dir()
-    if not root.is_dir():
-        return result
-    candidates: list[tuple[Path, str | None]] = []
-    for child in sorted(root.iterdir()):
-        if is_temp_name(child.name):
-            candidates.append((child, _owner_of_temp(child.name)))
-        elif child.is_dir() and not child.is_symlink() and not child.name.startswith("."):
-            for inner in sorted(child.iterdir()):
-                if is_temp_name(inner.name):
-                    candidates.append((inner, child.name))
-    for path, owner in candidates:
-        key = owner if owner is not None else "__gc__"
-        try:
-            with locked(key, blocking=False) as held:
-                if held is None:
-                    result.skipped.append((path, f"{owner!r} is being saved right now"))
-                    continue
-                size = _size_of(path)
-                if not dry_run:
-                    if path.is_dir() and not path.is_symlink():
-                        shutil.rmtree(path)
-                    else:
-                        path.unlink()
-                result.removed.append(path)
-                result.freed += size
-        except OSError as exc:
-            result.skipped.append((path, f"cannot remove: {exc.strerror or exc}"))
-    for name in entry_names():
-        try:
-            check_inside(root / name, root)
-            with locked(name, blocking=False) as held:
-                if held is not None and _repair_config(root / name, dry_run=dry_run):
-                    result.repaired.append(root / name / CONFIG_FILE)
-        except (OSError, ZooError):
-            continue  # a broken entry: zoo models reports it, gc leaves it alone
+    if root.is_dir() and not root.is_symlink():
+        for path, owner in _leftovers(root, result):
+            _collect(path, owner, result, dry_run=dry_run)
+        for name in entry_names():
+            _repair_entry(root, name, result, dry_run=dry_run)
+    _remove_stale_locks(result, dry_run=dry_run)
     return result
+
+
+def _collect(path: Path, owner: str | None, result: GcResult, *, dry_run: bool) -> None:
+    key = owner if owner is not None else "__gc__"
+    try:
+        with locked(key, blocking=False) as held:
+            if held is None:
+                result.skipped.append((path, f"{owner!r} is being saved right now"))
+                return
+            result.freed += _remove_leftover(path, dry_run=dry_run)
+            result.removed.append(path)
+    except (OSError, ZooError) as exc:  # e.g. a read-only store: report it, go on
+        result.skipped.append((path, f"cannot remove it: {_why(exc)}"))
+
+
+def _repair_entry(root: Path, name: str, result: GcResult, *, dry_run: bool) -> None:
+    folder = root / name
+    try:
+        validate_name(name)
+        check_inside(folder, root)
+        with locked(name, blocking=False) as held:
+            if held is not None and _repair_config(folder, dry_run=dry_run):
+                result.repaired.append(folder / CONFIG_FILE)
+    except ZooError:
+        return  # a broken entry: zoo models reports it, gc leaves it alone
+    except Exception as exc:  # one entry never stops the others
+        result.skipped.append((folder / CONFIG_FILE, f"cannot check it: {_why(exc)}"))
+
+
+def _remove_stale_locks(result: GcResult, *, dry_run: bool) -> None:
+    folder = locks_dir()
+    try:
+        with os.scandir(folder) as scan:
+            names = sorted(c.name for c in scan if c.name.endswith(".lock"))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        result.skipped.append((folder, f"cannot list it: {_why(exc)}"))
+        return
+    try:
+        live = {name.casefold() for name in entry_names()}
+    except StoreError:
+        return  # without the list of entries, no lock is known to be stale
+    for name in names:
+        if name.removesuffix(".lock") in live:
+            continue
+        path = folder / name
+        try:
+            if path.is_symlink() or not stat.S_ISREG(os.lstat(path).st_mode):
+                result.skipped.append((path, "not a regular file; zoo never made it"))
+            elif _remove_if_free(path, dry_run=dry_run):
+                result.locks.append(path)
+        except OSError as exc:
+            result.skipped.append((path, f"cannot remove it: {_why(exc)}"))
+
+
+def _config_hash(config: Path) -> str | None:
+    """The ``content_sha256`` a ``config.json`` names; None if it is not a regular file (never
+    followed), is larger than :data:`MAX_CONFIG_BYTES`, or names none."""
+    import json
+
+    try:
+        with open_regular(config, follow_symlinks=False) as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            return None
+        value = json.loads(raw.decode("utf-8"))["zoo"]["content_sha256"]
+    except (ZooError, OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _repair_config(folder: Path, *, dry_run: bool) -> bool:
     """Rewrite ``folder/config.json`` if it exists and does not name its model's content hash."""
-    import json
-
     from zoo.fileformat import CONTENT_HASH_KEY, atomic_write_bytes
     from zoo.metadata import config_json, is_zoo_metadata
 
     model = folder / MODEL_FILE
-    if folder.is_symlink() or not model.is_file():
+    if folder.is_symlink() or model.is_symlink() or not model.is_file():
         return False
     metadata = read_header(model).metadata
     if not is_zoo_metadata(metadata) or CONTENT_HASH_KEY not in metadata:
         return False
     config = folder / CONFIG_FILE
-    if not config.exists():
+    if not os.path.lexists(config):
         return False  # zoo never leaves an entry without one; not ours to invent
-    try:
-        current = json.loads(config.read_text(encoding="utf-8"))["zoo"]["content_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        current = None
-    if current == metadata[CONTENT_HASH_KEY]:
+    if _config_hash(config) == metadata[CONTENT_HASH_KEY]:
         return False
     if not dry_run:
         atomic_write_bytes(config, [config_json(metadata).encode("utf-8")])

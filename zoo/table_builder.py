@@ -96,46 +96,96 @@ def build_meta(
 ) -> tuple[nn.Module, BackboneSpec, list[str]]:
     """Build backbone ``name`` without allocating weights: ``(model, spec, notes)``.
 
-    The model is built under ``torch.device("meta")``. A constructor that cannot run on
-    ``meta`` (one that reads tensor values while building) is retried with each parameter moved
-    to ``meta`` as soon as it is registered (one tensor allocated at a time), which ``notes``
-    says. Never loads pretrained weights.
+    See :func:`meta_model`; the model carries ``zoo_build`` like one from ``zoo.create``.
+    Never loads pretrained weights.
     """
-    import torch
-
     from zoo.api import attach_build_info
 
     catalog = catalog or _catalog()
     spec, tag = catalog.backbone(name)
     num_classes = create_kwargs.pop("num_classes", None)
+    model, notes = meta_model(spec, num_classes, dict(create_kwargs))
+    attach_build_info(
+        model, spec, tag=tag, num_classes=num_classes, kwargs=dict(create_kwargs)
+    )
+    return model, spec, notes
+
+
+def meta_model(
+    spec: BackboneSpec,
+    num_classes: int | None,
+    kwargs: dict[str, Any],
+    *,
+    max_tensor_bytes: int | None = None,
+) -> tuple[nn.Module, list[str]]:
+    """Build ``spec`` on the ``meta`` device (no weights allocated): ``(model, notes)``.
+
+    The model is built under ``torch.device("meta")``. A constructor that cannot run on
+    ``meta`` (one that reads tensor values while building) is retried with each parameter moved
+    to ``meta`` as soon as it is registered (one tensor allocated at a time), which ``notes``
+    says. With ``max_tensor_bytes`` that retry refuses any single tensor larger than that
+    (:class:`~zoo.ModelBuildError`) before writing to it. Never loads pretrained weights.
+    """
+    import torch
+
+    from zoo.api import call_create
+
     notes: list[str] = []
     try:
         with torch.device("meta"), _skip_init_on_meta():
-            model = spec.create(num_classes, False, **dict(create_kwargs))
-    except ZooError:
-        raise
-    except Exception as first:
+            model = call_create(spec, num_classes, False, dict(kwargs))
+    except ModelBuildError as first:
+        cause = first.__cause__ if first.__cause__ is not None else first
+        if not isinstance(first.__cause__, Exception):
+            raise  # create() returned something that is not a model: retrying cannot help
         try:
-            with _params_to_meta_on_register(), _skip_init_on_meta():
-                model = spec.create(num_classes, False, **dict(create_kwargs))
-        except Exception as exc:
+            with _params_to_meta_on_register(), _skip_init_on_meta(), \
+                    allocation_limit(max_tensor_bytes, spec.qualified_name):
+                model = call_create(spec, num_classes, False, dict(kwargs))
+        except ModelBuildError as exc:
             raise ModelBuildError(
                 f"cannot build {spec.qualified_name} to describe it: "
-                f"{type(first).__name__}: {first} (and without the meta device: "
-                f"{type(exc).__name__}: {exc}). Check the architecture arguments; or build "
-                f"the model yourself and pass it: zoo.params(zoo.create({spec.qualified_name!r}))"
+                f"{type(cause).__name__}: {cause} (and without the meta device: {exc}). Check "
+                "the architecture arguments; or build the model yourself and pass it: "
+                f"zoo.params(zoo.create({spec.qualified_name!r}))"
             ) from exc
         notes.append(
-            f"built with parameters moved to meta one at a time ({type(first).__name__} on the "
+            f"built with parameters moved to meta one at a time ({type(cause).__name__} on the "
             "meta device)"
         )
     not_meta = sum(1 for p in model.parameters() if not p.is_meta)
     if not_meta:
         notes.append(f"{not_meta} parameter tensors were allocated by the backbone's create()")
-    attach_build_info(
-        model, spec, tag=tag, num_classes=num_classes, kwargs=dict(create_kwargs)
-    )
-    return model, spec, notes
+    return model, notes
+
+
+def allocation_limit(max_bytes: int | None, what: str) -> Any:
+    """A torch-function mode refusing any tensor result over ``max_bytes`` (None: no limit).
+
+    A new tensor's memory is reserved but not yet written when its factory function returns,
+    so refusing it there costs no resident memory.
+    """
+    import contextlib
+
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    if max_bytes is None:
+        return contextlib.nullcontext()
+
+    class Limit(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and not out.is_meta:
+                size = out.untyped_storage().nbytes()
+                if size > max_bytes:
+                    raise ModelBuildError(
+                        f"building {what} allocated a tensor of {size:,} bytes, more than "
+                        f"{max_bytes:,} (the limit the saved tensors imply)"
+                    )
+            return out
+
+    return Limit()
 
 
 #: In-place operations (tensor methods and ``torch.nn.init`` functions) that only change values.
@@ -299,7 +349,7 @@ def _grouping(
                 notes.append(f"plugin {plugin!r}: {errors[-1] if errors else 'raised'}; ignored")
         called.clear()
 
-    for plugin, answer in host.call_each("zoo_param_groups", kwargs_for):
+    for plugin, answer in host.call_each("zoo_param_groups", kwargs_for, accept=_read_answer):
         note_raised(plugin)
         if answer is None:
             continue
@@ -313,6 +363,14 @@ def _grouping(
         return groups, plugin
     note_raised(None)
     return generic_groups(model), GENERIC
+
+
+def _read_answer(_plugin: str, answer: Any) -> Any:
+    """A plugin's answer, read inside its isolation: a lazy sequence that raises while it is
+    iterated (even ``SystemExit``) is that plugin's error, not the caller's."""
+    if answer is None or isinstance(answer, (str, bytes)) or not isinstance(answer, Iterable):
+        return answer
+    return list(answer)
 
 
 def validate_groups(answer: Any, names: Sequence[str]) -> list[ParamGroup]:

@@ -27,7 +27,7 @@ def table_for_name(name: str, **create_kwargs: Any) -> ParamTable:
         NO_CACHE_ENV,
         cache_dir,
         catalog_matches_installed,
-        get_listing,
+        find_backbone,
         write_cache_file,
     )
     from zoo.param_table import params
@@ -35,14 +35,13 @@ def table_for_name(name: str, **create_kwargs: Any) -> ParamTable:
 
     if not catalog_matches_installed(current_catalog()) or env_flag(NO_CACHE_ENV):
         return params(name, **create_kwargs)
-    listing = get_listing()
-    entry, _tag = listing.resolve_backbone(name)  # a tag names weights, not a table
+    key, entry, _tag = find_backbone(name)  # a tag names weights, not a table
     try:
         arguments = json.dumps([entry.qualified_name, create_kwargs], sort_keys=True)
     except (TypeError, ValueError):
         return params(name, **create_kwargs)
-    digest = hashlib.sha256(f"{listing.key}\n{arguments}".encode()).hexdigest()
-    prefix = f"{listing.key[:16]}-"
+    digest = hashlib.sha256(f"{key}\n{arguments}".encode()).hexdigest()
+    prefix = f"{key[:16]}-"
     path = cache_dir() / "tables" / f"{prefix}{digest[:32]}.json"
     try:
         return ParamTable.from_json(path.read_text(encoding="utf-8"))

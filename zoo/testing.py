@@ -347,21 +347,33 @@ def _check_metadata(report: PluginReport, catalog: Catalog, model: Any, spec: Ba
     plugin = report.plugin
     if "zoo_extra_metadata" not in catalog.host.records[plugin].hooks:
         return
+    check = f"{spec.qualified_name} metadata is namespaced '{plugin}.<key>' -> str"
+    errors_before = len(catalog.host.records[plugin].errors)
     answers = catalog.host.call_each(
-        "zoo_extra_metadata", lambda _name: {"model": model, "backbone": spec}
+        "zoo_extra_metadata",
+        lambda _name: {"model": model, "backbone": spec},
+        accept=_copied_mapping,  # a mapping that raises while read is the plugin's error
     )
     for answer_plugin, answer in answers:
         if answer_plugin != plugin or answer is None:
             continue
+        if not isinstance(answer, dict):
+            report.add(check, False, f"returned {type(answer).__name__}, not a mapping")
+            continue
         bad = [
-            repr(k) for k, v in dict(answer).items()
+            repr(k) for k, v in answer.items()
             if not (isinstance(k, str) and k.startswith(f"{plugin}.") and isinstance(v, str))
         ]
         report.add(
-            f"{spec.qualified_name} metadata is namespaced '{plugin}.<key>' -> str",
-            not bad,
-            f"bad entries: {', '.join(bad)}" if bad else f"{len(answer)} entries",
+            check, not bad, f"bad entries: {', '.join(bad)}" if bad else f"{len(answer)} entries"
         )
+    raised = catalog.host.records[plugin].errors[errors_before:]
+    if raised:
+        report.add(check, False, raised[-1])
+
+
+def _copied_mapping(_plugin: str, answer: Any) -> Any:
+    return dict(answer) if isinstance(answer, Mapping) else answer
 
 
 def _check_forward(report: PluginReport, catalog: Catalog, spec: BackboneSpec) -> None:

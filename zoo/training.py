@@ -110,6 +110,7 @@ class _Loop:
         lr = 0.0
         start = time.perf_counter()
         for i, batch in enumerate(batches):
+            self.ctx.check_peers()
             images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device)
             lr = self._set_lr()
             logits = forward(images)
@@ -146,6 +147,7 @@ class _Loop:
         loss_sum = correct = count = 0.0
         with torch.no_grad():
             for batch in batches:
+                self.ctx.check_peers()
                 images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device)
                 logits = forward(images)
                 loss_sum += float(self.loss_fn(logits, targets)) * targets.shape[0]
@@ -192,7 +194,6 @@ def run_training(model: nn.Module, data: AdaptData, planner: ScheduleDriver, his
                  label_smoothing: float, augment: Any, feature_cache: bool | str,
                  num_workers: int, seed: int) -> None:
     import torch
-
 
     cut, augment, note = _cache_decision(model, planner, data, augment=augment,
                                          feature_cache=feature_cache)
@@ -264,10 +265,14 @@ def _extract(model: nn.Module, cut: str, train_loader: DataLoader, val_loader: A
             continue
         total = len(loader)
         callback.on_features_start(split, total)
+
+        def progress(done: int, n: int | None, split: str = split) -> None:
+            ctx.check_peers()
+            callback.on_features_batch(split, done, n or 0)
+
         try:
-            result[split] = extract_features(
-                model, cut, loader, device=ctx.device, total=total,
-                progress=lambda done, n, s=split: callback.on_features_batch(s, done, n or 0))
+            result[split] = extract_features(model, cut, loader, device=ctx.device, total=total,
+                                             progress=progress)
         except CacheUnsupported as exc:
             failure = str(exc)
         if ctx.any(failure is not None):

@@ -6,8 +6,9 @@ A distribution is what ``pip install`` leaves: a ``<name>-<version>.dist-info`` 
 ``Site``). Each distribution gets its own folder, so the order of ``PYTHONPATH`` decides the
 order in which they are discovered, and a test can permute it.
 
-:data:`BROKEN` is the set the suite installs: one good plugin and one of each way to be broken,
-with the problem each must be reported with.
+:data:`BROKEN` is the set the suite installs: one good plugin, one that prints, and one of each
+way to be broken, with the problem each must be reported with. :func:`many_backbones` makes a
+plugin registering any number of backbones (the scale tests and ``benchmarks/listing_scale.py``).
 """
 
 from __future__ import annotations
@@ -114,6 +115,31 @@ BROKEN = [
         def zoo_register_backbones(register):
             raise RuntimeError("backbone registry exploded")
     """}, "zoo_register_backbones raised RuntimeError: backbone registry exploded", "raiser"),
+    FakeDist("rel-exit-import", "1.0", {"quitter": "relfake_exit_import"},
+             {"relfake_exit_import": "import sys\nsys.exit(0)\n"},
+             "failed to import 'relfake_exit_import': SystemExit: 0", "quitter"),
+    FakeDist("rel-exit-hook", "1.0", {"exiter": "relfake_exit_hook"},
+             {"relfake_exit_hook": TINY_BACKBONE + """
+    import sys
+
+    @zoo.hookimpl
+    def zoo_register_backbones(register):
+        register(zoo.BackboneSpec(name="halfnet", create=build, summary="registered, then exit"))
+        sys.exit(0)
+
+    @zoo.hookimpl
+    def zoo_register_policies(register):
+        raise SystemExit("policies: goodbye")
+"""}, "zoo_register_backbones raised SystemExit: 0", "exiter"),
+    FakeDist("rel-printer", "1.0", {"chatty": "relfake_printer"},
+             {"relfake_printer": TINY_BACKBONE + """
+    print("chatty plugin: imported")
+
+    @zoo.hookimpl
+    def zoo_register_backbones(register):
+        print("chatty plugin: registering", {"not": "json"})
+        register(zoo.BackboneSpec(name="chattynet", create=build, summary="prints a lot"))
+"""}),
     FakeDist("rel-twin-alpha", "1.0", {"twin": "relfake_twin_a"},
              {"relfake_twin_a": TINY_BACKBONE + """
     @zoo.hookimpl
@@ -147,3 +173,24 @@ def environment(folders: list[Path], cache: Path) -> dict[str, str]:
     env.update(PYTHONPATH=os.pathsep.join(paths), ZOO_CACHE_DIR=str(cache), COLUMNS="400",
                HF_HUB_OFFLINE="1")
     return env
+
+
+def many_backbones(count: int, *, version: str = "1.0") -> FakeDist:
+    """A distribution whose plugin ``many`` registers ``count`` trivial backbones
+    (``many:net000000`` …), every tenth with two pretrained tags."""
+    source = f"""
+    import zoo
+
+    def build(num_classes=None, pretrained=False):
+        from torch import nn
+        return nn.Sequential(nn.Linear(4, 4), nn.Linear(4, num_classes or 2))
+
+    @zoo.hookimpl
+    def zoo_register_backbones(register):
+        for i in range({count}):
+            tags = ("a1_in1k", "b2_in22k") if i % 10 == 0 else ()
+            register(zoo.BackboneSpec(name=f"net{{i:06d}}", create=build, head="1",
+                                      pretrained_tags=tags, summary=f"fake backbone {{i}}"))
+    """
+    return FakeDist("rel-many", version, {"many": "relfake_many"}, {"relfake_many": source},
+                    plugin="many")

@@ -1,9 +1,10 @@
 """Broken plugins, end to end: the real ``zoo`` command with fake installed distributions.
 
 Each distribution of ``fakeplugins.BROKEN`` lives in its own folder on ``PYTHONPATH``: one good
-plugin, one whose policies return unknown names, garbage or raise, and one of each way to be
-broken (ImportError, SyntaxError, misspelled hook, wrong signature, raising hook, a plugin name
-two distributions claim). ``zoo plugins`` and ``zoo list`` run as subprocesses; the CLI must
+plugin, one whose policies return unknown names, garbage or raise, one that prints at import
+and in its hook, and one of each way to be broken (ImportError, SyntaxError, ``sys.exit`` at
+import and in hooks, misspelled hook, wrong signature, raising hook, a plugin name two
+distributions claim). ``zoo plugins`` and ``zoo list`` run as subprocesses; the CLI must
 keep working, report each problem naming plugin and distribution, fail with ``--strict`` /
 ``ZOO_STRICT_PLUGINS=1``, and print the same whatever the ``PYTHONPATH`` order. The bad
 policies only fail when planned: that is checked in-process on the same distributions.
@@ -98,6 +99,9 @@ def test_zoo_plugins_reports_each_problem_naming_plugin_and_distribution(runs):
     assert by_origin[("badpol", "rel-badpolicy")]["policies"] == 3
     assert by_origin[("twin", "rel-twin-alpha")]["errors"] == []
     assert by_origin[("timm", "zoo-transfer")]["errors"] == []  # the built-ins still load
+    exiter = by_origin[("exiter", "rel-exit-hook")]  # sys.exit in a hook ends nothing
+    assert exiter["backbones"] == 1  # what it registered before exiting stays
+    assert "zoo_register_policies raised SystemExit: policies: goodbye" in exiter["errors"]
 
     text = runs["plugins"]
     assert text.returncode == 0
@@ -115,7 +119,10 @@ def test_zoo_list_still_works_and_warns(runs):
     assert backbones["twin:twinnet"]["summary"] == "from alpha"  # the first distribution won
     policies = {p["qualified_name"] for p in data["policies"]}
     assert {"goodplug:head-only", "badpol:garbage", "zoo:linear-probe"} <= policies
-    reported = {(p["plugin"], p["distribution"]): p["error"] for p in data["problems"]}
+    reported: dict[tuple[str, str], str] = {}
+    for p in data["problems"]:
+        key = (p["plugin"], p["distribution"])
+        reported[key] = reported.get(key, "") + p["error"] + "\n"
     for dist in fakeplugins.PROBLEMS:
         assert dist.problem in reported[(dist.plugin, dist.name)]
 
@@ -124,6 +131,16 @@ def test_zoo_list_still_works_and_warns(runs):
     for dist in fakeplugins.PROBLEMS:
         assert f"warning: plugin {dist.origin}: " in text.err
     assert text.err.count("(see `zoo plugins`)") >= len(fakeplugins.PROBLEMS)
+
+
+def test_what_plugins_print_goes_to_stderr_never_into_json(runs):
+    cold = runs["plugins --json"]  # the run that imported the plugins and called their hooks
+    records = {r["name"]: r for r in json.loads(cold.stdout)["plugins"]}
+    assert records["chatty"]["errors"] == [] and records["chatty"]["backbones"] == 1
+    assert "chatty plugin: imported" in cold.stderr
+    assert "chatty plugin: registering {'not': 'json'}" in cold.stderr
+    backbones = {b["qualified_name"] for b in json.loads(runs["list --json"].stdout)["backbones"]}
+    assert {"chatty:chattynet", "exiter:halfnet"} <= backbones
 
 
 def test_strict_mode_turns_problems_into_a_failing_exit(runs):

@@ -26,6 +26,17 @@ if TYPE_CHECKING:
 PLUGIN_NAME = "timm"
 _HF_HOST = "huggingface.co"
 
+#: ``timm.create_model`` arguments that read a checkpoint (``checkpoint_path``, unpickled with
+#: ``torch.load``), fetch or locate weights (``pretrained*``, ``pretrained_cfg`` with its
+#: ``file``/``url``/``hf_hub_id``, ``cache_dir``), or place the model on a device: zoo never
+#: takes them from a saved file. File, URL, directory and hub-like names are refused too, so a
+#: future timm argument of that kind is covered.
+UNSAFE_KWARGS = (
+    "checkpoint*", "*_checkpoint", "pretrained*", "cache*", "*cache_dir", "*_dir",
+    "file", "*_file", "filename", "*_filename", "url", "*_url", "hf_hub*", "*hub_id",
+    "kwargs_filter", "feature_cfg", "device",
+)
+
 
 def _input_config(cfg: Any) -> InputConfig:
     return InputConfig(
@@ -88,6 +99,7 @@ def zoo_register_backbones(register: RegisterBackbone) -> None:
                 head=head,
                 num_classes=num_classes,
                 family=family,
+                unsafe_kwargs=UNSAFE_KWARGS,
             )
         )
 

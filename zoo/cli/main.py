@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import pkgutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from zoo._version import __version__
 from zoo.cli import commands
@@ -46,6 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _stray_output_to_stderr(json_mode: bool) -> Iterator[None]:
+    """With ``--json``, stdout carries one JSON document: anything else that code the command
+    calls prints (a plugin's ``create``, a library's notice) goes to stderr. ``Output`` keeps
+    the real stdout it was given."""
+    if not json_mode:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``zoo`` command; returns the exit status."""
     parser = build_parser()
@@ -58,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ[STRICT_ENV] = "1"
     out = Output(json_mode=getattr(args, "json", False))
     try:
-        status = args.handler(args, out)
+        with _stray_output_to_stderr(out.json_mode):
+            status = args.handler(args, out)
     except ZooError as exc:
         out.error(str(exc))
         return EXIT_ERROR

@@ -8,6 +8,7 @@ colour codes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Collection, Sequence
@@ -40,8 +41,22 @@ class Output:
         self.console.print(*renderables, soft_wrap=soft)
 
     def json(self, data: Any) -> None:
-        """Print ``data`` as indented JSON (plain, never coloured)."""
-        self.console.file.write(json.dumps(data, indent=2, default=str) + "\n")
+        """Print ``data`` as indented JSON (plain, never coloured).
+
+        Only valid JSON is ever printed: a non-finite number (which ``json.dumps`` would write
+        as the invalid ``NaN``/``Infinity``) raises :class:`~zoo.ZooError` naming where it is,
+        and nothing is written. Text is ASCII-escaped, so any string can be printed.
+        """
+        try:
+            text = json.dumps(data, indent=2, default=str, allow_nan=False)
+        except ValueError:
+            from zoo.errors import ZooError
+
+            raise ZooError(
+                f"cannot print JSON: {_non_finite_at(data)} is not a finite number, which JSON "
+                "cannot represent; run the command without --json to see it"
+            ) from None
+        self.console.file.write(text + "\n")
         self.console.file.flush()
 
     def error(self, message: str) -> None:
@@ -52,6 +67,24 @@ class Output:
 
     def info(self, message: str) -> None:
         self.err.print(_escape(message))
+
+
+def _non_finite_at(data: Any) -> str:
+    """Where the first non-finite float in ``data`` is, as ``$.a[0].b`` (``$``: the document)."""
+    stack: list[tuple[str, Any]] = [("$", data)]
+    seen: set[int] = set()
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"{where} ({item})"
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in reversed(item.items()))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+    return "a value"
 
 
 def _pipe_width(file: Any) -> int | None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.table import Table
@@ -12,52 +13,9 @@ from zoo.cli.output import aligned_text
 from zoo.listing import BackboneEntry, PolicyEntry
 from zoo.plugins import PluginRecord, format_origin
 
-
-def _size(entry_input: dict[str, Any]) -> str:
-    size = entry_input.get("input_size") or []
-    return "x".join(str(v) for v in size[1:]) if len(size) == 3 else "?"
-
-
-def _size(entry_input: dict[str, Any]) -> str:
-    size = entry_input.get("input_size") or []
-    return "x".join(str(v) for v in size[1:]) if len(size) == 3 else "?"
-
-
-def column_text(
-    title: str,
-    headers: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    *,
-    right: Sequence[int] = (),
-    first_style: str = "cyan",
-    max_width: int = 60,
-) -> Text:
-    """A plain aligned table as one :class:`Text`: fast for thousands of rows.
-
-    A rich ``Table`` measures every cell and takes about a second for timm's 1,371 backbones;
-    this renders the same columns in a few tens of milliseconds. Cells are cut at
-    ``max_width`` characters with an ellipsis.
-    """
-    cut = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in row] for row in rows]
-    widths = [max([len(h), *(len(row[i]) for row in cut)]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(cells)
-        ]
-        return "  ".join(parts).rstrip()
-
-    text = Text()
-    text.append(f"{title}\n", style="bold")
-    text.append(line(headers) + "\n", style="bold")
-    text.append("  ".join("─" * w for w in widths) + "\n", style="dim")
-    for row in cut:
-        first = row[0].ljust(widths[0]) if len(row) > 1 else row[0]
-        text.append(first, style=first_style)
-        rest = line(row)[len(first) :]
-        text.append(rest + "\n")
-    return text
+#: Listings longer than this are plain text (and their JSON one entry per line): rich styles
+#: and measures every row, seconds for 100,000.
+PLAIN_ROWS = 5_000
 
 
 def _size(entry_input: dict[str, Any]) -> str:
@@ -65,23 +23,23 @@ def _size(entry_input: dict[str, Any]) -> str:
     return "x".join(str(v) for v in size[1:]) if len(size) == 3 else "?"
 
 
-def backbones_table(entries: Sequence[BackboneEntry], *, title: str = "Backbones") -> Text:
+def backbones_table(entries: Sequence[BackboneEntry], *, title: str = "Backbones") -> Text | str:
+    """One row per backbone: :class:`Text`, or a plain ``str`` above :data:`PLAIN_ROWS`."""
     rows = [
         (e.qualified_name, str(len(e.tags)) if e.tags else "-", _size(e.input), e.summary)
         for e in entries
     ]
-    return aligned_text(
+    return _columns(
         ("name", "pretrained", "input", "summary"),
         rows,
         right=(1, 2),
         title=f"{title} ({len(entries)})",
-        rule=True,
         max_width=60,
     )
 
 
-def pretrained_table(pairs: Sequence[tuple[BackboneEntry, str]]) -> Text:
-    """One row per pretrained tag."""
+def pretrained_table(pairs: Sequence[tuple[BackboneEntry, str]]) -> Text | str:
+    """One row per pretrained tag (plain ``str`` above :data:`PLAIN_ROWS`)."""
     rows = [
         (
             f"{entry.qualified_name}.{tag}",
@@ -91,14 +49,66 @@ def pretrained_table(pairs: Sequence[tuple[BackboneEntry, str]]) -> Text:
         )
         for entry, tag in pairs
     ]
-    return aligned_text(
+    return _columns(
         ("name", "input", "interpolation", "crop"),
         rows,
         right=(1, 3),
         title=f"Pretrained weights ({len(pairs)})",
-        rule=True,
         max_width=80,
     )
+
+
+def _columns(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    right: Sequence[int],
+    title: str,
+    max_width: int,
+) -> Text | str:
+    if len(rows) <= PLAIN_ROWS:
+        return aligned_text(headers, rows, right=right, title=title, rule=True,
+                            max_width=max_width)
+    return plain_columns(headers, rows, right=right, title=title, max_width=max_width)
+
+
+def plain_columns(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    right: Sequence[int] = (),
+    title: str = "",
+    max_width: int = 60,
+) -> str:
+    """:func:`~zoo.cli.output.aligned_text`'s layout (title, header, rule, rows) as plain
+    text, without styles: 100,000 rows in a few tenths of a second."""
+    rows = [
+        r if max(map(len, r)) <= max_width
+        else [c if len(c) <= max_width else c[: max_width - 1] + "…" for c in r]
+        for r in rows
+    ]
+    columns = list(zip(*rows, strict=True)) or [()] * len(headers)
+    widths = [max([len(h), *map(len, c)]) for h, c in zip(headers, columns, strict=True)]
+    line = "  ".join(
+        f"{{:{'>' if i in right else '<'}{w}}}" for i, w in enumerate(widths)
+    ).format
+    lines = [title, line(*headers).rstrip(), "  ".join("─" * w for w in widths)]
+    lines += [line(*row).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def json_document(data: Mapping[str, Any]) -> str:
+    """``data`` as JSON with each item of a top-level list on its own line: valid JSON that
+    greps well, and written by the C encoder (``indent=`` would use the slow Python one)."""
+    encode = json.JSONEncoder(default=str).encode
+    members = []
+    for key, value in data.items():
+        if isinstance(value, list) and value:
+            items = ",\n    ".join(map(encode, value))
+            members.append(f"  {encode(key)}: [\n    {items}\n  ]")
+        else:
+            members.append(f"  {encode(key)}: {encode(value)}")
+    return "{\n" + ",\n".join(members) + "\n}\n"
 
 
 def _arg_text(arg: dict[str, Any]) -> str:

@@ -18,9 +18,19 @@ if TYPE_CHECKING:
 BAR_WIDTH = 20
 
 
+def printable(text: object) -> str:
+    """``text`` safe to print: every character that is not printable (a control character, a
+    lone surrogate from an undecodable file name, an escape sequence) is shown escaped, as in
+    ``repr``, so odd names in the store can neither crash the output nor drive the terminal."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _classes_text(num_classes: int | None, classes: Sequence[str] | None, width: int = 28) -> str:
     if classes:
-        shown = ", ".join(classes)
+        shown = printable(", ".join(map(str, classes)))
         if len(shown) > width:
             shown = shown[: width - 1].rstrip(", ") + "…"
         return f"{len(classes)}: {shown}"
@@ -49,21 +59,22 @@ def models_table(entries: Sequence[EntryInfo]) -> Table:
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("date", no_wrap=True)
     for entry in entries:
+        name = Text(printable(entry.name))
         if not entry.ok:
             table.add_row(
-                entry.name, "", "", Text("broken", style="bold red"), "", "",
+                name, "", "", Text("broken", style="bold red"), "", "",
                 human_bytes(entry.size) if entry.size else "-", "",
             )
             continue
         table.add_row(
-            entry.name,
-            entry.backbone,
-            _classes_text(entry.num_classes, entry.classes),
-            entry.kind,
-            (entry.policy or "-").removeprefix("zoo:"),
+            name,
+            Text(printable(entry.backbone)),
+            Text(_classes_text(entry.num_classes, entry.classes)),
+            Text(printable(entry.kind)),
+            Text(printable((entry.policy or "-").removeprefix("zoo:"))),
             _percent(entry.trained_fraction),
             human_bytes(entry.size),
-            _date(entry.created)[:10],
+            printable(_date(entry.created)[:10]),
         )
     return table
 
@@ -71,7 +82,7 @@ def models_table(entries: Sequence[EntryInfo]) -> Table:
 def broken_lines(entries: Sequence[EntryInfo]) -> list[Text]:
     """One line per broken entry: its name and what is wrong with it."""
     return [
-        Text.assemble((f"{e.name}", "bold"), (f": {e.reason}", "red"))
+        Text.assemble((printable(e.name), "bold"), (f": {printable(e.reason)}", "red"))
         for e in entries if not e.ok
     ]
 
@@ -80,54 +91,61 @@ def models_summary(entries: Sequence[EntryInfo], home: str) -> Text:
     """The line under the table: how many models, how many broken, where the store is."""
     broken = sum(1 for e in entries if not e.ok)
     total = sum(e.size for e in entries)
-    text = Text(f"{len(entries)} model(s), {human_bytes(total)} in {home}", style="dim")
+    text = Text(f"{len(entries)} model(s), {human_bytes(total)} in {printable(home)}",
+                style="dim")
     if broken:
         text.append(f"; {broken} broken (remove with zoo rm NAME)", style="red")
     return text
 
 
 def inspect_view(info: Inspection) -> Group:
-    """Metadata of a saved model, then what was trained at each depth."""
+    """Metadata of a saved model, then what was trained at each depth.
+
+    Every value from the file is shown as plain text (never parsed as rich markup) and
+    escaped where not printable: a file's metadata is untrusted.
+    """
     meta = info.metadata
     head = Text()
-    head.append(info.name or str(info.path), style="bold cyan")
-    head.append(f"  {meta.kind} save of {meta.backbone}\n")
+    head.append(printable(info.name or str(info.path)), style="bold cyan")
+    head.append(printable(f"  {meta.kind} save of {meta.backbone}") + "\n")
     rows = Table(box=None, pad_edge=False, show_header=False)
     rows.add_column(style="bold")
     rows.add_column()
-    rows.add_row("file", f"{info.path} ({human_bytes(info.size)}, {info.tensors} tensors)")
-    rows.add_row("classes", _classes_text(meta.num_classes, meta.classes, width=60))
+
+    def row(label: str, value: str) -> None:
+        rows.add_row(label, Text(printable(value)))
+
+    row("file", f"{info.path} ({human_bytes(info.size)}, {info.tensors} tensors)")
+    row("classes", _classes_text(meta.num_classes, meta.classes, width=60))
     policy = meta.policy or "-"
     if meta.policy_args:
         policy += " (" + ", ".join(f"{k}={v}" for k, v in meta.policy_args.items()) + ")"
-    rows.add_row("policy", policy)
-    rows.add_row(
+    row("policy", policy)
+    row(
         "trained",
         f"{human_count(meta.num_trained_params)} of {human_count(meta.num_params)} parameters "
         f"({_percent(meta.trained_fraction if meta.num_params else None)}), "
         f"{len(meta.trained)} tensors",
     )
     if meta.build.get("kwargs"):
-        rows.add_row("arguments", ", ".join(f"{k}={v!r}" for k, v in meta.build["kwargs"].items()))
+        row("arguments", ", ".join(f"{k}={v!r}" for k, v in meta.build["kwargs"].items()))
     config = meta.input_config
     if config:
         size = "x".join(str(v) for v in config.get("input_size", []))
         mean, std = _floats(config.get("mean")), _floats(config.get("std"))
-        rows.add_row("input", f"{size}, {config.get('interpolation', '?')}, "
-                              f"mean {mean}, std {std}")
+        row("input", f"{size}, {config.get('interpolation', '?')}, mean {mean}, std {std}")
     if meta.base:
         digest = meta.base.get("sha256") or "?"
-        rows.add_row("base", f"{meta.base.get('kind')} {meta.base.get('ref')} "
-                             f"(sha256 {digest[:16]}…)")
-    rows.add_row("created", f"{_date(meta.created)} UTC by zoo {meta.zoo_version or '?'}")
+        row("base", f"{meta.base.get('kind')} {meta.base.get('ref')} (sha256 {digest[:16]}…)")
+    row("created", f"{_date(meta.created)} UTC by zoo {meta.zoo_version or '?'}")
     if meta.plugins:
-        rows.add_row("plugins", ", ".join(f"{k} {v or '?'}" for k, v in meta.plugins.items()))
-    rows.add_row("seal", "verified" if info.verified else "not checked (--no-verify)")
+        row("plugins", ", ".join(f"{k} {v or '?'}" for k, v in meta.plugins.items()))
+    row("seal", "verified" if info.verified else "not checked (--no-verify)")
     parts: list[Any] = [head, rows]
     if info.depths:
         parts.extend([Text(""), depth_table(info.depths)])
     for note in info.notes:
-        parts.append(Text(f"note: {note}", style="yellow"))
+        parts.append(Text(printable(f"note: {note}"), style="yellow"))
     return Group(*parts)
 
 
@@ -156,7 +174,7 @@ def depth_table(depths: Sequence[dict[str, Any]], *, bar_width: int = BAR_WIDTH)
             label = human_count(trained)
         table.add_row(
             str(row["depth"]),
-            row["group"],
+            Text(printable(row["group"])),
             str(row["tensors"]),
             human_count(numel),
             label,
@@ -170,13 +188,15 @@ def gc_view(result: GcResult, *, dry_run: bool) -> Text:
     text = Text()
     verb = "would remove" if dry_run else "removed"
     for path in result.removed:
-        text.append(f"{verb} {path}\n")
+        text.append(f"{verb} {printable(path)}\n")
     for path, reason in result.skipped:
-        text.append(f"skipped {path}: {reason}\n", style="yellow")
+        text.append(f"skipped {printable(path)}: {printable(reason)}\n", style="yellow")
     for path in result.repaired:
-        text.append(f"{'would rewrite' if dry_run else 'rewrote'} {path} (it described another "
-                    "version of the model)\n")
-    if not result.removed and not result.skipped and not result.repaired:
+        text.append(f"{'would rewrite' if dry_run else 'rewrote'} {printable(path)} (it "
+                    "described another version of the model)\n")
+    if result.locks:
+        text.append(f"{verb} {len(result.locks)} stale lock file(s) of removed entries\n")
+    if not (result.removed or result.skipped or result.repaired or result.locks):
         text.append("nothing to clean up\n", style="dim")
     else:
         text.append(f"{len(result.removed)} leftover(s), {human_bytes(result.freed)} "

@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from zoo.cli.output import Output
 
@@ -106,6 +107,28 @@ def _flag(value: str) -> bool | str:
     return {"auto": "auto", "on": True, "off": False}[value]
 
 
+#: The option of each checked argument of zoo.adapt, so that a refusal names what was typed.
+OPTIONS = {
+    "epochs": "--epochs", "lr": "--lr", "weight_decay": "--weight-decay",
+    "batch_size": "--batch-size", "warmup_epochs": "--warmup-epochs",
+    "label_smoothing": "--label-smoothing", "val_split": "--val-split",
+    "image_size": "--image-size", "input_config['crop_pct']": "--crop-pct",
+    "samples_per_class": "--samples-per-class", "num_workers": "--workers", "seed": "--seed",
+}
+
+
+def _adapt_naming_options(adapt: Any, *args: Any, **kwargs: Any) -> Any:
+    """``adapt(*args, **kwargs)``; a refused argument is reported as its command-line option."""
+    from zoo.errors import AdaptArgumentError
+
+    try:
+        return adapt(*args, **kwargs)
+    except AdaptArgumentError as exc:
+        if exc.argument not in OPTIONS:
+            raise
+        raise AdaptArgumentError(OPTIONS[exc.argument], exc.value, exc.rule) from None
+
+
 def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.adaptation import adapt
     from zoo.distributed import launched_by_torchrun
@@ -120,7 +143,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
         progress = AdaptProgress(out.console)
     try:
-        _model, history = adapt(
+        _model, history = _adapt_naming_options(
+            adapt,
             args.backbone,
             args.data,
             args.val,

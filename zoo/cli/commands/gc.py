@@ -14,9 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "gc",
         help="remove leftovers of interrupted saves from the store",
         description="Remove the temporary files and folders that a killed or failed save left "
-        "in the store, and rewrite a config.json that a killed save left describing the previous "
-        "version of its model. Files of a save still in progress are left alone (its entry is "
-        "locked). Saved models are never touched.",
+        "in the store, rewrite a config.json that a killed save left describing the previous "
+        "version of its model, and remove the lock files of entries that no longer exist. Files "
+        "of a save still in progress are left alone (its entry is locked). Symbolic links are "
+        "never followed (a linked leftover is removed as a link); what cannot be removed is "
+        "reported with the reason. Saved models are never touched.",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="only show what would be removed"

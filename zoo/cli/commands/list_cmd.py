@@ -39,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.cli.render_listing import (
+        PLAIN_ROWS,
         backbones_table,
+        json_document,
         policies_table,
         pretrained_table,
         problem_lines,
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             if args.pretrained:
                 data["backbones"] = [
                     {
-                        **asdict(entry),
+                        **entry._asdict(),
                         "name": f"{entry.name}.{tag}",
                         "qualified_name": f"{entry.qualified_name}.{tag}",
                         "tag": tag,
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
                 ]
             else:
                 data["backbones"] = [
-                    {**asdict(entry), "qualified_name": entry.qualified_name} for entry in backbones
+                    {**entry._asdict(), "qualified_name": entry.qualified_name}
+                    for entry in backbones  # shares each entry's input dict: only encoded
                 ]
         if show_policies:
             data["policies"] = [
@@ -83,12 +86,17 @@ def run(args: argparse.Namespace, out: Output) -> int:
             {"plugin": r.name, "distribution": r.distribution, "error": e}
             for r, e in listing.problems
         ]
-        out.json(data)
+        if len(backbones) + len(policies) > PLAIN_ROWS:
+            _write(out, json_document(data))
+        else:
+            out.json(data)
     else:
         if show_backbones and (backbones or what == "backbones" or not policies):
-            out.print(
-                pretrained_table(backbones) if args.pretrained else backbones_table(backbones)
-            )
+            table = pretrained_table(backbones) if args.pretrained else backbones_table(backbones)
+            if isinstance(table, str):
+                _write(out, table)
+            else:
+                out.print(table)
         if show_policies and (policies or what == "policies" or not pattern):
             out.print(policies_table(policies))
     for line in problem_lines(listing.problems):
@@ -96,6 +104,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if listing.problems and env_flag(STRICT_ENV):
         return EXIT_PLUGIN_PROBLEMS
     return 0
+
+
+def _write(out: Output, text: str) -> None:
+    """A long listing, already laid out, straight to stdout (no rich rendering)."""
+    out.console.file.write(text)
+    out.console.file.flush()
 
 
 def _parse_words(words: list[str]) -> tuple[str, str | None]:

@@ -27,9 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
+    from zoo.distributed import resolve_device
+    from zoo.errors import ZooError
     from zoo.persistence import load
     from zoo.prediction import predict
 
+    if args.topk < 1:  # refused before the model is read
+        raise ZooError(f"--topk must be an int >= 1, not {args.topk}")
+    resolve_device(args.device)
     model = load(args.name, device=args.device)
     predictions = predict(model, args.images, topk=args.topk)
     if args.json:

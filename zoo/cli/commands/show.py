@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from zoo.cli.common import add_num_classes_argument, num_classes_kwargs, precheck_names
+from zoo.cli.common import add_num_classes_argument, num_classes_kwargs
 from zoo.cli.output import Output
 
 ORDER = 20
@@ -35,7 +35,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.table_cache import table_for_name
 
     kwargs = num_classes_kwargs(args)
-    precheck_names(backbone=args.name)
+    # resolves the name first (from the cache's name index when it can): a typo costs no
+    # plugin imports, and one name costs the same whatever the catalog's size
     table = table_for_name(args.name, **kwargs)
     if args.json:
         out.json(table.to_dict())
