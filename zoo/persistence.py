@@ -558,12 +558,15 @@ def _depths(
     """
     from zoo.api import attach_build_info, get_catalog
     from zoo.rebuild import ALLOCATION_FLOOR
-    from zoo.table_builder import describe, meta_model
+    from zoo.table_builder import describe, meta_model, tensor_budget
 
     entries = {e.name: e for e in header.entries}
     limit = ALLOCATION_FLOOR + 2 * max((e.nbytes for e in entries.values()), default=0)
     num_classes = meta.build.get("num_classes")
-    model, notes = meta_model(spec, num_classes, kwargs, max_tensor_bytes=limit)
+    saved = len(entries) + len(meta.base_tensors)  # a delta's other tensors are its base's
+    model, notes = meta_model(
+        spec, num_classes, kwargs, max_tensor_bytes=limit, max_tensors=tensor_budget(saved)
+    )
     _check_header_fits(model, entries, full=meta.kind == "full", source=str(path))
     check_consistency(model, meta, spec, _plan_of(meta, path), source=str(path))
     attach_build_info(model, spec, tag=None, num_classes=num_classes, kwargs=kwargs)

@@ -113,7 +113,7 @@ def rebuild(
     refused arguments and :class:`~zoo.WeightsMismatchError` naming the tensors that do not fit.
     """
     from zoo.api import attach_build_info
-    from zoo.table_builder import meta_model
+    from zoo.table_builder import meta_model, tensor_budget
     from zoo.weights import describe_mismatch
 
     spec, _tag = saved_spec(str(build["backbone"]), source=source, plugins=plugins)
@@ -121,7 +121,10 @@ def rebuild(
     num_classes = build.get("num_classes")
     limit = max_tensor_bytes(state)
     try:
-        skeleton, _notes = meta_model(spec, num_classes, kwargs, max_tensor_bytes=limit)
+        skeleton, _notes = meta_model(
+            spec, num_classes, kwargs, max_tensor_bytes=limit,
+            max_tensors=tensor_budget(len(state)),
+        )
     except ModelBuildError as exc:
         raise _cannot_rebuild(spec, num_classes, kwargs, source, exc) from exc
     problems = describe_mismatch(skeleton, state)

@@ -14,8 +14,9 @@ depth.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import GroupingError, ModelBuildError, ZooError
@@ -117,6 +118,7 @@ def meta_model(
     kwargs: dict[str, Any],
     *,
     max_tensor_bytes: int | None = None,
+    max_tensors: int | None = None,
 ) -> tuple[nn.Module, list[str]]:
     """Build ``spec`` on the ``meta`` device (no weights allocated): ``(model, notes)``.
 
@@ -124,7 +126,10 @@ def meta_model(
     ``meta`` (one that reads tensor values while building) is retried with each parameter moved
     to ``meta`` as soon as it is registered (one tensor allocated at a time), which ``notes``
     says. With ``max_tensor_bytes`` that retry refuses any single tensor larger than that
-    (:class:`~zoo.ModelBuildError`) before writing to it. Never loads pretrained weights.
+    (:class:`~zoo.ModelBuildError`) before writing to it. With ``max_tensors`` a build that
+    registers more parameters and buffers than that is stopped as soon as it does (arguments
+    from a file such as ``depth=100000`` cost no memory on ``meta``, but their modules do).
+    Never loads pretrained weights.
     """
     import torch
 
@@ -132,7 +137,8 @@ def meta_model(
 
     notes: list[str] = []
     try:
-        with torch.device("meta"), _skip_init_on_meta():
+        with torch.device("meta"), _skip_init_on_meta(), \
+                tensor_count_limit(max_tensors, spec.qualified_name):
             model = call_create(spec, num_classes, False, dict(kwargs))
     except ModelBuildError as first:
         cause = first.__cause__ if first.__cause__ is not None else first
@@ -140,7 +146,8 @@ def meta_model(
             raise  # create() returned something that is not a model: retrying cannot help
         try:
             with _params_to_meta_on_register(), _skip_init_on_meta(), \
-                    allocation_limit(max_tensor_bytes, spec.qualified_name):
+                    allocation_limit(max_tensor_bytes, spec.qualified_name), \
+                    tensor_count_limit(max_tensors, spec.qualified_name):
                 model = call_create(spec, num_classes, False, dict(kwargs))
         except ModelBuildError as exc:
             raise ModelBuildError(
@@ -159,14 +166,53 @@ def meta_model(
     return model, notes
 
 
+@contextlib.contextmanager
+def tensor_count_limit(max_tensors: int | None, what: str) -> Iterator[None]:
+    """Stop a build (:class:`~zoo.ModelBuildError`) once it registers more than ``max_tensors``
+    parameters and buffers (None: no limit).
+
+    Uses torch's global module registration hooks, so a build in another thread at the same
+    time counts too; limits are generous (see :func:`tensor_budget`).
+    """
+    if max_tensors is None:
+        yield
+        return
+    from torch.nn.modules import module as nn_module
+
+    count = 0
+
+    def count_one(_module: Any, _name: str, _tensor: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > max_tensors:
+            raise ModelBuildError(
+                f"building {what} registered more than {max_tensors:,} tensors, more than the "
+                "saved tensors imply"
+            )
+
+    handles = [
+        nn_module.register_module_parameter_registration_hook(count_one),
+        nn_module.register_module_buffer_registration_hook(count_one),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def tensor_budget(saved_tensors: int) -> int:
+    """How many tensors a rebuild of a model whose file holds ``saved_tensors`` may register:
+    twice as many plus a margin (re-registrations, non-persistent buffers)."""
+    return 2 * saved_tensors + 256
+
+
 def allocation_limit(max_bytes: int | None, what: str) -> Any:
     """A torch-function mode refusing any tensor result over ``max_bytes`` (None: no limit).
 
     A new tensor's memory is reserved but not yet written when its factory function returns,
     so refusing it there costs no resident memory.
     """
-    import contextlib
-
     import torch
     from torch.overrides import TorchFunctionMode
 

@@ -9,6 +9,7 @@ and nothing is saved.
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import zoo
 from zoo.cli.main import main
 from zoo.errors import AdaptArgumentError, DataError
+from zoo.history import EpochRecord, History
 
 NOWHERE = {"backbone_or_model": "nowhere:no-such-backbone", "train": "/no/such/folder"}
 
@@ -193,3 +195,16 @@ def test_predict_refuses_top_k_and_device_before_loading(capsys):
         code = main(["predict", "no-such-model", "x.png", option, value])
         err = capsys.readouterr().err
         assert code != 0 and shown in err and "no-such-model" not in err
+
+
+def test_a_diverged_loss_is_written_as_null_in_the_history_json():
+    """`zoo adapt --json` after a NaN loss prints valid JSON (null), never `NaN`."""
+    record = EpochRecord(
+        epoch=1, train_loss=float("nan"), train_accuracy=0.5, val_loss=float("inf"),
+        val_accuracy=None, seconds=1.0, images=4, images_per_second=4.0, lr=0.1,
+        trainable_params=10, trainable_tensors=2,
+    )
+    data = json.loads(History(epochs=[record]).to_json(allow_nan=False))
+    assert data["epochs"][0]["train_loss"] is None
+    assert data["epochs"][0]["val_loss"] is None
+    assert data["epochs"][0]["train_accuracy"] == 0.5

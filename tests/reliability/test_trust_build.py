@@ -230,8 +230,8 @@ def test_a_delta_with_plain_arguments_still_reaches_its_pretrained_base(tmp_path
 
 def test_an_inflated_architecture_is_refused_without_building_it(tmp_path):
     path = zoo.save(zoo.create(VIT, num_classes=2), tmp_path / "vit.safetensors")
-    # 48 blocks of width 4096: about 9.7 billion parameters (39 GB) if it were ever built
-    rewrite(path, set_kwargs({"embed_dim": 4096, "depth": 48, "num_heads": 16}))
+    # 12 blocks of width 4096: about 2.4 billion parameters (10 GB) if it were ever built
+    rewrite(path, set_kwargs({"embed_dim": 4096, "num_heads": 16}))
     before = peak_rss_mb()
     for how, loader in loaders().items():
         started = time.perf_counter()
@@ -239,6 +239,24 @@ def test_an_inflated_architecture_is_refused_without_building_it(tmp_path):
             loader(path)
         assert time.perf_counter() - started < 1.0, how
         assert str(path) in str(info.value)
+    assert peak_rss_mb() - before < 100
+
+
+def test_a_deepened_architecture_is_stopped_while_it_is_built(tmp_path):
+    """``depth=100000`` costs no tensor memory on meta, but 100,000 blocks of modules would
+    take minutes and gigabytes: the build stops once it registers more tensors than the file
+    holds implies."""
+    path = zoo.save(zoo.create(VIT, num_classes=2), tmp_path / "vit.safetensors")
+    rewrite(path, set_kwargs({"depth": 100_000}))
+    before = peak_rss_mb()
+    for how, loader in loaders().items():
+        started = time.perf_counter()
+        with pytest.raises(zoo.ZooError, match="registered more than") as info:
+            result = loader(path)
+            if how.startswith("inspect"):  # inspect describes the file, notes the refusal
+                raise zoo.ZooError(" ".join(result.notes))
+        assert time.perf_counter() - started < 1.0, how
+        assert how.startswith("inspect") or str(path) in str(info.value)
     assert peak_rss_mb() - before < 100
 
 
