@@ -155,13 +155,17 @@ class AdaptArgumentError(ZooError, ValueError):
         self.argument = argument
         self.value = value
         self.rule = rule
-        try:
-            shown = repr(value)
-        except ValueError:  # an int too long to print
-            shown = f"a {type(value).__name__} too long to show"
-        if len(shown) > 80:
-            shown = shown[:79] + "…"
-        super().__init__(f"{argument} must be {rule}, not {shown}")
+        super().__init__(f"{argument} must be {rule}, not {short_repr(value, 80)}")
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about untrusted values (which
+    can be huge, or an integer too long to print)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        text = f"a {type(value).__name__} too long to show"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def suggest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import PlanError, PolicyArgumentError, UnknownNameError, ZooError, suggest
+from zoo.errors import (
+    PlanError,
+    PolicyArgumentError,
+    UnknownNameError,
+    ZooError,
+    short_repr,
+    suggest,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -416,7 +423,7 @@ class Plan:
             raise _malformed(f"expected a mapping, got {type(data).__name__}")
         version = data.get("format", PLAN_FORMAT)
         if not _is_int(version) or version < 1:
-            raise _malformed(f"format must be an integer >= 1, got {_short(version)}")
+            raise _malformed(f"format must be an integer >= 1, got {short_repr(version)}")
         if version > PLAN_FORMAT:
             raise PlanError(
                 f"plan format {version} is newer than this zoo understands ({PLAN_FORMAT}); "
@@ -444,7 +451,7 @@ class Plan:
                 norms[path] = NormMode.coerce(mode)
         epoch = data.get("epoch")
         if epoch is not None and not (_is_int(epoch) and epoch >= 0):
-            raise _malformed(f"epoch must be an integer >= 0 or null, got {_short(epoch)}")
+            raise _malformed(f"epoch must be an integer >= 0 or null, got {short_repr(epoch)}")
         return cls(
             params=params,  # a list: a name planned twice is refused, not merged
             norms=norms,
@@ -551,17 +558,10 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _short(value: object, limit: int = 60) -> str:
-    try:
-        text = repr(value)
-    except ValueError:  # an integer too long to print
-        text = f"a {type(value).__name__} too long to show"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
 
 def _names_of(value: object, what: str) -> list[str]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise _malformed(f"{what} must be a list of strings, got {_short(value)}")
+        raise _malformed(f"{what} must be a list of strings, got {short_repr(value)}")
     return list(value)
 
 
@@ -572,14 +572,14 @@ def _field_names(data: Mapping[str, Any], key: str) -> list[str]:
 def _field_mapping(data: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = data.get(key, {})
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise _malformed(f"{key} must be a mapping with string keys, got {_short(value)}")
+        raise _malformed(f"{key} must be a mapping with string keys, got {short_repr(value)}")
     return dict(value)
 
 
 def _field_text(data: Mapping[str, Any], key: str, default: str | None) -> Any:
     value = data.get(key, default)
     if value is not default and not isinstance(value, str):
-        raise _malformed(f"{key} must be a string, got {_short(value)}")
+        raise _malformed(f"{key} must be a string, got {short_repr(value)}")
     return value
 
 
@@ -681,8 +681,8 @@ def run_policy(
             made = result.complete(table)
         elif isinstance(result, (str, bytes)) or not isinstance(result, Iterable):
             raise PlanError(
-                f"returned {type(result).__name__} {_short(result)}; a policy returns a zoo.Plan "
-                "or an iterable of parameter names"
+                f"returned {type(result).__name__} {short_repr(result)}; a policy returns a "
+                "zoo.Plan or an iterable of parameter names"
             )
         else:
             made = Plan.from_table(table, _names(result, "the returned names"))
@@ -701,9 +701,6 @@ def run_policy(
     )
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _table_of(model_or_name: Any) -> ParamTable:

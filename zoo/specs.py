@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import SpecError
+from zoo.errors import SpecError, short_repr
 
 if TYPE_CHECKING:
     from torch import nn
@@ -124,13 +124,13 @@ def _is_int(value: object) -> bool:
 
 def _number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise _bad_input(name, f"must be a number, got {_short(value)}")
+        raise _bad_input(name, f"must be a number, got {short_repr(value)}")
     try:
         number = float(value)
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        raise _bad_input(name, f"must be a finite number, got {_short(value)}")
+        raise _bad_input(name, f"must be a finite number, got {short_repr(value)}")
     return number
 
 
@@ -138,7 +138,7 @@ def _input_size(value: object) -> tuple[int, int, int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 3 \
             or not all(_is_int(v) for v in value):
         raise _bad_input("input_size", "must be [channels, height, width] (3 integers), "
-                                       f"got {_short(value)}")
+                                       f"got {short_repr(value)}")
     channels, height, width = (int(v) for v in value)
     if not 1 <= channels <= MAX_CHANNELS:
         raise _bad_input("input_size", f"channels must be 1 to {MAX_CHANNELS}, got {channels}")
@@ -151,7 +151,7 @@ def _input_size(value: object) -> tuple[int, int, int]:
 def _per_channel(name: str, value: object, channels: int, low: float, high: float
                  ) -> tuple[float, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise _bad_input(name, f"must be a list of numbers, got {_short(value)}")
+        raise _bad_input(name, f"must be a list of numbers, got {short_repr(value)}")
     if len(value) != channels:
         raise _bad_input(name, f"must hold one number per channel ({channels}), "
                                f"got {len(value)}")
@@ -163,17 +163,9 @@ def _per_channel(name: str, value: object, channels: int, low: float, high: floa
 
 def _choice(name: str, value: object, options: tuple[str, ...]) -> str:
     if value not in options:
-        raise _bad_input(name, f"must be one of {', '.join(options)}, got {_short(value)}")
+        raise _bad_input(name, f"must be one of {', '.join(options)}, got {short_repr(value)}")
     return str(value)
 
-
-def _short(value: object, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters (an untrusted value can be huge)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an integer too long to print
-        text = f"a {type(value).__name__} too long to show"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
