@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from fileformat_helpers import write_file
 
-from zoo.errors import CorruptFileError, ModelNotFoundError, TamperedFileError
+from zoo.errors import CorruptFileError, ModelNotFoundError, TamperedFileError, ZooError
 from zoo.fileformat import (
     CONTENT_HASH_KEY,
+    DTYPES,
     TENSORS_HASH_KEY,
+    _check_written,
     atomic_write_bytes,
     content_hash,
     hash_tensors,
@@ -22,7 +25,7 @@ from zoo.fileformat import (
     parse_header,
     read_file,
     read_header,
-    write_file,
+    write_tensors,
 )
 
 
@@ -72,6 +75,87 @@ def test_files_interoperate_with_the_safetensors_library(tmp_path):
     assert_same(saved.tensors, tensors)
     assert not saved.verified  # not sealed by zoo: read as it is
     assert saved.metadata == {"format": "pt"}
+
+
+def _every_dtype() -> dict[str, torch.Tensor]:
+    """One small tensor of each dtype zoo's format table knows (F8 variants, U16-U64 included)."""
+    out = {}
+    for code, (attr, _size) in DTYPES.items():
+        dtype = getattr(torch, attr)
+        if dtype == torch.bool:
+            out[code] = torch.tensor([True, False, True])
+        elif dtype.is_floating_point or dtype.is_complex:
+            out[code] = torch.arange(1, 6, dtype=torch.float32).to(dtype)
+        else:
+            out[code] = torch.arange(1, 6, dtype=torch.uint8).to(dtype)
+    return out
+
+
+def test_library_writes_every_dtype_and_zoo_reads_each_into_its_own_aligned_tensor(tmp_path):
+    """The library writes every dtype zoo accepts; zoo's reader gives each tensor its own 64-byte
+    aligned storage (``safetensors.torch.load`` of bytes gives views at 16-byte offsets and, in
+    0.8, cannot even load F8_E8M0: reasons zoo reads files itself)."""
+    tensors = _every_dtype()
+    path = write_file(tmp_path / "all.safetensors", tensors)
+    saved = read_file(path)
+    assert saved.verified
+    assert_same(saved.tensors, tensors)
+    pointers = set()
+    for name, tensor in saved.tensors.items():
+        storage = tensor.untyped_storage()
+        assert tensor.data_ptr() % 64 == 0, name
+        assert storage.nbytes() == tensor.nbytes, name  # one allocation per tensor
+        pointers.add(storage.data_ptr())
+    assert len(pointers) == len(tensors)
+
+
+def test_shared_and_strided_tensors_are_written_once_per_name(tmp_path):
+    """``safetensors.torch.save`` refuses tensors that share memory; tied weights in a state
+    dict are saved by zoo as one copy per name, as before, and views are made contiguous."""
+    weight = torch.arange(12.0).reshape(3, 4)
+    tensors = {"embed.weight": weight, "head.weight": weight, "first_row": weight[0],
+               "column": weight[:, 1], "transposed": weight.t(), "empty": weight[:0]}
+    with pytest.raises(RuntimeError, match="share memory"):
+        safetensors.torch.save({"embed.weight": weight, "head.weight": weight})
+    saved = read_file(write_file(tmp_path / "tied.safetensors", tensors))
+    assert_same(saved.tensors, {k: v.contiguous() for k, v in tensors.items()})
+
+
+def test_a_failed_library_write_leaves_the_target_and_no_temporary_folder(tmp_path):
+    target = tmp_path / "m.safetensors"
+    write_file(target, {"x": torch.ones(3)})
+    before = target.read_bytes()
+    with pytest.raises(ZooError, match="metadata must map str to str"):
+        write_tensors(target, {"x": torch.zeros(3)}, {"k": 1})  # type: ignore[dict-item]
+    with pytest.raises(ZooError, match="invalid tensor name"):
+        write_tensors(target, {"": torch.zeros(3)}, {})
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_what_the_library_wrote_is_checked_against_what_was_asked(tmp_path):
+    path = write_file(tmp_path / "m.safetensors", {"x": torch.ones(3)}, {"k": "v"})
+    metadata = read_header(path).metadata
+    with path.open("rb") as f:
+        _check_written(f, path, {"x": torch.ones(3)}, metadata)  # the same: accepted
+    for tensors, meta in (({"x": torch.ones(4)}, metadata), ({"x": torch.ones(3)}, {"k": "v"})):
+        with path.open("rb") as f, pytest.raises(ZooError, match="other tensors or metadata"):
+            _check_written(f, path, tensors, meta)
+    path.write_bytes(path.read_bytes()[:-1])  # a library writing one byte short
+    with path.open("rb") as f, pytest.raises(ZooError, match="zoo would refuse to read"):
+        _check_written(f, path, {"x": torch.ones(3)}, metadata)
+
+
+def test_seal_does_not_depend_on_the_order_the_library_writes_metadata_in(tmp_path):
+    """The library writes metadata in hash-map order (it may change between two saves); the seal
+    hashes sorted keys, so the same content always carries the same seal."""
+    tensors = {"x": torch.ones(3)}
+    metadata = {f"key{i}": str(i) for i in range(20)}
+    seals = set()
+    for i in range(3):
+        header = read_header(write_file(tmp_path / f"{i}.safetensors", tensors, metadata))
+        seals.add((header.metadata[TENSORS_HASH_KEY], header.metadata[CONTENT_HASH_KEY]))
+    assert len(seals) == 1
 
 
 def test_tensor_hash_is_canonical():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fileformat_helpers import write_file
 
 import zoo
 from zoo import store
@@ -28,7 +29,7 @@ from zoo.errors import (
     WeightsMismatchError,
     ZooError,
 )
-from zoo.fileformat import read_file, read_header, write_file
+from zoo.fileformat import read_file, read_header
 from zoo.plugins import make_plugin_host
 from zoo.testing import installed_catalog
 

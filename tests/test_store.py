@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fileformat_helpers import write_file
 
 from zoo import store
 from zoo.errors import (
@@ -16,7 +17,6 @@ from zoo.errors import (
     ModelNotFoundError,
     StoreError,
 )
-from zoo.fileformat import write_file
 from zoo.metadata import FORMAT_VERSION, ZooMetadata
 
 

@@ -8,13 +8,15 @@ yielding a wrong tensor. Only regular files are opened (:func:`open_regular`: a 
 device is refused before a byte is read), and a file's tensors are only allocated when the
 system reports enough memory for them (:func:`check_memory_for`).
 
-Files zoo writes are *sealed*: :func:`write_file` adds ``zoo.tensors_sha256`` (a canonical hash
-of the tensors: sorted names, dtype, shape, bytes) and ``zoo.content_sha256`` (that hash plus the
+Files zoo writes are *sealed*: :func:`seal` adds ``zoo.tensors_sha256`` (a canonical hash of
+the tensors: sorted names, dtype, shape, bytes) and ``zoo.content_sha256`` (that hash plus the
 metadata), and :func:`read_file` recomputes both, raising :class:`~zoo.TamperedFileError` when a
 byte changed; a file with ``zoo.*`` metadata but without both hashes (a stripped seal) is refused
-by every reader (:func:`check_sealed_if_zoo`). Writes go to a temporary file in the same
-directory, are fsynced, then ``os.replace``-d over the target (and the directory fsynced): a
-reader sees the old file or the new one, never half of one. See ``docs/file-format.md``.
+by every reader (:func:`check_sealed_if_zoo`). The ``safetensors`` library writes the bytes
+(:func:`write_tensors`); zoo checks what it wrote against its own reader, fsyncs it and
+``os.replace``-s it over the target (then fsyncs the directory): a reader sees the old file or
+the new one, never half of one. zoo reads files itself (streaming into one aligned allocation
+per tensor; the library's ``load`` needs twice the memory): see ``docs/file-format.md``.
 """
 
 from __future__ import annotations
@@ -90,10 +92,6 @@ class TensorEntry:
     shape: tuple[int, ...]
     begin: int
     end: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -803,46 +801,110 @@ def seal(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> di
     return sealed
 
 
-def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[bytes, list]:
-    """The header bytes (length prefix included) and the ordered tensor byte chunks of a file."""
+def _specs(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """Check names, metadata and dtypes; describe each tensor for ``safetensors.serialize_file``.
+
+    Returns the ``TensorSpec`` of each name and the CPU, contiguous tensors they point into (the
+    caller keeps those alive while the library writes). Tensors that share storage are described
+    once per name, as a plain state dict lists them (``safetensors.torch.save`` would refuse).
+    """
+    import safetensors
+
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ZooError(f"metadata must map str to str; got {key!r}: {type(value).__name__}")
-    order = sorted(
-        tensors, key=lambda n: (-DTYPES[dtype_code(tensors[n].dtype)][1], n)
-    )
-    doc: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    chunks = []
-    offset = 0
-    for name in order:
+    specs: dict[str, Any] = {}
+    alive = []
+    for name, tensor in tensors.items():
         if not isinstance(name, str) or not name or name == "__metadata__":
             raise ZooError(f"invalid tensor name {name!r}")
-        tensor = tensors[name]
-        data = tensor_bytes(tensor)
-        doc[name] = {
-            "dtype": dtype_code(tensor.dtype),
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + data.nbytes],
-        }
-        offset += data.nbytes
-        chunks.append(data)
-    header = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    header += b" " * (-len(header) % 8)
-    return struct.pack("<Q", len(header)) + header, chunks
+        attr, itemsize = DTYPES[dtype_code(tensor.dtype)]
+        data = tensor.detach()
+        if data.device.type != "cpu":
+            data = data.cpu()
+        data = data.contiguous()
+        alive.append(data)
+        specs[name] = safetensors.TensorSpec(
+            dtype=attr, shape=list(data.shape), data_ptr=data.data_ptr(),
+            data_len=data.numel() * itemsize,
+        )
+    return specs, alive
 
 
-def write_file(
-    path: str | os.PathLike[str],
-    tensors: Mapping[str, torch.Tensor],
-    metadata: Mapping[str, str] | None = None,
-) -> Path:
-    """Write ``tensors`` and ``metadata`` as a sealed ``.safetensors`` file, atomically.
+def _check_written(f: BinaryIO, path: Path, tensors: Mapping[str, torch.Tensor],
+                   metadata: Mapping[str, str]) -> None:
+    """Refuse to publish a file that zoo's reader would not accept as exactly what was asked.
 
-    Adds ``zoo.tensors_sha256`` and ``zoo.content_sha256``; the result reads back with
-    :func:`read_file` (verified) and with ``safetensors.torch.load_file`` alike. Tensors are
-    stored as they are (moved to the CPU, made contiguous); shared storage is written once per
-    name. Returns the path written.
+    The header the library wrote (``f``, to be published as ``path``) must pass
+    :func:`parse_header` and list the same tensors (dtype, shape) and the same metadata: a
+    change in the library's output fails the save here, not a later load.
     """
-    sealed = seal(tensors, metadata or {})
-    head, chunks = encode(tensors, sealed)
-    return atomic_write_bytes(Path(path), [head, *chunks])
+    try:
+        header = _header_from_open(f, path)
+    except CorruptFileError as exc:
+        raise ZooError(f"the safetensors library wrote a file zoo would refuse to read ({exc}); "
+                       "nothing was saved (report this with the library version)") from None
+    wanted = {n: (dtype_code(t.dtype), tuple(t.shape)) for n, t in tensors.items()}
+    written = {e.name: (e.dtype, e.shape) for e in header.entries}
+    if written != wanted or header.metadata != dict(metadata):
+        raise ZooError(f"{path}: the safetensors library wrote other tensors or metadata than "
+                       "zoo asked for; nothing was saved (report this with the library version)")
+
+
+def write_tensors(
+    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> Path:
+    """Write ``tensors`` and ``metadata`` (already :func:`seal`-ed) to ``path`` atomically.
+
+    The safetensors library lays the bytes out and writes them (``safetensors.serialize_file``,
+    straight from the tensors' memory: no copy of the file is built). It writes into a hidden
+    temporary folder next to ``path`` (a zoo temporary name, so ``zoo gc`` removes it after a
+    kill); zoo then checks the file with its own reader's rules (:func:`_check_written`),
+    fsyncs it, gives it the mode the umask implies and ``os.replace``-s it over ``path``. On any
+    error ``path`` is left as it was and the temporary folder is removed.
+    """
+    import safetensors
+
+    target = Path(path)
+    specs, alive = _specs(tensors, metadata)
+    folder = Path(tempfile.mkdtemp(
+        dir=target.parent, prefix=f"{TEMP_PREFIX}{target.name}.", suffix=TEMP_SUFFIX
+    ))
+    written = folder / target.name
+    try:
+        try:
+            safetensors.serialize_file(specs, written, metadata=dict(metadata) or None)
+        except safetensors.SafetensorError as exc:
+            raise _library_error(exc, target) from None
+        del alive
+        with open_regular(written, follow_symlinks=False) as f:
+            _check_written(f, target, tensors, metadata)
+            os.fsync(f.fileno())
+        os.chmod(written, default_mode())
+        _pause_for_tests(target)
+        os.replace(written, target)
+    finally:
+        _remove_folder(folder)
+    fsync_dir(target.parent)
+    return target
+
+
+def _remove_folder(folder: Path) -> None:
+    """Remove :func:`write_tensors`' temporary folder and the files in it (never links'
+    targets: unlinking a name removes the name)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            with contextlib.suppress(OSError):
+                os.unlink(folder / name)
+        os.rmdir(folder)
+
+
+def _library_error(exc: Exception, target: Path) -> Exception:
+    """The library's write error as what zoo raises: an ``OSError`` when the disk failed."""
+    match = re.search(r"os error (\d+)", str(exc))
+    if match:
+        code = int(match.group(1))
+        return OSError(code, os.strerror(code), str(target))
+    return ZooError(f"{target}: the safetensors library could not write it: {exc}")

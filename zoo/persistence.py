@@ -42,13 +42,13 @@ from zoo.fileformat import (
     SavedFile,
     atomic_write_bytes,
     current_umask,
-    encode,
     fsync_dir,
     hash_tensors,
     open_regular,
     read_file,
     read_header,
     seal,
+    write_tensors,
 )
 from zoo.metadata import (
     FORMAT_VERSION,
@@ -302,11 +302,10 @@ def save(
         **meta_kwargs,
     )
     metadata = seal(tensors, meta.to_metadata())
-    head, chunks = encode(tensors, metadata)
     with store.locked(target.lock_key):
         _check_free(target, overwrite)
         try:
-            _write(target, [head, *chunks], metadata)
+            _write(target, tensors, metadata)
         except OSError as exc:
             raise StoreError(
                 f"cannot save to {target.model_path}: {exc.strerror or exc}"
@@ -427,20 +426,24 @@ def _check_free(target: Target, overwrite: bool) -> None:
         )
 
 
-def _write(target: Target, chunks: list, metadata: Mapping[str, str]) -> None:
+def _write(
+    target: Target, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> None:
     config = config_json(metadata).encode("utf-8")
     if target.kind == "store" and target.name is not None:
         _warn_dependents(target.name)
     if target.kind == "store" and not target.model_path.parent.exists():
-        _write_new_entry(target, chunks, config)
+        _write_new_entry(target, tensors, metadata, config)
         return
     target.model_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target.model_path, chunks)
+    write_tensors(target.model_path, tensors, metadata)
     if target.config_path is not None:
         atomic_write_bytes(target.config_path, [config])
 
 
-def _write_new_entry(target: Target, chunks: list, config: bytes) -> None:
+def _write_new_entry(
+    target: Target, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], config: bytes
+) -> None:
     """A new entry is written whole into a hidden folder, then renamed into place at once."""
     root = store.models_dir()
     root.mkdir(parents=True, exist_ok=True)
@@ -448,7 +451,7 @@ def _write_new_entry(target: Target, chunks: list, config: bytes) -> None:
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}.", suffix=".zoo-tmp"))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
-        atomic_write_bytes(tmp / store.MODEL_FILE, chunks)
+        write_tensors(tmp / store.MODEL_FILE, tensors, metadata)
         atomic_write_bytes(tmp / store.CONFIG_FILE, [config])
         os.rename(tmp, folder)
     except BaseException:

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from zoo.fileformat import write_file
+from fileformat_helpers import write_file
 
 #: Messages of the reader, by kind of problem (one of them must appear in the error).
 TRUNCATED = ("truncated",)

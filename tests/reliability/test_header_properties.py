@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 import torch
+from fileformat_helpers import write_file
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 from reliability_helpers import make_version, version_of
 
 import zoo
-from zoo.fileformat import DTYPES, parse_header, read_file, read_header, write_file
+from zoo.fileformat import DTYPES, parse_header, read_file, read_header
 from zoo.metadata import KEYS
 
 

@@ -257,5 +257,7 @@ def test_enospc_before_every_operation_fails_cleanly(tiny, lock_timeout):
         assert temp_leftovers() == [], f"ENOSPC at event {at} left a temporary file"
         if check_after_fault("nospace", {"v0", "v1"}) != "v0":
             save_version(0, "nospace")
-    assert len(failed) >= 15
+    # the tensor bytes are written inside the safetensors library (no Python-level I/O to
+    # inject into); its write failures are covered by the RLIMIT_FSIZE tests above
+    assert len(failed) >= 9
     print(f"\nENOSPC injected at {len(failed)} operations; every one failed cleanly")

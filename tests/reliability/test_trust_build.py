@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import torch
+from fileformat_helpers import write_file
 from reliability_helpers import PLUGIN_NAME, TinyPlugin
 from torch import nn
 
@@ -32,7 +33,7 @@ import zoo
 from zoo.builtin import standard_policies, timm_backbones
 from zoo.catalog import Catalog
 from zoo.errors import CorruptFileError, ModelBuildError, UnknownNameError
-from zoo.fileformat import hash_tensors, read_file, write_file
+from zoo.fileformat import hash_tensors, read_file
 from zoo.plugins import make_plugin_host
 from zoo.testing import installed_catalog
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fileformat_helpers import write_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reliability_helpers import make_version
@@ -23,7 +24,7 @@ from test_store_names import zoo_command
 
 import zoo
 from zoo import store
-from zoo.fileformat import read_file, write_file
+from zoo.fileformat import read_file
 from zoo.metadata import KEYS, ZooMetadata
 from zoo.plans import Plan
 from zoo.specs import InputConfig
