@@ -41,7 +41,7 @@ def run(tmp: Path, arch: str, repeats: int) -> None:
     import torch
 
     import zoo
-    from zoo.fileformat import write_file
+    from zoo.io.fileformat import write_file
 
     zoo.get_catalog()  # once per process, not part of either side
     backbone = f"timm:{arch}"

@@ -2,7 +2,7 @@
 
 For each model: the median time of `zoo.params(name)` (the model built on the meta device and
 described), of `zoo.plan(table, policy)` for every built-in policy, and of applying the plan to
-the meta model (`zoo.freezing.apply_plan`); ratios are plan / params. A plan should cost a
+the meta model (`zoo.plans.freeze.apply_plan`); ratios are plan / params. A plan should cost a
 small fraction of building the table, so `zoo plan` is as fast as `zoo show`.
 
     python benchmarks/plan_speed.py [--rounds 5] [--models timm:resnet50,timm:vit_base_patch16_224]
@@ -39,8 +39,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import zoo
-    from zoo.freezing import apply_plan
-    from zoo.table_builder import build_meta
+    from zoo.plans.freeze import apply_plan
+    from zoo.tables.build import build_meta
 
     zoo.get_catalog()  # built once, outside the timings
     for name in args.models.split(","):

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import zoo
     from zoo.api import get_catalog
-    from zoo.table_builder import build_meta, storage_bytes
+    from zoo.tables.build import build_meta, storage_bytes
 
     numbers["import_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

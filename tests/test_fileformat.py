@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 
 from zoo.errors import CorruptFileError, ModelNotFoundError, TamperedFileError
-from zoo.fileformat import (
+from zoo.io.fileformat import (
     CONTENT_HASH_KEY,
     TENSORS_HASH_KEY,
     atomic_write_bytes,
@@ -267,7 +267,7 @@ def test_temp_names_are_recognised():
 
 
 def test_every_metadata_key_is_documented():
-    from zoo.metadata import KEYS
+    from zoo.io.metadata import KEYS
 
     text = (Path(__file__).parent.parent / "docs" / "file-format.md").read_text()
     missing = [key for key in KEYS if f"| `{key}` |" not in text]

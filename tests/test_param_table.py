@@ -10,18 +10,18 @@ from torch import nn
 
 import zoo
 from zoo.api import get_catalog, set_catalog
-from zoo.catalog import Catalog
+from zoo.core.catalog import Catalog
+from zoo.core.plugins import make_plugin_host
+from zoo.core.specs import BackboneSpec, ParamGroup
 from zoo.errors import GroupingError, ModelBuildError, UnknownNameError
-from zoo.param_table import NormInfo, ParamInfo, ParamTable
-from zoo.plugins import make_plugin_host
-from zoo.specs import BackboneSpec, ParamGroup
-from zoo.table_builder import (
+from zoo.tables.build import (
     build_meta,
     classifier_param_names,
     generic_groups,
     storage_bytes,
     validate_groups,
 )
+from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 TIMM_MODELS = [
     "timm:resnet18",
@@ -186,7 +186,7 @@ def test_head_is_moved_to_max_depth_whatever_the_grouping():
 
     catalog = Catalog(make_plugin_host(autoload=False, builtins=False,
                                        extra={"mis": Misplaced()}))
-    from zoo.table_builder import describe
+    from zoo.tables.build import describe
 
     table = describe(model, catalog=catalog)
     assert table.grouped_by == "mis"

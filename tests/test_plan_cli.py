@@ -20,8 +20,8 @@ from zoo.cli.render_plan import (
     plan_json,
     share_bar,
 )
-from zoo.param_table import NormInfo, ParamInfo, ParamTable
-from zoo.plans import plan
+from zoo.plans.plan import plan
+from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 
 def render(renderable, width: int = 80, soft_wrap: bool = False) -> str:

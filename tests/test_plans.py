@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import zoo
+from zoo.core.specs import PolicySpec
 from zoo.errors import PlanError
-from zoo.param_table import NormInfo, ParamTable
-from zoo.plans import (
+from zoo.plans.plan import (
     NormMode,
     ParamPlan,
     Plan,
@@ -23,7 +23,7 @@ from zoo.plans import (
     plan,
     run_policy,
 )
-from zoo.specs import PolicySpec
+from zoo.tables.table import NormInfo, ParamTable
 
 
 class Small(nn.Module):

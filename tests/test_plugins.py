@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 
 import zoo
-from zoo.catalog import Catalog
-from zoo.errors import PluginError
-from zoo.plugins import (
+from zoo.core.catalog import Catalog
+from zoo.core.plugins import (
     DISABLE_AUTOLOAD_ENV,
     PluginRecord,
     discover_entry_points,
     format_origin,
     make_plugin_host,
 )
+from zoo.errors import PluginError
 from zoo.testing import installed_catalog
 
 GOOD = """

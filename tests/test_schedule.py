@@ -8,8 +8,8 @@ from torch import nn
 
 import zoo
 from zoo.errors import PlanError, PolicyArgumentError
-from zoo.freezing import check_frozen, snapshot
-from zoo.schedule import ScheduleDriver
+from zoo.plans.freeze import check_frozen, snapshot
+from zoo.plans.schedule import ScheduleDriver
 
 
 class Net(nn.Module):

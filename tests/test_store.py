@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo import store
 from zoo.errors import (
     InvalidNameError,
     LockTimeoutError,
     ModelNotFoundError,
     StoreError,
 )
-from zoo.fileformat import write_file
-from zoo.metadata import FORMAT_VERSION, ZooMetadata
+from zoo.io import store
+from zoo.io.fileformat import write_file
+from zoo.io.metadata import FORMAT_VERSION, ZooMetadata
 
 
 def make_entry(name: str, *, kind: str = "full", base: dict | None = None,

@@ -22,7 +22,7 @@ import pluggy
 if TYPE_CHECKING:
     from torch import nn
 
-    from zoo.specs import BackboneSpec, ParamGroup, PolicySpec
+    from zoo.core.specs import BackboneSpec, ParamGroup, PolicySpec
 
 PROJECT_NAME = "zoo"
 ENTRY_POINT_GROUP = "zoo.plugins"

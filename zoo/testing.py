@@ -9,7 +9,7 @@ where zoo is installed these fixtures are available without an import:
     Whether the fixtures below load installed plugins (entry points). ``None`` (the
     default) follows ``ZOO_DISABLE_PLUGIN_AUTOLOAD``; override the fixture to change it.
 ``zoo_plugin_host``
-    A fresh :class:`~zoo.plugins.PluginHost`: built-ins plus installed plugins.
+    A fresh :class:`~zoo.core.plugins.PluginHost`: built-ins plus installed plugins.
 ``zoo_catalog``
     A fresh :class:`~zoo.Catalog` from ``zoo_plugin_host``, installed as the process-wide
     catalog for the test (so ``zoo.create`` and friends use it) and restored afterwards.
@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from zoo.catalog import Catalog
-    from zoo.param_table import ParamTable
-    from zoo.plugins import PluginHost, PluginRecord
-    from zoo.specs import BackboneSpec, PolicySpec
+    from zoo.core.catalog import Catalog
+    from zoo.core.plugins import PluginHost, PluginRecord
+    from zoo.core.specs import BackboneSpec, PolicySpec
+    from zoo.tables.table import ParamTable
 
 __all__ = [
     "Check",
@@ -83,7 +83,7 @@ def zoo_autoload() -> bool | None:
 @pytest.fixture
 def zoo_plugin_host(zoo_autoload: bool | None) -> PluginHost:
     """A fresh plugin host: built-in plugins, then installed ones (see ``zoo_autoload``)."""
-    from zoo.plugins import make_plugin_host
+    from zoo.core.plugins import make_plugin_host
 
     return make_plugin_host(autoload=zoo_autoload)
 
@@ -91,7 +91,7 @@ def zoo_plugin_host(zoo_autoload: bool | None) -> PluginHost:
 @pytest.fixture
 def zoo_catalog(zoo_plugin_host: PluginHost) -> Iterator[Catalog]:
     """A fresh catalog, installed as the process-wide catalog for the test, then restored."""
-    from zoo.catalog import Catalog
+    from zoo.core.catalog import Catalog
 
     with installed_catalog(Catalog(zoo_plugin_host)) as catalog:
         yield catalog
@@ -111,8 +111,8 @@ def zoo_register_plugin() -> Iterator[Callable[..., Catalog]]:
     saved: list[Catalog | None] = []
 
     def register(plugin: object, name: str | None = None, *, autoload: bool = False) -> Catalog:
-        from zoo.catalog import Catalog
-        from zoo.plugins import make_plugin_host
+        from zoo.core.catalog import Catalog
+        from zoo.core.plugins import make_plugin_host
 
         plugin_name = name or default_plugin_name(plugin)
         catalog = Catalog(make_plugin_host(autoload=autoload, extra={plugin_name: plugin}))
@@ -237,7 +237,7 @@ def check_plugin(
     record = catalog.host.records.get(plugin_name)
     if record is None:
         raise UnknownNameError("plugin", plugin_name, catalog.host.records)
-    from zoo.plugins import format_origin
+    from zoo.core.plugins import format_origin
 
     report = PluginReport(plugin_name, format_origin(record))
     known_errors = len(record.errors)
@@ -273,8 +273,8 @@ def _catalog_for(plugin: str | object, catalog: Catalog | None, name: str | None
             catalog = get_catalog()
         return catalog, plugin
     if catalog is None:
-        from zoo.catalog import Catalog
-        from zoo.plugins import make_plugin_host
+        from zoo.core.catalog import Catalog
+        from zoo.core.plugins import make_plugin_host
 
         plugin_name = name or default_plugin_name(plugin)
         return Catalog(make_plugin_host(autoload=False, extra={plugin_name: plugin})), plugin_name
@@ -301,7 +301,7 @@ def _check_loaded(report: PluginReport, record: PluginRecord) -> None:
 def _check_backbone(report: PluginReport, catalog: Catalog, spec: BackboneSpec, *,
                     forward: bool) -> ParamTable | None:
     import zoo
-    from zoo.table_builder import build_meta
+    from zoo.tables.build import build_meta
 
     name = spec.qualified_name
     try:
@@ -379,7 +379,7 @@ def _copied_mapping(_plugin: str, answer: Any) -> Any:
 def _check_forward(report: PluginReport, catalog: Catalog, spec: BackboneSpec) -> None:
     import torch
 
-    from zoo.table_builder import build_meta
+    from zoo.tables.build import build_meta
 
     label = f"{spec.qualified_name} runs forward with num_classes={FORWARD_CLASSES} (meta)"
     try:
@@ -434,7 +434,7 @@ def _check_policy(report: PluginReport, spec: PolicySpec, table: ParamTable,
 
 
 def _plan_problems(plan: Any, table: ParamTable) -> list[str]:
-    from zoo.plans import Plan
+    from zoo.plans.plan import Plan
 
     if not isinstance(plan, Plan):
         return [f"zoo.plan returned {type(plan).__name__}, not a zoo.Plan"]

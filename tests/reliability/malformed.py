@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.fileformat import write_file
+from zoo.io.fileformat import write_file
 
 #: Messages of the reader, by kind of problem (one of them must appear in the error).
 TRUNCATED = ("truncated",)

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from zoo import BackboneSpec, InputConfig, ParamGroup
+from zoo.builtin.timm_groups import timm_param_groups
 from zoo.errors import WeightsUnavailableError
 from zoo.hookspecs import RegisterBackbone, hookimpl
-from zoo.specs import BackboneSpec, InputConfig, ParamGroup
 
 if TYPE_CHECKING:
     from torch import nn
@@ -220,7 +221,6 @@ def zoo_param_groups(
     model: nn.Module, backbone: BackboneSpec | None
 ) -> Sequence[ParamGroup] | None:
     """Groups from timm's ``group_matcher(coarse=True)``: stem, blocks/stages, head."""
-    from zoo.builtin.timm_groups import timm_param_groups
 
     return timm_param_groups(model)
 

@@ -39,6 +39,6 @@ def precheck_names(backbone: str | None = None, policy: str | None = None) -> No
     if catalog is not None:
         catalog.check_names(backbone=backbone, policy=policy)
         return
-    from zoo.listing import check_names_cached
+    from zoo.cli.listing import check_names_cached
 
     check_names_cached(backbone=backbone, policy=policy)

@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 from zoo._version import __version__
 from zoo.cli import commands
 from zoo.cli.output import Output
+from zoo.core.plugins import STRICT_ENV
 from zoo.errors import ZooError
-from zoo.plugins import STRICT_ENV
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -1,7 +1,7 @@
 """Saving and loading models: ``zoo.save``, ``zoo.load``, ``zoo.inspect``.
 
 ``save`` writes one self-sufficient ``.safetensors`` file (tensors + ``zoo.*`` metadata, see
-:mod:`zoo.metadata`) into the store or to a path; ``load`` rebuilds the backbone through its
+:mod:`zoo.io.metadata`) into the store or to a path; ``load`` rebuilds the backbone through its
 plugin and loads the tensors strictly. A *delta* stores only what training changed, plus a
 reference to its base (pretrained weights, a file, or another store entry) and the base's hash;
 loading resolves the base again and refuses one whose hash differs. The base of a model is
@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo import store
 from zoo._version import __version__
-from zoo.build_args import check_save_kwargs, check_saved_kwargs
+from zoo.core.catalog import get_catalog
+from zoo.core.create import attach_build_info
+from zoo.core.create import build as build_model
+from zoo.core.specs import InputConfig
 from zoo.errors import (
     BaseMismatchError,
     CorruptFileError,
@@ -32,12 +34,15 @@ from zoo.errors import (
     ModelBuildError,
     ModelExistsError,
     ModelNotFoundError,
+    PlanError,
     StoreError,
     UnknownNameError,
     WeightsMismatchError,
     ZooError,
 )
-from zoo.fileformat import (
+from zoo.io import store
+from zoo.io.build_args import check_save_kwargs, check_saved_kwargs
+from zoo.io.fileformat import (
     Header,
     SavedFile,
     atomic_write_bytes,
@@ -50,7 +55,7 @@ from zoo.fileformat import (
     read_header,
     seal,
 )
-from zoo.metadata import (
+from zoo.io.metadata import (
     FORMAT_VERSION,
     ZooMetadata,
     config_json,
@@ -59,15 +64,19 @@ from zoo.metadata import (
     plugin_versions,
     timm_config,
 )
-from zoo.rebuild import check_consistency, check_pretrained_size, saved_spec
-from zoo.rebuild import rebuild as rebuild
+from zoo.io.rebuild import ALLOCATION_FLOOR, check_consistency, check_pretrained_size, saved_spec
+from zoo.io.rebuild import rebuild as rebuild
+from zoo.io.weights import describe_mismatch
+from zoo.plans.freeze import apply_plan
+from zoo.plans.plan import Plan
+from zoo.tables.build import describe, meta_model
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from zoo.plans import Plan
-    from zoo.specs import BackboneSpec
+    from zoo.core.specs import BackboneSpec
+    from zoo.plans.plan import Plan
 
 MAX_BASE_CHAIN = 32
 
@@ -91,7 +100,7 @@ class Target:
 
 
 def resolve_target(name_or_path: str | os.PathLike[str]) -> Target:
-    """Where ``name_or_path`` points (see :func:`zoo.store.is_path_target` for the rule).
+    """Where ``name_or_path`` points (see :func:`zoo.io.store.is_path_target` for the rule).
 
     A store name is ``<ZOO_HOME>/models/<name>/``; a path ending in ``.safetensors`` is that
     single file; any other path is a folder laid out like a store entry (``model.safetensors`` +
@@ -206,12 +215,10 @@ def resolve_base(
             ) from None
         resolved = _state_of_file(path, chain)
     elif kind == "pretrained":
-        from zoo.api import create
-
-        spec, _tag = saved_spec(str(ref), source=str(for_file))
+        spec, tag = saved_spec(str(ref), source=str(for_file))
         kwargs = check_saved_kwargs(spec, build.get("kwargs"), source=str(for_file))
         check_pretrained_size(spec, kwargs, source=str(for_file))
-        model = create(str(ref), pretrained=True, **kwargs)
+        model = build_model(spec, tag=tag, pretrained=True, kwargs=kwargs)
         tensors = {k: v.detach() for k, v in model.state_dict().items()}
         resolved = ResolvedState(tensors, hash_tensors(tensors))
     else:
@@ -325,8 +332,7 @@ def _build_of(model: Any) -> dict[str, Any]:
 
 
 def _check_saveable_kwargs(build: Mapping[str, Any]) -> None:
-    """Refuse architecture arguments that loading would refuse (see zoo.build_args)."""
-    from zoo.api import get_catalog
+    """Refuse architecture arguments that loading would refuse (see zoo.io.build_args)."""
 
     try:
         spec = get_catalog().backbones.lookup(str(build["backbone"]))
@@ -510,7 +516,6 @@ def load(
     model.zoo_build = {  # type: ignore[assignment]
         **meta.build, "base": {"kind": base_kind, "ref": ref, "sha256": resolved.sha256}
     }
-    from zoo.specs import InputConfig
 
     model.zoo_input_config = InputConfig.from_dict(meta.input_config)  # type: ignore[assignment]
     model.zoo_classes = list(meta.classes) if meta.classes is not None else None  # type: ignore[assignment]
@@ -520,7 +525,6 @@ def load(
     model.eval()
     if trainable:
         if plan is not None:
-            from zoo.freezing import apply_plan
 
             apply_plan(model, plan)
         else:
@@ -536,8 +540,6 @@ def load(
 def _plan_of(meta: ZooMetadata, path: Path) -> Plan | None:
     if meta.plan is None:
         return None
-    from zoo.errors import PlanError
-    from zoo.plans import Plan
 
     try:
         return Plan.from_dict(meta.plan)
@@ -554,11 +556,8 @@ def _depths(
     """The per-depth summary of a saved model, from its backbone built on ``meta``.
 
     The file's tensors (their shapes, from the header) must fit the meta-built model, and the
-    metadata must agree with it (:func:`~zoo.rebuild.check_consistency`).
+    metadata must agree with it (:func:`~zoo.io.rebuild.check_consistency`).
     """
-    from zoo.api import attach_build_info, get_catalog
-    from zoo.rebuild import ALLOCATION_FLOOR
-    from zoo.table_builder import describe, meta_model
 
     entries = {e.name: e for e in header.entries}
     limit = ALLOCATION_FLOOR + 2 * max((e.nbytes for e in entries.values()), default=0)
@@ -585,7 +584,6 @@ def _check_header_fits(
     model: nn.Module, entries: Mapping[str, Any], *, full: bool, source: str
 ) -> None:
     """A full file's tensors must be exactly the model's; a delta's must be some of them."""
-    from zoo.weights import describe_mismatch
 
     own = set(model.state_dict())
     skip = set() if full else own - set(entries)

@@ -17,8 +17,8 @@ from zoo.errors import DataError
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
-    from zoo.distributed import DistContext
-    from zoo.specs import InputConfig
+    from zoo.adaptation.distributed import DistContext
+    from zoo.core.specs import InputConfig
 
 
 @dataclass
@@ -31,7 +31,7 @@ class AdaptData:
 
     @property
     def from_folders(self) -> bool:
-        from zoo.data import ImageFolder
+        from zoo.adaptation.data import ImageFolder
 
         return isinstance(self.train, ImageFolder)
 
@@ -47,7 +47,7 @@ def prepare_data(train: Any, val: Any, *, classes: Sequence[str] | None,
     """The run's data; refuses (:class:`~zoo.DataError`) anything a classifier cannot learn
     from: fewer than 2 classes, a class without training data, labels out of range, a
     validation set with other classes."""
-    from zoo.data import scan_image_folder, split_folder
+    from zoo.adaptation.data import scan_image_folder, split_folder
 
     if is_loader(train):
         return _loader_data(train, val, classes=classes, val_split=val_split)
@@ -72,7 +72,7 @@ def prepare_data(train: Any, val: Any, *, classes: Sequence[str] | None,
 
 def _loader_data(train: DataLoader, val: Any, *, classes: Sequence[str] | None,
                  val_split: float | None) -> AdaptData:
-    from zoo.data import class_counts_of
+    from zoo.adaptation.data import class_counts_of
 
     if val is not None and not is_loader(val):
         raise DataError("train is a DataLoader, so val must be a DataLoader too")
@@ -96,7 +96,7 @@ def _loader_data(train: DataLoader, val: Any, *, classes: Sequence[str] | None,
 def _check_loader_classes(role: str, dataset: Any, names: list[str]) -> None:
     """Class names and labels of a loader's dataset, where it tells them (``.classes``,
     ``.targets``, a ``TensorDataset``'s second tensor)."""
-    from zoo.data import dataset_targets
+    from zoo.adaptation.data import dataset_targets
 
     own = getattr(dataset, "classes", None)
     if role == "training" and len(names) < 2:
@@ -133,9 +133,9 @@ def loaders_for_folders(data: AdaptData, config: InputConfig, *,
                         ) -> tuple[DataLoader, DataLoader | None]:
     from torch.utils.data.distributed import DistributedSampler
 
-    from zoo.data import ImageDataset, LoaderSpec, build_transform, make_loader
-    from zoo.distributed import ShardSampler
-    from zoo.feature_cache import INFERENCE_BATCH
+    from zoo.adaptation.data import ImageDataset, LoaderSpec, build_transform, make_loader
+    from zoo.adaptation.distributed import ShardSampler
+    from zoo.adaptation.feature_cache import INFERENCE_BATCH
 
     spec = LoaderSpec(batch_size=batch_size, num_workers=num_workers, seed=seed)
     # evaluation, and a training pass that only computes features, use larger batches
@@ -163,7 +163,7 @@ def distributed_loader(loader: DataLoader, ctx: DistContext, *, shuffle: bool, s
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
-    from zoo.distributed import ShardSampler
+    from zoo.adaptation.distributed import ShardSampler
 
     if evaluation:
         sampler: Any = ShardSampler(len(loader.dataset), ctx.rank, ctx.world_size)
@@ -187,7 +187,7 @@ def reshuffled(loader: DataLoader, ctx: DistContext, seed: int, batch_size: int
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
-    from zoo.data import LoaderSpec, make_loader
+    from zoo.adaptation.data import LoaderSpec, make_loader
 
     if isinstance(loader.sampler, DistributedSampler):
         sampler = DistributedSampler(loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank,

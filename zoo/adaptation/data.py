@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from torch.utils.data import Dataset
 
+from zoo.core.specs import InputConfig
 from zoo.errors import DataError
-from zoo.specs import InputConfig
 
 if TYPE_CHECKING:
     import torch

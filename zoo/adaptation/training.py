@@ -1,8 +1,8 @@
 """The training loop of an adaptation run: optimizer, lr schedule, epochs and the feature cache.
 
 :func:`run_training` decides between the two loops — a head trained on cached features
-(:mod:`zoo.feature_cache`) or the plain loop over images, re-planning each epoch under a
-schedule policy — and records every epoch in the run's :class:`~zoo.history.History`.
+(:mod:`zoo.adaptation.feature_cache`) or the plain loop over images, re-planning each epoch under a
+schedule policy — and records every epoch in the run's :class:`~zoo.adaptation.history.History`.
 """
 
 from __future__ import annotations
@@ -13,20 +13,20 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from zoo.adapt_data import distributed_loader, loaders_for_folders, reshuffled, set_epoch
+from zoo.adaptation.history import EpochRecord
+from zoo.adaptation.inputs import distributed_loader, loaders_for_folders, reshuffled, set_epoch
 from zoo.errors import DataError, ZooError
-from zoo.history import EpochRecord
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
     from torch.utils.data import DataLoader
 
-    from zoo.adapt_data import AdaptData
-    from zoo.distributed import DistContext, Replica
-    from zoo.history import AdaptCallback, History
-    from zoo.schedule import ScheduleDriver
-    from zoo.specs import InputConfig
+    from zoo.adaptation.distributed import DistContext, Replica
+    from zoo.adaptation.history import AdaptCallback, History
+    from zoo.adaptation.inputs import AdaptData
+    from zoo.core.specs import InputConfig
+    from zoo.plans.schedule import ScheduleDriver
 
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
@@ -162,8 +162,8 @@ class _Loop:
 def _cache_decision(model: nn.Module, planner: ScheduleDriver, data: AdaptData, *, augment: Any,
                     feature_cache: bool | str) -> tuple[str | None, bool | Mapping[str, Any], str]:
     """(module path to cut at or None, augment setting, note explaining the decision)."""
-    from zoo.data import dataset_transform, is_random_transform
-    from zoo.feature_cache import trained_module_path
+    from zoo.adaptation.data import dataset_transform, is_random_transform
+    from zoo.adaptation.feature_cache import trained_module_path
 
     path = trained_module_path(model)
     head_only = path is not None and not planner.is_schedule
@@ -255,7 +255,7 @@ def _extract(model: nn.Module, cut: str, train_loader: DataLoader, val_loader: A
              ctx: DistContext, callback: AdaptCallback, history: History, note: str
              ) -> tuple[Any, str]:
     """Compute cached features for train and val; (None, reason) when the cut is not exact."""
-    from zoo.feature_cache import CacheUnsupported, extract_features
+    from zoo.adaptation.feature_cache import CacheUnsupported, extract_features
 
     start = time.perf_counter()
     result: dict[str, Any] = {}
@@ -307,7 +307,7 @@ def _train_cached(model: nn.Module, cut: str, cached: Mapping[str, Any], planner
                   history: History, *, ctx: DistContext, opt: torch.optim.Optimizer, loss_fn: Any,
                   callback: AdaptCallback, epochs: int, batch_size: int, lr_schedule: str,
                   warmup_epochs: float, seed: int) -> None:
-    from zoo.distributed import Replica
+    from zoo.adaptation.distributed import Replica
 
     head = model.get_submodule(cut)
     replica = Replica(head, ctx)
@@ -358,7 +358,7 @@ def _train_plain(model: nn.Module, train_loader: DataLoader, val_loader: Any,
                  opt: torch.optim.Optimizer, loss_fn: Any,
                  callback: AdaptCallback, epochs: int, lr: float, weight_decay: float,
                  lr_schedule: str, warmup_epochs: float) -> None:
-    from zoo.distributed import Replica
+    from zoo.adaptation.distributed import Replica
 
     replica: Replica = Replica(model, ctx)
     n_batches = len(train_loader)

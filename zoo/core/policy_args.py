@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from zoo.errors import PolicyArgumentError, suggest
 
 if TYPE_CHECKING:
-    from zoo.specs import PolicySpec
+    from zoo.core.specs import PolicySpec
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}

@@ -23,16 +23,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from zoo.core.policy_args import bind_policy_args
 from zoo.errors import PlanError, PolicyArgumentError
-from zoo.freezing import apply_plan
-from zoo.plans import Plan, resolve_policy, run_policy
+from zoo.plans.freeze import apply_plan
+from zoo.plans.plan import Plan, resolve_policy, run_policy
+from zoo.tables.build import params
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from zoo.param_table import ParamTable
-    from zoo.specs import PolicySpec
+    from zoo.core.specs import PolicySpec
+    from zoo.tables.table import ParamTable
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,6 @@ class ScheduleDriver:
         table: ParamTable | None = None,
         **args: Any,
     ) -> None:
-        from zoo.param_table import params
-        from zoo.policy_args import bind_policy_args
 
         self.model = model
         self.spec, raw = resolve_policy(policy)

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from zoo.errors import FreezeViolationError, PlanError
-from zoo.plans import NormMode, Plan, _unknown_message, plan
+from zoo.plans.plan import NormMode, Plan, _unknown_message, plan
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from zoo.specs import PolicySpec
+    from zoo.core.specs import PolicySpec
 
 
 # ---------------------------------------------------------------- norm modes

@@ -29,13 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zoo.core.catalog import get_catalog
+from zoo.core.specs import InputConfig
 from zoo.errors import CorruptFileError, UnsupportedFormatError, ZooError
-from zoo.specs import InputConfig
+from zoo.plans.plan import Plan
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from zoo.plans import Plan
+    from zoo.plans.plan import Plan
 
 #: Version of the metadata layout; bumped only for changes an older reader would misread.
 FORMAT_VERSION = 1
@@ -559,7 +561,6 @@ class _Reader:
     def plan(self, key: str) -> dict[str, Any] | None:
         value = self.optional_obj(key)
         if value is not None:
-            from zoo.plans import Plan
 
             try:
                 Plan.from_dict(value)
@@ -615,7 +616,6 @@ def config_json(metadata: Mapping[str, str]) -> str:
 
 def plugin_versions(backbone: str, plan: Plan | None) -> dict[str, Any]:
     """Versions of the plugins a saved model depends on: the backbone's and the policy's."""
-    from zoo.api import get_catalog
 
     wanted = {backbone.split(":", 1)[0]}
     if plan is not None and ":" in plan.policy:
@@ -632,7 +632,6 @@ def plugin_metadata(model: nn.Module, backbone: str) -> dict[str, str]:
     ``"<plugin>.<key>"`` and values strings, both valid Unicode (no lone surrogates); at most
     :data:`EXTRA_METADATA_LIMIT` bytes (UTF-8, keys and values) per plugin are kept.
     """
-    from zoo.api import get_catalog
 
     catalog = get_catalog()
     try:

@@ -18,13 +18,24 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from zoo.core.catalog import get_catalog
+from zoo.core.plugins import format_origin
+from zoo.core.policy_args import (
+    bind_policy_args,
+    describe_args,
+    format_policy_spec,
+    parse_policy_spec,
+)
+from zoo.core.specs import PolicySpec
 from zoo.errors import PlanError, PolicyArgumentError, UnknownNameError, ZooError, suggest
+from zoo.tables.build import params
+from zoo.tables.table import ParamTable
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from zoo.param_table import NormInfo, ParamInfo, ParamTable
-    from zoo.specs import PolicySpec
+    from zoo.core.specs import PolicySpec
+    from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 PLAN_FORMAT = 1
 NO_DECAY_ROLES = frozenset({"bias", "norm", "embedding"})
@@ -249,7 +260,6 @@ class Plan:
     @property
     def spec_text(self) -> str:
         """The policy in CLI form, e.g. ``"zoo:freeze-to:depth=3"``."""
-        from zoo.policy_args import format_policy_spec
 
         return format_policy_spec(self.policy or "<custom>", self.args)
 
@@ -373,12 +383,6 @@ class Plan:
             if with_names:
                 group["param_names"].append(name)
         return list(groups.values())
-
-    def apply(self, model: nn.Module) -> Plan:
-        """Apply this plan to ``model`` (see :func:`zoo.freezing.apply_plan`)."""
-        from zoo.freezing import apply_plan
-
-        return apply_plan(model, self)
 
     # ------------------------------------------------------------ serialization
 
@@ -598,12 +602,9 @@ def _jsonable(value: Any) -> Any:
 
 def resolve_policy(policy: str | PolicySpec) -> tuple[PolicySpec, dict[str, list[str]]]:
     """The spec a policy text names, and the raw arguments written in it."""
-    from zoo.policy_args import parse_policy_spec
-    from zoo.specs import PolicySpec
 
     if isinstance(policy, PolicySpec):
         return policy, {}
-    from zoo.api import get_catalog
 
     name, raw = parse_policy_spec(policy)
     catalog = get_catalog()
@@ -617,7 +618,6 @@ def resolve_policy(policy: str | PolicySpec) -> tuple[PolicySpec, dict[str, list
             except ZooError:
                 spec = None
             if spec is not None:
-                from zoo.policy_args import describe_args
 
                 raise PolicyArgumentError(
                     f"argument {tail!r} of policy {spec.qualified_name!r} is not key=value; "
@@ -632,8 +632,6 @@ def policy_origin(spec: PolicySpec) -> str:
     if not spec.plugin:
         return f"policy {name!r} (not registered by a plugin)"
     try:
-        from zoo.api import get_catalog
-        from zoo.plugins import format_origin
 
         record = get_catalog().host.records.get(spec.plugin)
         where = format_origin(record) if record is not None else spec.plugin
@@ -707,7 +705,6 @@ def _short(value: Any) -> str:
 
 
 def _table_of(model_or_name: Any) -> ParamTable:
-    from zoo.param_table import ParamTable, params
 
     if isinstance(model_or_name, ParamTable):
         return model_or_name
@@ -733,7 +730,6 @@ def plan(
     :class:`~zoo.PolicyArgumentError` for a bad argument and :class:`~zoo.PlanError` when the
     policy returns something unusable.
     """
-    from zoo.policy_args import bind_policy_args
 
     spec, raw = resolve_policy(policy)
     bound = bind_policy_args(spec, raw, args)

@@ -3,7 +3,7 @@
 Building a table needs torch, timm and every plugin imported (seconds) even though the build
 itself, on the meta device, takes a tenth of a second. A table built from a name depends only on
 the installed plugins and the build arguments, so it is cached under the listing's key (see
-:mod:`zoo.listing`): installing, upgrading or editing a plugin makes every cached table stale.
+:mod:`zoo.cli.listing`): installing, upgrading or editing a plugin makes every cached table stale.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from zoo.param_table import ParamTable
+from zoo.tables.table import ParamTable
 
 
 def table_for_name(name: str, **create_kwargs: Any) -> ParamTable:
@@ -23,15 +23,15 @@ def table_for_name(name: str, **create_kwargs: Any) -> ParamTable:
     not JSON values (a tensor, a class) are never cached.
     """
     from zoo.api import current_catalog
-    from zoo.listing import (
+    from zoo.cli.listing import (
         NO_CACHE_ENV,
         cache_dir,
         catalog_matches_installed,
         find_backbone,
         write_cache_file,
     )
-    from zoo.param_table import params
-    from zoo.plugins import env_flag
+    from zoo.core.plugins import env_flag
+    from zoo.tables.build import params
 
     if not catalog_matches_installed(current_catalog()) or env_flag(NO_CACHE_ENV):
         return params(name, **create_kwargs)

@@ -8,8 +8,9 @@
 ``train`` / ``val`` are image folders (one sub-folder per class) or PyTorch data loaders. The
 freeze plan decides what trains, the optimizer's parameter groups and their lr scales; a
 schedule policy (``gradual``) unfreezes more each epoch. A plan that trains only the head on
-un-augmented images uses the feature cache (:mod:`zoo.feature_cache`). Under ``torchrun`` the
-same call trains with DistributedDataParallel (:mod:`zoo.distributed`). With ``name``, the
+un-augmented images uses the feature cache (:mod:`zoo.adaptation.feature_cache`). Under
+``torchrun`` the same call trains with DistributedDataParallel
+(:mod:`zoo.adaptation.distributed`). With ``name``, the
 result is saved into the store with its class names, input config and plan — checked *before*
 training, so an existing name without ``overwrite=True`` fails fast and changes nothing.
 """
@@ -23,18 +24,22 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from zoo.adapt_data import prepare_data
-from zoo.errors import AdaptArgumentError, DataError, ZooError
-from zoo.evaluation import Evaluation, evaluate
-from zoo.history import AdaptCallback, AdaptResult, EpochRecord, History
-from zoo.starting_point import build_model, check_start, check_target, resolve_weights
-from zoo.training import LR_SCHEDULES, OPTIMIZERS, run_training
+from zoo.adaptation.evaluation import Evaluation, evaluate
+from zoo.adaptation.history import AdaptCallback, AdaptResult, EpochRecord, History
+from zoo.adaptation.inputs import prepare_data
+from zoo.adaptation.starting_point import build_model, check_start, check_target, resolve_weights
+from zoo.adaptation.training import LR_SCHEDULES, OPTIMIZERS, run_training
+from zoo.core.specs import CROP_MODES, INTERPOLATIONS, MAX_IMAGE_SIDE, InputConfig
+from zoo.errors import AdaptArgumentError, DataError, MissingBaseError, ZooError
+from zoo.io.persistence import save
+from zoo.plans.plan import resolve_policy
+from zoo.plans.schedule import ScheduleDriver
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import DataLoader
 
-    from zoo.specs import PolicySpec
+    from zoo.core.specs import PolicySpec
 
 __all__ = [
     "AdaptCallback",
@@ -57,7 +62,6 @@ def _policy_kwargs(policy: str | PolicySpec, given: Mapping[str, Any],
     Raises when the policy needs ``samples_per_class`` and neither the data nor the caller
     can tell it.
     """
-    from zoo.plans import resolve_policy
 
     spec, raw = resolve_policy(policy)
     declared = {a.name for a in spec.args}
@@ -146,8 +150,8 @@ def adapt(
     """
     import torch
 
-    from zoo.data import input_config_of, with_overrides
-    from zoo.distributed import setup
+    from zoo.adaptation.data import input_config_of, with_overrides
+    from zoo.adaptation.distributed import setup
 
     t_start = time.perf_counter()
     _check_arguments(locals())
@@ -175,7 +179,6 @@ def adapt(
                 "num_classes": len(data.classes),
                 "epochs": epochs,
             }
-            from zoo.schedule import ScheduleDriver
 
             planner = ScheduleDriver(model, policy,
                                      **_policy_kwargs(policy, dict(policy_args or {}), context))
@@ -212,7 +215,6 @@ def adapt(
             model.eval()
             if name is not None:
                 if ctx.is_main:
-                    from zoo.persistence import save
 
                     model.zoo_history = history
                     path = save(model, name, classes=list(data.classes), delta=delta,
@@ -232,7 +234,6 @@ def _check_start(backbone_or_model: Any, *, name: str | None, overwrite: bool, w
                  pretrained: bool | str, policy: str | PolicySpec) -> tuple[str, Any]:
     """(description of the starting point, weights path): the target name, the start, the
     policy and the weights checked before any data is read."""
-    from zoo.plans import resolve_policy
 
     check_target(name, overwrite)
     start_desc = check_start(backbone_or_model)
@@ -249,7 +250,6 @@ def _check_savable(model: nn.Module, *, name: str | None, delta: bool) -> None:
     """Refuse, before training, a save under ``name`` that could not happen afterwards."""
     build = getattr(model, "zoo_build", None) or {}
     if delta and name is not None and not build.get("base"):
-        from zoo.errors import MissingBaseError
 
         raise MissingBaseError(
             "delta=True saves only what differs from recorded starting weights, and this "
@@ -306,7 +306,6 @@ def _choice(argument: str, value: Any, options: Sequence[Any]) -> None:
 
 
 def _check_image_size(image_size: Any) -> None:
-    from zoo.specs import MAX_IMAGE_SIDE
 
     sides = [image_size, image_size] if _is_int(image_size) else image_size
     if not (isinstance(sides, Sequence) and not isinstance(sides, str) and len(sides) == 2
@@ -318,7 +317,6 @@ def _check_image_size(image_size: Any) -> None:
 def _check_input_config(overrides: Any) -> None:
     """Each override a user gives, checked before any work (the full config, which also
     depends on the model, is checked again by ``InputConfig.from_dict`` once it is known)."""
-    from zoo.specs import CROP_MODES, INTERPOLATIONS, MAX_IMAGE_SIDE, InputConfig
 
     if not isinstance(overrides, Mapping):
         raise AdaptArgumentError("input_config", overrides, "a mapping of input config fields")
@@ -397,6 +395,6 @@ def _check_arguments(args: Mapping[str, Any]) -> None:
             raise AdaptArgumentError(mapping, args[mapping], "a mapping (dict) or None")
     _check_classes(args["classes"])
     if args["device"] is not None:
-        from zoo.distributed import resolve_device
+        from zoo.adaptation.distributed import resolve_device
 
         resolve_device(args["device"])

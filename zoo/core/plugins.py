@@ -26,6 +26,7 @@ from typing import Any
 import pluggy
 
 from zoo import hookspecs
+from zoo._version import __version__
 from zoo.errors import PluginError, suggest
 
 DISABLE_AUTOLOAD_ENV = "ZOO_DISABLE_PLUGIN_AUTOLOAD"
@@ -331,7 +332,6 @@ def make_plugin_host(
     ``extra`` maps plugin names to plugin objects (modules, classes, instances) to register too,
     as tests and notebooks do.
     """
-    from zoo._version import __version__
 
     host = PluginHost()
     if builtins:

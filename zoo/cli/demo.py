@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo.adaptation import AdaptCallback, adapt, evaluate
+from zoo.adaptation.job import AdaptCallback, adapt, evaluate
 
 SOURCE_NAME = "demo-digits-source"
 BEST_NAME = "demo-digits"

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import DataError, ZooError
+from zoo.io.persistence import load
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from zoo.specs import InputConfig
+    from zoo.core.specs import InputConfig
 
 ImageLike = Any  # a path, a PIL image, or a tensor (C, H, W) already prepared
 
@@ -60,7 +61,7 @@ def _as_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
 def _prepare(item: ImageLike, index: int, transform: Any) -> tuple[str, torch.Tensor]:
     import torch
 
-    from zoo.data import load_image
+    from zoo.adaptation.data import load_image
 
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
@@ -107,12 +108,11 @@ def predict(
     """
     import torch
 
-    from zoo.data import build_transform, input_config_of
+    from zoo.adaptation.data import build_transform, input_config_of
 
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ZooError(f"topk must be an int >= 1, not {topk!r}")
     if isinstance(model, (str, os.PathLike)):
-        from zoo.persistence import load
 
         model = load(model)
     transform = build_transform(_checked_config(input_config_of(model)), train=False)

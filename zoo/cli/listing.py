@@ -27,23 +27,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from zoo._version import __version__
-from zoo.catalog import (
+from zoo.core.catalog import (
     Registry,
     check_names,
     filter_backbone_names,
     matches,
     resolve_backbone,
 )
-from zoo.errors import UnknownNameError
-from zoo.plugins import (
+from zoo.core.plugins import (
     DISABLE_AUTOLOAD_ENV,
     PluginRecord,
     discover_entry_points,
     env_flag,
 )
+from zoo.errors import UnknownNameError
 
 if TYPE_CHECKING:
-    from zoo.catalog import Catalog
+    from zoo.core.catalog import Catalog
 
 LISTING_FORMAT = 2
 T = TypeVar("T")
@@ -197,7 +197,7 @@ class Listing:
 
 
 def listing_from_catalog(catalog: Catalog, key: str = "") -> Listing:
-    from zoo.policy_args import policy_args
+    from zoo.core.policy_args import policy_args
 
     inputs: dict[Any, dict[str, Any]] = {}  # one dict per distinct input config, shared
     backbones = [
@@ -438,7 +438,7 @@ def check_names_cached(backbone: str | None = None, policy: str | None = None) -
     if backbone is not None:
         find_backbone(backbone)
     if policy is not None:
-        from zoo.policy_args import split_policy_spec
+        from zoo.core.policy_args import split_policy_spec
 
         _from_index(split_policy_spec(policy)[0],
                     lambda listing: listing.check_names(policy=policy))
@@ -478,7 +478,7 @@ def get_listing(*, use_cache: bool = True) -> Listing:
         if cached is not None:
             return cached
     from zoo.api import set_catalog
-    from zoo.catalog import build_catalog
+    from zoo.core.catalog import build_catalog
 
     global _catalog_built_here
     catalog = build_catalog()  # fresh: plugins may have changed since the process catalog

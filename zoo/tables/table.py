@@ -4,7 +4,7 @@ A :class:`ParamTable` is plain data: rows of :class:`ParamInfo` in module order,
 normalization layers as :class:`NormInfo`, per-depth totals, and JSON. Policies read it and
 never touch the model. :func:`params` builds one from a model or a backbone name (on the
 ``meta`` device: no weights allocated, nothing downloaded); building lives in
-:mod:`zoo.table_builder`.
+:mod:`zoo.tables.build`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from zoo.errors import UnknownNameError
 
 if TYPE_CHECKING:
-    from torch import nn
+    pass
 
 ROLES = ("weight", "bias", "norm", "embedding", "head")
 
@@ -219,19 +219,3 @@ class ParamTable:
     @classmethod
     def from_json(cls, text: str) -> ParamTable:
         return cls.from_dict(json.loads(text))
-
-
-def params(model_or_name: nn.Module | str, **create_kwargs: Any) -> ParamTable:
-    """The parameter table of a model, or of a backbone name built on the ``meta`` device.
-
-    Given a name (``"timm:resnet18"``, or a bare name when unique) the backbone is built on the
-    ``meta`` device: no weights are allocated and nothing is downloaded; ``create_kwargs``
-    (``num_classes=``, architecture arguments) are passed to its ``create``. Given a model, its
-    ``trainable`` column follows ``requires_grad``. Groups come from the first plugin whose
-    ``zoo_param_groups`` answers validly (timm's ``group_matcher`` last), else a generic split
-    of the module tree; the head is always ``model.get_classifier()``'s parameters, at
-    ``table.max_depth``. See ``docs/parameter-table.md``.
-    """
-    from zoo.table_builder import table_for
-
-    return table_for(model_or_name, **create_kwargs)

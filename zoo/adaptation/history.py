@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from torch import nn
 
-    from zoo.plans import Plan
+    from zoo.plans.plan import Plan
 
 
 @dataclass

@@ -18,16 +18,18 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from zoo.core.catalog import get_catalog
+from zoo.core.create import attach_build_info, call_create
+from zoo.core.specs import ParamGroup
 from zoo.errors import GroupingError, ModelBuildError, ZooError
-from zoo.param_table import NormInfo, ParamInfo, ParamTable
-from zoo.specs import ParamGroup
+from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from zoo.catalog import Catalog
-    from zoo.specs import BackboneSpec
+    from zoo.core.catalog import Catalog
+    from zoo.core.specs import BackboneSpec
 
 GENERIC = "generic"
 HEAD = "head"
@@ -44,6 +46,21 @@ _EMBEDDING_RE = re.compile(
 
 
 # ---------------------------------------------------------------- entry point
+
+
+def params(model_or_name: nn.Module | str, **create_kwargs: Any) -> ParamTable:
+    """The parameter table of a model, or of a backbone name built on the ``meta`` device.
+
+    Given a name (``"timm:resnet18"``, or a bare name when unique) the backbone is built on the
+    ``meta`` device: no weights are allocated and nothing is downloaded; ``create_kwargs``
+    (``num_classes=``, architecture arguments) are passed to its ``create``. Given a model, its
+    ``trainable`` column follows ``requires_grad``. Groups come from the first plugin whose
+    ``zoo_param_groups`` answers validly (timm's ``group_matcher`` last), else a generic split
+    of the module tree; the head is always ``model.get_classifier()``'s parameters, at
+    ``table.max_depth``. See ``docs/parameter-table.md``.
+    """
+
+    return table_for(model_or_name, **create_kwargs)
 
 
 def table_for(model_or_name: nn.Module | str, **create_kwargs: Any) -> ParamTable:
@@ -71,7 +88,6 @@ def table_for(model_or_name: nn.Module | str, **create_kwargs: Any) -> ParamTabl
 
 
 def _catalog() -> Catalog:
-    from zoo.api import get_catalog
 
     return get_catalog()
 
@@ -99,7 +115,6 @@ def build_meta(
     See :func:`meta_model`; the model carries ``zoo_build`` like one from ``zoo.create``.
     Never loads pretrained weights.
     """
-    from zoo.api import attach_build_info
 
     catalog = catalog or _catalog()
     spec, tag = catalog.backbone(name)
@@ -128,7 +143,6 @@ def meta_model(
     """
     import torch
 
-    from zoo.api import call_create
 
     notes: list[str] = []
     try:

@@ -13,7 +13,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import UnknownNameError, ZooError
+from zoo.core.catalog import get_catalog
+from zoo.core.create import attach_build_info
+from zoo.errors import UnknownNameError, WeightsMismatchError, ZooError
+from zoo.io import store
+from zoo.io.create import create_model
+from zoo.io.persistence import _check_free, load, resolve_target
+from zoo.io.store import is_path_target, list_saved
+from zoo.tables.build import classifier_param_names
 
 if TYPE_CHECKING:
     from torch import nn
@@ -21,7 +28,6 @@ if TYPE_CHECKING:
 
 def _store_path(name: str) -> Path | None:
     """The file of store entry ``name`` when it exists (None otherwise, or for invalid names)."""
-    from zoo import store
 
     try:
         path = store.model_file(name)
@@ -34,7 +40,6 @@ def check_target(name: str | os.PathLike[str] | None, overwrite: bool) -> None:
     """Fail before training when ``name`` is invalid or taken (and ``overwrite`` is False)."""
     if name is None:
         return
-    from zoo.persistence import _check_free, resolve_target
 
     _check_free(resolve_target(name), overwrite)
 
@@ -65,7 +70,6 @@ def check_start(backbone_or_model: Any) -> str:
             "adapt() starts from a backbone name, a saved model's name, a .safetensors file or "
             f"an nn.Module, not {type(backbone_or_model).__name__}"
         )
-    from zoo.store import is_path_target
 
     text = str(backbone_or_model)
     if is_path_target(backbone_or_model):
@@ -74,7 +78,6 @@ def check_start(backbone_or_model: Any) -> str:
         raise ZooError(f"model file {text!r} does not exist")
     if _store_path(text) is not None:
         return f"saved model {text!r}"
-    from zoo.api import get_catalog
 
     try:
         spec, _ = get_catalog().backbone(text)
@@ -88,7 +91,6 @@ def check_start(backbone_or_model: Any) -> str:
 
 def _saved_names() -> list[str]:
     try:
-        from zoo.store import list_saved
 
         return [getattr(e, "name", str(e)) for e in list_saved()]
     except Exception:  # listing is only for suggestions
@@ -102,8 +104,6 @@ def build_model(
     """The model to adapt, with a classifier for ``classes``."""
     from torch import nn
 
-    import zoo
-    from zoo.store import is_path_target
 
     if isinstance(backbone_or_model, nn.Module):
         model = backbone_or_model
@@ -112,7 +112,6 @@ def build_model(
         return model
     text = str(backbone_or_model)
     if is_path_target(backbone_or_model) or _store_path(text) is not None:
-        from zoo.persistence import load
 
         saved = load(backbone_or_model, trainable=True)
         old = getattr(saved, "zoo_classes", None)
@@ -121,8 +120,8 @@ def build_model(
         ):
             return saved
         return _with_new_head(saved, len(classes))
-    return zoo.create(text, num_classes=len(classes), pretrained=pretrained, weights=weights,
-                      **dict(kwargs))
+    return create_model(get_catalog(), text, num_classes=len(classes), pretrained=pretrained,
+                        weights=weights, **dict(kwargs))
 
 
 def _with_new_head(saved: nn.Module, num_classes: int) -> nn.Module:
@@ -131,14 +130,12 @@ def _with_new_head(saved: nn.Module, num_classes: int) -> nn.Module:
     Everything but the classifier (found with ``get_classifier`` or as the last linear layer)
     is copied; a saved model trained for other classes keeps its features, not its head.
     """
-    import zoo
-    from zoo.errors import WeightsMismatchError
-    from zoo.table_builder import classifier_param_names
 
     build = dict(saved.zoo_build)
     name = build["backbone"]  # no tag: a tag names weights, and these come from the saved model
-    # the kwargs were checked when the model was loaded (zoo.build_args.check_saved_kwargs)
-    fresh = zoo.create(name, num_classes=num_classes, **dict(build.get("kwargs") or {}))
+    # the kwargs were checked when the model was loaded (zoo.io.build_args.check_saved_kwargs)
+    fresh = create_model(get_catalog(), name, num_classes=num_classes,
+                         **dict(build.get("kwargs") or {}))
     state = saved.state_dict()
     own = fresh.state_dict()
     head = set(classifier_param_names(fresh))
@@ -170,7 +167,6 @@ def _ensure_build_info(model: nn.Module) -> None:
     arch = cfg.get("architecture") if isinstance(cfg, Mapping) else None
     if not arch:
         return
-    from zoo.api import attach_build_info, get_catalog
 
     try:
         spec, _ = get_catalog().backbone(f"timm:{arch}")
@@ -182,7 +178,7 @@ def _ensure_build_info(model: nn.Module) -> None:
     if config is not None:
         model.zoo_input_config = config
     else:
-        from zoo.data import input_config_of
+        from zoo.adaptation.data import input_config_of
 
         model.zoo_input_config = input_config_of(_without_zoo_config(model))
 

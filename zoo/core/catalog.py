@@ -11,13 +11,15 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Generic, Protocol, TypeVar
 
+from zoo.core.plugins import STRICT_ENV, PluginHost, env_flag, make_plugin_host
+from zoo.core.policy_args import split_policy_spec
+from zoo.core.specs import BackboneSpec, PolicySpec
 from zoo.errors import AmbiguousNameError, SpecError, UnknownNameError
-from zoo.plugins import PluginHost, make_plugin_host
-from zoo.specs import BackboneSpec, PolicySpec
 
 
 class Named(Protocol):
@@ -171,7 +173,6 @@ def check_names(
     if backbone is not None:
         resolve_backbone(backbones, backbone)
     if policy is not None:
-        from zoo.policy_args import split_policy_spec
 
         policies.resolve(split_policy_spec(policy)[0])
 
@@ -213,5 +214,49 @@ def filter_backbone_names(
 
 
 def build_catalog(**host_options: Any) -> Catalog:
-    """A fresh catalog from a fresh plugin host (see :func:`zoo.plugins.make_plugin_host`)."""
+    """A fresh catalog from a fresh plugin host (see :func:`zoo.core.plugins.make_plugin_host`)."""
     return Catalog(make_plugin_host(**host_options))
+
+
+# ---------------------------------------------------------------- the process-wide catalog
+# Read only by the public functions (zoo.api) and the edges (cli, testing): code below them
+# receives the catalog it needs as an argument.
+
+_lock = threading.Lock()
+_catalog: Catalog | None = None
+
+
+def get_catalog(*, strict: bool | None = None) -> Catalog:
+    """The process-wide catalog, built on first use.
+
+    In strict mode (``strict=True``, or ``None`` with ``ZOO_STRICT_PLUGINS=1``) any plugin
+    problem raises :class:`~zoo.PluginError` instead of being recorded and skipped.
+    """
+    global _catalog
+    with _lock:
+        if _catalog is None:
+            _catalog = build_catalog()
+        catalog = _catalog
+    if strict is None:
+        strict = env_flag(STRICT_ENV)
+    if strict:
+        catalog.host.raise_if_problems()
+    return catalog
+
+
+def current_catalog() -> Catalog | None:
+    """The process-wide catalog if one is built or set, else None (builds nothing)."""
+    return _catalog
+
+
+def set_catalog(catalog: Catalog | None) -> Catalog | None:
+    """Replace the process-wide catalog (``None`` forgets it); returns the previous one."""
+    global _catalog
+    with _lock:
+        previous, _catalog = _catalog, catalog
+    return previous
+
+
+def reset_catalog() -> None:
+    """Forget the process-wide catalog; the next call rebuilds it from installed plugins."""
+    set_catalog(None)

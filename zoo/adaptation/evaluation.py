@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from zoo.adapt_data import is_loader
+from zoo.adaptation.inputs import is_loader
 from zoo.errors import AdaptArgumentError, DataError
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def evaluate(model: nn.Module, data: str | os.PathLike[str] | DataLoader, *,
     input config."""
     import torch
 
-    from zoo.data import (
+    from zoo.adaptation.data import (
         ImageDataset,
         LoaderSpec,
         build_transform,
@@ -41,7 +41,7 @@ def evaluate(model: nn.Module, data: str | os.PathLike[str] | DataLoader, *,
         make_loader,
         scan_image_folder,
     )
-    from zoo.distributed import resolve_device
+    from zoo.adaptation.distributed import resolve_device
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise AdaptArgumentError("batch_size", batch_size, "an int >= 1")

@@ -6,7 +6,7 @@ edit and re-seal). A rebuild for loading therefore:
 1. resolves the backbone, naming the file and a missing plugin if it is not installed
    (:func:`saved_spec`);
 2. refuses architecture arguments that are not safe to pass from a file
-   (:func:`zoo.build_args.check_saved_kwargs`: no file reads, no unpickling, no network);
+   (:func:`zoo.io.build_args.check_saved_kwargs`: no file reads, no unpickling, no network);
 3. builds the model on the ``meta`` device, where no weights are allocated; a constructor that
    cannot run there is built with each tensor moved to ``meta`` as it is registered, and no
    single tensor may exceed what the file's own tensors imply;
@@ -25,22 +25,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from zoo.build_args import check_saved_kwargs
+from zoo.core.catalog import get_catalog
+from zoo.core.create import attach_build_info, call_create
 from zoo.errors import (
     CorruptFileError,
     ModelBuildError,
     UnknownNameError,
     WeightsMismatchError,
 )
+from zoo.io.build_args import check_saved_kwargs
+from zoo.io.weights import describe_mismatch, head_tensor_names, load_state_strict
+from zoo.tables.build import classifier_param_names, meta_model
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from zoo.catalog import Catalog
-    from zoo.metadata import ZooMetadata
-    from zoo.plans import Plan
-    from zoo.specs import BackboneSpec
+    from zoo.core.catalog import Catalog
+    from zoo.core.specs import BackboneSpec
+    from zoo.io.metadata import ZooMetadata
+    from zoo.plans.plan import Plan
 
 #: A constructor may allocate temporaries beyond the saved tensors; this much is always allowed.
 ALLOCATION_FLOOR = 64 * 2**20
@@ -59,7 +63,6 @@ def saved_spec(
     file records (``zoo.plugins``) and the installed plugins.
     """
     if catalog is None:
-        from zoo.api import get_catalog
 
         catalog = get_catalog()
     try:
@@ -112,9 +115,6 @@ def rebuild(
     ``state`` implies (see the module docstring). Raises :class:`~zoo.CorruptFileError` for
     refused arguments and :class:`~zoo.WeightsMismatchError` naming the tensors that do not fit.
     """
-    from zoo.api import attach_build_info
-    from zoo.table_builder import meta_model
-    from zoo.weights import describe_mismatch
 
     spec, _tag = saved_spec(str(build["backbone"]), source=source, plugins=plugins)
     kwargs = check_saved_kwargs(spec, build.get("kwargs"), source=source)
@@ -143,7 +143,6 @@ def check_pretrained_size(spec: BackboneSpec, kwargs: dict[str, Any], *, source:
     :data:`ALLOCATION_FLOOR` (arguments such as ``img_size`` or ``in_chans`` change it a little);
     an inflated one (``embed_dim``, ``depth``) raises :class:`~zoo.CorruptFileError`.
     """
-    from zoo.table_builder import meta_model
 
     if not kwargs:
         return
@@ -215,10 +214,8 @@ def _build_and_load(
 ) -> nn.Module:
     """The normal build, only ever reached after the meta shapes matched ``state`` and the
     buffers the file does not hold were bounded: what it allocates is what the file implies.
-    (It runs without :func:`~zoo.table_builder.allocation_limit`, whose per-operation hook
+    (It runs without :func:`~zoo.tables.build.allocation_limit`, whose per-operation hook
     would slow such builds by a third.)"""
-    from zoo.api import call_create
-    from zoo.weights import load_state_strict
 
     try:
         model = call_create(spec, num_classes, False, dict(kwargs))
@@ -258,8 +255,6 @@ def _cannot_rebuild(
 def head_outputs(model: nn.Module, spec: BackboneSpec | None) -> int | None:
     """Outputs of ``model``'s classifier (the plugin's head locator, else
     ``get_classifier()``); None when it has none or they cannot be told."""
-    from zoo.table_builder import classifier_param_names
-    from zoo.weights import head_tensor_names
 
     params = dict(model.named_parameters())
     names = sorted(head_tensor_names(list(params), spec.head if spec else None))

@@ -37,7 +37,15 @@ from zoo.errors import (
     StoreError,
     ZooError,
 )
-from zoo.fileformat import TEMP_SUFFIX, is_temp_name, open_regular, read_header
+from zoo.io.fileformat import (
+    CONTENT_HASH_KEY,
+    TEMP_SUFFIX,
+    atomic_write_bytes,
+    is_temp_name,
+    open_regular,
+    read_header,
+)
+from zoo.io.metadata import ZooMetadata, config_json, is_zoo_metadata
 
 ZOO_HOME_ENV = "ZOO_HOME"
 LOCK_TIMEOUT_ENV = "ZOO_LOCK_TIMEOUT"
@@ -416,7 +424,6 @@ def entry_info(name: str) -> EntryInfo:
     others). Tampered tensor bytes are only found by a full read (``zoo inspect``,
     ``zoo.load``).
     """
-    from zoo.metadata import ZooMetadata
 
     root = models_dir()
     path = root / name
@@ -801,8 +808,6 @@ def _config_hash(config: Path) -> str | None:
 
 def _repair_config(folder: Path, *, dry_run: bool) -> bool:
     """Rewrite ``folder/config.json`` if it exists and does not name its model's content hash."""
-    from zoo.fileformat import CONTENT_HASH_KEY, atomic_write_bytes
-    from zoo.metadata import config_json, is_zoo_metadata
 
     model = folder / MODEL_FILE
     if folder.is_symlink() or model.is_symlink() or not model.is_file():

@@ -14,8 +14,8 @@ import fnmatch
 from collections.abc import Mapping
 from typing import Any
 
+from zoo.core.specs import BackboneSpec
 from zoo.errors import CorruptFileError, ZooError
-from zoo.specs import BackboneSpec
 
 #: ``zoo.create``'s own parameters (and ``BackboneSpec.create``'s positional ones): never
 #: architecture arguments.
