@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 
 import zoo
+from zoo.api import plan
 from zoo.cli.main import main
 from zoo.cli.render_plan import (
     FROZEN,
@@ -20,7 +21,6 @@ from zoo.cli.render_plan import (
     plan_json,
     share_bar,
 )
-from zoo.plans.plan import plan
 from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 

@@ -13,15 +13,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 import zoo
+from zoo.api import plan
 from zoo.core.specs import PolicySpec
 from zoo.errors import PlanError
+from zoo.plans.binding import run_policy
 from zoo.plans.plan import (
     NormMode,
     ParamPlan,
     Plan,
     default_weight_decay,
-    plan,
-    run_policy,
 )
 from zoo.tables.table import NormInfo, ParamTable
 

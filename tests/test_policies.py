@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import zoo
-from zoo.api import get_catalog, set_catalog
+from zoo.api import get_catalog, plan, set_catalog
 from zoo.builtin import standard_policies
 from zoo.cli.main import main
 from zoo.core.catalog import Catalog
@@ -25,7 +25,7 @@ from zoo.core.policy_args import (
 from zoo.core.specs import BackboneSpec, PolicySpec
 from zoo.errors import PlanError, PolicyArgumentError, UnknownNameError
 from zoo.plans.freeze import check_frozen, snapshot
-from zoo.plans.plan import NormMode, Plan, plan
+from zoo.plans.plan import NormMode, Plan
 from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 BUILTIN = ["auto", "bitfit", "freeze-to", "full", "gradual", "layer-decay", "linear-probe",

@@ -6,11 +6,11 @@ import json
 import subprocess
 import sys
 
+from zoo.api import params
 from zoo.cli.listing import cache_dir
 from zoo.cli.main import main
 from zoo.cli.table_cache import table_for_name
 from zoo.core import catalog as process_catalog
-from zoo.tables.build import params
 from zoo.tables.table import ParamTable
 
 

@@ -14,16 +14,24 @@ from zoo._version import __version__
 from zoo.hookspecs import hookimpl, hookspec
 
 if TYPE_CHECKING:
-    from zoo.adaptation.job import History, adapt
-    from zoo.adaptation.predict import predict
+    from zoo.adaptation.job import History
     from zoo.api import (
+        ScheduleDriver,
+        adapt,
         create,
+        freeze,
         get_backbone,
         get_catalog,
         get_policy,
+        inspect,
         list_backbones,
         list_policies,
+        load,
+        params,
+        plan,
+        predict,
         reset_catalog,
+        save,
     )
     from zoo.core.catalog import Catalog
     from zoo.core.specs import BackboneSpec, InputConfig, ParamGroup, PolicySpec
@@ -53,12 +61,9 @@ if TYPE_CHECKING:
         ZooError,
     )
     from zoo.hookspecs import RegisterBackbone, RegisterPolicy
-    from zoo.io.persistence import inspect, load, save
     from zoo.io.store import list_saved, remove
-    from zoo.plans.freeze import check_frozen, freeze, snapshot
-    from zoo.plans.plan import NormMode, Plan, plan
-    from zoo.plans.schedule import ScheduleDriver
-    from zoo.tables.build import params
+    from zoo.plans.freeze import check_frozen, snapshot
+    from zoo.plans.plan import NormMode, Plan
     from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 _LAZY: dict[str, str] = {
@@ -90,7 +95,7 @@ _LAZY: dict[str, str] = {
     "PluginError": "zoo.errors",
     "PolicyArgumentError": "zoo.errors",
     "PolicySpec": "zoo.core.specs",
-    "ScheduleDriver": "zoo.plans.schedule",
+    "ScheduleDriver": "zoo.api",
     "SpecError": "zoo.errors",
     "StoreError": "zoo.errors",
     "TamperedFileError": "zoo.errors",
@@ -99,24 +104,24 @@ _LAZY: dict[str, str] = {
     "WeightsMismatchError": "zoo.errors",
     "WeightsUnavailableError": "zoo.errors",
     "ZooError": "zoo.errors",
-    "adapt": "zoo.adaptation.job",
+    "adapt": "zoo.api",
     "check_frozen": "zoo.plans.freeze",
     "create": "zoo.api",
-    "freeze": "zoo.plans.freeze",
+    "freeze": "zoo.api",
     "get_backbone": "zoo.api",
     "get_catalog": "zoo.api",
     "get_policy": "zoo.api",
-    "inspect": "zoo.io.persistence",
+    "inspect": "zoo.api",
     "list_backbones": "zoo.api",
     "list_policies": "zoo.api",
     "list_saved": "zoo.io.store",
-    "load": "zoo.io.persistence",
-    "params": "zoo.tables.build",
-    "plan": "zoo.plans.plan",
-    "predict": "zoo.adaptation.predict",
+    "load": "zoo.api",
+    "params": "zoo.api",
+    "plan": "zoo.api",
+    "predict": "zoo.api",
     "remove": "zoo.io.store",
     "reset_catalog": "zoo.api",
-    "save": "zoo.io.persistence",
+    "save": "zoo.api",
     "snapshot": "zoo.plans.freeze",
 }
 

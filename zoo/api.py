@@ -1,32 +1,84 @@
-"""The catalog-level Python API: list, look up and build backbones.
+"""The public functions: where a call by name meets the process-wide catalog.
 
 A process-wide catalog is built on first use (never at import) from the default plugin host;
-:func:`reset_catalog` forgets it, for instance after installing a plugin in a notebook.
+:func:`reset_catalog` forgets it, for instance after installing a plugin in a notebook. This
+module is the only one below the edges (CLI, pytest plugin) that reads it: each public function
+takes it here and hands it down, so everything beneath receives the catalog it works with as an
+argument (``catalog=``) and can be given another one.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect as _inspect
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from zoo.adaptation import job as _job
+from zoo.adaptation import predict as _predict
 from zoo.core.catalog import current_catalog, get_catalog, reset_catalog, set_catalog
 from zoo.core.specs import BackboneSpec, PolicySpec
+from zoo.errors import PlanError
+from zoo.io import persistence as _persistence
 from zoo.io.create import create_model
+from zoo.plans import schedule as _schedule
+from zoo.plans.binding import bind
+from zoo.plans.freeze import apply_plan
+from zoo.plans.plan import Plan
+from zoo.tables.build import table_for
+from zoo.tables.table import ParamTable
 
 if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "ScheduleDriver",
+    "adapt",
     "create",
     "current_catalog",
+    "freeze",
     "get_backbone",
     "get_catalog",
     "get_policy",
+    "inspect",
     "list_backbones",
     "list_policies",
+    "load",
+    "params",
+    "plan",
+    "predict",
     "reset_catalog",
+    "save",
     "set_catalog",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _with_process_catalog(function: F) -> F:
+    """``function`` (whose last parameter is ``catalog``) called with the process catalog.
+
+    The public function keeps ``function``'s name, docstring and signature, less ``catalog``.
+    """
+
+    @functools.wraps(function)
+    def public(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, catalog=get_catalog(), **kwargs)
+
+    signature = _inspect.signature(function)
+    public.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name != "catalog"]
+    )
+    del public.__wrapped__  # type: ignore[attr-defined]  # the signature above is the public one
+    return public  # type: ignore[return-value]
+
+
+save = _with_process_catalog(_persistence.save)
+load = _with_process_catalog(_persistence.load)
+inspect = _with_process_catalog(_persistence.inspect)
+adapt = _with_process_catalog(_job.adapt)
+predict = _with_process_catalog(_predict.predict)
 
 
 def list_backbones(pattern: str | None = None, *, pretrained: bool | None = None) -> list[str]:
@@ -82,3 +134,86 @@ def create(
         get_catalog(), name, num_classes=num_classes, pretrained=pretrained, weights=weights,
         **kwargs,
     )
+
+
+def params(model_or_name: nn.Module | str, **create_kwargs: Any) -> ParamTable:
+    """The parameter table of a model, or of a backbone name built on the ``meta`` device.
+
+    Given a name (``"timm:resnet18"``, or a bare name when unique) the backbone is built on the
+    ``meta`` device: no weights are allocated and nothing is downloaded; ``create_kwargs``
+    (``num_classes=``, architecture arguments) are passed to its ``create``. Given a model, its
+    ``trainable`` column follows ``requires_grad``. Groups come from the first plugin whose
+    ``zoo_param_groups`` answers validly (timm's ``group_matcher`` last), else a generic split
+    of the module tree; the head is always ``model.get_classifier()``'s parameters, at
+    ``table.max_depth``. See ``docs/parameter-table.md``.
+    """
+    return table_for(model_or_name, catalog=get_catalog(), **create_kwargs)
+
+
+def plan(
+    model_or_name: nn.Module | str | ParamTable,
+    policy: str | PolicySpec,
+    /,
+    *,
+    epoch: int | None = None,
+    **args: Any,
+) -> Plan:
+    """Compute the plan of ``policy`` for a model, a backbone name or a table; touches nothing.
+
+    ``policy`` is a name (``"freeze-to"``, ``"zoo:freeze-to"``), the CLI form with arguments
+    (``"freeze-to:depth=3"``) or a :class:`~zoo.PolicySpec`; ``args`` are the policy's keyword
+    arguments (``zoo.plan(model, "freeze-to", depth=3)``). A name is described on the ``meta``
+    device. ``epoch`` selects the epoch of a schedule policy (``gradual``; default 0).
+
+    Raises :class:`~zoo.UnknownNameError` (with close names) for an unknown policy,
+    :class:`~zoo.PolicyArgumentError` for a bad argument and :class:`~zoo.PlanError` when the
+    policy returns something unusable.
+    """
+    catalog = get_catalog()
+    bound = bind(policy, args, catalog)
+    if isinstance(model_or_name, ParamTable):
+        table = model_or_name
+    else:
+        table = table_for(model_or_name, catalog=catalog)
+    return bound.run(table, epoch=epoch)
+
+
+def freeze(
+    model: nn.Module,
+    policy: str | PolicySpec | Plan,
+    /,
+    *,
+    epoch: int | None = None,
+    **args: Any,
+) -> Plan:
+    """Compute the plan of ``policy`` for ``model`` and apply it; returns the plan.
+
+    ``policy`` is a policy name or CLI form (``"freeze-to:depth=3"``) with keyword ``args``, or
+    a :class:`~zoo.Plan` to apply as is. Afterwards ``requires_grad`` says what trains, norm
+    layers keep their mode through ``model.train()``, ``model.zoo_plan`` is the plan, and
+    ``plan.param_groups(model, lr=...)`` gives the optimizer groups.
+    """
+    if isinstance(policy, Plan):
+        if epoch is not None or args:
+            raise PlanError("a Plan is applied as is: it takes no epoch or policy arguments")
+        return apply_plan(model, policy)
+    return apply_plan(model, plan(model, policy, epoch=epoch, **args))
+
+
+class ScheduleDriver(_schedule.ScheduleDriver):
+    __doc__ = _schedule.ScheduleDriver.__doc__
+
+    def __init__(
+        self,
+        model: nn.Module,
+        policy: str | PolicySpec,
+        /,
+        *,
+        table: ParamTable | None = None,
+        **args: Any,
+    ) -> None:
+        catalog = get_catalog()
+        bound = bind(policy, args, catalog)
+        super().__init__(
+            model, bound, table=table if table is not None else table_for(model, catalog=catalog)
+        )

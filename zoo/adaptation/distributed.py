@@ -57,7 +57,6 @@ from torch import nn
 
 from zoo.errors import ZooError
 
-DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE")
 #: How often each rank looks for another rank's failure, and how long a failing rank waits for
 #: the others to read its message before it raises.
 FAILURE_POLL_S = 0.2

@@ -32,13 +32,15 @@ from zoo.adaptation.training import LR_SCHEDULES, OPTIMIZERS, run_training
 from zoo.core.specs import CROP_MODES, INTERPOLATIONS, MAX_IMAGE_SIDE, InputConfig
 from zoo.errors import AdaptArgumentError, DataError, MissingBaseError, ZooError
 from zoo.io.persistence import save
-from zoo.plans.plan import resolve_policy
+from zoo.plans.binding import bind, resolve_policy
 from zoo.plans.schedule import ScheduleDriver
+from zoo.tables.build import table_for
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import DataLoader
 
+    from zoo.core.catalog import Catalog
     from zoo.core.specs import PolicySpec
 
 __all__ = [
@@ -56,14 +58,13 @@ CONTEXT_ARGS = ("samples_per_class", "similarity", "num_classes", "epochs")
 
 
 def _policy_kwargs(policy: str | PolicySpec, given: Mapping[str, Any],
-                   context: Mapping[str, Any]) -> dict[str, Any]:
+                   context: Mapping[str, Any], catalog: Catalog) -> dict[str, Any]:
     """``given`` plus the context arguments the policy declares and was not given.
 
     Raises when the policy needs ``samples_per_class`` and neither the data nor the caller
     can tell it.
     """
-
-    spec, raw = resolve_policy(policy)
+    spec, raw = resolve_policy(policy, catalog)
     declared = {a.name for a in spec.args}
     kwargs = dict(given)
     for key in CONTEXT_ARGS:
@@ -115,6 +116,7 @@ def adapt(
     num_workers: int = 0,
     seed: int = 0,
     callback: AdaptCallback | None = None,
+    catalog: Catalog,
 ) -> AdaptResult:
     """Adapt a backbone to the images in ``train``; returns ``(model, history)``.
 
@@ -160,13 +162,15 @@ def adapt(
         with ctx.guard():  # a failure on any rank stops every rank, with its message
             start_desc, weights_path = _check_start(backbone_or_model, name=name,
                                                     overwrite=overwrite, weights=weights,
-                                                    pretrained=pretrained, policy=policy)
+                                                    pretrained=pretrained, policy=policy,
+                                                    catalog=catalog)
             data = prepare_data(train, val, classes=classes, val_split=val_split, seed=seed,
                                 on_corrupt=on_corrupt)
             callback = callback if (callback is not None and ctx.is_main) else AdaptCallback()
             torch.manual_seed(seed)
             model = build_model(backbone_or_model, data.classes, pretrained=pretrained,
-                                weights=weights_path, kwargs=model_kwargs or {})
+                                weights=weights_path, kwargs=model_kwargs or {},
+                                catalog=catalog)
             _check_savable(model, name=name, delta=delta)
             config = with_overrides(input_config_of(model), image_size=image_size,
                                     overrides=input_config)
@@ -180,8 +184,9 @@ def adapt(
                 "epochs": epochs,
             }
 
-            planner = ScheduleDriver(model, policy,
-                                     **_policy_kwargs(policy, dict(policy_args or {}), context))
+            kwargs = _policy_kwargs(policy, dict(policy_args or {}), context, catalog)
+            planner = ScheduleDriver(model, bind(policy, kwargs, catalog),
+                                     table=table_for(model, catalog=catalog))
             plan = planner.step(0).plan
             history = History(
                 backbone=(getattr(model, "zoo_build", None) or {}).get("backbone"),
@@ -218,7 +223,7 @@ def adapt(
 
                     model.zoo_history = history
                     path = save(model, name, classes=list(data.classes), delta=delta,
-                                overwrite=overwrite)
+                                overwrite=overwrite, catalog=catalog)
                     history.path = str(path)
                 ctx.barrier()
                 history.path = ctx.broadcast(history.path)
@@ -231,18 +236,19 @@ def adapt(
 
 
 def _check_start(backbone_or_model: Any, *, name: str | None, overwrite: bool, weights: Any,
-                 pretrained: bool | str, policy: str | PolicySpec) -> tuple[str, Any]:
+                 pretrained: bool | str, policy: str | PolicySpec, catalog: Catalog
+                 ) -> tuple[str, Any]:
     """(description of the starting point, weights path): the target name, the start, the
     policy and the weights checked before any data is read."""
 
     check_target(name, overwrite)
-    start_desc = check_start(backbone_or_model)
+    start_desc = check_start(backbone_or_model, catalog)
     if (weights is not None or pretrained) and not start_desc.startswith("backbone"):
         raise ZooError(
             f"pretrained= and weights= apply when starting from a backbone name; this run "
             f"starts from the {start_desc}, whose weights are used as they are"
         )
-    resolve_policy(policy)
+    resolve_policy(policy, catalog)
     return start_desc, resolve_weights(weights)
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from zoo.core.catalog import Catalog
     from zoo.core.specs import InputConfig
 
 ImageLike = Any  # a path, a PIL image, or a tensor (C, H, W) already prepared
@@ -95,6 +96,7 @@ def predict(
     topk: int = 5,
     batch_size: int = 32,
     device: str | torch.device | None = None,
+    catalog: Catalog,
 ) -> list[Prediction]:
     """The ``topk`` most probable classes of each image, with probabilities (softmax).
 
@@ -114,7 +116,7 @@ def predict(
         raise ZooError(f"topk must be an int >= 1, not {topk!r}")
     if isinstance(model, (str, os.PathLike)):
 
-        model = load(model)
+        model = load(model, catalog=catalog)
     transform = build_transform(_checked_config(input_config_of(model)), train=False)
     items = _as_list(images)
     if not items:

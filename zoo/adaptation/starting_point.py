@@ -13,17 +13,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.core.catalog import get_catalog
 from zoo.core.create import attach_build_info
 from zoo.errors import UnknownNameError, WeightsMismatchError, ZooError
 from zoo.io import store
 from zoo.io.create import create_model
-from zoo.io.persistence import _check_free, load, resolve_target
+from zoo.io.persistence import check_free, load, resolve_target
 from zoo.io.store import is_path_target, list_saved
 from zoo.tables.build import classifier_param_names
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from zoo.core.catalog import Catalog
 
 
 def _store_path(name: str) -> Path | None:
@@ -41,7 +42,7 @@ def check_target(name: str | os.PathLike[str] | None, overwrite: bool) -> None:
     if name is None:
         return
 
-    _check_free(resolve_target(name), overwrite)
+    check_free(resolve_target(name), overwrite)
 
 
 def resolve_weights(weights: str | os.PathLike[str] | None) -> Path | None:
@@ -59,7 +60,7 @@ def resolve_weights(weights: str | os.PathLike[str] | None) -> Path | None:
     )
 
 
-def check_start(backbone_or_model: Any) -> str:
+def check_start(backbone_or_model: Any, catalog: Catalog) -> str:
     """Check (cheaply, before data is read) that a starting point resolves; describe it."""
     from torch import nn
 
@@ -80,11 +81,11 @@ def check_start(backbone_or_model: Any) -> str:
         return f"saved model {text!r}"
 
     try:
-        spec, _ = get_catalog().backbone(text)
+        spec, _ = catalog.backbone(text)
     except UnknownNameError as exc:
         raise UnknownNameError(
             "backbone or saved model", text,
-            [*get_catalog().backbones.by_qualified, *_saved_names()],
+            [*catalog.backbones.by_qualified, *_saved_names()],
         ) from exc
     return f"backbone {spec.qualified_name}"
 
@@ -99,7 +100,7 @@ def _saved_names() -> list[str]:
 
 def build_model(
     backbone_or_model: Any, classes: Sequence[str], *, pretrained: bool | str,
-    weights: Path | None, kwargs: Mapping[str, Any],
+    weights: Path | None, kwargs: Mapping[str, Any], catalog: Catalog,
 ) -> nn.Module:
     """The model to adapt, with a classifier for ``classes``."""
     from torch import nn
@@ -107,24 +108,24 @@ def build_model(
 
     if isinstance(backbone_or_model, nn.Module):
         model = backbone_or_model
-        _ensure_build_info(model)
+        _ensure_build_info(model, catalog)
         _fit_head(model, len(classes))
         return model
     text = str(backbone_or_model)
     if is_path_target(backbone_or_model) or _store_path(text) is not None:
 
-        saved = load(backbone_or_model, trainable=True)
+        saved = load(backbone_or_model, trainable=True, catalog=catalog)
         old = getattr(saved, "zoo_classes", None)
         if (old is not None and list(old) == list(classes)) or (
             old is None and _num_outputs(saved) == len(classes)
         ):
             return saved
-        return _with_new_head(saved, len(classes))
-    return create_model(get_catalog(), text, num_classes=len(classes), pretrained=pretrained,
+        return _with_new_head(saved, len(classes), catalog)
+    return create_model(catalog, text, num_classes=len(classes), pretrained=pretrained,
                         weights=weights, **dict(kwargs))
 
 
-def _with_new_head(saved: nn.Module, num_classes: int) -> nn.Module:
+def _with_new_head(saved: nn.Module, num_classes: int, catalog: Catalog) -> nn.Module:
     """A copy of a loaded model with a freshly initialised classifier of ``num_classes``.
 
     Everything but the classifier (found with ``get_classifier`` or as the last linear layer)
@@ -134,7 +135,7 @@ def _with_new_head(saved: nn.Module, num_classes: int) -> nn.Module:
     build = dict(saved.zoo_build)
     name = build["backbone"]  # no tag: a tag names weights, and these come from the saved model
     # the kwargs were checked when the model was loaded (zoo.io.build_args.check_saved_kwargs)
-    fresh = create_model(get_catalog(), name, num_classes=num_classes,
+    fresh = create_model(catalog, name, num_classes=num_classes,
                          **dict(build.get("kwargs") or {}))
     state = saved.state_dict()
     own = fresh.state_dict()
@@ -159,7 +160,7 @@ def _num_outputs(model: nn.Module) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def _ensure_build_info(model: nn.Module) -> None:
+def _ensure_build_info(model: nn.Module, catalog: Catalog) -> None:
     """Give a plain timm model ``zoo_build`` (so it can be saved) when timm says what it is."""
     if getattr(model, "zoo_build", None):
         return
@@ -169,7 +170,7 @@ def _ensure_build_info(model: nn.Module) -> None:
         return
 
     try:
-        spec, _ = get_catalog().backbone(f"timm:{arch}")
+        spec, _ = catalog.backbone(f"timm:{arch}")
     except ZooError:
         return
     config = getattr(model, "zoo_input_config", None)

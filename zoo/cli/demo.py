@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo.adaptation.job import AdaptCallback, adapt, evaluate
+from zoo.adaptation.job import AdaptCallback, evaluate
+from zoo.api import adapt
 
 SOURCE_NAME = "demo-digits-source"
 BEST_NAME = "demo-digits"
 SOURCE_DIGITS = (0, 1, 2, 3, 4)
-TARGET_DIGITS = (5, 6, 7, 8, 9)
 #: hflip would turn digits into other shapes; crops stay mild (the digits fill the image)
 AUGMENT = {"hflip": 0.0, "scale": (0.75, 1.0), "ratio": (0.9, 1.1), "color_jitter": 0.0}
 

@@ -18,7 +18,6 @@ from zoo.errors import ZooError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 
 
 def _command_modules() -> list:

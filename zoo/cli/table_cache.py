@@ -22,7 +22,7 @@ def table_for_name(name: str, **create_kwargs: Any) -> ParamTable:
     notebook that installed plugins) or ``ZOO_NO_CACHE=1`` is set; build arguments that are
     not JSON values (a tensor, a class) are never cached.
     """
-    from zoo.api import current_catalog
+    from zoo.api import current_catalog, params
     from zoo.cli.listing import (
         NO_CACHE_ENV,
         cache_dir,
@@ -31,7 +31,6 @@ def table_for_name(name: str, **create_kwargs: Any) -> ParamTable:
         write_cache_file,
     )
     from zoo.core.plugins import env_flag
-    from zoo.tables.build import params
 
     if not catalog_matches_installed(current_catalog()) or env_flag(NO_CACHE_ENV):
         return params(name, **create_kwargs)

@@ -223,10 +223,6 @@ class BackboneSpec:
     def qualified_name(self) -> str:
         return f"{self.plugin}:{self.name}"
 
-    @property
-    def has_pretrained(self) -> bool:
-        return bool(self.pretrained_tags)
-
     def input_config_for(self, tag: str | None) -> InputConfig:
         """The input config of one pretrained tag (the default one when ``tag`` is None)."""
         if tag is not None and tag in self.tag_input_configs:

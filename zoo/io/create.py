@@ -43,7 +43,7 @@ def create_model(
         model.zoo_build["base"] = {"kind": "pretrained", "ref": ref, "sha256": None}
     if weights is not None:
         path = Path(weights)
-        resolved = file_state(path)  # a zoo delta is merged with its base here
+        resolved = file_state(path, catalog=catalog)  # a zoo delta is merged with its base here
         load_weights(model, resolved.tensors, head=spec.head, source=str(path))
         model.zoo_build["base"] = {
             "kind": "file",

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.core.catalog import get_catalog
 from zoo.core.specs import InputConfig
 from zoo.errors import CorruptFileError, UnsupportedFormatError, ZooError
 from zoo.plans.plan import Plan
@@ -37,6 +36,7 @@ from zoo.plans.plan import Plan
 if TYPE_CHECKING:
     from torch import nn
 
+    from zoo.core.catalog import Catalog
     from zoo.plans.plan import Plan
 
 #: Version of the metadata layout; bumped only for changes an older reader would misread.
@@ -614,17 +614,17 @@ def config_json(metadata: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------- from a model and plugins
 
 
-def plugin_versions(backbone: str, plan: Plan | None) -> dict[str, Any]:
+def plugin_versions(backbone: str, plan: Plan | None, catalog: Catalog) -> dict[str, Any]:
     """Versions of the plugins a saved model depends on: the backbone's and the policy's."""
 
     wanted = {backbone.split(":", 1)[0]}
     if plan is not None and ":" in plan.policy:
         wanted.add(plan.policy.split(":", 1)[0])
-    records = get_catalog().host.records
+    records = catalog.host.records
     return {name: (records[name].version if name in records else None) for name in sorted(wanted)}
 
 
-def plugin_metadata(model: nn.Module, backbone: str) -> dict[str, str]:
+def plugin_metadata(model: nn.Module, backbone: str, catalog: Catalog) -> dict[str, str]:
     """Entries from every plugin's ``zoo_extra_metadata``; bad entries are recorded, not saved.
 
     A plugin's mapping is read inside the plugin's isolation: one that raises while iterated
@@ -632,8 +632,6 @@ def plugin_metadata(model: nn.Module, backbone: str) -> dict[str, str]:
     ``"<plugin>.<key>"`` and values strings, both valid Unicode (no lone surrogates); at most
     :data:`EXTRA_METADATA_LIMIT` bytes (UTF-8, keys and values) per plugin are kept.
     """
-
-    catalog = get_catalog()
     try:
         spec = catalog.backbones.lookup(backbone)
     except ZooError:

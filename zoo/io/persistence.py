@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo._version import __version__
-from zoo.core.catalog import get_catalog
 from zoo.core.create import attach_build_info
 from zoo.core.create import build as build_model
 from zoo.core.specs import InputConfig
@@ -75,6 +74,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from zoo.core.catalog import Catalog
     from zoo.core.specs import BackboneSpec
     from zoo.plans.plan import Plan
 
@@ -143,14 +143,14 @@ class ResolvedState:
     saved: SavedFile | None = None
 
 
-def file_state(path: str | os.PathLike[str]) -> ResolvedState:
+def file_state(path: str | os.PathLike[str], *, catalog: Catalog) -> ResolvedState:
     """The complete state a weights file holds: a plain file, a full save, or a zoo delta
-    merged with its (verified) base."""
-    return _state_of_file(Path(path), ())
+    merged with its (verified) base (a pretrained base is built through ``catalog``)."""
+    return _state_of_file(Path(path), (), catalog=catalog)
 
 
-def _state_of_file(path: Path, chain: tuple[Path, ...], *, saved: SavedFile | None = None
-                   ) -> ResolvedState:
+def _state_of_file(path: Path, chain: tuple[Path, ...], *, catalog: Catalog,
+                   saved: SavedFile | None = None) -> ResolvedState:
     real = path.resolve()
     if real in chain:
         loop = " -> ".join(str(p) for p in (*chain, real))
@@ -165,7 +165,8 @@ def _state_of_file(path: Path, chain: tuple[Path, ...], *, saved: SavedFile | No
     if meta.kind == "full":
         return ResolvedState(saved.tensors, meta.tensors_sha256, meta, saved)
     assert meta.base is not None  # parse guarantees it for deltas
-    base = resolve_base(meta.base, meta.build, chain=(*chain, real), for_file=path)
+    base = resolve_base(meta.base, meta.build, catalog=catalog, chain=(*chain, real),
+                        for_file=path)
     missing = [n for n in meta.base_tensors if n not in base.tensors]
     if missing:
         raise BaseMismatchError(
@@ -187,6 +188,7 @@ def resolve_base(
     base: Mapping[str, Any],
     build: Mapping[str, Any],
     *,
+    catalog: Catalog,
     chain: tuple[Path, ...] = (),
     for_file: Path | str = "model",
 ) -> ResolvedState:
@@ -204,7 +206,7 @@ def resolve_base(
             raise MissingBaseError(
                 f"{for_file}: its base file {path} is missing; restore it to load this delta"
             )
-        resolved = _state_of_file(path, chain)
+        resolved = _state_of_file(path, chain, catalog=catalog)
     elif kind == "store":
         try:
             path = store.existing_entry(str(ref))
@@ -213,9 +215,9 @@ def resolve_base(
                 f"{for_file}: its base, store entry {ref!r}, cannot be found ({exc}); "
                 "restore it to load this delta"
             ) from None
-        resolved = _state_of_file(path, chain)
+        resolved = _state_of_file(path, chain, catalog=catalog)
     elif kind == "pretrained":
-        spec, tag = saved_spec(str(ref), source=str(for_file))
+        spec, tag = saved_spec(str(ref), source=str(for_file), catalog=catalog)
         kwargs = check_saved_kwargs(spec, build.get("kwargs"), source=str(for_file))
         check_pretrained_size(spec, kwargs, source=str(for_file))
         model = build_model(spec, tag=tag, pretrained=True, kwargs=kwargs)
@@ -241,6 +243,7 @@ def save(
     classes: Sequence[str] | None = None,
     delta: bool = False,
     overwrite: bool = False,
+    catalog: Catalog,
 ) -> Path:
     """Save ``model`` as one self-sufficient ``.safetensors`` file; returns the file's path.
 
@@ -255,9 +258,9 @@ def save(
     (:class:`~zoo.ModelExistsError`). The model must come from ``zoo.create`` or ``zoo.load``.
     """
     build = _build_of(model)
-    _check_saveable_kwargs(build)
+    _check_saveable_kwargs(build, catalog)
     target = resolve_target(name_or_path)
-    _check_free(target, overwrite)
+    check_free(target, overwrite)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     plan = getattr(model, "zoo_plan", None)
     trained = list(plan.trainable) if plan is not None else [
@@ -278,7 +281,7 @@ def save(
                 "or save it in full (delta=False)"
             )
         _check_not_own_base(base, target)
-        resolved = resolve_base(base, build, for_file="the model's base")
+        resolved = resolve_base(base, build, catalog=catalog, for_file="the model's base")
         kept = _delta_names(state, resolved.tensors, trained)
         tensors = {n: state[n] for n in sorted(kept)}
         base = {**base, "sha256": resolved.sha256}
@@ -302,16 +305,16 @@ def save(
         num_trained_params=sum(numel.get(n, 0) for n in trained),
         base=base or None,
         zoo_version=__version__,
-        plugins=plugin_versions(build["backbone"], plan),
+        plugins=plugin_versions(build["backbone"], plan, catalog),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         timm_config=timm_config(model, names, _input_config(model), build),
-        extra=plugin_metadata(model, build["backbone"]),
+        extra=plugin_metadata(model, build["backbone"], catalog),
         **meta_kwargs,
     )
     metadata = seal(tensors, meta.to_metadata())
     head, chunks = encode(tensors, metadata)
     with store.locked(target.lock_key):
-        _check_free(target, overwrite)
+        check_free(target, overwrite)
         try:
             _write(target, [head, *chunks], metadata)
         except OSError as exc:
@@ -331,11 +334,10 @@ def _build_of(model: Any) -> dict[str, Any]:
     return build
 
 
-def _check_saveable_kwargs(build: Mapping[str, Any]) -> None:
+def _check_saveable_kwargs(build: Mapping[str, Any], catalog: Catalog) -> None:
     """Refuse architecture arguments that loading would refuse (see zoo.io.build_args)."""
-
     try:
-        spec = get_catalog().backbones.lookup(str(build["backbone"]))
+        spec = catalog.backbones.lookup(str(build["backbone"]))
     except ZooError:
         spec = None
     if spec is not None:
@@ -417,7 +419,8 @@ def _check_not_own_base(base: Mapping[str, Any], target: Target) -> None:
         )
 
 
-def _check_free(target: Target, overwrite: bool) -> None:
+def check_free(target: Target, overwrite: bool) -> None:
+    """Refuse a save to ``target`` that exists (unless ``overwrite``) or is unsafe to write."""
     if target.kind == "store":
         twin = store.case_twin(target.name or "")
         if twin is not None:
@@ -485,6 +488,7 @@ def load(
     *,
     device: str | torch.device = "cpu",
     trainable: bool = False,
+    catalog: Catalog,
 ) -> nn.Module:
     """Load a saved model, ready to predict (eval mode, nothing trainable).
 
@@ -503,13 +507,16 @@ def load(
     header = read_header(path)
     if not header.sealed and not is_zoo_metadata(header.metadata):  # plain: refuse it early
         ZooMetadata.parse(header.metadata, source=str(path))  # raises "not a zoo model file"
-    resolved = _state_of_file(path, ())  # one read: metadata and tensors of the same version
+    # one read: metadata and tensors of the same version
+    resolved = _state_of_file(path, (), catalog=catalog)
     assert resolved.saved is not None
     metadata = resolved.saved.metadata
     meta = resolved.meta or ZooMetadata.parse(metadata, source=str(path))
-    model = rebuild(meta.build, resolved.tensors, source=str(path), plugins=meta.plugins)
+    model = rebuild(meta.build, resolved.tensors, source=str(path), plugins=meta.plugins,
+                    catalog=catalog)
     plan = _plan_of(meta, path)
-    spec, _tag = saved_spec(meta.backbone, source=str(path), plugins=meta.plugins)
+    spec, _tag = saved_spec(meta.backbone, source=str(path), plugins=meta.plugins,
+                            catalog=catalog)
     check_consistency(model, meta, spec, plan, source=str(path))
     base_kind = "store" if target.kind == "store" else "file"
     ref = target.name if target.kind == "store" else str(path.resolve())
@@ -551,7 +558,8 @@ def _plan_of(meta: ZooMetadata, path: Path) -> Plan | None:
 
 
 def _depths(
-    spec: BackboneSpec, meta: ZooMetadata, kwargs: dict[str, Any], header: Header, path: Path
+    spec: BackboneSpec, meta: ZooMetadata, kwargs: dict[str, Any], header: Header, path: Path,
+    catalog: Catalog,
 ) -> list[dict[str, Any]]:
     """The per-depth summary of a saved model, from its backbone built on ``meta``.
 
@@ -566,7 +574,7 @@ def _depths(
     _check_header_fits(model, entries, full=meta.kind == "full", source=str(path))
     check_consistency(model, meta, spec, _plan_of(meta, path), source=str(path))
     attach_build_info(model, spec, tag=None, num_classes=num_classes, kwargs=kwargs)
-    table = describe(model, spec=spec, catalog=get_catalog(), notes=notes)
+    table = describe(model, spec=spec, catalog=catalog, notes=notes)
     return [
         {
             "depth": summary.depth,
@@ -621,7 +629,9 @@ class Inspection:
         }
 
 
-def inspect(name_or_path: str | os.PathLike[str], *, verify: bool = True) -> Inspection:
+def inspect(
+    name_or_path: str | os.PathLike[str], *, verify: bool = True, catalog: Catalog
+) -> Inspection:
     """Describe a saved model without building it: metadata, size, what was trained per depth.
 
     ``verify=True`` reads the whole file and checks its seal (raising
@@ -635,14 +645,15 @@ def inspect(name_or_path: str | os.PathLike[str], *, verify: bool = True) -> Ins
     notes: list[str] = []
     depths: list[dict[str, Any]] = []
     try:
-        spec, _tag = saved_spec(meta.backbone, source=str(path), plugins=meta.plugins)
+        spec, _tag = saved_spec(meta.backbone, source=str(path), plugins=meta.plugins,
+                                catalog=catalog)
     except UnknownNameError as exc:
         spec = None
         notes.append(f"no per-depth summary: {exc}")
     if spec is not None:
         kwargs = check_saved_kwargs(spec, meta.build.get("kwargs"), source=str(path))
         try:
-            depths = _depths(spec, meta, kwargs, header, path)
+            depths = _depths(spec, meta, kwargs, header, path, catalog)
         except ModelBuildError as exc:
             notes.append(f"no per-depth summary: {exc}")
     return Inspection(

@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from zoo.core.catalog import get_catalog
 from zoo.core.create import attach_build_info, call_create
 from zoo.errors import (
     CorruptFileError,
@@ -55,16 +54,13 @@ def saved_spec(
     *,
     source: str,
     plugins: Mapping[str, Any] | None = None,
-    catalog: Catalog | None = None,
+    catalog: Catalog,
 ) -> tuple[BackboneSpec, str | None]:
     """``(spec, tag)`` of the backbone a file names; an unknown one is named with the file.
 
     If the backbone's plugin is not installed the message says so, with the plugin version the
     file records (``zoo.plugins``) and the installed plugins.
     """
-    if catalog is None:
-
-        catalog = get_catalog()
     try:
         return catalog.backbone(name)
     except UnknownNameError as exc:
@@ -108,6 +104,7 @@ def rebuild(
     *,
     source: str,
     plugins: Mapping[str, Any] | None = None,
+    catalog: Catalog,
 ) -> nn.Module:
     """Build ``build``'s backbone (no pretrained weights) and load ``state`` into it strictly.
 
@@ -116,7 +113,8 @@ def rebuild(
     refused arguments and :class:`~zoo.WeightsMismatchError` naming the tensors that do not fit.
     """
 
-    spec, _tag = saved_spec(str(build["backbone"]), source=source, plugins=plugins)
+    spec, _tag = saved_spec(str(build["backbone"]), source=source, plugins=plugins,
+                            catalog=catalog)
     kwargs = check_saved_kwargs(spec, build.get("kwargs"), source=source)
     num_classes = build.get("num_classes")
     limit = max_tensor_bytes(state)

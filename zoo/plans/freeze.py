@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from zoo.errors import FreezeViolationError, PlanError
-from zoo.plans.plan import NormMode, Plan, _unknown_message, plan
+from zoo.plans.plan import NormMode, Plan, unknown_message
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from zoo.core.specs import PolicySpec
 
 
 # ---------------------------------------------------------------- norm modes
@@ -97,12 +96,12 @@ def apply_plan(model: nn.Module, plan: Plan) -> Plan:
     named = dict(model.named_parameters())
     unknown = [n for n in plan.params if n not in named]
     if unknown:
-        raise PlanError(_unknown_message("parameter", unknown, named, where="the model"))
+        raise PlanError(unknown_message("parameter", unknown, named, where="the model"))
     modules = dict(model.named_modules())
     unknown = [p for p in plan.norms if p not in modules]
     if unknown:
         raise PlanError(
-            _unknown_message("normalization layer", unknown, modules, where="the model")
+            unknown_message("normalization layer", unknown, modules, where="the model")
         )
     for name, param in named.items():
         item = plan.params.get(name)
@@ -118,28 +117,6 @@ def apply_plan(model: nn.Module, plan: Plan) -> Plan:
             set_norm_mode(module, mode, training=model.training)
     model.zoo_plan = plan  # type: ignore[assignment]
     return plan
-
-
-def freeze(
-    model: nn.Module,
-    policy: str | PolicySpec | Plan,
-    /,
-    *,
-    epoch: int | None = None,
-    **args: Any,
-) -> Plan:
-    """Compute the plan of ``policy`` for ``model`` and apply it; returns the plan.
-
-    ``policy`` is a policy name or CLI form (``"freeze-to:depth=3"``) with keyword ``args``, or
-    a :class:`~zoo.Plan` to apply as is. Afterwards ``requires_grad`` says what trains, norm
-    layers keep their mode through ``model.train()``, ``model.zoo_plan`` is the plan, and
-    ``plan.param_groups(model, lr=...)`` gives the optimizer groups.
-    """
-    if isinstance(policy, Plan):
-        if epoch is not None or args:
-            raise PlanError("a Plan is applied as is: it takes no epoch or policy arguments")
-        return apply_plan(model, policy)
-    return apply_plan(model, plan(model, policy, epoch=epoch, **args))
 
 
 # ---------------------------------------------------------------- checking the freeze

@@ -2,8 +2,9 @@
 
 A :class:`Plan` is pure data. For every parameter it holds a :class:`ParamPlan` (trained or
 frozen, an lr scale, whether weight decay applies); for every normalization layer a
-:class:`NormMode`. :func:`plan` computes one by running a freeze policy on a
-:class:`~zoo.ParamTable`, without touching the model; :func:`zoo.freeze` applies it.
+:class:`NormMode`. :mod:`zoo.plans.binding` computes one by running a freeze policy on a
+:class:`~zoo.ParamTable`, without touching the model; :mod:`zoo.plans.freeze` applies it.
+This module is data only: it imports no service.
 
 A plan serializes to a compact dict (:meth:`Plan.to_dict`), small enough for a saved file's
 metadata, and back (:meth:`Plan.from_dict`).
@@ -18,23 +19,12 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from zoo.core.catalog import get_catalog
-from zoo.core.plugins import format_origin
-from zoo.core.policy_args import (
-    bind_policy_args,
-    describe_args,
-    format_policy_spec,
-    parse_policy_spec,
-)
-from zoo.core.specs import PolicySpec
-from zoo.errors import PlanError, PolicyArgumentError, UnknownNameError, ZooError, suggest
-from zoo.tables.build import params
-from zoo.tables.table import ParamTable
+from zoo.core.policy_args import format_policy_spec
+from zoo.errors import PlanError, UnknownNameError, suggest
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from zoo.core.specs import PolicySpec
     from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 PLAN_FORMAT = 1
@@ -196,7 +186,7 @@ class Plan:
         ``train``, all frozen -> ``frozen``, some -> ``frozen-stats`` (a layer without affine
         follows the parameters at its depth). Unknown names raise :class:`~zoo.PlanError`.
         """
-        names = _names(trainable, "trainable")
+        names = name_list(trainable, "trainable")
         lr_scales = dict(lr_scales or {})
         decay = dict(weight_decay or {})
         _check_known(table, [*names, *lr_scales, *decay], "parameter")
@@ -222,7 +212,7 @@ class Plan:
         known_norms = {n.path for n in table.norms}
         unknown = [p for p in self.norms if p not in known_norms]
         if unknown:
-            raise PlanError(_unknown_message("normalization layer", unknown, known_norms))
+            raise PlanError(unknown_message("normalization layer", unknown, known_norms))
         params = {
             row.name: self.params.get(row.name)
             or ParamPlan(row.name, False, 1.0, default_weight_decay(row))
@@ -366,7 +356,7 @@ class Plan:
             if not item.trainable or (only is not None and name not in only):
                 continue
             if name not in named:
-                raise PlanError(_unknown_message("parameter", [name], named, where="the model"))
+                raise PlanError(unknown_message("parameter", [name], named, where="the model"))
             decay = item.weight_decay or decay_norm_and_bias
             key = (item.lr_scale, decay and weight_decay > 0)
             group = groups.get(key)
@@ -397,7 +387,7 @@ class Plan:
         return {
             "format": PLAN_FORMAT,
             "policy": self.policy,
-            "args": _jsonable(self.args),
+            "args": jsonable(self.args),
             "epoch": self.epoch,
             "backbone": self.backbone,
             "notes": list(self.notes),
@@ -479,7 +469,7 @@ _FROZEN = ParamPlan("<frozen>", False)
 # ---------------------------------------------------------------- helpers
 
 
-def _names(value: Any, what: str) -> list[str]:
+def name_list(value: Any, what: str) -> list[str]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise PlanError(f"{what} must be an iterable of parameter names, got {value!r}")
     out = list(value)
@@ -489,7 +479,7 @@ def _names(value: Any, what: str) -> list[str]:
     return out
 
 
-def _unknown_message(kind: str, unknown: list[str], known: Iterable[str], where: str = "the table"
+def unknown_message(kind: str, unknown: list[str], known: Iterable[str], where: str = "the table"
                      ) -> str:
     known = list(known)
     shown = ", ".join(repr(n) for n in unknown[:5])
@@ -504,7 +494,7 @@ def _unknown_message(kind: str, unknown: list[str], known: Iterable[str], where:
 def _check_known(table: ParamTable, names: list[str], kind: str) -> None:
     unknown = [n for n in dict.fromkeys(names) if n not in table]
     if unknown:
-        raise PlanError(_unknown_message(kind, unknown, table.names))
+        raise PlanError(unknown_message(kind, unknown, table.names))
 
 
 def derive_norm_mode(norm: NormInfo, params: Mapping[str, ParamPlan], table: ParamTable
@@ -528,7 +518,7 @@ def _derive_norm_modes(
     known = {n.path for n in table.norms}
     unknown = [p for p in given if p not in known]
     if unknown:
-        raise PlanError(_unknown_message("normalization layer", unknown, known))
+        raise PlanError(unknown_message("normalization layer", unknown, known))
     modes: dict[str, NormMode] = {}
     for norm in table.norms:
         if norm.path in given:
@@ -587,150 +577,11 @@ def _field_text(data: Mapping[str, Any], key: str, default: str | None) -> Any:
     return value
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
-
-
-# ---------------------------------------------------------------- running a policy
-
-
-def resolve_policy(policy: str | PolicySpec) -> tuple[PolicySpec, dict[str, list[str]]]:
-    """The spec a policy text names, and the raw arguments written in it."""
-
-    if isinstance(policy, PolicySpec):
-        return policy, {}
-
-    name, raw = parse_policy_spec(policy)
-    catalog = get_catalog()
-    try:
-        return catalog.policy(name), raw
-    except UnknownNameError:
-        head, sep, tail = name.rpartition(":")
-        if sep and not raw:
-            try:
-                spec = catalog.policy(head)
-            except ZooError:
-                spec = None
-            if spec is not None:
-
-                raise PolicyArgumentError(
-                    f"argument {tail!r} of policy {spec.qualified_name!r} is not key=value; "
-                    f"valid arguments: {describe_args(spec)}"
-                ) from None
-        raise
-
-
-def policy_origin(spec: PolicySpec) -> str:
-    """How messages name a policy: ``'zoo:gradual' (plugin zoo (built-in))``."""
-    name = spec.qualified_name if spec.plugin else spec.name
-    if not spec.plugin:
-        return f"policy {name!r} (not registered by a plugin)"
-    try:
-
-        record = get_catalog().host.records.get(spec.plugin)
-        where = format_origin(record) if record is not None else spec.plugin
-    except Exception:  # describing must never fail
-        where = spec.plugin
-    return f"policy {name!r} (plugin {where})"
-
-
-def run_policy(
-    spec: PolicySpec, table: ParamTable, args: Mapping[str, Any], *, epoch: int | None = None
-) -> Plan:
-    """Call ``spec.plan`` on ``table`` with validated ``args`` and make a complete Plan of it.
-
-    A result that is neither a Plan nor an iterable of names, unknown names, or an exception
-    inside the policy become a :class:`~zoo.PlanError` naming the policy and its plugin.
-    """
-    name = spec.qualified_name if spec.plugin else spec.name
-    kwargs = dict(args)
-    if spec.schedule:
-        epoch = 0 if epoch is None else epoch
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise PolicyArgumentError(f"policy {name!r}: epoch must be an int >= 0, got {epoch!r}")
-        kwargs["epoch"] = epoch
-    elif epoch is not None:
-        raise PolicyArgumentError(
-            f"policy {name!r} is not a schedule, so it takes no epoch; schedule policies "
-            "(such as zoo:gradual) do"
-        )
-    try:
-        result = spec.plan(table, **kwargs)
-    except PolicyArgumentError as exc:
-        if str(exc).startswith("policy "):
-            raise
-        raise PolicyArgumentError(f"policy {name!r}: {exc}") from exc
-    except PlanError as exc:
-        raise PlanError(f"{policy_origin(spec)}: {exc}") from exc
-    except ZooError:
-        raise
-    except Exception as exc:
-        raise PlanError(
-            f"{policy_origin(spec)} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    try:
-        if isinstance(result, Plan):
-            made = result.complete(table)
-        elif isinstance(result, (str, bytes)) or not isinstance(result, Iterable):
-            raise PlanError(
-                f"returned {type(result).__name__} {_short(result)}; a policy returns a zoo.Plan "
-                "or an iterable of parameter names"
-            )
-        else:
-            made = Plan.from_table(table, _names(result, "the returned names"))
-    except PlanError as exc:
-        message = str(exc)
-        if not message.startswith("policy "):
-            message = f"{policy_origin(spec)}: {message}"
-        raise PlanError(message) from exc
-    return replace(
-        made,
-        policy=spec.qualified_name if spec.plugin else spec.name,
-        args=_jsonable(args),
-        epoch=epoch if spec.schedule else None,
-        table=table,
-        backbone=table.backbone,
-    )
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _table_of(model_or_name: Any) -> ParamTable:
-
-    if isinstance(model_or_name, ParamTable):
-        return model_or_name
-    return params(model_or_name)
-
-
-def plan(
-    model_or_name: nn.Module | str | ParamTable,
-    policy: str | PolicySpec,
-    /,
-    *,
-    epoch: int | None = None,
-    **args: Any,
-) -> Plan:
-    """Compute the plan of ``policy`` for a model, a backbone name or a table; touches nothing.
-
-    ``policy`` is a name (``"freeze-to"``, ``"zoo:freeze-to"``), the CLI form with arguments
-    (``"freeze-to:depth=3"``) or a :class:`~zoo.PolicySpec`; ``args`` are the policy's keyword
-    arguments (``zoo.plan(model, "freeze-to", depth=3)``). A name is described on the ``meta``
-    device. ``epoch`` selects the epoch of a schedule policy (``gradual``; default 0).
-
-    Raises :class:`~zoo.UnknownNameError` (with close names) for an unknown policy,
-    :class:`~zoo.PolicyArgumentError` for a bad argument and :class:`~zoo.PlanError` when the
-    policy returns something unusable.
-    """
-
-    spec, raw = resolve_policy(policy)
-    bound = bind_policy_args(spec, raw, args)
-    return run_policy(spec, _table_of(model_or_name), bound, epoch=epoch)

@@ -23,17 +23,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zoo.core.policy_args import bind_policy_args
 from zoo.errors import PlanError, PolicyArgumentError
 from zoo.plans.freeze import apply_plan
-from zoo.plans.plan import Plan, resolve_policy, run_policy
-from zoo.tables.build import params
+from zoo.plans.plan import Plan
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from zoo.core.specs import PolicySpec
+    from zoo.plans.binding import BoundPolicy
     from zoo.tables.table import ParamTable
 
 
@@ -61,22 +59,17 @@ class ScheduleDriver:
 
     ``policy`` is a policy name or CLI form (``"gradual:every=2"``) with keyword ``args``. Any
     policy works; a non-schedule policy simply gives the same plan every epoch.
+
+    (``zoo.ScheduleDriver`` resolves the name in the process catalog; this base class takes a
+    policy already bound, :func:`zoo.plans.binding.bind`, and the model's table.)
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        policy: str | PolicySpec,
-        /,
-        *,
-        table: ParamTable | None = None,
-        **args: Any,
-    ) -> None:
-
+    def __init__(self, model: nn.Module, policy: BoundPolicy, /, *, table: ParamTable) -> None:
         self.model = model
-        self.spec, raw = resolve_policy(policy)
-        self.args = bind_policy_args(self.spec, raw, args)
-        self.table = table if table is not None else params(model)
+        self.policy = policy
+        self.spec = policy.spec
+        self.args = policy.args
+        self.table = table
         self.epoch: int | None = None
         self.plan: Plan | None = None
         self.optimizer_: torch.optim.Optimizer | None = None
@@ -98,8 +91,8 @@ class ScheduleDriver:
             raise PolicyArgumentError(f"epoch must be an int >= 0, got {epoch!r}")
         key = epoch if self.spec.schedule else 0
         if key not in self._plans:
-            self._plans[key] = run_policy(
-                self.spec, self.table, self.args, epoch=key if self.spec.schedule else None
+            self._plans[key] = self.policy.run(
+                self.table, epoch=key if self.spec.schedule else None
             )
         return self._plans[key]
 

@@ -18,7 +18,6 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from zoo.core.catalog import get_catalog
 from zoo.core.create import attach_build_info, call_create
 from zoo.core.specs import ParamGroup
 from zoo.errors import GroupingError, ModelBuildError, ZooError
@@ -48,29 +47,16 @@ _EMBEDDING_RE = re.compile(
 # ---------------------------------------------------------------- entry point
 
 
-def params(model_or_name: nn.Module | str, **create_kwargs: Any) -> ParamTable:
-    """The parameter table of a model, or of a backbone name built on the ``meta`` device.
-
-    Given a name (``"timm:resnet18"``, or a bare name when unique) the backbone is built on the
-    ``meta`` device: no weights are allocated and nothing is downloaded; ``create_kwargs``
-    (``num_classes=``, architecture arguments) are passed to its ``create``. Given a model, its
-    ``trainable`` column follows ``requires_grad``. Groups come from the first plugin whose
-    ``zoo_param_groups`` answers validly (timm's ``group_matcher`` last), else a generic split
-    of the module tree; the head is always ``model.get_classifier()``'s parameters, at
-    ``table.max_depth``. See ``docs/parameter-table.md``.
-    """
-
-    return table_for(model_or_name, **create_kwargs)
-
-
-def table_for(model_or_name: nn.Module | str, **create_kwargs: Any) -> ParamTable:
+def table_for(
+    model_or_name: nn.Module | str, *, catalog: Catalog, **create_kwargs: Any
+) -> ParamTable:
     """The :class:`~zoo.ParamTable` of a model, or of a backbone name built on ``meta``.
 
+    Names resolve in ``catalog``, whose plugins also answer ``zoo_param_groups``.
     ``create_kwargs`` (``num_classes=`` and architecture keyword arguments) only apply to a name.
     """
     from torch import nn
 
-    catalog = _catalog()
     if isinstance(model_or_name, str):
         model, spec, notes = build_meta(model_or_name, catalog=catalog, **create_kwargs)
     elif isinstance(model_or_name, nn.Module):
@@ -85,11 +71,6 @@ def table_for(model_or_name: nn.Module | str, **create_kwargs: Any) -> ParamTabl
             f"params() expects an nn.Module or a backbone name, got {type(model_or_name).__name__}"
         )
     return describe(model, spec=spec, catalog=catalog, notes=notes)
-
-
-def _catalog() -> Catalog:
-
-    return get_catalog()
 
 
 def spec_of(model: nn.Module, catalog: Catalog) -> BackboneSpec | None:
@@ -108,7 +89,7 @@ def spec_of(model: nn.Module, catalog: Catalog) -> BackboneSpec | None:
 
 
 def build_meta(
-    name: str, *, catalog: Catalog | None = None, **create_kwargs: Any
+    name: str, *, catalog: Catalog, **create_kwargs: Any
 ) -> tuple[nn.Module, BackboneSpec, list[str]]:
     """Build backbone ``name`` without allocating weights: ``(model, spec, notes)``.
 
@@ -116,7 +97,6 @@ def build_meta(
     Never loads pretrained weights.
     """
 
-    catalog = catalog or _catalog()
     spec, tag = catalog.backbone(name)
     num_classes = create_kwargs.pop("num_classes", None)
     model, notes = meta_model(spec, num_classes, dict(create_kwargs))

@@ -131,7 +131,7 @@ def _adapt_naming_options(adapt: Any, *args: Any, **kwargs: Any) -> Any:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.adaptation.distributed import launched_by_torchrun
-    from zoo.adaptation.job import adapt
+    from zoo.api import adapt
 
     main_rank = not launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
     name = args.name or default_name(args.backbone, args.data)

@@ -36,8 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from zoo.plans.plan import plan
-    from zoo.tables.build import params
+    from zoo.api import params, plan
 
     kwargs = num_classes_kwargs(args)
     precheck_names(backbone=args.name, policy=args.policy)

@@ -28,9 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.adaptation.distributed import resolve_device
-    from zoo.adaptation.predict import predict
+    from zoo.api import load, predict
     from zoo.errors import ZooError
-    from zoo.io.persistence import load
 
     if args.topk < 1:  # refused before the model is read
         raise ZooError(f"--topk must be an int >= 1, not {args.topk}")
