@@ -20,7 +20,6 @@ from zoo.core.policy_args import (
     describe_args,
     format_policy_spec,
     parse_policy_spec,
-    policy_args,
 )
 from zoo.core.specs import BackboneSpec, PolicySpec
 from zoo.errors import PlanError, PolicyArgumentError, UnknownNameError
@@ -351,7 +350,7 @@ def test_policy_args_read_types_from_annotations():
     described = describe_args(zoo.get_policy("auto"))
     assert described == ("samples_per_class: int (required); similarity: one of 'high', 'low' "
                          "= 'high'; small: int = 100; large: int = 1000")
-    kinds = {a.name: a.type.kind for a in policy_args(zoo.get_policy("pattern"))}
+    kinds = {a.name: a.type.kind for a in zoo.get_policy("pattern").args}
     assert kinds == {"include": "list", "exclude": "list"}
 
     def untyped(table, k=3, name=None, *, flag=None, what=(), mode="a"):

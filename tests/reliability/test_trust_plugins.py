@@ -27,7 +27,7 @@ from test_broken_plugins import zoo_command
 import zoo
 from zoo.core.catalog import Catalog
 from zoo.core.plugins import make_plugin_host
-from zoo.io.metadata import EXTRA_METADATA_ENTRIES, EXTRA_METADATA_LIMIT
+from zoo.io.provenance import EXTRA_METADATA_ENTRIES, EXTRA_METADATA_LIMIT
 from zoo.testing import installed_catalog
 
 

@@ -101,6 +101,7 @@ def zoo_register_backbones(register: RegisterBackbone) -> None:
                 num_classes=num_classes,
                 family=family,
                 unsafe_kwargs=UNSAFE_KWARGS,
+                config_json=timm_config_json,
             )
         )
 
@@ -126,6 +127,28 @@ def _pretrained_cfg_reader() -> Callable[[str], Any]:
         return default.default if default is not None else None
 
     return read
+
+
+def timm_config_json(
+    model: nn.Module, label_names: list[str] | None, data_config: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The ``config.json`` timm's ``push_to_hf_hub`` would write for ``model`` (None for a model
+    timm did not build), so a saved folder loads with ``timm.create_model("local-dir:...")``."""
+    if not isinstance(getattr(model, "pretrained_cfg", None), dict):
+        return None
+    import json
+    import tempfile
+
+    from timm.models._hub import save_config_for_hf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.json"
+        save_config_for_hf(
+            model, str(path),
+            model_config={"label_names": list(label_names)} if label_names else None,
+            data_config=dict(data_config),
+        )
+        return json.loads(path.read_text(encoding="utf-8"))
 
 
 def create_timm_model(

@@ -197,7 +197,6 @@ class Listing:
 
 
 def listing_from_catalog(catalog: Catalog, key: str = "") -> Listing:
-    from zoo.core.policy_args import policy_args
 
     inputs: dict[Any, dict[str, Any]] = {}  # one dict per distinct input config, shared
     backbones = [
@@ -217,10 +216,7 @@ def listing_from_catalog(catalog: Catalog, key: str = "") -> Listing:
             plugin=s.plugin,
             name=s.name,
             summary=s.summary,
-            args=tuple(
-                {**a.to_dict(), "type": info.type.describe()}
-                for a, info in zip(s.args, policy_args(s), strict=True)
-            ),
+            args=tuple(a.to_dict() for a in s.args),
             schedule=s.schedule,
         )
         for s in catalog.policies

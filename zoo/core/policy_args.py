@@ -1,6 +1,7 @@
 """Policy arguments: the ``NAME:key=value,key=value`` form, and typed validation of values.
 
-A policy's arguments are the keyword parameters of its ``plan`` function. This module reads
+A policy's arguments are the keyword parameters of its ``plan`` function; :class:`PolicyArg`
+is the one model of such an argument (``PolicySpec.args``). This module reads
 their types (``int``, ``float``, ``bool``, ``str``, ``list[str]``, ``Literal[...]``, and any of
 those ``| None``), parses the command-line form, coerces strings, checks Python values, fills
 defaults and reports every mistake as a :class:`~zoo.PolicyArgumentError` that lists what is
@@ -19,9 +20,10 @@ from __future__ import annotations
 
 import ast
 import functools
+import inspect
 import math
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,10 +59,14 @@ class ArgType:
 
 
 @dataclass(frozen=True)
-class ArgInfo:
-    """One argument of a policy: name, type, default."""
+class PolicyArg:
+    """One keyword argument of a policy, read from its ``plan`` function's signature.
+
+    ``annotation`` is the annotation as written (text), ``type`` what zoo accepts for it.
+    """
 
     name: str
+    annotation: str
     type: ArgType
     default: Any
     required: bool
@@ -69,6 +75,19 @@ class ArgInfo:
         if self.required:
             return f"{self.name}: {self.type.describe()} (required)"
         return f"{self.name}: {self.type.describe()} = {_show(self.default)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        default = None if self.required else self.default
+        return {
+            "name": self.name,
+            "type": self.type.describe(),
+            "default": default if _is_jsonable(default) else repr(default),
+            "required": self.required,
+        }
+
+
+def _is_jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str, list, tuple))
 
 
 def _show(value: Any) -> str:
@@ -159,32 +178,48 @@ def _hints_of(fn: Any) -> dict[str, Any]:
         return {}
 
 
-def policy_args(spec: PolicySpec) -> tuple[ArgInfo, ...]:
-    """The arguments of a policy with their accepted types."""
+def signature_args(plan: Callable[..., Any], *, schedule: bool) -> tuple[PolicyArg, ...]:
+    """The keyword arguments of a policy's ``plan`` function (after the table), with types.
+
+    ``epoch`` of a schedule is not one (zoo passes it); ``*args``/``**kwargs`` are skipped.
+    """
     try:
-        hints = _hints_of(spec.plan)
+        hints = _hints_of(plan)
     except TypeError:  # an unhashable callable
         hints = {}
     found = []
-    for arg in spec.args:
-        if arg.name in hints:
-            kind = _type_from_hint(hints[arg.name])
-        elif arg.annotation:
-            kind = _type_from_text(arg.annotation)
+    for p in list(inspect.signature(plan).parameters.values())[1:]:
+        if p.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            continue
+        if schedule and p.name == "epoch":
+            continue
+        annotation = p.annotation
+        if annotation is inspect.Parameter.empty:
+            text = "" if p.default is inspect.Parameter.empty else type(p.default).__name__
+        elif isinstance(annotation, str):
+            text = annotation
+        else:
+            text = getattr(annotation, "__name__", str(annotation))
+        required = p.default is inspect.Parameter.empty
+        default = None if required else p.default
+        if p.name in hints:
+            kind = _type_from_hint(hints[p.name])
+        elif text:
+            kind = _type_from_text(text)
         else:
             kind = ArgType("any")
-        if kind.kind == "any" and not arg.required and arg.default is not None:
-            guessed = _type_from_hint(type(arg.default))
+        if kind.kind == "any" and not required and default is not None:
+            guessed = _type_from_hint(type(default))
             kind = ArgType(guessed.kind, guessed.choices, kind.optional)
-        if not arg.required and arg.default is None:
+        if not required and default is None:
             kind = ArgType(kind.kind, kind.choices, True)
-        found.append(ArgInfo(arg.name, kind, arg.default, arg.required))
+        found.append(PolicyArg(p.name, text, kind, default, required))
     return tuple(found)
 
 
 def describe_args(spec: PolicySpec) -> str:
     """``"depth: int (required)"``, ``"every: int = 1"``…, or ``"none"``."""
-    infos = policy_args(spec)
+    infos = spec.args
     return "; ".join(info.describe() for info in infos) if infos else "none"
 
 
@@ -271,7 +306,7 @@ def bind_policy_args(
     """
     raw = dict(raw or {})
     values = dict(values or {})
-    infos = {info.name: info for info in policy_args(spec)}
+    infos = {info.name: info for info in spec.args}
     name = spec.qualified_name if spec.plugin else spec.name
     valid = describe_args(spec)
     for key in [*raw, *values]:
@@ -309,14 +344,14 @@ def bind_policy_args(
     return bound
 
 
-def _bad(policy: str, info: ArgInfo, value: Any, valid: str) -> PolicyArgumentError:
+def _bad(policy: str, info: PolicyArg, value: Any, valid: str) -> PolicyArgumentError:
     return PolicyArgumentError(
         f"policy {policy!r}: argument {info.name!r} expects {info.type.describe()}, "
         f"got {value!r}; valid arguments: {valid}"
     )
 
 
-def _coerce_raw(policy: str, info: ArgInfo, tokens: list[str], valid: str) -> Any:
+def _coerce_raw(policy: str, info: PolicyArg, tokens: list[str], valid: str) -> Any:
     kind = info.type
     if kind.kind == "list":
         return tokens
@@ -331,7 +366,7 @@ def _coerce_raw(policy: str, info: ArgInfo, tokens: list[str], valid: str) -> An
     return _from_string(policy, info, tokens[0], valid)
 
 
-def _from_string(policy: str, info: ArgInfo, text: str, valid: str) -> Any:
+def _from_string(policy: str, info: PolicyArg, text: str, valid: str) -> Any:
     kind = info.type
     if kind.optional and text.lower() in {"none", "null"}:
         return None
@@ -361,7 +396,7 @@ def _from_string(policy: str, info: ArgInfo, text: str, valid: str) -> Any:
     return text
 
 
-def _check_value(policy: str, info: ArgInfo, value: Any, valid: str) -> Any:
+def _check_value(policy: str, info: PolicyArg, value: Any, valid: str) -> Any:
     kind = info.type
     if value is None:
         if kind.optional or kind.kind == "any":

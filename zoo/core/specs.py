@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from zoo.core.policy_args import PolicyArg, signature_args
 from zoo.errors import SpecError
 
 if TYPE_CHECKING:
@@ -188,6 +189,11 @@ class BackboneSpec:
     ``"checkpoint_path"`` or ``"*_url"``). zoo refuses them when they come from a saved file's
     metadata (loading, inspecting, resolving a delta's base) and refuses to save a model built
     with them; a user may still pass them to ``zoo.create`` directly.
+
+    ``config_json(model, label_names, data_config) -> dict | None``, when given, writes the
+    ``config.json`` of a saved model the way the backbone's own library does (timm's plugin
+    uses timm's writer, so a saved folder loads in plain timm); without it, or when it returns
+    None, zoo writes the timm-style layout from the model's build record.
     """
 
     name: str
@@ -201,6 +207,7 @@ class BackboneSpec:
     num_classes: int | None = None
     family: str = ""
     unsafe_kwargs: tuple[str, ...] = ()
+    config_json: Callable[..., Mapping[str, Any] | None] | None = None
 
     def __post_init__(self) -> None:
         check_spec_name("backbone", self.name)
@@ -213,6 +220,8 @@ class BackboneSpec:
         object.__setattr__(self, "unsafe_kwargs", tuple(unsafe))
         if not callable(self.create):
             raise SpecError(f"backbone {self.name!r}: create must be callable")
+        if self.config_json is not None and not callable(self.config_json):
+            raise SpecError(f"backbone {self.name!r}: config_json must be callable or None")
         for tag in self.pretrained_tags:
             if not isinstance(tag, str) or not _TAG_RE.match(tag):
                 raise SpecError(f"backbone {self.name!r}: invalid pretrained tag {tag!r}")
@@ -228,29 +237,6 @@ class BackboneSpec:
         if tag is not None and tag in self.tag_input_configs:
             return self.tag_input_configs[tag]
         return self.input_config
-
-
-@dataclass(frozen=True)
-class PolicyArg:
-    """One keyword argument of a policy, read from the ``plan`` function's signature."""
-
-    name: str
-    annotation: str
-    default: Any
-    required: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        default = None if self.required else self.default
-        return {
-            "name": self.name,
-            "type": self.annotation,
-            "default": default if _is_jsonable(default) else repr(default),
-            "required": self.required,
-        }
-
-
-def _is_jsonable(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str, list, tuple))
 
 
 @dataclass(frozen=True)
@@ -291,24 +277,9 @@ class PolicySpec:
 
     @property
     def args(self) -> tuple[PolicyArg, ...]:
-        """The policy's keyword arguments (``epoch`` of a schedule is not one: zoo passes it)."""
-        found = []
-        params = list(inspect.signature(self.plan).parameters.values())[1:]
-        for p in params:
-            if p.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
-                continue
-            if self.schedule and p.name == "epoch":
-                continue
-            annotation = p.annotation
-            if annotation is inspect.Parameter.empty:
-                text = "" if p.default is inspect.Parameter.empty else type(p.default).__name__
-            elif isinstance(annotation, str):
-                text = annotation
-            else:
-                text = getattr(annotation, "__name__", str(annotation))
-            required = p.default is inspect.Parameter.empty
-            found.append(PolicyArg(p.name, text, None if required else p.default, required))
-        return tuple(found)
+        """The policy's keyword arguments (``epoch`` of a schedule is not one: zoo passes it),
+        each with the type zoo accepts for it."""
+        return signature_args(self.plan, schedule=self.schedule)
 
 
 @dataclass(frozen=True)

@@ -59,10 +59,8 @@ from zoo.io.metadata import (
     ZooMetadata,
     config_json,
     is_zoo_metadata,
-    plugin_metadata,
-    plugin_versions,
-    timm_config,
 )
+from zoo.io.provenance import plugin_metadata, plugin_versions, timm_config
 from zoo.io.rebuild import ALLOCATION_FLOOR, check_consistency, check_pretrained_size, saved_spec
 from zoo.io.rebuild import rebuild as rebuild
 from zoo.io.weights import describe_mismatch
@@ -258,7 +256,9 @@ def save(
     (:class:`~zoo.ModelExistsError`). The model must come from ``zoo.create`` or ``zoo.load``.
     """
     build = _build_of(model)
-    _check_saveable_kwargs(build, catalog)
+    spec = _spec_of(build, catalog)
+    if spec is not None:  # refuse architecture arguments that loading would refuse
+        check_save_kwargs(spec, dict(build.get("kwargs") or {}))
     target = resolve_target(name_or_path)
     check_free(target, overwrite)
     state = {k: v.detach() for k, v in model.state_dict().items()}
@@ -307,7 +307,7 @@ def save(
         zoo_version=__version__,
         plugins=plugin_versions(build["backbone"], plan, catalog),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        timm_config=timm_config(model, names, _input_config(model), build),
+        timm_config=timm_config(model, names, _input_config(model), build, spec),
         extra=plugin_metadata(model, build["backbone"], catalog),
         **meta_kwargs,
     )
@@ -334,14 +334,12 @@ def _build_of(model: Any) -> dict[str, Any]:
     return build
 
 
-def _check_saveable_kwargs(build: Mapping[str, Any], catalog: Catalog) -> None:
-    """Refuse architecture arguments that loading would refuse (see zoo.io.build_args)."""
+def _spec_of(build: Mapping[str, Any], catalog: Catalog) -> BackboneSpec | None:
+    """The spec of the backbone ``build`` names (None when no installed plugin offers it)."""
     try:
-        spec = catalog.backbones.lookup(str(build["backbone"]))
+        return catalog.backbones.lookup(str(build["backbone"]))
     except ZooError:
-        spec = None
-    if spec is not None:
-        check_save_kwargs(spec, dict(build.get("kwargs") or {}))
+        return None
 
 
 def _jsonable_build(build: Mapping[str, Any]) -> dict[str, Any]:
