@@ -346,7 +346,7 @@ def test_check_plugin_reports_a_bad_policy(zoo_register_plugin):
         check_plugin(Broken())
     report = str(info.value)
     assert "zoo plugin check of broken" in report
-    assert "FAIL policy broken:nonsense plans timm:resnet18" in report
+    assert "FAIL policy broken:nonsense plans a small CNN" in report
     assert "no.such.param" in report
 '''
 

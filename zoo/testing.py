@@ -56,8 +56,6 @@ __all__ = [
     "zoo_register_plugin",
 ]
 
-#: Backbone used to plan a policy-only plugin's policies (built on ``meta``: no weights).
-FALLBACK_BACKBONE = "timm:resnet18"
 FORWARD_CLASSES = 3
 
 
@@ -224,7 +222,7 @@ def check_plugin(
     weights, get a parameter table (``zoo.params``) and, with ``forward``, run a forward pass
     with a ``num_classes=3`` head; its ``zoo_extra_metadata`` entries are ``str -> str`` with
     keys ``"<plugin>.<key>"``; every policy returns a valid plan (``zoo.plan``) for the first
-    backbone's table (``timm:resnet18`` for a plugin without backbones) that survives
+    backbone's table (a small CNN's for a plugin without backbones) that survives
     ``Plan.to_dict``/``from_dict``. ``policy_args`` gives arguments per policy name (bare);
     a policy with required arguments and none given is skipped.
 
@@ -399,12 +397,25 @@ def _check_forward(report: PluginReport, catalog: Catalog, spec: BackboneSpec) -
 
 
 def _fallback_table(report: PluginReport) -> ParamTable | None:
-    import zoo
+    """The table a policy-only plugin's policies are planned on: a small CNN built here (stem,
+    three stages with BatchNorm, a linear head), so the check needs no backbone plugin."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    from zoo.tables.build import describe
+
+    def stage(channels_in: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(channels_in, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
 
     try:
-        return zoo.params(FALLBACK_BACKBONE)
+        model = nn.Sequential(OrderedDict(
+            stem=stage(3), stage1=stage(8), stage2=stage(8), stage3=stage(8),
+            pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(8, FORWARD_CLASSES),
+        ))
+        return describe(model)
     except Exception as exc:
-        report.add(f"policies can be planned on {FALLBACK_BACKBONE}", False, _describe(exc))
+        report.add("policies can be planned on a small CNN", False, _describe(exc))
         return None
 
 
@@ -412,7 +423,7 @@ def _check_policy(report: PluginReport, spec: PolicySpec, table: ParamTable,
                   args: Mapping[str, Any]) -> None:
     import zoo
 
-    label = f"policy {spec.qualified_name} plans {table.backbone or 'the model'}"
+    label = f"policy {spec.qualified_name} plans {table.backbone or 'a small CNN'}"
     required = [a.name for a in spec.args if a.required and a.name not in args]
     if required:
         report.add(label, True, f"needs argument(s) {', '.join(required)}: pass "

@@ -17,11 +17,13 @@ training, so an existing name without ``overwrite=True`` fails fast and changes 
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from zoo.adaptation.evaluation import Evaluation, evaluate
@@ -80,43 +82,56 @@ def _policy_kwargs(policy: str | PolicySpec, given: Mapping[str, Any],
     return kwargs
 
 
+@dataclass(frozen=True)
+class AdaptConfig:
+    """How an adapt run trains: one field per keyword argument of :func:`zoo.adapt`, with the
+    same defaults. ``zoo adapt`` fills one from its options; :meth:`check` refuses a value of
+    the wrong type or out of range before any work."""
+
+    policy: str | PolicySpec = "auto"
+    policy_args: Mapping[str, Any] | None = None
+    epochs: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    lr_schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    name: str | None = None
+    overwrite: bool = False
+    delta: bool = False
+    pretrained: bool | str = False
+    weights: str | os.PathLike[str] | None = None
+    model_kwargs: Mapping[str, Any] | None = None
+    classes: Sequence[str] | None = None
+    val_split: float | None = None
+    image_size: int | Sequence[int] | None = None
+    input_config: Mapping[str, Any] | None = None
+    augment: bool | Mapping[str, Any] | None = None
+    similarity: str = "high"
+    samples_per_class: int | None = None
+    feature_cache: bool | str = "auto"
+    on_corrupt: str = "skip"
+    device: str | None = None
+    distributed: bool | None = None
+    num_workers: int = 0
+    seed: int = 0
+    callback: AdaptCallback | None = None
+
+    def check(self) -> None:
+        """Raise :class:`~zoo.AdaptArgumentError` naming the first refused field."""
+        _check_arguments({f.name: getattr(self, f.name) for f in fields(self)})
+
+
 def adapt(
     backbone_or_model: str | os.PathLike[str] | nn.Module,
     train: str | os.PathLike[str] | DataLoader,
     val: str | os.PathLike[str] | DataLoader | None = None,
     *,
-    policy: str | PolicySpec = "auto",
-    policy_args: Mapping[str, Any] | None = None,
-    epochs: int = 5,
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
-    batch_size: int = 32,
-    optimizer: str = "adamw",
-    momentum: float = 0.9,
-    lr_schedule: str = "cosine",
-    warmup_epochs: float = 0.0,
-    label_smoothing: float = 0.0,
-    name: str | None = None,
-    overwrite: bool = False,
-    delta: bool = False,
-    pretrained: bool | str = False,
-    weights: str | os.PathLike[str] | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    classes: Sequence[str] | None = None,
-    val_split: float | None = None,
-    image_size: int | Sequence[int] | None = None,
-    input_config: Mapping[str, Any] | None = None,
-    augment: bool | Mapping[str, Any] | None = None,
-    similarity: str = "high",
-    samples_per_class: int | None = None,
-    feature_cache: bool | str = "auto",
-    on_corrupt: str = "skip",
-    device: str | None = None,
-    distributed: bool | None = None,
-    num_workers: int = 0,
-    seed: int = 0,
-    callback: AdaptCallback | None = None,
     catalog: Catalog,
+    **options: Any,
 ) -> AdaptResult:
     """Adapt a backbone to the images in ``train``; returns ``(model, history)``.
 
@@ -150,42 +165,73 @@ def adapt(
     one. Under ``torchrun`` the run is distributed (``distributed=False`` opts out); only
     rank 0 saves. ``callback`` (an :class:`AdaptCallback`) sees progress on rank 0.
     """
+    return run(backbone_or_model, train, val, AdaptConfig(**options), catalog=catalog)
+
+
+def _adapt_signature() -> inspect.Signature:
+    """``adapt``'s signature as users see it: the starting point, the data, then every field
+    of :class:`AdaptConfig` as a keyword argument (and ``catalog``, which zoo.api fills)."""
+    own = list(inspect.signature(adapt).parameters.values())
+    options = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                          annotation=f.type)
+        for f in fields(AdaptConfig)
+    ]
+    return inspect.Signature([*own[:3], *options, own[3]], return_annotation="AdaptResult")
+
+
+adapt.__signature__ = _adapt_signature()  # type: ignore[attr-defined]
+
+
+def run(
+    backbone_or_model: str | os.PathLike[str] | nn.Module,
+    train: str | os.PathLike[str] | DataLoader,
+    val: str | os.PathLike[str] | DataLoader | None,
+    options: AdaptConfig,
+    *,
+    catalog: Catalog,
+) -> AdaptResult:
+    """The adapt job: :func:`zoo.adapt` with its keyword arguments gathered in ``options``."""
     import torch
 
     from zoo.adaptation.data import input_config_of, with_overrides
     from zoo.adaptation.distributed import setup
 
     t_start = time.perf_counter()
-    _check_arguments(locals())
-    ctx = setup(distributed, device)
+    options.check()
+    ctx = setup(options.distributed, options.device)
     try:
         with ctx.guard():  # a failure on any rank stops every rank, with its message
-            start_desc, weights_path = _check_start(backbone_or_model, name=name,
-                                                    overwrite=overwrite, weights=weights,
-                                                    pretrained=pretrained, policy=policy,
-                                                    catalog=catalog)
-            data = prepare_data(train, val, classes=classes, val_split=val_split, seed=seed,
-                                on_corrupt=on_corrupt)
-            callback = callback if (callback is not None and ctx.is_main) else AdaptCallback()
-            torch.manual_seed(seed)
-            model = build_model(backbone_or_model, data.classes, pretrained=pretrained,
-                                weights=weights_path, kwargs=model_kwargs or {},
+            start_desc, weights_path = _check_start(
+                backbone_or_model, name=options.name, overwrite=options.overwrite,
+                weights=options.weights, pretrained=options.pretrained, policy=options.policy,
+                catalog=catalog,
+            )
+            data = prepare_data(train, val, classes=options.classes, val_split=options.val_split,
+                                seed=options.seed, on_corrupt=options.on_corrupt)
+            callback = options.callback
+            if callback is None or not ctx.is_main:
+                callback = AdaptCallback()
+            torch.manual_seed(options.seed)
+            model = build_model(backbone_or_model, data.classes, pretrained=options.pretrained,
+                                weights=weights_path, kwargs=options.model_kwargs or {},
                                 catalog=catalog)
-            _check_savable(model, name=name, delta=delta)
-            config = with_overrides(input_config_of(model), image_size=image_size,
-                                    overrides=input_config)
+            _check_savable(model, name=options.name, delta=options.delta)
+            config = with_overrides(input_config_of(model), image_size=options.image_size,
+                                    overrides=options.input_config)
             model.zoo_input_config = config
             model.zoo_classes = list(data.classes)
             model.to(ctx.device)
             context = {
-                "samples_per_class": samples_per_class or data.samples_per_class,
-                "similarity": similarity,
+                "samples_per_class": options.samples_per_class or data.samples_per_class,
+                "similarity": options.similarity,
                 "num_classes": len(data.classes),
-                "epochs": epochs,
+                "epochs": options.epochs,
             }
 
-            kwargs = _policy_kwargs(policy, dict(policy_args or {}), context, catalog)
-            planner = ScheduleDriver(model, bind(policy, kwargs, catalog),
+            kwargs = _policy_kwargs(options.policy, dict(options.policy_args or {}), context,
+                                    catalog)
+            planner = ScheduleDriver(model, bind(options.policy, kwargs, catalog),
                                      table=table_for(model, catalog=catalog))
             plan = planner.step(0).plan
             history = History(
@@ -196,20 +242,23 @@ def adapt(
                 classes=list(data.classes),
                 skipped=data.skipped,
                 input_size=list(config.input_size),
-                optimizer=optimizer,
-                lr=lr,
-                batch_size=batch_size,
+                optimizer=options.optimizer,
+                lr=options.lr,
+                batch_size=options.batch_size,
                 device=str(ctx.device),
                 world_size=ctx.world_size,
-                name=name,
+                name=options.name,
                 notes=list(plan.notes),
             )
-            run_training(model, data, planner, history, ctx=ctx, config=config, callback=callback,
-                         epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                         optimizer=optimizer, momentum=momentum, lr_schedule=lr_schedule,
-                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-                         augment=augment, feature_cache=feature_cache, num_workers=num_workers,
-                         seed=seed)
+            run_training(
+                model, data, planner, history, ctx=ctx, config=config, callback=callback,
+                epochs=options.epochs, lr=options.lr, weight_decay=options.weight_decay,
+                batch_size=options.batch_size, optimizer=options.optimizer,
+                momentum=options.momentum, lr_schedule=options.lr_schedule,
+                warmup_epochs=options.warmup_epochs, label_smoothing=options.label_smoothing,
+                augment=options.augment, feature_cache=options.feature_cache,
+                num_workers=options.num_workers, seed=options.seed,
+            )
             history.total_params = sum(p.numel() for p in model.parameters())
             final = planner.plan
             assert final is not None
@@ -218,12 +267,13 @@ def adapt(
             history.policy, history.policy_args = final.policy, dict(final.args)
             history.notes = list(final.notes)
             model.eval()
-            if name is not None:
+            if options.name is not None:
                 if ctx.is_main:
 
                     model.zoo_history = history
-                    path = save(model, name, classes=list(data.classes), delta=delta,
-                                overwrite=overwrite, catalog=catalog)
+                    path = save(model, options.name, classes=list(data.classes),
+                                delta=options.delta, overwrite=options.overwrite,
+                                catalog=catalog)
                     history.path = str(path)
                 ctx.barrier()
                 history.path = ctx.broadcast(history.path)
