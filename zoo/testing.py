@@ -104,7 +104,7 @@ def zoo_register_plugin() -> Iterator[Callable[..., Catalog]]:
     defaults to the object's ``PLUGIN_NAME`` attribute, else the last part of its module name.
     The previous catalog comes back after the test.
     """
-    from zoo.api import set_catalog
+    from zoo.core.catalog import set_catalog
 
     saved: list[Catalog | None] = []
 
@@ -127,7 +127,7 @@ def zoo_register_plugin() -> Iterator[Callable[..., Catalog]]:
 @contextlib.contextmanager
 def installed_catalog(catalog: Catalog) -> Iterator[Catalog]:
     """Make ``catalog`` the process-wide catalog inside the ``with`` block."""
-    from zoo.api import set_catalog
+    from zoo.core.catalog import set_catalog
 
     previous = set_catalog(catalog)
     try:
@@ -266,7 +266,7 @@ def _catalog_for(plugin: str | object, catalog: Catalog | None, name: str | None
                  ) -> tuple[Catalog, str]:
     if isinstance(plugin, str):
         if catalog is None:
-            from zoo.api import get_catalog
+            from zoo.core.catalog import get_catalog
 
             catalog = get_catalog()
         return catalog, plugin

@@ -473,8 +473,7 @@ def get_listing(*, use_cache: bool = True) -> Listing:
         cached = _read_cache(key)
         if cached is not None:
             return cached
-    from zoo.api import set_catalog
-    from zoo.core.catalog import build_catalog
+    from zoo.core.catalog import build_catalog, set_catalog
 
     global _catalog_built_here
     catalog = build_catalog()  # fresh: plugins may have changed since the process catalog

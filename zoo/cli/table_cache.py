@@ -22,7 +22,6 @@ def table_for_name(name: str, **create_kwargs: Any) -> ParamTable:
     notebook that installed plugins) or ``ZOO_NO_CACHE=1`` is set; build arguments that are
     not JSON values (a tensor, a class) are never cached.
     """
-    from zoo.api import current_catalog, params
     from zoo.cli.listing import (
         NO_CACHE_ENV,
         cache_dir,
@@ -30,15 +29,16 @@ def table_for_name(name: str, **create_kwargs: Any) -> ParamTable:
         find_backbone,
         write_cache_file,
     )
+    from zoo.core.catalog import current_catalog
     from zoo.core.plugins import env_flag
 
     if not catalog_matches_installed(current_catalog()) or env_flag(NO_CACHE_ENV):
-        return params(name, **create_kwargs)
+        return _params(name, **create_kwargs)
     key, entry, _tag = find_backbone(name)  # a tag names weights, not a table
     try:
         arguments = json.dumps([entry.qualified_name, create_kwargs], sort_keys=True)
     except (TypeError, ValueError):
-        return params(name, **create_kwargs)
+        return _params(name, **create_kwargs)
     digest = hashlib.sha256(f"{key}\n{arguments}".encode()).hexdigest()
     prefix = f"{key[:16]}-"
     path = cache_dir() / "tables" / f"{prefix}{digest[:32]}.json"
@@ -46,6 +46,13 @@ def table_for_name(name: str, **create_kwargs: Any) -> ParamTable:
         return ParamTable.from_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    table = params(entry.qualified_name, **create_kwargs)
+    table = _params(entry.qualified_name, **create_kwargs)
     write_cache_file(path, table.to_json(), stale=lambda p: not p.name.startswith(prefix))
     return table
+
+
+def _params(name: str, **create_kwargs: Any) -> ParamTable:
+    """``zoo.params(name)``, imported only on a cache miss (a cached table needs no model code)."""
+    from zoo.api import params
+
+    return params(name, **create_kwargs)
