@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from zoo.core.catalog import Catalog
+    from zoo.core.specs import BackboneSpec
 
 
 def _store_path(name: str) -> Path | None:
@@ -161,17 +162,12 @@ def _num_outputs(model: nn.Module) -> int | None:
 
 
 def _ensure_build_info(model: nn.Module, catalog: Catalog) -> None:
-    """Give a plain timm model ``zoo_build`` (so it can be saved) when timm says what it is."""
+    """Give a model built outside zoo ``zoo_build`` (so it can be saved) when a plugin says
+    which backbone it is (hook ``zoo_identify_model``)."""
     if getattr(model, "zoo_build", None):
         return
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    arch = cfg.get("architecture") if isinstance(cfg, Mapping) else None
-    if not arch:
-        return
-
-    try:
-        spec, _ = catalog.backbone(f"timm:{arch}")
-    except ZooError:
+    spec = identify(model, catalog)
+    if spec is None:
         return
     config = getattr(model, "zoo_input_config", None)
     attach_build_info(model, spec, tag=None, num_classes=getattr(model, "num_classes", None),
@@ -182,6 +178,19 @@ def _ensure_build_info(model: nn.Module, catalog: Catalog) -> None:
         from zoo.adaptation.data import input_config_of
 
         model.zoo_input_config = input_config_of(_without_zoo_config(model))
+
+
+def identify(model: nn.Module, catalog: Catalog) -> BackboneSpec | None:
+    """The spec of the first plugin answer to ``zoo_identify_model`` that the catalog knows."""
+    for _plugin, name in catalog.host.call_each(
+        "zoo_identify_model", lambda _plugin: {"model": model}
+    ):
+        if isinstance(name, str):
+            try:
+                return catalog.backbone(name)[0]
+            except ZooError:
+                continue
+    return None
 
 
 def _without_zoo_config(model: nn.Module) -> nn.Module:

@@ -249,6 +249,14 @@ def zoo_param_groups(
 
 
 @hookimpl
+def zoo_identify_model(model: nn.Module) -> str | None:
+    """``timm:<architecture>`` for a model timm built (its ``pretrained_cfg`` says which)."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    arch = cfg.get("architecture") if isinstance(cfg, Mapping) else None
+    return f"{PLUGIN_NAME}:{arch}" if isinstance(arch, str) and arch else None
+
+
+@hookimpl
 def zoo_extra_metadata(model: nn.Module, backbone: BackboneSpec | None) -> Mapping[str, str] | None:
     if backbone is None or backbone.plugin != PLUGIN_NAME:
         return None
