@@ -45,7 +45,7 @@ NO_HEAD = "head: get_classifier() has no parameters"
 def check(name: str, num_classes: int | None = None) -> dict[str, Any]:
     """Build ``name`` on meta and check its table; returns a result record."""
     from zoo.api import get_catalog
-    from zoo.table_builder import build_meta, classifier_param_names, describe
+    from zoo.tables.build import build_meta, classifier_param_names, describe
 
     catalog = get_catalog()
     started = time.perf_counter()

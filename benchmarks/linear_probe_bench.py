@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import zoo
-    from zoo.adaptation import evaluate
+    from zoo.adaptation.job import evaluate
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -52,8 +52,8 @@ def run(tmp: Path, repeats: int) -> None:
 
     import zoo
     from zoo.api import set_catalog
-    from zoo.catalog import Catalog
-    from zoo.plugins import make_plugin_host
+    from zoo.core.catalog import Catalog
+    from zoo.core.plugins import make_plugin_host
 
     set_catalog(Catalog(make_plugin_host(builtins=False, autoload=False,
                                              extra={PLUGIN_NAME: TinyPlugin})))

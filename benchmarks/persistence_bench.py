@@ -155,8 +155,8 @@ def child(kind: str, name: str, *, repeats: int) -> None:
     import safetensors.torch
 
     import zoo
-    from zoo import store
-    from zoo.fileformat import read_file
+    from zoo.io import store
+    from zoo.io.fileformat import read_file
 
     zoo.get_catalog()
     path = store.model_file(name)

@@ -2,7 +2,7 @@
 
 For each model: the median time of `zoo.params(name)` (the model built on the meta device and
 described), of `zoo.plan(table, policy)` for every built-in policy, and of applying the plan to
-the meta model (`zoo.freezing.apply_plan`); ratios are plan / params. A plan should cost a
+the meta model (`zoo.plans.freeze.apply_plan`); ratios are plan / params. A plan should cost a
 small fraction of building the table, so `zoo plan` is as fast as `zoo show`.
 
     python benchmarks/plan_speed.py [--rounds 5] [--models timm:resnet50,timm:vit_base_patch16_224]
@@ -39,14 +39,14 @@ def main() -> None:
     args = parser.parse_args()
 
     import zoo
-    from zoo.freezing import apply_plan
-    from zoo.table_builder import build_meta
+    from zoo.plans.freeze import apply_plan
+    from zoo.tables.build import build_meta
 
     zoo.get_catalog()  # built once, outside the timings
     for name in args.models.split(","):
         table = zoo.params(name)
         t_params = median_time(lambda name=name: zoo.params(name), args.rounds)
-        model = build_meta(name)[0]
+        model = build_meta(name, catalog=zoo.get_catalog())[0]
         print(f"\n{name}: {len(table)} tensors, {table.total_numel / 1e6:.1f}M parameters, "
               f"{len(table.norms)} norm layers; zoo.params {t_params * 1e3:.1f} ms")
         print(f"  {'policy':<28} {'plan ms':>8} {'plan/params':>12} {'apply ms':>9}")

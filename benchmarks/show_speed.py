@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import zoo
     from zoo.api import get_catalog
-    from zoo.table_builder import build_meta, storage_bytes
+    from zoo.tables.build import build_meta, storage_bytes
 
     numbers["import_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------ 3. a billion parameters
     giant_table = zoo.params(args.giant)
-    model, _spec, notes = build_meta(args.giant)
+    model, _spec, notes = build_meta(args.giant, catalog=get_catalog())
     numbers["giant_numel"] = giant_table.total_numel
     numbers["giant_storage_bytes"] = storage_bytes(model)
     all_meta = all(t.is_meta for t in (*model.parameters(), *model.buffers()))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.fileformat import seal, write_tensors
+from zoo.io.fileformat import seal, write_tensors
 
 
 def write_file(
@@ -23,6 +23,6 @@ def write_file(
     """Write ``tensors`` and ``metadata`` as a sealed ``.safetensors`` file, atomically.
 
     Adds ``zoo.tensors_sha256`` and ``zoo.content_sha256``; the result reads back with
-    ``zoo.fileformat.read_file`` (verified) and with ``safetensors.torch.load_file`` alike.
+    ``zoo.io.fileformat.read_file`` (verified) and with ``safetensors.torch.load_file`` alike.
     """
     return write_tensors(path, tensors, seal(tensors, metadata or {}))

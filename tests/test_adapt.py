@@ -11,7 +11,7 @@ import torch
 from test_data import make_color_folder
 
 import zoo
-from zoo.adaptation import AdaptCallback, History
+from zoo.adaptation.job import AdaptCallback, History
 from zoo.cli.main import main
 
 BACKBONE = "timm:test_resnet"  # a tiny timm ResNet: stem, 4 stages, fc
@@ -67,7 +67,7 @@ def test_linear_probe_uses_the_feature_cache_and_saves(data):
     # history, saved metadata and the plan agree
     saved = zoo.load("colours-probe")
     assert history.path and os.path.samefile(history.path,
-                                             zoo.persistence.resolve_target("colours-probe")
+                                             zoo.io.persistence.resolve_target("colours-probe")
                                              .model_path)
     assert saved.zoo_classes == history.classes
     assert saved.zoo_plan.policy == "zoo:linear-probe" == history.policy
@@ -214,7 +214,7 @@ def test_cli_adapt_json_and_errors(data, capsys, _isolated_zoo):
 
 
 def _history() -> History:
-    from zoo.adaptation import EpochRecord
+    from zoo.adaptation.job import EpochRecord
 
     epochs = [EpochRecord(i, 1.0 / i, 0.5 + i / 10, 0.9 / i, 0.6 + i / 10, 1.5, 24, 16.0,
                           1e-3, 291, 2) for i in (1, 2)]

@@ -9,10 +9,10 @@ import pytest
 from torch import nn
 
 import zoo
-from zoo.catalog import Catalog
+from zoo.core.catalog import Catalog
+from zoo.core.plugins import make_plugin_host
+from zoo.core.specs import BackboneSpec, InputConfig, PolicySpec
 from zoo.errors import AmbiguousNameError, SpecError, UnknownNameError
-from zoo.plugins import make_plugin_host
-from zoo.specs import BackboneSpec, InputConfig, PolicySpec
 
 
 def make_plugin(tag: str, backbones=("twin",), policies=("same-policy",), tags=()):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo.data import (
+from zoo.adaptation.data import (
     ImageDataset,
     build_transform,
     dataset_transform,
@@ -16,8 +16,8 @@ from zoo.data import (
     split_folder,
     with_overrides,
 )
+from zoo.core.specs import InputConfig
 from zoo.errors import DataError
-from zoo.specs import InputConfig
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 

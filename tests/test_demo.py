@@ -8,9 +8,9 @@ from io import StringIO
 from rich.console import Console
 
 import zoo
+from zoo.cli.demo import FAST, SOURCE_NAME, DemoRow, write_digits
 from zoo.cli.main import main
 from zoo.cli.render_adapt import demo_table
-from zoo.demo import FAST, SOURCE_NAME, DemoRow, write_digits
 
 
 def test_demo_fast_runs_and_saves_the_best(capsys, _isolated_zoo):
@@ -55,7 +55,7 @@ def test_demo_table_marks_the_best():
 def test_digits_match_scikit_learn():
     from sklearn.datasets import load_digits as sklearn_digits
 
-    from zoo.demo import load_digits
+    from zoo.cli.demo import load_digits
 
     images, labels = load_digits()
     reference = sklearn_digits()

@@ -18,7 +18,7 @@ import torch
 from test_data import make_color_folder
 
 import zoo
-from zoo.distributed import DistContext, Replica, ShardSampler, launched_by_torchrun
+from zoo.adaptation.distributed import DistContext, Replica, ShardSampler, launched_by_torchrun
 
 WORKER = textwrap.dedent(
     """
@@ -124,7 +124,7 @@ def test_torchrun_detection(monkeypatch):
 
 
 def test_distributed_true_without_launcher_is_a_clear_error(monkeypatch):
-    from zoo.distributed import setup
+    from zoo.adaptation.distributed import setup
 
     for var in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)

@@ -13,7 +13,7 @@ import torch
 from fileformat_helpers import write_file
 
 from zoo.errors import CorruptFileError, ModelNotFoundError, TamperedFileError, ZooError
-from zoo.fileformat import (
+from zoo.io.fileformat import (
     CONTENT_HASH_KEY,
     DTYPES,
     TENSORS_HASH_KEY,
@@ -351,7 +351,7 @@ def test_temp_names_are_recognised():
 
 
 def test_every_metadata_key_is_documented():
-    from zoo.metadata import KEYS
+    from zoo.io.metadata import KEYS
 
     text = (Path(__file__).parent.parent / "docs" / "file-format.md").read_text()
     missing = [key for key in KEYS if f"| `{key}` |" not in text]

@@ -17,16 +17,16 @@ import torch
 from torch import nn
 
 import zoo
-from zoo.freezing import (
+from zoo.api import freeze, plan
+from zoo.plans.freeze import (
     PinnedTrain,
     apply_plan,
     check_frozen,
-    freeze,
     norm_mode,
     set_norm_mode,
     snapshot,
 )
-from zoo.plans import NormMode, ParamPlan, Plan, plan
+from zoo.plans.plan import NormMode, ParamPlan, Plan
 
 # (backbone, create kwargs, input size): small inputs where the model allows. LeViT's last
 # stage needs >= 2x2 tokens for its attention biases to get a gradient, hence 96 px.

@@ -11,9 +11,9 @@ import pytest
 from rich.console import Console
 
 from zoo import api
+from zoo.cli.listing import cache_dir, get_listing, listing_key
 from zoo.cli.main import main
 from zoo.cli.render_listing import backbones_table, plugins_table, policies_table
-from zoo.listing import cache_dir, get_listing, listing_key
 
 
 def make_dist(site: Path, name: str, version: str, module_source: str) -> Path:
@@ -168,3 +168,15 @@ def test_a_mistyped_name_is_refused_from_the_cache_without_importing_plugins():
     assert result.stdout.split() == ["[1,", "1]", "False", "False"]
     assert "did you mean" in result.stderr and "timm:resnet18" in result.stderr
     assert "zoo:freeze-to" in result.stderr
+
+
+def test_python_dash_m_zoo_is_the_zoo_command():
+    """``python -m zoo`` (the form torchrun runs: ``torchrun -m zoo adapt ...``)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "zoo", "--version"], capture_output=True,
+                            text=True, check=True)
+    from zoo import __version__
+
+    assert __version__ in result.stdout

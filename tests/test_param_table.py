@@ -10,18 +10,18 @@ from torch import nn
 
 import zoo
 from zoo.api import get_catalog, set_catalog
-from zoo.catalog import Catalog
+from zoo.core.catalog import Catalog
+from zoo.core.plugins import make_plugin_host
+from zoo.core.specs import BackboneSpec, ParamGroup
 from zoo.errors import GroupingError, ModelBuildError, UnknownNameError
-from zoo.param_table import NormInfo, ParamInfo, ParamTable
-from zoo.plugins import make_plugin_host
-from zoo.specs import BackboneSpec, ParamGroup
-from zoo.table_builder import (
+from zoo.tables.build import (
     build_meta,
     classifier_param_names,
     generic_groups,
     storage_bytes,
     validate_groups,
 )
+from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 TIMM_MODELS = [
     "timm:resnet18",
@@ -186,7 +186,7 @@ def test_head_is_moved_to_max_depth_whatever_the_grouping():
 
     catalog = Catalog(make_plugin_host(autoload=False, builtins=False,
                                        extra={"mis": Misplaced()}))
-    from zoo.table_builder import describe
+    from zoo.tables.build import describe
 
     table = describe(model, catalog=catalog)
     assert table.grouped_by == "mis"
@@ -198,7 +198,7 @@ def test_head_is_moved_to_max_depth_whatever_the_grouping():
 
 
 def test_meta_build_allocates_no_storage():
-    model, spec, notes = build_meta("timm:convnext_atto")
+    model, spec, notes = build_meta("timm:convnext_atto", catalog=get_catalog())
     assert spec.qualified_name == "timm:convnext_atto"
     assert notes == []
     assert all(p.is_meta for p in model.parameters())
@@ -446,7 +446,7 @@ def test_plugin_hook_that_raises_is_noted_and_skipped(tiny_catalog):
 
 
 def test_constructor_reading_values_falls_back_to_meta_per_parameter(tiny_catalog):
-    model, _spec, notes = build_meta("tiny:itemnet")
+    model, _spec, notes = build_meta("tiny:itemnet", catalog=get_catalog())
     assert notes and "one at a time" in notes[0]
     assert all(p.is_meta for p in model.parameters()) and storage_bytes(model) == 0
     table = zoo.params("tiny:itemnet")
@@ -456,7 +456,7 @@ def test_constructor_reading_values_falls_back_to_meta_per_parameter(tiny_catalo
 
 
 def test_meta_build_skips_initialisation_but_keeps_flags(tiny_catalog):
-    model, _spec, notes = build_meta("tiny:halfnet")
+    model, _spec, notes = build_meta("tiny:halfnet", catalog=get_catalog())
     assert notes == [] and storage_bytes(model) == 0
     table = zoo.params("tiny:halfnet")
     assert not table["patch.weight"].trainable

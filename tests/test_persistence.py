@@ -17,8 +17,8 @@ import torch
 from fileformat_helpers import write_file
 
 import zoo
-from zoo import store
-from zoo.catalog import Catalog
+from zoo.core.catalog import Catalog
+from zoo.core.plugins import make_plugin_host
 from zoo.errors import (
     BaseMismatchError,
     CorruptFileError,
@@ -29,8 +29,8 @@ from zoo.errors import (
     WeightsMismatchError,
     ZooError,
 )
-from zoo.fileformat import read_file, read_header
-from zoo.plugins import make_plugin_host
+from zoo.io import store
+from zoo.io.fileformat import read_file, read_header
 from zoo.testing import installed_catalog
 
 # A small real plugin (registered through the real hooks) for the tests that need a fresh
@@ -379,7 +379,7 @@ def test_delta_refuses_a_changed_base_naming_both_hashes(tmp_path):
     base_file(tmp_path, num_classes=3)  # different random weights under the same path
     with pytest.raises(BaseMismatchError) as info:
         zoo.load("d")
-    found = zoo.fileformat.hash_tensors(read_file(path).tensors)
+    found = zoo.io.fileformat.hash_tensors(read_file(path).tensors)
     assert recorded in str(info.value) and found in str(info.value)
     path.unlink()
     with pytest.raises(MissingBaseError, match="missing"):
@@ -445,8 +445,8 @@ def test_inspect_reports_metadata_and_trained_depths():
 
 SAVER = textwrap.dedent('''
     import sys, threading, torch, zoo
-    from zoo.catalog import Catalog
-    from zoo.plugins import make_plugin_host
+    from zoo.core.catalog import Catalog
+    from zoo.core.plugins import make_plugin_host
     from zoo.api import set_catalog
     import tinyplug_zoo
     set_catalog(Catalog(make_plugin_host(builtins=False, autoload=False,

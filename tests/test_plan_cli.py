@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 
 import zoo
+from zoo.api import plan
 from zoo.cli.main import main
 from zoo.cli.render_plan import (
     FROZEN,
@@ -20,8 +21,7 @@ from zoo.cli.render_plan import (
     plan_json,
     share_bar,
 )
-from zoo.param_table import NormInfo, ParamInfo, ParamTable
-from zoo.plans import plan
+from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 
 def render(renderable, width: int = 80, soft_wrap: bool = False) -> str:

@@ -13,17 +13,17 @@ from hypothesis import strategies as st
 from torch import nn
 
 import zoo
+from zoo.api import plan
+from zoo.core.specs import PolicySpec
 from zoo.errors import PlanError
-from zoo.param_table import NormInfo, ParamTable
-from zoo.plans import (
+from zoo.plans.binding import run_policy
+from zoo.plans.plan import (
     NormMode,
     ParamPlan,
     Plan,
     default_weight_decay,
-    plan,
-    run_policy,
 )
-from zoo.specs import PolicySpec
+from zoo.tables.table import NormInfo, ParamTable
 
 
 class Small(nn.Module):

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 
 import zoo
-from zoo.catalog import Catalog
-from zoo.errors import PluginError
-from zoo.plugins import (
+from zoo.core.catalog import Catalog
+from zoo.core.plugins import (
     DISABLE_AUTOLOAD_ENV,
     PluginRecord,
     discover_entry_points,
     format_origin,
     make_plugin_host,
 )
+from zoo.errors import PluginError
 from zoo.testing import installed_catalog
 
 GOOD = """
@@ -346,7 +346,7 @@ def test_check_plugin_reports_a_bad_policy(zoo_register_plugin):
         check_plugin(Broken())
     report = str(info.value)
     assert "zoo plugin check of broken" in report
-    assert "FAIL policy broken:nonsense plans timm:resnet18" in report
+    assert "FAIL policy broken:nonsense plans a small CNN" in report
     assert "no.such.param" in report
 '''
 

@@ -10,23 +10,22 @@ import torch
 from torch import nn
 
 import zoo
-from zoo.api import get_catalog, set_catalog
+from zoo.api import get_catalog, plan, set_catalog
 from zoo.builtin import standard_policies
-from zoo.catalog import Catalog
 from zoo.cli.main import main
-from zoo.errors import PlanError, PolicyArgumentError, UnknownNameError
-from zoo.freezing import check_frozen, snapshot
-from zoo.param_table import NormInfo, ParamInfo, ParamTable
-from zoo.plans import NormMode, Plan, plan
-from zoo.plugins import PluginHost, PluginRecord
-from zoo.policy_args import (
+from zoo.core.catalog import Catalog
+from zoo.core.plugins import PluginHost, PluginRecord
+from zoo.core.policy_args import (
     bind_policy_args,
     describe_args,
     format_policy_spec,
     parse_policy_spec,
-    policy_args,
 )
-from zoo.specs import BackboneSpec, PolicySpec
+from zoo.core.specs import BackboneSpec, PolicySpec
+from zoo.errors import PlanError, PolicyArgumentError, UnknownNameError
+from zoo.plans.freeze import check_frozen, snapshot
+from zoo.plans.plan import NormMode, Plan
+from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 BUILTIN = ["auto", "bitfit", "freeze-to", "full", "gradual", "layer-decay", "linear-probe",
            "norm-only", "pattern", "train-last"]
@@ -351,7 +350,7 @@ def test_policy_args_read_types_from_annotations():
     described = describe_args(zoo.get_policy("auto"))
     assert described == ("samples_per_class: int (required); similarity: one of 'high', 'low' "
                          "= 'high'; small: int = 100; large: int = 1000")
-    kinds = {a.name: a.type.kind for a in policy_args(zoo.get_policy("pattern"))}
+    kinds = {a.name: a.type.kind for a in zoo.get_policy("pattern").args}
     assert kinds == {"include": "list", "exclude": "list"}
 
     def untyped(table, k=3, name=None, *, flag=None, what=(), mode="a"):

@@ -12,9 +12,9 @@ from rich.console import Console
 from test_data import make_color_folder
 
 import zoo
+from zoo.adaptation.predict import Prediction
 from zoo.cli.main import main
 from zoo.cli.render_adapt import predictions_table
-from zoo.prediction import Prediction
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_predict_topk_with_the_saved_preprocessing(trained):
     assert correct >= 5  # colours are easy: most of 6 test images are right
     # a PIL image and a prepared tensor give the same answer as the file
     pil = Image.open(images[0])
-    from zoo.data import build_transform
+    from zoo.adaptation.data import build_transform
 
     tensor = build_transform(model.zoo_input_config)(pil.convert("RGB"))
     by_pil, by_tensor = zoo.predict(model, [pil, tensor], topk=2)

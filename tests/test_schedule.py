@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import zoo
+from zoo.api import ScheduleDriver
 from zoo.errors import PlanError, PolicyArgumentError
-from zoo.freezing import check_frozen, snapshot
-from zoo.schedule import ScheduleDriver
+from zoo.plans.freeze import check_frozen, snapshot
 
 
 class Net(nn.Module):

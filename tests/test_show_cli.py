@@ -11,12 +11,12 @@ from torch import nn
 
 import zoo
 from zoo.api import set_catalog
-from zoo.catalog import Catalog
 from zoo.cli.main import main
 from zoo.cli.render_params import depth_table, header, norms_table, rows_table
-from zoo.param_table import ParamInfo, ParamTable
-from zoo.plugins import make_plugin_host
-from zoo.specs import BackboneSpec
+from zoo.core.catalog import Catalog
+from zoo.core.plugins import make_plugin_host
+from zoo.core.specs import BackboneSpec
+from zoo.tables.table import ParamInfo, ParamTable
 
 
 def render(renderable, width: int = 120) -> str:

@@ -10,14 +10,14 @@ import pytest
 import torch
 from fileformat_helpers import write_file
 
-from zoo import store
 from zoo.errors import (
     InvalidNameError,
     LockTimeoutError,
     ModelNotFoundError,
     StoreError,
 )
-from zoo.metadata import FORMAT_VERSION, ZooMetadata
+from zoo.io import store
+from zoo.io.metadata import FORMAT_VERSION, ZooMetadata
 
 
 def make_entry(name: str, *, kind: str = "full", base: dict | None = None,

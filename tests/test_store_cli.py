@@ -11,9 +11,9 @@ from test_persistence import tiny  # noqa: F401 - the fixture
 from test_store import make_entry
 
 import zoo
-from zoo import store
 from zoo.cli.main import main
 from zoo.cli.render_store import broken_lines, gc_view, inspect_view, models_table
+from zoo.io import store
 
 
 def render(renderable, width: int = 160) -> str:

@@ -6,15 +6,16 @@ import json
 import subprocess
 import sys
 
-from zoo import api
+from zoo.api import params
+from zoo.cli.listing import cache_dir
 from zoo.cli.main import main
-from zoo.listing import cache_dir
-from zoo.param_table import ParamTable, params
-from zoo.table_cache import table_for_name
+from zoo.cli.table_cache import table_for_name
+from zoo.core import catalog as process_catalog
+from zoo.tables.table import ParamTable
 
 
 def _without_process_catalog(monkeypatch):
-    monkeypatch.setattr(api, "_catalog", None)
+    monkeypatch.setattr(process_catalog, "_catalog", None)
 
 
 def test_cached_table_equals_a_fresh_build(monkeypatch):
@@ -56,9 +57,10 @@ def test_warm_zoo_show_imports_neither_torch_nor_timm(monkeypatch, capsys):
 def test_a_catalog_set_up_by_the_process_is_never_served_from_the_cache(monkeypatch):
     _without_process_catalog(monkeypatch)
     table_for_name("timm:resnet18")
-    from zoo.catalog import build_catalog
+    from zoo.core.catalog import build_catalog
 
-    monkeypatch.setattr(api, "_catalog", build_catalog())  # e.g. a notebook's own plugins
+    # e.g. a notebook's own plugins
+    monkeypatch.setattr(process_catalog, "_catalog", build_catalog())
     for path in (cache_dir() / "tables").glob("*.json"):
         path.write_text(ParamTable(rows=()).to_json())  # a cache that would be wrong
     assert len(table_for_name("timm:resnet18")) == len(params("timm:resnet18"))

@@ -60,3 +60,14 @@ def test_a_tag_only_names_weights():
     model = zoo.create("timm:resnet18.a1_in1k", num_classes=4)
     assert model.zoo_build["tag"] is None
     assert model.fc.out_features == 4
+
+
+def test_zoo_identify_model_names_a_model_timm_built():
+    """``zoo.adapt(timm.create_model(...))`` can save its result: the plugin says what it is."""
+    from torch import nn
+
+    from zoo.adaptation.starting_point import identify
+
+    catalog = zoo.get_catalog()
+    assert identify(timm.create_model("test_resnet"), catalog).qualified_name == "timm:test_resnet"
+    assert identify(nn.Linear(2, 2), catalog) is None

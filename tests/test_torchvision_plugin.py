@@ -16,8 +16,8 @@ from zoo_torchvision.groups import FAMILIES
 from zoo_torchvision.registry import summary_of
 
 import zoo
-from zoo.catalog import build_catalog
 from zoo.cli.main import main as zoo_main
+from zoo.core.catalog import build_catalog
 from zoo.errors import ModelBuildError
 from zoo.testing import check_plugin
 

@@ -14,17 +14,27 @@ from zoo._version import __version__
 from zoo.hookspecs import hookimpl, hookspec
 
 if TYPE_CHECKING:
-    from zoo.adaptation import History, adapt
+    from zoo.adaptation.job import History
     from zoo.api import (
+        ScheduleDriver,
+        adapt,
         create,
+        freeze,
         get_backbone,
         get_catalog,
         get_policy,
+        inspect,
         list_backbones,
         list_policies,
+        load,
+        params,
+        plan,
+        predict,
         reset_catalog,
+        save,
     )
-    from zoo.catalog import Catalog
+    from zoo.core.catalog import Catalog
+    from zoo.core.specs import BackboneSpec, InputConfig, ParamGroup, PolicySpec
     from zoo.errors import (
         AdaptArgumentError,
         AmbiguousNameError,
@@ -50,43 +60,42 @@ if TYPE_CHECKING:
         WeightsUnavailableError,
         ZooError,
     )
-    from zoo.freezing import check_frozen, freeze, snapshot
-    from zoo.param_table import NormInfo, ParamInfo, ParamTable, params
-    from zoo.persistence import inspect, load, save
-    from zoo.plans import NormMode, Plan, plan
-    from zoo.prediction import predict
-    from zoo.schedule import ScheduleDriver
-    from zoo.specs import BackboneSpec, InputConfig, ParamGroup, PolicySpec
-    from zoo.store import list_saved, remove
+    from zoo.hookspecs import RegisterBackbone, RegisterPolicy
+    from zoo.io.store import list_saved, remove
+    from zoo.plans.freeze import check_frozen, snapshot
+    from zoo.plans.plan import NormMode, Plan
+    from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 _LAZY: dict[str, str] = {
     "AdaptArgumentError": "zoo.errors",
     "AmbiguousNameError": "zoo.errors",
-    "BackboneSpec": "zoo.specs",
+    "BackboneSpec": "zoo.core.specs",
     "BaseMismatchError": "zoo.errors",
-    "Catalog": "zoo.catalog",
+    "Catalog": "zoo.core.catalog",
     "CorruptFileError": "zoo.errors",
     "DataError": "zoo.errors",
     "FreezeViolationError": "zoo.errors",
-    "History": "zoo.adaptation",
-    "InputConfig": "zoo.specs",
+    "History": "zoo.adaptation.job",
+    "InputConfig": "zoo.core.specs",
     "InvalidNameError": "zoo.errors",
     "LockTimeoutError": "zoo.errors",
     "MissingBaseError": "zoo.errors",
     "ModelBuildError": "zoo.errors",
     "ModelExistsError": "zoo.errors",
     "ModelNotFoundError": "zoo.errors",
-    "NormInfo": "zoo.param_table",
-    "NormMode": "zoo.plans",
-    "ParamGroup": "zoo.specs",
-    "ParamInfo": "zoo.param_table",
-    "ParamTable": "zoo.param_table",
-    "Plan": "zoo.plans",
+    "NormInfo": "zoo.tables.table",
+    "NormMode": "zoo.plans.plan",
+    "ParamGroup": "zoo.core.specs",
+    "ParamInfo": "zoo.tables.table",
+    "ParamTable": "zoo.tables.table",
+    "RegisterBackbone": "zoo.hookspecs",
+    "RegisterPolicy": "zoo.hookspecs",
+    "Plan": "zoo.plans.plan",
     "PlanError": "zoo.errors",
     "PluginError": "zoo.errors",
     "PolicyArgumentError": "zoo.errors",
-    "PolicySpec": "zoo.specs",
-    "ScheduleDriver": "zoo.schedule",
+    "PolicySpec": "zoo.core.specs",
+    "ScheduleDriver": "zoo.api",
     "SpecError": "zoo.errors",
     "StoreError": "zoo.errors",
     "TamperedFileError": "zoo.errors",
@@ -95,25 +104,25 @@ _LAZY: dict[str, str] = {
     "WeightsMismatchError": "zoo.errors",
     "WeightsUnavailableError": "zoo.errors",
     "ZooError": "zoo.errors",
-    "adapt": "zoo.adaptation",
-    "check_frozen": "zoo.freezing",
+    "adapt": "zoo.api",
+    "check_frozen": "zoo.plans.freeze",
     "create": "zoo.api",
-    "freeze": "zoo.freezing",
+    "freeze": "zoo.api",
     "get_backbone": "zoo.api",
     "get_catalog": "zoo.api",
     "get_policy": "zoo.api",
-    "inspect": "zoo.persistence",
+    "inspect": "zoo.api",
     "list_backbones": "zoo.api",
     "list_policies": "zoo.api",
-    "list_saved": "zoo.store",
-    "load": "zoo.persistence",
-    "params": "zoo.param_table",
-    "plan": "zoo.plans",
-    "predict": "zoo.prediction",
-    "remove": "zoo.store",
+    "list_saved": "zoo.io.store",
+    "load": "zoo.api",
+    "params": "zoo.api",
+    "plan": "zoo.api",
+    "predict": "zoo.api",
+    "remove": "zoo.io.store",
     "reset_catalog": "zoo.api",
-    "save": "zoo.persistence",
-    "snapshot": "zoo.freezing",
+    "save": "zoo.api",
+    "snapshot": "zoo.plans.freeze",
 }
 
 __all__ = sorted([*_LAZY, "__version__", "hookimpl", "hookspec"])

@@ -1,62 +1,84 @@
-"""The catalog-level Python API: list, look up and build backbones.
+"""The public functions: where a call by name meets the process-wide catalog.
 
 A process-wide catalog is built on first use (never at import) from the default plugin host;
-:func:`reset_catalog` forgets it, for instance after installing a plugin in a notebook.
+:func:`reset_catalog` forgets it, for instance after installing a plugin in a notebook. This
+module is the only one below the edges (CLI, pytest plugin) that reads it: each public function
+takes it here and hands it down, so everything beneath receives the catalog it works with as an
+argument (``catalog=``) and can be given another one.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect as _inspect
 import os
-import threading
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from zoo.catalog import Catalog, build_catalog
-from zoo.errors import ModelBuildError, ZooError
-from zoo.plugins import STRICT_ENV, env_flag
-from zoo.specs import BackboneSpec, PolicySpec
+from zoo.adaptation import job as _job
+from zoo.adaptation import predict as _predict
+from zoo.core.catalog import current_catalog, get_catalog, reset_catalog, set_catalog
+from zoo.core.specs import BackboneSpec, PolicySpec
+from zoo.errors import PlanError
+from zoo.io import persistence as _persistence
+from zoo.io.create import create_model
+from zoo.plans import schedule as _schedule
+from zoo.plans.binding import bind
+from zoo.plans.freeze import apply_plan
+from zoo.plans.plan import Plan
+from zoo.tables.build import table_for
+from zoo.tables.table import ParamTable
 
 if TYPE_CHECKING:
     from torch import nn
 
-_lock = threading.Lock()
-_catalog: Catalog | None = None
+__all__ = [
+    "ScheduleDriver",
+    "adapt",
+    "create",
+    "current_catalog",
+    "freeze",
+    "get_backbone",
+    "get_catalog",
+    "get_policy",
+    "inspect",
+    "list_backbones",
+    "list_policies",
+    "load",
+    "params",
+    "plan",
+    "predict",
+    "reset_catalog",
+    "save",
+    "set_catalog",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def get_catalog(*, strict: bool | None = None) -> Catalog:
-    """The process-wide catalog, built on first use.
+def _with_process_catalog(function: F) -> F:
+    """``function`` (whose last parameter is ``catalog``) called with the process catalog.
 
-    In strict mode (``strict=True``, or ``None`` with ``ZOO_STRICT_PLUGINS=1``) any plugin
-    problem raises :class:`~zoo.PluginError` instead of being recorded and skipped.
+    The public function keeps ``function``'s name, docstring and signature, less ``catalog``.
     """
-    global _catalog
-    with _lock:
-        if _catalog is None:
-            _catalog = build_catalog()
-        catalog = _catalog
-    if strict is None:
-        strict = env_flag(STRICT_ENV)
-    if strict:
-        catalog.host.raise_if_problems()
-    return catalog
+
+    @functools.wraps(function)
+    def public(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, catalog=get_catalog(), **kwargs)
+
+    signature = _inspect.signature(function)
+    public.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name != "catalog"]
+    )
+    del public.__wrapped__  # type: ignore[attr-defined]  # the signature above is the public one
+    return public  # type: ignore[return-value]
 
 
-def current_catalog() -> Catalog | None:
-    """The process-wide catalog if one is built or set, else None (builds nothing)."""
-    return _catalog
-
-
-def set_catalog(catalog: Catalog | None) -> Catalog | None:
-    """Replace the process-wide catalog (``None`` forgets it); returns the previous one."""
-    global _catalog
-    with _lock:
-        previous, _catalog = _catalog, catalog
-    return previous
-
-
-def reset_catalog() -> None:
-    """Forget the process-wide catalog; the next call rebuilds it from installed plugins."""
-    set_catalog(None)
+save = _with_process_catalog(_persistence.save)
+load = _with_process_catalog(_persistence.load)
+inspect = _with_process_catalog(_persistence.inspect)
+adapt = _with_process_catalog(_job.adapt)
+predict = _with_process_catalog(_predict.predict)
 
 
 def list_backbones(pattern: str | None = None, *, pretrained: bool | None = None) -> list[str]:
@@ -107,82 +129,91 @@ def create(
     unchanged) or returns something that is not an ``nn.Module`` gives a
     :class:`~zoo.errors.ModelBuildError` naming the plugin and the backbone.
     """
-    spec, tag = get_catalog().backbone(name)
-    if weights is not None and pretrained:
-        raise ZooError("pass either pretrained=True or weights=FILE, not both")
-    if not pretrained:
-        tag = None  # a tag names weights; without them the architecture's defaults apply
-    want: bool | str = tag if tag else bool(pretrained)
-    model = call_create(spec, num_classes, want, kwargs)
-    attach_build_info(model, spec, tag=tag, num_classes=num_classes, kwargs=kwargs)
-    if pretrained:  # the base a delta save refers to (zoo.persistence)
-        ref = spec.qualified_name + (f".{tag}" if tag else "")
-        model.zoo_build["base"] = {"kind": "pretrained", "ref": ref, "sha256": None}
-    if weights is not None:
-        from zoo.persistence import file_state
-        from zoo.weights import load_weights
 
-        path = Path(weights)
-        resolved = file_state(path)  # a zoo delta is merged with its base here
-        load_weights(model, resolved.tensors, head=spec.head, source=str(path))
-        model.zoo_build["base"] = {
-            "kind": "file",
-            "ref": str(path.resolve()),
-            "sha256": resolved.sha256,
-        }
-    return model
+    return create_model(
+        get_catalog(), name, num_classes=num_classes, pretrained=pretrained, weights=weights,
+        **kwargs,
+    )
 
 
-def call_create(
-    spec: BackboneSpec, num_classes: int | None, pretrained: bool | str, kwargs: dict[str, Any]
-) -> nn.Module:
-    """``spec.create(num_classes, pretrained, **kwargs)``, its failures named after the plugin.
+def params(model_or_name: nn.Module | str, **create_kwargs: Any) -> ParamTable:
+    """The parameter table of a model, or of a backbone name built on the ``meta`` device.
 
-    A :class:`~zoo.ZooError` raised by the plugin (such as
-    :class:`~zoo.WeightsUnavailableError`) passes unchanged; any other exception becomes a
-    :class:`~zoo.ModelBuildError` chained to it, and a result that is not an ``nn.Module`` is
-    refused the same way.
+    Given a name (``"timm:resnet18"``, or a bare name when unique) the backbone is built on the
+    ``meta`` device: no weights are allocated and nothing is downloaded; ``create_kwargs``
+    (``num_classes=``, architecture arguments) are passed to its ``create``. Given a model, its
+    ``trainable`` column follows ``requires_grad``. Groups come from the first plugin whose
+    ``zoo_param_groups`` answers validly (timm's ``group_matcher`` last), else a generic split
+    of the module tree; the head is always ``model.get_classifier()``'s parameters, at
+    ``table.max_depth``. See ``docs/parameter-table.md``.
     """
-    from torch import nn
-
-    where = f"plugin {spec.plugin!r} failed to build backbone {spec.qualified_name}"
-    try:
-        model = spec.create(num_classes, pretrained, **kwargs)
-    except ZooError:
-        raise
-    except Exception as exc:
-        args = f"num_classes={num_classes!r}, pretrained={pretrained!r}" + "".join(
-            f", {k}={v!r}" for k, v in kwargs.items()
-        )
-        args = args if len(args) <= 300 else args[:300] + "…"
-        raise ModelBuildError(
-            f"{where} ({args}): {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(model, nn.Module):
-        raise ModelBuildError(
-            f"{where}: its create() returned {type(model).__name__}, not a torch.nn.Module; "
-            "report this to the plugin's authors"
-        )
-    return model
+    return table_for(model_or_name, catalog=get_catalog(), **create_kwargs)
 
 
-def attach_build_info(
-    model: nn.Module,
-    spec: BackboneSpec,
+def plan(
+    model_or_name: nn.Module | str | ParamTable,
+    policy: str | PolicySpec,
+    /,
     *,
-    tag: str | None,
-    num_classes: int | None,
-    kwargs: dict[str, Any],
-) -> None:
-    """Record on ``model`` how to rebuild it: ``model.zoo_build`` and ``model.zoo_input_config``.
+    epoch: int | None = None,
+    **args: Any,
+) -> Plan:
+    """Compute the plan of ``policy`` for a model, a backbone name or a table; touches nothing.
 
-    ``zoo_build`` is ``{"backbone": "plugin:name", "tag": ..., "num_classes": ..., "kwargs":
-    {...}}``; saving stores it, loading rebuilds from it, tables use it to find the spec.
+    ``policy`` is a name (``"freeze-to"``, ``"zoo:freeze-to"``), the CLI form with arguments
+    (``"freeze-to:depth=3"``) or a :class:`~zoo.PolicySpec`; ``args`` are the policy's keyword
+    arguments (``zoo.plan(model, "freeze-to", depth=3)``). A name is described on the ``meta``
+    device. ``epoch`` selects the epoch of a schedule policy (``gradual``; default 0).
+
+    Raises :class:`~zoo.UnknownNameError` (with close names) for an unknown policy,
+    :class:`~zoo.PolicyArgumentError` for a bad argument and :class:`~zoo.PlanError` when the
+    policy returns something unusable.
     """
-    model.zoo_build = {  # type: ignore[assignment]
-        "backbone": spec.qualified_name,
-        "tag": tag,
-        "num_classes": num_classes,
-        "kwargs": dict(kwargs),
-    }
-    model.zoo_input_config = spec.input_config_for(tag)  # type: ignore[assignment]
+    catalog = get_catalog()
+    bound = bind(policy, args, catalog)
+    if isinstance(model_or_name, ParamTable):
+        table = model_or_name
+    else:
+        table = table_for(model_or_name, catalog=catalog)
+    return bound.run(table, epoch=epoch)
+
+
+def freeze(
+    model: nn.Module,
+    policy: str | PolicySpec | Plan,
+    /,
+    *,
+    epoch: int | None = None,
+    **args: Any,
+) -> Plan:
+    """Compute the plan of ``policy`` for ``model`` and apply it; returns the plan.
+
+    ``policy`` is a policy name or CLI form (``"freeze-to:depth=3"``) with keyword ``args``, or
+    a :class:`~zoo.Plan` to apply as is. Afterwards ``requires_grad`` says what trains, norm
+    layers keep their mode through ``model.train()``, ``model.zoo_plan`` is the plan, and
+    ``plan.param_groups(model, lr=...)`` gives the optimizer groups.
+    """
+    if isinstance(policy, Plan):
+        if epoch is not None or args:
+            raise PlanError("a Plan is applied as is: it takes no epoch or policy arguments")
+        return apply_plan(model, policy)
+    return apply_plan(model, plan(model, policy, epoch=epoch, **args))
+
+
+class ScheduleDriver(_schedule.ScheduleDriver):
+    __doc__ = _schedule.ScheduleDriver.__doc__
+
+    def __init__(
+        self,
+        model: nn.Module,
+        policy: str | PolicySpec,
+        /,
+        *,
+        table: ParamTable | None = None,
+        **args: Any,
+    ) -> None:
+        catalog = get_catalog()
+        bound = bind(policy, args, catalog)
+        super().__init__(
+            model, bound, table=table if table is not None else table_for(model, catalog=catalog)
+        )

@@ -4,6 +4,34 @@ All derive from :class:`ZooError`, so ``except zoo.ZooError`` catches anything z
 purpose. The CLI prints a ``ZooError`` as one clear message and exits non-zero; anything else is
 a bug. Errors that are also a classic Python category (a missing key, a bad value) inherit from
 that builtin too, so existing ``except KeyError`` code keeps working.
+
+The tree (a second base in brackets)::
+
+    ZooError
+    ├── UnknownNameError            [KeyError]      a name no catalog entry has (did-you-mean)
+    ├── AmbiguousNameError          [KeyError]      a bare name more than one plugin offers
+    ├── SpecError                   [ValueError]    an invalid BackboneSpec / PolicySpec
+    ├── PluginError                                 a plugin failed to load or in a hook
+    │   └── PluginCheckError        [AssertionError]  zoo.testing.check_plugin found a problem
+    ├── WeightsUnavailableError     [RuntimeError]  pretrained weights not reachable
+    ├── WeightsMismatchError        [ValueError]    tensors that do not fit the model
+    ├── ModelBuildError             [RuntimeError]  a plugin's create() failed
+    ├── GroupingError               [ValueError]    a plugin's parameter groups are unusable
+    ├── PolicyArgumentError         [ValueError]    a bad policy argument
+    ├── PlanError                   [ValueError]    a policy returned something unusable
+    ├── FreezeViolationError        [AssertionError]  a frozen parameter changed
+    ├── StoreError                                  the model store
+    │   ├── InvalidNameError        [ValueError]
+    │   ├── ModelExistsError        [FileExistsError]
+    │   ├── ModelNotFoundError      [UnknownNameError]
+    │   └── LockTimeoutError        [TimeoutError]
+    ├── CorruptFileError            [ValueError]    a file that is not a valid zoo file
+    │   └── TamperedFileError                       its content hash does not match
+    ├── BaseMismatchError           [ValueError]    a delta's base is not the one it was saved on
+    ├── MissingBaseError            [ValueError]    a delta's base cannot be found
+    ├── UnsupportedFormatError      [ValueError]    a newer file format
+    ├── DataError                   [ValueError]    an image folder or image that cannot be used
+    └── AdaptArgumentError          [ValueError]    an adapt argument out of range
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import pluggy
 if TYPE_CHECKING:
     from torch import nn
 
-    from zoo.specs import BackboneSpec, ParamGroup, PolicySpec
+    from zoo.core.specs import BackboneSpec, ParamGroup, PolicySpec
 
 PROJECT_NAME = "zoo"
 ENTRY_POINT_GROUP = "zoo.plugins"
@@ -85,9 +85,21 @@ def zoo_extra_metadata(model: nn.Module, backbone: BackboneSpec | None) -> Mappi
     """
 
 
+@hookspec(firstresult=True)
+def zoo_identify_model(model: nn.Module) -> str | None:
+    """The ``"plugin:name"`` of the backbone ``model`` is, for a model zoo did not build.
+
+    zoo asks when it adopts a module built elsewhere (``zoo.adapt(timm.create_model(...))``), so
+    that the result can be saved and rebuilt. Return the qualified name of one of your own
+    backbones, or ``None`` when the model is not one of them. The first non-None answer that
+    names a backbone of the catalog is used (``firstresult``). Look at the model, never change it.
+    """
+
+
 HOOK_NAMES: tuple[str, ...] = (
     "zoo_register_backbones",
     "zoo_register_policies",
     "zoo_param_groups",
     "zoo_extra_metadata",
+    "zoo_identify_model",
 )

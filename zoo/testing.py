@@ -9,7 +9,7 @@ where zoo is installed these fixtures are available without an import:
     Whether the fixtures below load installed plugins (entry points). ``None`` (the
     default) follows ``ZOO_DISABLE_PLUGIN_AUTOLOAD``; override the fixture to change it.
 ``zoo_plugin_host``
-    A fresh :class:`~zoo.plugins.PluginHost`: built-ins plus installed plugins.
+    A fresh :class:`~zoo.core.plugins.PluginHost`: built-ins plus installed plugins.
 ``zoo_catalog``
     A fresh :class:`~zoo.Catalog` from ``zoo_plugin_host``, installed as the process-wide
     catalog for the test (so ``zoo.create`` and friends use it) and restored afterwards.
@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from zoo.catalog import Catalog
-    from zoo.param_table import ParamTable
-    from zoo.plugins import PluginHost, PluginRecord
-    from zoo.specs import BackboneSpec, PolicySpec
+    from zoo.core.catalog import Catalog
+    from zoo.core.plugins import PluginHost, PluginRecord
+    from zoo.core.specs import BackboneSpec, PolicySpec
+    from zoo.tables.table import ParamTable
 
 __all__ = [
     "Check",
@@ -56,8 +56,6 @@ __all__ = [
     "zoo_register_plugin",
 ]
 
-#: Backbone used to plan a policy-only plugin's policies (built on ``meta``: no weights).
-FALLBACK_BACKBONE = "timm:resnet18"
 FORWARD_CLASSES = 3
 
 
@@ -83,7 +81,7 @@ def zoo_autoload() -> bool | None:
 @pytest.fixture
 def zoo_plugin_host(zoo_autoload: bool | None) -> PluginHost:
     """A fresh plugin host: built-in plugins, then installed ones (see ``zoo_autoload``)."""
-    from zoo.plugins import make_plugin_host
+    from zoo.core.plugins import make_plugin_host
 
     return make_plugin_host(autoload=zoo_autoload)
 
@@ -91,7 +89,7 @@ def zoo_plugin_host(zoo_autoload: bool | None) -> PluginHost:
 @pytest.fixture
 def zoo_catalog(zoo_plugin_host: PluginHost) -> Iterator[Catalog]:
     """A fresh catalog, installed as the process-wide catalog for the test, then restored."""
-    from zoo.catalog import Catalog
+    from zoo.core.catalog import Catalog
 
     with installed_catalog(Catalog(zoo_plugin_host)) as catalog:
         yield catalog
@@ -106,13 +104,13 @@ def zoo_register_plugin() -> Iterator[Callable[..., Catalog]]:
     defaults to the object's ``PLUGIN_NAME`` attribute, else the last part of its module name.
     The previous catalog comes back after the test.
     """
-    from zoo.api import set_catalog
+    from zoo.core.catalog import set_catalog
 
     saved: list[Catalog | None] = []
 
     def register(plugin: object, name: str | None = None, *, autoload: bool = False) -> Catalog:
-        from zoo.catalog import Catalog
-        from zoo.plugins import make_plugin_host
+        from zoo.core.catalog import Catalog
+        from zoo.core.plugins import make_plugin_host
 
         plugin_name = name or default_plugin_name(plugin)
         catalog = Catalog(make_plugin_host(autoload=autoload, extra={plugin_name: plugin}))
@@ -129,7 +127,7 @@ def zoo_register_plugin() -> Iterator[Callable[..., Catalog]]:
 @contextlib.contextmanager
 def installed_catalog(catalog: Catalog) -> Iterator[Catalog]:
     """Make ``catalog`` the process-wide catalog inside the ``with`` block."""
-    from zoo.api import set_catalog
+    from zoo.core.catalog import set_catalog
 
     previous = set_catalog(catalog)
     try:
@@ -224,7 +222,7 @@ def check_plugin(
     weights, get a parameter table (``zoo.params``) and, with ``forward``, run a forward pass
     with a ``num_classes=3`` head; its ``zoo_extra_metadata`` entries are ``str -> str`` with
     keys ``"<plugin>.<key>"``; every policy returns a valid plan (``zoo.plan``) for the first
-    backbone's table (``timm:resnet18`` for a plugin without backbones) that survives
+    backbone's table (a small CNN's for a plugin without backbones) that survives
     ``Plan.to_dict``/``from_dict``. ``policy_args`` gives arguments per policy name (bare);
     a policy with required arguments and none given is skipped.
 
@@ -237,7 +235,7 @@ def check_plugin(
     record = catalog.host.records.get(plugin_name)
     if record is None:
         raise UnknownNameError("plugin", plugin_name, catalog.host.records)
-    from zoo.plugins import format_origin
+    from zoo.core.plugins import format_origin
 
     report = PluginReport(plugin_name, format_origin(record))
     known_errors = len(record.errors)
@@ -268,13 +266,13 @@ def _catalog_for(plugin: str | object, catalog: Catalog | None, name: str | None
                  ) -> tuple[Catalog, str]:
     if isinstance(plugin, str):
         if catalog is None:
-            from zoo.api import get_catalog
+            from zoo.core.catalog import get_catalog
 
             catalog = get_catalog()
         return catalog, plugin
     if catalog is None:
-        from zoo.catalog import Catalog
-        from zoo.plugins import make_plugin_host
+        from zoo.core.catalog import Catalog
+        from zoo.core.plugins import make_plugin_host
 
         plugin_name = name or default_plugin_name(plugin)
         return Catalog(make_plugin_host(autoload=False, extra={plugin_name: plugin})), plugin_name
@@ -301,7 +299,7 @@ def _check_loaded(report: PluginReport, record: PluginRecord) -> None:
 def _check_backbone(report: PluginReport, catalog: Catalog, spec: BackboneSpec, *,
                     forward: bool) -> ParamTable | None:
     import zoo
-    from zoo.table_builder import build_meta
+    from zoo.tables.build import build_meta
 
     name = spec.qualified_name
     try:
@@ -379,7 +377,7 @@ def _copied_mapping(_plugin: str, answer: Any) -> Any:
 def _check_forward(report: PluginReport, catalog: Catalog, spec: BackboneSpec) -> None:
     import torch
 
-    from zoo.table_builder import build_meta
+    from zoo.tables.build import build_meta
 
     label = f"{spec.qualified_name} runs forward with num_classes={FORWARD_CLASSES} (meta)"
     try:
@@ -399,12 +397,25 @@ def _check_forward(report: PluginReport, catalog: Catalog, spec: BackboneSpec) -
 
 
 def _fallback_table(report: PluginReport) -> ParamTable | None:
-    import zoo
+    """The table a policy-only plugin's policies are planned on: a small CNN built here (stem,
+    three stages with BatchNorm, a linear head), so the check needs no backbone plugin."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    from zoo.tables.build import describe
+
+    def stage(channels_in: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(channels_in, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
 
     try:
-        return zoo.params(FALLBACK_BACKBONE)
+        model = nn.Sequential(OrderedDict(
+            stem=stage(3), stage1=stage(8), stage2=stage(8), stage3=stage(8),
+            pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(8, FORWARD_CLASSES),
+        ))
+        return describe(model)
     except Exception as exc:
-        report.add(f"policies can be planned on {FALLBACK_BACKBONE}", False, _describe(exc))
+        report.add("policies can be planned on a small CNN", False, _describe(exc))
         return None
 
 
@@ -412,7 +423,7 @@ def _check_policy(report: PluginReport, spec: PolicySpec, table: ParamTable,
                   args: Mapping[str, Any]) -> None:
     import zoo
 
-    label = f"policy {spec.qualified_name} plans {table.backbone or 'the model'}"
+    label = f"policy {spec.qualified_name} plans {table.backbone or 'a small CNN'}"
     required = [a.name for a in spec.args if a.required and a.name not in args]
     if required:
         report.add(label, True, f"needs argument(s) {', '.join(required)}: pass "
@@ -434,7 +445,7 @@ def _check_policy(report: PluginReport, spec: PolicySpec, table: ParamTable,
 
 
 def _plan_problems(plan: Any, table: ParamTable) -> list[str]:
-    from zoo.plans import Plan
+    from zoo.plans.plan import Plan
 
     if not isinstance(plan, Plan):
         return [f"zoo.plan returned {type(plan).__name__}, not a zoo.Plan"]

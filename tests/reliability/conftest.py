@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from reliability_helpers import PLUGIN_NAME, TinyPlugin
 
-from zoo.catalog import Catalog
-from zoo.plugins import make_plugin_host
+from zoo.core.catalog import Catalog
+from zoo.core.plugins import make_plugin_host
 from zoo.testing import installed_catalog
 
 

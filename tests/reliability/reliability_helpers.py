@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 import zoo
-from zoo import store
+from zoo.io import store
 
 PLUGIN_NAME = "rel"
 BACKBONE = "rel:tiny"
@@ -102,7 +102,7 @@ def temp_leftovers() -> list[Path]:
 def config_matches_model(name: str) -> bool:
     import json
 
-    from zoo.fileformat import read_header
+    from zoo.io.fileformat import read_header
 
     config = json.loads((store.entry_dir(name) / store.CONFIG_FILE).read_text())
     return config["zoo"]["content_sha256"] == read_header(store.model_file(name)).metadata[

@@ -25,8 +25,8 @@ import fakeplugins
 import pytest
 
 import zoo
-from zoo.catalog import Catalog
-from zoo.plugins import discover_entry_points, make_plugin_host
+from zoo.core.catalog import Catalog
+from zoo.core.plugins import discover_entry_points, make_plugin_host
 from zoo.testing import installed_catalog
 
 STRICT_EXIT = 3

@@ -28,7 +28,7 @@ from reliability_helpers import (
 )
 
 import zoo
-from zoo import persistence, store
+from zoo.io import persistence, store
 
 WRITERS = 4
 READERS = 2

@@ -16,7 +16,7 @@ import pytest
 from reliability_helpers import make_version
 
 import zoo
-from zoo import store
+from zoo.io import store
 
 
 def mode(path: Path) -> int:

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from reliability_helpers import make_version, version_of
 
 import zoo
-from zoo.fileformat import DTYPES, parse_header, read_file, read_header
-from zoo.metadata import KEYS
+from zoo.io.fileformat import DTYPES, parse_header, read_file, read_header
+from zoo.io.metadata import KEYS
 
 
 def examples(n: int) -> settings:

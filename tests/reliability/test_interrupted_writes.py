@@ -40,9 +40,9 @@ from reliability_helpers import (
 )
 
 import zoo
-from zoo import store
 from zoo.cli.main import main
-from zoo.fileformat import PAUSE_ENV
+from zoo.io import store
+from zoo.io.fileformat import PAUSE_ENV
 
 
 def check_after_fault(name: str, allowed: set[str], *, may_be_absent: bool = False) -> str | None:

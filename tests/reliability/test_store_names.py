@@ -17,7 +17,7 @@ import pytest
 from reliability_helpers import make_version, save_version, tree_snapshot, version_of
 
 import zoo
-from zoo import store
+from zoo.io import store
 
 #: name -> the rule its refusal must state.
 BAD_NAMES = {

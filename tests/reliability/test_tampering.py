@@ -18,7 +18,7 @@ import torch
 from reliability_helpers import BACKBONE, make_version, save_version, version_of
 
 import zoo
-from zoo.fileformat import CONTENT_HASH_KEY, TENSORS_HASH_KEY, read_file, read_header
+from zoo.io.fileformat import CONTENT_HASH_KEY, TENSORS_HASH_KEY, read_file, read_header
 
 LOADERS: dict[str, Callable[[Path], Any]] = {
     "zoo.load": lambda path: zoo.load(path),
@@ -117,16 +117,16 @@ def test_a_delta_refuses_a_replaced_store_base_naming_both_hashes(tiny):
     with torch.no_grad():
         model[5].weight.add_(1.0)  # "training" the head
     zoo.save(model, "child", delta=True)
-    recorded = json.loads(read_header(zoo.store.model_file("child")).metadata["zoo.base"])[
+    recorded = json.loads(read_header(zoo.io.store.model_file("child")).metadata["zoo.base"])[
         "sha256"
     ]
     with pytest.warns(UserWarning, match="'child'"):
         save_version(2, "base")
-    found = read_file(zoo.store.model_file("base")).tensors_sha256
+    found = read_file(zoo.io.store.model_file("base")).tensors_sha256
     assert recorded != found
     for load in (lambda: zoo.load("child"),
                  lambda: zoo.create(BACKBONE, num_classes=2,
-                                    weights=zoo.store.model_file("child"))):
+                                    weights=zoo.io.store.model_file("child"))):
         with pytest.raises(zoo.BaseMismatchError) as info:
             load()
         assert hashes_in(str(info.value)) == {recorded, found}

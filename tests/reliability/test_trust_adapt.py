@@ -21,9 +21,9 @@ from test_data import make_color_folder
 from torch.utils.data import DataLoader, TensorDataset
 
 import zoo
+from zoo.adaptation.history import EpochRecord, History
 from zoo.cli.main import main
 from zoo.errors import AdaptArgumentError, DataError
-from zoo.history import EpochRecord, History
 
 NOWHERE = {"backbone_or_model": "nowhere:no-such-backbone", "train": "/no/such/folder"}
 

@@ -31,10 +31,10 @@ from torch import nn
 
 import zoo
 from zoo.builtin import standard_policies, timm_backbones
-from zoo.catalog import Catalog
+from zoo.core.catalog import Catalog
+from zoo.core.plugins import make_plugin_host
 from zoo.errors import CorruptFileError, ModelBuildError, UnknownNameError
-from zoo.fileformat import hash_tensors, read_file
-from zoo.plugins import make_plugin_host
+from zoo.io.fileformat import hash_tensors, read_file
 from zoo.testing import installed_catalog
 
 RESNET = "timm:resnet18"

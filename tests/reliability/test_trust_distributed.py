@@ -30,7 +30,7 @@ WORKER = textwrap.dedent(
     torch.set_num_threads(1)
     from torch.utils.data import DataLoader, Dataset
     import zoo
-    from zoo.data import load_image
+    from zoo.adaptation.data import load_image
 
     mode, bad_image = sys.argv[1], sys.argv[2]
     rank = int(os.environ["RANK"])
@@ -54,15 +54,15 @@ WORKER = textwrap.dedent(
 
     train = DataLoader(Colours(), batch_size=4)
     if rank == 1 and mode == "prepare":
-        import zoo.data
+        import zoo.adaptation.data
 
-        scan = zoo.data.scan_image_folder
+        scan = zoo.adaptation.data.scan_image_folder
 
         def timed_scan(*args, **kwargs):
             print("FAILED_AT", time.time(), flush=True)
             return scan(*args, **kwargs)
 
-        zoo.data.scan_image_folder = timed_scan  # only times the scan, which then fails
+        zoo.adaptation.data.scan_image_folder = timed_scan  # only times the scan, which then fails
         train = os.path.join(os.path.dirname(bad_image), "missing-on-this-node")
     try:
         zoo.adapt("timm:test_resnet", train, policy="full", epochs=3, image_size=32,

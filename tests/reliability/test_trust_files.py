@@ -24,8 +24,8 @@ from reliability_helpers import BACKBONE, make_version
 from trust_helpers import Outcome, run_bounded, write_raw
 
 import zoo
-from zoo import fileformat
-from zoo.fileformat import (
+from zoo.io import fileformat
+from zoo.io.fileformat import (
     CONTENT_HASH_KEY,
     MAX_TENSORS,
     TENSORS_HASH_KEY,

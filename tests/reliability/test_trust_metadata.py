@@ -23,11 +23,11 @@ from reliability_helpers import make_version
 from test_store_names import zoo_command
 
 import zoo
-from zoo import store
-from zoo.fileformat import read_file
-from zoo.metadata import KEYS, ZooMetadata
-from zoo.plans import Plan
-from zoo.specs import InputConfig
+from zoo.core.specs import InputConfig
+from zoo.io import store
+from zoo.io.fileformat import read_file
+from zoo.io.metadata import KEYS, ZooMetadata
+from zoo.plans.plan import Plan
 
 HUGE = "1" + "0" * 400  # a JSON integer that overflows float (and int64)
 PLAN_OK = {"trainable": ["5.weight"], "frozen": ["5.bias"]}

@@ -25,9 +25,9 @@ from reliability_helpers import PLUGIN_NAME, TinyPlugin, build_tiny
 from test_broken_plugins import zoo_command
 
 import zoo
-from zoo.catalog import Catalog
-from zoo.metadata import EXTRA_METADATA_ENTRIES, EXTRA_METADATA_LIMIT
-from zoo.plugins import make_plugin_host
+from zoo.core.catalog import Catalog
+from zoo.core.plugins import make_plugin_host
+from zoo.io.provenance import EXTRA_METADATA_ENTRIES, EXTRA_METADATA_LIMIT
 from zoo.testing import installed_catalog
 
 

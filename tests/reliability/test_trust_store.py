@@ -25,8 +25,8 @@ from reliability_helpers import FORK, child_init, make_version, save_version, ve
 from trust_helpers import NOBODY, cli, open_tree, run_bounded, warm_up_cli, write_raw
 
 import zoo
-from zoo import store
-from zoo.metadata import ZooMetadata
+from zoo.io import store
+from zoo.io.metadata import ZooMetadata
 
 QUICK = 1.0
 

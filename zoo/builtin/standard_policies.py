@@ -15,11 +15,9 @@ import fnmatch
 import math
 from typing import Literal
 
+from zoo import NormMode, ParamTable, Plan, PolicySpec
 from zoo.errors import PolicyArgumentError
 from zoo.hookspecs import RegisterPolicy, hookimpl
-from zoo.param_table import ParamTable
-from zoo.plans import NormMode, Plan
-from zoo.specs import PolicySpec
 
 PLUGIN_NAME = "zoo"
 HEAD_GROUPS = frozenset({"head", "neck"})

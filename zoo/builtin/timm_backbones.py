@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from zoo import BackboneSpec, InputConfig, ParamGroup
+from zoo.builtin.timm_groups import timm_param_groups
 from zoo.errors import WeightsUnavailableError
 from zoo.hookspecs import RegisterBackbone, hookimpl
-from zoo.specs import BackboneSpec, InputConfig, ParamGroup
 
 if TYPE_CHECKING:
     from torch import nn
@@ -100,6 +101,7 @@ def zoo_register_backbones(register: RegisterBackbone) -> None:
                 num_classes=num_classes,
                 family=family,
                 unsafe_kwargs=UNSAFE_KWARGS,
+                config_json=timm_config_json,
             )
         )
 
@@ -125,6 +127,28 @@ def _pretrained_cfg_reader() -> Callable[[str], Any]:
         return default.default if default is not None else None
 
     return read
+
+
+def timm_config_json(
+    model: nn.Module, label_names: list[str] | None, data_config: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The ``config.json`` timm's ``push_to_hf_hub`` would write for ``model`` (None for a model
+    timm did not build), so a saved folder loads with ``timm.create_model("local-dir:...")``."""
+    if not isinstance(getattr(model, "pretrained_cfg", None), dict):
+        return None
+    import json
+    import tempfile
+
+    from timm.models._hub import save_config_for_hf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.json"
+        save_config_for_hf(
+            model, str(path),
+            model_config={"label_names": list(label_names)} if label_names else None,
+            data_config=dict(data_config),
+        )
+        return json.loads(path.read_text(encoding="utf-8"))
 
 
 def create_timm_model(
@@ -220,9 +244,16 @@ def zoo_param_groups(
     model: nn.Module, backbone: BackboneSpec | None
 ) -> Sequence[ParamGroup] | None:
     """Groups from timm's ``group_matcher(coarse=True)``: stem, blocks/stages, head."""
-    from zoo.builtin.timm_groups import timm_param_groups
 
     return timm_param_groups(model)
+
+
+@hookimpl
+def zoo_identify_model(model: nn.Module) -> str | None:
+    """``timm:<architecture>`` for a model timm built (its ``pretrained_cfg`` says which)."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    arch = cfg.get("architecture") if isinstance(cfg, Mapping) else None
+    return f"{PLUGIN_NAME}:{arch}" if isinstance(arch, str) and arch else None
 
 
 @hookimpl

@@ -33,12 +33,12 @@ def precheck_names(backbone: str | None = None, policy: str | None = None) -> No
     A catalog already built or set in this process (a test, a notebook) is the authority
     instead: the check then costs nothing either.
     """
-    from zoo.api import current_catalog
+    from zoo.core.catalog import current_catalog
 
     catalog = current_catalog()
     if catalog is not None:
         catalog.check_names(backbone=backbone, policy=policy)
         return
-    from zoo.listing import check_names_cached
+    from zoo.cli.listing import check_names_cached
 
     check_names_cached(backbone=backbone, policy=policy)

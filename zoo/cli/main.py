@@ -13,12 +13,11 @@ from collections.abc import Iterator, Sequence
 from zoo._version import __version__
 from zoo.cli import commands
 from zoo.cli.output import Output
+from zoo.core.plugins import STRICT_ENV
 from zoo.errors import ZooError
-from zoo.plugins import STRICT_ENV
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 
 
 def _command_modules() -> list:

@@ -21,7 +21,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from zoo.adaptation import AdaptCallback, EpochRecord, History
+from zoo.adaptation.job import AdaptCallback, EpochRecord, History
 from zoo.cli.output import bar, human_count
 
 

@@ -9,9 +9,9 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from zoo.cli.listing import BackboneEntry, PolicyEntry
 from zoo.cli.output import aligned_text
-from zoo.listing import BackboneEntry, PolicyEntry
-from zoo.plugins import PluginRecord, format_origin
+from zoo.core.plugins import PluginRecord, format_origin
 
 #: Listings longer than this are plain text (and their JSON one entry per line): rich styles
 #: and measures every row, seconds for 100,000.

@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from zoo.cli.output import aligned_text, bar, human_count
-from zoo.param_table import ParamTable
+from zoo.tables.table import ParamTable
 
 BAR_WIDTH = 20
 

@@ -8,8 +8,8 @@ from rich.table import Table
 from rich.text import Text
 
 from zoo.cli.output import aligned_text, human_count
-from zoo.param_table import ParamTable
-from zoo.plans import NormMode, Plan, PlanDepth
+from zoo.plans.plan import NormMode, Plan, PlanDepth
+from zoo.tables.table import ParamTable
 
 BAR_WIDTH = 16
 TRAINED, FROZEN = "█", "░"

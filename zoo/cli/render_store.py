@@ -12,8 +12,8 @@ from rich.text import Text
 from zoo.cli.output import bar, human_bytes, human_count
 
 if TYPE_CHECKING:
-    from zoo.persistence import Inspection
-    from zoo.store import EntryInfo, GcResult
+    from zoo.io.persistence import Inspection
+    from zoo.io.store import EntryInfo, GcResult
 
 BAR_WIDTH = 20
 

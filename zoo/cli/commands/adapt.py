@@ -130,8 +130,10 @@ def _adapt_naming_options(adapt: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from zoo.adaptation import adapt
-    from zoo.distributed import launched_by_torchrun
+    from zoo.adaptation.distributed import launched_by_torchrun
+    from zoo.adaptation.job import AdaptConfig
+    from zoo.adaptation.job import run as run_job
+    from zoo.core.catalog import get_catalog
 
     main_rank = not launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
     name = args.name or default_name(args.backbone, args.data)
@@ -143,11 +145,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
         progress = AdaptProgress(out.console)
     try:
-        _model, history = _adapt_naming_options(
-            adapt,
-            args.backbone,
-            args.data,
-            args.val,
+        options = AdaptConfig(
             policy=args.policy,
             epochs=args.epochs,
             lr=args.lr,
@@ -174,6 +172,9 @@ def run(args: argparse.Namespace, out: Output) -> int:
             num_workers=args.workers,
             seed=args.seed,
             callback=progress,
+        )
+        _model, history = _adapt_naming_options(
+            run_job, args.backbone, args.data, args.val, options, catalog=get_catalog()
         )
     finally:
         if progress is not None:

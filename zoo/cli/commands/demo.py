@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, out: Output) -> int:
     from dataclasses import replace
 
-    from zoo.demo import FAST, FULL, run_demo
+    from zoo.cli.demo import FAST, FULL, run_demo
 
     settings = FAST if args.fast else FULL
     if args.backbone:

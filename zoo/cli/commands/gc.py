@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from zoo.store import gc
+    from zoo.io.store import gc
 
     result = gc(dry_run=args.dry_run)
     if args.json:

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from zoo.persistence import inspect
+    from zoo.api import inspect
 
     info = inspect(args.target, verify=not args.no_verify)
     if args.json:

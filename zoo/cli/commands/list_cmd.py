@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
+    from zoo.cli.listing import get_listing
     from zoo.cli.render_listing import (
         PLAIN_ROWS,
         backbones_table,
@@ -46,8 +47,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         pretrained_table,
         problem_lines,
     )
-    from zoo.listing import get_listing
-    from zoo.plugins import STRICT_ENV, env_flag
+    from zoo.core.plugins import STRICT_ENV, env_flag
 
     what, pattern = _parse_words(args.words)
     listing = get_listing(use_cache=not args.refresh)

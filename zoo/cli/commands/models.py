@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from zoo.store import list_saved, models_dir
+    from zoo.io.store import list_saved, models_dir
 
     entries = list_saved()
     if args.json:

@@ -36,8 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from zoo.param_table import params
-    from zoo.plans import plan
+    from zoo.api import params, plan
 
     kwargs = num_classes_kwargs(args)
     precheck_names(backbone=args.name, policy=args.policy)

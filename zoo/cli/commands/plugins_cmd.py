@@ -26,9 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
+    from zoo.cli.listing import get_listing
     from zoo.cli.render_listing import plugins_table, problem_lines
-    from zoo.listing import get_listing
-    from zoo.plugins import STRICT_ENV, env_flag
+    from zoo.core.plugins import STRICT_ENV, env_flag
 
     listing = get_listing(use_cache=not args.refresh)
     if args.json:

@@ -27,10 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from zoo.distributed import resolve_device
+    from zoo.adaptation.distributed import resolve_device
+    from zoo.api import load, predict
     from zoo.errors import ZooError
-    from zoo.persistence import load
-    from zoo.prediction import predict
 
     if args.topk < 1:  # refused before the model is read
         raise ZooError(f"--topk must be an int >= 1, not {args.topk}")

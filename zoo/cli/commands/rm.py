@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.errors import StoreError, ZooError
-    from zoo.store import removal_order, removal_problems, remove
+    from zoo.io.store import removal_order, removal_problems, remove
 
     names = list(dict.fromkeys(args.names))
     problems = removal_problems(names, force=args.force)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from zoo.specs import ParamGroup
+from zoo import ParamGroup
 
 if TYPE_CHECKING:
     from torch import nn

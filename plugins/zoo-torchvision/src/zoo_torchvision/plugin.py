@@ -15,8 +15,8 @@ from zoo import hookimpl
 
 if TYPE_CHECKING:
     from torch import nn
+    from zoo import BackboneSpec, ParamGroup
     from zoo.hookspecs import RegisterBackbone
-    from zoo.specs import BackboneSpec, ParamGroup
 
 PLUGIN_NAME = "torchvision"
 

@@ -6,7 +6,7 @@ import functools
 import re
 from collections.abc import Iterator
 
-from zoo.specs import BackboneSpec, InputConfig
+from zoo import BackboneSpec, InputConfig
 
 from zoo_torchvision import weights as tv_weights
 from zoo_torchvision.build import create_torchvision_model

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from zoo import InputConfig
 from zoo.errors import UnknownNameError, WeightsUnavailableError
-from zoo.specs import InputConfig
 
 OFFLINE_ENV = ("ZOO_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 REACH_TIMEOUT_S = 3.0

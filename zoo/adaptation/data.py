@@ -1,0 +1,458 @@
+"""Images for adaptation: class folders, corrupt files, splits and timm transforms.
+
+An image folder holds one sub-folder per class (``data/cat/1.jpg``, ``data/dog/7.png``); class
+names are the sub-folder names, sorted. Hidden entries (``.git``) are ignored, and so are files
+whose extension is not an image one. Images inside a class folder may sit in nested folders.
+
+Corrupt images: while scanning, every image file is opened and checked with PIL's ``verify()``.
+A file that fails is **skipped and counted** by default (:attr:`ImageFolder.skipped` names each
+one with the reason; the CLI prints a warning); ``on_corrupt="error"`` makes the first such file
+a :class:`~zoo.DataError` naming it instead. A file that passes the check but still cannot be
+decoded while training (a truncated JPEG body) stops training with a :class:`~zoo.DataError`
+naming the file.
+
+Transforms come from the backbone's input config (timm's data config, ``resolve_data_config``)
+through ``timm.data.create_transform``: augmentation (random resized crop, flip, colour jitter)
+for training, resize + centre crop for evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from torch.utils.data import Dataset
+
+from zoo.core.specs import InputConfig
+from zoo.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp",
+)
+OnCorrupt = Literal["skip", "error"]
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """An image file left out because PIL could not read it."""
+
+    path: Path
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": str(self.path), "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """A scanned image folder: class names, ``(path, class index)`` samples, skipped files."""
+
+    root: Path
+    classes: tuple[str, ...]
+    samples: tuple[tuple[Path, int], ...]
+    skipped: tuple[SkippedFile, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def counts(self) -> dict[str, int]:
+        """Images per class name (classes without images in this folder count 0)."""
+        counter = Counter(self.targets)
+        return {name: counter.get(i, 0) for i, name in enumerate(self.classes)}
+
+    @property
+    def samples_per_class(self) -> int:
+        """The mean number of images per class, rounded (what ``policy="auto"`` is told)."""
+        present = [n for n in self.counts().values() if n]
+        return round(sum(present) / len(present)) if present else 0
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _visible(entries: Iterable[os.DirEntry]) -> list[os.DirEntry]:
+    return [e for e in entries if not e.name.startswith(".")]
+
+
+def _check_image(path: Path) -> str | None:
+    """None when PIL can identify and verify ``path``; otherwise the reason."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _list_images(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(Path(f)))
+    return found
+
+
+def scan_image_folder(
+    root: str | os.PathLike[str],
+    *,
+    classes: Sequence[str] | None = None,
+    on_corrupt: OnCorrupt = "skip",
+    verify: bool = True,
+    training: bool = False,
+) -> ImageFolder:
+    """Scan ``root`` (one sub-folder per class) into an :class:`ImageFolder`.
+
+    ``classes`` fixes the class list and its order (a validation folder must use the training
+    classes); a sub-folder not among them is an error. Raises :class:`~zoo.DataError` for a
+    missing, unreadable or empty folder, a class folder without images, and (with
+    ``on_corrupt="error"``) a file PIL cannot read. ``verify=False`` skips the per-file check.
+    ``training=True`` (a folder to train on) also refuses fewer than 2 class folders and a
+    class of ``classes`` without a folder — checked before any image is opened.
+    """
+    if on_corrupt not in ("skip", "error"):
+        raise DataError(f"on_corrupt must be 'skip' or 'error', not {on_corrupt!r}")
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise DataError(f"image folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise DataError(
+            f"{str(path)!r} is not a folder: pass a folder with one sub-folder per class"
+        )
+    try:
+        with os.scandir(path) as it:
+            entries = _visible(it)
+    except OSError as exc:
+        raise DataError(f"cannot read image folder {str(path)!r}: {exc.strerror or exc}") from exc
+    class_dirs = sorted(e.name for e in entries if e.is_dir())
+    if not class_dirs:
+        loose = [e.name for e in entries if e.is_file() and _is_image(Path(e.name))]
+        if loose:
+            raise DataError(
+                f"image folder {str(path)!r} has {len(loose)} image(s) but no class sub-folders: "
+                f"put each class's images in a sub-folder named after the class "
+                f"(e.g. {str(path / 'cat' / loose[0])!r})"
+            )
+        raise DataError(
+            f"image folder {str(path)!r} is empty: expected one sub-folder per class "
+            "holding that class's images"
+        )
+    if classes is None:
+        class_list = tuple(class_dirs)
+    else:
+        class_list = tuple(classes)
+        unknown = [c for c in class_dirs if c not in class_list]
+        if unknown:
+            raise DataError(
+                f"image folder {str(path)!r} has class folder(s) {', '.join(map(repr, unknown))} "
+                f"that the training data does not have (training classes: "
+                f"{', '.join(class_list)})"
+            )
+    if training:
+        _check_training_classes(path, class_dirs, class_list)
+    index = {name: i for i, name in enumerate(class_list)}
+    samples: list[tuple[Path, int]] = []
+    skipped: list[SkippedFile] = []
+    empty: list[str] = []
+    for name in class_dirs:
+        try:
+            files = _list_images(path / name)
+        except OSError as exc:  # pragma: no cover - os.walk swallows most errors
+            raise DataError(f"cannot read class folder {str(path / name)!r}: {exc}") from exc
+        good = 0
+        for file in files:
+            reason = _check_image(file) if verify else None
+            if reason is not None:
+                if on_corrupt == "error":
+                    raise DataError(
+                        f"corrupt or unreadable image {str(file)!r} ({reason}); remove it, or "
+                        "let zoo skip such files (on_corrupt='skip', the default)"
+                    )
+                skipped.append(SkippedFile(file, reason))
+                continue
+            samples.append((file, index[name]))
+            good += 1
+        if good == 0:
+            empty.append(name)
+    if empty:
+        details = ", ".join(repr(str(path / n)) for n in empty)
+        raise DataError(
+            f"class folder(s) without readable images: {details}; add images "
+            f"({', '.join(IMAGE_EXTENSIONS)}) or remove the folder"
+        )
+    return ImageFolder(path, class_list, tuple(samples), tuple(skipped))
+
+
+def _check_training_classes(path: Path, class_dirs: Sequence[str], classes: Sequence[str]
+                            ) -> None:
+    """A training folder needs 2 classes or more, and a folder for every class it trains."""
+    if len(class_dirs) < 2:
+        raise DataError(
+            f"training folder {str(path)!r} has a single class folder, {class_dirs[0]!r}: a "
+            "classifier needs at least 2 classes (one class is always predicted, at 100 %); "
+            "add a sub-folder of images for every other class"
+        )
+    missing = [c for c in classes if c not in class_dirs]
+    if missing:
+        raise DataError(
+            f"training folder {str(path)!r} has no folder for class(es) "
+            f"{', '.join(map(repr, missing))}: a class without training images is never "
+            "learned; add the folder(s) or leave the class(es) out of classes="
+        )
+
+
+def split_folder(folder: ImageFolder, fraction: float, *, seed: int = 0
+                 ) -> tuple[ImageFolder, ImageFolder]:
+    """Split ``folder`` into (train, val), stratified: ``fraction`` of each class goes to val.
+
+    Every class keeps at least one training image; a class with a single image has none in val.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"the validation split must be between 0 and 1 (exclusive), not {fraction}")
+    rng = random.Random(seed)
+    by_class: dict[int, list[tuple[Path, int]]] = {}
+    for sample in folder.samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    train: list[tuple[Path, int]] = []
+    val: list[tuple[Path, int]] = []
+    for label in sorted(by_class):
+        items = list(by_class[label])
+        rng.shuffle(items)
+        n_val = min(len(items) - 1, max(1, round(len(items) * fraction)))
+        val.extend(items[:n_val])
+        train.extend(items[n_val:])
+    train.sort(key=lambda s: (s[1], str(s[0])))
+    val.sort(key=lambda s: (s[1], str(s[0])))
+    return (
+        replace(folder, samples=tuple(train)),
+        replace(folder, samples=tuple(val), skipped=()),
+    )
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def load_image(path: str | os.PathLike[str]) -> Any:
+    """Open ``path`` as an RGB PIL image; a :class:`~zoo.DataError` names a file that fails."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot decode image {str(path)!r}: {exc}") from exc
+
+
+class ImageDataset(Dataset):
+    """A map-style torch dataset over ``(path, label)`` samples with a transform.
+
+    Has ``classes``, ``targets`` and ``transform`` like torchvision's ``ImageFolder``.
+    """
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], classes: Sequence[str],
+                 transform: Callable[[Any], Any] | None = None) -> None:
+        self.samples = list(samples)
+        self.classes = list(classes)
+        self.targets = [label for _, label in self.samples]
+        self.transform = transform
+
+    @classmethod
+    def from_folder(cls, folder: ImageFolder, transform: Callable[[Any], Any] | None = None
+                    ) -> ImageDataset:
+        return cls(folder.samples, folder.classes, transform)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        image = load_image(path)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+
+# ---------------------------------------------------------------- transforms
+
+
+def input_config_of(model: nn.Module) -> InputConfig:
+    """The input config of ``model``: ``model.zoo_input_config``, else timm's data config."""
+    config = getattr(model, "zoo_input_config", None)
+    if isinstance(config, InputConfig):
+        return config
+    try:
+        from timm.data import resolve_data_config
+
+        cfg = resolve_data_config({}, model=model)
+    except Exception:  # a model timm knows nothing about: ImageNet defaults
+        return InputConfig()
+    return InputConfig.from_dict(
+        {k: cfg[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+         if k in cfg and cfg[k] is not None}
+    )
+
+
+def with_overrides(config: InputConfig, *, image_size: int | Sequence[int] | None = None,
+                   overrides: Mapping[str, Any] | None = None) -> InputConfig:
+    """``config`` with ``image_size`` (an int or ``(h, w)``) and any other fields replaced."""
+    data = config.to_dict()
+    if overrides:
+        unknown = set(overrides) - set(data)
+        if unknown:
+            raise DataError(
+                f"unknown input config field(s) {', '.join(sorted(unknown))}; known: "
+                + ", ".join(sorted(data))
+            )
+        data.update(overrides)
+    if image_size is not None:
+        if isinstance(image_size, int):
+            size = [int(image_size)] * 2
+        else:
+            size = [int(v) for v in image_size]
+        if len(size) != 2 or min(size) < 1:
+            raise DataError(
+                f"image size must be a positive int or (height, width), not {image_size!r}"
+            )
+        data["input_size"] = [int(data["input_size"][0]), *size]
+    return InputConfig.from_dict(data)
+
+
+def build_transform(
+    config: InputConfig, *, train: bool = False, augment: bool | Mapping[str, Any] = True
+) -> Callable[[Any], torch.Tensor]:
+    """timm's transform for ``config``: augmented when ``train`` and ``augment``, else plain.
+
+    ``augment`` may be a mapping of ``timm.data.create_transform`` training options
+    (``scale``, ``ratio``, ``hflip``, ``vflip``, ``color_jitter``, ``auto_augment``,
+    ``re_prob`` …) that replace timm's defaults.
+    """
+    from timm.data import create_transform
+
+    common = {
+        "input_size": tuple(config.input_size),
+        "mean": tuple(config.mean),
+        "std": tuple(config.std),
+        "interpolation": config.interpolation,
+    }
+    if train and augment:
+        options = dict(augment) if isinstance(augment, Mapping) else {}
+        try:
+            return create_transform(is_training=True, **common, **options)
+        except TypeError as exc:
+            raise DataError(f"invalid augmentation option: {exc}") from exc
+    return create_transform(
+        is_training=False, crop_pct=config.crop_pct, crop_mode=config.crop_mode, **common
+    )
+
+
+_DETERMINISTIC = frozenset({
+    "CenterCrop", "CenterCropOrPad", "Compose", "ConvertImageDtype", "Grayscale",
+    "MaybePILToTensor", "MaybeToTensor", "Normalize", "PILToTensor", "Pad", "Resize",
+    "ResizeKeepRatio", "ToDtype", "ToImage", "ToPILImage", "ToPureTensor", "ToTensor",
+})
+
+
+def is_random_transform(transform: Any) -> bool:
+    """Whether ``transform`` may give a different tensor for the same image twice.
+
+    Known deterministic torchvision/timm steps (resize, crop, to-tensor, normalize) are not
+    random; anything else — ``Random*``, jitter, auto-augment, or a step zoo does not know —
+    counts as random, so a feature cache is never built on augmented images.
+    """
+    if transform is None:
+        return False
+    steps = getattr(transform, "transforms", None)
+    if steps is not None and type(transform).__name__ == "Compose":
+        return any(is_random_transform(step) for step in steps)
+    return type(transform).__name__ not in _DETERMINISTIC
+
+
+def dataset_transform(dataset: Any) -> tuple[bool, Any]:
+    """``(known, transform)`` for a dataset (looks through ``Subset``); known=False if hidden."""
+    seen = 0
+    while hasattr(dataset, "dataset") and hasattr(dataset, "indices") and seen < 8:
+        dataset = dataset.dataset
+        seen += 1
+    if hasattr(dataset, "transform"):
+        if getattr(dataset, "target_transform", None) is not None:
+            return False, None
+        return True, dataset.transform
+    if hasattr(dataset, "tensors"):  # TensorDataset: plain tensors, nothing random
+        return True, None
+    return False, None
+
+
+# ---------------------------------------------------------------- loaders
+
+
+@dataclass
+class LoaderSpec:
+    """How to build data loaders (kept so that distributed training can rebuild them)."""
+
+    batch_size: int = 32
+    num_workers: int = 0
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_loader(dataset: Dataset, spec: LoaderSpec, *, shuffle: bool,
+                sampler: Any = None, drop_last: bool = False) -> DataLoader:
+    """A ``DataLoader`` over ``dataset`` (seeded shuffling; ``sampler`` overrides it)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    generator = torch.Generator()
+    generator.manual_seed(spec.seed)
+    return DataLoader(
+        dataset,
+        batch_size=spec.batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=spec.num_workers,
+        drop_last=drop_last,
+        generator=generator if sampler is None else None,
+        persistent_workers=False,
+        **spec.extra,
+    )
+
+
+def dataset_targets(dataset: Any) -> list[int] | None:
+    """The integer labels of a dataset that exposes them (``targets``, a ``TensorDataset``'s
+    second tensor of integers); None when it doesn't."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None and hasattr(dataset, "tensors") and len(dataset.tensors) >= 2:
+        labels = dataset.tensors[1]
+        if labels.is_floating_point() or labels.is_complex() or labels.ndim != 1:
+            return None
+        targets = labels.tolist()
+    if targets is None:
+        return None
+    try:
+        return [int(t) for t in targets]
+    except (TypeError, ValueError):
+        return None
+
+
+def class_counts_of(dataset: Any, num_classes: int) -> list[int] | None:
+    """Images per class of a dataset that exposes ``targets`` (None when it doesn't)."""
+    targets = dataset_targets(dataset)
+    if targets is None:
+        return None
+    counter = Counter(targets)
+    return [counter.get(i, 0) for i in range(num_classes)]

@@ -1,0 +1,199 @@
+"""The data of an adaptation run: image folders or loaders, scanned, split and batched.
+
+:func:`prepare_data` turns ``train``/``val`` (folders or data loaders) into an
+:class:`AdaptData`; the loader builders make the batches for the training loop, sharded over
+the ranks when the run is distributed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from zoo.errors import DataError
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from zoo.adaptation.distributed import DistContext
+    from zoo.core.specs import InputConfig
+
+
+@dataclass
+class AdaptData:
+    classes: list[str]
+    train: Any  # ImageFolder or DataLoader
+    val: Any
+    skipped: list[dict[str, str]]
+    samples_per_class: int | None
+
+    @property
+    def from_folders(self) -> bool:
+        from zoo.adaptation.data import ImageFolder
+
+        return isinstance(self.train, ImageFolder)
+
+
+def is_loader(obj: Any) -> bool:
+    from torch.utils.data import DataLoader
+
+    return isinstance(obj, DataLoader)
+
+
+def prepare_data(train: Any, val: Any, *, classes: Sequence[str] | None,
+                 val_split: float | None, seed: int, on_corrupt: str) -> AdaptData:
+    """The run's data; refuses (:class:`~zoo.DataError`) anything a classifier cannot learn
+    from: fewer than 2 classes, a class without training data, labels out of range, a
+    validation set with other classes."""
+    from zoo.adaptation.data import scan_image_folder, split_folder
+
+    if is_loader(train):
+        return _loader_data(train, val, classes=classes, val_split=val_split)
+    if not isinstance(train, (str, os.PathLike)):
+        raise DataError(
+            f"train must be an image folder path or a DataLoader, not {type(train).__name__}"
+        )
+    folder = scan_image_folder(train, classes=classes, on_corrupt=on_corrupt, training=True)
+    skipped = [s.to_dict() for s in folder.skipped]
+    val_folder = None
+    if val is not None:
+        if val_split:
+            raise DataError("give either a validation folder or val_split, not both")
+        if not isinstance(val, (str, os.PathLike)):
+            raise DataError("train is an image folder, so val must be an image folder too")
+        val_folder = scan_image_folder(val, classes=folder.classes, on_corrupt=on_corrupt)
+        skipped += [s.to_dict() for s in val_folder.skipped]
+    elif val_split:
+        folder, val_folder = split_folder(folder, float(val_split), seed=seed)
+    return AdaptData(list(folder.classes), folder, val_folder, skipped, folder.samples_per_class)
+
+
+def _loader_data(train: DataLoader, val: Any, *, classes: Sequence[str] | None,
+                 val_split: float | None) -> AdaptData:
+    from zoo.adaptation.data import class_counts_of
+
+    if val is not None and not is_loader(val):
+        raise DataError("train is a DataLoader, so val must be a DataLoader too")
+    if val_split:
+        raise DataError("val_split only works with an image folder; pass val=DataLoader")
+    names = list(classes) if classes is not None else getattr(train.dataset, "classes", None)
+    if not names:
+        raise DataError(
+            "cannot tell the class names of this DataLoader: its dataset has no .classes; "
+            "pass classes=[...]"
+        )
+    names = [str(n) for n in names]
+    _check_loader_classes("training", train.dataset, names)
+    if val is not None:
+        _check_loader_classes("validation", val.dataset, names)
+    counts = class_counts_of(train.dataset, len(names))
+    spc = round(sum(counts) / max(1, sum(1 for c in counts if c))) if counts else None
+    return AdaptData(names, train, val, [], spc)
+
+
+def _check_loader_classes(role: str, dataset: Any, names: list[str]) -> None:
+    """Class names and labels of a loader's dataset, where it tells them (``.classes``,
+    ``.targets``, a ``TensorDataset``'s second tensor)."""
+    from zoo.adaptation.data import dataset_targets
+
+    own = getattr(dataset, "classes", None)
+    if role == "training" and len(names) < 2:
+        raise DataError(
+            f"the training data has a single class, {names[0]!r}: a classifier needs at least 2 "
+            "classes (one class is always predicted, at 100 %)"
+        )
+    if own is not None and role == "validation" and [str(n) for n in own] != names:
+        raise DataError(
+            f"the validation data's classes {[str(n) for n in own]} differ from the training "
+            f"classes {names}: its labels would be read as other classes"
+        )
+    targets = dataset_targets(dataset)
+    if targets is None:
+        return
+    bad = sorted({t for t in targets if not 0 <= t < len(names)})
+    if bad:
+        raise DataError(
+            f"the {role} data has label(s) {bad[:5]} outside 0..{len(names) - 1}, but "
+            f"{len(names)} class names ({', '.join(names)}); fix the labels or the class names"
+        )
+    present = sorted(set(targets))
+    if role == "training" and len(present) < 2:
+        found = repr(names[present[0]]) if present else "none"
+        raise DataError(
+            f"the training data has samples of a single class ({found}) of {len(names)}: a "
+            "classifier trained on it always predicts that class; give it samples of every class"
+        )
+
+
+def loaders_for_folders(data: AdaptData, config: InputConfig, *,
+                        augment: bool | Mapping[str, Any], batch_size: int, num_workers: int,
+                        seed: int, ctx: DistContext, shuffle_train: bool
+                        ) -> tuple[DataLoader, DataLoader | None]:
+    from torch.utils.data.distributed import DistributedSampler
+
+    from zoo.adaptation.data import ImageDataset, LoaderSpec, build_transform, make_loader
+    from zoo.adaptation.distributed import ShardSampler
+    from zoo.adaptation.feature_cache import INFERENCE_BATCH
+
+    spec = LoaderSpec(batch_size=batch_size, num_workers=num_workers, seed=seed)
+    # evaluation, and a training pass that only computes features, use larger batches
+    big = LoaderSpec(batch_size=max(batch_size, INFERENCE_BATCH), num_workers=num_workers,
+                     seed=seed)
+    train_ds = ImageDataset.from_folder(data.train, build_transform(config, train=True,
+                                                                    augment=augment))
+    sampler = None
+    if ctx.enabled:
+        sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank,
+                                     shuffle=shuffle_train, seed=seed)
+    train_loader = make_loader(train_ds, spec if shuffle_train else big, shuffle=shuffle_train,
+                               sampler=sampler)
+    val_loader = None
+    if data.val is not None and len(data.val):
+        val_ds = ImageDataset.from_folder(data.val, build_transform(config, train=False))
+        val_sampler = ShardSampler(len(val_ds), ctx.rank, ctx.world_size) if ctx.enabled else None
+        val_loader = make_loader(val_ds, big, shuffle=False, sampler=val_sampler)
+    return train_loader, val_loader
+
+
+def distributed_loader(loader: DataLoader, ctx: DistContext, *, shuffle: bool, seed: int,
+                       evaluation: bool) -> DataLoader:
+    """A user's loader rebuilt with a sampler that shards its dataset over the ranks."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from zoo.adaptation.distributed import ShardSampler
+
+    if evaluation:
+        sampler: Any = ShardSampler(len(loader.dataset), ctx.rank, ctx.world_size)
+    else:
+        sampler = DistributedSampler(loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
+                                     shuffle=shuffle, seed=seed)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size or 1, sampler=sampler,
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                      pin_memory=loader.pin_memory, drop_last=loader.drop_last and not evaluation)
+
+
+def set_epoch(loader: Any, epoch: int) -> None:
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
+def reshuffled(loader: DataLoader, ctx: DistContext, seed: int, batch_size: int
+               ) -> DataLoader:
+    """The training loader again, shuffled, when the feature cache turned out unusable."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from zoo.adaptation.data import LoaderSpec, make_loader
+
+    if isinstance(loader.sampler, DistributedSampler):
+        sampler = DistributedSampler(loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
+                                     shuffle=True, seed=seed)
+        return DataLoader(loader.dataset, batch_size=batch_size, sampler=sampler,
+                          num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+    spec = LoaderSpec(batch_size=batch_size, num_workers=loader.num_workers,
+                      seed=seed, extra={"collate_fn": loader.collate_fn})
+    return make_loader(loader.dataset, spec, shuffle=True)

@@ -1,0 +1,456 @@
+"""Adapt a backbone to your images: ``zoo.adapt`` — the main job zoo exists for.
+
+::
+
+    model, history = zoo.adapt("timm:resnet18", "data/train", "data/val",
+                                    policy="freeze-to:depth=3", epochs=5, name="flowers")
+
+``train`` / ``val`` are image folders (one sub-folder per class) or PyTorch data loaders. The
+freeze plan decides what trains, the optimizer's parameter groups and their lr scales; a
+schedule policy (``gradual``) unfreezes more each epoch. A plan that trains only the head on
+un-augmented images uses the feature cache (:mod:`zoo.adaptation.feature_cache`). Under
+``torchrun`` the same call trains with DistributedDataParallel
+(:mod:`zoo.adaptation.distributed`). With ``name``, the
+result is saved into the store with its class names, input config and plan — checked *before*
+training, so an existing name without ``overwrite=True`` fails fast and changes nothing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from zoo.adaptation.evaluation import Evaluation, evaluate
+from zoo.adaptation.history import AdaptCallback, AdaptResult, EpochRecord, History
+from zoo.adaptation.inputs import prepare_data
+from zoo.adaptation.starting_point import build_model, check_start, check_target, resolve_weights
+from zoo.adaptation.training import LR_SCHEDULES, OPTIMIZERS, run_training
+from zoo.core.specs import CROP_MODES, INTERPOLATIONS, MAX_IMAGE_SIDE, InputConfig
+from zoo.errors import AdaptArgumentError, DataError, MissingBaseError, ZooError
+from zoo.io.persistence import save
+from zoo.plans.binding import bind, resolve_policy
+from zoo.plans.schedule import ScheduleDriver
+from zoo.tables.build import table_for
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    from zoo.core.catalog import Catalog
+    from zoo.core.specs import PolicySpec
+
+__all__ = [
+    "AdaptCallback",
+    "AdaptResult",
+    "EpochRecord",
+    "Evaluation",
+    "History",
+    "adapt",
+    "evaluate",
+]
+
+#: Arguments zoo offers to any policy that declares them (``auto`` declares the first two).
+CONTEXT_ARGS = ("samples_per_class", "similarity", "num_classes", "epochs")
+
+
+def _policy_kwargs(policy: str | PolicySpec, given: Mapping[str, Any],
+                   context: Mapping[str, Any], catalog: Catalog) -> dict[str, Any]:
+    """``given`` plus the context arguments the policy declares and was not given.
+
+    Raises when the policy needs ``samples_per_class`` and neither the data nor the caller
+    can tell it.
+    """
+    spec, raw = resolve_policy(policy, catalog)
+    declared = {a.name for a in spec.args}
+    kwargs = dict(given)
+    for key in CONTEXT_ARGS:
+        if key in declared and key not in kwargs and key not in raw \
+                and context.get(key) is not None:
+            kwargs[key] = context[key]
+    if "samples_per_class" in declared and "samples_per_class" not in kwargs \
+            and "samples_per_class" not in raw:
+        raise DataError(
+            f"policy {spec.qualified_name!r} needs the number of samples per class, which this "
+            "data loader does not tell (its dataset has no .targets); pass samples_per_class=N"
+        )
+    return kwargs
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """How an adapt run trains: one field per keyword argument of :func:`zoo.adapt`, with the
+    same defaults. ``zoo adapt`` fills one from its options; :meth:`check` refuses a value of
+    the wrong type or out of range before any work."""
+
+    policy: str | PolicySpec = "auto"
+    policy_args: Mapping[str, Any] | None = None
+    epochs: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    lr_schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    name: str | None = None
+    overwrite: bool = False
+    delta: bool = False
+    pretrained: bool | str = False
+    weights: str | os.PathLike[str] | None = None
+    model_kwargs: Mapping[str, Any] | None = None
+    classes: Sequence[str] | None = None
+    val_split: float | None = None
+    image_size: int | Sequence[int] | None = None
+    input_config: Mapping[str, Any] | None = None
+    augment: bool | Mapping[str, Any] | None = None
+    similarity: str = "high"
+    samples_per_class: int | None = None
+    feature_cache: bool | str = "auto"
+    on_corrupt: str = "skip"
+    device: str | None = None
+    distributed: bool | None = None
+    num_workers: int = 0
+    seed: int = 0
+    callback: AdaptCallback | None = None
+
+    def check(self) -> None:
+        """Raise :class:`~zoo.AdaptArgumentError` naming the first refused field."""
+        _check_arguments({f.name: getattr(self, f.name) for f in fields(self)})
+
+
+def adapt(
+    backbone_or_model: str | os.PathLike[str] | nn.Module,
+    train: str | os.PathLike[str] | DataLoader,
+    val: str | os.PathLike[str] | DataLoader | None = None,
+    *,
+    catalog: Catalog,
+    **options: Any,
+) -> AdaptResult:
+    """Adapt a backbone to the images in ``train``; returns ``(model, history)``.
+
+    Starting point ``backbone_or_model``: a backbone name (built with
+    ``zoo.create(name, num_classes=len(classes), pretrained=..., weights=...)``), the name of a
+    model in the store or a saved ``.safetensors`` file (adapted again; its head is replaced
+    when the class count differs), or an ``nn.Module`` (a timm model's head is reset to the
+    class count with ``reset_classifier``).
+
+    Data: ``train``/``val`` are image folders (one sub-folder per class; unreadable images
+    are skipped and listed in ``history.skipped``, or an error with ``on_corrupt="error"``)
+    or data loaders (class names from ``loader.dataset.classes`` or ``classes=``).
+    ``val_split=0.2`` holds out a stratified 20% of a training folder. Images are prepared
+    with timm's transforms for the backbone's input config (``image_size`` and
+    ``input_config={"crop_pct": 1.0, ...}`` override it; the saved model records the result).
+
+    Policy: a name or ``"name:key=value"`` with more arguments in ``policy_args``. Context a
+    policy declares is filled in: ``samples_per_class`` (from the data, or given) and
+    ``similarity`` (default ``"high"``) for ``auto``, ``num_classes``, ``epochs``. The plan
+    decides the optimizer's parameter groups (lr scales, no decay on norms and biases); a
+    schedule policy re-plans each epoch and adds new groups as layers unfreeze.
+
+    ``augment=None`` augments the training images (timm's random resized crop, flip, colour
+    jitter; a mapping of ``create_transform`` options customises it) unless the plan trains
+    only the head, where it is off. ``feature_cache="auto"`` trains a head-only plan on
+    features computed once when nothing random touches the images; ``True`` insists (an
+    error says why it can't), ``False`` always runs the plain loop.
+
+    ``name``: save into the store under this name (class names, input config and plan
+    included); checked before anything is trained. ``device=None`` picks the GPU when there is
+    one. Under ``torchrun`` the run is distributed (``distributed=False`` opts out); only
+    rank 0 saves. ``callback`` (an :class:`AdaptCallback`) sees progress on rank 0.
+    """
+    return run(backbone_or_model, train, val, AdaptConfig(**options), catalog=catalog)
+
+
+def _adapt_signature() -> inspect.Signature:
+    """``adapt``'s signature as users see it: the starting point, the data, then every field
+    of :class:`AdaptConfig` as a keyword argument (and ``catalog``, which zoo.api fills)."""
+    own = list(inspect.signature(adapt).parameters.values())
+    options = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                          annotation=f.type)
+        for f in fields(AdaptConfig)
+    ]
+    return inspect.Signature([*own[:3], *options, own[3]], return_annotation="AdaptResult")
+
+
+adapt.__signature__ = _adapt_signature()  # type: ignore[attr-defined]
+
+
+def run(
+    backbone_or_model: str | os.PathLike[str] | nn.Module,
+    train: str | os.PathLike[str] | DataLoader,
+    val: str | os.PathLike[str] | DataLoader | None,
+    options: AdaptConfig,
+    *,
+    catalog: Catalog,
+) -> AdaptResult:
+    """The adapt job: :func:`zoo.adapt` with its keyword arguments gathered in ``options``."""
+    import torch
+
+    from zoo.adaptation.data import input_config_of, with_overrides
+    from zoo.adaptation.distributed import setup
+
+    t_start = time.perf_counter()
+    options.check()
+    ctx = setup(options.distributed, options.device)
+    try:
+        with ctx.guard():  # a failure on any rank stops every rank, with its message
+            start_desc, weights_path = _check_start(
+                backbone_or_model, name=options.name, overwrite=options.overwrite,
+                weights=options.weights, pretrained=options.pretrained, policy=options.policy,
+                catalog=catalog,
+            )
+            data = prepare_data(train, val, classes=options.classes, val_split=options.val_split,
+                                seed=options.seed, on_corrupt=options.on_corrupt)
+            callback = options.callback
+            if callback is None or not ctx.is_main:
+                callback = AdaptCallback()
+            torch.manual_seed(options.seed)
+            model = build_model(backbone_or_model, data.classes, pretrained=options.pretrained,
+                                weights=weights_path, kwargs=options.model_kwargs or {},
+                                catalog=catalog)
+            _check_savable(model, name=options.name, delta=options.delta)
+            config = with_overrides(input_config_of(model), image_size=options.image_size,
+                                    overrides=options.input_config)
+            model.zoo_input_config = config
+            model.zoo_classes = list(data.classes)
+            model.to(ctx.device)
+            context = {
+                "samples_per_class": options.samples_per_class or data.samples_per_class,
+                "similarity": options.similarity,
+                "num_classes": len(data.classes),
+                "epochs": options.epochs,
+            }
+
+            kwargs = _policy_kwargs(options.policy, dict(options.policy_args or {}), context,
+                                    catalog)
+            planner = ScheduleDriver(model, bind(options.policy, kwargs, catalog),
+                                     table=table_for(model, catalog=catalog))
+            plan = planner.step(0).plan
+            history = History(
+                backbone=(getattr(model, "zoo_build", None) or {}).get("backbone"),
+                start=start_desc,
+                policy=plan.policy,
+                policy_args=dict(plan.args),
+                classes=list(data.classes),
+                skipped=data.skipped,
+                input_size=list(config.input_size),
+                optimizer=options.optimizer,
+                lr=options.lr,
+                batch_size=options.batch_size,
+                device=str(ctx.device),
+                world_size=ctx.world_size,
+                name=options.name,
+                notes=list(plan.notes),
+            )
+            run_training(
+                model, data, planner, history, ctx=ctx, config=config, callback=callback,
+                epochs=options.epochs, lr=options.lr, weight_decay=options.weight_decay,
+                batch_size=options.batch_size, optimizer=options.optimizer,
+                momentum=options.momentum, lr_schedule=options.lr_schedule,
+                warmup_epochs=options.warmup_epochs, label_smoothing=options.label_smoothing,
+                augment=options.augment, feature_cache=options.feature_cache,
+                num_workers=options.num_workers, seed=options.seed,
+            )
+            history.total_params = sum(p.numel() for p in model.parameters())
+            final = planner.plan
+            assert final is not None
+            history.trainable_params = sum(p.numel() for n, p in model.named_parameters()
+                                           if n in set(final.trainable))
+            history.policy, history.policy_args = final.policy, dict(final.args)
+            history.notes = list(final.notes)
+            model.eval()
+            if options.name is not None:
+                if ctx.is_main:
+
+                    model.zoo_history = history
+                    path = save(model, options.name, classes=list(data.classes),
+                                delta=options.delta, overwrite=options.overwrite,
+                                catalog=catalog)
+                    history.path = str(path)
+                ctx.barrier()
+                history.path = ctx.broadcast(history.path)
+            history.total_seconds = time.perf_counter() - t_start
+            model.zoo_history = history
+            callback.on_end(history)
+            return AdaptResult(model, history)
+    finally:
+        ctx.close()
+
+
+def _check_start(backbone_or_model: Any, *, name: str | None, overwrite: bool, weights: Any,
+                 pretrained: bool | str, policy: str | PolicySpec, catalog: Catalog
+                 ) -> tuple[str, Any]:
+    """(description of the starting point, weights path): the target name, the start, the
+    policy and the weights checked before any data is read."""
+
+    check_target(name, overwrite)
+    start_desc = check_start(backbone_or_model, catalog)
+    if (weights is not None or pretrained) and not start_desc.startswith("backbone"):
+        raise ZooError(
+            f"pretrained= and weights= apply when starting from a backbone name; this run "
+            f"starts from the {start_desc}, whose weights are used as they are"
+        )
+    resolve_policy(policy, catalog)
+    return start_desc, resolve_weights(weights)
+
+
+def _check_savable(model: nn.Module, *, name: str | None, delta: bool) -> None:
+    """Refuse, before training, a save under ``name`` that could not happen afterwards."""
+    build = getattr(model, "zoo_build", None) or {}
+    if delta and name is not None and not build.get("base"):
+
+        raise MissingBaseError(
+            "delta=True saves only what differs from recorded starting weights, and this "
+            "model has none (random weights, or a saved model whose head was replaced for "
+            "new classes); start from pretrained=True, weights=FILE or a saved model with "
+            "the same classes, or save in full (delta=False)"
+        )
+    if name is not None and not build:
+        raise ZooError(
+            f"cannot save this {type(model).__name__} as {str(name)!r}: zoo only saves models "
+            "it can rebuild (built by zoo.create, loaded by zoo.load, or a timm model); "
+            "start from a backbone name, or pass name=None and save the weights yourself"
+        )
+
+
+#: Upper bound of ``num_workers``: more loader processes than this is a typo, not a plan.
+MAX_WORKERS = 256
+#: Upper bound (exclusive) of ``seed``: what ``torch.manual_seed`` accepts on every platform.
+SEED_LIMIT = 2**63
+SIMILARITIES = ("high", "low")
+ON_CORRUPT = ("skip", "error")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    """A finite real number (bool, NaN, infinities and numbers too big for a float are not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _int_in(argument: str, value: Any, low: int, high: float = math.inf) -> None:
+    if not (_is_int(value) and low <= value <= high):
+        rule = f"an int >= {low}" if high == math.inf else f"an int from {low} to {high}"
+        raise AdaptArgumentError(argument, value, rule)
+
+
+def _real_in(argument: str, value: Any, rule: str, test: Any) -> None:
+    """Refuse ``value`` unless it is a finite real number (not bool) that passes ``test``."""
+    if not (_is_real(value) and test(float(value))):
+        raise AdaptArgumentError(argument, value, f"a finite number {rule}")
+
+
+def _choice(argument: str, value: Any, options: Sequence[Any]) -> None:
+    """Refuse ``value`` unless it is one of ``options`` (of the same type: 1 is not True)."""
+    if not any(type(value) is type(option) and value == option for option in options):
+        raise AdaptArgumentError(argument, value, "one of " + ", ".join(map(repr, options)))
+
+
+def _check_image_size(image_size: Any) -> None:
+
+    sides = [image_size, image_size] if _is_int(image_size) else image_size
+    if not (isinstance(sides, Sequence) and not isinstance(sides, str) and len(sides) == 2
+            and all(_is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in sides)):
+        raise AdaptArgumentError("image_size", image_size,
+                                 f"an int or (height, width) from 1 to {MAX_IMAGE_SIDE} pixels")
+
+
+def _check_input_config(overrides: Any) -> None:
+    """Each override a user gives, checked before any work (the full config, which also
+    depends on the model, is checked again by ``InputConfig.from_dict`` once it is known)."""
+
+    if not isinstance(overrides, Mapping):
+        raise AdaptArgumentError("input_config", overrides, "a mapping of input config fields")
+    known = InputConfig().to_dict()
+    for key, value in overrides.items():
+        arg = f"input_config[{key!r}]"
+        if key not in known:
+            raise AdaptArgumentError("input_config", dict(overrides),
+                                     "a mapping with the keys " + ", ".join(sorted(known)))
+        if key == "crop_pct":
+            _real_in(arg, value, "in (0, 2] (1.0: no crop)", lambda v: 0 < v <= 2)
+        elif key in ("interpolation", "crop_mode"):
+            _choice(arg, value, INTERPOLATIONS if key == "interpolation" else CROP_MODES)
+        elif key == "input_size":
+            if not (isinstance(value, Sequence) and not isinstance(value, str)
+                    and len(value) == 3 and all(_is_int(v) for v in value)
+                    and all(1 <= v <= MAX_IMAGE_SIDE for v in value)):
+                raise AdaptArgumentError(arg, value, "(channels, height, width): 3 ints from "
+                                         f"1 to {MAX_IMAGE_SIDE}")
+        elif not (isinstance(value, Sequence) and not isinstance(value, str) and value
+                  and all(_is_real(v) and (key == "mean" or float(v) > 0) for v in value)):
+            rule = "finite numbers > 0" if key == "std" else "finite numbers"
+            raise AdaptArgumentError(arg, value, f"a list of {rule}, one per channel")
+
+
+def _check_classes(classes: Any) -> None:
+    if classes is None:
+        return
+    if isinstance(classes, str) or not isinstance(classes, Sequence) \
+            or not all(isinstance(c, str) and c for c in classes):
+        raise AdaptArgumentError("classes", classes, "a list of class names (non-empty strings)")
+    if len(set(classes)) != len(classes):
+        raise AdaptArgumentError("classes", classes, "a list of distinct class names")
+    if len(classes) < 2:
+        raise AdaptArgumentError("classes", classes, "at least 2 class names (a classifier with "
+                                 "one class always predicts it)")
+
+
+def _check_arguments(args: Mapping[str, Any]) -> None:
+    """Refuse any argument of :func:`adapt` of the wrong type or out of range, before any work
+    (no folder scanned, no model built, no weights read); raises :class:`AdaptArgumentError`."""
+    _int_in("epochs", args["epochs"], 1)
+    _real_in("lr", args["lr"], "> 0", lambda v: v > 0)
+    _real_in("weight_decay", args["weight_decay"], ">= 0", lambda v: v >= 0)
+    _int_in("batch_size", args["batch_size"], 1)
+    _choice("optimizer", args["optimizer"], OPTIMIZERS)
+    _real_in("momentum", args["momentum"], "in [0, 1)", lambda v: 0 <= v < 1)
+    _choice("lr_schedule", args["lr_schedule"], LR_SCHEDULES)
+    epochs = args["epochs"]
+    _real_in("warmup_epochs", args["warmup_epochs"], f"from 0 to epochs ({epochs})",
+             lambda v: 0 <= v <= epochs)
+    _real_in("label_smoothing", args["label_smoothing"], "in [0, 1)", lambda v: 0 <= v < 1)
+    if args["val_split"] is not None:
+        _real_in("val_split", args["val_split"], "between 0 and 1 (exclusive)",
+                 lambda v: 0 < v < 1)
+    if args["image_size"] is not None:
+        _check_image_size(args["image_size"])
+    if args["input_config"] is not None:
+        _check_input_config(args["input_config"])
+    if not (args["augment"] is None or isinstance(args["augment"], (bool, Mapping))):
+        raise AdaptArgumentError("augment", args["augment"],
+                                 "None, True, False or a mapping of timm transform options")
+    _choice("similarity", args["similarity"], SIMILARITIES)
+    if args["samples_per_class"] is not None:
+        _int_in("samples_per_class", args["samples_per_class"], 1)
+    _choice("feature_cache", args["feature_cache"], (True, False, "auto"))
+    _choice("on_corrupt", args["on_corrupt"], ON_CORRUPT)
+    _int_in("num_workers", args["num_workers"], 0, MAX_WORKERS)
+    _int_in("seed", args["seed"], 0, SEED_LIMIT - 1)
+    _choice("distributed", args["distributed"], (None, True, False))
+    for flag in ("overwrite", "delta"):
+        if not isinstance(args[flag], bool):
+            raise AdaptArgumentError(flag, args[flag], "True or False")
+    for mapping in ("policy_args", "model_kwargs"):
+        if args[mapping] is not None and not isinstance(args[mapping], Mapping):
+            raise AdaptArgumentError(mapping, args[mapping], "a mapping (dict) or None")
+    _check_classes(args["classes"])
+    if args["device"] is not None:
+        from zoo.adaptation.distributed import resolve_device
+
+        resolve_device(args["device"])

@@ -1,0 +1,212 @@
+"""Where an adaptation starts: a backbone name, a saved model, a file or a module.
+
+:func:`check_start` and :func:`check_target` fail fast, before any data is read;
+:func:`build_model` then gives the model to adapt a classifier for the run's classes (a fresh
+backbone, a saved model re-used or given a new head, or the caller's module with its head
+reset).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zoo.core.create import attach_build_info
+from zoo.errors import UnknownNameError, WeightsMismatchError, ZooError
+from zoo.io import store
+from zoo.io.create import create_model
+from zoo.io.persistence import check_free, load, resolve_target
+from zoo.io.store import is_path_target, list_saved
+from zoo.tables.build import classifier_param_names
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from zoo.core.catalog import Catalog
+    from zoo.core.specs import BackboneSpec
+
+
+def _store_path(name: str) -> Path | None:
+    """The file of store entry ``name`` when it exists (None otherwise, or for invalid names)."""
+
+    try:
+        path = store.model_file(name)
+    except ZooError:
+        return None
+    return path if path.is_file() else None
+
+
+def check_target(name: str | os.PathLike[str] | None, overwrite: bool) -> None:
+    """Fail before training when ``name`` is invalid or taken (and ``overwrite`` is False)."""
+    if name is None:
+        return
+
+    check_free(resolve_target(name), overwrite)
+
+
+def resolve_weights(weights: str | os.PathLike[str] | None) -> Path | None:
+    if weights is None:
+        return None
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return path
+    stored = _store_path(str(weights)) if isinstance(weights, str) else None
+    if stored is not None:
+        return stored
+    raise ZooError(
+        f"weights {str(weights)!r} are neither a file nor a model in the store "
+        "(see `zoo models`)"
+    )
+
+
+def check_start(backbone_or_model: Any, catalog: Catalog) -> str:
+    """Check (cheaply, before data is read) that a starting point resolves; describe it."""
+    from torch import nn
+
+    if isinstance(backbone_or_model, nn.Module):
+        return f"module {type(backbone_or_model).__name__}"
+    if not isinstance(backbone_or_model, (str, os.PathLike)):
+        raise ZooError(
+            "adapt() starts from a backbone name, a saved model's name, a .safetensors file or "
+            f"an nn.Module, not {type(backbone_or_model).__name__}"
+        )
+
+    text = str(backbone_or_model)
+    if is_path_target(backbone_or_model):
+        if Path(text).expanduser().is_file():
+            return f"file {text}"
+        raise ZooError(f"model file {text!r} does not exist")
+    if _store_path(text) is not None:
+        return f"saved model {text!r}"
+
+    try:
+        spec, _ = catalog.backbone(text)
+    except UnknownNameError as exc:
+        raise UnknownNameError(
+            "backbone or saved model", text,
+            [*catalog.backbones.by_qualified, *_saved_names()],
+        ) from exc
+    return f"backbone {spec.qualified_name}"
+
+
+def _saved_names() -> list[str]:
+    try:
+
+        return [getattr(e, "name", str(e)) for e in list_saved()]
+    except Exception:  # listing is only for suggestions
+        return []
+
+
+def build_model(
+    backbone_or_model: Any, classes: Sequence[str], *, pretrained: bool | str,
+    weights: Path | None, kwargs: Mapping[str, Any], catalog: Catalog,
+) -> nn.Module:
+    """The model to adapt, with a classifier for ``classes``."""
+    from torch import nn
+
+
+    if isinstance(backbone_or_model, nn.Module):
+        model = backbone_or_model
+        _ensure_build_info(model, catalog)
+        _fit_head(model, len(classes))
+        return model
+    text = str(backbone_or_model)
+    if is_path_target(backbone_or_model) or _store_path(text) is not None:
+
+        saved = load(backbone_or_model, trainable=True, catalog=catalog)
+        old = getattr(saved, "zoo_classes", None)
+        if (old is not None and list(old) == list(classes)) or (
+            old is None and _num_outputs(saved) == len(classes)
+        ):
+            return saved
+        return _with_new_head(saved, len(classes), catalog)
+    return create_model(catalog, text, num_classes=len(classes), pretrained=pretrained,
+                        weights=weights, **dict(kwargs))
+
+
+def _with_new_head(saved: nn.Module, num_classes: int, catalog: Catalog) -> nn.Module:
+    """A copy of a loaded model with a freshly initialised classifier of ``num_classes``.
+
+    Everything but the classifier (found with ``get_classifier`` or as the last linear layer)
+    is copied; a saved model trained for other classes keeps its features, not its head.
+    """
+
+    build = dict(saved.zoo_build)
+    name = build["backbone"]  # no tag: a tag names weights, and these come from the saved model
+    # the kwargs were checked when the model was loaded (zoo.io.build_args.check_saved_kwargs)
+    fresh = create_model(catalog, name, num_classes=num_classes,
+                         **dict(build.get("kwargs") or {}))
+    state = saved.state_dict()
+    own = fresh.state_dict()
+    head = set(classifier_param_names(fresh))
+    skip = {k for k in own if k in head or (k in state and state[k].shape != own[k].shape)}
+    missing = [k for k in own if k not in state and k not in skip]
+    if missing:
+        raise WeightsMismatchError(
+            f"the saved model does not fit a fresh {name}: missing {', '.join(missing[:5])}"
+        )
+    fresh.load_state_dict({k: v for k, v in state.items() if k in own and k not in skip},
+                          strict=False)
+    fresh.zoo_input_config = saved.zoo_input_config
+    return fresh
+
+
+def _num_outputs(model: nn.Module) -> int | None:
+    build = getattr(model, "zoo_build", None) or {}
+    if build.get("num_classes"):
+        return int(build["num_classes"])
+    value = getattr(model, "num_classes", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def _ensure_build_info(model: nn.Module, catalog: Catalog) -> None:
+    """Give a model built outside zoo ``zoo_build`` (so it can be saved) when a plugin says
+    which backbone it is (hook ``zoo_identify_model``)."""
+    if getattr(model, "zoo_build", None):
+        return
+    spec = identify(model, catalog)
+    if spec is None:
+        return
+    config = getattr(model, "zoo_input_config", None)
+    attach_build_info(model, spec, tag=None, num_classes=getattr(model, "num_classes", None),
+                      kwargs={})
+    if config is not None:
+        model.zoo_input_config = config
+    else:
+        from zoo.adaptation.data import input_config_of
+
+        model.zoo_input_config = input_config_of(_without_zoo_config(model))
+
+
+def identify(model: nn.Module, catalog: Catalog) -> BackboneSpec | None:
+    """The spec of the first plugin answer to ``zoo_identify_model`` that the catalog knows."""
+    for _plugin, name in catalog.host.call_each(
+        "zoo_identify_model", lambda _plugin: {"model": model}
+    ):
+        if isinstance(name, str):
+            try:
+                return catalog.backbone(name)[0]
+            except ZooError:
+                continue
+    return None
+
+
+def _without_zoo_config(model: nn.Module) -> nn.Module:
+    if hasattr(model, "zoo_input_config"):
+        del model.zoo_input_config
+    return model
+
+
+def _fit_head(model: nn.Module, num_classes: int) -> None:
+    current = _num_outputs(model)
+    if current == num_classes:
+        return
+    reset = getattr(model, "reset_classifier", None)
+    if callable(reset):
+        reset(num_classes)
+        build = getattr(model, "zoo_build", None)
+        if isinstance(build, dict):
+            build["num_classes"] = num_classes
+    # otherwise checked on the first batch: the logits must have num_classes columns

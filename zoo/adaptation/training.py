@@ -1,0 +1,381 @@
+"""The training loop of an adaptation run: optimizer, lr schedule, epochs and the feature cache.
+
+:func:`run_training` decides between the two loops — a head trained on cached features
+(:mod:`zoo.adaptation.feature_cache`) or the plain loop over images, re-planning each epoch under a
+schedule policy — and records every epoch in the run's :class:`~zoo.adaptation.history.History`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from zoo.adaptation.history import EpochRecord
+from zoo.adaptation.inputs import distributed_loader, loaders_for_folders, reshuffled, set_epoch
+from zoo.errors import DataError, ZooError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    from zoo.adaptation.distributed import DistContext, Replica
+    from zoo.adaptation.history import AdaptCallback, History
+    from zoo.adaptation.inputs import AdaptData
+    from zoo.core.specs import InputConfig
+    from zoo.plans.schedule import ScheduleDriver
+
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def _make_optimizer(name: str, groups: list[dict[str, Any]], *, lr: float, momentum: float
+                    ) -> torch.optim.Optimizer:
+    """AdamW or SGD over the plan's groups; the fused kernels when the parameters allow
+    (several times faster per step on CPU and GPU)."""
+    import torch
+
+    for group in groups:
+        group["initial_lr"] = group["lr"]
+    if name not in OPTIMIZERS:
+        raise ZooError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    params = [p for g in groups for p in g["params"]]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    kwargs: dict[str, Any] = {"momentum": momentum} if name == "sgd" else {}
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.SGD
+    if fused:
+        try:
+            return cls(groups, lr=lr, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):  # a torch without fused kernels here
+            pass
+    return cls(groups, lr=lr, **kwargs)
+
+
+def _lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class _Loop:
+    """Runs epochs of training and evaluation for one ``forward`` (model or cached head)."""
+
+    def __init__(self, *, ctx: DistContext, optimizer: torch.optim.Optimizer, loss_fn: Any,
+                 callback: AdaptCallback, schedule: str, total_steps: int, warmup_steps: int,
+                 num_classes: int) -> None:
+        self.ctx = ctx
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.callback = callback
+        self.schedule = schedule
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+        self.num_classes = num_classes
+        self.step = 0
+
+    def _set_lr(self) -> float:
+        factor = _lr_factor(self.schedule, self.step, self.total_steps, self.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+        return self.optimizer.param_groups[0]["lr"] if self.optimizer.param_groups else 0.0
+
+    def _check_logits(self, logits: torch.Tensor) -> None:
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise ZooError(
+                f"the model returns logits of shape {tuple(logits.shape)}, but the data has "
+                f"{self.num_classes} classes; give the model a head with {self.num_classes} "
+                "outputs (timm: model.reset_classifier(n))"
+            )
+
+    def train_epoch(self, epoch: int, epochs: int, forward: Any, modules: Sequence[nn.Module],
+                    batches: Iterable[Any], n_batches: int
+                    ) -> tuple[float, float, int, float, float]:
+        """One epoch; returns (mean loss, accuracy, images, seconds, lr) summed over ranks."""
+        import torch
+
+        for module in modules:
+            module.train()
+        self.callback.on_epoch_start(epoch, epochs, n_batches)
+        device = self.ctx.device
+        loss_sum = correct = count = 0.0
+        lr = 0.0
+        start = time.perf_counter()
+        for i, batch in enumerate(batches):
+            self.ctx.check_peers()
+            images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device)
+            lr = self._set_lr()
+            logits = forward(images)
+            if i == 0 and epoch == 1:
+                self._check_logits(logits)
+            loss = self.loss_fn(logits, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            with torch.no_grad():
+                n = targets.shape[0]
+                loss_sum += float(loss.detach()) * n
+                correct += float((logits.argmax(1) == targets).sum())
+                count += n
+            elapsed = time.perf_counter() - start
+            self.callback.on_batch_end(epoch, i + 1, n_batches, loss_sum / count, correct / count,
+                                       count * self.ctx.world_size / elapsed if elapsed else 0.0)
+        seconds = time.perf_counter() - start
+        for module in modules:
+            self.ctx.average_buffers(module)
+        loss_sum, correct, count = self.ctx.sum([loss_sum, correct, count])
+        if not count:
+            raise DataError("the training data yielded no batches")
+        return loss_sum / count, correct / count, int(count), seconds, lr
+
+    def evaluate(self, forward: Any, modules: Sequence[nn.Module], batches: Iterable[Any]
+                 ) -> tuple[float | None, float | None]:
+        import torch
+
+        for module in modules:
+            module.eval()
+        device = self.ctx.device
+        loss_sum = correct = count = 0.0
+        with torch.no_grad():
+            for batch in batches:
+                self.ctx.check_peers()
+                images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device)
+                logits = forward(images)
+                loss_sum += float(self.loss_fn(logits, targets)) * targets.shape[0]
+                correct += float((logits.argmax(1) == targets).sum())
+                count += targets.shape[0]
+        loss_sum, correct, count = self.ctx.sum([loss_sum, correct, count])
+        if not count:
+            return None, None
+        return loss_sum / count, correct / count
+
+
+def _cache_decision(model: nn.Module, planner: ScheduleDriver, data: AdaptData, *, augment: Any,
+                    feature_cache: bool | str) -> tuple[str | None, bool | Mapping[str, Any], str]:
+    """(module path to cut at or None, augment setting, note explaining the decision)."""
+    from zoo.adaptation.data import dataset_transform, is_random_transform
+    from zoo.adaptation.feature_cache import trained_module_path
+
+    path = trained_module_path(model)
+    head_only = path is not None and not planner.is_schedule
+    if augment is None:
+        augment = not head_only
+    if not head_only:
+        why = ("the schedule changes what trains" if planner.is_schedule else
+               "the plan trains more than one head module")
+        return None, augment, f"plain loop: {why}"
+    if feature_cache is False:
+        return None, augment, "plain loop: feature cache turned off"
+    if data.from_folders:
+        if augment:
+            return None, augment, "plain loop: training images are augmented"
+    else:
+        known, transform = dataset_transform(data.train.dataset)
+        if not known and feature_cache != True:  # noqa: E712 - "auto" vs True
+            return None, augment, "plain loop: cannot tell whether the loader's transform is random"
+        if known and is_random_transform(transform):
+            return None, augment, "plain loop: the loader's transform is random"
+    return path, augment, f"features cached at the input of {path!r}"
+
+
+def run_training(model: nn.Module, data: AdaptData, planner: ScheduleDriver, history: History,
+                 *, ctx: DistContext, config: InputConfig, callback: AdaptCallback,
+                 epochs: int, lr: float, weight_decay: float, batch_size: int, optimizer: str,
+                 momentum: float, lr_schedule: str, warmup_epochs: float,
+                 label_smoothing: float, augment: Any, feature_cache: bool | str,
+                 num_workers: int, seed: int) -> None:
+    import torch
+
+    cut, augment, note = _cache_decision(model, planner, data, augment=augment,
+                                         feature_cache=feature_cache)
+    if feature_cache is True and cut is None:
+        raise ZooError(f"the feature cache cannot be used: {note.split(': ', 1)[-1]}")
+    history.augment = bool(augment)
+    if data.from_folders:
+        train_loader, val_loader = loaders_for_folders(
+            data, config, augment=augment, batch_size=batch_size, num_workers=num_workers,
+            seed=seed, ctx=ctx, shuffle_train=cut is None)
+    else:
+        train_loader, val_loader = data.train, data.val
+        if ctx.enabled:
+            train_loader = distributed_loader(train_loader, ctx, shuffle=cut is None,
+                                              seed=seed, evaluation=False)
+            if val_loader is not None:
+                val_loader = distributed_loader(val_loader, ctx, shuffle=False, seed=seed,
+                                                evaluation=True)
+    history.train_images = len(train_loader.dataset)
+    history.val_images = len(val_loader.dataset) if val_loader is not None else 0
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    callback.on_start({
+        "start": history.start, "backbone": history.backbone, "policy": history.policy,
+        "classes": history.classes, "train_images": history.train_images,
+        "val_images": history.val_images, "skipped": len(history.skipped),
+        "device": history.device, "world_size": ctx.world_size, "epochs": epochs,
+        "augment": history.augment, "feature_cache": cut is not None, "note": note,
+        "input_size": history.input_size,
+    })
+    cached = None
+    if cut is not None:
+        cached, note = _extract(model, cut, train_loader, val_loader, ctx=ctx, callback=callback,
+                                history=history, note=note)
+        if cached is None:
+            if feature_cache is True:
+                raise ZooError(f"the feature cache cannot be used: {note.split(': ', 1)[-1]}")
+            # the images were prepared without augmentation and in order; keep that, shuffle
+            train_loader = reshuffled(train_loader, ctx, seed, batch_size)
+    history.feature_cache = cached is not None
+    history.feature_cache_note = note
+    assert planner.plan is not None
+    groups = planner.plan.param_groups(model, lr=lr, weight_decay=weight_decay)
+    if not groups:
+        raise ZooError(f"nothing trains under {planner.plan.spec_text}: no optimizer to build")
+    opt = _make_optimizer(optimizer, groups, lr=lr, momentum=momentum)
+    planner.attach(opt, lr=lr, weight_decay=weight_decay)
+    if cached is not None:
+        _train_cached(model, cut, cached, planner, history, ctx=ctx, opt=opt, loss_fn=loss_fn,
+                      callback=callback, epochs=epochs, batch_size=batch_size,
+                      lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, seed=seed)
+    else:
+        _train_plain(model, train_loader, val_loader, planner, history, ctx=ctx, opt=opt,
+                     loss_fn=loss_fn, callback=callback, epochs=epochs, lr=lr,
+                     weight_decay=weight_decay, lr_schedule=lr_schedule,
+                     warmup_epochs=warmup_epochs)
+
+
+def _extract(model: nn.Module, cut: str, train_loader: DataLoader, val_loader: Any, *,
+             ctx: DistContext, callback: AdaptCallback, history: History, note: str
+             ) -> tuple[Any, str]:
+    """Compute cached features for train and val; (None, reason) when the cut is not exact."""
+    from zoo.adaptation.feature_cache import CacheUnsupported, extract_features
+
+    start = time.perf_counter()
+    result: dict[str, Any] = {}
+    failure = None
+    for split, loader in (("train", train_loader), ("val", val_loader)):
+        if loader is None:
+            continue
+        total = len(loader)
+        callback.on_features_start(split, total)
+
+        def progress(done: int, n: int | None, split: str = split) -> None:
+            ctx.check_peers()
+            callback.on_features_batch(split, done, n or 0)
+
+        try:
+            result[split] = extract_features(model, cut, loader, device=ctx.device, total=total,
+                                             progress=progress)
+        except CacheUnsupported as exc:
+            failure = str(exc)
+        if ctx.any(failure is not None):
+            failure = failure or "another rank could not use the feature cache"
+            break
+    history.feature_seconds = time.perf_counter() - start
+    if failure is not None:
+        return None, f"plain loop: {failure}"
+    return result, note
+
+
+def _epoch_record(epoch: int, train: tuple[float, float, int, float, float],
+                  val: tuple[float | None, float | None], model: nn.Module) -> EpochRecord:
+    loss, acc, images, seconds, lr = train
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return EpochRecord(
+        epoch=epoch,
+        train_loss=loss,
+        train_accuracy=acc,
+        val_loss=val[0],
+        val_accuracy=val[1],
+        seconds=seconds,
+        images=images,
+        images_per_second=images / seconds if seconds else 0.0,
+        lr=lr,
+        trainable_params=sum(p.numel() for p in trainable),
+        trainable_tensors=len(trainable),
+    )
+
+
+def _train_cached(model: nn.Module, cut: str, cached: Mapping[str, Any], planner: ScheduleDriver,
+                  history: History, *, ctx: DistContext, opt: torch.optim.Optimizer, loss_fn: Any,
+                  callback: AdaptCallback, epochs: int, batch_size: int, lr_schedule: str,
+                  warmup_epochs: float, seed: int) -> None:
+    from zoo.adaptation.distributed import Replica
+
+    head = model.get_submodule(cut)
+    replica = Replica(head, ctx)
+    train, val = cached["train"], cached.get("val")
+    n_batches = train.num_batches(batch_size)
+    loop = _Loop(ctx=ctx, optimizer=opt, loss_fn=loss_fn, callback=callback,
+                 schedule=lr_schedule, total_steps=n_batches * epochs,
+                 warmup_steps=int(warmup_epochs * n_batches), num_classes=len(history.classes))
+    batches = train.loader(batch_size, seed=seed)
+    with _one_thread_on_cpu(ctx.device):
+        _cached_epochs(model, head, replica, loop, batches, n_batches, val, history,
+                       callback=callback, epochs=epochs, batch_size=batch_size)
+    history.ddp_wraps = replica.wraps
+
+
+@contextlib.contextmanager
+def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """Run tiny head-only steps on one CPU thread: for a linear layer on cached features,
+    waking a thread pool costs more than the arithmetic (several times slower on a busy
+    machine). The previous thread count is restored."""
+    import torch
+
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cached_epochs(model: nn.Module, head: nn.Module, replica: Replica, loop: _Loop,
+                   batches: Any, n_batches: int, val: Any, history: History, *,
+                   callback: AdaptCallback, epochs: int, batch_size: int) -> None:
+    for epoch in range(1, epochs + 1):
+        result = loop.train_epoch(epoch, epochs, replica, [head], batches, n_batches)
+        scores = (loop.evaluate(head, [head], val.batches(batch_size))
+                  if val is not None else (None, None))
+        record = _epoch_record(epoch, result, scores, model)
+        history.epochs.append(record)
+        callback.on_epoch_end(record)
+
+
+def _train_plain(model: nn.Module, train_loader: DataLoader, val_loader: Any,
+                 planner: ScheduleDriver, history: History, *, ctx: DistContext,
+                 opt: torch.optim.Optimizer, loss_fn: Any,
+                 callback: AdaptCallback, epochs: int, lr: float, weight_decay: float,
+                 lr_schedule: str, warmup_epochs: float) -> None:
+    from zoo.adaptation.distributed import Replica
+
+    replica: Replica = Replica(model, ctx)
+    n_batches = len(train_loader)
+    loop = _Loop(ctx=ctx, optimizer=opt, loss_fn=loss_fn, callback=callback,
+                 schedule=lr_schedule, total_steps=n_batches * epochs,
+                 warmup_steps=int(warmup_epochs * n_batches), num_classes=len(history.classes))
+    for epoch in range(1, epochs + 1):
+        if planner.is_schedule and epoch > 1:
+            change = planner.step(epoch - 1)  # adds newly trainable parameters to opt
+            if change.changed:
+                replica.sync()
+                callback.on_plan_change(epoch, change.plan)
+        set_epoch(train_loader, epoch)
+        result = loop.train_epoch(epoch, epochs, replica, [model], train_loader, n_batches)
+        scores = (loop.evaluate(model, [model], val_loader) if val_loader is not None
+                  else (None, None))
+        record = _epoch_record(epoch, result, scores, model)
+        history.epochs.append(record)
+        callback.on_epoch_end(record)
+    history.ddp_wraps = replica.wraps

@@ -1,0 +1,5 @@
+"""Floor 0: specs, policy arguments, the plugin host, the catalog.
+
+It imports nothing of zoo but :mod:`zoo.errors` and :mod:`zoo.hookspecs`; see
+docs/architecture.md for the floors and what each may import.
+"""

@@ -1,0 +1,606 @@
+"""The ``zoo.*`` metadata of a saved model: what each key holds, building it, parsing it back.
+
+Every value in a safetensors ``__metadata__`` is a string. zoo writes plain strings for scalars
+(``zoo.kind = "full"``) and JSON text for structures (``zoo.classes = '["cat", "dog"]'``).
+:class:`ZooMetadata` is the typed view. Everything in a file's metadata is untrusted input (the
+seal is two public hashes: anyone can edit and re-seal), so :meth:`ZooMetadata.parse` checks
+every key's type *and range* and raises :class:`~zoo.CorruptFileError` naming the file and the
+key: numbers are finite and bounded however they are spelled (``1e999``, a 400-digit integer,
+``NaN``), text is valid Unicode (no lone surrogate, even one written as a JSON escape), names
+and class names hold no control characters, the input config is one :class:`~zoo.InputConfig`
+accepts and the plan one :meth:`~zoo.Plan.from_dict` accepts. Writing runs the same checks
+(:meth:`ZooMetadata.to_metadata`), so zoo never writes a file it would refuse to read.
+``docs/file-format.md`` documents each key and the versioning promise: readers accept every
+file whose ``zoo.format_version`` is not newer than theirs and ignore keys they do not know. The
+functions at the end gather what a save records from the model and the plugins: plugin
+versions, ``zoo_extra_metadata`` entries, the timm-style config.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from zoo.core.specs import InputConfig
+from zoo.errors import CorruptFileError, UnsupportedFormatError, ZooError
+from zoo.plans.plan import Plan
+
+if TYPE_CHECKING:
+
+    from zoo.plans.plan import Plan
+
+#: Version of the metadata layout; bumped only for changes an older reader would misread.
+FORMAT_VERSION = 1
+KINDS = ("full", "delta")
+BASE_KINDS = ("file", "store", "pretrained")
+#: The most classes a head may have (``zoo.num_classes``, ``zoo.build``, ``zoo.classes``).
+MAX_CLASSES = 10_000_000
+#: JSON integers in metadata must fit a signed 64-bit integer.
+MAX_JSON_INT = 2**63 - 1
+#: Short texts (names, versions): longest accepted.
+MAX_NAME_LENGTH = 200
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+#: Every core key and what it holds (the reference ``docs/file-format.md`` is checked against).
+KEYS: dict[str, str] = {
+    "format": 'always "pt" (safetensors convention: the tensors are PyTorch tensors)',
+    "zoo.format_version": "integer, version of this layout (currently 1)",
+    "zoo.kind": '"full" (every tensor) or "delta" (only what changed from a base)',
+    "zoo.backbone": 'qualified backbone name, "plugin:name"',
+    "zoo.build": "JSON object: backbone, tag, num_classes, kwargs — the zoo.create arguments",
+    "zoo.num_classes": "JSON integer or null: outputs of the classifier head",
+    "zoo.classes": "JSON list of class names (index order) or null",
+    "zoo.input_config": "JSON object: input_size, mean, std, interpolation, crop_pct, crop_mode",
+    "zoo.policy": 'qualified freeze-policy name, "" when no policy was applied',
+    "zoo.policy_args": "JSON object: the policy's arguments",
+    "zoo.plan": "JSON object (zoo.Plan.to_dict()) or null",
+    "zoo.trained": "JSON list: names of the trained parameters",
+    "zoo.num_params": "integer: parameters of the model",
+    "zoo.num_trained_params": "integer: parameters that were trained",
+    "zoo.base": 'JSON object {"kind", "ref", "sha256"} or null: the weights training started from',
+    "zoo.base_tensors": "delta only — JSON list: tensors taken unchanged from the base",
+    "zoo.state_sha256": "delta only — canonical sha256 of the complete state (base + delta)",
+    "zoo.version": "version of zoo that wrote the file",
+    "zoo.plugins": "JSON object: plugin name -> version, for the backbone's and policy's plugins",
+    "zoo.created": "creation time, ISO 8601 in UTC",
+    "zoo.timm_config": "JSON object: the timm-style config.json of the model",
+    "zoo.tensors_sha256": "canonical sha256 of the tensors in this file",
+    "zoo.content_sha256": "sha256 of zoo.tensors_sha256 and every other metadata entry",
+}
+
+_REQUIRED = (
+    "zoo.format_version", "zoo.kind", "zoo.backbone", "zoo.build", "zoo.tensors_sha256",
+    "zoo.content_sha256",
+)
+#: The keys whose values are JSON text.
+_JSON_KEYS = frozenset({
+    "zoo.build", "zoo.num_classes", "zoo.classes", "zoo.input_config", "zoo.policy_args",
+    "zoo.plan", "zoo.trained", "zoo.base", "zoo.base_tensors", "zoo.plugins", "zoo.timm_config",
+})
+#: What to change when a save is refused because of a key's value.
+_SAVE_HINTS = {
+    "zoo.build": "the model's architecture arguments (zoo.create keyword arguments) must be "
+                 "JSON values of valid text",
+    "zoo.classes": "pass class names that are valid text without control characters "
+                   "(classes=[...] or model.zoo_classes)",
+    "zoo.input_config": "give the model a valid input config (model.zoo_input_config, a "
+                        "zoo.InputConfig)",
+    "zoo.policy": "name the plan's policy with text without control characters",
+    "zoo.policy_args": "use policy arguments that are finite numbers, valid text, lists or "
+                       "dicts of them",
+    "zoo.plan": "use a plan whose arguments, names and lr scales are finite numbers and "
+                "valid text",
+}
+_SAVE_HINT = "this value came from the backbone's or a plugin's data; report it to its author"
+_SAVING = "cannot save the model"
+
+
+def is_zoo_metadata(metadata: Mapping[str, str]) -> bool:
+    """True when a file's metadata was written by zoo (it carries ``zoo.format_version``)."""
+    return "zoo.format_version" in metadata
+
+
+@dataclass(frozen=True)
+class ZooMetadata:
+    """The typed content of a zoo-written file's metadata."""
+
+    format_version: int
+    kind: str
+    backbone: str
+    build: dict[str, Any]
+    num_classes: int | None = None
+    classes: list[str] | None = None
+    input_config: dict[str, Any] = field(default_factory=dict)
+    policy: str = ""
+    policy_args: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] | None = None
+    trained: list[str] = field(default_factory=list)
+    num_params: int = 0
+    num_trained_params: int = 0
+    base: dict[str, Any] | None = None
+    base_tensors: list[str] = field(default_factory=list)
+    state_sha256: str | None = None
+    zoo_version: str = ""
+    plugins: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    timm_config: dict[str, Any] | None = None
+    tensors_sha256: str = ""
+    content_sha256: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def trained_fraction(self) -> float:
+        return self.num_trained_params / self.num_params if self.num_params else 0.0
+
+    # ------------------------------------------------------------ writing
+
+    def to_metadata(self) -> dict[str, str]:
+        """The ``__metadata__`` map (without the seal, which the writer adds).
+
+        Raises :class:`~zoo.ZooError` naming the key and what to change, before anything is
+        written, for a value a reader would refuse (:meth:`parse`): a non-finite number, text
+        that is not valid Unicode (a lone surrogate cannot be encoded as UTF-8), a class name
+        with a control character, an input config out of range.
+        """
+        md = {
+            "format": "pt",
+            "zoo.format_version": str(self.format_version),
+            "zoo.kind": self.kind,
+            "zoo.backbone": self.backbone,
+            "zoo.build": _dumps("zoo.build", self.build),
+            "zoo.num_classes": _dumps("zoo.num_classes", self.num_classes),
+            "zoo.classes": _dumps("zoo.classes", self.classes),
+            "zoo.input_config": _dumps("zoo.input_config", self.input_config),
+            "zoo.policy": self.policy,
+            "zoo.policy_args": _dumps("zoo.policy_args", self.policy_args),
+            "zoo.plan": _dumps("zoo.plan", self.plan),
+            "zoo.trained": _dumps("zoo.trained", self.trained),
+            "zoo.num_params": str(self.num_params),
+            "zoo.num_trained_params": str(self.num_trained_params),
+            "zoo.base": _dumps("zoo.base", self.base),
+            "zoo.version": self.zoo_version,
+            "zoo.plugins": _dumps("zoo.plugins", self.plugins),
+            "zoo.created": self.created,
+            "zoo.timm_config": _dumps("zoo.timm_config", self.timm_config),
+        }
+        if self.kind == "delta":
+            md["zoo.base_tensors"] = _dumps("zoo.base_tensors", self.base_tensors)
+            md["zoo.state_sha256"] = self.state_sha256 or ""
+        for key, value in self.extra.items():
+            md.setdefault(key, value)
+        _check_writable(md)
+        return md
+
+    # ------------------------------------------------------------ reading
+
+    @classmethod
+    def parse(cls, metadata: Mapping[str, str], *, source: str) -> ZooMetadata:
+        """Check and convert a zoo file's metadata; :class:`~zoo.CorruptFileError` names the key.
+
+        Every value is checked against its documented type and range (see the module's
+        docstring); nothing else is ever raised for any content of ``metadata``.
+        """
+        return cls._read(_Reader(metadata, source))
+
+    @classmethod
+    def _read(cls, reader: _Reader) -> ZooMetadata:
+        metadata = reader.md
+        if not is_zoo_metadata(metadata):
+            raise CorruptFileError(
+                f"{reader.source}: not a zoo model file (no zoo.format_version in its "
+                "metadata); plain safetensors weights load with zoo.create(name, weights=FILE)"
+            )
+        reader.check_text()
+        version = reader.integer("zoo.format_version")
+        if version > FORMAT_VERSION:
+            raise UnsupportedFormatError(
+                f"{reader.source}: written with zoo file format {version}, but this zoo reads "
+                f"up to format {FORMAT_VERSION}; upgrade zoo (pip install -U zoo-transfer)"
+            )
+        if version < 1:
+            raise reader.bad("zoo.format_version", f"must be >= 1, got {version}")
+        for key in _REQUIRED:
+            reader.require(key)
+        if metadata.get("format", "pt") != "pt":
+            raise reader.bad("format", f'must be "pt", got {metadata["format"]!r}')
+        kind = reader.choice("zoo.kind", KINDS)
+        build = reader.obj("zoo.build")
+        backbone = reader.name("zoo.backbone", qualified=True)
+        _check_build(build, backbone, reader)
+        base = reader.optional_obj("zoo.base")
+        if base is not None:
+            _check_base(base, reader, need_hash=kind == "delta")
+        elif kind == "delta":
+            raise reader.bad("zoo.base", "a delta needs its base reference")
+        num_params = reader.integer("zoo.num_params", default=0)
+        num_trained_params = reader.integer("zoo.num_trained_params", default=0)
+        if num_trained_params > num_params:
+            raise reader.bad("zoo.num_trained_params",
+                             f"{num_trained_params} is more than zoo.num_params ({num_params})")
+        return cls(
+            format_version=version,
+            kind=kind,
+            backbone=backbone,
+            build=build,
+            num_classes=reader.optional_int("zoo.num_classes", MAX_CLASSES),
+            classes=reader.classes("zoo.classes"),
+            input_config=reader.input_config("zoo.input_config"),
+            policy=reader.name("zoo.policy", default=""),
+            policy_args=reader.obj("zoo.policy_args", default={}),
+            plan=reader.plan("zoo.plan"),
+            trained=reader.str_list("zoo.trained", default=[]),
+            num_params=num_params,
+            num_trained_params=num_trained_params,
+            base=base,
+            base_tensors=reader.str_list("zoo.base_tensors", default=[]),
+            state_sha256=reader.hex_hash("zoo.state_sha256") if kind == "delta" else None,
+            zoo_version=reader.name("zoo.version", default=""),
+            plugins=reader.plugins("zoo.plugins"),
+            created=reader.created("zoo.created"),
+            timm_config=reader.optional_obj("zoo.timm_config"),
+            tensors_sha256=reader.hex_hash("zoo.tensors_sha256"),
+            content_sha256=reader.hex_hash("zoo.content_sha256"),
+            extra={k: v for k, v in metadata.items() if k not in KEYS},
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready dict of everything but the plan and the timm config."""
+        return {
+            "format_version": self.format_version,
+            "kind": self.kind,
+            "backbone": self.backbone,
+            "build": self.build,
+            "num_classes": self.num_classes,
+            "classes": self.classes,
+            "input_config": self.input_config,
+            "policy": self.policy or None,
+            "policy_args": self.policy_args,
+            "trained": self.trained,
+            "num_params": self.num_params,
+            "num_trained_params": self.num_trained_params,
+            "trained_fraction": self.trained_fraction,
+            "base": self.base,
+            "zoo_version": self.zoo_version,
+            "plugins": self.plugins,
+            "created": self.created,
+            "tensors_sha256": self.tensors_sha256,
+            "content_sha256": self.content_sha256,
+            "extra": self.extra,
+        }
+
+
+# ---------------------------------------------------------------- writing helpers
+
+
+def _dumps(key: str, value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, sort_keys=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ZooError(f"{_SAVING}: metadata {key!r} cannot be written as JSON ({exc}); "
+                       f"{_SAVE_HINTS.get(key, _SAVE_HINT)}") from None
+
+
+def _check_writable(md: Mapping[str, str]) -> None:
+    """Refuse to write what :meth:`ZooMetadata.parse` would refuse to read."""
+    reader = _Reader({**md, "zoo.tensors_sha256": "0" * 64, "zoo.content_sha256": "0" * 64},
+                     _SAVING)
+    try:
+        ZooMetadata._read(reader)
+    except CorruptFileError as exc:
+        hint = _SAVE_HINTS.get(reader.failed or "", _SAVE_HINT)
+        raise ZooError(f"{exc}; {hint}") from None
+
+
+# ---------------------------------------------------------------- reading helpers
+
+
+def _check_build(build: dict[str, Any], backbone: str, reader: _Reader) -> None:
+    if build.get("backbone") != backbone:
+        raise reader.bad("zoo.build", f"names backbone {_short(build.get('backbone'))}, "
+                                      f"zoo.backbone says {backbone!r}")
+    kwargs = build.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise reader.bad("zoo.build", "kwargs must be an object")
+    num = build.get("num_classes")
+    if num is not None and not (_is_int(num) and 0 <= num <= MAX_CLASSES):
+        raise reader.bad("zoo.build", f"num_classes must be a non-negative integer (at most "
+                                      f"{MAX_CLASSES}) or null, got {_short(num)}")
+    tag = build.get("tag")
+    if tag is not None and not (isinstance(tag, str) and _is_name(tag)):
+        raise reader.bad("zoo.build", f"tag must be a short name without control characters "
+                                      f"or null, got {_short(tag)}")
+
+
+def _check_base(base: dict[str, Any], reader: _Reader, *, need_hash: bool) -> None:
+    if base.get("kind") not in BASE_KINDS:
+        raise reader.bad("zoo.base", f"kind must be one of {', '.join(BASE_KINDS)}")
+    ref = base.get("ref")
+    if not isinstance(ref, str) or not ref or _CONTROL.search(ref):
+        raise reader.bad("zoo.base", f"ref must be a non-empty string without control "
+                                     f"characters, got {_short(ref)}")
+    digest = base.get("sha256")
+    if digest is None and not need_hash:
+        return
+    if not isinstance(digest, str) or not _HEX64.match(digest):
+        raise reader.bad("zoo.base", "sha256 must be 64 lowercase hex digits")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_name(text: str) -> bool:
+    """A short text for one line: a name, a version, a tag."""
+    return 0 < len(text) <= MAX_NAME_LENGTH and not _CONTROL.search(text)
+
+
+def _is_version(value: object) -> bool:
+    return value is None or value == "" or (isinstance(value, str) and _is_name(value))
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (untrusted values can be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _not_text(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode (a lone surrogate cannot be encoded), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start:exc.end]
+        return f"holds a lone surrogate {bad[:1]!r} (not valid Unicode, cannot be encoded)"
+    return None
+
+
+def _may_hold_surrogates(text: str) -> bool:
+    """Whether decoding JSON ``text`` may give a surrogate: it holds one, or a ``\\uD800``-
+    ``\\uDFFF`` escape (a fast test, so that most values are not walked)."""
+    return _SURROGATE_ESCAPE.search(text) is not None or _not_text(text) is not None
+
+
+def _first_bad_text(value: Any) -> tuple[str, str] | None:
+    """``(where, why)`` of the first string (value or key) in a JSON value that is not text."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            problem = _not_text(item)
+            if problem:
+                return where or "the value", problem
+        elif isinstance(item, dict):
+            for key in item:
+                problem = _not_text(key)
+                if problem:
+                    return f"{where or 'the object'} key {key!r}", problem
+            stack.extend((f"{where}[{k!r}]", v) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+    return None
+
+
+class _BadNumber(ValueError):
+    """A JSON number out of range (raised from inside ``json.loads``)."""
+
+
+def _parse_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > 19:
+        raise _BadNumber(f"the integer {text[:20]}… has {digits} digits; integers must fit "
+                         "64 bits")
+    value = int(text)
+    if abs(value) > MAX_JSON_INT:
+        raise _BadNumber(f"the integer {text} does not fit 64 bits")
+    return value
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BadNumber(f"the number {text[:40]} is out of range (not a finite float)")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise _BadNumber(f"non-standard JSON constant {name} (numbers must be finite)")
+
+
+def loads(text: str) -> Any:
+    """``json.loads`` for untrusted metadata: every number finite and integers within 64 bits.
+
+    ``NaN``, ``Infinity``, ``1e999`` and 400-digit integers raise ``ValueError``.
+    """
+    return json.loads(text, parse_constant=_no_constant, parse_float=_parse_float,
+                      parse_int=_parse_int)
+
+
+class _Reader:
+    """Typed access to metadata values, with errors that name the file and the key."""
+
+    def __init__(self, metadata: Mapping[str, str], source: str) -> None:
+        self.md = metadata
+        self.source = source
+        self.failed: str | None = None  # the key of the last error made by bad()
+
+    def bad(self, key: str, problem: str) -> CorruptFileError:
+        self.failed = key
+        return CorruptFileError(f"{self.source}: metadata {key!r} is invalid: {problem}")
+
+    def require(self, key: str) -> None:
+        if key not in self.md:
+            self.failed = key
+            raise CorruptFileError(f"{self.source}: metadata {key!r} is missing")
+
+    def check_text(self) -> None:
+        """Every key and plain value is a string of valid Unicode (JSON values: see json)."""
+        for key, value in self.md.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise self.bad(_short(key), f"keys and values must be strings, got "
+                                            f"{type(key).__name__} -> {type(value).__name__}")
+            problem = _not_text(key) or (None if key in _JSON_KEYS else _not_text(value))
+            if problem:
+                raise self.bad(key, problem)
+
+    def text(self, key: str) -> str:
+        self.require(key)
+        value = self.md[key]
+        if not value:
+            raise self.bad(key, "empty")
+        return value
+
+    def name(self, key: str, *, qualified: bool = False, default: str | None = None) -> str:
+        """A one-line name: no control characters, at most MAX_NAME_LENGTH characters."""
+        if default is not None and not self.md.get(key):
+            return default
+        value = self.text(key)
+        if not _is_name(value):
+            raise self.bad(key, f"expected a name of at most {MAX_NAME_LENGTH} characters "
+                                f"without control characters, got {_short(value)}")
+        plugin, colon, bare = value.partition(":")
+        if qualified and not (plugin and colon and bare):
+            raise self.bad(key, f'expected "plugin:name", got {_short(value)}')
+        return value
+
+    def choice(self, key: str, options: tuple[str, ...]) -> str:
+        value = self.text(key)
+        if value not in options:
+            raise self.bad(key, f"{_short(value)} is not one of {', '.join(options)}")
+        return value
+
+    def integer(self, key: str, default: int | None = None) -> int:
+        if key not in self.md and default is not None:
+            return default
+        value = self.text(key)
+        if not re.fullmatch(r"[0-9]{1,18}", value):
+            raise self.bad(key, f"expected a non-negative integer, got {_short(value)}")
+        return int(value)
+
+    def hex_hash(self, key: str) -> str:
+        value = self.text(key)
+        if not _HEX64.match(value):
+            raise self.bad(key, "expected 64 lowercase hex digits")
+        return value
+
+    def json(self, key: str, default: Any = None) -> Any:
+        if key not in self.md:
+            return default
+        try:
+            value = loads(self.md[key])
+        except _BadNumber as exc:
+            raise self.bad(key, str(exc)) from None
+        except (ValueError, RecursionError) as exc:
+            raise self.bad(key, f"not valid JSON ({exc})") from None
+        found = _first_bad_text(value) if _may_hold_surrogates(self.md[key]) else None
+        if found:
+            raise self.bad(key, f"{found[0]} {found[1]}")
+        return value
+
+    def obj(self, key: str, default: dict[str, Any] | None = None) -> dict[str, Any]:
+        if key not in self.md and default is not None:
+            return dict(default)
+        self.require(key)
+        value = self.json(key)
+        if not isinstance(value, dict):
+            raise self.bad(key, f"expected a JSON object, got {type(value).__name__}")
+        return value
+
+    def optional_obj(self, key: str) -> dict[str, Any] | None:
+        value = self.json(key)
+        if value is not None and not isinstance(value, dict):
+            raise self.bad(key, f"expected a JSON object or null, got {type(value).__name__}")
+        return value
+
+    def optional_int(self, key: str, maximum: int) -> int | None:
+        value = self.json(key)
+        if value is not None and not (_is_int(value) and 0 <= value <= maximum):
+            raise self.bad(key, f"expected a non-negative integer (at most {maximum}) or "
+                                f"null, got {_short(value)}")
+        return value
+
+    def str_list(self, key: str, default: list[str]) -> list[str]:
+        value = self.json(key, default)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.bad(key, "expected a JSON list of strings")
+        return value
+
+    def classes(self, key: str) -> list[str] | None:
+        value = self.json(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.bad(key, "expected a JSON list of strings or null")
+        if len(value) > MAX_CLASSES:
+            raise self.bad(key, f"{len(value)} class names; at most {MAX_CLASSES}")
+        for index, name in enumerate(value):
+            if _CONTROL.search(name):
+                raise self.bad(key, f"class name {index} {_short(name)} holds a control "
+                                    "character")
+        return value
+
+    def input_config(self, key: str) -> dict[str, Any]:
+        value = self.obj(key, default={})
+        try:
+            InputConfig.from_dict(value)
+        except ValueError as exc:  # SpecError, from the one check of input configs
+            raise self.bad(key, str(exc)) from None
+        return value
+
+    def plan(self, key: str) -> dict[str, Any] | None:
+        value = self.optional_obj(key)
+        if value is not None:
+
+            try:
+                Plan.from_dict(value)
+            except ZooError as exc:  # PlanError
+                raise self.bad(key, str(exc)) from None
+        return value
+
+    def plugins(self, key: str) -> dict[str, Any]:
+        value = self.obj(key, default={})
+        for plugin, version in value.items():
+            if not _is_name(plugin) or not _is_version(version):
+                raise self.bad(key, f"expected plugin name -> version (a string or null), got "
+                                    f"{_short(plugin)}: {_short(version)}")
+        return value
+
+    def created(self, key: str) -> str:
+        value = self.md.get(key, "")
+        if value:
+            try:
+                _dt.datetime.fromisoformat(value)
+            except ValueError:
+                raise self.bad(key, f"expected an ISO 8601 time, got {_short(value)}") from None
+        return value
+
+
+# ---------------------------------------------------------------- config.json
+
+
+def config_json(metadata: Mapping[str, str]) -> str:
+    """The ``config.json`` of a store entry, regenerated from its file's metadata.
+
+    It is the timm-style config (``architecture``, ``num_classes``, ``model_args``,
+    ``pretrained_cfg``…, as timm's ``push_to_hf_hub`` writes it) plus a ``zoo`` section that
+    ties it to the exact ``model.safetensors`` it describes (``content_sha256``).
+    """
+    try:
+        config = loads(metadata.get("zoo.timm_config", "null")) or {}
+    except (ValueError, RecursionError):
+        config = {}
+    if not isinstance(config, dict):
+        config = {}
+    config["zoo"] = {
+        "format_version": metadata.get("zoo.format_version"),
+        "kind": metadata.get("zoo.kind"),
+        "backbone": metadata.get("zoo.backbone"),
+        "content_sha256": metadata.get("zoo.content_sha256"),
+    }
+    return json.dumps(config, indent=2, ensure_ascii=False) + "\n"

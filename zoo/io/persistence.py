@@ -1,0 +1,673 @@
+"""Saving and loading models: ``zoo.save``, ``zoo.load``, ``zoo.inspect``.
+
+``save`` writes one self-sufficient ``.safetensors`` file (tensors + ``zoo.*`` metadata, see
+:mod:`zoo.io.metadata`) into the store or to a path; ``load`` rebuilds the backbone through its
+plugin and loads the tensors strictly. A *delta* stores only what training changed, plus a
+reference to its base (pretrained weights, a file, or another store entry) and the base's hash;
+loading resolves the base again and refuses one whose hash differs. The base of a model is
+recorded when it is built: ``zoo.create(pretrained=True)``, ``zoo.create(weights=FILE)`` and
+``zoo.load(...)`` set ``model.zoo_build["base"]``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zoo._version import __version__
+from zoo.core.create import attach_build_info
+from zoo.core.create import build as build_model
+from zoo.core.specs import InputConfig
+from zoo.errors import (
+    BaseMismatchError,
+    CorruptFileError,
+    InvalidNameError,
+    MissingBaseError,
+    ModelBuildError,
+    ModelExistsError,
+    ModelNotFoundError,
+    PlanError,
+    StoreError,
+    UnknownNameError,
+    WeightsMismatchError,
+    ZooError,
+)
+from zoo.io import store
+from zoo.io.build_args import check_save_kwargs, check_saved_kwargs
+from zoo.io.fileformat import (
+    Header,
+    SavedFile,
+    atomic_write_bytes,
+    current_umask,
+    fsync_dir,
+    hash_tensors,
+    open_regular,
+    read_file,
+    read_header,
+    seal,
+    write_tensors,
+)
+from zoo.io.metadata import (
+    FORMAT_VERSION,
+    ZooMetadata,
+    config_json,
+    is_zoo_metadata,
+)
+from zoo.io.provenance import plugin_metadata, plugin_versions, timm_config
+from zoo.io.rebuild import ALLOCATION_FLOOR, check_consistency, check_pretrained_size, saved_spec
+from zoo.io.rebuild import rebuild as rebuild
+from zoo.io.weights import describe_mismatch
+from zoo.plans.freeze import apply_plan
+from zoo.plans.plan import Plan
+from zoo.tables.build import describe, meta_model, tensor_budget
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from zoo.core.catalog import Catalog
+    from zoo.core.specs import BackboneSpec
+    from zoo.plans.plan import Plan
+
+MAX_BASE_CHAIN = 32
+
+
+# ---------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a model is saved or loaded from: a store entry, a folder, or a single file."""
+
+    kind: str  # "store" | "dir" | "file"
+    model_path: Path
+    config_path: Path | None
+    lock_key: str
+    name: str | None = None
+
+    @property
+    def display(self) -> str:
+        return repr(self.name) if self.name else str(self.model_path)
+
+
+def resolve_target(name_or_path: str | os.PathLike[str]) -> Target:
+    """Where ``name_or_path`` points (see :func:`zoo.io.store.is_path_target` for the rule).
+
+    A store name is ``<ZOO_HOME>/models/<name>/``; a path ending in ``.safetensors`` is that
+    single file; any other path is a folder laid out like a store entry (``model.safetensors`` +
+    ``config.json``). An existing file is always a single file.
+    """
+    if not store.is_path_target(name_or_path):
+        name = store.validate_name(name_or_path)
+        folder = store.entry_dir(name)
+        return Target("store", folder / store.MODEL_FILE, folder / store.CONFIG_FILE, name, name)
+    path = Path(os.path.abspath(Path(name_or_path).expanduser()))
+    if path.suffix == ".safetensors" or path.is_file():
+        return Target("file", path, None, str(path))
+    return Target("dir", path / store.MODEL_FILE, path / store.CONFIG_FILE, str(path))
+
+
+def _existing(target: Target) -> Path:
+    if target.kind == "store":  # never read through a symlink that leaves the store
+        store.check_inside(target.model_path, store.models_dir())
+    if target.model_path.is_file():
+        return target.model_path
+    if target.kind == "file" and os.path.lexists(target.model_path):
+        # a FIFO or device named like a model: say what it is (open_regular never opens it)
+        with open_regular(target.model_path):
+            pass
+    if target.kind == "store":
+        return store.existing_entry(target.name or "")
+    raise ModelNotFoundError("model file", str(target.model_path))
+
+
+# ---------------------------------------------------------------- bases
+
+
+@dataclass
+class ResolvedState:
+    """A complete state dict read from a file (a delta merged with its base) and its hash."""
+
+    tensors: dict[str, torch.Tensor]
+    sha256: str
+    meta: ZooMetadata | None = None
+    saved: SavedFile | None = None
+
+
+def file_state(path: str | os.PathLike[str], *, catalog: Catalog) -> ResolvedState:
+    """The complete state a weights file holds: a plain file, a full save, or a zoo delta
+    merged with its (verified) base (a pretrained base is built through ``catalog``)."""
+    return _state_of_file(Path(path), (), catalog=catalog)
+
+
+def _state_of_file(path: Path, chain: tuple[Path, ...], *, catalog: Catalog,
+                   saved: SavedFile | None = None) -> ResolvedState:
+    real = path.resolve()
+    if real in chain:
+        loop = " -> ".join(str(p) for p in (*chain, real))
+        raise CorruptFileError(f"{path}: the chain of delta bases loops: {loop}")
+    if len(chain) >= MAX_BASE_CHAIN:
+        raise CorruptFileError(f"{path}: more than {MAX_BASE_CHAIN} deltas stacked on each other")
+    saved = saved if saved is not None else read_file(path)
+    if not is_zoo_metadata(saved.metadata):
+        digest = saved.tensors_sha256 or hash_tensors(saved.tensors)
+        return ResolvedState(saved.tensors, digest, None, saved)
+    meta = ZooMetadata.parse(saved.metadata, source=str(path))
+    if meta.kind == "full":
+        return ResolvedState(saved.tensors, meta.tensors_sha256, meta, saved)
+    assert meta.base is not None  # parse guarantees it for deltas
+    base = resolve_base(meta.base, meta.build, catalog=catalog, chain=(*chain, real),
+                        for_file=path)
+    missing = [n for n in meta.base_tensors if n not in base.tensors]
+    if missing:
+        raise BaseMismatchError(
+            f"{path}: its base lacks {len(missing)} tensor(s) the delta needs: "
+            + ", ".join(missing[:6])
+        )
+    merged = {n: base.tensors[n] for n in meta.base_tensors}
+    merged.update(saved.tensors)
+    digest = hash_tensors(merged)
+    if digest != meta.state_sha256:
+        raise BaseMismatchError(
+            f"{path}: delta + base do not rebuild the saved model (state hash {digest[:16]}… "
+            f"vs recorded {str(meta.state_sha256)[:16]}…)"
+        )
+    return ResolvedState(merged, digest, meta, saved)
+
+
+def resolve_base(
+    base: Mapping[str, Any],
+    build: Mapping[str, Any],
+    *,
+    catalog: Catalog,
+    chain: tuple[Path, ...] = (),
+    for_file: Path | str = "model",
+) -> ResolvedState:
+    """The complete state of a base reference, checked against its recorded sha256.
+
+    ``kind="file"`` reads the file (itself possibly a delta), ``"store"`` the store entry,
+    ``"pretrained"`` builds the backbone with its pretrained weights (default head, the saved
+    architecture arguments) through the plugin. Raises :class:`~zoo.MissingBaseError` if the
+    base cannot be found and :class:`~zoo.BaseMismatchError` if its hash differs.
+    """
+    kind, ref, recorded = base.get("kind"), base.get("ref"), base.get("sha256")
+    if kind == "file":
+        path = Path(str(ref))
+        if not path.is_file():
+            raise MissingBaseError(
+                f"{for_file}: its base file {path} is missing; restore it to load this delta"
+            )
+        resolved = _state_of_file(path, chain, catalog=catalog)
+    elif kind == "store":
+        try:
+            path = store.existing_entry(str(ref))
+        except (ModelNotFoundError, InvalidNameError) as exc:
+            raise MissingBaseError(
+                f"{for_file}: its base, store entry {ref!r}, cannot be found ({exc}); "
+                "restore it to load this delta"
+            ) from None
+        resolved = _state_of_file(path, chain, catalog=catalog)
+    elif kind == "pretrained":
+        spec, tag = saved_spec(str(ref), source=str(for_file), catalog=catalog)
+        kwargs = check_saved_kwargs(spec, build.get("kwargs"), source=str(for_file))
+        check_pretrained_size(spec, kwargs, source=str(for_file))
+        model = build_model(spec, tag=tag, pretrained=True, kwargs=kwargs)
+        tensors = {k: v.detach() for k, v in model.state_dict().items()}
+        resolved = ResolvedState(tensors, hash_tensors(tensors))
+    else:
+        raise CorruptFileError(f"{for_file}: unknown base kind {kind!r}")
+    if recorded and recorded != resolved.sha256:
+        raise BaseMismatchError(
+            f"{for_file}: its base {kind} {ref!r} has changed: expected sha256 {recorded}, "
+            f"found {resolved.sha256}; a delta only loads on the exact weights it was trained from"
+        )
+    return resolved
+
+
+# ---------------------------------------------------------------- saving
+
+
+def save(
+    model: nn.Module,
+    name_or_path: str | os.PathLike[str],
+    *,
+    classes: Sequence[str] | None = None,
+    delta: bool = False,
+    overwrite: bool = False,
+    catalog: Catalog,
+) -> Path:
+    """Save ``model`` as one self-sufficient ``.safetensors`` file; returns the file's path.
+
+    ``name_or_path``: a store name (``"cats-v1"`` -> ``<ZOO_HOME>/models/cats-v1/``, with a
+    timm-style ``config.json``), or a path — an ``os.PathLike``, or a ``str`` with a path
+    separator or ending in ``.safetensors``. A ``.safetensors`` path is written as that single
+    file; another path becomes a folder like a store entry.
+
+    ``classes`` (default ``model.zoo_classes``) names the outputs. ``delta=True`` stores only the
+    trained tensors and whatever else differs from the model's base (recorded at build time),
+    with the base's hash. An existing model is only replaced with ``overwrite=True``
+    (:class:`~zoo.ModelExistsError`). The model must come from ``zoo.create`` or ``zoo.load``.
+    """
+    build = _build_of(model)
+    spec = _spec_of(build, catalog)
+    if spec is not None:  # refuse architecture arguments that loading would refuse
+        check_save_kwargs(spec, dict(build.get("kwargs") or {}))
+    target = resolve_target(name_or_path)
+    check_free(target, overwrite)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    plan = getattr(model, "zoo_plan", None)
+    trained = list(plan.trainable) if plan is not None else [
+        n for n, p in model.named_parameters() if p.requires_grad
+    ]
+    num_classes = _num_classes(model, build)
+    names = _classes(model, classes, num_classes)
+    numel = {n: p.numel() for n, p in model.named_parameters()}
+    base = build.get("base")
+    meta_kwargs: dict[str, Any] = {}
+    tensors: Mapping[str, torch.Tensor] = state
+    if delta:
+        if not base:
+            raise MissingBaseError(
+                "a delta stores only what changed from the model's base weights, but this model "
+                "has none recorded (it was built with random weights); build it with "
+                "zoo.create(..., pretrained=True), zoo.create(..., weights=FILE) or zoo.load(...), "
+                "or save it in full (delta=False)"
+            )
+        _check_not_own_base(base, target)
+        resolved = resolve_base(base, build, catalog=catalog, for_file="the model's base")
+        kept = _delta_names(state, resolved.tensors, trained)
+        tensors = {n: state[n] for n in sorted(kept)}
+        base = {**base, "sha256": resolved.sha256}
+        meta_kwargs = {
+            "base_tensors": sorted(set(state) - kept),
+            "state_sha256": hash_tensors(state),
+        }
+    meta = ZooMetadata(
+        format_version=FORMAT_VERSION,
+        kind="delta" if delta else "full",
+        backbone=build["backbone"],
+        build=_jsonable_build(build),
+        num_classes=num_classes,
+        classes=names,
+        input_config=_input_config(model),
+        policy=plan.policy if plan is not None else "",
+        policy_args=dict(plan.args) if plan is not None else {},
+        plan=plan.to_dict() if plan is not None else None,
+        trained=trained,
+        num_params=sum(numel.values()),
+        num_trained_params=sum(numel.get(n, 0) for n in trained),
+        base=base or None,
+        zoo_version=__version__,
+        plugins=plugin_versions(build["backbone"], plan, catalog),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        timm_config=timm_config(model, names, _input_config(model), build, spec),
+        extra=plugin_metadata(model, build["backbone"], catalog),
+        **meta_kwargs,
+    )
+    metadata = seal(tensors, meta.to_metadata())
+    with store.locked(target.lock_key):
+        check_free(target, overwrite)
+        try:
+            _write(target, tensors, metadata)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot save to {target.model_path}: {exc.strerror or exc}"
+            ) from exc
+    return target.model_path
+
+
+def _build_of(model: Any) -> dict[str, Any]:
+    build = getattr(model, "zoo_build", None)
+    if not isinstance(build, dict) or not isinstance(build.get("backbone"), str):
+        raise ZooError(
+            "zoo.save needs a model built by zoo.create or zoo.load (it reads model.zoo_build to "
+            "know how to rebuild it); build it with zoo.create(name, ...)"
+        )
+    return build
+
+
+def _spec_of(build: Mapping[str, Any], catalog: Catalog) -> BackboneSpec | None:
+    """The spec of the backbone ``build`` names (None when no installed plugin offers it)."""
+    try:
+        return catalog.backbones.lookup(str(build["backbone"]))
+    except ZooError:
+        return None
+
+
+def _jsonable_build(build: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: build.get(k) for k in ("backbone", "tag", "num_classes", "kwargs")}
+    out["kwargs"] = dict(out["kwargs"] or {})
+    try:
+        json.dumps(out, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ZooError(
+            f"the model's architecture arguments {out['kwargs']!r} cannot be saved ({exc}); "
+            "zoo saves JSON values only (numbers, strings, lists, dicts)"
+        ) from None
+    return out
+
+
+def _num_classes(model: Any, build: Mapping[str, Any]) -> int | None:
+    value = build.get("num_classes")
+    if value is None:
+        value = getattr(model, "num_classes", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _classes(model: Any, classes: Sequence[str] | None, num_classes: int | None
+             ) -> list[str] | None:
+    if classes is None:
+        classes = getattr(model, "zoo_classes", None)
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes)) or not all(isinstance(c, str) for c in classes):
+        raise ZooError("classes must be a list of class names (strings)")
+    names = list(classes)
+    if num_classes is not None and len(names) != num_classes:
+        raise ZooError(
+            f"got {len(names)} class names for a model with {num_classes} outputs; "
+            "pass one name per output, in index order"
+        )
+    return names
+
+
+def _input_config(model: Any) -> dict[str, Any]:
+    config = getattr(model, "zoo_input_config", None)
+    return config.to_dict() if hasattr(config, "to_dict") else {}
+
+
+def _delta_names(
+    state: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], trained: Sequence[str]
+) -> set[str]:
+    """Tensors a delta must hold: the trained ones and every tensor that differs from the base."""
+    import torch
+
+    kept = {n for n in trained if n in state}
+    for name, tensor in state.items():
+        if name in kept:
+            continue
+        other = base.get(name)
+        if (
+            other is None
+            or other.shape != tensor.shape
+            or other.dtype != tensor.dtype
+            or not torch.equal(other, tensor.to(other.device))
+        ):
+            kept.add(name)
+    return kept
+
+
+def _check_not_own_base(base: Mapping[str, Any], target: Target) -> None:
+    kind, ref = base.get("kind"), str(base.get("ref"))
+    same = (kind == "store" and target.kind == "store" and ref == target.name) or (
+        kind == "file" and Path(ref).resolve() == target.model_path.resolve()
+    )
+    if same:
+        raise ZooError(
+            f"cannot save a delta over its own base {target.display}: the delta would need the "
+            "weights it replaces; save it under another name, or in full (delta=False)"
+        )
+
+
+def check_free(target: Target, overwrite: bool) -> None:
+    """Refuse a save to ``target`` that exists (unless ``overwrite``) or is unsafe to write."""
+    if target.kind == "store":
+        twin = store.case_twin(target.name or "")
+        if twin is not None:
+            raise InvalidNameError(
+                f"invalid model name {target.name!r}: it differs only in case from the existing "
+                f"entry {twin!r} (names must stay distinct on case-insensitive file systems)"
+            )
+        store.check_inside(target.model_path, store.models_dir())
+    if target.model_path.exists() and not overwrite:
+        raise ModelExistsError(
+            f"a model is already saved at {target.display} ({target.model_path}); pass "
+            "overwrite=True (CLI: --overwrite) to replace it, or choose another name"
+        )
+
+
+def _write(
+    target: Target, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> None:
+    config = config_json(metadata).encode("utf-8")
+    if target.kind == "store" and target.name is not None:
+        _warn_dependents(target.name)
+    if target.kind == "store" and not target.model_path.parent.exists():
+        _write_new_entry(target, tensors, metadata, config)
+        return
+    target.model_path.parent.mkdir(parents=True, exist_ok=True)
+    write_tensors(target.model_path, tensors, metadata)
+    if target.config_path is not None:
+        atomic_write_bytes(target.config_path, [config])
+
+
+def _write_new_entry(
+    target: Target, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], config: bytes
+) -> None:
+    """A new entry is written whole into a hidden folder, then renamed into place at once."""
+    root = store.models_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    folder = target.model_path.parent
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}.", suffix=".zoo-tmp"))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())
+        write_tensors(tmp / store.MODEL_FILE, tensors, metadata)
+        atomic_write_bytes(tmp / store.CONFIG_FILE, [config])
+        os.rename(tmp, folder)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(root)
+
+
+def _warn_dependents(name: str) -> None:
+    if not store.model_file(name).is_file():
+        return
+    needed_by = store.dependents(name)
+    if needed_by:
+        warnings.warn(
+            f"replacing {name!r}, the base of the delta(s) {', '.join(map(repr, needed_by))}; "
+            "they will refuse to load (base hash mismatch) until saved again",
+            stacklevel=4,
+        )
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    trainable: bool = False,
+    catalog: Catalog,
+) -> nn.Module:
+    """Load a saved model, ready to predict (eval mode, nothing trainable).
+
+    The backbone is rebuilt through its plugin (``zoo.create`` with the saved backbone,
+    ``num_classes`` and arguments, no pretrained download) and the tensors are loaded strictly:
+    missing, unexpected or wrongly shaped tensors raise :class:`~zoo.WeightsMismatchError`
+    naming them. A delta's base is resolved and checked (:class:`~zoo.BaseMismatchError`).
+
+    The model carries ``zoo_classes``, ``zoo_input_config``, ``zoo_build`` (whose ``base`` is
+    now this saved model, so a delta of it can be saved again), ``zoo_plan`` (or None) and
+    ``zoo_metadata`` (the raw metadata). ``trainable=True`` re-applies the saved plan (which
+    parameters train, norm modes) to continue training; the model is still in eval mode.
+    """
+    target = resolve_target(name_or_path)
+    path = _existing(target)
+    header = read_header(path)
+    if not header.sealed and not is_zoo_metadata(header.metadata):  # plain: refuse it early
+        ZooMetadata.parse(header.metadata, source=str(path))  # raises "not a zoo model file"
+    # one read: metadata and tensors of the same version
+    resolved = _state_of_file(path, (), catalog=catalog)
+    assert resolved.saved is not None
+    metadata = resolved.saved.metadata
+    meta = resolved.meta or ZooMetadata.parse(metadata, source=str(path))
+    model = rebuild(meta.build, resolved.tensors, source=str(path), plugins=meta.plugins,
+                    catalog=catalog)
+    plan = _plan_of(meta, path)
+    spec, _tag = saved_spec(meta.backbone, source=str(path), plugins=meta.plugins,
+                            catalog=catalog)
+    check_consistency(model, meta, spec, plan, source=str(path))
+    base_kind = "store" if target.kind == "store" else "file"
+    ref = target.name if target.kind == "store" else str(path.resolve())
+    model.zoo_build = {  # type: ignore[assignment]
+        **meta.build, "base": {"kind": base_kind, "ref": ref, "sha256": resolved.sha256}
+    }
+
+    model.zoo_input_config = InputConfig.from_dict(meta.input_config)  # type: ignore[assignment]
+    model.zoo_classes = list(meta.classes) if meta.classes is not None else None  # type: ignore[assignment]
+    model.zoo_metadata = dict(metadata)  # type: ignore[assignment]
+    model.zoo_plan = plan  # type: ignore[assignment]
+    model.to(device)
+    model.eval()
+    if trainable:
+        if plan is not None:
+
+            apply_plan(model, plan)
+        else:
+            trained = set(meta.trained)
+            for name, param in model.named_parameters():
+                param.requires_grad_(name in trained)
+    else:
+        for param in model.parameters():
+            param.requires_grad_(False)
+    return model
+
+
+def _plan_of(meta: ZooMetadata, path: Path) -> Plan | None:
+    if meta.plan is None:
+        return None
+
+    try:
+        return Plan.from_dict(meta.plan)
+    except PlanError as exc:
+        raise CorruptFileError(f"{path}: metadata 'zoo.plan' is invalid: {exc}") from None
+
+
+# ---------------------------------------------------------------- inspecting
+
+
+def _depths(
+    spec: BackboneSpec, meta: ZooMetadata, kwargs: dict[str, Any], header: Header, path: Path,
+    catalog: Catalog,
+) -> list[dict[str, Any]]:
+    """The per-depth summary of a saved model, from its backbone built on ``meta``.
+
+    The file's tensors (their shapes, from the header) must fit the meta-built model, and the
+    metadata must agree with it (:func:`~zoo.io.rebuild.check_consistency`).
+    """
+
+    entries = {e.name: e for e in header.entries}
+    limit = ALLOCATION_FLOOR + 2 * max((e.nbytes for e in entries.values()), default=0)
+    num_classes = meta.build.get("num_classes")
+    saved = len(entries) + len(meta.base_tensors)  # a delta's other tensors are its base's
+    model, notes = meta_model(
+        spec, num_classes, kwargs, max_tensor_bytes=limit, max_tensors=tensor_budget(saved)
+    )
+    _check_header_fits(model, entries, full=meta.kind == "full", source=str(path))
+    check_consistency(model, meta, spec, _plan_of(meta, path), source=str(path))
+    attach_build_info(model, spec, tag=None, num_classes=num_classes, kwargs=kwargs)
+    table = describe(model, spec=spec, catalog=catalog, notes=notes)
+    return [
+        {
+            "depth": summary.depth,
+            "group": summary.group,
+            "tensors": summary.tensors,
+            "numel": summary.numel,
+            "trained_numel": summary.trainable_numel,
+            "norms": summary.norms,
+        }
+        for summary in table.with_trainable(set(meta.trained)).depth_summary()
+    ]
+
+
+def _check_header_fits(
+    model: nn.Module, entries: Mapping[str, Any], *, full: bool, source: str
+) -> None:
+    """A full file's tensors must be exactly the model's; a delta's must be some of them."""
+
+    own = set(model.state_dict())
+    skip = set() if full else own - set(entries)
+    problems = describe_mismatch(model, entries, skip=skip)
+    if problems:
+        raise WeightsMismatchError(f"{source} does not fit the model: " + "; ".join(problems))
+
+
+@dataclass
+class Inspection:
+    """What ``zoo.inspect`` reports about a saved model."""
+
+    path: Path
+    name: str | None
+    size: int
+    metadata: ZooMetadata
+    tensors: int
+    tensor_bytes: int
+    verified: bool
+    depths: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "size": self.size,
+            "tensors": self.tensors,
+            "tensor_bytes": self.tensor_bytes,
+            "verified": self.verified,
+            **self.metadata.summary(),
+            "plan": self.metadata.plan,
+            "depths": self.depths,
+            "notes": self.notes,
+        }
+
+
+def inspect(
+    name_or_path: str | os.PathLike[str], *, verify: bool = True, catalog: Catalog
+) -> Inspection:
+    """Describe a saved model without building it: metadata, size, what was trained per depth.
+
+    ``verify=True`` reads the whole file and checks its seal (raising
+    :class:`~zoo.TamperedFileError` if a byte changed); the per-depth summary comes from
+    ``zoo.params`` of the backbone on the ``meta`` device with the saved trained names.
+    """
+    target = resolve_target(name_or_path)
+    path = _existing(target)
+    header = read_file(path).header if verify else read_header(path)
+    meta = ZooMetadata.parse(header.metadata, source=str(path))
+    notes: list[str] = []
+    depths: list[dict[str, Any]] = []
+    try:
+        spec, _tag = saved_spec(meta.backbone, source=str(path), plugins=meta.plugins,
+                                catalog=catalog)
+    except UnknownNameError as exc:
+        spec = None
+        notes.append(f"no per-depth summary: {exc}")
+    if spec is not None:
+        kwargs = check_saved_kwargs(spec, meta.build.get("kwargs"), source=str(path))
+        try:
+            depths = _depths(spec, meta, kwargs, header, path, catalog)
+        except ModelBuildError as exc:
+            notes.append(f"no per-depth summary: {exc}")
+    return Inspection(
+        path=path,
+        name=target.name,
+        size=header.file_size,
+        metadata=meta,
+        tensors=len(header.entries),
+        tensor_bytes=header.data_len,
+        verified=verify,
+        depths=depths,
+        notes=notes,
+    )

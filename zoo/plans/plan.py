@@ -1,0 +1,581 @@
+"""Plans: what trains, at which learning-rate scale, and how each normalization layer behaves.
+
+A :class:`Plan` is pure data. For every parameter it holds a :class:`ParamPlan` (trained or
+frozen, an lr scale, whether weight decay applies); for every normalization layer a
+:class:`NormMode`. :mod:`zoo.plans.binding` computes one by running a freeze policy on a
+:class:`~zoo.ParamTable`, without touching the model; :mod:`zoo.plans.freeze` applies it.
+This module is data only: it imports no service.
+
+A plan serializes to a compact dict (:meth:`Plan.to_dict`), small enough for a saved file's
+metadata, and back (:meth:`Plan.from_dict`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from zoo.core.policy_args import format_policy_spec
+from zoo.errors import PlanError, UnknownNameError, short_repr, suggest
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from zoo.tables.table import NormInfo, ParamInfo, ParamTable
+
+PLAN_FORMAT = 1
+NO_DECAY_ROLES = frozenset({"bias", "norm", "embedding"})
+
+
+class NormMode(str, Enum):
+    """How a normalization layer behaves while the model trains.
+
+    ``train``: batch statistics in train mode, running statistics update, affine as planned.
+    ``frozen-stats``: always in eval mode (running statistics used and fixed), affine trainable
+    as planned. ``frozen``: eval mode and affine frozen. Applied modes survive ``model.train()``.
+    """
+
+    TRAIN = "train"
+    FROZEN_STATS = "frozen-stats"
+    FROZEN = "frozen"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def coerce(cls, value: NormMode | str) -> NormMode:
+        try:
+            return cls(value)
+        except ValueError:
+            valid = ", ".join(repr(m.value) for m in cls)
+            raise PlanError(f"unknown norm mode {value!r}; valid modes: {valid}") from None
+
+
+@dataclass(frozen=True)
+class ParamPlan:
+    """The plan of one parameter: trained or frozen, lr scale, weight decay on or off."""
+
+    name: str
+    trainable: bool
+    lr_scale: float = 1.0
+    weight_decay: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise PlanError(f"a parameter plan needs a parameter name, got {self.name!r}")
+        scale = self.lr_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+            math.isfinite(scale) and scale >= 0
+        ):
+            raise PlanError(
+                f"lr scale of {self.name!r} must be a finite number >= 0, got {scale!r}"
+            )
+        object.__setattr__(self, "lr_scale", float(scale))
+        object.__setattr__(self, "trainable", bool(self.trainable))
+        object.__setattr__(self, "weight_decay", bool(self.weight_decay))
+
+
+def default_weight_decay(row: ParamInfo) -> bool:
+    """Whether weight decay applies by default: not on biases, norms, embeddings, 1-D tensors."""
+    leaf = row.name.rpartition(".")[2]
+    return len(row.shape) > 1 and row.role not in NO_DECAY_ROLES and leaf != "bias"
+
+
+@dataclass(frozen=True)
+class PlanDepth:
+    """A plan's totals at one depth of the table (what ``zoo plan`` shows per line)."""
+
+    depth: int
+    group: str
+    tensors: int
+    numel: int
+    trainable_tensors: int
+    trainable_numel: int
+    norm_modes: dict[str, int]
+    lr_scales: tuple[float, float] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "depth": self.depth,
+            "group": self.group,
+            "tensors": self.tensors,
+            "numel": self.numel,
+            "trainable_tensors": self.trainable_tensors,
+            "trainable_numel": self.trainable_numel,
+            "norm_modes": dict(self.norm_modes),
+            "lr_scale": list(self.lr_scales) if self.lr_scales else None,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which parameters train (with lr scale and weight decay) and each norm layer's mode.
+
+    ``params`` maps every parameter name to its :class:`ParamPlan` (in model order when the
+    plan came from a table); ``norms`` maps each normalization layer's module path to its
+    :class:`NormMode`. ``policy`` is the qualified policy name, ``args`` its arguments,
+    ``epoch`` the epoch of a schedule policy, ``notes`` what the policy wants a user to know
+    (``auto`` explains its choice there). ``table`` is the table the plan was computed from,
+    kept in memory only (not serialized, not compared). Parameters a plan does not list are
+    frozen when it is applied.
+    """
+
+    params: Mapping[str, ParamPlan]
+    norms: Mapping[str, NormMode] = field(default_factory=dict)
+    policy: str = ""
+    args: Mapping[str, Any] = field(default_factory=dict)
+    epoch: int | None = None
+    notes: tuple[str, ...] = ()
+    backbone: str | None = None
+    table: ParamTable | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        params = self.params
+        if isinstance(params, Mapping):
+            items = list(params.values())
+        elif isinstance(params, Iterable) and not isinstance(params, (str, bytes)):
+            items = list(params)
+        else:
+            raise PlanError(f"Plan.params must map names to ParamPlan, got {type(params).__name__}")
+        checked: dict[str, ParamPlan] = {}
+        for item in items:
+            if not isinstance(item, ParamPlan):
+                raise PlanError(f"Plan.params holds {type(item).__name__}, expected zoo ParamPlan")
+            if item.name in checked:
+                raise PlanError(f"parameter {item.name!r} is planned twice")
+            checked[item.name] = item
+        if isinstance(params, Mapping):
+            for key, item in params.items():
+                if key != item.name:
+                    raise PlanError(f"Plan.params key {key!r} holds the plan of {item.name!r}")
+        object.__setattr__(self, "params", checked)
+        if not isinstance(self.norms, Mapping):
+            raise PlanError(f"Plan.norms must map module paths to modes, got {self.norms!r}")
+        object.__setattr__(
+            self, "norms", {str(k): NormMode.coerce(v) for k, v in self.norms.items()}
+        )
+        object.__setattr__(self, "args", dict(self.args))
+        object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
+        if self.epoch is not None:
+            object.__setattr__(self, "epoch", int(self.epoch))
+
+    __hash__ = None  # type: ignore[assignment]  # holds dicts
+
+    # ------------------------------------------------------------ building
+
+    @classmethod
+    def from_table(
+        cls,
+        table: ParamTable,
+        trainable: Iterable[str],
+        *,
+        lr_scales: Mapping[str, float] | None = None,
+        weight_decay: Mapping[str, bool] | None = None,
+        norm_modes: Mapping[str, NormMode | str] | None = None,
+        notes: Iterable[str] = (),
+    ) -> Plan:
+        """A complete plan for ``table``: ``trainable`` names train, everything else is frozen.
+
+        ``lr_scales`` and ``weight_decay`` override the defaults (1.0; no decay on biases,
+        norms, embeddings and 1-D tensors) per parameter name. ``norm_modes`` sets modes by
+        module path; a norm layer not named gets its mode from its parameters: all trained ->
+        ``train``, all frozen -> ``frozen``, some -> ``frozen-stats`` (a layer without affine
+        follows the parameters at its depth). Unknown names raise :class:`~zoo.PlanError`.
+        """
+        names = name_list(trainable, "trainable")
+        lr_scales = dict(lr_scales or {})
+        decay = dict(weight_decay or {})
+        _check_known(table, [*names, *lr_scales, *decay], "parameter")
+        wanted = set(names)
+        params = {
+            row.name: ParamPlan(
+                row.name,
+                row.name in wanted,
+                lr_scales.get(row.name, 1.0),
+                decay.get(row.name, default_weight_decay(row)),
+            )
+            for row in table.rows
+        }
+        modes = _derive_norm_modes(table, params, norm_modes or {})
+        return cls(params=params, norms=modes, notes=tuple(notes), table=table,
+                   backbone=table.backbone)
+
+    def complete(self, table: ParamTable) -> Plan:
+        """This plan checked against ``table`` and filled in: unlisted parameters frozen,
+        unlisted norm layers given their derived mode. Raises :class:`~zoo.PlanError` for
+        names the table does not have or a ``frozen`` norm whose affine trains."""
+        _check_known(table, list(self.params), "parameter")
+        known_norms = {n.path for n in table.norms}
+        unknown = [p for p in self.norms if p not in known_norms]
+        if unknown:
+            raise PlanError(unknown_message("normalization layer", unknown, known_norms))
+        params = {
+            row.name: self.params.get(row.name)
+            or ParamPlan(row.name, False, 1.0, default_weight_decay(row))
+            for row in table.rows
+        }
+        modes = _derive_norm_modes(table, params, self.norms)
+        return replace(self, params=params, norms=modes, table=table,
+                       backbone=self.backbone or table.backbone)
+
+    # ------------------------------------------------------------ reading
+
+    @property
+    def trainable(self) -> list[str]:
+        """Names of the parameters that train, in order."""
+        return [name for name, p in self.params.items() if p.trainable]
+
+    @property
+    def frozen(self) -> list[str]:
+        """Names of the parameters that stay frozen, in order."""
+        return [name for name, p in self.params.items() if not p.trainable]
+
+    def __getitem__(self, name: str) -> ParamPlan:
+        try:
+            return self.params[name]
+        except KeyError:
+            raise UnknownNameError("parameter", name, self.params) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.params
+
+    def norm_mode(self, path: str) -> NormMode:
+        """The mode of the norm layer at ``path`` (``train`` when the plan does not list it)."""
+        return self.norms.get(path, NormMode.TRAIN)
+
+    @property
+    def spec_text(self) -> str:
+        """The policy in CLI form, e.g. ``"zoo:freeze-to:depth=3"``."""
+
+        return format_policy_spec(self.policy or "<custom>", self.args)
+
+    def depth_summary(self, table: ParamTable | None = None) -> list[PlanDepth]:
+        """Totals per depth; needs the table (the one the plan came from by default)."""
+        table = table if table is not None else self.table
+        if table is None:
+            raise PlanError("this plan carries no parameter table; pass table=zoo.params(model)")
+        out = []
+        for summary in table.depth_summary():
+            rows = table.at_depth(summary.depth)
+            plans = [self.params.get(r.name) for r in rows]
+            trained = [(r, p) for r, p in zip(rows, plans, strict=True) if p and p.trainable]
+            modes: dict[str, int] = {}
+            for norm in table.norms:
+                if norm.depth == summary.depth:
+                    mode = self.norm_mode(norm.path).value
+                    modes[mode] = modes.get(mode, 0) + 1
+            scales = [p.lr_scale for _, p in trained]
+            out.append(
+                PlanDepth(
+                    depth=summary.depth,
+                    group=summary.group,
+                    tensors=len(rows),
+                    numel=summary.numel,
+                    trainable_tensors=len(trained),
+                    trainable_numel=sum(r.numel for r, _ in trained),
+                    norm_modes=modes,
+                    lr_scales=(min(scales), max(scales)) if scales else None,
+                )
+            )
+        return out
+
+    def numel(self, *, trainable: bool | None = None, table: ParamTable | None = None) -> int:
+        """Parameter count (all, trained or frozen); needs the table."""
+        table = table if table is not None else self.table
+        if table is None:
+            raise PlanError("this plan carries no parameter table; pass table=zoo.params(model)")
+        return sum(
+            row.numel
+            for row in table.rows
+            if trainable is None or self.params.get(row.name, _FROZEN).trainable == trainable
+        )
+
+    def summary(self) -> str:
+        """A few lines for a human: policy, what trains, norm modes, notes."""
+        lines = [f"plan {self.spec_text}" + (f" at epoch {self.epoch}" if self.epoch is not None
+                                              else "")]
+        n_train, n_all = len(self.trainable), len(self.params)
+        if self.table is not None:
+            total = self.numel()
+            trained = self.numel(trainable=True)
+            share = 100.0 * trained / total if total else 0.0
+            lines.append(
+                f"trains {trained:,} of {total:,} parameters ({share:.1f}%), "
+                f"{n_train} of {n_all} tensors"
+            )
+            for d in self.depth_summary():
+                state = ("trained" if d.trainable_tensors == d.tensors
+                         else "frozen" if d.trainable_tensors == 0 else "partly trained")
+                extra = ", ".join(f"{k} x{v}" for k, v in d.norm_modes.items())
+                scale = ""
+                if d.lr_scales and d.lr_scales != (1.0, 1.0):
+                    lo, hi = d.lr_scales
+                    scale = f", lr x{lo:.3g}" if lo == hi else f", lr x{lo:.3g}-{hi:.3g}"
+                lines.append(
+                    f"  {d.depth:>3} {d.group:<10} {state}{scale}"
+                    + (f" (norms: {extra})" if extra else "")
+                )
+        else:
+            lines.append(f"trains {n_train} of {n_all} tensors")
+        counts: dict[str, int] = {}
+        for mode in self.norms.values():
+            counts[mode.value] = counts.get(mode.value, 0) + 1
+        if counts:
+            lines.append("norms: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------ optimizer groups
+
+    def param_groups(
+        self,
+        model: nn.Module,
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        decay_norm_and_bias: bool = False,
+        names: Iterable[str] | None = None,
+        with_names: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: only trainable parameters, lr scales applied.
+
+        Parameters with the same (lr scale, decay) share a group, in model order. A group
+        is ``{"params", "lr", "weight_decay", "lr_scale"}`` plus ``"param_names"`` when
+        ``with_names`` (torch >= 2.6 keeps them in the optimizer's state dict). Biases, norms,
+        embeddings and 1-D tensors get no weight decay unless ``decay_norm_and_bias``.
+        ``names`` restricts the groups to those parameters (how a schedule adds new ones).
+        """
+        named = dict(model.named_parameters())
+        only = set(names) if names is not None else None
+        groups: dict[tuple[float, bool], dict[str, Any]] = {}
+        for name, item in self.params.items():
+            if not item.trainable or (only is not None and name not in only):
+                continue
+            if name not in named:
+                raise PlanError(unknown_message("parameter", [name], named, where="the model"))
+            decay = item.weight_decay or decay_norm_and_bias
+            key = (item.lr_scale, decay and weight_decay > 0)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = {
+                    "params": [],
+                    "lr": lr * item.lr_scale,
+                    "weight_decay": weight_decay if key[1] else 0.0,
+                    "lr_scale": item.lr_scale,
+                }
+                if with_names:
+                    group["param_names"] = []
+            group["params"].append(named[name])
+            if with_names:
+                group["param_names"].append(name)
+        return list(groups.values())
+
+    # ------------------------------------------------------------ serialization
+
+    def to_dict(self) -> dict[str, Any]:
+        """A compact, JSON-ready dict: names by state, only non-default lr scales."""
+        by_mode: dict[str, list[str]] = {m.value: [] for m in NormMode}
+        for path, mode in self.norms.items():
+            by_mode[mode.value].append(path)
+        # trained names first, then frozen ones: the order from_dict rebuilds, so that
+        # to_dict(from_dict(d)) == d exactly
+        ordered = [self.params[n] for n in (*self.trainable, *self.frozen)]
+        return {
+            "format": PLAN_FORMAT,
+            "policy": self.policy,
+            "args": jsonable(self.args),
+            "epoch": self.epoch,
+            "backbone": self.backbone,
+            "notes": list(self.notes),
+            "trainable": self.trainable,
+            "frozen": self.frozen,
+            "lr_scale": {p.name: p.lr_scale for p in ordered if p.lr_scale != 1.0},
+            "no_weight_decay": [p.name for p in ordered if not p.weight_decay],
+            "norms": {mode: paths for mode, paths in by_mode.items() if paths},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        """The inverse of :meth:`to_dict`; raises :class:`~zoo.PlanError` on malformed data.
+
+        The data may come from an untrusted file, so every field must have the type
+        :meth:`to_dict` writes: names are strings, lr scales finite numbers >= 0 for planned
+        parameters, the epoch an integer >= 0, norm modes known ones.
+        """
+        if not isinstance(data, Mapping):
+            raise _malformed(f"expected a mapping, got {type(data).__name__}")
+        version = data.get("format", PLAN_FORMAT)
+        if not _is_int(version) or version < 1:
+            raise _malformed(f"format must be an integer >= 1, got {short_repr(version)}")
+        if version > PLAN_FORMAT:
+            raise PlanError(
+                f"plan format {version} is newer than this zoo understands ({PLAN_FORMAT}); "
+                "upgrade zoo"
+            )
+        order = [(n, True) for n in _field_names(data, "trainable")]
+        order += [(n, False) for n in _field_names(data, "frozen")]
+        planned = {name for name, _ in order}
+        no_decay = set(_field_names(data, "no_weight_decay"))
+        scales = _field_mapping(data, "lr_scale")
+        stray = sorted(n for n in (*scales, *no_decay) if n not in planned)
+        if stray:
+            raise _malformed(f"lr_scale or no_weight_decay names parameters the plan does not "
+                             f"list: {', '.join(map(repr, stray[:5]))}")
+        try:
+            params = [ParamPlan(name, trainable, scales.get(name, 1.0), name not in no_decay)
+                      for name, trainable in order]
+        except PlanError as exc:  # an empty name, a scale that is not a finite number >= 0
+            raise _malformed(str(exc)) from None
+        norms: dict[str, NormMode] = {}
+        for mode, paths in _field_mapping(data, "norms").items():
+            for path in _names_of(paths, f"norms[{mode!r}]"):
+                if path in norms:
+                    raise _malformed(f"norm layer {path!r} has two modes")
+                norms[path] = NormMode.coerce(mode)
+        epoch = data.get("epoch")
+        if epoch is not None and not (_is_int(epoch) and epoch >= 0):
+            raise _malformed(f"epoch must be an integer >= 0 or null, got {short_repr(epoch)}")
+        return cls(
+            params=params,  # a list: a name planned twice is refused, not merged
+            norms=norms,
+            policy=_field_text(data, "policy", ""),
+            args=_field_mapping(data, "args"),
+            epoch=epoch,
+            notes=tuple(_field_names(data, "notes")),
+            backbone=_field_text(data, "backbone", None),
+        )
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"malformed plan JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise PlanError("malformed plan JSON: expected an object")
+        return cls.from_dict(data)
+
+
+_FROZEN = ParamPlan("<frozen>", False)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def name_list(value: Any, what: str) -> list[str]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise PlanError(f"{what} must be an iterable of parameter names, got {value!r}")
+    out = list(value)
+    bad = [v for v in out if not isinstance(v, str)]
+    if bad:
+        raise PlanError(f"{what} must hold parameter names (str), got {bad[0]!r}")
+    return out
+
+
+def unknown_message(kind: str, unknown: list[str], known: Iterable[str], where: str = "the table"
+                     ) -> str:
+    known = list(known)
+    shown = ", ".join(repr(n) for n in unknown[:5])
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    message = f"{len(unknown)} unknown {kind} name(s) not in {where}: {shown}{more}"
+    close = suggest(unknown[0], known, n=3)
+    if close:
+        message += f" (did you mean {', '.join(repr(c) for c in close)}?)"
+    return message
+
+
+def _check_known(table: ParamTable, names: list[str], kind: str) -> None:
+    unknown = [n for n in dict.fromkeys(names) if n not in table]
+    if unknown:
+        raise PlanError(unknown_message(kind, unknown, table.names))
+
+
+def derive_norm_mode(norm: NormInfo, params: Mapping[str, ParamPlan], table: ParamTable
+                     ) -> NormMode:
+    """A norm layer's mode from its parameters (see :meth:`Plan.from_table`)."""
+    if norm.params:
+        flags = [params[p].trainable for p in norm.params if p in params]
+    else:
+        flags = [any(params[r.name].trainable for r in table.at_depth(norm.depth)
+                     if r.name in params)]
+    if flags and all(flags):
+        return NormMode.TRAIN
+    if not any(flags):
+        return NormMode.FROZEN
+    return NormMode.FROZEN_STATS
+
+
+def _derive_norm_modes(
+    table: ParamTable, params: Mapping[str, ParamPlan], given: Mapping[str, NormMode | str]
+) -> dict[str, NormMode]:
+    known = {n.path for n in table.norms}
+    unknown = [p for p in given if p not in known]
+    if unknown:
+        raise PlanError(unknown_message("normalization layer", unknown, known))
+    modes: dict[str, NormMode] = {}
+    for norm in table.norms:
+        if norm.path in given:
+            mode = NormMode.coerce(given[norm.path])
+            if mode is NormMode.FROZEN:
+                training = [p for p in norm.params if p in params and params[p].trainable]
+                if training:
+                    raise PlanError(
+                        f"norm layer {norm.path!r} is planned 'frozen' but its parameter "
+                        f"{training[0]!r} trains; use 'frozen-stats' to train the affine with "
+                        "fixed statistics"
+                    )
+        else:
+            mode = derive_norm_mode(norm, params, table)
+        modes[norm.path] = mode
+    return modes
+
+
+def _malformed(problem: str) -> PlanError:
+    return PlanError(f"malformed plan data: {problem}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+
+
+def _names_of(value: object, what: str) -> list[str]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise _malformed(f"{what} must be a list of strings, got {short_repr(value)}")
+    return list(value)
+
+
+def _field_names(data: Mapping[str, Any], key: str) -> list[str]:
+    return _names_of(data.get(key, []), key)
+
+
+def _field_mapping(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise _malformed(f"{key} must be a mapping with string keys, got {short_repr(value)}")
+    return dict(value)
+
+
+def _field_text(data: Mapping[str, Any], key: str, default: str | None) -> Any:
+    value = data.get(key, default)
+    if value is not default and not isinstance(value, str):
+        raise _malformed(f"{key} must be a string, got {short_repr(value)}")
+    return value
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

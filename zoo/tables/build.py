@@ -1,0 +1,728 @@
+"""Building a :class:`~zoo.ParamTable` from a model or a backbone name.
+
+``table_for(name)`` resolves the name in the catalog and builds the model on the ``meta``
+device: parameters get shapes and dtypes but no storage, so a billion-parameter model is
+described in a fraction of a second and nothing is downloaded. ``table_for(model)`` describes a
+model that already exists (any ``nn.Module``).
+
+Grouping asks the plugins first (hook ``zoo_param_groups``, first valid answer wins; the
+built-in timm plugin answers last from timm's ``group_matcher``) and falls back to a generic
+split of the module tree, so every model gets a table. Whatever the grouping, the head is
+exactly the parameters of ``model.get_classifier()`` when the model has one, at the highest
+depth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from zoo.core.create import attach_build_info, call_create
+from zoo.core.specs import ParamGroup
+from zoo.errors import GroupingError, ModelBuildError, ZooError
+from zoo.tables.table import NormInfo, ParamInfo, ParamTable
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from zoo.core.catalog import Catalog
+    from zoo.core.specs import BackboneSpec
+
+GENERIC = "generic"
+HEAD = "head"
+STEM = "stem"
+
+#: Leaf names of positional / token parameters (role "embedding"): class, distillation and
+#: register tokens, absolute and relative position tables, LeViT's attention biases.
+_EMBEDDING_RE = re.compile(
+    r"(^|_)(cls|dist|reg|mask|register|prompt|query|memory)_?tokens?(_?\d+)?$"
+    r"|pos_embed|pos_embedding|position_embedding|(^|_)(patch|pixel)_pos$"
+    r"|^rel_pos|_rel$|^relative_position_bias_table$|^attention_biases$"
+    r"|(^|_)embed(ding)?s?(_?\d+)?$"
+)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def table_for(
+    model_or_name: nn.Module | str, *, catalog: Catalog, **create_kwargs: Any
+) -> ParamTable:
+    """The :class:`~zoo.ParamTable` of a model, or of a backbone name built on ``meta``.
+
+    Names resolve in ``catalog``, whose plugins also answer ``zoo_param_groups``.
+    ``create_kwargs`` (``num_classes=`` and architecture keyword arguments) only apply to a name.
+    """
+    from torch import nn
+
+    if isinstance(model_or_name, str):
+        model, spec, notes = build_meta(model_or_name, catalog=catalog, **create_kwargs)
+    elif isinstance(model_or_name, nn.Module):
+        if create_kwargs:
+            raise TypeError(
+                f"params() got keyword arguments {sorted(create_kwargs)} with a model; "
+                "they only apply when building from a backbone name"
+            )
+        model, spec, notes = model_or_name, spec_of(model_or_name, catalog), []
+    else:
+        raise TypeError(
+            f"params() expects an nn.Module or a backbone name, got {type(model_or_name).__name__}"
+        )
+    return describe(model, spec=spec, catalog=catalog, notes=notes)
+
+
+def spec_of(model: nn.Module, catalog: Catalog) -> BackboneSpec | None:
+    """The spec a model was built from, read from ``model.zoo_build`` (None if unknown)."""
+    build = getattr(model, "zoo_build", None)
+    name = build.get("backbone") if isinstance(build, dict) else None
+    if not isinstance(name, str):
+        return None
+    try:
+        return catalog.backbones.lookup(name)
+    except ZooError:
+        return None
+
+
+# ---------------------------------------------------------------- building on meta
+
+
+def build_meta(
+    name: str, *, catalog: Catalog, **create_kwargs: Any
+) -> tuple[nn.Module, BackboneSpec, list[str]]:
+    """Build backbone ``name`` without allocating weights: ``(model, spec, notes)``.
+
+    See :func:`meta_model`; the model carries ``zoo_build`` like one from ``zoo.create``.
+    Never loads pretrained weights.
+    """
+
+    spec, tag = catalog.backbone(name)
+    num_classes = create_kwargs.pop("num_classes", None)
+    model, notes = meta_model(spec, num_classes, dict(create_kwargs))
+    attach_build_info(
+        model, spec, tag=tag, num_classes=num_classes, kwargs=dict(create_kwargs)
+    )
+    return model, spec, notes
+
+
+def meta_model(
+    spec: BackboneSpec,
+    num_classes: int | None,
+    kwargs: dict[str, Any],
+    *,
+    max_tensor_bytes: int | None = None,
+    max_tensors: int | None = None,
+) -> tuple[nn.Module, list[str]]:
+    """Build ``spec`` on the ``meta`` device (no weights allocated): ``(model, notes)``.
+
+    The model is built under ``torch.device("meta")``. A constructor that cannot run on
+    ``meta`` (one that reads tensor values while building) is retried with each parameter moved
+    to ``meta`` as soon as it is registered (one tensor allocated at a time), which ``notes``
+    says. With ``max_tensor_bytes`` that retry refuses any single tensor larger than that
+    (:class:`~zoo.ModelBuildError`) before writing to it. With ``max_tensors`` a build that
+    registers more parameters and buffers than that is stopped as soon as it does (arguments
+    from a file such as ``depth=100000`` cost no memory on ``meta``, but their modules do).
+    Never loads pretrained weights.
+    """
+    import torch
+
+
+    notes: list[str] = []
+    try:
+        with torch.device("meta"), _skip_init_on_meta(), \
+                tensor_count_limit(max_tensors, spec.qualified_name):
+            model = call_create(spec, num_classes, False, dict(kwargs))
+    except ModelBuildError as first:
+        cause = first.__cause__ if first.__cause__ is not None else first
+        if not isinstance(first.__cause__, Exception):
+            raise  # create() returned something that is not a model: retrying cannot help
+        try:
+            with _params_to_meta_on_register(), _skip_init_on_meta(), \
+                    allocation_limit(max_tensor_bytes, spec.qualified_name), \
+                    tensor_count_limit(max_tensors, spec.qualified_name):
+                model = call_create(spec, num_classes, False, dict(kwargs))
+        except ModelBuildError as exc:
+            raise ModelBuildError(
+                f"cannot build {spec.qualified_name} to describe it: "
+                f"{type(cause).__name__}: {cause} (and without the meta device: {exc}). Check "
+                "the architecture arguments; or build the model yourself and pass it: "
+                f"zoo.params(zoo.create({spec.qualified_name!r}))"
+            ) from exc
+        notes.append(
+            f"built with parameters moved to meta one at a time ({type(cause).__name__} on the "
+            "meta device)"
+        )
+    not_meta = sum(1 for p in model.parameters() if not p.is_meta)
+    if not_meta:
+        notes.append(f"{not_meta} parameter tensors were allocated by the backbone's create()")
+    return model, notes
+
+
+@contextlib.contextmanager
+def tensor_count_limit(max_tensors: int | None, what: str) -> Iterator[None]:
+    """Stop a build (:class:`~zoo.ModelBuildError`) once it registers more than ``max_tensors``
+    parameters and buffers (None: no limit).
+
+    Uses torch's global module registration hooks, so a build in another thread at the same
+    time counts too; limits are generous (see :func:`tensor_budget`).
+    """
+    if max_tensors is None:
+        yield
+        return
+    from torch.nn.modules import module as nn_module
+
+    count = 0
+
+    def count_one(_module: Any, _name: str, _tensor: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > max_tensors:
+            raise ModelBuildError(
+                f"building {what} registered more than {max_tensors:,} tensors, more than the "
+                "saved tensors imply"
+            )
+
+    handles = [
+        nn_module.register_module_parameter_registration_hook(count_one),
+        nn_module.register_module_buffer_registration_hook(count_one),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def tensor_budget(saved_tensors: int) -> int:
+    """How many tensors a rebuild of a model whose file holds ``saved_tensors`` may register:
+    twice as many plus a margin (re-registrations, non-persistent buffers)."""
+    return 2 * saved_tensors + 256
+
+
+def allocation_limit(max_bytes: int | None, what: str) -> Any:
+    """A torch-function mode refusing any tensor result over ``max_bytes`` (None: no limit).
+
+    A new tensor's memory is reserved but not yet written when its factory function returns,
+    so refusing it there costs no resident memory.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    if max_bytes is None:
+        return contextlib.nullcontext()
+
+    class Limit(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and not out.is_meta:
+                size = out.untyped_storage().nbytes()
+                if size > max_bytes:
+                    raise ModelBuildError(
+                        f"building {what} allocated a tensor of {size:,} bytes, more than "
+                        f"{max_bytes:,} (the limit the saved tensors imply)"
+                    )
+            return out
+
+    return Limit()
+
+
+#: In-place operations (tensor methods and ``torch.nn.init`` functions) that only change values.
+#: On a meta tensor, which has no values, they are skipped, so weight initialisation is free
+#: (timm's trunc_normal_ on meta otherwise costs about a second for a ViT-L, through torch's
+#: Python decompositions). Shape-changing and flag-setting in-place methods (resize_,
+#: requires_grad_, ...) are deliberately not listed.
+_VALUE_INPLACE_OPS = frozenset(
+    [
+        "uniform_", "normal_", "bernoulli_", "random_", "exponential_", "geometric_",
+        "cauchy_", "log_normal_", "zero_", "fill_", "copy_", "clamp_", "clamp_min_",
+        "clamp_max_", "clip_", "erfinv_", "erf_", "mul_", "add_", "sub_", "div_", "addcmul_",
+        "addcdiv_", "neg_", "abs_", "exp_", "log_", "sqrt_", "rsqrt_", "pow_", "reciprocal_",
+        "sign_", "floor_", "ceil_", "round_", "trunc_", "tanh_", "sigmoid_", "sin_", "cos_",
+        "masked_fill_", "index_fill_", "fill_diagonal_", "lerp_",
+        # torch.nn.init, which dispatches through torch functions for tensor subclasses/modes
+        "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+        "xavier_normal_", "constant_", "zeros_", "ones_", "orthogonal_", "eye_", "dirac_",
+        "sparse_",
+    ]
+)
+
+
+def _skip_init_on_meta() -> Any:
+    """A torch-function mode that skips value-only in-place ops on meta tensors."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class SkipInit(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+            name = getattr(func, "__name__", "")
+            if (
+                name in _VALUE_INPLACE_OPS
+                and args
+                and isinstance(args[0], torch.Tensor)
+                and args[0].is_meta
+            ):
+                return args[0]
+            return func(*args, **(kwargs or {}))
+
+    return SkipInit()
+
+
+class _params_to_meta_on_register:
+    """Context manager: every ``register_parameter`` / buffer moves the tensor to ``meta``."""
+
+    def __enter__(self) -> None:
+        from torch import nn
+
+        self._orig_param = nn.Module.register_parameter
+        self._orig_buffer = nn.Module.register_buffer
+        orig_param, orig_buffer = self._orig_param, self._orig_buffer
+
+        def register_parameter(module: nn.Module, name: str, param: Any) -> None:
+            if param is not None and not param.is_meta:
+                param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+            orig_param(module, name, param)
+
+        def register_buffer(module: nn.Module, name: str, tensor: Any, persistent: bool = True
+                            ) -> None:
+            if tensor is not None and not tensor.is_meta:
+                tensor = tensor.to("meta")
+            orig_buffer(module, name, tensor, persistent=persistent)
+
+        nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
+        nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
+
+    def __exit__(self, *exc: object) -> None:
+        from torch import nn
+
+        nn.Module.register_parameter = self._orig_param  # type: ignore[method-assign]
+        nn.Module.register_buffer = self._orig_buffer  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------- describing a model
+
+
+def describe(
+    model: nn.Module,
+    *,
+    spec: BackboneSpec | None = None,
+    catalog: Catalog | None = None,
+    notes: Sequence[str] = (),
+) -> ParamTable:
+    """The table of ``model``: plugin grouping (validated) or the generic one, roles, norms."""
+    notes = list(notes)
+    named = list(model.named_parameters())
+    names = [n for n, _ in named]
+    groups, grouped_by = _grouping(model, spec, catalog, names, notes)
+    groups = _place_head(model, groups, names)
+    depth_of: dict[str, tuple[int, str]] = {}
+    for depth, group in enumerate(groups):
+        for name in group.params:
+            depth_of[name] = (depth, group.name)
+
+    owners = _owners(model)
+    norm_modules = {path for path, module in model.named_modules() if is_norm(module)}
+    head_names = {n for g in groups if g.name == HEAD for n in g.params}
+    rows = []
+    for name, param in named:
+        module_path, _, leaf = name.rpartition(".")
+        module = owners.get(module_path, model)
+        depth, group = depth_of[name]
+        rows.append(
+            ParamInfo(
+                name=name,
+                module=module_path,
+                module_type=type(module).__name__,
+                role=_role(leaf, module, module_path in norm_modules, name in head_names),
+                shape=tuple(int(s) for s in param.shape),
+                numel=int(param.numel()),
+                dtype=str(param.dtype).removeprefix("torch."),
+                group=group,
+                depth=depth,
+                trainable=bool(param.requires_grad),
+            )
+        )
+    norms = _norms(model, norm_modules, depth_of)
+    build = getattr(model, "zoo_build", None)
+    backbone = spec.qualified_name if spec is not None else None
+    if backbone is None and isinstance(build, dict):
+        backbone = build.get("backbone")
+    return ParamTable(
+        rows=tuple(rows),
+        norms=norms,
+        backbone=backbone,
+        model_type=f"{type(model).__module__}.{type(model).__qualname__}",
+        grouped_by=grouped_by,
+        notes=tuple(notes),
+    )
+
+
+# ---------------------------------------------------------------- grouping
+
+
+def _grouping(
+    model: nn.Module,
+    spec: BackboneSpec | None,
+    catalog: Catalog | None,
+    names: list[str],
+    notes: list[str],
+) -> tuple[list[ParamGroup], str]:
+    """The first valid plugin answer to ``zoo_param_groups``, else the generic grouping.
+
+    A plugin that raises or answers invalid groups is recorded on its plugin record (as every
+    hook failure is) and named in ``notes``; the next plugin is asked.
+    """
+    if catalog is None:
+        return generic_groups(model), GENERIC
+    host = catalog.host
+    called: list[str] = []
+
+    def kwargs_for(plugin: str) -> dict[str, Any]:
+        called.append(plugin)
+        return {"model": model, "backbone": spec}
+
+    def note_raised(answered: str | None) -> None:
+        for plugin in called:
+            if plugin != answered:
+                errors = [e for e in host.records[plugin].errors if "zoo_param_groups" in e]
+                notes.append(f"plugin {plugin!r}: {errors[-1] if errors else 'raised'}; ignored")
+        called.clear()
+
+    for plugin, answer in host.call_each("zoo_param_groups", kwargs_for, accept=_read_answer):
+        note_raised(plugin)
+        if answer is None:
+            continue
+        try:
+            groups = validate_groups(answer, names)
+        except GroupingError as exc:
+            message = f"zoo_param_groups returned invalid groups: {exc}"
+            host.record_error(plugin, message)
+            notes.append(f"plugin {plugin!r}: {message}; ignored")
+            continue
+        return groups, plugin
+    note_raised(None)
+    return generic_groups(model), GENERIC
+
+
+def _read_answer(_plugin: str, answer: Any) -> Any:
+    """A plugin's answer, read inside its isolation: a lazy sequence that raises while it is
+    iterated (even ``SystemExit``) is that plugin's error, not the caller's."""
+    if answer is None or isinstance(answer, (str, bytes)) or not isinstance(answer, Iterable):
+        return answer
+    return list(answer)
+
+
+def validate_groups(answer: Any, names: Sequence[str]) -> list[ParamGroup]:
+    """Check a plugin's groups: ParamGroups that hold every parameter exactly once.
+
+    Empty groups are dropped. Raises :class:`GroupingError` naming what is wrong.
+    """
+    if isinstance(answer, (str, bytes)) or not isinstance(answer, Iterable):
+        raise GroupingError(f"expected a sequence of zoo.ParamGroup, got {type(answer).__name__}")
+    groups = list(answer)
+    known = set(names)
+    seen: dict[str, str] = {}
+    problems: list[str] = []
+    for group in groups:
+        if not isinstance(group, ParamGroup):
+            raise GroupingError(f"expected zoo.ParamGroup items, got {type(group).__name__}")
+        for name in group.params:
+            if name not in known:
+                problems.append(f"unknown parameter {name!r} in group {group.name!r}")
+            elif name in seen:
+                problems.append(
+                    f"parameter {name!r} is in both {seen[name]!r} and {group.name!r}"
+                )
+            else:
+                seen[name] = group.name
+    missing = [n for n in names if n not in seen]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        noun = "parameter" if len(missing) == 1 else "parameters"
+        problems.append(f"{len(missing)} {noun} in no group: {shown}{more}")
+    if problems:
+        extra = f" (+{len(problems) - 3} more problems)" if len(problems) > 3 else ""
+        raise GroupingError("; ".join(problems[:3]) + extra)
+    return [g for g in groups if g.params]
+
+
+def generic_groups(model: nn.Module) -> list[ParamGroup]:
+    """Any model's groups: its parts in module order, stem first, head last.
+
+    The parts are the model's top-level children (the model's own parameters, such as a class
+    token, join the first); a child that is a ``ModuleList`` / ``Sequential`` of several blocks
+    is split into its blocks; a model whose parameters all sit in one child (a wrapper) is split
+    one level down; a part made only of normalization layers joins the part before it. The head
+    is the classifier (``get_classifier()``) or else the last ``nn.Linear``, and what shares a
+    part with it is the ``neck``. The first part is the ``stem``, the others ``stage.1`` ….
+    """
+    from torch import nn
+
+    head = set(classifier_param_names(model)) or set(_last_linear_params(model))
+    prefix, module = "", model
+    direct, parts = _parts(module, prefix)
+    while not direct and len(parts) == 1:  # a wrapper: all parameters in one child
+        child = parts[0][0]
+        module, prefix = getattr(module, child), f"{prefix}{child}."
+        direct, parts = _parts(module, prefix)
+    bodies: list[list[str]] = []
+    for child, members in parts:
+        sub = getattr(module, child)
+        inner_direct, inner = (
+            _parts(sub, f"{prefix}{child}.")
+            if isinstance(sub, (nn.ModuleList, nn.Sequential))
+            else ([], [])
+        )
+        whole = inner_direct or len(inner) < 2 or any(n in head for n in members)
+        if whole:  # keep the head's part whole: what it holds besides the classifier is the neck
+            bodies.append(members)
+        else:
+            bodies.extend(m for _, m in inner)
+    if direct:
+        bodies = [[*direct, *bodies[0]], *bodies[1:]] if bodies else [direct]
+    canonical = [n for n, _ in model.named_parameters()]
+    known = set(canonical)
+    norm_params = {
+        f"{path}.{n}" if path else n
+        for path, m in model.named_modules()
+        if is_norm(m)
+        for n, _ in m.named_parameters(recurse=False)
+    }
+    placed: set[str] = set()
+    groups: list[ParamGroup] = []
+    neck: list[str] = []
+    for members in bodies:
+        body = [n for n in members if n in known and n not in head and n not in placed]
+        placed.update(body)
+        if not body:
+            continue
+        if any(n in head for n in members):  # what shares a part with the classifier
+            neck.extend(body)
+        elif groups and all(n in norm_params for n in body):  # a norm joins the layer before
+            groups[-1] = ParamGroup(groups[-1].name, [*groups[-1].params, *body])
+        else:
+            name = STEM if not groups else f"stage.{len(groups)}"
+            groups.append(ParamGroup(name, body))
+    if neck:
+        groups.append(ParamGroup("neck", neck))
+    if groups:  # parameters only reachable under another name (shared): with the first group
+        stray = [n for n in canonical if n not in placed and n not in head]
+        if stray:
+            groups[0] = ParamGroup(groups[0].name, [*groups[0].params, *stray])
+    ordered_head = [n for n in canonical if n in head]
+    if ordered_head:
+        groups.append(ParamGroup(HEAD, ordered_head))
+    return groups
+
+
+def _parts(module: nn.Module, prefix: str) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """``(own parameter names, [(child name, parameter names), ...])`` of ``module``.
+
+    Only children with parameters are listed; a parameter shared by two children counts in the
+    first.
+    """
+    direct = [prefix + n for n, _ in module.named_parameters(recurse=False)]
+    seen: set[int] = {id(p) for p in module.parameters(recurse=False)}
+    parts: list[tuple[str, list[str]]] = []
+    for child_name, child in module.named_children():
+        members = []
+        for n, p in child.named_parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                members.append(f"{prefix}{child_name}.{n}")
+        if members:
+            parts.append((child_name, members))
+    return direct, parts
+
+
+def _place_head(model: nn.Module, groups: list[ParamGroup], names: list[str]) -> list[ParamGroup]:
+    """Move the classifier's parameters into a final ``head`` group, whatever the grouping."""
+    head = set(classifier_param_names(model))
+    if not head:
+        # the grouping's own head (a plugin's or the generic one) stays, moved to the end
+        heads = [g for g in groups if g.name == HEAD]
+        others = [g for g in groups if g.name != HEAD]
+        return others + heads
+    body = [ParamGroup(g.name, [n for n in g.params if n not in head]) for g in groups]
+    body = [g for g in body if g.params]
+    demoted = [
+        ParamGroup("neck" if g.name == HEAD else g.name, g.params) for g in body
+    ]
+    return [*demoted, ParamGroup(HEAD, [n for n in names if n in head])]
+
+
+def classifier_param_names(model: nn.Module) -> list[str]:
+    """Names of the parameters of ``model.get_classifier()`` (a module or several), in order."""
+    get = getattr(model, "get_classifier", None)
+    if not callable(get):
+        return []
+    try:
+        found = get()
+    except Exception:
+        return []
+    modules = found if isinstance(found, (tuple, list)) else [found]
+    from torch import nn
+
+    wanted = {id(m) for m in modules if isinstance(m, nn.Module)}
+    if not wanted:
+        return []
+    names: list[str] = []
+    for path, module in model.named_modules():
+        if id(module) in wanted:
+            wanted.discard(id(module))
+            prefix = f"{path}." if path else ""
+            names.extend(prefix + n for n, _ in module.named_parameters())
+    by_tensor = {id(p): n for n, p in model.named_parameters()}  # canonical (deduplicated) names
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return list(dict.fromkeys(by_tensor[id(params[n])] for n in names if n in params))
+
+
+def _last_linear_params(model: nn.Module) -> list[str]:
+    from torch import nn
+
+    last: tuple[str, nn.Module] | None = None
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (path, module)
+    if last is None:
+        return []
+    path, module = last
+    prefix = f"{path}." if path else ""
+    return [prefix + n for n, _ in module.named_parameters()]
+
+
+# ---------------------------------------------------------------- roles and norms
+
+
+def _owners(model: nn.Module) -> dict[str, nn.Module]:
+    return dict(model.named_modules(remove_duplicate=False))
+
+
+def is_norm(module: nn.Module) -> bool:
+    """A normalization layer: BatchNorm*, SyncBatchNorm, GroupNorm, LayerNorm, RMSNorm and
+    subclasses (timm's BatchNormAct2d, LayerNorm2d, …), or any module whose class name says
+    ``Norm`` and whose parameters are all its own (timm's RmsNorm, EvoNorm, FrozenBatchNorm2d)."""
+    from torch import nn
+
+    if isinstance(module, _torch_norm_types()):
+        return True
+    name = type(module).__name__
+    if "norm" not in name.lower() or isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+        return False
+    own = sum(1 for _ in module.parameters(recurse=False))
+    return own == sum(1 for _ in module.parameters()) and not name.lower().startswith("normal")
+
+
+def _torch_norm_types() -> tuple[type, ...]:
+    from torch import nn
+
+    types: list[type] = [
+        nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm
+        nn.GroupNorm,
+        nn.LayerNorm,
+        nn.LocalResponseNorm,
+    ]
+    if hasattr(nn, "RMSNorm"):
+        types.append(nn.RMSNorm)
+    return tuple(types)
+
+
+def _role(leaf: str, module: nn.Module, in_norm: bool, in_head: bool) -> str:
+    """``head`` > ``norm`` > ``embedding`` > ``bias`` > ``weight``."""
+    from torch import nn
+
+    if in_head:
+        return "head"
+    if in_norm:
+        return "norm"
+    if isinstance(module, nn.Embedding) or _EMBEDDING_RE.search(leaf):
+        return "embedding"
+    if leaf == "bias" or leaf.endswith("_bias") or leaf.startswith("bias_"):
+        return "bias"
+    return "weight"
+
+
+def _norms(
+    model: nn.Module, norm_paths: set[str], depth_of: dict[str, tuple[int, str]]
+) -> tuple[NormInfo, ...]:
+    """Every normalization layer, in module order, with the depth of its parameters.
+
+    A norm without parameters (``affine=False``) takes the depth of its enclosing block when
+    that block sits at one depth, else that of the layer just before it (the one it normalizes).
+    """
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    modules = list(model.named_modules())
+    position = {path: i for i, (path, _) in enumerate(modules)}
+    infos = []
+    for path, module in modules:
+        if path not in norm_paths:
+            continue
+        params = tuple(
+            canonical[id(p)] for _, p in module.named_parameters(recurse=False)
+            if id(p) in canonical
+        )
+        if params:
+            depth, group = depth_of[params[0]]
+        else:
+            depth, group = _depth_without_params(path, position, depth_of)
+        infos.append(
+            NormInfo(
+                path=path,
+                type=type(module).__name__,
+                depth=depth,
+                group=group,
+                tracks_running_stats=_tracks_running_stats(module),
+                params=params,
+            )
+        )
+    return tuple(infos)
+
+
+def _tracks_running_stats(module: nn.Module) -> bool:
+    """Whether the layer keeps running statistics it updates in training mode (BatchNorm-like);
+    a frozen BatchNorm holds statistics as constants and does not."""
+    running = any(getattr(module, b, None) is not None for b in ("running_mean", "running_var"))
+    default = "frozen" not in type(module).__name__.lower()
+    return bool(running and getattr(module, "track_running_stats", default))
+
+
+def _depth_without_params(
+    path: str, position: dict[str, int], depth_of: dict[str, tuple[int, str]]
+) -> tuple[int, str]:
+    if not depth_of:
+        return 0, STEM
+    prefix = path
+    while prefix:
+        prefix = prefix.rpartition(".")[0]
+        if not prefix:
+            break
+        inside = {found for name, found in depth_of.items() if name.startswith(prefix + ".")}
+        if len(inside) == 1:
+            return inside.pop()
+        if inside:
+            break
+    # the parameter owned by the closest module before this one (else the first after it)
+    here = position.get(path, 0)
+    before = [(position.get(n.rpartition(".")[0], -1), found) for n, found in depth_of.items()]
+    earlier = [item for item in before if item[0] < here]
+    if earlier:
+        return max(earlier, key=lambda item: item[0])[1]
+    return min(before, key=lambda item: item[0])[1]
+
+
+def storage_bytes(model: nn.Module) -> int:
+    """Bytes of real (non-meta) storage held by ``model``'s parameters and buffers."""
+    total = 0
+    seen: set[int] = set()
+    tensors: list[torch.Tensor] = [*model.parameters(), *model.buffers()]
+    for tensor in tensors:
+        if tensor.is_meta:
+            continue
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        total += storage.nbytes()
+    return total

@@ -1,0 +1,221 @@
+"""The uniform parameter dictionary: one row per parameter, the same form for every model.
+
+A :class:`ParamTable` is plain data: rows of :class:`ParamInfo` in module order, the
+normalization layers as :class:`NormInfo`, per-depth totals, and JSON. Policies read it and
+never touch the model. :func:`params` builds one from a model or a backbone name (on the
+``meta`` device: no weights allocated, nothing downloaded); building lives in
+:mod:`zoo.tables.build`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from zoo.errors import UnknownNameError
+
+if TYPE_CHECKING:
+    pass
+
+ROLES = ("weight", "bias", "norm", "embedding", "head")
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One parameter of a model, described uniformly."""
+
+    name: str
+    module: str
+    module_type: str
+    role: str
+    shape: tuple[int, ...]
+    numel: int
+    dtype: str
+    group: str
+    depth: int
+    trainable: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["shape"] = list(self.shape)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ParamInfo:
+        return cls(**{**data, "shape": tuple(int(v) for v in data["shape"])})
+
+
+@dataclass(frozen=True)
+class NormInfo:
+    """One normalization layer: its path, type, depth and whether it tracks running stats."""
+
+    path: str
+    type: str
+    depth: int
+    group: str
+    tracks_running_stats: bool
+    params: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["params"] = list(self.params)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NormInfo:
+        return cls(**{**data, "params": tuple(data.get("params", ()))})
+
+
+@dataclass(frozen=True)
+class DepthSummary:
+    """Totals of one depth (one group) of a table."""
+
+    depth: int
+    group: str
+    tensors: int
+    numel: int
+    trainable_numel: int
+    norms: int
+
+
+@dataclass(frozen=True)
+class ParamTable:
+    """Every parameter of a model, in module order, with its group and depth."""
+
+    rows: tuple[ParamInfo, ...]
+    norms: tuple[NormInfo, ...] = ()
+    backbone: str | None = None
+    model_type: str = ""
+    grouped_by: str = ""
+    notes: tuple[str, ...] = ()
+    _index: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", tuple(self.rows))
+        object.__setattr__(self, "norms", tuple(self.norms))
+        object.__setattr__(self, "notes", tuple(self.notes))
+        self._index.update({row.name: i for i, row in enumerate(self.rows)})
+
+    # ------------------------------------------------------------ access
+
+    def __iter__(self) -> Iterator[ParamInfo]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __getitem__(self, name: str) -> ParamInfo:
+        try:
+            return self.rows[self._index[name]]
+        except KeyError:
+            raise UnknownNameError("parameter", name, self._index) from None
+
+    @property
+    def names(self) -> list[str]:
+        return [row.name for row in self.rows]
+
+    @property
+    def max_depth(self) -> int:
+        return max((row.depth for row in self.rows), default=0)
+
+    @property
+    def groups(self) -> list[str]:
+        """Group names in depth order (stem first, head last)."""
+        seen: dict[int, str] = {}
+        for row in self.rows:
+            seen.setdefault(row.depth, row.group)
+        return [seen[d] for d in sorted(seen)]
+
+    @property
+    def total_numel(self) -> int:
+        return sum(row.numel for row in self.rows)
+
+    @property
+    def trainable_numel(self) -> int:
+        return sum(row.numel for row in self.rows if row.trainable)
+
+    def at_depth(self, depth: int) -> list[ParamInfo]:
+        return [row for row in self.rows if row.depth == depth]
+
+    def in_group(self, group: str) -> list[ParamInfo]:
+        return [row for row in self.rows if row.group == group]
+
+    def with_role(self, *roles: str) -> list[ParamInfo]:
+        return [row for row in self.rows if row.role in roles]
+
+    def head(self) -> list[ParamInfo]:
+        """The rows of the head: the parameters at ``max_depth``, when that group is the head.
+
+        Empty when the model has no head parameters (a classifier removed with
+        ``num_classes=0``): then the deepest group is a body stage, not a head.
+        """
+        rows = self.at_depth(self.max_depth)
+        if any(r.group == "head" or r.role == "head" for r in rows):
+            return rows
+        return []
+
+    @property
+    def depths(self) -> list[int]:
+        """The depths present, in order (``0`` … ``max_depth``)."""
+        return sorted({row.depth for row in self.rows})
+
+    def depth_summary(self) -> list[DepthSummary]:
+        """One :class:`DepthSummary` per depth, in depth order."""
+        out = []
+        for depth in sorted({row.depth for row in self.rows}):
+            rows = self.at_depth(depth)
+            out.append(
+                DepthSummary(
+                    depth=depth,
+                    group=rows[0].group,
+                    tensors=len(rows),
+                    numel=sum(r.numel for r in rows),
+                    trainable_numel=sum(r.numel for r in rows if r.trainable),
+                    norms=sum(1 for n in self.norms if n.depth == depth),
+                )
+            )
+        return out
+
+    def with_trainable(self, trainable: Sequence[str] | set[str]) -> ParamTable:
+        """A copy whose ``trainable`` column says which of ``trainable`` names train."""
+        wanted = set(trainable)
+        return replace(self, rows=tuple(replace(r, trainable=r.name in wanted) for r in self.rows))
+
+    # ------------------------------------------------------------ serialization
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone,
+            "model_type": self.model_type,
+            "grouped_by": self.grouped_by,
+            "notes": list(self.notes),
+            "max_depth": self.max_depth,
+            "total_numel": self.total_numel,
+            "trainable_numel": self.trainable_numel,
+            "depths": [asdict(s) for s in self.depth_summary()],
+            "rows": [row.to_dict() for row in self.rows],
+            "norms": [norm.to_dict() for norm in self.norms],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ParamTable:
+        return cls(
+            rows=tuple(ParamInfo.from_dict(r) for r in data["rows"]),
+            norms=tuple(NormInfo.from_dict(n) for n in data.get("norms", ())),
+            backbone=data.get("backbone"),
+            model_type=data.get("model_type", ""),
+            grouped_by=data.get("grouped_by", ""),
+            notes=tuple(data.get("notes", ())),
+        )
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> ParamTable:
+        return cls.from_dict(json.loads(text))
