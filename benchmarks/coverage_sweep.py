@@ -143,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             sink.flush()
             if i % 50 == 0:
                 ok = sum(r["ok"] for r in results)
-                print(f"[{i}/{len(names)}] {ok} ok, {time.perf_counter() - started:.0f}s",
-                      flush=True)
+                print(
+                    f"[{i}/{len(names)}] {ok} ok, {time.perf_counter() - started:.0f}s", flush=True
+                )
     elapsed = time.perf_counter() - started
 
     ok = [r for r in results if r["ok"]]
@@ -153,23 +154,32 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in results if not r["ok"]]
     generic = [r["name"] for r in ok if r.get("grouped_by") not in (None, "timm")]
     print()
-    print(f"timm {timm.__version__}, torch {torch.__version__}: {len(names)} architectures, "
-          f"{elapsed:.0f}s ({elapsed / max(len(names), 1):.2f}s each)")
+    print(
+        f"timm {timm.__version__}, torch {torch.__version__}: {len(names)} architectures, "
+        f"{elapsed:.0f}s ({elapsed / max(len(names), 1):.2f}s each)"
+    )
     timed = sorted((r["seconds"], r["name"]) for r in results if "seconds" in r)
     if timed:
-        print(f"build + table per architecture: median {timed[len(timed) // 2][0]:.2f}s, "
-              f"slowest {timed[-1][0]:.1f}s ({timed[-1][1]})")
+        print(
+            f"build + table per architecture: median {timed[len(timed) // 2][0]:.2f}s, "
+            f"slowest {timed[-1][0]:.1f}s ({timed[-1][1]})"
+        )
     if kept:
-        print(f"  ({len(kept)} passing results kept from {args.recheck}; the time above is the "
-              f"recheck of the other {len(names) - len(kept)})")
+        print(
+            f"  ({len(kept)} passing results kept from {args.recheck}; the time above is the "
+            f"recheck of the other {len(names) - len(kept)})"
+        )
     print(f"covered: {len(ok)}/{len(names)} = {100 * len(ok) / max(len(names), 1):.1f}%")
-    print(f"  of which default build has no classifier (checked with num_classes=10): "
-          f"{len(retried)}")
-    print(f"  built with the per-parameter meta fallback (constructor reads values): "
-          f"{len(fallback)}")
-    print(f"  grouped by the generic fallback (no timm group_matcher): {len(generic)}"
-          + (f" ({', '.join(generic[:12])}{', ...' if len(generic) > 12 else ''})" if generic
-             else ""))
+    print(
+        f"  of which default build has no classifier (checked with num_classes=10): {len(retried)}"
+    )
+    print(
+        f"  built with the per-parameter meta fallback (constructor reads values): {len(fallback)}"
+    )
+    print(
+        f"  grouped by the generic fallback (no timm group_matcher): {len(generic)}"
+        + (f" ({', '.join(generic[:12])}{', ...' if len(generic) > 12 else ''})" if generic else "")
+    )
     if failed:
         print(f"not covered: {len(failed)}")
         kinds = Counter(r["problems"][0].split(":")[0] for r in failed)

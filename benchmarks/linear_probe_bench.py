@@ -63,16 +63,24 @@ def run(args: argparse.Namespace) -> int:
         per_class = max(1, args.images // len(COLOURS))
         make_folder(root / "train", per_class, args.image_size, seed=0)
         make_folder(root / "test", max(1, per_class // 4), args.image_size, seed=1)
-        print(f"{args.backbone}, {per_class * len(COLOURS)} images of {args.image_size}px, "
-              f"{args.epochs} epochs, batch {args.batch_size}, "
-              f"{torch.get_num_threads()} thread(s)")
+        print(
+            f"{args.backbone}, {per_class * len(COLOURS)} images of {args.image_size}px, "
+            f"{args.epochs} epochs, batch {args.batch_size}, "
+            f"{torch.get_num_threads()} thread(s)"
+        )
         results = {}
         for cache in (False, True):
             start = time.perf_counter()
             model, history = zoo.adapt(
-                args.backbone, root / "train", policy="linear-probe", epochs=args.epochs,
-                image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
-                feature_cache=cache, seed=0,
+                args.backbone,
+                root / "train",
+                policy="linear-probe",
+                epochs=args.epochs,
+                image_size=args.image_size,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                feature_cache=cache,
+                seed=0,
             )
             wall = time.perf_counter() - start
             assert history.feature_cache is cache, history.feature_cache_note
@@ -81,21 +89,28 @@ def run(args: argparse.Namespace) -> int:
             results[cache] = (train, wall, score.accuracy, model)
             label = "feature cache" if cache else "plain loop   "
             extra = f" (features {history.feature_seconds:.2f}s)" if cache else ""
-            print(f"{label}: training {train:7.2f}s{extra}, adapt() {wall:7.2f}s, "
-                  f"held-out accuracy {100 * score.accuracy:.1f}%")
+            print(
+                f"{label}: training {train:7.2f}s{extra}, adapt() {wall:7.2f}s, "
+                f"held-out accuracy {100 * score.accuracy:.1f}%"
+            )
         plain, cached = results[False], results[True]
         weights = [p for n, p in plain[3].named_parameters() if p.requires_grad or "fc" in n]
         diff = max(
             (a - b).abs().max().item()
-            for a, b in zip(plain[3].state_dict().values(), cached[3].state_dict().values(),
-                            strict=True)
+            for a, b in zip(
+                plain[3].state_dict().values(), cached[3].state_dict().values(), strict=True
+            )
             if a.is_floating_point()
         )
         ratio = plain[0] / cached[0]
-        print(f"ratio (training): {ratio:.1f}x   ratio (whole adapt call): "
-              f"{plain[1] / cached[1]:.1f}x   target: >= 8x for 10 epochs")
-        print(f"accuracy plain {100 * plain[2]:.1f}% vs cached {100 * cached[2]:.1f}%; "
-              f"largest weight difference {diff:.2e} ({len(weights)} head tensors trained)")
+        print(
+            f"ratio (training): {ratio:.1f}x   ratio (whole adapt call): "
+            f"{plain[1] / cached[1]:.1f}x   target: >= 8x for 10 epochs"
+        )
+        print(
+            f"accuracy plain {100 * plain[2]:.1f}% vs cached {100 * cached[2]:.1f}%; "
+            f"largest weight difference {diff:.2e} ({len(weights)} head tensors trained)"
+        )
         return 0 if ratio >= 8 or args.epochs < 10 else 1
 
 

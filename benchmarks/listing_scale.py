@@ -41,8 +41,9 @@ def timed(args: list[str], env: dict[str, str]) -> tuple[float, int, int]:
     """Wall seconds, peak RSS in MB and stdout size of one fresh ``zoo ARGS`` process."""
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
-        process = subprocess.Popen([*zoo_cmd(), *args], env=env, stdout=out,
-                                   stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [*zoo_cmd(), *args], env=env, stdout=out, stderr=subprocess.DEVNULL
+        )
         _pid, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - start
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -78,8 +79,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         env = environment(root, args.count)
-        print(f"{args.count} backbones from one plugin (plus the built-ins), "
-              f"medians of {args.rounds}; wall time, peak RSS, ratio to target")
+        print(
+            f"{args.count} backbones from one plugin (plus the built-ins), "
+            f"medians of {args.rounds}; wall time, peak RSS, ratio to target"
+        )
         report("cold zoo list (builds the cache)", *timed(["list"], env)[:2], None)
         for words in (["list"], ["list", "--json"], ["list", "net00012*"], ["plugins"]):
             seconds, rss, size = median_of(args.rounds, words, env)
@@ -94,8 +97,10 @@ def main() -> None:
         timed(["show", "many:net000500"], small_env)
         small, small_rss, _ = median_of(args.rounds, ["show", "many:net000500"], small_env)
         report("warm zoo show (1000 entries)", small, small_rss, None)
-        print(f"ratio warm zoo show {args.count} / 1000 entries: {big / small:.2f}"
-              "  (target: about 1, independent of the catalog's size)")
+        print(
+            f"ratio warm zoo show {args.count} / 1000 entries: {big / small:.2f}"
+            "  (target: about 1, independent of the catalog's size)"
+        )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,9 @@ def run(tmp: Path, repeats: int) -> None:
     from zoo.core.catalog import Catalog
     from zoo.core.plugins import make_plugin_host
 
-    set_catalog(Catalog(make_plugin_host(builtins=False, autoload=False,
-                                             extra={PLUGIN_NAME: TinyPlugin})))
+    set_catalog(
+        Catalog(make_plugin_host(builtins=False, autoload=False, extra={PLUGIN_NAME: TinyPlugin}))
+    )
     marker = tmp / "UNPICKLED"
     corpus = malformed.write_corpus(tmp / "corpus", marker)
     named = sum(1 for case, _ in corpus if not case.name.startswith("truncated to"))
@@ -70,8 +71,10 @@ def run(tmp: Path, repeats: int) -> None:
             loader(corpus[0][1])
 
     small = (tmp / "corpus" / "valid" / "small.safetensors").stat().st_size
-    print(f"corpus: {len(corpus)} files ({named} named breakages, "
-          f"{len(corpus) - named} truncations of a {small}-byte file)")
+    print(
+        f"corpus: {len(corpus)} files ({named} named breakages, "
+        f"{len(corpus) - named} truncations of a {small}-byte file)"
+    )
     print(f"{'loader':22} {'refused':>8} {'wrong':>6} {'median':>9} {'max':>9} {'peak mem':>9}")
     before = rss()
     total = 0
@@ -97,18 +100,24 @@ def run(tmp: Path, repeats: int) -> None:
             peak = max(peak, tracemalloc.get_traced_memory()[1])
             tracemalloc.stop()
         total += len(times)
-        print(f"{name:22} {len(times):>8} {wrong:>6} {statistics.median(times) * 1e3:>7.2f}ms "
-              f"{max(times) * 1e3:>7.2f}ms {peak / 1024:>7.0f}KB")
+        print(
+            f"{name:22} {len(times):>8} {wrong:>6} {statistics.median(times) * 1e3:>7.2f}ms "
+            f"{max(times) * 1e3:>7.2f}ms {peak / 1024:>7.0f}KB"
+        )
     growth = rss() - before
-    print(f"{total} refusals; resident memory grew by {growth / 2**20:.1f} MB; "
-          f"pickle payload ran: {marker.exists()}")
+    print(
+        f"{total} refusals; resident memory grew by {growth / 2**20:.1f} MB; "
+        f"pickle payload ran: {marker.exists()}"
+    )
 
     good = zoo.save(make_version(1), tmp / "good.safetensors")
     start = time.perf_counter()
     for _ in range(20):
         zoo.load(good)
-    print(f"for scale: zoo.load of a valid tiny model: "
-          f"{(time.perf_counter() - start) / 20 * 1e3:.2f}ms")
+    print(
+        f"for scale: zoo.load of a valid tiny model: "
+        f"{(time.perf_counter() - start) / 20 * 1e3:.2f}ms"
+    )
 
 
 if __name__ == "__main__":

@@ -85,10 +85,14 @@ def run(tmp: Path, arch: str, repeats: int) -> None:
     delta = zoo.save(model, "probe-delta", delta=True)
     full_size, delta_size = full.stat().st_size, delta.stat().st_size
     ratio = delta_size / full_size
-    print(f"[size] {arch} linear probe: full {full_size / 2**20:.1f} MiB, "
-          f"delta {delta_size / 2**10:.1f} KiB")
-    print(f"[size] delta/full = {ratio:.5f} ({100 * ratio:.3f}%)  target <= 1%  "
-          f"{'PASS' if ratio <= 0.01 else 'FAIL'}")
+    print(
+        f"[size] {arch} linear probe: full {full_size / 2**20:.1f} MiB, "
+        f"delta {delta_size / 2**10:.1f} KiB"
+    )
+    print(
+        f"[size] delta/full = {ratio:.5f} ({100 * ratio:.3f}%)  target <= 1%  "
+        f"{'PASS' if ratio <= 0.01 else 'FAIL'}"
+    )
 
     # ------------------------------------------------------------ 2. load time
     state_path = tmp / "state.pt"
@@ -119,25 +123,36 @@ def run(tmp: Path, arch: str, repeats: int) -> None:
             timings[label].append(time.perf_counter() - start)
     medians = {label: statistics.median(v) for label, v in timings.items()}
     for label, value in medians.items():
-        print(f"[load] {label:<16} median {value * 1000:7.1f} ms over {repeats} runs "
-              f"(min {min(timings[label]) * 1000:.1f} ms)")
+        print(
+            f"[load] {label:<16} median {value * 1000:7.1f} ms over {repeats} runs "
+            f"(min {min(timings[label]) * 1000:.1f} ms)"
+        )
     speed = medians["zoo.load"] / medians["baseline"]
-    print(f"[load] zoo.load/baseline = {speed:.3f}  target <= 1.0  "
-          f"{'PASS' if speed <= 1.0 else 'FAIL'}")
-    delta_ratio = medians['zoo.load(delta)'] / medians['baseline']
-    print(f"[load] zoo.load(delta)/baseline = {delta_ratio:.3f}"
-          " (informational: reads the base file too)")
+    print(
+        f"[load] zoo.load/baseline = {speed:.3f}  target <= 1.0  "
+        f"{'PASS' if speed <= 1.0 else 'FAIL'}"
+    )
+    delta_ratio = medians["zoo.load(delta)"] / medians["baseline"]
+    print(
+        f"[load] zoo.load(delta)/baseline = {delta_ratio:.3f}"
+        " (informational: reads the base file too)"
+    )
 
     # ------------------------------------------------------------ 3. save and load, memory
     for kind in ("save", "read", "library-save", "library-read"):
         out = subprocess.run(
             [sys.executable, __file__, "--repeats", str(repeats), "--child", kind, "probe-full"],
-            capture_output=True, text=True, check=True, env=os.environ.copy(),
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ.copy(),
         ).stdout
         got = json.loads(out.strip().splitlines()[-1])
-        print(f"[{kind}] {arch} ({got['file_mib']:.1f} MiB): median {got['median_ms']:.1f} ms "
-              f"over {repeats} (min {got['min_ms']:.1f} ms); peak memory added "
-              f"{got['peak_mib']:.1f} MiB (first run, fresh process)")
+        print(
+            f"[{kind}] {arch} ({got['file_mib']:.1f} MiB): median {got['median_ms']:.1f} ms "
+            f"over {repeats} (min {got['min_ms']:.1f} ms); peak memory added "
+            f"{got['peak_mib']:.1f} MiB (first run, fresh process)"
+        )
 
 
 def _rss_kib(field: str) -> int:
@@ -185,10 +200,16 @@ def child(kind: str, name: str, *, repeats: int) -> None:
         if len(times) == 1:
             peak = _rss_kib("VmHWM") - before
         gc.collect()
-    print(json.dumps({
-        "median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times),
-        "peak_mib": peak / 1024, "file_mib": path.stat().st_size / 2**20,
-    }))
+    print(
+        json.dumps(
+            {
+                "median_ms": 1000 * statistics.median(times),
+                "min_ms": 1000 * min(times),
+                "peak_mib": peak / 1024,
+                "file_mib": path.stat().st_size / 2**20,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

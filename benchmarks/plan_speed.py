@@ -16,8 +16,15 @@ import time
 from collections.abc import Callable
 
 POLICIES = [
-    "full", "linear-probe", "freeze-to:depth=2", "train-last:n=1", "bitfit", "norm-only",
-    "pattern:exclude=*.bias", "layer-decay:decay=0.7", "gradual:every=2",
+    "full",
+    "linear-probe",
+    "freeze-to:depth=2",
+    "train-last:n=1",
+    "bitfit",
+    "norm-only",
+    "pattern:exclude=*.bias",
+    "layer-decay:decay=0.7",
+    "gradual:every=2",
     "auto:samples_per_class=300",
 ]
 DEFAULT_MODELS = "timm:resnet50,timm:vit_base_patch16_224,timm:vit_giant_patch14_clip_224"
@@ -47,17 +54,23 @@ def main() -> None:
         table = zoo.params(name)
         t_params = median_time(lambda name=name: zoo.params(name), args.rounds)
         model = build_meta(name, catalog=zoo.get_catalog())[0]
-        print(f"\n{name}: {len(table)} tensors, {table.total_numel / 1e6:.1f}M parameters, "
-              f"{len(table.norms)} norm layers; zoo.params {t_params * 1e3:.1f} ms")
+        print(
+            f"\n{name}: {len(table)} tensors, {table.total_numel / 1e6:.1f}M parameters, "
+            f"{len(table.norms)} norm layers; zoo.params {t_params * 1e3:.1f} ms"
+        )
         print(f"  {'policy':<28} {'plan ms':>8} {'plan/params':>12} {'apply ms':>9}")
         for policy in POLICIES:
             plan = zoo.plan(table, policy)
             t_plan = median_time(
-                lambda policy=policy, table=table: zoo.plan(table, policy), args.rounds)
+                lambda policy=policy, table=table: zoo.plan(table, policy), args.rounds
+            )
             t_apply = median_time(
-                lambda plan=plan, model=model: apply_plan(model, plan), args.rounds)
-            print(f"  {policy:<28} {t_plan * 1e3:>8.2f} {t_plan / t_params:>12.3f} "
-                  f"{t_apply * 1e3:>9.2f}")
+                lambda plan=plan, model=model: apply_plan(model, plan), args.rounds
+            )
+            print(
+                f"  {policy:<28} {t_plan * 1e3:>8.2f} {t_plan / t_params:>12.3f} "
+                f"{t_apply * 1e3:>9.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,10 @@ _PEAK_RSS = (
 def run_child(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of one fresh process running ``argv``."""
     result = subprocess.run(
-        [sys.executable, "-c", _PEAK_RSS, *argv], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", _PEAK_RSS, *argv],
+        capture_output=True,
+        text=True,
+        check=True,
         env=env,
     )
     seconds, returncode, max_rss_kb = result.stdout.split()
@@ -82,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     get_catalog()
     numbers["catalog_s"] = time.perf_counter() - t0
     print(f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads")
-    print(f"in process: import torch+timm+zoo {numbers['import_s']:.2f}s, "
-          f"plugin catalog {numbers['catalog_s']:.2f}s (both excluded below)")
+    print(
+        f"in process: import torch+timm+zoo {numbers['import_s']:.2f}s, "
+        f"plugin catalog {numbers['catalog_s']:.2f}s (both excluded below)"
+    )
 
     t0 = time.perf_counter()
     zoo.params(args.name)
@@ -100,12 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     numbers["params_s"] = statistics.median(params_s)
     numbers["create_s"] = statistics.median(create_s)
     numbers["in_process_ratio"] = numbers["params_s"] / numbers["create_s"]
-    print(f"  zoo.params({args.name!r})          {numbers['params_s']:7.2f}s  "
-          f"({table.total_numel / 1e6:.0f}M parameters, {len(table)} tensors)")
+    print(
+        f"  zoo.params({args.name!r})          {numbers['params_s']:7.2f}s  "
+        f"({table.total_numel / 1e6:.0f}M parameters, {len(table)} tensors)"
+    )
     print(f"  zoo.params, first call in the process  {numbers['params_first_s']:7.2f}s")
     print(f"  timm.create_model({args.name!r})   {numbers['create_s']:7.2f}s")
-    print(f"  ratio params/create = {100 * numbers['in_process_ratio']:.1f}% (first call: "
-          f"{100 * numbers['params_first_s'] / numbers['create_s']:.1f}%)  (target <= 10%)")
+    print(
+        f"  ratio params/create = {100 * numbers['in_process_ratio']:.1f}% (first call: "
+        f"{100 * numbers['params_first_s'] / numbers['create_s']:.1f}%)  (target <= 10%)"
+    )
 
     # ------------------------------------------------------------ 2. end to end
     show = [py, "-m", "zoo.cli.main", "show", args.name]
@@ -117,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     run_child(show, warm_env)  # primes the listing and table cache of the warm runs
     runs: dict[str, list[float]] = {"bare": [], "show": [], "warm": [], "create": []}
     for _ in range(args.proc_repeat):  # interleaved, so a busy moment hurts all alike
-        for key, cmd, env in (("bare", bare, None), ("show", show, cold_env),
-                              ("warm", show, warm_env), ("create", create, None)):
+        for key, cmd, env in (
+            ("bare", bare, None),
+            ("show", show, cold_env),
+            ("warm", show, warm_env),
+            ("create", create, None),
+        ):
             runs[key].append(run_child(cmd, env)[0])
     shutil.rmtree(cache, ignore_errors=True)
     numbers["bare_import_proc_s"] = statistics.median(runs["bare"])
@@ -136,11 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  zoo show {args.name} (no cache)  {numbers['show_proc_s']:7.2f}s")
     print(f"  zoo show {args.name} (warm)      {numbers['show_warm_proc_s']:7.2f}s")
     print(f"  import timm + create_model            {numbers['create_proc_s']:7.2f}s")
-    print(f"  ratio without cache = {100 * numbers['process_ratio']:.1f}% of the whole process "
-          f"({100 * numbers['process_ratio_beyond_import']:.1f}% of the time beyond the shared "
-          "import)")
-    print(f"  ratio warm (table cached on disk) = {100 * numbers['warm_process_ratio']:.1f}%  "
-          "(target <= 10%)")
+    print(
+        f"  ratio without cache = {100 * numbers['process_ratio']:.1f}% of the whole process "
+        f"({100 * numbers['process_ratio_beyond_import']:.1f}% of the time beyond the shared "
+        "import)"
+    )
+    print(
+        f"  ratio warm (table cached on disk) = {100 * numbers['warm_process_ratio']:.1f}%  "
+        "(target <= 10%)"
+    )
 
     # ------------------------------------------------------------ 3. a billion parameters
     giant_table = zoo.params(args.giant)
@@ -155,13 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     _, numbers["bare_import_peak_rss"] = run_child(bare)
     gib = 1 << 30
-    print(f"billion parameters: {args.giant}, {giant_table.total_numel / 1e9:.2f}B parameters "
-          f"({weights_bytes / gib:.1f} GiB as float32)")
-    print(f"  in process: every parameter and buffer on meta: {all_meta}; storage allocated: "
-          f"{numbers['giant_storage_bytes']} bytes{'; ' + '; '.join(notes) if notes else ''}")
-    print(f"  zoo show {args.giant}: {numbers['giant_show_proc_s']:.2f}s, peak RSS "
-          f"{numbers['giant_show_peak_rss'] / gib:.2f} GiB (python -c 'import torch, timm' "
-          f"alone: {numbers['bare_import_peak_rss'] / gib:.2f} GiB)")
+    print(
+        f"billion parameters: {args.giant}, {giant_table.total_numel / 1e9:.2f}B parameters "
+        f"({weights_bytes / gib:.1f} GiB as float32)"
+    )
+    print(
+        f"  in process: every parameter and buffer on meta: {all_meta}; storage allocated: "
+        f"{numbers['giant_storage_bytes']} bytes{'; ' + '; '.join(notes) if notes else ''}"
+    )
+    print(
+        f"  zoo show {args.giant}: {numbers['giant_show_proc_s']:.2f}s, peak RSS "
+        f"{numbers['giant_show_peak_rss'] / gib:.2f} GiB (python -c 'import torch, timm' "
+        f"alone: {numbers['bare_import_peak_rss'] / gib:.2f} GiB)"
+    )
     if args.json:
         print(json.dumps(numbers, indent=2))
     return 0

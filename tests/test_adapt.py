@@ -52,9 +52,16 @@ class Recorder(AdaptCallback):
 
 def test_linear_probe_uses_the_feature_cache_and_saves(data):
     recorder = Recorder()
-    model, history = zoo.adapt(BACKBONE, data / "train", data / "val", policy="linear-probe",
-                               epochs=6, name="colours-probe", callback=recorder,
-                               **{**FAST, "lr": 5e-2})
+    model, history = zoo.adapt(
+        BACKBONE,
+        data / "train",
+        data / "val",
+        policy="linear-probe",
+        epochs=6,
+        name="colours-probe",
+        callback=recorder,
+        **{**FAST, "lr": 5e-2},
+    )
     assert isinstance(history, History) and len(history) == 6
     assert history.feature_cache and "'fc'" in history.feature_cache_note
     assert not history.augment
@@ -66,9 +73,9 @@ def test_linear_probe_uses_the_feature_cache_and_saves(data):
     assert ("features", "train") in recorder.events and ("epoch", 6) in recorder.events
     # history, saved metadata and the plan agree
     saved = zoo.load("colours-probe")
-    assert history.path and os.path.samefile(history.path,
-                                             zoo.io.persistence.resolve_target("colours-probe")
-                                             .model_path)
+    assert history.path and os.path.samefile(
+        history.path, zoo.io.persistence.resolve_target("colours-probe").model_path
+    )
     assert saved.zoo_classes == history.classes
     assert saved.zoo_plan.policy == "zoo:linear-probe" == history.policy
     assert saved.zoo_plan.trainable == ["fc.weight", "fc.bias"]
@@ -81,8 +88,15 @@ def test_linear_probe_uses_the_feature_cache_and_saves(data):
 def test_cached_features_train_exactly_like_the_plain_loop(data):
     weights = {}
     for cache in (True, False):
-        model, history = zoo.adapt(BACKBONE, data / "train", data / "val",
-                                   policy="linear-probe", epochs=2, feature_cache=cache, **FAST)
+        model, history = zoo.adapt(
+            BACKBONE,
+            data / "train",
+            data / "val",
+            policy="linear-probe",
+            epochs=2,
+            feature_cache=cache,
+            **FAST,
+        )
         assert history.feature_cache is cache
         weights[cache] = (model.fc.weight.detach(), history.accuracy, history.loss)
     torch.testing.assert_close(weights[True][0], weights[False][0], atol=1e-4, rtol=1e-4)
@@ -94,8 +108,7 @@ def test_freeze_to_trains_the_plan_and_nothing_else(data):
     torch.manual_seed(0)
     start = zoo.create(BACKBONE, num_classes=3)
     before = {k: v.clone() for k, v in start.state_dict().items()}
-    model, history = zoo.adapt(start, data / "train", policy="freeze-to:depth=4",
-                               epochs=2, **FAST)
+    model, history = zoo.adapt(start, data / "train", policy="freeze-to:depth=4", epochs=2, **FAST)
     plan = model.zoo_plan
     assert plan.policy == "zoo:freeze-to" and plan.args == {"depth": 4}
     assert not history.feature_cache and "more than one" in history.feature_cache_note
@@ -111,8 +124,15 @@ def test_freeze_to_trains_the_plan_and_nothing_else(data):
 
 def test_gradual_unfreezes_per_epoch(data):
     recorder = Recorder()
-    model, history = zoo.adapt(BACKBONE, data / "train", data / "val", policy="gradual",
-                               epochs=3, callback=recorder, **FAST)
+    model, history = zoo.adapt(
+        BACKBONE,
+        data / "train",
+        data / "val",
+        policy="gradual",
+        epochs=3,
+        callback=recorder,
+        **FAST,
+    )
     tensors = [e.trainable_tensors for e in history]
     assert tensors[0] == 2 and tensors[0] < tensors[1] < tensors[2]
     assert ("plan", 2) in recorder.events and ("plan", 3) in recorder.events
@@ -121,8 +141,9 @@ def test_gradual_unfreezes_per_epoch(data):
 
 
 def test_auto_gets_samples_per_class_and_similarity_from_adapt(data):
-    _, history = zoo.adapt(BACKBONE, data / "train", policy="auto", val_split=0.25,
-                           epochs=1, **FAST)
+    _, history = zoo.adapt(
+        BACKBONE, data / "train", policy="auto", val_split=0.25, epochs=1, **FAST
+    )
     assert history.policy == "zoo:auto"
     assert history.policy_args["samples_per_class"] == 6
     assert history.policy_args["similarity"] == "high"
@@ -138,10 +159,18 @@ def test_data_loaders_and_readapting_a_saved_model(data):
     y = torch.arange(24) % 2
     x[y == 1] += 1.5
     train = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)
-    base, _ = zoo.adapt(BACKBONE, data / "train", policy="linear-probe", epochs=1,
-                        name="colours-base", **FAST)
-    model, history = zoo.adapt("colours-base", train, classes=["a", "b"], policy="auto",
-                               epochs=1, similarity="low", name="ab")
+    base, _ = zoo.adapt(
+        BACKBONE, data / "train", policy="linear-probe", epochs=1, name="colours-base", **FAST
+    )
+    model, history = zoo.adapt(
+        "colours-base",
+        train,
+        classes=["a", "b"],
+        policy="auto",
+        epochs=1,
+        similarity="low",
+        name="ab",
+    )
     assert history.start == "saved model 'colours-base'"
     assert history.feature_cache is False  # auto chose train-last:n=1
     assert history.policy_args["samples_per_class"] == 12
@@ -150,21 +179,25 @@ def test_data_loaders_and_readapting_a_saved_model(data):
     assert torch.equal(model.state_dict()["conv1.0.weight"], base.state_dict()["conv1.0.weight"])
     assert zoo.load("ab").zoo_classes == ["a", "b"]
     # same classes: the saved head is kept and trained further
-    _again, hist = zoo.adapt("ab", train, classes=["a", "b"], policy="linear-probe", epochs=1,
-                             feature_cache=True)
+    _again, hist = zoo.adapt(
+        "ab", train, classes=["a", "b"], policy="linear-probe", epochs=1, feature_cache=True
+    )
     assert hist.feature_cache  # a TensorDataset has no random transform
 
 
-@pytest.mark.parametrize("case, error, message", [
-    ("name-taken", zoo.ModelExistsError, "already saved"),
-    ("bad-name", zoo.InvalidNameError, "invalid model name"),
-    ("backbone", zoo.UnknownNameError, "test_resnet"),
-    ("policy", zoo.UnknownNameError, "linear-probe"),
-    ("empty", zoo.DataError, "is empty"),
-    ("force-cache", zoo.ZooError, "feature cache cannot be used"),
-    ("delta-from-scratch", zoo.errors.MissingBaseError, "has none"),
-    ("weights-for-a-saved-model", zoo.ZooError, "apply when starting from a backbone"),
-])
+@pytest.mark.parametrize(
+    "case, error, message",
+    [
+        ("name-taken", zoo.ModelExistsError, "already saved"),
+        ("bad-name", zoo.InvalidNameError, "invalid model name"),
+        ("backbone", zoo.UnknownNameError, "test_resnet"),
+        ("policy", zoo.UnknownNameError, "linear-probe"),
+        ("empty", zoo.DataError, "is empty"),
+        ("force-cache", zoo.ZooError, "feature cache cannot be used"),
+        ("delta-from-scratch", zoo.errors.MissingBaseError, "has none"),
+        ("weights-for-a-saved-model", zoo.ZooError, "apply when starting from a backbone"),
+    ],
+)
 def test_errors_are_clear_and_change_nothing(data, tmp_path, _isolated_zoo, case, error, message):
     zoo.save(zoo.create(BACKBONE, num_classes=3), "taken")
     before = _store_listing(_isolated_zoo)
@@ -194,9 +227,25 @@ def test_errors_are_clear_and_change_nothing(data, tmp_path, _isolated_zoo, case
 
 
 def test_cli_adapt_json_and_errors(data, capsys, _isolated_zoo):
-    argv = ["adapt", BACKBONE, "--data", str(data / "train"), "--val-split", "0.25",
-            "--policy", "linear-probe", "--epochs", "2", "--image-size", "32",
-            "--batch-size", "8", "--name", "cli-probe", "--json"]
+    argv = [
+        "adapt",
+        BACKBONE,
+        "--data",
+        str(data / "train"),
+        "--val-split",
+        "0.25",
+        "--policy",
+        "linear-probe",
+        "--epochs",
+        "2",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--name",
+        "cli-probe",
+        "--json",
+    ]
     assert main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["name"] == "cli-probe" and doc["feature_cache"] is True
@@ -216,14 +265,28 @@ def test_cli_adapt_json_and_errors(data, capsys, _isolated_zoo):
 def _history() -> History:
     from zoo.adaptation.job import EpochRecord
 
-    epochs = [EpochRecord(i, 1.0 / i, 0.5 + i / 10, 0.9 / i, 0.6 + i / 10, 1.5, 24, 16.0,
-                          1e-3, 291, 2) for i in (1, 2)]
-    return History(epochs=epochs, backbone="timm:test_resnet", start="backbone timm:test_resnet",
-                   policy="zoo:linear-probe", classes=["blue", "green", "red"], train_images=24,
-                   val_images=9, feature_cache=True, feature_cache_note="features cached at 'fc'",
-                   feature_seconds=0.4, total_seconds=3.2, trainable_params=291,
-                   total_params=372_982, name="colours", path="/store/colours/model.safetensors",
-                   skipped=[{"path": "red/bad.png", "reason": "OSError: truncated"}])
+    epochs = [
+        EpochRecord(i, 1.0 / i, 0.5 + i / 10, 0.9 / i, 0.6 + i / 10, 1.5, 24, 16.0, 1e-3, 291, 2)
+        for i in (1, 2)
+    ]
+    return History(
+        epochs=epochs,
+        backbone="timm:test_resnet",
+        start="backbone timm:test_resnet",
+        policy="zoo:linear-probe",
+        classes=["blue", "green", "red"],
+        train_images=24,
+        val_images=9,
+        feature_cache=True,
+        feature_cache_note="features cached at 'fc'",
+        feature_seconds=0.4,
+        total_seconds=3.2,
+        trainable_params=291,
+        total_params=372_982,
+        name="colours",
+        path="/store/colours/model.safetensors",
+        skipped=[{"path": "red/bad.png", "reason": "OSError: truncated"}],
+    )
 
 
 def test_render_tables_and_progress():
@@ -246,8 +309,17 @@ def test_render_tables_and_progress():
     # the live view, driven by hand: prints a line per epoch, leaves no bars behind
     live = Console(file=StringIO(), width=120)
     progress = AdaptProgress(live)
-    progress.on_start({"start": "backbone x", "policy": "zoo:full", "classes": ["a", "b"],
-                       "train_images": 4, "val_images": 0, "epochs": 2, "note": "plain loop"})
+    progress.on_start(
+        {
+            "start": "backbone x",
+            "policy": "zoo:full",
+            "classes": ["a", "b"],
+            "train_images": 4,
+            "val_images": 0,
+            "epochs": 2,
+            "note": "plain loop",
+        }
+    )
     progress.on_epoch_start(1, 2, 3)
     progress.on_batch_end(1, 1, 3, 0.5, 0.75, 100.0)
     progress.on_epoch_end(history.epochs[0])
@@ -261,9 +333,13 @@ class _Net(torch.nn.Module):
 
     def __init__(self, scale: float | None = None) -> None:
         super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
-                                        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                                        torch.nn.Flatten())
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+        )
         self.fc = torch.nn.Linear(8, 3)
         self.scale = scale
 
@@ -275,8 +351,9 @@ class _Net(torch.nn.Module):
 def test_generic_modules_get_the_cache_only_when_the_cut_is_exact(data):
     _, plain = zoo.adapt(_Net(), data / "train", policy="linear-probe", epochs=2, **FAST)
     assert plain.feature_cache and "'fc'" in plain.feature_cache_note
-    model, scaled = zoo.adapt(_Net(scale=2.0), data / "train", policy="linear-probe",
-                              epochs=2, **FAST)
+    model, scaled = zoo.adapt(
+        _Net(scale=2.0), data / "train", policy="linear-probe", epochs=2, **FAST
+    )
     assert not scaled.feature_cache
     assert "not the model's output" in scaled.feature_cache_note
     assert len(scaled) == 2 and model.fc.weight.requires_grad

@@ -34,7 +34,8 @@ def local_imports(tree: ast.AST) -> list[ast.ImportFrom | ast.Import]:
 def test_only_the_api_reads_the_process_catalog():
     readers = [
         f"{path.relative_to(ZOO.parent)}:{n}"
-        for path in floor_modules() if path.name != "catalog.py"
+        for path in floor_modules()
+        if path.name != "catalog.py"
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
         if "get_catalog(" in line
     ]
@@ -45,8 +46,9 @@ def test_function_local_zoo_imports_are_only_for_laziness():
     dodges = []
     for path in floor_modules():
         for node in local_imports(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [node.module] if isinstance(node, ast.ImportFrom) else [
-                a.name for a in node.names]
+            names = (
+                [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            )
             for name in names:
                 if name and (name == "zoo" or name.startswith("zoo.")) and name not in HEAVY:
                     dodges.append(f"{path.relative_to(ZOO.parent)}:{node.lineno} {name}")
@@ -58,9 +60,11 @@ def test_no_module_imports_another_modules_private_name():
     for path in sorted(ZOO.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("zoo"):
-                private += [f"{path.relative_to(ZOO.parent)}: {node.module}.{a.name}"
-                            for a in node.names
-                            if a.name.startswith("_") and not a.name.startswith("__")]
+                private += [
+                    f"{path.relative_to(ZOO.parent)}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
     assert private == []
 
 
@@ -71,8 +75,10 @@ def test_the_error_tree_in_the_docstring_is_the_real_one():
         if match:
             drawn[match[1]] = match[2]
     real = {
-        name: obj for name, obj in vars(zoo.errors).items()
-        if inspect.isclass(obj) and issubclass(obj, zoo.errors.ZooError)
+        name: obj
+        for name, obj in vars(zoo.errors).items()
+        if inspect.isclass(obj)
+        and issubclass(obj, zoo.errors.ZooError)
         and obj is not zoo.errors.ZooError
     }
     assert sorted(drawn) == sorted(real)

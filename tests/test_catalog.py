@@ -23,20 +23,27 @@ def make_plugin(tag: str, backbones=("twin",), policies=("same-policy",), tags=(
         @zoo.hookimpl
         def zoo_register_backbones(register):
             for name in backbones:
-                register(BackboneSpec(
-                    name=name,
-                    create=lambda n=None, p=False, _tag=tag: nn.Linear(3, n or len(_tag)),
-                    summary=f"{name} from {tag}",
-                    pretrained_tags=tuple(tags),
-                    tag_input_configs={t: InputConfig(input_size=(3, 64, 64)) for t in tags},
-                ))
+                register(
+                    BackboneSpec(
+                        name=name,
+                        create=lambda n=None, p=False, _tag=tag: nn.Linear(3, n or len(_tag)),
+                        summary=f"{name} from {tag}",
+                        pretrained_tags=tuple(tags),
+                        tag_input_configs={t: InputConfig(input_size=(3, 64, 64)) for t in tags},
+                    )
+                )
 
         @staticmethod
         @zoo.hookimpl
         def zoo_register_policies(register):
             for name in policies:
-                register(PolicySpec(name=name, plan=lambda table, _tag=tag: table.names,
-                                    summary=f"{name} from {tag}"))
+                register(
+                    PolicySpec(
+                        name=name,
+                        plan=lambda table, _tag=tag: table.names,
+                        summary=f"{name} from {tag}",
+                    )
+                )
 
     return Plugin()
 
@@ -191,7 +198,8 @@ def test_listing_patterns_and_pretrained_tags():
     assert catalog.list_backbones("NET") == ["alpha:net", "beta:net"]  # case-insensitive
     assert catalog.list_backbones("net", pretrained=True) == ["alpha:net.in1k", "alpha:net.in21k"]
     assert catalog.list_backbones("*21k", pretrained=True) == [
-        "alpha:net.in21k", "alpha:other.in21k",
+        "alpha:net.in21k",
+        "alpha:other.in21k",
     ]
     assert catalog.list_backbones(pretrained=False) == ["beta:net"]
 

@@ -22,8 +22,14 @@ from zoo.errors import DataError
 COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 
 
-def make_color_folder(root: Path, *, classes=("red", "green", "blue"), per_class: int = 10,
-                      size: int = 32, seed: int = 0) -> Path:
+def make_color_folder(
+    root: Path,
+    *,
+    classes=("red", "green", "blue"),
+    per_class: int = 10,
+    size: int = 32,
+    seed: int = 0,
+) -> Path:
     """A tiny image folder whose classes differ by colour (learnable in a few steps)."""
     from PIL import Image
 
@@ -35,8 +41,9 @@ def make_color_folder(root: Path, *, classes=("red", "green", "blue"), per_class
             colour = tuple(max(0, min(255, v + rng.randint(-40, 40))) for v in COLOURS[name])
             image = Image.new("RGB", (size, size), colour)
             for _ in range(size):
-                image.putpixel((rng.randrange(size), rng.randrange(size)),
-                               (rng.randrange(256),) * 3)
+                image.putpixel(
+                    (rng.randrange(size), rng.randrange(size)), (rng.randrange(256),) * 3
+                )
             image.save(folder / f"{name}_{i}.png")
     return Path(root)
 
@@ -69,14 +76,17 @@ def test_corrupt_images_are_skipped_and_counted_or_an_error(tmp_path):
         scan_image_folder(root, on_corrupt="error")
 
 
-@pytest.mark.parametrize("layout, message", [
-    ("missing", "does not exist"),
-    ("file", "is not a folder"),
-    ("empty", "is empty"),
-    ("loose", "no class sub-folders"),
-    ("empty-class", "without readable images"),
-    ("only-corrupt", "without readable images"),
-])
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ("missing", "does not exist"),
+        ("file", "is not a folder"),
+        ("empty", "is empty"),
+        ("loose", "no class sub-folders"),
+        ("empty-class", "without readable images"),
+        ("only-corrupt", "without readable images"),
+    ],
+)
 def test_unusable_folders_are_clear_errors(tmp_path, layout, message):
     root = tmp_path / "d"
     if layout == "file":

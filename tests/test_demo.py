@@ -44,8 +44,10 @@ def test_digit_folders(tmp_path):
 
 
 def test_demo_table_marks_the_best():
-    rows = [DemoRow("scratch", "zoo:full", "timm:resnet18", 0.4, 1.0, 3.0, False),
-            DemoRow("linear-probe", "zoo:linear-probe", "demo", 0.9, 0.01, 1.0, True)]
+    rows = [
+        DemoRow("scratch", "zoo:full", "timm:resnet18", 0.4, 1.0, 3.0, False),
+        DemoRow("linear-probe", "zoo:linear-probe", "demo", 0.9, 0.01, 1.0, True),
+    ]
     console = Console(file=StringIO(), width=120)
     console.print(demo_table(rows))
     text = console.file.getvalue()

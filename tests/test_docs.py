@@ -56,7 +56,8 @@ def hook_signature(name: str) -> str:
 
 def test_hook_names_are_every_hookspec():
     marked = {
-        name for name, fn in vars(hookspecs).items()
+        name
+        for name, fn in vars(hookspecs).items()
         if callable(fn) and hasattr(fn, f"{hookspecs.PROJECT_NAME}_spec")
     }
     assert marked == set(hookspecs.HOOK_NAMES)
@@ -98,10 +99,7 @@ def test_cli_reference_is_generated_from_the_parsers():
 
 def test_cli_reference_is_each_commands_real_help(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", str(docgen.WIDTH))
-    blocks = {
-        heading: FENCE.search(body)[2]
-        for heading, body in sections(read("cli.md")).items()
-    }
+    blocks = {heading: FENCE.search(body)[2] for heading, body in sections(read("cli.md")).items()}
     commands = list(docgen.commands(build_parser()))
     assert len(commands) > 1
     assert set(blocks) == {" ".join(("zoo", *path)) for path, _parser, _summary in commands}
@@ -117,7 +115,11 @@ def test_console_script_help_matches_the_reference():
     env = {**os.environ, "COLUMNS": str(docgen.WIDTH)}
     result = subprocess.run(
         [sys.executable, "-m", "zoo.cli.main", "--help"],
-        capture_output=True, text=True, env=env, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=120,
     )
     assert FENCE.search(sections(read("cli.md"))["zoo"])[2] == result.stdout
 
@@ -155,7 +157,7 @@ def documented_parameters(name: str, block: str) -> list[tuple[str, str]]:
     source = block.strip()
     assert source.startswith(f"zoo.{name}("), f"signature block of {name} must start zoo.{name}("
     arrow = source.rfind(") -> ")
-    header = source[len(f"zoo.{name}"): arrow + 1 if arrow >= 0 else None]
+    header = source[len(f"zoo.{name}") : arrow + 1 if arrow >= 0 else None]
     tree = ast.parse(f"def f{header}: ...")
     args = tree.body[0].args
     found = [(a.arg, "POSITIONAL_ONLY") for a in args.posonlyargs]
@@ -192,8 +194,9 @@ def test_api_error_entries_name_their_real_bases():
 def test_every_callable_public_name_shows_its_signature():
     for name, body in api_entries().items():
         obj = getattr(zoo, name)
-        if inspect.isfunction(obj) or (inspect.isclass(obj) and not issubclass(obj, BaseException)
-                                       and not issubclass(obj, str)):
+        if inspect.isfunction(obj) or (
+            inspect.isclass(obj) and not issubclass(obj, BaseException) and not issubclass(obj, str)
+        ):
             assert "```python" in body, f"zoo.{name} needs a signature block in docs/api.md"
 
 
@@ -205,15 +208,20 @@ def template_files() -> dict[Path, str]:
     return {
         path: path.read_text(encoding="utf-8")
         for path in TEMPLATE.rglob("*")
-        if path.is_file() and path.suffix in {".py", ".toml", ".md"}
-        and not skip.intersection(path.parts) and ".egg-info" not in str(path)
+        if path.is_file()
+        and path.suffix in {".py", ".toml", ".md"}
+        and not skip.intersection(path.parts)
+        and ".egg-info" not in str(path)
     }
 
 
 def test_every_tutorial_snippet_is_verbatim_in_the_template():
     files = template_files()
-    snippets = [(lang, code) for lang, code in FENCE.findall(read("writing-plugins.md"))
-                if lang in {"python", "toml"}]
+    snippets = [
+        (lang, code)
+        for lang, code in FENCE.findall(read("writing-plugins.md"))
+        if lang in {"python", "toml"}
+    ]
     assert len(snippets) >= 8
     for lang, code in snippets:
         assert any(code.strip() in text for text in files.values()), (
@@ -225,9 +233,14 @@ def test_every_tutorial_snippet_is_verbatim_in_the_template():
 def test_tutorial_file_blocks_are_the_whole_template_files():
     blocks = FILE_BLOCK.findall(read("writing-plugins.md"))
     shown = {path for path, _code in blocks}
-    assert {"pyproject.toml", "src/zoo_example/plugin.py", "src/zoo_example/tinynet.py",
-            "src/zoo_example/policies.py", "src/zoo_example/__init__.py",
-            "examples/train_tiny.py"} <= shown
+    assert {
+        "pyproject.toml",
+        "src/zoo_example/plugin.py",
+        "src/zoo_example/tinynet.py",
+        "src/zoo_example/policies.py",
+        "src/zoo_example/__init__.py",
+        "examples/train_tiny.py",
+    } <= shown
     for path, code in blocks:
         assert code == (TEMPLATE / path).read_text(encoding="utf-8"), f"{path} differs"
 

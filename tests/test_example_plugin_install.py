@@ -36,8 +36,9 @@ def renamed(text: str) -> str:
 
 
 def start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=cwd)
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd
+    )
 
 
 def finish(process: subprocess.Popen[str]) -> str:
@@ -62,9 +63,24 @@ def test_package_from_the_tutorial_installs_lists_and_works(tmp_path):
         assert not re.search(r"zoo[_-]example|\"example|^example =", target.read_text(), re.M)
 
     site = tmp_path / "site"
-    run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--disable-pip-version-check", "--target", str(site), str(package)],
-        dict(os.environ), tmp_path)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(package),
+        ],
+        dict(os.environ),
+        tmp_path,
+    )
     assert any(site.glob("zoo_fresh-0.1.0.dist-info/entry_points.txt"))
 
     env = {
@@ -75,13 +91,17 @@ def test_package_from_the_tutorial_installs_lists_and_works(tmp_path):
         "HF_HUB_OFFLINE": "1",
     }
     zoo_list = [sys.executable, "-m", "zoo.cli.main", "list", "--plugin", "fresh", "--json"]
-    use_it = [sys.executable, "-c", (
-        "import runpy, zoo, zoo_fresh\n"
-        "record = zoo.get_catalog().host.records['fresh']\n"
-        "print('FROM', zoo_fresh.__file__)\n"
-        "print('PLUGIN', record.distribution, record.version, record.ok)\n"
-        "runpy.run_path('examples/train_tiny.py', run_name='__main__')\n"
-    )]
+    use_it = [
+        sys.executable,
+        "-c",
+        (
+            "import runpy, zoo, zoo_fresh\n"
+            "record = zoo.get_catalog().host.records['fresh']\n"
+            "print('FROM', zoo_fresh.__file__)\n"
+            "print('PLUGIN', record.distribution, record.version, record.ok)\n"
+            "runpy.run_path('examples/train_tiny.py', run_name='__main__')\n"
+        ),
+    ]
     listing, usage = start(zoo_list, env, tmp_path), start(use_it, env, package)  # in parallel
 
     listed = json.loads(finish(listing))

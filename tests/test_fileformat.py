@@ -113,8 +113,14 @@ def test_shared_and_strided_tensors_are_written_once_per_name(tmp_path):
     """``safetensors.torch.save`` refuses tensors that share memory; tied weights in a state
     dict are saved by zoo as one copy per name, as before, and views are made contiguous."""
     weight = torch.arange(12.0).reshape(3, 4)
-    tensors = {"embed.weight": weight, "head.weight": weight, "first_row": weight[0],
-               "column": weight[:, 1], "transposed": weight.t(), "empty": weight[:0]}
+    tensors = {
+        "embed.weight": weight,
+        "head.weight": weight,
+        "first_row": weight[0],
+        "column": weight[:, 1],
+        "transposed": weight.t(),
+        "empty": weight[:0],
+    }
     with pytest.raises(RuntimeError, match="share memory"):
         safetensors.torch.save({"embed.weight": weight, "head.weight": weight})
     saved = read_file(write_file(tmp_path / "tied.safetensors", tensors))

@@ -79,8 +79,9 @@ def batch(key: str) -> torch.Tensor:
     return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
 
 
-def train_steps(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, steps: int = 2
-                ) -> None:
+def train_steps(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, steps: int = 2
+) -> None:
     model.train()
     for _ in range(steps):
         out = model(x)
@@ -251,8 +252,9 @@ def test_set_norm_mode_rejects_unknown_modes_and_non_bool_train() -> None:
 def test_apply_plan_rejects_names_the_model_lacks() -> None:
     model = Norms()
     other = Plan.from_table(zoo.params(model), ["fc.weight"])
-    bad = Plan(params={**other.params, "fc.wieght": ParamPlan("fc.wieght", True)},
-               norms=other.norms)
+    bad = Plan(
+        params={**other.params, "fc.wieght": ParamPlan("fc.wieght", True)}, norms=other.norms
+    )
     before = [p.requires_grad for p in model.parameters()]
     with pytest.raises(zoo.PlanError, match=r"fc\.wieght.*did you mean 'fc\.weight'"):
         apply_plan(model, bad)
@@ -283,8 +285,12 @@ def test_check_frozen_reports_a_broken_freeze() -> None:
     report = check_frozen(model, reference)
     assert not report.ok
     names = {c.name: c for c in report.changed}
-    assert set(names) == {"conv.weight", "bn2.running_mean", "bn2.running_var",
-                          "bn2.num_batches_tracked"}
+    assert set(names) == {
+        "conv.weight",
+        "bn2.running_mean",
+        "bn2.running_var",
+        "bn2.num_batches_tracked",
+    }
     assert names["conv.weight"].kind == "parameter"
     assert names["conv.weight"].max_abs_diff == pytest.approx(1e-3, rel=1e-2)
     assert names["bn2.running_mean"].kind == "statistic"

@@ -163,8 +163,9 @@ def test_a_mistyped_name_is_refused_from_the_cache_without_importing_plugins():
         "codes = [main(['show', 'resnt18']), main(['plan', 'timm:resnet18', '--policy', 'frez'])]; "
         "print(codes, 'timm' in sys.modules, 'torch' in sys.modules)"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
     assert result.stdout.split() == ["[1,", "1]", "False", "False"]
     assert "did you mean" in result.stderr and "timm:resnet18" in result.stderr
     assert "zoo:freeze-to" in result.stderr
@@ -175,8 +176,9 @@ def test_python_dash_m_zoo_is_the_zoo_command():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "zoo", "--version"], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "zoo", "--version"], capture_output=True, text=True, check=True
+    )
     from zoo import __version__
 
     assert __version__ in result.stdout

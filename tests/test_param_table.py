@@ -79,8 +79,9 @@ def test_resnet18_groups_and_head(tables):
     assert len(table.norms) == 20
     assert {n.type for n in table.norms} == {"BatchNorm2d"}
     assert all(n.tracks_running_stats for n in table.norms)
-    assert table.norms[0] == NormInfo("bn1", "BatchNorm2d", 0, "stem", True, ("bn1.weight",
-                                                                                "bn1.bias"))
+    assert table.norms[0] == NormInfo(
+        "bn1", "BatchNorm2d", 0, "stem", True, ("bn1.weight", "bn1.bias")
+    )
 
 
 def test_vit_roles_and_final_norm(tables):
@@ -176,16 +177,17 @@ def test_head_is_moved_to_max_depth_whatever_the_grouping():
     model = zoo.create("timm:resnet18", num_classes=2)
     names = [n for n, _ in model.named_parameters()]
     # a grouping that files the classifier under the stem: the head still ends up last
-    groups = [ParamGroup("stem", [n for n in names if n.startswith(("conv1", "bn1", "fc"))]),
-              ParamGroup("stage.1", [n for n in names if n.startswith("layer")])]
+    groups = [
+        ParamGroup("stem", [n for n in names if n.startswith(("conv1", "bn1", "fc"))]),
+        ParamGroup("stage.1", [n for n in names if n.startswith("layer")]),
+    ]
 
     class Misplaced:
         @zoo.hookimpl
         def zoo_param_groups(self, model, backbone):
             return groups
 
-    catalog = Catalog(make_plugin_host(autoload=False, builtins=False,
-                                       extra={"mis": Misplaced()}))
+    catalog = Catalog(make_plugin_host(autoload=False, builtins=False, extra={"mis": Misplaced()}))
     from zoo.tables.build import describe
 
     table = describe(model, catalog=catalog)
@@ -227,10 +229,18 @@ def test_unknown_name_and_bad_argument():
 
 def test_hand_written_sequential_gets_a_generic_table():
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3), nn.GroupNorm(4, 16), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, bias=False), nn.BatchNorm2d(16, affine=False),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(16), nn.Linear(16, 5),
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3),
+        nn.GroupNorm(4, 16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, bias=False),
+        nn.BatchNorm2d(16, affine=False),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.LayerNorm(16),
+        nn.Linear(16, 5),
     )
     table = zoo.params(model)
     assert table.grouped_by == "generic"
@@ -318,8 +328,9 @@ class TinyNet(nn.Module):
     def __init__(self, num_classes: int = 4) -> None:
         super().__init__()
         self.patch = nn.Conv2d(3, 8, 4, stride=4)
-        self.trunk = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
-                                   nn.Conv2d(8, 8, 3, padding=1))
+        self.trunk = nn.Sequential(
+            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1)
+        )
         self.fc = nn.Linear(8, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -366,8 +377,12 @@ class TinyPlugin:
         register(BackboneSpec(name="badnet", create=_make_tiny, summary="bad groups"))
         register(BackboneSpec(name="plainnet", create=_make_tiny, summary="no groups"))
         register(BackboneSpec(name="raisenet", create=_make_tiny, summary="hook raises"))
-        register(BackboneSpec(name="itemnet", create=lambda num_classes=None, pretrained=False:
-                              ItemNet(num_classes or 4)))
+        register(
+            BackboneSpec(
+                name="itemnet",
+                create=lambda num_classes=None, pretrained=False: ItemNet(num_classes or 4),
+            )
+        )
         register(BackboneSpec(name="brokennet", create=_make_broken))
         register(BackboneSpec(name="halfnet", create=_make_half_frozen))
 
@@ -378,8 +393,9 @@ class TinyPlugin:
         if name == "tinynet":
             return [
                 ParamGroup("stem", ["patch.weight", "patch.bias"]),
-                ParamGroup("trunk", [n for n, _ in model.named_parameters()
-                                     if n.startswith("trunk")]),
+                ParamGroup(
+                    "trunk", [n for n, _ in model.named_parameters() if n.startswith("trunk")]
+                ),
                 ParamGroup("head", ["fc.weight", "fc.bias"]),
             ]
         if name == "badnet":
@@ -483,8 +499,10 @@ def test_plugin_answer_beats_timm_for_a_timm_model(tiny_catalog):
             if backbone is None or backbone.name != "resnet18":
                 return None
             names = [n for n, _ in model.named_parameters()]
-            return [ParamGroup("stem", [n for n in names if not n.startswith("fc")]),
-                    ParamGroup("head", ["fc.weight", "fc.bias"])]
+            return [
+                ParamGroup("stem", [n for n in names if not n.startswith("fc")]),
+                ParamGroup("head", ["fc.weight", "fc.bias"]),
+            ]
 
     catalog.host.add(Coarse(), type(catalog.host.records["tiny"])(name="coarse", module="test"))
     table = zoo.params("timm:resnet18")
@@ -519,6 +537,7 @@ def test_hand_built_table_for_policies():
 
 
 def test_process_catalog_is_used_by_default():
-    assert zoo.params("timm:resnet18").backbone == get_catalog().backbone("timm:resnet18")[
-        0
-    ].qualified_name
+    assert (
+        zoo.params("timm:resnet18").backbone
+        == get_catalog().backbone("timm:resnet18")[0].qualified_name
+    )

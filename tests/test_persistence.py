@@ -36,7 +36,7 @@ from zoo.testing import installed_catalog
 # A small real plugin (registered through the real hooks) for the tests that need a fresh
 # process or many saves: building it takes milliseconds. "seeded" weights stand in for a
 # pretrained download (the hub is unreachable here).
-TINY_PLUGIN = '''
+TINY_PLUGIN = """
 import torch
 from torch import nn
 import zoo
@@ -62,7 +62,7 @@ def zoo_register_backbones(register):
 @zoo.hookimpl
 def zoo_extra_metadata(model, backbone):
     return {"tinyplug.width": str(model[0].out_channels), "bad key": "x"}
-'''
+"""
 
 
 @pytest.fixture
@@ -137,8 +137,7 @@ def test_round_trip_gives_bit_identical_outputs(backbone, kwargs, size, policy):
     assert again.zoo_plan.policy == model.zoo_plan.policy
     assert again.zoo_plan.trainable == model.zoo_plan.trainable
     assert again.zoo_plan.norms == model.zoo_plan.norms
-    assert [n for n, p in again.named_parameters() if p.requires_grad] == \
-        model.zoo_plan.trainable
+    assert [n for n, p in again.named_parameters() if p.requires_grad] == model.zoo_plan.trainable
 
 
 def test_metadata_records_everything_needed(tiny):
@@ -152,7 +151,10 @@ def test_metadata_records_everything_needed(tiny):
     assert md["zoo.kind"] == "full"
     assert md["zoo.backbone"] == "tinyplug:tiny"
     assert json.loads(md["zoo.build"]) == {
-        "backbone": "tinyplug:tiny", "tag": None, "num_classes": 2, "kwargs": {"width": 6}
+        "backbone": "tinyplug:tiny",
+        "tag": None,
+        "num_classes": 2,
+        "kwargs": {"width": 6},
     }
     assert json.loads(md["zoo.classes"]) == ["a", "b"]
     assert json.loads(md["zoo.num_classes"]) == 2
@@ -443,7 +445,7 @@ def test_inspect_reports_metadata_and_trained_depths():
 
 # ---------------------------------------------------------------- crash safety and concurrency
 
-SAVER = textwrap.dedent('''
+SAVER = textwrap.dedent("""
     import sys, threading, torch, zoo
     from zoo.core.catalog import Catalog
     from zoo.core.plugins import make_plugin_host
@@ -457,17 +459,22 @@ SAVER = textwrap.dedent('''
                threading.Thread(target=zoo.save, args=(model, "new"))]
     for t in threads: t.start()
     for t in threads: t.join()
-''')
+""")
 
 
 def test_save_killed_mid_write_leaves_previous_version_and_no_partial_entry(tiny, tmp_path):
     old = zoo.create("tinyplug:tiny", num_classes=2)
     zoo.save(old, "old")
-    env = dict(os.environ, ZOO_TEST_PAUSE_BEFORE_REPLACE="60",
-               PYTHONPATH=os.pathsep.join([str(tmp_path / "plugin_src"),
-                                           os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", SAVER], env=env, stderr=subprocess.PIPE,
-                            text=True)
+    env = dict(
+        os.environ,
+        ZOO_TEST_PAUSE_BEFORE_REPLACE="60",
+        PYTHONPATH=os.pathsep.join(
+            [str(tmp_path / "plugin_src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SAVER], env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         paused = 0
         deadline = time.monotonic() + 120

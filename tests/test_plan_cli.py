@@ -33,18 +33,46 @@ def render(renderable, width: int = 80, soft_wrap: bool = False) -> str:
 @pytest.fixture(scope="module")
 def table() -> ParamTable:
     rows = []
-    for depth, (group, prefix) in enumerate([("stem", "stem"), ("stage.1", "s1"),
-                                             ("stage.2", "s2"), ("head", "fc")]):
+    for depth, (group, prefix) in enumerate(
+        [("stem", "stem"), ("stage.1", "s1"), ("stage.2", "s2"), ("head", "fc")]
+    ):
         role = "head" if group == "head" else "weight"
-        rows.append(ParamInfo(f"{prefix}.weight", prefix, "Conv2d", role, (10, 10), 100,
-                              "float32", group, depth))
+        rows.append(
+            ParamInfo(
+                f"{prefix}.weight", prefix, "Conv2d", role, (10, 10), 100, "float32", group, depth
+            )
+        )
         if group != "head":
-            rows.append(ParamInfo(f"{prefix}.bn.weight", f"{prefix}.bn", "BatchNorm2d", "norm",
-                                  (10,), 10, "float32", group, depth))
-            rows.append(ParamInfo(f"{prefix}.bn.bias", f"{prefix}.bn", "BatchNorm2d", "norm",
-                                  (10,), 10, "float32", group, depth))
-    norms = [NormInfo(f"{p}.bn", "BatchNorm2d", d, g, True, (f"{p}.bn.weight", f"{p}.bn.bias"))
-             for d, (g, p) in enumerate([("stem", "stem"), ("stage.1", "s1"), ("stage.2", "s2")])]
+            rows.append(
+                ParamInfo(
+                    f"{prefix}.bn.weight",
+                    f"{prefix}.bn",
+                    "BatchNorm2d",
+                    "norm",
+                    (10,),
+                    10,
+                    "float32",
+                    group,
+                    depth,
+                )
+            )
+            rows.append(
+                ParamInfo(
+                    f"{prefix}.bn.bias",
+                    f"{prefix}.bn",
+                    "BatchNorm2d",
+                    "norm",
+                    (10,),
+                    10,
+                    "float32",
+                    group,
+                    depth,
+                )
+            )
+    norms = [
+        NormInfo(f"{p}.bn", "BatchNorm2d", d, g, True, (f"{p}.bn.weight", f"{p}.bn.bias"))
+        for d, (g, p) in enumerate([("stem", "stem"), ("stage.1", "s1"), ("stage.2", "s2")])
+    ]
     return ParamTable(rows=tuple(rows), norms=tuple(norms), backbone="test:net")
 
 
@@ -69,8 +97,7 @@ def test_plan_command_per_depth(capsys):
 
 
 def test_plan_command_json(capsys):
-    assert main(["plan", "timm:vit_tiny_patch16_224", "-p", "layer-decay:decay=0.5",
-                 "--json"]) == 0
+    assert main(["plan", "timm:vit_tiny_patch16_224", "-p", "layer-decay:decay=0.5", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     expected = zoo.plan("timm:vit_tiny_patch16_224", "layer-decay", decay=0.5)
     assert data["policy"] == "zoo:layer-decay" and data["args"] == {"decay": 0.5}
@@ -80,13 +107,12 @@ def test_plan_command_json(capsys):
     assert zoo.Plan.from_dict(data["plan"]) == expected
     head = data["depths"][-1]
     assert head["group"] == "head" and head["lr_scale"] == [1.0, 1.0]
-    assert data["depths"][0]["lr_scale"] == [0.5 ** 13] * 2
+    assert data["depths"][0]["lr_scale"] == [0.5**13] * 2
     assert "params" not in data
 
 
 def test_plan_command_full_and_epoch(capsys):
-    assert main(["plan", "timm:resnet18", "-p", "gradual:every=2", "--epoch", "2",
-                 "--full"]) == 0
+    assert main(["plan", "timm:resnet18", "-p", "gradual:every=2", "--epoch", "2", "--full"]) == 0
     out = capsys.readouterr().out
     assert "zoo:gradual:every=2 at epoch 2" in out
     assert "note: epoch 2: 1 of 5 stages unfrozen" in out
@@ -96,8 +122,21 @@ def test_plan_command_full_and_epoch(capsys):
     assert "frozen" in line and line.rstrip().endswith("frozen")  # its norm layer's mode
     assert any(x.startswith("layer4.1.bn2 ") and "train" in x for x in out.splitlines())
 
-    assert main(["plan", "timm:resnet18", "-p", "linear-probe", "--full", "--json",
-                 "--num-classes", "7"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "timm:resnet18",
+                "-p",
+                "linear-probe",
+                "--full",
+                "--json",
+                "--num-classes",
+                "7",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert len(data["params"]) == 62 and data["params"][-2]["shape"] == [7, 512]
     assert {n["mode"] for n in data["norms"]} == {"frozen"}
@@ -149,18 +188,37 @@ def test_render_functions_on_a_console(table):
     head = next(line for line in depth_lines if " head " in line)
     assert "all" in head and TRAINED * 16 in head
     full = render(params_text(result, table), soft_wrap=True)  # as the CLI prints it
-    assert full.splitlines()[0].split() == ["name", "depth", "group", "shape", "params",
-                                            "state", "lr", "scale", "decay", "norm"]
-    assert any(line.startswith("stem.bn.bias") and "trained" in line and "frozen-stats" in line
-               for line in full.splitlines())
+    assert full.splitlines()[0].split() == [
+        "name",
+        "depth",
+        "group",
+        "shape",
+        "params",
+        "state",
+        "lr",
+        "scale",
+        "decay",
+        "norm",
+    ]
+    assert any(
+        line.startswith("stem.bn.bias") and "trained" in line and "frozen-stats" in line
+        for line in full.splitlines()
+    )
     norms = render(norms_text(result, table), soft_wrap=True)
     assert "s2.bn" in norms and "frozen-stats" in norms
     data = plan_json(result, table, full=True)
     assert data["trainable_numel"] == 130 and data["total_numel"] == 460
     assert [d["norm_modes"] for d in data["depths"]][:3] == [{"frozen-stats": 1}] * 3
-    assert data["params"][0] == {"name": "stem.weight", "depth": 0, "group": "stem",
-                                 "shape": [10, 10], "numel": 100, "trainable": False,
-                                 "lr_scale": 1.0, "weight_decay": True}
+    assert data["params"][0] == {
+        "name": "stem.weight",
+        "depth": 0,
+        "group": "stem",
+        "shape": [10, 10],
+        "numel": 100,
+        "trainable": False,
+        "lr_scale": 1.0,
+        "weight_decay": True,
+    }
 
 
 def test_layer_decay_shows_lr_ranges(table):

@@ -33,8 +33,7 @@ class Small(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3)
         self.bn = nn.BatchNorm2d(4)
-        self.block = nn.Sequential(nn.Conv2d(4, 4, 1, bias=False),
-                                   nn.GroupNorm(1, 4, affine=False))
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 1, bias=False), nn.GroupNorm(1, 4, affine=False))
         self.pos_embed = nn.Parameter(torch.zeros(1, 4, 1, 1))
         self.fc = nn.Linear(4, 2)
 
@@ -66,9 +65,16 @@ def test_from_table_defaults(small_table):
     assert result.frozen == [n for n in small_table.names if n not in result.trainable]
     assert list(result.params) == small_table.names
     decay = {n: p.weight_decay for n, p in result.params.items()}
-    assert decay == {"conv.weight": True, "conv.bias": False, "bn.weight": False,
-                     "bn.bias": False, "block.0.weight": True, "pos_embed": False,
-                     "fc.weight": True, "fc.bias": False}
+    assert decay == {
+        "conv.weight": True,
+        "conv.bias": False,
+        "bn.weight": False,
+        "bn.bias": False,
+        "block.0.weight": True,
+        "pos_embed": False,
+        "fc.weight": True,
+        "fc.bias": False,
+    }
     assert result.norms["bn"] is NormMode.FROZEN_STATS  # weight trains, bias frozen
     assert result.norms["block.1"] is NormMode.FROZEN  # no affine: follows its depth
     assert result.table is small_table
@@ -79,8 +85,9 @@ def test_norm_modes_derive_from_parameters(small_table):
     assert set(everything.norms.values()) == {NormMode.TRAIN}
     nothing = Plan.from_table(small_table, [])
     assert set(nothing.norms.values()) == {NormMode.FROZEN}
-    explicit = Plan.from_table(small_table, ["bn.weight", "bn.bias"],
-                               norm_modes={"bn": "frozen-stats"})
+    explicit = Plan.from_table(
+        small_table, ["bn.weight", "bn.bias"], norm_modes={"bn": "frozen-stats"}
+    )
     assert explicit.norms["bn"] is NormMode.FROZEN_STATS
 
 
@@ -184,7 +191,8 @@ def test_summary_shows_notes_and_epochs(small_table):
 
 def test_param_groups_only_trainable_with_scales_and_decay(model, small_table):
     result = Plan.from_table(
-        small_table, ["conv.weight", "conv.bias", "bn.weight", "fc.weight", "fc.bias"],
+        small_table,
+        ["conv.weight", "conv.bias", "bn.weight", "fc.weight", "fc.bias"],
         lr_scales={"conv.weight": 0.1, "conv.bias": 0.1},
     )
     groups = result.param_groups(model, lr=1.0, weight_decay=0.05)
@@ -224,8 +232,17 @@ def test_param_groups_reject_a_model_that_does_not_fit(small_table):
 # ---------------------------------------------------------------- serialization
 
 
-@pytest.mark.parametrize("policy", ["full", "linear-probe", "bitfit", "layer-decay:decay=0.3",
-                                    "gradual:every=3", "auto:samples_per_class=20"])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "full",
+        "linear-probe",
+        "bitfit",
+        "layer-decay:decay=0.3",
+        "gradual:every=3",
+        "auto:samples_per_class=20",
+    ],
+)
 def test_json_round_trip(small_table, policy):
     epoch = {"epoch": 4} if policy.startswith("gradual") else {}
     original = plan(small_table, policy, **epoch)
@@ -244,8 +261,19 @@ def test_to_dict_is_compact(small_table):
     assert data["trainable"] == ["fc.weight", "fc.bias"]
     assert data["lr_scale"] == {}  # only non-default scales are stored
     assert data["norms"] == {"frozen": ["bn", "block.1"]}
-    assert set(data) == {"format", "policy", "args", "epoch", "backbone", "notes", "trainable",
-                         "frozen", "lr_scale", "no_weight_decay", "norms"}
+    assert set(data) == {
+        "format",
+        "policy",
+        "args",
+        "epoch",
+        "backbone",
+        "notes",
+        "trainable",
+        "frozen",
+        "lr_scale",
+        "no_weight_decay",
+        "norms",
+    }
 
 
 def test_a_large_plan_stays_small_enough_for_file_metadata():
@@ -279,8 +307,11 @@ def test_from_json_rejects_non_json():
 
 @settings(max_examples=25, deadline=None)
 @given(
-    flags=st.lists(st.tuples(st.booleans(), st.sampled_from([1.0, 0.5, 0.125, 2.0]),
-                             st.booleans()), min_size=8, max_size=8),
+    flags=st.lists(
+        st.tuples(st.booleans(), st.sampled_from([1.0, 0.5, 0.125, 2.0]), st.booleans()),
+        min_size=8,
+        max_size=8,
+    ),
     modes=st.lists(st.sampled_from(list(NormMode)), min_size=2, max_size=2),
     epoch=st.none() | st.integers(0, 1000),
     notes=st.lists(st.text(max_size=20), max_size=3),
@@ -290,7 +321,10 @@ def test_round_trip_property(small_table, flags, modes, epoch, notes):
     original = Plan(
         params=[ParamPlan(n, t, s, d) for n, (t, s, d) in zip(names, flags, strict=True)],
         norms=dict(zip([n.path for n in small_table.norms], modes, strict=True)),
-        policy="x:y", args={"a": [1, "b"], "c": None}, epoch=epoch, notes=tuple(notes),
+        policy="x:y",
+        args={"a": [1, "b"], "c": None},
+        epoch=epoch,
+        notes=tuple(notes),
     )
     assert Plan.from_json(original.to_json()) == original
 
@@ -309,8 +343,10 @@ def _spec(fn, name: str = "custom") -> PolicySpec:
         (42, "returned int 42"),
         ("fc.weight", "returned str 'fc.weight'"),
         ([1, 2], "must hold parameter names (str), got 1"),
-        (["fc.weight", "nope.weight"], "1 unknown parameter name(s) not in the table: "
-                                       "'nope.weight'"),
+        (
+            ["fc.weight", "nope.weight"],
+            "1 unknown parameter name(s) not in the table: 'nope.weight'",
+        ),
         (Plan(params=[ParamPlan("ghost", True)]), "unknown parameter name(s)"),
     ],
 )
@@ -326,8 +362,11 @@ def test_a_policy_that_raises_is_a_plan_error(small_table):
     def boom(table):
         raise RuntimeError("kaput")
 
-    with pytest.raises(PlanError, match=r"policy 'thirdparty:custom' \(plugin thirdparty\) "
-                                        r"failed: RuntimeError: kaput") as info:
+    with pytest.raises(
+        PlanError,
+        match=r"policy 'thirdparty:custom' \(plugin thirdparty\) "
+        r"failed: RuntimeError: kaput",
+    ) as info:
         run_policy(_spec(boom), small_table, {})
     assert isinstance(info.value.__cause__, RuntimeError)
 
@@ -338,7 +377,8 @@ def test_a_policy_returning_names_or_a_partial_plan(small_table):
     assert list(names.params) == small_table.names
     partial = run_policy(
         _spec(lambda table: Plan(params=[ParamPlan("fc.weight", True, 3.0)], notes=["hi"])),
-        small_table, {},
+        small_table,
+        {},
     )
     assert partial.trainable == ["fc.weight"] and partial["fc.weight"].lr_scale == 3.0
     assert partial.notes == ("hi",) and partial.table is small_table
@@ -364,10 +404,14 @@ def test_plan_from_a_backbone_name_builds_on_meta():
 
 def test_norm_info_without_params_follows_its_depth():
     table = ParamTable(
-        rows=(zoo.ParamInfo("a.weight", "a", "Conv2d", "weight", (2, 2), 4, "float32", "stem", 0),
-              zoo.ParamInfo("b.weight", "b", "Linear", "head", (2, 2), 4, "float32", "head", 1)),
-        norms=(NormInfo("n0", "BatchNorm2d", 0, "stem", True),
-               NormInfo("n1", "BatchNorm2d", 1, "head", True)),
+        rows=(
+            zoo.ParamInfo("a.weight", "a", "Conv2d", "weight", (2, 2), 4, "float32", "stem", 0),
+            zoo.ParamInfo("b.weight", "b", "Linear", "head", (2, 2), 4, "float32", "head", 1),
+        ),
+        norms=(
+            NormInfo("n0", "BatchNorm2d", 0, "stem", True),
+            NormInfo("n1", "BatchNorm2d", 1, "head", True),
+        ),
     )
     result = Plan.from_table(table, ["b.weight"])
     assert result.norms == {"n0": NormMode.FROZEN, "n1": NormMode.TRAIN}

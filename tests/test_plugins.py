@@ -47,8 +47,9 @@ class Site:
         self.root = root
         self.modules: list[str] = []
 
-    def install(self, dist: str, plugins: dict[str, str], modules: dict[str, str],
-                version: str = "1.0") -> None:
+    def install(
+        self, dist: str, plugins: dict[str, str], modules: dict[str, str], version: str = "1.0"
+    ) -> None:
         info = self.root / f"{dist}-{version}.dist-info"
         info.mkdir(parents=True)
         (info / "METADATA").write_text(
@@ -99,7 +100,11 @@ def test_zoo_register_backbones_of_an_entry_point_plugin_is_discovered(site):
 
 
 def test_entry_point_may_name_an_object_inside_a_module(site):
-    site.install("objplug", {"obj": "fakeplug_obj:Plugin"}, {"fakeplug_obj": """
+    site.install(
+        "objplug",
+        {"obj": "fakeplug_obj:Plugin"},
+        {
+            "fakeplug_obj": """
         import zoo
         from torch import nn
 
@@ -108,7 +113,9 @@ def test_entry_point_may_name_an_object_inside_a_module(site):
             @zoo.hookimpl
             def zoo_register_backbones(register):
                 register(zoo.BackboneSpec(name="objnet", create=lambda n=None, p=False: nn.ReLU()))
-    """})
+    """
+        },
+    )
     host, catalog = host_and_catalog(autoload=True)
     assert host.records["obj"].ok, host.records["obj"].errors
     assert host.records["obj"].module == "fakeplug_obj:Plugin"
@@ -131,16 +138,35 @@ def test_autoload_can_be_disabled_by_the_environment(site, monkeypatch):
 
 def broken_site(site: Site) -> None:
     site.install("fakeplug", {"fake": "fakeplug_good"}, {"fakeplug_good": GOOD})
-    site.install("importfail", {"needslib": "fakeplug_importerror"}, {
-        "fakeplug_importerror": "import zoo\nraise ImportError('needs libfoo, which is missing')\n",
-    }, version="2.0")
-    site.install("syntaxfail", {"typo": "fakeplug_syntax"}, {
-        "fakeplug_syntax": "import zoo\n\ndef zoo_register_backbones(register)\n    pass\n",
-    })
-    site.install("exitfail", {"quitter": "fakeplug_exit"}, {
-        "fakeplug_exit": "import sys\nsys.exit('no thanks')\n",
-    })
-    site.install("raising", {"raiser": "fakeplug_raiser"}, {"fakeplug_raiser": """
+    site.install(
+        "importfail",
+        {"needslib": "fakeplug_importerror"},
+        {
+            "fakeplug_importerror": (
+                "import zoo\nraise ImportError('needs libfoo, which is missing')\n"
+            ),
+        },
+        version="2.0",
+    )
+    site.install(
+        "syntaxfail",
+        {"typo": "fakeplug_syntax"},
+        {
+            "fakeplug_syntax": "import zoo\n\ndef zoo_register_backbones(register)\n    pass\n",
+        },
+    )
+    site.install(
+        "exitfail",
+        {"quitter": "fakeplug_exit"},
+        {
+            "fakeplug_exit": "import sys\nsys.exit('no thanks')\n",
+        },
+    )
+    site.install(
+        "raising",
+        {"raiser": "fakeplug_raiser"},
+        {
+            "fakeplug_raiser": """
         import zoo
 
         @zoo.hookimpl
@@ -150,8 +176,14 @@ def broken_site(site: Site) -> None:
         @zoo.hookimpl
         def zoo_register_policies(register):
             register(zoo.PolicySpec(name="still-here", plan=lambda table: []))
-    """})
-    site.install("misspelled", {"speller": "fakeplug_speller"}, {"fakeplug_speller": """
+    """
+        },
+    )
+    site.install(
+        "misspelled",
+        {"speller": "fakeplug_speller"},
+        {
+            "fakeplug_speller": """
         import zoo
         import zoo_helper_module_is_not_a_hook as zoo_helpers
 
@@ -161,8 +193,15 @@ def broken_site(site: Site) -> None:
 
         def zoo_register_policies(register):
             raise AssertionError("not marked, never called")
-    """, "zoo_helper_module_is_not_a_hook": "VALUE = 1\n"})
-    site.install("badsig", {"signature": "fakeplug_signature"}, {"fakeplug_signature": """
+    """,
+            "zoo_helper_module_is_not_a_hook": "VALUE = 1\n",
+        },
+    )
+    site.install(
+        "badsig",
+        {"signature": "fakeplug_signature"},
+        {
+            "fakeplug_signature": """
         import zoo
         from torch import nn
 
@@ -173,7 +212,9 @@ def broken_site(site: Site) -> None:
         @zoo.hookimpl
         def zoo_register_policies(registry):
             raise AssertionError("never called")
-    """})
+    """
+        },
+    )
 
 
 def errors_of(host, name: str) -> str:
@@ -202,8 +243,9 @@ def test_zoo_register_backbones_failures_are_recorded_per_plugin(site):
     assert catalog.list_policies("raiser:*") == ["raiser:still-here"]  # its other hook ran
 
     spelled = errors_of(host, "speller")
-    assert ("unknown hook 'zoo_register_backbone' (did you mean 'zoo_register_backbones'?)"
-            in spelled)
+    assert (
+        "unknown hook 'zoo_register_backbone' (did you mean 'zoo_register_backbones'?)" in spelled
+    )
     assert "'zoo_register_policies' is not marked @zoo.hookimpl" in spelled
     assert "zoo_helpers" not in spelled  # a module named zoo_* is not a hook
     assert len(host.records["speller"].errors) == 2
@@ -219,8 +261,12 @@ def test_problems_name_the_plugin_and_its_distribution(site):
     host, _catalog = host_and_catalog(autoload=True)
     origins = {format_origin(record) for record, _error in host.problems}
     assert origins == {
-        "needslib (importfail 2.0)", "typo (syntaxfail 1.0)", "quitter (exitfail 1.0)",
-        "raiser (raising 1.0)", "speller (misspelled 1.0)", "signature (badsig 1.0)",
+        "needslib (importfail 2.0)",
+        "typo (syntaxfail 1.0)",
+        "quitter (exitfail 1.0)",
+        "raiser (raising 1.0)",
+        "speller (misspelled 1.0)",
+        "signature (badsig 1.0)",
     }
     with pytest.raises(PluginError) as info:
         host.raise_if_problems()
@@ -314,7 +360,7 @@ def test_plugin_records_round_trip_as_plain_data():
 
 # ---------------------------------------------------------------- zoo.testing, as a pytest plugin
 
-PLUGIN_AUTHOR_TESTS = '''
+PLUGIN_AUTHOR_TESTS = """
 import pytest
 import zoo
 from zoo.errors import PluginCheckError
@@ -348,12 +394,20 @@ def test_check_plugin_reports_a_bad_policy(zoo_register_plugin):
     assert "zoo plugin check of broken" in report
     assert "FAIL policy broken:nonsense plans a small CNN" in report
     assert "no.such.param" in report
-'''
+"""
 
 
 def test_zoo_testing_is_a_pytest_plugin_for_plugin_authors(tmp_path, monkeypatch):
     (tmp_path / "test_author.py").write_text(PLUGIN_AUTHOR_TESTS, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    status = pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
-                          str(tmp_path / "test_author.py")])
+    status = pytest.main(
+        [
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path / "test_author.py"),
+        ]
+    )
     assert status == pytest.ExitCode.OK

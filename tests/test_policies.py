@@ -27,12 +27,23 @@ from zoo.plans.freeze import check_frozen, snapshot
 from zoo.plans.plan import NormMode, Plan
 from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
-BUILTIN = ["auto", "bitfit", "freeze-to", "full", "gradual", "layer-decay", "linear-probe",
-           "norm-only", "pattern", "train-last"]
+BUILTIN = [
+    "auto",
+    "bitfit",
+    "freeze-to",
+    "full",
+    "gradual",
+    "layer-decay",
+    "linear-probe",
+    "norm-only",
+    "pattern",
+    "train-last",
+]
 
 
-def make_table(stages: int = 3, *, neck: bool = True, head: bool = True,
-               head_norm: bool = False) -> ParamTable:
+def make_table(
+    stages: int = 3, *, neck: bool = True, head: bool = True, head_norm: bool = False
+) -> ParamTable:
     """stem (conv + bn), ``stages`` stages (conv with bias + bn), a neck LayerNorm, a head."""
     rows: list[ParamInfo] = []
     norms: list[NormInfo] = []
@@ -47,8 +58,9 @@ def make_table(stages: int = 3, *, neck: bool = True, head: bool = True,
     def bn(path: str, group: str, depth: int, role: str = "norm") -> None:
         add(f"{path}.weight", role, (8,), group, depth)
         add(f"{path}.bias", role, (8,), group, depth)
-        norms.append(NormInfo(path, "BatchNorm2d", depth, group, True,
-                              (f"{path}.weight", f"{path}.bias")))
+        norms.append(
+            NormInfo(path, "BatchNorm2d", depth, group, True, (f"{path}.weight", f"{path}.bias"))
+        )
 
     add("stem.conv.weight", "weight", (8, 3, 3, 3), "stem", 0)
     bn("stem.bn", "stem", 0)
@@ -61,8 +73,9 @@ def make_table(stages: int = 3, *, neck: bool = True, head: bool = True,
     if neck:
         add("norm.weight", "norm", (8,), "neck", depth)
         add("norm.bias", "norm", (8,), "neck", depth)
-        norms.append(NormInfo("norm", "LayerNorm", depth, "neck", False,
-                              ("norm.weight", "norm.bias")))
+        norms.append(
+            NormInfo("norm", "LayerNorm", depth, "neck", False, ("norm.weight", "norm.bias"))
+        )
         depth += 1
     if head:
         if head_norm:
@@ -203,8 +216,9 @@ def test_gradual_unfreezes_one_stage_every_k_epochs(table):
         assert result.trainable == at_or_above(table, first), epoch
         assert result.epoch == epoch and result.args == {"every": 2}
     assert "next one at epoch 2" in plan(table, "gradual:every=2").notes[0]
-    assert "all 4 stages unfrozen (since epoch 8)" in plan(table, "gradual:every=2",
-                                                            epoch=9).notes[0]
+    assert (
+        "all 4 stages unfrozen (since epoch 8)" in plan(table, "gradual:every=2", epoch=9).notes[0]
+    )
     with pytest.raises(PolicyArgumentError, match="'every' must be >= 1"):
         plan(table, "gradual:every=0")
     with pytest.raises(PolicyArgumentError, match="epoch must be an int >= 0"):
@@ -237,8 +251,12 @@ def test_auto_decision_table(table, samples, similarity, equivalent, first_depth
     assert reason.startswith(f"auto chose {equivalent}:")
     assert f"{samples} labelled samples per class" in reason and similarity in reason
     assert result.policy == "zoo:auto"
-    assert result.args == {"samples_per_class": samples, "similarity": similarity,
-                           "small": 100, "large": 1000}
+    assert result.args == {
+        "samples_per_class": samples,
+        "similarity": similarity,
+        "small": 100,
+        "large": 1000,
+    }
 
 
 def test_auto_linear_probe_matches_linear_probe_norms(table):
@@ -274,8 +292,11 @@ def test_unknown_argument_lists_the_valid_ones(table):
         "policy 'zoo:freeze-to' has no argument 'dept' (did you mean 'depth'?); "
         "valid arguments: depth: int (required)"
     )
-    with pytest.raises(PolicyArgumentError, match=r"has no argument 'decay'.*valid arguments: "
-                                                  r"every: int = 1"):
+    with pytest.raises(
+        PolicyArgumentError,
+        match=r"has no argument 'decay'.*valid arguments: "
+        r"every: int = 1",
+    ):
         plan(table, "gradual", decay=0.5)
     with pytest.raises(PolicyArgumentError, match="valid arguments: none"):
         plan(table, "full", depth=1)
@@ -329,18 +350,26 @@ def test_parse_and_format_policy_specs():
     assert parse_policy_spec("zoo:full") == ("zoo:full", {})
     assert parse_policy_spec(" linear-probe: ") == ("linear-probe", {})
     assert parse_policy_spec("pattern:include=a.*,b.*,exclude=") == (
-        "pattern", {"include": ["a.*", "b.*"], "exclude": []})
+        "pattern",
+        {"include": ["a.*", "b.*"], "exclude": []},
+    )
     assert format_policy_spec("zoo:pattern", {"include": ["a.*", "b.*"], "exclude": None}) == (
-        "zoo:pattern:include=a.*,b.*")
+        "zoo:pattern:include=a.*,b.*"
+    )
     assert format_policy_spec("zoo:norm-only", {"update_stats": False}) == (
-        "zoo:norm-only:update_stats=false")
+        "zoo:norm-only:update_stats=false"
+    )
     with pytest.raises(PolicyArgumentError, match="write NAME:key=value"):
         parse_policy_spec("depth=3")
 
 
 def test_formatted_spec_round_trips(table):
-    for spec in ("pattern:include=stages.*,exclude=*.bias", "auto:samples_per_class=7",
-                 "layer-decay:decay=0.25", "norm-only:update_stats=false"):
+    for spec in (
+        "pattern:include=stages.*,exclude=*.bias",
+        "auto:samples_per_class=7",
+        "layer-decay:decay=0.25",
+        "norm-only:update_stats=false",
+    ):
         first = plan(table, spec)
         again = plan(table, first.spec_text)
         assert again == first
@@ -348,8 +377,10 @@ def test_formatted_spec_round_trips(table):
 
 def test_policy_args_read_types_from_annotations():
     described = describe_args(zoo.get_policy("auto"))
-    assert described == ("samples_per_class: int (required); similarity: one of 'high', 'low' "
-                         "= 'high'; small: int = 100; large: int = 1000")
+    assert described == (
+        "samples_per_class: int (required); similarity: one of 'high', 'low' "
+        "= 'high'; small: int = 100; large: int = 1000"
+    )
     kinds = {a.name: a.type.kind for a in zoo.get_policy("pattern").args}
     assert kinds == {"include": "list", "exclude": "list"}
 
@@ -357,12 +388,20 @@ def test_policy_args_read_types_from_annotations():
         return []
 
     # annotations that cannot be evaluated: read from their text
-    untyped.__annotations__ = {"flag": "Optional[bool]", "what": "Sequence[str]",
-                               "mode": "Literal['a', 'b']"}
+    untyped.__annotations__ = {
+        "flag": "Optional[bool]",
+        "what": "Sequence[str]",
+        "mode": "Literal['a', 'b']",
+    }
     spec = PolicySpec("untyped", untyped)
     raw = {"k": ["4"], "flag": ["none"], "what": ["a", "b"], "mode": ["b"]}
     assert bind_policy_args(spec, raw) == {
-        "k": 4, "name": None, "flag": None, "what": ["a", "b"], "mode": "b"}
+        "k": 4,
+        "name": None,
+        "flag": None,
+        "what": ["a", "b"],
+        "mode": "b",
+    }
     assert bind_policy_args(spec, {"flag": ["yes"]})["flag"] is True
     with pytest.raises(PolicyArgumentError, match="one of 'a', 'b'"):
         bind_policy_args(spec, {"mode": ["c"]})
@@ -391,8 +430,11 @@ class AcmeNet(nn.Module):
 def top_convs(table: ParamTable, k: int = 1) -> list[str]:
     """Third-party policy returning names: conv weights of the top ``k`` body depths + head."""
     top = table.max_depth
-    return [r.name for r in table.rows
-            if r.role == "head" or (r.depth >= top - k and r.name.endswith("0.weight"))]
+    return [
+        r.name
+        for r in table.rows
+        if r.role == "head" or (r.depth >= top - k and r.name.endswith("0.weight"))
+    ]
 
 
 def warmup(table: ParamTable, epoch: int, head_epochs: int = 1) -> Plan:
@@ -404,8 +446,13 @@ def warmup(table: ParamTable, epoch: int, head_epochs: int = 1) -> Plan:
 class AcmePlugin:
     @zoo.hookimpl
     def zoo_register_backbones(self, register):
-        register(BackboneSpec("acmenet", lambda num_classes, pretrained, **kw:
-                              AcmeNet(num_classes or 4), summary="Acme's CNN"))
+        register(
+            BackboneSpec(
+                "acmenet",
+                lambda num_classes, pretrained, **kw: AcmeNet(num_classes or 4),
+                summary="Acme's CNN",
+            )
+        )
 
     @zoo.hookimpl
     def zoo_register_policies(self, register):
@@ -419,8 +466,10 @@ class AcmePlugin:
 def acme_catalog():
     host = PluginHost()
     host.add_module("zoo", "zoo.builtin.standard_policies", builtin=True)
-    host.add(AcmePlugin(), PluginRecord(name="acme", module="acme_zoo", distribution="acme-zoo",
-                                        version="1.2"))
+    host.add(
+        AcmePlugin(),
+        PluginRecord(name="acme", module="acme_zoo", distribution="acme-zoo", version="1.2"),
+    )
     catalog = Catalog(host)
     previous = set_catalog(catalog)
     try:
@@ -437,8 +486,11 @@ def test_third_party_policy_end_to_end(acme_catalog, capsys):
     result = zoo.freeze(model, "top-convs:k=1")
     assert result.policy == "acme:top-convs" and result.args == {"k": 1}
     assert result.trainable == ["block2.0.weight", "fc.weight", "fc.bias"]
-    assert result.norms == {"stem.1": NormMode.FROZEN, "block1.1": NormMode.FROZEN,
-                            "block2.1": NormMode.FROZEN}
+    assert result.norms == {
+        "stem.1": NormMode.FROZEN,
+        "block1.1": NormMode.FROZEN,
+        "block2.1": NormMode.FROZEN,
+    }
     reference = snapshot(model)
     opt = torch.optim.AdamW(result.param_groups(model, lr=0.05, weight_decay=0.1))
     model.train()
@@ -453,8 +505,12 @@ def test_third_party_policy_end_to_end(acme_catalog, capsys):
     assert main(["plan", "acmenet", "--policy", "acme:top-convs:k=2", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["policy"] == "acme:top-convs" and data["backbone"] == "acme:acmenet"
-    assert data["plan"]["trainable"] == ["block1.0.weight", "block2.0.weight", "fc.weight",
-                                         "fc.bias"]
+    assert data["plan"]["trainable"] == [
+        "block1.0.weight",
+        "block2.0.weight",
+        "fc.weight",
+        "fc.bias",
+    ]
 
 
 def test_third_party_schedule_policy(acme_catalog):
@@ -470,9 +526,13 @@ def test_third_party_garbage_is_a_plan_error_naming_policy_and_plugin(acme_catal
     with pytest.raises(PlanError) as info:
         zoo.plan(model, "garbage")
     assert str(info.value).startswith(
-        "policy 'acme:garbage' (plugin acme (acme-zoo 1.2)): returned int 42;")
-    with pytest.raises(PlanError, match=r"policy 'acme:typo' \(plugin acme .*unknown parameter "
-                                        r"name.*'fc\.wieght'.*did you mean 'fc\.weight'"):
+        "policy 'acme:garbage' (plugin acme (acme-zoo 1.2)): returned int 42;"
+    )
+    with pytest.raises(
+        PlanError,
+        match=r"policy 'acme:typo' \(plugin acme .*unknown parameter "
+        r"name.*'fc\.wieght'.*did you mean 'fc\.weight'",
+    ):
         zoo.plan(model, "typo")
     assert main(["plan", "acmenet", "--policy", "garbage"]) == 1
 

@@ -23,8 +23,15 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     make_color_folder(root / "train", per_class=8, seed=0)
     make_color_folder(root / "test", per_class=2, seed=5)
-    model, history = zoo.adapt("timm:test_resnet", root / "train", policy="linear-probe",
-                               epochs=15, image_size=32, batch_size=8, lr=5e-2)
+    model, history = zoo.adapt(
+        "timm:test_resnet",
+        root / "train",
+        policy="linear-probe",
+        epochs=15,
+        image_size=32,
+        batch_size=8,
+        lr=5e-2,
+    )
     path = zoo.save(model, root / "colours.safetensors")
     return root, path, history
 

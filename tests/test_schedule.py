@@ -72,8 +72,9 @@ def test_gradual_on_resnet18_adds_groups_at_the_right_epochs():
         groups_at[epoch] = len(opt.param_groups)
         if epoch in (2, 4):
             assert step.unfrozen == tuple(milestones[epoch]) and step.added_groups == 2
-            assert {table[n].depth for n in step.unfrozen} == {stages["stage.4"]
-                                                               if epoch == 2 else stages["stage.3"]}
+            assert {table[n].depth for n in step.unfrozen} == {
+                stages["stage.4"] if epoch == 2 else stages["stage.3"]
+            }
         else:
             assert not step.changed and step.added_groups == 0
     assert groups_at == {0: 2, 1: 2, 2: 4, 3: 4, 4: 6}
@@ -92,8 +93,12 @@ def test_look_ahead_without_touching_the_model():
     assert driver.trainable_at(0) == ["fc.weight", "fc.bias"]
     assert driver.unfrozen_at(0) == ["fc.weight", "fc.bias"]
     assert driver.unfrozen_at(1) == []
-    assert driver.unfrozen_at(3) == ["blocks.2.0.weight", "blocks.2.0.bias", "blocks.2.1.weight",
-                                     "blocks.2.1.bias"]
+    assert driver.unfrozen_at(3) == [
+        "blocks.2.0.weight",
+        "blocks.2.0.bias",
+        "blocks.2.1.weight",
+        "blocks.2.1.bias",
+    ]
     assert sorted(driver.milestones(100)) == [3, 6, 9, 12]
     assert all(p.requires_grad for p in model.parameters())  # nothing applied yet
     assert not hasattr(model, "zoo_plan")
@@ -118,8 +123,9 @@ def test_attach_to_a_user_optimizer_and_scheduler():
     model = Net()
     driver = ScheduleDriver(model, "gradual")
     driver.step(0)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1,
-                          momentum=0.9, weight_decay=1e-3)
+    opt = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9, weight_decay=1e-3
+    )
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     driver.attach(opt, scheduler=sched)
     fit(model, opt)

@@ -27,10 +27,21 @@ def render(renderable, width: int = 120) -> str:
 
 def small_table() -> ParamTable:
     rows = [
-        ParamInfo("conv.weight", "conv", "Conv2d", "weight", (8, 3, 3, 3), 216, "float32",
-                  "stem", 0),
-        ParamInfo("blocks.0.weight", "blocks.0", "Linear", "weight", (8, 8), 64, "float32",
-                  "stage.1", 1, trainable=False),
+        ParamInfo(
+            "conv.weight", "conv", "Conv2d", "weight", (8, 3, 3, 3), 216, "float32", "stem", 0
+        ),
+        ParamInfo(
+            "blocks.0.weight",
+            "blocks.0",
+            "Linear",
+            "weight",
+            (8, 8),
+            64,
+            "float32",
+            "stage.1",
+            1,
+            trainable=False,
+        ),
         ParamInfo("fc.weight", "fc", "Linear", "head", (2, 8), 16, "float32", "head", 2),
         ParamInfo("fc.bias", "fc", "Linear", "head", (2,), 2, "float32", "head", 2),
     ]
@@ -62,13 +73,23 @@ def test_header_names_model_and_totals():
 
 
 def test_rows_and_norms_tables_one_line_each():
-    table = zoo.params(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
-                                     nn.Linear(4, 2)))
+    table = zoo.params(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    )
     text = render(rows_table(table), width=40)  # narrower than a row: lines are not squeezed
     lines = text.splitlines()
     assert len(lines) == 1 + len(table)
-    assert lines[1].split() == ["0.weight", "0", "stem", "weight", "Conv2d", "4x3x3x3", "108",
-                                "float32", "yes"]
+    assert lines[1].split() == [
+        "0.weight",
+        "0",
+        "stem",
+        "weight",
+        "Conv2d",
+        "4x3x3x3",
+        "108",
+        "float32",
+        "yes",
+    ]
     norms = render(norms_table(table)).splitlines()
     assert norms[1].split() == ["1", "BatchNorm2d", "0", "stem", "yes", "weight,", "bias"]
 
@@ -125,19 +146,25 @@ def test_show_rejects_negative_num_classes(capsys):
 class OtherPlugin:
     @zoo.hookimpl
     def zoo_register_backbones(self, register):
-        register(BackboneSpec(
-            name="mlp3",
-            create=lambda num_classes=None, pretrained=False: nn.Sequential(
-                nn.Linear(6, 6), nn.LayerNorm(6), nn.Linear(6, 6), nn.Linear(6, num_classes or 3)
-            ),
-            summary="a three-layer MLP",
-        ))
+        register(
+            BackboneSpec(
+                name="mlp3",
+                create=lambda num_classes=None, pretrained=False: nn.Sequential(
+                    nn.Linear(6, 6),
+                    nn.LayerNorm(6),
+                    nn.Linear(6, 6),
+                    nn.Linear(6, num_classes or 3),
+                ),
+                summary="a three-layer MLP",
+            )
+        )
 
 
 @pytest.fixture
 def other_catalog():
-    previous = set_catalog(Catalog(make_plugin_host(autoload=False, builtins=False,
-                                                    extra={"other": OtherPlugin()})))
+    previous = set_catalog(
+        Catalog(make_plugin_host(autoload=False, builtins=False, extra={"other": OtherPlugin()}))
+    )
     try:
         yield
     finally:
@@ -151,5 +178,7 @@ def test_show_a_plugin_backbone(other_catalog, capsys):
     assert "grouped by generic" in out
     assert "1 LayerNorm" in out
     assert [line.split()[1] for line in out.splitlines() if line[:6].strip().isdigit()] == [
-        "stem", "stage.1", "head"
+        "stem",
+        "stage.1",
+        "head",
     ]

@@ -20,21 +20,38 @@ from zoo.io import store
 from zoo.io.metadata import FORMAT_VERSION, ZooMetadata
 
 
-def make_entry(name: str, *, kind: str = "full", base: dict | None = None,
-               classes: list[str] | None = None, backbone: str = "tinyplug:tiny",
-               **extra_md: str) -> Path:
+def make_entry(
+    name: str,
+    *,
+    kind: str = "full",
+    base: dict | None = None,
+    classes: list[str] | None = None,
+    backbone: str = "tinyplug:tiny",
+    **extra_md: str,
+) -> Path:
     """A store entry written directly (no model needed): a tiny zoo file with real metadata."""
     build = {"backbone": backbone, "tag": None, "num_classes": 2, "kwargs": {}}
     meta = ZooMetadata(
-        format_version=FORMAT_VERSION, kind=kind, backbone=backbone, build=build,
-        num_classes=2, classes=classes, trained=["fc.weight"], num_params=10,
-        num_trained_params=4, base=base, created="2026-01-02T03:04:05+00:00",
+        format_version=FORMAT_VERSION,
+        kind=kind,
+        backbone=backbone,
+        build=build,
+        num_classes=2,
+        classes=classes,
+        trained=["fc.weight"],
+        num_params=10,
+        num_trained_params=4,
+        base=base,
+        created="2026-01-02T03:04:05+00:00",
         state_sha256="0" * 64 if kind == "delta" else None,
     )
     folder = store.models_dir() / name
     folder.mkdir(parents=True, exist_ok=True)
-    return write_file(folder / store.MODEL_FILE, {"fc.weight": torch.ones(2, 2)},
-                      {**meta.to_metadata(), **extra_md})
+    return write_file(
+        folder / store.MODEL_FILE,
+        {"fc.weight": torch.ones(2, 2)},
+        {**meta.to_metadata(), **extra_md},
+    )
 
 
 # ---------------------------------------------------------------- locations
@@ -252,8 +269,9 @@ def test_gc_removes_leftovers_but_not_a_save_in_progress():
     busy.write_bytes(b"z")
     with store.locked("dogs"):  # as a concurrent save would hold it
         dry = store.gc(dry_run=True)
-        assert leftover_file.exists() and sorted(dry.removed) == sorted([leftover_file,
-                                                                          leftover_dir])
+        assert leftover_file.exists() and sorted(dry.removed) == sorted(
+            [leftover_file, leftover_dir]
+        )
         result = store.gc()
     assert sorted(result.removed) == sorted([leftover_file, leftover_dir])
     assert result.freed == 15

@@ -47,8 +47,9 @@ def test_warm_zoo_show_imports_neither_torch_nor_timm(monkeypatch, capsys):
         "main(['show', 'timm:resnet18', '--json']); "
         "print(json.dumps(['torch' in sys.modules, 'timm' in sys.modules]))"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
     *document, flags = result.stdout.strip().splitlines()
     assert json.loads(flags) == [False, False]
     assert json.loads("\n".join(document)) == expected

@@ -24,8 +24,18 @@ def test_fast_config_reader_agrees_with_timms_public_function():
         fast, public = read(name), get_pretrained_cfg(name)
         assert (fast is None) == (public is None), name
         if fast is not None:
-            used = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode",
-                    "classifier", "num_classes", "paper_name", "description")
+            used = (
+                "input_size",
+                "mean",
+                "std",
+                "interpolation",
+                "crop_pct",
+                "crop_mode",
+                "classifier",
+                "num_classes",
+                "paper_name",
+                "description",
+            )
             assert [getattr(fast, f) for f in used] == [getattr(public, f) for f in used], name
 
 

@@ -58,8 +58,11 @@ def empty_torch_hub(tmp_path, monkeypatch):
 
 
 def test_discovered_through_its_entry_point(catalog):
-    eps = [ep for ep in importlib_metadata.entry_points(group="zoo.plugins")
-           if ep.name == "torchvision"]
+    eps = [
+        ep
+        for ep in importlib_metadata.entry_points(group="zoo.plugins")
+        if ep.name == "torchvision"
+    ]
     assert [ep.value for ep in eps] == ["zoo_torchvision.plugin"]
     record = catalog.host.records["torchvision"]
     assert record.ok, record.errors
@@ -89,6 +92,7 @@ def test_listing_builds_no_model(monkeypatch):
 
     built = []
     for name, builder in list(tv_api.BUILTIN_MODELS.items()):
+
         @functools.wraps(builder)
         def record(*args, _name=name, **kwargs):
             built.append(_name)
@@ -196,8 +200,9 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_every_family_has_a_model_in_the_table_below():
-    families = {tvm.get_model_builder(n).__module__.rpartition(".")[2]
-                for n in tvm.list_models(module=tvm)}
+    families = {
+        tvm.get_model_builder(n).__module__.rpartition(".")[2] for n in tvm.list_models(module=tvm)
+    }
     assert families == set(FAMILY_MODELS) == set(FAMILIES)
 
 

@@ -131,7 +131,11 @@ def create(
     """
 
     return create_model(
-        get_catalog(), name, num_classes=num_classes, pretrained=pretrained, weights=weights,
+        get_catalog(),
+        name,
+        num_classes=num_classes,
+        pretrained=pretrained,
+        weights=weights,
         **kwargs,
     )
 

@@ -262,8 +262,9 @@ def check_plugin(
     return report
 
 
-def _catalog_for(plugin: str | object, catalog: Catalog | None, name: str | None
-                 ) -> tuple[Catalog, str]:
+def _catalog_for(
+    plugin: str | object, catalog: Catalog | None, name: str | None
+) -> tuple[Catalog, str]:
     if isinstance(plugin, str):
         if catalog is None:
             from zoo.core.catalog import get_catalog
@@ -296,8 +297,9 @@ def _check_loaded(report: PluginReport, record: PluginRecord) -> None:
     )
 
 
-def _check_backbone(report: PluginReport, catalog: Catalog, spec: BackboneSpec, *,
-                    forward: bool) -> ParamTable | None:
+def _check_backbone(
+    report: PluginReport, catalog: Catalog, spec: BackboneSpec, *, forward: bool
+) -> ParamTable | None:
     import zoo
     from zoo.tables.build import build_meta
 
@@ -308,8 +310,11 @@ def _check_backbone(report: PluginReport, catalog: Catalog, spec: BackboneSpec, 
         report.add(f"{name} builds on the meta device", False, _describe(exc))
         return None
     n_params = sum(1 for _ in model.parameters())
-    report.add(f"{name} builds on the meta device", True, f"{type(model).__name__}, "
-               f"{n_params} parameter tensors")
+    report.add(
+        f"{name} builds on the meta device",
+        True,
+        f"{type(model).__name__}, {n_params} parameter tensors",
+    )
     try:
         table = zoo.params(model)
     except Exception as exc:
@@ -319,7 +324,8 @@ def _check_backbone(report: PluginReport, catalog: Catalog, spec: BackboneSpec, 
     report.add(
         f"{name} has a parameter table",
         not problems,
-        "; ".join(problems) or f"{len(table)} rows, groups {', '.join(table.groups)} "
+        "; ".join(problems)
+        or f"{len(table)} rows, groups {', '.join(table.groups)} "
         f"(grouped by {table.grouped_by or '?'})",
     )
     _check_metadata(report, catalog, model, spec)
@@ -340,8 +346,7 @@ def _table_problems(model: Any, table: ParamTable) -> list[str]:
     return problems
 
 
-def _check_metadata(report: PluginReport, catalog: Catalog, model: Any, spec: BackboneSpec
-                    ) -> None:
+def _check_metadata(report: PluginReport, catalog: Catalog, model: Any, spec: BackboneSpec) -> None:
     plugin = report.plugin
     if "zoo_extra_metadata" not in catalog.host.records[plugin].hooks:
         return
@@ -359,7 +364,8 @@ def _check_metadata(report: PluginReport, catalog: Catalog, model: Any, spec: Ba
             report.add(check, False, f"returned {type(answer).__name__}, not a mapping")
             continue
         bad = [
-            repr(k) for k, v in answer.items()
+            repr(k)
+            for k, v in answer.items()
             if not (isinstance(k, str) and k.startswith(f"{plugin}.") and isinstance(v, str))
         ]
         report.add(
@@ -409,25 +415,37 @@ def _fallback_table(report: PluginReport) -> ParamTable | None:
         return nn.Sequential(nn.Conv2d(channels_in, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
 
     try:
-        model = nn.Sequential(OrderedDict(
-            stem=stage(3), stage1=stage(8), stage2=stage(8), stage3=stage(8),
-            pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(8, FORWARD_CLASSES),
-        ))
+        model = nn.Sequential(
+            OrderedDict(
+                stem=stage(3),
+                stage1=stage(8),
+                stage2=stage(8),
+                stage3=stage(8),
+                pool=nn.AdaptiveAvgPool2d(1),
+                flatten=nn.Flatten(),
+                fc=nn.Linear(8, FORWARD_CLASSES),
+            )
+        )
         return describe(model)
     except Exception as exc:
         report.add("policies can be planned on a small CNN", False, _describe(exc))
         return None
 
 
-def _check_policy(report: PluginReport, spec: PolicySpec, table: ParamTable,
-                  args: Mapping[str, Any]) -> None:
+def _check_policy(
+    report: PluginReport, spec: PolicySpec, table: ParamTable, args: Mapping[str, Any]
+) -> None:
     import zoo
 
     label = f"policy {spec.qualified_name} plans {table.backbone or 'a small CNN'}"
     required = [a.name for a in spec.args if a.required and a.name not in args]
     if required:
-        report.add(label, True, f"needs argument(s) {', '.join(required)}: pass "
-                   f"policy_args={{{spec.name!r}: {{...}}}}", skipped=True)
+        report.add(
+            label,
+            True,
+            f"needs argument(s) {', '.join(required)}: pass policy_args={{{spec.name!r}: {{...}}}}",
+            skipped=True,
+        )
         return
     epochs = [0, 1] if spec.schedule else [None]
     for epoch in epochs:

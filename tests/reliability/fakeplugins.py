@@ -60,8 +60,13 @@ TINY_BACKBONE = """
                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes or 3))
 """
 
-GOOD = FakeDist("rel-good", "1.0", {"goodplug": "relfake_good"},
-                {"relfake_good": TINY_BACKBONE + """
+GOOD = FakeDist(
+    "rel-good",
+    "1.0",
+    {"goodplug": "relfake_good"},
+    {
+        "relfake_good": TINY_BACKBONE
+        + """
     @zoo.hookimpl
     def zoo_register_backbones(register):
         register(zoo.BackboneSpec(name="goodnet", create=build, head="5",
@@ -71,10 +76,16 @@ GOOD = FakeDist("rel-good", "1.0", {"goodplug": "relfake_good"},
     def zoo_register_policies(register):
         register(zoo.PolicySpec(name="head-only", plan=lambda table: table.names[-2:],
                                 summary="train the last two tensors"))
-"""})
+"""
+    },
+)
 
-BAD_POLICIES = FakeDist("rel-badpolicy", "3.1", {"badpol": "relfake_badpolicy"},
-                        {"relfake_badpolicy": """
+BAD_POLICIES = FakeDist(
+    "rel-badpolicy",
+    "3.1",
+    {"badpol": "relfake_badpolicy"},
+    {
+        "relfake_badpolicy": """
     import zoo
 
     @zoo.hookimpl
@@ -82,44 +93,93 @@ BAD_POLICIES = FakeDist("rel-badpolicy", "3.1", {"badpol": "relfake_badpolicy"},
         register(zoo.PolicySpec(name="unknown-names", plan=lambda table: ["no.such.param"]))
         register(zoo.PolicySpec(name="garbage", plan=lambda table: 42))
         register(zoo.PolicySpec(name="exploding", plan=lambda table: 1 / 0))
-"""}, plugin="badpol")
+"""
+    },
+    plugin="badpol",
+)
 
 BROKEN = [
     GOOD,
     BAD_POLICIES,
-    FakeDist("rel-importfail", "2.0", {"needslib": "relfake_importerror"},
-             {"relfake_importerror": "import zoo\nraise ImportError('needs libfoo')\n"},
-             "failed to import 'relfake_importerror': ImportError: needs libfoo", "needslib"),
-    FakeDist("rel-syntax", "1.0", {"typo": "relfake_syntax"},
-             {"relfake_syntax": "import zoo\n\ndef zoo_register_backbones(register)\n    pass\n"},
-             "SyntaxError", "typo"),
-    FakeDist("rel-misspelled", "1.0", {"speller": "relfake_speller"}, {"relfake_speller": """
+    FakeDist(
+        "rel-importfail",
+        "2.0",
+        {"needslib": "relfake_importerror"},
+        {"relfake_importerror": "import zoo\nraise ImportError('needs libfoo')\n"},
+        "failed to import 'relfake_importerror': ImportError: needs libfoo",
+        "needslib",
+    ),
+    FakeDist(
+        "rel-syntax",
+        "1.0",
+        {"typo": "relfake_syntax"},
+        {"relfake_syntax": "import zoo\n\ndef zoo_register_backbones(register)\n    pass\n"},
+        "SyntaxError",
+        "typo",
+    ),
+    FakeDist(
+        "rel-misspelled",
+        "1.0",
+        {"speller": "relfake_speller"},
+        {
+            "relfake_speller": """
         import zoo
 
         @zoo.hookimpl
         def zoo_register_backbone(register):
             raise AssertionError("never called")
-    """}, "unknown hook 'zoo_register_backbone' (did you mean 'zoo_register_backbones'?)",
-             "speller"),
-    FakeDist("rel-badsig", "1.0", {"signature": "relfake_signature"}, {"relfake_signature": """
+    """
+        },
+        "unknown hook 'zoo_register_backbone' (did you mean 'zoo_register_backbones'?)",
+        "speller",
+    ),
+    FakeDist(
+        "rel-badsig",
+        "1.0",
+        {"signature": "relfake_signature"},
+        {
+            "relfake_signature": """
         import zoo
 
         @zoo.hookimpl
         def zoo_register_policies(registry):
             raise AssertionError("never called")
-    """}, "invalid plugin", "signature"),
-    FakeDist("rel-raising", "1.0", {"raiser": "relfake_raiser"}, {"relfake_raiser": """
+    """
+        },
+        "invalid plugin",
+        "signature",
+    ),
+    FakeDist(
+        "rel-raising",
+        "1.0",
+        {"raiser": "relfake_raiser"},
+        {
+            "relfake_raiser": """
         import zoo
 
         @zoo.hookimpl
         def zoo_register_backbones(register):
             raise RuntimeError("backbone registry exploded")
-    """}, "zoo_register_backbones raised RuntimeError: backbone registry exploded", "raiser"),
-    FakeDist("rel-exit-import", "1.0", {"quitter": "relfake_exit_import"},
-             {"relfake_exit_import": "import sys\nsys.exit(0)\n"},
-             "failed to import 'relfake_exit_import': SystemExit: 0", "quitter"),
-    FakeDist("rel-exit-hook", "1.0", {"exiter": "relfake_exit_hook"},
-             {"relfake_exit_hook": TINY_BACKBONE + """
+    """
+        },
+        "zoo_register_backbones raised RuntimeError: backbone registry exploded",
+        "raiser",
+    ),
+    FakeDist(
+        "rel-exit-import",
+        "1.0",
+        {"quitter": "relfake_exit_import"},
+        {"relfake_exit_import": "import sys\nsys.exit(0)\n"},
+        "failed to import 'relfake_exit_import': SystemExit: 0",
+        "quitter",
+    ),
+    FakeDist(
+        "rel-exit-hook",
+        "1.0",
+        {"exiter": "relfake_exit_hook"},
+        {
+            "relfake_exit_hook": TINY_BACKBONE
+            + """
     import sys
 
     @zoo.hookimpl
@@ -130,28 +190,55 @@ BROKEN = [
     @zoo.hookimpl
     def zoo_register_policies(register):
         raise SystemExit("policies: goodbye")
-"""}, "zoo_register_backbones raised SystemExit: 0", "exiter"),
-    FakeDist("rel-printer", "1.0", {"chatty": "relfake_printer"},
-             {"relfake_printer": TINY_BACKBONE + """
+"""
+        },
+        "zoo_register_backbones raised SystemExit: 0",
+        "exiter",
+    ),
+    FakeDist(
+        "rel-printer",
+        "1.0",
+        {"chatty": "relfake_printer"},
+        {
+            "relfake_printer": TINY_BACKBONE
+            + """
     print("chatty plugin: imported")
 
     @zoo.hookimpl
     def zoo_register_backbones(register):
         print("chatty plugin: registering", {"not": "json"})
         register(zoo.BackboneSpec(name="chattynet", create=build, summary="prints a lot"))
-"""}),
-    FakeDist("rel-twin-alpha", "1.0", {"twin": "relfake_twin_a"},
-             {"relfake_twin_a": TINY_BACKBONE + """
+"""
+        },
+    ),
+    FakeDist(
+        "rel-twin-alpha",
+        "1.0",
+        {"twin": "relfake_twin_a"},
+        {
+            "relfake_twin_a": TINY_BACKBONE
+            + """
     @zoo.hookimpl
     def zoo_register_backbones(register):
         register(zoo.BackboneSpec(name="twinnet", create=build, summary="from alpha"))
-"""}),
-    FakeDist("rel-twin-beta", "1.0", {"twin": "relfake_twin_b"},
-             {"relfake_twin_b": TINY_BACKBONE + """
+"""
+        },
+    ),
+    FakeDist(
+        "rel-twin-beta",
+        "1.0",
+        {"twin": "relfake_twin_b"},
+        {
+            "relfake_twin_b": TINY_BACKBONE
+            + """
     @zoo.hookimpl
     def zoo_register_backbones(register):
         register(zoo.BackboneSpec(name="twinnet", create=build, summary="from beta"))
-"""}, "plugin name 'twin' is already taken by rel-twin-alpha", "twin"),
+"""
+        },
+        "plugin name 'twin' is already taken by rel-twin-alpha",
+        "twin",
+    ),
 ]
 
 #: The broken ones: what ``zoo plugins`` must report, and under which name and distribution.
@@ -165,13 +252,20 @@ def install_all(site: Path) -> list[Path]:
 
 def environment(folders: list[Path], cache: Path) -> dict[str, str]:
     """The environment of a ``zoo`` subprocess that sees ``folders`` in this order."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("ZOO_DISABLE_PLUGIN_AUTOLOAD", "ZOO_STRICT_PLUGINS", "ZOO_DEBUG")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ZOO_DISABLE_PLUGIN_AUTOLOAD", "ZOO_STRICT_PLUGINS", "ZOO_DEBUG")
+    }
     paths = [str(f) for f in folders]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
-    env.update(PYTHONPATH=os.pathsep.join(paths), ZOO_CACHE_DIR=str(cache), COLUMNS="400",
-               HF_HUB_OFFLINE="1")
+    env.update(
+        PYTHONPATH=os.pathsep.join(paths),
+        ZOO_CACHE_DIR=str(cache),
+        COLUMNS="400",
+        HF_HUB_OFFLINE="1",
+    )
     return env
 
 
@@ -192,5 +286,6 @@ def many_backbones(count: int, *, version: str = "1.0") -> FakeDist:
             register(zoo.BackboneSpec(name=f"net{{i:06d}}", create=build, head="1",
                                       pretrained_tags=tags, summary=f"fake backbone {{i}}"))
     """
-    return FakeDist("rel-many", version, {"many": "relfake_many"}, {"relfake_many": source},
-                    plugin="many")
+    return FakeDist(
+        "rel-many", version, {"many": "relfake_many"}, {"relfake_many": source}, plugin="many"
+    )

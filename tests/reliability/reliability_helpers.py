@@ -35,11 +35,16 @@ BACKBONE = "rel:tiny"
 FORK = multiprocessing.get_context("fork")
 
 
-def build_tiny(num_classes: int | None = None, pretrained: bool | str = False,
-               width: int = 4) -> nn.Module:
+def build_tiny(
+    num_classes: int | None = None, pretrained: bool | str = False, width: int = 4
+) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, width, 3), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes or 3),
+        nn.Conv2d(3, width, 3),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, num_classes or 3),
     )
 
 
@@ -49,8 +54,14 @@ class TinyPlugin:
     @staticmethod
     @zoo.hookimpl
     def zoo_register_backbones(register: Callable[[Any], None]) -> None:
-        register(zoo.BackboneSpec(name="tiny", create=build_tiny, head="5",
-                                  summary="conv-bn-linear, for reliability tests"))
+        register(
+            zoo.BackboneSpec(
+                name="tiny",
+                create=build_tiny,
+                head="5",
+                summary="conv-bn-linear, for reliability tests",
+            )
+        )
 
 
 # ---------------------------------------------------------------- versions
@@ -105,9 +116,10 @@ def config_matches_model(name: str) -> bool:
     from zoo.io.fileformat import read_header
 
     config = json.loads((store.entry_dir(name) / store.CONFIG_FILE).read_text())
-    return config["zoo"]["content_sha256"] == read_header(store.model_file(name)).metadata[
-        "zoo.content_sha256"
-    ]
+    return (
+        config["zoo"]["content_sha256"]
+        == read_header(store.model_file(name)).metadata["zoo.content_sha256"]
+    )
 
 
 def tree_snapshot(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, str]:
@@ -134,8 +146,14 @@ def tree_snapshot(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, str]:
 
 #: The file-system operations a save goes through, where a fault can be injected.
 IO_POINTS: tuple[tuple[Any, str], ...] = (
-    (os, "open"), (os, "fsync"), (os, "replace"), (os, "rename"), (os, "chmod"),
-    (os, "mkdir"), (tempfile, "mkstemp"), (tempfile, "mkdtemp"),
+    (os, "open"),
+    (os, "fsync"),
+    (os, "replace"),
+    (os, "rename"),
+    (os, "chmod"),
+    (os, "mkdir"),
+    (tempfile, "mkstemp"),
+    (tempfile, "mkdtemp"),
 )
 
 

@@ -52,8 +52,16 @@ def zoo_command() -> list[str]:
 
 def run_parallel(commands: dict[str, tuple[list[str], dict[str, str]]]) -> dict[str, Run]:
     started = {
-        key: (args, subprocess.Popen([*zoo_command(), *args], env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        key: (
+            args,
+            subprocess.Popen(
+                [*zoo_command(), *args],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            ),
+        )
         for key, (args, env) in commands.items()
     }
     runs = {}
@@ -71,17 +79,21 @@ def runs(tmp_path_factory) -> dict[str, Run]:
     backward = fakeplugins.environment(list(reversed(folders)), root / "cache-backward")
     for env in (forward, backward):
         env["ZOO_HOME"] = str(root / "home")
-    cold = run_parallel({
-        "plugins --json": (["plugins", "--json"], forward),
-        "plugins --json (reversed)": (["plugins", "--json"], backward),
-    })
-    warm = run_parallel({
-        "list --json": (["list", "--json"], forward),
-        "list --json (reversed)": (["list", "--json"], backward),
-        "plugins": (["plugins"], forward),
-        "--strict list": (["--strict", "list", "*net"], forward),
-        "ZOO_STRICT_PLUGINS=1 plugins": (["plugins"], {**forward, "ZOO_STRICT_PLUGINS": "1"}),
-    })
+    cold = run_parallel(
+        {
+            "plugins --json": (["plugins", "--json"], forward),
+            "plugins --json (reversed)": (["plugins", "--json"], backward),
+        }
+    )
+    warm = run_parallel(
+        {
+            "list --json": (["list", "--json"], forward),
+            "list --json (reversed)": (["list", "--json"], backward),
+            "plugins": (["plugins"], forward),
+            "--strict list": (["--strict", "list", "*net"], forward),
+            "ZOO_STRICT_PLUGINS=1 plugins": (["plugins"], {**forward, "ZOO_STRICT_PLUGINS": "1"}),
+        }
+    )
     return {**cold, **warm}
 
 
@@ -165,8 +177,9 @@ def fake_catalog(tmp_path, monkeypatch):
     host = make_plugin_host(builtins=False, autoload=False)
     for source in discover_entry_points():
         if (source.distribution or "").startswith("rel-"):
-            host.add_module(source.name, source.value, distribution=source.distribution,
-                            version=source.version)
+            host.add_module(
+                source.name, source.value, distribution=source.distribution, version=source.version
+            )
     try:
         with installed_catalog(Catalog(host)) as catalog:
             yield catalog
@@ -175,13 +188,15 @@ def fake_catalog(tmp_path, monkeypatch):
             del sys.modules[name]
 
 
-@pytest.mark.parametrize(("policy", "problem"), [
-    ("badpol:unknown-names", "no.such.param"),
-    ("badpol:garbage", "returned int 42"),
-    ("badpol:exploding", "failed: ZeroDivisionError: division by zero"),
-])
-def test_a_bad_policy_is_a_plan_error_naming_plugin_and_distribution(fake_catalog, policy,
-                                                                     problem):
+@pytest.mark.parametrize(
+    ("policy", "problem"),
+    [
+        ("badpol:unknown-names", "no.such.param"),
+        ("badpol:garbage", "returned int 42"),
+        ("badpol:exploding", "failed: ZeroDivisionError: division by zero"),
+    ],
+)
+def test_a_bad_policy_is_a_plan_error_naming_plugin_and_distribution(fake_catalog, policy, problem):
     with pytest.raises(zoo.PlanError) as info:
         zoo.plan("goodplug:goodnet", policy)
     message = str(info.value)

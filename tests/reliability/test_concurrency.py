@@ -77,10 +77,12 @@ def test_writers_and_readers_of_one_name(tiny, lock_timeout, tmp_path):
     stop = FORK.Event()
     logs = [tmp_path / f"writer{i}.log" for i in range(WRITERS)]
     pipes = [FORK.Pipe() for _ in range(READERS)]
-    readers = [FORK.Process(target=_reader, args=(barrier, stop, child))
-               for _parent, child in pipes]
-    writers = [FORK.Process(target=_writer, args=(i + 1, barrier, str(logs[i])))
-               for i in range(WRITERS)]
+    readers = [
+        FORK.Process(target=_reader, args=(barrier, stop, child)) for _parent, child in pipes
+    ]
+    writers = [
+        FORK.Process(target=_writer, args=(i + 1, barrier, str(logs[i]))) for i in range(WRITERS)
+    ]
     for process in readers + writers:
         process.start()
     for process in writers:
@@ -108,8 +110,10 @@ def test_writers_and_readers_of_one_name(tiny, lock_timeout, tmp_path):
     assert set(store_listing()) == {"shared"} and temp_leftovers() == []
     assert sorted(os.listdir(store.entry_dir("shared"))) == ["config.json", "model.safetensors"]
     assert config_matches_model("shared")
-    print(f"\n{WRITERS} writers x {SAVES_PER_WRITER} saves, {READERS} readers: {len(loads)} "
-          f"loads, versions seen {sorted(set(loads))}, none torn; last writer {final} won")
+    print(
+        f"\n{WRITERS} writers x {SAVES_PER_WRITER} saves, {READERS} readers: {len(loads)} "
+        f"loads, versions seen {sorted(set(loads))}, none torn; last writer {final} won"
+    )
 
 
 def _save_while_locked(conn) -> None:
@@ -135,7 +139,9 @@ def test_a_lock_held_elsewhere_times_out_naming_the_lock(tiny):
         cli = subprocess.run(
             [sys.executable, "-m", "zoo.cli.main", "rm", "held"],
             env={**os.environ, "ZOO_LOCK_TIMEOUT": "0.5"},
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert kind == "LockTimeoutError" and issubclass(zoo.LockTimeoutError, zoo.ZooError)
     assert str(lock) in message and "timed out after 0.5s" in message

@@ -36,12 +36,18 @@ def examples(n: int) -> settings:
     )
 
 
-json_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | \
-    st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 small_ints = st.integers(-2, 12)
@@ -120,21 +126,51 @@ def saved_tiny(tiny, tmp_path) -> Path:
 
 zoo_keys = st.sampled_from(sorted(KEYS))
 #: The zoo keys whose values are JSON objects (most places for nested garbage).
-object_keys = st.sampled_from(["zoo.build", "zoo.input_config", "zoo.policy_args", "zoo.plan",
-                               "zoo.base", "zoo.plugins", "zoo.timm_config"])
+object_keys = st.sampled_from(
+    [
+        "zoo.build",
+        "zoo.input_config",
+        "zoo.policy_args",
+        "zoo.plan",
+        "zoo.base",
+        "zoo.plugins",
+        "zoo.timm_config",
+    ]
+)
 #: Keys found inside zoo's JSON values (input config, build, base, plan): garbage under a known
 #: key reaches deeper checks than garbage under a random one.
-inner_keys = st.sampled_from([
-    "input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode", "backbone", "tag",
-    "num_classes", "kwargs", "kind", "ref", "sha256", "params", "norms", "policy", "args",
-])
-zoo_values = st.text(max_size=12) | json_values.map(json.dumps) | \
-    st.dictionaries(inner_keys, json_values, max_size=3).map(json.dumps)
+inner_keys = st.sampled_from(
+    [
+        "input_size",
+        "mean",
+        "std",
+        "interpolation",
+        "crop_pct",
+        "crop_mode",
+        "backbone",
+        "tag",
+        "num_classes",
+        "kwargs",
+        "kind",
+        "ref",
+        "sha256",
+        "params",
+        "norms",
+        "policy",
+        "args",
+    ]
+)
+zoo_values = (
+    st.text(max_size=12)
+    | json_values.map(json.dumps)
+    | st.dictionaries(inner_keys, json_values, max_size=3).map(json.dumps)
+)
 
 
 @examples(60)
-@given(changes=st.dictionaries(object_keys | zoo_keys | st.text(max_size=6), zoo_values,
-                               max_size=3))
+@given(
+    changes=st.dictionaries(object_keys | zoo_keys | st.text(max_size=6), zoo_values, max_size=3)
+)
 @example(changes={"zoo.input_config": '{"input_size": "abc"}'})  # found by this test
 @example(changes={"zoo.input_config": '{"mean": 5}'})
 def test_resealed_random_zoo_metadata_loads_or_raises_a_zoo_error(saved_tiny, changes):
@@ -153,8 +189,9 @@ def test_resealed_random_zoo_metadata_loads_or_raises_a_zoo_error(saved_tiny, ch
 
 
 @examples(100)
-@given(flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 255)), min_size=1,
-                      max_size=3))
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 255)), min_size=1, max_size=3)
+)
 def test_random_byte_flips_are_refused_or_change_nothing(saved_tiny, flips):
     original = saved_tiny.read_bytes()
     data = bytearray(original)

@@ -80,8 +80,11 @@ def kill_points(events: list[str]) -> list[int]:
     for i, event in enumerate(events):
         if not event.startswith("before "):
             continue
-        if event == "before write" and events[i - 2:i - 1] == ["before write"] and \
-                events[i + 2:i + 3] == ["before write"]:
+        if (
+            event == "before write"
+            and events[i - 2 : i - 1] == ["before write"]
+            and events[i + 2 : i + 3] == ["before write"]
+        ):
             continue  # a write in the middle of a run: the same state as its neighbours
         points.append(i + 1)
     return [*points, len(events)]
@@ -211,8 +214,9 @@ def _save_with_file_size_limit(limit: int, ignore_signal: bool, name: str, conn)
 
 def save_under_limit(limit: int, ignore_signal: bool, name: str) -> tuple[int, tuple | None]:
     parent, child = FORK.Pipe()
-    process = FORK.Process(target=_save_with_file_size_limit,
-                           args=(limit, ignore_signal, name, child))
+    process = FORK.Process(
+        target=_save_with_file_size_limit, args=(limit, ignore_signal, name, child)
+    )
     process.start()
     process.join(30)
     assert process.exitcode is not None, "the saving process hung"

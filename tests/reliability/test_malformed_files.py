@@ -59,17 +59,25 @@ def guards(monkeypatch: pytest.MonkeyPatch) -> Guards:
 
         return unpickler
 
-    for module, attr in [(torch, "load"), (torch.serialization, "load"), (pickle, "load"),
-                         (pickle, "loads"), (pickle, "Unpickler"), (numpy, "load")]:
+    for module, attr in [
+        (torch, "load"),
+        (torch.serialization, "load"),
+        (pickle, "load"),
+        (pickle, "loads"),
+        (pickle, "Unpickler"),
+        (numpy, "load"),
+    ]:
         monkeypatch.setattr(module, attr, refuse(f"{module.__name__}.{attr}"))
 
     real_empty = torch.empty
 
     def empty(*size: Any, **kwargs: Any) -> torch.Tensor:
-        dims = size[0] if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) \
-            else size
-        itemsize = torch.tensor([], dtype=kwargs.get("dtype") or torch.get_default_dtype()
-                                ).element_size()
+        dims = (
+            size[0] if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
+        )
+        itemsize = torch.tensor(
+            [], dtype=kwargs.get("dtype") or torch.get_default_dtype()
+        ).element_size()
         seen.largest_tensor = max(seen.largest_tensor, math.prod(dims) * itemsize)
         return real_empty(*size, **kwargs)
 
@@ -82,8 +90,9 @@ def marker(tmp_path: Path) -> Path:
     return tmp_path / "UNPICKLED"
 
 
-def refuse_all(path: Path, problem: tuple[str, ...], *, trace: bool = True
-               ) -> list[tuple[str, float, int]]:
+def refuse_all(
+    path: Path, problem: tuple[str, ...], *, trace: bool = True
+) -> list[tuple[str, float, int]]:
     """Run every loader on ``path``; each must raise a ZooError naming the file and problem.
 
     Returns ``(loader, seconds, peak traced bytes)`` per loader (``trace=False``: 0 bytes, and

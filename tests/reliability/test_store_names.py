@@ -107,8 +107,7 @@ def test_zoo_rm_refuses_a_bad_name_with_its_rule(world, name):
     save_version_free = world / "a" / "b" / "home" / "models" / "good"
     save_version_free.mkdir(parents=True)
     before = tree_snapshot(world)
-    done = subprocess.run([*zoo_command(), "rm", name], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([*zoo_command(), "rm", name], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "error: invalid model name" in done.stderr and BAD_NAMES[name] in done.stderr
     assert tree_snapshot(world) == before
@@ -119,8 +118,10 @@ def test_case_only_twins_are_refused(tiny, world):
     before = tree_snapshot(world)
     for twin in ("cats", "CATS", "cAtS"):
         for overwrite in (False, True):
-            refused(lambda t=twin, o=overwrite: zoo.save(make_version(2), t, overwrite=o),
-                    "differs only in case from the existing entry 'Cats'")
+            refused(
+                lambda t=twin, o=overwrite: zoo.save(make_version(2), t, overwrite=o),
+                "differs only in case from the existing entry 'Cats'",
+            )
         with pytest.raises(zoo.ModelNotFoundError, match="did you mean 'Cats'"):
             zoo.load(twin)
     assert tree_snapshot(world) == before
@@ -142,13 +143,18 @@ def test_symlinks_leaving_the_store_are_never_followed(tiny, world):
     model = make_version(2)
     for name in ("evil", "ghost", "inner"):
         for overwrite in (False, True):
-            refused(lambda n=name, o=overwrite: zoo.save(model, n, overwrite=o),
-                    "outside the store", zoo.StoreError)
+            refused(
+                lambda n=name, o=overwrite: zoo.save(model, n, overwrite=o),
+                "outside the store",
+                zoo.StoreError,
+            )
         refused(lambda n=name: zoo.load(n), "outside the store", zoo.StoreError)
         refused(lambda n=name: zoo.inspect(n), "outside the store", zoo.StoreError)
     listed = {e.name: e for e in store.list_saved()}
-    assert all(not listed[n].ok and "outside the store" in listed[n].reason
-               for n in ("evil", "ghost", "inner"))
+    assert all(
+        not listed[n].ok and "outside the store" in listed[n].reason
+        for n in ("evil", "ghost", "inner")
+    )
     # a config.json link is replaced as a link: its target is never written through
     zoo.save(model, "cfg", overwrite=True)
     assert not (models / "cfg" / "config.json").is_symlink()

@@ -31,10 +31,10 @@ def rewrite_header(path: Path, target: Path, change: Callable[[dict], None], **d
     """Copy ``path`` to ``target`` with its JSON header changed and the tensor bytes kept."""
     header = read_header(path)
     content = path.read_bytes()
-    doc = json.loads(content[8:header.data_start])
+    doc = json.loads(content[8 : header.data_start])
     change(doc)
     raw = json.dumps(doc, **dump).encode()
-    target.write_bytes(struct.pack("<Q", len(raw)) + raw + content[header.data_start:])
+    target.write_bytes(struct.pack("<Q", len(raw)) + raw + content[header.data_start :])
     return target
 
 
@@ -67,16 +67,18 @@ def test_every_metadata_value_changed_added_or_removed_is_detected(saved, tmp_pa
         def drop(doc: dict, k: str = key) -> None:
             del doc["__metadata__"][k]
 
-        removed = "seal is incomplete" if key in (TENSORS_HASH_KEY, CONTENT_HASH_KEY) \
+        removed = (
+            "seal is incomplete"
+            if key in (TENSORS_HASH_KEY, CONTENT_HASH_KEY)
             else "metadata changed"
+        )
         assert_tampered(rewrite_header(saved, tmp_path / "dropped.safetensors", drop), removed)
         tried += 2
 
     def add(doc: dict) -> None:
         doc["__metadata__"]["zoo.classes_extra"] = '["injected"]'
 
-    assert_tampered(rewrite_header(saved, tmp_path / "added.safetensors", add),
-                    "metadata changed")
+    assert_tampered(rewrite_header(saved, tmp_path / "added.safetensors", add), "metadata changed")
     assert tried + 1 >= 41
 
 
@@ -97,6 +99,7 @@ def test_every_tensor_byte_change_is_detected(saved, tmp_path):
 
 def test_reformatting_the_header_is_not_tampering(saved, tmp_path):
     """The seal covers content, not layout: reordered keys and indentation still verify."""
+
     def reorder(doc: dict) -> None:
         items = list(doc.items())
         doc.clear()
@@ -124,9 +127,10 @@ def test_a_delta_refuses_a_replaced_store_base_naming_both_hashes(tiny):
         save_version(2, "base")
     found = read_file(zoo.io.store.model_file("base")).tensors_sha256
     assert recorded != found
-    for load in (lambda: zoo.load("child"),
-                 lambda: zoo.create(BACKBONE, num_classes=2,
-                                    weights=zoo.io.store.model_file("child"))):
+    for load in (
+        lambda: zoo.load("child"),
+        lambda: zoo.create(BACKBONE, num_classes=2, weights=zoo.io.store.model_file("child")),
+    ):
         with pytest.raises(zoo.BaseMismatchError) as info:
             load()
         assert hashes_in(str(info.value)) == {recorded, found}

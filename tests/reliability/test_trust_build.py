@@ -44,8 +44,12 @@ VIT = "timm:vit_tiny_patch16_224"
 # ---------------------------------------------------------------- helpers
 
 
-def rewrite(path: Path, change: Callable[[dict[str, str]], None], *,
-            tensors: Callable[[dict[str, torch.Tensor]], None] | None = None) -> Path:
+def rewrite(
+    path: Path,
+    change: Callable[[dict[str, str]], None],
+    *,
+    tensors: Callable[[dict[str, torch.Tensor]], None] | None = None,
+) -> Path:
     """Rewrite ``path``'s metadata with ``change`` and re-seal it (a valid seal)."""
     saved = read_file(path)
     metadata, state = dict(saved.metadata), dict(saved.tensors)
@@ -96,10 +100,15 @@ def no_io(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
         return refused
 
-    for module, attr in [(torch, "load"), (torch.serialization, "load"), (pickle, "load"),
-                         (pickle, "loads"), (pickle, "Unpickler"),
-                         (socket, "create_connection"),
-                         (timm_backbones, "ensure_weights_available")]:
+    for module, attr in [
+        (torch, "load"),
+        (torch.serialization, "load"),
+        (pickle, "load"),
+        (pickle, "loads"),
+        (pickle, "Unpickler"),
+        (socket, "create_connection"),
+        (timm_backbones, "ensure_weights_available"),
+    ]:
         monkeypatch.setattr(module, attr, refuse(f"{module.__name__}.{attr}"))
     return calls
 
@@ -191,8 +200,9 @@ def pretrained_delta(path: Path, backbone: str, kwargs: dict[str, Any]) -> Path:
 
     def to_delta(metadata: dict[str, str]) -> None:
         metadata["zoo.kind"] = "delta"
-        metadata["zoo.base"] = json.dumps({"kind": "pretrained", "ref": backbone,
-                                           "sha256": "0" * 64})
+        metadata["zoo.base"] = json.dumps(
+            {"kind": "pretrained", "ref": backbone, "sha256": "0" * 64}
+        )
         metadata["zoo.base_tensors"] = json.dumps(sorted(set(state) - head))
         metadata["zoo.state_sha256"] = hash_tensors(state)
         set_kwargs(kwargs)(metadata)
@@ -264,15 +274,17 @@ def test_a_deepened_architecture_is_stopped_while_it_is_built(tmp_path):
 # ---------------------------------------------------------------- plugins under test
 
 
-def build_valued(num_classes: int | None = None, pretrained: bool | str = False,
-                 width: int = 4) -> nn.Module:
+def build_valued(
+    num_classes: int | None = None, pretrained: bool | str = False, width: int = 4
+) -> nn.Module:
     """A constructor that reads a tensor value, so it cannot run on the meta device."""
     scale = int(torch.ones(1).item())
     return nn.Sequential(nn.Linear(8, width * scale), nn.Linear(width * scale, num_classes or 3))
 
 
-def build_sourced(num_classes: int | None = None, pretrained: bool | str = False,
-                  source_file: str | None = None) -> nn.Module:
+def build_sourced(
+    num_classes: int | None = None, pretrained: bool | str = False, source_file: str | None = None
+) -> nn.Module:
     return nn.Sequential(nn.Linear(4, 4), nn.Linear(4, num_classes or 3))
 
 
@@ -295,8 +307,11 @@ class TrustPlugin:
     @zoo.hookimpl
     def zoo_register_backbones(register: Callable[[Any], None]) -> None:
         register(zoo.BackboneSpec(name="valued", create=build_valued, head="1"))
-        register(zoo.BackboneSpec(name="sourced", create=build_sourced, head="1",
-                                  unsafe_kwargs=("source_*",)))
+        register(
+            zoo.BackboneSpec(
+                name="sourced", create=build_sourced, head="1", unsafe_kwargs=("source_*",)
+            )
+        )
         register(zoo.BackboneSpec(name="none", create=build_none))
         register(zoo.BackboneSpec(name="broken", create=build_broken))
         register(zoo.BackboneSpec(name="offline", create=build_offline))
@@ -304,9 +319,11 @@ class TrustPlugin:
 
 @pytest.fixture
 def trust() -> Iterator[Catalog]:
-    host = make_plugin_host(builtins=False, autoload=False,
-                            extra={PLUGIN_NAME: TinyPlugin, "trust": TrustPlugin,
-                                   "zoo": standard_policies})
+    host = make_plugin_host(
+        builtins=False,
+        autoload=False,
+        extra={PLUGIN_NAME: TinyPlugin, "trust": TrustPlugin, "zoo": standard_policies},
+    )
     with installed_catalog(Catalog(host)) as catalog:
         yield catalog
 
@@ -340,12 +357,15 @@ def test_plugins_declare_unsafe_arguments_that_files_may_not_pass(trust, tmp_pat
             loader(path)
 
 
-@pytest.mark.parametrize(("kwargs", "problem"), [
-    ({"x-y": 1}, "not a Python identifier"),
-    ({"width": json.loads("[" * 12 + "1" + "]" * 12)}, "nests deeper than 8"),
-    ({"width": list(range(20_000))}, "more than 10000 values"),
-    ({"width": "w" * 20_000}, "string over 10000"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"x-y": 1}, "not a Python identifier"),
+        ({"width": json.loads("[" * 12 + "1" + "]" * 12)}, "nests deeper than 8"),
+        ({"width": list(range(20_000))}, "more than 10000 values"),
+        ({"width": "w" * 20_000}, "string over 10000"),
+    ],
+)
 def test_odd_argument_names_and_values_are_refused(kwargs, problem, trust, tmp_path):
     path = zoo.save(zoo.create("rel:tiny", num_classes=2), tmp_path / "odd.safetensors")
     rewrite(path, set_kwargs(kwargs))
@@ -406,8 +426,10 @@ CONTRADICTIONS = {
 def test_metadata_contradicting_the_tensors_is_refused(key, tiny_file):
     assert zoo.load(tiny_file).zoo_classes == ["cat", "dog"]
     rewrite(tiny_file, CONTRADICTIONS[key])
-    for how, loader in {**loaders(), "load(trainable)":
-                        lambda p: zoo.load(p, trainable=True)}.items():
+    for how, loader in {
+        **loaders(),
+        "load(trainable)": lambda p: zoo.load(p, trainable=True),
+    }.items():
         with pytest.raises(CorruptFileError) as info:
             loader(tiny_file)
         message = str(info.value)
@@ -426,8 +448,14 @@ def test_a_backbone_from_a_missing_plugin_names_file_plugin_and_version(tiny_fil
     with pytest.raises(UnknownNameError) as info:
         zoo.load(tiny_file)
     message = str(info.value)
-    for part in (str(tiny_file), "'foo:bar'", "plugin 'foo' 1.2.3", "not installed",
-                 "rel, trust, zoo", "install the plugin"):
+    for part in (
+        str(tiny_file),
+        "'foo:bar'",
+        "plugin 'foo' 1.2.3",
+        "not installed",
+        "rel, trust, zoo",
+        "install the plugin",
+    ):
         assert part in message, message
     assert "did you mean" not in message
     notes = " ".join(zoo.inspect(tiny_file).notes)  # inspect still describes the metadata

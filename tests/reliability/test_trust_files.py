@@ -49,8 +49,13 @@ def readers(path: Path) -> dict[str, Callable[[], Any]]:
     }
 
 
-def assert_refused(outcomes: dict[str, Outcome], path: Path, *needles: str,
-                   error: str = "ZooError", only: tuple[str, ...] = ()) -> None:
+def assert_refused(
+    outcomes: dict[str, Outcome],
+    path: Path,
+    *needles: str,
+    error: str = "ZooError",
+    only: tuple[str, ...] = (),
+) -> None:
     for name, outcome in outcomes.items():
         assert outcome.raised("ZooError"), f"{name} on {path.name}: {outcome}"
         assert str(path) in outcome.message, f"{name}: {outcome.message}"
@@ -76,8 +81,12 @@ def test_special_files_are_refused_at_once_by_every_reader(warm, tmp_path):
     folder.mkdir()
     zero = tmp_path / "zero.safetensors"
     zero.symlink_to("/dev/zero")
-    cases = [(fifo, "a FIFO"), (folder, "is a directory"), (zero, "a character device"),
-             (Path("/dev/zero"), "character")]
+    cases = [
+        (fifo, "a FIFO"),
+        (folder, "is a directory"),
+        (zero, "a character device"),
+        (Path("/dev/zero"), "character"),
+    ]
     server = socket.socket(socket.AF_UNIX)
     sock = tmp_path / "s.safetensors"
     try:
@@ -90,8 +99,13 @@ def test_special_files_are_refused_at_once_by_every_reader(warm, tmp_path):
             outcomes = run_bounded(readers(path))
             # zoo.load/inspect resolve a path to a model file first; a path that is not a
             # regular file is no model there (ModelNotFoundError), also a ZooError
-            assert_refused(outcomes, path, kind, error="CorruptFileError",
-                           only=("read_header", "read_file", "zoo.create(weights=)"))
+            assert_refused(
+                outcomes,
+                path,
+                kind,
+                error="CorruptFileError",
+                only=("read_header", "read_file", "zoo.create(weights=)"),
+            )
     finally:
         server.close()
 
@@ -114,8 +128,14 @@ def test_a_sparse_terabyte_file_is_refused_before_allocating(warm, tmp_path):
     outcomes = run_bounded(readers(path))
     del outcomes["read_header"]
     # zoo.load refuses a plain (non-zoo) file from its header, before the size matters
-    assert_refused(outcomes, path, "1024.0 GiB", "of memory", "is available",
-                   only=("read_file", "zoo.inspect", "zoo.create(weights=)"))
+    assert_refused(
+        outcomes,
+        path,
+        "1024.0 GiB",
+        "of memory",
+        "is available",
+        only=("read_file", "zoo.inspect", "zoo.create(weights=)"),
+    )
 
 
 def test_an_allocation_that_fails_anyway_is_a_clear_error(warm, tmp_path):
@@ -149,8 +169,10 @@ SURROGATE_HEADERS: dict[str, tuple[str, str]] = {
     "reversed pair": ('{"\\udc00\\ud800": %s}', "tensor name"),
     "metadata key": ('{"__metadata__": {"\\uD800k": "v"}, "w": %s}', "__metadata__ key"),
     "metadata value": ('{"__metadata__": {"k": "v\\udbff"}, "w": %s}', "__metadata__['k']"),
-    "zoo value": ('{"__metadata__": {"zoo.classes": "[\\"\\ud834\\"]"}, "w": %s}',
-                  "__metadata__['zoo.classes']"),
+    "zoo value": (
+        '{"__metadata__": {"zoo.classes": "[\\"\\ud834\\"]"}, "w": %s}',
+        "__metadata__['zoo.classes']",
+    ),
 }
 
 
@@ -162,8 +184,9 @@ def test_a_lone_surrogate_anywhere_in_the_header_is_refused(warm, tmp_path, case
         parse_header(raw, 8 + len(raw) + 1, source="h")
     assert where in str(info.value)
     path = write_raw(tmp_path / "s.safetensors", None, b"x", raw=raw)
-    assert_refused(run_bounded(readers(path)), path, "lone UTF-16 surrogate", where,
-                   error="CorruptFileError")
+    assert_refused(
+        run_bounded(readers(path)), path, "lone UTF-16 surrogate", where, error="CorruptFileError"
+    )
 
 
 def test_paired_surrogates_and_escaped_backslashes_are_text(tmp_path):
@@ -180,27 +203,34 @@ def test_paired_surrogates_and_escaped_backslashes_are_text(tmp_path):
 def _rewrite(source: Path, target: Path, *, drop: tuple[str, ...], flip: bool) -> Path:
     header = read_header(source)
     content = bytearray(source.read_bytes())
-    doc = json.loads(content[8:header.data_start])
+    doc = json.loads(content[8 : header.data_start])
     for key in drop:
         del doc["__metadata__"][key]
     if flip:
         content[header.data_start + 3] ^= 0xFF
-    return write_raw(target, doc, bytes(content[header.data_start:]))
+    return write_raw(target, doc, bytes(content[header.data_start :]))
 
 
-@pytest.mark.parametrize("drop", [(TENSORS_HASH_KEY, CONTENT_HASH_KEY), (TENSORS_HASH_KEY,),
-                                  (CONTENT_HASH_KEY,)], ids=["both", "tensors", "content"])
+@pytest.mark.parametrize(
+    "drop",
+    [(TENSORS_HASH_KEY, CONTENT_HASH_KEY), (TENSORS_HASH_KEY,), (CONTENT_HASH_KEY,)],
+    ids=["both", "tensors", "content"],
+)
 def test_a_zoo_file_without_its_seal_is_refused_not_read_as_plain(warm, tmp_path, drop):
     saved = zoo.save(make_version(3), tmp_path / "model.safetensors", classes=["v3", "x"])
     for flip in (True, False):
         path = _rewrite(saved, tmp_path / f"stripped-{flip}.safetensors", drop=drop, flip=flip)
-        assert_refused(run_bounded(readers(path)), path, "seal is incomplete", *drop,
-                       error="TamperedFileError")
+        assert_refused(
+            run_bounded(readers(path)), path, "seal is incomplete", *drop, error="TamperedFileError"
+        )
 
 
 def test_a_plain_safetensors_file_still_reads_as_plain(tmp_path):
-    path = write_raw(tmp_path / "plain.safetensors",
-                     {"__metadata__": {"format": "pt", "other.key": "v"}, "w": _tensor()}, b"x")
+    path = write_raw(
+        tmp_path / "plain.safetensors",
+        {"__metadata__": {"format": "pt", "other.key": "v"}, "w": _tensor()},
+        b"x",
+    )
     saved = read_file(path)
     assert not saved.verified and saved.metadata == {"format": "pt", "other.key": "v"}
 
@@ -217,17 +247,26 @@ def _many_tensors(path: Path, count: int, *, escape_keys: bool = False) -> Path:
 
 @pytest.mark.parametrize("escape_keys", [False, True], ids=["plain", "escaped-keys"])
 def test_two_hundred_thousand_empty_tensors_are_refused_within_a_second(
-        warm, tmp_path, escape_keys):
+    warm, tmp_path, escape_keys
+):
     path = _many_tensors(tmp_path / "many.safetensors", 200_000, escape_keys=escape_keys)
-    assert_refused(run_bounded(readers(path)), path, f"more than {MAX_TENSORS} tensors",
-                   error="CorruptFileError",
-                   only=("read_header", "read_file", "zoo.create(weights=)"))
+    assert_refused(
+        run_bounded(readers(path)),
+        path,
+        f"more than {MAX_TENSORS} tensors",
+        error="CorruptFileError",
+        only=("read_header", "read_file", "zoo.create(weights=)"),
+    )
 
 
 def test_the_most_tensors_allowed_parse_within_a_second(tmp_path):
     path = _many_tensors(tmp_path / "most.safetensors", MAX_TENSORS)
-    outcomes = run_bounded({"read_header": lambda: len(read_header(path).entries),
-                            "read_file": lambda: len(read_file(path).tensors)})
+    outcomes = run_bounded(
+        {
+            "read_header": lambda: len(read_header(path).entries),
+            "read_file": lambda: len(read_file(path).tensors),
+        }
+    )
     for name, outcome in outcomes.items():
         assert outcome.error == [] and outcome.message == str(MAX_TENSORS), (name, outcome)
         assert outcome.seconds < QUICK, f"{name} took {outcome.seconds:.2f}s"

@@ -70,10 +70,16 @@ HOSTILE = [
     ("zoo.plan", json.dumps({"trainable": "5.weight"}), "list of strings"),
     ("zoo.plan", '{"trainable": ["5.weight"], "lr_scale": {"5.weight": 1e999}}', "out of range"),
     ("zoo.build", '{"backbone": "rel:tiny", "num_classes": 1e999, "kwargs": {}}', "out of range"),
-    ("zoo.build", '{"backbone": "rel:tiny", "num_classes": 2, "kwargs": {"w": -1e999}}',
-     "out of range"),
-    ("zoo.build", '{"backbone": "rel:tiny", "num_classes": 10000000000, "kwargs": {}}',
-     "num_classes"),
+    (
+        "zoo.build",
+        '{"backbone": "rel:tiny", "num_classes": 2, "kwargs": {"w": -1e999}}',
+        "out of range",
+    ),
+    (
+        "zoo.build",
+        '{"backbone": "rel:tiny", "num_classes": 10000000000, "kwargs": {}}',
+        "num_classes",
+    ),
     ("zoo.num_classes", HUGE, "401 digits"),
     ("zoo.num_classes", "1e999", "out of range"),
     ("zoo.num_classes", "2.5", "non-negative integer"),
@@ -105,8 +111,10 @@ def reseal(path: Path, **changes: str) -> None:
 @pytest.fixture
 def store_with_bad(tiny) -> dict[str, Path]:
     """Two good entries and one, ``bad``, to be made hostile."""
-    return {name: zoo.save(make_version(value), name)
-            for name, value in (("good", 1), ("bad", 2), ("other", 3))}
+    return {
+        name: zoo.save(make_version(value), name)
+        for name, value in (("good", 1), ("bad", 2), ("other", 3))
+    }
 
 
 @pytest.mark.parametrize(("key", "value", "fragment"), HOSTILE, ids=map(hostile_id, HOSTILE))
@@ -121,8 +129,9 @@ def test_a_hostile_value_is_refused_naming_file_and_key(store_with_bad, key, val
         message.encode("utf-8")  # printable as it is: no lone surrogate copied into it
 
 
-@pytest.mark.parametrize(("key", "value", "fragment"), HOSTILE[::4],
-                         ids=map(hostile_id, HOSTILE[::4]))
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"), HOSTILE[::4], ids=map(hostile_id, HOSTILE[::4])
+)
 def test_one_bad_entry_never_stops_the_store(store_with_bad, key, value, fragment):
     reseal(store_with_bad["bad"], **{key: value})
     listed = {e.name: e for e in store.list_saved()}
@@ -139,18 +148,21 @@ def test_one_bad_entry_never_stops_the_store(store_with_bad, key, value, fragmen
 
 def test_cli_json_stays_valid_with_a_non_finite_entry(store_with_bad):
     reseal(store_with_bad["bad"], **{"zoo.input_config": '{"mean": [1e999, 0, 0]}'})
-    models = subprocess.run([*zoo_command(), "models", "--json"], capture_output=True,
-                            text=True, timeout=120)
+    models = subprocess.run(
+        [*zoo_command(), "models", "--json"], capture_output=True, text=True, timeout=120
+    )
     assert models.returncode == 0, models.stderr
     entries = {e["name"]: e for e in json.loads(models.stdout)["models"]}
     assert not entries["bad"]["ok"] and "zoo.input_config" in entries["bad"]["reason"]
     assert entries["good"]["ok"]
-    bad = subprocess.run([*zoo_command(), "inspect", "bad", "--json"], capture_output=True,
-                         text=True, timeout=120)
+    bad = subprocess.run(
+        [*zoo_command(), "inspect", "bad", "--json"], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 1 and bad.stdout == ""
     assert "error:" in bad.stderr and "zoo.input_config" in bad.stderr
-    good = subprocess.run([*zoo_command(), "inspect", "good", "--json"], capture_output=True,
-                          text=True, timeout=120)
+    good = subprocess.run(
+        [*zoo_command(), "inspect", "good", "--json"], capture_output=True, text=True, timeout=120
+    )
     assert good.returncode == 0, good.stderr
     assert json.loads(good.stdout)["classes"] == ["v1", "other"]
 
@@ -194,8 +206,11 @@ def test_the_input_configs_of_every_installed_backbone_pass_the_check():
     interpolations, crop modes, crop_pct of every pretrained tag)."""
     from zoo.api import get_catalog
 
-    configs = [config for spec in get_catalog().backbones
-               for config in (spec.input_config, *spec.tag_input_configs.values())]
+    configs = [
+        config
+        for spec in get_catalog().backbones
+        for config in (spec.input_config, *spec.tag_input_configs.values())
+    ]
     assert len(configs) > 1000
     for config in configs:
         assert config.checked() == config
@@ -203,11 +218,16 @@ def test_the_input_configs_of_every_installed_backbone_pass_the_check():
 
 def test_plan_from_dict_refuses_non_finite_and_mistyped_fields():
     assert Plan.from_dict(Plan.from_dict(PLAN_OK).to_dict()) == Plan.from_dict(PLAN_OK)
-    for data in ({**PLAN_OK, "lr_scale": {"5.weight": float("inf")}},
-                 {**PLAN_OK, "lr_scale": {"5.weight": float("nan")}},
-                 {**PLAN_OK, "epoch": float("inf")}, {**PLAN_OK, "format": float("inf")},
-                 {"trainable": ["a", "a"]}, {"norms": {"frozen": ["bn"], "train": ["bn"]}},
-                 {**PLAN_OK, "notes": [1]}, [1]):
+    for data in (
+        {**PLAN_OK, "lr_scale": {"5.weight": float("inf")}},
+        {**PLAN_OK, "lr_scale": {"5.weight": float("nan")}},
+        {**PLAN_OK, "epoch": float("inf")},
+        {**PLAN_OK, "format": float("inf")},
+        {"trainable": ["a", "a"]},
+        {"norms": {"frozen": ["bn"], "train": ["bn"]}},
+        {**PLAN_OK, "notes": [1]},
+        [1],
+    ):
         with pytest.raises(zoo.PlanError):
             Plan.from_dict(data)  # type: ignore[arg-type]
 
@@ -242,8 +262,9 @@ def test_save_refuses_what_load_would_refuse_before_any_write(tiny, change, frag
     assert "; " in message  # followed by what to do
     message.encode("utf-8")
     after = sorted(p.relative_to(store.zoo_home()) for p in store.zoo_home().rglob("*"))
-    assert [p for p in after if p.parts[0] == "models"] == \
-        [p for p in before if p.parts[0] == "models"]
+    assert [p for p in after if p.parts[0] == "models"] == [
+        p for p in before if p.parts[0] == "models"
+    ]
 
 
 # ---------------------------------------------------------------- prediction
@@ -271,34 +292,76 @@ def test_predict_refuses_a_bad_input_config_and_non_finite_outputs(tiny):
 
 #: Text that may hold lone surrogates and control characters (hypothesis' default has neither).
 any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=6)
-wild_scalars = st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats() | \
-    any_text | st.sampled_from([0, 1, 3, 224, 0.5, 1.0, "bicubic", "center", "5.weight"])
+wild_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats()
+    | any_text
+    | st.sampled_from([0, 1, 3, 224, 0.5, 1.0, "bicubic", "center", "5.weight"])
+)
 wild_values = st.recursive(
     wild_scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=3),
     max_leaves=10,
 )
 #: Keys inside zoo's JSON values: garbage under a known key reaches the deeper checks.
-inner_keys = st.sampled_from([
-    "input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode", "backbone", "tag",
-    "num_classes", "kwargs", "kind", "ref", "sha256", "trainable", "frozen", "lr_scale",
-    "no_weight_decay", "norms", "policy", "args", "epoch", "notes", "format",
-])
+inner_keys = st.sampled_from(
+    [
+        "input_size",
+        "mean",
+        "std",
+        "interpolation",
+        "crop_pct",
+        "crop_mode",
+        "backbone",
+        "tag",
+        "num_classes",
+        "kwargs",
+        "kind",
+        "ref",
+        "sha256",
+        "trainable",
+        "frozen",
+        "lr_scale",
+        "no_weight_decay",
+        "norms",
+        "policy",
+        "args",
+        "epoch",
+        "notes",
+        "format",
+    ]
+)
 #: JSON text as anyone can write it: numbers out of float range, huge integers, escapes.
-wild_json = (wild_values | st.dictionaries(inner_keys, wild_values, max_size=3)).map(
-    json.dumps
-).map(lambda text: text.replace("Infinity", "1e999")) | st.sampled_from(
-    ["1e999", "-1e999", HUGE, "NaN", '"nan"', '["\\ud800"]', '{"mean": [1e400, 0, 0]}']
-) | any_text
+wild_json = (
+    (wild_values | st.dictionaries(inner_keys, wild_values, max_size=3))
+    .map(json.dumps)
+    .map(lambda text: text.replace("Infinity", "1e999"))
+    | st.sampled_from(
+        ["1e999", "-1e999", HUGE, "NaN", '"nan"', '["\\ud800"]', '{"mean": [1e400, 0, 0]}']
+    )
+    | any_text
+)
 
 
 def base_metadata() -> dict[str, str]:
     build = {"backbone": "rel:tiny", "tag": None, "num_classes": 2, "kwargs": {}}
     meta = ZooMetadata(
-        format_version=1, kind="full", backbone="rel:tiny", build=build, num_classes=2,
-        classes=["a", "b"], input_config=InputConfig().to_dict(), policy="zoo:x",
-        policy_args={"depth": 2}, plan=Plan.from_dict(PLAN_OK).to_dict(), num_params=10,
-        num_trained_params=4, plugins={"rel": "1.0"}, created="2026-01-02T03:04:05+00:00",
+        format_version=1,
+        kind="full",
+        backbone="rel:tiny",
+        build=build,
+        num_classes=2,
+        classes=["a", "b"],
+        input_config=InputConfig().to_dict(),
+        policy="zoo:x",
+        policy_args={"depth": 2},
+        plan=Plan.from_dict(PLAN_OK).to_dict(),
+        num_params=10,
+        num_trained_params=4,
+        plugins={"rel": "1.0"},
+        created="2026-01-02T03:04:05+00:00",
     )
     return {**meta.to_metadata(), "zoo.tensors_sha256": "0" * 64, "zoo.content_sha256": "0" * 64}
 

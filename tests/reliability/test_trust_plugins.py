@@ -37,8 +37,9 @@ def catalog_with() -> Iterator[Callable[..., Catalog]]:
     installed: list[Any] = []
 
     def make(**plugins: object) -> Catalog:
-        host = make_plugin_host(builtins=False, autoload=False,
-                                extra={PLUGIN_NAME: TinyPlugin, **plugins})
+        host = make_plugin_host(
+            builtins=False, autoload=False, extra={PLUGIN_NAME: TinyPlugin, **plugins}
+        )
         context = installed_catalog(Catalog(host))
         installed.append(context)
         return context.__enter__()
@@ -75,11 +76,11 @@ class ExitsAfterRegistering:
         raise SystemExit(0)
 
 
-@pytest.mark.parametrize("exc", [SystemExit(0), SystemExit("bye"), GeneratorExit(),
-                                 BaseException("odd")], ids=repr)
+@pytest.mark.parametrize(
+    "exc", [SystemExit(0), SystemExit("bye"), GeneratorExit(), BaseException("odd")], ids=repr
+)
 def test_a_hook_raising_any_base_exception_is_recorded_and_the_rest_work(catalog_with, exc):
-    catalog = catalog_with(bad=raiser(exc, "zoo_register_backbones"),
-                           exits=ExitsAfterRegistering)
+    catalog = catalog_with(bad=raiser(exc, "zoo_register_backbones"), exits=ExitsAfterRegistering)
     assert f"zoo_register_backbones raised {type(exc).__name__}" in errors(catalog, "bad")
     assert "zoo_register_backbones raised SystemExit: 0" in errors(catalog, "exits")
     assert catalog.list_backbones() == ["exits:before-exit", "rel:tiny"]
@@ -87,8 +88,11 @@ def test_a_hook_raising_any_base_exception_is_recorded_and_the_rest_work(catalog
 
 
 def test_keyboard_interrupt_is_not_swallowed():
-    host = make_plugin_host(builtins=False, autoload=False,
-                            extra={"ctrl-c": raiser(KeyboardInterrupt(), "zoo_register_policies")})
+    host = make_plugin_host(
+        builtins=False,
+        autoload=False,
+        extra={"ctrl-c": raiser(KeyboardInterrupt(), "zoo_register_policies")},
+    )
     with pytest.raises(KeyboardInterrupt):
         Catalog(host)
 
@@ -135,10 +139,15 @@ def test_wrappers_wrap_their_own_plugins_implementation(catalog_with):
     WrapsItsOwnRegistration.calls = []
     catalog = catalog_with(wrapping=WrapsItsOwnRegistration(), oldstyle=OldStyleWrapperOnly)
     assert WrapsItsOwnRegistration.calls == [
-        "wrapper before", "implementation", "wrapper after, inner returned []",
+        "wrapper before",
+        "implementation",
+        "wrapper after, inner returned []",
     ]
     assert catalog.list_backbones() == [
-        "oldstyle:old-style", "rel:tiny", "wrapping:from-impl", "wrapping:from-wrapper",
+        "oldstyle:old-style",
+        "rel:tiny",
+        "wrapping:from-impl",
+        "wrapping:from-wrapper",
     ]
     assert errors(catalog, "wrapping") == errors(catalog, "oldstyle") == ""
 
@@ -225,8 +234,11 @@ def metadata_plugin(answer: Callable[[], Any]) -> type:
 HOSTILE_METADATA = {
     "explodes": ExplodingMapping,
     "types": lambda: {"types.ok": "kept", "types.int": 3, 4: "x", "other.key": "y"},
-    "surrogate": lambda: {"surrogate.bad": "\ud800", "surrogate.k\udfff": "v",
-                          "surrogate.ok": "kept"},
+    "surrogate": lambda: {
+        "surrogate.bad": "\ud800",
+        "surrogate.k\udfff": "v",
+        "surrogate.ok": "kept",
+    },
     "huge": lambda: {"huge.blob": "x" * (EXTRA_METADATA_LIMIT + 1)},
     "many": lambda: {f"many.{i}": "" for i in range(EXTRA_METADATA_ENTRIES + 1)},
     "weird": lambda: {Weird("weird.sub"): Weird("kept as str"), Weird("other.x"): "no"},
@@ -234,10 +246,12 @@ HOSTILE_METADATA = {
 }
 
 
-def test_hostile_extra_metadata_is_refused_and_recorded_and_the_save_goes_on(catalog_with,
-                                                                             tmp_path):
-    catalog = catalog_with(**{name: metadata_plugin(answer)
-                              for name, answer in HOSTILE_METADATA.items()})
+def test_hostile_extra_metadata_is_refused_and_recorded_and_the_save_goes_on(
+    catalog_with, tmp_path
+):
+    catalog = catalog_with(
+        **{name: metadata_plugin(answer) for name, answer in HOSTILE_METADATA.items()}
+    )
     path = zoo.save(zoo.create("rel:tiny", num_classes=2), tmp_path / "m.safetensors")
     saved = {k: v for k, v in zoo.load(path).zoo_metadata.items() if not k.startswith("zoo.")}
     saved.pop("format", None)
@@ -264,8 +278,9 @@ MANY = 20_000  # above render_listing.PLAIN_ROWS: the plain-text and line-per-en
 
 
 def zoo_run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*zoo_command(), *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [*zoo_command(), *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -288,14 +303,28 @@ def test_a_plugin_with_many_backbones_lists_completely(many_env):
     assert same, "the listing from the cache prints differently from the fresh one"
     text = zoo_run(["list", "backbones"], many_env).stdout.splitlines()
     assert text[0] == f"Backbones ({len(names)})" and text[1].split() == [
-        "name", "pretrained", "input", "summary"]
+        "name",
+        "pretrained",
+        "input",
+        "summary",
+    ]
     assert text[3 + names.index("many:net000010")].split() == [
-        "many:net000010", "2", "224x224", "fake", "backbone", "10"]
-    tags = json.loads(zoo_run(["list", "many:net0000[12]*", "--pretrained", "--json"],
-                              many_env).stdout)["backbones"]
+        "many:net000010",
+        "2",
+        "224x224",
+        "fake",
+        "backbone",
+        "10",
+    ]
+    tags = json.loads(
+        zoo_run(["list", "many:net0000[12]*", "--pretrained", "--json"], many_env).stdout
+    )["backbones"]
     assert [t["qualified_name"] for t in tags] == [
-        "many:net000010.a1_in1k", "many:net000010.b2_in22k",
-        "many:net000020.a1_in1k", "many:net000020.b2_in22k"]
+        "many:net000010.a1_in1k",
+        "many:net000010.b2_in22k",
+        "many:net000020.a1_in1k",
+        "many:net000020.b2_in22k",
+    ]
 
 
 def test_zoo_show_of_one_name_reads_the_index_not_the_whole_listing(many_env):

@@ -65,16 +65,19 @@ def test_gc_never_follows_links_nor_reads_special_files(tiny, tmp_path):
     (inner / "escape").symlink_to(outside)
     before = sorted(p.name for p in outside.iterdir())
 
-    outcomes = run_bounded({"dry": lambda: store.gc(dry_run=True).to_dict(),
-                            "gc": lambda: store.gc().to_dict()})
+    outcomes = run_bounded(
+        {"dry": lambda: store.gc(dry_run=True).to_dict(), "gc": lambda: store.gc().to_dict()}
+    )
     for name, outcome in outcomes.items():
         assert outcome.error == [] and outcome.seconds < QUICK, (name, outcome)
     done = outcomes["gc"].value
-    assert sorted(done["removed"]) == sorted(map(str, [linked, models / ".zero.usr.zoo-tmp",
-                                                       inner]))
+    assert sorted(done["removed"]) == sorted(
+        map(str, [linked, models / ".zero.usr.zoo-tmp", inner])
+    )
     assert done["freed_bytes"] == 0 and done["skipped"] == []
-    assert sorted(done["repaired"]) == sorted(str(models / n / "config.json")
-                                              for n in ("fifo", "zero", "huge"))
+    assert sorted(done["repaired"]) == sorted(
+        str(models / n / "config.json") for n in ("fifo", "zero", "huge")
+    )
     assert sorted(p.name for p in outside.iterdir()) == before  # nothing followed
     assert Path("/usr/bin").is_dir()
     for name in ("fifo", "zero", "huge"):
@@ -126,8 +129,11 @@ def test_a_symlink_loop_is_a_broken_entry_never_a_crash(tiny):
     assert listed["good"].ok
     for name in ("loop", "inner"):
         assert not listed[name].ok and "cannot be resolved" in listed[name].reason
-        for call in (lambda n=name: zoo.load(n), lambda n=name: zoo.inspect(n),
-                     lambda n=name: zoo.save(make_version(2), n, overwrite=True)):
+        for call in (
+            lambda n=name: zoo.load(n),
+            lambda n=name: zoo.inspect(n),
+            lambda n=name: zoo.save(make_version(2), n, overwrite=True),
+        ):
             with pytest.raises(zoo.StoreError, match="cannot be resolved"):
                 call()
     assert store.gc().skipped == []
@@ -147,9 +153,13 @@ def test_odd_names_and_text_never_crash_the_cli(tiny):
     shutil.copytree(models / "good", models / "[bold]x")  # rich markup, shown as it is
     save_version(1, "marked", classes=["[/oops]", "[bold]b"])
     (models / "surrogate").mkdir()
-    write_raw(models / "surrogate" / "model.safetensors",
-              None, b"x", raw=b'{"__metadata__": {"zoo.format_version": "1\\ud800"}, '
-                             b'"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}')
+    write_raw(
+        models / "surrogate" / "model.safetensors",
+        None,
+        b"x",
+        raw=b'{"__metadata__": {"zoo.format_version": "1\\ud800"}, '
+        b'"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}',
+    )
     out = zoo_cli("models", check=0).stdout.decode()
     assert "\x1b" not in out and "\\x1b[31mALERT" in out and "caf\\udce9\\udcff" in out
     assert "lone UTF-16 surrogate" in out and "[bold]x" in out and "2: [/oops], [bold]b" in out
@@ -179,8 +189,10 @@ def test_case_twins_saved_at_once_serialise_and_one_is_refused(tiny, monkeypatch
     monkeypatch.setenv("ZOO_TEST_PAUSE_BEFORE_REPLACE", "0.5")  # both inside the save at once
     barrier = FORK.Barrier(2)
     pipes = [FORK.Pipe(duplex=False) for _ in range(2)]
-    children = [FORK.Process(target=_save_in_child, args=(name, barrier, writer))
-                for name, (_reader, writer) in zip(("Cats", "cats"), pipes, strict=True)]
+    children = [
+        FORK.Process(target=_save_in_child, args=(name, barrier, writer))
+        for name, (_reader, writer) in zip(("Cats", "cats"), pipes, strict=True)
+    ]
     for child in children:
         child.start()
     replies = [reader.recv() if reader.poll(60) else "hung" for reader, _writer in pipes]
@@ -212,8 +224,10 @@ def test_a_read_only_store_is_reported_and_never_half_removed(tiny, monkeypatch)
         models = store.models_dir()
         _nobody_store(monkeypatch)
         os.chmod(models, 0o555)  # nothing can be renamed or removed in it
-        outcomes = run_bounded({"rm b": lambda: cli("rm", "b"),
-                                "rm b --json": lambda: cli("rm", "b", "--json")}, user=NOBODY)
+        outcomes = run_bounded(
+            {"rm b": lambda: cli("rm", "b"), "rm b --json": lambda: cli("rm", "b", "--json")},
+            user=NOBODY,
+        )
         status, _out, err = outcomes["rm b"].value
         assert status == 1 and "cannot remove 'b': Permission denied" in err, outcomes
         assert "the entry is unchanged" in err

@@ -51,8 +51,9 @@ def _outcome(call: Callable[[], Any]) -> Outcome:
     try:
         value = call()
     except BaseException as exc:  # the child reports everything, even SystemExit
-        return Outcome([c.__name__ for c in type(exc).__mro__], str(exc),
-                       time.perf_counter() - start)
+        return Outcome(
+            [c.__name__ for c in type(exc).__mro__], str(exc), time.perf_counter() - start
+        )
     seconds = time.perf_counter() - start
     try:
         pickle.dumps(value)
@@ -71,8 +72,9 @@ def _child(calls: Mapping[str, Callable[[], Any]], writer: Any, user: int | None
     writer.close()
 
 
-def run_bounded(calls: Mapping[str, Callable[[], Any]], *, user: int | None = None
-                ) -> dict[str, Outcome]:
+def run_bounded(
+    calls: Mapping[str, Callable[[], Any]], *, user: int | None = None
+) -> dict[str, Outcome]:
     """Run ``calls`` one after the other in a forked child (as ``user`` when root); the child
     is killed and the test fails if they take more than :data:`HANG` seconds in all."""
     reader, writer = FORK.Pipe(duplex=False)
@@ -125,7 +127,12 @@ def open_tree() -> Iterator[Path]:
 def warm_up_cli() -> None:
     """Import everything ``zoo models``/``rm``/``gc`` need, so a child that dropped its
     privileges never has to read a module file it may not be allowed to read."""
-    for argv in (["models"], ["models", "--json"], ["gc", "--dry-run"], ["rm", "no-such"],
-                 ["rm", "no-such", "--json"]):
+    for argv in (
+        ["models"],
+        ["models", "--json"],
+        ["gc", "--dry-run"],
+        ["rm", "no-such"],
+        ["rm", "no-such", "--json"],
+    ):
         cli(*argv)
     sys.stdout.flush()

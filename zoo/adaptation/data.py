@@ -37,7 +37,16 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp",
+    ".bmp",
+    ".gif",
+    ".jpeg",
+    ".jpg",
+    ".pgm",
+    ".png",
+    ".ppm",
+    ".tif",
+    ".tiff",
+    ".webp",
 )
 OnCorrupt = Literal["skip", "error"]
 
@@ -199,8 +208,7 @@ def scan_image_folder(
     return ImageFolder(path, class_list, tuple(samples), tuple(skipped))
 
 
-def _check_training_classes(path: Path, class_dirs: Sequence[str], classes: Sequence[str]
-                            ) -> None:
+def _check_training_classes(path: Path, class_dirs: Sequence[str], classes: Sequence[str]) -> None:
     """A training folder needs 2 classes or more, and a folder for every class it trains."""
     if len(class_dirs) < 2:
         raise DataError(
@@ -217,8 +225,9 @@ def _check_training_classes(path: Path, class_dirs: Sequence[str], classes: Sequ
         )
 
 
-def split_folder(folder: ImageFolder, fraction: float, *, seed: int = 0
-                 ) -> tuple[ImageFolder, ImageFolder]:
+def split_folder(
+    folder: ImageFolder, fraction: float, *, seed: int = 0
+) -> tuple[ImageFolder, ImageFolder]:
     """Split ``folder`` into (train, val), stratified: ``fraction`` of each class goes to val.
 
     Every class keeps at least one training image; a class with a single image has none in val.
@@ -265,16 +274,21 @@ class ImageDataset(Dataset):
     Has ``classes``, ``targets`` and ``transform`` like torchvision's ``ImageFolder``.
     """
 
-    def __init__(self, samples: Sequence[tuple[Path, int]], classes: Sequence[str],
-                 transform: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        classes: Sequence[str],
+        transform: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.samples = list(samples)
         self.classes = list(classes)
         self.targets = [label for _, label in self.samples]
         self.transform = transform
 
     @classmethod
-    def from_folder(cls, folder: ImageFolder, transform: Callable[[Any], Any] | None = None
-                    ) -> ImageDataset:
+    def from_folder(
+        cls, folder: ImageFolder, transform: Callable[[Any], Any] | None = None
+    ) -> ImageDataset:
         return cls(folder.samples, folder.classes, transform)
 
     def __len__(self) -> int:
@@ -303,13 +317,20 @@ def input_config_of(model: nn.Module) -> InputConfig:
     except Exception:  # a model timm knows nothing about: ImageNet defaults
         return InputConfig()
     return InputConfig.from_dict(
-        {k: cfg[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
-         if k in cfg and cfg[k] is not None}
+        {
+            k: cfg[k]
+            for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+            if k in cfg and cfg[k] is not None
+        }
     )
 
 
-def with_overrides(config: InputConfig, *, image_size: int | Sequence[int] | None = None,
-                   overrides: Mapping[str, Any] | None = None) -> InputConfig:
+def with_overrides(
+    config: InputConfig,
+    *,
+    image_size: int | Sequence[int] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> InputConfig:
     """``config`` with ``image_size`` (an int or ``(h, w)``) and any other fields replaced."""
     data = config.to_dict()
     if overrides:
@@ -361,11 +382,27 @@ def build_transform(
     )
 
 
-_DETERMINISTIC = frozenset({
-    "CenterCrop", "CenterCropOrPad", "Compose", "ConvertImageDtype", "Grayscale",
-    "MaybePILToTensor", "MaybeToTensor", "Normalize", "PILToTensor", "Pad", "Resize",
-    "ResizeKeepRatio", "ToDtype", "ToImage", "ToPILImage", "ToPureTensor", "ToTensor",
-})
+_DETERMINISTIC = frozenset(
+    {
+        "CenterCrop",
+        "CenterCropOrPad",
+        "Compose",
+        "ConvertImageDtype",
+        "Grayscale",
+        "MaybePILToTensor",
+        "MaybeToTensor",
+        "Normalize",
+        "PILToTensor",
+        "Pad",
+        "Resize",
+        "ResizeKeepRatio",
+        "ToDtype",
+        "ToImage",
+        "ToPILImage",
+        "ToPureTensor",
+        "ToTensor",
+    }
+)
 
 
 def is_random_transform(transform: Any) -> bool:
@@ -411,8 +448,14 @@ class LoaderSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def make_loader(dataset: Dataset, spec: LoaderSpec, *, shuffle: bool,
-                sampler: Any = None, drop_last: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    spec: LoaderSpec,
+    *,
+    shuffle: bool,
+    sampler: Any = None,
+    drop_last: bool = False,
+) -> DataLoader:
     """A ``DataLoader`` over ``dataset`` (seeded shuffling; ``sampler`` overrides it)."""
     import torch
     from torch.utils.data import DataLoader

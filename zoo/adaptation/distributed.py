@@ -85,8 +85,10 @@ def resolve_device(device: str | torch.device | None, *, local_rank: int = 0) ->
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ZooError(f"unknown device {device!r}: use cpu, cuda, cuda:N (or None for the GPU "
-                       "when there is one)") from None
+        raise ZooError(
+            f"unknown device {device!r}: use cpu, cuda, cuda:N (or None for the GPU "
+            "when there is one)"
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ZooError(f"device {str(device)!r} asked for, but no CUDA GPU is available")
@@ -146,8 +148,9 @@ class DistContext:
         import torch.distributed as dist
 
         box = [obj]
-        dist.broadcast_object_list(box, src=0, device=self.device if self.backend == "nccl"
-                                   else None)
+        dist.broadcast_object_list(
+            box, src=0, device=self.device if self.backend == "nccl" else None
+        )
         return box[0]
 
     def average_buffers(self, module: nn.Module) -> None:
@@ -228,8 +231,12 @@ class DistContext:
             self.owns_group = False
 
 
-def setup(distributed: bool | None = None, device: str | torch.device | None = None,
-          *, timeout_s: float = 1800.0) -> DistContext:
+def setup(
+    distributed: bool | None = None,
+    device: str | torch.device | None = None,
+    *,
+    timeout_s: float = 1800.0,
+) -> DistContext:
     """Join (or reuse) a process group when asked or launched by torchrun.
 
     ``distributed=None`` means: distributed when a process group is already initialized or the
@@ -244,8 +251,9 @@ def setup(distributed: bool | None = None, device: str | torch.device | None = N
     if not wanted:
         return DistContext(device=resolve_device(device))
     if not dist.is_available():
-        raise ZooError("distributed training asked for, but this torch build has no "
-                       "torch.distributed")
+        raise ZooError(
+            "distributed training asked for, but this torch build has no torch.distributed"
+        )
     owns = False
     if not initialized:
         if not launched_by_torchrun():
@@ -258,8 +266,7 @@ def setup(distributed: bool | None = None, device: str | torch.device | None = N
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend=backend,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
         owns = True
     backend = dist.get_backend()
     if device is None and backend == "gloo":
@@ -291,8 +298,9 @@ class FailureChannel:
         self.prefix = prefix
         self._done = threading.Event()
         self._acked = False
-        self._thread = threading.Thread(target=self._watch, name="zoo-failure-watchdog",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._watch, name="zoo-failure-watchdog", daemon=True
+        )
 
     @classmethod
     def open(cls, ctx: DistContext) -> FailureChannel | None:
@@ -371,8 +379,10 @@ class FailureChannel:
         if self.ctx.backend == "nccl":
             _abort_group()
         if not self._done.wait(FAILURE_GRACE_S):
-            sys.stderr.write(f"zoo: rank {self.ctx.rank} stops: {message} (this rank was "
-                             "blocked in a collective with it)\n")
+            sys.stderr.write(
+                f"zoo: rank {self.ctx.rank} stops: {message} (this rank was "
+                "blocked in a collective with it)\n"
+            )
             sys.stderr.flush()
             os._exit(1)
 

@@ -26,8 +26,13 @@ class Evaluation:
         return asdict(self)
 
 
-def evaluate(model: nn.Module, data: str | os.PathLike[str] | DataLoader, *,
-             batch_size: int = 64, device: str | None = None) -> Evaluation:
+def evaluate(
+    model: nn.Module,
+    data: str | os.PathLike[str] | DataLoader,
+    *,
+    batch_size: int = 64,
+    device: str | None = None,
+) -> Evaluation:
     """Accuracy of ``model`` on an image folder (its class folders must be among
     ``model.zoo_classes``) or a data loader, with the evaluation transform of the model's
     input config."""

@@ -88,8 +88,10 @@ class CachedFeatures:
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Mini-batches of ``(features, labels)`` in order (for evaluation)."""
         for start in range(0, len(self), batch_size):
-            yield (self.features[start:start + batch_size],
-                   self.labels[start:start + batch_size])
+            yield (
+                self.features[start : start + batch_size],
+                self.labels[start : start + batch_size],
+            )
 
     def loader(self, batch_size: int, *, seed: int) -> torch.utils.data.DataLoader:
         """Shuffled mini-batches, drawn exactly as a plain ``DataLoader(shuffle=True)`` with a
@@ -100,10 +102,12 @@ class CachedFeatures:
         dataset = TensorDataset(self.features, self.labels)
         generator = torch.Generator()
         generator.manual_seed(seed)
-        sampler = BatchSampler(RandomSampler(dataset, generator=generator), batch_size,
-                               drop_last=False)
-        return DataLoader(dataset, batch_size=None, sampler=sampler, generator=generator,
-                          collate_fn=_identity)
+        sampler = BatchSampler(
+            RandomSampler(dataset, generator=generator), batch_size, drop_last=False
+        )
+        return DataLoader(
+            dataset, batch_size=None, sampler=sampler, generator=generator, collate_fn=_identity
+        )
 
     def num_batches(self, batch_size: int) -> int:
         return (len(self) + batch_size - 1) // batch_size
@@ -217,8 +221,9 @@ def _check_output_is_model_output(path: str, outputs: list[Any], model_output: A
     if not isinstance(model_output, torch.Tensor):
         raise CacheUnsupported("the model does not return a tensor of logits")
     out = outputs[0]
-    if out.shape != model_output.shape or not torch.allclose(out, model_output, atol=1e-5,
-                                                             rtol=1e-4):
+    if out.shape != model_output.shape or not torch.allclose(
+        out, model_output, atol=1e-5, rtol=1e-4
+    ):
         raise CacheUnsupported(
             f"the output of {path!r} is not the model's output (something runs after it)"
         )

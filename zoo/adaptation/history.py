@@ -98,8 +98,9 @@ class History:
     @property
     def accuracy(self) -> list[float | None]:
         """Validation accuracy per epoch (training accuracy when there is no validation set)."""
-        return [e.val_accuracy if e.val_accuracy is not None else e.train_accuracy
-                for e in self.epochs]
+        return [
+            e.val_accuracy if e.val_accuracy is not None else e.train_accuracy for e in self.epochs
+        ]
 
     @property
     def final_accuracy(self) -> float | None:
@@ -158,8 +159,15 @@ class AdaptCallback:
     def on_epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
         """Epoch ``epoch`` (1-based) of ``epochs`` starts, with ``batches`` training batches."""
 
-    def on_batch_end(self, epoch: int, batch: int, batches: int, loss: float,
-                     accuracy: float, images_per_second: float) -> None:
+    def on_batch_end(
+        self,
+        epoch: int,
+        batch: int,
+        batches: int,
+        loss: float,
+        accuracy: float,
+        images_per_second: float,
+    ) -> None:
         """A training batch finished; loss and accuracy are running means of the epoch."""
 
     def on_epoch_end(self, record: EpochRecord) -> None:

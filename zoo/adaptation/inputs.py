@@ -42,8 +42,15 @@ def is_loader(obj: Any) -> bool:
     return isinstance(obj, DataLoader)
 
 
-def prepare_data(train: Any, val: Any, *, classes: Sequence[str] | None,
-                 val_split: float | None, seed: int, on_corrupt: str) -> AdaptData:
+def prepare_data(
+    train: Any,
+    val: Any,
+    *,
+    classes: Sequence[str] | None,
+    val_split: float | None,
+    seed: int,
+    on_corrupt: str,
+) -> AdaptData:
     """The run's data; refuses (:class:`~zoo.DataError`) anything a classifier cannot learn
     from: fewer than 2 classes, a class without training data, labels out of range, a
     validation set with other classes."""
@@ -70,8 +77,9 @@ def prepare_data(train: Any, val: Any, *, classes: Sequence[str] | None,
     return AdaptData(list(folder.classes), folder, val_folder, skipped, folder.samples_per_class)
 
 
-def _loader_data(train: DataLoader, val: Any, *, classes: Sequence[str] | None,
-                 val_split: float | None) -> AdaptData:
+def _loader_data(
+    train: DataLoader, val: Any, *, classes: Sequence[str] | None, val_split: float | None
+) -> AdaptData:
     from zoo.adaptation.data import class_counts_of
 
     if val is not None and not is_loader(val):
@@ -127,10 +135,17 @@ def _check_loader_classes(role: str, dataset: Any, names: list[str]) -> None:
         )
 
 
-def loaders_for_folders(data: AdaptData, config: InputConfig, *,
-                        augment: bool | Mapping[str, Any], batch_size: int, num_workers: int,
-                        seed: int, ctx: DistContext, shuffle_train: bool
-                        ) -> tuple[DataLoader, DataLoader | None]:
+def loaders_for_folders(
+    data: AdaptData,
+    config: InputConfig,
+    *,
+    augment: bool | Mapping[str, Any],
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    ctx: DistContext,
+    shuffle_train: bool,
+) -> tuple[DataLoader, DataLoader | None]:
     from torch.utils.data.distributed import DistributedSampler
 
     from zoo.adaptation.data import ImageDataset, LoaderSpec, build_transform, make_loader
@@ -139,16 +154,20 @@ def loaders_for_folders(data: AdaptData, config: InputConfig, *,
 
     spec = LoaderSpec(batch_size=batch_size, num_workers=num_workers, seed=seed)
     # evaluation, and a training pass that only computes features, use larger batches
-    big = LoaderSpec(batch_size=max(batch_size, INFERENCE_BATCH), num_workers=num_workers,
-                     seed=seed)
-    train_ds = ImageDataset.from_folder(data.train, build_transform(config, train=True,
-                                                                    augment=augment))
+    big = LoaderSpec(
+        batch_size=max(batch_size, INFERENCE_BATCH), num_workers=num_workers, seed=seed
+    )
+    train_ds = ImageDataset.from_folder(
+        data.train, build_transform(config, train=True, augment=augment)
+    )
     sampler = None
     if ctx.enabled:
-        sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank,
-                                     shuffle=shuffle_train, seed=seed)
-    train_loader = make_loader(train_ds, spec if shuffle_train else big, shuffle=shuffle_train,
-                               sampler=sampler)
+        sampler = DistributedSampler(
+            train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle_train, seed=seed
+        )
+    train_loader = make_loader(
+        train_ds, spec if shuffle_train else big, shuffle=shuffle_train, sampler=sampler
+    )
     val_loader = None
     if data.val is not None and len(data.val):
         val_ds = ImageDataset.from_folder(data.val, build_transform(config, train=False))
@@ -157,8 +176,9 @@ def loaders_for_folders(data: AdaptData, config: InputConfig, *,
     return train_loader, val_loader
 
 
-def distributed_loader(loader: DataLoader, ctx: DistContext, *, shuffle: bool, seed: int,
-                       evaluation: bool) -> DataLoader:
+def distributed_loader(
+    loader: DataLoader, ctx: DistContext, *, shuffle: bool, seed: int, evaluation: bool
+) -> DataLoader:
     """A user's loader rebuilt with a sampler that shards its dataset over the ranks."""
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
@@ -168,11 +188,18 @@ def distributed_loader(loader: DataLoader, ctx: DistContext, *, shuffle: bool, s
     if evaluation:
         sampler: Any = ShardSampler(len(loader.dataset), ctx.rank, ctx.world_size)
     else:
-        sampler = DistributedSampler(loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
-                                     shuffle=shuffle, seed=seed)
-    return DataLoader(loader.dataset, batch_size=loader.batch_size or 1, sampler=sampler,
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-                      pin_memory=loader.pin_memory, drop_last=loader.drop_last and not evaluation)
+        sampler = DistributedSampler(
+            loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed
+        )
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size or 1,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last and not evaluation,
+    )
 
 
 def set_epoch(loader: Any, epoch: int) -> None:
@@ -181,8 +208,7 @@ def set_epoch(loader: Any, epoch: int) -> None:
         sampler.set_epoch(epoch)
 
 
-def reshuffled(loader: DataLoader, ctx: DistContext, seed: int, batch_size: int
-               ) -> DataLoader:
+def reshuffled(loader: DataLoader, ctx: DistContext, seed: int, batch_size: int) -> DataLoader:
     """The training loader again, shuffled, when the feature cache turned out unusable."""
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
@@ -190,10 +216,20 @@ def reshuffled(loader: DataLoader, ctx: DistContext, seed: int, batch_size: int
     from zoo.adaptation.data import LoaderSpec, make_loader
 
     if isinstance(loader.sampler, DistributedSampler):
-        sampler = DistributedSampler(loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
-                                     shuffle=True, seed=seed)
-        return DataLoader(loader.dataset, batch_size=batch_size, sampler=sampler,
-                          num_workers=loader.num_workers, collate_fn=loader.collate_fn)
-    spec = LoaderSpec(batch_size=batch_size, num_workers=loader.num_workers,
-                      seed=seed, extra={"collate_fn": loader.collate_fn})
+        sampler = DistributedSampler(
+            loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed
+        )
+        return DataLoader(
+            loader.dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+        )
+    spec = LoaderSpec(
+        batch_size=batch_size,
+        num_workers=loader.num_workers,
+        seed=seed,
+        extra={"collate_fn": loader.collate_fn},
+    )
     return make_loader(loader.dataset, spec, shuffle=True)

@@ -59,8 +59,9 @@ __all__ = [
 CONTEXT_ARGS = ("samples_per_class", "similarity", "num_classes", "epochs")
 
 
-def _policy_kwargs(policy: str | PolicySpec, given: Mapping[str, Any],
-                   context: Mapping[str, Any], catalog: Catalog) -> dict[str, Any]:
+def _policy_kwargs(
+    policy: str | PolicySpec, given: Mapping[str, Any], context: Mapping[str, Any], catalog: Catalog
+) -> dict[str, Any]:
     """``given`` plus the context arguments the policy declares and was not given.
 
     Raises when the policy needs ``samples_per_class`` and neither the data nor the caller
@@ -70,11 +71,18 @@ def _policy_kwargs(policy: str | PolicySpec, given: Mapping[str, Any],
     declared = {a.name for a in spec.args}
     kwargs = dict(given)
     for key in CONTEXT_ARGS:
-        if key in declared and key not in kwargs and key not in raw \
-                and context.get(key) is not None:
+        if (
+            key in declared
+            and key not in kwargs
+            and key not in raw
+            and context.get(key) is not None
+        ):
             kwargs[key] = context[key]
-    if "samples_per_class" in declared and "samples_per_class" not in kwargs \
-            and "samples_per_class" not in raw:
+    if (
+        "samples_per_class" in declared
+        and "samples_per_class" not in kwargs
+        and "samples_per_class" not in raw
+    ):
         raise DataError(
             f"policy {spec.qualified_name!r} needs the number of samples per class, which this "
             "data loader does not tell (its dataset has no .targets); pass samples_per_class=N"
@@ -173,8 +181,9 @@ def _adapt_signature() -> inspect.Signature:
     of :class:`AdaptConfig` as a keyword argument (and ``catalog``, which zoo.api fills)."""
     own = list(inspect.signature(adapt).parameters.values())
     options = [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
-                          annotation=f.type)
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
+        )
         for f in fields(AdaptConfig)
     ]
     return inspect.Signature([*own[:3], *options, own[3]], return_annotation="AdaptResult")
@@ -203,22 +212,40 @@ def run(
     try:
         with ctx.guard():  # a failure on any rank stops every rank, with its message
             start_desc, weights_path = _check_start(
-                backbone_or_model, name=options.name, overwrite=options.overwrite,
-                weights=options.weights, pretrained=options.pretrained, policy=options.policy,
+                backbone_or_model,
+                name=options.name,
+                overwrite=options.overwrite,
+                weights=options.weights,
+                pretrained=options.pretrained,
+                policy=options.policy,
                 catalog=catalog,
             )
-            data = prepare_data(train, val, classes=options.classes, val_split=options.val_split,
-                                seed=options.seed, on_corrupt=options.on_corrupt)
+            data = prepare_data(
+                train,
+                val,
+                classes=options.classes,
+                val_split=options.val_split,
+                seed=options.seed,
+                on_corrupt=options.on_corrupt,
+            )
             callback = options.callback
             if callback is None or not ctx.is_main:
                 callback = AdaptCallback()
             torch.manual_seed(options.seed)
-            model = build_model(backbone_or_model, data.classes, pretrained=options.pretrained,
-                                weights=weights_path, kwargs=options.model_kwargs or {},
-                                catalog=catalog)
+            model = build_model(
+                backbone_or_model,
+                data.classes,
+                pretrained=options.pretrained,
+                weights=weights_path,
+                kwargs=options.model_kwargs or {},
+                catalog=catalog,
+            )
             _check_savable(model, name=options.name, delta=options.delta)
-            config = with_overrides(input_config_of(model), image_size=options.image_size,
-                                    overrides=options.input_config)
+            config = with_overrides(
+                input_config_of(model),
+                image_size=options.image_size,
+                overrides=options.input_config,
+            )
             model.zoo_input_config = config
             model.zoo_classes = list(data.classes)
             model.to(ctx.device)
@@ -229,10 +256,14 @@ def run(
                 "epochs": options.epochs,
             }
 
-            kwargs = _policy_kwargs(options.policy, dict(options.policy_args or {}), context,
-                                    catalog)
-            planner = ScheduleDriver(model, bind(options.policy, kwargs, catalog),
-                                     table=table_for(model, catalog=catalog))
+            kwargs = _policy_kwargs(
+                options.policy, dict(options.policy_args or {}), context, catalog
+            )
+            planner = ScheduleDriver(
+                model,
+                bind(options.policy, kwargs, catalog),
+                table=table_for(model, catalog=catalog),
+            )
             plan = planner.step(0).plan
             history = History(
                 backbone=(getattr(model, "zoo_build", None) or {}).get("backbone"),
@@ -251,29 +282,47 @@ def run(
                 notes=list(plan.notes),
             )
             run_training(
-                model, data, planner, history, ctx=ctx, config=config, callback=callback,
-                epochs=options.epochs, lr=options.lr, weight_decay=options.weight_decay,
-                batch_size=options.batch_size, optimizer=options.optimizer,
-                momentum=options.momentum, lr_schedule=options.lr_schedule,
-                warmup_epochs=options.warmup_epochs, label_smoothing=options.label_smoothing,
-                augment=options.augment, feature_cache=options.feature_cache,
-                num_workers=options.num_workers, seed=options.seed,
+                model,
+                data,
+                planner,
+                history,
+                ctx=ctx,
+                config=config,
+                callback=callback,
+                epochs=options.epochs,
+                lr=options.lr,
+                weight_decay=options.weight_decay,
+                batch_size=options.batch_size,
+                optimizer=options.optimizer,
+                momentum=options.momentum,
+                lr_schedule=options.lr_schedule,
+                warmup_epochs=options.warmup_epochs,
+                label_smoothing=options.label_smoothing,
+                augment=options.augment,
+                feature_cache=options.feature_cache,
+                num_workers=options.num_workers,
+                seed=options.seed,
             )
             history.total_params = sum(p.numel() for p in model.parameters())
             final = planner.plan
             assert final is not None
-            history.trainable_params = sum(p.numel() for n, p in model.named_parameters()
-                                           if n in set(final.trainable))
+            history.trainable_params = sum(
+                p.numel() for n, p in model.named_parameters() if n in set(final.trainable)
+            )
             history.policy, history.policy_args = final.policy, dict(final.args)
             history.notes = list(final.notes)
             model.eval()
             if options.name is not None:
                 if ctx.is_main:
-
                     model.zoo_history = history
-                    path = save(model, options.name, classes=list(data.classes),
-                                delta=options.delta, overwrite=options.overwrite,
-                                catalog=catalog)
+                    path = save(
+                        model,
+                        options.name,
+                        classes=list(data.classes),
+                        delta=options.delta,
+                        overwrite=options.overwrite,
+                        catalog=catalog,
+                    )
                     history.path = str(path)
                 ctx.barrier()
                 history.path = ctx.broadcast(history.path)
@@ -285,9 +334,16 @@ def run(
         ctx.close()
 
 
-def _check_start(backbone_or_model: Any, *, name: str | None, overwrite: bool, weights: Any,
-                 pretrained: bool | str, policy: str | PolicySpec, catalog: Catalog
-                 ) -> tuple[str, Any]:
+def _check_start(
+    backbone_or_model: Any,
+    *,
+    name: str | None,
+    overwrite: bool,
+    weights: Any,
+    pretrained: bool | str,
+    policy: str | PolicySpec,
+    catalog: Catalog,
+) -> tuple[str, Any]:
     """(description of the starting point, weights path): the target name, the start, the
     policy and the weights checked before any data is read."""
 
@@ -306,7 +362,6 @@ def _check_savable(model: nn.Module, *, name: str | None, delta: bool) -> None:
     """Refuse, before training, a save under ``name`` that could not happen afterwards."""
     build = getattr(model, "zoo_build", None) or {}
     if delta and name is not None and not build.get("base"):
-
         raise MissingBaseError(
             "delta=True saves only what differs from recorded starting weights, and this "
             "model has none (random weights, or a saved model whose head was replaced for "
@@ -364,10 +419,15 @@ def _choice(argument: str, value: Any, options: Sequence[Any]) -> None:
 def _check_image_size(image_size: Any) -> None:
 
     sides = [image_size, image_size] if _is_int(image_size) else image_size
-    if not (isinstance(sides, Sequence) and not isinstance(sides, str) and len(sides) == 2
-            and all(_is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in sides)):
-        raise AdaptArgumentError("image_size", image_size,
-                                 f"an int or (height, width) from 1 to {MAX_IMAGE_SIDE} pixels")
+    if not (
+        isinstance(sides, Sequence)
+        and not isinstance(sides, str)
+        and len(sides) == 2
+        and all(_is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in sides)
+    ):
+        raise AdaptArgumentError(
+            "image_size", image_size, f"an int or (height, width) from 1 to {MAX_IMAGE_SIDE} pixels"
+        )
 
 
 def _check_input_config(overrides: Any) -> None:
@@ -380,20 +440,32 @@ def _check_input_config(overrides: Any) -> None:
     for key, value in overrides.items():
         arg = f"input_config[{key!r}]"
         if key not in known:
-            raise AdaptArgumentError("input_config", dict(overrides),
-                                     "a mapping with the keys " + ", ".join(sorted(known)))
+            raise AdaptArgumentError(
+                "input_config",
+                dict(overrides),
+                "a mapping with the keys " + ", ".join(sorted(known)),
+            )
         if key == "crop_pct":
             _real_in(arg, value, "in (0, 2] (1.0: no crop)", lambda v: 0 < v <= 2)
         elif key in ("interpolation", "crop_mode"):
             _choice(arg, value, INTERPOLATIONS if key == "interpolation" else CROP_MODES)
         elif key == "input_size":
-            if not (isinstance(value, Sequence) and not isinstance(value, str)
-                    and len(value) == 3 and all(_is_int(v) for v in value)
-                    and all(1 <= v <= MAX_IMAGE_SIDE for v in value)):
-                raise AdaptArgumentError(arg, value, "(channels, height, width): 3 ints from "
-                                         f"1 to {MAX_IMAGE_SIDE}")
-        elif not (isinstance(value, Sequence) and not isinstance(value, str) and value
-                  and all(_is_real(v) and (key == "mean" or float(v) > 0) for v in value)):
+            if not (
+                isinstance(value, Sequence)
+                and not isinstance(value, str)
+                and len(value) == 3
+                and all(_is_int(v) for v in value)
+                and all(1 <= v <= MAX_IMAGE_SIDE for v in value)
+            ):
+                raise AdaptArgumentError(
+                    arg, value, f"(channels, height, width): 3 ints from 1 to {MAX_IMAGE_SIDE}"
+                )
+        elif not (
+            isinstance(value, Sequence)
+            and not isinstance(value, str)
+            and value
+            and all(_is_real(v) and (key == "mean" or float(v) > 0) for v in value)
+        ):
             rule = "finite numbers > 0" if key == "std" else "finite numbers"
             raise AdaptArgumentError(arg, value, f"a list of {rule}, one per channel")
 
@@ -401,14 +473,20 @@ def _check_input_config(overrides: Any) -> None:
 def _check_classes(classes: Any) -> None:
     if classes is None:
         return
-    if isinstance(classes, str) or not isinstance(classes, Sequence) \
-            or not all(isinstance(c, str) and c for c in classes):
+    if (
+        isinstance(classes, str)
+        or not isinstance(classes, Sequence)
+        or not all(isinstance(c, str) and c for c in classes)
+    ):
         raise AdaptArgumentError("classes", classes, "a list of class names (non-empty strings)")
     if len(set(classes)) != len(classes):
         raise AdaptArgumentError("classes", classes, "a list of distinct class names")
     if len(classes) < 2:
-        raise AdaptArgumentError("classes", classes, "at least 2 class names (a classifier with "
-                                 "one class always predicts it)")
+        raise AdaptArgumentError(
+            "classes",
+            classes,
+            "at least 2 class names (a classifier with one class always predicts it)",
+        )
 
 
 def _check_arguments(args: Mapping[str, Any]) -> None:
@@ -422,19 +500,23 @@ def _check_arguments(args: Mapping[str, Any]) -> None:
     _real_in("momentum", args["momentum"], "in [0, 1)", lambda v: 0 <= v < 1)
     _choice("lr_schedule", args["lr_schedule"], LR_SCHEDULES)
     epochs = args["epochs"]
-    _real_in("warmup_epochs", args["warmup_epochs"], f"from 0 to epochs ({epochs})",
-             lambda v: 0 <= v <= epochs)
+    _real_in(
+        "warmup_epochs",
+        args["warmup_epochs"],
+        f"from 0 to epochs ({epochs})",
+        lambda v: 0 <= v <= epochs,
+    )
     _real_in("label_smoothing", args["label_smoothing"], "in [0, 1)", lambda v: 0 <= v < 1)
     if args["val_split"] is not None:
-        _real_in("val_split", args["val_split"], "between 0 and 1 (exclusive)",
-                 lambda v: 0 < v < 1)
+        _real_in("val_split", args["val_split"], "between 0 and 1 (exclusive)", lambda v: 0 < v < 1)
     if args["image_size"] is not None:
         _check_image_size(args["image_size"])
     if args["input_config"] is not None:
         _check_input_config(args["input_config"])
     if not (args["augment"] is None or isinstance(args["augment"], (bool, Mapping))):
-        raise AdaptArgumentError("augment", args["augment"],
-                                 "None, True, False or a mapping of timm transform options")
+        raise AdaptArgumentError(
+            "augment", args["augment"], "None, True, False or a mapping of timm transform options"
+        )
     _choice("similarity", args["similarity"], SIMILARITIES)
     if args["samples_per_class"] is not None:
         _int_in("samples_per_class", args["samples_per_class"], 1)

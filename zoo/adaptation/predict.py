@@ -71,13 +71,16 @@ def _prepare(item: ImageLike, index: int, transform: Any) -> tuple[str, torch.Te
         return path, transform(load_image(path))
     if isinstance(item, torch.Tensor):
         if item.ndim != 3:
-            raise DataError(f"image tensor {index} must be (channels, height, width), "
-                            f"got shape {tuple(item.shape)}")
+            raise DataError(
+                f"image tensor {index} must be (channels, height, width), "
+                f"got shape {tuple(item.shape)}"
+            )
         return f"<tensor {index}>", item.float()
     if hasattr(item, "convert"):
         return f"<image {index}>", transform(item.convert("RGB"))
-    raise DataError(f"cannot predict on {type(item).__name__}: pass image paths, PIL images "
-                    "or prepared tensors")
+    raise DataError(
+        f"cannot predict on {type(item).__name__}: pass image paths, PIL images or prepared tensors"
+    )
 
 
 def _checked_config(config: InputConfig) -> InputConfig:
@@ -85,8 +88,10 @@ def _checked_config(config: InputConfig) -> InputConfig:
     try:
         return config.checked()
     except ZooError as exc:
-        raise ZooError(f"cannot prepare images for this model: {exc}; set "
-                       "model.zoo_input_config to a valid zoo.InputConfig") from None
+        raise ZooError(
+            f"cannot prepare images for this model: {exc}; set "
+            "model.zoo_input_config to a valid zoo.InputConfig"
+        ) from None
 
 
 def predict(
@@ -115,7 +120,6 @@ def predict(
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ZooError(f"topk must be an int >= 1, not {topk!r}")
     if isinstance(model, (str, os.PathLike)):
-
         model = load(model, catalog=catalog)
     transform = build_transform(_checked_config(input_config_of(model)), train=False)
     items = _as_list(images)
@@ -130,8 +134,10 @@ def predict(
     model.eval()
     results: list[Prediction] = []
     for start in range(0, len(items), batch_size):
-        chunk = [_prepare(item, start + i, transform)
-                 for i, item in enumerate(items[start:start + batch_size])]
+        chunk = [
+            _prepare(item, start + i, transform)
+            for i, item in enumerate(items[start : start + batch_size])
+        ]
         batch = torch.stack([tensor for _, tensor in chunk]).to(device)
         with torch.no_grad():
             probs = model(batch).float().softmax(dim=1).cpu()
@@ -145,8 +151,10 @@ def predict(
         if len(names) != probs.shape[1]:
             raise ZooError(f"the model has {probs.shape[1]} outputs but {len(names)} class names")
         values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
-        for (source, _), vals, idxs in zip(chunk, values.tolist(), indices.tolist(),
-                                           strict=True):
-            results.append(Prediction(source, tuple((names[i], float(v))
-                                                    for v, i in zip(vals, idxs, strict=True))))
+        for (source, _), vals, idxs in zip(chunk, values.tolist(), indices.tolist(), strict=True):
+            results.append(
+                Prediction(
+                    source, tuple((names[i], float(v)) for v, i in zip(vals, idxs, strict=True))
+                )
+            )
     return results

@@ -56,8 +56,7 @@ def resolve_weights(weights: str | os.PathLike[str] | None) -> Path | None:
     if stored is not None:
         return stored
     raise ZooError(
-        f"weights {str(weights)!r} are neither a file nor a model in the store "
-        "(see `zoo models`)"
+        f"weights {str(weights)!r} are neither a file nor a model in the store (see `zoo models`)"
     )
 
 
@@ -85,7 +84,8 @@ def check_start(backbone_or_model: Any, catalog: Catalog) -> str:
         spec, _ = catalog.backbone(text)
     except UnknownNameError as exc:
         raise UnknownNameError(
-            "backbone or saved model", text,
+            "backbone or saved model",
+            text,
             [*catalog.backbones.by_qualified, *_saved_names()],
         ) from exc
     return f"backbone {spec.qualified_name}"
@@ -93,19 +93,22 @@ def check_start(backbone_or_model: Any, catalog: Catalog) -> str:
 
 def _saved_names() -> list[str]:
     try:
-
         return [getattr(e, "name", str(e)) for e in list_saved()]
     except Exception:  # listing is only for suggestions
         return []
 
 
 def build_model(
-    backbone_or_model: Any, classes: Sequence[str], *, pretrained: bool | str,
-    weights: Path | None, kwargs: Mapping[str, Any], catalog: Catalog,
+    backbone_or_model: Any,
+    classes: Sequence[str],
+    *,
+    pretrained: bool | str,
+    weights: Path | None,
+    kwargs: Mapping[str, Any],
+    catalog: Catalog,
 ) -> nn.Module:
     """The model to adapt, with a classifier for ``classes``."""
     from torch import nn
-
 
     if isinstance(backbone_or_model, nn.Module):
         model = backbone_or_model
@@ -114,7 +117,6 @@ def build_model(
         return model
     text = str(backbone_or_model)
     if is_path_target(backbone_or_model) or _store_path(text) is not None:
-
         saved = load(backbone_or_model, trainable=True, catalog=catalog)
         old = getattr(saved, "zoo_classes", None)
         if (old is not None and list(old) == list(classes)) or (
@@ -122,8 +124,14 @@ def build_model(
         ):
             return saved
         return _with_new_head(saved, len(classes), catalog)
-    return create_model(catalog, text, num_classes=len(classes), pretrained=pretrained,
-                        weights=weights, **dict(kwargs))
+    return create_model(
+        catalog,
+        text,
+        num_classes=len(classes),
+        pretrained=pretrained,
+        weights=weights,
+        **dict(kwargs),
+    )
 
 
 def _with_new_head(saved: nn.Module, num_classes: int, catalog: Catalog) -> nn.Module:
@@ -136,8 +144,7 @@ def _with_new_head(saved: nn.Module, num_classes: int, catalog: Catalog) -> nn.M
     build = dict(saved.zoo_build)
     name = build["backbone"]  # no tag: a tag names weights, and these come from the saved model
     # the kwargs were checked when the model was loaded (zoo.io.build_args.check_saved_kwargs)
-    fresh = create_model(catalog, name, num_classes=num_classes,
-                         **dict(build.get("kwargs") or {}))
+    fresh = create_model(catalog, name, num_classes=num_classes, **dict(build.get("kwargs") or {}))
     state = saved.state_dict()
     own = fresh.state_dict()
     head = set(classifier_param_names(fresh))
@@ -147,8 +154,9 @@ def _with_new_head(saved: nn.Module, num_classes: int, catalog: Catalog) -> nn.M
         raise WeightsMismatchError(
             f"the saved model does not fit a fresh {name}: missing {', '.join(missing[:5])}"
         )
-    fresh.load_state_dict({k: v for k, v in state.items() if k in own and k not in skip},
-                          strict=False)
+    fresh.load_state_dict(
+        {k: v for k, v in state.items() if k in own and k not in skip}, strict=False
+    )
     fresh.zoo_input_config = saved.zoo_input_config
     return fresh
 
@@ -170,8 +178,9 @@ def _ensure_build_info(model: nn.Module, catalog: Catalog) -> None:
     if spec is None:
         return
     config = getattr(model, "zoo_input_config", None)
-    attach_build_info(model, spec, tag=None, num_classes=getattr(model, "num_classes", None),
-                      kwargs={})
+    attach_build_info(
+        model, spec, tag=None, num_classes=getattr(model, "num_classes", None), kwargs={}
+    )
     if config is not None:
         model.zoo_input_config = config
     else:

@@ -32,8 +32,9 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 
 
-def _make_optimizer(name: str, groups: list[dict[str, Any]], *, lr: float, momentum: float
-                    ) -> torch.optim.Optimizer:
+def _make_optimizer(
+    name: str, groups: list[dict[str, Any]], *, lr: float, momentum: float
+) -> torch.optim.Optimizer:
     """AdamW or SGD over the plan's groups; the fused kernels when the parameters allow
     (several times faster per step on CPU and GPU)."""
     import torch
@@ -69,9 +70,18 @@ def _lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
 class _Loop:
     """Runs epochs of training and evaluation for one ``forward`` (model or cached head)."""
 
-    def __init__(self, *, ctx: DistContext, optimizer: torch.optim.Optimizer, loss_fn: Any,
-                 callback: AdaptCallback, schedule: str, total_steps: int, warmup_steps: int,
-                 num_classes: int) -> None:
+    def __init__(
+        self,
+        *,
+        ctx: DistContext,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Any,
+        callback: AdaptCallback,
+        schedule: str,
+        total_steps: int,
+        warmup_steps: int,
+        num_classes: int,
+    ) -> None:
         self.ctx = ctx
         self.optimizer = optimizer
         self.loss_fn = loss_fn
@@ -96,9 +106,15 @@ class _Loop:
                 "outputs (timm: model.reset_classifier(n))"
             )
 
-    def train_epoch(self, epoch: int, epochs: int, forward: Any, modules: Sequence[nn.Module],
-                    batches: Iterable[Any], n_batches: int
-                    ) -> tuple[float, float, int, float, float]:
+    def train_epoch(
+        self,
+        epoch: int,
+        epochs: int,
+        forward: Any,
+        modules: Sequence[nn.Module],
+        batches: Iterable[Any],
+        n_batches: int,
+    ) -> tuple[float, float, int, float, float]:
         """One epoch; returns (mean loss, accuracy, images, seconds, lr) summed over ranks."""
         import torch
 
@@ -127,8 +143,14 @@ class _Loop:
                 correct += float((logits.argmax(1) == targets).sum())
                 count += n
             elapsed = time.perf_counter() - start
-            self.callback.on_batch_end(epoch, i + 1, n_batches, loss_sum / count, correct / count,
-                                       count * self.ctx.world_size / elapsed if elapsed else 0.0)
+            self.callback.on_batch_end(
+                epoch,
+                i + 1,
+                n_batches,
+                loss_sum / count,
+                correct / count,
+                count * self.ctx.world_size / elapsed if elapsed else 0.0,
+            )
         seconds = time.perf_counter() - start
         for module in modules:
             self.ctx.average_buffers(module)
@@ -137,8 +159,9 @@ class _Loop:
             raise DataError("the training data yielded no batches")
         return loss_sum / count, correct / count, int(count), seconds, lr
 
-    def evaluate(self, forward: Any, modules: Sequence[nn.Module], batches: Iterable[Any]
-                 ) -> tuple[float | None, float | None]:
+    def evaluate(
+        self, forward: Any, modules: Sequence[nn.Module], batches: Iterable[Any]
+    ) -> tuple[float | None, float | None]:
         import torch
 
         for module in modules:
@@ -159,8 +182,14 @@ class _Loop:
         return loss_sum / count, correct / count
 
 
-def _cache_decision(model: nn.Module, planner: ScheduleDriver, data: AdaptData, *, augment: Any,
-                    feature_cache: bool | str) -> tuple[str | None, bool | Mapping[str, Any], str]:
+def _cache_decision(
+    model: nn.Module,
+    planner: ScheduleDriver,
+    data: AdaptData,
+    *,
+    augment: Any,
+    feature_cache: bool | str,
+) -> tuple[str | None, bool | Mapping[str, Any], str]:
     """(module path to cut at or None, augment setting, note explaining the decision)."""
     from zoo.adaptation.data import dataset_transform, is_random_transform
     from zoo.adaptation.feature_cache import trained_module_path
@@ -170,8 +199,11 @@ def _cache_decision(model: nn.Module, planner: ScheduleDriver, data: AdaptData, 
     if augment is None:
         augment = not head_only
     if not head_only:
-        why = ("the schedule changes what trains" if planner.is_schedule else
-               "the plan trains more than one head module")
+        why = (
+            "the schedule changes what trains"
+            if planner.is_schedule
+            else "the plan trains more than one head module"
+        )
         return None, augment, f"plain loop: {why}"
     if feature_cache is False:
         return None, augment, "plain loop: feature cache turned off"
@@ -187,46 +219,91 @@ def _cache_decision(model: nn.Module, planner: ScheduleDriver, data: AdaptData, 
     return path, augment, f"features cached at the input of {path!r}"
 
 
-def run_training(model: nn.Module, data: AdaptData, planner: ScheduleDriver, history: History,
-                 *, ctx: DistContext, config: InputConfig, callback: AdaptCallback,
-                 epochs: int, lr: float, weight_decay: float, batch_size: int, optimizer: str,
-                 momentum: float, lr_schedule: str, warmup_epochs: float,
-                 label_smoothing: float, augment: Any, feature_cache: bool | str,
-                 num_workers: int, seed: int) -> None:
+def run_training(
+    model: nn.Module,
+    data: AdaptData,
+    planner: ScheduleDriver,
+    history: History,
+    *,
+    ctx: DistContext,
+    config: InputConfig,
+    callback: AdaptCallback,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    optimizer: str,
+    momentum: float,
+    lr_schedule: str,
+    warmup_epochs: float,
+    label_smoothing: float,
+    augment: Any,
+    feature_cache: bool | str,
+    num_workers: int,
+    seed: int,
+) -> None:
     import torch
 
-    cut, augment, note = _cache_decision(model, planner, data, augment=augment,
-                                         feature_cache=feature_cache)
+    cut, augment, note = _cache_decision(
+        model, planner, data, augment=augment, feature_cache=feature_cache
+    )
     if feature_cache is True and cut is None:
         raise ZooError(f"the feature cache cannot be used: {note.split(': ', 1)[-1]}")
     history.augment = bool(augment)
     if data.from_folders:
         train_loader, val_loader = loaders_for_folders(
-            data, config, augment=augment, batch_size=batch_size, num_workers=num_workers,
-            seed=seed, ctx=ctx, shuffle_train=cut is None)
+            data,
+            config,
+            augment=augment,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            ctx=ctx,
+            shuffle_train=cut is None,
+        )
     else:
         train_loader, val_loader = data.train, data.val
         if ctx.enabled:
-            train_loader = distributed_loader(train_loader, ctx, shuffle=cut is None,
-                                              seed=seed, evaluation=False)
+            train_loader = distributed_loader(
+                train_loader, ctx, shuffle=cut is None, seed=seed, evaluation=False
+            )
             if val_loader is not None:
-                val_loader = distributed_loader(val_loader, ctx, shuffle=False, seed=seed,
-                                                evaluation=True)
+                val_loader = distributed_loader(
+                    val_loader, ctx, shuffle=False, seed=seed, evaluation=True
+                )
     history.train_images = len(train_loader.dataset)
     history.val_images = len(val_loader.dataset) if val_loader is not None else 0
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    callback.on_start({
-        "start": history.start, "backbone": history.backbone, "policy": history.policy,
-        "classes": history.classes, "train_images": history.train_images,
-        "val_images": history.val_images, "skipped": len(history.skipped),
-        "device": history.device, "world_size": ctx.world_size, "epochs": epochs,
-        "augment": history.augment, "feature_cache": cut is not None, "note": note,
-        "input_size": history.input_size,
-    })
+    callback.on_start(
+        {
+            "start": history.start,
+            "backbone": history.backbone,
+            "policy": history.policy,
+            "classes": history.classes,
+            "train_images": history.train_images,
+            "val_images": history.val_images,
+            "skipped": len(history.skipped),
+            "device": history.device,
+            "world_size": ctx.world_size,
+            "epochs": epochs,
+            "augment": history.augment,
+            "feature_cache": cut is not None,
+            "note": note,
+            "input_size": history.input_size,
+        }
+    )
     cached = None
     if cut is not None:
-        cached, note = _extract(model, cut, train_loader, val_loader, ctx=ctx, callback=callback,
-                                history=history, note=note)
+        cached, note = _extract(
+            model,
+            cut,
+            train_loader,
+            val_loader,
+            ctx=ctx,
+            callback=callback,
+            history=history,
+            note=note,
+        )
         if cached is None:
             if feature_cache is True:
                 raise ZooError(f"the feature cache cannot be used: {note.split(': ', 1)[-1]}")
@@ -241,19 +318,52 @@ def run_training(model: nn.Module, data: AdaptData, planner: ScheduleDriver, his
     opt = _make_optimizer(optimizer, groups, lr=lr, momentum=momentum)
     planner.attach(opt, lr=lr, weight_decay=weight_decay)
     if cached is not None:
-        _train_cached(model, cut, cached, planner, history, ctx=ctx, opt=opt, loss_fn=loss_fn,
-                      callback=callback, epochs=epochs, batch_size=batch_size,
-                      lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, seed=seed)
+        _train_cached(
+            model,
+            cut,
+            cached,
+            planner,
+            history,
+            ctx=ctx,
+            opt=opt,
+            loss_fn=loss_fn,
+            callback=callback,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr_schedule=lr_schedule,
+            warmup_epochs=warmup_epochs,
+            seed=seed,
+        )
     else:
-        _train_plain(model, train_loader, val_loader, planner, history, ctx=ctx, opt=opt,
-                     loss_fn=loss_fn, callback=callback, epochs=epochs, lr=lr,
-                     weight_decay=weight_decay, lr_schedule=lr_schedule,
-                     warmup_epochs=warmup_epochs)
+        _train_plain(
+            model,
+            train_loader,
+            val_loader,
+            planner,
+            history,
+            ctx=ctx,
+            opt=opt,
+            loss_fn=loss_fn,
+            callback=callback,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_schedule=lr_schedule,
+            warmup_epochs=warmup_epochs,
+        )
 
 
-def _extract(model: nn.Module, cut: str, train_loader: DataLoader, val_loader: Any, *,
-             ctx: DistContext, callback: AdaptCallback, history: History, note: str
-             ) -> tuple[Any, str]:
+def _extract(
+    model: nn.Module,
+    cut: str,
+    train_loader: DataLoader,
+    val_loader: Any,
+    *,
+    ctx: DistContext,
+    callback: AdaptCallback,
+    history: History,
+    note: str,
+) -> tuple[Any, str]:
     """Compute cached features for train and val; (None, reason) when the cut is not exact."""
     from zoo.adaptation.feature_cache import CacheUnsupported, extract_features
 
@@ -271,8 +381,9 @@ def _extract(model: nn.Module, cut: str, train_loader: DataLoader, val_loader: A
             callback.on_features_batch(split, done, n or 0)
 
         try:
-            result[split] = extract_features(model, cut, loader, device=ctx.device, total=total,
-                                             progress=progress)
+            result[split] = extract_features(
+                model, cut, loader, device=ctx.device, total=total, progress=progress
+            )
         except CacheUnsupported as exc:
             failure = str(exc)
         if ctx.any(failure is not None):
@@ -284,8 +395,12 @@ def _extract(model: nn.Module, cut: str, train_loader: DataLoader, val_loader: A
     return result, note
 
 
-def _epoch_record(epoch: int, train: tuple[float, float, int, float, float],
-                  val: tuple[float | None, float | None], model: nn.Module) -> EpochRecord:
+def _epoch_record(
+    epoch: int,
+    train: tuple[float, float, int, float, float],
+    val: tuple[float | None, float | None],
+    model: nn.Module,
+) -> EpochRecord:
     loss, acc, images, seconds, lr = train
     trainable = [p for p in model.parameters() if p.requires_grad]
     return EpochRecord(
@@ -303,23 +418,54 @@ def _epoch_record(epoch: int, train: tuple[float, float, int, float, float],
     )
 
 
-def _train_cached(model: nn.Module, cut: str, cached: Mapping[str, Any], planner: ScheduleDriver,
-                  history: History, *, ctx: DistContext, opt: torch.optim.Optimizer, loss_fn: Any,
-                  callback: AdaptCallback, epochs: int, batch_size: int, lr_schedule: str,
-                  warmup_epochs: float, seed: int) -> None:
+def _train_cached(
+    model: nn.Module,
+    cut: str,
+    cached: Mapping[str, Any],
+    planner: ScheduleDriver,
+    history: History,
+    *,
+    ctx: DistContext,
+    opt: torch.optim.Optimizer,
+    loss_fn: Any,
+    callback: AdaptCallback,
+    epochs: int,
+    batch_size: int,
+    lr_schedule: str,
+    warmup_epochs: float,
+    seed: int,
+) -> None:
     from zoo.adaptation.distributed import Replica
 
     head = model.get_submodule(cut)
     replica = Replica(head, ctx)
     train, val = cached["train"], cached.get("val")
     n_batches = train.num_batches(batch_size)
-    loop = _Loop(ctx=ctx, optimizer=opt, loss_fn=loss_fn, callback=callback,
-                 schedule=lr_schedule, total_steps=n_batches * epochs,
-                 warmup_steps=int(warmup_epochs * n_batches), num_classes=len(history.classes))
+    loop = _Loop(
+        ctx=ctx,
+        optimizer=opt,
+        loss_fn=loss_fn,
+        callback=callback,
+        schedule=lr_schedule,
+        total_steps=n_batches * epochs,
+        warmup_steps=int(warmup_epochs * n_batches),
+        num_classes=len(history.classes),
+    )
     batches = train.loader(batch_size, seed=seed)
     with _one_thread_on_cpu(ctx.device):
-        _cached_epochs(model, head, replica, loop, batches, n_batches, val, history,
-                       callback=callback, epochs=epochs, batch_size=batch_size)
+        _cached_epochs(
+            model,
+            head,
+            replica,
+            loop,
+            batches,
+            n_batches,
+            val,
+            history,
+            callback=callback,
+            epochs=epochs,
+            batch_size=batch_size,
+        )
     history.ddp_wraps = replica.wraps
 
 
@@ -341,30 +487,63 @@ def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _cached_epochs(model: nn.Module, head: nn.Module, replica: Replica, loop: _Loop,
-                   batches: Any, n_batches: int, val: Any, history: History, *,
-                   callback: AdaptCallback, epochs: int, batch_size: int) -> None:
+def _cached_epochs(
+    model: nn.Module,
+    head: nn.Module,
+    replica: Replica,
+    loop: _Loop,
+    batches: Any,
+    n_batches: int,
+    val: Any,
+    history: History,
+    *,
+    callback: AdaptCallback,
+    epochs: int,
+    batch_size: int,
+) -> None:
     for epoch in range(1, epochs + 1):
         result = loop.train_epoch(epoch, epochs, replica, [head], batches, n_batches)
-        scores = (loop.evaluate(head, [head], val.batches(batch_size))
-                  if val is not None else (None, None))
+        scores = (
+            loop.evaluate(head, [head], val.batches(batch_size))
+            if val is not None
+            else (None, None)
+        )
         record = _epoch_record(epoch, result, scores, model)
         history.epochs.append(record)
         callback.on_epoch_end(record)
 
 
-def _train_plain(model: nn.Module, train_loader: DataLoader, val_loader: Any,
-                 planner: ScheduleDriver, history: History, *, ctx: DistContext,
-                 opt: torch.optim.Optimizer, loss_fn: Any,
-                 callback: AdaptCallback, epochs: int, lr: float, weight_decay: float,
-                 lr_schedule: str, warmup_epochs: float) -> None:
+def _train_plain(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: Any,
+    planner: ScheduleDriver,
+    history: History,
+    *,
+    ctx: DistContext,
+    opt: torch.optim.Optimizer,
+    loss_fn: Any,
+    callback: AdaptCallback,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    lr_schedule: str,
+    warmup_epochs: float,
+) -> None:
     from zoo.adaptation.distributed import Replica
 
     replica: Replica = Replica(model, ctx)
     n_batches = len(train_loader)
-    loop = _Loop(ctx=ctx, optimizer=opt, loss_fn=loss_fn, callback=callback,
-                 schedule=lr_schedule, total_steps=n_batches * epochs,
-                 warmup_steps=int(warmup_epochs * n_batches), num_classes=len(history.classes))
+    loop = _Loop(
+        ctx=ctx,
+        optimizer=opt,
+        loss_fn=loss_fn,
+        callback=callback,
+        schedule=lr_schedule,
+        total_steps=n_batches * epochs,
+        warmup_steps=int(warmup_epochs * n_batches),
+        num_classes=len(history.classes),
+    )
     for epoch in range(1, epochs + 1):
         if planner.is_schedule and epoch > 1:
             change = planner.step(epoch - 1)  # adds newly trainable parameters to opt
@@ -373,8 +552,9 @@ def _train_plain(model: nn.Module, train_loader: DataLoader, val_loader: Any,
                 callback.on_plan_change(epoch, change.plan)
         set_epoch(train_loader, epoch)
         result = loop.train_epoch(epoch, epochs, replica, [model], train_loader, n_batches)
-        scores = (loop.evaluate(model, [model], val_loader) if val_loader is not None
-                  else (None, None))
+        scores = (
+            loop.evaluate(model, [model], val_loader) if val_loader is not None else (None, None)
+        )
         record = _epoch_record(epoch, result, scores, model)
         history.epochs.append(record)
         callback.on_epoch_end(record)

@@ -76,8 +76,9 @@ def linear_probe(table: ParamTable) -> Plan:
         for norm in table.norms
     }
     notes = [] if head else ["the model has no classifier head: nothing trains"]
-    return Plan.from_table(table, [n for n in table.names if n in head], norm_modes=modes,
-                           notes=notes)
+    return Plan.from_table(
+        table, [n for n in table.names if n in head], norm_modes=modes, notes=notes
+    )
 
 
 def freeze_to(table: ParamTable, depth: int) -> Plan:
@@ -97,7 +98,8 @@ def bitfit(table: ParamTable) -> Plan:
     """BitFit: every bias (norm biases included) and the head train."""
     head = set(head_names(table))
     names = [
-        row.name for row in table.rows
+        row.name
+        for row in table.rows
         if row.name in head or row.role == "bias" or row.name.rpartition(".")[2] == "bias"
     ]
     return Plan.from_table(table, names)
@@ -112,9 +114,11 @@ def norm_only(table: ParamTable, update_stats: bool = True) -> Plan:
     for norm in table.norms:
         wanted.update(norm.params)
     wanted.update(row.name for row in table.rows if row.role == "norm")
-    modes = {} if update_stats else {
-        norm.path: NormMode.FROZEN_STATS for norm in table.norms if norm.params
-    }
+    modes = (
+        {}
+        if update_stats
+        else {norm.path: NormMode.FROZEN_STATS for norm in table.norms if norm.params}
+    )
     return Plan.from_table(table, [n for n in table.names if n in wanted], norm_modes=modes)
 
 
@@ -145,8 +149,7 @@ def pattern(
         return any(fnmatch.fnmatchcase(name, g) for g in globs)
 
     trained = [
-        n for n in names
-        if (not include or matches(n, include)) and not matches(n, exclude or [])
+        n for n in names if (not include or matches(n, include)) and not matches(n, exclude or [])
     ]
     return Plan.from_table(table, trained)
 
@@ -168,11 +171,14 @@ def gradual(table: ParamTable, epoch: int, every: int = 1) -> Plan:
     unfrozen = min(epoch // every, len(stages))
     names = trainable_from_depth(table, last_stages_threshold(table, unfrozen))
     if unfrozen < len(stages):
-        note = (f"epoch {epoch}: {unfrozen} of {len(stages)} stages unfrozen; the next one at "
-                f"epoch {(unfrozen + 1) * every}")
+        note = (
+            f"epoch {epoch}: {unfrozen} of {len(stages)} stages unfrozen; the next one at "
+            f"epoch {(unfrozen + 1) * every}"
+        )
     else:
-        note = (f"epoch {epoch}: all {len(stages)} stages unfrozen "
-                f"(since epoch {len(stages) * every})")
+        note = (
+            f"epoch {epoch}: all {len(stages)} stages unfrozen (since epoch {len(stages) * every})"
+        )
     return Plan.from_table(table, names, notes=[note])
 
 
@@ -190,8 +196,9 @@ def auto(
     for the choice is the plan's first note.
     """
     if samples_per_class < 1:
-        raise PolicyArgumentError(f"argument 'samples_per_class' must be >= 1, got "
-                                  f"{samples_per_class}")
+        raise PolicyArgumentError(
+            f"argument 'samples_per_class' must be >= 1, got {samples_per_class}"
+        )
     if not (1 <= small < large):
         raise PolicyArgumentError(
             f"arguments need 1 <= small < large, got small={small}, large={large}"
@@ -200,25 +207,36 @@ def auto(
     size = "small" if n < small else "large" if n >= large else "medium"
     bounds = {"small": f"< {small}", "medium": f"{small}-{large - 1}", "large": f">= {large}"}
     stages = stage_depths(table)
-    data = (f"{n} labelled samples per class is a {size} dataset ({bounds[size]}) and the task's "
-            f"similarity to the pretraining data is {similarity}")
+    data = (
+        f"{n} labelled samples per class is a {size} dataset ({bounds[size]}) and the task's "
+        f"similarity to the pretraining data is {similarity}"
+    )
     if size == "small" and similarity == "high":
         chosen, equivalent = linear_probe(table), "zoo:linear-probe"
-        why = ("the pretrained features already fit the task and too few samples would "
-               "overfit a fine-tuned backbone: train the classifier only")
+        why = (
+            "the pretrained features already fit the task and too few samples would "
+            "overfit a fine-tuned backbone: train the classifier only"
+        )
     elif size == "small":
         chosen, equivalent = train_last(table, 1), "zoo:train-last:n=1"
-        why = ("the top features are specific to the pretraining task, but too few samples to "
-               "adapt more than the last stage: train the last stage and the head")
+        why = (
+            "the top features are specific to the pretraining task, but too few samples to "
+            "adapt more than the last stage: train the last stage and the head"
+        )
     elif size == "medium" and similarity == "high":
         half = max(1, math.ceil(len(stages) / 2))
         chosen, equivalent = train_last(table, half), f"zoo:train-last:n={half}"
-        why = (f"enough data to adapt the upper stages, and the generic lower stages fit: "
-               f"partial fine-tuning of the last {half} of {len(stages)} stages")
+        why = (
+            f"enough data to adapt the upper stages, and the generic lower stages fit: "
+            f"partial fine-tuning of the last {half} of {len(stages)} stages"
+        )
     else:
         chosen, equivalent = full(table), "zoo:full"
-        why = ("enough data to adapt every layer" if size == "large"
-               else "the task differs, and there is enough data to adapt every layer")
+        why = (
+            "enough data to adapt every layer"
+            if size == "large"
+            else "the task differs, and there is enough data to adapt every layer"
+        )
         why += ": full fine-tuning"
     reason = f"auto chose {equivalent}: {data}; {why}"
     return Plan.from_table(table, chosen.trainable, norm_modes=chosen.norms, notes=[reason])
@@ -228,22 +246,35 @@ def auto(
 
 POLICIES: tuple[PolicySpec, ...] = (
     PolicySpec("full", full, "Train everything (norms in train mode)."),
-    PolicySpec("linear-probe", linear_probe,
-               "Train the classifier head only; every norm layer keeps fixed statistics."),
+    PolicySpec(
+        "linear-probe",
+        linear_probe,
+        "Train the classifier head only; every norm layer keeps fixed statistics.",
+    ),
     PolicySpec("freeze-to", freeze_to, "Freeze below depth k; train depth >= k and the head."),
     PolicySpec("train-last", train_last, "Train the last n stages and the head."),
     PolicySpec("bitfit", bitfit, "BitFit: train every bias term and the head."),
     PolicySpec("norm-only", norm_only, "Train the norm layers' affine parameters and the head."),
-    PolicySpec("pattern", pattern,
-               "Train parameters matching include globs and no exclude glob (exact control)."),
-    PolicySpec("layer-decay", layer_decay,
-               "Train everything with lr scale decay^(max_depth - depth)."),
-    PolicySpec("gradual", gradual,
-               "Gradual unfreezing: head first, one more stage every k epochs (schedule).",
-               schedule=True),
-    PolicySpec("auto", auto,
-               "Pick linear-probe, partial or full fine-tuning from samples per class and "
-               "task similarity, and say why."),
+    PolicySpec(
+        "pattern",
+        pattern,
+        "Train parameters matching include globs and no exclude glob (exact control).",
+    ),
+    PolicySpec(
+        "layer-decay", layer_decay, "Train everything with lr scale decay^(max_depth - depth)."
+    ),
+    PolicySpec(
+        "gradual",
+        gradual,
+        "Gradual unfreezing: head first, one more stage every k epochs (schedule).",
+        schedule=True,
+    ),
+    PolicySpec(
+        "auto",
+        auto,
+        "Pick linear-probe, partial or full fine-tuning from samples per class and "
+        "task similarity, and say why.",
+    ),
 )
 
 

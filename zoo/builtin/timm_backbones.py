@@ -33,9 +33,23 @@ _HF_HOST = "huggingface.co"
 #: takes them from a saved file. File, URL, directory and hub-like names are refused too, so a
 #: future timm argument of that kind is covered.
 UNSAFE_KWARGS = (
-    "checkpoint*", "*_checkpoint", "pretrained*", "cache*", "*cache_dir", "*_dir",
-    "file", "*_file", "filename", "*_filename", "url", "*_url", "hf_hub*", "*hub_id",
-    "kwargs_filter", "feature_cfg", "device",
+    "checkpoint*",
+    "*_checkpoint",
+    "pretrained*",
+    "cache*",
+    "*cache_dir",
+    "*_dir",
+    "file",
+    "*_file",
+    "filename",
+    "*_filename",
+    "url",
+    "*_url",
+    "hf_hub*",
+    "*hub_id",
+    "kwargs_filter",
+    "feature_cfg",
+    "device",
 )
 
 
@@ -144,7 +158,8 @@ def timm_config_json(
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.json"
         save_config_for_hf(
-            model, str(path),
+            model,
+            str(path),
             model_config={"label_names": list(label_names)} if label_names else None,
             data_config=dict(data_config),
         )

@@ -54,8 +54,16 @@ class DemoSettings:
 
 
 FULL = DemoSettings()
-FAST = DemoSettings(source_per_class=24, source_epochs=1, shots=4, target_epochs=2,
-                    probe_epochs=3, test_per_class=6, batch_size=16, predictions=3)
+FAST = DemoSettings(
+    source_per_class=24,
+    source_epochs=1,
+    shots=4,
+    target_epochs=2,
+    probe_epochs=3,
+    test_per_class=6,
+    batch_size=16,
+    predictions=3,
+)
 
 
 @dataclass(frozen=True)
@@ -161,8 +169,12 @@ def write_digits(root: Path, settings: DemoSettings, *, seed: int = 0) -> DigitF
     by_digit: dict[int, list[int]] = {}
     for index, target in enumerate(labels):
         by_digit.setdefault(int(target), []).append(index)
-    folders = DigitFolders(root / "source" / "train", root / "source" / "val",
-                           root / "target" / "train", root / "target" / "test")
+    folders = DigitFolders(
+        root / "source" / "train",
+        root / "source" / "val",
+        root / "target" / "train",
+        root / "target" / "test",
+    )
 
     def write(folder: Path, digit: int, indices: list[int]) -> None:
         out = folder / str(digit)
@@ -176,15 +188,15 @@ def write_digits(root: Path, settings: DemoSettings, *, seed: int = 0) -> DigitF
         rng.shuffle(indices)
         if digit in SOURCE_DIGITS:
             if settings.source_per_class is not None:
-                indices = indices[:settings.source_per_class]
+                indices = indices[: settings.source_per_class]
             cut = max(1, len(indices) // 5)
             write(folders.source_val, digit, indices[:cut])
             write(folders.source_train, digit, indices[cut:])
         else:
-            rest = indices[settings.shots:]
+            rest = indices[settings.shots :]
             if settings.test_per_class is not None:
-                rest = rest[:settings.test_per_class]
-            write(folders.target_train, digit, indices[:settings.shots])
+                rest = rest[: settings.test_per_class]
+            write(folders.target_train, digit, indices[: settings.shots])
             write(folders.target_test, digit, rest)
     return folders
 
@@ -212,54 +224,90 @@ def run_demo(
     with tempfile.TemporaryDirectory(prefix="zoo-demo-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         folders = write_digits(root, settings)
-        common = {"image_size": settings.image_size, "input_config": {"crop_pct": 1.0},
-                  "batch_size": settings.batch_size, "callback": callback}
-        say(f"1/3  source task: {settings.backbone} from scratch on digits 0-4 "
-            f"({settings.source_epochs} epochs)")
+        common = {
+            "image_size": settings.image_size,
+            "input_config": {"crop_pct": 1.0},
+            "batch_size": settings.batch_size,
+            "callback": callback,
+        }
+        say(
+            f"1/3  source task: {settings.backbone} from scratch on digits 0-4 "
+            f"({settings.source_epochs} epochs)"
+        )
         _source, source_history = adapt(
-            settings.backbone, folders.source_train, folders.source_val, policy="full",
-            epochs=settings.source_epochs, lr=settings.lr, augment=AUGMENT, name=SOURCE_NAME,
-            overwrite=True, **common)
-        result = DemoResult(backbone=settings.backbone,
-                            source_accuracy=source_history.final_accuracy or 0.0)
+            settings.backbone,
+            folders.source_train,
+            folders.source_val,
+            policy="full",
+            epochs=settings.source_epochs,
+            lr=settings.lr,
+            augment=AUGMENT,
+            name=SOURCE_NAME,
+            overwrite=True,
+            **common,
+        )
+        result = DemoResult(
+            backbone=settings.backbone, source_accuracy=source_history.final_accuracy or 0.0
+        )
         say(f"     saved {SOURCE_NAME!r}: {100 * result.source_accuracy:.1f}% on held-out 0-4")
         say(f"2/3  target task: digits 5-9 with {settings.shots} labelled images per class")
         best_model = None
         for strategy in STRATEGIES:
             start = "source model" if strategy.from_source else "random init"
             epochs = strategy.epochs(settings)
-            say(f"     {strategy.name}: {strategy.policy} from "
-                f"{SOURCE_NAME if strategy.from_source else 'random init'} ({epochs} epochs)")
+            say(
+                f"     {strategy.name}: {strategy.policy} from "
+                f"{SOURCE_NAME if strategy.from_source else 'random init'} ({epochs} epochs)"
+            )
             t0 = time.perf_counter()
             model, history = adapt(
                 SOURCE_NAME if strategy.from_source else settings.backbone,
-                folders.target_train, policy=strategy.policy, epochs=epochs,
+                folders.target_train,
+                policy=strategy.policy,
+                epochs=epochs,
                 lr=strategy.lr,
-                augment=None if strategy.policy == "linear-probe" else AUGMENT, **common)
+                augment=None if strategy.policy == "linear-probe" else AUGMENT,
+                **common,
+            )
             score = evaluate(model, folders.target_test, batch_size=128)
-            result.rows.append(DemoRow(
-                strategy=strategy.name, policy=strategy.policy, start=start,
-                accuracy=score.accuracy, trainable_fraction=history.trainable_fraction,
-                seconds=time.perf_counter() - t0, feature_cache=history.feature_cache,
-            ))
+            result.rows.append(
+                DemoRow(
+                    strategy=strategy.name,
+                    policy=strategy.policy,
+                    start=start,
+                    accuracy=score.accuracy,
+                    trainable_fraction=history.trainable_fraction,
+                    seconds=time.perf_counter() - t0,
+                    feature_cache=history.feature_cache,
+                )
+            )
             result.train_images, result.test_images = history.train_images, score.images
             row = result.rows[-1]
-            say(f"       -> {100 * row.accuracy:.1f}% test accuracy, "
+            say(
+                f"       -> {100 * row.accuracy:.1f}% test accuracy, "
                 f"{100 * row.trainable_fraction:.1f}% of parameters trained, {row.seconds:.1f}s"
-                + (" (features cached)" if row.feature_cache else ""))
+                + (" (features cached)" if row.feature_cache else "")
+            )
             if best_model is None or score.accuracy > max(r.accuracy for r in result.rows[:-1]):
                 best_model, result.best_strategy = model, strategy.name
         assert best_model is not None
         zoo.save(best_model, BEST_NAME, overwrite=True)
         result.best = BEST_NAME
-        say(f"3/3  saved the best ({result.best_strategy}) as {BEST_NAME!r}; loading it back "
-            "by name to predict held-out digits")
+        say(
+            f"3/3  saved the best ({result.best_strategy}) as {BEST_NAME!r}; loading it back "
+            "by name to predict held-out digits"
+        )
         loaded = zoo.load(BEST_NAME)
         samples = sorted(folders.target_test.rglob("*.png"))
         picks = random.Random(1).sample(samples, min(settings.predictions, len(samples)))
         for pred, path in zip(zoo.predict(loaded, picks, topk=1), picks, strict=True):
-            result.predictions.append(DemoPrediction(
-                image=path.name, truth=path.parent.name, predicted=pred.label,
-                probability=pred.probability))
+            result.predictions.append(
+                DemoPrediction(
+                    image=path.name,
+                    truth=path.parent.name,
+                    predicted=pred.label,
+                    probability=pred.probability,
+                )
+            )
     result.seconds = time.perf_counter() - started
     return result

@@ -436,8 +436,9 @@ def check_names_cached(backbone: str | None = None, policy: str | None = None) -
     if policy is not None:
         from zoo.core.policy_args import split_policy_spec
 
-        _from_index(split_policy_spec(policy)[0],
-                    lambda listing: listing.check_names(policy=policy))
+        _from_index(
+            split_policy_spec(policy)[0], lambda listing: listing.check_names(policy=policy)
+        )
 
 
 def _from_index(name: str, resolve: Callable[[Listing], T]) -> tuple[str, T]:

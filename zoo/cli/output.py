@@ -28,9 +28,7 @@ class Output:
 
         self.json_mode = json_mode
         file = stdout or sys.stdout
-        self.console = Console(
-            file=file, highlight=False, soft_wrap=False, width=_pipe_width(file)
-        )
+        self.console = Console(file=file, highlight=False, soft_wrap=False, width=_pipe_width(file))
         self.err = Console(file=stderr or sys.stderr, highlight=False, soft_wrap=True)
 
     def print(self, *renderables: Any) -> None:
@@ -164,7 +162,7 @@ def aligned_text(
         if first_style and not style and len(row) > 1:
             first = row[0].ljust(widths[0])
             text.append(first, style=first_style)
-            text.append(line(row)[len(first):] + "\n")
+            text.append(line(row)[len(first) :] + "\n")
         else:
             text.append(line(row) + "\n", style=style)
     text.rstrip()

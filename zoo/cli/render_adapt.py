@@ -45,16 +45,20 @@ def start_text(info: Mapping[str, Any]) -> Text:
     text.append(f"  policy {info.get('policy', '')}\n")
     classes = list(info.get("classes", []))
     shown = ", ".join(classes[:8]) + (f", … (+{len(classes) - 8})" if len(classes) > 8 else "")
-    text.append(f"data: {info.get('train_images', 0)} training / {info.get('val_images', 0)} "
-                f"validation images, {len(classes)} classes ({shown})\n")
+    text.append(
+        f"data: {info.get('train_images', 0)} training / {info.get('val_images', 0)} "
+        f"validation images, {len(classes)} classes ({shown})\n"
+    )
     if info.get("skipped"):
         text.append(f"skipped {info['skipped']} unreadable image(s)\n", style="yellow")
     size = info.get("input_size") or []
     where = f"{info.get('device', 'cpu')}"
     if int(info.get("world_size", 1)) > 1:
         where += f" x {info['world_size']} processes (DDP)"
-    text.append(f"input {'x'.join(str(v) for v in size[1:])}, augmentation "
-                f"{'on' if info.get('augment') else 'off'}, {where}\n")
+    text.append(
+        f"input {'x'.join(str(v) for v in size[1:])}, augmentation "
+        f"{'on' if info.get('augment') else 'off'}, {where}\n"
+    )
     text.append(str(info.get("note", "")), style="green" if info.get("feature_cache") else "dim")
     return text
 
@@ -66,16 +70,16 @@ def epoch_line(record: EpochRecord, epochs: int) -> Text:
     if record.val_accuracy is not None:
         text.append(f"  val loss {_num(record.val_loss)}  ")
         text.append(f"val acc {_pct(record.val_accuracy)}", style="bold green")
-    text.append(f"  {_seconds(record.seconds)}, {record.images_per_second:,.0f} img/s",
-                style="dim")
+    text.append(f"  {_seconds(record.seconds)}, {record.images_per_second:,.0f} img/s", style="dim")
     return text
 
 
 class AdaptProgress(AdaptCallback):
     """Live progress of :func:`zoo.adapt` on a rich console: an epoch bar and a batch bar."""
 
-    def __init__(self, console: Console, *, show_start: bool = True,
-                 epoch_lines: bool = True) -> None:
+    def __init__(
+        self, console: Console, *, show_start: bool = True, epoch_lines: bool = True
+    ) -> None:
         self.console = console
         self.show_start = show_start
         self.epoch_lines = epoch_lines
@@ -118,8 +122,9 @@ class AdaptProgress(AdaptCallback):
         if self._batch is None:
             self._batch = self.progress.add_task(f"features {split}", total=batches, stats="")
         else:
-            self.progress.reset(self._batch, total=batches, description=f"features {split}",
-                                stats="")
+            self.progress.reset(
+                self._batch, total=batches, description=f"features {split}", stats=""
+            )
 
     def on_features_batch(self, split: str, done: int, batches: int) -> None:
         if self._batch is not None:
@@ -131,14 +136,21 @@ class AdaptProgress(AdaptCallback):
         if self._batch is None:
             self._batch = self.progress.add_task(f"epoch {epoch}", total=batches, stats="")
         else:
-            self.progress.reset(self._batch, total=batches, description=f"epoch {epoch}",
-                                stats="")
+            self.progress.reset(self._batch, total=batches, description=f"epoch {epoch}", stats="")
 
-    def on_batch_end(self, epoch: int, batch: int, batches: int, loss: float, accuracy: float,
-                     images_per_second: float) -> None:
+    def on_batch_end(
+        self,
+        epoch: int,
+        batch: int,
+        batches: int,
+        loss: float,
+        accuracy: float,
+        images_per_second: float,
+    ) -> None:
         if self._batch is not None:
             self.progress.update(
-                self._batch, completed=batch,
+                self._batch,
+                completed=batch,
                 stats=f"loss {loss:.4f}  acc {_pct(accuracy)}  {images_per_second:,.0f} img/s",
             )
 
@@ -146,16 +158,20 @@ class AdaptProgress(AdaptCallback):
         if self.epoch_lines:
             self.progress.console.print(epoch_line(record, self.epochs))
         if self._epoch is not None:
-            last = _pct(record.val_accuracy if record.val_accuracy is not None
-                        else record.train_accuracy)
+            last = _pct(
+                record.val_accuracy if record.val_accuracy is not None else record.train_accuracy
+            )
             self.progress.update(self._epoch, completed=record.epoch, stats=f"acc {last}")
 
     def on_plan_change(self, epoch: int, plan: Any) -> None:
         if not self.epoch_lines:
             return
         self.progress.console.print(
-            Text(f"epoch {epoch}: the schedule unfroze more, {len(plan.trainable)} parameter "
-                 "tensors train now", style="cyan")
+            Text(
+                f"epoch {epoch}: the schedule unfroze more, {len(plan.trainable)} parameter "
+                "tensors train now",
+                style="cyan",
+            )
         )
 
     def on_end(self, history: History) -> None:
@@ -175,8 +191,13 @@ def history_table(history: History) -> Table:
     table.add_column("img/s", justify="right")
     for e in history.epochs:
         table.add_row(
-            str(e.epoch), _num(e.train_loss), _pct(e.train_accuracy), _num(e.val_loss),
-            _pct(e.val_accuracy), human_count(e.trainable_params), _seconds(e.seconds),
+            str(e.epoch),
+            _num(e.train_loss),
+            _pct(e.train_accuracy),
+            _num(e.val_loss),
+            _pct(e.val_accuracy),
+            human_count(e.trainable_params),
+            _seconds(e.seconds),
             f"{e.images_per_second:,.0f}",
         )
     return table
@@ -194,26 +215,45 @@ def summary_table(history: History) -> Table:
     table.add_row("started from", history.start)
     policy = history.policy + (
         ":" + ",".join(f"{k}={v}" for k, v in history.policy_args.items())
-        if history.policy_args else ""
+        if history.policy_args
+        else ""
     )
     table.add_row("policy", policy)
     share = history.trainable_fraction
-    table.add_row("trainable", f"{human_count(history.trainable_params)} of "
-                  f"{human_count(history.total_params)} ({100 * share:.1f}%) {bar(share, 12)}")
-    table.add_row("classes", f"{len(history.classes)}: " + ", ".join(history.classes[:10])
-                  + (" …" if len(history.classes) > 10 else ""))
-    table.add_row("images", f"{history.train_images} train, {history.val_images} validation"
-                  + (f", {len(history.skipped)} skipped (unreadable)" if history.skipped else ""))
+    table.add_row(
+        "trainable",
+        f"{human_count(history.trainable_params)} of "
+        f"{human_count(history.total_params)} ({100 * share:.1f}%) {bar(share, 12)}",
+    )
+    table.add_row(
+        "classes",
+        f"{len(history.classes)}: "
+        + ", ".join(history.classes[:10])
+        + (" …" if len(history.classes) > 10 else ""),
+    )
+    table.add_row(
+        "images",
+        f"{history.train_images} train, {history.val_images} validation"
+        + (f", {len(history.skipped)} skipped (unreadable)" if history.skipped else ""),
+    )
     if history.epochs:
         last = history.epochs[-1]
-        table.add_row("final", f"train acc {_pct(last.train_accuracy)}, val acc "
-                      f"{_pct(last.val_accuracy)}, best {_pct(history.best_accuracy)}")
+        table.add_row(
+            "final",
+            f"train acc {_pct(last.train_accuracy)}, val acc "
+            f"{_pct(last.val_accuracy)}, best {_pct(history.best_accuracy)}",
+        )
     cache = "used" if history.feature_cache else "not used"
-    table.add_row("feature cache", f"{cache} — {history.feature_cache_note}"
-                  + (f" ({_seconds(history.feature_seconds)} to compute)"
-                     if history.feature_cache else ""))
-    table.add_row("time", f"{_seconds(history.total_seconds)} on {history.device}"
-                  + (f" x {history.world_size}" if history.world_size > 1 else ""))
+    table.add_row(
+        "feature cache",
+        f"{cache} — {history.feature_cache_note}"
+        + (f" ({_seconds(history.feature_seconds)} to compute)" if history.feature_cache else ""),
+    )
+    table.add_row(
+        "time",
+        f"{_seconds(history.total_seconds)} on {history.device}"
+        + (f" x {history.world_size}" if history.world_size > 1 else ""),
+    )
     for note in history.notes:
         table.add_row("note", note)
     return table
@@ -242,9 +282,14 @@ def predictions_table(predictions: Sequence[Any]) -> Table:
     table.add_column("")
     for pred in predictions:
         for rank, (name, prob) in enumerate(pred.top, start=1):
-            table.add_row(pred.source if rank == 1 else "", str(rank), name,
-                          f"{100 * prob:.1f}%", bar(prob, 20),
-                          style="bold" if rank == 1 else None)
+            table.add_row(
+                pred.source if rank == 1 else "",
+                str(rank),
+                name,
+                f"{100 * prob:.1f}%",
+                bar(prob, 20),
+                style="bold" if rank == 1 else None,
+            )
         table.add_section()
     return table
 
@@ -255,9 +300,13 @@ def predictions_table(predictions: Sequence[Any]) -> Table:
 def demo_table(rows: Sequence[Any]) -> Table:
     """The demo's comparison: one row per strategy, the best in bold green."""
     best = max((r.accuracy for r in rows), default=None)
-    table = Table(title="target task: digits 5-9, few labels per class", title_justify="left",
-                  caption="scratch starts from random weights, the others from the source model",
-                  caption_justify="left", show_edge=False)
+    table = Table(
+        title="target task: digits 5-9, few labels per class",
+        title_justify="left",
+        caption="scratch starts from random weights, the others from the source model",
+        caption_justify="left",
+        show_edge=False,
+    )
     table.add_column("strategy")
     table.add_column("policy")
     table.add_column("test acc", justify="right")
@@ -266,8 +315,11 @@ def demo_table(rows: Sequence[Any]) -> Table:
     table.add_column("cache")
     for r in rows:
         table.add_row(
-            r.strategy, r.policy, _pct(r.accuracy),
-            f"{100 * r.trainable_fraction:.1f}%", _seconds(r.seconds),
+            r.strategy,
+            r.policy,
+            _pct(r.accuracy),
+            f"{100 * r.trainable_fraction:.1f}%",
+            _seconds(r.seconds),
             "yes" if r.feature_cache else "no",
             style="bold green" if r.accuracy == best else None,
         )

@@ -67,8 +67,7 @@ def _columns(
     max_width: int,
 ) -> Text | str:
     if len(rows) <= PLAIN_ROWS:
-        return aligned_text(headers, rows, right=right, title=title, rule=True,
-                            max_width=max_width)
+        return aligned_text(headers, rows, right=right, title=title, rule=True, max_width=max_width)
     return plain_columns(headers, rows, right=right, title=title, max_width=max_width)
 
 
@@ -83,15 +82,14 @@ def plain_columns(
     """:func:`~zoo.cli.output.aligned_text`'s layout (title, header, rule, rows) as plain
     text, without styles: 100,000 rows in a few tenths of a second."""
     rows = [
-        r if max(map(len, r)) <= max_width
+        r
+        if max(map(len, r)) <= max_width
         else [c if len(c) <= max_width else c[: max_width - 1] + "…" for c in r]
         for r in rows
     ]
     columns = list(zip(*rows, strict=True)) or [()] * len(headers)
     widths = [max([len(h), *map(len, c)]) for h, c in zip(headers, columns, strict=True)]
-    line = "  ".join(
-        f"{{:{'>' if i in right else '<'}{w}}}" for i, w in enumerate(widths)
-    ).format
+    line = "  ".join(f"{{:{'>' if i in right else '<'}{w}}}" for i, w in enumerate(widths)).format
     lines = [title, line(*headers).rstrip(), "  ".join("─" * w for w in widths)]
     lines += [line(*row).rstrip() for row in rows]
     return "\n".join(lines) + "\n"

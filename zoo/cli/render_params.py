@@ -80,9 +80,14 @@ def depth_table(table: ParamTable, *, bar_width: int = BAR_WIDTH) -> Table:
             Text(bar(summary.numel / total if total else 0.0, bar_width), style="green"),
         )
     out.add_row(
-        "", Text("total", style="bold"), str(len(table)), human_count(total), "100%" if total
-        else "-",
-        human_count(table.trainable_numel) if table.trainable_numel != total else "all", "", "",
+        "",
+        Text("total", style="bold"),
+        str(len(table)),
+        human_count(total),
+        "100%" if total else "-",
+        human_count(table.trainable_numel) if table.trainable_numel != total else "all",
+        "",
+        "",
     )
     return out
 
@@ -103,8 +108,17 @@ def rows_table(table: ParamTable) -> Text:
         )
         for row in table
     ]
-    headers = ("name", "depth", "group", "role", "module type", "shape", "params", "dtype",
-               "trainable")
+    headers = (
+        "name",
+        "depth",
+        "group",
+        "role",
+        "module type",
+        "shape",
+        "params",
+        "dtype",
+        "trainable",
+    )
     return aligned_text(headers, rows, right={1, 6})
 
 

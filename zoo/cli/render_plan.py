@@ -49,8 +49,7 @@ def _modes(counts: dict[str, int]) -> str:
 def header(plan: Plan, table: ParamTable) -> Text:
     """Model, policy and totals: what trains, in numbers; the notes of the policy."""
     text = Text()
-    text.append(table.backbone or table.model_type.rpartition(".")[2] or "model",
-                style="bold cyan")
+    text.append(table.backbone or table.model_type.rpartition(".")[2] or "model", style="bold cyan")
     text.append("  policy ")
     text.append(plan.spec_text, style="bold")
     if plan.epoch is not None:
@@ -124,20 +123,25 @@ def params_text(plan: Plan, table: ParamTable) -> Text:
         item = plan.params.get(row.name)
         trained = bool(item and item.trainable)
         norm = norm_of.get(row.name)
-        rows.append((
-            row.name,
-            str(row.depth),
-            row.group,
-            "x".join(str(s) for s in row.shape) or "scalar",
-            human_count(row.numel),
-            "trained" if trained else "frozen",
-            f"{item.lr_scale:.3g}" if item and trained else "-",
-            ("yes" if item.weight_decay else "no") if item and trained else "-",
-            plan.norm_mode(norm).value if norm else "",
-        ))
+        rows.append(
+            (
+                row.name,
+                str(row.depth),
+                row.group,
+                "x".join(str(s) for s in row.shape) or "scalar",
+                human_count(row.numel),
+                "trained" if trained else "frozen",
+                f"{item.lr_scale:.3g}" if item and trained else "-",
+                ("yes" if item.weight_decay else "no") if item and trained else "-",
+                plan.norm_mode(norm).value if norm else "",
+            )
+        )
     headers = ("name", "depth", "group", "shape", "params", "state", "lr scale", "decay", "norm")
     return aligned_text(
-        headers, rows, right={1, 4, 6}, first_style=None,
+        headers,
+        rows,
+        right={1, 4, 6},
+        first_style=None,
         row_style=lambda row: None if "trained" in row else "dim",
     )
 
@@ -145,19 +149,28 @@ def params_text(plan: Plan, table: ParamTable) -> Text:
 def norms_text(plan: Plan, table: ParamTable) -> Text:
     """Every normalization layer: path, type, depth, running statistics, mode."""
     rows = [
-        (norm.path, norm.type, str(norm.depth), "yes" if norm.tracks_running_stats else "no",
-         plan.norm_mode(norm.path).value)
+        (
+            norm.path,
+            norm.type,
+            str(norm.depth),
+            "yes" if norm.tracks_running_stats else "no",
+            plan.norm_mode(norm.path).value,
+        )
         for norm in table.norms
     ]
     text = Text()
     headers = ("norm layer", "type", "depth", "running stats", "mode")
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    text.append("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
-                + "\n", style="bold")
+    text.append(
+        "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip() + "\n",
+        style="bold",
+    )
     for row in rows:
         style = "green" if row[-1] == NormMode.TRAIN.value else "dim"
-        text.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                    + "\n", style=style)
+        text.append(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n",
+            style=style,
+        )
     return text
 
 
@@ -196,9 +209,13 @@ def plan_json(plan: Plan, table: ParamTable, *, full: bool = False) -> dict[str,
             for row in table.rows
         ]
         data["norms"] = [
-            {"path": n.path, "type": n.type, "depth": n.depth,
-             "tracks_running_stats": n.tracks_running_stats,
-             "mode": plan.norm_mode(n.path).value}
+            {
+                "path": n.path,
+                "type": n.type,
+                "depth": n.depth,
+                "tracks_running_stats": n.tracks_running_stats,
+                "mode": plan.norm_mode(n.path).value,
+            }
             for n in table.norms
         ]
     return data

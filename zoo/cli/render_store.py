@@ -62,8 +62,14 @@ def models_table(entries: Sequence[EntryInfo]) -> Table:
         name = Text(printable(entry.name))
         if not entry.ok:
             table.add_row(
-                name, "", "", Text("broken", style="bold red"), "", "",
-                human_bytes(entry.size) if entry.size else "-", "",
+                name,
+                "",
+                "",
+                Text("broken", style="bold red"),
+                "",
+                "",
+                human_bytes(entry.size) if entry.size else "-",
+                "",
             )
             continue
         table.add_row(
@@ -83,7 +89,8 @@ def broken_lines(entries: Sequence[EntryInfo]) -> list[Text]:
     """One line per broken entry: its name and what is wrong with it."""
     return [
         Text.assemble((printable(e.name), "bold"), (f": {printable(e.reason)}", "red"))
-        for e in entries if not e.ok
+        for e in entries
+        if not e.ok
     ]
 
 
@@ -91,8 +98,7 @@ def models_summary(entries: Sequence[EntryInfo], home: str) -> Text:
     """The line under the table: how many models, how many broken, where the store is."""
     broken = sum(1 for e in entries if not e.ok)
     total = sum(e.size for e in entries)
-    text = Text(f"{len(entries)} model(s), {human_bytes(total)} in {printable(home)}",
-                style="dim")
+    text = Text(f"{len(entries)} model(s), {human_bytes(total)} in {printable(home)}", style="dim")
     if broken:
         text.append(f"; {broken} broken (remove with zoo rm NAME)", style="red")
     return text
@@ -192,13 +198,18 @@ def gc_view(result: GcResult, *, dry_run: bool) -> Text:
     for path, reason in result.skipped:
         text.append(f"skipped {printable(path)}: {printable(reason)}\n", style="yellow")
     for path in result.repaired:
-        text.append(f"{'would rewrite' if dry_run else 'rewrote'} {printable(path)} (it "
-                    "described another version of the model)\n")
+        text.append(
+            f"{'would rewrite' if dry_run else 'rewrote'} {printable(path)} (it "
+            "described another version of the model)\n"
+        )
     if result.locks:
         text.append(f"{verb} {len(result.locks)} stale lock file(s) of removed entries\n")
     if not (result.removed or result.skipped or result.repaired or result.locks):
         text.append("nothing to clean up\n", style="dim")
     else:
-        text.append(f"{len(result.removed)} leftover(s), {human_bytes(result.freed)} "
-                    f"{'to free' if dry_run else 'freed'}\n", style="dim")
+        text.append(
+            f"{len(result.removed)} leftover(s), {human_bytes(result.freed)} "
+            f"{'to free' if dry_run else 'freed'}\n",
+            style="dim",
+        )
     return text

@@ -173,7 +173,6 @@ def check_names(
     if backbone is not None:
         resolve_backbone(backbones, backbone)
     if policy is not None:
-
         policies.resolve(split_policy_spec(policy)[0])
 
 

@@ -57,9 +57,7 @@ def call_create(
             f", {k}={v!r}" for k, v in kwargs.items()
         )
         args = args if len(args) <= 300 else args[:300] + "…"
-        raise ModelBuildError(
-            f"{where} ({args}): {type(exc).__name__}: {exc}"
-        ) from exc
+        raise ModelBuildError(f"{where} ({args}): {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ModelBuildError(
             f"{where}: its create() returned {type(model).__name__}, not a torch.nn.Module; "

@@ -197,9 +197,7 @@ class PluginHost:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 record.errors.append(f"unknown hook {attr!r}{hint}; it is never called")
             elif attr not in record.hooks:
-                record.errors.append(
-                    f"{attr!r} is not marked @zoo.hookimpl; it is never called"
-                )
+                record.errors.append(f"{attr!r} is not marked @zoo.hookimpl; it is never called")
         return True
 
     def add_module(self, name: str, value: str, **info: Any) -> bool:

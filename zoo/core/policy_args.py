@@ -115,8 +115,10 @@ def _type_from_hint(hint: Any) -> ArgType:
         return ArgType("literal", tuple(args))
     if hint in (int, float, bool, str):
         return ArgType(hint.__name__)
-    if hint in (list, tuple) or origin in (list, tuple, Sequence) or (
-        origin is not None and getattr(origin, "__name__", "") in {"Sequence", "Iterable"}
+    if (
+        hint in (list, tuple)
+        or origin in (list, tuple, Sequence)
+        or (origin is not None and getattr(origin, "__name__", "") in {"Sequence", "Iterable"})
     ):
         members = [a for a in args if a is not Ellipsis]
         if all(a is str for a in members):
@@ -136,20 +138,25 @@ def _type_from_text(text: str) -> ArgType:
         text = parts[0]
     for prefix in ("Optional[", "typing.Optional["):
         if text.startswith(prefix) and text.endswith("]"):
-            text, optional = text[len(prefix):-1].strip(), True
+            text, optional = text[len(prefix) : -1].strip(), True
     if text in {"int", "float", "bool", "str"}:
         return ArgType(text, optional=optional)
     for prefix in ("Literal[", "typing.Literal["):
         if text.startswith(prefix) and text.endswith("]"):
             try:
-                choices = ast.literal_eval(f"({text[len(prefix):-1]},)")
+                choices = ast.literal_eval(f"({text[len(prefix) : -1]},)")
             except (ValueError, SyntaxError):
                 return ArgType("any", optional=optional)
             return ArgType("literal", tuple(choices), optional)
     compact = text.replace(" ", "").replace("typing.", "")
     if compact in {
-        "list[str]", "List[str]", "tuple[str,...]", "Tuple[str,...]", "Sequence[str]",
-        "collections.abc.Sequence[str]", "Iterable[str]",
+        "list[str]",
+        "List[str]",
+        "tuple[str,...]",
+        "Tuple[str,...]",
+        "Sequence[str]",
+        "collections.abc.Sequence[str]",
+        "Iterable[str]",
     }:
         return ArgType("list", optional=optional)
     return ArgType("any", optional=optional)
@@ -239,7 +246,7 @@ def split_policy_spec(text: str) -> tuple[str, str]:
         raise PolicyArgumentError(
             f"cannot read policy {text!r}: write NAME:key=value,key=value (e.g. freeze-to:depth=3)"
         )
-    return text[:colon], text[colon + 1:]
+    return text[:colon], text[colon + 1 :]
 
 
 def parse_arg_text(text: str, *, policy: str = "") -> dict[str, list[str]]:
@@ -314,9 +321,11 @@ def bind_policy_args(
             close = suggest(key, infos)
             hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
             if key == "epoch":
-                hint = (" (give the epoch on its own: epoch=N in Python, --epoch N on the "
-                        "command line)" if spec.schedule else " (only schedule policies take "
-                        "an epoch)")
+                hint = (
+                    " (give the epoch on its own: epoch=N in Python, --epoch N on the command line)"
+                    if spec.schedule
+                    else " (only schedule policies take an epoch)"
+                )
             raise PolicyArgumentError(
                 f"policy {name!r} has no argument {key!r}{hint}; valid arguments: {valid}"
             )
@@ -411,8 +420,10 @@ def _check_value(policy: str, info: PolicyArg, value: Any, valid: str) -> Any:
             raise _bad(policy, info, value, valid)
         return int(value)
     if kind.kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-            value
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
         ):
             raise _bad(policy, info, value, valid)
         return float(value)

@@ -95,15 +95,18 @@ class InputConfig:
         if not 0 < crop_pct <= 2:
             raise _bad_input("crop_pct", f"must be in (0, 2], got {crop_pct!r}")
         if max(size[1:]) / crop_pct > MAX_RESIZE:
-            raise _bad_input("crop_pct", f"{crop_pct!r} would resize a {max(size[1:])}-pixel "
-                                         f"side to more than {MAX_RESIZE} pixels")
+            raise _bad_input(
+                "crop_pct",
+                f"{crop_pct!r} would resize a {max(size[1:])}-pixel "
+                f"side to more than {MAX_RESIZE} pixels",
+            )
         return cls(
             input_size=size,
             mean=mean,
             std=std,
-            interpolation=_choice("interpolation", data.get("interpolation",
-                                                            defaults.interpolation),
-                                  INTERPOLATIONS),
+            interpolation=_choice(
+                "interpolation", data.get("interpolation", defaults.interpolation), INTERPOLATIONS
+            ),
             crop_pct=crop_pct,
             crop_mode=_choice("crop_mode", data.get("crop_mode", defaults.crop_mode), CROP_MODES),
         )
@@ -135,26 +138,32 @@ def _number(name: str, value: object) -> float:
 
 
 def _input_size(value: object) -> tuple[int, int, int]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 3 \
-            or not all(_is_int(v) for v in value):
-        raise _bad_input("input_size", "must be [channels, height, width] (3 integers), "
-                                       f"got {short_repr(value)}")
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, Sequence)
+        or len(value) != 3
+        or not all(_is_int(v) for v in value)
+    ):
+        raise _bad_input(
+            "input_size", f"must be [channels, height, width] (3 integers), got {short_repr(value)}"
+        )
     channels, height, width = (int(v) for v in value)
     if not 1 <= channels <= MAX_CHANNELS:
         raise _bad_input("input_size", f"channels must be 1 to {MAX_CHANNELS}, got {channels}")
     if not (1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE):
-        raise _bad_input("input_size", f"height and width must be 1 to {MAX_IMAGE_SIDE}, "
-                                       f"got {height} x {width}")
+        raise _bad_input(
+            "input_size", f"height and width must be 1 to {MAX_IMAGE_SIDE}, got {height} x {width}"
+        )
     return channels, height, width
 
 
-def _per_channel(name: str, value: object, channels: int, low: float, high: float
-                 ) -> tuple[float, ...]:
+def _per_channel(
+    name: str, value: object, channels: int, low: float, high: float
+) -> tuple[float, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise _bad_input(name, f"must be a list of numbers, got {short_repr(value)}")
     if len(value) != channels:
-        raise _bad_input(name, f"must hold one number per channel ({channels}), "
-                               f"got {len(value)}")
+        raise _bad_input(name, f"must hold one number per channel ({channels}), got {len(value)}")
     out = tuple(_number(name, v) for v in value)
     if not all(low <= v <= high for v in out):
         raise _bad_input(name, f"values must be in [{low:g}, {high:g}], got {list(out)}")
@@ -165,7 +174,6 @@ def _choice(name: str, value: object, options: tuple[str, ...]) -> str:
     if value not in options:
         raise _bad_input(name, f"must be one of {', '.join(options)}, got {short_repr(value)}")
     return str(value)
-
 
 
 @dataclass(frozen=True)

@@ -249,8 +249,9 @@ def _parse_header(raw: bytes, file_size: int, source: str) -> Header:
     if raw.count(b'"data_offsets"') > MAX_TENSORS + 2:  # quick refusal before parsing
         raise too_many
     try:
-        doc = json.loads(text, object_pairs_hook=_object_hook(MAX_TENSORS + 2),
-                         parse_constant=_no_constants)
+        doc = json.loads(
+            text, object_pairs_hook=_object_hook(MAX_TENSORS + 2), parse_constant=_no_constants
+        )
     except _DuplicateKey as exc:
         raise bad(f"header repeats the key {exc.args[0]!r}") from None
     except _TooManyObjects:
@@ -316,15 +317,19 @@ def _parse_entry(name: str, info: Any, bad: Any, data_len: int) -> TensorEntry:
     if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
         raise bad(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
     if len(shape) > MAX_DIMS or any(d > MAX_DIM for d in shape):
-        raise bad(f"tensor {name!r}: shape {shape!r} has more than {MAX_DIMS} dimensions or a "
-                  f"dimension above {MAX_DIM}")
+        raise bad(
+            f"tensor {name!r}: shape {shape!r} has more than {MAX_DIMS} dimensions or a "
+            f"dimension above {MAX_DIM}"
+        )
     itemsize = DTYPES[dtype][1]
     expected = math.prod(shape) * itemsize
     if expected > MAX_DIM or (
         expected == 0 and math.prod(max(d, 1) for d in shape) * itemsize > MAX_DIM
     ):
-        raise bad(f"tensor {name!r}: shape {shape!r} describes more bytes than a tensor can "
-                  f"hold (over {MAX_DIM})")
+        raise bad(
+            f"tensor {name!r}: shape {shape!r} describes more bytes than a tensor can "
+            f"hold (over {MAX_DIM})"
+        )
     offsets = info.get("data_offsets")
     if (
         type(offsets) is not list
@@ -593,16 +598,23 @@ def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             fields = {key: rest.split() for key, _, rest in (line.partition(":") for line in f)}
-        return sum(int(fields[key][0]) * 1024 for key in ("MemAvailable", "SwapFree")
-                   if key in fields) if "MemAvailable" in fields else None
+        return (
+            sum(int(fields[key][0]) * 1024 for key in ("MemAvailable", "SwapFree") if key in fields)
+            if "MemAvailable" in fields
+            else None
+        )
     except (OSError, ValueError, IndexError):
         return None
 
 
 _CGROUP_FILES = (  # (limit, usage, stat, page-cache key of stat): cgroup v2, then v1
     ("memory.max", "memory.current", "memory.stat", "file"),
-    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat",
-     "total_cache"),
+    (
+        "memory/memory.limit_in_bytes",
+        "memory/memory.usage_in_bytes",
+        "memory/memory.stat",
+        "total_cache",
+    ),
 )
 
 
@@ -827,14 +839,17 @@ def _specs(
         data = data.contiguous()
         alive.append(data)
         specs[name] = safetensors.TensorSpec(
-            dtype=attr, shape=list(data.shape), data_ptr=data.data_ptr(),
+            dtype=attr,
+            shape=list(data.shape),
+            data_ptr=data.data_ptr(),
             data_len=data.numel() * itemsize,
         )
     return specs, alive
 
 
-def _check_written(f: BinaryIO, path: Path, tensors: Mapping[str, torch.Tensor],
-                   metadata: Mapping[str, str]) -> None:
+def _check_written(
+    f: BinaryIO, path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> None:
     """Refuse to publish a file that zoo's reader would not accept as exactly what was asked.
 
     The header the library wrote (``f``, to be published as ``path``) must pass
@@ -844,13 +859,17 @@ def _check_written(f: BinaryIO, path: Path, tensors: Mapping[str, torch.Tensor],
     try:
         header = _header_from_open(f, path)
     except CorruptFileError as exc:
-        raise ZooError(f"the safetensors library wrote a file zoo would refuse to read ({exc}); "
-                       "nothing was saved (report this with the library version)") from None
+        raise ZooError(
+            f"the safetensors library wrote a file zoo would refuse to read ({exc}); "
+            "nothing was saved (report this with the library version)"
+        ) from None
     wanted = {n: (dtype_code(t.dtype), tuple(t.shape)) for n, t in tensors.items()}
     written = {e.name: (e.dtype, e.shape) for e in header.entries}
     if written != wanted or header.metadata != dict(metadata):
-        raise ZooError(f"{path}: the safetensors library wrote other tensors or metadata than "
-                       "zoo asked for; nothing was saved (report this with the library version)")
+        raise ZooError(
+            f"{path}: the safetensors library wrote other tensors or metadata than "
+            "zoo asked for; nothing was saved (report this with the library version)"
+        )
 
 
 def write_tensors(
@@ -869,9 +888,11 @@ def write_tensors(
 
     target = Path(path)
     specs, alive = _specs(tensors, metadata)
-    folder = Path(tempfile.mkdtemp(
-        dir=target.parent, prefix=f"{TEMP_PREFIX}{target.name}.", suffix=TEMP_SUFFIX
-    ))
+    folder = Path(
+        tempfile.mkdtemp(
+            dir=target.parent, prefix=f"{TEMP_PREFIX}{target.name}.", suffix=TEMP_SUFFIX
+        )
+    )
     written = folder / target.name
     try:
         try:

@@ -31,7 +31,6 @@ from zoo.errors import CorruptFileError, UnsupportedFormatError, ZooError
 from zoo.plans.plan import Plan
 
 if TYPE_CHECKING:
-
     from zoo.plans.plan import Plan
 
 #: Version of the metadata layout; bumped only for changes an older reader would misread.
@@ -76,27 +75,41 @@ KEYS: dict[str, str] = {
 }
 
 _REQUIRED = (
-    "zoo.format_version", "zoo.kind", "zoo.backbone", "zoo.build", "zoo.tensors_sha256",
+    "zoo.format_version",
+    "zoo.kind",
+    "zoo.backbone",
+    "zoo.build",
+    "zoo.tensors_sha256",
     "zoo.content_sha256",
 )
 #: The keys whose values are JSON text.
-_JSON_KEYS = frozenset({
-    "zoo.build", "zoo.num_classes", "zoo.classes", "zoo.input_config", "zoo.policy_args",
-    "zoo.plan", "zoo.trained", "zoo.base", "zoo.base_tensors", "zoo.plugins", "zoo.timm_config",
-})
+_JSON_KEYS = frozenset(
+    {
+        "zoo.build",
+        "zoo.num_classes",
+        "zoo.classes",
+        "zoo.input_config",
+        "zoo.policy_args",
+        "zoo.plan",
+        "zoo.trained",
+        "zoo.base",
+        "zoo.base_tensors",
+        "zoo.plugins",
+        "zoo.timm_config",
+    }
+)
 #: What to change when a save is refused because of a key's value.
 _SAVE_HINTS = {
     "zoo.build": "the model's architecture arguments (zoo.create keyword arguments) must be "
-                 "JSON values of valid text",
+    "JSON values of valid text",
     "zoo.classes": "pass class names that are valid text without control characters "
-                   "(classes=[...] or model.zoo_classes)",
+    "(classes=[...] or model.zoo_classes)",
     "zoo.input_config": "give the model a valid input config (model.zoo_input_config, a "
-                        "zoo.InputConfig)",
+    "zoo.InputConfig)",
     "zoo.policy": "name the plan's policy with text without control characters",
     "zoo.policy_args": "use policy arguments that are finite numbers, valid text, lists or "
-                       "dicts of them",
-    "zoo.plan": "use a plan whose arguments, names and lr scales are finite numbers and "
-                "valid text",
+    "dicts of them",
+    "zoo.plan": "use a plan whose arguments, names and lr scales are finite numbers and valid text",
 }
 _SAVE_HINT = "this value came from the backbone's or a plugin's data; report it to its author"
 _SAVING = "cannot save the model"
@@ -222,8 +235,10 @@ class ZooMetadata:
         num_params = reader.integer("zoo.num_params", default=0)
         num_trained_params = reader.integer("zoo.num_trained_params", default=0)
         if num_trained_params > num_params:
-            raise reader.bad("zoo.num_trained_params",
-                             f"{num_trained_params} is more than zoo.num_params ({num_params})")
+            raise reader.bad(
+                "zoo.num_trained_params",
+                f"{num_trained_params} is more than zoo.num_params ({num_params})",
+            )
         return cls(
             format_version=version,
             kind=kind,
@@ -283,14 +298,17 @@ def _dumps(key: str, value: Any) -> str:
     try:
         return json.dumps(value, ensure_ascii=False, allow_nan=False, sort_keys=False)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise ZooError(f"{_SAVING}: metadata {key!r} cannot be written as JSON ({exc}); "
-                       f"{_SAVE_HINTS.get(key, _SAVE_HINT)}") from None
+        raise ZooError(
+            f"{_SAVING}: metadata {key!r} cannot be written as JSON ({exc}); "
+            f"{_SAVE_HINTS.get(key, _SAVE_HINT)}"
+        ) from None
 
 
 def _check_writable(md: Mapping[str, str]) -> None:
     """Refuse to write what :meth:`ZooMetadata.parse` would refuse to read."""
-    reader = _Reader({**md, "zoo.tensors_sha256": "0" * 64, "zoo.content_sha256": "0" * 64},
-                     _SAVING)
+    reader = _Reader(
+        {**md, "zoo.tensors_sha256": "0" * 64, "zoo.content_sha256": "0" * 64}, _SAVING
+    )
     try:
         ZooMetadata._read(reader)
     except CorruptFileError as exc:
@@ -303,19 +321,26 @@ def _check_writable(md: Mapping[str, str]) -> None:
 
 def _check_build(build: dict[str, Any], backbone: str, reader: _Reader) -> None:
     if build.get("backbone") != backbone:
-        raise reader.bad("zoo.build", f"names backbone {_short(build.get('backbone'))}, "
-                                      f"zoo.backbone says {backbone!r}")
+        raise reader.bad(
+            "zoo.build",
+            f"names backbone {_short(build.get('backbone'))}, zoo.backbone says {backbone!r}",
+        )
     kwargs = build.get("kwargs", {})
     if not isinstance(kwargs, dict):
         raise reader.bad("zoo.build", "kwargs must be an object")
     num = build.get("num_classes")
     if num is not None and not (_is_int(num) and 0 <= num <= MAX_CLASSES):
-        raise reader.bad("zoo.build", f"num_classes must be a non-negative integer (at most "
-                                      f"{MAX_CLASSES}) or null, got {_short(num)}")
+        raise reader.bad(
+            "zoo.build",
+            f"num_classes must be a non-negative integer (at most "
+            f"{MAX_CLASSES}) or null, got {_short(num)}",
+        )
     tag = build.get("tag")
     if tag is not None and not (isinstance(tag, str) and _is_name(tag)):
-        raise reader.bad("zoo.build", f"tag must be a short name without control characters "
-                                      f"or null, got {_short(tag)}")
+        raise reader.bad(
+            "zoo.build",
+            f"tag must be a short name without control characters or null, got {_short(tag)}",
+        )
 
 
 def _check_base(base: dict[str, Any], reader: _Reader, *, need_hash: bool) -> None:
@@ -323,8 +348,10 @@ def _check_base(base: dict[str, Any], reader: _Reader, *, need_hash: bool) -> No
         raise reader.bad("zoo.base", f"kind must be one of {', '.join(BASE_KINDS)}")
     ref = base.get("ref")
     if not isinstance(ref, str) or not ref or _CONTROL.search(ref):
-        raise reader.bad("zoo.base", f"ref must be a non-empty string without control "
-                                     f"characters, got {_short(ref)}")
+        raise reader.bad(
+            "zoo.base",
+            f"ref must be a non-empty string without control characters, got {_short(ref)}",
+        )
     digest = base.get("sha256")
     if digest is None and not need_hash:
         return
@@ -356,7 +383,7 @@ def _not_text(text: str) -> str | None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        bad = text[exc.start:exc.end]
+        bad = text[exc.start : exc.end]
         return f"holds a lone surrogate {bad[:1]!r} (not valid Unicode, cannot be encoded)"
     return None
 
@@ -394,8 +421,7 @@ class _BadNumber(ValueError):
 def _parse_int(text: str) -> int:
     digits = len(text.lstrip("-"))
     if digits > 19:
-        raise _BadNumber(f"the integer {text[:20]}… has {digits} digits; integers must fit "
-                         "64 bits")
+        raise _BadNumber(f"the integer {text[:20]}… has {digits} digits; integers must fit 64 bits")
     value = int(text)
     if abs(value) > MAX_JSON_INT:
         raise _BadNumber(f"the integer {text} does not fit 64 bits")
@@ -418,8 +444,9 @@ def loads(text: str) -> Any:
 
     ``NaN``, ``Infinity``, ``1e999`` and 400-digit integers raise ``ValueError``.
     """
-    return json.loads(text, parse_constant=_no_constant, parse_float=_parse_float,
-                      parse_int=_parse_int)
+    return json.loads(
+        text, parse_constant=_no_constant, parse_float=_parse_float, parse_int=_parse_int
+    )
 
 
 class _Reader:
@@ -443,8 +470,11 @@ class _Reader:
         """Every key and plain value is a string of valid Unicode (JSON values: see json)."""
         for key, value in self.md.items():
             if not isinstance(key, str) or not isinstance(value, str):
-                raise self.bad(_short(key), f"keys and values must be strings, got "
-                                            f"{type(key).__name__} -> {type(value).__name__}")
+                raise self.bad(
+                    _short(key),
+                    f"keys and values must be strings, got "
+                    f"{type(key).__name__} -> {type(value).__name__}",
+                )
             problem = _not_text(key) or (None if key in _JSON_KEYS else _not_text(value))
             if problem:
                 raise self.bad(key, problem)
@@ -462,8 +492,11 @@ class _Reader:
             return default
         value = self.text(key)
         if not _is_name(value):
-            raise self.bad(key, f"expected a name of at most {MAX_NAME_LENGTH} characters "
-                                f"without control characters, got {_short(value)}")
+            raise self.bad(
+                key,
+                f"expected a name of at most {MAX_NAME_LENGTH} characters "
+                f"without control characters, got {_short(value)}",
+            )
         plugin, colon, bare = value.partition(":")
         if qualified and not (plugin and colon and bare):
             raise self.bad(key, f'expected "plugin:name", got {_short(value)}')
@@ -521,8 +554,10 @@ class _Reader:
     def optional_int(self, key: str, maximum: int) -> int | None:
         value = self.json(key)
         if value is not None and not (_is_int(value) and 0 <= value <= maximum):
-            raise self.bad(key, f"expected a non-negative integer (at most {maximum}) or "
-                                f"null, got {_short(value)}")
+            raise self.bad(
+                key,
+                f"expected a non-negative integer (at most {maximum}) or null, got {_short(value)}",
+            )
         return value
 
     def str_list(self, key: str, default: list[str]) -> list[str]:
@@ -541,8 +576,7 @@ class _Reader:
             raise self.bad(key, f"{len(value)} class names; at most {MAX_CLASSES}")
         for index, name in enumerate(value):
             if _CONTROL.search(name):
-                raise self.bad(key, f"class name {index} {_short(name)} holds a control "
-                                    "character")
+                raise self.bad(key, f"class name {index} {_short(name)} holds a control character")
         return value
 
     def input_config(self, key: str) -> dict[str, Any]:
@@ -556,7 +590,6 @@ class _Reader:
     def plan(self, key: str) -> dict[str, Any] | None:
         value = self.optional_obj(key)
         if value is not None:
-
             try:
                 Plan.from_dict(value)
             except ZooError as exc:  # PlanError
@@ -567,8 +600,11 @@ class _Reader:
         value = self.obj(key, default={})
         for plugin, version in value.items():
             if not _is_name(plugin) or not _is_version(version):
-                raise self.bad(key, f"expected plugin name -> version (a string or null), got "
-                                    f"{_short(plugin)}: {_short(version)}")
+                raise self.bad(
+                    key,
+                    f"expected plugin name -> version (a string or null), got "
+                    f"{_short(plugin)}: {_short(version)}",
+                )
         return value
 
     def created(self, key: str) -> str:

@@ -147,8 +147,9 @@ def file_state(path: str | os.PathLike[str], *, catalog: Catalog) -> ResolvedSta
     return _state_of_file(Path(path), (), catalog=catalog)
 
 
-def _state_of_file(path: Path, chain: tuple[Path, ...], *, catalog: Catalog,
-                   saved: SavedFile | None = None) -> ResolvedState:
+def _state_of_file(
+    path: Path, chain: tuple[Path, ...], *, catalog: Catalog, saved: SavedFile | None = None
+) -> ResolvedState:
     real = path.resolve()
     if real in chain:
         loop = " -> ".join(str(p) for p in (*chain, real))
@@ -163,8 +164,7 @@ def _state_of_file(path: Path, chain: tuple[Path, ...], *, catalog: Catalog,
     if meta.kind == "full":
         return ResolvedState(saved.tensors, meta.tensors_sha256, meta, saved)
     assert meta.base is not None  # parse guarantees it for deltas
-    base = resolve_base(meta.base, meta.build, catalog=catalog, chain=(*chain, real),
-                        for_file=path)
+    base = resolve_base(meta.base, meta.build, catalog=catalog, chain=(*chain, real), for_file=path)
     missing = [n for n in meta.base_tensors if n not in base.tensors]
     if missing:
         raise BaseMismatchError(
@@ -263,9 +263,11 @@ def save(
     check_free(target, overwrite)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     plan = getattr(model, "zoo_plan", None)
-    trained = list(plan.trainable) if plan is not None else [
-        n for n, p in model.named_parameters() if p.requires_grad
-    ]
+    trained = (
+        list(plan.trainable)
+        if plan is not None
+        else [n for n, p in model.named_parameters() if p.requires_grad]
+    )
     num_classes = _num_classes(model, build)
     names = _classes(model, classes, num_classes)
     numel = {n: p.numel() for n, p in model.named_parameters()}
@@ -317,9 +319,7 @@ def save(
         try:
             _write(target, tensors, metadata)
         except OSError as exc:
-            raise StoreError(
-                f"cannot save to {target.model_path}: {exc.strerror or exc}"
-            ) from exc
+            raise StoreError(f"cannot save to {target.model_path}: {exc.strerror or exc}") from exc
     return target.model_path
 
 
@@ -361,8 +361,9 @@ def _num_classes(model: Any, build: Mapping[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _classes(model: Any, classes: Sequence[str] | None, num_classes: int | None
-             ) -> list[str] | None:
+def _classes(
+    model: Any, classes: Sequence[str] | None, num_classes: int | None
+) -> list[str] | None:
     if classes is None:
         classes = getattr(model, "zoo_classes", None)
     if classes is None:
@@ -513,16 +514,17 @@ def load(
     assert resolved.saved is not None
     metadata = resolved.saved.metadata
     meta = resolved.meta or ZooMetadata.parse(metadata, source=str(path))
-    model = rebuild(meta.build, resolved.tensors, source=str(path), plugins=meta.plugins,
-                    catalog=catalog)
+    model = rebuild(
+        meta.build, resolved.tensors, source=str(path), plugins=meta.plugins, catalog=catalog
+    )
     plan = _plan_of(meta, path)
-    spec, _tag = saved_spec(meta.backbone, source=str(path), plugins=meta.plugins,
-                            catalog=catalog)
+    spec, _tag = saved_spec(meta.backbone, source=str(path), plugins=meta.plugins, catalog=catalog)
     check_consistency(model, meta, spec, plan, source=str(path))
     base_kind = "store" if target.kind == "store" else "file"
     ref = target.name if target.kind == "store" else str(path.resolve())
     model.zoo_build = {  # type: ignore[assignment]
-        **meta.build, "base": {"kind": base_kind, "ref": ref, "sha256": resolved.sha256}
+        **meta.build,
+        "base": {"kind": base_kind, "ref": ref, "sha256": resolved.sha256},
     }
 
     model.zoo_input_config = InputConfig.from_dict(meta.input_config)  # type: ignore[assignment]
@@ -533,7 +535,6 @@ def load(
     model.eval()
     if trainable:
         if plan is not None:
-
             apply_plan(model, plan)
         else:
             trained = set(meta.trained)
@@ -559,7 +560,11 @@ def _plan_of(meta: ZooMetadata, path: Path) -> Plan | None:
 
 
 def _depths(
-    spec: BackboneSpec, meta: ZooMetadata, kwargs: dict[str, Any], header: Header, path: Path,
+    spec: BackboneSpec,
+    meta: ZooMetadata,
+    kwargs: dict[str, Any],
+    header: Header,
+    path: Path,
     catalog: Catalog,
 ) -> list[dict[str, Any]]:
     """The per-depth summary of a saved model, from its backbone built on ``meta``.
@@ -649,8 +654,9 @@ def inspect(
     notes: list[str] = []
     depths: list[dict[str, Any]] = []
     try:
-        spec, _tag = saved_spec(meta.backbone, source=str(path), plugins=meta.plugins,
-                                catalog=catalog)
+        spec, _tag = saved_spec(
+            meta.backbone, source=str(path), plugins=meta.plugins, catalog=catalog
+        )
     except UnknownNameError as exc:
         spec = None
         notes.append(f"no per-depth summary: {exc}")

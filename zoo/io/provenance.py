@@ -119,8 +119,11 @@ def timm_config(
     when that is missing, fails or returns no mapping, zoo writes the same layout from its
     build record.
     """
-    data_config = {k: input_config[k] for k in ("mean", "std", "interpolation", "crop_pct",
-                                                "crop_mode") if k in input_config}
+    data_config = {
+        k: input_config[k]
+        for k in ("mean", "std", "interpolation", "crop_pct", "crop_mode")
+        if k in input_config
+    }
     writer = getattr(spec, "config_json", None)
     if writer is not None:
         try:

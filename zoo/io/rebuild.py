@@ -113,14 +113,16 @@ def rebuild(
     refused arguments and :class:`~zoo.WeightsMismatchError` naming the tensors that do not fit.
     """
 
-    spec, _tag = saved_spec(str(build["backbone"]), source=source, plugins=plugins,
-                            catalog=catalog)
+    spec, _tag = saved_spec(str(build["backbone"]), source=source, plugins=plugins, catalog=catalog)
     kwargs = check_saved_kwargs(spec, build.get("kwargs"), source=source)
     num_classes = build.get("num_classes")
     limit = max_tensor_bytes(state)
     try:
         skeleton, _notes = meta_model(
-            spec, num_classes, kwargs, max_tensor_bytes=limit,
+            spec,
+            num_classes,
+            kwargs,
+            max_tensor_bytes=limit,
             max_tensors=tensor_budget(len(state)),
         )
     except ModelBuildError as exc:
@@ -176,9 +178,7 @@ def _check_extra_tensors(
 ) -> None:
     """Tensors the file does not hold (non-persistent buffers) may not exceed the limit."""
     persistent = set(skeleton.state_dict())
-    extra = sum(
-        _nbytes(t) for n, t in skeleton.named_buffers() if n not in persistent
-    )
+    extra = sum(_nbytes(t) for n, t in skeleton.named_buffers() if n not in persistent)
     if extra > limit:
         raise CorruptFileError(
             f"{source}: its architecture arguments make non-saved buffers of {extra:,} bytes, "

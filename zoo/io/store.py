@@ -57,7 +57,12 @@ MAX_NAME_LENGTH = 100
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 _ALLOWED_PUNCTUATION = "._-+@="
 _RESERVED_DEVICES = {
-    "CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    "CONIN$",
+    "CONOUT$",
     *(f"COM{i}" for i in "0123456789¹²³"),
     *(f"LPT{i}" for i in "0123456789¹²³"),
 }
@@ -122,8 +127,10 @@ def validate_name(name: object) -> str:
     if os.path.isabs(name) or PureWindowsPath(name).is_absolute() or name.startswith("~"):
         raise refuse("it must not be an absolute path; a name is a single word")
     if "/" in name or "\\" in name:
-        raise refuse("it must not contain a path separator ('/' or '\\'); to save to a path, "
-                     "pass a pathlib.Path or a name ending in .safetensors")
+        raise refuse(
+            "it must not contain a path separator ('/' or '\\'); to save to a path, "
+            "pass a pathlib.Path or a name ending in .safetensors"
+        )
     if ":" in name or PureWindowsPath(name).drive:
         raise refuse("it must not contain ':' (drive letters and streams)")
     if ".." in name:
@@ -137,12 +144,15 @@ def validate_name(name: object) -> str:
     stem = name.split(".", 1)[0].upper()
     if stem in _RESERVED_DEVICES:
         raise refuse(f"{stem} is a reserved device name on Windows")
-    bad = sorted({c for c in name if not (c.isascii() and c.isalnum())
-                  and c not in _ALLOWED_PUNCTUATION})
+    bad = sorted(
+        {c for c in name if not (c.isascii() and c.isalnum()) and c not in _ALLOWED_PUNCTUATION}
+    )
     if bad:
         listed = " ".join(repr(c) for c in bad)
-        raise refuse(f"it may only use ASCII letters, digits and {' '.join(_ALLOWED_PUNCTUATION)} "
-                     f"(found {listed})")
+        raise refuse(
+            f"it may only use ASCII letters, digits and {' '.join(_ALLOWED_PUNCTUATION)} "
+            f"(found {listed})"
+        )
     return name
 
 
@@ -155,9 +165,7 @@ def is_path_target(name_or_path: str | os.PathLike[str]) -> bool:
     if isinstance(name_or_path, os.PathLike):
         return True
     if not isinstance(name_or_path, str):
-        raise ZooError(
-            f"expected a store name or a path, got {type(name_or_path).__name__}"
-        )
+        raise ZooError(f"expected a store name or a path, got {type(name_or_path).__name__}")
     separators = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
     return any(s in name_or_path for s in separators) or name_or_path.endswith(".safetensors")
 
@@ -295,8 +303,9 @@ def _try_lock(fd: int) -> bool:
 
 
 @contextlib.contextmanager
-def locked(key: str, *, timeout: float | None = None, blocking: bool = True
-           ) -> Iterator[Path | None]:
+def locked(
+    key: str, *, timeout: float | None = None, blocking: bool = True
+) -> Iterator[Path | None]:
     """Hold the exclusive lock of ``key`` (a store name or an absolute path) while in the block.
 
     Waits up to ``timeout`` seconds (default ``$ZOO_LOCK_TIMEOUT`` or 60; a value that is not
@@ -310,8 +319,9 @@ def locked(key: str, *, timeout: float | None = None, blocking: bool = True
 
 
 @contextlib.contextmanager
-def _holding(path: Path, key: str, *, timeout: float | None, blocking: bool
-             ) -> Iterator[Path | None]:
+def _holding(
+    path: Path, key: str, *, timeout: float | None, blocking: bool
+) -> Iterator[Path | None]:
     wait = _lock_timeout(timeout) if blocking else 0.0
     deadline = time.monotonic() + wait
     delay = 0.005
@@ -484,8 +494,13 @@ def deltas_by_base() -> dict[str, list[str]]:
     for info in list_saved():
         base = info.base if isinstance(info.base, dict) else {}
         ref = base.get("ref")
-        if info.ok and info.kind == "delta" and base.get("kind") == "store" and \
-                isinstance(ref, str) and ref != info.name:
+        if (
+            info.ok
+            and info.kind == "delta"
+            and base.get("kind") == "store"
+            and isinstance(ref, str)
+            and ref != info.name
+        ):
             found.setdefault(ref, []).append(info.name)
     return found
 

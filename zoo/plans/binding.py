@@ -126,9 +126,7 @@ def run_policy(
     except ZooError:
         raise
     except Exception as exc:
-        raise PlanError(
-            f"{origin} failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise PlanError(f"{origin} failed: {type(exc).__name__}: {exc}") from exc
     try:
         if isinstance(result, Plan):
             made = result.complete(table)

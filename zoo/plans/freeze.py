@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-
 # ---------------------------------------------------------------- norm modes
 
 
@@ -61,8 +60,7 @@ def norm_mode(module: nn.Module) -> NormMode:
     return override.mode if isinstance(override, PinnedTrain) else NormMode.TRAIN
 
 
-def set_norm_mode(module: nn.Module, mode: NormMode | str, *, training: bool | None = None
-                  ) -> None:
+def set_norm_mode(module: nn.Module, mode: NormMode | str, *, training: bool | None = None) -> None:
     """Install ``mode`` on one norm layer; ``training`` is the mode the model is in."""
     from torch import nn
 
@@ -100,9 +98,7 @@ def apply_plan(model: nn.Module, plan: Plan) -> Plan:
     modules = dict(model.named_modules())
     unknown = [p for p in plan.norms if p not in modules]
     if unknown:
-        raise PlanError(
-            unknown_message("normalization layer", unknown, modules, where="the model")
-        )
+        raise PlanError(unknown_message("normalization layer", unknown, modules, where="the model"))
     for name, param in named.items():
         item = plan.params.get(name)
         trainable = bool(item and item.trainable)
@@ -156,21 +152,28 @@ class FreezeReport:
         return not self.changed
 
     def summary(self) -> str:
-        head = (f"freeze held: {self.checked_params} frozen parameters and {self.checked_stats} "
-                "norm statistics unchanged")
+        head = (
+            f"freeze held: {self.checked_params} frozen parameters and {self.checked_stats} "
+            "norm statistics unchanged"
+        )
         if self.changed:
-            head = (f"freeze broken: {len(self.changed)} frozen tensors changed (checked "
-                    f"{self.checked_params} frozen parameters and {self.checked_stats} norm "
-                    "statistics)")
+            head = (
+                f"freeze broken: {len(self.changed)} frozen tensors changed (checked "
+                f"{self.checked_params} frozen parameters and {self.checked_stats} norm "
+                "statistics)"
+            )
         lines = [head, *(f"  {c}" for c in self.changed[:20])]
         if len(self.changed) > 20:
             lines.append(f"  ... and {len(self.changed) - 20} more")
         if self.unchecked:
-            lines.append(f"{len(self.unchecked)} frozen tensors were not in the reference "
-                         "(take the snapshot after freezing)")
+            lines.append(
+                f"{len(self.unchecked)} frozen tensors were not in the reference "
+                "(take the snapshot after freezing)"
+            )
         if self.not_moved:
-            lines.append(f"{len(self.not_moved)} trainable parameters did not move, e.g. "
-                         f"{self.not_moved[0]}")
+            lines.append(
+                f"{len(self.not_moved)} trainable parameters did not move, e.g. {self.not_moved[0]}"
+            )
         return "\n".join(lines)
 
     def raise_if_changed(self) -> None:
@@ -275,8 +278,10 @@ def check_frozen(model: nn.Module, reference: Snapshot | Mapping[str, Any]) -> F
     unchecked: list[str] = []
     checked = {"parameter": 0, "statistic": 0}
     with torch.no_grad():
-        for kind, current, ref in (("parameter", frozen, ref_params),
-                                   ("statistic", stats, ref_stats)):
+        for kind, current, ref in (
+            ("parameter", frozen, ref_params),
+            ("statistic", stats, ref_stats),
+        ):
             for name, tensor in current.items():
                 before = ref.get(name)
                 if before is None or tensor.is_meta:
@@ -310,8 +315,10 @@ def _fingerprint(tensor: torch.Tensor) -> tuple[float, float]:
         data = torch.view_as_real(data)
     if not data.is_floating_point():
         data = data.double()
-    return (float(data.sum(dtype=torch.float64)),
-            float(torch.linalg.vector_norm(data, dtype=torch.float64)))
+    return (
+        float(data.sum(dtype=torch.float64)),
+        float(torch.linalg.vector_norm(data, dtype=torch.float64)),
+    )
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

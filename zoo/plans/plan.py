@@ -68,8 +68,10 @@ class ParamPlan:
         if not isinstance(self.name, str) or not self.name:
             raise PlanError(f"a parameter plan needs a parameter name, got {self.name!r}")
         scale = self.lr_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
-            math.isfinite(scale) and scale >= 0
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, (int, float))
+            or not (math.isfinite(scale) and scale >= 0)
         ):
             raise PlanError(
                 f"lr scale of {self.name!r} must be a finite number >= 0, got {scale!r}"
@@ -201,8 +203,9 @@ class Plan:
             for row in table.rows
         }
         modes = _derive_norm_modes(table, params, norm_modes or {})
-        return cls(params=params, norms=modes, notes=tuple(notes), table=table,
-                   backbone=table.backbone)
+        return cls(
+            params=params, norms=modes, notes=tuple(notes), table=table, backbone=table.backbone
+        )
 
     def complete(self, table: ParamTable) -> Plan:
         """This plan checked against ``table`` and filled in: unlisted parameters frozen,
@@ -219,8 +222,9 @@ class Plan:
             for row in table.rows
         }
         modes = _derive_norm_modes(table, params, self.norms)
-        return replace(self, params=params, norms=modes, table=table,
-                       backbone=self.backbone or table.backbone)
+        return replace(
+            self, params=params, norms=modes, table=table, backbone=self.backbone or table.backbone
+        )
 
     # ------------------------------------------------------------ reading
 
@@ -296,8 +300,9 @@ class Plan:
 
     def summary(self) -> str:
         """A few lines for a human: policy, what trains, norm modes, notes."""
-        lines = [f"plan {self.spec_text}" + (f" at epoch {self.epoch}" if self.epoch is not None
-                                              else "")]
+        lines = [
+            f"plan {self.spec_text}" + (f" at epoch {self.epoch}" if self.epoch is not None else "")
+        ]
         n_train, n_all = len(self.trainable), len(self.params)
         if self.table is not None:
             total = self.numel()
@@ -308,8 +313,13 @@ class Plan:
                 f"{n_train} of {n_all} tensors"
             )
             for d in self.depth_summary():
-                state = ("trained" if d.trainable_tensors == d.tensors
-                         else "frozen" if d.trainable_tensors == 0 else "partly trained")
+                state = (
+                    "trained"
+                    if d.trainable_tensors == d.tensors
+                    else "frozen"
+                    if d.trainable_tensors == 0
+                    else "partly trained"
+                )
                 extra = ", ".join(f"{k} x{v}" for k, v in d.norm_modes.items())
                 scale = ""
                 if d.lr_scales and d.lr_scales != (1.0, 1.0):
@@ -423,11 +433,15 @@ class Plan:
         scales = _field_mapping(data, "lr_scale")
         stray = sorted(n for n in (*scales, *no_decay) if n not in planned)
         if stray:
-            raise _malformed(f"lr_scale or no_weight_decay names parameters the plan does not "
-                             f"list: {', '.join(map(repr, stray[:5]))}")
+            raise _malformed(
+                f"lr_scale or no_weight_decay names parameters the plan does not "
+                f"list: {', '.join(map(repr, stray[:5]))}"
+            )
         try:
-            params = [ParamPlan(name, trainable, scales.get(name, 1.0), name not in no_decay)
-                      for name, trainable in order]
+            params = [
+                ParamPlan(name, trainable, scales.get(name, 1.0), name not in no_decay)
+                for name, trainable in order
+            ]
         except PlanError as exc:  # an empty name, a scale that is not a finite number >= 0
             raise _malformed(str(exc)) from None
         norms: dict[str, NormMode] = {}
@@ -479,8 +493,9 @@ def name_list(value: Any, what: str) -> list[str]:
     return out
 
 
-def unknown_message(kind: str, unknown: list[str], known: Iterable[str], where: str = "the table"
-                     ) -> str:
+def unknown_message(
+    kind: str, unknown: list[str], known: Iterable[str], where: str = "the table"
+) -> str:
     known = list(known)
     shown = ", ".join(repr(n) for n in unknown[:5])
     more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
@@ -497,14 +512,16 @@ def _check_known(table: ParamTable, names: list[str], kind: str) -> None:
         raise PlanError(unknown_message(kind, unknown, table.names))
 
 
-def derive_norm_mode(norm: NormInfo, params: Mapping[str, ParamPlan], table: ParamTable
-                     ) -> NormMode:
+def derive_norm_mode(
+    norm: NormInfo, params: Mapping[str, ParamPlan], table: ParamTable
+) -> NormMode:
     """A norm layer's mode from its parameters (see :meth:`Plan.from_table`)."""
     if norm.params:
         flags = [params[p].trainable for p in norm.params if p in params]
     else:
-        flags = [any(params[r.name].trainable for r in table.at_depth(norm.depth)
-                     if r.name in params)]
+        flags = [
+            any(params[r.name].trainable for r in table.at_depth(norm.depth) if r.name in params)
+        ]
     if flags and all(flags):
         return NormMode.TRAIN
     if not any(flags):
@@ -543,8 +560,6 @@ def _malformed(problem: str) -> PlanError:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
 
 
 def _names_of(value: object, what: str) -> list[str]:

@@ -142,8 +142,7 @@ class ScheduleDriver:
                 "no optimizer to build"
             )
         opt = optimizer_class(groups, lr=lr, **kwargs)
-        self.attach(opt, lr=lr, weight_decay=weight_decay,
-                    decay_norm_and_bias=decay_norm_and_bias)
+        self.attach(opt, lr=lr, weight_decay=weight_decay, decay_norm_and_bias=decay_norm_and_bias)
         return opt
 
     def attach(

@@ -101,9 +101,7 @@ def build_meta(
     spec, tag = catalog.backbone(name)
     num_classes = create_kwargs.pop("num_classes", None)
     model, notes = meta_model(spec, num_classes, dict(create_kwargs))
-    attach_build_info(
-        model, spec, tag=tag, num_classes=num_classes, kwargs=dict(create_kwargs)
-    )
+    attach_build_info(model, spec, tag=tag, num_classes=num_classes, kwargs=dict(create_kwargs))
     return model, spec, notes
 
 
@@ -128,20 +126,25 @@ def meta_model(
     """
     import torch
 
-
     notes: list[str] = []
     try:
-        with torch.device("meta"), _skip_init_on_meta(), \
-                tensor_count_limit(max_tensors, spec.qualified_name):
+        with (
+            torch.device("meta"),
+            _skip_init_on_meta(),
+            tensor_count_limit(max_tensors, spec.qualified_name),
+        ):
             model = call_create(spec, num_classes, False, dict(kwargs))
     except ModelBuildError as first:
         cause = first.__cause__ if first.__cause__ is not None else first
         if not isinstance(first.__cause__, Exception):
             raise  # create() returned something that is not a model: retrying cannot help
         try:
-            with _params_to_meta_on_register(), _skip_init_on_meta(), \
-                    allocation_limit(max_tensor_bytes, spec.qualified_name), \
-                    tensor_count_limit(max_tensors, spec.qualified_name):
+            with (
+                _params_to_meta_on_register(),
+                _skip_init_on_meta(),
+                allocation_limit(max_tensor_bytes, spec.qualified_name),
+                tensor_count_limit(max_tensors, spec.qualified_name),
+            ):
                 model = call_create(spec, num_classes, False, dict(kwargs))
         except ModelBuildError as exc:
             raise ModelBuildError(
@@ -235,15 +238,62 @@ def allocation_limit(max_bytes: int | None, what: str) -> Any:
 #: requires_grad_, ...) are deliberately not listed.
 _VALUE_INPLACE_OPS = frozenset(
     [
-        "uniform_", "normal_", "bernoulli_", "random_", "exponential_", "geometric_",
-        "cauchy_", "log_normal_", "zero_", "fill_", "copy_", "clamp_", "clamp_min_",
-        "clamp_max_", "clip_", "erfinv_", "erf_", "mul_", "add_", "sub_", "div_", "addcmul_",
-        "addcdiv_", "neg_", "abs_", "exp_", "log_", "sqrt_", "rsqrt_", "pow_", "reciprocal_",
-        "sign_", "floor_", "ceil_", "round_", "trunc_", "tanh_", "sigmoid_", "sin_", "cos_",
-        "masked_fill_", "index_fill_", "fill_diagonal_", "lerp_",
+        "uniform_",
+        "normal_",
+        "bernoulli_",
+        "random_",
+        "exponential_",
+        "geometric_",
+        "cauchy_",
+        "log_normal_",
+        "zero_",
+        "fill_",
+        "copy_",
+        "clamp_",
+        "clamp_min_",
+        "clamp_max_",
+        "clip_",
+        "erfinv_",
+        "erf_",
+        "mul_",
+        "add_",
+        "sub_",
+        "div_",
+        "addcmul_",
+        "addcdiv_",
+        "neg_",
+        "abs_",
+        "exp_",
+        "log_",
+        "sqrt_",
+        "rsqrt_",
+        "pow_",
+        "reciprocal_",
+        "sign_",
+        "floor_",
+        "ceil_",
+        "round_",
+        "trunc_",
+        "tanh_",
+        "sigmoid_",
+        "sin_",
+        "cos_",
+        "masked_fill_",
+        "index_fill_",
+        "fill_diagonal_",
+        "lerp_",
         # torch.nn.init, which dispatches through torch functions for tensor subclasses/modes
-        "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
-        "xavier_normal_", "constant_", "zeros_", "ones_", "orthogonal_", "eye_", "dirac_",
+        "trunc_normal_",
+        "kaiming_uniform_",
+        "kaiming_normal_",
+        "xavier_uniform_",
+        "xavier_normal_",
+        "constant_",
+        "zeros_",
+        "ones_",
+        "orthogonal_",
+        "eye_",
+        "dirac_",
         "sparse_",
     ]
 )
@@ -284,8 +334,9 @@ class _params_to_meta_on_register:
                 param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
             orig_param(module, name, param)
 
-        def register_buffer(module: nn.Module, name: str, tensor: Any, persistent: bool = True
-                            ) -> None:
+        def register_buffer(
+            module: nn.Module, name: str, tensor: Any, persistent: bool = True
+        ) -> None:
             if tensor is not None and not tensor.is_meta:
                 tensor = tensor.to("meta")
             orig_buffer(module, name, tensor, persistent=persistent)
@@ -431,9 +482,7 @@ def validate_groups(answer: Any, names: Sequence[str]) -> list[ParamGroup]:
             if name not in known:
                 problems.append(f"unknown parameter {name!r} in group {group.name!r}")
             elif name in seen:
-                problems.append(
-                    f"parameter {name!r} is in both {seen[name]!r} and {group.name!r}"
-                )
+                problems.append(f"parameter {name!r} is in both {seen[name]!r} and {group.name!r}")
             else:
                 seen[name] = group.name
     missing = [n for n in names if n not in seen]
@@ -547,9 +596,7 @@ def _place_head(model: nn.Module, groups: list[ParamGroup], names: list[str]) ->
         return others + heads
     body = [ParamGroup(g.name, [n for n in g.params if n not in head]) for g in groups]
     body = [g for g in body if g.params]
-    demoted = [
-        ParamGroup("neck" if g.name == HEAD else g.name, g.params) for g in body
-    ]
+    demoted = [ParamGroup("neck" if g.name == HEAD else g.name, g.params) for g in body]
     return [*demoted, ParamGroup(HEAD, [n for n in names if n in head])]
 
 
@@ -660,7 +707,8 @@ def _norms(
         if path not in norm_paths:
             continue
         params = tuple(
-            canonical[id(p)] for _, p in module.named_parameters(recurse=False)
+            canonical[id(p)]
+            for _, p in module.named_parameters(recurse=False)
             if id(p) in canonical
         )
         if params:

@@ -9,8 +9,15 @@ from zoo_example.policies import top_half
 def table(depths):
     rows = [
         zoo.ParamInfo(
-            name=f"block{d}.weight", module=f"block{d}", module_type="Conv2d", role="weight",
-            shape=(4, 4), numel=16, dtype="float32", group=f"stage.{d}", depth=d,
+            name=f"block{d}.weight",
+            module=f"block{d}",
+            module_type="Conv2d",
+            role="weight",
+            shape=(4, 4),
+            numel=16,
+            dtype="float32",
+            group=f"stage.{d}",
+            depth=d,
         )
         for d in range(depths)
     ]

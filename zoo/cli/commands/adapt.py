@@ -31,60 +31,127 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  zoo adapt flowers --data more-flowers --policy freeze-to:depth=3 --name flowers-v2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("backbone", metavar="BACKBONE",
-                        help="backbone name (timm:resnet18, timm:vit_tiny_patch16_224), a saved "
-                        "model's name, or a .safetensors file to start from")
-    parser.add_argument("--data", "-d", required=True, metavar="DIR",
-                        help="training images: one sub-folder per class")
+    parser.add_argument(
+        "backbone",
+        metavar="BACKBONE",
+        help="backbone name (timm:resnet18, timm:vit_tiny_patch16_224), a saved "
+        "model's name, or a .safetensors file to start from",
+    )
+    parser.add_argument(
+        "--data",
+        "-d",
+        required=True,
+        metavar="DIR",
+        help="training images: one sub-folder per class",
+    )
     val = parser.add_mutually_exclusive_group()
     val.add_argument("--val", metavar="DIR", help="validation images, same class folders")
-    val.add_argument("--val-split", type=float, metavar="F",
-                     help="hold out this fraction of --data for validation (stratified)")
-    parser.add_argument("--policy", "-p", default="auto", metavar="SPEC",
-                        help="freeze policy and arguments, e.g. linear-probe, freeze-to:depth=3, "
-                        "gradual:every=2 (default: auto, from samples per class and "
-                        "--similarity)")
-    parser.add_argument("--epochs", "-e", type=int, default=5, metavar="N",
-                        help="epochs (default 5)")
-    parser.add_argument("--name", "-n", metavar="NAME",
-                        help="store name to save under (default: BACKBONE-DATA)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a saved model of the same name")
-    parser.add_argument("--delta", action="store_true",
-                        help="save only what differs from the starting weights")
+    val.add_argument(
+        "--val-split",
+        type=float,
+        metavar="F",
+        help="hold out this fraction of --data for validation (stratified)",
+    )
+    parser.add_argument(
+        "--policy",
+        "-p",
+        default="auto",
+        metavar="SPEC",
+        help="freeze policy and arguments, e.g. linear-probe, freeze-to:depth=3, "
+        "gradual:every=2 (default: auto, from samples per class and "
+        "--similarity)",
+    )
+    parser.add_argument(
+        "--epochs", "-e", type=int, default=5, metavar="N", help="epochs (default 5)"
+    )
+    parser.add_argument(
+        "--name", "-n", metavar="NAME", help="store name to save under (default: BACKBONE-DATA)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a saved model of the same name"
+    )
+    parser.add_argument(
+        "--delta", action="store_true", help="save only what differs from the starting weights"
+    )
     start = parser.add_mutually_exclusive_group()
-    start.add_argument("--weights", metavar="FILE|NAME",
-                       help="start BACKBONE from a .safetensors file or a saved model's weights")
-    start.add_argument("--pretrained", action="store_true",
-                       help="start from the backbone's pretrained weights (cache or download)")
+    start.add_argument(
+        "--weights",
+        metavar="FILE|NAME",
+        help="start BACKBONE from a .safetensors file or a saved model's weights",
+    )
+    start.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start from the backbone's pretrained weights (cache or download)",
+    )
     train = parser.add_argument_group("training")
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    train.add_argument("--batch-size", "-b", type=int, default=32, metavar="N",
-                       help="batch size per process (default 32)")
-    train.add_argument("--weight-decay", type=float, default=0.01, metavar="WD",
-                       help="weight decay (not on biases and norms; default 0.01)")
+    train.add_argument(
+        "--batch-size",
+        "-b",
+        type=int,
+        default=32,
+        metavar="N",
+        help="batch size per process (default 32)",
+    )
+    train.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.01,
+        metavar="WD",
+        help="weight decay (not on biases and norms; default 0.01)",
+    )
     train.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     train.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
     train.add_argument("--warmup-epochs", type=float, default=0.0, metavar="E")
     train.add_argument("--label-smoothing", type=float, default=0.0, metavar="S")
-    train.add_argument("--similarity", choices=("high", "low"), default="high",
-                       help="for --policy auto: how close the task is to the pretraining data")
-    train.add_argument("--samples-per-class", type=int, metavar="N",
-                       help="for --policy auto: override the count taken from the data")
+    train.add_argument(
+        "--similarity",
+        choices=("high", "low"),
+        default="high",
+        help="for --policy auto: how close the task is to the pretraining data",
+    )
+    train.add_argument(
+        "--samples-per-class",
+        type=int,
+        metavar="N",
+        help="for --policy auto: override the count taken from the data",
+    )
     train.add_argument("--seed", type=int, default=0)
     images = parser.add_argument_group("images")
-    images.add_argument("--image-size", type=int, metavar="PX",
-                        help="train at PX x PX instead of the backbone's input size")
-    images.add_argument("--crop-pct", type=float, metavar="F",
-                        help="evaluation centre-crop fraction (1.0: no crop)")
-    images.add_argument("--augment", choices=("auto", "on", "off"), default="auto",
-                        help="training augmentation (auto: off when only the head trains)")
-    images.add_argument("--feature-cache", choices=("auto", "on", "off"), default="auto",
-                        help="train a head-only plan on features computed once (default auto)")
-    images.add_argument("--strict-images", action="store_true",
-                        help="stop at the first unreadable image instead of skipping it")
-    images.add_argument("--workers", type=int, default=0, metavar="N",
-                        help="data-loading worker processes (default 0)")
+    images.add_argument(
+        "--image-size",
+        type=int,
+        metavar="PX",
+        help="train at PX x PX instead of the backbone's input size",
+    )
+    images.add_argument(
+        "--crop-pct", type=float, metavar="F", help="evaluation centre-crop fraction (1.0: no crop)"
+    )
+    images.add_argument(
+        "--augment",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="training augmentation (auto: off when only the head trains)",
+    )
+    images.add_argument(
+        "--feature-cache",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="train a head-only plan on features computed once (default auto)",
+    )
+    images.add_argument(
+        "--strict-images",
+        action="store_true",
+        help="stop at the first unreadable image instead of skipping it",
+    )
+    images.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="data-loading worker processes (default 0)",
+    )
     parser.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1 (default: GPU if any)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(handler=run)
@@ -109,11 +176,18 @@ def _flag(value: str) -> bool | str:
 
 #: The option of each checked argument of zoo.adapt, so that a refusal names what was typed.
 OPTIONS = {
-    "epochs": "--epochs", "lr": "--lr", "weight_decay": "--weight-decay",
-    "batch_size": "--batch-size", "warmup_epochs": "--warmup-epochs",
-    "label_smoothing": "--label-smoothing", "val_split": "--val-split",
-    "image_size": "--image-size", "input_config['crop_pct']": "--crop-pct",
-    "samples_per_class": "--samples-per-class", "num_workers": "--workers", "seed": "--seed",
+    "epochs": "--epochs",
+    "lr": "--lr",
+    "weight_decay": "--weight-decay",
+    "batch_size": "--batch-size",
+    "warmup_epochs": "--warmup-epochs",
+    "label_smoothing": "--label-smoothing",
+    "val_split": "--val-split",
+    "image_size": "--image-size",
+    "input_config['crop_pct']": "--crop-pct",
+    "samples_per_class": "--samples-per-class",
+    "num_workers": "--workers",
+    "seed": "--seed",
 }
 
 

@@ -20,12 +20,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "back by name and predicts held-out digits. Saves 'demo-digits-source' and "
         "'demo-digits' into the store (replacing earlier demo runs).",
     )
-    parser.add_argument("--fast", action="store_true",
-                        help="tiny sizes: a smoke test in a few seconds (numbers are noise)")
-    parser.add_argument("--backbone", metavar="NAME",
-                        help="backbone to use (default timm:resnet10t)")
-    parser.add_argument("--keep-data", metavar="DIR",
-                        help="write the digit image folders to DIR and keep them")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="tiny sizes: a smoke test in a few seconds (numbers are noise)",
+    )
+    parser.add_argument(
+        "--backbone", metavar="NAME", help="backbone to use (default timm:resnet10t)"
+    )
+    parser.add_argument(
+        "--keep-data", metavar="DIR", help="write the digit image folders to DIR and keep them"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(handler=run)
 
@@ -62,17 +67,29 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
     out.print()
     out.print(demo_table(result.rows))
-    out.print(f"source model: {100 * result.source_accuracy:.1f}% on held-out digits 0-4; "
-              f"target: {result.train_images} training / {result.test_images} test images; "
-              f"best: {result.best_strategy} -> saved as {result.best!r}")
-    table = Table(title=f"zoo.load({result.best!r}) + zoo.predict on held-out digits",
-                  title_justify="left", show_edge=False)
+    out.print(
+        f"source model: {100 * result.source_accuracy:.1f}% on held-out digits 0-4; "
+        f"target: {result.train_images} training / {result.test_images} test images; "
+        f"best: {result.best_strategy} -> saved as {result.best!r}"
+    )
+    table = Table(
+        title=f"zoo.load({result.best!r}) + zoo.predict on held-out digits",
+        title_justify="left",
+        show_edge=False,
+    )
     for column in ("image", "true", "predicted", "probability"):
         table.add_column(column)
     for p in result.predictions:
-        table.add_row(p.image, p.truth, p.predicted, f"{100 * p.probability:.1f}%",
-                      style="green" if p.truth == p.predicted else "red")
+        table.add_row(
+            p.image,
+            p.truth,
+            p.predicted,
+            f"{100 * p.probability:.1f}%",
+            style="green" if p.truth == p.predicted else "red",
+        )
     out.print(table)
-    out.print(f"done in {result.seconds:.0f}s.  Next: zoo predict {result.best} IMAGE.png, "
-              f"or zoo adapt timm:resnet18 --data YOUR_FOLDER --name NAME")
+    out.print(
+        f"done in {result.seconds:.0f}s.  Next: zoo predict {result.best} IMAGE.png, "
+        f"or zoo adapt timm:resnet18 --data YOUR_FOLDER --name NAME"
+    )
     return 0

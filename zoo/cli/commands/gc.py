@@ -20,9 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "never followed (a linked leftover is removed as a link); what cannot be removed is "
         "reported with the reason. Saved models are never touched.",
     )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="only show what would be removed"
-    )
+    parser.add_argument("--dry-run", action="store_true", help="only show what would be removed")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(handler=run)
 

@@ -22,15 +22,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pattern:include=layer4.*,fc.* or auto:samples_per_class=50,similarity=low. "
         "`zoo list policies` lists the policies.",
     )
-    parser.add_argument("name", metavar="NAME",
-                        help="backbone name, e.g. timm:resnet50 or vit_base_patch16_224")
-    parser.add_argument("--policy", "-p", required=True, metavar="SPEC",
-                        help="policy and arguments, e.g. freeze-to:depth=3")
-    parser.add_argument("--epoch", type=int, default=None, metavar="E",
-                        help="for a schedule policy (gradual): the epoch to show (default 0)")
+    parser.add_argument(
+        "name", metavar="NAME", help="backbone name, e.g. timm:resnet50 or vit_base_patch16_224"
+    )
+    parser.add_argument(
+        "--policy",
+        "-p",
+        required=True,
+        metavar="SPEC",
+        help="policy and arguments, e.g. freeze-to:depth=3",
+    )
+    parser.add_argument(
+        "--epoch",
+        type=int,
+        default=None,
+        metavar="E",
+        help="for a schedule policy (gradual): the epoch to show (default 0)",
+    )
     add_num_classes_argument(parser)
-    parser.add_argument("--full", action="store_true",
-                        help="also list every parameter and every norm layer")
+    parser.add_argument(
+        "--full", action="store_true", help="also list every parameter and every norm layer"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(handler=run)
 

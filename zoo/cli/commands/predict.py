@@ -19,8 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("name", metavar="NAME", help="saved model: store name or file")
     parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
-    parser.add_argument("--topk", "-k", type=int, default=5, metavar="K",
-                        help="how many classes to show per image (default 5)")
+    parser.add_argument(
+        "--topk",
+        "-k",
+        type=int,
+        default=5,
+        metavar="K",
+        help="how many classes to show per image (default 5)",
+    )
     parser.add_argument("--device", metavar="DEV", default="cpu", help="cpu (default), cuda")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(handler=run)

@@ -39,10 +39,14 @@ def run(args: argparse.Namespace, out: Output) -> int:
         message = _refusal(names, problems)
         if not args.json:
             raise StoreError(message)
-        out.json(_document([
-            _result(n, error=problems.get(n, "not removed: another name was refused"))
-            for n in names
-        ]))
+        out.json(
+            _document(
+                [
+                    _result(n, error=problems.get(n, "not removed: another name was refused"))
+                    for n in names
+                ]
+            )
+        )
         out.error(message)
         return 1
     results = []

@@ -70,13 +70,21 @@ def replace_heads(model: nn.Module, family: str, num_classes: int) -> None:
             new = nn.Identity()
         elif isinstance(old, nn.Linear):
             new = nn.Linear(
-                old.in_features, num_classes, bias=old.bias is not None,
-                device=old.weight.device, dtype=old.weight.dtype,
+                old.in_features,
+                num_classes,
+                bias=old.bias is not None,
+                device=old.weight.device,
+                dtype=old.weight.dtype,
             )
         elif isinstance(old, nn.Conv2d):
             new = nn.Conv2d(
-                old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride,
-                bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype,
+                old.in_channels,
+                num_classes,
+                kernel_size=old.kernel_size,
+                stride=old.stride,
+                bias=old.bias is not None,
+                device=old.weight.device,
+                dtype=old.weight.dtype,
             )
         else:
             from zoo.errors import ZooError

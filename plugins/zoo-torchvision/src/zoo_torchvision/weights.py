@@ -57,7 +57,8 @@ def resolve(model_name: str, pretrained: bool | str) -> Any:
         return enum[str(pretrained)]
     except KeyError:
         raise UnknownNameError(
-            f"pretrained tag of torchvision:{model_name}", str(pretrained),
+            f"pretrained tag of torchvision:{model_name}",
+            str(pretrained),
             [member.name for member in enum],
         ) from None
 
