@@ -63,3 +63,22 @@ def test_digits_match_scikit_learn():
     reference = sklearn_digits()
     assert images.shape == (1797, 8, 8)
     assert (images == reference.images).all() and (labels == reference.target).all()
+
+
+def test_demo_suggests_an_adapt_command_that_works_offline(capsys, tmp_path, _isolated_zoo):
+    """The last line's ``zoo adapt`` starts from the demo's own weights, so it runs offline
+    (a bare backbone name would need downloaded pretrained weights)."""
+    import shlex
+
+    assert main(["demo", "--fast", "--keep-data", str(tmp_path / "digits")]) == 0
+    out = capsys.readouterr().out
+    last = " ".join(out.split("Next:", 1)[1].split())
+    command = shlex.split(last.split(", or ", 1)[1])
+    assert command[:2] == ["zoo", "adapt"] and "--weights" in command
+    folder = next((tmp_path / "digits").rglob("5")).parent  # a folder of digit class folders
+    argv = [a.replace("YOUR_FOLDER", str(folder)) for a in command[1:]]
+    argv = [a.replace("NAME", "mine") if a == "NAME" else a for a in argv]
+    assert main([*argv, "--epochs", "1", "--policy", "linear-probe"]) == 0
+    text = capsys.readouterr().out
+    assert f"weights of saved model {SOURCE_NAME!r}" in text
+    assert zoo.load("mine").zoo_input_config.input_size == (3, FAST.image_size, FAST.image_size)

@@ -5,7 +5,8 @@
 - docs/cli.md is what ``python -m zoo.cli.docgen`` generates, and each section is the real
   ``--help`` output of its command;
 - docs/api.md has one entry per name of ``zoo.__all__``, with the real signatures and bases;
-- every code snippet of docs/writing-plugins.md is verbatim in plugins/zoo-example;
+- every python snippet of docs/writing-plugins.md is a whole file of plugins/zoo-example or
+  runs as it is in a subprocess; every toml snippet is verbatim in the template;
 - relative links between the docs resolve.
 """
 
@@ -215,18 +216,44 @@ def template_files() -> dict[Path, str]:
     }
 
 
-def test_every_tutorial_snippet_is_verbatim_in_the_template():
+def test_every_tutorial_toml_snippet_is_verbatim_in_the_template():
     files = template_files()
-    snippets = [
-        (lang, code)
-        for lang, code in FENCE.findall(read("writing-plugins.md"))
-        if lang in {"python", "toml"}
-    ]
-    assert len(snippets) >= 8
-    for lang, code in snippets:
+    snippets = [code for lang, code in FENCE.findall(read("writing-plugins.md")) if lang == "toml"]
+    assert snippets
+    for code in snippets:
         assert any(code.strip() in text for text in files.values()), (
-            f"this {lang} snippet of docs/writing-plugins.md is not in plugins/zoo-example:\n"
+            "this toml snippet of docs/writing-plugins.md is not in plugins/zoo-example:\n"
             + code[:300]
+        )
+
+
+def test_every_tutorial_python_snippet_is_a_template_file_or_runs_as_is(tmp_path):
+    """A python snippet is a whole template file (checked below) or pastes and runs as it is:
+    test functions under pytest (zoo's fixtures come from its pytest plugin), anything else
+    with python, in a fresh process with a private store and the template installed."""
+    text = read("writing-plugins.md")
+    whole = {code for _path, code in FILE_BLOCK.findall(text)}
+    snippets = [code for lang, code in FENCE.findall(text) if lang == "python"]
+    loose = [code for code in snippets if code not in whole]
+    assert len(snippets) >= 9 and len(loose) >= 2
+    env = {
+        **os.environ,
+        "ZOO_HOME": str(tmp_path / "home"),
+        "ZOO_CACHE_DIR": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    for i, code in enumerate(loose):
+        path = tmp_path / f"test_snippet_{i}.py"
+        path.write_text(code, encoding="utf-8")
+        pytest_args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path)]
+        command = [sys.executable, *(pytest_args if "def test_" in code else []), str(path)]
+        result = subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, (
+            f"this python snippet of docs/writing-plugins.md does not run as it is:\n{code}\n"
+            + result.stdout[-2000:]
+            + result.stderr[-2000:]
         )
 
 

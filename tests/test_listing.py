@@ -182,3 +182,56 @@ def test_python_dash_m_zoo_is_the_zoo_command():
     from zoo import __version__
 
     assert __version__ in result.stdout
+
+
+def test_pretrained_listing_shows_each_tags_own_input_config(tmp_path):
+    """Issue 13 item 8: a tag whose config differs from its architecture's (timm's
+    convnext_base.fb_in22k_ft_in1k_384: 384 px, crop 1.0; the architecture: 224 px, 0.875)
+    is listed with its own, and the cache stores only such differing configs."""
+    import subprocess
+    import sys
+
+    from zoo.cli.listing import LISTING_FORMAT, Listing
+
+    listing = get_listing(use_cache=False)
+    cached = Listing.from_dict(json.loads(json.dumps(listing.to_dict())))  # the cache's round trip
+    entry = next(b for b in cached.backbones if b.qualified_name == "timm:convnext_base")
+    assert entry.input["input_size"] == [3, 224, 224] and entry.input["crop_pct"] == 0.875
+    assert entry.input_for("fb_in22k_ft_in1k_384")["input_size"] == [3, 384, 384]
+    assert entry.input_for("fb_in22k_ft_in1k_384")["crop_pct"] == 1.0
+    assert entry.input_for("fb_in1k") is entry.input  # the same config: not stored again
+    assert "fb_in1k" not in entry.tag_inputs
+    assert cached.backbones == listing.backbones  # the cache keeps every tag's config
+    # compact: most backbones have no differing tag, and configs are shared by index
+    raw = listing.to_dict()
+    assert raw["format"] == LISTING_FORMAT >= 3
+    assert sum(1 for row in raw["backbones"] if row[7]) < len(raw["backbones"]) / 2
+    assert len(raw["inputs"]) < len(raw["backbones"]) / 2
+    with pytest.raises(ValueError, match="format"):  # an old cache is rebuilt, not misread
+        Listing.from_dict({**raw, "format": 2})
+
+    run = subprocess.run(
+        [sys.executable, "-m", "zoo.cli.main", "list", "convnext_base.fb_in22k*", "--pretrained"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = {line.split()[0]: line.split()[1:] for line in run.stdout.splitlines()[3:]}
+    assert rows["timm:convnext_base.fb_in22k_ft_in1k_384"] == ["384x384", "bicubic", "1"]
+    assert rows["timm:convnext_base.fb_in22k_ft_in1k"] == ["224x224", "bicubic", "0.875"]
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zoo.cli.main",
+            "list",
+            "convnext_base.fb_in22k_ft_in1k_384",
+            "--pretrained",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (row,) = json.loads(run.stdout)["backbones"]
+    assert row["input"]["input_size"] == [3, 384, 384] and row["tag"] == "fb_in22k_ft_in1k_384"

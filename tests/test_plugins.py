@@ -23,7 +23,7 @@ from zoo.core.plugins import (
     make_plugin_host,
 )
 from zoo.errors import PluginError
-from zoo.testing import installed_catalog
+from zoo.testing import check_plugin, installed_catalog
 
 GOOD = """
     import zoo
@@ -411,3 +411,128 @@ def test_zoo_testing_is_a_pytest_plugin_for_plugin_authors(tmp_path, monkeypatch
         ]
     )
     assert status == pytest.ExitCode.OK
+
+
+# ---------------------------------------------------------------- check_plugin, for plugin authors
+
+
+class _DictOut:
+    """A backbone whose forward returns a dict (a model-output object), not a logits tensor."""
+
+    PLUGIN_NAME = "dictout"
+
+    @staticmethod
+    @zoo.hookimpl
+    def zoo_register_backbones(register):
+        from torch import nn
+
+        class Wrapped(nn.Module):
+            def __init__(self, n):
+                super().__init__()
+                self.fc = nn.Linear(3 * 8 * 8, n)
+
+            def forward(self, x):
+                return {"logits": self.fc(x.flatten(1))}
+
+        register(
+            zoo.BackboneSpec(
+                name="net",
+                create=lambda num_classes=None, pretrained=False: Wrapped(num_classes or 2),
+                input_config=zoo.InputConfig(input_size=(3, 8, 8)),
+            )
+        )
+
+
+def test_check_plugin_says_forward_must_return_a_logits_tensor():
+    report = check_plugin(_DictOut(), raise_on_failure=False)
+    (failure,) = report.failures
+    assert "runs forward" in failure.name
+    assert "returned dict, not a tensor" in failure.detail
+    assert "must return the logits" in failure.detail and "(2, 3)" in failure.detail
+    assert "output shape ()" not in str(report)
+
+
+class _Flat:
+    """Two backbones only the generic grouping describes; one is just conv + linear."""
+
+    PLUGIN_NAME = "flat"
+
+    @staticmethod
+    @zoo.hookimpl
+    def zoo_register_backbones(register):
+        from torch import nn
+
+        def small(num_classes=None, pretrained=False):
+            return nn.Sequential(
+                nn.Conv2d(3, 4, 3),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(4, num_classes or 2),
+            )
+
+        def staged(num_classes=None, pretrained=False):
+            return nn.Sequential(
+                nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes or 2),
+            )  # fmt: skip
+
+        config = zoo.InputConfig(input_size=(3, 16, 16))
+        register(zoo.BackboneSpec(name="a-small", create=small, input_config=config))
+        register(zoo.BackboneSpec(name="b-staged", create=staged, input_config=config))
+
+    @staticmethod
+    @zoo.hookimpl
+    def zoo_register_policies(register):
+        register(zoo.PolicySpec(name="all", plan=lambda table: table.names))
+
+
+def test_check_plugin_warns_on_stem_and_head_only_and_plans_on_the_given_backbone():
+    report = check_plugin(_Flat())
+    assert report.ok
+    (warning,) = report.warnings
+    assert warning.name == "flat:a-small has stages between stem and head"
+    assert "only stem + head" in warning.detail and "zoo_param_groups" in warning.detail
+    assert "WARN flat:a-small has stages" in str(report) and "1 warning(s)" in str(report)
+    assert "policy flat:all plans flat:a-small" in str(report)  # first in name order
+    chosen = check_plugin(_Flat(), backbone="flat:b-staged")
+    assert "policy flat:all plans flat:b-staged" in str(chosen)
+    other = check_plugin(_Flat(), backbone="timm:resnet18", forward=False)
+    assert "policy flat:all plans timm:resnet18: 62 of 62 tensors train" in str(other)
+    missing = check_plugin(_Flat(), backbone="flat:nope", raise_on_failure=False)
+    assert [c.name for c in missing.failures] == ["policies can be planned on flat:nope"]
+
+
+BAD_GROUPS = """
+    import zoo
+    from torch import nn
+
+    @zoo.hookimpl
+    def zoo_register_backbones(register):
+        register(zoo.BackboneSpec(name="net", create=lambda num_classes=None, pretrained=False:
+            nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, num_classes or 2))))
+
+    @zoo.hookimpl
+    def zoo_param_groups(model, backbone):
+        if backbone is None or backbone.plugin != "badgroups":
+            return None
+        return [zoo.ParamGroup("stem", ["0.weight"])]  # misses parameters
+"""
+
+
+def test_zoo_param_groups_invalid_answer_shows_in_check_plugin_and_zoo_show(site):
+    import subprocess
+
+    site.install("badgroups-dist", {"badgroups": "badgroups_mod"}, {"badgroups_mod": BAD_GROUPS})
+    catalog = Catalog(make_plugin_host(autoload=True))
+    report = check_plugin("badgroups", catalog, forward=False, raise_on_failure=False)
+    names = [c.name for c in report.failures]
+    assert "badgroups:net has a parameter table" in names
+    assert "zoo_param_groups returned invalid groups" in str(report)
+    env = {**__import__("os").environ, "PYTHONPATH": str(site.root), "COLUMNS": "200"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "zoo.cli.main", "show", "badgroups:net"],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join((shown.stdout + shown.stderr).split())
+    assert "zoo_param_groups returned invalid groups" in text

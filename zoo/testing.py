@@ -9,7 +9,9 @@ where zoo is installed these fixtures are available without an import:
     Whether the fixtures below load installed plugins (entry points). ``None`` (the
     default) follows ``ZOO_DISABLE_PLUGIN_AUTOLOAD``; override the fixture to change it.
 ``zoo_plugin_host``
-    A fresh :class:`~zoo.core.plugins.PluginHost`: built-ins plus installed plugins.
+    A fresh :class:`~zoo.core.plugins.PluginHost` (no arguments: it is a fixture; its
+    ``records`` map plugin names to what each loaded and its errors): built-ins plus installed
+    plugins (see ``zoo_autoload``). Build a catalog with ``zoo.Catalog(zoo_plugin_host)``.
 ``zoo_catalog``
     A fresh :class:`~zoo.Catalog` from ``zoo_plugin_host``, installed as the process-wide
     catalog for the test (so ``zoo.create`` and friends use it) and restored afterwards.
@@ -17,12 +19,18 @@ where zoo is installed these fixtures are available without an import:
     A function ``zoo_register_plugin(plugin, name=None, *, autoload=False) -> Catalog`` that
     registers a plugin object (a module, class or instance with ``@zoo.hookimpl`` functions)
     in a fresh catalog, installs that catalog for the rest of the test and returns it.
+    ``plugin`` is the object; ``name`` the plugin name (default: its ``PLUGIN_NAME``, else the
+    last part of its module name), which qualifies its backbones and policies
+    (``name:tinynet-s``); ``autoload=True`` loads the installed plugins too (default: only the
+    built-ins and ``plugin``). Call it again to register another plugin in a new catalog.
 
 :func:`check_plugin` verifies a plugin the way zoo uses it: it loads without errors, its
 backbones build on the ``meta`` device (no weights), get a parameter table and run a forward
-pass with a new head, its metadata is namespaced, and its policies return valid plans. It
-returns a :class:`PluginReport` and raises :class:`~zoo.errors.PluginCheckError` (an
-``AssertionError``) with the whole report when something fails.
+pass with a new head that returns a logits tensor, its metadata is namespaced, and its policies
+return valid plans. It returns a :class:`PluginReport` (with warnings, such as a backbone that
+only the generic stem + head grouping describes) and raises
+:class:`~zoo.errors.PluginCheckError` (an ``AssertionError``) with the whole report when
+something fails.
 
 Nothing heavy is imported at import time: pytest loads this module in every test run.
 """
@@ -157,9 +165,14 @@ class Check:
     ok: bool
     detail: str = ""
     skipped: bool = False
+    warning: bool = False  # passed, but something a plugin author should look at
 
     def line(self) -> str:
-        status = "SKIP" if self.skipped else ("ok  " if self.ok else "FAIL")
+        status = (
+            "SKIP"
+            if self.skipped
+            else ("FAIL" if not self.ok else "WARN" if self.warning else "ok  ")
+        )
         return f"  {status} {self.name}" + (f": {self.detail}" if self.detail else "")
 
 
@@ -179,12 +192,20 @@ class PluginReport:
     def failures(self) -> list[Check]:
         return [check for check in self.checks if not check.ok]
 
-    def add(self, name: str, ok: bool, detail: str = "", *, skipped: bool = False) -> bool:
-        self.checks.append(Check(name, ok, detail, skipped))
+    @property
+    def warnings(self) -> list[Check]:
+        return [check for check in self.checks if check.ok and check.warning]
+
+    def add(
+        self, name: str, ok: bool, detail: str = "", *, skipped: bool = False, warning: bool = False
+    ) -> bool:
+        self.checks.append(Check(name, ok, detail, skipped, warning))
         return ok
 
     def __str__(self) -> str:
         verdict = "passed" if self.ok else f"{len(self.failures)} check(s) failed"
+        if self.warnings:
+            verdict += f", {len(self.warnings)} warning(s)"
         lines = [f"zoo plugin check of {self.origin}: {verdict}"]
         lines += [check.line() for check in self.checks]
         return "\n".join(lines)
@@ -209,6 +230,7 @@ def check_plugin(
     policy_args: Mapping[str, Mapping[str, Any]] | None = None,
     forward: bool = True,
     raise_on_failure: bool = True,
+    backbone: str | None = None,
 ) -> PluginReport:
     """Verify a zoo plugin end to end and report what works and what does not.
 
@@ -218,13 +240,18 @@ def check_plugin(
     when ``catalog`` is None.
 
     Checked: the plugin loaded and its hooks ran without errors; it implements at least one
-    hook; up to ``max_backbones`` of its backbones build on the ``meta`` device without
-    weights, get a parameter table (``zoo.params``) and, with ``forward``, run a forward pass
-    with a ``num_classes=3`` head; its ``zoo_extra_metadata`` entries are ``str -> str`` with
-    keys ``"<plugin>.<key>"``; every policy returns a valid plan (``zoo.plan``) for the first
-    backbone's table (a small CNN's for a plugin without backbones) that survives
-    ``Plan.to_dict``/``from_dict``. ``policy_args`` gives arguments per policy name (bare);
-    a policy with required arguments and none given is skipped.
+    hook; up to ``max_backbones`` of its backbones (in name order) build on the ``meta``
+    device without weights, get a parameter table (``zoo.params``; an invalid
+    ``zoo_param_groups`` answer fails here, and a table that the generic grouping splits into
+    only ``stem`` + ``head`` is a warning: depth-based policies then have nothing between "all"
+    and "the head") and, with ``forward``, run a forward pass with a ``num_classes=3`` head that
+    must return a logits tensor of shape ``(batch, 3)``; its ``zoo_extra_metadata`` entries are
+    ``str -> str`` with keys ``"<plugin>.<key>"``; every policy returns a valid plan
+    (``zoo.plan``) that survives ``Plan.to_dict``/``from_dict``, planned on ``backbone`` (any
+    backbone name the catalog resolves, ``"timm:resnet18"`` for instance), by default on the
+    plugin's first backbone in name order (a small CNN for a plugin without backbones).
+    ``policy_args`` gives arguments per policy name (bare); a policy with required arguments
+    and none given is skipped.
 
     Returns the :class:`PluginReport`; raises :class:`~zoo.errors.PluginCheckError` with the
     report when a check failed (unless ``raise_on_failure=False``).
@@ -249,7 +276,10 @@ def check_plugin(
             if (table := _check_backbone(report, catalog, spec, forward=forward)) is not None
         ]
         if policies:
-            table = tables[0] if tables else _fallback_table(report)
+            if backbone is not None:
+                table = _table_of(report, backbone)
+            else:
+                table = tables[0] if tables else _fallback_table(report)
             for spec in policies:
                 if table is not None:
                     _check_policy(report, spec, table, (policy_args or {}).get(spec.name, {}))
@@ -321,6 +351,11 @@ def _check_backbone(
         report.add(f"{name} has a parameter table", False, _describe(exc))
         return None
     problems = _table_problems(model, table)
+    problems += [
+        note
+        for note in table.notes
+        if note.startswith(f"plugin {report.plugin!r}: zoo_param_groups")
+    ]
     report.add(
         f"{name} has a parameter table",
         not problems,
@@ -328,6 +363,15 @@ def _check_backbone(
         or f"{len(table)} rows, groups {', '.join(table.groups)} "
         f"(grouped by {table.grouped_by or '?'})",
     )
+    if not problems and table.grouped_by == "generic" and len(table.groups) <= 2:
+        report.add(
+            f"{name} has stages between stem and head",
+            True,
+            f"the generic grouping found only {' + '.join(table.groups)}: policies by depth "
+            "(freeze-to, train-last, gradual) can train only everything or the head; implement "
+            "zoo_param_groups to split the body into stage.1 … stage.N",
+            warning=True,
+        )
     _check_metadata(report, catalog, model, spec)
     if forward:
         _check_forward(report, catalog, spec)
@@ -398,8 +442,37 @@ def _check_forward(report: PluginReport, catalog: Catalog, spec: BackboneSpec) -
     except Exception as exc:
         report.add(label, False, _describe(exc))
         return
-    shape = tuple(getattr(out, "shape", ()))
-    report.add(label, shape == (2, FORWARD_CLASSES), f"output shape {shape}")
+    expected = (2, FORWARD_CLASSES)
+    if not isinstance(out, torch.Tensor):
+        report.add(
+            label,
+            False,
+            f"forward(x) returned {type(out).__name__}, not a tensor: a backbone's forward(x) "
+            f"must return the logits, one tensor of shape (batch, num_classes) = {expected} "
+            "(unwrap a model output object, e.g. return outputs.logits)",
+        )
+        return
+    shape = tuple(out.shape)
+    report.add(
+        label,
+        shape == expected,
+        f"output shape {shape}"
+        if shape == expected
+        else f"forward(x) returned a tensor of shape {shape}, expected logits of shape "
+        f"(batch, num_classes) = {expected}: does create() give the model a "
+        f"num_classes={FORWARD_CLASSES} head?",
+    )
+
+
+def _table_of(report: PluginReport, backbone: str) -> ParamTable | None:
+    """The table of ``backbone`` (any name the installed catalog resolves), for policy checks."""
+    import zoo
+
+    try:
+        return zoo.params(backbone)
+    except Exception as exc:
+        report.add(f"policies can be planned on {backbone}", False, _describe(exc))
+        return None
 
 
 def _fallback_table(report: PluginReport) -> ParamTable | None:

@@ -65,7 +65,7 @@ WORKER = textwrap.dedent(
         zoo.adaptation.data.scan_image_folder = timed_scan  # only times the scan, which then fails
         train = os.path.join(os.path.dirname(bad_image), "missing-on-this-node")
     try:
-        zoo.adapt("timm:test_resnet", train, policy="full", epochs=3, image_size=32,
+        zoo.adapt("timm:test_resnet", train, policy="full", epochs=3, image_size=32, scratch=True,
                   feature_cache=False, device="cpu")
     except Exception as exc:
         print("RAISED", type(exc).__name__, exc, flush=True)

@@ -5,6 +5,17 @@ epoch would push the same images through the same frozen backbone. Instead, zoo 
 backbone once, keeps what enters the trained part, and trains that part alone on the cached
 tensors: the same computation, many times faster.
 
+When the cache is allowed (:func:`classifier_cut`): only the classifier's parameters train
+(the rows of the parameter table's ``head`` group: ``get_classifier()`` when the model has one,
+else the plugin's or the generic head) — never because the trainable parameters happen to sit
+in one sub-module, which a wrapper model (``self.hf = <transformers model>``) makes true of every
+plan — and the frozen part is deterministic: the plain loop runs the model in training mode, so
+a frozen part with active dropout or drop-path, or with batch-norm layers that use batch
+statistics (not pinned to ``frozen-stats``/``frozen``) would feed the head something different
+each epoch than the cached features. That is checked twice: by module type before anything
+runs (:func:`random_frozen_modules`) and numerically on the first batch (the head's input in
+training mode must equal the cached one, for modules that branch on ``self.training``).
+
 How the cut is found (the generic way, for any ``nn.Module``): the *trained module* is the
 deepest sub-module that holds every trainable parameter (for timm models with a linear-probe
 plan this is the classifier, ``fc`` / ``head`` / ``head.fc``). A forward pre-hook captures its
@@ -20,12 +31,15 @@ the classifier, but it also covers heads that hold more than a linear layer (Con
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from zoo.plans.freeze import norm_mode
+from zoo.plans.plan import NormMode
 
 MAX_BYTES_ENV = "ZOO_FEATURE_CACHE_MAX_BYTES"
 #: images per batch when computing features (inference only: larger batches run faster)
@@ -60,6 +74,69 @@ def trained_module_path(model: nn.Module) -> str | None:
     # the common prefix of parameter owners is itself a module
     model.get_submodule(path)
     return path
+
+
+def classifier_cut(model: nn.Module, head_names: Collection[str]) -> tuple[str | None, str]:
+    """``(path to cut at, "")`` when the cache may stand in for the plain loop, else
+    ``(None, why)``.
+
+    Allowed only when every trainable parameter is one of ``head_names`` (the classifier's:
+    the parameter table's ``head`` group), those sit in one sub-module, and no module of the
+    frozen part behaves randomly or differently in training mode (:func:`random_frozen_modules`).
+    """
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        return None, "nothing trains"
+    heads = set(head_names)
+    if not heads:
+        return None, "the model has no classifier (no 'head' group in its parameter table)"
+    outside = [n for n in trainable if n not in heads]
+    if outside:
+        return None, (
+            f"the plan trains more than the classifier ({len(outside)} trainable tensors "
+            f"outside it, e.g. {outside[0]!r})"
+        )
+    path = trained_module_path(model)
+    if path is None:
+        return None, "the classifier's parameters do not sit in one sub-module"
+    random = random_frozen_modules(model, path)
+    if random:
+        more = f" (+{len(random) - 1} more)" if len(random) > 1 else ""
+        return None, f"the frozen part is not deterministic in training mode: {random[0]}{more}"
+    return path, ""
+
+
+def random_frozen_modules(model: nn.Module, cut: str) -> list[str]:
+    """Modules outside ``cut`` whose output differs between training and eval mode, as
+    ``"<path> (<why>)"``: dropout with ``p > 0``, drop-path / drop-block with a drop
+    probability above 0, batch-norm layers that the plan leaves in ``train`` mode (they
+    normalize with batch statistics and update their running ones)."""
+    found = []
+    inside = f"{cut}."
+    for path, module in model.named_modules():
+        if path == cut or path.startswith(inside):
+            continue
+        label = path or "<model>"
+        name = type(module).__name__
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            found.append(f"{label} ({name} p={module.p})")
+        elif ("DropPath" in name or "DropBlock" in name) and _drop_prob(module) > 0:
+            found.append(f"{label} ({name} {_drop_prob(module)})")
+        elif (
+            isinstance(module, nn.modules.batchnorm._NormBase)
+            and (isinstance(module, nn.modules.batchnorm._BatchNorm) or module.track_running_stats)
+            and norm_mode(module) is NormMode.TRAIN
+        ):
+            found.append(f"{label} ({name} in train mode: batch statistics)")
+    return found
+
+
+def _drop_prob(module: nn.Module) -> float:
+    for attr in ("drop_prob", "p", "drop_rate"):
+        value = getattr(module, attr, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 1.0  # unknown: assume it drops
 
 
 def max_cache_bytes() -> int:
@@ -193,6 +270,9 @@ def extract_features(
                     )
                 if i == 0:
                     _check_output_is_model_output(module_path, capture.outputs, output)
+                    _check_same_in_training_mode(
+                        model, module, module_path, images, capture.inputs[0]
+                    )
                     per_image = capture.inputs[0][0].nelement() * capture.inputs[0].element_size()
                     if total is not None and per_image * total * images.shape[0] > limit:
                         raise CacheUnsupported(
@@ -226,4 +306,39 @@ def _check_output_is_model_output(path: str, outputs: list[Any], model_output: A
     ):
         raise CacheUnsupported(
             f"the output of {path!r} is not the model's output (something runs after it)"
+        )
+
+
+def _check_same_in_training_mode(
+    model: nn.Module,
+    module: nn.Module,
+    path: str,
+    images: torch.Tensor,
+    cached: torch.Tensor,
+) -> None:
+    """The plain loop runs the model in training mode (pinned norms stay in eval): the trained
+    module's input must be the same there as in the cache. Runs one batch in training mode with
+    the random state forked and every buffer restored afterwards."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    capture = _Capture(module)
+    capture.keep_output = False
+    devices = [images.device] if images.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            model.train()
+            model(images)
+    finally:
+        capture.close()
+        model.eval()  # the caller restores each module's own mode at the end
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+    if len(capture.inputs) != 1:
+        return  # reported by the caller's own checks
+    again = capture.inputs[0]
+    if again.shape != cached.shape or not torch.allclose(again, cached, atol=1e-5, rtol=1e-4):
+        raise CacheUnsupported(
+            f"the input of {path!r} differs in training mode (the frozen part branches on "
+            "self.training: dropout, drop-path or batch statistics), so cached features are not "
+            "what the plain loop would train on"
         )

@@ -52,6 +52,11 @@ class History:
     (``feature_cache_note`` says where the cut was, or why the plain loop ran instead);
     ``feature_seconds`` is the time spent computing them. ``skipped`` lists images left out
     as unreadable. Iterating a history yields its epochs.
+
+    With early stopping (``early_stop`` = the patience), ``best_epoch`` is the epoch of the
+    lowest validation loss — the weights returned and saved are that epoch's — and
+    ``stopped_early`` says whether the run ended before its last epoch. ``resumed_from`` is the
+    last completed epoch of the interrupted run a ``resume=True`` run continued (else None).
     """
 
     epochs: list[EpochRecord] = field(default_factory=list)
@@ -80,6 +85,10 @@ class History:
     name: str | None = None
     path: str | None = None
     notes: list[str] = field(default_factory=list)
+    early_stop: int | None = None
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    resumed_from: int | None = None
 
     def __iter__(self) -> Iterator[EpochRecord]:
         return iter(self.epochs)
@@ -114,6 +123,17 @@ class History:
     @property
     def trainable_fraction(self) -> float:
         return self.trainable_params / self.total_params if self.total_params else 0.0
+
+    def training_record(self, epochs: int) -> dict[str, Any]:
+        """The ``zoo.training`` metadata of the saved model: how the run trained it."""
+        return {
+            "epochs": epochs,
+            "epochs_run": len(self.epochs),
+            "best_epoch": self.best_epoch,
+            "early_stop": self.early_stop,
+            "stopped_early": self.stopped_early,
+            "resumed_from": self.resumed_from,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

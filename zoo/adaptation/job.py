@@ -26,14 +26,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from zoo.adaptation.checkpoint import Checkpointer, run_config, seed_python_rngs
+from zoo.adaptation.early_stop import EarlyStop
 from zoo.adaptation.evaluation import Evaluation, evaluate
 from zoo.adaptation.history import AdaptCallback, AdaptResult, EpochRecord, History
 from zoo.adaptation.inputs import prepare_data
-from zoo.adaptation.starting_point import build_model, check_start, check_target, resolve_weights
+from zoo.adaptation.starting_point import (
+    StartWeights,
+    build_model,
+    check_start,
+    check_target,
+    choose_weights,
+    saved_input_config,
+)
 from zoo.adaptation.training import LR_SCHEDULES, OPTIMIZERS, run_training
 from zoo.core.specs import CROP_MODES, INTERPOLATIONS, MAX_IMAGE_SIDE, InputConfig
 from zoo.errors import AdaptArgumentError, DataError, MissingBaseError, ZooError
 from zoo.io.persistence import save
+from zoo.io.store import checkpoint_folder
 from zoo.plans.binding import bind, resolve_policy
 from zoo.plans.schedule import ScheduleDriver
 from zoo.tables.build import table_for
@@ -110,8 +120,9 @@ class AdaptConfig:
     name: str | None = None
     overwrite: bool = False
     delta: bool = False
-    pretrained: bool | str = False
+    pretrained: bool | str | None = None
     weights: str | os.PathLike[str] | None = None
+    scratch: bool = False
     model_kwargs: Mapping[str, Any] | None = None
     classes: Sequence[str] | None = None
     val_split: float | None = None
@@ -127,6 +138,8 @@ class AdaptConfig:
     num_workers: int = 0
     seed: int = 0
     callback: AdaptCallback | None = None
+    early_stop: int | None = None
+    resume: bool = False
 
     def check(self) -> None:
         """Raise :class:`~zoo.AdaptArgumentError` naming the first refused field."""
@@ -143,10 +156,16 @@ def adapt(
 ) -> AdaptResult:
     """Adapt a backbone to the images in ``train``; returns ``(model, history)``.
 
-    Starting point ``backbone_or_model``: a backbone name (built with
-    ``zoo.create(name, num_classes=len(classes), pretrained=..., weights=...)``), the name of a
-    model in the store or a saved ``.safetensors`` file (adapted again; its head is replaced
-    when the class count differs), or an ``nn.Module`` (a timm model's head is reset to the
+    Starting point ``backbone_or_model``: a backbone name, built with its **pretrained
+    weights** by default (``pretrained="tag"`` picks other ones; offline without a cached copy
+    this fails fast, naming the ways out), with ``weights=`` (a ``.safetensors`` file or a saved
+    model's name, whose input config the run then uses unless ``image_size`` / ``input_config``
+    say otherwise), or with random weights when ``scratch=True`` (or a backbone that has no
+    pretrained weights: then only a plan that trains everything runs unless ``scratch=True``
+    is given, and ``auto`` trains everything). Or the name of a model in the store or a saved
+    ``.safetensors`` file (adapted again; its head is replaced when the class count differs,
+    and the saved model stays recorded as the base, so ``delta=True`` stores the new head plus
+    what changed), or an ``nn.Module`` (a timm model's head is reset to the
     class count with ``reset_classifier``).
 
     Data: ``train``/``val`` are image folders (one sub-folder per class; unreadable images
@@ -211,12 +230,13 @@ def run(
     ctx = setup(options.distributed, options.device)
     try:
         with ctx.guard():  # a failure on any rank stops every rank, with its message
-            start_desc, weights_path = _check_start(
+            start_desc, start = _check_start(
                 backbone_or_model,
                 name=options.name,
                 overwrite=options.overwrite,
                 weights=options.weights,
                 pretrained=options.pretrained,
+                scratch=options.scratch,
                 policy=options.policy,
                 catalog=catalog,
             )
@@ -232,11 +252,12 @@ def run(
             if callback is None or not ctx.is_main:
                 callback = AdaptCallback()
             torch.manual_seed(options.seed)
+            seed_python_rngs(options.seed)  # timm's augmentations draw from `random`
             model = build_model(
                 backbone_or_model,
                 data.classes,
-                pretrained=options.pretrained,
-                weights=weights_path,
+                pretrained=start.pretrained,
+                weights=start.weights,
                 kwargs=options.model_kwargs or {},
                 catalog=catalog,
             )
@@ -247,6 +268,7 @@ def run(
                 overrides=options.input_config,
             )
             model.zoo_input_config = config
+            start_notes = [_input_note(config, start, options)]
             model.zoo_classes = list(data.classes)
             model.to(ctx.device)
             context = {
@@ -256,18 +278,26 @@ def run(
                 "epochs": options.epochs,
             }
 
-            kwargs = _policy_kwargs(
-                options.policy, dict(options.policy_args or {}), context, catalog
-            )
+            policy = options.policy
+            if start.random and resolve_policy(policy, catalog)[0].qualified_name == "zoo:auto":
+                policy = "full"  # nothing pretrained to keep: every layer has to learn
+                start_notes.append(
+                    "auto chose zoo:full: the backbone starts from random weights, so every "
+                    "layer has to learn (a probe of random features learns little)"
+                )
+            kwargs = _policy_kwargs(policy, dict(options.policy_args or {}), context, catalog)
             planner = ScheduleDriver(
                 model,
-                bind(options.policy, kwargs, catalog),
+                bind(policy, kwargs, catalog),
                 table=table_for(model, catalog=catalog),
             )
             plan = planner.step(0).plan
+            _check_random_start(model, plan, start)
             history = History(
                 backbone=(getattr(model, "zoo_build", None) or {}).get("backbone"),
-                start=start_desc,
+                start=start.description
+                if start.description == start_desc
+                else f"{start_desc}, {start.description}",
                 policy=plan.policy,
                 policy_args=dict(plan.args),
                 classes=list(data.classes),
@@ -279,30 +309,38 @@ def run(
                 device=str(ctx.device),
                 world_size=ctx.world_size,
                 name=options.name,
-                notes=list(plan.notes),
+                notes=[*start_notes, *plan.notes],
             )
-            run_training(
-                model,
-                data,
-                planner,
-                history,
-                ctx=ctx,
-                config=config,
-                callback=callback,
-                epochs=options.epochs,
-                lr=options.lr,
-                weight_decay=options.weight_decay,
-                batch_size=options.batch_size,
-                optimizer=options.optimizer,
-                momentum=options.momentum,
-                lr_schedule=options.lr_schedule,
-                warmup_epochs=options.warmup_epochs,
-                label_smoothing=options.label_smoothing,
-                augment=options.augment,
-                feature_cache=options.feature_cache,
-                num_workers=options.num_workers,
-                seed=options.seed,
-            )
+            keeper = _keeper(backbone_or_model, train, val, data, options, ctx)
+            try:
+                run_training(
+                    model,
+                    data,
+                    planner,
+                    history,
+                    ctx=ctx,
+                    config=config,
+                    callback=callback,
+                    epochs=options.epochs,
+                    lr=options.lr,
+                    weight_decay=options.weight_decay,
+                    batch_size=options.batch_size,
+                    optimizer=options.optimizer,
+                    momentum=options.momentum,
+                    lr_schedule=options.lr_schedule,
+                    warmup_epochs=options.warmup_epochs,
+                    label_smoothing=options.label_smoothing,
+                    augment=options.augment,
+                    feature_cache=options.feature_cache,
+                    num_workers=options.num_workers,
+                    seed=options.seed,
+                    keeper=keeper,
+                )
+            except KeyboardInterrupt as exc:
+                kept = keeper.interrupted(options.epochs) if ctx.is_main else None
+                if kept is not None:
+                    raise kept from exc
+                raise
             history.total_params = sum(p.numel() for p in model.parameters())
             final = planner.plan
             assert final is not None
@@ -310,7 +348,9 @@ def run(
                 p.numel() for n, p in model.named_parameters() if n in set(final.trainable)
             )
             history.policy, history.policy_args = final.policy, dict(final.args)
-            history.notes = list(final.notes)
+            history.notes = [*start_notes, *final.notes]
+            history.notes += _training_notes(history)
+            model.zoo_training = history.training_record(options.epochs)  # zoo.training
             model.eval()
             if options.name is not None:
                 if ctx.is_main:
@@ -324,6 +364,7 @@ def run(
                         catalog=catalog,
                     )
                     history.path = str(path)
+                    keeper.remove()  # saved: the checkpoint is no longer needed
                 ctx.barrier()
                 history.path = ctx.broadcast(history.path)
             history.total_seconds = time.perf_counter() - t_start
@@ -340,22 +381,101 @@ def _check_start(
     name: str | None,
     overwrite: bool,
     weights: Any,
-    pretrained: bool | str,
+    pretrained: bool | str | None,
+    scratch: bool,
     policy: str | PolicySpec,
     catalog: Catalog,
-) -> tuple[str, Any]:
-    """(description of the starting point, weights path): the target name, the start, the
-    policy and the weights checked before any data is read."""
+) -> tuple[str, StartWeights]:
+    """(description of the starting point, where its weights come from): the target name, the
+    start, the policy and the weights checked before any data is read."""
 
     check_target(name, overwrite)
     start_desc = check_start(backbone_or_model, catalog)
-    if (weights is not None or pretrained) and not start_desc.startswith("backbone"):
-        raise ZooError(
-            f"pretrained= and weights= apply when starting from a backbone name; this run "
-            f"starts from the {start_desc}, whose weights are used as they are"
-        )
+    start = choose_weights(
+        backbone_or_model,
+        start_desc,
+        pretrained=pretrained,
+        weights=weights,
+        scratch=scratch,
+        catalog=catalog,
+    )
     resolve_policy(policy, catalog)
-    return start_desc, resolve_weights(weights)
+    return start_desc, start
+
+
+def _check_random_start(model: nn.Module, plan: Any, start: StartWeights) -> None:
+    """Refuse a plan that freezes part of a randomly initialised backbone unless the caller
+    asked for random weights: frozen random features are noise, not a starting point."""
+    if not start.random or start.explicit:
+        return
+    names = [n for n, _ in model.named_parameters()]
+    if len(set(plan.trainable)) >= len(names):
+        return
+    raise ZooError(
+        f"policy {plan.policy!r} freezes part of the backbone, which starts from "
+        f"{start.description}: frozen random layers only add noise. Use --policy full "
+        "(policy='full'), start from trained weights (--weights FILE|NAME), or pass --scratch "
+        "(scratch=True) to train this plan on random weights anyway"
+    )
+
+
+def _input_note(config: Any, start: StartWeights, options: AdaptConfig) -> str:
+    """Which input config the run uses, and why (printed in the summary)."""
+    size = "x".join(str(v) for v in config.input_size[1:])
+    if start.weights is not None and saved_input_config(start.weights) is not None:
+        why = f"the config the weights were trained with ({start.weights.name})"
+    else:
+        why = "the backbone's config"
+    if options.image_size is not None:
+        why += ", image size given (image_size / --image-size)"
+    if options.input_config:
+        why += ", " + ", ".join(sorted(options.input_config)) + " given (input_config)"
+    mean = ", ".join(f"{v:.3g}" for v in config.mean)
+    std = ", ".join(f"{v:.3g}" for v in config.std)
+    return f"input {size} px, mean ({mean}), std ({std}): {why}"
+
+
+def _keeper(
+    start: Any, train: Any, val: Any, data: Any, options: AdaptConfig, ctx: Any
+) -> Checkpointer:
+    """The run's checkpointing and early stopping; with ``resume``, the checkpoint checked
+    against this run's settings (before any training)."""
+
+    if options.early_stop is not None and data.val is None:
+        raise DataError(
+            f"early_stop={options.early_stop} needs a validation set to watch: pass val (--val "
+            "DIR) or val_split (--val-split F)"
+        )
+    settings = {f.name: getattr(options, f.name) for f in fields(options)}
+    keeper = Checkpointer(
+        checkpoint_folder(options.name) if options.name is not None else None,
+        run_config(start, train, val, settings, world_size=ctx.world_size),
+        write=ctx.is_main,
+        resume=options.resume,
+        early=EarlyStop(options.early_stop) if options.early_stop is not None else None,
+    )
+    keeper.check()
+    return keeper
+
+
+def _training_notes(history: History) -> list[str]:
+    """Say in the summary which epoch the model is from, and where a resumed run began."""
+    notes = []
+    if history.resumed_from is not None:
+        notes.append(f"resumed after epoch {history.resumed_from} of an interrupted run")
+    if history.early_stop is not None:
+        last = history.epochs[-1].epoch if history.epochs else 0
+        how = (
+            f"stopped early after epoch {last}: {history.early_stop} epoch(s) without a lower "
+            "validation loss"
+            if history.stopped_early
+            else f"early stop (patience {history.early_stop}) did not trigger"
+        )
+        notes.append(
+            f"the model is from the best validation epoch, {history.best_epoch} "
+            f"(lowest validation loss); {how}"
+        )
+    return notes
 
 
 def _check_savable(model: nn.Module, *, name: str | None, delta: bool) -> None:
@@ -364,9 +484,8 @@ def _check_savable(model: nn.Module, *, name: str | None, delta: bool) -> None:
     if delta and name is not None and not build.get("base"):
         raise MissingBaseError(
             "delta=True saves only what differs from recorded starting weights, and this "
-            "model has none (random weights, or a saved model whose head was replaced for "
-            "new classes); start from pretrained=True, weights=FILE or a saved model with "
-            "the same classes, or save in full (delta=False)"
+            "model has none (random weights); start from pretrained weights, weights=FILE "
+            "or a saved model, or save in full (delta=False)"
         )
     if name is not None and not build:
         raise ZooError(
@@ -524,10 +643,18 @@ def _check_arguments(args: Mapping[str, Any]) -> None:
     _choice("on_corrupt", args["on_corrupt"], ON_CORRUPT)
     _int_in("num_workers", args["num_workers"], 0, MAX_WORKERS)
     _int_in("seed", args["seed"], 0, SEED_LIMIT - 1)
+    if args["early_stop"] is not None:
+        _int_in("early_stop", args["early_stop"], 1)
+    if not isinstance(args["resume"], bool):
+        raise AdaptArgumentError("resume", args["resume"], "True or False")
     _choice("distributed", args["distributed"], (None, True, False))
-    for flag in ("overwrite", "delta"):
+    for flag in ("overwrite", "delta", "scratch"):
         if not isinstance(args[flag], bool):
             raise AdaptArgumentError(flag, args[flag], "True or False")
+    if not (args["pretrained"] is None or isinstance(args["pretrained"], (bool, str))):
+        raise AdaptArgumentError(
+            "pretrained", args["pretrained"], "None (default), True, False or a pretrained tag"
+        )
     for mapping in ("policy_args", "model_kwargs"):
         if args[mapping] is not None and not isinstance(args[mapping], Mapping):
             raise AdaptArgumentError(mapping, args[mapping], "a mapping (dict) or None")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from zoo.errors import DataError, ZooError
 from zoo.io.persistence import load
@@ -26,37 +27,75 @@ ImageLike = Any  # a path, a PIL image, or a tensor (C, H, W) already prepared
 
 @dataclass(frozen=True)
 class Prediction:
-    """The top classes for one image, most probable first."""
+    """The top classes for one image, most probable first; or, for an image that could not
+    be read (``predict(..., errors="report")``), no classes and the reason in ``error``."""
 
     source: str
     top: tuple[tuple[str, float], ...]
+    error: str | None = None
 
     @property
-    def label(self) -> str:
-        """The most probable class."""
-        return self.top[0][0]
+    def ok(self) -> bool:
+        return self.error is None
 
     @property
-    def probability(self) -> float:
-        return self.top[0][1]
+    def label(self) -> str | None:
+        """The most probable class (None for an image that could not be read)."""
+        return self.top[0][0] if self.top else None
+
+    @property
+    def probability(self) -> float | None:
+        return self.top[0][1] if self.top else None
 
     def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"image": self.source, "error": self.error}
         return {
             "image": self.source,
             "top": [{"class": name, "probability": prob} for name, prob in self.top],
         }
 
 
-def _as_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+def image_files(folder: str | os.PathLike[str], *, recursive: bool = False) -> list[str]:
+    """The image files in ``folder`` (its subfolders too with ``recursive``), sorted by path;
+    hidden files and other files are left out. A folder without images raises
+    :class:`~zoo.DataError`."""
+    from zoo.adaptation.data import IMAGE_EXTENSIONS
+
+    root = Path(folder)
+    found = sorted(
+        str(p)
+        for p in (root.rglob("*") if recursive else root.iterdir())
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file()
+    )
+    if not found:
+        hint = "" if recursive else "; to include its subfolders, pass recursive=True (--recursive)"
+        raise DataError(
+            f"no images in folder {os.fspath(folder)!r} (looked for "
+            f"{', '.join(IMAGE_EXTENSIONS)}){hint}"
+        )
+    return found
+
+
+def _as_list(images: ImageLike | Sequence[ImageLike], recursive: bool) -> list[ImageLike]:
+    """``images`` as a flat list, each folder replaced by its image files (sorted)."""
     import torch
 
     if isinstance(images, (str, os.PathLike)):
-        return [images]
-    if isinstance(images, torch.Tensor):
+        images = [images]
+    elif isinstance(images, torch.Tensor):
         return list(images) if images.ndim == 4 else [images]
-    if hasattr(images, "convert") and hasattr(images, "size"):  # a PIL image
+    elif hasattr(images, "convert") and hasattr(images, "size"):  # a PIL image
         return [images]
-    return list(images)
+    items: list[ImageLike] = []
+    for item in images:
+        if isinstance(item, (str, os.PathLike)) and os.path.isdir(item):
+            items.extend(image_files(item, recursive=recursive))
+        else:
+            items.append(item)
+    return items
 
 
 def _prepare(item: ImageLike, index: int, transform: Any) -> tuple[str, torch.Tensor]:
@@ -83,6 +122,10 @@ def _prepare(item: ImageLike, index: int, transform: Any) -> tuple[str, torch.Te
     )
 
 
+def _source(item: ImageLike, index: int) -> str:
+    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"<image {index}>"
+
+
 def _checked_config(config: InputConfig) -> InputConfig:
     """``config`` checked (a model's ``zoo_input_config`` may have been set to anything)."""
     try:
@@ -101,17 +144,22 @@ def predict(
     topk: int = 5,
     batch_size: int = 32,
     device: str | torch.device | None = None,
+    recursive: bool = False,
+    errors: Literal["raise", "report"] = "raise",
     catalog: Catalog,
 ) -> list[Prediction]:
     """The ``topk`` most probable classes of each image, with probabilities (softmax).
 
     ``model``: a loaded model (``zoo.load(name)``) or a store name / file, loaded here.
     ``images``: one or a list of image paths, PIL images, or tensors already prepared
-    (``(C, H, W)`` or a ``(N, C, H, W)`` batch). Paths and PIL images go through the
-    evaluation transform of ``model.zoo_input_config``. Class names come from
-    ``model.zoo_classes`` (indices as strings when the model has none). Returns one
-    :class:`Prediction` per image, in order; an unreadable image raises
-    :class:`~zoo.DataError` naming it.
+    (``(C, H, W)`` or a ``(N, C, H, W)`` batch). A folder stands for the image files in it,
+    sorted by path (:func:`image_files`; its subfolders too with ``recursive=True``). Paths
+    and PIL images go through the evaluation transform of ``model.zoo_input_config``, in
+    batches of ``batch_size``. Class names come from ``model.zoo_classes`` (indices as
+    strings when the model has none). Returns one :class:`Prediction` per image, in order.
+    An unreadable image raises :class:`~zoo.DataError` naming it; with
+    ``errors="report"`` its prediction has no classes and the reason in ``error`` instead,
+    and the other images are still predicted.
     """
     import torch
 
@@ -119,12 +167,16 @@ def predict(
 
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ZooError(f"topk must be an int >= 1, not {topk!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ZooError(f"batch_size must be an int >= 1, not {batch_size!r}")
+    if errors not in ("raise", "report"):
+        raise ZooError(f"errors must be 'raise' or 'report', not {errors!r}")
+    items = _as_list(images, recursive)
+    if not items:
+        raise DataError("no images to predict")
     if isinstance(model, (str, os.PathLike)):
         model = load(model, catalog=catalog)
     transform = build_transform(_checked_config(input_config_of(model)), train=False)
-    items = _as_list(images)
-    if not items:
-        raise DataError("no images to predict")
     if device is None:
         try:
             device = next(model.parameters()).device
@@ -132,18 +184,24 @@ def predict(
             device = torch.device("cpu")
     classes = getattr(model, "zoo_classes", None)
     model.eval()
-    results: list[Prediction] = []
+    results: list[Prediction | None] = [None] * len(items)
     for start in range(0, len(items), batch_size):
-        chunk = [
-            _prepare(item, start + i, transform)
-            for i, item in enumerate(items[start : start + batch_size])
-        ]
-        batch = torch.stack([tensor for _, tensor in chunk]).to(device)
+        chunk: list[tuple[int, str, torch.Tensor]] = []
+        for index in range(start, min(start + batch_size, len(items))):
+            try:
+                chunk.append((index, *_prepare(items[index], index, transform)))
+            except DataError as exc:
+                if errors == "raise":
+                    raise
+                results[index] = Prediction(_source(items[index], index), (), error=str(exc))
+        if not chunk:
+            continue
+        batch = torch.stack([tensor for _, _, tensor in chunk]).to(device)
         with torch.no_grad():
             probs = model(batch).float().softmax(dim=1).cpu()
         if not bool(torch.isfinite(probs).all()):
             raise ZooError(
-                f"the model gave non-finite outputs (NaN or infinity) for {chunk[0][0]}"
+                f"the model gave non-finite outputs (NaN or infinity) for {chunk[0][1]}"
                 f"{' and others' if len(chunk) > 1 else ''}: its weights are damaged or the "
                 "images are not prepared for it; no prediction is returned"
             )
@@ -151,10 +209,10 @@ def predict(
         if len(names) != probs.shape[1]:
             raise ZooError(f"the model has {probs.shape[1]} outputs but {len(names)} class names")
         values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
-        for (source, _), vals, idxs in zip(chunk, values.tolist(), indices.tolist(), strict=True):
-            results.append(
-                Prediction(
-                    source, tuple((names[i], float(v)) for v, i in zip(vals, idxs, strict=True))
-                )
+        for (index, source, _), vals, idxs in zip(
+            chunk, values.tolist(), indices.tolist(), strict=True
+        ):
+            results[index] = Prediction(
+                source, tuple((names[i], float(v)) for v, i in zip(vals, idxs, strict=True))
             )
-    return results
+    return [r for r in results if r is not None]

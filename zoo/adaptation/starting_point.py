@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.core.create import attach_build_info
-from zoo.errors import UnknownNameError, WeightsMismatchError, ZooError
+from zoo.core.specs import InputConfig
+from zoo.errors import (
+    AdaptArgumentError,
+    UnknownNameError,
+    WeightsMismatchError,
+    WeightsUnavailableError,
+    ZooError,
+)
 from zoo.io import store
 from zoo.io.create import create_model
+from zoo.io.fileformat import read_header
+from zoo.io.metadata import ZooMetadata, is_zoo_metadata
 from zoo.io.persistence import check_free, load, resolve_target
 from zoo.io.store import is_path_target, list_saved
 from zoo.tables.build import classifier_param_names
@@ -91,6 +101,78 @@ def check_start(backbone_or_model: Any, catalog: Catalog) -> str:
     return f"backbone {spec.qualified_name}"
 
 
+@dataclass(frozen=True)
+class StartWeights:
+    """Where the starting weights of an adapt run come from.
+
+    ``pretrained``/``weights`` are what the backbone is built with; ``random`` is True for
+    random initialisation and ``explicit`` when the caller asked for it (``scratch=True`` or
+    ``pretrained=False``); ``description`` is what the summary prints.
+    """
+
+    pretrained: bool | str = False
+    weights: Path | None = None
+    random: bool = False
+    explicit: bool = False
+    description: str = ""
+
+
+def choose_weights(
+    backbone_or_model: Any,
+    start_desc: str,
+    *,
+    pretrained: bool | str | None,
+    weights: str | os.PathLike[str] | None,
+    scratch: bool,
+    catalog: Catalog,
+) -> StartWeights:
+    """Decide (before any data is read) which weights an adapt run starts from.
+
+    A backbone name starts from its pretrained weights unless ``weights`` (a file or a saved
+    model) or ``scratch=True`` / ``pretrained=False`` (random init) say otherwise; a backbone
+    without pretrained weights starts from random weights. A saved model, a file or a module
+    starts from its own weights, and the three options are refused there.
+    """
+
+    if scratch and (weights is not None or pretrained):
+        raise AdaptArgumentError(
+            "scratch",
+            scratch,
+            "False when pretrained= or weights= is given (scratch starts from random weights; "
+            "pass only one of scratch, pretrained and weights)",
+        )
+    if not start_desc.startswith("backbone"):
+        if weights is not None or pretrained is not None or scratch:
+            raise ZooError(
+                f"pretrained=, weights= and scratch= (--pretrained, --weights, --scratch) apply "
+                f"when starting from a backbone name; this run starts from the {start_desc}, "
+                "whose weights are used as they are"
+            )
+        return StartWeights(description=start_desc)  # its own weights
+    spec, tag = catalog.backbone(str(backbone_or_model))
+    if weights is not None:
+        path = resolve_weights(weights)
+        shown = f"saved model {weights!r}" if path != Path(weights).expanduser() else str(path)
+        return StartWeights(weights=path, description=f"weights of {shown}")
+    if scratch or pretrained is False:
+        how = "scratch=True" if scratch else "pretrained=False"
+        return StartWeights(
+            random=True, explicit=True, description=f"random weights (asked for: {how})"
+        )
+    if not spec.pretrained_tags:
+        return StartWeights(
+            random=True,
+            description=f"random weights ({spec.qualified_name} has no pretrained weights)",
+        )
+    chosen = pretrained if isinstance(pretrained, str) else True
+    shown_tag = chosen if isinstance(chosen, str) else (tag or spec.pretrained_tags[0])
+    return StartWeights(
+        pretrained=chosen,
+        description=f"pretrained weights {spec.qualified_name}.{shown_tag}"
+        + ("" if pretrained else " (default; scratch=True / --scratch for random init)"),
+    )
+
+
 def _saved_names() -> list[str]:
     try:
         return [getattr(e, "name", str(e)) for e in list_saved()]
@@ -124,14 +206,37 @@ def build_model(
         ):
             return saved
         return _with_new_head(saved, len(classes), catalog)
-    return create_model(
-        catalog,
-        text,
-        num_classes=len(classes),
-        pretrained=pretrained,
-        weights=weights,
-        **dict(kwargs),
-    )
+    try:
+        model = create_model(
+            catalog,
+            text,
+            num_classes=len(classes),
+            pretrained=pretrained,
+            weights=weights,
+            **dict(kwargs),
+        )
+    except WeightsUnavailableError as exc:
+        raise WeightsUnavailableError(
+            f"{exc} To adapt without them: --weights FILE|NAME (weights=) starts from a file or "
+            "a saved model, --scratch (scratch=True) from random weights."
+        ) from None
+    if weights is not None:
+        saved = saved_input_config(weights)
+        if saved is not None:  # the input config the weights were trained with
+            model.zoo_input_config = saved
+    return model
+
+
+def saved_input_config(path: Path) -> InputConfig | None:
+    """The input config a zoo-saved file records (an :class:`~zoo.InputConfig`), else None."""
+    try:
+        header = read_header(path)
+        if not is_zoo_metadata(header.metadata):
+            return None
+        meta = ZooMetadata.parse(header.metadata, source=str(path))
+        return InputConfig.from_dict(meta.input_config) if meta.input_config else None
+    except ZooError:
+        return None
 
 
 def _with_new_head(saved: nn.Module, num_classes: int, catalog: Catalog) -> nn.Module:
@@ -158,6 +263,8 @@ def _with_new_head(saved: nn.Module, num_classes: int, catalog: Catalog) -> nn.M
         {k: v for k, v in state.items() if k in own and k not in skip}, strict=False
     )
     fresh.zoo_input_config = saved.zoo_input_config
+    if build.get("base"):  # provenance: the new model still comes from the saved one
+        fresh.zoo_build["base"] = dict(build["base"])
     return fresh
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from zoo.adaptation.checkpoint import Checkpointer, loader_generators
 from zoo.adaptation.history import EpochRecord
 from zoo.adaptation.inputs import distributed_loader, loaders_for_folders, reshuffled, set_epoch
 from zoo.errors import DataError, ZooError
@@ -192,18 +193,17 @@ def _cache_decision(
 ) -> tuple[str | None, bool | Mapping[str, Any], str]:
     """(module path to cut at or None, augment setting, note explaining the decision)."""
     from zoo.adaptation.data import dataset_transform, is_random_transform
-    from zoo.adaptation.feature_cache import trained_module_path
+    from zoo.adaptation.feature_cache import classifier_cut
 
-    path = trained_module_path(model)
-    head_only = path is not None and not planner.is_schedule
+    # what trains decides, not where it sits: only the classifier (the table's head group)
+    heads = {row.name for row in planner.table.rows if row.group == "head"}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    head_only = bool(trainable) and trainable <= heads and not planner.is_schedule
     if augment is None:
         augment = not head_only
-    if not head_only:
-        why = (
-            "the schedule changes what trains"
-            if planner.is_schedule
-            else "the plan trains more than one head module"
-        )
+    path, why = classifier_cut(model, heads)
+    if planner.is_schedule or path is None:
+        why = "the schedule changes what trains" if planner.is_schedule else why
         return None, augment, f"plain loop: {why}"
     if feature_cache is False:
         return None, augment, "plain loop: feature cache turned off"
@@ -225,6 +225,26 @@ def run_training(
     planner: ScheduleDriver,
     history: History,
     *,
+    keeper: Checkpointer | None = None,
+    **options: Any,
+) -> None:
+    """Train ``model`` (keyword arguments: those of the loop, see :func:`_run_training`).
+
+    ``keeper`` checkpoints each completed epoch, resumes from a checkpoint and stops early
+    (:mod:`zoo.adaptation.checkpoint`, :mod:`zoo.adaptation.early_stop`); its checkpoint is
+    locked while training so that ``zoo gc`` leaves it alone.
+    """
+    keeper = keeper if keeper is not None else Checkpointer(None, {})
+    with keeper.holding():
+        _run_training(model, data, planner, history, keeper=keeper, **options)
+
+
+def _run_training(
+    model: nn.Module,
+    data: AdaptData,
+    planner: ScheduleDriver,
+    history: History,
+    *,
     ctx: DistContext,
     config: InputConfig,
     callback: AdaptCallback,
@@ -241,6 +261,7 @@ def run_training(
     feature_cache: bool | str,
     num_workers: int,
     seed: int,
+    keeper: Checkpointer,
 ) -> None:
     import torch
 
@@ -279,6 +300,8 @@ def run_training(
             "start": history.start,
             "backbone": history.backbone,
             "policy": history.policy,
+            "policy_args": history.policy_args,
+            "notes": history.notes,
             "classes": history.classes,
             "train_images": history.train_images,
             "val_images": history.val_images,
@@ -333,6 +356,7 @@ def run_training(
             lr_schedule=lr_schedule,
             warmup_epochs=warmup_epochs,
             seed=seed,
+            keeper=keeper,
         )
     else:
         _train_plain(
@@ -350,7 +374,77 @@ def run_training(
             weight_decay=weight_decay,
             lr_schedule=lr_schedule,
             warmup_epochs=warmup_epochs,
+            keeper=keeper,
         )
+    _finish(model, history, keeper)
+
+
+def _finish(model: nn.Module, history: History, keeper: Checkpointer) -> None:
+    """With early stopping: put the best validation epoch's state back into the model."""
+    early = keeper.early
+    if early is None:
+        return
+    history.early_stop = early.patience
+    history.best_epoch = early.best_epoch
+    early.restore_best(model)
+
+
+def _resume(
+    keeper: Checkpointer,
+    model: nn.Module,
+    loop: _Loop,
+    history: History,
+    generators: list[Any],
+    replay: Any = None,
+) -> int:
+    """The first epoch to train: 1, or the one after the checkpoint's when resuming.
+
+    ``replay(epoch)`` re-applies the plan change made at the start of ``epoch`` (a schedule
+    policy's), so the optimizer has the parameter groups the checkpoint's state belongs to.
+    """
+    done = keeper.saved_epoch
+    if not done:
+        return 1
+    if replay is not None:
+        for epoch in range(2, done + 1):
+            replay(epoch)
+    return keeper.restore(model, loop.optimizer, loop, history, generators) + 1
+
+
+def _end_epoch(
+    keeper: Checkpointer,
+    record: EpochRecord,
+    epochs: int,
+    model: nn.Module,
+    loop: _Loop,
+    history: History,
+    generators: list[Any],
+) -> None:
+    """Record the epoch: early-stopping counters, then the checkpoint (main process), then
+    the callback — so an interrupt in the callback still keeps this epoch."""
+    history.epochs.append(record)
+    early = keeper.early
+    new_best = early.update(record.epoch, record.val_loss, model) if early is not None else False
+    if loop.ctx.is_main:
+        keeper.save(
+            record.epoch,
+            epochs,
+            model,
+            loop.optimizer,
+            loop,
+            history,
+            generators,
+            new_best=new_best,
+        )
+    loop.callback.on_epoch_end(record)
+
+
+def _stopping(keeper: Checkpointer, history: History) -> bool:
+    """True when early stopping has run out of patience (checked before each epoch)."""
+    if keeper.early is not None and keeper.early.should_stop:
+        history.stopped_early = True
+        return True
+    return False
 
 
 def _extract(
@@ -434,6 +528,7 @@ def _train_cached(
     lr_schedule: str,
     warmup_epochs: float,
     seed: int,
+    keeper: Checkpointer,
 ) -> None:
     from zoo.adaptation.distributed import Replica
 
@@ -465,6 +560,7 @@ def _train_cached(
             callback=callback,
             epochs=epochs,
             batch_size=batch_size,
+            keeper=keeper,
         )
     history.ddp_wraps = replica.wraps
 
@@ -500,8 +596,12 @@ def _cached_epochs(
     callback: AdaptCallback,
     epochs: int,
     batch_size: int,
+    keeper: Checkpointer,
 ) -> None:
-    for epoch in range(1, epochs + 1):
+    generators = loader_generators(batches)
+    for epoch in range(_resume(keeper, model, loop, history, generators), epochs + 1):
+        if _stopping(keeper, history):
+            break
         result = loop.train_epoch(epoch, epochs, replica, [head], batches, n_batches)
         scores = (
             loop.evaluate(head, [head], val.batches(batch_size))
@@ -509,8 +609,7 @@ def _cached_epochs(
             else (None, None)
         )
         record = _epoch_record(epoch, result, scores, model)
-        history.epochs.append(record)
-        callback.on_epoch_end(record)
+        _end_epoch(keeper, record, epochs, model, loop, history, generators)
 
 
 def _train_plain(
@@ -529,6 +628,7 @@ def _train_plain(
     weight_decay: float,
     lr_schedule: str,
     warmup_epochs: float,
+    keeper: Checkpointer,
 ) -> None:
     from zoo.adaptation.distributed import Replica
 
@@ -544,7 +644,16 @@ def _train_plain(
         warmup_steps=int(warmup_epochs * n_batches),
         num_classes=len(history.classes),
     )
-    for epoch in range(1, epochs + 1):
+
+    def replay(epoch: int) -> None:
+        if planner.is_schedule and planner.step(epoch - 1).changed:
+            replica.sync()
+
+    generators = loader_generators(train_loader)
+    first = _resume(keeper, model, loop, history, generators, replay)
+    for epoch in range(first, epochs + 1):
+        if _stopping(keeper, history):
+            break
         if planner.is_schedule and epoch > 1:
             change = planner.step(epoch - 1)  # adds newly trainable parameters to opt
             if change.changed:
@@ -556,6 +665,5 @@ def _train_plain(
             loop.evaluate(model, [model], val_loader) if val_loader is not None else (None, None)
         )
         record = _epoch_record(epoch, result, scores, model)
-        history.epochs.append(record)
-        callback.on_epoch_end(record)
+        _end_epoch(keeper, record, epochs, model, loop, history, generators)
     history.ddp_wraps = replica.wraps

@@ -239,6 +239,7 @@ def run_demo(
             folders.source_train,
             folders.source_val,
             policy="full",
+            scratch=True,  # the source task is what gives the backbone its features
             epochs=settings.source_epochs,
             lr=settings.lr,
             augment=AUGMENT,
@@ -264,6 +265,7 @@ def run_demo(
                 SOURCE_NAME if strategy.from_source else settings.backbone,
                 folders.target_train,
                 policy=strategy.policy,
+                scratch=not strategy.from_source,
                 epochs=epochs,
                 lr=strategy.lr,
                 augment=None if strategy.policy == "linear-probe" else AUGMENT,

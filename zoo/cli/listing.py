@@ -45,7 +45,7 @@ from zoo.errors import UnknownNameError
 if TYPE_CHECKING:
     from zoo.core.catalog import Catalog
 
-LISTING_FORMAT = 2
+LISTING_FORMAT = 3
 T = TypeVar("T")
 CACHE_ENV = "ZOO_CACHE_DIR"
 NO_CACHE_ENV = "ZOO_NO_CACHE"
@@ -64,6 +64,10 @@ class BackboneEntry(NamedTuple):
     input: dict[str, Any]
     head: str | None = None
     num_classes: int | None = None
+    #: The input configs of the pretrained tags whose config differs from ``input`` (timm's
+    #: ``convnext_base.fb_in22k_ft_in1k_384`` is 384 px, its architecture 224); None when
+    #: every tag uses ``input``.
+    tag_inputs: dict[str, dict[str, Any]] | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -72,6 +76,12 @@ class BackboneEntry(NamedTuple):
     @property
     def pretrained_tags(self) -> tuple[str, ...]:
         return self.tags
+
+    def input_for(self, tag: str | None) -> dict[str, Any]:
+        """The input config of pretrained ``tag`` (the architecture's for None)."""
+        if tag is not None and self.tag_inputs and tag in self.tag_inputs:
+            return self.tag_inputs[tag]
+        return self.input
 
 
 @dataclass(frozen=True)
@@ -156,21 +166,42 @@ class Listing:
 
     def to_dict(self) -> dict[str, Any]:
         """The cache's form: backbones as rows ``[plugin, name, summary, tags, input, head,
-        num_classes]`` where ``input`` indexes the distinct input configs (most are shared),
-        so 100,000 backbones parse in a fraction of a second."""
+        num_classes, tag_inputs]`` where ``input`` indexes the distinct input configs (most
+        are shared) and ``tag_inputs`` is None or ``{tag: index}`` for the tags whose config
+        differs, so 100,000 backbones parse in a fraction of a second."""
         inputs: list[dict[str, Any]] = []
         by_text: dict[str, int] = {}
         seen: dict[int, int] = {}  # id of an input dict -> its index: most entries share one
-        rows = []
-        for b in self.backbones:
-            index = seen.get(id(b.input))
+
+        def index_of(config: dict[str, Any]) -> int:
+            index = seen.get(id(config))
             if index is None:
-                text = json.dumps(b.input, sort_keys=True)
+                text = json.dumps(config, sort_keys=True)
                 if text not in by_text:
                     by_text[text] = len(inputs)
-                    inputs.append(b.input)
-                index = seen[id(b.input)] = by_text[text]
-            rows.append([b.plugin, b.name, b.summary, list(b.tags), index, b.head, b.num_classes])
+                    inputs.append(config)
+                index = seen[id(config)] = by_text[text]
+            return index
+
+        rows = []
+        for b in self.backbones:
+            tag_index = (
+                {tag: index_of(config) for tag, config in b.tag_inputs.items()}
+                if b.tag_inputs
+                else None
+            )
+            rows.append(
+                [
+                    b.plugin,
+                    b.name,
+                    b.summary,
+                    list(b.tags),
+                    index_of(b.input),
+                    b.head,
+                    b.num_classes,
+                    tag_index,
+                ]
+            )
         return {
             "format": LISTING_FORMAT,
             "key": self.key,
@@ -187,8 +218,19 @@ class Listing:
         inputs = data["inputs"]
         return cls(
             backbones=[
-                BackboneEntry(plugin, name, summary, tuple(tags), inputs[index], head, classes)
-                for plugin, name, summary, tags, index, head, classes in data["backbones"]
+                BackboneEntry(
+                    plugin,
+                    name,
+                    summary,
+                    tuple(tags),
+                    inputs[index],
+                    head,
+                    classes,
+                    {t: inputs[i] for t, i in tag_index.items()} if tag_index else None,
+                )
+                for plugin, name, summary, tags, index, head, classes, tag_index in data[
+                    "backbones"
+                ]
             ],
             policies=[PolicyEntry(**{**p, "args": tuple(p["args"])}) for p in data["policies"]],
             plugins=[PluginRecord.from_dict(p) for p in data["plugins"]],
@@ -208,6 +250,7 @@ def listing_from_catalog(catalog: Catalog, key: str = "") -> Listing:
             input=_shared_input(inputs, s.input_config),
             head=s.head,
             num_classes=s.num_classes,
+            tag_inputs=_tag_inputs(inputs, s),
         )
         for s in catalog.backbones
     ]
@@ -223,6 +266,18 @@ def listing_from_catalog(catalog: Catalog, key: str = "") -> Listing:
     ]
     plugins = sorted(catalog.host.records.values(), key=lambda r: r.name)
     return Listing(backbones, policies, plugins, key=key)
+
+
+def _tag_inputs(inputs: dict[Any, dict[str, Any]], spec: Any) -> dict[str, dict[str, Any]] | None:
+    """The tags of ``spec`` whose input config differs from the architecture's (None if none):
+    the cache stores only those."""
+    configs = getattr(spec, "tag_input_configs", None) or {}
+    differing = {
+        tag: _shared_input(inputs, config)
+        for tag, config in configs.items()
+        if tag in spec.pretrained_tags and config != spec.input_config
+    }
+    return differing or None
 
 
 def _shared_input(inputs: dict[Any, dict[str, Any]], config: Any) -> dict[str, Any]:

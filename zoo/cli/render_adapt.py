@@ -37,20 +37,51 @@ def _seconds(value: float) -> str:
     return f"{value:.1f}s" if value < 120 else f"{value / 60:.1f}min"
 
 
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 class``, ``2 classes``, ``0 images``: a count with its noun in the right number."""
+    if count == 1:
+        return f"{count} {word}"
+    if many is None:
+        many = word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
+    return f"{count} {many}"
+
+
+def policy_text(policy: str, args: Mapping[str, Any] | None) -> str:
+    """``zoo:freeze-to:depth=4``: a policy with the arguments it ran with."""
+    return policy + (":" + ",".join(f"{k}={v}" for k, v in args.items()) if args else "")
+
+
+def cache_text(used: bool, note: str) -> str:
+    """The feature-cache decision in words: what the run does, and why."""
+    if used:
+        return f"used — {note}"
+    reason = note.removeprefix("plain loop: ").strip()
+    reason = {
+        "the plan trains more than one head module": "the plan trains layers below the head",
+        "feature cache turned off": "the feature cache is turned off",
+    }.get(reason, reason)
+    return f"images go through the whole model every epoch ({reason})" if reason else note
+
+
 def start_text(info: Mapping[str, Any]) -> Text:
-    """What is about to happen: model, policy, data, device, cache decision."""
+    """What is about to happen: model and weights, policy (what auto chose), data, device,
+    cache decision."""
     text = Text()
     text.append("adapting ", style="bold")
     text.append(str(info.get("start", "")), style="bold cyan")
-    text.append(f"  policy {info.get('policy', '')}\n")
+    policy = policy_text(str(info.get("policy", "")), info.get("policy_args"))
+    text.append(f"\npolicy {policy}\n")
+    for note in info.get("notes") or ():
+        text.append(f"  {note}\n", style="dim")
     classes = list(info.get("classes", []))
     shown = ", ".join(classes[:8]) + (f", … (+{len(classes) - 8})" if len(classes) > 8 else "")
+    train, val = int(info.get("train_images", 0)), int(info.get("val_images", 0))
     text.append(
-        f"data: {info.get('train_images', 0)} training / {info.get('val_images', 0)} "
-        f"validation images, {len(classes)} classes ({shown})\n"
+        f"data: {train} training / {plural(val, 'validation image')}, "
+        f"{plural(len(classes), 'class')} ({shown})\n"
     )
     if info.get("skipped"):
-        text.append(f"skipped {info['skipped']} unreadable image(s)\n", style="yellow")
+        text.append(f"skipped {plural(int(info['skipped']), 'unreadable image')}\n", style="yellow")
     size = info.get("input_size") or []
     where = f"{info.get('device', 'cpu')}"
     if int(info.get("world_size", 1)) > 1:
@@ -59,7 +90,11 @@ def start_text(info: Mapping[str, Any]) -> Text:
         f"input {'x'.join(str(v) for v in size[1:])}, augmentation "
         f"{'on' if info.get('augment') else 'off'}, {where}\n"
     )
-    text.append(str(info.get("note", "")), style="green" if info.get("feature_cache") else "dim")
+    cache = bool(info.get("feature_cache"))
+    text.append(
+        "feature cache: " + cache_text(cache, str(info.get("note", ""))),
+        style="green" if cache else "dim",
+    )
     return text
 
 
@@ -168,8 +203,8 @@ class AdaptProgress(AdaptCallback):
             return
         self.progress.console.print(
             Text(
-                f"epoch {epoch}: the schedule unfroze more, {len(plan.trainable)} parameter "
-                "tensors train now",
+                f"epoch {epoch}: the schedule unfroze more, "
+                f"{plural(len(plan.trainable), 'parameter tensor')} train now",
                 style="cyan",
             )
         )
@@ -213,12 +248,7 @@ def summary_table(history: History) -> Table:
     else:
         table.add_row("saved as", "not saved (no name)")
     table.add_row("started from", history.start)
-    policy = history.policy + (
-        ":" + ",".join(f"{k}={v}" for k, v in history.policy_args.items())
-        if history.policy_args
-        else ""
-    )
-    table.add_row("policy", policy)
+    table.add_row("policy", policy_text(history.policy, history.policy_args))
     share = history.trainable_fraction
     table.add_row(
         "trainable",
@@ -243,10 +273,9 @@ def summary_table(history: History) -> Table:
             f"train acc {_pct(last.train_accuracy)}, val acc "
             f"{_pct(last.val_accuracy)}, best {_pct(history.best_accuracy)}",
         )
-    cache = "used" if history.feature_cache else "not used"
     table.add_row(
         "feature cache",
-        f"{cache} — {history.feature_cache_note}"
+        cache_text(history.feature_cache, history.feature_cache_note)
         + (f" ({_seconds(history.feature_seconds)} to compute)" if history.feature_cache else ""),
     )
     table.add_row(
@@ -275,17 +304,17 @@ def skipped_text(history: History, limit: int = 10) -> Text:
 def predictions_table(predictions: Sequence[Any]) -> Table:
     """Top-k classes per image with probability bars."""
     table = Table(show_edge=False)
-    table.add_column("image")
+    table.add_column("image", overflow="fold")  # a path is never cut: it folds onto more lines
     table.add_column("#", justify="right")
-    table.add_column("class")
+    table.add_column("class", overflow="fold")
     table.add_column("probability", justify="right")
     table.add_column("")
     for pred in predictions:
         for rank, (name, prob) in enumerate(pred.top, start=1):
             table.add_row(
-                pred.source if rank == 1 else "",
+                Text(str(pred.source)) if rank == 1 else "",  # file names are not rich markup
                 str(rank),
-                name,
+                Text(name),
                 f"{100 * prob:.1f}%",
                 bar(prob, 20),
                 style="bold" if rank == 1 else None,

@@ -1,4 +1,5 @@
-"""Rich renderables for ``zoo list`` and ``zoo plugins`` (pure: data in, Table out)."""
+"""Renderables for ``zoo list`` and ``zoo plugins`` (pure: data in, a
+:class:`~zoo.cli.columns.Columns` out, in the listings' one style)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rich.table import Table
 from rich.text import Text
 
+from zoo.cli.columns import Col, Columns
 from zoo.cli.listing import BackboneEntry, PolicyEntry
-from zoo.cli.output import aligned_text
+from zoo.cli.output import PIPE_WIDTH
 from zoo.core.plugins import PluginRecord, format_origin
 
 #: Listings longer than this are plain text (and their JSON one entry per line): rich styles
@@ -23,76 +24,56 @@ def _size(entry_input: dict[str, Any]) -> str:
     return "x".join(str(v) for v in size[1:]) if len(size) == 3 else "?"
 
 
-def backbones_table(entries: Sequence[BackboneEntry], *, title: str = "Backbones") -> Text | str:
-    """One row per backbone: :class:`Text`, or a plain ``str`` above :data:`PLAIN_ROWS`."""
+def backbones_table(
+    entries: Sequence[BackboneEntry], *, title: str = "Backbones", width: int | None = None
+) -> Columns | str:
+    """One row per backbone in the listings' style (:mod:`zoo.cli.columns`); plain text laid
+    out for ``width`` (default :data:`~zoo.cli.output.PIPE_WIDTH`) above :data:`PLAIN_ROWS`.
+    At narrow widths the summary is cut first, then the pretrained and input columns go."""
     rows = [
         (e.qualified_name, str(len(e.tags)) if e.tags else "-", _size(e.input), e.summary)
         for e in entries
     ]
-    return _columns(
-        ("name", "pretrained", "input", "summary"),
-        rows,
-        right=(1, 2),
-        title=f"{title} ({len(entries)})",
-        max_width=60,
+    columns = (
+        Col("name", style="cyan"),
+        Col("pretrained", right=True, drop=2),
+        Col("input", right=True, drop=1),
+        Col("summary", shrink=True, min_width=20),
     )
+    return _columns(columns, rows, title=f"{title} ({len(entries)})", width=width)
 
 
-def pretrained_table(pairs: Sequence[tuple[BackboneEntry, str]]) -> Text | str:
-    """One row per pretrained tag (plain ``str`` above :data:`PLAIN_ROWS`)."""
+def pretrained_table(
+    pairs: Sequence[tuple[BackboneEntry, str]], *, width: int | None = None
+) -> Columns | str:
+    """One row per pretrained tag with that tag's own input config (plain text above
+    :data:`PLAIN_ROWS`); at narrow widths interpolation, then crop, are dropped."""
     rows = [
         (
             f"{entry.qualified_name}.{tag}",
-            _size(entry.input),
-            str(entry.input.get("interpolation", "")),
-            f"{entry.input.get('crop_pct', 0):.3g}",
+            _size(config),
+            str(config.get("interpolation", "")),
+            f"{config.get('crop_pct', 0):.3g}",
         )
         for entry, tag in pairs
+        for config in (entry.input_for(tag),)
     ]
-    return _columns(
-        ("name", "input", "interpolation", "crop"),
-        rows,
-        right=(1, 3),
-        title=f"Pretrained weights ({len(pairs)})",
-        max_width=80,
+    columns = (
+        Col("name", style="cyan"),
+        Col("input", right=True),
+        Col("interpolation", drop=2),
+        Col("crop", right=True, drop=1),
     )
+    return _columns(columns, rows, title=f"Pretrained weights ({len(pairs)})", width=width)
 
 
 def _columns(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    *,
-    right: Sequence[int],
-    title: str,
-    max_width: int,
-) -> Text | str:
+    columns: Sequence[Col], rows: Sequence[Sequence[str]], *, title: str, width: int | None
+) -> Columns | str:
+    table = Columns(columns, rows, title=title)
     if len(rows) <= PLAIN_ROWS:
-        return aligned_text(headers, rows, right=right, title=title, rule=True, max_width=max_width)
-    return plain_columns(headers, rows, right=right, title=title, max_width=max_width)
-
-
-def plain_columns(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    *,
-    right: Sequence[int] = (),
-    title: str = "",
-    max_width: int = 60,
-) -> str:
-    """:func:`~zoo.cli.output.aligned_text`'s layout (title, header, rule, rows) as plain
-    text, without styles: 100,000 rows in a few tenths of a second."""
-    rows = [
-        r
-        if max(map(len, r)) <= max_width
-        else [c if len(c) <= max_width else c[: max_width - 1] + "…" for c in r]
-        for r in rows
-    ]
-    columns = list(zip(*rows, strict=True)) or [()] * len(headers)
-    widths = [max([len(h), *map(len, c)]) for h, c in zip(headers, columns, strict=True)]
-    line = "  ".join(f"{{:{'>' if i in right else '<'}{w}}}" for i, w in enumerate(widths)).format
-    lines = [title, line(*headers).rstrip(), "  ".join("─" * w for w in widths)]
-    lines += [line(*row).rstrip() for row in rows]
-    return "\n".join(lines) + "\n"
+        return table
+    return table.plain(width or PIPE_WIDTH)
 
 
 def json_document(data: Mapping[str, Any]) -> str:
@@ -118,26 +99,28 @@ def _arg_text(arg: dict[str, Any]) -> str:
     return text
 
 
-def policies_table(entries: Sequence[PolicyEntry]) -> Table:
-    table = Table(title=f"Freeze policies ({len(entries)})", title_justify="left")
-    table.add_column("name", style="cyan", no_wrap=True)
-    table.add_column("arguments")
-    table.add_column("summary", overflow="fold", max_width=70)
-    for entry in entries:
-        args = ", ".join(_arg_text(a) for a in entry.args) or "-"
-        summary = entry.summary + (" [schedule]" if entry.schedule else "")
-        table.add_row(entry.qualified_name, args, summary)
-    return table
+def policies_table(entries: Sequence[PolicyEntry]) -> Columns:
+    """One row per freeze policy; at narrow widths the arguments and summary fold."""
+    rows = [
+        (
+            entry.qualified_name,
+            ", ".join(_arg_text(a) for a in entry.args) or "-",
+            entry.summary + (" [schedule]" if entry.schedule else ""),
+        )
+        for entry in entries
+    ]
+    columns = (
+        Col("name", style="cyan"),
+        Col("arguments", shrink=True, fold=True, min_width=16),
+        Col("summary", shrink=True, fold=True, min_width=24),
+    )
+    return Columns(columns, rows, title=f"Freeze policies ({len(entries)})")
 
 
-def plugins_table(records: Sequence[PluginRecord]) -> Table:
-    table = Table(title=f"Plugins ({len(records)})", title_justify="left")
-    table.add_column("plugin", style="cyan", no_wrap=True)
-    table.add_column("version")
-    table.add_column("distribution")
-    table.add_column("hooks")
-    table.add_column("registered")
-    table.add_column("status", overflow="fold", max_width=60)
+def plugins_table(records: Sequence[PluginRecord]) -> Columns:
+    """One row per plugin; at narrow widths hooks, distribution and version are dropped
+    first, and errors fold onto more lines."""
+    rows = []
     for record in records:
         registered = []
         if record.backbones:
@@ -147,15 +130,25 @@ def plugins_table(records: Sequence[PluginRecord]) -> Table:
         status = (
             Text("ok", style="green") if record.ok else Text("\n".join(record.errors), style="red")
         )
-        table.add_row(
-            record.name,
-            record.version or "-",
-            "built-in" if record.builtin else (record.distribution or record.module),
-            ", ".join(h.removeprefix("zoo_") for h in record.hooks) or "-",
-            ", ".join(registered) or "-",
-            status,
+        rows.append(
+            (
+                record.name,
+                record.version or "-",
+                "built-in" if record.builtin else (record.distribution or record.module),
+                ", ".join(h.removeprefix("zoo_") for h in record.hooks) or "-",
+                ", ".join(registered) or "-",
+                status,
+            )
         )
-    return table
+    columns = (
+        Col("plugin", style="cyan"),
+        Col("version", drop=2),
+        Col("distribution", drop=3, shrink=True),
+        Col("hooks", drop=4, shrink=True, fold=True, min_width=16),
+        Col("registered", drop=1),
+        Col("status", shrink=True, fold=True, min_width=20),
+    )
+    return Columns(columns, rows, title=f"Plugins ({len(records)})")
 
 
 def problem_lines(problems: Sequence[tuple[PluginRecord, str]]) -> list[str]:

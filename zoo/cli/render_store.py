@@ -9,6 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from zoo.cli.columns import Col, Columns
 from zoo.cli.output import bar, human_bytes, human_count
 
 if TYPE_CHECKING:
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     from zoo.io.store import EntryInfo, GcResult
 
 BAR_WIDTH = 20
+#: how the ``auto`` policy's note (the first of its plan) begins
+AUTO_NOTE = "auto chose "
 
 
 def printable(text: object) -> str:
@@ -47,42 +50,41 @@ def _percent(fraction: float | None) -> str:
     return f"{100 * fraction:.2f}%" if fraction < 0.01 else f"{100 * fraction:.1f}%"
 
 
-def models_table(entries: Sequence[EntryInfo]) -> Table:
-    """One row per store entry; a broken entry says ``broken`` (:func:`broken_lines` says why)."""
-    table = Table(box=None, pad_edge=False, collapse_padding=True, header_style="bold")
-    table.add_column("name", style="cyan", no_wrap=True)
-    table.add_column("backbone", no_wrap=True)
-    table.add_column("classes", no_wrap=True, overflow="ellipsis", max_width=30)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("policy", no_wrap=True, overflow="ellipsis", max_width=24)
-    table.add_column("trained", justify="right", no_wrap=True)
-    table.add_column("size", justify="right", no_wrap=True)
-    table.add_column("date", no_wrap=True)
+def models_table(entries: Sequence[EntryInfo]) -> Columns:
+    """One row per store entry, in the listings' style (:mod:`zoo.cli.columns`); a broken
+    entry says ``broken`` (:func:`broken_lines` says why). Name, size and date are never cut;
+    at narrow widths kind, trained, policy and then classes are dropped, in that order."""
+    rows: list[tuple[Text | str, ...]] = []
     for entry in entries:
-        name = Text(printable(entry.name))
+        name = printable(entry.name)
         if not entry.ok:
-            table.add_row(
-                name,
-                "",
-                "",
-                Text("broken", style="bold red"),
-                "",
-                "",
-                human_bytes(entry.size) if entry.size else "-",
-                "",
-            )
+            size = human_bytes(entry.size) if entry.size else "-"
+            broken = Text("broken", style="bold red")  # in a column that is never dropped
+            rows.append((name, broken, "", "", "", "", size, ""))
             continue
-        table.add_row(
-            name,
-            Text(printable(entry.backbone)),
-            Text(_classes_text(entry.num_classes, entry.classes)),
-            Text(printable(entry.kind)),
-            Text(printable((entry.policy or "-").removeprefix("zoo:"))),
-            _percent(entry.trained_fraction),
-            human_bytes(entry.size),
-            printable(_date(entry.created)[:10]),
+        rows.append(
+            (
+                name,
+                printable(entry.backbone),
+                _classes_text(entry.num_classes, entry.classes),
+                printable(entry.kind),
+                printable((entry.policy or "-").removeprefix("zoo:")),
+                _percent(entry.trained_fraction),
+                human_bytes(entry.size),
+                printable(_date(entry.created)[:10]),
+            )
         )
-    return table
+    columns = (
+        Col("name", style="cyan"),
+        Col("backbone", shrink=True, min_width=16),
+        Col("classes", shrink=True, drop=1, min_width=12),
+        Col("kind", drop=4),
+        Col("policy", shrink=True, drop=2, min_width=10),
+        Col("trained", right=True, drop=3),
+        Col("size", right=True),
+        Col("date"),
+    )
+    return Columns(columns, rows)
 
 
 def broken_lines(entries: Sequence[EntryInfo]) -> list[Text]:
@@ -127,6 +129,8 @@ def inspect_view(info: Inspection) -> Group:
     if meta.policy_args:
         policy += " (" + ", ".join(f"{k}={v}" for k, v in meta.policy_args.items()) + ")"
     row("policy", policy)
+    for label, note in _plan_notes(meta.plan):
+        row(label, note)
     row(
         "trained",
         f"{human_count(meta.num_trained_params)} of {human_count(meta.num_params)} parameters "
@@ -146,6 +150,8 @@ def inspect_view(info: Inspection) -> Group:
     row("created", f"{_date(meta.created)} UTC by zoo {meta.zoo_version or '?'}")
     if meta.plugins:
         row("plugins", ", ".join(f"{k} {v or '?'}" for k, v in meta.plugins.items()))
+    for i, (key, value) in enumerate(sorted(meta.extra.items())):
+        row("metadata" if i == 0 else "", f"{key} = {value}")
     row("seal", "verified" if info.verified else "not checked (--no-verify)")
     parts: list[Any] = [head, rows]
     if info.depths:
@@ -153,6 +159,22 @@ def inspect_view(info: Inspection) -> Group:
     for note in info.notes:
         parts.append(Text(printable(f"note: {note}"), style="yellow"))
     return Group(*parts)
+
+
+def _plan_notes(plan: Any) -> list[tuple[str, str]]:
+    """``(label, text)`` for each note of the saved plan: what ``auto`` chose and why is
+    labelled ``auto`` (its note reads ``auto chose POLICY: data; reason``), others ``note``."""
+    notes = plan.get("notes") if isinstance(plan, dict) else None
+    if not isinstance(notes, list):
+        return []
+    out = []
+    for note in notes:
+        text = str(note)
+        if text.startswith(AUTO_NOTE):
+            out.append(("auto", "chose " + text.removeprefix(AUTO_NOTE)))
+        else:
+            out.append(("note", text))
+    return out
 
 
 def _floats(values: Any) -> str:
@@ -193,8 +215,10 @@ def gc_view(result: GcResult, *, dry_run: bool) -> Text:
     """What ``zoo gc`` removed (or would remove) and what it left alone."""
     text = Text()
     verb = "would remove" if dry_run else "removed"
+    why = dict(result.checkpoints)  # an abandoned adapt checkpoint says what it held
     for path in result.removed:
-        text.append(f"{verb} {printable(path)}\n")
+        reason = f" ({printable(why[path])})" if path in why else ""
+        text.append(f"{verb} {printable(path)}{reason}\n")
     for path, reason in result.skipped:
         text.append(f"skipped {printable(path)}: {printable(reason)}\n", style="yellow")
     for path in result.repaired:

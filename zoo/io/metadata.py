@@ -70,6 +70,8 @@ KEYS: dict[str, str] = {
     "zoo.plugins": "JSON object: plugin name -> version, for the backbone's and policy's plugins",
     "zoo.created": "creation time, ISO 8601 in UTC",
     "zoo.timm_config": "JSON object: the timm-style config.json of the model",
+    "zoo.training": "optional — JSON object: how zoo.adapt trained (epochs, epochs_run, "
+    "best_epoch, early_stop, stopped_early, resumed_from)",
     "zoo.tensors_sha256": "canonical sha256 of the tensors in this file",
     "zoo.content_sha256": "sha256 of zoo.tensors_sha256 and every other metadata entry",
 }
@@ -96,6 +98,7 @@ _JSON_KEYS = frozenset(
         "zoo.base_tensors",
         "zoo.plugins",
         "zoo.timm_config",
+        "zoo.training",
     }
 )
 #: What to change when a save is refused because of a key's value.
@@ -144,6 +147,7 @@ class ZooMetadata:
     plugins: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     timm_config: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
     tensors_sha256: str = ""
     content_sha256: str = ""
     extra: dict[str, str] = field(default_factory=dict)
@@ -183,6 +187,8 @@ class ZooMetadata:
             "zoo.created": self.created,
             "zoo.timm_config": _dumps("zoo.timm_config", self.timm_config),
         }
+        if self.training is not None:  # optional: absent from files not made by adapt
+            md["zoo.training"] = _dumps("zoo.training", self.training)
         if self.kind == "delta":
             md["zoo.base_tensors"] = _dumps("zoo.base_tensors", self.base_tensors)
             md["zoo.state_sha256"] = self.state_sha256 or ""
@@ -260,6 +266,7 @@ class ZooMetadata:
             plugins=reader.plugins("zoo.plugins"),
             created=reader.created("zoo.created"),
             timm_config=reader.optional_obj("zoo.timm_config"),
+            training=reader.optional_obj("zoo.training"),
             tensors_sha256=reader.hex_hash("zoo.tensors_sha256"),
             content_sha256=reader.hex_hash("zoo.content_sha256"),
             extra={k: v for k, v in metadata.items() if k not in KEYS},
@@ -285,6 +292,7 @@ class ZooMetadata:
             "zoo_version": self.zoo_version,
             "plugins": self.plugins,
             "created": self.created,
+            "training": self.training,
             "tensors_sha256": self.tensors_sha256,
             "content_sha256": self.content_sha256,
             "extra": self.extra,

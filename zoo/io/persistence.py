@@ -311,6 +311,7 @@ def save(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         timm_config=timm_config(model, names, _input_config(model), build, spec),
         extra=plugin_metadata(model, build["backbone"], catalog),
+        training=getattr(model, "zoo_training", None),
         **meta_kwargs,
     )
     metadata = seal(tensors, meta.to_metadata())

@@ -19,6 +19,7 @@ import errno
 import hashlib
 import math
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -87,6 +88,26 @@ def zoo_home() -> Path:
         return Path.home() / "Library" / "Application Support" / "zoo"
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "zoo"
+
+
+def checkpoints_dir() -> Path:
+    """``<ZOO_HOME>/tmp``: checkpoints of interrupted ``zoo adapt`` runs (``adapt-<name>/``)."""
+    return zoo_home() / "tmp"
+
+
+#: The folder name prefix of an adapt run's checkpoint in :func:`checkpoints_dir`.
+CHECKPOINT_PREFIX = "adapt-"
+
+
+def checkpoint_folder(name: str) -> Path:
+    """Where the adapt run saving as ``name`` keeps its last completed epoch: a store name's
+    ``adapt-<name>``, a path's ``adapt-<file name>-<hash of the absolute path>``."""
+    if is_path_target(name):
+        target = os.path.abspath(os.fspath(name))
+        digest = hashlib.sha256(os.fsencode(target)).hexdigest()[:16]
+        stem = re.sub(r"[^A-Za-z0-9_.+@=-]+", "-", Path(target).name)[:60].strip("-.") or "model"
+        return checkpoints_dir() / f"{CHECKPOINT_PREFIX}{stem}-{digest}"
+    return checkpoints_dir() / f"{CHECKPOINT_PREFIX}{validate_name(name).casefold()}"
 
 
 def models_dir() -> Path:
@@ -655,9 +676,11 @@ class GcResult:
     freed: int = 0
     repaired: list[Path] = field(default_factory=list)
     locks: list[Path] = field(default_factory=list)
+    checkpoints: list[tuple[Path, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "checkpoints": [{"path": str(p), "reason": r} for p, r in self.checkpoints],
             "removed": [str(p) for p in self.removed],
             "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped],
             "freed_bytes": self.freed,
@@ -739,8 +762,11 @@ def gc(*, dry_run: bool = False) -> GcResult:
     Lock files of entries that no longer exist are removed when no process holds them.
     Symbolic links are never followed (a linked leftover is removed as a link, sized 0); only
     regular files are read; what cannot be removed is reported in ``skipped`` with the reason.
+    Checkpoints of interrupted adapt runs (``<ZOO_HOME>/tmp/adapt-<name>/``) that no run is
+    using are removed too, listed in ``removed`` and, with what they held, in ``checkpoints``.
     """
     result = GcResult()
+    _remove_checkpoints(result, dry_run=dry_run)
     root = models_dir()
     if root.is_dir() and not root.is_symlink():
         for path, owner in _leftovers(root, result):
@@ -749,6 +775,50 @@ def gc(*, dry_run: bool = False) -> GcResult:
             _repair_entry(root, name, result, dry_run=dry_run)
     _remove_stale_locks(result, dry_run=dry_run)
     return result
+
+
+def _checkpoint_reason(folder: Path) -> str:
+    """What an adapt checkpoint holds, read from its ``state.json`` (never followed)."""
+    import json
+
+    try:
+        with open_regular(folder / "state.json", follow_symlinks=False) as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        state = json.loads(raw.decode("utf-8")) if len(raw) <= MAX_CONFIG_BYTES else {}
+        epoch, epochs = int(state["epoch"]), int(state["epochs"])
+        name = str(state["config"]["name"])
+    except (ZooError, OSError, ValueError, KeyError, TypeError):
+        return "checkpoint of an interrupted adapt run (unreadable or incomplete)"
+    return (
+        f"checkpoint of the interrupted adapt run saving as {name!r} (epoch {epoch} of "
+        f"{epochs} done; `zoo adapt ... --name {name} --resume` would have continued it)"
+    )
+
+
+def _remove_checkpoints(result: GcResult, *, dry_run: bool) -> None:
+    """Remove the checkpoints of interrupted adapt runs that no running adapt holds."""
+    root = checkpoints_dir()
+    if not root.is_dir() or root.is_symlink():
+        return
+    try:
+        with os.scandir(root) as scan:
+            names = sorted(c.name for c in scan if c.name.startswith(CHECKPOINT_PREFIX))
+    except OSError as exc:
+        result.skipped.append((root, f"cannot list it: {_why(exc)}"))
+        return
+    for name in names:
+        path = root / name
+        try:
+            with locked(str(path.absolute()), blocking=False) as held:
+                if held is None:
+                    result.skipped.append((path, "an adapt run is using this checkpoint"))
+                    continue
+                reason = _checkpoint_reason(path)
+                result.freed += _remove_leftover(path, dry_run=dry_run)
+                result.removed.append(path)
+                result.checkpoints.append((path, reason))
+        except (OSError, ZooError) as exc:
+            result.skipped.append((path, f"cannot remove it: {_why(exc)}"))
 
 
 def _collect(path: Path, owner: str | None, result: GcResult, *, dry_run: bool) -> None:

@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  zoo adapt timm:resnet18 --data flowers/train --val flowers/val --policy linear-probe "
         "--name flowers\n"
         "  zoo adapt timm:convnext_atto --data pets --val-split 0.2 --policy gradual:every=2 "
-        "--epochs 6 --pretrained\n"
+        "--epochs 6\n"
+        "  zoo adapt timm:resnet18 --data flowers/train --weights flowers --name flowers-r18\n"
+        "  zoo adapt timm:resnet10t --data digits --scratch --policy full --name digits\n"
         "  zoo adapt flowers --data more-flowers --policy freeze-to:depth=3 --name flowers-v2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -64,8 +66,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--epochs", "-e", type=int, default=5, metavar="N", help="epochs (default 5)"
     )
-    parser.add_argument(
-        "--name", "-n", metavar="NAME", help="store name to save under (default: BACKBONE-DATA)"
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--name",
+        "-n",
+        metavar="NAME",
+        help="store name to save under, no path separators (default: BACKBONE-DATA)",
+    )
+    target.add_argument(
+        "--output",
+        "-o",
+        metavar="PATH",
+        help="save to this file (.safetensors) or folder instead of the store",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a saved model of the same name"
@@ -77,12 +89,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument(
         "--weights",
         metavar="FILE|NAME",
-        help="start BACKBONE from a .safetensors file or a saved model's weights",
+        help="start BACKBONE from a .safetensors file or a saved model's weights (and its "
+        "input config: image size, mean/std)",
     )
     start.add_argument(
         "--pretrained",
         action="store_true",
-        help="start from the backbone's pretrained weights (cache or download)",
+        help="start from the backbone's pretrained weights (the default for a backbone name; "
+        "cache or download)",
+    )
+    start.add_argument(
+        "--scratch",
+        action="store_true",
+        help="start from random weights (needed to train a partial policy on them)",
     )
     train = parser.add_argument_group("training")
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
@@ -118,6 +137,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="for --policy auto: override the count taken from the data",
     )
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--early-stop",
+        type=int,
+        metavar="N",
+        help="stop after N epochs without a lower validation loss and save the best epoch's "
+        "model (needs --val or --val-split)",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run saving under the same name from its last completed "
+        "epoch (same command and settings; Ctrl-C keeps each completed epoch)",
+    )
     images = parser.add_argument_group("images")
     images.add_argument(
         "--image-size",
@@ -170,6 +202,18 @@ def default_name(backbone: str, data: str) -> str:
     return name[:100] or "adapted"
 
 
+def check_store_name(name: str) -> None:
+    """Refuse a ``--name`` that is a path: it names a store entry (``--output`` takes paths)."""
+    from zoo.errors import InvalidNameError
+
+    separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(s in name for s in separators) or name in {".", ".."}:
+        raise InvalidNameError(
+            f"--name {name!r} is a store name and cannot contain a path separator or be "
+            "'.' or '..'; to save to a file or folder use --output PATH"
+        )
+
+
 def _flag(value: str) -> bool | str:
     return {"auto": "auto", "on": True, "off": False}[value]
 
@@ -188,6 +232,7 @@ OPTIONS = {
     "samples_per_class": "--samples-per-class",
     "num_workers": "--workers",
     "seed": "--seed",
+    "early_stop": "--early-stop",
 }
 
 
@@ -204,16 +249,20 @@ def _adapt_naming_options(adapt: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
+    from zoo.adaptation.checkpoint import AdaptInterrupted
     from zoo.adaptation.distributed import launched_by_torchrun
     from zoo.adaptation.job import AdaptConfig
     from zoo.adaptation.job import run as run_job
     from zoo.core.catalog import get_catalog
 
     main_rank = not launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
-    name = args.name or default_name(args.backbone, args.data)
+    if args.name is not None:
+        check_store_name(args.name)
+    name = args.output or args.name or default_name(args.backbone, args.data)
     overrides = {"crop_pct": args.crop_pct} if args.crop_pct is not None else None
     augment = _flag(args.augment)
     progress = None
+    stopped: AdaptInterrupted | None = None
     if main_rank and not args.json:
         from zoo.cli.render_adapt import AdaptProgress
 
@@ -232,8 +281,9 @@ def run(args: argparse.Namespace, out: Output) -> int:
             name=name,
             overwrite=args.overwrite,
             delta=args.delta,
-            pretrained=args.pretrained,
+            pretrained=True if args.pretrained else None,
             weights=args.weights,
+            scratch=args.scratch,
             val_split=args.val_split,
             image_size=args.image_size,
             input_config=overrides,
@@ -246,13 +296,21 @@ def run(args: argparse.Namespace, out: Output) -> int:
             num_workers=args.workers,
             seed=args.seed,
             callback=progress,
+            early_stop=args.early_stop,
+            resume=args.resume,
         )
-        _model, history = _adapt_naming_options(
-            run_job, args.backbone, args.data, args.val, options, catalog=get_catalog()
-        )
+        try:
+            _model, history = _adapt_naming_options(
+                run_job, args.backbone, args.data, args.val, options, catalog=get_catalog()
+            )
+        except AdaptInterrupted as exc:  # Ctrl-C: the last completed epoch is kept
+            stopped = exc
     finally:
         if progress is not None:
             progress.close()
+    if stopped is not None:
+        out.error(str(stopped))
+        return 130
     if not main_rank:
         return 0
     if args.json:

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, out: Output) -> int:
     from dataclasses import replace
 
-    from zoo.cli.demo import FAST, FULL, run_demo
+    from zoo.cli.demo import FAST, FULL, SOURCE_NAME, run_demo
 
     settings = FAST if args.fast else FULL
     if args.backbone:
@@ -90,6 +90,6 @@ def run(args: argparse.Namespace, out: Output) -> int:
     out.print(table)
     out.print(
         f"done in {result.seconds:.0f}s.  Next: zoo predict {result.best} IMAGE.png, "
-        f"or zoo adapt timm:resnet18 --data YOUR_FOLDER --name NAME"
+        f"or zoo adapt {result.backbone} --weights {SOURCE_NAME} --data YOUR_FOLDER --name NAME"
     )
     return 0

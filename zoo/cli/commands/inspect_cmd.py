@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inspect",
         help="show a saved model's metadata and what was trained",
         description="Show what a saved model is: backbone, classes, input configuration, "
-        "freeze policy and its arguments, base weights of a delta, versions, and a per-depth "
+        "freeze policy and its arguments (for auto: what it chose and why), base weights of a "
+        "delta, versions, the plugins' metadata entries, and a per-depth "
         "summary of which parameters were trained (the backbone is described on the meta "
         "device; no weights are built). The file's seal is verified unless --no-verify. "
         "TARGET is a store name or a path (a path contains a separator or ends in "

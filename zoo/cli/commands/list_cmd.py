@@ -67,6 +67,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
                 data["backbones"] = [
                     {
                         **entry._asdict(),
+                        "input": entry.input_for(tag),  # this tag's config, not the default
+                        "tag_inputs": None,
                         "name": f"{entry.name}.{tag}",
                         "qualified_name": f"{entry.qualified_name}.{tag}",
                         "tag": tag,
@@ -92,7 +94,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
             out.json(data)
     else:
         if show_backbones and (backbones or what == "backbones" or not policies):
-            table = pretrained_table(backbones) if args.pretrained else backbones_table(backbones)
+            width = out.console.width
+            table = (
+                pretrained_table(backbones, width=width)
+                if args.pretrained
+                else backbones_table(backbones, width=width)
+            )
             if isinstance(table, str):
                 _write(out, table)
             else:

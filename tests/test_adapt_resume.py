@@ -1,0 +1,206 @@
+"""Ctrl-C keeps the work (checkpoints, --resume) and early stopping on the best epoch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from test_data import make_color_folder
+
+import zoo
+from zoo.adaptation.checkpoint import AdaptInterrupted, CheckpointError
+from zoo.adaptation.evaluation import evaluate
+from zoo.adaptation.history import AdaptCallback
+from zoo.cli.main import main
+from zoo.errors import DataError
+from zoo.io.store import checkpoint_folder, gc
+
+BACKBONE = "timm:test_resnet"
+FAST = {"image_size": 32, "batch_size": 8, "lr": 1e-2, "seed": 3, "scratch": True}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colours")
+    make_color_folder(root / "train", per_class=6, seed=0)
+    make_color_folder(root / "val", per_class=2, seed=1)
+    return root
+
+
+class StopAfter(AdaptCallback):
+    """Presses Ctrl-C at the end of epoch ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, record) -> None:
+        if record.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return [k for k in sa if not torch.equal(sa[k], sb[k])]
+
+
+@pytest.mark.parametrize(
+    ("options", "stop"),
+    [
+        # plain loop over augmented images, a schedule that adds optimizer groups per epoch
+        # (stopped after epoch 2: resuming replays the plan change made at its start)
+        ({"policy": "gradual", "augment": True}, 2),
+        # head on cached features
+        ({"policy": "linear-probe"}, 1),
+    ],
+    ids=["plain-gradual", "cached-probe"],
+)
+def test_interrupted_run_resumes_bit_identical(data, options, stop):
+    train, val = data / "train", data / "val"
+    whole, whole_history = zoo.adapt(
+        BACKBONE, train, val, epochs=3, name="whole", **options, **FAST
+    )
+    assert not checkpoint_folder("whole").exists()  # removed once saved
+
+    with pytest.raises(AdaptInterrupted, match=rf"after epoch {stop} of 3.*--resume"):
+        zoo.adapt(
+            BACKBONE, train, val, epochs=3, name="cut", callback=StopAfter(stop), **options, **FAST
+        )
+    folder = checkpoint_folder("cut")
+    state = json.loads((folder / "state.json").read_text())
+    assert state["epoch"] == stop and len(state["history"]["epochs"]) == stop
+    assert not any(p.suffix == ".pt" for p in folder.iterdir())  # nothing pickled
+    with pytest.raises(zoo.ModelNotFoundError):
+        zoo.load("cut")
+
+    resumed, history = zoo.adapt(
+        BACKBONE, train, val, epochs=3, name="cut", resume=True, **options, **FAST
+    )
+    assert history.resumed_from == stop and [e.epoch for e in history] == [1, 2, 3]
+    assert _same(resumed, whole) == []
+    assert [e.train_loss for e in history] == [e.train_loss for e in whole_history]
+    assert not folder.exists()
+    assert _same(zoo.load("cut"), zoo.load("whole")) == []
+
+
+def test_resume_refuses_other_settings_and_missing_checkpoints(data):
+    train, val = data / "train", data / "val"
+    with pytest.raises(CheckpointError, match="no checkpoint to resume"):
+        zoo.adapt(BACKBONE, train, val, epochs=2, name="r", resume=True, **FAST)
+    with pytest.raises(AdaptInterrupted):
+        zoo.adapt(
+            BACKBONE,
+            train,
+            val,
+            epochs=2,
+            name="r",
+            policy="linear-probe",
+            callback=StopAfter(1),
+            **FAST,
+        )
+    with pytest.raises(CheckpointError) as info:
+        zoo.adapt(
+            BACKBONE,
+            train,
+            val,
+            epochs=3,
+            name="r",
+            policy="linear-probe",
+            resume=True,
+            **{**FAST, "lr": 0.5},
+        )
+    message = str(info.value)
+    assert "epochs: 2 there, 3 here" in message and "lr: 0.01 there, 0.5 here" in message
+    assert "without --resume" in message
+    # gc finds the stale checkpoint and says what it was
+    assert [p.name for p, _ in gc(dry_run=True).checkpoints] == ["adapt-r"]
+    assert checkpoint_folder("r").exists()
+    result = gc()
+    assert [p.name for p, _ in result.checkpoints] == ["adapt-r"]
+    assert "epoch 1 of 2" in result.checkpoints[0][1] and "--resume" in result.checkpoints[0][1]
+    assert not checkpoint_folder("r").exists()
+    assert result.to_dict()["checkpoints"][0]["reason"] == result.checkpoints[0][1]
+
+
+def test_early_stop_keeps_the_best_epoch(data):
+    train, val = data / "train", data / "val"
+    # lr this high makes the validation loss go up after the first epochs
+    options = {**FAST, "lr": 0.3, "optimizer": "sgd", "lr_schedule": "constant"}
+    _free, free_history = zoo.adapt(BACKBONE, train, val, epochs=6, policy="full", **options)
+    losses = [e.val_loss for e in free_history]
+    _model, history = zoo.adapt(
+        BACKBONE, train, val, epochs=6, policy="full", early_stop=1, name="es", **options
+    )
+    assert [e.val_loss for e in history] == losses[: len(history)]
+    # stops at the first epoch that does not improve on the best so far
+    first_worse = next(i for i in range(1, 6) if losses[i] >= min(losses[:i])) + 1
+    assert len(history) == first_worse and history.stopped_early == (first_worse < 6)
+    assert history.best_epoch == min(range(first_worse), key=lambda i: losses[i]) + 1
+    assert history.best_epoch < len(history)
+    assert any(f"best validation epoch, {history.best_epoch}" in n for n in history.notes)
+    # the returned and saved model is the best epoch's: its validation loss is the best one
+    scores = evaluate(zoo.load("es"), val)
+    assert scores.loss == pytest.approx(min(losses[:first_worse]), rel=1e-4)
+
+    with pytest.raises(DataError, match="needs a validation set"):
+        zoo.adapt(BACKBONE, train, epochs=2, early_stop=2, **FAST)
+    with pytest.raises(zoo.AdaptArgumentError, match="early_stop"):
+        zoo.adapt(BACKBONE, train, val, epochs=2, early_stop=0, **FAST)
+
+
+def test_cli_sigint_keeps_the_epoch_and_gc_finds_it(data, _isolated_zoo, capsys):
+    args = [
+        "adapt", BACKBONE, "--data", str(data / "train"), "--val", str(data / "val"),
+        "--policy", "freeze-to:depth=4", "--epochs", "40", "--image-size", "32",
+        "--batch-size", "8", "--scratch", "--name", "sig", "--seed", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "ZOO_HOME": str(_isolated_zoo), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zoo.cli.main", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state = checkpoint_folder("sig") / "state.json"
+    deadline = time.monotonic() + 60
+    while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert state.exists(), proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    epoch = json.loads(state.read_text())["epoch"]
+    assert f"interrupted after epoch {epoch} of 40" in " ".join(err.split())
+    assert "--resume" in err
+    # resuming with other settings is refused, naming them; the right command finishes
+    assert main([*args[:-2], "--seed", "2", "--resume"]) == 1
+    assert "seed: 1 there, 2 here" in " ".join(capsys.readouterr().err.split())
+    assert main(["gc", "--dry-run"]) == 0  # the text view says what the checkpoint held
+    assert f"epoch {epoch} of 40" in " ".join(capsys.readouterr().out.split())
+    assert main(["gc", "--json"]) == 0
+    removed = json.loads(capsys.readouterr().out)["checkpoints"]
+    assert len(removed) == 1 and f"epoch {epoch} of 40" in removed[0]["reason"]
+
+
+def test_training_metadata_key_round_trips():
+    from zoo.io.metadata import ZooMetadata
+
+    record = {"epochs": 6, "epochs_run": 3, "best_epoch": 2, "early_stop": 1}
+    build = {"backbone": "timm:test_resnet", "tag": None, "num_classes": 3, "kwargs": {}}
+    meta = ZooMetadata(1, "full", "timm:test_resnet", build, training=record)
+    md = meta.to_metadata()
+    assert json.loads(md["zoo.training"]) == record
+    sealed = {**md, "zoo.tensors_sha256": "0" * 64, "zoo.content_sha256": "0" * 64}
+    assert ZooMetadata.parse(sealed, source="x").training == record
+    plain = ZooMetadata(1, "full", "timm:test_resnet", build).to_metadata()
+    assert "zoo.training" not in plain  # files not made by adapt are unchanged
+    bad = {**sealed, "zoo.training": "[1]"}
+    with pytest.raises(zoo.CorruptFileError, match=r"zoo\.training"):
+        ZooMetadata.parse(bad, source="x")
