@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from zoo.io.store import list_saved, remove
     from zoo.plans.freeze import check_frozen, snapshot
     from zoo.plans.plan import NormMode, Plan
+    from zoo.tables.build import classifier_param_names
     from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 _LAZY: dict[str, str] = {
@@ -106,6 +107,7 @@ _LAZY: dict[str, str] = {
     "ZooError": "zoo.errors",
     "adapt": "zoo.api",
     "check_frozen": "zoo.plans.freeze",
+    "classifier_param_names": "zoo.tables.build",
     "create": "zoo.api",
     "freeze": "zoo.api",
     "get_backbone": "zoo.api",

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import zoo
 from zoo import ParamGroup
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def timm_param_groups(model: nn.Module) -> list[ParamGroup] | None:
         return None
     name_to_lid: dict[str, int] = group_parameters(model, matcher, reverse=True)
     ordinal = _ordinal_function(matcher)
-    head = set(_classifier_param_names(model))
+    head = set(zoo.classifier_param_names(model))
 
     by_lid: dict[int, list[str]] = {}
     for name in names:  # module order inside each group
@@ -112,29 +113,3 @@ def _ordinal_function(matcher: Any) -> Callable[[str], Ordinal]:
         return (float(value),)
 
     return by_callable
-
-
-def _classifier_param_names(model: nn.Module) -> list[str]:
-    """Names of the parameters of ``model.get_classifier()`` (a module or several), in order."""
-    get = getattr(model, "get_classifier", None)
-    if not callable(get):
-        return []
-    try:
-        found = get()
-    except Exception:
-        return []
-    modules = found if isinstance(found, (tuple, list)) else [found]
-    from torch import nn
-
-    wanted = {id(m) for m in modules if isinstance(m, nn.Module)}
-    if not wanted:
-        return []
-    names: list[str] = []
-    for path, module in model.named_modules():
-        if id(module) in wanted:
-            wanted.discard(id(module))
-            prefix = f"{path}." if path else ""
-            names.extend(prefix + n for n, _ in module.named_parameters())
-    by_tensor = {id(p): n for n, p in model.named_parameters()}  # canonical (deduplicated) names
-    params = dict(model.named_parameters(remove_duplicate=False))
-    return list(dict.fromkeys(by_tensor[id(params[n])] for n in names if n in params))
