@@ -24,14 +24,11 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zoo.core.specs import InputConfig
-from zoo.errors import CorruptFileError, UnsupportedFormatError, ZooError
+from zoo.errors import CorruptFileError, UnsupportedFormatError, ZooError, short_repr
 from zoo.plans.plan import Plan
-
-if TYPE_CHECKING:
-    from zoo.plans.plan import Plan
 
 #: Version of the metadata layout; bumped only for changes an older reader would misread.
 FORMAT_VERSION = 1
@@ -331,7 +328,7 @@ def _check_build(build: dict[str, Any], backbone: str, reader: _Reader) -> None:
     if build.get("backbone") != backbone:
         raise reader.bad(
             "zoo.build",
-            f"names backbone {_short(build.get('backbone'))}, zoo.backbone says {backbone!r}",
+            f"names backbone {short_repr(build.get('backbone'))}, zoo.backbone says {backbone!r}",
         )
     kwargs = build.get("kwargs", {})
     if not isinstance(kwargs, dict):
@@ -341,13 +338,13 @@ def _check_build(build: dict[str, Any], backbone: str, reader: _Reader) -> None:
         raise reader.bad(
             "zoo.build",
             f"num_classes must be a non-negative integer (at most "
-            f"{MAX_CLASSES}) or null, got {_short(num)}",
+            f"{MAX_CLASSES}) or null, got {short_repr(num)}",
         )
     tag = build.get("tag")
     if tag is not None and not (isinstance(tag, str) and _is_name(tag)):
         raise reader.bad(
             "zoo.build",
-            f"tag must be a short name without control characters or null, got {_short(tag)}",
+            f"tag must be a short name without control characters or null, got {short_repr(tag)}",
         )
 
 
@@ -358,7 +355,7 @@ def _check_base(base: dict[str, Any], reader: _Reader, *, need_hash: bool) -> No
     if not isinstance(ref, str) or not ref or _CONTROL.search(ref):
         raise reader.bad(
             "zoo.base",
-            f"ref must be a non-empty string without control characters, got {_short(ref)}",
+            f"ref must be a non-empty string without control characters, got {short_repr(ref)}",
         )
     digest = base.get("sha256")
     if digest is None and not need_hash:
@@ -378,12 +375,6 @@ def _is_name(text: str) -> bool:
 
 def _is_version(value: object) -> bool:
     return value is None or value == "" or (isinstance(value, str) and _is_name(value))
-
-
-def _short(value: object, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters (untrusted values can be huge)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _not_text(text: str) -> str | None:
@@ -479,7 +470,7 @@ class _Reader:
         for key, value in self.md.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise self.bad(
-                    _short(key),
+                    short_repr(key),
                     f"keys and values must be strings, got "
                     f"{type(key).__name__} -> {type(value).__name__}",
                 )
@@ -503,17 +494,17 @@ class _Reader:
             raise self.bad(
                 key,
                 f"expected a name of at most {MAX_NAME_LENGTH} characters "
-                f"without control characters, got {_short(value)}",
+                f"without control characters, got {short_repr(value)}",
             )
         plugin, colon, bare = value.partition(":")
         if qualified and not (plugin and colon and bare):
-            raise self.bad(key, f'expected "plugin:name", got {_short(value)}')
+            raise self.bad(key, f'expected "plugin:name", got {short_repr(value)}')
         return value
 
     def choice(self, key: str, options: tuple[str, ...]) -> str:
         value = self.text(key)
         if value not in options:
-            raise self.bad(key, f"{_short(value)} is not one of {', '.join(options)}")
+            raise self.bad(key, f"{short_repr(value)} is not one of {', '.join(options)}")
         return value
 
     def integer(self, key: str, default: int | None = None) -> int:
@@ -521,7 +512,7 @@ class _Reader:
             return default
         value = self.text(key)
         if not re.fullmatch(r"[0-9]{1,18}", value):
-            raise self.bad(key, f"expected a non-negative integer, got {_short(value)}")
+            raise self.bad(key, f"expected a non-negative integer, got {short_repr(value)}")
         return int(value)
 
     def hex_hash(self, key: str) -> str:
@@ -564,7 +555,8 @@ class _Reader:
         if value is not None and not (_is_int(value) and 0 <= value <= maximum):
             raise self.bad(
                 key,
-                f"expected a non-negative integer (at most {maximum}) or null, got {_short(value)}",
+                f"expected a non-negative integer (at most {maximum}) or null, "
+                f"got {short_repr(value)}",
             )
         return value
 
@@ -584,7 +576,9 @@ class _Reader:
             raise self.bad(key, f"{len(value)} class names; at most {MAX_CLASSES}")
         for index, name in enumerate(value):
             if _CONTROL.search(name):
-                raise self.bad(key, f"class name {index} {_short(name)} holds a control character")
+                raise self.bad(
+                    key, f"class name {index} {short_repr(name)} holds a control character"
+                )
         return value
 
     def input_config(self, key: str) -> dict[str, Any]:
@@ -611,7 +605,7 @@ class _Reader:
                 raise self.bad(
                     key,
                     f"expected plugin name -> version (a string or null), got "
-                    f"{_short(plugin)}: {_short(version)}",
+                    f"{short_repr(plugin)}: {short_repr(version)}",
                 )
         return value
 
@@ -621,7 +615,7 @@ class _Reader:
             try:
                 _dt.datetime.fromisoformat(value)
             except ValueError:
-                raise self.bad(key, f"expected an ISO 8601 time, got {_short(value)}") from None
+                raise self.bad(key, f"expected an ISO 8601 time, got {short_repr(value)}") from None
         return value
 
 

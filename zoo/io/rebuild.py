@@ -31,6 +31,7 @@ from zoo.errors import (
     ModelBuildError,
     UnknownNameError,
     WeightsMismatchError,
+    short_repr,
 )
 from zoo.io.build_args import check_saved_kwargs
 from zoo.io.weights import describe_mismatch, head_tensor_names, load_state_strict
@@ -241,9 +242,7 @@ def _cannot_rebuild(
     else:
         why = f"{type(root).__name__}: {root}"
         hint = " (was the file written with another version of the backbone's plugin?)"
-    arguments = repr(kwargs)
-    if len(arguments) > 300:
-        arguments = arguments[:300] + "…"
+    arguments = short_repr(kwargs, 301)
     return ModelBuildError(
         f"{source}: cannot rebuild backbone {spec.qualified_name} with "
         f"num_classes={num_classes!r} and arguments {arguments}: {why}{hint}"
