@@ -33,7 +33,7 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 
 
-def _make_optimizer(
+def make_optimizer(
     name: str, groups: list[dict[str, Any]], *, lr: float, momentum: float
 ) -> torch.optim.Optimizer:
     """AdamW or SGD over the plan's groups; the fused kernels when the parameters allow
@@ -68,7 +68,7 @@ def _lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
 # ---------------------------------------------------------------- the loop
 
 
-class _Loop:
+class TrainLoop:
     """Runs epochs of training and evaluation for one ``forward`` (model or cached head)."""
 
     def __init__(
@@ -338,7 +338,7 @@ def _run_training(
     groups = planner.plan.param_groups(model, lr=lr, weight_decay=weight_decay)
     if not groups:
         raise ZooError(f"nothing trains under {planner.plan.spec_text}: no optimizer to build")
-    opt = _make_optimizer(optimizer, groups, lr=lr, momentum=momentum)
+    opt = make_optimizer(optimizer, groups, lr=lr, momentum=momentum)
     planner.attach(opt, lr=lr, weight_decay=weight_decay)
     if cached is not None:
         _train_cached(
@@ -392,7 +392,7 @@ def _finish(model: nn.Module, history: History, keeper: Checkpointer) -> None:
 def _resume(
     keeper: Checkpointer,
     model: nn.Module,
-    loop: _Loop,
+    loop: TrainLoop,
     history: History,
     generators: list[Any],
     replay: Any = None,
@@ -416,7 +416,7 @@ def _end_epoch(
     record: EpochRecord,
     epochs: int,
     model: nn.Module,
-    loop: _Loop,
+    loop: TrainLoop,
     history: History,
     generators: list[Any],
 ) -> None:
@@ -489,7 +489,7 @@ def _extract(
     return result, note
 
 
-def _epoch_record(
+def epoch_record(
     epoch: int,
     train: tuple[float, float, int, float, float],
     val: tuple[float | None, float | None],
@@ -536,7 +536,7 @@ def _train_cached(
     replica = Replica(head, ctx)
     train, val = cached["train"], cached.get("val")
     n_batches = train.num_batches(batch_size)
-    loop = _Loop(
+    loop = TrainLoop(
         ctx=ctx,
         optimizer=opt,
         loss_fn=loss_fn,
@@ -587,7 +587,7 @@ def _cached_epochs(
     model: nn.Module,
     head: nn.Module,
     replica: Replica,
-    loop: _Loop,
+    loop: TrainLoop,
     batches: Any,
     n_batches: int,
     val: Any,
@@ -608,7 +608,7 @@ def _cached_epochs(
             if val is not None
             else (None, None)
         )
-        record = _epoch_record(epoch, result, scores, model)
+        record = epoch_record(epoch, result, scores, model)
         _end_epoch(keeper, record, epochs, model, loop, history, generators)
 
 
@@ -634,7 +634,7 @@ def _train_plain(
 
     replica: Replica = Replica(model, ctx)
     n_batches = len(train_loader)
-    loop = _Loop(
+    loop = TrainLoop(
         ctx=ctx,
         optimizer=opt,
         loss_fn=loss_fn,
@@ -664,6 +664,6 @@ def _train_plain(
         scores = (
             loop.evaluate(model, [model], val_loader) if val_loader is not None else (None, None)
         )
-        record = _epoch_record(epoch, result, scores, model)
+        record = epoch_record(epoch, result, scores, model)
         _end_epoch(keeper, record, epochs, model, loop, history, generators)
     history.ddp_wraps = replica.wraps
