@@ -143,13 +143,14 @@ def test_gradual_unfreezes_per_epoch(data):
 
 def test_auto_gets_samples_per_class_and_similarity_from_adapt(data, tmp_path):
     weights = zoo.save(zoo.create(BACKBONE, num_classes=3), tmp_path / "start.safetensors")
+    # without validation data auto uses its table (with it, it measures: tests/test_compare_auto)
     _, history = zoo.adapt(
-        BACKBONE, data / "train", policy="auto", val_split=0.25, epochs=1, weights=weights, **FAST
+        BACKBONE, data / "train", policy="auto", epochs=1, weights=weights, **FAST
     )
     assert history.policy == "zoo:auto"
-    assert history.policy_args["samples_per_class"] == 6
+    assert history.policy_args["samples_per_class"] == 8
     assert history.policy_args["similarity"] == "high"
-    assert history.train_images == 18 and history.val_images == 6
+    assert history.train_images == 24 and history.val_images == 0
     assert any("linear-probe" in note for note in history.notes)
 
 
@@ -174,7 +175,8 @@ def test_data_loaders_and_readapting_a_saved_model(data):
         name="ab",
     )
     assert history.start == "saved model 'colours-base'"
-    assert history.feature_cache is False  # auto chose train-last:n=1
+    # auto chose train-last:n=1; a TensorDataset has no random transform: boundary cache
+    assert history.feature_cache and "'layer4'" in history.feature_cache_note
     assert history.policy_args["samples_per_class"] == 12
     assert model.fc.out_features == 2
     # the backbone came from the saved model, the head is new

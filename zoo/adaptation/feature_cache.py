@@ -26,6 +26,10 @@ lost. Otherwise :class:`CacheUnsupported` says why and adapt falls back to the p
 timm this is equivalent to ``forward_head(forward_features(x), pre_logits=True)`` followed by
 the classifier, but it also covers heads that hold more than a linear layer (ConvNeXt's
 ``head.norm``) and models that are not timm models.
+
+Plans that train more than the head but freeze a prefix (``train-last``, ``freeze-to``) cache
+the activations at their freeze boundary instead: :mod:`zoo.adaptation.boundary_cache`, which
+reuses :class:`CachedFeatures`, :class:`CacheUnsupported` and the budget defined here.
 """
 
 from __future__ import annotations
@@ -106,15 +110,16 @@ def classifier_cut(model: nn.Module, head_names: Collection[str]) -> tuple[str |
     return path, ""
 
 
-def random_frozen_modules(model: nn.Module, cut: str) -> list[str]:
-    """Modules outside ``cut`` whose output differs between training and eval mode, as
-    ``"<path> (<why>)"``: dropout with ``p > 0``, drop-path / drop-block with a drop
-    probability above 0, batch-norm layers that the plan leaves in ``train`` mode (they
-    normalize with batch statistics and update their running ones)."""
+def random_frozen_modules(model: nn.Module, cut: str | Collection[str]) -> list[str]:
+    """Modules outside ``cut`` (a module path, or several: the trained top) whose output
+    differs between training and eval mode, as ``"<path> (<why>)"``: dropout with ``p > 0``,
+    drop-path / drop-block with a drop probability above 0, batch-norm layers that the plan
+    leaves in ``train`` mode (they normalize with batch statistics and update their running
+    ones)."""
     found = []
-    inside = f"{cut}."
+    cuts = [cut] if isinstance(cut, str) else list(cut)
     for path, module in model.named_modules():
-        if path == cut or path.startswith(inside):
+        if any(path == c or path.startswith(f"{c}.") for c in cuts):
             continue
         label = path or "<model>"
         name = type(module).__name__

@@ -1,13 +1,16 @@
 """The training loop of an adaptation run: optimizer, lr schedule, epochs and the feature cache.
 
-:func:`run_training` decides between the two loops — a head trained on cached features
-(:mod:`zoo.adaptation.feature_cache`) or the plain loop over images, re-planning each epoch under a
-schedule policy — and records every epoch in the run's :class:`~zoo.adaptation.history.History`.
+:func:`run_training` decides between the loops — a head trained on cached features
+(:mod:`zoo.adaptation.feature_cache`), the trainable top of a prefix-frozen plan trained on
+activations cached at its freeze boundary (:mod:`zoo.adaptation.boundary_cache`), or the plain
+loop over images, re-planning each epoch under a schedule policy — and records every epoch in
+the run's :class:`~zoo.adaptation.history.History`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -183,6 +186,10 @@ class TrainLoop:
         return loss_sum / count, correct / count
 
 
+#: what :func:`_cache_decision` returns for a prefix-frozen plan: the cut is found on a batch
+BOUNDARY = "<freeze boundary>"
+
+
 def _cache_decision(
     model: nn.Module,
     planner: ScheduleDriver,
@@ -191,31 +198,54 @@ def _cache_decision(
     augment: Any,
     feature_cache: bool | str,
 ) -> tuple[str | None, bool | Mapping[str, Any], str]:
-    """(module path to cut at or None, augment setting, note explaining the decision)."""
+    """(module path to cut at — :data:`BOUNDARY` when found later — or None, augment
+    setting, note explaining the decision).
+
+    A head-only plan cuts at the classifier (:func:`~zoo.adaptation.feature_cache.classifier_cut`);
+    any other plan that freezes something may cut at its freeze boundary, found on the first
+    batch (:func:`~zoo.adaptation.boundary_cache.find_boundary`).
+    """
     from zoo.adaptation.data import dataset_transform, is_random_transform
     from zoo.adaptation.feature_cache import classifier_cut
 
     # what trains decides, not where it sits: only the classifier (the table's head group)
     heads = {row.name for row in planner.table.rows if row.group == "head"}
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    params = dict(model.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad}
     head_only = bool(trainable) and trainable <= heads and not planner.is_schedule
     if augment is None:
         augment = not head_only
+    if planner.is_schedule:
+        return None, augment, "plain loop: the schedule changes what trains"
     path, why = classifier_cut(model, heads)
-    if planner.is_schedule or path is None:
-        why = "the schedule changes what trains" if planner.is_schedule else why
-        return None, augment, f"plain loop: {why}"
+    if path is None:
+        boundary_may_help = ("more than the classifier", "one sub-module", "no classifier")
+        if (
+            not trainable
+            or len(trainable) == len(params)
+            or not any(reason in why for reason in boundary_may_help)
+        ):
+            more = " and freezes nothing" if trainable and len(trainable) == len(params) else ""
+            return None, augment, f"plain loop: {why}{more}"
+        path = BOUNDARY
     if feature_cache is False:
         return None, augment, "plain loop: feature cache turned off"
+    also = f"{why}, and " if path == BOUNDARY else ""
     if data.from_folders:
         if augment:
-            return None, augment, "plain loop: training images are augmented"
+            return None, augment, f"plain loop: {also}training images are augmented"
     else:
         known, transform = dataset_transform(data.train.dataset)
         if not known and feature_cache != True:  # noqa: E712 - "auto" vs True
-            return None, augment, "plain loop: cannot tell whether the loader's transform is random"
+            return (
+                None,
+                augment,
+                (f"plain loop: {also}cannot tell whether the loader's transform is random"),
+            )
         if known and is_random_transform(transform):
-            return None, augment, "plain loop: the loader's transform is random"
+            return None, augment, f"plain loop: {also}the loader's transform is random"
+    if path == BOUNDARY:
+        return path, augment, "activations cached at the freeze boundary"
     return path, augment, f"features cached at the input of {path!r}"
 
 
@@ -316,7 +346,18 @@ def _run_training(
         }
     )
     cached = None
-    if cut is not None:
+    head: Any = None
+    if cut == BOUNDARY:
+        head, cached, note = _extract_boundary(
+            model,
+            train_loader,
+            val_loader,
+            ctx=ctx,
+            callback=callback,
+            history=history,
+            batch_size=batch_size,
+        )
+    elif cut is not None:
         cached, note = _extract(
             model,
             cut,
@@ -327,11 +368,11 @@ def _run_training(
             history=history,
             note=note,
         )
-        if cached is None:
-            if feature_cache is True:
-                raise ZooError(f"the feature cache cannot be used: {note.split(': ', 1)[-1]}")
-            # the images were prepared without augmentation and in order; keep that, shuffle
-            train_loader = reshuffled(train_loader, ctx, seed, batch_size)
+    if cut is not None and cached is None:
+        if feature_cache is True:
+            raise ZooError(f"the feature cache cannot be used: {note.split(': ', 1)[-1]}")
+        # the images were prepared without augmentation and in order; keep that, shuffle
+        train_loader = reshuffled(train_loader, ctx, seed, batch_size)
     history.feature_cache = cached is not None
     history.feature_cache_note = note
     assert planner.plan is not None
@@ -343,7 +384,7 @@ def _run_training(
     if cached is not None:
         _train_cached(
             model,
-            cut,
+            head if head is not None else model.get_submodule(cut),
             cached,
             planner,
             history,
@@ -357,6 +398,7 @@ def _run_training(
             warmup_epochs=warmup_epochs,
             seed=seed,
             keeper=keeper,
+            one_thread=head is None,
         )
     else:
         _train_plain(
@@ -489,6 +531,86 @@ def _extract(
     return result, note
 
 
+def _extract_boundary(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: Any,
+    *,
+    ctx: DistContext,
+    callback: AdaptCallback,
+    history: History,
+    batch_size: int,
+) -> tuple[Any, Any, str]:
+    """Find the freeze boundary on the first training batch and cache the activations there
+    for train and val: (suffix module, cached, note), or (None, None, why not)."""
+    from zoo.adaptation.boundary_cache import extract_boundaries, find_boundary, megabytes
+    from zoo.adaptation.feature_cache import CacheUnsupported, max_cache_bytes
+
+    start = time.perf_counter()
+    result: dict[str, Any] = {}
+    failure = None
+    boundary = None
+    limit = max_cache_bytes()
+    batches: Any = None
+    try:
+        batches = iter(train_loader)
+        first = next(batches, None)
+        if first is None:
+            raise CacheUnsupported("the data loader yielded no batches")
+        if not (isinstance(first, (list, tuple)) and len(first) >= 2):
+            raise CacheUnsupported("the data loader does not yield (images, labels) batches")
+        # two images show the structure (the checks are per image); the batch is kept
+        boundary = find_boundary(model, first[0][:2].to(ctx.device))
+        batches = itertools.chain([first], batches)
+    except CacheUnsupported as exc:
+        failure = str(exc)
+    if ctx.any(failure is not None):
+        failure = failure or "another rank could not use the feature cache"
+    used = 0
+    for split, loader in (("train", train_loader), ("val", val_loader)):
+        if loader is None or failure is not None or boundary is None:
+            continue
+        total = len(loader)
+        callback.on_features_start(split, total)
+
+        def progress(done: int, n: int | None, split: str = split) -> None:
+            ctx.check_peers()
+            callback.on_features_batch(split, done, n or 0)
+
+        try:
+            result[split] = extract_boundaries(
+                model,
+                [boundary.path],
+                batches if split == "train" else loader,
+                device=ctx.device,
+                total=total,
+                progress=progress,
+                max_bytes=limit - used,
+                # the training batch size: the same rounding as the plain loop's batches
+                batch_size=batch_size if split == "train" else None,
+                total_images=_sampled_images(loader),
+            )[boundary.path]
+            used += result[split].nbytes
+        except CacheUnsupported as exc:
+            failure = str(exc)
+        if ctx.any(failure is not None):
+            failure = failure or "another rank could not use the feature cache"
+            break
+    history.feature_seconds = time.perf_counter() - start
+    if failure is not None or boundary is None:
+        return None, None, f"plain loop: {failure}"
+    note = f"activations cached at the input of {boundary.path!r} ({megabytes(used)})"
+    return boundary.suffix(model), result, note
+
+
+def _sampled_images(loader: Any) -> int | None:
+    """How many images ``loader`` yields on this rank, when it tells."""
+    try:
+        return len(loader.sampler) if loader.batch_sampler is not None else len(loader.dataset)
+    except TypeError:
+        return None
+
+
 def epoch_record(
     epoch: int,
     train: tuple[float, float, int, float, float],
@@ -514,7 +636,7 @@ def epoch_record(
 
 def _train_cached(
     model: nn.Module,
-    cut: str,
+    head: nn.Module,
     cached: Mapping[str, Any],
     planner: ScheduleDriver,
     history: History,
@@ -529,10 +651,13 @@ def _train_cached(
     warmup_epochs: float,
     seed: int,
     keeper: Checkpointer,
+    one_thread: bool = True,
 ) -> None:
+    """Train ``head`` (the classifier, or a boundary's suffix sharing the model's parameters)
+    on cached inputs. ``one_thread``: tiny head-only steps run on one CPU thread; a deeper top
+    keeps the thread count of the plain loop (and its rounding)."""
     from zoo.adaptation.distributed import Replica
 
-    head = model.get_submodule(cut)
     replica = Replica(head, ctx)
     train, val = cached["train"], cached.get("val")
     n_batches = train.num_batches(batch_size)
@@ -547,7 +672,7 @@ def _train_cached(
         num_classes=len(history.classes),
     )
     batches = train.loader(batch_size, seed=seed)
-    with _one_thread_on_cpu(ctx.device):
+    with _one_thread_on_cpu(ctx.device) if one_thread else contextlib.nullcontext():
         _cached_epochs(
             model,
             head,
