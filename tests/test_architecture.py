@@ -17,11 +17,13 @@ FLOORS = ("core", "tables", "plans", "io", "adaptation")
 #: Modules that import torch, numpy or PIL at import time: the only reason a floor may import
 #: from zoo inside a function (laziness: ``import zoo`` and ``zoo list`` stay light).
 HEAVY = {
+    "zoo.adaptation.auto_measure",
     "zoo.adaptation.boundary_cache",
     "zoo.adaptation.data",
     "zoo.adaptation.distributed",
     "zoo.adaptation.feature_cache",
     "zoo.adaptation.halving",
+    "zoo.adaptation.shared_work",
 }
 
 

@@ -18,15 +18,20 @@ if TYPE_CHECKING:
     from zoo.api import (
         ScheduleDriver,
         adapt,
+        adapters,
+        compare,
         create,
+        export_peft,
         freeze,
         get_backbone,
         get_catalog,
         get_policy,
+        import_peft,
         inspect,
         list_backbones,
         list_policies,
         load,
+        merge_adapters,
         params,
         plan,
         predict,
@@ -34,9 +39,11 @@ if TYPE_CHECKING:
         save,
     )
     from zoo.core.catalog import Catalog
-    from zoo.core.specs import BackboneSpec, InputConfig, ParamGroup, PolicySpec
+    from zoo.core.specs import AdapterSpec, BackboneSpec, InputConfig, ParamGroup, PolicySpec
     from zoo.errors import (
         AdaptArgumentError,
+        AdapterError,
+        AdapterMergeError,
         AmbiguousNameError,
         BaseMismatchError,
         CorruptFileError,
@@ -62,13 +69,19 @@ if TYPE_CHECKING:
     )
     from zoo.hookspecs import RegisterBackbone, RegisterPolicy
     from zoo.io.store import list_saved, remove
+    from zoo.plans.adapter_module import Adapter
     from zoo.plans.freeze import check_frozen, snapshot
-    from zoo.plans.plan import NormMode, Plan
+    from zoo.plans.plan import Addition, NormMode, Plan
     from zoo.tables.build import classifier_param_names
     from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 _LAZY: dict[str, str] = {
     "AdaptArgumentError": "zoo.errors",
+    "Adapter": "zoo.plans.adapter_module",
+    "AdapterError": "zoo.errors",
+    "AdapterMergeError": "zoo.errors",
+    "AdapterSpec": "zoo.core.specs",
+    "Addition": "zoo.plans.plan",
     "AmbiguousNameError": "zoo.errors",
     "BackboneSpec": "zoo.core.specs",
     "BaseMismatchError": "zoo.errors",
@@ -106,18 +119,23 @@ _LAZY: dict[str, str] = {
     "WeightsUnavailableError": "zoo.errors",
     "ZooError": "zoo.errors",
     "adapt": "zoo.api",
+    "adapters": "zoo.api",
+    "compare": "zoo.api",
     "check_frozen": "zoo.plans.freeze",
     "classifier_param_names": "zoo.tables.build",
     "create": "zoo.api",
+    "export_peft": "zoo.api",
     "freeze": "zoo.api",
     "get_backbone": "zoo.api",
     "get_catalog": "zoo.api",
     "get_policy": "zoo.api",
+    "import_peft": "zoo.api",
     "inspect": "zoo.api",
     "list_backbones": "zoo.api",
     "list_policies": "zoo.api",
     "list_saved": "zoo.io.store",
     "load": "zoo.api",
+    "merge_adapters": "zoo.api",
     "params": "zoo.api",
     "plan": "zoo.api",
     "predict": "zoo.api",

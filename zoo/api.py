@@ -15,17 +15,20 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from zoo.adaptation import compare as _compare
 from zoo.adaptation import job as _job
 from zoo.adaptation import predict as _predict
 from zoo.core.catalog import current_catalog, get_catalog, reset_catalog, set_catalog
 from zoo.core.specs import BackboneSpec, PolicySpec
 from zoo.errors import PlanError
+from zoo.io import peft_format as _peft_format
 from zoo.io import persistence as _persistence
 from zoo.io.create import create_model
+from zoo.plans import adapters as _adapters
 from zoo.plans import schedule as _schedule
 from zoo.plans.binding import bind
 from zoo.plans.freeze import apply_plan
-from zoo.plans.plan import Plan
+from zoo.plans.plan import Addition, Plan
 from zoo.tables.build import table_for
 from zoo.tables.table import ParamTable
 
@@ -35,16 +38,21 @@ if TYPE_CHECKING:
 __all__ = [
     "ScheduleDriver",
     "adapt",
+    "adapters",
+    "compare",
     "create",
     "current_catalog",
+    "export_peft",
     "freeze",
     "get_backbone",
     "get_catalog",
     "get_policy",
+    "import_peft",
     "inspect",
     "list_backbones",
     "list_policies",
     "load",
+    "merge_adapters",
     "params",
     "plan",
     "predict",
@@ -77,7 +85,10 @@ def _with_process_catalog(function: F) -> F:
 save = _with_process_catalog(_persistence.save)
 load = _with_process_catalog(_persistence.load)
 inspect = _with_process_catalog(_persistence.inspect)
+export_peft = _with_process_catalog(_peft_format.export_peft)
+import_peft = _with_process_catalog(_peft_format.import_peft)
 adapt = _with_process_catalog(_job.adapt)
+compare = _with_process_catalog(_compare.compare)
 predict = _with_process_catalog(_predict.predict)
 
 
@@ -195,13 +206,31 @@ def freeze(
     ``policy`` is a policy name or CLI form (``"freeze-to:depth=3"``) with keyword ``args``, or
     a :class:`~zoo.Plan` to apply as is. Afterwards ``requires_grad`` says what trains, norm
     layers keep their mode through ``model.train()``, ``model.zoo_plan`` is the plan, and
-    ``plan.param_groups(model, lr=...)`` gives the optimizer groups.
+    ``plan.param_groups(model, lr=...)`` gives the optimizer groups. An adapter policy
+    (``"lora:rank=8"``, ``"ssf"``, ``"vpt"``) first injects its adapters, which train with the
+    head while the rest is frozen.
     """
     if isinstance(policy, Plan):
         if epoch is not None or args:
             raise PlanError("a Plan is applied as is: it takes no epoch or policy arguments")
-        return apply_plan(model, policy)
+        return apply_plan(model, policy, catalog=get_catalog() if policy.additions else None)
     return apply_plan(model, plan(model, policy, epoch=epoch, **args))
+
+
+def adapters(model: nn.Module) -> list[Addition]:
+    """The adapters injected into ``model`` (by an adapter policy), as :class:`~zoo.Addition`
+    records in model order; empty for a plain model."""
+    return _adapters.adapters(model)
+
+
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """Fold every adapter of ``model`` into its target's weights and remove it; returns ``model``.
+
+    LoRA and SSF merge exactly (outputs equal within float rounding); the merged model has no
+    adapter modules or hooks and the state-dict keys of its base. A model with an adapter that
+    cannot merge (VPT) raises :class:`~zoo.AdapterMergeError` before anything changes.
+    """
+    return _adapters.merge_adapters(model)
 
 
 class ScheduleDriver(_schedule.ScheduleDriver):

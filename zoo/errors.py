@@ -20,6 +20,8 @@ The tree (a second base in brackets)::
     ├── PolicyArgumentError         [ValueError]    a bad policy argument
     ├── PlanError                   [ValueError]    a policy returned something unusable
     ├── FreezeViolationError        [AssertionError]  a frozen parameter changed
+    ├── AdapterError                [ValueError]    an adapter that cannot be injected or runs dead
+    │   └── AdapterMergeError                       an adapter that cannot fold into its target
     ├── StoreError                                  the model store
     │   ├── InvalidNameError        [ValueError]
     │   ├── ModelExistsError        [FileExistsError]
@@ -123,6 +125,15 @@ class PlanError(ZooError, ValueError):
 
 class FreezeViolationError(ZooError, AssertionError):
     """A frozen parameter or a fixed norm statistic changed (see ``zoo.check_frozen``)."""
+
+
+class AdapterError(ZooError, ValueError):
+    """An adapter (LoRA, SSF, VPT, a plugin's kind) that does not fit its target module, that
+    conflicts with one already injected, or whose hooks did not run in a forward pass."""
+
+
+class AdapterMergeError(AdapterError):
+    """An adapter that cannot be folded into its target's weights (VPT prompts, for one)."""
 
 
 # ---------------------------------------------------------------- files and the store

@@ -22,7 +22,7 @@ import pluggy
 if TYPE_CHECKING:
     from torch import nn
 
-    from zoo.core.specs import BackboneSpec, ParamGroup, PolicySpec
+    from zoo.core.specs import AdapterSpec, BackboneSpec, ParamGroup, PolicySpec
 
 PROJECT_NAME = "zoo"
 ENTRY_POINT_GROUP = "zoo.plugins"
@@ -31,7 +31,7 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 RegisterBackbone = Callable[["BackboneSpec"], None]
-RegisterPolicy = Callable[["PolicySpec"], None]
+RegisterPolicy = Callable[["PolicySpec | AdapterSpec"], None]
 
 
 @hookspec
@@ -55,6 +55,11 @@ def zoo_register_policies(register: RegisterPolicy) -> None:
     ``plan(table: zoo.ParamTable, **args)`` returns a ``zoo.Plan`` or an iterable of the names
     of the parameters that train (everything else is frozen). Its keyword parameters, with
     defaults and annotations, are the policy's arguments. Every plugin is called.
+
+    ``register`` also accepts a ``zoo.AdapterSpec(name=..., build=...)``: a kind of adapter
+    (small modules a policy adds, like LoRA). A policy that adds parameters returns a plan with
+    ``additions`` (``zoo.Addition(target=..., kind="myplugin:name", ...)``); applying it calls
+    ``build(target_module, addition)``, which returns a ``zoo.Adapter``.
     """
 
 

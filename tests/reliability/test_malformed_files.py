@@ -30,7 +30,7 @@ import zoo
 
 MB = 2**20
 MEMORY_BOUND = 50 * MB
-TIME_BOUND = 1.0  # seconds; generous: it only catches a hang or a read of a huge region
+TIME_BOUND = 5.0  # seconds; generous: it only catches a hang or a read of a huge region
 
 LOADERS: dict[str, Callable[[Path], Any]] = {
     "zoo.load": lambda path: zoo.load(path),

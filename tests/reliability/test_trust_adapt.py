@@ -19,6 +19,7 @@ import pytest
 import torch
 from test_data import make_color_folder
 from torch.utils.data import DataLoader, TensorDataset
+from trust_helpers import QUICK
 
 import zoo
 from zoo.adaptation.history import EpochRecord, History
@@ -94,7 +95,7 @@ def test_bad_arguments_are_refused_before_any_work(kwargs, argument, _isolated_z
     start = time.perf_counter()
     with pytest.raises(AdaptArgumentError) as info:
         zoo.adapt(**NOWHERE, name="never", **kwargs)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < QUICK
     assert info.value.argument == argument
     assert str(info.value).startswith(f"{argument} must be ")
     assert isinstance(info.value, (zoo.ZooError, ValueError))

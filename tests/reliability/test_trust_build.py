@@ -28,6 +28,7 @@ import torch
 from fileformat_helpers import write_file
 from reliability_helpers import PLUGIN_NAME, TinyPlugin
 from torch import nn
+from trust_helpers import QUICK
 
 import zoo
 from zoo.builtin import standard_policies, timm_backbones
@@ -150,7 +151,7 @@ def test_unsafe_build_arguments_are_refused_naming_key_and_file(
         started = time.perf_counter()
         with pytest.raises(CorruptFileError) as info:
             loader(resnet_file)
-        assert time.perf_counter() - started < 1.0, how
+        assert time.perf_counter() - started < QUICK, how
         message = str(info.value)
         assert repr(key) in message and str(resnet_file) in message, (how, message)
     assert no_io == []
@@ -162,7 +163,7 @@ def test_a_fifo_named_by_the_file_is_refused_without_opening_it(resnet_file, tmp
     for kwargs in ({"weights": str(fifo)}, {"checkpoint_path": str(fifo)}):
         rewrite(resnet_file, set_kwargs(kwargs))
         outcome = run_with_timeout(lambda: zoo.load(resnet_file), fifo)
-        assert outcome.seconds < 1.0
+        assert outcome.seconds < QUICK
         assert isinstance(outcome.error, CorruptFileError), outcome.error
         assert next(iter(kwargs)) in str(outcome.error)
 
@@ -227,7 +228,7 @@ def test_a_delta_cannot_inflate_its_pretrained_base(tmp_path, no_io):
     started = time.perf_counter()
     with pytest.raises(CorruptFileError, match="more than twice its default size") as info:
         zoo.load(path)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < QUICK
     assert str(path) in str(info.value) and no_io == []
 
 
@@ -248,7 +249,7 @@ def test_an_inflated_architecture_is_refused_without_building_it(tmp_path):
         started = time.perf_counter()
         with pytest.raises(zoo.WeightsMismatchError, match="does not fit") as info:
             loader(path)
-        assert time.perf_counter() - started < 1.0, how
+        assert time.perf_counter() - started < QUICK, how
         assert str(path) in str(info.value)
     assert peak_rss_mb() - before < 100
 
@@ -266,7 +267,7 @@ def test_a_deepened_architecture_is_stopped_while_it_is_built(tmp_path):
             result = loader(path)
             if how.startswith("inspect"):  # inspect describes the file, notes the refusal
                 raise zoo.ZooError(" ".join(result.notes))
-        assert time.perf_counter() - started < 1.0, how
+        assert time.perf_counter() - started < QUICK, how
         assert how.startswith("inspect") or str(path) in str(info.value)
     assert peak_rss_mb() - before < 100
 
@@ -342,7 +343,7 @@ def test_a_constructor_off_meta_cannot_be_steered_into_a_huge_allocation(trust, 
             assert str(path) in str(info.value)
         else:  # inspect describes the file; the refused build becomes a note
             assert "allocated a tensor of" in " ".join(loader(path).notes)
-        assert time.perf_counter() - started < 1.0, how
+        assert time.perf_counter() - started < QUICK, how
     assert peak_rss_mb() - before < 100
 
 

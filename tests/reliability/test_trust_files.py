@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from reliability_helpers import BACKBONE, make_version
-from trust_helpers import Outcome, run_bounded, write_raw
+from trust_helpers import QUICK, Outcome, run_bounded, write_raw
 
 import zoo
 from zoo.io import fileformat
@@ -35,7 +35,6 @@ from zoo.io.fileformat import (
 )
 
 #: Every refusal must come within this many seconds.
-QUICK = 1.0
 
 
 def readers(path: Path) -> dict[str, Callable[[], Any]]:

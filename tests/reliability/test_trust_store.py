@@ -22,13 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 from reliability_helpers import FORK, child_init, make_version, save_version, version_of
-from trust_helpers import NOBODY, cli, open_tree, run_bounded, warm_up_cli, write_raw
+from trust_helpers import NOBODY, QUICK, cli, open_tree, run_bounded, warm_up_cli, write_raw
 
 import zoo
 from zoo.io import store
 from zoo.io.metadata import ZooMetadata
-
-QUICK = 1.0
 
 
 def zoo_cli(*argv: str | bytes, check: int | None = None) -> subprocess.CompletedProcess:

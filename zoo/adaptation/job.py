@@ -119,7 +119,7 @@ class AdaptConfig:
     label_smoothing: float = 0.0
     name: str | None = None
     overwrite: bool = False
-    delta: bool = False
+    delta: bool | None = None
     pretrained: bool | str | None = None
     weights: str | os.PathLike[str] | None = None
     scratch: bool = False
@@ -180,6 +180,9 @@ def adapt(
     ``similarity`` (default ``"high"``) for ``auto``, ``num_classes``, ``epochs``. The plan
     decides the optimizer's parameter groups (lr scales, no decay on norms and biases); a
     schedule policy re-plans each epoch and adds new groups as layers unfreeze.
+    ``policy="auto"`` with validation data (``val`` or ``val_split``) measures instead: it
+    compares the standard policies on the validation set (``zoo.compare``'s successive halving,
+    within about one full run of the slowest) and trains the winner; its note says what won.
 
     ``augment=None`` augments the training images (timm's random resized crop, flip, colour
     jitter; a mapping of ``create_transform`` options customises it) unless the plan trains
@@ -188,7 +191,9 @@ def adapt(
     error says why it can't), ``False`` always runs the plain loop.
 
     ``name``: save into the store under this name (class names, input config and plan
-    included); checked before anything is trained. ``device=None`` picks the GPU when there is
+    included); checked before anything is trained. ``delta=None`` (default) saves a model
+    with adapters (``policy="lora"``…) as a small delta of its starting weights and any other
+    model in full; ``True``/``False`` force either. ``device=None`` picks the GPU when there is
     one. Under ``torchrun`` the run is distributed (``distributed=False`` opts out); only
     rank 0 saves. ``callback`` (an :class:`AdaptCallback`) sees progress on rank 0.
     """
@@ -278,14 +283,11 @@ def run(
                 "epochs": options.epochs,
             }
 
-            policy = options.policy
-            if start.random and resolve_policy(policy, catalog)[0].qualified_name == "zoo:auto":
-                policy = "full"  # nothing pretrained to keep: every layer has to learn
-                start_notes.append(
-                    "auto chose zoo:full: the backbone starts from random weights, so every "
-                    "layer has to learn (a probe of random features learns little)"
-                )
-            kwargs = _policy_kwargs(policy, dict(options.policy_args or {}), context, catalog)
+            policy, policy_args, auto_notes = _decide_auto(
+                model, data, config, start, options, ctx=ctx, catalog=catalog
+            )
+            start_notes += auto_notes
+            kwargs = _policy_kwargs(policy, policy_args, context, catalog)
             planner = ScheduleDriver(
                 model,
                 bind(policy, kwargs, catalog),
@@ -373,6 +375,71 @@ def run(
             return AdaptResult(model, history)
     finally:
         ctx.close()
+
+
+def _decide_auto(
+    model: nn.Module,
+    data: Any,
+    config: InputConfig,
+    start: StartWeights,
+    options: AdaptConfig,
+    *,
+    ctx: Any,
+    catalog: Catalog,
+) -> tuple[str | PolicySpec, dict[str, Any], list[str]]:
+    """``(policy, its arguments, notes)`` to train: the asked policy, or what ``auto`` decides.
+
+    ``auto`` *measures* when there is validation data: the default ladder of policies is
+    compared by successive halving (:func:`zoo.adaptation.halving.measure_auto`) and the winner
+    is trained. Without validation data it guesses from its table (samples per class,
+    similarity), and says so; on random weights it trains everything."""
+    policy = options.policy
+    args = dict(options.policy_args or {})
+    if resolve_policy(policy, catalog)[0].qualified_name != "zoo:auto":
+        return policy, args, []
+    if start.random:
+        return (
+            "full",
+            {},
+            [
+                "auto chose zoo:full: the backbone starts from random weights, so every "
+                "layer has to learn (a probe of random features learns little)"
+            ],
+        )
+    if data.val is None:
+        return (
+            policy,
+            args,
+            [
+                "auto guessed from its rule of thumb (samples per class and similarity): there is "
+                "no validation data to measure on; with val / val_split (--val, --val-split) auto "
+                "compares the policies on it and trains the winner"
+            ],
+        )
+    import torch
+
+    from zoo.adaptation.auto_measure import measure_auto
+    from zoo.adaptation.halving import TrainSettings
+
+    settings = TrainSettings(
+        epochs=options.epochs,
+        lr=options.lr,
+        weight_decay=options.weight_decay,
+        batch_size=options.batch_size,
+        optimizer=options.optimizer,
+        momentum=options.momentum,
+        lr_schedule=options.lr_schedule,
+        warmup_epochs=options.warmup_epochs,
+        label_smoothing=options.label_smoothing,
+        seed=options.seed,
+        num_classes=len(data.classes),
+    )
+    spec, note, _board = measure_auto(
+        model, data, config, settings, ctx=ctx, catalog=catalog, num_workers=options.num_workers
+    )
+    torch.manual_seed(options.seed)  # the winner trains as if nothing had run before it
+    seed_python_rngs(options.seed)
+    return spec, {}, [note]
 
 
 def _check_start(
@@ -478,7 +545,7 @@ def _training_notes(history: History) -> list[str]:
     return notes
 
 
-def _check_savable(model: nn.Module, *, name: str | None, delta: bool) -> None:
+def _check_savable(model: nn.Module, *, name: str | None, delta: bool | None) -> None:
     """Refuse, before training, a save under ``name`` that could not happen afterwards."""
     build = getattr(model, "zoo_build", None) or {}
     if delta and name is not None and not build.get("base"):
@@ -648,7 +715,9 @@ def _check_arguments(args: Mapping[str, Any]) -> None:
     if not isinstance(args["resume"], bool):
         raise AdaptArgumentError("resume", args["resume"], "True or False")
     _choice("distributed", args["distributed"], (None, True, False))
-    for flag in ("overwrite", "delta", "scratch"):
+    if args["delta"] is not None and not isinstance(args["delta"], bool):
+        raise AdaptArgumentError("delta", args["delta"], "None (default), True or False")
+    for flag in ("overwrite", "scratch"):
         if not isinstance(args[flag], bool):
             raise AdaptArgumentError(flag, args[flag], "True or False")
     if not (args["pretrained"] is None or isinstance(args["pretrained"], (bool, str))):

@@ -280,5 +280,7 @@ POLICIES: tuple[PolicySpec, ...] = (
 
 @hookimpl
 def zoo_register_policies(register: RegisterPolicy) -> None:
-    for spec in POLICIES:
+    from zoo.builtin.adapter_policies import SPECS  # lora, ssf, vpt and their adapter kinds
+
+    for spec in (*POLICIES, *SPECS):
         register(spec)

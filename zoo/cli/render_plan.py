@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.table import Table
@@ -62,6 +63,14 @@ def header(plan: Plan, table: ParamTable) -> Text:
         f"({_percent(trained, total)}), {len(plan.trainable)} of {len(plan.params)} tensors; "
         f"{human_count(total - trained)} frozen\n"
     )
+    if plan.additions:
+        added = plan.added_numel()
+        kinds = ", ".join(sorted({a.kind for a in plan.additions}))
+        text.append(
+            f"adds {human_count(added)} parameters in {len(plan.additions)} adapters ({kinds}): "
+            f"{100 * added / max(total - added, 1):.2f}% of the base's "
+            f"{human_count(total - added)}\n"
+        )
     counts: dict[str, int] = {}
     for mode in plan.norms.values():
         counts[mode.value] = counts.get(mode.value, 0) + 1
@@ -72,7 +81,8 @@ def header(plan: Plan, table: ParamTable) -> Text:
 
 
 def depth_table(plan: Plan, table: ParamTable, *, bar_width: int = BAR_WIDTH) -> Table:
-    """One row per depth: group, parameters, trained share (and a bar), norm modes, lr scale.
+    """One row per depth: group, parameters, trained share (and a bar), norm modes, lr scale;
+    with an adapter policy also the parameters its adapters add (included in ``params``).
 
     Fits 80 columns; counts of tensors and trained parameters are in ``--full`` and ``--json``.
     """
@@ -80,6 +90,9 @@ def depth_table(plan: Plan, table: ParamTable, *, bar_width: int = BAR_WIDTH) ->
     out.add_column("depth", justify="right", no_wrap=True)
     out.add_column("group", style="cyan", no_wrap=True)
     out.add_column("params", justify="right", no_wrap=True)
+    adds = bool(plan.additions)
+    if adds:
+        out.add_column("added", justify="right", no_wrap=True)
     out.add_column("trained", justify="right", no_wrap=True)
     out.add_column(f"{TRAINED} trained {FROZEN} frozen", no_wrap=True)
     out.add_column("norms")
@@ -92,10 +105,12 @@ def depth_table(plan: Plan, table: ParamTable, *, bar_width: int = BAR_WIDTH) ->
             state = Text("frozen", style="dim")
         else:
             state = Text(_percent(d.trainable_numel, d.numel))
+        added = [human_count(d.added_numel) if d.added_numel else "-"] if adds else []
         out.add_row(
             str(d.depth),
             d.group,
             human_count(d.numel),
+            *added,
             state,
             share_bar(d.trainable_numel, d.numel, bar_width),
             _modes(d.norm_modes),
@@ -103,10 +118,12 @@ def depth_table(plan: Plan, table: ParamTable, *, bar_width: int = BAR_WIDTH) ->
         )
     total = sum(d.numel for d in depths)
     trained = sum(d.trainable_numel for d in depths)
+    total_added = [human_count(sum(d.added_numel for d in depths))] if adds else []
     out.add_row(
         "",
         Text("total", style="bold"),
         human_count(total),
+        *total_added,
         Text(_percent(trained, total), style="bold"),
         share_bar(trained, total, bar_width),
         "",
@@ -119,7 +136,10 @@ def params_text(plan: Plan, table: ParamTable) -> Text:
     """Every parameter: depth, group, shape, count, trained/frozen, lr scale, decay, norm mode."""
     norm_of = {p: norm.path for norm in table.norms for p in norm.params}
     rows = []
+    added_names = set(plan.added_names)
     for row in table.rows:
+        if row.name in added_names:
+            continue
         item = plan.params.get(row.name)
         trained = bool(item and item.trainable)
         norm = norm_of.get(row.name)
@@ -136,6 +156,23 @@ def params_text(plan: Plan, table: ParamTable) -> Text:
                 plan.norm_mode(norm).value if norm else "",
             )
         )
+    for addition in plan.additions:
+        for name in addition.names:
+            item = plan.params[name]
+            shape = addition.shape_of(name)
+            rows.append(
+                (
+                    name,
+                    str(addition.depth),
+                    addition.group,
+                    "x".join(str(s) for s in shape) or "scalar",
+                    human_count(math.prod(shape)),
+                    f"added {'trained' if item.trainable else 'frozen'}",
+                    f"{item.lr_scale:.3g}" if item.trainable else "-",
+                    ("yes" if item.weight_decay else "no") if item.trainable else "-",
+                    addition.kind,
+                )
+            )
     headers = ("name", "depth", "group", "shape", "params", "state", "lr scale", "decay", "norm")
     return aligned_text(
         headers,
@@ -177,6 +214,7 @@ def norms_text(plan: Plan, table: ParamTable) -> Text:
 def plan_json(plan: Plan, table: ParamTable, *, full: bool = False) -> dict[str, Any]:
     """The ``--json`` document: totals, one entry per depth, the plan (and every parameter)."""
     depths: list[PlanDepth] = plan.depth_summary(table)
+    added_names = set(plan.added_names)
     total = plan.numel(table=table)
     trained = plan.numel(trainable=True, table=table)
     data: dict[str, Any] = {
@@ -191,6 +229,8 @@ def plan_json(plan: Plan, table: ParamTable, *, full: bool = False) -> dict[str,
         "trainable_percent": round(100 * trained / total, 3) if total else 0.0,
         "trainable_tensors": len(plan.trainable),
         "tensors": len(plan.params),
+        "added_numel": plan.added_numel(),
+        "additions": [a.to_dict() for a in plan.additions],
         "depths": [d.to_dict() for d in depths],
         "plan": plan.to_dict(),
     }
@@ -207,6 +247,21 @@ def plan_json(plan: Plan, table: ParamTable, *, full: bool = False) -> dict[str,
                 "weight_decay": plan.params[row.name].weight_decay,
             }
             for row in table.rows
+            if row.name not in added_names
+        ] + [
+            {
+                "name": name,
+                "depth": addition.depth,
+                "group": addition.group,
+                "shape": list(addition.shape_of(name)),
+                "numel": math.prod(addition.shape_of(name)),
+                "trainable": plan.params[name].trainable,
+                "lr_scale": plan.params[name].lr_scale,
+                "weight_decay": plan.params[name].weight_decay,
+                "added": addition.kind,
+            }
+            for addition in plan.additions
+            for name in addition.names
         ]
         data["norms"] = [
             {

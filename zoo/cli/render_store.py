@@ -124,6 +124,8 @@ def inspect_view(info: Inspection) -> Group:
         rows.add_row(label, Text(printable(value)))
 
     row("file", f"{info.path} ({human_bytes(info.size)}, {info.tensors} tensors)")
+    for i, (label, text) in enumerate(adapter_lines(info)):
+        row(label if i == 0 or label != "adapters" else "", text)
     row("classes", _classes_text(meta.num_classes, meta.classes, width=60))
     policy = meta.policy or "-"
     if meta.policy_args:
@@ -156,9 +158,39 @@ def inspect_view(info: Inspection) -> Group:
     parts: list[Any] = [head, rows]
     if info.depths:
         parts.extend([Text(""), depth_table(info.depths)])
+    if meta.compare:  # the leaderboard of the zoo compare that chose this model
+        from zoo.cli.render_compare import board_from_metadata, leaderboard_table, why_text
+
+        board = board_from_metadata(meta.compare)
+        parts.extend([Text(""), leaderboard_table(board), why_text(board)])
     for note in info.notes:
         parts.append(Text(printable(f"note: {note}"), style="yellow"))
     return Group(*parts)
+
+
+def adapter_lines(info: Inspection) -> list[tuple[str, str]]:
+    """``(label, text)`` lines for a file with adapters: one per kind (its arguments, how many
+    targets, the numbers it adds), then the file's size against a full file of the model."""
+    lines = []
+    for row in info.adapters:
+        args = "; ".join(", ".join(f"{k}={v}" for k, v in a.items()) for a in row["args"])
+        lines.append(
+            (
+                "adapters",
+                f"{row['kind']} ({args or 'no arguments'}) on {row['targets']} target(s), "
+                f"+{human_count(row['params'])} parameters",
+            )
+        )
+    if lines and info.base_bytes:
+        share = 100 * info.size / info.base_bytes
+        lines.append(
+            (
+                "size",
+                f"{human_bytes(info.size)}, {share:.2f}% of a full file of the model "
+                f"({human_bytes(info.base_bytes)} of tensors)",
+            )
+        )
+    return lines
 
 
 def _plan_notes(plan: Any) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""The catalog: every backbone and policy the plugins registered, and name resolution.
+"""The catalog: every backbone, policy and adapter kind the plugins registered, and names.
 
 Names resolve the same way everywhere: ``plugin:name`` always; a bare ``name`` when exactly one
 plugin registers it; an ambiguous bare name raises :class:`~zoo.AmbiguousNameError` listing the
@@ -18,7 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from zoo.core.plugins import STRICT_ENV, PluginHost, env_flag, make_plugin_host
 from zoo.core.policy_args import split_policy_spec
-from zoo.core.specs import BackboneSpec, PolicySpec
+from zoo.core.specs import AdapterSpec, BackboneSpec, PolicySpec
 from zoo.errors import AmbiguousNameError, SpecError, UnknownNameError
 
 
@@ -88,24 +88,37 @@ class Catalog:
         self.host = host
         self.backbones: Registry[BackboneSpec] = Registry("backbone")
         self.policies: Registry[PolicySpec] = Registry("policy")
-        self._collect("zoo_register_backbones", BackboneSpec, self.backbones, "backbones")
-        self._collect("zoo_register_policies", PolicySpec, self.policies, "policies")
+        #: adapter kinds (``zoo:lora``…), registered through ``zoo_register_policies``
+        self.adapters: Registry[AdapterSpec] = Registry("adapter kind")
+        self._collect("zoo_register_backbones", {BackboneSpec: (self.backbones, "backbones")})
+        self._collect(
+            "zoo_register_policies",
+            {PolicySpec: (self.policies, "policies"), AdapterSpec: (self.adapters, None)},
+        )
 
-    def _collect(self, hook: str, spec_type: type, registry: Registry, counter: str) -> None:
+    def _collect(self, hook: str, kinds: dict[type, tuple[Registry, str | None]]) -> None:
+        first, *others = (f"zoo.{t.__name__}" for t in kinds)
+        also = "".join(f" (or a {other})" for other in others)
+
         def kwargs_for(plugin_name: str) -> dict[str, Any]:
             record = self.host.records[plugin_name]
 
             def register(spec: Any) -> None:
-                if not isinstance(spec, spec_type):
+                target = kinds.get(type(spec)) or next(
+                    (v for t, v in kinds.items() if isinstance(spec, t)), None
+                )
+                if target is None:
                     raise SpecError(
-                        f"register() expects a zoo.{spec_type.__name__}, got {type(spec).__name__}"
+                        f"register() expects a {first}, got {type(spec).__name__}{also}"
                     )
+                registry, counter = target
                 try:
                     registry.add(replace(spec, plugin=plugin_name))
                 except SpecError as exc:
                     self.host.record_error(plugin_name, str(exc))
                     return
-                setattr(record, counter, getattr(record, counter) + 1)
+                if counter is not None:
+                    setattr(record, counter, getattr(record, counter) + 1)
 
             return {"register": register}
 
@@ -120,6 +133,10 @@ class Catalog:
 
     def policy(self, name: str) -> PolicySpec:
         return self.policies.resolve(name)
+
+    def adapter_kind(self, name: str) -> AdapterSpec:
+        """The adapter kind a name (``zoo:lora``, or a bare unique ``lora``) resolves to."""
+        return self.adapters.resolve(name)
 
     def check_names(self, backbone: str | None = None, policy: str | None = None) -> None:
         """Raise if a backbone name or a policy spec's name does not resolve."""

@@ -283,6 +283,33 @@ class PolicySpec:
 
 
 @dataclass(frozen=True)
+class AdapterSpec:
+    """A kind of adapter: small modules a policy adds to a model (LoRA, SSF, VPT, a plugin's).
+
+    Registered through the same hook as policies (``zoo_register_policies``: ``register``
+    accepts a :class:`PolicySpec` or an :class:`AdapterSpec`). A policy names the kind of each
+    module it adds in its plan (``zoo.Addition(kind="myplugin:my-kind", ...)``); when the plan is
+    applied, zoo calls ``build(target, addition)`` with the target module and the
+    :class:`~zoo.Addition`, and injects the ``zoo.Adapter`` it returns as a child of the target.
+    ``build`` must give the adapter exactly the parameters (names and shapes) the addition lists.
+    """
+
+    name: str
+    build: Callable[..., Any]  # (target: nn.Module, addition: zoo.Addition) -> zoo.Adapter
+    summary: str = ""
+    plugin: str = ""
+
+    def __post_init__(self) -> None:
+        check_spec_name("adapter kind", self.name)
+        if not callable(self.build):
+            raise SpecError(f"adapter kind {self.name!r}: build must be callable")
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.plugin}:{self.name}"
+
+
+@dataclass(frozen=True)
 class ParamGroup:
     """An ordered group of parameters (by name), as a plugin answers ``zoo_param_groups``.
 

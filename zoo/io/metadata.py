@@ -28,7 +28,7 @@ from typing import Any
 
 from zoo.core.specs import InputConfig
 from zoo.errors import CorruptFileError, UnsupportedFormatError, ZooError, short_repr
-from zoo.plans.plan import Plan
+from zoo.plans.plan import Addition, Plan
 
 #: Version of the metadata layout; bumped only for changes an older reader would misread.
 FORMAT_VERSION = 1
@@ -69,6 +69,10 @@ KEYS: dict[str, str] = {
     "zoo.timm_config": "JSON object: the timm-style config.json of the model",
     "zoo.training": "optional — JSON object: how zoo.adapt trained (epochs, epochs_run, "
     "best_epoch, early_stop, stopped_early, resumed_from)",
+    "zoo.adapters": "optional — JSON list: the adapters injected in the model (target, kind, "
+    "args, params, depth), which zoo.load injects again",
+    "zoo.compare": "optional — JSON object: the leaderboard of zoo.compare (winner, epochs, "
+    "rungs, budget, budget_cut, seconds, candidates, notes)",
     "zoo.tensors_sha256": "canonical sha256 of the tensors in this file",
     "zoo.content_sha256": "sha256 of zoo.tensors_sha256 and every other metadata entry",
 }
@@ -96,6 +100,8 @@ _JSON_KEYS = frozenset(
         "zoo.plugins",
         "zoo.timm_config",
         "zoo.training",
+        "zoo.compare",
+        "zoo.adapters",
     }
 )
 #: What to change when a save is refused because of a key's value.
@@ -145,6 +151,8 @@ class ZooMetadata:
     created: str = ""
     timm_config: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
+    compare: dict[str, Any] | None = None
+    adapters: list[dict[str, Any]] = field(default_factory=list)
     tensors_sha256: str = ""
     content_sha256: str = ""
     extra: dict[str, str] = field(default_factory=dict)
@@ -186,6 +194,10 @@ class ZooMetadata:
         }
         if self.training is not None:  # optional: absent from files not made by adapt
             md["zoo.training"] = _dumps("zoo.training", self.training)
+        if self.compare is not None:  # optional: only the winner of zoo.compare has it
+            md["zoo.compare"] = _dumps("zoo.compare", self.compare)
+        if self.adapters:  # optional: only a model with injected adapters has it
+            md["zoo.adapters"] = _dumps("zoo.adapters", self.adapters)
         if self.kind == "delta":
             md["zoo.base_tensors"] = _dumps("zoo.base_tensors", self.base_tensors)
             md["zoo.state_sha256"] = self.state_sha256 or ""
@@ -264,6 +276,8 @@ class ZooMetadata:
             created=reader.created("zoo.created"),
             timm_config=reader.optional_obj("zoo.timm_config"),
             training=reader.optional_obj("zoo.training"),
+            compare=reader.leaderboard("zoo.compare"),
+            adapters=reader.adapters("zoo.adapters"),
             tensors_sha256=reader.hex_hash("zoo.tensors_sha256"),
             content_sha256=reader.hex_hash("zoo.content_sha256"),
             extra={k: v for k, v in metadata.items() if k not in KEYS},
@@ -290,6 +304,8 @@ class ZooMetadata:
             "plugins": self.plugins,
             "created": self.created,
             "training": self.training,
+            "compare": self.compare,
+            "adapters": self.adapters,
             "tensors_sha256": self.tensors_sha256,
             "content_sha256": self.content_sha256,
             "extra": self.extra,
@@ -609,6 +625,24 @@ class _Reader:
                 )
         return value
 
+    def leaderboard(self, key: str) -> dict[str, Any] | None:
+        """A ``zoo.compare`` leaderboard, checked field by field (unknown fields dropped)."""
+        value = self.optional_obj(key)
+        if value is None:
+            return None
+        try:
+            return check_leaderboard(value)
+        except ValueError as exc:
+            raise self.bad(key, str(exc)) from None
+
+    def adapters(self, key: str) -> list[dict[str, Any]]:
+        """The injected adapters (``zoo.adapters``), each checked for type and size."""
+        value = self.json(key, [])
+        try:
+            return check_adapters(value)
+        except ValueError as exc:
+            raise self.bad(key, str(exc)) from None
+
     def created(self, key: str) -> str:
         value = self.md.get(key, "")
         if value:
@@ -617,6 +651,214 @@ class _Reader:
             except ValueError:
                 raise self.bad(key, f"expected an ISO 8601 time, got {short_repr(value)}") from None
         return value
+
+
+# ---------------------------------------------------------------- zoo.compare
+
+#: Most candidates, notes and rungs a ``zoo.compare`` leaderboard may hold.
+MAX_LEADERBOARD_ROWS = 256
+#: Longest policy spec or note text in a leaderboard.
+MAX_LEADERBOARD_TEXT = 1000
+_MAX_EPOCHS = 1_000_000
+_MAX_SECONDS = 1e9
+
+
+def _number(value: Any, what: str, low: float, high: float, *, integer: bool = False) -> Any:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = _is_int(value) if integer else number
+    # compared before any float(): a 400-digit integer is out of range, not an overflow
+    if not ok or not low <= value <= high or (isinstance(value, float) and math.isnan(value)):
+        kind = "an integer" if integer else "a finite number"
+        raise ValueError(f"{what} must be {kind} from {low:g} to {high:g}, got {short_repr(value)}")
+    return value
+
+
+def _short_text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_LEADERBOARD_TEXT:
+        raise ValueError(
+            f"{what} must be a text of 1 to {MAX_LEADERBOARD_TEXT} characters, got "
+            f"{short_repr(value)}"
+        )
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} {short_repr(value)} holds a control character")
+    return value
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{what} must be true or false, got {short_repr(value)}")
+    return value
+
+
+def _check_row(row: Any, index: int) -> dict[str, Any]:
+    where = f"candidate {index}"
+    if not isinstance(row, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(row).__name__}")
+    try:
+        loss = row["val_loss"]
+        checked = {
+            "policy": _short_text(row["policy"], f"{where} policy"),
+            "val_acc": _number(row["val_acc"], f"{where} val_acc", 0, 1),
+            "val_loss": None if loss is None else _number(loss, f"{where} val_loss", 0, 1e12),
+            "trainable_params": _number(
+                row["trainable_params"], f"{where} trainable_params", 0, MAX_JSON_INT, integer=True
+            ),
+            "trainable_percent": _number(
+                row["trainable_percent"], f"{where} trainable_percent", 0, 100
+            ),
+            "epochs": _number(row["epochs"], f"{where} epochs", 0, _MAX_EPOCHS, integer=True),
+            "seconds": _number(row["seconds"], f"{where} seconds", 0, _MAX_SECONDS),
+            "stopped_early": _flag(row["stopped_early"], f"{where} stopped_early"),
+            "trained_on": _short_text(row.get("trained_on", "images"), f"{where} trained_on"),
+        }
+    except KeyError as exc:
+        raise ValueError(f"{where} has no {exc.args[0]!r}") from None
+    return checked
+
+
+def check_leaderboard(value: dict[str, Any]) -> dict[str, Any]:
+    """The ``zoo.compare`` object with every field checked for type and range (finite numbers,
+    bounded sizes, texts without control characters, the winner one of the candidates);
+    unknown fields are dropped. Raises ``ValueError`` saying what is wrong."""
+    rows = value.get("candidates")
+    if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_LEADERBOARD_ROWS:
+        raise ValueError(f"candidates must be a list of 1 to {MAX_LEADERBOARD_ROWS} objects")
+    candidates = [_check_row(row, i) for i, row in enumerate(rows)]
+    winner = _short_text(value.get("winner"), "winner")
+    if winner != candidates[0]["policy"]:
+        raise ValueError(f"winner {short_repr(winner)} is not the first candidate")
+    epochs = _number(value.get("epochs"), "epochs", 1, _MAX_EPOCHS, integer=True)
+    rungs = value.get("rungs", [])
+    if not isinstance(rungs, list) or len(rungs) > 64:
+        raise ValueError("rungs must be a list of at most 64 epoch counts")
+    budget = value.get("budget")
+    notes = value.get("notes", [])
+    if not isinstance(notes, list) or len(notes) > MAX_LEADERBOARD_ROWS:
+        raise ValueError(f"notes must be a list of at most {MAX_LEADERBOARD_ROWS} texts")
+    return {
+        "winner": winner,
+        "epochs": epochs,
+        "rungs": [_number(r, "rung", 1, _MAX_EPOCHS, integer=True) for r in rungs],
+        "budget": None if budget is None else _number(budget, "budget", 0, _MAX_SECONDS),
+        "budget_cut": _flag(value.get("budget_cut", False), "budget_cut"),
+        "seconds": _number(value.get("seconds", 0.0), "seconds", 0, _MAX_SECONDS),
+        "candidates": candidates,
+        "notes": [_short_text(n, "note") for n in notes],
+    }
+
+
+# ---------------------------------------------------------------- zoo.adapters
+
+#: The most adapters a file may list, parameters one adapter may add, and dimensions per shape.
+MAX_ADAPTERS = 10_000
+MAX_ADAPTER_PARAMS = 16
+MAX_ADAPTER_DIMS = 8
+#: The largest dimension of an added parameter (the file's tensors must also match it).
+MAX_ADAPTER_DIM = 2**31 - 1
+#: Longest module path of a target, and most values in an adapter's ``args``.
+MAX_TARGET_LENGTH = 1000
+MAX_ADAPTER_ARG_VALUES = 1000
+_MODULE_PATH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+_QUALIFIED = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*:[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+
+
+def _path(value: Any, what: str) -> str:
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_TARGET_LENGTH
+        or not _MODULE_PATH.match(value)
+    ):
+        raise ValueError(
+            f"{what} must be a module path (names joined by '.', at most {MAX_TARGET_LENGTH} "
+            f"characters), got {short_repr(value)}"
+        )
+    return value
+
+
+def _arg_values(value: Any, depth: int = 0) -> int:
+    """How many JSON values ``value`` holds; ``ValueError`` past the bounds."""
+    if depth > 4:
+        raise ValueError("args nest deeper than 4 levels")
+    if isinstance(value, dict):
+        return 1 + sum(_arg_values(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(_arg_values(v, depth + 1) for v in value)
+    if isinstance(value, str) and len(value) > MAX_TARGET_LENGTH:
+        raise ValueError(f"an args text is longer than {MAX_TARGET_LENGTH} characters")
+    return 1
+
+
+def _check_adapter(item: Any, index: int) -> dict[str, Any]:
+    where = f"adapter {index}"
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(item).__name__}")
+    unknown = sorted(set(item) - {"target", "kind", "args", "params", "depth", "group"})
+    if unknown:
+        raise ValueError(f"{where} has unknown field(s) {short_repr(unknown)}")
+    target = _path(item.get("target"), f"{where} target")
+    kind = item.get("kind")
+    if not isinstance(kind, str) or len(kind) > MAX_NAME_LENGTH or not _QUALIFIED.match(kind):
+        raise ValueError(f'{where} kind must be "plugin:name", got {short_repr(kind)}')
+    args = item.get("args", {})
+    if not isinstance(args, dict):
+        raise ValueError(f"{where} args must be a JSON object, got {type(args).__name__}")
+    if _arg_values(args) > MAX_ADAPTER_ARG_VALUES:
+        raise ValueError(f"{where} args hold more than {MAX_ADAPTER_ARG_VALUES} values")
+    params = item.get("params")
+    if not isinstance(params, dict) or not 1 <= len(params) <= MAX_ADAPTER_PARAMS:
+        raise ValueError(
+            f"{where} params must map 1 to {MAX_ADAPTER_PARAMS} parameter names to shapes"
+        )
+    shapes: dict[str, list[int]] = {}
+    for name, shape in params.items():
+        _path(name, f"{where} parameter name")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_ADAPTER_DIMS
+            or not all(_is_int(d) and 0 <= d <= MAX_ADAPTER_DIM for d in shape)
+        ):
+            raise ValueError(
+                f"{where} shape of {name!r} must be a list of at most {MAX_ADAPTER_DIMS} "
+                f"integers from 0 to {MAX_ADAPTER_DIM}, got {short_repr(shape)}"
+            )
+        shapes[name] = list(shape)
+    depth = item.get("depth", 0)
+    if not _is_int(depth) or not 0 <= depth <= 1_000_000:
+        raise ValueError(f"{where} depth must be an integer from 0 to 1000000")
+    group = item.get("group", "")
+    if not isinstance(group, str) or len(group) > MAX_NAME_LENGTH or _CONTROL.search(group):
+        raise ValueError(f"{where} group must be a short text, got {short_repr(group)}")
+    checked = {
+        "target": target,
+        "kind": kind,
+        "args": args,
+        "params": shapes,
+        "depth": depth,
+        "group": group,
+    }
+    try:
+        Addition.from_dict(checked)  # the same data a plan's additions accept
+    except ZooError as exc:  # PlanError
+        raise ValueError(f"{where}: {exc}") from None
+    return checked
+
+
+def check_adapters(value: Any) -> list[dict[str, Any]]:
+    """The ``zoo.adapters`` list with every entry checked for type and size (a module path
+    target, a ``plugin:name`` kind, bounded JSON args, 1 to 16 parameters with bounded shapes,
+    one adapter of a kind per target). Whether the kinds are installed, the targets exist and
+    the shapes are what the kinds build is checked when the model is rebuilt
+    (:mod:`zoo.io.rebuild`). Raises ``ValueError`` saying what is wrong."""
+    if not isinstance(value, list) or len(value) > MAX_ADAPTERS:
+        raise ValueError(f"expected a JSON list of at most {MAX_ADAPTERS} adapters")
+    checked = [_check_adapter(item, i) for i, item in enumerate(value)]
+    seen: set[tuple[str, str]] = set()
+    for item in checked:
+        key = (item["target"], item["kind"])
+        if key in seen:
+            raise ValueError(f"{item['kind']} is listed twice on target {item['target']!r}")
+        seen.add(key)
+    return checked
 
 
 # ---------------------------------------------------------------- config.json

@@ -7,12 +7,18 @@ reference to its base (pretrained weights, a file, or another store entry) and t
 loading resolves the base again and refuses one whose hash differs. The base of a model is
 recorded when it is built: ``zoo.create(pretrained=True)``, ``zoo.create(weights=FILE)`` and
 ``zoo.load(...)`` set ``model.zoo_build["base"]``.
+
+A model with injected adapters (LoRA, SSF, VPT…) records them in ``zoo.adapters``; it saves as
+a delta of its base by default (the adapters, the head and whatever else changed), and loading
+rebuilds the base, injects the adapters again and loads the tensors (``merge=True`` then folds
+them into the weights).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -26,6 +32,7 @@ from zoo.core.create import attach_build_info
 from zoo.core.create import build as build_model
 from zoo.core.specs import InputConfig
 from zoo.errors import (
+    AdapterMergeError,
     BaseMismatchError,
     CorruptFileError,
     InvalidNameError,
@@ -61,11 +68,20 @@ from zoo.io.metadata import (
     is_zoo_metadata,
 )
 from zoo.io.provenance import plugin_metadata, plugin_versions, timm_config
-from zoo.io.rebuild import ALLOCATION_FLOOR, check_consistency, check_pretrained_size, saved_spec
+from zoo.io.rebuild import (
+    ALLOCATION_FLOOR,
+    check_consistency,
+    check_pretrained_size,
+    inject_saved,
+    saved_additions,
+    saved_spec,
+)
 from zoo.io.rebuild import rebuild as rebuild
 from zoo.io.weights import describe_mismatch
+from zoo.plans.adapters import adapters as injected_adapters
+from zoo.plans.adapters import merge_adapters
 from zoo.plans.freeze import apply_plan
-from zoo.plans.plan import Plan
+from zoo.plans.plan import Addition, Plan
 from zoo.tables.build import describe, meta_model, tensor_budget
 
 if TYPE_CHECKING:
@@ -239,7 +255,7 @@ def save(
     name_or_path: str | os.PathLike[str],
     *,
     classes: Sequence[str] | None = None,
-    delta: bool = False,
+    delta: bool | None = None,
     overwrite: bool = False,
     catalog: Catalog,
 ) -> Path:
@@ -252,8 +268,12 @@ def save(
 
     ``classes`` (default ``model.zoo_classes``) names the outputs. ``delta=True`` stores only the
     trained tensors and whatever else differs from the model's base (recorded at build time),
-    with the base's hash. An existing model is only replaced with ``overwrite=True``
-    (:class:`~zoo.ModelExistsError`). The model must come from ``zoo.create`` or ``zoo.load``.
+    with the base's hash; ``delta=False`` stores every tensor. The default, ``delta=None``, saves
+    a model with injected adapters (``zoo.freeze(model, "lora")``) as a delta when it has a base
+    (the adapters, the head and whatever else changed: a few percent of the full file) and any
+    other model in full. The adapters are recorded in ``zoo.adapters``. An existing model is
+    only replaced with ``overwrite=True`` (:class:`~zoo.ModelExistsError`). The model must come
+    from ``zoo.create`` or ``zoo.load``.
     """
     build = _build_of(model)
     spec = _spec_of(build, catalog)
@@ -272,6 +292,9 @@ def save(
     names = _classes(model, classes, num_classes)
     numel = {n: p.numel() for n, p in model.named_parameters()}
     base = build.get("base")
+    additions = injected_adapters(model)
+    if delta is None:  # adapters save as a delta of their base when there is one
+        delta = bool(additions) and bool(base)
     meta_kwargs: dict[str, Any] = {}
     tensors: Mapping[str, torch.Tensor] = state
     if delta:
@@ -307,11 +330,13 @@ def save(
         num_trained_params=sum(numel.get(n, 0) for n in trained),
         base=base or None,
         zoo_version=__version__,
-        plugins=plugin_versions(build["backbone"], plan, catalog),
+        plugins=plugin_versions(build["backbone"], plan, catalog, additions),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         timm_config=timm_config(model, names, _input_config(model), build, spec),
         extra=plugin_metadata(model, build["backbone"], catalog),
         training=getattr(model, "zoo_training", None),
+        compare=getattr(model, "zoo_compare", None),
+        adapters=[a.to_dict() for a in additions],
         **meta_kwargs,
     )
     metadata = seal(tensors, meta.to_metadata())
@@ -491,6 +516,7 @@ def load(
     *,
     device: str | torch.device = "cpu",
     trainable: bool = False,
+    merge: bool = False,
     catalog: Catalog,
 ) -> nn.Module:
     """Load a saved model, ready to predict (eval mode, nothing trainable).
@@ -504,7 +530,18 @@ def load(
     now this saved model, so a delta of it can be saved again), ``zoo_plan`` (or None) and
     ``zoo_metadata`` (the raw metadata). ``trainable=True`` re-applies the saved plan (which
     parameters train, norm modes) to continue training; the model is still in eval mode.
+
+    A model saved with adapters gets them injected again (their kinds' plugins must be
+    installed) and computes exactly what was saved. ``merge=True`` folds them into the dense
+    weights (``zoo.merge_adapters``): a plain model without adapter modules, which saves as an
+    ordinary full file; adapters that cannot merge (VPT) raise :class:`~zoo.AdapterMergeError`.
     """
+    if merge and trainable:
+        raise ZooError(
+            "merge=True returns a plain model whose adapters are folded into its weights, so "
+            "there is no adapter plan to continue training; load with trainable=True alone to "
+            "continue training the adapters, or merge and then zoo.freeze the merged model"
+        )
     target = resolve_target(name_or_path)
     path = _existing(target)
     header = read_header(path)
@@ -515,10 +552,17 @@ def load(
     assert resolved.saved is not None
     metadata = resolved.saved.metadata
     meta = resolved.meta or ZooMetadata.parse(metadata, source=str(path))
-    model = rebuild(
-        meta.build, resolved.tensors, source=str(path), plugins=meta.plugins, catalog=catalog
-    )
+    additions = saved_additions(meta.adapters, source=str(path))
     plan = _plan_of(meta, path)
+    _check_plan_additions(plan, additions, path)
+    model = rebuild(
+        meta.build,
+        resolved.tensors,
+        source=str(path),
+        plugins=meta.plugins,
+        catalog=catalog,
+        additions=additions,
+    )
     spec, _tag = saved_spec(meta.backbone, source=str(path), plugins=meta.plugins, catalog=catalog)
     check_consistency(model, meta, spec, plan, source=str(path))
     base_kind = "store" if target.kind == "store" else "file"
@@ -534,9 +578,11 @@ def load(
     model.zoo_plan = plan  # type: ignore[assignment]
     model.to(device)
     model.eval()
+    if merge and additions:
+        _merge(model, path)
     if trainable:
         if plan is not None:
-            apply_plan(model, plan)
+            apply_plan(model, plan, catalog=catalog)
         else:
             trained = set(meta.trained)
             for name, param in model.named_parameters():
@@ -545,6 +591,29 @@ def load(
         for param in model.parameters():
             param.requires_grad_(False)
     return model
+
+
+def _merge(model: nn.Module, path: Path) -> None:
+    try:
+        merge_adapters(model)
+    except AdapterMergeError as exc:
+        raise AdapterMergeError(
+            f"{path}: cannot load with merge=True: {exc}; load it without merge=True to use "
+            "the model with its adapters (the file is unchanged)"
+        ) from None
+
+
+def _check_plan_additions(plan: Plan | None, additions: Sequence[Addition], path: Path) -> None:
+    """The saved plan's additions, if any, must be the adapters ``zoo.adapters`` lists."""
+    if plan is None or not plan.additions:
+        return
+    planned = sorted(json.dumps(a.to_dict(), sort_keys=True) for a in plan.additions)
+    listed = sorted(json.dumps(a.to_dict(), sort_keys=True) for a in additions)
+    if planned != listed:
+        raise CorruptFileError(
+            f"{path}: metadata 'zoo.plan' adds {len(plan.additions)} adapter(s) that differ from "
+            f"the {len(additions)} 'zoo.adapters' lists; the metadata contradicts itself"
+        )
 
 
 def _plan_of(meta: ZooMetadata, path: Path) -> Plan | None:
@@ -567,11 +636,13 @@ def _depths(
     header: Header,
     path: Path,
     catalog: Catalog,
-) -> list[dict[str, Any]]:
-    """The per-depth summary of a saved model, from its backbone built on ``meta``.
+) -> tuple[list[dict[str, Any]], int]:
+    """The per-depth summary of a saved model, from its backbone built on ``meta``, and the
+    bytes of a full file's tensors without the adapters (what the base takes).
 
-    The file's tensors (their shapes, from the header) must fit the meta-built model, and the
-    metadata must agree with it (:func:`~zoo.io.rebuild.check_consistency`).
+    The file's tensors (their shapes, from the header) must fit the meta-built model (with its
+    adapters injected), and the metadata must agree with it
+    (:func:`~zoo.io.rebuild.check_consistency`).
     """
 
     entries = {e.name: e for e in header.entries}
@@ -581,11 +652,28 @@ def _depths(
     model, notes = meta_model(
         spec, num_classes, kwargs, max_tensor_bytes=limit, max_tensors=tensor_budget(saved)
     )
+    additions = saved_additions(meta.adapters, source=str(path))
+    plan = _plan_of(meta, path)
+    _check_plan_additions(plan, additions, path)
+    inject_saved(
+        model,
+        additions,
+        entries,
+        unchecked=set(meta.base_tensors),
+        source=str(path),
+        plugins=meta.plugins,
+        catalog=catalog,
+        on_meta=True,
+    )
     _check_header_fits(model, entries, full=meta.kind == "full", source=str(path))
-    check_consistency(model, meta, spec, _plan_of(meta, path), source=str(path))
+    check_consistency(model, meta, spec, plan, source=str(path))
     attach_build_info(model, spec, tag=None, num_classes=num_classes, kwargs=kwargs)
     table = describe(model, spec=spec, catalog=catalog, notes=notes)
-    return [
+    added = {n for a in additions for n in a.names}
+    base_bytes = sum(
+        t.numel() * t.element_size() for n, t in model.state_dict().items() if n not in added
+    )
+    depths = [
         {
             "depth": summary.depth,
             "group": summary.group,
@@ -596,6 +684,7 @@ def _depths(
         }
         for summary in table.with_trainable(set(meta.trained)).depth_summary()
     ]
+    return depths, base_bytes
 
 
 def _check_header_fits(
@@ -623,6 +712,14 @@ class Inspection:
     verified: bool
     depths: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: bytes of the tensors of a full file of the model without its adapters (0: not known)
+    base_bytes: int = 0
+
+    @property
+    def adapters(self) -> list[dict[str, Any]]:
+        """The adapters by kind: ``kind``, ``args`` (each distinct set), ``targets`` and
+        ``params`` (numbers added); empty for a model without adapters."""
+        return adapter_summary(self.metadata.adapters)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -636,7 +733,24 @@ class Inspection:
             "plan": self.metadata.plan,
             "depths": self.depths,
             "notes": self.notes,
+            "adapter_summary": self.adapters,
+            "base_bytes": self.base_bytes or None,
+            "size_vs_base": self.size / self.base_bytes if self.base_bytes else None,
         }
+
+
+def adapter_summary(adapters: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``zoo.adapters`` (checked entries) grouped by kind: arguments, targets, added numbers."""
+    kinds: dict[str, dict[str, Any]] = {}
+    for item in adapters:
+        row = kinds.setdefault(
+            item["kind"], {"kind": item["kind"], "args": [], "targets": 0, "params": 0}
+        )
+        if item["args"] not in row["args"]:
+            row["args"].append(item["args"])
+        row["targets"] += 1
+        row["params"] += sum(math.prod(shape) for shape in item["params"].values())
+    return list(kinds.values())
 
 
 def inspect(
@@ -654,6 +768,7 @@ def inspect(
     meta = ZooMetadata.parse(header.metadata, source=str(path))
     notes: list[str] = []
     depths: list[dict[str, Any]] = []
+    base_bytes = 0
     try:
         spec, _tag = saved_spec(
             meta.backbone, source=str(path), plugins=meta.plugins, catalog=catalog
@@ -664,8 +779,8 @@ def inspect(
     if spec is not None:
         kwargs = check_saved_kwargs(spec, meta.build.get("kwargs"), source=str(path))
         try:
-            depths = _depths(spec, meta, kwargs, header, path, catalog)
-        except ModelBuildError as exc:
+            depths, base_bytes = _depths(spec, meta, kwargs, header, path, catalog)
+        except (ModelBuildError, UnknownNameError) as exc:  # UnknownNameError: an adapter kind
             notes.append(f"no per-depth summary: {exc}")
     return Inspection(
         path=path,
@@ -677,4 +792,5 @@ def inspect(
         verified=verify,
         depths=depths,
         notes=notes,
+        base_bytes=base_bytes,
     )

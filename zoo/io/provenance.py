@@ -9,7 +9,7 @@ plugin and left out, never saved.
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import ZooError
@@ -20,15 +20,19 @@ if TYPE_CHECKING:
 
     from zoo.core.catalog import Catalog
     from zoo.core.specs import BackboneSpec
-    from zoo.plans.plan import Plan
+    from zoo.plans.plan import Addition, Plan
 
 
-def plugin_versions(backbone: str, plan: Plan | None, catalog: Catalog) -> dict[str, Any]:
-    """Versions of the plugins a saved model depends on: the backbone's and the policy's."""
+def plugin_versions(
+    backbone: str, plan: Plan | None, catalog: Catalog, additions: Sequence[Addition] = ()
+) -> dict[str, Any]:
+    """Versions of the plugins a saved model depends on: the backbone's, the policy's and
+    those of its adapters' kinds."""
 
     wanted = {backbone.split(":", 1)[0]}
     if plan is not None and ":" in plan.policy:
         wanted.add(plan.policy.split(":", 1)[0])
+    wanted.update(a.kind.split(":", 1)[0] for a in additions if ":" in a.kind)
     records = catalog.host.records
     return {name: (records[name].version if name in records else None) for name in sorted(wanted)}
 

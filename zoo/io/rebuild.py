@@ -18,11 +18,16 @@ edit and re-seal). A rebuild for loading therefore:
 
 :func:`check_consistency` then refuses metadata that contradicts the tensors: class names or
 ``zoo.num_classes`` that do not match the head, trained names the model does not have.
+
+A file of a model with adapters (``zoo.adapters``) gets them injected into the skeleton before
+step 4 (:func:`inject_saved`): each kind must be installed (a missing plugin is named with the
+file), each target must exist, each declared shape must be the file's tensor's and the one the
+kind builds -- all on ``meta``, so a hostile rank or token count allocates nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zoo.core.create import attach_build_info, call_create
@@ -31,18 +36,27 @@ from zoo.errors import (
     ModelBuildError,
     UnknownNameError,
     WeightsMismatchError,
+    ZooError,
     short_repr,
 )
 from zoo.io.build_args import check_saved_kwargs
 from zoo.io.weights import describe_mismatch, head_tensor_names, load_state_strict
-from zoo.tables.build import classifier_param_names, meta_model, tensor_budget
+from zoo.plans.adapters import inject
+from zoo.plans.plan import Addition
+from zoo.tables.build import (
+    allocation_limit,
+    classifier_param_names,
+    meta_model,
+    tensor_budget,
+    tensor_count_limit,
+)
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from zoo.core.catalog import Catalog
-    from zoo.core.specs import BackboneSpec
+    from zoo.core.specs import AdapterSpec, BackboneSpec
     from zoo.io.metadata import ZooMetadata
     from zoo.plans.plan import Plan
 
@@ -89,6 +103,127 @@ def saved_spec(
         raise exc from None
 
 
+def saved_kind(
+    kind: str,
+    *,
+    source: str,
+    plugins: Mapping[str, Any] | None = None,
+    catalog: Catalog,
+) -> AdapterSpec:
+    """The adapter kind a file names; an unknown one is named with the file and its plugin.
+
+    Like :func:`saved_spec` for backbones: a kind whose plugin is not installed says so, with
+    the version the file records (``zoo.plugins``) and the installed plugins.
+    """
+    try:
+        return catalog.adapter_kind(kind)
+    except UnknownNameError as exc:
+        plugin = kind.split(":", 1)[0] if ":" in kind else None
+        installed = sorted(r for r in catalog.host.records if "@" not in r)
+        version = (plugins or {}).get(plugin) if plugin else None
+        recorded = f" {version}" if isinstance(version, str) and version else ""
+        if plugin is not None and plugin not in installed:
+            message = (
+                f"{source}: has adapters of kind {kind!r} from plugin {plugin!r}{recorded}, "
+                f"which is not installed (installed plugins: {', '.join(installed) or 'none'}); "
+                "install the plugin that provides it, then load the file again"
+            )
+        else:
+            message = (
+                f"{source}: has adapters of kind {kind!r}, which no installed plugin provides "
+                f"({exc})"
+            )
+            record = catalog.host.records.get(plugin) if plugin else None
+            if recorded and record is not None and record.version:
+                message += (
+                    f"; the file was saved with plugin {plugin!r}{recorded}, "
+                    f"{record.version} is installed"
+                )
+        exc.args = (message,)
+        raise exc from None
+
+
+def saved_additions(adapters: Sequence[Mapping[str, Any]], *, source: str) -> list[Addition]:
+    """The ``zoo.adapters`` entries of a file as :class:`~zoo.Addition` records."""
+    try:
+        return [Addition.from_dict(item) for item in adapters]
+    except ZooError as exc:  # PlanError
+        raise CorruptFileError(f"{source}: metadata 'zoo.adapters' is invalid: {exc}") from None
+
+
+def inject_saved(
+    model: nn.Module,
+    additions: Sequence[Addition],
+    state: Mapping[str, torch.Tensor] | None,
+    *,
+    source: str,
+    plugins: Mapping[str, Any] | None = None,
+    catalog: Catalog,
+    on_meta: bool,
+    max_bytes: int | None = None,
+    unchecked: Collection[str] = (),
+) -> None:
+    """Inject a file's adapters into ``model`` (its rebuilt backbone), refusing metadata that
+    contradicts the model or the tensors with :class:`~zoo.CorruptFileError`.
+
+    Every kind is resolved first (:func:`saved_kind`), every target must be a module of the
+    model, every declared parameter must be in ``state`` (when given) with the declared shape,
+    and the kind must build exactly the declared parameters (``unchecked`` names are not looked
+    for in ``state``: a delta's tensors taken from its base). ``on_meta`` builds the adapters on
+    the ``meta`` device (nothing allocated, whatever the file's arguments say); otherwise no
+    single tensor may exceed ``max_bytes``.
+    """
+    import contextlib
+
+    import torch
+
+    if not additions:
+        return
+    specs = {
+        a.kind: saved_kind(a.kind, source=source, plugins=plugins, catalog=catalog)
+        for a in additions
+    }
+    modules = dict(model.named_modules())
+    for addition in additions:
+        if addition.target not in modules:
+            raise CorruptFileError(
+                f"{source}: metadata 'zoo.adapters' puts a {addition.kind} adapter on module "
+                f"{addition.target!r}, which the rebuilt backbone does not have; the metadata "
+                "contradicts the model"
+            )
+        if state is None:
+            continue
+        for name, shape in zip(addition.names, addition.params.values(), strict=True):
+            if name in unchecked:
+                continue
+            tensor = state.get(name)
+            if tensor is None or tuple(tensor.shape) != tuple(shape):
+                found = "no such tensor" if tensor is None else f"shape {tuple(tensor.shape)}"
+                raise CorruptFileError(
+                    f"{source}: metadata 'zoo.adapters' declares {name!r} of shape "
+                    f"{tuple(shape)}, but the file holds {found}; the metadata contradicts the "
+                    "tensors"
+                )
+    device = torch.device("meta") if on_meta else contextlib.nullcontext()
+    try:
+        with (
+            device,
+            allocation_limit(max_bytes, "the saved adapters"),
+            tensor_count_limit(8 * len(additions) + 256, "the saved adapters"),
+        ):
+            inject(model, additions, specs=specs)
+    except ZooError as exc:  # AdapterError, ModelBuildError
+        raise CorruptFileError(
+            f"{source}: metadata 'zoo.adapters' cannot be injected: {exc}; the metadata is not "
+            "trusted"
+        ) from None
+    except Exception as exc:  # a plugin's adapter kind failed on the file's arguments
+        raise CorruptFileError(
+            f"{source}: metadata 'zoo.adapters' cannot be injected ({type(exc).__name__}: "
+            f"{exc}); the metadata is not trusted"
+        ) from None
+
+
 def max_tensor_bytes(state: Mapping[str, Any]) -> int:
     """The largest single allocation a rebuild of ``state`` may make."""
     largest = max((_nbytes(t) for t in state.values()), default=0)
@@ -106,12 +241,15 @@ def rebuild(
     source: str,
     plugins: Mapping[str, Any] | None = None,
     catalog: Catalog,
+    additions: Sequence[Addition] = (),
 ) -> nn.Module:
-    """Build ``build``'s backbone (no pretrained weights) and load ``state`` into it strictly.
+    """Build ``build``'s backbone (no pretrained weights), inject ``additions`` (the file's
+    adapters, :func:`inject_saved`) and load ``state`` into it strictly.
 
     Never reads a file, unpickles or touches the network, and allocates nothing beyond what
     ``state`` implies (see the module docstring). Raises :class:`~zoo.CorruptFileError` for
-    refused arguments and :class:`~zoo.WeightsMismatchError` naming the tensors that do not fit.
+    refused arguments and adapters and :class:`~zoo.WeightsMismatchError` naming the tensors
+    that do not fit.
     """
 
     spec, _tag = saved_spec(str(build["backbone"]), source=source, plugins=plugins, catalog=catalog)
@@ -128,13 +266,16 @@ def rebuild(
         )
     except ModelBuildError as exc:
         raise _cannot_rebuild(spec, num_classes, kwargs, source, exc) from exc
+    inject_saved(
+        skeleton, additions, state, source=source, plugins=plugins, catalog=catalog, on_meta=True
+    )
     problems = describe_mismatch(skeleton, state)
     if problems:
         raise WeightsMismatchError(f"{source} does not fit the model: " + "; ".join(problems))
     _check_extra_tensors(skeleton, state, limit, source)
     model = _assign(skeleton, state)
     if model is None:
-        model = _build_and_load(spec, num_classes, kwargs, state, source)
+        model = _build_and_load(spec, num_classes, kwargs, state, source, additions, catalog)
     attach_build_info(model, spec, tag=None, num_classes=num_classes, kwargs=kwargs)
     return model
 
@@ -213,16 +354,29 @@ def _build_and_load(
     kwargs: dict[str, Any],
     state: Mapping[str, torch.Tensor],
     source: str,
+    additions: Sequence[Addition] = (),
+    catalog: Catalog | None = None,
 ) -> nn.Module:
     """The normal build, only ever reached after the meta shapes matched ``state`` and the
     buffers the file does not hold were bounded: what it allocates is what the file implies.
     (It runs without :func:`~zoo.tables.build.allocation_limit`, whose per-operation hook
-    would slow such builds by a third.)"""
+    would slow such builds by a third; the adapters, checked on ``meta`` already, are injected
+    under it.)"""
 
     try:
         model = call_create(spec, num_classes, False, dict(kwargs))
     except ModelBuildError as exc:
         raise _cannot_rebuild(spec, num_classes, kwargs, source, exc) from exc
+    if additions and catalog is not None:
+        inject_saved(
+            model,
+            additions,
+            state,
+            source=source,
+            catalog=catalog,
+            on_meta=False,
+            max_bytes=max_tensor_bytes(state),
+        )
     load_state_strict(model, state, source=source)
     return model
 

@@ -9,7 +9,7 @@ runs on any :class:`~zoo.ParamTable` (``bound.run(table, epoch=...)``). ``zoo.pl
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from zoo.core.plugins import format_origin
@@ -33,17 +33,21 @@ class BoundPolicy:
     raw: Mapping[str, list[str]]
     #: how messages name the policy (see :func:`policy_origin`)
     origin: str
+    #: where the adapter kinds of the plans' additions resolve
+    catalog: Catalog | None = field(default=None, compare=False, repr=False)
 
     def run(self, table: ParamTable, *, epoch: int | None = None) -> Plan:
         """The plan of this policy for ``table`` (at ``epoch`` for a schedule policy)."""
-        return run_policy(self.spec, table, self.args, epoch=epoch, origin=self.origin)
+        return run_policy(
+            self.spec, table, self.args, epoch=epoch, origin=self.origin, catalog=self.catalog
+        )
 
 
 def bind(policy: str | PolicySpec, args: Mapping[str, Any], catalog: Catalog) -> BoundPolicy:
     """Resolve ``policy`` in ``catalog`` and validate ``args`` with the ones written in it."""
     spec, raw = resolve_policy(policy, catalog)
     bound = bind_policy_args(spec, raw, dict(args))
-    return BoundPolicy(spec, bound, raw, policy_origin(spec, catalog))
+    return BoundPolicy(spec, bound, raw, policy_origin(spec, catalog), catalog)
 
 
 def resolve_policy(
@@ -95,12 +99,15 @@ def run_policy(
     *,
     epoch: int | None = None,
     origin: str | None = None,
+    catalog: Catalog | None = None,
 ) -> Plan:
     """Call ``spec.plan`` on ``table`` with validated ``args`` and make a complete Plan of it.
 
     A result that is neither a Plan nor an iterable of names, unknown names, or an exception
     inside the policy become a :class:`~zoo.PlanError` naming the policy and its plugin
-    (``origin``, as :func:`policy_origin` says it).
+    (``origin``, as :func:`policy_origin` says it). The adapter kinds of the plan's additions
+    are resolved in ``catalog`` (an unknown kind is the policy's error) and kept on the plan,
+    which can then be applied without a catalog.
     """
     origin = origin or policy_origin(spec)
     name = spec.qualified_name if spec.plugin else spec.name
@@ -142,6 +149,17 @@ def run_policy(
         if not message.startswith("policy "):
             message = f"{origin}: {message}"
         raise PlanError(message) from exc
+    additions, kinds = made.additions, {}
+    if additions and catalog is not None:
+        resolved = []
+        for addition in additions:
+            try:
+                kind = catalog.adapter_kind(addition.kind)
+            except ZooError as exc:
+                raise PlanError(f"{origin}: adds an adapter of an unusable kind: {exc}") from exc
+            kinds[kind.qualified_name] = kind
+            resolved.append(replace(addition, kind=kind.qualified_name))
+        additions = tuple(resolved)
     return replace(
         made,
         policy=spec.qualified_name if spec.plugin else spec.name,
@@ -149,4 +167,6 @@ def run_policy(
         epoch=epoch if spec.schedule else None,
         table=table,
         backbone=table.backbone,
+        additions=additions,
+        adapter_specs=kinds,
     )

@@ -22,11 +22,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from zoo.errors import FreezeViolationError, PlanError
+from zoo.plans.adapters import inject
 from zoo.plans.plan import NormMode, Plan, unknown_message
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from zoo.core.catalog import Catalog
 
 
 # ---------------------------------------------------------------- norm modes
@@ -81,24 +84,32 @@ def set_norm_mode(module: nn.Module, mode: NormMode | str, *, training: bool | N
 # ---------------------------------------------------------------- applying
 
 
-def apply_plan(model: nn.Module, plan: Plan) -> Plan:
+def apply_plan(model: nn.Module, plan: Plan, *, catalog: Catalog | None = None) -> Plan:
     """Apply ``plan`` to ``model``; returns it and records it as ``model.zoo_plan``.
 
-    Parameters the plan marks trainable get ``requires_grad=True``, all others (including
-    parameters the plan does not list) ``False`` and their ``.grad`` cleared. Each listed norm
-    layer gets its mode; a pinned layer the plan does not list goes back to ``train``. Names
-    the model does not have raise :class:`~zoo.PlanError`, before anything changes.
+    The plan's additions (adapters) are injected first (:func:`zoo.plans.adapters.inject`;
+    already injected ones are kept). Parameters the plan marks trainable get
+    ``requires_grad=True``, all others (including parameters the plan does not list) ``False``
+    and their ``.grad`` cleared. Each listed norm layer gets its mode; a pinned layer the plan
+    does not list goes back to ``train``. Names the model does not have raise
+    :class:`~zoo.PlanError`, before anything changes. A plan computed by a policy knows its
+    adapter kinds; one read with :meth:`Plan.from_dict` needs ``catalog`` to resolve them.
     """
     if not isinstance(plan, Plan):
         raise PlanError(f"apply_plan expects a zoo.Plan, got {type(plan).__name__}")
     named = dict(model.named_parameters())
-    unknown = [n for n in plan.params if n not in named]
+    added = set(plan.added_names)
+    unknown = [n for n in plan.params if n not in named and n not in added]
     if unknown:
         raise PlanError(unknown_message("parameter", unknown, named, where="the model"))
     modules = dict(model.named_modules())
     unknown = [p for p in plan.norms if p not in modules]
     if unknown:
         raise PlanError(unknown_message("normalization layer", unknown, modules, where="the model"))
+    if plan.additions:
+        inject(model, plan.additions, catalog=catalog, specs=plan.adapter_specs)
+        named = dict(model.named_parameters())
+        modules = dict(model.named_modules())
     for name, param in named.items():
         item = plan.params.get(name)
         trainable = bool(item and item.trainable)
@@ -217,6 +228,8 @@ def frozen_tensors(model: nn.Module) -> tuple[dict[str, Any], dict[str, Any], di
 
     A parameter is frozen when ``requires_grad`` is off or ``model.zoo_plan`` freezes it. The
     statistics are the buffers of norm layers pinned by a plan (or listed as non-``train``).
+    Injected adapters are parameters like the others: trained ones may change, the base
+    weights they sit on must not.
     """
     plan_obj = getattr(model, "zoo_plan", None)
     planned = plan_obj if isinstance(plan_obj, Plan) else None

@@ -6,6 +6,11 @@ frozen, an lr scale, whether weight decay applies); for every normalization laye
 :class:`~zoo.ParamTable`, without touching the model; :mod:`zoo.plans.freeze` applies it.
 This module is data only: it imports no service.
 
+A plan may also add parameters: an adapter policy (``lora``, ``ssf``, ``vpt``) lists the small
+modules it adds as :class:`Addition` records (target module, adapter kind, arguments, parameter
+shapes), which :mod:`zoo.plans.adapters` injects when the plan is applied. Added parameters are
+planned like the others (they train).
+
 A plan serializes to a compact dict (:meth:`Plan.to_dict`), small enough for a saved file's
 metadata, and back (:meth:`Plan.from_dict`).
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -27,8 +33,15 @@ if TYPE_CHECKING:
 
     from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
-PLAN_FORMAT = 1
+#: The newest plan format: 2 adds ``additions`` (a plan without additions is still written as 1,
+#: so files without adapters read in older zoo versions).
+PLAN_FORMAT = 2
 NO_DECAY_ROLES = frozenset({"bias", "norm", "embedding"})
+#: Bounds of an :class:`Addition` read from a file (it is untrusted).
+MAX_ADDED_DIMS = 8
+MAX_ADDED_DIM = 2**31 - 1
+_PATH_PART = re.compile(r"^[A-Za-z0-9_]+$")
+_KIND_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.\-]*:)?[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 class NormMode(str, Enum):
@@ -88,6 +101,154 @@ def default_weight_decay(row: ParamInfo) -> bool:
 
 
 @dataclass(frozen=True)
+class Addition:
+    """Parameters a policy adds to one module: an adapter, as data.
+
+    ``target`` is the module path (``"blocks.3.attn.qkv"``), ``kind`` the qualified adapter kind
+    (``"zoo:lora"``, an :class:`~zoo.AdapterSpec` of some plugin), ``params`` the added parameters
+    by name relative to the target, each with its shape (``{"lora.A": (8, 192), "lora.B": (576,
+    8)}``; every name starts with the same child module name, :attr:`child`), ``args`` the kind's
+    JSON-able arguments (``{"rank": 8, "alpha": 16.0}``), ``depth`` and ``group`` those of the
+    target in the parameter table. In the model the parameters are named
+    ``f"{target}.{name}"`` (:attr:`names`).
+    """
+
+    target: str
+    kind: str
+    params: Mapping[str, tuple[int, ...]]
+    args: Mapping[str, Any] = field(default_factory=dict)
+    depth: int = 0
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, str) or not _is_path(self.target):
+            raise PlanError(
+                f"an addition's target must be a module path such as 'blocks.0.attn.qkv', got "
+                f"{short_repr(self.target)}"
+            )
+        if not isinstance(self.kind, str) or not _KIND_RE.match(self.kind):
+            raise PlanError(
+                f"addition to {self.target!r}: kind must be an adapter kind name such as "
+                f"'zoo:lora', got {short_repr(self.kind)}"
+            )
+        if not isinstance(self.params, Mapping) or not self.params:
+            raise PlanError(
+                f"addition to {self.target!r}: params must map names to shapes, got "
+                f"{short_repr(self.params)}"
+            )
+        params: dict[str, tuple[int, ...]] = {}
+        for name, shape in self.params.items():
+            if not isinstance(name, str) or not _is_path(name) or "." not in name:
+                raise PlanError(
+                    f"addition to {self.target!r}: parameter names are '<child>.<name>' "
+                    f"(such as 'lora.A'), got {short_repr(name)}"
+                )
+            if (
+                isinstance(shape, (str, bytes))
+                or not isinstance(shape, (list, tuple))
+                or len(shape) > MAX_ADDED_DIMS
+                or not all(_is_int(d) and 1 <= d <= MAX_ADDED_DIM for d in shape)
+            ):
+                raise PlanError(
+                    f"addition to {self.target!r}: shape of {name!r} must be a list of at most "
+                    f"{MAX_ADDED_DIMS} positive integers, got {short_repr(shape)}"
+                )
+            params[name] = tuple(int(d) for d in shape)
+        children = {name.partition(".")[0] for name in params}
+        if len(children) != 1:
+            raise PlanError(
+                f"addition to {self.target!r}: every parameter name must start with the same "
+                f"child module name, got {sorted(children)}"
+            )
+        object.__setattr__(self, "params", params)
+        if not isinstance(self.args, Mapping) or not all(isinstance(k, str) for k in self.args):
+            raise PlanError(
+                f"addition to {self.target!r}: args must be a mapping with string keys, got "
+                f"{short_repr(self.args)}"
+            )
+        bad = [k for k, v in self.args.items() if not _json_value(v)]
+        if bad:
+            raise PlanError(
+                f"addition to {self.target!r}: argument {bad[0]!r} must be JSON data (null, "
+                f"bool, number, string or a list of them), got {short_repr(self.args[bad[0]])}"
+            )
+        object.__setattr__(self, "args", {k: jsonable(v) for k, v in self.args.items()})
+        if not _is_int(self.depth) or self.depth < 0:
+            raise PlanError(
+                f"addition to {self.target!r}: depth must be an integer >= 0, got "
+                f"{short_repr(self.depth)}"
+            )
+        if not isinstance(self.group, str):
+            raise PlanError(f"addition to {self.target!r}: group must be a string")
+
+    __hash__ = None  # type: ignore[assignment]  # holds dicts
+
+    @property
+    def child(self) -> str:
+        """The name of the adapter module inside the target (``"lora"``)."""
+        return next(iter(self.params)).partition(".")[0]
+
+    @property
+    def names(self) -> list[str]:
+        """The added parameters' names in the model (``"blocks.3.attn.qkv.lora.A"``)."""
+        return [f"{self.target}.{name}" for name in self.params]
+
+    @property
+    def numel(self) -> int:
+        """How many numbers the addition adds."""
+        return sum(math.prod(shape) for shape in self.params.values())
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        """The shape of an added parameter, by its name in the model."""
+        return self.params[name.removeprefix(f"{self.target}.")]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "kind": self.kind,
+            "args": jsonable(self.args),
+            "params": {name: list(shape) for name, shape in self.params.items()},
+            "depth": self.depth,
+            "group": self.group,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Addition:
+        """The inverse of :meth:`to_dict`, strict (the data may come from an untrusted file);
+        raises :class:`~zoo.PlanError`."""
+        if not isinstance(data, Mapping):
+            raise _malformed(f"an addition must be a mapping, got {short_repr(data)}")
+        extra = sorted(str(k) for k in data if k not in _ADDITION_KEYS)
+        if extra:
+            raise _malformed(f"an addition has unknown keys {extra[:5]}")
+        missing = [k for k in ("target", "kind", "params") if k not in data]
+        if missing:
+            raise _malformed(f"an addition lacks {missing}")
+        params = data["params"]
+        if not isinstance(params, Mapping):
+            raise _malformed(f"an addition's params must be a mapping, got {short_repr(params)}")
+        try:
+            return cls(
+                target=data["target"],
+                kind=data["kind"],
+                params=dict(params),
+                args=data.get("args", {}),
+                depth=data.get("depth", 0),
+                group=data.get("group", ""),
+            )
+        except PlanError as exc:
+            raise _malformed(str(exc)) from None
+
+
+_ADDITION_KEYS = frozenset({"target", "kind", "args", "params", "depth", "group"})
+
+
+def added_weight_decay(shape: tuple[int, ...]) -> bool:
+    """Weight decay of an added parameter by default: matrices yes, vectors (scale, shift) no."""
+    return len(shape) > 1
+
+
+@dataclass(frozen=True)
 class PlanDepth:
     """A plan's totals at one depth of the table (what ``zoo plan`` shows per line)."""
 
@@ -99,6 +260,9 @@ class PlanDepth:
     trainable_numel: int
     norm_modes: dict[str, int]
     lr_scales: tuple[float, float] | None
+    #: parameters the plan adds at this depth (adapters; included in the counts above)
+    added_tensors: int = 0
+    added_numel: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +272,8 @@ class PlanDepth:
             "numel": self.numel,
             "trainable_tensors": self.trainable_tensors,
             "trainable_numel": self.trainable_numel,
+            "added_tensors": self.added_tensors,
+            "added_numel": self.added_numel,
             "norm_modes": dict(self.norm_modes),
             "lr_scale": list(self.lr_scales) if self.lr_scales else None,
         }
@@ -124,6 +290,11 @@ class Plan:
     (``auto`` explains its choice there). ``table`` is the table the plan was computed from,
     kept in memory only (not serialized, not compared). Parameters a plan does not list are
     frozen when it is applied.
+
+    ``additions`` are the adapters the plan adds (:class:`Addition`); their parameters are
+    planned in ``params`` too (trainable unless a plan says otherwise), so :attr:`trainable` and
+    :meth:`param_groups` include them. ``adapter_specs`` holds the adapter kinds the policy's
+    catalog resolved (in memory only), so applying the plan needs no catalog.
     """
 
     params: Mapping[str, ParamPlan]
@@ -133,7 +304,9 @@ class Plan:
     epoch: int | None = None
     notes: tuple[str, ...] = ()
     backbone: str | None = None
+    additions: tuple[Addition, ...] = ()
     table: ParamTable | None = field(default=None, compare=False, repr=False)
+    adapter_specs: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         params = self.params
@@ -150,6 +323,13 @@ class Plan:
             if item.name in checked:
                 raise PlanError(f"parameter {item.name!r} is planned twice")
             checked[item.name] = item
+        additions = _checked_additions(self.additions)
+        for addition in additions:
+            for name, shape in zip(addition.names, addition.params.values(), strict=True):
+                if name not in checked:
+                    checked[name] = ParamPlan(name, True, 1.0, added_weight_decay(shape))
+        object.__setattr__(self, "additions", additions)
+        object.__setattr__(self, "adapter_specs", dict(self.adapter_specs))
         if isinstance(params, Mapping):
             for key, item in params.items():
                 if key != item.name:
@@ -179,6 +359,7 @@ class Plan:
         weight_decay: Mapping[str, bool] | None = None,
         norm_modes: Mapping[str, NormMode | str] | None = None,
         notes: Iterable[str] = (),
+        additions: Iterable[Addition] = (),
     ) -> Plan:
         """A complete plan for ``table``: ``trainable`` names train, everything else is frozen.
 
@@ -186,12 +367,15 @@ class Plan:
         norms, embeddings and 1-D tensors) per parameter name. ``norm_modes`` sets modes by
         module path; a norm layer not named gets its mode from its parameters: all trained ->
         ``train``, all frozen -> ``frozen``, some -> ``frozen-stats`` (a layer without affine
-        follows the parameters at its depth). Unknown names raise :class:`~zoo.PlanError`.
+        follows the parameters at its depth). ``additions`` are adapters the plan adds; their
+        parameters train. Unknown names raise :class:`~zoo.PlanError`.
         """
         names = name_list(trainable, "trainable")
         lr_scales = dict(lr_scales or {})
         decay = dict(weight_decay or {})
-        _check_known(table, [*names, *lr_scales, *decay], "parameter")
+        additions = _checked_additions(additions)
+        added = {name: a.shape_of(name) for a in additions for name in a.names}
+        _check_known(table, [*names, *lr_scales, *decay], "parameter", also=added)
         wanted = set(names)
         params = {
             row.name: ParamPlan(
@@ -201,17 +385,28 @@ class Plan:
                 decay.get(row.name, default_weight_decay(row)),
             )
             for row in table.rows
+            if row.name not in added
         }
+        for name, shape in added.items():
+            params[name] = ParamPlan(
+                name, True, lr_scales.get(name, 1.0), decay.get(name, added_weight_decay(shape))
+            )
         modes = _derive_norm_modes(table, params, norm_modes or {})
         return cls(
-            params=params, norms=modes, notes=tuple(notes), table=table, backbone=table.backbone
+            params=params,
+            norms=modes,
+            notes=tuple(notes),
+            table=table,
+            backbone=table.backbone,
+            additions=additions,
         )
 
     def complete(self, table: ParamTable) -> Plan:
         """This plan checked against ``table`` and filled in: unlisted parameters frozen,
         unlisted norm layers given their derived mode. Raises :class:`~zoo.PlanError` for
         names the table does not have or a ``frozen`` norm whose affine trains."""
-        _check_known(table, list(self.params), "parameter")
+        added = set(self.added_names)
+        _check_known(table, list(self.params), "parameter", also=added)
         known_norms = {n.path for n in table.norms}
         unknown = [p for p in self.norms if p not in known_norms]
         if unknown:
@@ -220,7 +415,9 @@ class Plan:
             row.name: self.params.get(row.name)
             or ParamPlan(row.name, False, 1.0, default_weight_decay(row))
             for row in table.rows
+            if row.name not in added
         }
+        params.update({name: self.params[name] for name in self.added_names})
         modes = _derive_norm_modes(table, params, self.norms)
         return replace(
             self, params=params, norms=modes, table=table, backbone=self.backbone or table.backbone
@@ -237,6 +434,20 @@ class Plan:
     def frozen(self) -> list[str]:
         """Names of the parameters that stay frozen, in order."""
         return [name for name, p in self.params.items() if not p.trainable]
+
+    @property
+    def added_names(self) -> list[str]:
+        """Names (in the model) of the parameters the plan's additions add, in order."""
+        return [name for addition in self.additions for name in addition.names]
+
+    def added_numel(self, *, trainable: bool | None = None) -> int:
+        """How many numbers the additions add (all, or only the trained or frozen ones)."""
+        return sum(
+            math.prod(addition.params[rel])
+            for addition in self.additions
+            for rel, name in zip(addition.params, addition.names, strict=True)
+            if trainable is None or self.params[name].trainable == trainable
+        )
 
     def __getitem__(self, name: str) -> ParamPlan:
         try:
@@ -263,40 +474,54 @@ class Plan:
         if table is None:
             raise PlanError("this plan carries no parameter table; pass table=zoo.params(model)")
         out = []
+        added = set(self.added_names)
         for summary in table.depth_summary():
-            rows = table.at_depth(summary.depth)
+            rows = [r for r in table.at_depth(summary.depth) if r.name not in added]
             plans = [self.params.get(r.name) for r in rows]
             trained = [(r, p) for r, p in zip(rows, plans, strict=True) if p and p.trainable]
+            adds = [
+                (self.params[name], math.prod(a.shape_of(name)))
+                for a in self.additions
+                if a.depth == summary.depth
+                for name in a.names
+            ]
             modes: dict[str, int] = {}
             for norm in table.norms:
                 if norm.depth == summary.depth:
                     mode = self.norm_mode(norm.path).value
                     modes[mode] = modes.get(mode, 0) + 1
-            scales = [p.lr_scale for _, p in trained]
+            scales = [p.lr_scale for _, p in trained] + [p.lr_scale for p, _ in adds if p.trainable]
+            added_numel = sum(n for _, n in adds)
             out.append(
                 PlanDepth(
                     depth=summary.depth,
                     group=summary.group,
-                    tensors=len(rows),
-                    numel=summary.numel,
-                    trainable_tensors=len(trained),
-                    trainable_numel=sum(r.numel for r, _ in trained),
+                    tensors=len(rows) + len(adds),
+                    numel=sum(r.numel for r in rows) + added_numel,
+                    trainable_tensors=len(trained) + sum(1 for p, _ in adds if p.trainable),
+                    trainable_numel=sum(r.numel for r, _ in trained)
+                    + sum(n for p, n in adds if p.trainable),
                     norm_modes=modes,
                     lr_scales=(min(scales), max(scales)) if scales else None,
+                    added_tensors=len(adds),
+                    added_numel=added_numel,
                 )
             )
         return out
 
     def numel(self, *, trainable: bool | None = None, table: ParamTable | None = None) -> int:
-        """Parameter count (all, trained or frozen); needs the table."""
+        """Parameter count (all, trained or frozen), added parameters included; needs the
+        table."""
         table = table if table is not None else self.table
         if table is None:
             raise PlanError("this plan carries no parameter table; pass table=zoo.params(model)")
+        added = set(self.added_names)
         return sum(
             row.numel
             for row in table.rows
-            if trainable is None or self.params.get(row.name, _FROZEN).trainable == trainable
-        )
+            if row.name not in added
+            and (trainable is None or self.params.get(row.name, _FROZEN).trainable == trainable)
+        ) + self.added_numel(trainable=trainable)
 
     def summary(self) -> str:
         """A few lines for a human: policy, what trains, norm modes, notes."""
@@ -331,6 +556,12 @@ class Plan:
                 )
         else:
             lines.append(f"trains {n_train} of {n_all} tensors")
+        if self.additions:
+            kinds = sorted({a.kind for a in self.additions})
+            lines.append(
+                f"adds {self.added_numel():,} parameters in {len(self.additions)} adapters "
+                f"({', '.join(kinds)})"
+            )
         counts: dict[str, int] = {}
         for mode in self.norms.values():
             counts[mode.value] = counts.get(mode.value, 0) + 1
@@ -394,8 +625,8 @@ class Plan:
         # trained names first, then frozen ones: the order from_dict rebuilds, so that
         # to_dict(from_dict(d)) == d exactly
         ordered = [self.params[n] for n in (*self.trainable, *self.frozen)]
-        return {
-            "format": PLAN_FORMAT,
+        data = {
+            "format": PLAN_FORMAT if self.additions else 1,
             "policy": self.policy,
             "args": jsonable(self.args),
             "epoch": self.epoch,
@@ -407,6 +638,9 @@ class Plan:
             "no_weight_decay": [p.name for p in ordered if not p.weight_decay],
             "norms": {mode: paths for mode, paths in by_mode.items() if paths},
         }
+        if self.additions:
+            data["additions"] = [addition.to_dict() for addition in self.additions]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
@@ -453,6 +687,17 @@ class Plan:
         epoch = data.get("epoch")
         if epoch is not None and not (_is_int(epoch) and epoch >= 0):
             raise _malformed(f"epoch must be an integer >= 0 or null, got {short_repr(epoch)}")
+        raw_additions = data.get("additions", [])
+        if not isinstance(raw_additions, (list, tuple)):
+            raise _malformed(f"additions must be a list, got {short_repr(raw_additions)}")
+        additions = [Addition.from_dict(item) for item in raw_additions]
+        missing = [n for a in additions for n in a.names if n not in planned]
+        if missing:
+            raise _malformed(f"added parameter {missing[0]!r} is not listed in trainable or frozen")
+        try:
+            additions_checked = _checked_additions(additions)
+        except PlanError as exc:
+            raise _malformed(str(exc)) from None
         return cls(
             params=params,  # a list: a name planned twice is refused, not merged
             norms=norms,
@@ -461,6 +706,7 @@ class Plan:
             epoch=epoch,
             notes=tuple(_field_names(data, "notes")),
             backbone=_field_text(data, "backbone", None),
+            additions=additions_checked,
         )
 
     def to_json(self, **kwargs: Any) -> str:
@@ -506,8 +752,9 @@ def unknown_message(
     return message
 
 
-def _check_known(table: ParamTable, names: list[str], kind: str) -> None:
-    unknown = [n for n in dict.fromkeys(names) if n not in table]
+def _check_known(table: ParamTable, names: list[str], kind: str, also: Iterable[str] = ()) -> None:
+    extra = set(also)
+    unknown = [n for n in dict.fromkeys(names) if n not in table and n not in extra]
     if unknown:
         raise PlanError(unknown_message(kind, unknown, table.names))
 
@@ -552,6 +799,36 @@ def _derive_norm_modes(
             mode = derive_norm_mode(norm, params, table)
         modes[norm.path] = mode
     return modes
+
+
+def _checked_additions(value: Any) -> tuple[Addition, ...]:
+    """``value`` as a tuple of Additions: no two on the same module child, no name twice."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise PlanError(f"additions must be a sequence of zoo.Addition, got {short_repr(value)}")
+    out = tuple(value)
+    seen: set[tuple[str, str]] = set()
+    for item in out:
+        if not isinstance(item, Addition):
+            raise PlanError(f"additions hold {type(item).__name__}, expected zoo.Addition")
+        key = (item.target, item.child)
+        if key in seen:
+            raise PlanError(f"two additions put a {item.child!r} module into {item.target!r}")
+        seen.add(key)
+    return out
+
+
+def _is_path(text: str) -> bool:
+    return bool(text) and all(_PATH_PART.match(part) for part in text.split("."))
+
+
+def _json_value(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_json_value(v) for v in value)
+    return False
 
 
 def _malformed(problem: str) -> PlanError:

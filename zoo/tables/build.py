@@ -361,19 +361,31 @@ def describe(
     catalog: Catalog | None = None,
     notes: Sequence[str] = (),
 ) -> ParamTable:
-    """The table of ``model``: plugin grouping (validated) or the generic one, roles, norms."""
+    """The table of ``model``: plugin grouping (validated) or the generic one, roles, norms.
+
+    Parameters of injected adapters (modules marked ``zoo_adapter``, see ``zoo.Adapter``) are
+    left out of the grouping; their rows have the role ``adapter`` and their target's depth.
+    """
     notes = list(notes)
     named = list(model.named_parameters())
-    names = [n for n, _ in named]
-    groups, grouped_by = _grouping(model, spec, catalog, names, notes)
-    groups = _place_head(model, groups, names)
+    adapter_paths = _adapter_paths(model)
+    adapter_names = {n for n, _ in named if any(n.startswith(f"{path}.") for path in adapter_paths)}
+    names = [n for n, _ in named if n not in adapter_names]
+    groups, grouped_by = _grouping(model, spec, catalog, names, notes, drop=adapter_names)
+    groups = _place_head(model, _without(groups, adapter_names), names)
     depth_of: dict[str, tuple[int, str]] = {}
     for depth, group in enumerate(groups):
         for name in group.params:
             depth_of[name] = (depth, group.name)
+    for name in adapter_names:
+        depth_of[name] = _target_depth(name, adapter_paths, depth_of)
 
     owners = _owners(model)
-    norm_modules = {path for path, module in model.named_modules() if is_norm(module)}
+    norm_modules = {
+        path
+        for path, module in model.named_modules()
+        if is_norm(module) and not any(path == a or path.startswith(f"{a}.") for a in adapter_paths)
+    }
     head_names = {n for g in groups if g.name == HEAD for n in g.params}
     rows = []
     for name, param in named:
@@ -385,7 +397,9 @@ def describe(
                 name=name,
                 module=module_path,
                 module_type=type(module).__name__,
-                role=_role(leaf, module, module_path in norm_modules, name in head_names),
+                role=ADAPTER
+                if name in adapter_names
+                else _role(leaf, module, module_path in norm_modules, name in head_names),
                 shape=tuple(int(s) for s in param.shape),
                 numel=int(param.numel()),
                 dtype=str(param.dtype).removeprefix("torch."),
@@ -409,6 +423,47 @@ def describe(
     )
 
 
+# ---------------------------------------------------------------- adapters
+
+ADAPTER = "adapter"
+
+
+def _adapter_paths(model: nn.Module) -> list[str]:
+    """Module paths of injected adapters (``zoo.Adapter`` instances carrying their addition)."""
+    return [
+        path
+        for path, module in model.named_modules()
+        if path
+        and getattr(module, "zoo_adapter", False) is True
+        and getattr(module, "zoo_addition", None) is not None
+    ]
+
+
+def _without(groups: list[ParamGroup], drop: set[str]) -> list[ParamGroup]:
+    if not drop:
+        return groups
+    kept = [ParamGroup(g.name, [n for n in g.params if n not in drop]) for g in groups]
+    return [g for g in kept if g.params]
+
+
+def _target_depth(
+    name: str, adapter_paths: list[str], depth_of: dict[str, tuple[int, str]]
+) -> tuple[int, str]:
+    """The depth and group of the module an adapter parameter was added to."""
+    owner = max((p for p in adapter_paths if name.startswith(f"{p}.")), key=len)
+    target = owner.rpartition(".")[0]
+    while True:
+        prefix = f"{target}." if target else ""
+        for other, where in depth_of.items():
+            if other.startswith(prefix) and not any(
+                other.startswith(f"{p}.") for p in adapter_paths
+            ):
+                return where
+        if not target:
+            return 0, STEM
+        target = target.rpartition(".")[0]
+
+
 # ---------------------------------------------------------------- grouping
 
 
@@ -418,6 +473,7 @@ def _grouping(
     catalog: Catalog | None,
     names: list[str],
     notes: list[str],
+    drop: set[str] | None = None,
 ) -> tuple[list[ParamGroup], str]:
     """The first valid plugin answer to ``zoo_param_groups``, else the generic grouping.
 
@@ -444,6 +500,13 @@ def _grouping(
         note_raised(plugin)
         if answer is None:
             continue
+        if drop and isinstance(answer, list):  # adapters: not the plugin's to group
+            answer = [
+                ParamGroup(g.name, [n for n in g.params if n not in drop])
+                if isinstance(g, ParamGroup)
+                else g
+                for g in answer
+            ]
         try:
             groups = validate_groups(answer, names)
         except GroupingError as exc:

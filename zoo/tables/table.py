@@ -19,7 +19,7 @@ from zoo.errors import UnknownNameError
 if TYPE_CHECKING:
     pass
 
-ROLES = ("weight", "bias", "norm", "embedding", "head")
+ROLES = ("weight", "bias", "norm", "embedding", "head", "adapter")
 
 
 @dataclass(frozen=True)

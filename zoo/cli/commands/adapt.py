@@ -60,8 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         metavar="SPEC",
         help="freeze policy and arguments, e.g. linear-probe, freeze-to:depth=3, "
-        "gradual:every=2 (default: auto, from samples per class and "
-        "--similarity)",
+        "gradual:every=2 (default: auto; with --val or --val-split it compares the policies "
+        "on the validation set and trains the winner, else it guesses from samples per class "
+        "and --similarity)",
     )
     parser.add_argument(
         "--epochs", "-e", type=int, default=5, metavar="N", help="epochs (default 5)"
@@ -83,7 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace a saved model of the same name"
     )
     parser.add_argument(
-        "--delta", action="store_true", help="save only what differs from the starting weights"
+        "--delta",
+        action="store_true",
+        default=None,
+        help="save only what differs from the starting weights (adapter policies such as "
+        "lora save this way by default)",
     )
     start = parser.add_mutually_exclusive_group()
     start.add_argument(

@@ -1,4 +1,4 @@
-"""``zoo demo``: the whole transfer-learning story on real digits, offline, in about a minute."""
+"""``zoo demo``: the whole transfer-learning story on real digits, offline, in under a minute."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ ORDER = 5
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="start here: pretrain on digits 0-4, adapt to 5-9 four ways, compare, predict",
+        help="start here: pretrain on digits 0-4, compare policies on 5-9, save the best, predict",
         description="Runs offline on scikit-learn's 8x8 handwritten digits: trains a small "
-        "backbone on digits 0-4 (the source task) and saves it, adapts it to digits 5-9 from a "
-        "few labelled images per class under scratch, linear-probe, partial and full "
-        "fine-tuning, prints a comparison table, saves the best as 'demo-digits', loads it "
-        "back by name and predicts held-out digits. Saves 'demo-digits-source' and "
-        "'demo-digits' into the store (replacing earlier demo runs).",
+        "backbone on digits 0-4 (the source task) and saves it, then zoo compare measures "
+        "linear-probe, train-last:n=1, train-last:n=2 and full fine-tuning on digits 5-9 from "
+        "5 labelled images per class (5 more validate), prints the leaderboard, saves the "
+        "winner as 'demo-digits', shows the same network trained from random weights for "
+        "contrast, loads the winner back by name and predicts held-out digits. Saves "
+        "'demo-digits-source' and 'demo-digits' into the store (replacing earlier demo runs).",
     )
     parser.add_argument(
         "--fast",
@@ -38,23 +39,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, out: Output) -> int:
     from dataclasses import replace
 
-    from zoo.cli.demo import FAST, FULL, SOURCE_NAME, run_demo
+    from zoo.cli.demo import FAST, FULL, LADDER, SOURCE_NAME, run_demo
 
     settings = FAST if args.fast else FULL
     if args.backbone:
         settings = replace(settings, backbone=args.backbone)
-    progress = None
+    progress = compare_progress = None
     if not args.json:
         from zoo.cli.render_adapt import AdaptProgress
+        from zoo.cli.render_compare import CompareProgress
 
         progress = AdaptProgress(out.console, show_start=False, epoch_lines=False)
+        compare_progress = CompareProgress(out.console)
 
     def log(line: str) -> None:
         if not args.json:
             out.console.print(line, highlight=False)
 
     try:
-        result = run_demo(settings=settings, workdir=args.keep_data, log=log, callback=progress)
+        result = run_demo(
+            settings=settings,
+            workdir=args.keep_data,
+            log=log,
+            callback=progress,
+            compare_callback=compare_progress,
+        )
     finally:
         if progress is not None:
             progress.close()
@@ -63,14 +72,21 @@ def run(args: argparse.Namespace, out: Output) -> int:
         return 0
     from rich.table import Table
 
-    from zoo.cli.render_adapt import demo_table
+    from zoo.cli.render_compare import leaderboard_table
 
     out.print()
-    out.print(demo_table(result.rows))
     out.print(
-        f"source model: {100 * result.source_accuracy:.1f}% on held-out digits 0-4; "
-        f"target: {result.train_images} training / {result.test_images} test images; "
-        f"best: {result.best_strategy} -> saved as {result.best!r}"
+        leaderboard_table(
+            result.leaderboard,
+            title=f"zoo.compare on digits 5-9: {result.train_images} training, "
+            f"{result.val_images} validation images",
+        )
+    )
+    out.print(
+        f"source model: {100 * result.source_accuracy:.1f}% on held-out digits 0-4.  "
+        f"Winner {result.winner} (saved as {result.best!r}): "
+        f"{100 * result.test_accuracy:.1f}% on {result.test_images} held-out test digits; "
+        f"the same network from random weights: {100 * result.scratch_accuracy:.1f}%"
     )
     table = Table(
         title=f"zoo.load({result.best!r}) + zoo.predict on held-out digits",
@@ -88,8 +104,11 @@ def run(args: argparse.Namespace, out: Output) -> int:
             style="green" if p.truth == p.predicted else "red",
         )
     out.print(table)
+    policies = ",".join(LADDER)
     out.print(
         f"done in {result.seconds:.0f}s.  Next: zoo predict {result.best} IMAGE.png, "
+        f"or zoo compare {result.backbone} --weights {SOURCE_NAME} --data YOUR_FOLDER "
+        f"--val-split 0.2 --policies {policies} --name NAME, "
         f"or zoo adapt {result.backbone} --weights {SOURCE_NAME} --data YOUR_FOLDER --name NAME"
     )
     return 0

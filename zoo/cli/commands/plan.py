@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "nothing is downloaded and no weights are allocated. SPEC is NAME or "
         "NAME:key=value,key=value, e.g. linear-probe, freeze-to:depth=3, gradual:every=2, "
         "pattern:include=layer4.*,fc.* or auto:samples_per_class=50,similarity=low. "
-        "`zoo list policies` lists the policies.",
+        "Adapter policies (lora:rank=8, ssf, vpt:tokens=10) add parameters: the plan shows "
+        "what they add per depth, and the trained share counts the base and the added "
+        "parameters. `zoo list policies` lists the policies.",
     )
     parser.add_argument(
         "name", metavar="NAME", help="backbone name, e.g. timm:resnet50 or vit_base_patch16_224"

@@ -1,0 +1,387 @@
+"""Case by case, measured: which policy wins where, and do ``compare`` and ``auto`` find it?
+
+Real data that ships with scikit-learn (1,797 scanned 8x8 digits, written as PNGs by
+``zoo.cli.demo``). A small timm backbone (``timm:resnet10t`` at 24 px) is pretrained from
+scratch with ``zoo.adapt`` on digits 0-4 and saved; then it is transferred to digits 5-9 in
+each cell of labels per class {5, 20, all} x domain {similar (as scanned), inverted (dark
+strokes on white; or ``rotated``, turned 90 degrees, with ``--domains``)}. In every cell:
+
+1. **the truth** — every policy of compare's default ladder (linear-probe, train-last:n=1..3,
+   bitfit, norm-only, ``lora`` / ``ssf`` when the catalog has them, layer-decay, full) is
+   trained to the end with ``zoo.adapt`` and scored on a held-out test split (50 digits per
+   class, never seen by any run); the best test accuracy is the cell's best policy;
+2. **compare** — ``zoo.compare`` over the same ladder, validating on a split of the labelled
+   data (never the test set): its pick and the test accuracy of the model it trained;
+3. **measured auto** — ``zoo.adapt(policy="auto")`` with the same validation data;
+4. **the textbook rule** — what ``auto`` guesses without validation data (zoo's decision
+   table: similar + small -> linear-probe, dissimilar or larger -> more layers), from the number
+   of labelled images per class and the domain (similar -> ``similarity="high"``).
+
+All runs of a cell use the same weights, train/validation split, seed, epochs, learning rate
+and input config, with no augmentation (so the frozen parts can be cached). Prints two
+markdown tables: the picks per cell, and each cell's per-policy test accuracies.
+
+    python benchmarks/transfer_quality.py                # 3 sizes x 2 domains (~14 min, 2 cores)
+    python benchmarks/transfer_quality.py --quick        # half the epochs (~8 min)
+    python benchmarks/transfer_quality.py --domains similar,rotated --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: zoo.compare's default ladder for a four-stage backbone (adapters go before layer-decay)
+LADDER = (
+    "linear-probe",
+    "train-last:n=1",
+    "train-last:n=2",
+    "train-last:n=3",
+    "bitfit",
+    "norm-only",
+    "layer-decay",
+    "full",
+)
+ADAPTERS = ("lora", "ssf")
+SOURCE_DIGITS = (0, 1, 2, 3, 4)
+TARGET_DIGITS = (5, 6, 7, 8, 9)
+TEST_PER_CLASS = 50
+SIZES = ("5", "20", "all")
+#: digits do not survive a horizontal flip; mild crops only (the source task)
+SOURCE_AUGMENT = {"hflip": 0.0, "scale": (0.75, 1.0), "ratio": (0.9, 1.1), "color_jitter": 0.0}
+
+
+@dataclass
+class Cell:
+    size: str
+    domain: str
+    labels_per_class: int = 0
+    train_images: int = 0
+    val_images: int = 0
+    epochs: int = 0
+    accuracy: dict[str, float] = field(default_factory=dict)  # policy -> test accuracy
+    val_accuracy: dict[str, float] = field(default_factory=dict)
+    trainable_fraction: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    best: str = ""
+    compare_pick: str = ""
+    compare_accuracy: float | None = None
+    compare_seconds: float = 0.0
+    compare_board: list[dict[str, Any]] = field(default_factory=list)  # its leaderboard
+    auto_pick: str = ""
+    auto_accuracy: float | None = None
+    auto_note: str = ""
+    rule_pick: str = ""
+
+
+def short(policy: str) -> str:
+    """``zoo:train-last:n=1`` -> ``train-last:n=1``."""
+    return policy.removeprefix("zoo:")
+
+
+def in_ladder(pick: str, ladder: list[str]) -> str:
+    """The ladder entry a pick stands for: ``layer-decay:decay=0.75`` (its arguments filled in
+    by the leaderboard) is the ladder's ``layer-decay``."""
+    pick = short(pick)
+    if pick in ladder:
+        return pick
+    name = pick.split(":", 1)[0]
+    return name if name in ladder else pick
+
+
+def write_target(root: Path, images: Any, by_digit: dict[int, list[int]], args: Any) -> None:
+    """``root/DOMAIN/test`` and ``root/DOMAIN/SIZE/{train,val}`` for every domain and size:
+    the test digits are the first 50 of each class, the labelled pool the rest; a size takes the
+    first N of the pool, a fifth of them (at least one) for validation."""
+    from zoo.cli.demo import write_digit_images
+
+    for domain in args.domains:
+        for digit in TARGET_DIGITS:
+            indices = by_digit[digit]
+            test, pool = indices[:TEST_PER_CLASS], indices[TEST_PER_CLASS:]
+            kw = {"label": str(digit), "domain": domain}
+            write_digit_images(root / domain / "test", images, test, **kw)
+            for size in args.sizes:
+                labelled = pool if size == "all" else pool[: int(size)]
+                cut = max(1, round(len(labelled) * args.val_fraction))
+                cell = root / domain / size
+                write_digit_images(cell / "val", images, labelled[:cut], **kw)
+                write_digit_images(cell / "train", images, labelled[cut:], **kw)
+
+
+def test_accuracy(model: Any, folder: Path) -> float:
+    """Top-1 accuracy on an image folder, through the public ``zoo.predict``."""
+    import zoo
+
+    paths = sorted(folder.rglob("*.png"))
+    predictions = zoo.predict(model, paths, topk=1, batch_size=256)
+    hits = sum(p.label == path.parent.name for p, path in zip(predictions, paths, strict=True))
+    return hits / len(paths)
+
+
+def epochs_for(size: str, quick: bool) -> int:
+    """Fewer images, more passes: about the same number of optimizer steps per cell."""
+    table = {"5": 40, "20": 20, "all": 10} if not quick else {"5": 20, "20": 10, "all": 5}
+    return table[size]
+
+
+def chosen_in(notes: list[str]) -> str:
+    """The policy named by an ``auto chose POLICY: ...`` note."""
+    for note in notes:
+        found = re.search(r"auto (?:chose|picked|trains) (\S+?)[:,]?\s", note)
+        if found:
+            return short(found.group(1))
+    return ""
+
+
+def history_notes(history: Any) -> list[str]:
+    notes = list(getattr(history, "notes", None) or [])
+    plan = getattr(history, "plan", None)
+    return notes + list(getattr(plan, "notes", None) or [])
+
+
+def pick_of(history: Any) -> str:
+    """The policy a run trained, with its arguments (``auto`` records what it chose)."""
+    policy = short(getattr(history, "policy", "") or "")
+    args = getattr(history, "policy_args", None) or {}
+    if args and ":" not in policy:
+        policy += ":" + ",".join(f"{k}={v}" for k, v in sorted(args.items()))
+    return policy
+
+
+def run_cell(cell: Cell, root: Path, ladder: list[str], common: dict[str, Any], args: Any) -> None:
+    import zoo
+
+    folder = root / cell.domain / cell.size
+    train, val, test = folder / "train", folder / "val", root / cell.domain / "test"
+    cell.train_images = len(list(train.rglob("*.png")))
+    cell.val_images = len(list(val.rglob("*.png")))
+    cell.labels_per_class = (cell.train_images + cell.val_images) // len(TARGET_DIGITS)
+    cell.epochs = epochs_for(cell.size, args.quick)
+    run = {**common, "epochs": cell.epochs}
+    # 1. the truth: every policy to the end, scored on the test split
+    for policy in ladder:
+        t0 = time.perf_counter()
+        model, history = zoo.adapt(args.source, train, val, policy=policy, **run)
+        cell.seconds[policy] = time.perf_counter() - t0
+        cell.accuracy[policy] = test_accuracy(model, test)
+        cell.val_accuracy[policy] = history.final_accuracy or 0.0
+        cell.trainable_fraction[policy] = history.trainable_fraction
+        print(
+            f"  {cell.domain:9} {cell.size:>3}  {policy:16} "
+            f"test {100 * cell.accuracy[policy]:5.1f}%  "
+            f"val {100 * cell.val_accuracy[policy]:5.1f}%  {cell.seconds[policy]:5.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+    top = max(cell.accuracy.values())
+    cell.best = next(p for p in ladder if cell.accuracy[p] == top)
+    # 2. compare over the same ladder, validating on the labelled split
+    if hasattr(zoo, "compare"):
+        t0 = time.perf_counter()
+        same = {k: v for k, v in run.items() if k != "augment"}  # compare never augments
+        result = zoo.compare(args.source, train, val, policies=ladder, **same)
+        cell.compare_seconds = time.perf_counter() - t0
+        cell.compare_pick = in_ladder(result.leaderboard.winner.policy, ladder)
+        cell.compare_accuracy = test_accuracy(result.model, test)
+        cell.compare_board = [
+            {k: row[k] for k in ("policy", "val_acc", "val_loss", "epochs", "stopped_early")}
+            for row in result.leaderboard.to_dict()["candidates"]
+        ]
+    # 3. measured auto with the same validation data
+    model, history = zoo.adapt(args.source, train, val, policy="auto", **run)
+    cell.auto_pick = pick_of(history)
+    if cell.auto_pick.startswith("auto"):  # guessed, not measured: the note names the choice
+        cell.auto_pick = chosen_in(history_notes(history)) or cell.auto_pick
+    cell.auto_pick = in_ladder(cell.auto_pick, ladder)
+    cell.auto_accuracy = test_accuracy(model, test)
+    notes = [n for n in history_notes(history) if "auto" in n]
+    cell.auto_note = notes[0] if notes else ""
+    print(
+        f"  {cell.domain:9} {cell.size:>3}  compare picked {cell.compare_pick or '-'} "
+        f"({pct(cell.compare_accuracy)}, {cell.compare_seconds:.1f}s); auto {cell.auto_pick} "
+        f"({pct(cell.auto_accuracy)})",
+        file=sys.stderr,
+        flush=True,
+    )
+    # 4. the textbook rule: what auto guesses from size and similarity alone
+    similarity = "high" if cell.domain == "similar" else "low"
+    guess = zoo.plan(
+        args.backbone, "auto", samples_per_class=cell.labels_per_class, similarity=similarity
+    )
+    cell.rule_pick = in_ladder(chosen_in(guess.notes) or guess.notes[0], ladder)
+
+
+def cell_name(c: Cell) -> str:
+    """``similar, 5/class`` or ``inverted, all (129/class)``."""
+    size = f"all ({c.labels_per_class}/class)" if c.size == "all" else f"{c.size}/class"
+    return f"{c.domain}, {size}"
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def verdict(cell: Cell, pick: str) -> str:
+    """yes: the best policy; tie: another policy with the same test accuracy; no."""
+    if not pick:
+        return "—"
+    if pick == cell.best:
+        return "yes"
+    accuracy = cell.accuracy.get(pick)
+    if accuracy is not None and accuracy == cell.accuracy[cell.best]:
+        return "tie"
+    gap = "" if accuracy is None else f" (-{100 * (cell.accuracy[cell.best] - accuracy):.1f})"
+    return "no" + gap
+
+
+def print_tables(cells: list[Cell], ladder: list[str], fractions: dict[str, float]) -> None:
+    print(
+        "| cell | best policy (test acc) | compare's pick (test acc) | agrees? "
+        "| measured auto's pick (test acc) | agrees? | textbook rule's pick | agrees? "
+        "| compare time / all runs |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for c in cells:
+        compare = f"{c.compare_pick} ({pct(c.compare_accuracy)})" if c.compare_pick else "—"
+        print(
+            f"| {cell_name(c)} | {c.best} ({pct(c.accuracy[c.best])}) | {compare} "
+            f"| {verdict(c, c.compare_pick)} | {c.auto_pick} ({pct(c.auto_accuracy)}) "
+            f"| {verdict(c, c.auto_pick)} | {c.rule_pick} | {verdict(c, c.rule_pick)} "
+            f"| {c.compare_seconds:.0f} s / {sum(c.seconds.values()):.0f} s |"
+        )
+    print()
+    head = " | ".join(
+        f"{p}" + (f" ({100 * fractions[p]:.1f}% trained)" if p.split(":")[0] in ADAPTERS else "")
+        for p in ladder
+    )
+    print(f"| cell | {head} |")
+    print("|---" * (len(ladder) + 1) + "|")
+    for c in cells:
+        top = c.accuracy[c.best]
+        values = " | ".join(
+            f"**{pct(c.accuracy[p])}**" if c.accuracy[p] == top else pct(c.accuracy[p])
+            for p in ladder
+        )
+        print(f"| {cell_name(c)} | {values} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="half the epochs")
+    parser.add_argument("--backbone", default="timm:resnet10t")
+    parser.add_argument("--image-size", type=int, default=24)
+    parser.add_argument("--source-epochs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument(
+        "--domains",
+        default="similar,inverted",
+        help="of similar, inverted, rotated (default similar,inverted)",
+    )
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a busy machine more threads spin and slow down "
+        "tenfold; 0 keeps torch's default)",
+    )
+    parser.add_argument("--workdir", help="keep the image folders and the store here")
+    parser.add_argument("--json", metavar="FILE", help="also write every number to FILE")
+    args = parser.parse_args(argv)
+    args.domains = args.domains.split(",")
+    args.sizes = args.sizes.split(",")
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="zoo-quality-") as tmp:
+        root = Path(args.workdir or tmp)
+        os.environ["ZOO_HOME"] = str(root / "store")  # never touch the user's store
+        import torch
+
+        import zoo
+        from zoo.cli.demo import digits_by_class, load_digits, write_digit_images
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        images, labels = load_digits()
+        by_digit = digits_by_class(labels, seed=args.seed)
+        for digit in SOURCE_DIGITS:
+            indices = by_digit[digit]
+            cut = len(indices) // 5
+            write_digit_images(root / "source" / "val", images, indices[:cut], label=str(digit))
+            write_digit_images(root / "source" / "train", images, indices[cut:], label=str(digit))
+        write_target(root / "target", images, by_digit, args)
+
+        common: dict[str, Any] = {
+            "image_size": args.image_size,
+            "input_config": {"crop_pct": 1.0},
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+        }
+        t0 = time.perf_counter()
+        _, history = zoo.adapt(
+            args.backbone,
+            root / "source" / "train",
+            root / "source" / "val",
+            policy="full",
+            scratch=True,
+            epochs=args.source_epochs,
+            lr=2e-3,
+            augment=SOURCE_AUGMENT,
+            name="quality-source",
+            overwrite=True,
+            **common,
+        )
+        print(
+            f"source: {args.backbone} from scratch on digits 0-4, {args.source_epochs} epochs, "
+            f"{100 * (history.final_accuracy or 0):.1f}% on held-out 0-4 "
+            f"({time.perf_counter() - t0:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        args.source = "quality-source"
+        available = {short(p) for p in zoo.list_policies()}
+        adapters = [p for p in ADAPTERS if p in available]
+        ladder = [*LADDER[:-2], *adapters, *LADDER[-2:]]
+        common.update(lr=args.lr, augment=False)
+        cells = []
+        for domain in args.domains:
+            for size in args.sizes:
+                cell = Cell(size=size, domain=domain)
+                run_cell(cell, root / "target", ladder, common, args)
+                cells.append(cell)
+        fractions = cells[0].trainable_fraction if cells else {}
+        seconds = time.perf_counter() - started
+        print()
+        print_tables(cells, ladder, fractions)
+        print()
+        print(
+            f"{args.backbone} at {args.image_size} px, source {args.source_epochs} epochs, "
+            f"lr {args.lr}, batch {args.batch_size}, seed {args.seed}, no augmentation on the "
+            f"target; test: {TEST_PER_CLASS} digits per class; "
+            f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads; total {seconds:.0f}s"
+        )
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps({"seconds": seconds, "cells": [asdict(c) for c in cells]}, indent=1)
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

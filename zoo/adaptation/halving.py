@@ -1,0 +1,439 @@
+"""Successive halving, the engine of :func:`zoo.compare`: candidates trained in rungs.
+
+Each candidate (:class:`Candidate`) has its own copy of the base model with its plan applied,
+its own optimizer, and an lr schedule over the full ``epochs``, so a candidate continued at a
+later rung trains exactly as if it had run straight through. It trains on the shared work of
+:mod:`zoo.adaptation.shared_work` (activations at its freeze boundary, or the decoded images).
+
+Successive halving (Jamieson & Talwalkar, 2016): rungs of ``E/2^R, …, E/2, E`` epochs (whole
+epochs, at least 1); after each rung but the last only the best ``1/eta`` of the candidates
+(by validation accuracy, then lower validation loss, then fewer trained parameters) continue
+from where they are. ``eta`` is 2 when the epochs allow ``ceil(log2 n)`` rungs, else
+``ceil(n ** (1/R))`` so that one candidate is left for the last rung. Cost-aware: fewer are
+kept when the projected cost of the remaining rungs (measured seconds per epoch) would take the
+comparison past :data:`COST_TARGET_RUNS` full runs of the slowest candidate, or past
+``budget`` (seconds) when one is given; the budget also stops promoting once the next epoch
+(estimated from the candidate's measured epochs) would exceed it. Every candidate always gets
+its first epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from zoo.adaptation.distributed import Replica
+from zoo.adaptation.feature_cache import INFERENCE_BATCH
+from zoo.adaptation.history import AdaptCallback, EpochRecord
+from zoo.adaptation.inputs import reshuffled, set_epoch
+from zoo.adaptation.leaderboard import Leaderboard, LeaderboardRow, rank_key
+from zoo.adaptation.shared_work import extract_shared_boundaries, find_boundaries, prepare_shared
+from zoo.adaptation.training import TrainLoop, epoch_record, make_optimizer
+from zoo.errors import ZooError
+from zoo.plans.freeze import apply_plan
+
+if TYPE_CHECKING:
+    from zoo.adaptation.boundary_cache import Boundary
+    from zoo.adaptation.candidates import PlannedCandidate
+    from zoo.adaptation.distributed import DistContext
+    from zoo.adaptation.inputs import AdaptData
+    from zoo.adaptation.shared_work import SharedData
+    from zoo.core.specs import InputConfig
+    from zoo.plans.plan import Plan
+
+#: Successive halving keeps fewer candidates when the projected total would exceed this many
+#: full runs (``epochs`` epochs) of the slowest candidate.
+COST_TARGET_RUNS = 2.0
+
+
+# ---------------------------------------------------------------- one candidate
+
+
+@dataclass
+class Candidate:
+    """One policy being compared: its own model copy, optimizer, schedule and batches."""
+
+    spec: str
+    plan: Plan
+    model: nn.Module
+    trainable_params: int
+    total_params: int
+    cut: Boundary | None = None
+    cache_note: str = ""
+    records: list[EpochRecord] = field(default_factory=list)
+    seconds: float = 0.0
+    alive: bool = True
+    loop: TrainLoop | None = None
+    module: nn.Module | None = None
+    replica: Replica | None = None
+    batches: Any = None
+    n_batches: int = 0
+    val_batches: Any = None
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.records)
+
+    @property
+    def score(self) -> tuple:
+        last = self.records[-1]
+        return rank_key(last.val_accuracy or 0.0, last.val_loss, self.trainable_params)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.seconds / self.epochs_run if self.epochs_run else 0.0
+
+    @property
+    def boundary(self) -> str | None:
+        """The module whose input this candidate trains on (None: the whole model)."""
+        return self.cut.path if self.cut is not None else None
+
+    @property
+    def trained_on(self) -> str:
+        return f"activations at {self.boundary!r}" if self.boundary else "images"
+
+
+def make_candidate(base: nn.Module, planned: PlannedCandidate) -> Candidate:
+    model = copy.deepcopy(base)
+    apply_plan(model, planned.plan)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return Candidate(planned.spec, planned.plan, model, trainable, total)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How every candidate trains (the same for all: a fair comparison)."""
+
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    optimizer: str
+    momentum: float
+    lr_schedule: str
+    warmup_epochs: float
+    label_smoothing: float
+    seed: int
+    num_classes: int
+
+
+def _prepare_training(
+    cand: Candidate, shared: SharedData, settings: TrainSettings, ctx: DistContext
+) -> None:
+    """Optimizer, lr schedule over all epochs, and the candidate's own shuffled batches."""
+    groups = cand.plan.param_groups(cand.model, lr=settings.lr, weight_decay=settings.weight_decay)
+    if not groups:
+        raise ZooError(f"nothing trains under {cand.spec}: no optimizer to build")
+    opt = make_optimizer(settings.optimizer, groups, lr=settings.lr, momentum=settings.momentum)
+    if cand.cut is not None:
+        train, val = shared.activations[cand.cut.path]
+        cand.module = cand.cut.suffix(cand.model)
+        cand.batches = train.loader(settings.batch_size, seed=settings.seed)
+        cand.n_batches = train.num_batches(settings.batch_size)
+        cand.val_batches = lambda: val.batches(INFERENCE_BATCH)
+    elif shared.train is not None:
+        assert shared.val is not None
+        cand.module = cand.model
+        cand.batches = shared.train.loader(settings.batch_size, seed=settings.seed)
+        cand.n_batches = shared.train.num_batches(settings.batch_size)
+        val_cached = shared.val
+        cand.val_batches = lambda: val_cached.batches(INFERENCE_BATCH)
+    else:
+        cand.module = cand.model
+        cand.batches = reshuffled(shared.train_loader, ctx, settings.seed, settings.batch_size)
+        cand.n_batches = len(cand.batches)
+        cand.val_batches = lambda: shared.val_loader
+    cand.replica = Replica(cand.module, ctx)
+    cand.loop = TrainLoop(
+        ctx=ctx,
+        optimizer=opt,
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing),
+        callback=AdaptCallback(),
+        schedule=settings.lr_schedule,
+        total_steps=cand.n_batches * settings.epochs,
+        warmup_steps=int(settings.warmup_epochs * cand.n_batches),
+        num_classes=settings.num_classes,
+    )
+
+
+@contextlib.contextmanager
+def _threads_for(cand: Candidate, device: torch.device) -> Iterator[None]:
+    """One CPU thread for a tiny top (a head on cached features): waking a thread pool costs
+    more than the arithmetic."""
+    if device.type != "cpu" or cand.boundary is None or cand.trainable_params > 1_000_000:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_one_epoch(cand: Candidate, settings: TrainSettings, ctx: DistContext) -> EpochRecord:
+    assert cand.loop is not None and cand.module is not None and cand.replica is not None
+    start = time.perf_counter()
+    epoch = cand.epochs_run + 1
+    set_epoch(cand.batches, epoch)
+    with _threads_for(cand, ctx.device):
+        result = cand.loop.train_epoch(
+            epoch, settings.epochs, cand.replica, [cand.module], cand.batches, cand.n_batches
+        )
+        scores = cand.loop.evaluate(cand.module, [cand.module], cand.val_batches())
+    record = epoch_record(epoch, result, scores, cand.model)
+    cand.records.append(record)
+    cand.seconds += time.perf_counter() - start
+    return record
+
+
+def rung_epochs(epochs: int, candidates: int) -> list[int]:
+    """Epoch budgets of the rungs: ``E/2^R, …, E/2, E`` (whole epochs, at least 1, distinct),
+    ``R = min(ceil(log2 n), floor(log2 E))``."""
+    if candidates <= 1 or epochs <= 1:
+        return [epochs]
+    rungs = min(math.ceil(math.log2(candidates)), math.floor(math.log2(epochs)))
+    return sorted({max(1, epochs // 2 ** (rungs - k)) for k in range(rungs + 1)})
+
+
+def keep_ratio(candidates: int, rungs: int) -> int:
+    """``eta``: 2 when ``rungs`` halvings bring ``candidates`` down to one, else the smallest
+    integer ratio that does."""
+    halvings = rungs - 1
+    if halvings <= 0 or candidates <= 1:
+        return max(2, candidates)
+    if 2**halvings >= candidates:
+        return 2
+    return math.ceil(candidates ** (1 / halvings) - 1e-9)
+
+
+class CompareCallback(AdaptCallback):
+    """Progress of :func:`zoo.compare` (the CLI renders it). Any :class:`AdaptCallback` may
+    be passed; these extra hooks are called when it has them."""
+
+    def on_candidate_epoch(self, policy: str, record: EpochRecord, rung: int) -> None:
+        """A candidate finished an epoch (at rung ``rung``, 0-based)."""
+
+    def on_rung_end(self, rung: int, epochs: int, kept: list[str], dropped: list[str]) -> None:
+        """Rung ``rung`` (``epochs`` epochs) ended: ``kept`` continue, ``dropped`` stop."""
+
+
+@dataclass
+class Outcome:
+    """What :func:`run_halving` found: the winner (its model trained as far as it got), every
+    candidate, and the leaderboard."""
+
+    winner: Candidate
+    candidates: list[Candidate]
+    leaderboard: Leaderboard
+
+
+def run_halving(
+    candidates: list[Candidate],
+    settings: TrainSettings,
+    *,
+    ctx: DistContext,
+    budget: float | None,
+    t_start: float,
+    callback: AdaptCallback,
+    finish: bool = True,
+    relative_budget: float | None = None,
+    cost_target: float | None = COST_TARGET_RUNS,
+    notes: Sequence[str] = (),
+) -> Outcome:
+    """Successive halving over ``candidates`` (prepared: see :func:`compare_candidates`).
+
+    ``finish=False`` stops as soon as one candidate is left (what ``auto`` needs: a ranking,
+    not a trained model). ``relative_budget`` sets the budget, once every candidate's first
+    epoch is measured, to the time spent so far before training plus that many full runs
+    (``epochs`` epochs) of the slowest candidate. Without a budget, ``cost_target`` (full runs
+    of the slowest candidate; None: plain halving) keeps fewer candidates at a rung when the
+    projected cost of the remaining rungs would exceed it (see :func:`keep_within`); with a
+    budget, the budget does."""
+    rungs = rung_epochs(settings.epochs, len(candidates))
+    before_training = time.perf_counter() - t_start
+    eta = keep_ratio(len(candidates), len(rungs))
+    alive = list(candidates)
+    budget_cut = False
+    for k, target in enumerate(rungs):
+        for cand in alive:
+            while cand.epochs_run < target:
+                if cand.epochs_run and budget is not None:
+                    elapsed = time.perf_counter() - t_start
+                    if ctx.any(elapsed + cand.seconds_per_epoch > budget):
+                        budget_cut = True
+                        break
+                record = train_one_epoch(cand, settings, ctx)
+                hook = getattr(callback, "on_candidate_epoch", None)
+                if hook is not None:
+                    hook(cand.spec, record, k)
+            if budget_cut:
+                break
+        if k == 0 and relative_budget is not None:
+            slowest = max(c.seconds_per_epoch for c in alive)
+            budget = before_training + relative_budget * slowest * settings.epochs
+        if budget_cut or k == len(rungs) - 1:
+            break
+        alive.sort(key=lambda c: c.score)
+        keep = max(1, math.ceil(len(alive) / eta))
+        last = len(rungs) - 1 if finish else len(rungs) - 2
+        limit = budget  # a budget replaces the cost target: the caller chose the time
+        if limit is None and cost_target is not None:
+            slowest = max(c.seconds_per_epoch for c in candidates)
+            limit = cost_target * slowest * settings.epochs
+        if limit is not None:
+            left = limit - (time.perf_counter() - t_start)
+            keep = keep_within(alive, keep, rungs, k, last, eta, left)
+        keep = ctx.broadcast(keep)  # every rank keeps the same candidates
+        kept, dropped = alive[:keep], alive[keep:]
+        for cand in dropped:
+            cand.alive = False
+            _release(cand)
+        hook = getattr(callback, "on_rung_end", None)
+        if hook is not None:
+            hook(k, target, [c.spec for c in kept], [c.spec for c in dropped])
+        alive = kept
+        if not finish and len(alive) == 1:
+            break
+    alive.sort(key=lambda c: c.score)
+    winner = alive[0]
+    board = _leaderboard(candidates, winner, settings, rungs, budget, budget_cut, t_start, notes)
+    return Outcome(winner, candidates, board)
+
+
+def projected_seconds(
+    ranked: Sequence[Candidate], rungs: Sequence[int], k: int, last: int, eta: int
+) -> float:
+    """Seconds the rungs after ``k`` (up to ``last``) would take if ``ranked`` continue and each
+    later rung keeps the best ``1/eta`` (the ranking as it is now), at each one's measured
+    seconds per epoch."""
+    survivors = list(ranked)
+    total = 0.0
+    for j in range(k + 1, last + 1):
+        total += sum(c.seconds_per_epoch for c in survivors) * (rungs[j] - rungs[j - 1])
+        if j < last:
+            survivors = survivors[: max(1, math.ceil(len(survivors) / eta))]
+    return total
+
+
+def keep_within(
+    ranked: Sequence[Candidate],
+    keep: int,
+    rungs: Sequence[int],
+    k: int,
+    last: int,
+    eta: int,
+    left: float,
+) -> int:
+    """``keep``, lowered (to 1 at least) while the projected cost of the remaining rungs is
+    more than the ``left`` seconds: the cost-aware part of zoo's halving."""
+    while keep > 1 and projected_seconds(ranked[:keep], rungs, k, last, eta) > left:
+        keep -= 1
+    return keep
+
+
+def _release(cand: Candidate) -> None:
+    """A dropped candidate's model copy, optimizer state and batches are no longer needed."""
+    cand.loop = None
+    cand.replica = None
+    cand.batches = None
+    cand.module = None
+    cand.model = None  # type: ignore[assignment]
+
+
+def _leaderboard(
+    candidates: list[Candidate],
+    winner: Candidate,
+    settings: TrainSettings,
+    rungs: list[int],
+    budget: float | None,
+    budget_cut: bool,
+    t_start: float,
+    notes: Sequence[str],
+) -> Leaderboard:
+    ranked = sorted(
+        candidates,
+        key=lambda c: (c is not winner, -c.epochs_run, c.score),
+    )
+    rows = tuple(
+        LeaderboardRow(
+            policy=c.spec,
+            val_acc=float(c.records[-1].val_accuracy or 0.0),
+            val_loss=_finite(c.records[-1].val_loss),
+            trainable_params=c.trainable_params,
+            trainable_percent=100.0 * c.trainable_params / c.total_params if c.total_params else 0,
+            epochs=c.epochs_run,
+            seconds=round(c.seconds, 4),
+            stopped_early=c.epochs_run < settings.epochs,
+            trained_on=c.trained_on,
+        )
+        for c in ranked
+    )
+    all_notes = list(notes)
+    if budget_cut:
+        all_notes.append(
+            f"the budget of {budget:g} s cut the comparison: {winner.spec} is the best so far "
+            f"({winner.epochs_run} of {settings.epochs} epochs)"
+        )
+    return Leaderboard(
+        rows=rows,
+        epochs=settings.epochs,
+        rungs=tuple(rungs),
+        budget=budget,
+        budget_cut=budget_cut,
+        seconds=round(time.perf_counter() - t_start, 4),
+        notes=tuple(all_notes),
+    )
+
+
+def _finite(value: float | None) -> float | None:
+    """A loss as the leaderboard keeps it: None when it diverged (not finite, or past 1e12)."""
+    return value if value is not None and math.isfinite(value) and value <= 1e12 else None
+
+
+def compare_candidates(
+    model: nn.Module,
+    data: AdaptData,
+    config: InputConfig,
+    planned: list[PlannedCandidate],
+    settings: TrainSettings,
+    *,
+    ctx: DistContext,
+    budget: float | None,
+    callback: AdaptCallback,
+    num_workers: int,
+    t_start: float,
+    finish: bool = True,
+    relative_budget: float | None = None,
+    notes: Sequence[str] = (),
+) -> Outcome:
+    """Compare ``planned`` on ``model`` (built, on its device, input config set): the shared
+    work, then successive halving."""
+    shared = prepare_shared(data, config, ctx=ctx, num_workers=num_workers, seed=settings.seed)
+    candidates = [make_candidate(model, p) for p in planned]
+    boundaries = find_boundaries(candidates, shared, ctx)
+    if boundaries:
+        extract_shared_boundaries(model, candidates, boundaries, shared, ctx=ctx, callback=callback)
+    for cand in candidates:
+        torch.manual_seed(settings.seed)  # a head reset or dropout draws the same for each
+        _prepare_training(cand, shared, settings, ctx)
+    return run_halving(
+        candidates,
+        settings,
+        ctx=ctx,
+        budget=budget,
+        t_start=t_start,
+        callback=callback,
+        finish=finish,
+        relative_budget=relative_budget,
+        notes=[*notes, *shared.notes],
+    )

@@ -1,0 +1,144 @@
+"""The answer of :func:`zoo.compare`: one row per candidate policy, ranked, and why one won.
+
+Pure data (no torch): :class:`Leaderboard` is what ``zoo.compare`` returns next to the model,
+what ``--json`` prints (:meth:`Leaderboard.cli_document`) and what the winner's file keeps in
+its ``zoo.compare`` metadata (:meth:`Leaderboard.to_dict`, checked on reading by
+:mod:`zoo.io.metadata`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LeaderboardRow:
+    """One candidate: its policy (CLI form with arguments), its last validation scores and
+    what it cost. ``stopped_early``: cut before the full ``epochs`` (by successive halving or
+    by the budget). ``trained_on`` says what its epochs ran on: ``"images"`` (the whole model)
+    or ``"activations at 'layer4'"`` (the boundary cache)."""
+
+    policy: str
+    val_acc: float
+    val_loss: float | None
+    trainable_params: int
+    trainable_percent: float
+    epochs: int
+    seconds: float
+    stopped_early: bool
+    trained_on: str = "images"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LeaderboardRow:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def rank_key(val_acc: float, val_loss: float | None, trainable_params: int) -> tuple:
+    """Sort key, best first: higher accuracy, then lower loss, then fewer trained parameters."""
+    loss = val_loss if val_loss is not None and math.isfinite(val_loss) else math.inf
+    return (-val_acc, loss, trainable_params)
+
+
+def short_policy(spec: str) -> str:
+    """``zoo:train-last:n=1`` -> ``train-last:n=1`` (the built-in plugin's prefix dropped)."""
+    return spec[4:] if spec.startswith("zoo:") else spec
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """Every candidate, best first (``rows[0]`` is the winner), and how the comparison ran.
+
+    ``rungs`` are the epoch budgets of successive halving; ``budget`` the time cap in seconds
+    (None: none); ``budget_cut`` whether it stopped promoting because of it; ``seconds`` the
+    whole comparison's wall time; ``notes`` what a person should know (duplicates collapsed,
+    a cache that could not be used, the budget)."""
+
+    rows: tuple[LeaderboardRow, ...]
+    epochs: int
+    rungs: tuple[int, ...] = ()
+    budget: float | None = None
+    budget_cut: bool = False
+    seconds: float = 0.0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def winner(self) -> LeaderboardRow:
+        return self.rows[0]
+
+    def why(self) -> str:
+        """One sentence: why the winner won (against the runner-up)."""
+        best = self.winner
+        text = (
+            f"{short_policy(best.policy)} won with validation accuracy {best.val_acc:.3f}"
+            f" after {best.epochs} epoch(s), training {best.trainable_percent:.3g}% of the "
+            "parameters"
+        )
+        if len(self.rows) > 1:
+            second = self.rows[1]
+            if second.val_acc < best.val_acc:
+                text += f"; next best {short_policy(second.policy)} {second.val_acc:.3f}"
+            elif (
+                best.val_loss is not None
+                and second.val_loss is not None
+                and (second.val_loss > best.val_loss)
+            ):
+                text += (
+                    f"; tied on accuracy with {short_policy(second.policy)}, lower validation "
+                    f"loss ({best.val_loss:.3f} vs {second.val_loss:.3f})"
+                )
+            else:
+                text += f"; tied with {short_policy(second.policy)}, fewer trained parameters win"
+        if self.budget_cut:
+            text += f" (the {self.budget:g} s budget cut the comparison short)"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (the ``zoo.compare`` metadata of the saved winner)."""
+        return {
+            "winner": self.winner.policy,
+            "epochs": self.epochs,
+            "rungs": list(self.rungs),
+            "budget": self.budget,
+            "budget_cut": self.budget_cut,
+            "seconds": self.seconds,
+            "candidates": [row.to_dict() for row in self.rows],
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Leaderboard:
+        """The leaderboard of checked metadata (see ``zoo.io.metadata``)."""
+        return cls(
+            rows=tuple(LeaderboardRow.from_dict(r) for r in data["candidates"]),
+            epochs=int(data["epochs"]),
+            rungs=tuple(data.get("rungs", ())),
+            budget=data.get("budget"),
+            budget_cut=bool(data.get("budget_cut", False)),
+            seconds=float(data.get("seconds", 0.0)),
+            notes=tuple(data.get("notes", ())),
+        )
+
+    def cli_document(self, saved: str | None) -> dict[str, Any]:
+        """Exactly what ``zoo compare --json`` prints."""
+        return {
+            "saved": saved,
+            "winner": {"policy": self.winner.policy, "val_acc": float(self.winner.val_acc)},
+            "candidates": [
+                {
+                    "policy": row.policy,
+                    "val_acc": float(row.val_acc),
+                    "trainable_params": int(row.trainable_params),
+                    "seconds": float(row.seconds),
+                    "epochs": int(row.epochs),
+                    "stopped_early": bool(row.stopped_early),
+                }
+                for row in self.rows
+            ],
+        }

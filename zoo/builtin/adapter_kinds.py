@@ -1,0 +1,286 @@
+"""The built-in adapter modules: LoRA, SSF and VPT (``zoo.Adapter`` subclasses; imports torch).
+
+:mod:`zoo.builtin.adapter_policies` registers the kinds and imports this module only when a plan
+is applied, so listing and planning never load torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import zoo
+from zoo.errors import AdapterError
+
+# ---------------------------------------------------------------- LoRA
+
+
+class LoRA(zoo.Adapter):
+    """A low-rank update ``scale * B @ A`` of an ``nn.Linear`` or ``nn.Conv2d`` weight.
+
+    Linear: ``A`` is ``(rank, in)``, ``B`` ``(out, rank)``. Conv2d (any ``groups``): ``A`` is
+    ``(rank, in/groups, kh, kw)`` and ``B`` ``(out, rank, 1, 1)``; the update of the weight is
+    ``(B.view(out, rank) @ A.view(rank, -1)).view(weight.shape)``. With ``groups=1`` and zero
+    padding it runs as two convolutions (``A`` with the target's stride, padding and dilation,
+    then ``B`` as a 1x1), exactly PEFT's ``lora_A``/``lora_B`` layout. ``B`` starts at zero (the
+    output is unchanged at first), ``A`` Kaiming-uniform as in the LoRA paper and PEFT.
+    """
+
+    mergeable = True
+
+    def __init__(
+        self,
+        a_shape: tuple[int, ...],
+        b_shape: tuple[int, ...],
+        scale: float,
+        dropout: float,
+        *,
+        same_pad: bool = False,
+        mergeable: bool = True,
+    ) -> None:
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(a_shape))
+        self.B = nn.Parameter(torch.zeros(b_shape))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.scale = float(scale)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.same_pad = same_pad  # timm's *Same convs pad their input in forward
+        self.mergeable = mergeable  # not for weight-standardized convs
+
+    def delta_weight(self, target: nn.Module) -> torch.Tensor:
+        """The update of ``target.weight``: ``scale * B @ A`` in the weight's shape."""
+        delta = self.B.reshape(self.B.shape[0], -1) @ self.A.reshape(self.A.shape[0], -1)
+        return (delta * self.scale).reshape(target.weight.shape)
+
+    def post_forward(self, target: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        x = self.dropout(args[0])
+        if isinstance(target, nn.Linear):
+            return output + F.linear(F.linear(x, self.A), self.B) * self.scale
+        if self.same_pad:
+            x = pad_same(x, target.kernel_size, target.stride, target.dilation)
+        if target.groups == 1 and target.padding_mode == "zeros":
+            hidden = F.conv2d(x, self.A, None, target.stride, target.padding, target.dilation)
+            return output + F.conv2d(hidden, self.B) * self.scale
+        return output + target._conv_forward(x, self.delta_weight(target), None)
+
+    def merge_into(self, target: nn.Module) -> None:
+        target.weight.add_(self.delta_weight(target).to(target.weight.dtype))
+
+
+#: Conv2d classes LoRA adapts: plain, timm's dynamically padded ``*Same`` ones, and the
+#: weight-standardized ones (NFNet, BiT), where the update runs beside the conv but cannot
+#: merge (the conv would standardize it away).
+LORA_CONVS = {
+    "Conv2d": True,
+    "Conv2dSame": True,
+    "StdConv2d": False,
+    "StdConv2dSame": False,
+    "ScaledStdConv2d": False,
+    "ScaledStdConv2dSame": False,
+}
+
+
+def pad_same(x: torch.Tensor, kernel: Any, stride: Any, dilation: Any) -> torch.Tensor:
+    """Pad ``x`` as timm's ``*Same`` convolutions do (TensorFlow's "SAME")."""
+    pads = []
+    for size, k, s, d in zip(x.shape[-2:], kernel, stride, dilation, strict=True):
+        pads.append(max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0))
+    pad_h, pad_w = pads
+    return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+
+
+def build_lora(target: nn.Module, addition: zoo.Addition) -> LoRA:
+    conv = type(target).__name__ in LORA_CONVS and isinstance(target, nn.Conv2d)
+    if not (isinstance(target, nn.Linear) or conv):
+        raise AdapterError(
+            f"zoo:lora adapts nn.Linear and nn.Conv2d modules (and timm's Conv2dSame and "
+            f"standardized convs); {addition.target!r} is a {type(target).__name__}: leave it "
+            "out of lora:targets"
+        )
+    rank = int(addition.args.get("rank", 8))
+    alpha = float(addition.args.get("alpha", 2 * rank))
+    weight = tuple(target.weight.shape)
+    if isinstance(target, nn.Linear):
+        a_shape, b_shape = (rank, weight[1]), (weight[0], rank)
+    else:
+        a_shape, b_shape = (rank, *weight[1:]), (weight[0], rank, 1, 1)
+    expected = {"lora.A": a_shape, "lora.B": b_shape}
+    if dict(addition.params) != expected:  # checked before allocating anything
+        raise AdapterError(
+            f"zoo:lora for {addition.target!r} ({type(target).__name__} {weight}) at rank "
+            f"{rank} has parameters {expected}, but the plan lists {dict(addition.params)}"
+        )
+    name = type(target).__name__
+    return LoRA(
+        a_shape,
+        b_shape,
+        alpha / rank,
+        float(addition.args.get("dropout", 0.0)),
+        same_pad=conv and name.endswith("Same") and bool(getattr(target, "same_pad", True)),
+        mergeable=not conv or LORA_CONVS[name],
+    )
+
+
+# ---------------------------------------------------------------- SSF
+
+
+class SSF(zoo.Adapter):
+    """A learned per-channel scale (starts at 1) and shift (starts at 0) of a module's output.
+
+    The channel axis is 1 for convolutions, batch and group norms and ``*2d`` norms (NCHW), the
+    last axis for linears and layer norms. Merging multiplies the target's weight and bias by
+    the scale and adds the shift to the bias, so targets need a bias (the policy chooses so).
+    """
+
+    mergeable = True
+
+    def __init__(self, channels: int, channel_dim: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(channels))
+        self.shift = nn.Parameter(torch.zeros(channels))
+        self.channel_dim = channel_dim
+
+    def apply_to(self, y: torch.Tensor) -> torch.Tensor:
+        dim = self.channel_dim if y.ndim > 2 else -1
+        if y.shape[dim] != self.scale.shape[0]:
+            target = getattr(getattr(self, "zoo_addition", None), "target", "?")
+            raise AdapterError(
+                f"zoo:ssf on {target!r}: expected {self.scale.shape[0]} channels on axis {dim} "
+                f"of its output, got shape {tuple(y.shape)}"
+            )
+        shape = [1] * y.ndim
+        shape[dim] = -1
+        return y * self.scale.view(shape) + self.shift.view(shape)
+
+    def post_forward(self, target: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        return self.apply_to(output)
+
+    def merge_into(self, target: nn.Module) -> None:
+        weight, bias = target.weight, target.bias
+        scale = self.scale.to(weight.dtype)
+        weight.mul_(scale.view(-1, *([1] * (weight.ndim - 1))))
+        bias.mul_(scale).add_(self.shift.to(bias.dtype))
+
+
+class SSFBeforeAct(SSF):
+    """SSF on a norm layer with a built-in activation (timm's ``BatchNormAct2d``…): the scale and
+    shift apply to the normalized output, before the activation, so they merge into the norm."""
+
+    def hook_module(self, target: nn.Module) -> nn.Module:
+        return target.act
+
+    def pre_forward(
+        self, target: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        return (self.apply_to(args[0]), *args[1:]), kwargs
+
+    def post_forward(self, target: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        return output
+
+
+def _channel_dim(target: nn.Module) -> int:
+    channel_first = (
+        nn.modules.conv._ConvNd,
+        nn.modules.batchnorm._NormBase,
+        nn.GroupNorm,
+    )
+    if isinstance(target, channel_first):
+        return 1
+    if type(target).__name__.lower().endswith("2d"):
+        return 1
+    return -1
+
+
+def build_ssf(target: nn.Module, addition: zoo.Addition) -> SSF:
+    weight, bias = getattr(target, "weight", None), getattr(target, "bias", None)
+    if not isinstance(weight, nn.Parameter) or not isinstance(bias, nn.Parameter):
+        raise AdapterError(
+            f"zoo:ssf needs a target with a weight and a bias (so it can merge); "
+            f"{addition.target!r} ({type(target).__name__}) has none"
+        )
+    channels = int(weight.shape[0])
+    act = getattr(target, "act", None)
+    if isinstance(act, nn.Module) and not isinstance(act, nn.Identity):
+        return SSFBeforeAct(channels, _channel_dim(target))
+    return SSF(channels, _channel_dim(target))
+
+
+# ---------------------------------------------------------------- VPT
+
+
+class VPT(zoo.Adapter):
+    """Deep visual prompts: ``tokens`` learned tokens inserted after the prefix (class, register)
+    tokens at a transformer block's input and dropped from its output (VPT-deep).
+
+    Prompts start uniform in ``±sqrt(6 / (3 * 16 * 16 + dim))`` (Xavier for 16x16 patches, as in
+    the VPT paper). Cannot merge: prompts add inputs, not a change of weights.
+    """
+
+    def __init__(self, tokens: int, dim: int, prefix_tokens: int) -> None:
+        super().__init__()
+        self.prompts = nn.Parameter(torch.empty(tokens, dim))
+        bound = math.sqrt(6.0 / (3 * 16 * 16 + dim))
+        nn.init.uniform_(self.prompts, -bound, bound)
+        self.prefix_tokens = prefix_tokens
+        self.probed = False
+
+    def pre_forward(
+        self, target: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        in_kwargs = not args
+        x = kwargs["x"] if in_kwargs else args[0]
+        dim = self.prompts.shape[1]
+        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[-1] != dim:
+            where = getattr(getattr(self, "zoo_addition", None), "target", "?")
+            raise AdapterError(
+                f"zoo:vpt on {where!r}: the block's input must be [batch, tokens, {dim}], got "
+                f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}; "
+                "use lora or ssf for this backbone"
+            )
+        prompts = self.prompts.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        p = self.prefix_tokens
+        x = torch.cat([x[:, :p], prompts, x[:, p:]], dim=1)
+        new = (args, {**kwargs, "x": x}) if in_kwargs else ((x, *args[1:]), kwargs)
+        if not self.probed:
+            self.probe(target, *new)
+        return new
+
+    def probe(self, target: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Once: run the block (hooks bypassed, one sample, no grad, RNG untouched) on the
+        prompted input, so a block that cannot take extra tokens fails with a clear error."""
+        x = kwargs["x"] if not args else args[0]
+        args = (x[:1], *args[1:]) if args else args
+        kwargs = {**kwargs, "x": x[:1]} if "x" in kwargs else kwargs
+        devices = [x.device.index or 0] if x.is_cuda else []
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                out = target.forward(*args, **kwargs)
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x[:1].shape):
+                raise ValueError(
+                    f"the block returned {getattr(out, 'shape', type(out).__name__)}, not the "
+                    f"prompted shape {tuple(x[:1].shape)}"
+                )
+        except AdapterError:
+            raise
+        except Exception as exc:
+            where = getattr(getattr(self, "zoo_addition", None), "target", "?")
+            raise AdapterError(
+                f"zoo:vpt on {where!r}: the block cannot take {self.prompts.shape[0]} extra "
+                f"tokens ({type(exc).__name__}: {exc}); its attention expects a fixed token "
+                "layout (relative position bias, rotary embeddings, a spatial reshape): use "
+                "lora or ssf for this backbone"
+            ) from exc
+        self.probed = True
+
+    def post_forward(self, target: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        p, tokens = self.prefix_tokens, self.prompts.shape[0]
+        return torch.cat([output[:, :p], output[:, p + tokens :]], dim=1)
+
+
+def build_vpt(target: nn.Module, addition: zoo.Addition) -> VPT:
+    tokens, dim = addition.params["vpt.prompts"]
+    return VPT(tokens, dim, int(addition.args.get("prefix_tokens", 1)))
