@@ -451,7 +451,7 @@ def test_lora_on_timm_same_padded_and_standardized_convs():
     model.depthwise = StdConv2d(8, 8, 3, padding=1)
     model.eval()
     plan = zoo.freeze(model, "lora:rank=2,targets=full,depthwise")
-    assert any("cannot merge" in note for note in plan.notes)
+    assert any("before standardization" in note for note in plan.notes)
     _perturb(model)
     h = torch.randn(2, 6, 15, 15)
     with torch.no_grad():
@@ -462,13 +462,70 @@ def test_lora_on_timm_same_padded_and_standardized_convs():
         assert (same(h) - reference(h)).abs().max() < 1e-5
         std = model.depthwise
         h = torch.randn(2, 8, 9, 9)
-        branch = F.conv2d(h, std.lora.delta_weight(std), None, 1, 1)
+        # the update joins the weight before standardization: merging is exact
         plain = StdConv2d(8, 8, 3, padding=1)
-        plain.load_state_dict({k: v for k, v in std.state_dict().items() if "lora" not in k})
-        assert (std(h) - (plain(h) + branch)).abs().max() < 1e-5
-    with pytest.raises(zoo.AdapterMergeError, match="weight-standardized"):
+        plain.load_state_dict({"weight": std.weight + std.lora.delta_weight(std)})
+        assert (std(h) - plain(h)).abs().max() < 1e-6
+        x = torch.randn(2, 3, 15, 15)
+        before = model(x)
+    zoo.merge_adapters(model)
+    assert zoo.adapters(model) == []
+    with torch.no_grad():
+        assert (model(x) - before).abs().max() < 1e-5
+        assert (model.depthwise(h) - plain(h)).abs().max() < 1e-6
+
+
+class NFBlock(nn.Module):
+    """NFNet-like: scaled weight-standardized convs with a bias and a gain, no norm layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame
+
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv1 = ScaledStdConv2d(6, 8, 3, padding=1)
+        self.conv2 = ScaledStdConv2dSame(8, 8, 3, stride=2)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.conv2(F.relu(self.conv1(F.relu(self.stem(x)))))
+        return self.head(x.mean((2, 3)))
+
+    def get_classifier(self):
+        return self.head
+
+
+@pytest.mark.parametrize("policy", ["lora:rank=2", "ssf"])
+def test_nfnet_scaled_std_convs_take_lora_and_ssf_and_merge_exactly(policy):
+    torch.manual_seed(0)
+    model = NFBlock().eval()
+    with torch.no_grad():
+        base = model(torch.zeros(1, 3, 9, 9))
+    plan = zoo.freeze(model, policy)
+    assert [a.target for a in plan.additions][-2:] == ["conv1", "conv2"]
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        assert (model(torch.zeros(1, 3, 9, 9)) - base).abs().max() == 0  # identity at init
+    _perturb(model)
+    model(x).sum().backward()
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for p in model.conv1.parameters()
+        if p.requires_grad
+    )
+    with torch.no_grad():
+        adapted = model(x)
         zoo.merge_adapters(model)
-    assert len(zoo.adapters(model)) == 2
+        assert zoo.adapters(model) == []
+        assert (model(x) - adapted).abs().max() < 1e-5
+    assert {k for k in model.state_dict()} == set(NFBlock().state_dict())
+
+
+def test_nfnet_plans_lora_and_ssf_on_its_convs():
+    lora = zoo.plan("timm:nfnet_l0", "lora:rank=8")
+    ssf = zoo.plan("timm:nfnet_l0", "ssf")
+    assert len(lora.additions) > 10 and len(ssf.additions) > 10
+    assert "stages.0.0.conv2" in {a.target for a in ssf.additions}
 
 
 class FixedTokens(nn.Module):
@@ -508,3 +565,78 @@ def test_vpt_on_a_block_that_cannot_take_more_tokens_is_a_clear_error():
     assert plan.additions[0].args == {"tokens": 3, "prefix_tokens": 1}
     with pytest.raises(zoo.AdapterError, match=r"cannot take 3 extra tokens.*use lora or ssf"):
         model(torch.randn(2, 4, 4))
+
+
+# ---------------------------------------------------------------- vpt across the ViT family
+
+
+@pytest.mark.parametrize(
+    ("name", "count", "width", "prefix"),
+    [
+        ("vit_srelpos_small_patch16_224", 12, 384, 0),  # no cls_token/pos_embed: width of norm1
+        ("naflexvit_base_patch16_map", 12, 768, 1),  # nested embeds.reg_token
+        ("convit_tiny", 2, 192, 1),  # GPSA blocks 0-9 left out
+        ("vit_base_patch16_rope_224", 12, 768, 1),
+    ],
+)
+def test_vpt_plans_on_vit_family_layouts(name, count, width, prefix):
+    plan = zoo.plan(f"timm:{name}", "vpt:tokens=4")
+    assert len(plan.additions) == count
+    assert {a.params["vpt.prompts"] for a in plan.additions} == {(4, width)}
+    assert {a.args["prefix_tokens"] for a in plan.additions} == {prefix}
+    if name == "convit_tiny":
+        assert [a.target for a in plan.additions] == ["blocks.10", "blocks.11"]
+        assert any("GPSA" in note for note in plan.notes)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("xcit_nano_12_p16_224", "reshape the tokens into the patch grid"),
+        ("hiera_tiny_224", "change width"),
+        ("beit_base_patch16_224", "relative position bias"),
+    ],
+)
+def test_vpt_refuses_blocks_that_cannot_take_tokens_at_plan_time(name, reason):
+    with pytest.raises(zoo.PlanError, match=f"{reason}.*use lora or ssf"):
+        zoo.plan(f"timm:{name}", "vpt")
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("vit_srelpos_small_patch16_224", {"depth": 2}),  # shared relative position bias
+        ("convit_tiny", {"depth": 3, "local_up_to_layer": 2}),  # GPSA, then plain blocks
+        ("eva02_tiny_patch14_224", {"depth": 2, "img_size": 28}),  # rotary embeddings
+    ],
+)
+def test_vpt_runs_and_trains_on_small_vit_family_models(name, kwargs):
+    torch.manual_seed(0)
+    model = zoo.create(f"timm:{name}", num_classes=3, **{"img_size": 32, **kwargs}).eval()
+    side = kwargs.get("img_size", 32)
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        base = model(x)
+    plan = zoo.freeze(model, "vpt:tokens=3")
+    out = model(x)
+    assert out.shape == base.shape and (out - base).abs().max() > 0
+    out.sum().backward()
+    for addition in plan.additions:
+        prompts = model.get_submodule(addition.target).vpt.prompts
+        assert prompts.grad is not None and prompts.grad.abs().sum() > 0
+    attn_prefix = [getattr(b.attn, "num_prefix_tokens", 0) for b in model.blocks]
+    assert attn_prefix == [
+        getattr(b.attn, "num_prefix_tokens", 0)
+        for b in zoo.create(f"timm:{name}", num_classes=3, **{"img_size": 32, **kwargs}).blocks
+    ]
+    zoo.plans.adapters.remove_adapters(model)
+    with torch.no_grad():
+        assert (model(x) - base).abs().max() == 0
+
+
+def test_lora_falls_back_to_1x1_convs_when_the_body_has_nothing_else():
+    plan = zoo.plan("timm:levit_conv_128s", "lora:rank=4")  # attention and MLPs: 1x1 convs
+    assert plan.additions and all(a.params["lora.A"][2:] == (1, 1) for a in plan.additions)
+    assert any("1x1 convs" in note for note in plan.notes)
+    resnet = zoo.plan("timm:resnet18", "lora:rank=4")  # k x k convs exist: no 1x1 ones
+    assert all(a.params["lora.A"][2:] == (3, 3) for a in resnet.additions)

@@ -40,7 +40,7 @@ class LoRA(zoo.Adapter):
         dropout: float,
         *,
         same_pad: bool = False,
-        mergeable: bool = True,
+        standardized: bool = False,
     ) -> None:
         super().__init__()
         self.A = nn.Parameter(torch.empty(a_shape))
@@ -49,7 +49,11 @@ class LoRA(zoo.Adapter):
         self.scale = float(scale)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.same_pad = same_pad  # timm's *Same convs pad their input in forward
-        self.mergeable = mergeable  # not for weight-standardized convs
+        #: a weight-standardized conv (timm's StdConv2d, ScaledStdConv2d: NFNet, BiT): the update
+        #: is added to the weight *before* standardization, so merging (``weight += delta``) is
+        #: exact. The adapted conv runs again with the updated weight (the target's own output is
+        #: discarded: twice the conv's compute); dropout does not apply there.
+        self.standardized = standardized
 
     def delta_weight(self, target: nn.Module) -> torch.Tensor:
         """The update of ``target.weight``: ``scale * B @ A`` in the weight's shape."""
@@ -57,6 +61,8 @@ class LoRA(zoo.Adapter):
         return (delta * self.scale).reshape(target.weight.shape)
 
     def post_forward(self, target: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if self.standardized:
+            return self.standardized_forward(target, args[0])
         x = self.dropout(args[0])
         if isinstance(target, nn.Linear):
             return output + F.linear(F.linear(x, self.A), self.B) * self.scale
@@ -67,20 +73,40 @@ class LoRA(zoo.Adapter):
             return output + F.conv2d(hidden, self.B) * self.scale
         return output + target._conv_forward(x, self.delta_weight(target), None)
 
+    def standardized_forward(self, target: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """timm's StdConv2d / ScaledStdConv2d (and ``*Same``) forward with ``weight + delta``."""
+        if self.same_pad:
+            x = pad_same(x, target.kernel_size, target.stride, target.dilation)
+        weight = target.weight + self.delta_weight(target).to(target.weight.dtype)
+        gain = getattr(target, "gain", None)
+        affine = (gain * target.scale).view(-1) if isinstance(gain, torch.Tensor) else None
+        weight = F.batch_norm(
+            weight.reshape(1, target.out_channels, -1),
+            None,
+            None,
+            weight=affine,
+            training=True,
+            momentum=0.0,
+            eps=target.eps,
+        ).reshape_as(target.weight)
+        return F.conv2d(
+            x, weight, target.bias, target.stride, target.padding, target.dilation, target.groups
+        )
+
     def merge_into(self, target: nn.Module) -> None:
         target.weight.add_(self.delta_weight(target).to(target.weight.dtype))
 
 
-#: Conv2d classes LoRA adapts: plain, timm's dynamically padded ``*Same`` ones, and the
-#: weight-standardized ones (NFNet, BiT), where the update runs beside the conv but cannot
-#: merge (the conv would standardize it away).
+#: Conv2d classes LoRA adapts -> whether they standardize their weight: plain, timm's
+#: dynamically padded ``*Same`` ones, and the weight-standardized ones (NFNet, BiT), where the
+#: update joins the weight before standardization (all merge exactly).
 LORA_CONVS = {
-    "Conv2d": True,
-    "Conv2dSame": True,
-    "StdConv2d": False,
-    "StdConv2dSame": False,
-    "ScaledStdConv2d": False,
-    "ScaledStdConv2dSame": False,
+    "Conv2d": False,
+    "Conv2dSame": False,
+    "StdConv2d": True,
+    "StdConv2dSame": True,
+    "ScaledStdConv2d": True,
+    "ScaledStdConv2dSame": True,
 }
 
 
@@ -121,7 +147,7 @@ def build_lora(target: nn.Module, addition: zoo.Addition) -> LoRA:
         alpha / rank,
         float(addition.args.get("dropout", 0.0)),
         same_pad=conv and name.endswith("Same") and bool(getattr(target, "same_pad", True)),
-        mergeable=not conv or LORA_CONVS[name],
+        standardized=conv and LORA_CONVS[name],
     )
 
 
@@ -160,7 +186,10 @@ class SSF(zoo.Adapter):
         return self.apply_to(output)
 
     def merge_into(self, target: nn.Module) -> None:
-        weight, bias = target.weight, target.bias
+        # timm's ScaledStdConv2d standardizes its weight, then scales it by ``gain`` (out, 1, 1, 1)
+        gain = getattr(target, "gain", None)
+        weight = gain if isinstance(gain, nn.Parameter) else target.weight
+        bias = target.bias
         scale = self.scale.to(weight.dtype)
         weight.mul_(scale.view(-1, *([1] * (weight.ndim - 1))))
         bias.mul_(scale).add_(self.shift.to(bias.dtype))
@@ -227,6 +256,14 @@ class VPT(zoo.Adapter):
         nn.init.uniform_(self.prompts, -bound, bound)
         self.prefix_tokens = prefix_tokens
         self.probed = False
+        #: the block attention's own ``num_prefix_tokens`` (timm's rotary attention rotates only
+        #: the tokens after it): raised by ``tokens`` during the block's call, so the prompts,
+        #: placed right after the prefix, are not rotated -- as class and register tokens
+        self.attn_prefix: int | None = None
+
+    def _count_prompts_as_prefix(self, target: nn.Module, on: bool) -> None:
+        if self.attn_prefix is not None:
+            target.attn.num_prefix_tokens = self.attn_prefix + (self.prompts.shape[0] if on else 0)
 
     def pre_forward(
         self, target: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -245,9 +282,23 @@ class VPT(zoo.Adapter):
         p = self.prefix_tokens
         x = torch.cat([x[:, :p], prompts, x[:, p:]], dim=1)
         new = (args, {**kwargs, "x": x}) if in_kwargs else ((x, *args[1:]), kwargs)
+        bias = kwargs.get("shared_rel_pos")
+        if isinstance(bias, torch.Tensor) and bias.ndim >= 2:
+            new = (new[0], {**new[1], "shared_rel_pos": self.pad_bias(bias)})
+        self._count_prompts_as_prefix(target, True)
         if not self.probed:
             self.probe(target, *new)
         return new
+
+    def pad_bias(self, bias: torch.Tensor) -> torch.Tensor:
+        """A relative position bias shared by all blocks (timm's ``vit_srelpos``), ``[.., N, N]``:
+        zero bias to and from the prompts (inserted after the prefix tokens)."""
+        p, tokens = self.prefix_tokens, self.prompts.shape[0]
+        n = bias.shape[-1]
+        out = bias.new_zeros((*bias.shape[:-2], n + tokens, n + tokens))
+        keep = [*range(p), *range(p + tokens, n + tokens)]
+        index = torch.tensor(keep, device=bias.device)
+        return out.index_copy(-2, index, out.index_select(-2, index).index_copy(-1, index, bias))
 
     def probe(self, target: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Once: run the block (hooks bypassed, one sample, no grad, RNG untouched) on the
@@ -265,22 +316,29 @@ class VPT(zoo.Adapter):
                     f"prompted shape {tuple(x[:1].shape)}"
                 )
         except AdapterError:
+            self._count_prompts_as_prefix(target, False)
             raise
         except Exception as exc:
+            self._count_prompts_as_prefix(target, False)
             where = getattr(getattr(self, "zoo_addition", None), "target", "?")
             raise AdapterError(
                 f"zoo:vpt on {where!r}: the block cannot take {self.prompts.shape[0]} extra "
                 f"tokens ({type(exc).__name__}: {exc}); its attention expects a fixed token "
-                "layout (relative position bias, rotary embeddings, a spatial reshape): use "
+                "layout (a position bias per token pair, a spatial reshape): use "
                 "lora or ssf for this backbone"
             ) from exc
         self.probed = True
 
     def post_forward(self, target: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        self._count_prompts_as_prefix(target, False)
         p, tokens = self.prefix_tokens, self.prompts.shape[0]
         return torch.cat([output[:, :p], output[:, p + tokens :]], dim=1)
 
 
 def build_vpt(target: nn.Module, addition: zoo.Addition) -> VPT:
     tokens, dim = addition.params["vpt.prompts"]
-    return VPT(tokens, dim, int(addition.args.get("prefix_tokens", 1)))
+    vpt = VPT(tokens, dim, int(addition.args.get("prefix_tokens", 1)))
+    attn_prefix = getattr(getattr(target, "attn", None), "num_prefix_tokens", None)
+    if isinstance(attn_prefix, int) and not isinstance(attn_prefix, bool):
+        vpt.attn_prefix = attn_prefix
+    return vpt

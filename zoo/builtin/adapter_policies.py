@@ -25,6 +25,9 @@ NormChoice = Literal["frozen", "train", "frozen-stats"]
 SSF_NORM_TYPES = re.compile(
     r"^(Sync)?BatchNorm(Act)?([123]d)?$|^GroupNorm(1|Act)?$|^LayerNorm(2d|Act|Act2d)?$"
 )
+#: SSF targets among the operations (with a bias): their per-channel scale folds into the
+#: weight, or into the ``gain`` of timm's scaled weight-standardized convs (NFNet)
+SSF_OPERATIONS = frozenset({"Linear", "Conv2d", "ScaledStdConv2d", "ScaledStdConv2dSame"})
 _BLOCK_RE = re.compile(r"^(blocks\.\d+)\.")
 _REL_POS_RE = re.compile(r"relative_position|(^|\.)rel_pos")
 #: module types lora adapts (see zoo.builtin.adapter_kinds.LORA_CONVS)
@@ -124,8 +127,15 @@ def lora(
     purpose: in a ResNet-50 they hold 60 % of the conv weights, and LoRA on every conv of its
     stages at rank 8 adds 2.3 % of the model, while the k x k convs alone add 1.2 %; the adapted
     model then saves (adapters + head) in under 2 % of the full file, as a ViT-B/16 does
-    (1.4 %). ``targets=*.qkv,*.fc2`` (fnmatch on module paths) chooses modules by name,
+    (1.4 %). A body with neither (LeViT's conv form builds attention and MLPs from 1x1 convs)
+    gets its 1x1 convs instead. ``targets=*.qkv,*.fc2`` (fnmatch on module paths) chooses
+    modules by name,
     any kernel size. ``B`` starts at zero, so the model is unchanged until it trains.
+
+    timm's weight-standardized convs (``StdConv2d``, ``ScaledStdConv2d`` and ``*Same``: NFNet,
+    BiT) count as ``Conv2d``: their update is added to the weight *before* standardization, so
+    ``zoo.merge_adapters`` (``weight += delta``) is exact; the price is a second run of those
+    convs while adapted (the adapter recomputes the conv with the updated weight).
     """
     _check("rank", 1 <= rank <= 4096, "an integer from 1 to 4096", rank)
     _check("alpha", alpha > 0, "a number > 0", alpha)
@@ -145,6 +155,7 @@ def lora(
         if row.module_type in LORA_TYPES and row.role != "head" and path not in bypassed
     }
     patterns = [t for t in (targets or []) if t != "auto"]
+    pointwise = False
     if patterns:
         chosen = []
         for pattern in patterns:
@@ -173,13 +184,15 @@ def lora(
         picked = set(chosen)
         rows = [row for path, row in supported.items() if path in picked]  # model order
     else:
-        rows = [
+        body = [
             row
             for row in supported.values()
-            if row.depth >= max(min_depth, 1)
-            and row.group not in HEAD_GROUPS
-            and (row.module_type == "Linear" or row.shape[2] * row.shape[3] > 1)
+            if row.depth >= max(min_depth, 1) and row.group not in HEAD_GROUPS
         ]
+        rows = [r for r in body if r.module_type == "Linear" or r.shape[2] * r.shape[3] > 1]
+        pointwise = not rows and bool(body)
+        if pointwise:  # LeViT's conv form: attention and MLPs are 1x1 convs
+            rows = body
     notes = []
     additions = []
     for row in rows:
@@ -203,6 +216,11 @@ def lora(
         f"lora: rank {rank}, scale alpha/rank = {alpha / rank:.3g}, on {len(rows)} modules "
         f"({linears} Linear, {len(rows) - linears} Conv2d)",
     )
+    if pointwise:
+        notes.append(
+            "lora: the body has no Linear and no k x k conv, so its 1x1 convs (linears over "
+            "channels) are adapted"
+        )
     if bypassed and not patterns:
         notes.append(
             f"lora: {len(bypassed)} fused qkv linears left out: their attention uses the weight "
@@ -211,8 +229,8 @@ def lora(
     standardized = [r for r in rows if "Std" in r.module_type]
     if standardized:
         notes.append(
-            f"lora: {len(standardized)} weight-standardized convs adapted beside the conv; "
-            "those adapters cannot merge into the weights"
+            f"lora: {len(standardized)} weight-standardized convs: the update joins the weight "
+            "before standardization (exact merge; the conv runs twice while adapted)"
         )
     return _plan(table, additions, norms, notes, "lora")
 
@@ -227,8 +245,10 @@ def ssf(table: ParamTable, min_depth: int = 0, norms: NormChoice = "frozen") -> 
     and a bias (BatchNorm, GroupNorm, LayerNorm and timm's norm-act forms, where the scale and
     shift apply before the activation), and every ``nn.Linear`` and ``nn.Conv2d`` with a bias.
     A convolution without a bias (a ResNet's, followed by a BatchNorm) is covered by the norm
-    after it. Every target can fold the scale and shift into its weight and bias, so an SSF
-    model merges into a plain one (``zoo.merge_adapters``).
+    after it. timm's ``ScaledStdConv2d`` with a bias (NFNets have no norm layers) is a target too:
+    it standardizes its weight and then multiplies it by a per-channel ``gain``, so the scale
+    folds into the gain and the bias. Every target can fold the scale and shift into its weight
+    and bias, so an SSF model merges into a plain one (``zoo.merge_adapters``).
     """
     _check_min_depth(table, min_depth)
     biased = {row.module for row in table.rows if row.name.rpartition(".")[2] == "bias"}
@@ -243,7 +263,7 @@ def ssf(table: ParamTable, min_depth: int = 0, norms: NormChoice = "frozen") -> 
         if path in norm_types:
             if not SSF_NORM_TYPES.match(norm_types[path]) or len(row.shape) != 1:
                 continue
-        elif row.module_type not in ("Linear", "Conv2d"):
+        elif row.module_type not in SSF_OPERATIONS:
             continue
         channels = row.shape[0]
         additions.append(
@@ -262,28 +282,98 @@ def ssf(table: ParamTable, min_depth: int = 0, norms: NormChoice = "frozen") -> 
 # ---------------------------------------------------------------- vpt
 
 
+#: prefix-token parameters (leaf or nested, e.g. naflexvit's ``embeds.reg_token``)
+_PREFIX_TOKENS = ("cls_token", "dist_token", "reg_token")
+#: ConViT's gated positional self-attention: built for the square grid of patch tokens only
+_GPSA_RE = re.compile(r"^blocks\.\d+\.attn\.(gating_param|pos_proj\.)")
+
+
+class TokenLayout(tuple):
+    """``(block paths, width, prefix tokens)`` plus ``skipped`` blocks (with the reason)."""
+
+    skipped: tuple[str, ...] = ()
+    reason: str = ""
+
+
+def _prefix_tokens(table: ParamTable) -> int:
+    prefix = 0
+    for row in table.rows:
+        if row.name.startswith("blocks.") or row.name.rpartition(".")[2] not in _PREFIX_TOKENS:
+            continue
+        prefix += row.shape[1] if len(row.shape) == 3 else 1
+    return prefix
+
+
 def token_layout(table: ParamTable) -> tuple[list[str], int, int] | None:
-    """``(block paths, width, prefix tokens)`` of a token-based backbone (a timm ViT: blocks
-    ``blocks.N`` over ``[batch, tokens, width]``, a class token or position embedding), else
-    None."""
-    leaves = {row.name: row for row in table.rows if "." not in row.name}
-    embed = leaves.get("cls_token") or leaves.get("pos_embed")
-    if embed is None or not embed.shape:
-        return None
+    """``(block paths, width, prefix tokens)`` of a token-based backbone, else None.
+
+    A token-based backbone (timm's ViT family) has transformer blocks ``blocks.N`` over
+    ``[batch, tokens, width]`` of one width -- taken from the first block's ``norm1`` (else a
+    ``[1, N, C]`` class token or position embedding) -- and its prefix tokens are the class,
+    distillation and register tokens, leaf or nested (``embeds.reg_token``). Not token-based
+    (None, see :func:`vpt_refusal`): no such blocks; blocks of changing widths or an embedding
+    over a channel-first grid (Hiera: NHWC maps); attention with a per-block relative position
+    bias (BEiT, ``vit_relpos``: a bias for a fixed token count); blocks that reshape their tokens
+    into the patch grid (a convolution inside a block: XCiT's LPI). ConViT's GPSA blocks (gated
+    positional attention over the square patch grid, before the class token joins) are left
+    out; its later, plain blocks take prompts.
+    """
+    layout = _layout(table)
+    return None if isinstance(layout, str) else layout
+
+
+def vpt_refusal(table: ParamTable) -> str:
+    """Why :func:`token_layout` refuses this table ("" when it does not)."""
+    layout = _layout(table)
+    return layout if isinstance(layout, str) else ""
+
+
+def _layout(table: ParamTable) -> TokenLayout | str:
     blocks = list(
         dict.fromkeys(m.group(1) for row in table.rows if (m := _BLOCK_RE.match(row.name)))
     )
-    if not blocks or any(_REL_POS_RE.search(row.name) for row in table.rows):
-        return None  # none, or attention biased per token pair: a fixed token count
-    prefix = 0
-    if "cls_token" in leaves:
-        prefix += 1
-    if "dist_token" in leaves:
-        prefix += 1
-    reg = leaves.get("reg_token")
-    if reg is not None and len(reg.shape) == 3:
-        prefix += reg.shape[1]
-    return blocks, embed.shape[-1], prefix
+    if not blocks:
+        return "it has no transformer blocks 'blocks.N'"
+    widths = {
+        row.name.split(".")[1]: row.shape[0]
+        for row in table.rows
+        if re.fullmatch(r"blocks\.\d+\.norm1\.weight", row.name) and len(row.shape) == 1
+    }
+    embeds = [
+        row
+        for row in table.rows
+        if not row.name.startswith("blocks.")
+        and row.name.rpartition(".")[2] in ("cls_token", "pos_embed")
+    ]
+    if widths:
+        if len(set(widths.values())) > 1:
+            return "its blocks change width (a hierarchical model, not a ViT)"
+        width = next(iter(widths.values()))
+        if any(row.shape[-1] != width for row in embeds if row.shape):
+            return "its position embedding is not [.., tokens, channels] (a spatial map)"
+    else:
+        flat = [row for row in embeds if len(row.shape) == 3]
+        if not flat:
+            return "it has neither a norm1 in its blocks nor a [1, N, C] class token or embedding"
+        width = flat[0].shape[-1]
+    in_blocks = [row for row in table.rows if row.name.startswith("blocks.")]
+    if any(_REL_POS_RE.search(row.name) for row in table.rows if not _shared(row.name)):
+        return "its attention adds a relative position bias made for a fixed number of tokens"
+    if any(row.module_type == "Conv2d" for row in in_blocks):
+        return "its blocks reshape the tokens into the patch grid (a convolution inside a block)"
+    gpsa = {m.group(0).split(".attn")[0] for row in in_blocks if (m := _GPSA_RE.match(row.name))}
+    kept = [b for b in blocks if b not in gpsa]
+    if not kept:
+        return "every block uses positional attention over the square patch grid (GPSA)"
+    layout = TokenLayout((kept, width, _prefix_tokens(table)))
+    layout.skipped = tuple(b for b in blocks if b in gpsa)
+    return layout
+
+
+def _shared(name: str) -> bool:
+    """A relative position bias computed once and passed to every block (``shared_rel_pos``):
+    VPT pads it with zeros for the prompts."""
+    return name.startswith("shared_rel_pos.")
 
 
 def vpt(
@@ -291,18 +381,25 @@ def vpt(
 ) -> Plan:
     """VPT-deep: ``tokens`` learned prompt tokens at the input of each transformer block from
     ``min_depth`` up (inserted after the class/register tokens, dropped from the block's
-    output). Token-based backbones only (timm's ViT family); cannot merge into the weights.
+    output). Token-based backbones only (timm's ViT family, as :func:`token_layout` defines it);
+    cannot merge into the weights.
+
+    Refused at plan time, with the reason, where blocks cannot take extra tokens: a per-block
+    relative position bias (BEiT), a convolution inside the blocks (XCiT's LPI reshapes tokens
+    to the patch grid), changing widths or a channel-first embedding (Hiera). ConViT: prompts
+    only in the blocks after its GPSA blocks. Rotary embeddings (EVA-02, RoPE ViTs, DINOv3) and
+    a shared relative position bias (``vit_srelpos``) work: the prompts count as prefix tokens
+    (no rotation) and get a zero bias.
     """
     _check("tokens", 1 <= tokens <= 1000, "an integer from 1 to 1000", tokens)
     _check_min_depth(table, min_depth)
-    layout = token_layout(table)
-    if layout is None:
+    layout = _layout(table)
+    if isinstance(layout, str):
         raise PlanError(
             f"vpt needs a token-based backbone (a ViT: transformer blocks 'blocks.N' over "
-            f"[batch, tokens, channels], a class token or position embedding, no relative "
-            f"position bias); "
-            f"{table.backbone or table.model_type or 'this model'} is not one -- use lora or "
-            "ssf instead"
+            f"[batch, tokens, channels]); "
+            f"{table.backbone or table.model_type or 'this model'} is not one: {layout} -- "
+            "use lora or ssf instead"
         )
     blocks, dim, prefix = layout
     additions = []
@@ -321,9 +418,15 @@ def vpt(
                 group=group,
             )
         )
-    note = f"vpt: {tokens} prompt tokens at the input of {len(additions)} blocks"
+    notes = [f"vpt: {tokens} prompt tokens at the input of {len(additions)} blocks"]
+    if layout.skipped:
+        notes.append(
+            f"vpt: {len(layout.skipped)} blocks with gated positional attention over the patch "
+            f"grid (GPSA: {layout.skipped[0]}..{layout.skipped[-1]}) left out: they cannot "
+            "take extra tokens"
+        )
     no_decay = {name: False for a in additions for name in a.names}  # tokens, like cls_token
-    return _plan(table, additions, norms, [note], "vpt", no_decay)
+    return _plan(table, additions, norms, notes, "vpt", no_decay)
 
 
 # ---------------------------------------------------------------- kinds (built lazily)

@@ -319,9 +319,8 @@ def merge_adapters(model: nn.Module) -> nn.Module:
         raise AdapterMergeError(
             f"{len(refused)} adapter(s) cannot be merged into the weights ({', '.join(kinds)}, "
             f"e.g. on {refused[0].zoo_addition.target!r}): they do not fold into a weight (VPT "
-            "prompts add inputs; a LoRA on a weight-standardized conv would be standardized "
-            "away). Nothing was changed; keep the adapted model as it is (zoo.save stores the "
-            "adapters with their base)"
+            "prompts add inputs). Nothing was changed; keep the adapted model as it is "
+            "(zoo.save stores the adapters with their base)"
         )
     merged = []
     with torch.no_grad():
