@@ -321,35 +321,3 @@ def predictions_table(predictions: Sequence[Any]) -> Table:
             )
         table.add_section()
     return table
-
-
-# ---------------------------------------------------------------- demo
-
-
-def demo_table(rows: Sequence[Any]) -> Table:
-    """The demo's comparison: one row per strategy, the best in bold green."""
-    best = max((r.accuracy for r in rows), default=None)
-    table = Table(
-        title="target task: digits 5-9, few labels per class",
-        title_justify="left",
-        caption="scratch starts from random weights, the others from the source model",
-        caption_justify="left",
-        show_edge=False,
-    )
-    table.add_column("strategy")
-    table.add_column("policy")
-    table.add_column("test acc", justify="right")
-    table.add_column("trained", justify="right")
-    table.add_column("time", justify="right")
-    table.add_column("cache")
-    for r in rows:
-        table.add_row(
-            r.strategy,
-            r.policy,
-            _pct(r.accuracy),
-            f"{100 * r.trainable_fraction:.1f}%",
-            _seconds(r.seconds),
-            "yes" if r.feature_cache else "no",
-            style="bold green" if r.accuracy == best else None,
-        )
-    return table
