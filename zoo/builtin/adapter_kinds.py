@@ -65,12 +65,13 @@ class LoRA(zoo.Adapter):
             return self.standardized_forward(target, args[0])
         x = self.dropout(args[0])
         if isinstance(target, nn.Linear):
-            return output + F.linear(F.linear(x, self.A), self.B) * self.scale
+            # one fused add: no full-size temporary for the scaled update
+            return torch.add(output, F.linear(F.linear(x, self.A), self.B), alpha=self.scale)
         if self.same_pad:
             x = pad_same(x, target.kernel_size, target.stride, target.dilation)
         if target.groups == 1 and target.padding_mode == "zeros":
             hidden = F.conv2d(x, self.A, None, target.stride, target.padding, target.dilation)
-            return output + F.conv2d(hidden, self.B) * self.scale
+            return torch.add(output, F.conv2d(hidden, self.B), alpha=self.scale)
         return output + target._conv_forward(x, self.delta_weight(target), None)
 
     def standardized_forward(self, target: nn.Module, x: torch.Tensor) -> torch.Tensor:
