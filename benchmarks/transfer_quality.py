@@ -72,6 +72,7 @@ class Cell:
     epochs: int = 0
     accuracy: dict[str, float] = field(default_factory=dict)  # policy -> test accuracy
     val_accuracy: dict[str, float] = field(default_factory=dict)
+    val_loss: dict[str, float | None] = field(default_factory=dict)
     trainable_fraction: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     best: str = ""
@@ -177,6 +178,7 @@ def run_cell(cell: Cell, root: Path, ladder: list[str], common: dict[str, Any], 
         cell.seconds[policy] = time.perf_counter() - t0
         cell.accuracy[policy] = test_accuracy(model, test)
         cell.val_accuracy[policy] = history.final_accuracy or 0.0
+        cell.val_loss[policy] = history.epochs[-1].val_loss if history.epochs else None
         cell.trainable_fraction[policy] = history.trainable_fraction
         print(
             f"  {cell.domain:9} {cell.size:>3}  {policy:16} "
@@ -277,6 +279,46 @@ def print_tables(cells: list[Cell], ladder: list[str], fractions: dict[str, floa
         print(f"| {cell_name(c)} | {values} |")
 
 
+def ranking_rules(cell: Cell) -> dict[str, str]:
+    """Which policy each ranking rule picks from the ten runs trained to the end, ranked on
+    the validation set: ``acc, then loss`` (compare's rule), ``loss`` alone, and ``within one
+    image, then loss`` (accuracies at most one validation image below the top count as tied)."""
+    policies = list(cell.val_accuracy)
+
+    def loss(p: str) -> float:
+        value = cell.val_loss.get(p)
+        return float("inf") if value is None else value
+
+    top = max(cell.val_accuracy.values())
+    step = 1.0 / max(1, cell.val_images)
+    near = [p for p in policies if cell.val_accuracy[p] >= top - step - 1e-9]
+    return {
+        "acc, then loss": min(policies, key=lambda p: (-cell.val_accuracy[p], loss(p))),
+        "loss alone": min(policies, key=loss),
+        "within one image, then loss": min(near, key=loss),
+    }
+
+
+def print_ranking_rules(cells: list[Cell]) -> None:
+    rules = list(ranking_rules(cells[0])) if cells else []
+    print(
+        "| cell | val images (1 image =) | policies tied at the top val acc | "
+        + " | ".join(f"{r}: pick (test acc)" for r in rules)
+        + " |"
+    )
+    print("|---" * (len(rules) + 3) + "|")
+    for c in cells:
+        top = max(c.val_accuracy.values())
+        tied = sum(1 for v in c.val_accuracy.values() if v == top)
+        picks = ranking_rules(c)
+        print(
+            f"| {cell_name(c)} | {c.val_images} ({100 / max(1, c.val_images):.1f} pts) "
+            f"| {tied} of {len(c.val_accuracy)} | "
+            + " | ".join(f"{picks[r]} ({pct(c.accuracy[picks[r]])})" for r in rules)
+            + " |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="half the epochs")
@@ -368,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - started
         print()
         print_tables(cells, ladder, fractions)
+        print()
+        print("Ranking rules on the ten runs trained to the end (validation set -> test):")
+        print()
+        print_ranking_rules(cells)
         print()
         print(
             f"{args.backbone} at {args.image_size} px, source {args.source_epochs} epochs, "

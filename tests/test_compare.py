@@ -11,8 +11,17 @@ import pytest
 from test_data import make_color_folder
 
 import zoo
+from zoo.adaptation import halving
 from zoo.adaptation.candidates import default_policies, split_policies
-from zoo.adaptation.halving import keep_ratio, keep_within, projected_seconds, rung_epochs
+from zoo.adaptation.halving import (
+    MIN_RUNG_STEPS,
+    keep_ratio,
+    keep_within,
+    projected_seconds,
+    rung_epochs,
+    rung_note,
+)
+from zoo.adaptation.leaderboard import small_validation_note
 from zoo.cli.main import main
 
 BACKBONE = "timm:test_resnet"  # a tiny timm ResNet: stem, 4 stages, fc
@@ -34,11 +43,31 @@ def _cli(argv, capsys):
     return status, captured.out, captured.err
 
 
-def test_json_is_exactly_the_documented_shape_and_halving_drops_candidates(data, capsys):
+def test_json_is_exactly_the_documented_shape_and_halving_drops_candidates(
+    data, capsys, monkeypatch
+):
+    # halving on a tiny set: the minimum steps per rung lowered to one epoch of 24 images at
+    # batch 3 (8 steps), so the rungs stay 1, 2, 4 (MIN_RUNG_STEPS itself: test_rungs_...)
+    monkeypatch.setattr(halving, "MIN_RUNG_STEPS", 8)
     argv = [
-        "compare", BACKBONE, "--data", str(data / "train"), "--val", str(data / "val"),
-        "--scratch", "--image-size", "32", "--batch-size", "8", "--lr", "0.01",
-        "--epochs", "4", "--name", "best", "--json",
+        "compare",
+        BACKBONE,
+        "--data",
+        str(data / "train"),
+        "--val",
+        str(data / "val"),
+        "--scratch",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "3",
+        "--lr",
+        "0.01",
+        "--epochs",
+        "4",
+        "--name",
+        "best",
+        "--json",
     ]  # fmt: skip
     status, out, _err = _cli(argv, capsys)
     assert status == 0
@@ -142,6 +171,20 @@ def test_rungs_and_keep_ratio_arithmetic():
     assert rung_epochs(5, 8) == [1, 2, 5]
     assert rung_epochs(1, 8) == [1]
     assert rung_epochs(10, 1) == [10]
+    # rungs with fewer than MIN_RUNG_STEPS (64) optimizer steps are merged into the next one
+    assert MIN_RUNG_STEPS == 64
+    assert rung_epochs(8, 8, steps_per_epoch=64) == [1, 2, 4, 8]
+    assert rung_epochs(8, 8, steps_per_epoch=20) == [4, 8]  # 20 and 40 steps are too few
+    assert rung_epochs(20, 10, steps_per_epoch=17) == [5, 10, 20]
+    assert rung_epochs(40, 10, steps_per_epoch=1) == [40]  # no rung before the last has 64
+    assert rung_epochs(8, 8, steps_per_epoch=0) == [8]
+    assert rung_note(8, 8, 64) is None
+    note = rung_note(8, 8, 20)
+    assert (
+        "merged" in note and "after 4 epoch(s) (80 steps), rungs 4, 8 instead of 1, 2, 4, 8" in note
+    )
+    note = rung_note(40, 10, 1)
+    assert "no successive halving" in note and "all 40 epochs (40 steps)" in note
     assert keep_ratio(8, 4) == 2  # 3 halvings: 8 -> 4 -> 2 -> 1
     assert keep_ratio(8, 3) == 3  # 2 halvings must reach 1: 8 -> 3 -> 1
     assert keep_ratio(3, 2) == 3
@@ -164,6 +207,36 @@ def test_a_tiny_budget_cuts_the_comparison_and_says_so(data):
     assert any("budget" in note and "best so far" in note for note in board.notes)
     assert "budget" in board.why()
     assert len(result.history.epochs) == 1
+
+
+def test_tiny_data_trains_every_candidate_to_the_end_and_says_why(data):
+    # 24 images at batch 8: 3 optimizer steps per epoch, 4 epochs: no rung before the last has
+    # MIN_RUNG_STEPS steps, so nothing is cut after a few steps: every candidate trains 4 epochs
+    result = zoo.compare(
+        BACKBONE,
+        data / "train",
+        data / "val",
+        policies="linear-probe,train-last:n=1,bitfit,full",
+        epochs=4,
+        **FAST,
+    )
+    board = result.leaderboard
+    assert board.rungs == (4,)
+    assert [r.epochs for r in board.rows] == [4, 4, 4, 4]
+    assert not any(r.stopped_early for r in board.rows)
+    assert any("no successive halving" in n and "cheap" in n for n in board.notes)
+    # 9 validation images: one image is 11.1 points of accuracy, and the leaderboard says so
+    assert any("9 image(s): one image is 11.1 points" in n for n in board.notes)
+    ranked = [(-r.val_acc, r.val_loss) for r in board.rows]
+    assert ranked == sorted(ranked)  # accuracy first, then the lower validation loss
+
+
+def test_small_validation_note():
+    assert small_validation_note(5).startswith("the validation set has 5 image(s): one image")
+    assert "20 points" in small_validation_note(
+        5
+    ) and "more validation data" in small_validation_note(5)
+    assert small_validation_note(50) is None and small_validation_note(0) is None
 
 
 def test_plot_is_written(data, tmp_path):
@@ -217,6 +290,9 @@ def test_missing_matplotlib_is_a_clear_error_before_any_training(data, tmp_path,
         ({"epochs": 0}, "epochs"),
         ({"lr": math.inf}, "lr"),
         ({"plot": 3}, "plot"),
+        ({"augment": True}, "augment"),  # compare never augments: a clear error, no TypeError
+        ({"policy": "full"}, "policy"),
+        ({"epoch": 3}, "epoch"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(data, options, argument, _isolated_zoo):
@@ -226,6 +302,10 @@ def test_bad_arguments_are_refused_before_any_work(data, options, argument, _iso
         zoo.compare(BACKBONE, data / "train", val, **kwargs)
     assert info.value.argument == argument
     assert not (_isolated_zoo / "models" / "never").exists()
+    if argument == "augment":
+        assert "un-augmented" in str(info.value) and "zoo.adapt" in str(info.value)
+    if argument == "epoch":
+        assert "did you mean epochs" in str(info.value)
 
 
 def test_cli_names_the_option_and_an_existing_name_fails_fast(data, capsys):
@@ -245,9 +325,12 @@ def test_cli_text_output_is_a_table_and_says_why(data, capsys):
         "--scratch", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
         "--policies", "linear-probe,full", "--name", "text",
     ]  # fmt: skip
-    status, out, _err = _cli(argv, capsys)
+    status, out, err = _cli(argv, capsys)
     assert status == 0
     assert "val acc" in out and "trained on" in out and "cut early" in out
+    # the progress line says which loss is which (the training loss is not the validation's)
+    epoch_lines = [line for line in (out + err).splitlines() if " epoch " in line]
+    assert epoch_lines and all("train loss" in ln and "val loss" in ln for ln in epoch_lines)
     assert " won with validation accuracy " in out and "saved as text" in out
 
 

@@ -47,6 +47,17 @@ def test_auto_with_validation_data_measures_and_trains_the_winner(data, weights)
     assert not any("guessed" in n for n in history.notes)
 
 
+def test_measured_auto_gives_every_policy_the_minimum_steps(data, weights):
+    # 24 images at batch 8: 3 optimizer steps per epoch, 2 epochs = 6 < MIN_RUNG_STEPS: auto may
+    # not cut any policy early (a ranking after 3 steps says who starts fast, not who ends best)
+    _model, history = zoo.adapt(
+        BACKBONE, data / "train", data / "val", policy="auto", weights=weights, epochs=2, **FAST
+    )
+    note = next(n for n in history.notes if n.startswith("auto measured"))
+    assert "every policy trained all 2 epochs (too few optimizer steps" in note
+    assert "cut by its budget" not in note
+
+
 def test_auto_without_validation_data_guesses_from_its_table(data, weights):
     _model, history = zoo.adapt(
         BACKBONE, data / "train", policy="auto", weights=weights, epochs=1, **FAST

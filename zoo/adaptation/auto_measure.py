@@ -80,6 +80,13 @@ def auto_note(board: Leaderboard) -> str:
         + (f"; {others}" if others else "")
         + f"), in {board.seconds:.1f} s of successive halving on un-augmented images"
     )
+    if len(board.rungs) == 1 and len(board.rows) > 1:
+        text += (
+            f"; every policy trained all {board.epochs} epochs (too few optimizer steps per "
+            "epoch to cut one earlier)"
+        )
+    elif board.rungs:
+        text += f"; none was cut before {board.rungs[0]} epoch(s)"
     if board.budget_cut:
         text += f" cut by its budget ({board.budget:.1f} s)"
     return text

@@ -30,7 +30,7 @@ from zoo.adaptation.inputs import prepare_data
 from zoo.adaptation.job import AdaptConfig
 from zoo.adaptation.leaderboard import Leaderboard
 from zoo.adaptation.starting_point import build_model, check_start, check_target, choose_weights
-from zoo.errors import AdaptArgumentError, ZooError
+from zoo.errors import AdaptArgumentError, ZooError, suggest
 from zoo.io.persistence import save
 from zoo.tables.build import table_for
 
@@ -160,7 +160,32 @@ def compare(
     writes a PNG of accuracy against trained parameters (needs matplotlib). The other keyword
     arguments are those of :func:`zoo.adapt`, applied to every candidate (no augmentation).
     """
-    return run(backbone_or_model, train, val, CompareConfig(**options), catalog=catalog)
+    return run(backbone_or_model, train, val, compare_config(options), catalog=catalog)
+
+
+#: Keywords of :func:`zoo.adapt` that ``compare`` refuses, and why (``AdaptArgumentError``
+#: reads "ARG must be RULE, not VALUE").
+_ADAPT_ONLY = {
+    "augment": "left out: zoo.compare always trains on un-augmented images (the same, "
+    "cacheable inputs for every candidate make the comparison fair); to train the winner with "
+    "augmentation, pass its policy to zoo.adapt",
+    "policy": "left out: zoo.compare takes policies=[SPEC, ...] (the candidates to compare)",
+}
+
+
+def compare_config(options: Mapping[str, Any]) -> CompareConfig:
+    """:class:`CompareConfig` of ``compare``'s keyword arguments; an unknown one is an
+    :class:`~zoo.AdaptArgumentError` naming it (not a ``TypeError``)."""
+    known = [f.name for f in fields(CompareConfig)]
+    for key in options:
+        if key not in known:
+            close = suggest(str(key), known, n=3)
+            why = _ADAPT_ONLY.get(key) or (
+                "left out: it is not an argument of zoo.compare"
+                + (f" (did you mean {', '.join(close)}?)" if close else "")
+            )
+            raise AdaptArgumentError(str(key), options[key], why)
+    return CompareConfig(**options)
 
 
 def _compare_signature() -> inspect.Signature:

@@ -9,7 +9,9 @@ Successive halving (Jamieson & Talwalkar, 2016): rungs of ``E/2^R, …, E/2, E``
 epochs, at least 1); after each rung but the last only the best ``1/eta`` of the candidates
 (by validation accuracy, then lower validation loss, then fewer trained parameters) continue
 from where they are. ``eta`` is 2 when the epochs allow ``ceil(log2 n)`` rungs, else
-``ceil(n ** (1/R))`` so that one candidate is left for the last rung. Cost-aware: fewer are
+``ceil(n ** (1/R))`` so that one candidate is left for the last rung. No candidate is cut
+before :data:`MIN_RUNG_STEPS` optimizer steps: shorter rungs merge into the next (none left
+before the last: no halving, every candidate trains to the end). Cost-aware: fewer are
 kept when the projected cost of the remaining rungs (measured seconds per epoch) would take the
 comparison past :data:`COST_TARGET_RUNS` full runs of the slowest candidate, or past
 ``budget`` (seconds) when one is given; the budget also stops promoting once the next epoch
@@ -34,7 +36,12 @@ from zoo.adaptation.distributed import Replica
 from zoo.adaptation.feature_cache import INFERENCE_BATCH
 from zoo.adaptation.history import AdaptCallback, EpochRecord
 from zoo.adaptation.inputs import reshuffled, set_epoch
-from zoo.adaptation.leaderboard import Leaderboard, LeaderboardRow, rank_key
+from zoo.adaptation.leaderboard import (
+    Leaderboard,
+    LeaderboardRow,
+    rank_key,
+    small_validation_note,
+)
 from zoo.adaptation.shared_work import extract_shared_boundaries, find_boundaries, prepare_shared
 from zoo.adaptation.training import TrainLoop, epoch_record, make_optimizer
 from zoo.errors import ZooError
@@ -52,6 +59,19 @@ if TYPE_CHECKING:
 #: Successive halving keeps fewer candidates when the projected total would exceed this many
 #: full runs (``epochs`` epochs) of the slowest candidate.
 COST_TARGET_RUNS = 2.0
+
+#: Fewest optimizer steps every candidate trains before successive halving may cut one. Early
+#: in the lr schedule a ranking says which candidate *starts* fast (few parameters moving:
+#: ``bitfit``, adapters, heads), not which one ends best: whole-model candidates (``full``)
+#: first lose accuracy at the top of the schedule and win later. Measured on the digits of
+#: ``benchmarks/transfer_quality.py``: with 8, first cuts after 10-15 steps dropped ``full``
+#: (val acc 0.30-0.35 then; 0.95, the best on validation, trained to the end) and
+#: compare lost 1.2-8.0 points in three cells; with 64 it was within 0.4 points of the best
+#: in four of six cells, 1.2 and 4.8 in the two cells with 5 validation images. Shorter rungs
+#: are merged into the next one; when no rung before the last has this many steps there is no
+#: halving: every candidate trains to the end (cheap: that little data). 64 steps are one
+#: epoch of 2,048 images at batch 32: from there on, halving and its 2x cost bound are as usual.
+MIN_RUNG_STEPS = 64
 
 
 # ---------------------------------------------------------------- one candidate
@@ -196,13 +216,39 @@ def train_one_epoch(cand: Candidate, settings: TrainSettings, ctx: DistContext) 
     return record
 
 
-def rung_epochs(epochs: int, candidates: int) -> list[int]:
+def rung_epochs(epochs: int, candidates: int, steps_per_epoch: int | None = None) -> list[int]:
     """Epoch budgets of the rungs: ``E/2^R, …, E/2, E`` (whole epochs, at least 1, distinct),
-    ``R = min(ceil(log2 n), floor(log2 E))``."""
+    ``R = min(ceil(log2 n), floor(log2 E))``. With ``steps_per_epoch``, rungs before the last
+    with fewer than :data:`MIN_RUNG_STEPS` optimizer steps are merged into the next one (only
+    ``[E]`` left: no halving)."""
     if candidates <= 1 or epochs <= 1:
         return [epochs]
     rungs = min(math.ceil(math.log2(candidates)), math.floor(math.log2(epochs)))
-    return sorted({max(1, epochs // 2 ** (rungs - k)) for k in range(rungs + 1)})
+    budgets = sorted({max(1, epochs // 2 ** (rungs - k)) for k in range(rungs + 1)})
+    if steps_per_epoch is None:
+        return budgets
+    return [b for b in budgets[:-1] if b * steps_per_epoch >= MIN_RUNG_STEPS] + [budgets[-1]]
+
+
+def rung_note(epochs: int, candidates: int, steps_per_epoch: int) -> str | None:
+    """What :data:`MIN_RUNG_STEPS` changed in the rungs, for the leaderboard (None: nothing)."""
+    plain = rung_epochs(epochs, candidates)
+    merged = rung_epochs(epochs, candidates, steps_per_epoch)
+    if merged == plain:
+        return None
+    steps = f"{steps_per_epoch} optimizer step(s) per epoch"
+    if len(merged) == 1:
+        return (
+            f"no successive halving: with {steps}, no rung before the last reaches "
+            f"{MIN_RUNG_STEPS} steps, and a cut after fewer ranks how fast a candidate starts, "
+            f"not how well it ends; every candidate trained all {epochs} epochs "
+            f"({epochs * steps_per_epoch} steps) — cheap with this little data"
+        )
+    return (
+        f"with {steps}, rungs shorter than {MIN_RUNG_STEPS} steps were merged: the first cut "
+        f"came after {merged[0]} epoch(s) ({merged[0] * steps_per_epoch} steps), rungs "
+        f"{', '.join(map(str, merged))} instead of {', '.join(map(str, plain))}"
+    )
 
 
 def keep_ratio(candidates: int, rungs: int) -> int:
@@ -259,7 +305,10 @@ def run_halving(
     of the slowest candidate; None: plain halving) keeps fewer candidates at a rung when the
     projected cost of the remaining rungs would exceed it (see :func:`keep_within`); with a
     budget, the budget does."""
-    rungs = rung_epochs(settings.epochs, len(candidates))
+    steps = ctx.broadcast(min(c.n_batches for c in candidates))  # the same rungs on every rank
+    rungs = rung_epochs(settings.epochs, len(candidates), steps)
+    note = rung_note(settings.epochs, len(candidates), steps)
+    notes = [*notes, note] if note else list(notes)
     before_training = time.perf_counter() - t_start
     eta = keep_ratio(len(candidates), len(rungs))
     alive = list(candidates)
@@ -276,8 +325,8 @@ def run_halving(
                 hook = getattr(callback, "on_candidate_epoch", None)
                 if hook is not None:
                     hook(cand.spec, record, k)
-            if budget_cut:
-                break
+            # no break on a budget cut: the others still get their first epoch (a rung can be
+            # several epochs long, see MIN_RUNG_STEPS), then the budget stops each of them
         if k == 0 and relative_budget is not None:
             slowest = max(c.seconds_per_epoch for c in alive)
             budget = before_training + relative_budget * slowest * settings.epochs
@@ -395,6 +444,15 @@ def _leaderboard(
     )
 
 
+def _count(images: Any) -> int:
+    """How many images a folder or loader holds (0: unknown)."""
+    images = getattr(images, "dataset", images)
+    try:
+        return len(images)
+    except TypeError:
+        return 0
+
+
 def _finite(value: float | None) -> float | None:
     """A loss as the leaderboard keeps it: None when it diverged (not finite, or past 1e12)."""
     return value if value is not None and math.isfinite(value) and value <= 1e12 else None
@@ -419,6 +477,8 @@ def compare_candidates(
     """Compare ``planned`` on ``model`` (built, on its device, input config set): the shared
     work, then successive halving."""
     shared = prepare_shared(data, config, ctx=ctx, num_workers=num_workers, seed=settings.seed)
+    small = small_validation_note(_count(data.val))
+    notes = [*notes, small] if small else notes
     candidates = [make_candidate(model, p) for p in planned]
     boundaries = find_boundaries(candidates, shared, ctx)
     if boundaries:

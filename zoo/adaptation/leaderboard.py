@@ -46,6 +46,21 @@ def rank_key(val_acc: float, val_loss: float | None, trainable_params: int) -> t
     return (-val_acc, loss, trainable_params)
 
 
+#: Below this many validation images the leaderboard says that its accuracies are coarse.
+SMALL_VALIDATION = 50
+
+
+def small_validation_note(images: int) -> str | None:
+    """The leaderboard's note on a small validation set (None: ``images`` is enough)."""
+    if not 0 < images < SMALL_VALIDATION:
+        return None
+    return (
+        f"the validation set has {images} image(s): one image is {100 / images:.3g} points of "
+        "accuracy, so differences below that are noise (ties are broken by validation loss); "
+        f"pass more validation data (at least {SMALL_VALIDATION} images) to rank reliably"
+    )
+
+
 def short_policy(spec: str) -> str:
     """``zoo:train-last:n=1`` -> ``train-last:n=1`` (the built-in plugin's prefix dropped)."""
     return spec[4:] if spec.startswith("zoo:") else spec

@@ -115,7 +115,9 @@ class CompareProgress(AdaptCallback):
             Text(
                 _printable(
                     f"  {short_policy(policy):<28} epoch {record.epoch:>3}  "
-                    f"val acc {acc:.3f}  loss {record.train_loss:.4f}  {record.seconds:.2f}s"
+                    f"train loss {record.train_loss:.4f}  val acc {acc:.3f}  val loss "
+                    + (f"{record.val_loss:.4f}" if record.val_loss is not None else "-")
+                    + f"  {record.seconds:.2f}s"
                 )
             )
         )
