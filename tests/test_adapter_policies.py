@@ -592,7 +592,6 @@ def test_vpt_plans_on_vit_family_layouts(name, count, width, prefix):
 @pytest.mark.parametrize(
     ("name", "reason"),
     [
-        ("xcit_nano_12_p16_224", "reshape the tokens into the patch grid"),
         ("hiera_tiny_224", "change width"),
         ("beit_base_patch16_224", "relative position bias"),
     ],
@@ -632,6 +631,60 @@ def test_vpt_runs_and_trains_on_small_vit_family_models(name, kwargs):
     zoo.plans.adapters.remove_adapters(model)
     with torch.no_grad():
         assert (model(x) - base).abs().max() == 0
+
+
+def test_vpt_on_xcit_skips_the_local_patch_interaction_and_trains_only_prompts():
+    torch.manual_seed(0)
+    model = zoo.create("timm:xcit_nano_12_p16_224", num_classes=3, depth=2, img_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        base = model(x)
+    plan = zoo.freeze(model, "vpt:tokens=3")
+    assert [a.target for a in plan.additions] == ["blocks.0", "blocks.1"]  # not cls_attn_blocks
+    assert plan.additions[0].args == {"tokens": 3, "prefix_tokens": 0, "skip": "local_mp"}
+    assert any("skip each block's 'local_mp'" in note for note in plan.notes)
+    seen = []
+    model.blocks[0].local_mp.conv1.register_forward_hook(lambda m, a, o: seen.append(o.shape))
+    out = model(x)
+    assert out.shape == base.shape and (out - base).abs().max() > 0
+    assert seen[-1][2:] == (2, 2)  # the 2x2 patch grid, without the prompts
+    out.sum().backward()
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {"blocks.0.vpt.prompts", "blocks.1.vpt.prompts", "head.weight", "head.bias"}
+    for addition in plan.additions:
+        prompts = model.get_submodule(addition.target).vpt.prompts
+        assert prompts.grad is not None and prompts.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in model.named_parameters() if n not in trained)
+    branch = model.blocks[0].local_mp
+    assert len(branch._forward_pre_hooks) == 1 and len(branch._forward_hooks) == 1
+    model(x)  # hooks installed once, not per call
+    assert len(branch._forward_pre_hooks) == 1
+    with pytest.raises(zoo.AdapterMergeError, match="zoo:vpt"):
+        zoo.merge_adapters(model)
+    zoo.plans.adapters.remove_adapters(model)
+    with torch.no_grad():
+        assert (model(x) - base).abs().max() == 0  # the skip hooks removed themselves
+    assert not branch._forward_pre_hooks and not branch._forward_hooks
+
+
+class ConvInBlock(nn.Module):
+    """A block whose MLP is a convolution over the patch grid: no room for prompts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(8)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        grid = x.transpose(1, 2).reshape(len(x), 8, 2, 2)
+        return x + self.conv(grid).flatten(2).transpose(1, 2)
+
+
+def test_vpt_refuses_a_convolution_inside_a_block_outside_a_skippable_branch():
+    model = TinyViT()
+    model.blocks = nn.Sequential(ConvInBlock(), ConvInBlock())
+    with pytest.raises(zoo.PlanError, match=r"reshape the tokens into the patch grid.*lora or ssf"):
+        zoo.freeze(model, "vpt")
 
 
 def test_lora_falls_back_to_1x1_convs_when_the_body_has_nothing_else():

@@ -248,6 +248,13 @@ class VPT(zoo.Adapter):
 
     Prompts start uniform in ``±sqrt(6 / (3 * 16 * 16 + dim))`` (Xavier for 16x16 patches, as in
     the VPT paper). Cannot merge: prompts add inputs, not a change of weights.
+
+    ``skip`` names a child of the block that works on the patch grid (XCiT's ``local_mp``, a
+    residual branch): hooks on it, installed once at the first forward, drop the prompts from
+    its input and put zeros at their places in its output (the branch adds nothing to them).
+    They act only during this adapter's block call and remove themselves once the adapter has
+    left its block (``zoo.remove_adapters``) -- at the branch's next call, or at once through
+    :meth:`remove_skip_hooks`.
     """
 
     def __init__(self, tokens: int, dim: int, prefix_tokens: int) -> None:
@@ -261,6 +268,65 @@ class VPT(zoo.Adapter):
         #: the tokens after it): raised by ``tokens`` during the block's call, so the prompts,
         #: placed right after the prefix, are not rotated -- as class and register tokens
         self.attn_prefix: int | None = None
+        #: the block's child that the prompts skip ("" for none)
+        self.skip = ""
+        self.inside = False
+
+    # -------------------------------------------------------- a branch the prompts skip
+
+    def _skip_module(self, target: nn.Module) -> nn.Module | None:
+        return getattr(target, self.skip, None) if self.skip else None
+
+    def _install_skip_hooks(self, target: nn.Module) -> None:
+        branch = self._skip_module(target)
+        if not isinstance(branch, nn.Module):
+            where = getattr(getattr(self, "zoo_addition", None), "target", "?")
+            raise AdapterError(
+                f"zoo:vpt on {where!r}: the block has no {self.skip!r} for the prompts to skip; "
+                "plan vpt again for this model"
+            )
+        if any(getattr(h, "__self__", None) is self for h in branch._forward_pre_hooks.values()):
+            return
+        self.__dict__["skip_block"] = target  # not a child: no cycle in the module tree
+        branch.register_forward_pre_hook(self._skip_in, with_kwargs=True)
+        branch.register_forward_hook(self._skip_out)
+
+    def remove_skip_hooks(self) -> None:
+        """Remove the hooks on the skipped branch (no-op when none are installed)."""
+        block = self.__dict__.get("skip_block")
+        branch = self._skip_module(block) if block is not None else None
+        if branch is None:
+            return
+        for hooks in (branch._forward_pre_hooks, branch._forward_hooks):
+            for key in [k for k, h in hooks.items() if getattr(h, "__self__", None) is self]:
+                del hooks[key]
+                branch._forward_pre_hooks_with_kwargs.pop(key, None)
+                branch._forward_hooks_with_kwargs.pop(key, None)
+        self.__dict__.pop("skip_block", None)
+
+    def _skip_in(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        block = self.__dict__.get("skip_block")
+        if block is None or not any(m is self for m in block._modules.values()):
+            self.inside = False
+            self.remove_skip_hooks()  # the adapter has been removed from its block
+        if not self.inside:
+            return None
+        in_kwargs = not args
+        x = kwargs["x"] if in_kwargs else args[0]
+        p, tokens = self.prefix_tokens, self.prompts.shape[0]
+        x = torch.cat([x[:, :p], x[:, p + tokens :]], dim=1)
+        return (args, {**kwargs, "x": x}) if in_kwargs else ((x, *args[1:]), kwargs)
+
+    def _skip_out(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if not self.inside:
+            return None
+        p, tokens = self.prefix_tokens, self.prompts.shape[0]
+        zeros = output.new_zeros((output.shape[0], tokens, *output.shape[2:]))
+        return torch.cat([output[:, :p], zeros, output[:, p:]], dim=1)
+
+    # -------------------------------------------------------- the block's hooks
 
     def _count_prompts_as_prefix(self, target: nn.Module, on: bool) -> None:
         if self.attn_prefix is not None:
@@ -286,7 +352,10 @@ class VPT(zoo.Adapter):
         bias = kwargs.get("shared_rel_pos")
         if isinstance(bias, torch.Tensor) and bias.ndim >= 2:
             new = (new[0], {**new[1], "shared_rel_pos": self.pad_bias(bias)})
+        if self.skip:
+            self._install_skip_hooks(target)
         self._count_prompts_as_prefix(target, True)
+        self.inside = True
         if not self.probed:
             self.probe(target, *new)
         return new
@@ -318,9 +387,11 @@ class VPT(zoo.Adapter):
                 )
         except AdapterError:
             self._count_prompts_as_prefix(target, False)
+            self.inside = False
             raise
         except Exception as exc:
             self._count_prompts_as_prefix(target, False)
+            self.inside = False
             where = getattr(getattr(self, "zoo_addition", None), "target", "?")
             raise AdapterError(
                 f"zoo:vpt on {where!r}: the block cannot take {self.prompts.shape[0]} extra "
@@ -332,6 +403,7 @@ class VPT(zoo.Adapter):
 
     def post_forward(self, target: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         self._count_prompts_as_prefix(target, False)
+        self.inside = False
         p, tokens = self.prefix_tokens, self.prompts.shape[0]
         return torch.cat([output[:, :p], output[:, p + tokens :]], dim=1)
 
@@ -339,6 +411,7 @@ class VPT(zoo.Adapter):
 def build_vpt(target: nn.Module, addition: zoo.Addition) -> VPT:
     tokens, dim = addition.params["vpt.prompts"]
     vpt = VPT(tokens, dim, int(addition.args.get("prefix_tokens", 1)))
+    vpt.skip = str(addition.args.get("skip", ""))
     attn_prefix = getattr(getattr(target, "attn", None), "num_prefix_tokens", None)
     if isinstance(attn_prefix, int) and not isinstance(attn_prefix, bool):
         vpt.attn_prefix = attn_prefix

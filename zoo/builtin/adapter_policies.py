@@ -286,16 +286,25 @@ def ssf(table: ParamTable, min_depth: int = 0, norms: NormChoice = "frozen") -> 
 _PREFIX_TOKENS = ("cls_token", "dist_token", "reg_token")
 #: ConViT's gated positional self-attention: built for the square grid of patch tokens only
 _GPSA_RE = re.compile(r"^blocks\.\d+\.attn\.(gating_param|pos_proj\.)")
+#: XCiT's local patch interaction (LPI): a residual branch that reshapes the tokens into the
+#: patch grid for its depthwise convolutions; prompts skip it (stripped before, zeros after)
+_GRID_BRANCH = "local_mp"
+#: blocks after ``blocks`` that the class token joins (XCiT, CaiT): ``blocks`` see patch tokens only
+_CLASS_JOINS_LATER = ("cls_attn_blocks.", "blocks_token_only.")
 
 
 class TokenLayout(tuple):
-    """``(block paths, width, prefix tokens)`` plus ``skipped`` blocks (with the reason)."""
+    """``(block paths, width, prefix tokens)`` plus ``skipped`` blocks (with the reason) and the
+    ``grid_branch`` child of every block that the prompts skip ("" when none)."""
 
     skipped: tuple[str, ...] = ()
     reason: str = ""
+    grid_branch: str = ""
 
 
 def _prefix_tokens(table: ParamTable) -> int:
+    if any(row.name.startswith(_CLASS_JOINS_LATER) for row in table.rows):
+        return 0  # the class token joins after `blocks`: they see patch tokens only
     prefix = 0
     for row in table.rows:
         if row.name.startswith("blocks.") or row.name.rpartition(".")[2] not in _PREFIX_TOKENS:
@@ -314,9 +323,13 @@ def token_layout(table: ParamTable) -> tuple[list[str], int, int] | None:
     (None, see :func:`vpt_refusal`): no such blocks; blocks of changing widths or an embedding
     over a channel-first grid (Hiera: NHWC maps); attention with a per-block relative position
     bias (BEiT, ``vit_relpos``: a bias for a fixed token count); blocks that reshape their tokens
-    into the patch grid (a convolution inside a block: XCiT's LPI). ConViT's GPSA blocks (gated
-    positional attention over the square patch grid, before the class token joins) are left
-    out; its later, plain blocks take prompts.
+    into the patch grid for their attention or MLP (a convolution inside a block outside a
+    ``local_mp`` child). Allowed: convolutions only in a block's ``local_mp`` child (XCiT's local
+    patch interaction, a residual branch of its own): the prompts skip that branch (stripped
+    before it, zeros after it; ``grid_branch``). ConViT's GPSA blocks (gated positional attention
+    over the square patch grid, before the class token joins) are left out; its later, plain
+    blocks take prompts. Where the class token joins after ``blocks`` (XCiT's
+    ``cls_attn_blocks``, CaiT's ``blocks_token_only``) the prefix is 0.
     """
     layout = _layout(table)
     return None if isinstance(layout, str) else layout
@@ -359,7 +372,9 @@ def _layout(table: ParamTable) -> TokenLayout | str:
     in_blocks = [row for row in table.rows if row.name.startswith("blocks.")]
     if any(_REL_POS_RE.search(row.name) for row in table.rows if not _shared(row.name)):
         return "its attention adds a relative position bias made for a fixed number of tokens"
-    if any(row.module_type == "Conv2d" for row in in_blocks):
+    convs = [row for row in in_blocks if row.module_type == "Conv2d"]
+    grid_branch = _GRID_BRANCH if convs else ""
+    if any(row.name.split(".")[2] != _GRID_BRANCH for row in convs):
         return "its blocks reshape the tokens into the patch grid (a convolution inside a block)"
     gpsa = {m.group(0).split(".attn")[0] for row in in_blocks if (m := _GPSA_RE.match(row.name))}
     kept = [b for b in blocks if b not in gpsa]
@@ -367,6 +382,7 @@ def _layout(table: ParamTable) -> TokenLayout | str:
         return "every block uses positional attention over the square patch grid (GPSA)"
     layout = TokenLayout((kept, width, _prefix_tokens(table)))
     layout.skipped = tuple(b for b in blocks if b in gpsa)
+    layout.grid_branch = grid_branch
     return layout
 
 
@@ -385,9 +401,11 @@ def vpt(
     cannot merge into the weights.
 
     Refused at plan time, with the reason, where blocks cannot take extra tokens: a per-block
-    relative position bias (BEiT), a convolution inside the blocks (XCiT's LPI reshapes tokens
-    to the patch grid), changing widths or a channel-first embedding (Hiera). ConViT: prompts
-    only in the blocks after its GPSA blocks. Rotary embeddings (EVA-02, RoPE ViTs, DINOv3) and
+    relative position bias (BEiT), a convolution inside the blocks outside XCiT's ``local_mp``
+    branch (a reshape of the tokens to the patch grid), changing widths or a channel-first
+    embedding (Hiera). XCiT: the prompts skip each block's local patch interaction (its grid
+    convolutions) and the class token joins later (prefix 0). ConViT: prompts only in the
+    blocks after its GPSA blocks. Rotary embeddings (EVA-02, RoPE ViTs, DINOv3) and
     a shared relative position bias (``vit_srelpos``) work: the prompts count as prefix tokens
     (no rotation) and get a zero bias.
     """
@@ -413,12 +431,21 @@ def vpt(
                 target=block,
                 kind="zoo:vpt",
                 params={"vpt.prompts": (tokens, dim)},
-                args={"tokens": tokens, "prefix_tokens": prefix},
+                args={
+                    "tokens": tokens,
+                    "prefix_tokens": prefix,
+                    **({"skip": layout.grid_branch} if layout.grid_branch else {}),
+                },
                 depth=depth,
                 group=group,
             )
         )
     notes = [f"vpt: {tokens} prompt tokens at the input of {len(additions)} blocks"]
+    if layout.grid_branch:
+        notes.append(
+            f"vpt: the prompts skip each block's {layout.grid_branch!r} (convolutions over the "
+            "patch grid): removed before it, zeros added after it"
+        )
     if layout.skipped:
         notes.append(
             f"vpt: {len(layout.skipped)} blocks with gated positional attention over the patch "

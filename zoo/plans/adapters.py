@@ -272,12 +272,15 @@ def _is_check(hook: object) -> bool:
 
 
 def _unhook(adapter: Adapter, target: nn.Module) -> None:
+    """Remove every forward hook bound to ``adapter``: on the module it hooks and on any module
+    inside it (an adapter may hook a branch of its block, as VPT does on XCiT's ``local_mp``)."""
     hooked = adapter.hook_module(target)
-    for hooks in (hooked._forward_pre_hooks, hooked._forward_hooks):
-        for key in [k for k, h in hooks.items() if getattr(h, "__self__", None) is adapter]:
-            del hooks[key]
-            hooked._forward_pre_hooks_with_kwargs.pop(key, None)
-            hooked._forward_hooks_with_kwargs.pop(key, None)
+    for module in hooked.modules():
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for key in [k for k, h in hooks.items() if getattr(h, "__self__", None) is adapter]:
+                del hooks[key]
+                module._forward_pre_hooks_with_kwargs.pop(key, None)
+                module._forward_hooks_with_kwargs.pop(key, None)
 
 
 def _target_of(model: nn.Module, adapter: Adapter) -> nn.Module:
