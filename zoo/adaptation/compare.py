@@ -15,7 +15,6 @@ The winner, trained to the end, is saved under ``name`` with the leaderboard in 
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -27,7 +26,7 @@ from zoo.adaptation.checkpoint import seed_python_rngs
 from zoo.adaptation.compare_plot import check_plot_available, check_plot_path, write_plot
 from zoo.adaptation.history import AdaptCallback, History
 from zoo.adaptation.inputs import prepare_data
-from zoo.adaptation.job import AdaptConfig
+from zoo.adaptation.job import AdaptConfig, config_signature
 from zoo.adaptation.leaderboard import Leaderboard
 from zoo.adaptation.starting_point import build_model, check_start, check_target, choose_weights
 from zoo.errors import AdaptArgumentError, ZooError, suggest
@@ -188,18 +187,7 @@ def compare_config(options: Mapping[str, Any]) -> CompareConfig:
     return CompareConfig(**options)
 
 
-def _compare_signature() -> inspect.Signature:
-    own = list(inspect.signature(compare).parameters.values())
-    options = [
-        inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
-        )
-        for f in fields(CompareConfig)
-    ]
-    return inspect.Signature([*own[:3], *options, own[3]], return_annotation="CompareResult")
-
-
-compare.__signature__ = _compare_signature()  # type: ignore[attr-defined]
+compare.__signature__ = config_signature(compare, CompareConfig, "CompareResult")  # type: ignore[attr-defined]
 
 
 def run(

@@ -200,20 +200,21 @@ def adapt(
     return run(backbone_or_model, train, val, AdaptConfig(**options), catalog=catalog)
 
 
-def _adapt_signature() -> inspect.Signature:
-    """``adapt``'s signature as users see it: the starting point, the data, then every field
-    of :class:`AdaptConfig` as a keyword argument (and ``catalog``, which zoo.api fills)."""
-    own = list(inspect.signature(adapt).parameters.values())
+def config_signature(function: Any, config: type, returns: str) -> inspect.Signature:
+    """A job function's signature as users see it: the starting point and the data (its first
+    three parameters), then every field of the ``config`` dataclass as a keyword argument, then
+    ``catalog`` (which zoo.api fills). ``adapt`` and ``compare`` take ``**options``."""
+    own = list(inspect.signature(function).parameters.values())
     options = [
         inspect.Parameter(
             f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
         )
-        for f in fields(AdaptConfig)
+        for f in fields(config)
     ]
-    return inspect.Signature([*own[:3], *options, own[3]], return_annotation="AdaptResult")
+    return inspect.Signature([*own[:3], *options, own[3]], return_annotation=returns)
 
 
-adapt.__signature__ = _adapt_signature()  # type: ignore[attr-defined]
+adapt.__signature__ = config_signature(adapt, AdaptConfig, "AdaptResult")  # type: ignore[attr-defined]
 
 
 def run(
