@@ -449,7 +449,7 @@ def test_adapt_with_an_adapter_policy_saves_a_small_delta(tmp_path):
     base = save_base(VIT)
     data = make_color_folder(tmp_path / "data", per_class=4, size=32)
     _, history = zoo.adapt(
-        base, data, policy="lora:rank=2", epochs=1, batch_size=4, image_size=32, name="adapted-run"
+        base, data, policy="lora:rank=2", epochs=1, batch_size=4, name="adapted-run"
     )
     meta = read_header(Path(history.path)).metadata
     assert meta["zoo.kind"] == "delta"

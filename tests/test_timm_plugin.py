@@ -81,3 +81,20 @@ def test_zoo_identify_model_names_a_model_timm_built():
     catalog = zoo.get_catalog()
     assert identify(timm.create_model("test_resnet"), catalog).qualified_name == "timm:test_resnet"
     assert identify(nn.Linear(2, 2), catalog) is None
+
+
+def test_a_vit_built_with_img_size_records_the_size_it_accepts(tmp_path):
+    """timm keeps the pretrained config's 224 px for a ViT built with ``img_size=32``; zoo
+    records the size the model accepts, so saving and adapting from it use that size."""
+    import torch
+
+    model = zoo.create(
+        "timm:vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, depth=1
+    )
+    assert model.zoo_input_config.input_size == (3, 32, 32)
+    assert model.zoo_input_config.mean == (0.5, 0.5, 0.5)  # the rest is the backbone's config
+    path = zoo.save(model, tmp_path / "small-vit.safetensors")
+    loaded = zoo.load(path)
+    assert loaded.zoo_input_config.input_size == (3, 32, 32)
+    assert loaded(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+    assert zoo.create("timm:vit_tiny_patch16_224").zoo_input_config.input_size == (3, 224, 224)

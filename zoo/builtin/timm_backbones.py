@@ -12,7 +12,9 @@ import functools
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -179,7 +181,28 @@ def create_timm_model(
         ensure_weights_available(name)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    return timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+    model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+    size = _fixed_image_size(model)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    default = tuple(cfg.get("input_size") or ())
+    if size is not None and len(default) == 3 and size != default[1:]:
+        # built with img_size=...: the pretrained config's size is not what it accepts
+        fields = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+        config = _input_config(SimpleNamespace(**{k: cfg.get(k) for k in fields}))
+        model.zoo_input_config = replace(config, input_size=(default[0], *size))
+    return model
+
+
+def _fixed_image_size(model: Any) -> tuple[int, int] | None:
+    """The one image size a timm model accepts when its patch embedding is strict about it (a
+    ViT built with ``img_size=``), else ``None``."""
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if not getattr(embed, "strict_img_size", False) or getattr(embed, "dynamic_img_size", False):
+        return None
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        return int(size[0]), int(size[1])
+    return None
 
 
 # ---------------------------------------------------------------- pretrained weights, offline

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from zoo.core.specs import BackboneSpec
+from zoo.core.specs import BackboneSpec, InputConfig
 from zoo.errors import ModelBuildError, ZooError
 
 if TYPE_CHECKING:
@@ -74,7 +74,9 @@ def attach_build_info(
     num_classes: int | None,
     kwargs: dict[str, Any],
 ) -> None:
-    """Record on ``model`` how to rebuild it: ``model.zoo_build`` and ``model.zoo_input_config``.
+    """Record on ``model`` how to rebuild it: ``model.zoo_build`` and ``model.zoo_input_config``
+    (the spec's config for ``tag``, unless the plugin's ``create`` set an :class:`InputConfig`
+    of its own on the model: the image size of a ViT built with ``img_size=``).
 
     ``zoo_build`` is ``{"backbone": "plugin:name", "tag": ..., "num_classes": ..., "kwargs":
     {...}}``; saving stores it, loading rebuilds from it, tables use it to find the spec.
@@ -85,4 +87,7 @@ def attach_build_info(
         "num_classes": num_classes,
         "kwargs": dict(kwargs),
     }
-    model.zoo_input_config = spec.input_config_for(tag)  # type: ignore[assignment]
+    own = getattr(model, "zoo_input_config", None)  # a plugin's create may know better
+    model.zoo_input_config = (  # type: ignore[assignment]
+        own if isinstance(own, InputConfig) else spec.input_config_for(tag)
+    )
