@@ -22,13 +22,12 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from zoo.adaptation.candidates import check_policy, plan_candidates, split_policies
-from zoo.adaptation.checkpoint import seed_python_rngs
 from zoo.adaptation.compare_plot import check_plot_available, check_plot_path, write_plot
 from zoo.adaptation.history import AdaptCallback, History
 from zoo.adaptation.inputs import prepare_data
 from zoo.adaptation.job import AdaptConfig, config_signature
 from zoo.adaptation.leaderboard import Leaderboard
-from zoo.adaptation.starting_point import build_model, check_start, check_target, choose_weights
+from zoo.adaptation.starting_point import check_start, check_target, choose_weights, prepare_model
 from zoo.errors import AdaptArgumentError, ZooError, suggest
 from zoo.io.persistence import save
 from zoo.tables.build import table_for
@@ -199,9 +198,7 @@ def run(
     catalog: Catalog,
 ) -> CompareResult:
     """The comparison job: :func:`compare` with its keyword arguments in ``options``."""
-    import torch
 
-    from zoo.adaptation.data import input_config_of, with_overrides
     from zoo.adaptation.distributed import setup
     from zoo.adaptation.halving import TrainSettings, compare_candidates
 
@@ -243,29 +240,19 @@ def run(
             callback = options.callback
             if callback is None or not ctx.is_main:
                 callback = AdaptCallback()
-            torch.manual_seed(options.seed)
-            seed_python_rngs(options.seed)
-            model = build_model(
+            model, config = prepare_model(
                 backbone_or_model,
                 data.classes,
-                pretrained=start.pretrained,
-                weights=start.weights,
-                kwargs=options.model_kwargs or {},
+                start,
+                seed=options.seed,
+                model_kwargs=options.model_kwargs,
+                image_size=options.image_size,
+                input_config=options.input_config,
+                name=options.name,
+                delta=None,
+                device=ctx.device,
                 catalog=catalog,
             )
-            if options.name is not None and not getattr(model, "zoo_build", None):
-                raise ZooError(
-                    f"cannot save this {type(model).__name__} as {options.name!r}: zoo only "
-                    "saves models it can rebuild; start from a backbone name or pass name=None"
-                )
-            config = with_overrides(
-                input_config_of(model),
-                image_size=options.image_size,
-                overrides=options.input_config,
-            )
-            model.zoo_input_config = config
-            model.zoo_classes = list(data.classes)
-            model.to(ctx.device)
             table = table_for(model, catalog=catalog)
             planned, notes = plan_candidates(
                 options.policy_list(),
@@ -273,19 +260,7 @@ def run(
                 catalog,
                 context={"num_classes": len(data.classes), "epochs": options.epochs},
             )
-            settings = TrainSettings(
-                epochs=options.epochs,
-                lr=options.lr,
-                weight_decay=options.weight_decay,
-                batch_size=options.batch_size,
-                optimizer=options.optimizer,
-                momentum=options.momentum,
-                lr_schedule=options.lr_schedule,
-                warmup_epochs=options.warmup_epochs,
-                label_smoothing=options.label_smoothing,
-                seed=options.seed,
-                num_classes=len(data.classes),
-            )
+            settings = TrainSettings.from_options(options, len(data.classes))
             callback.on_start(
                 {
                     "start": start.description,

@@ -144,6 +144,21 @@ def _drop_prob(module: nn.Module) -> float:
     return 1.0  # unknown: assume it drops
 
 
+def start_extraction(
+    ctx: Any, callback: Any, split: str, total: int
+) -> Callable[[int, int | None], None]:
+    """Announce the extraction of ``split`` (``total`` batches) to ``callback`` and return the
+    ``progress`` function to pass to the extraction: it checks the other ranks (a failed peer
+    stops this one) and reports each batch."""
+    callback.on_features_start(split, total)
+
+    def progress(done: int, n: int | None) -> None:
+        ctx.check_peers()
+        callback.on_features_batch(split, done, n or 0)
+
+    return progress
+
+
 def max_cache_bytes() -> int:
     """The largest feature cache zoo builds (``ZOO_FEATURE_CACHE_MAX_BYTES``, default 4 GiB)."""
     value = os.environ.get(MAX_BYTES_ENV, "")

@@ -26,7 +26,7 @@ import copy
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -144,6 +144,13 @@ class TrainSettings:
     label_smoothing: float
     seed: int
     num_classes: int
+
+    @classmethod
+    def from_options(cls, options: Any, num_classes: int) -> TrainSettings:
+        """The settings of a run's options (an ``AdaptConfig`` or ``CompareConfig``: both have
+        a field for each of these but ``num_classes``)."""
+        names = [f.name for f in fields(cls) if f.name != "num_classes"]
+        return cls(**{name: getattr(options, name) for name in names}, num_classes=num_classes)
 
 
 def _prepare_training(

@@ -33,15 +33,15 @@ from zoo.adaptation.history import AdaptCallback, AdaptResult, EpochRecord, Hist
 from zoo.adaptation.inputs import prepare_data
 from zoo.adaptation.starting_point import (
     StartWeights,
-    build_model,
     check_start,
     check_target,
     choose_weights,
+    prepare_model,
     saved_input_config,
 )
 from zoo.adaptation.training import LR_SCHEDULES, OPTIMIZERS, run_training
 from zoo.core.specs import CROP_MODES, INTERPOLATIONS, MAX_IMAGE_SIDE, InputConfig
-from zoo.errors import AdaptArgumentError, DataError, MissingBaseError, ZooError
+from zoo.errors import AdaptArgumentError, DataError, ZooError
 from zoo.io.persistence import save
 from zoo.io.store import checkpoint_folder
 from zoo.plans.binding import bind, resolve_policy
@@ -226,9 +226,7 @@ def run(
     catalog: Catalog,
 ) -> AdaptResult:
     """The adapt job: :func:`zoo.adapt` with its keyword arguments gathered in ``options``."""
-    import torch
 
-    from zoo.adaptation.data import input_config_of, with_overrides
     from zoo.adaptation.distributed import setup
 
     t_start = time.perf_counter()
@@ -257,26 +255,20 @@ def run(
             callback = options.callback
             if callback is None or not ctx.is_main:
                 callback = AdaptCallback()
-            torch.manual_seed(options.seed)
-            seed_python_rngs(options.seed)  # timm's augmentations draw from `random`
-            model = build_model(
+            model, config = prepare_model(
                 backbone_or_model,
                 data.classes,
-                pretrained=start.pretrained,
-                weights=start.weights,
-                kwargs=options.model_kwargs or {},
+                start,
+                seed=options.seed,
+                model_kwargs=options.model_kwargs,
+                image_size=options.image_size,
+                input_config=options.input_config,
+                name=options.name,
+                delta=options.delta,
+                device=ctx.device,
                 catalog=catalog,
             )
-            _check_savable(model, name=options.name, delta=options.delta)
-            config = with_overrides(
-                input_config_of(model),
-                image_size=options.image_size,
-                overrides=options.input_config,
-            )
-            model.zoo_input_config = config
             start_notes = [_input_note(config, start, options)]
-            model.zoo_classes = list(data.classes)
-            model.to(ctx.device)
             context = {
                 "samples_per_class": options.samples_per_class or data.samples_per_class,
                 "similarity": options.similarity,
@@ -422,19 +414,7 @@ def _decide_auto(
     from zoo.adaptation.auto_measure import measure_auto
     from zoo.adaptation.halving import TrainSettings
 
-    settings = TrainSettings(
-        epochs=options.epochs,
-        lr=options.lr,
-        weight_decay=options.weight_decay,
-        batch_size=options.batch_size,
-        optimizer=options.optimizer,
-        momentum=options.momentum,
-        lr_schedule=options.lr_schedule,
-        warmup_epochs=options.warmup_epochs,
-        label_smoothing=options.label_smoothing,
-        seed=options.seed,
-        num_classes=len(data.classes),
-    )
+    settings = TrainSettings.from_options(options, len(data.classes))
     spec, note, _board = measure_auto(
         model, data, config, settings, ctx=ctx, catalog=catalog, num_workers=options.num_workers
     )
@@ -544,23 +524,6 @@ def _training_notes(history: History) -> list[str]:
             f"(lowest validation loss); {how}"
         )
     return notes
-
-
-def _check_savable(model: nn.Module, *, name: str | None, delta: bool | None) -> None:
-    """Refuse, before training, a save under ``name`` that could not happen afterwards."""
-    build = getattr(model, "zoo_build", None) or {}
-    if delta and name is not None and not build.get("base"):
-        raise MissingBaseError(
-            "delta=True saves only what differs from recorded starting weights, and this "
-            "model has none (random weights); start from pretrained weights, weights=FILE "
-            "or a saved model, or save in full (delta=False)"
-        )
-    if name is not None and not build:
-        raise ZooError(
-            f"cannot save this {type(model).__name__} as {str(name)!r}: zoo only saves models "
-            "it can rebuild (built by zoo.create, loaded by zoo.load, or a timm model); "
-            "start from a backbone name, or pass name=None and save the weights yourself"
-        )
 
 
 #: Upper bound of ``num_workers``: more loader processes than this is a typo, not a plan.

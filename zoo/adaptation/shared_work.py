@@ -23,6 +23,7 @@ from zoo.adaptation.feature_cache import (
     CachedFeatures,
     CacheUnsupported,
     max_cache_bytes,
+    start_extraction,
 )
 from zoo.adaptation.inputs import loaders_for_folders
 from zoo.errors import DataError
@@ -159,11 +160,7 @@ def extract_shared_boundaries(
         loader = shared.train_loader if split == "train" else shared.val_loader
         batches = cached.batches(INFERENCE_BATCH) if cached is not None else loader
         total = cached.num_batches(INFERENCE_BATCH) if cached is not None else len(loader)
-        callback.on_features_start(split, total)
-
-        def progress(done: int, n: int | None, split: str = split) -> None:
-            ctx.check_peers()
-            callback.on_features_batch(split, done, n or 0)
+        progress = start_extraction(ctx, callback, split, total)
 
         out: dict[str, CachedFeatures] = {}
         try:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zoo.adaptation.checkpoint import seed_python_rngs
 from zoo.core.create import attach_build_info
 from zoo.core.specs import InputConfig
 from zoo.errors import (
     AdaptArgumentError,
+    MissingBaseError,
     UnknownNameError,
     WeightsMismatchError,
     WeightsUnavailableError,
@@ -225,6 +227,64 @@ def build_model(
         if saved is not None:  # the input config the weights were trained with
             model.zoo_input_config = saved
     return model
+
+
+def check_savable(model: nn.Module, *, name: str | None, delta: bool | None) -> None:
+    """Refuse, before training, a save under ``name`` that could not happen afterwards."""
+    build = getattr(model, "zoo_build", None) or {}
+    if delta and name is not None and not build.get("base"):
+        raise MissingBaseError(
+            "delta=True saves only what differs from recorded starting weights, and this "
+            "model has none (random weights); start from pretrained weights, weights=FILE "
+            "or a saved model, or save in full (delta=False)"
+        )
+    if name is not None and not build:
+        raise ZooError(
+            f"cannot save this {type(model).__name__} as {str(name)!r}: zoo only saves models "
+            "it can rebuild (built by zoo.create, loaded by zoo.load, or a timm model); "
+            "start from a backbone name, or pass name=None and save the weights yourself"
+        )
+
+
+def prepare_model(
+    backbone_or_model: Any,
+    classes: Sequence[str],
+    start: StartWeights,
+    *,
+    seed: int,
+    model_kwargs: Mapping[str, Any] | None,
+    image_size: int | Sequence[int] | None,
+    input_config: Mapping[str, Any] | None,
+    name: str | None,
+    delta: bool | None,
+    device: Any,
+    catalog: Catalog,
+) -> tuple[nn.Module, InputConfig]:
+    """The model a run trains, and its input config: the random generators seeded, the model
+    built from ``start`` with a classifier for ``classes`` (:func:`build_model`), a save under
+    ``name`` checked (:func:`check_savable`), the input config with ``image_size`` and
+    ``input_config`` applied, the class names attached, and the model on ``device``. What
+    ``zoo.adapt`` and ``zoo.compare`` both do before they plan anything."""
+    import torch
+
+    from zoo.adaptation.data import input_config_of, with_overrides
+
+    torch.manual_seed(seed)
+    seed_python_rngs(seed)  # timm's augmentations draw from `random`
+    model = build_model(
+        backbone_or_model,
+        classes,
+        pretrained=start.pretrained,
+        weights=start.weights,
+        kwargs=model_kwargs or {},
+        catalog=catalog,
+    )
+    check_savable(model, name=name, delta=delta)
+    config = with_overrides(input_config_of(model), image_size=image_size, overrides=input_config)
+    model.zoo_input_config = config
+    model.zoo_classes = list(classes)
+    model.to(device)
+    return model, config
 
 
 def saved_input_config(path: Path) -> InputConfig | None:

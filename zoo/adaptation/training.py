@@ -501,7 +501,7 @@ def _extract(
     note: str,
 ) -> tuple[Any, str]:
     """Compute cached features for train and val; (None, reason) when the cut is not exact."""
-    from zoo.adaptation.feature_cache import CacheUnsupported, extract_features
+    from zoo.adaptation.feature_cache import CacheUnsupported, extract_features, start_extraction
 
     start = time.perf_counter()
     result: dict[str, Any] = {}
@@ -510,11 +510,7 @@ def _extract(
         if loader is None:
             continue
         total = len(loader)
-        callback.on_features_start(split, total)
-
-        def progress(done: int, n: int | None, split: str = split) -> None:
-            ctx.check_peers()
-            callback.on_features_batch(split, done, n or 0)
+        progress = start_extraction(ctx, callback, split, total)
 
         try:
             result[split] = extract_features(
@@ -544,7 +540,7 @@ def _extract_boundary(
     """Find the freeze boundary on the first training batch and cache the activations there
     for train and val: (suffix module, cached, note), or (None, None, why not)."""
     from zoo.adaptation.boundary_cache import extract_boundaries, find_boundary, megabytes
-    from zoo.adaptation.feature_cache import CacheUnsupported, max_cache_bytes
+    from zoo.adaptation.feature_cache import CacheUnsupported, max_cache_bytes, start_extraction
 
     start = time.perf_counter()
     result: dict[str, Any] = {}
@@ -571,11 +567,7 @@ def _extract_boundary(
         if loader is None or failure is not None or boundary is None:
             continue
         total = len(loader)
-        callback.on_features_start(split, total)
-
-        def progress(done: int, n: int | None, split: str = split) -> None:
-            ctx.check_peers()
-            callback.on_features_batch(split, done, n or 0)
+        progress = start_extraction(ctx, callback, split, total)
 
         try:
             result[split] = extract_boundaries(
