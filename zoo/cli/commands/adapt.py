@@ -6,8 +6,8 @@ import argparse
 import os
 import re
 from pathlib import Path
-from typing import Any
 
+from zoo.cli.common import is_main_rank, naming_options
 from zoo.cli.output import Output
 
 ORDER = 40
@@ -241,26 +241,13 @@ OPTIONS = {
 }
 
 
-def _adapt_naming_options(adapt: Any, *args: Any, **kwargs: Any) -> Any:
-    """``adapt(*args, **kwargs)``; a refused argument is reported as its command-line option."""
-    from zoo.errors import AdaptArgumentError
-
-    try:
-        return adapt(*args, **kwargs)
-    except AdaptArgumentError as exc:
-        if exc.argument not in OPTIONS:
-            raise
-        raise AdaptArgumentError(OPTIONS[exc.argument], exc.value, exc.rule) from None
-
-
 def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.adaptation.checkpoint import AdaptInterrupted
-    from zoo.adaptation.distributed import launched_by_torchrun
     from zoo.adaptation.job import AdaptConfig
     from zoo.adaptation.job import run as run_job
     from zoo.core.catalog import get_catalog
 
-    main_rank = not launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
+    main_rank = is_main_rank()
     if args.name is not None:
         check_store_name(args.name)
     name = args.output or args.name or default_name(args.backbone, args.data)
@@ -305,8 +292,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
             resume=args.resume,
         )
         try:
-            _model, history = _adapt_naming_options(
-                run_job, args.backbone, args.data, args.val, options, catalog=get_catalog()
+            _model, history = naming_options(
+                OPTIONS, run_job, args.backbone, args.data, args.val, options, catalog=get_catalog()
             )
         except AdaptInterrupted as exc:  # Ctrl-C: the last completed epoch is kept
             stopped = exc

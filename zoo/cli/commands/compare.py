@@ -4,9 +4,9 @@ best."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from zoo.cli.commands.adapt import OPTIONS, check_store_name
+from zoo.cli.common import is_main_rank, naming_options
 from zoo.cli.output import Output
 
 ORDER = 41
@@ -106,27 +106,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def _naming_options(function: Any, *args: Any, **kwargs: Any) -> Any:
-    """``function(*args, **kwargs)``; a refused argument is reported as its option."""
-    from zoo.errors import AdaptArgumentError
-
-    try:
-        return function(*args, **kwargs)
-    except AdaptArgumentError as exc:
-        if exc.argument not in COMPARE_OPTIONS:
-            raise
-        raise AdaptArgumentError(COMPARE_OPTIONS[exc.argument], exc.value, exc.rule) from None
-
-
 def run(args: argparse.Namespace, out: Output) -> int:
-    import os
 
     from zoo.adaptation.compare import CompareConfig
     from zoo.adaptation.compare import run as run_compare
-    from zoo.adaptation.distributed import launched_by_torchrun
     from zoo.core.catalog import get_catalog
 
-    main_rank = not launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
+    main_rank = is_main_rank()
     check_store_name(args.name)
     progress = None
     if main_rank and not args.json:
@@ -152,8 +138,14 @@ def run(args: argparse.Namespace, out: Output) -> int:
         num_workers=args.workers,
         callback=progress,
     )
-    result = _naming_options(
-        run_compare, args.backbone, args.data, args.val, options, catalog=get_catalog()
+    result = naming_options(
+        COMPARE_OPTIONS,
+        run_compare,
+        args.backbone,
+        args.data,
+        args.val,
+        options,
+        catalog=get_catalog(),
     )
     board = result.leaderboard
     if not main_rank:  # under torchrun only rank 0 answers
