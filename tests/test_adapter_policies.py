@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -16,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from test_data import make_color_folder
 from torch import nn
+from torchrun_helpers import run_worker
 
 import zoo
 from zoo.cli.main import main
@@ -366,28 +364,7 @@ WORKER = textwrap.dedent(
 def test_lora_under_torchrun_two_processes(tmp_path, colours):
     out = tmp_path / "out"
     out.mkdir()
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    root = os.path.dirname(os.path.dirname(zoo.__file__))  # this checkout, installed or not
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": path}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            str(out),
-            str(colours / "train"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc = run_worker(tmp_path, WORKER, out, colours / "train")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     init = torch.load(out / "init.pt")
     rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")

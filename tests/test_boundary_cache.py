@@ -9,6 +9,7 @@ from test_adapt_resume import StopAfter
 from test_data import make_color_folder
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torchrun_helpers import run_worker
 
 import zoo
 from zoo.adaptation.boundary_cache import Boundary, extract_boundaries, find_boundary
@@ -253,25 +254,10 @@ with open(os.path.join(out, f"history{rank}.json"), "w") as f:
 @pytest.mark.slow
 def test_the_boundary_cache_under_torchrun_two_processes(tmp_path, data):
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     out = tmp_path / "out"
     out.mkdir()
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    root = str(Path(zoo.__file__).resolve().parents[1])
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "GLOO_SOCKET_IFNAME": "lo",
-        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-    }
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node", "2", str(script), str(out), str(data)]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    proc = run_worker(tmp_path, WORKER, out, data)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert [k for k in rank0 if not torch.equal(rank0[k], rank1[k])] == []

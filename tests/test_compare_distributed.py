@@ -9,14 +9,12 @@ metadata. And ``zoo compare`` itself under torchrun: one JSON document, from ran
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 from test_data import make_color_folder
+from torchrun_helpers import run_worker, torchrun
 
 import zoo
 
@@ -54,32 +52,7 @@ def test_compare_under_torchrun_two_processes(tmp_path, _isolated_zoo):
     make_color_folder(data / "val", per_class=3, size=32, seed=1)
     out = tmp_path / "out"
     out.mkdir()
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "GLOO_SOCKET_IFNAME": "lo",
-        "ZOO_HOME": str(_isolated_zoo),
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            str(out),
-            str(data),
-            ",".join(POLICIES),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc = run_worker(tmp_path, WORKER, out, data, ",".join(POLICIES), zoo_home=_isolated_zoo)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     docs = [json.loads((out / f"board{r}.json").read_text()) for r in (0, 1)]
@@ -127,46 +100,29 @@ def test_compare_cli_under_torchrun(tmp_path, _isolated_zoo):
     torch.manual_seed(0)
     start = tmp_path / "start.safetensors"
     zoo.save(zoo.create("timm:test_resnet", num_classes=3), start)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "GLOO_SOCKET_IFNAME": "lo",
-        "ZOO_HOME": str(_isolated_zoo),
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "zoo",
-            "compare",
-            "timm:test_resnet",
-            "--weights",
-            str(start),
-            "--data",
-            str(data / "train"),
-            "--val-split",
-            "0.34",
-            "--policies",
-            "linear-probe,full",
-            "--epochs",
-            "2",
-            "--image-size",
-            "32",
-            "--batch-size",
-            "4",
-            "--name",
-            "cli-compare",
-            "--json",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    proc = torchrun(
+        "-m",
+        "zoo",
+        "compare",
+        "timm:test_resnet",
+        "--weights",
+        str(start),
+        "--data",
+        str(data / "train"),
+        "--val-split",
+        "0.34",
+        "--policies",
+        "linear-probe,full",
+        "--epochs",
+        "2",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--name",
+        "cli-compare",
+        "--json",
+        zoo_home=_isolated_zoo,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # exactly one document on stdout: rank 0 answers, rank 1 stays quiet

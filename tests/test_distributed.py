@@ -8,14 +8,12 @@ statistics that stay frozen never changed; the parameters unfrozen later did tra
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 from test_data import make_color_folder
+from torchrun_helpers import run_worker
 
 import zoo
 from zoo.adaptation.distributed import DistContext, Replica, ShardSampler, launched_by_torchrun
@@ -52,31 +50,7 @@ def test_gradual_under_torchrun_two_processes(tmp_path, _isolated_zoo):
     make_color_folder(data / "val", per_class=3, size=32, seed=1)
     out = tmp_path / "out"
     out.mkdir()
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "GLOO_SOCKET_IFNAME": "lo",
-        "ZOO_HOME": str(_isolated_zoo),
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            str(out),
-            str(data),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc = run_worker(tmp_path, WORKER, out, data, zoo_home=_isolated_zoo)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     init = torch.load(out / "init.pt")
