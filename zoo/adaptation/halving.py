@@ -186,8 +186,9 @@ def _prepare_training(
         loss_fn=nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing),
         callback=AdaptCallback(),
         schedule=settings.lr_schedule,
-        total_steps=cand.n_batches * settings.epochs,
-        warmup_steps=int(settings.warmup_epochs * cand.n_batches),
+        batches_per_epoch=cand.n_batches,
+        epochs=settings.epochs,
+        warmup_epochs=settings.warmup_epochs,
         num_classes=settings.num_classes,
     )
 

@@ -72,7 +72,10 @@ def _lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
 
 
 class TrainLoop:
-    """Runs epochs of training and evaluation for one ``forward`` (model or cached head)."""
+    """Runs epochs of training and evaluation for one ``forward`` (model or cached head).
+
+    The lr ``schedule`` spans ``epochs`` epochs of ``batches_per_epoch`` steps, the first
+    ``warmup_epochs`` of them (a fraction counts its steps) warming up."""
 
     def __init__(
         self,
@@ -82,8 +85,9 @@ class TrainLoop:
         loss_fn: Any,
         callback: AdaptCallback,
         schedule: str,
-        total_steps: int,
-        warmup_steps: int,
+        batches_per_epoch: int,
+        epochs: int,
+        warmup_epochs: float,
         num_classes: int,
     ) -> None:
         self.ctx = ctx
@@ -91,8 +95,8 @@ class TrainLoop:
         self.loss_fn = loss_fn
         self.callback = callback
         self.schedule = schedule
-        self.total_steps = total_steps
-        self.warmup_steps = warmup_steps
+        self.total_steps = batches_per_epoch * epochs
+        self.warmup_steps = int(warmup_epochs * batches_per_epoch)
         self.num_classes = num_classes
         self.step = 0
 
@@ -659,8 +663,9 @@ def _train_cached(
         loss_fn=loss_fn,
         callback=callback,
         schedule=lr_schedule,
-        total_steps=n_batches * epochs,
-        warmup_steps=int(warmup_epochs * n_batches),
+        batches_per_epoch=n_batches,
+        epochs=epochs,
+        warmup_epochs=warmup_epochs,
         num_classes=len(history.classes),
     )
     batches = train.loader(batch_size, seed=seed)
@@ -757,8 +762,9 @@ def _train_plain(
         loss_fn=loss_fn,
         callback=callback,
         schedule=lr_schedule,
-        total_steps=n_batches * epochs,
-        warmup_steps=int(warmup_epochs * n_batches),
+        batches_per_epoch=n_batches,
+        epochs=epochs,
+        warmup_epochs=warmup_epochs,
         num_classes=len(history.classes),
     )
 
