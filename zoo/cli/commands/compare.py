@@ -23,9 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "under --name, with the leaderboard in its metadata (zoo inspect NAME shows it).\n"
         "Every candidate starts from the same weights, split, seed and input config, on\n"
         "un-augmented images decoded once; prefix-frozen plans train on activations cached\n"
-        "at their freeze boundary; successive halving (rungs of E/2^R ... E epochs) drops the\n"
-        "weaker half at each rung, so the whole comparison costs about twice the slowest\n"
-        "candidate's full run. Validation data (--val or --val-split) is required.",
+        "at their freeze boundary; successive halving (rungs of E/2^R ... E epochs, each of\n"
+        "at least 64 optimizer steps) drops the weaker candidates at each rung, so the whole\n"
+        "comparison costs about twice the slowest candidate's full run (with less data every\n"
+        "candidate trains to the end). Validation data (--val or --val-split) is required.",
         epilog="examples:\n"
         "  zoo compare timm:resnet18 --data flowers/train --val flowers/val --name flowers\n"
         "  zoo compare timm:resnet18 --data pets --val-split 0.2 --policies "
@@ -54,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--policies",
         metavar="SPEC,SPEC,...",
         help="candidate policies (default: linear-probe, train-last:n=1..3, bitfit, norm-only, "
-        "layer-decay, full)",
+        "lora and ssf when installed, layer-decay, full)",
     )
     parser.add_argument(
         "--epochs", "-e", type=int, default=5, metavar="N", help="epochs of a full run (default 5)"
