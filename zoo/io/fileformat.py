@@ -548,7 +548,9 @@ def content_hash(tensors_sha256: str, metadata: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------- reading
 
 
-def read_file(path: str | os.PathLike[str], *, verify: bool = True) -> SavedFile:
+def read_file(
+    path: str | os.PathLike[str], *, verify: bool = True, follow_symlinks: bool = True
+) -> SavedFile:
     """Read a ``.safetensors`` file into CPU tensors, validating it first; never unpickles.
 
     The header is validated by :func:`parse_header`; then each tensor's bytes are read straight
@@ -556,9 +558,10 @@ def read_file(path: str | os.PathLike[str], *, verify: bool = True) -> SavedFile
     twice in memory. A sealed file (one zoo wrote) has its hashes recomputed unless
     ``verify=False``: a changed byte raises :class:`~zoo.TamperedFileError`. Unsealed files
     (plain safetensors from elsewhere) are read as they are (``verified`` stays False).
+    With ``follow_symlinks=False`` a symbolic link is refused (see :func:`open_regular`).
     """
     path = Path(path)
-    with open_regular(path) as f:
+    with open_regular(path, follow_symlinks=follow_symlinks) as f:
         header = _header_from_open(f, path)
         check_memory_for(header.data_len, source=str(path))
         with _gc_paused():

@@ -1,0 +1,173 @@
+"""The one trust rule for every file zoo did not write in this process.
+
+Model files, checkpoint folders and their files, PEFT and hub folders, the store's ``tmp/``:
+anything zoo reads from a folder it does not own outright is untrusted input, and every surface
+reads it through these functions instead of a rule of its own:
+
+* the folder itself is a real directory, not a symbolic link (:func:`check_folder`);
+* a file inside it is named by a plain file name — no separator, no ``..``, no NUL
+  (:func:`plain_name`) — and opened without following a link, non-blocking, and only when it is
+  a regular file (a FIFO, a device or a socket is refused before a byte is read);
+* its size is checked against a limit before reading (:func:`read_bytes_in`,
+  :func:`read_json_in`), and tensors are read by zoo's own safetensors reader
+  (:func:`read_tensors_in`), with its header, seal and memory checks;
+* zoo deletes only the files it wrote, by name (:func:`remove_written`), and a folder it is
+  about to write into is refused up front when it is a link or not a folder
+  (:func:`own_folder`).
+
+Every refusal is a :class:`~zoo.ZooError` (a :class:`~zoo.CorruptFileError` for a bad file)
+that names the path and what was wrong; no message echoes bytes of the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from zoo.errors import CorruptFileError, ModelNotFoundError, ZooError
+from zoo.io.fileformat import SavedFile, open_regular, read_file
+from zoo.io.metadata import loads
+
+#: The longest file name zoo accepts inside a folder (the common file-system limit).
+MAX_NAME_LENGTH = 255
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a folder"
+
+
+def check_folder(folder: str | os.PathLike[str], *, what: str) -> Path:
+    """``folder`` as a ``Path`` if it is a real directory (not a link to one).
+
+    A missing folder raises :class:`~zoo.ModelNotFoundError`; a link, a file or a special file
+    a :class:`~zoo.ZooError` that names it. ``what`` says what the folder is ("the PEFT
+    folder", "the checkpoint folder") for the message.
+    """
+    path = Path(folder)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        raise ModelNotFoundError(what, str(path)) from None
+    except OSError as exc:
+        raise ZooError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        return path
+    raise ZooError(
+        f"{what} {path} is {_kind(mode)}, not a folder; zoo does not follow links out of a "
+        "folder it reads — pass the real folder"
+    )
+
+
+def plain_name(name: object, *, what: str) -> str:
+    """``name`` if it is a plain file name (no separator, not ``.``/``..``, no NUL, at most
+    255 characters), else :class:`~zoo.CorruptFileError`: a file listed in untrusted data
+    (``state.json``, a PEFT config) never names a path outside its folder."""
+    separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "\0" in name
+        or len(name) > MAX_NAME_LENGTH
+        or any(s in name for s in separators)
+    ):
+        shown = repr(name) if isinstance(name, str) and len(name) <= 80 else type(name).__name__
+        raise CorruptFileError(
+            f"{what} names the file {shown}, which is not a plain file name inside its folder; "
+            "zoo reads only files named inside the folder"
+        )
+    return name
+
+
+def open_in(folder: Path, name: str, *, what: str) -> BinaryIO:
+    """Open the regular file ``folder/name`` for reading, never following a link.
+
+    ``name`` must be a plain name (:func:`plain_name`); the file must be a regular file (a
+    symbolic link, FIFO, device or socket raises :class:`~zoo.CorruptFileError` before any byte
+    is read); a missing file raises :class:`~zoo.ModelNotFoundError`.
+    """
+    return open_regular(folder / plain_name(name, what=what), follow_symlinks=False)
+
+
+def read_bytes_in(folder: Path, name: str, *, max_bytes: int, what: str) -> bytes:
+    """The bytes of ``folder/name`` (see :func:`open_in`), refused before reading when the
+    file is larger than ``max_bytes``."""
+    with open_in(folder, name, what=what) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise CorruptFileError(
+                f"{folder / name}: {size} bytes, over the {max_bytes}-byte limit for {what}; "
+                "not read"
+            )
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # the file grew while it was read
+        raise CorruptFileError(f"{folder / name}: over the {max_bytes}-byte limit for {what}")
+    return data
+
+
+def read_json_in(folder: Path, name: str, *, max_bytes: int, what: str) -> Any:
+    """The JSON value of ``folder/name``: bounded in size, UTF-8, every number finite.
+
+    A file that is not valid JSON raises :class:`~zoo.CorruptFileError` naming the file (the
+    parser's position, never the file's bytes).
+    """
+    raw = read_bytes_in(folder, name, max_bytes=max_bytes, what=what)
+    try:
+        return loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CorruptFileError(f"{folder / name}: {what} is not UTF-8 text") from None
+    except RecursionError:
+        raise CorruptFileError(f"{folder / name}: {what} is nested too deeply") from None
+    except ValueError as exc:
+        raise CorruptFileError(f"{folder / name}: {what} is not valid JSON ({exc})") from None
+
+
+def read_tensors_in(folder: Path, name: str, *, what: str, verify: bool = True) -> SavedFile:
+    """Read the safetensors file ``folder/name`` with zoo's reader (header limits, seal,
+    memory check), never following a link: see :func:`open_in`."""
+    plain_name(name, what=what)
+    return read_file(folder / name, verify=verify, follow_symlinks=False)
+
+
+def own_folder(folder: Path, *, what: str) -> Path:
+    """Make sure ``folder`` (and its parent) can be written by zoo: create what is missing,
+    refuse a link or a non-folder at either place up front, before any work is done."""
+    for path in (folder.parent, folder):
+        try:
+            path.mkdir(exist_ok=True)
+        except FileExistsError:
+            pass  # a file or a dangling link there: check_folder below names it
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise ZooError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
+        check_folder(path, what=what)
+    return folder
+
+
+def remove_written(folder: Path, names: Iterable[str]) -> None:
+    """Delete the files ``names`` that zoo wrote in ``folder`` (by name, never following a
+    link), then the folder itself if that leaves it empty. Anything else in it stays."""
+    try:
+        check_folder(folder, what="the folder")
+    except ZooError:
+        return  # gone, or replaced by a link: nothing of zoo's to delete there
+    for name in names:
+        with contextlib.suppress(OSError, CorruptFileError):
+            os.unlink(folder / plain_name(name, what="the folder"))
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only when empty
