@@ -271,6 +271,7 @@ HOSTILE_STATES = {
     "rng-numpy-pos": (_set("rng.numpy.2", 10**9), "rng.numpy[2]"),
     "auto-not-measured": (_set("auto", {"policy": "zoo:full", "note": "x"}), "auto"),
     "auto-control": (_set("auto", {"policy": "zoo:full", "note": "\x1b[2J"}), "auto.note"),
+    "auto-surrogate": (_set("auto", {"policy": "zoo:full", "note": "\ud800"}), "auto.note"),
     "written": (_set("written", ["x"]), "written"),
     "not-an-object": (lambda s: s.clear(), "version"),
 }

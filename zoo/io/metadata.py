@@ -675,14 +675,17 @@ def check_number(value: Any, what: str, low: float, high: float, *, integer: boo
 
 
 def check_text(value: Any, what: str) -> str:
-    """``value`` if it is a text of 1 to :data:`MAX_TEXT` characters without control
-    characters (it is printed on one line)."""
+    """``value`` if it is a text of 1 to :data:`MAX_TEXT` characters of valid Unicode without
+    control characters (it is printed on one line)."""
     if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
         raise ValueError(
             f"{what} must be a text of 1 to {MAX_TEXT} characters, got {short_repr(value)}"
         )
     if _CONTROL.search(value):
         raise ValueError(f"{what} {short_repr(value)} holds a control character")
+    problem = _not_text(value)
+    if problem:
+        raise ValueError(f"{what} {problem}")
     return value
 
 
