@@ -20,13 +20,14 @@ import os
 import resource
 import shutil
 import signal
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from reliability_helpers import FORK, Injector, child_init, enospc
+from reliability_helpers import FORK, Injector, child_init, enospc, sigkill
 from test_data import make_color_folder
 from trust_helpers import cli, run_bounded
 
@@ -472,10 +473,11 @@ def test_resuming_over_the_limits_of_this_run_is_refused(data, ckpt):
 
 
 class ArmAt(AdaptCallback):
-    """Injects ENOSPC into the ``at``-th I/O event of epoch ``epoch``'s checkpoint."""
+    """Injects ``action`` (ENOSPC, SIGKILL) at the ``at``-th I/O event of epoch ``epoch``'s
+    checkpoint."""
 
-    def __init__(self, epoch: int, at: int | None) -> None:
-        self.epoch, self.injector = epoch, Injector(at, enospc)
+    def __init__(self, epoch: int, at: int | None, action: Any = enospc) -> None:
+        self.epoch, self.injector = epoch, Injector(at, action)
         self._stack = contextlib.ExitStack()
 
     def on_epoch_start(self, epoch: int, epochs: int, batches: int) -> None:
@@ -494,6 +496,17 @@ def _whole(folder: Path, epoch: int) -> None:
     assert sorted(p.name for p in folder.iterdir()) == names, "a partial or stale file is left"
 
 
+def test_the_frozen_tensors_are_written_once(data):
+    with pytest.raises(AdaptInterrupted):
+        adapt(data, epochs=3, callback=StopAfter(2))
+    folder = checkpoint_folder(NAME)
+    files = state_of(folder)["files"]
+    assert files["frozen"] == "frozen-1.safetensors" and files["model"] == "model-2.safetensors"
+    frozen = (folder / files["frozen"]).stat().st_size
+    trained = sum((folder / files[k]).stat().st_size for k in ("model", "optimizer", "best"))
+    assert trained < frozen / 10  # a new epoch needs room for the head, not the backbone
+
+
 def test_a_full_disk_keeps_the_last_good_checkpoint(data, tmp_path):
     with pytest.raises(AdaptInterrupted):
         adapt(data, epochs=3, callback=StopAfter(1))
@@ -506,7 +519,7 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(data, tmp_path):
     assert len(events) >= 8, counting.injector.events
     seen = counting.injector.events
     for at in events:
-        shutil.rmtree(folder)
+        shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(good, folder)
         try:
             adapt(data, resume=True, epochs=3, callback=_Both(ArmAt(2, at), StopAfter(2)))
@@ -537,6 +550,43 @@ class _Both(AdaptCallback):
     def on_epoch_end(self, record: Any) -> None:
         for c in self.callbacks:
             c.on_epoch_end(record)
+
+
+def _killed_while_checkpointing(data: Path, at: int) -> None:
+    child_init()
+    adapt(data, resume=True, epochs=3, overwrite=True, callback=ArmAt(2, at, sigkill))
+    os._exit(0)  # the event was never reached
+
+
+def test_a_run_killed_while_checkpointing_resumes_from_a_whole_checkpoint(data, tmp_path):
+    with pytest.raises(AdaptInterrupted):
+        adapt(data, epochs=3, callback=StopAfter(1))
+    folder = checkpoint_folder(NAME)
+    good = shutil.copytree(folder, tmp_path / "epoch-1")
+    counting = ArmAt(2, None)
+    with pytest.raises(AdaptInterrupted):
+        adapt(data, resume=True, epochs=3, callback=_Both(counting, StopAfter(2)))
+    seen = counting.injector.events
+    # killed right after an operation is killed before the next one: the "before" events
+    # and the last one cover every state the folder goes through
+    events = [i + 1 for i, e in enumerate(seen) if e.startswith("before ")] + [len(seen)]
+    kept = Counter()
+    for at in events:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(good, folder)
+        child = FORK.Process(target=_killed_while_checkpointing, args=(data, at))
+        child.start()
+        child.join(60)
+        assert child.exitcode == -signal.SIGKILL, f"event {at}: exit {child.exitcode}"
+        state = state_of(folder)  # whole: state.json names files that are all there
+        kept[state["epoch"]] += 1
+        for name in filter(None, state["files"].values()):
+            read_file(folder / name)
+        if at in (events[0], events[len(events) // 2], events[-1]):  # resumes, cleans up
+            _model, history = adapt(data, resume=True, epochs=3, overwrite=True)
+            assert history.resumed_from == state["epoch"] and len(history) == 3
+            assert not folder.exists()
+    assert kept[1] and kept[2], kept  # killed before and after state.json was replaced
 
 
 def _resume_with_file_limit(data: Path, limit: int, conn: Any) -> None:

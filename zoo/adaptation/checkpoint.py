@@ -396,23 +396,20 @@ class Checkpointer:
             return 0
         try:
             loaded = self._checked_tensors(saved, model, optimizer, loop, generators)
+            state, best, opt_state, rng, frozen_hash = loaded
+            model.load_state_dict(state)
+            groups = optimizer.state_dict()["param_groups"]  # this run's (the saved are equal)
+            optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+            loop.step = saved.epoch * loop.batches_per_epoch
+            history.epochs = list(saved.history)
+            if self.early is not None:
+                assert saved.early is not None
+                self.early = saved.early
+                self.early.best_state = best
+            _restore_rng(rng, saved.rng, generators)
         except BadState as exc:
             field, _, problem = str(exc).partition(": ")
             raise self.refuse(field, problem) from None
-        state, best, opt_state, rng, frozen_hash = loaded
-        model.load_state_dict(state)
-        groups = optimizer.state_dict()["param_groups"]  # this run's (the saved ones are equal)
-        optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-        loop.step = saved.epoch * loop.batches_per_epoch
-        history.epochs = list(saved.history)
-        if self.early is not None:
-            assert saved.early is not None
-            self.early = saved.early
-            self.early.best_state = best
-        try:
-            _restore_rng(rng, saved.rng, generators)
-        except BadState as exc:
-            raise self.refuse("rng", str(exc)) from None
         self._files, self._frozen_hash = dict(saved.files), frozen_hash
         self.resumed_from = self.kept_epoch = saved.epoch
         history.resumed_from = saved.epoch
@@ -557,7 +554,7 @@ class Checkpointer:
             if self._published_epoch() == epoch:  # interrupted after state.json was replaced
                 raise
             remove_written(folder, written)
-            if isinstance(exc, (OSError, ZooError)) and not isinstance(exc, CheckpointError):
+            if isinstance(exc, (OSError, ZooError)):
                 raise self._not_written(exc, epoch, epochs, needed) from None
             raise
 
