@@ -370,7 +370,7 @@ def check_optimizer_tensors(
     generators: Sequence[torch.Generator],
 ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
     """``(optimizer state by parameter index, RNG tensors)`` of the optimizer file, checked:
-    each name known, each parameter's state complete, of its shape, finite, and no more steps
+    each name known, each parameter's state complete, of its shape and dtype, finite, no more steps
     than the run's ``steps``; the RNG states of torch's generators accepted by a scratch one."""
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -422,7 +422,7 @@ def _check_moment(name: str, tensor: torch.Tensor, param: torch.Tensor, steps: i
         if not (math.isfinite(value) and 0 <= value <= steps and value == int(value)):
             raise BadState(f"{name}: must be a whole count from 0 to {steps}, got {value!r}")
         return
-    if tensor.shape != param.shape or not tensor.is_floating_point():
+    if tensor.shape != param.shape or tensor.dtype != param.dtype:
         raise BadState(
             f"{name}: is {tensor.dtype} {tuple(tensor.shape)}, its parameter "
             f"{param.dtype} {tuple(param.shape)}"
