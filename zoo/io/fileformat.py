@@ -55,8 +55,10 @@ MAX_TENSORS = 50_000
 #: Metadata keys of the seal.
 TENSORS_HASH_KEY = "zoo.tensors_sha256"
 CONTENT_HASH_KEY = "zoo.content_sha256"
-#: Test hook: seconds to sleep between writing the temporary file and replacing the target.
+#: Test hooks (see :func:`pause_for_tests`): seconds to sleep between writing the temporary
+#: file and replacing the target, and after each completed epoch of a training run.
 PAUSE_ENV = "ZOO_TEST_PAUSE_BEFORE_REPLACE"
+PAUSE_AFTER_EPOCH_ENV = "ZOO_TEST_PAUSE_AFTER_EPOCH"
 #: Prefix and suffix of temporary files; ``zoo gc`` removes leftovers, listings skip them.
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".zoo-tmp"
@@ -774,11 +776,18 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
 
 
-def _pause_for_tests(target: Path) -> None:
-    delay = os.environ.get(PAUSE_ENV)
+def pause_for_tests(variable: str, moment: str) -> None:
+    """A test hook: when the environment variable ``variable`` holds a number of seconds, say
+    ``zoo-test: paused <moment>`` on stderr and sleep that long.
+
+    A test that must signal or kill a process at a moment waits for that line, then acts: the
+    moment is known to exist, and the process cannot run past it first (the sleep is long),
+    so the test does not race the process on a fast or a loaded machine.
+    """
+    delay = os.environ.get(variable)
     if not delay:
         return
-    sys.stderr.write(f"zoo-test: paused before replacing {target}\n")
+    sys.stderr.write(f"zoo-test: paused {moment}\n")
     sys.stderr.flush()
     time.sleep(float(delay))
 
@@ -798,7 +807,7 @@ def atomic_write_bytes(target: Path, chunks: Iterable[bytes | memoryview]) -> Pa
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, default_mode())
-        _pause_for_tests(target)
+        pause_for_tests(PAUSE_ENV, f"before replacing {target}")
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -907,7 +916,7 @@ def write_tensors(
             _check_written(f, target, tensors, metadata)
             os.fsync(f.fileno())
         os.chmod(written, default_mode())
-        _pause_for_tests(target)
+        pause_for_tests(PAUSE_ENV, f"before replacing {target}")
         os.replace(written, target)
     finally:
         _remove_folder(folder)
