@@ -29,6 +29,7 @@ import zoo
 from zoo.adaptation.data import (
     IMAGE_FORMATS,
     MAX_ASPECT_RATIO,
+    MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
     list_images,
     load_image,
@@ -64,6 +65,15 @@ def _postscript(path: Path) -> Path:
     return path
 
 
+def _sparse_webp(path: Path) -> Path:
+    """A WebP header in a sparse file just over MAX_IMAGE_BYTES: a few KB on disk, which PIL
+    would read whole (600 MB of memory for a 300 MB one)."""
+    with path.open("wb") as f:
+        f.write(b"RIFF" + struct.pack("<I", MAX_IMAGE_BYTES) + b"WEBPVP8 ")
+        f.truncate(MAX_IMAGE_BYTES + 1)
+    return path
+
+
 def _fifo(path: Path) -> Path:
     os.mkfifo(path)
     return path
@@ -73,19 +83,21 @@ def _fifo(path: Path) -> Path:
 HOSTILE: dict[str, tuple[Any, str]] = {
     # over PIL's own error threshold (2 x 89M pixels): DecompressionBombError, named
     "bomb.png": (lambda p: crafted_png(p, 30_000, 30_000), "MAX_IMAGE_PIXELS"),
-    # between PIL's warning and error thresholds: the warning is a refusal too
-    "warned.png": (lambda p: crafted_png(p, 10_000, 10_000), "MAX_IMAGE_PIXELS"),
+    # between PIL's warning and error thresholds: zoo's own check, with the size
+    "warned.png": (lambda p: crafted_png(p, 10_000, 10_000), "10000 x 10000 pixels"),
     # just over zoo's limit, under PIL's: zoo's own check, with the size
     "big.png": (lambda p: crafted_png(p, 8193, 8193), "8193 x 8193 pixels"),
     "wide.png": (lambda p: crafted_png(p, 1_000_000, 1), "MAX_ASPECT_RATIO"),
     "tall.png": (lambda p: crafted_png(p, 1, 1_000_000, rows=1), "MAX_ASPECT_RATIO"),
     "script.png": (_postscript, "not an image of a format zoo reads"),
+    "sparse.webp": (_sparse_webp, "MAX_IMAGE_BYTES"),
     "pipe.png": (_fifo, "FIFO"),
 }
 
 
 def test_the_limits_are_what_the_docs_say():
     assert MAX_IMAGE_PIXELS == 8192 * 8192 and MAX_ASPECT_RATIO == 100
+    assert MAX_IMAGE_BYTES == 8 * MAX_IMAGE_PIXELS  # 16-bit RGBA, uncompressed
     assert IMAGE_FORMATS == ("BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP")
     assert "EPS" not in IMAGE_FORMATS and "PDF" not in IMAGE_FORMATS
 

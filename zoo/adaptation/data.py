@@ -10,7 +10,8 @@ or a device named ``x.png`` is refused before a byte is read), read by PIL only 
 :data:`IMAGE_FORMATS` (a PostScript file named ``.png`` is never handed to Ghostscript), and
 refused from its header, before any pixel is decoded, when it has more than
 :data:`MAX_IMAGE_PIXELS` pixels (a decompression bomb) or a side more than
-:data:`MAX_ASPECT_RATIO` times the other (a 1,000,000 x 1 image, which resizing would blow up).
+:data:`MAX_ASPECT_RATIO` times the other (a 1,000,000 x 1 image, which resizing would blow up);
+a file over :data:`MAX_IMAGE_BYTES` is refused before PIL reads it.
 
 Folders are walked without following links to folders below a class folder (a loop such as
 ``cat/again -> .`` is listed, never followed; a class folder itself may be a link), each folder
@@ -73,6 +74,9 @@ IMAGE_FORMATS: tuple[str, ...] = ("BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "W
 #: The most pixels an image may have (8192 x 8192, 192 MiB as RGB), checked from its header
 #: before any pixel is decoded: a few-KB file can claim billions (a decompression bomb).
 MAX_IMAGE_PIXELS = 8192 * 8192
+#: The largest image file read (512 MiB): the largest image zoo accepts, uncompressed at 16-bit
+#: RGBA (8 bytes a pixel). Checked before PIL sees the file, which reads a WebP file whole.
+MAX_IMAGE_BYTES = 8 * MAX_IMAGE_PIXELS
 #: The most one side of an image may be times the other, checked from its header: resizing the
 #: short side of a 1,000,000 x 1 image (1 megapixel) to 256 would make 256 million x 256.
 MAX_ASPECT_RATIO = 100
@@ -144,10 +148,18 @@ def _open_image(path: Path) -> Iterator[Any]:
     except ZooError as exc:  # a FIFO, a device, a socket: refused before a byte is read
         raise _Refused(str(exc).removeprefix(f"{path}: ")) from None
     with file, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        size = os.fstat(file.fileno()).st_size
+        if size > MAX_IMAGE_BYTES:
+            raise _Refused(
+                f"{size:,} bytes, more than any image zoo accepts needs ({MAX_IMAGE_BYTES:,}, "
+                "MAX_IMAGE_BYTES); not read"
+            )
+        # PIL warns from 89M pixels and refuses from 179M; zoo's own check below is stricter
+        # and names the size, so the warning is not printed and the refusal is zoo's reason
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(file, formats=IMAGE_FORMATS)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        except Image.DecompressionBombError:
             raise _Refused(
                 f"its header claims more pixels than {MAX_IMAGE_PIXELS:,} (MAX_IMAGE_PIXELS): "
                 "a decompression bomb or an image too large to use; not decoded"
@@ -181,7 +193,8 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, _Refused):
         return str(exc)
     if isinstance(exc, UnidentifiedImageError):
-        return f"not an image of a format zoo reads ({', '.join(IMAGE_FORMATS)})"
+        formats = ", ".join(IMAGE_FORMATS)
+        return f"not an image of a format zoo reads ({formats}), or its header is damaged"
     return f"{type(exc).__name__}: {exc}"
 
 
