@@ -338,6 +338,29 @@ def test_architecture_arguments_in_the_folder_cannot_inflate_the_base(peft, kwar
     assert growth < MAX_GROWTH_MB, f"peak memory grew {growth:.0f} MB"
 
 
+def test_many_targets_and_long_names_are_refused_without_quadratic_work(peft):
+    """20,000 LoRA pairs checked against an 80,000-name ``target_modules`` (a few MB), and a
+    key of 500,000 dots: refused at once (PEFT's name rule is a set lookup, keys are bounded),
+    not after billions of string comparisons or a slice of every suffix."""
+    base, folder = peft
+    pair = {"lora_A": torch.zeros(2, 1, dtype=torch.float16), "lora_B": torch.zeros(1, 2)}
+    tensors = {
+        f"{PREFIX}t{i}.{which}.weight": t.clone()
+        for i in range(20_000)
+        for which, t in pair.items()
+    }
+    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    set_config(folder, target_modules=[f"t{i}" for i in range(80_000)])
+    many = run_bounded({"import": lambda: zoo.import_peft(folder, base=base)})["import"]
+    assert many.raised("ZooError") and "targets module 't0', which this" in many.message, many
+    key = PREFIX + "a." * 500_000 + "weight"
+    save_file({key: torch.zeros(1)}, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    set_config(folder, modules_to_save=["a"])
+    long = run_bounded({"import": lambda: zoo.import_peft(folder, base=base)})["import"]
+    assert long.raised("CorruptFileError") and "longer than 1024 characters" in long.message
+    assert len(long.message) < 1000
+
+
 # ---------------------------------------------------------------- values zoo would change
 
 

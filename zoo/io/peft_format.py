@@ -97,6 +97,8 @@ LORA_KIND = "zoo:lora"
 #: The largest ``adapter_config.json`` read, and the largest rank accepted.
 MAX_CONFIG_BYTES = 1 << 20
 MAX_RANK = 4096
+#: The longest tensor name read from a PEFT folder (real ones are under 200 characters).
+MAX_KEY_LENGTH = 1024
 
 #: PEFT LoRA options zoo reads (checked one by one below).
 _USED = frozenset(
@@ -214,13 +216,26 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _matches(name: str, patterns: Any) -> bool:
+def _matches(name: str, patterns: str | frozenset[str]) -> bool:
     """PEFT's rule for a list of module names: the name, or a suffix after a dot. A regular
     expression (a string) is not evaluated -- an untrusted pattern can take exponential time --
-    and matches every name: the tensors name the targets."""
+    and matches every name: the tensors name the targets. ``patterns`` is a set, so a long
+    list costs nothing per name (:func:`_suffixes`)."""
     if isinstance(patterns, str):
         return True
-    return any(name == p or name.endswith(f".{p}") for p in patterns or ())
+    return not patterns.isdisjoint(_suffixes(name))
+
+
+def _suffixes(name: str) -> list[str]:
+    """``a.b.c`` -> ``a.b.c``, ``b.c``, ``c``: the names PEFT's list rule matches it by."""
+    parts = name.split(".")
+    return [".".join(parts[i:]) for i in range(len(parts))]
+
+
+def _prefixes(name: str) -> list[str]:
+    """``a.b.c`` -> ``a``, ``a.b``: the modules a tensor ``a.b.c`` lies inside."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 # ---------------------------------------------------------------- shapes
@@ -532,9 +547,14 @@ def read_layout(folder: Path, config: Mapping[str, Any]) -> Layout:
     rank = int(config["r"])
     pairs: dict[str, dict[str, TensorEntry]] = {}
     saved: dict[str, TensorEntry] = {}
-    to_save = config.get("modules_to_save") or []
+    to_save = _name_set(config.get("modules_to_save"))
     for entry in header.entries:
         key = entry.name
+        if len(key) > MAX_KEY_LENGTH:
+            raise CorruptFileError(
+                f"{source}: key {short_repr(key, 80)} is longer than {MAX_KEY_LENGTH} "
+                "characters, which no module path is"
+            )
         if entry.dtype in _NEVER:
             raise CorruptFileError(
                 f"{source}: tensor {key!r} is {entry.dtype}, which no PEFT weight is (loading it "
@@ -551,8 +571,8 @@ def read_layout(folder: Path, config: Mapping[str, Any]) -> Layout:
             raise ZooError(
                 f"{source}: key {key!r} is a LoRA variant zoo does not import ({_UNSUPPORTED_HINT})"
             )
-        elif isinstance(to_save, list) and any(
-            _matches(name.rpartition(".")[0], [m]) or name.startswith(f"{m}.") for m in to_save
+        elif not to_save.isdisjoint(_suffixes(name.rpartition(".")[0])) or not (
+            to_save.isdisjoint(_prefixes(name))
         ):
             saved[name] = entry
         else:
@@ -560,11 +580,12 @@ def read_layout(folder: Path, config: Mapping[str, Any]) -> Layout:
                 f"{source}: key {key!r} is neither a LoRA tensor nor in modules_to_save"
             )
     lora: dict[str, tuple[TensorEntry, TensorEntry]] = {}
-    targets = config.get("target_modules")
+    named = config.get("target_modules")
+    targets = named if isinstance(named, str) else _name_set(named)
     for target, found in sorted(pairs.items()):
         if set(found) != {"A", "B"}:
             raise CorruptFileError(f"{source}: target {target!r} lacks lora_A or lora_B")
-        if targets is not None and not _matches(target, targets):
+        if named is not None and not _matches(target, targets):
             raise CorruptFileError(
                 f"{source}: LoRA tensors for {target!r}, which target_modules does not name"
             )
@@ -572,6 +593,11 @@ def read_layout(folder: Path, config: Mapping[str, Any]) -> Layout:
     if not lora:
         raise CorruptFileError(f"{source}: holds no LoRA tensors (…lora_A.weight)")
     return Layout(lora, saved, header, source)
+
+
+def _name_set(names: Any) -> frozenset[str]:
+    """A config's list of module names as a set (a string -- a pattern -- or null: none)."""
+    return frozenset(names) if isinstance(names, list) else frozenset()
 
 
 def _check_lora_entry(entry: TensorEntry, which: str, rank: int, source: str) -> None:
