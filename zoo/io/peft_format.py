@@ -22,10 +22,16 @@ no ``dilation`` and cannot merge ``groups > 1``: such targets are refused on exp
 Importing refuses, naming the option, anything zoo's LoRA does not compute the same way:
 DoRA, rsLoRA, rank or alpha patterns, LoRA biases, ``fan_in_fan_out``, layer selection or
 replication, initialisations that change the base weights (PiSSA, OLoRA, LoftQ, …), and any
-unknown option that is not at an "off" value. The folder is untrusted: the config is bounded
-JSON, the weights are read by zoo's own safetensors reader (``adapter_model.bin`` is never
-unpickled), every key must be a LoRA tensor of a target or belong to a module to save, and
-every shape must be the one PEFT builds for that target.
+unknown option that is not at an "off" value.
+
+The folder is untrusted input, read through :mod:`zoo.io.trust` (a real folder, regular files
+opened without following links, a bounded config, zoo's own safetensors reader;
+``adapter_model.bin`` is never unpickled). Nothing in it chooses a file: its
+``base_model_name_or_path`` is only ever a backbone name (:func:`named_base`). Every key must
+be a LoRA tensor of a target or belong to a module to save, and every dtype and shape is
+checked from the header -- against the rank, then against the base built on the ``meta``
+device -- before a tensor is read or the base built; values must be finite. An export writes
+both files or neither (:func:`_write_folder`).
 """
 
 from __future__ import annotations
