@@ -219,6 +219,16 @@ def test_a_delta_cannot_inflate_its_pretrained_base(tmp_path, no_io):
     assert str(path) in str(info.value) and no_io == []
 
 
+def test_a_delta_cannot_deepen_its_pretrained_base(tmp_path, no_io):
+    """``depth=100000`` costs no memory on ``meta`` but builds 100,000 blocks: the size check
+    stops the build once it registers about twice the default's tensors."""
+    path = zoo.save(zoo.create(VIT, num_classes=2), tmp_path / "vit.safetensors")
+    pretrained_delta(path, VIT, {"depth": 100_000})
+    with pytest.raises(CorruptFileError, match="more than twice its default size") as info:
+        zoo.load(path)
+    assert "registered more than" in str(info.value) and no_io == []
+
+
 def test_a_delta_with_plain_arguments_still_reaches_its_pretrained_base(tmp_path):
     path = zoo.save(zoo.create(VIT, num_classes=2), tmp_path / "vit.safetensors")
     pretrained_delta(path, VIT, {"drop_path_rate": 0.1, "img_size": 256})

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import shutil
 import stat
 import struct
 import sys
@@ -263,7 +264,7 @@ def _parse_header(raw: bytes, file_size: int, source: str) -> Header:
     if not isinstance(doc, dict):
         raise bad(f"header is a JSON {type(doc).__name__}, not an object")
     if not text.startswith("{"):
-        raise bad(f"header must begin with '{{' (found {text[:1]!r} before it)")
+        raise bad("header must begin with '{' (it starts with whitespace)")
 
     metadata = doc.pop("__metadata__", {})
     if not isinstance(metadata, dict):
@@ -431,13 +432,13 @@ def _header_from_open(f: Any, path: Path) -> Header:
     (header_len,) = struct.unpack("<Q", _read_exact(f, 8, path, "header length"))
     if header_len > MAX_HEADER_BYTES:
         raise CorruptFileError(
-            f"{path}: not a valid safetensors file: header length {header_len} exceeds the "
-            f"{MAX_HEADER_BYTES}-byte limit"
+            f"{path}: not a valid safetensors file: the header length its first 8 bytes give "
+            f"exceeds the {MAX_HEADER_BYTES}-byte limit"
         )
     if header_len > size - 8:
         raise CorruptFileError(
-            f"{path}: not a valid safetensors file: header length {header_len} is larger than "
-            f"the {size - 8} bytes after it (truncated file?)"
+            f"{path}: not a valid safetensors file: the header length its first 8 bytes give "
+            f"is larger than the {size - 8} bytes after them (truncated file?)"
         )
     raw = _read_exact(f, header_len, path, "header")
     header = parse_header(raw, size, source=str(path))
@@ -465,10 +466,13 @@ def check_sealed_if_zoo(metadata: Mapping[str, str], *, source: str) -> None:
     )
 
 
-def read_header(path: str | os.PathLike[str]) -> Header:
-    """Read and validate only the header of ``path`` (fast: no tensor data is read)."""
+def read_header(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> Header:
+    """Read and validate only the header of ``path`` (fast: no tensor data is read).
+
+    With ``follow_symlinks=False`` a symbolic link is refused (see :func:`open_regular`).
+    """
     path = Path(path)
-    with open_regular(path) as f:
+    with open_regular(path, follow_symlinks=follow_symlinks) as f:
         return _header_from_open(f, path)
 
 
@@ -922,6 +926,41 @@ def write_tensors(
         _remove_folder(folder)
     fsync_dir(target.parent)
     return target
+
+
+def written_size(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> int:
+    """The bytes :func:`write_tensors` puts on disk for ``tensors`` and ``metadata``: the data
+    exactly, the header and its padding at most (what a write needs free)."""
+    data = sum(t.numel() * t.element_size() for t in tensors.values())
+    entries = {
+        name: {"dtype": dtype_code(t.dtype), "shape": list(t.shape), "data_offsets": [data, data]}
+        for name, t in tensors.items()
+    }
+    header = json.dumps(
+        {"__metadata__": dict(metadata), **entries}, separators=(",", ":"), ensure_ascii=False
+    )
+    return 8 + len(header.encode("utf-8")) + 7 + data
+
+
+#: ``errno`` values of a write that ran out of room: a full disk, a quota, a file-size limit.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def write_error(exc: OSError, where: Path, *, what: str, needed: int, kept: str) -> ZooError:
+    """A failed write as a :class:`~zoo.ZooError`: what could not be written where and why;
+    when it ran out of room (:data:`NO_SPACE`), how many bytes it needed and how many are free.
+    ``kept`` says what the failure left as it was."""
+    reason = exc.strerror or str(exc)
+    if exc.errno not in NO_SPACE:
+        return ZooError(f"cannot write {what} to {where}: {reason}; {kept}")
+    try:
+        free = f", {shutil.disk_usage(where).free:,} bytes are free there"
+    except OSError:
+        free = ""
+    return ZooError(
+        f"cannot write {what} to {where}: {reason} (it needs {needed:,} bytes{free}); {kept}. "
+        "Free some space, or write to another disk"
+    )
 
 
 def _remove_folder(folder: Path) -> None:
