@@ -5,9 +5,20 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# No property test depends on the machine's speed: no per-example deadline, no "too slow"
+# health check (a loaded machine would fail them), derandomized so a run is repeatable.
+settings.register_profile(
+    "zoo",
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("zoo")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -29,3 +40,26 @@ def _isolated_zoo(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ZOO_CACHE_DIR", str(home / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield home
+
+
+@pytest.fixture
+def network_calls(monkeypatch):
+    """Every attempt to resolve a host name or open a connection, recorded and refused (as a
+    machine without network would): an offline failure that never tries the network fails
+    fast on any machine, which is what a test can assert without a clock."""
+    import socket
+
+    calls: list[str] = []
+
+    def refused(name):
+        def call(*args, **kwargs):
+            calls.append(f"{name}{args[:2]!r}")
+            raise OSError(f"{name}: the network is refused in this test")
+
+        return call
+
+    monkeypatch.setattr(socket, "getaddrinfo", refused("getaddrinfo"))
+    monkeypatch.setattr(socket, "create_connection", refused("create_connection"))
+    monkeypatch.setattr(socket.socket, "connect", refused("connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refused("connect_ex"))
+    return calls

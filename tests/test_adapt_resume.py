@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from zoo.adaptation.evaluation import evaluate
 from zoo.adaptation.history import AdaptCallback
 from zoo.cli.main import main
 from zoo.errors import DataError
+from zoo.io.fileformat import PAUSE_AFTER_EPOCH_ENV
 from zoo.io.store import checkpoint_folder, gc
 
 BACKBONE = "timm:test_resnet"
@@ -161,7 +161,13 @@ def test_cli_sigint_keeps_the_epoch_and_gc_finds_it(data, _isolated_zoo, capsys)
         "--policy", "freeze-to:depth=4", "--epochs", "40", "--image-size", "32",
         "--batch-size", "8", "--scratch", "--name", "sig", "--seed", "1",
     ]  # fmt: skip
-    env = {**os.environ, "ZOO_HOME": str(_isolated_zoo), "HF_HUB_OFFLINE": "1"}
+    # the run stops after epoch 1's checkpoint and says so; it cannot finish before the signal
+    env = {
+        **os.environ,
+        "ZOO_HOME": str(_isolated_zoo),
+        "HF_HUB_OFFLINE": "1",
+        PAUSE_AFTER_EPOCH_ENV: "600",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "zoo.cli.main", *args],
         env=env,
@@ -169,25 +175,32 @@ def test_cli_sigint_keeps_the_epoch_and_gc_finds_it(data, _isolated_zoo, capsys)
         stderr=subprocess.PIPE,
         text=True,
     )
-    state = checkpoint_folder("sig") / "state.json"
-    deadline = time.monotonic() + 60
-    while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert state.exists(), proc.communicate()
-    proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=60)
+    try:
+        before = []
+        for line in proc.stderr:  # ends at EOF if the run fails before the pause
+            before.append(line)
+            if line.startswith("zoo-test: paused after epoch 1"):
+                break
+        assert before and before[-1].startswith("zoo-test: paused"), "".join(before)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=300)  # a hang guard only
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130
-    epoch = json.loads(state.read_text())["epoch"]
-    assert f"interrupted after epoch {epoch} of 40" in " ".join(err.split())
+    state = checkpoint_folder("sig") / "state.json"
+    assert json.loads(state.read_text())["epoch"] == 1
+    assert "interrupted after epoch 1 of 40" in " ".join(err.split())
     assert "--resume" in err
     # resuming with other settings is refused, naming them; the right command finishes
     assert main([*args[:-2], "--seed", "2", "--resume"]) == 1
     assert "seed: 1 there, 2 here" in " ".join(capsys.readouterr().err.split())
     assert main(["gc", "--dry-run"]) == 0  # the text view says what the checkpoint held
-    assert f"epoch {epoch} of 40" in " ".join(capsys.readouterr().out.split())
+    assert "epoch 1 of 40" in " ".join(capsys.readouterr().out.split())
     assert main(["gc", "--json"]) == 0
     removed = json.loads(capsys.readouterr().out)["checkpoints"]
-    assert len(removed) == 1 and f"epoch {epoch} of 40" in removed[0]["reason"]
+    assert len(removed) == 1 and "epoch 1 of 40" in removed[0]["reason"]
 
 
 def test_training_metadata_key_round_trips():

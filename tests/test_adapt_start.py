@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from io import StringIO
 
 import pytest
@@ -53,12 +52,11 @@ class NoWeightsPlugin:
 # ---------------------------------------------------------------- item 1: the default start
 
 
-def test_a_backbone_name_starts_from_pretrained_weights(data):
-    t0 = time.perf_counter()
+def test_a_backbone_name_starts_from_pretrained_weights(data, network_calls):
     with pytest.raises(zoo.WeightsUnavailableError, match=r"--scratch") as info:
         zoo.adapt(BACKBONE, data / "train", policy="linear-probe", **FAST)
     assert "--weights" in str(info.value) and "r160_in1k" in str(info.value)
-    assert time.perf_counter() - t0 < 10  # the offline error is fast
+    assert network_calls == []  # the offline error is fast: the network is never tried
     # the CLI form the README shows fails the same way, naming the ways out
     assert main(["adapt", BACKBONE, "--data", str(data / "train"), "--image-size", "32"]) == 1
 

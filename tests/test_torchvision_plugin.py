@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata as importlib_metadata
 import json
-import time
 
 import pytest
 import torch
@@ -143,14 +142,15 @@ def test_create_with_a_new_head_and_without_one():
     assert isinstance(features.classifier[3], torch.nn.Identity)
 
 
-def test_pretrained_fails_fast_offline_naming_the_weights(empty_torch_hub, monkeypatch):
+def test_pretrained_fails_fast_offline_naming_the_weights(
+    empty_torch_hub, monkeypatch, network_calls
+):
     for name in tv_weights.OFFLINE_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.monotonic()
     with pytest.raises(zoo.WeightsUnavailableError) as info:
         zoo.create("torchvision:resnet18", pretrained=True)
-    assert time.monotonic() - start < 3
+    assert network_calls == []  # fast because it never tries the network, on any machine
     message = str(info.value)
     assert "ResNet18_Weights.IMAGENET1K_V1" in message
     assert "HF_HUB_OFFLINE" in message

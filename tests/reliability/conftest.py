@@ -22,6 +22,7 @@ def tiny() -> Iterator[Catalog]:
 
 @pytest.fixture
 def lock_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
-    """A short lock timeout: a lock left held by a killed process would fail fast, not hang."""
-    monkeypatch.setenv("ZOO_LOCK_TIMEOUT", "10")
-    return 10.0
+    """A finite lock timeout: a lock wrongly left held would fail the test, not hang it. Far
+    above the milliseconds a tiny save holds the lock, so a loaded machine never trips it."""
+    monkeypatch.setenv("ZOO_LOCK_TIMEOUT", "120")
+    return 120.0

@@ -100,7 +100,7 @@ def _die_at(at: int, value: int, name: str) -> None:
 def run_killed(at: int, value: int, name: str) -> int:
     process = FORK.Process(target=_die_at, args=(at, value, name))
     process.start()
-    process.join(30)
+    process.join(300)
     assert process.exitcode is not None, "the saving process hung"
     return process.exitcode
 
@@ -158,7 +158,7 @@ def test_kill_after_random_delays_while_saving_in_a_loop(tiny, lock_timeout):
         process.start()
         time.sleep(rng.uniform(0.02, 0.25))
         process.kill()
-        process.join(30)
+        process.join(300)
         assert process.exitcode == -signal.SIGKILL
         interrupted += bool(temp_leftovers())
         found = check_after_fault("loop", {label(v) for v in range(4)})
@@ -181,13 +181,13 @@ def test_kill_at_the_pause_before_replace_hook(tiny, lock_timeout, capsys):
     process.start()
     os.close(write_fd)
     try:
-        ready, _, _ = select.select([read_fd], [], [], 30)
+        ready, _, _ = select.select([read_fd], [], [], 300)
         assert ready, "the saver never reached the pause"
         assert b"zoo-test: paused before replacing" in os.read(read_fd, 4096)
         assert len(temp_leftovers()) == 1  # the complete new file, not yet in place
     finally:
         process.kill()
-        process.join(30)
+        process.join(300)
         os.close(read_fd)
     leftover = temp_leftovers()
     assert main(["models", "--json"]) == 0  # the CLI lists the entry, not the leftover
@@ -218,7 +218,7 @@ def save_under_limit(limit: int, ignore_signal: bool, name: str) -> tuple[int, t
         target=_save_with_file_size_limit, args=(limit, ignore_signal, name, child)
     )
     process.start()
-    process.join(30)
+    process.join(300)
     assert process.exitcode is not None, "the saving process hung"
     return process.exitcode, parent.recv() if parent.poll() else None
 

@@ -3,9 +3,9 @@
 The corpus (``malformed.py``) breaks every rule of the safetensors format and adds pickles and
 ``torch.save`` archives named ``.safetensors``; a small valid file is also cut at every byte.
 Each file goes through ``zoo.load``, ``zoo.inspect`` and ``zoo.create(..., weights=path)``:
-each must raise a :class:`zoo.ZooError` naming the file and the problem, within a second (a
-hang detector, not a speed test: ``benchmarks/malformed_corpus.py`` reports timings), without
-allocating more than a few MB, without ever reaching an unpickler, and without returning a model.
+each must raise a :class:`zoo.ZooError` naming the file and the problem, without allocating more
+than a few MB, without ever reaching an unpickler, and without returning a model. How long each
+refusal takes is measured by ``benchmarks/malformed_corpus.py``, not asserted here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import pickle
 import resource
-import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ import zoo
 
 MB = 2**20
 MEMORY_BOUND = 50 * MB
-TIME_BOUND = 5.0  # seconds; generous: it only catches a hang or a read of a huge region
 
 LOADERS: dict[str, Callable[[Path], Any]] = {
     "zoo.load": lambda path: zoo.load(path),
@@ -90,23 +88,16 @@ def marker(tmp_path: Path) -> Path:
     return tmp_path / "UNPICKLED"
 
 
-def refuse_all(
-    path: Path, problem: tuple[str, ...], *, trace: bool = True
-) -> list[tuple[str, float, int]]:
-    """Run every loader on ``path``; each must raise a ZooError naming the file and problem.
-
-    Returns ``(loader, seconds, peak traced bytes)`` per loader (``trace=False``: 0 bytes, and
-    faster; the largest tensor allocation is still watched by the ``guards`` fixture).
-    """
-    figures = []
+def refuse_all(path: Path, problem: tuple[str, ...], *, trace: bool = True) -> None:
+    """Run every loader on ``path``; each must raise a ZooError naming the file and problem,
+    its traced peak under :data:`MEMORY_BOUND` (``trace=False``: not traced, faster; the
+    largest tensor allocation is still watched by the ``guards`` fixture)."""
     for name, loader in LOADERS.items():
         if trace:
             tracemalloc.start()
-        start = time.perf_counter()
         try:
             result = loader(path)
         except zoo.ZooError as exc:
-            seconds = time.perf_counter() - start
             message = str(exc)
         else:
             raise AssertionError(f"{name}({path.name}) returned {type(result).__name__}")
@@ -118,10 +109,7 @@ def refuse_all(
         assert any(p in message for p in problem), (
             f"{name}({path.name}): expected one of {problem} in: {message}"
         )
-        assert seconds < TIME_BOUND, f"{name}({path.name}) took {seconds:.2f}s"
         assert peak < MEMORY_BOUND, f"{name}({path.name}) traced {peak / MB:.1f} MB"
-        figures.append((name, seconds, peak))
-    return figures
 
 
 CASE_NAMES = [case.name for case in malformed.named_cases(Path("/nonexistent-marker"))]

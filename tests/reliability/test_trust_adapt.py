@@ -13,19 +13,19 @@ import json
 import math
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from test_data import make_color_folder
 from torch.utils.data import DataLoader, TensorDataset
-from trust_helpers import QUICK
 
 import zoo
 from zoo.adaptation.history import EpochRecord, History
 from zoo.cli.main import main
 from zoo.errors import AdaptArgumentError, DataError
 
+#: A backbone and a folder that do not exist: an argument refused with AdaptArgumentError was
+#: checked before any work (resolving the name or reading the folder would fail first).
 NOWHERE = {"backbone_or_model": "nowhere:no-such-backbone", "train": "/no/such/folder"}
 
 
@@ -92,10 +92,8 @@ NOWHERE = {"backbone_or_model": "nowhere:no-such-backbone", "train": "/no/such/f
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(kwargs, argument, _isolated_zoo):
-    start = time.perf_counter()
     with pytest.raises(AdaptArgumentError) as info:
         zoo.adapt(**NOWHERE, name="never", **kwargs)
-    assert time.perf_counter() - start < QUICK
     assert info.value.argument == argument
     assert str(info.value).startswith(f"{argument} must be ")
     assert isinstance(info.value, (zoo.ZooError, ValueError))

@@ -17,9 +17,7 @@ import pickle
 import resource
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ import torch
 from fileformat_helpers import write_file
 from reliability_helpers import PLUGIN_NAME, TinyPlugin
 from torch import nn
-from trust_helpers import QUICK
+from trust_helpers import HANG
 
 import zoo
 from zoo.builtin import standard_policies, timm_backbones
@@ -148,10 +146,8 @@ def test_unsafe_build_arguments_are_refused_naming_key_and_file(
 ):
     rewrite(resnet_file, set_kwargs(HOSTILE_KWARGS[key](checkpoint)))
     for how, loader in loaders().items():
-        started = time.perf_counter()
         with pytest.raises(CorruptFileError) as info:
             loader(resnet_file)
-        assert time.perf_counter() - started < QUICK, how
         message = str(info.value)
         assert repr(key) in message and str(resnet_file) in message, (how, message)
     assert no_io == []
@@ -162,20 +158,14 @@ def test_a_fifo_named_by_the_file_is_refused_without_opening_it(resnet_file, tmp
     os.mkfifo(fifo)
     for kwargs in ({"weights": str(fifo)}, {"checkpoint_path": str(fifo)}):
         rewrite(resnet_file, set_kwargs(kwargs))
-        outcome = run_with_timeout(lambda: zoo.load(resnet_file), fifo)
-        assert outcome.seconds < QUICK
-        assert isinstance(outcome.error, CorruptFileError), outcome.error
-        assert next(iter(kwargs)) in str(outcome.error)
+        error = raised_unless_hung(lambda: zoo.load(resnet_file), fifo)
+        assert isinstance(error, CorruptFileError), error
+        assert next(iter(kwargs)) in str(error)
 
 
-@dataclass
-class Outcome:
-    error: BaseException | None
-    seconds: float
-
-
-def run_with_timeout(call: Callable[[], Any], fifo: Path, timeout: float = 5.0) -> Outcome:
-    """Run ``call`` in a thread; a hang on ``fifo`` fails the test instead of hanging it."""
+def raised_unless_hung(call: Callable[[], Any], fifo: Path) -> BaseException | None:
+    """What ``call`` raised, run in a thread; a hang on ``fifo`` (longer than the generous
+    :data:`HANG` guard) fails the test instead of hanging it."""
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -185,13 +175,12 @@ def run_with_timeout(call: Callable[[], Any], fifo: Path, timeout: float = 5.0) 
             errors.append(exc)
 
     worker = threading.Thread(target=run, daemon=True)
-    started = time.perf_counter()
     worker.start()
-    worker.join(timeout=timeout)
+    worker.join(timeout=HANG)
     if worker.is_alive():  # unblock the reader so the thread can end, then fail
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         pytest.fail("zoo.load hung on a FIFO named by the file's zoo.build kwargs")
-    return Outcome(errors[0] if errors else None, time.perf_counter() - started)
+    return errors[0] if errors else None
 
 
 def pretrained_delta(path: Path, backbone: str, kwargs: dict[str, Any]) -> Path:
@@ -225,11 +214,19 @@ def test_a_delta_on_pretrained_weights_filters_its_arguments(resnet_file, checkp
 def test_a_delta_cannot_inflate_its_pretrained_base(tmp_path, no_io):
     path = zoo.save(zoo.create(VIT, num_classes=2), tmp_path / "vit.safetensors")
     pretrained_delta(path, VIT, {"embed_dim": 4096, "depth": 48, "num_heads": 16})
-    started = time.perf_counter()
     with pytest.raises(CorruptFileError, match="more than twice its default size") as info:
         zoo.load(path)
-    assert time.perf_counter() - started < QUICK
     assert str(path) in str(info.value) and no_io == []
+
+
+def test_a_delta_cannot_deepen_its_pretrained_base(tmp_path, no_io):
+    """``depth=100000`` costs no memory on ``meta`` but builds 100,000 blocks: the size check
+    stops the build once it registers about twice the default's tensors."""
+    path = zoo.save(zoo.create(VIT, num_classes=2), tmp_path / "vit.safetensors")
+    pretrained_delta(path, VIT, {"depth": 100_000})
+    with pytest.raises(CorruptFileError, match="more than twice its default size") as info:
+        zoo.load(path)
+    assert "registered more than" in str(info.value) and no_io == []
 
 
 def test_a_delta_with_plain_arguments_still_reaches_its_pretrained_base(tmp_path):
@@ -246,11 +243,9 @@ def test_an_inflated_architecture_is_refused_without_building_it(tmp_path):
     rewrite(path, set_kwargs({"embed_dim": 4096, "num_heads": 16}))
     before = peak_rss_mb()
     for how, loader in loaders().items():
-        started = time.perf_counter()
         with pytest.raises(zoo.WeightsMismatchError, match="does not fit") as info:
             loader(path)
-        assert time.perf_counter() - started < QUICK, how
-        assert str(path) in str(info.value)
+        assert str(path) in str(info.value), how
     assert peak_rss_mb() - before < 100
 
 
@@ -262,12 +257,10 @@ def test_a_deepened_architecture_is_stopped_while_it_is_built(tmp_path):
     rewrite(path, set_kwargs({"depth": 100_000}))
     before = peak_rss_mb()
     for how, loader in loaders().items():
-        started = time.perf_counter()
         with pytest.raises(zoo.ZooError, match="registered more than") as info:
             result = loader(path)
             if how.startswith("inspect"):  # inspect describes the file, notes the refusal
                 raise zoo.ZooError(" ".join(result.notes))
-        assert time.perf_counter() - started < QUICK, how
         assert how.startswith("inspect") or str(path) in str(info.value)
     assert peak_rss_mb() - before < 100
 
@@ -336,14 +329,12 @@ def test_a_constructor_off_meta_cannot_be_steered_into_a_huge_allocation(trust, 
     rewrite(path, set_kwargs({"width": 10**7}))
     before = peak_rss_mb()
     for how, loader in loaders().items():
-        started = time.perf_counter()
         if how == "load":
             with pytest.raises(ModelBuildError, match="allocated a tensor of") as info:
                 loader(path)
             assert str(path) in str(info.value)
         else:  # inspect describes the file; the refused build becomes a note
             assert "allocated a tensor of" in " ".join(loader(path).notes)
-        assert time.perf_counter() - started < QUICK, how
     assert peak_rss_mb() - before < 100
 
 

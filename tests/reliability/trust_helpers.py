@@ -1,8 +1,10 @@
-"""Pieces of the trust-boundary tests: calls bounded in time, and calls as an unprivileged user.
+"""Pieces of the trust-boundary tests: calls guarded against hangs, and calls as an
+unprivileged user.
 
 A call that would hang (opening a FIFO, reading ``/dev/zero``, waiting on a lock for ever) runs
-in a forked child that is killed after ``HANG`` seconds, so a regression fails the test instead
-of hanging the suite; the child reports what each call raised and how long it took.
+in a forked child that is killed after ``HANG`` seconds, so a regression fails the test loudly
+instead of hanging the suite; the child reports what each call raised or returned. No test
+asserts how long a call took: that is measured by ``benchmarks/malformed_corpus.py``.
 """
 
 from __future__ import annotations
@@ -23,12 +25,10 @@ from typing import Any
 
 from reliability_helpers import FORK, child_init
 
-#: Seconds after which a child is declared hung and killed.
-HANG = 20.0
-#: Seconds within which a refusal counts as "at once": far above the tens of milliseconds these
-#: refusals take, far below the minutes (or the hang) each one used to cost. Generous because
-#: the machines running the suite are shared; speed itself is measured by the benchmarks.
-QUICK = 5.0
+#: Seconds after which a child is declared hung and killed: a hang guard, never an assertion
+#: about speed (the calls it guards take milliseconds; a hang would last for ever). Generous so
+#: that a loaded machine never trips it.
+HANG = 300.0
 #: The user and group an unprivileged child runs as when the tests run as root.
 NOBODY = 65534
 
@@ -36,12 +36,10 @@ NOBODY = 65534
 @dataclass
 class Outcome:
     """What one call did: ``error`` is the exception's class names (MRO), empty when it
-    returned; ``message`` its text (or the returned value's repr); ``seconds`` how long;
-    ``value`` what it returned."""
+    returned; ``message`` its text (or the returned value's repr); ``value`` what it returned."""
 
     error: list[str]
     message: str
-    seconds: float
     value: Any = None
 
     def raised(self, name: str) -> bool:
@@ -49,21 +47,15 @@ class Outcome:
 
 
 def _outcome(call: Callable[[], Any]) -> Outcome:
-    import time
-
-    start = time.perf_counter()
     try:
         value = call()
     except BaseException as exc:  # the child reports everything, even SystemExit
-        return Outcome(
-            [c.__name__ for c in type(exc).__mro__], str(exc), time.perf_counter() - start
-        )
-    seconds = time.perf_counter() - start
+        return Outcome([c.__name__ for c in type(exc).__mro__], str(exc))
     try:
         pickle.dumps(value)
     except Exception:  # sent back as its repr only
         value = None
-    return Outcome([], repr(value)[:500], seconds, value)
+    return Outcome([], repr(value)[:500], value)
 
 
 def _child(calls: Mapping[str, Callable[[], Any]], writer: Any, user: int | None) -> None:
@@ -80,7 +72,7 @@ def run_bounded(
     calls: Mapping[str, Callable[[], Any]], *, user: int | None = None
 ) -> dict[str, Outcome]:
     """Run ``calls`` one after the other in a forked child (as ``user`` when root); the child
-    is killed and the test fails if they take more than :data:`HANG` seconds in all."""
+    is killed and the test fails if they hang (more than :data:`HANG` seconds in all)."""
     reader, writer = FORK.Pipe(duplex=False)
     child = FORK.Process(target=_child, args=(calls, writer, user))
     child.start()

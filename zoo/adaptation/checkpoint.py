@@ -38,10 +38,8 @@ are named), and so is any value a resume would use that this run does not have.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import random
-import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -61,7 +59,14 @@ from zoo.adaptation.checkpoint_state import (
 )
 from zoo.adaptation.early_stop import EarlyStop
 from zoo.errors import CheckpointError, ModelNotFoundError, ZooError
-from zoo.io.fileformat import atomic_write_bytes, hash_tensors, seal, write_tensors
+from zoo.io.fileformat import (
+    atomic_write_bytes,
+    hash_tensors,
+    seal,
+    write_error,
+    write_tensors,
+    written_size,
+)
 from zoo.io.store import (
     CHECKPOINT_STATE,
     MAX_CHECKPOINT_STATE_BYTES,
@@ -69,7 +74,14 @@ from zoo.io.store import (
     locked,
     remove_checkpoint,
 )
-from zoo.io.trust import check_folder, own_folder, read_json_in, read_tensors_in, remove_written
+from zoo.io.trust import (
+    check_folder,
+    own_folder,
+    read_header_in,
+    read_json_in,
+    read_tensors_in,
+    remove_written,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -228,10 +240,6 @@ def _on_cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value.detach().to("cpu") for key, value in state.items()}
 
 
-def _nbytes(tensors: Mapping[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
 def _optimizer_parts(
     optimizer: torch.optim.Optimizer,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
@@ -250,10 +258,6 @@ def _optimizer_parts(
                 )
             tensors[f"state.{index}.{key}"] = value
     return tensors, _jsonable(state["param_groups"])
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
 
 
 # ---------------------------------------------------------------- the checkpoint
@@ -426,6 +430,11 @@ class Checkpointer:
         """The checkpoint's tensors, read by zoo's reader and checked against this run:
         ``(model state, best state, optimizer state, RNG tensors, hash of the frozen file)``."""
         expected = model.state_dict()
+        size = sum(t.numel() * t.element_size() for t in expected.values())
+        limits = {"model": size, "frozen": size, "best": size, "optimizer": 3 * size + 2**20}
+        for kind, name in saved.files.items():
+            if name:  # no file is read whole before its header says it fits this run
+                self._check_size(kind, name, limits[kind])
         frozen, frozen_hash = self._read(saved, "frozen") if saved.files["frozen"] else ({}, None)
         trained, _ = self._read(saved, "model")
         both = sorted(set(frozen) & set(trained))
@@ -443,6 +452,20 @@ class Checkpointer:
         opt_tensors, _ = self._read(saved, "optimizer")
         opt_state, rng = check_optimizer_tensors(opt_tensors, optimizer, steps, generators)
         return state, best, opt_state, rng, frozen_hash
+
+    def _check_size(self, kind: str, name: str, limit: int) -> None:
+        """Refuse a tensor file whose header gives more bytes of tensors than a checkpoint of
+        this run's model has (``limit``), before its tensors are read."""
+        assert self.folder is not None
+        try:
+            header = read_header_in(self.folder, name, what="the checkpoint")
+        except ZooError as exc:
+            raise BadState(f"files.{kind}: {exc}") from None
+        if header.data_len > limit:
+            raise BadState(
+                f"files.{kind}: {name} holds {header.data_len:,} bytes of tensors, more than "
+                f"a checkpoint of this run's model has ({limit:,}); not read"
+            )
 
     def _read(self, saved: SavedState, kind: str) -> tuple[dict[str, Any], str | None]:
         """The tensors of the checkpoint file of ``kind`` and their hash: read by zoo's reader
@@ -515,8 +538,7 @@ class Checkpointer:
             "auto": self.auto,
         }
         text = json.dumps(record, allow_nan=False).encode("utf-8")
-        needed = sum(_nbytes(t) for t in writes.values()) + len(text)
-        self._write(folder, epoch, epochs, writes, text, needed)
+        self._write(folder, epoch, epochs, writes, text)
         self._files, self._frozen_hash, self.kept_epoch = files, frozen_hash, epoch
         keep = [STATE_FILE, *(name for name in files.values() if name)]
         remove_checkpoint(folder, keep)  # the previous epoch's files, by name
@@ -539,16 +561,17 @@ class Checkpointer:
         epochs: int,
         writes: Mapping[str, Mapping[str, torch.Tensor]],
         text: bytes,
-        needed: int,
     ) -> None:
-        """Write the tensor files, then ``state.json``. On any failure the files written so
-        far are deleted and the previous checkpoint stays whole; a failed write (a full disk)
-        raises :class:`~zoo.CheckpointError` saying what it needed."""
+        """Write the tensor files (sealed), then ``state.json``. On any failure the files
+        written so far are deleted and the previous checkpoint stays whole; a failed write (a
+        full disk) raises :class:`~zoo.CheckpointError` saying what it needed."""
+        sealed = {name: seal(tensors, {"format": "pt"}) for name, tensors in writes.items()}
+        needed = len(text) + sum(written_size(writes[n], md) for n, md in sealed.items())
         written: list[str] = []
         try:
             for name, tensors in writes.items():
                 written.append(name)
-                write_tensors(folder / name, tensors, seal(tensors, {"format": "pt"}))
+                write_tensors(folder / name, tensors, sealed[name])
             atomic_write_bytes(folder / STATE_FILE, [text])
         except BaseException as exc:
             if self._published_epoch() == epoch:  # interrupted after state.json was replaced
@@ -561,29 +584,20 @@ class Checkpointer:
     def _not_written(
         self, exc: BaseException, epoch: int, epochs: int, needed: int
     ) -> CheckpointError:
+        """What a failed write of epoch ``epoch``'s checkpoint says: why, what it needed and
+        what is free (:func:`~zoo.io.fileformat.write_error`), and what is kept."""
         assert self.folder is not None
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        try:
-            free = f"{_mib(shutil.disk_usage(self.folder).free)} is free there now"
-        except OSError:
-            free = "the free space is unknown"
-        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-        text = (
-            f"cannot write the checkpoint of epoch {epoch} of {epochs} in {self.folder}: {why}"
-            f"; it needs {_mib(needed)} ({free})"
+        what = f"the checkpoint of epoch {epoch} of {epochs}"
+        kept = (
+            f"the run stopped, and its last good checkpoint (epoch {self.kept_epoch}) is kept "
+            "whole: run the same command with --resume to continue from it"
+            if self.kept_epoch is not None
+            else "the run stopped before any epoch was kept"
         )
-        if self.kept_epoch is not None:
-            text += (
-                f". The run stopped; its last good checkpoint (epoch {self.kept_epoch}) is kept "
-                f"whole: {'free some space' if full else 'fix this'}, then run the same command "
-                "with --resume to continue from it"
-            )
-        else:
-            text += (
-                f". The run stopped before any epoch was kept: "
-                f"{'free some space' if full else 'fix this'} and run it again"
-            )
-        return CheckpointError(text)
+        if isinstance(exc, OSError):
+            error = write_error(exc, self.folder, what=what, needed=needed, kept=kept)
+            return CheckpointError(str(error))
+        return CheckpointError(f"cannot write {what} to {self.folder}: {exc}; {kept}")
 
     def _published_epoch(self) -> int | None:
         """The epoch ``state.json`` on disk names (None: none, or unreadable)."""

@@ -111,7 +111,7 @@ class CompareConfig:
                 or not all(isinstance(p, str) and p.strip() for p in items)
             ):
                 raise AdaptArgumentError(
-                    "policies", policies, "a list of policy specs or 'spec,spec,...'"
+                    "policies", policies, "a list of policy specs, 'spec,spec,...' or 'spec;spec'"
                 )
             count = len(self.policy_list() or [])
             if not 1 <= count <= MAX_CANDIDATES:
@@ -149,8 +149,10 @@ def compare(
     """Train several freeze policies on the same data and keep the best; returns
     ``(model, history, leaderboard)``.
 
-    ``policies``: specs (a list or ``"spec,spec"``; default: a ladder from ``linear-probe``
-    through ``train-last:n=1..3`` to ``bitfit``, ``norm-only``, ``layer-decay`` and ``full``).
+    ``policies``: specs (a list, or one text ``"spec,spec"`` / ``"spec;spec"`` read by
+    :func:`~zoo.adaptation.candidates.split_policies`: ``"linear-probe,lora:rank=4,alpha=8"``
+    is two specs; default: a ladder from ``linear-probe`` through ``train-last:n=1..3`` to
+    ``bitfit``, ``norm-only``, ``layer-decay`` and ``full``).
     Validation data is required (``val`` or ``val_split``): the candidates are ranked by
     validation accuracy (then loss, then fewer trained parameters). ``epochs`` is the full run
     of a candidate; successive halving stops weak ones early, and ``budget`` (seconds) caps the

@@ -4,12 +4,27 @@ An image folder holds one sub-folder per class (``data/cat/1.jpg``, ``data/dog/7
 names are the sub-folder names, sorted. Hidden entries (``.git``) are ignored, and so are files
 whose extension is not an image one. Images inside a class folder may sit in nested folders.
 
-Corrupt images: while scanning, every image file is opened and checked with PIL's ``verify()``.
-A file that fails is **skipped and counted** by default (:attr:`ImageFolder.skipped` names each
-one with the reason; the CLI prints a warning); ``on_corrupt="error"`` makes the first such file
-a :class:`~zoo.DataError` naming it instead. A file that passes the check but still cannot be
-decoded while training (a truncated JPEG body) stops training with a :class:`~zoo.DataError`
-naming the file.
+Image files are untrusted input (a downloaded data set, a folder of photos someone sent). Every
+image is opened the one way :func:`load_image` and the scan share: a regular file only (a FIFO
+or a device named ``x.png`` is refused before a byte is read), read by PIL only as one of
+:data:`IMAGE_FORMATS` (a PostScript file named ``.png`` is never handed to Ghostscript), and
+refused from its header, before any pixel is decoded, when it has more than
+:data:`MAX_IMAGE_PIXELS` pixels (a decompression bomb) or a side more than
+:data:`MAX_ASPECT_RATIO` times the other (a 1,000,000 x 1 image, which resizing would blow up);
+a file over :data:`MAX_IMAGE_BYTES` is refused before PIL reads it.
+
+Folders are walked without following links to folders below a class folder (a loop such as
+``cat/again -> .`` is listed, never followed; a class folder itself may be a link), each folder
+once and each file once (a hard link or a file link to an image already found is left out), so
+a sample can never sit in both the training and the validation split.
+
+Corrupt images: while scanning, every image file is opened as above and checked with PIL's
+``verify()``. A file that fails is **skipped and counted** by default (:attr:`ImageFolder.skipped`
+names each one with the reason; the CLI prints a warning); ``on_corrupt="error"`` makes the
+first such file a :class:`~zoo.DataError` naming it instead. A linked folder or a second copy of
+a file is listed in ``skipped`` too (never an error). A file that passes the check but still
+cannot be decoded while training (a truncated JPEG body) stops training with a
+:class:`~zoo.DataError` naming the file.
 
 Transforms come from the backbone's input config (timm's data config, ``resolve_data_config``)
 through ``timm.data.create_transform``: augmentation (random resized crop, flip, colour jitter)
@@ -20,8 +35,10 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,7 +46,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from torch.utils.data import Dataset
 
 from zoo.core.specs import InputConfig
-from zoo.errors import DataError
+from zoo.errors import DataError, ModelNotFoundError, ZooError
+from zoo.io.fileformat import open_regular
+from zoo.io.metadata import class_name_problem
 
 if TYPE_CHECKING:
     import torch
@@ -48,12 +67,26 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".tiff",
     ".webp",
 )
+#: The formats PIL may read an image file as, whatever its extension (``PPM`` covers
+#: ``.pgm``/``.ppm``). Anything else — PostScript (which PIL hands to Ghostscript), PDF, ICO,
+#: and PIL's dozens of other plugins — is refused before its reader runs.
+IMAGE_FORMATS: tuple[str, ...] = ("BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP")
+#: The most pixels an image may have (8192 x 8192, 192 MiB as RGB), checked from its header
+#: before any pixel is decoded: a few-KB file can claim billions (a decompression bomb).
+MAX_IMAGE_PIXELS = 8192 * 8192
+#: The largest image file read (512 MiB): the largest image zoo accepts, uncompressed at 16-bit
+#: RGBA (8 bytes a pixel). Checked before PIL sees the file, which reads a WebP file whole.
+MAX_IMAGE_BYTES = 8 * MAX_IMAGE_PIXELS
+#: The most one side of an image may be times the other, checked from its header: resizing the
+#: short side of a 1,000,000 x 1 image (1 megapixel) to 256 would make 256 million x 256.
+MAX_ASPECT_RATIO = 100
 OnCorrupt = Literal["skip", "error"]
 
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """An image file left out because PIL could not read it."""
+    """A file left out, with the reason: an image that cannot be read (or is refused), a
+    second copy of a file already found, a link to a folder (not followed)."""
 
     path: Path
     reason: str
@@ -98,24 +131,142 @@ def _visible(entries: Iterable[os.DirEntry]) -> list[os.DirEntry]:
     return [e for e in entries if not e.name.startswith(".")]
 
 
-def _check_image(path: Path) -> str | None:
-    """None when PIL can identify and verify ``path``; otherwise the reason."""
-    from PIL import Image, UnidentifiedImageError
+class _Refused(ValueError):
+    """Why an image file is not read (the message is the reason, without the path)."""
+
+
+@contextmanager
+def _open_image(path: Path) -> Iterator[Any]:
+    """``path`` opened as an image of :data:`IMAGE_FORMATS` with its size checked from the
+    header, nothing decoded yet; :class:`_Refused` (or PIL's error) says why not."""
+    from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        file = open_regular(path)
+    except ModelNotFoundError:
+        raise _Refused("the file does not exist (or is a link to nothing)") from None
+    except ZooError as exc:  # a FIFO, a device, a socket: refused before a byte is read
+        raise _Refused(str(exc).removeprefix(f"{path}: ")) from None
+    with file, warnings.catch_warnings():
+        size = os.fstat(file.fileno()).st_size
+        if size > MAX_IMAGE_BYTES:
+            raise _Refused(
+                f"{size:,} bytes, more than any image zoo accepts needs ({MAX_IMAGE_BYTES:,}, "
+                "MAX_IMAGE_BYTES); not read"
+            )
+        # PIL warns from 89M pixels and refuses from 179M; zoo's own check below is stricter
+        # and names the size, so the warning is not printed and the refusal is zoo's reason
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(file, formats=IMAGE_FORMATS)
+        except Image.DecompressionBombError:
+            raise _Refused(
+                f"its header claims more pixels than {MAX_IMAGE_PIXELS:,} (MAX_IMAGE_PIXELS): "
+                "a decompression bomb or an image too large to use; not decoded"
+            ) from None
+        with image:
+            _check_size(image.size)
+            yield image
+
+
+def _check_size(size: tuple[int, int]) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise _Refused(f"{width} x {height} pixels: an image without pixels")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _Refused(
+            f"{width} x {height} pixels, more than {MAX_IMAGE_PIXELS:,} (MAX_IMAGE_PIXELS): a "
+            "decompression bomb or an image too large to use; not decoded"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise _Refused(
+            f"{width} x {height} pixels, one side more than {MAX_ASPECT_RATIO} times the other "
+            "(MAX_ASPECT_RATIO): resizing it would need far more memory than it holds; not "
+            "decoded"
+        )
+
+
+def _reason(exc: Exception) -> str:
+    """Why an image could not be read, for a skipped file or an error message."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, _Refused):
+        return str(exc)
+    if isinstance(exc, UnidentifiedImageError):
+        formats = ", ".join(IMAGE_FORMATS)
+        return f"not an image of a format zoo reads ({formats}), or its header is damaged"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _check_image(path: Path) -> str | None:
+    """None when ``path`` opens as an image (see :func:`_open_image`) and PIL verifies it;
+    otherwise the reason."""
+    try:
+        with _open_image(path) as img:
             img.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # PIL raises many kinds on hostile bytes; each is a reason
+        return _reason(exc)
     return None
 
 
-def _list_images(folder: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(Path(f)))
-    return found
+#: A file's or folder's identity, ``st_dev`` and ``st_ino`` in one int (smaller than a tuple:
+#: one entry per image) -> the path it was first found at.
+Seen = dict[int, Path]
+
+
+def list_images(
+    folder: Path, *, recursive: bool = True, seen: Seen | None = None
+) -> tuple[list[Path], list[SkippedFile]]:
+    """The image files in ``folder`` (and its sub-folders with ``recursive``) in sorted order,
+    each file once, and what was left out with the reason.
+
+    Hidden entries and files without an image extension are ignored. ``folder`` itself may be
+    a link; links to folders inside it are not followed (listed as skipped), so a link loop
+    cannot multiply the files or stop the walk; a folder or file reached twice (a hard link, a
+    link to a file already found, or one in ``seen``, shared by calls) is listed once. Links to
+    files are followed (git-annex and DVC keep data sets as links). The walk keeps its own
+    stack: any depth of nesting is fine.
+    """
+    seen = {} if seen is None else seen
+    found: list[Path] = []
+    skipped: list[SkippedFile] = []
+
+    def first_time(path: Path, stat: os.stat_result) -> bool:
+        first = seen.setdefault(stat.st_dev << 64 | stat.st_ino, path)
+        if first is not path:
+            skipped.append(SkippedFile(path, f"the same file or folder as {str(first)!r}"))
+        return first is path
+
+    try:
+        top = os.stat(folder)
+    except OSError as exc:
+        return [], [SkippedFile(folder, f"cannot read the folder: {exc.strerror or exc}")]
+    stack = [folder] if first_time(folder, top) else []
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                entries = sorted(_visible(it), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append(SkippedFile(current, f"cannot read the folder: {exc.strerror or exc}"))
+            continue
+        folders = []
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive and first_time(path, entry.stat(follow_symlinks=False)):
+                        folders.append(path)
+                elif entry.is_symlink() and entry.is_dir():
+                    if recursive:
+                        skipped.append(SkippedFile(path, "a link to a folder, not followed"))
+                elif _is_image(path) and first_time(path, entry.stat()):
+                    found.append(path)
+            except OSError:  # a link to nothing, or gone: opening it says so
+                if _is_image(path):
+                    found.append(path)
+        stack.extend(reversed(folders))
+    return found, skipped
 
 
 def scan_image_folder(
@@ -125,6 +276,7 @@ def scan_image_folder(
     on_corrupt: OnCorrupt = "skip",
     verify: bool = True,
     training: bool = False,
+    seen: Seen | None = None,
 ) -> ImageFolder:
     """Scan ``root`` (one sub-folder per class) into an :class:`ImageFolder`.
 
@@ -133,7 +285,10 @@ def scan_image_folder(
     missing, unreadable or empty folder, a class folder without images, and (with
     ``on_corrupt="error"``) a file PIL cannot read. ``verify=False`` skips the per-file check.
     ``training=True`` (a folder to train on) also refuses fewer than 2 class folders and a
-    class of ``classes`` without a folder — checked before any image is opened.
+    class of ``classes`` without a folder — checked before any image is opened. Each file and
+    folder is taken once (see :func:`list_images`); ``seen``, shared with an earlier scan (the
+    training folder's), also leaves out what that scan took, so that no image is both trained
+    and validated on.
     """
     if on_corrupt not in ("skip", "error"):
         raise DataError(f"on_corrupt must be 'skip' or 'error', not {on_corrupt!r}")
@@ -163,6 +318,7 @@ def scan_image_folder(
             "holding that class's images"
         )
     if classes is None:
+        _check_class_names(path, class_dirs)
         class_list = tuple(class_dirs)
     else:
         class_list = tuple(classes)
@@ -179,11 +335,11 @@ def scan_image_folder(
     samples: list[tuple[Path, int]] = []
     skipped: list[SkippedFile] = []
     empty: list[str] = []
+    seen = {} if seen is None else seen
     for name in class_dirs:
-        try:
-            files = _list_images(path / name)
-        except OSError as exc:  # pragma: no cover - os.walk swallows most errors
-            raise DataError(f"cannot read class folder {str(path / name)!r}: {exc}") from exc
+        start = len(skipped)  # what this class folder leaves out, for the error below
+        files, left_out = list_images(path / name, seen=seen)
+        skipped.extend(left_out)
         good = 0
         for file in files:
             reason = _check_image(file) if verify else None
@@ -198,14 +354,28 @@ def scan_image_folder(
             samples.append((file, index[name]))
             good += 1
         if good == 0:
-            empty.append(name)
+            shown = repr(str(path / name))
+            why = skipped[start : start + 1]  # the first file left out says why, if any
+            empty.append(f"{shown} ({str(why[0].path)!r}: {why[0].reason})" if why else shown)
     if empty:
-        details = ", ".join(repr(str(path / n)) for n in empty)
+        details = ", ".join(empty)
         raise DataError(
             f"class folder(s) without readable images: {details}; add images "
             f"({', '.join(IMAGE_EXTENSIONS)}) or remove the folder"
         )
     return ImageFolder(path, class_list, tuple(samples), tuple(skipped))
+
+
+def _check_class_names(path: Path, class_dirs: Sequence[str]) -> None:
+    """Class names come from folder names, and a saved model's class names may not hold a
+    control character or undecodable bytes: refused here, before any training."""
+    for name in class_dirs:
+        problem = class_name_problem(name)
+        if problem:
+            raise DataError(
+                f"class folder {str(path / name)!r}: its name {problem}, and class names are "
+                "saved with the model; rename the folder"
+            )
 
 
 def _check_training_classes(path: Path, class_dirs: Sequence[str], classes: Sequence[str]) -> None:
@@ -258,14 +428,14 @@ def split_folder(
 
 
 def load_image(path: str | os.PathLike[str]) -> Any:
-    """Open ``path`` as an RGB PIL image; a :class:`~zoo.DataError` names a file that fails."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Open ``path`` as an RGB PIL image; a :class:`~zoo.DataError` names a file that fails or
+    is refused (not a regular file, not one of :data:`IMAGE_FORMATS`, over
+    :data:`MAX_IMAGE_PIXELS` or :data:`MAX_ASPECT_RATIO`)."""
     try:
-        with Image.open(path) as img:
+        with _open_image(Path(path)) as img:
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot decode image {str(path)!r}: {exc}") from exc
+    except Exception as exc:  # PIL raises many kinds on hostile bytes; each is a reason
+        raise DataError(f"cannot decode image {str(path)!r}: {_reason(exc)}") from exc
 
 
 class ImageDataset(Dataset):

@@ -35,6 +35,7 @@ reuses :class:`CachedFeatures`, :class:`CacheUnsupported` and the budget defined
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo.errors import ZooError, short_repr
 from zoo.plans.freeze import norm_mode
 from zoo.plans.plan import NormMode
 
@@ -159,13 +161,30 @@ def start_extraction(
     return progress
 
 
+#: The suffixes ``ZOO_FEATURE_CACHE_MAX_BYTES`` accepts after its number (powers of 1024).
+SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
 def max_cache_bytes() -> int:
-    """The largest feature cache zoo builds (``ZOO_FEATURE_CACHE_MAX_BYTES``, default 4 GiB)."""
-    value = os.environ.get(MAX_BYTES_ENV, "")
-    try:
-        return int(value) if value else DEFAULT_MAX_BYTES
-    except ValueError:
+    """The largest feature cache zoo builds: ``ZOO_FEATURE_CACHE_MAX_BYTES``, default 4 GiB.
+
+    The value is a whole number of bytes, optionally followed by ``K``, ``M``, ``G`` or ``T``
+    (powers of 1024, either case): ``500000000``, ``512M``, ``2G``; ``0`` never caches. Anything
+    else (``1e3``, ``nan``, ``-5``, ``2 GB``) raises a :class:`~zoo.ZooError` naming the
+    variable, instead of silently becoming the default. Unset or empty: the default.
+    """
+    value = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not value:
         return DEFAULT_MAX_BYTES
+    match = re.fullmatch(r"([0-9]{1,15})([KMGT]?)", value, flags=re.IGNORECASE)
+    if match is None:
+        raise ZooError(
+            f"{MAX_BYTES_ENV}={short_repr(value)} is not a size: write a whole number of bytes, "
+            "optionally followed by K, M, G or T (powers of 1024), e.g. 2G or 500M (0: never "
+            f"cache); unset it for the default {DEFAULT_MAX_BYTES >> 30}G"
+        )
+    number, suffix = match.groups()
+    return int(number) * SIZE_SUFFIXES[suffix.upper()]
 
 
 @dataclass

@@ -54,7 +54,7 @@ def prepare_data(
     """The run's data; refuses (:class:`~zoo.DataError`) anything a classifier cannot learn
     from: fewer than 2 classes, a class without training data, labels out of range, a
     validation set with other classes."""
-    from zoo.adaptation.data import scan_image_folder, split_folder
+    from zoo.adaptation.data import Seen, scan_image_folder, split_folder
 
     if is_loader(train):
         return _loader_data(train, val, classes=classes, val_split=val_split)
@@ -62,7 +62,10 @@ def prepare_data(
         raise DataError(
             f"train must be an image folder path or a DataLoader, not {type(train).__name__}"
         )
-    folder = scan_image_folder(train, classes=classes, on_corrupt=on_corrupt, training=True)
+    seen: Seen = {}  # each file once, across both folders: none is trained and validated on
+    folder = scan_image_folder(
+        train, classes=classes, on_corrupt=on_corrupt, training=True, seen=seen
+    )
     skipped = [s.to_dict() for s in folder.skipped]
     val_folder = None
     if val is not None:
@@ -70,11 +73,26 @@ def prepare_data(
             raise DataError("give either a validation folder or val_split, not both")
         if not isinstance(val, (str, os.PathLike)):
             raise DataError("train is an image folder, so val must be an image folder too")
-        val_folder = scan_image_folder(val, classes=folder.classes, on_corrupt=on_corrupt)
+        if _same_folder(train, val):
+            raise DataError(
+                f"the validation folder {os.fspath(val)!r} is the training folder: a score on "
+                "the images trained on says nothing; pass another folder, or val_split "
+                "(--val-split) to hold out part of it"
+            )
+        val_folder = scan_image_folder(
+            val, classes=folder.classes, on_corrupt=on_corrupt, seen=seen
+        )
         skipped += [s.to_dict() for s in val_folder.skipped]
     elif val_split:
         folder, val_folder = split_folder(folder, float(val_split), seed=seed)
     return AdaptData(list(folder.classes), folder, val_folder, skipped, folder.samples_per_class)
+
+
+def _same_folder(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    try:
+        return os.path.samefile(os.path.expanduser(a), os.path.expanduser(b))
+    except OSError:  # the scan says what is wrong with it
+        return False
 
 
 def _loader_data(

@@ -42,7 +42,7 @@ from zoo.adaptation.starting_point import (
 from zoo.adaptation.training import LR_SCHEDULES, OPTIMIZERS, run_training
 from zoo.core.specs import CROP_MODES, INTERPOLATIONS, MAX_IMAGE_SIDE, InputConfig
 from zoo.errors import AdaptArgumentError, DataError, ZooError
-from zoo.io.metadata import MAX_TEXT
+from zoo.io.metadata import MAX_TEXT, class_name_problem
 from zoo.io.persistence import save
 from zoo.io.store import checkpoint_folder
 from zoo.plans.binding import bind, resolve_policy
@@ -717,6 +717,10 @@ def _check_classes(classes: Any) -> None:
         raise AdaptArgumentError("classes", classes, "a list of class names (non-empty strings)")
     if len(set(classes)) != len(classes):
         raise AdaptArgumentError("classes", classes, "a list of distinct class names")
+    if any(class_name_problem(c) for c in classes):
+        raise AdaptArgumentError(
+            "classes", classes, "a list of class names without control characters"
+        )
     if len(classes) < 2:
         raise AdaptArgumentError(
             "classes",
@@ -757,6 +761,10 @@ def _check_arguments(args: Mapping[str, Any]) -> None:
     if args["samples_per_class"] is not None:
         _int_in("samples_per_class", args["samples_per_class"], 1)
     _choice("feature_cache", args["feature_cache"], (True, False, "auto"))
+    if args["feature_cache"] is not False:
+        from zoo.adaptation.feature_cache import max_cache_bytes
+
+        max_cache_bytes()  # a bad ZOO_FEATURE_CACHE_MAX_BYTES is refused before any work too
     _choice("on_corrupt", args["on_corrupt"], ON_CORRUPT)
     _int_in("num_workers", args["num_workers"], 0, MAX_WORKERS)
     _int_in("seed", args["seed"], 0, SEED_LIMIT - 1)

@@ -57,21 +57,18 @@ class Prediction:
 
 
 def image_files(folder: str | os.PathLike[str], *, recursive: bool = False) -> list[str]:
-    """The image files in ``folder`` (its subfolders too with ``recursive``), sorted by path;
-    hidden files and other files are left out. A folder without images raises
+    """The image files in ``folder`` (its subfolders too with ``recursive``), sorted by path,
+    each once; hidden files and other files are left out, and links to folders are not followed
+    (:func:`~zoo.adaptation.data.list_images`). A folder without images raises
     :class:`~zoo.DataError`."""
-    from zoo.adaptation.data import IMAGE_EXTENSIONS
+    from zoo.adaptation.data import IMAGE_EXTENSIONS, list_images
 
-    root = Path(folder)
-    found = sorted(
-        str(p)
-        for p in (root.rglob("*") if recursive else root.iterdir())
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and p.is_file()
-    )
+    paths, left_out = list_images(Path(folder), recursive=recursive)
+    found = sorted(map(str, paths))
     if not found:
         hint = "" if recursive else "; to include its subfolders, pass recursive=True (--recursive)"
+        if left_out:
+            hint += f"; left out: {str(left_out[0].path)!r}: {left_out[0].reason}"
         raise DataError(
             f"no images in folder {os.fspath(folder)!r} (looked for "
             f"{', '.join(IMAGE_EXTENSIONS)}){hint}"
@@ -105,7 +102,7 @@ def _prepare(item: ImageLike, index: int, transform: Any) -> tuple[str, torch.Te
 
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise DataError(f"image {path!r} does not exist")
         return path, transform(load_image(path))
     if isinstance(item, torch.Tensor):

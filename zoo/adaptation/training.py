@@ -20,6 +20,7 @@ from zoo.adaptation.checkpoint import Checkpointer, loader_generators
 from zoo.adaptation.history import EpochRecord
 from zoo.adaptation.inputs import distributed_loader, loaders_for_folders, reshuffled, set_epoch
 from zoo.errors import DataError, ZooError
+from zoo.io.fileformat import PAUSE_AFTER_EPOCH_ENV, pause_for_tests
 
 if TYPE_CHECKING:
     import torch
@@ -486,6 +487,7 @@ def _end_epoch(
             generators,
             new_best=new_best,
         )
+    pause_for_tests(PAUSE_AFTER_EPOCH_ENV, f"after epoch {record.epoch}")
     loop.callback.on_epoch_end(record)
 
 

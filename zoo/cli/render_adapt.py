@@ -289,10 +289,14 @@ def summary_table(history: History) -> Table:
 
 
 def skipped_text(history: History, limit: int = 10) -> Text:
-    """The unreadable images that were left out, one per line."""
+    """The files that were left out, one per line (names escaped: a file name is untrusted)."""
+    from zoo.cli.render_store import printable
+
     text = Text()
     for item in history.skipped[:limit]:
-        text.append(f"skipped {item['path']}: {item['reason']}\n", style="yellow")
+        text.append(
+            f"skipped {printable(item['path'])}: {printable(item['reason'])}\n", style="yellow"
+        )
     if len(history.skipped) > limit:
         text.append(f"… and {len(history.skipped) - limit} more\n", style="yellow")
     return text
@@ -302,7 +306,10 @@ def skipped_text(history: History, limit: int = 10) -> Text:
 
 
 def predictions_table(predictions: Sequence[Any]) -> Table:
-    """Top-k classes per image with probability bars."""
+    """Top-k classes per image with probability bars (file and class names escaped where not
+    printable: a file name can hold a newline or a terminal escape)."""
+    from zoo.cli.render_store import printable
+
     table = Table(show_edge=False)
     table.add_column("image", overflow="fold")  # a path is never cut: it folds onto more lines
     table.add_column("#", justify="right")
@@ -312,9 +319,9 @@ def predictions_table(predictions: Sequence[Any]) -> Table:
     for pred in predictions:
         for rank, (name, prob) in enumerate(pred.top, start=1):
             table.add_row(
-                Text(str(pred.source)) if rank == 1 else "",  # file names are not rich markup
+                Text(printable(pred.source)) if rank == 1 else "",  # never read as markup
                 str(rank),
-                Text(name),
+                Text(printable(name)),
                 f"{100 * prob:.1f}%",
                 bar(prob, 20),
                 style="bold" if rank == 1 else None,

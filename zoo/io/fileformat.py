@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import shutil
 import stat
 import struct
 import sys
@@ -55,8 +56,10 @@ MAX_TENSORS = 50_000
 #: Metadata keys of the seal.
 TENSORS_HASH_KEY = "zoo.tensors_sha256"
 CONTENT_HASH_KEY = "zoo.content_sha256"
-#: Test hook: seconds to sleep between writing the temporary file and replacing the target.
+#: Test hooks (see :func:`pause_for_tests`): seconds to sleep between writing the temporary
+#: file and replacing the target, and after each completed epoch of a training run.
 PAUSE_ENV = "ZOO_TEST_PAUSE_BEFORE_REPLACE"
+PAUSE_AFTER_EPOCH_ENV = "ZOO_TEST_PAUSE_AFTER_EPOCH"
 #: Prefix and suffix of temporary files; ``zoo gc`` removes leftovers, listings skip them.
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".zoo-tmp"
@@ -261,7 +264,7 @@ def _parse_header(raw: bytes, file_size: int, source: str) -> Header:
     if not isinstance(doc, dict):
         raise bad(f"header is a JSON {type(doc).__name__}, not an object")
     if not text.startswith("{"):
-        raise bad(f"header must begin with '{{' (found {text[:1]!r} before it)")
+        raise bad("header must begin with '{' (it starts with whitespace)")
 
     metadata = doc.pop("__metadata__", {})
     if not isinstance(metadata, dict):
@@ -429,13 +432,13 @@ def _header_from_open(f: Any, path: Path) -> Header:
     (header_len,) = struct.unpack("<Q", _read_exact(f, 8, path, "header length"))
     if header_len > MAX_HEADER_BYTES:
         raise CorruptFileError(
-            f"{path}: not a valid safetensors file: header length {header_len} exceeds the "
-            f"{MAX_HEADER_BYTES}-byte limit"
+            f"{path}: not a valid safetensors file: the header length its first 8 bytes give "
+            f"exceeds the {MAX_HEADER_BYTES}-byte limit"
         )
     if header_len > size - 8:
         raise CorruptFileError(
-            f"{path}: not a valid safetensors file: header length {header_len} is larger than "
-            f"the {size - 8} bytes after it (truncated file?)"
+            f"{path}: not a valid safetensors file: the header length its first 8 bytes give "
+            f"is larger than the {size - 8} bytes after them (truncated file?)"
         )
     raw = _read_exact(f, header_len, path, "header")
     header = parse_header(raw, size, source=str(path))
@@ -463,10 +466,13 @@ def check_sealed_if_zoo(metadata: Mapping[str, str], *, source: str) -> None:
     )
 
 
-def read_header(path: str | os.PathLike[str]) -> Header:
-    """Read and validate only the header of ``path`` (fast: no tensor data is read)."""
+def read_header(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> Header:
+    """Read and validate only the header of ``path`` (fast: no tensor data is read).
+
+    With ``follow_symlinks=False`` a symbolic link is refused (see :func:`open_regular`).
+    """
     path = Path(path)
-    with open_regular(path) as f:
+    with open_regular(path, follow_symlinks=follow_symlinks) as f:
         return _header_from_open(f, path)
 
 
@@ -774,11 +780,18 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
 
 
-def _pause_for_tests(target: Path) -> None:
-    delay = os.environ.get(PAUSE_ENV)
+def pause_for_tests(variable: str, moment: str) -> None:
+    """A test hook: when the environment variable ``variable`` holds a number of seconds, say
+    ``zoo-test: paused <moment>`` on stderr and sleep that long.
+
+    A test that must signal or kill a process at a moment waits for that line, then acts: the
+    moment is known to exist, and the process cannot run past it first (the sleep is long),
+    so the test does not race the process on a fast or a loaded machine.
+    """
+    delay = os.environ.get(variable)
     if not delay:
         return
-    sys.stderr.write(f"zoo-test: paused before replacing {target}\n")
+    sys.stderr.write(f"zoo-test: paused {moment}\n")
     sys.stderr.flush()
     time.sleep(float(delay))
 
@@ -798,7 +811,7 @@ def atomic_write_bytes(target: Path, chunks: Iterable[bytes | memoryview]) -> Pa
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, default_mode())
-        _pause_for_tests(target)
+        pause_for_tests(PAUSE_ENV, f"before replacing {target}")
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -907,12 +920,47 @@ def write_tensors(
             _check_written(f, target, tensors, metadata)
             os.fsync(f.fileno())
         os.chmod(written, default_mode())
-        _pause_for_tests(target)
+        pause_for_tests(PAUSE_ENV, f"before replacing {target}")
         os.replace(written, target)
     finally:
         _remove_folder(folder)
     fsync_dir(target.parent)
     return target
+
+
+def written_size(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> int:
+    """The bytes :func:`write_tensors` puts on disk for ``tensors`` and ``metadata``: the data
+    exactly, the header and its padding at most (what a write needs free)."""
+    data = sum(t.numel() * t.element_size() for t in tensors.values())
+    entries = {
+        name: {"dtype": dtype_code(t.dtype), "shape": list(t.shape), "data_offsets": [data, data]}
+        for name, t in tensors.items()
+    }
+    header = json.dumps(
+        {"__metadata__": dict(metadata), **entries}, separators=(",", ":"), ensure_ascii=False
+    )
+    return 8 + len(header.encode("utf-8")) + 7 + data
+
+
+#: ``errno`` values of a write that ran out of room: a full disk, a quota, a file-size limit.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def write_error(exc: OSError, where: Path, *, what: str, needed: int, kept: str) -> ZooError:
+    """A failed write as a :class:`~zoo.ZooError`: what could not be written where and why;
+    when it ran out of room (:data:`NO_SPACE`), how many bytes it needed and how many are free.
+    ``kept`` says what the failure left as it was."""
+    reason = exc.strerror or str(exc)
+    if exc.errno not in NO_SPACE:
+        return ZooError(f"cannot write {what} to {where}: {reason}; {kept}")
+    try:
+        free = f", {shutil.disk_usage(where).free:,} bytes are free there"
+    except OSError:
+        free = ""
+    return ZooError(
+        f"cannot write {what} to {where}: {reason} (it needs {needed:,} bytes{free}); {kept}. "
+        "Free some space, or write to another disk"
+    )
 
 
 def _remove_folder(folder: Path) -> None:

@@ -403,6 +403,15 @@ def _not_text(text: str) -> str | None:
     return None
 
 
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a saved class name (a control character, a lone surrogate from
+    an undecodable file name), or None: what reading a file refuses, so that adapt can refuse
+    a class folder's name before training instead of failing to save."""
+    if _CONTROL.search(name):
+        return "holds a control character"
+    return _not_text(name)
+
+
 def _may_hold_surrogates(text: str) -> bool:
     """Whether decoding JSON ``text`` may give a surrogate: it holds one, or a ``\\uD800``-
     ``\\uDFFF`` escape (a fast test, so that most values are not walked)."""
@@ -591,10 +600,9 @@ class _Reader:
         if len(value) > MAX_CLASSES:
             raise self.bad(key, f"{len(value)} class names; at most {MAX_CLASSES}")
         for index, name in enumerate(value):
-            if _CONTROL.search(name):
-                raise self.bad(
-                    key, f"class name {index} {short_repr(name)} holds a control character"
-                )
+            problem = class_name_problem(name)
+            if problem:
+                raise self.bad(key, f"class name {index} {short_repr(name)} {problem}")
         return value
 
     def input_config(self, key: str) -> dict[str, Any]:

@@ -22,46 +22,77 @@ no ``dilation`` and cannot merge ``groups > 1``: such targets are refused on exp
 Importing refuses, naming the option, anything zoo's LoRA does not compute the same way:
 DoRA, rsLoRA, rank or alpha patterns, LoRA biases, ``fan_in_fan_out``, layer selection or
 replication, initialisations that change the base weights (PiSSA, OLoRA, LoftQ, …), and any
-unknown option that is not at an "off" value. The folder is untrusted: the config is bounded
-JSON, the weights are read by zoo's own safetensors reader (``adapter_model.bin`` is never
-unpickled), every key must be a LoRA tensor of a target or belong to a module to save, and
-every shape must be the one PEFT builds for that target.
+unknown option that is not at an "off" value.
+
+The folder is untrusted input, read through :mod:`zoo.io.trust` (a real folder, regular files
+opened without following links, a bounded config, zoo's own safetensors reader;
+``adapter_model.bin`` is never unpickled). Nothing in it chooses a file: its
+``base_model_name_or_path`` is only ever a backbone name (:func:`named_base`). Every key must
+be a LoRA tensor of a target or belong to a module to save, and every dtype and shape is
+checked from the header -- against the rank, then against the base built on the ``meta``
+device -- before a tensor is read or the base built; values must be finite. An export writes
+both files or neither (:func:`_write_folder`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import CorruptFileError, ModelExistsError, ZooError, short_repr
+from zoo.errors import (
+    AmbiguousNameError,
+    CorruptFileError,
+    ModelExistsError,
+    UnknownNameError,
+    WeightsMismatchError,
+    ZooError,
+    short_repr,
+)
 from zoo.io import store
 from zoo.io.build_args import check_saved_kwargs
 from zoo.io.create import create_model
 from zoo.io.fileformat import (
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+    Header,
+    TensorEntry,
     atomic_write_bytes,
-    open_regular,
-    read_file,
+    fsync_dir,
     read_header,
     seal,
+    write_error,
     write_tensors,
+    written_size,
 )
-from zoo.io.metadata import ZooMetadata, loads
+from zoo.io.metadata import MAX_CLASSES, ZooMetadata, loads
 from zoo.io.persistence import load, resolve_target
+from zoo.io.rebuild import check_pretrained_size
+from zoo.io.trust import (
+    check_folder,
+    read_header_in,
+    read_json_in,
+    read_tensors_in,
+    remove_written,
+)
 from zoo.plans.adapters import adapters
 from zoo.plans.binding import bind
 from zoo.plans.freeze import apply_plan
-from zoo.tables.build import table_for
+from zoo.tables.build import meta_model, table_for
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from zoo.core.catalog import Catalog
+    from zoo.core.specs import BackboneSpec
     from zoo.plans.plan import Addition
 
 CONFIG_FILE = "adapter_config.json"
@@ -72,6 +103,8 @@ LORA_KIND = "zoo:lora"
 #: The largest ``adapter_config.json`` read, and the largest rank accepted.
 MAX_CONFIG_BYTES = 1 << 20
 MAX_RANK = 4096
+#: The longest tensor name read from a PEFT folder (real ones are under 200 characters).
+MAX_KEY_LENGTH = 1024
 
 #: PEFT LoRA options zoo reads (checked one by one below).
 _USED = frozenset(
@@ -119,23 +152,18 @@ def _off(value: Any) -> bool:
 def read_config(folder: Path) -> dict[str, Any]:
     """``adapter_config.json`` of a PEFT folder, checked: a LoRA config zoo computes exactly.
 
-    Raises :class:`~zoo.CorruptFileError` for a file that is not a bounded JSON object and
-    :class:`~zoo.ZooError` naming each option zoo does not support.
+    The file is read by the trust rule (:func:`zoo.io.trust.read_json_in`: a regular file, no
+    link, at most :data:`MAX_CONFIG_BYTES`). Raises :class:`~zoo.CorruptFileError` for a file
+    that is not a bounded JSON object and :class:`~zoo.ZooError` naming each option zoo does not
+    support.
     """
     path = folder / CONFIG_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         raise ZooError(
             f"{folder} is not a PEFT adapter folder: it has no {CONFIG_FILE} (PEFT's "
             "save_pretrained writes it next to adapter_model.safetensors)"
         )
-    with open_regular(path) as f:
-        raw = f.read(MAX_CONFIG_BYTES + 1)
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise CorruptFileError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a PEFT config")
-    try:
-        config = loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise CorruptFileError(f"{path}: not valid JSON ({exc})") from None
+    config = read_json_in(folder, CONFIG_FILE, max_bytes=MAX_CONFIG_BYTES, what="a PEFT config")
     if not isinstance(config, dict):
         raise CorruptFileError(f"{path}: expected a JSON object, got {type(config).__name__}")
     source = str(path)
@@ -145,7 +173,7 @@ def read_config(folder: Path) -> dict[str, Any]:
             'adapters only (peft_type "LORA")'
         )
     problems = [
-        f"{key}={short_repr(value, 60)}"
+        f"{_option(key)}={short_repr(value, 60)}"
         for key, value in config.items()
         if key not in _USED and key not in _INFORMATIONAL and not _off(value)
     ]
@@ -155,9 +183,9 @@ def read_config(folder: Path) -> dict[str, Any]:
     if not any(init is v or (isinstance(v, str) and init == v) for v in _PLAIN_INIT):
         problems.append(f"init_lora_weights={short_repr(init)} (it changes the base weights)")
     if problems:
-        raise ZooError(
-            f"{source}: unsupported PEFT option(s) {', '.join(problems)}; {_UNSUPPORTED_HINT}"
-        )
+        more = f" and {len(problems) - 10} more" if len(problems) > 10 else ""
+        shown = ", ".join(problems[:10]) + more
+        raise ZooError(f"{source}: unsupported PEFT option(s) {shown}; {_UNSUPPORTED_HINT}")
     rank = config.get("r")
     if not _is_int(rank) or not 1 <= rank <= MAX_RANK:
         raise CorruptFileError(f"{source}: r must be an integer from 1 to {MAX_RANK}")
@@ -181,6 +209,11 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+def _option(key: str) -> str:
+    """An option's name as a message shows it (an odd or long one quoted and cut short)."""
+    return key if key.isidentifier() and len(key) <= 60 else short_repr(key, 60)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -189,13 +222,26 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _matches(name: str, patterns: Any) -> bool:
+def _matches(name: str, patterns: str | frozenset[str]) -> bool:
     """PEFT's rule for a list of module names: the name, or a suffix after a dot. A regular
     expression (a string) is not evaluated -- an untrusted pattern can take exponential time --
-    and matches every name: the tensors name the targets."""
+    and matches every name: the tensors name the targets. ``patterns`` is a set, so a long
+    list costs nothing per name (:func:`_suffixes`)."""
     if isinstance(patterns, str):
         return True
-    return any(name == p or name.endswith(f".{p}") for p in patterns or ())
+    return not patterns.isdisjoint(_suffixes(name))
+
+
+def _suffixes(name: str) -> list[str]:
+    """``a.b.c`` -> ``a.b.c``, ``b.c``, ``c``: the names PEFT's list rule matches it by."""
+    parts = name.split(".")
+    return [".".join(parts[i:]) for i in range(len(parts))]
+
+
+def _prefixes(name: str) -> list[str]:
+    """``a.b.c`` -> ``a``, ``a.b``: the modules a tensor ``a.b.c`` lies inside."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 # ---------------------------------------------------------------- shapes
@@ -318,17 +364,85 @@ def export_peft(
         "rank_pattern": {},
         "alpha_pattern": {},
     }
-    folder.mkdir(parents=True, exist_ok=True)
+    text = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    _write_folder(folder, tensors, seal(tensors, _weights_metadata(model)), text, overwrite)
+    return folder
+
+
+def _write_folder(
+    folder: Path,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str],
+    config: bytes,
+    overwrite: bool,
+) -> None:
+    """Write the two PEFT files into ``folder``, both or neither.
+
+    Both are written completely into a hidden staging folder inside ``folder`` (a zoo temporary
+    name) and only then renamed into place (:func:`_move_in`); any failure -- a full disk above
+    all -- removes what was staged and leaves ``folder`` as it was (a folder this call created
+    is removed again), and is a :class:`~zoo.ZooError` saying how many bytes the export needed.
+    """
     for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if (folder / name).exists() and not overwrite:
+        if (folder / name).is_dir() and not (folder / name).is_symlink():
+            raise ZooError(f"{folder / name} is a folder; export to another folder")
+        if os.path.lexists(folder / name) and not overwrite:
             raise ModelExistsError(
                 f"{folder / name} exists; pass overwrite=True (CLI: --overwrite) to replace it, "
                 "or export to another folder"
             )
-    write_tensors(folder / WEIGHTS_FILE, tensors, seal(tensors, _weights_metadata(model)))
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(folder / CONFIG_FILE, [text.encode("utf-8")])
-    return folder
+    created = not os.path.lexists(folder)
+    stage: Path | None = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=folder, prefix=f"{TEMP_PREFIX}peft.", suffix=TEMP_SUFFIX))
+        write_tensors(stage / WEIGHTS_FILE, tensors, metadata)
+        atomic_write_bytes(stage / CONFIG_FILE, [config])
+        _move_in(stage, folder, [WEIGHTS_FILE, CONFIG_FILE])
+    except OSError as exc:
+        needed = written_size(tensors, metadata) + len(config)
+        kept = "nothing was written there" if created else f"{folder} is as it was"
+        error = write_error(exc, folder, what="the PEFT adapter", needed=needed, kept=kept)
+        raise error from None
+    finally:
+        if stage is not None:
+            names = (WEIGHTS_FILE, CONFIG_FILE)
+            remove_written(stage, [*names, *(f"{_PREVIOUS}{n}" for n in names)])
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # succeeds only when the export failed and left it empty
+    fsync_dir(folder)
+
+
+#: The name, in the staging folder, of a file an export replaces, until the export is done.
+_PREVIOUS = "previous-"
+
+
+def _move_in(stage: Path, folder: Path, names: list[str]) -> None:
+    """Rename ``stage/name`` to ``folder/name`` for each name, all or none: a file being
+    replaced is first moved aside into ``stage``, and when a later rename fails every file
+    moved in is taken out again and every one moved aside put back."""
+    done: list[tuple[str, bool]] = []
+    try:
+        for name in names:
+            aside = os.path.lexists(folder / name)
+            if aside:
+                os.replace(folder / name, stage / f"{_PREVIOUS}{name}")
+            try:
+                os.replace(stage / name, folder / name)
+            except OSError:
+                if aside:
+                    os.replace(stage / f"{_PREVIOUS}{name}", folder / name)
+                raise
+            done.append((name, aside))
+    except OSError:
+        for name, aside in reversed(done):
+            with contextlib.suppress(OSError):
+                if aside:
+                    os.replace(stage / f"{_PREVIOUS}{name}", folder / name)
+                else:
+                    os.unlink(folder / name)
+        raise
 
 
 def _lora_names(addition: Addition) -> tuple[str, str]:
@@ -395,62 +509,356 @@ def _weights_metadata(model: nn.Module) -> dict[str, str]:
     return metadata
 
 
-# ---------------------------------------------------------------- import
+# ---------------------------------------------------------------- import: the folder's files
+
+#: dtypes a LoRA weight or a head may have: PEFT saves them in the model's floating-point type.
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+#: dtypes no tensor of a PEFT folder may have (loading would drop their imaginary part, or
+#: turn them into 0 and 1).
+_NEVER = ("C64", "BOOL")
+_WHAT = "a PEFT adapter folder"
 
 
-def read_weights(
-    folder: Path, config: Mapping[str, Any]
-) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, torch.Tensor], dict[str, str]]:
-    """``(lora, saved, metadata)`` of ``adapter_model.safetensors``: per target the
-    ``(lora_A, lora_B)`` pair, the tensors of the modules to save by model name, and the file's
-    metadata. Every key must be one of these (:class:`~zoo.CorruptFileError` otherwise)."""
+@dataclass(frozen=True)
+class Layout:
+    """What ``adapter_model.safetensors`` holds, read from its header alone (no tensor data):
+    per LoRA target its ``lora_A`` and ``lora_B`` entries, and each module-to-save tensor's
+    entry by its name in the model. Every name, dtype and shape is checked against the config's
+    rank before the base is built."""
+
+    lora: dict[str, tuple[TensorEntry, TensorEntry]]
+    saved: dict[str, TensorEntry]
+    header: Header
+    source: str
+
+
+def read_layout(folder: Path, config: Mapping[str, Any]) -> Layout:
+    """The :class:`Layout` of a PEFT folder's weights (read by
+    :func:`zoo.io.trust.read_header_in`: no link, zoo's header checks, no tensor data). Every key
+    must be a LoRA tensor of a target or belong to a module to save, every LoRA tensor a
+    floating-point one of the shape PEFT builds at rank ``r``; anything else raises
+    :class:`~zoo.CorruptFileError` naming the tensor."""
     path = folder / WEIGHTS_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         pickled = folder / "adapter_model.bin"
         hint = (
             f"; {pickled.name} is a pickle, which zoo never loads: save the adapter with PEFT's "
             "save_pretrained(..., safe_serialization=True)"
-            if pickled.exists()
+            if os.path.lexists(pickled)
             else ""
         )
         raise ZooError(f"{folder} has no {WEIGHTS_FILE}{hint}")
-    saved = read_file(path)  # a file zoo exported is sealed, and checked
+    header = read_header_in(folder, WEIGHTS_FILE, what=_WHAT)
     source = str(path)
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    others: dict[str, torch.Tensor] = {}
-    to_save = config.get("modules_to_save") or []
-    for key, tensor in saved.tensors.items():
+    rank = int(config["r"])
+    pairs: dict[str, dict[str, TensorEntry]] = {}
+    saved: dict[str, TensorEntry] = {}
+    to_save = _name_set(config.get("modules_to_save"))
+    for entry in header.entries:
+        key = entry.name
+        if len(key) > MAX_KEY_LENGTH:
+            raise CorruptFileError(
+                f"{source}: key {short_repr(key, 80)} is longer than {MAX_KEY_LENGTH} "
+                "characters, which no module path is"
+            )
+        if entry.dtype in _NEVER:
+            raise CorruptFileError(
+                f"{source}: tensor {key!r} is {entry.dtype}, which no PEFT weight is (loading it "
+                "would change its values)"
+            )
         if not key.startswith(PREFIX):
             raise CorruptFileError(f"{source}: key {key!r} does not start with {PREFIX!r}")
         name = key[len(PREFIX) :]
         match = re.fullmatch(r"(.+)\.lora_([AB])\.weight", name)
         if match:
-            pairs.setdefault(match.group(1), {})[match.group(2)] = tensor
+            _check_lora_entry(entry, match.group(2), rank, source)
+            pairs.setdefault(match.group(1), {})[match.group(2)] = entry
         elif re.search(r"\.lora_|lora_magnitude_vector|lora_embedding", name):
             raise ZooError(
                 f"{source}: key {key!r} is a LoRA variant zoo does not import ({_UNSUPPORTED_HINT})"
             )
-        elif isinstance(to_save, list) and any(
-            _matches(name.rpartition(".")[0], [m]) or name.startswith(f"{m}.") for m in to_save
+        elif not to_save.isdisjoint(_suffixes(name.rpartition(".")[0])) or not (
+            to_save.isdisjoint(_prefixes(name))
         ):
-            others[name] = tensor
+            saved[name] = entry
         else:
             raise CorruptFileError(
                 f"{source}: key {key!r} is neither a LoRA tensor nor in modules_to_save"
             )
-    lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    targets = config.get("target_modules")
+    lora: dict[str, tuple[TensorEntry, TensorEntry]] = {}
+    named = config.get("target_modules")
+    targets = named if isinstance(named, str) else _name_set(named)
     for target, found in sorted(pairs.items()):
         if set(found) != {"A", "B"}:
             raise CorruptFileError(f"{source}: target {target!r} lacks lora_A or lora_B")
-        if targets is not None and not _matches(target, targets):
+        if named is not None and not _matches(target, targets):
             raise CorruptFileError(
                 f"{source}: LoRA tensors for {target!r}, which target_modules does not name"
             )
         lora[target] = (found["A"], found["B"])
     if not lora:
         raise CorruptFileError(f"{source}: holds no LoRA tensors (…lora_A.weight)")
-    return lora, others, saved.metadata
+    return Layout(lora, saved, header, source)
+
+
+def _name_set(names: Any) -> frozenset[str]:
+    """A config's list of module names as a set (a string -- a pattern -- or null: none)."""
+    return frozenset(names) if isinstance(names, list) else frozenset()
+
+
+def _check_lora_entry(entry: TensorEntry, which: str, rank: int, source: str) -> None:
+    """A ``lora_A`` is ``(r, in)`` or ``(r, in, kh, kw)``, a ``lora_B`` ``(out, r)`` or
+    ``(out, r, 1, 1)``: floating point, no empty dimension."""
+    if entry.dtype not in FLOAT_DTYPES:
+        raise CorruptFileError(
+            f"{source}: tensor {entry.name!r} is {entry.dtype}, not a floating-point tensor "
+            f"({', '.join(FLOAT_DTYPES)}); PEFT saves LoRA weights in the model's type"
+        )
+    shape = entry.shape
+    if which == "A":
+        fits = len(shape) in (2, 4) and shape[0] == rank
+        want = f"(r, in) or (r, in, kh, kw) with r={rank}"
+    else:
+        fits = len(shape) in (2, 4) and shape[1] == rank and shape[2:] in ((), (1, 1))
+        want = f"(out, r) or (out, r, 1, 1) with r={rank}"
+    if not fits or min(shape) < 1:
+        raise CorruptFileError(
+            f"{source}: tensor {entry.name!r} has shape {shape}; PEFT's lora_{which} is {want}"
+        )
+
+
+def head_rows(layout: Layout, head: str | None) -> int | None:
+    """The number of classes the folder's head has (its weight's first dimension), checked: a
+    floating-point ``[num_classes, in_features, ...]`` weight without an empty dimension,
+    ``1 <= num_classes <=`` :data:`~zoo.io.metadata.MAX_CLASSES`. None when no head is saved."""
+    for prefix in (h.strip() for h in (head or "").split(",") if h.strip()):
+        entry = layout.saved.get(f"{prefix}.weight")
+        if entry is None:
+            continue
+        if entry.dtype not in FLOAT_DTYPES:
+            raise CorruptFileError(
+                f"{layout.source}: tensor {entry.name!r} (the head) is {entry.dtype}, not a "
+                f"floating-point tensor ({', '.join(FLOAT_DTYPES)})"
+            )
+        if len(entry.shape) < 2 or min(entry.shape) < 1 or entry.shape[0] > MAX_CLASSES:
+            raise CorruptFileError(
+                f"{layout.source}: tensor {entry.name!r} (the head) has shape {entry.shape}; "
+                f"a head's weight is [num_classes, in_features] with 1 <= num_classes <= "
+                f"{MAX_CLASSES} and in_features >= 1"
+            )
+        return entry.shape[0]
+    return None
+
+
+def check_fits(model: nn.Module, layout: Layout, rank: int) -> None:
+    """The folder's tensors fit ``model`` (a real model or one built on ``meta``): each LoRA
+    pair has the shapes PEFT builds for its target at rank ``rank``, each module-to-save tensor
+    the model's shape and kind (floating point or integer)."""
+    source = layout.source
+    modules = dict(model.named_modules())
+    for target, (a, b) in layout.lora.items():
+        module = modules.get(target)
+        if module is None:
+            raise ZooError(
+                f"{source}: targets module {target!r}, which this {_backbone(model)} model does "
+                "not have (is it the base the adapter was trained on?)"
+            )
+        want = peft_shapes(module, rank, source=f"{source}: {target}")
+        if (a.shape, b.shape) != want:
+            raise CorruptFileError(
+                f"{source}: LoRA of {target!r} has shapes {a.shape}, {b.shape}; "
+                f"PEFT builds {want[0]}, {want[1]} at r={rank} for this module"
+            )
+    own = model.state_dict()
+    for name, entry in layout.saved.items():
+        tensor = own.get(name)
+        if tensor is None or tuple(tensor.shape) != entry.shape:
+            found = tuple(tensor.shape) if tensor is not None else "no such tensor"
+            raise WeightsMismatchError(
+                f"{source}: module-to-save tensor {name!r} {entry.shape} does not fit the model "
+                f"({found}); build the base with the adapter's number of classes"
+            )
+        if tensor.is_floating_point() != (entry.dtype in FLOAT_DTYPES):
+            raise CorruptFileError(
+                f"{source}: tensor {entry.name!r} is {entry.dtype}, but the model's {name!r} is "
+                f"{str(tensor.dtype).removeprefix('torch.')}; loading it would change its values"
+            )
+
+
+def read_tensors(folder: Path, layout: Layout) -> dict[str, torch.Tensor]:
+    """The folder's tensors (zoo's reader, no link), as the header read first described them,
+    every floating-point value finite (:class:`~zoo.CorruptFileError` naming the tensor)."""
+    import torch
+
+    saved = read_tensors_in(folder, WEIGHTS_FILE, what=_WHAT)
+    if saved.header != layout.header:
+        raise CorruptFileError(
+            f"{layout.source}: the file changed while it was read; import it again once nothing "
+            "writes to it"
+        )
+    for key, tensor in saved.tensors.items():
+        if tensor.is_floating_point():
+            bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+            if bad:
+                raise CorruptFileError(
+                    f"{layout.source}: tensor {key!r} holds {bad} NaN or infinite value(s); "
+                    "the adapter diverged or the file is damaged — zoo does not import it"
+                )
+    return saved.tensors
+
+
+# ---------------------------------------------------------------- import: the base
+
+#: One part of a Hugging Face Hub repository id (``org/name``): the hub's allowed characters.
+_HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_HUB_NAME = re.compile(rf"(?:({_HUB_PART})/)?({_HUB_PART})")
+#: The longest repository id the hub allows.
+MAX_HUB_ID = 96
+_PASS_BASE = (
+    "pass the base the adapter was trained on explicitly: base=NAME|FILE|BACKBONE (CLI: --base)"
+)
+
+
+def named_base(named: Any, *, source: str, catalog: Catalog) -> str:
+    """The pretrained backbone a folder's ``base_model_name_or_path`` names, never a path.
+
+    Accepted: ``timm/ARCH[.TAG]`` (a timm hub id; without a tag, timm's default weights) and
+    ``ARCH.TAG`` found in ``catalog``. Anything else -- a path (``/``, ``..``, ``\\``), a store
+    name, another hub's model, an architecture without its weights -- raises
+    :class:`~zoo.ZooError` saying to pass the base explicitly. The value is never looked up in
+    the store or on disk.
+    """
+    shown = short_repr(named, 80)
+    if not isinstance(named, str) or not named:
+        raise ZooError(f"{source}: base_model_name_or_path is {shown}; {_PASS_BASE}")
+    short = len(named) <= MAX_HUB_ID  # first: the pattern backtracks on long text
+    match = _HUB_NAME.fullmatch(named) if short and ".." not in named else None
+    if match is None or "--" in named:
+        raise ZooError(
+            f"{source}: base_model_name_or_path {shown} is neither a backbone name (ARCH.TAG) "
+            "nor a hub id (timm/ARCH.TAG); zoo never reads a path or a store entry a PEFT folder "
+            f"names; {_PASS_BASE}"
+        )
+    org, name = match.groups()
+    if org not in (None, "timm"):
+        raise ZooError(
+            f"{source}: base_model_name_or_path {shown} is a hub model zoo does not build (zoo "
+            f"builds timm/ARCH.TAG and catalog names ARCH.TAG); {_PASS_BASE}"
+        )
+    try:
+        spec, tag = catalog.backbone(f"timm:{name}" if org else name)
+    except (UnknownNameError, AmbiguousNameError) as exc:
+        raise ZooError(
+            f"{source}: base_model_name_or_path {shown} is no backbone zoo knows ({exc}); "
+            f"{_PASS_BASE}"
+        ) from None
+    if tag is None and (org is None or not spec.pretrained_tags):
+        raise ZooError(
+            f"{source}: base_model_name_or_path {shown} names the architecture "
+            f"{spec.qualified_name} but not which weights (ARCH.TAG); {_PASS_BASE}"
+        )
+    return spec.qualified_name + (f".{tag}" if tag else "")
+
+
+@dataclass(frozen=True)
+class BaseRecipe:
+    """How to build the base an adapter goes on: ``backbone`` (a catalog name) with
+    ``kwargs`` and ``num_classes``, its pretrained weights or a saved model's (``weights``)."""
+
+    backbone: str
+    kwargs: dict[str, Any]
+    num_classes: int | None
+    weights: Path | None = None
+    store_name: str | None = None
+
+    def build(self, catalog: Catalog) -> nn.Module:
+        if self.weights is None:
+            return create_model(
+                catalog,
+                self.backbone,
+                num_classes=self.num_classes,
+                pretrained=True,
+                **self.kwargs,
+            )
+        model = create_model(
+            catalog,
+            self.backbone,
+            num_classes=self.num_classes,
+            weights=self.weights,
+            **self.kwargs,
+        )
+        if self.store_name is not None:  # a delta of it then refers to the entry by name
+            model.zoo_build["base"] = {
+                **model.zoo_build["base"],
+                "kind": "store",
+                "ref": self.store_name,
+            }
+        return model
+
+
+def base_recipe(
+    base: str | os.PathLike[str] | None,
+    config: Mapping[str, Any],
+    layout: Layout,
+    catalog: Catalog,
+) -> tuple[BaseRecipe, nn.Module]:
+    """The recipe of the base (``base``, or the folder's ``base_model_name_or_path``) and that
+    base built on the ``meta`` device with the folder's number of classes (no weights
+    allocated), to check the folder against before anything is built."""
+    if base is None:
+        base = named_base(
+            config.get("base_model_name_or_path"),
+            source=str(Path(layout.source).with_name(CONFIG_FILE)),
+            catalog=catalog,
+        )
+    if isinstance(base, str) and ":" in base and not store.is_path_target(base):
+        spec, _tag = catalog.backbone(base)
+        kwargs = _saved_kwargs(spec, layout)
+        recipe = BaseRecipe(base, kwargs, head_rows(layout, spec.head))
+        return recipe, _meta_base(spec, recipe, bounded=bool(kwargs), source=layout.source)
+    target = resolve_target(base)
+    if target.kind == "store":  # never read through a link that leaves the store
+        store.check_inside(target.model_path, store.models_dir())
+    if not target.model_path.is_file():
+        raise ZooError(f"base {base!r}: no saved model at {target.model_path}")
+    header = read_header(target.model_path)
+    meta = ZooMetadata.parse(header.metadata, source=str(target.model_path))
+    spec, _tag = catalog.backbone(meta.backbone)
+    kwargs = check_saved_kwargs(spec, meta.build.get("kwargs"), source=str(target.model_path))
+    recipe = BaseRecipe(
+        meta.backbone,
+        kwargs,
+        head_rows(layout, spec.head) or meta.num_classes,
+        weights=target.model_path,
+        store_name=target.name if target.kind == "store" else None,
+    )
+    return recipe, _meta_base(spec, recipe, bounded=False, source=layout.source)
+
+
+def _meta_base(spec: BackboneSpec, recipe: BaseRecipe, *, bounded: bool, source: str) -> nn.Module:
+    """The base built on ``meta``. ``bounded``: its arguments came from the folder, so they
+    may not make the pretrained backbone much larger than with its defaults
+    (:func:`~zoo.io.rebuild.check_pretrained_size`: ``embed_dim=100000`` costs no memory on
+    ``meta``, and gigabytes once built)."""
+    if bounded:
+        check_pretrained_size(spec, recipe.kwargs, source=source, key="zoo.build_kwargs")
+    return meta_model(spec, recipe.num_classes, dict(recipe.kwargs))[0]
+
+
+def _saved_kwargs(spec: BackboneSpec, layout: Layout) -> dict[str, Any]:
+    """Architecture arguments zoo wrote into an exported folder (checked: untrusted)."""
+    metadata = layout.header.metadata
+    text = metadata.get("zoo.build_kwargs")
+    if not text or metadata.get("zoo.backbone", "").partition(".")[0] != spec.qualified_name:
+        return {}
+    try:
+        kwargs = loads(text)
+    except (ValueError, RecursionError):
+        raise CorruptFileError(f"{layout.source}: zoo.build_kwargs is not JSON") from None
+    return check_saved_kwargs(spec, kwargs, source=layout.source, key="zoo.build_kwargs")
+
+
+# ---------------------------------------------------------------- import
 
 
 def import_peft(
@@ -467,118 +875,51 @@ def import_peft(
     ``base`` is what the adapter was trained on: a model built by ``zoo.create``/``zoo.load``
     (injected in place), a saved model (store name or path), or a backbone name whose
     pretrained weights are used (``"timm:vit_base_patch16_224.augreg2_in21k_ft_in1k"``). By
-    default the folder's ``base_model_name_or_path`` names it (a timm hub id
-    ``timm/<arch>.<tag>``). The head is rebuilt with the number of classes the folder's head
-    has. Unsupported PEFT options are refused, naming them (see the module docstring).
+    default the folder's ``base_model_name_or_path`` names it: a timm hub id
+    ``timm/ARCH[.TAG]`` or a catalog name ``ARCH.TAG`` (:func:`named_base`; never a path). The
+    head is rebuilt with the number of classes the folder's head has.
+
+    The folder is untrusted (:mod:`zoo.io.trust`): its two files are regular files read
+    without following links, the config bounded JSON, the weights read by zoo's reader. Names,
+    dtypes and shapes are checked from the header, against the rank and against the base built
+    on the ``meta`` device, before any tensor is read or the base is built; the values must be
+    finite. Unsupported PEFT options are refused, naming them (see the module docstring).
     """
     from torch import nn
 
-    folder = Path(folder)
+    folder = check_folder(folder, what="PEFT folder")
     config = read_config(folder)
-    lora, others, metadata = read_weights(folder, config)
+    layout = read_layout(folder, config)
+    rank = int(config["r"])
     if isinstance(base, nn.Module):
-        model = base
-    elif base is None or isinstance(base, (str, os.PathLike)):
-        model = _base_model(base, config, metadata, others, folder, catalog)
-    else:
+        check_fits(base, layout, rank)
+        return _apply(base, config, layout, read_tensors(folder, layout), catalog)
+    if base is not None and not isinstance(base, (str, os.PathLike)):
         raise ZooError(
             "base must be a model, a saved model's name or path, or a backbone name, got "
             f"{type(base).__name__}"
         )
-    return _apply(model, folder, config, lora, others, metadata, catalog)
-
-
-def _base_model(
-    base: str | os.PathLike[str] | None,
-    config: Mapping[str, Any],
-    metadata: Mapping[str, str],
-    others: Mapping[str, torch.Tensor],
-    folder: Path,
-    catalog: Catalog,
-) -> nn.Module:
-    if base is None:
-        named = config.get("base_model_name_or_path") or ""
-        if not named.startswith("timm/") or not named[5:]:
-            raise ZooError(
-                f"{folder}: its base_model_name_or_path {named!r} is not a pretrained timm "
-                "model (timm/<arch>.<tag>); pass the base the adapter was trained on: "
-                "base=NAME|FILE|BACKBONE (CLI: --base)"
-            )
-        base = "timm:" + named[5:]
-    if isinstance(base, str) and ":" in base and not store.is_path_target(base):
-        spec, _tag = catalog.backbone(base)
-        kwargs = _saved_kwargs(spec, metadata, folder)
-        outputs = head_classes(others, spec.head)
-        return create_model(catalog, base, num_classes=outputs, pretrained=True, **kwargs)
-    target = resolve_target(base)
-    if not target.model_path.is_file():
-        raise ZooError(f"base {base!r}: no saved model at {target.model_path}")
-    header = read_header(target.model_path)
-    meta = ZooMetadata.parse(header.metadata, source=str(target.model_path))
-    spec, _tag = catalog.backbone(meta.backbone)
-    kwargs = check_saved_kwargs(spec, meta.build.get("kwargs"), source=str(target.model_path))
-    outputs = head_classes(others, spec.head) or meta.num_classes
-    model = create_model(
-        catalog, meta.backbone, num_classes=outputs, weights=target.model_path, **kwargs
-    )
-    if target.kind == "store":  # a delta of it then refers to the entry by name
-        model.zoo_build["base"] = {**model.zoo_build["base"], "kind": "store", "ref": target.name}
-    return model
-
-
-def _saved_kwargs(spec: Any, metadata: Mapping[str, str], folder: Path) -> dict[str, Any]:
-    """Architecture arguments zoo wrote into an exported folder (checked: untrusted)."""
-    text = metadata.get("zoo.build_kwargs")
-    if not text or metadata.get("zoo.backbone", "").partition(".")[0] != spec.qualified_name:
-        return {}
-    try:
-        kwargs = loads(text)
-    except (ValueError, RecursionError):
-        raise CorruptFileError(f"{folder / WEIGHTS_FILE}: zoo.build_kwargs is not JSON") from None
-    return check_saved_kwargs(
-        spec, kwargs, source=str(folder / WEIGHTS_FILE), key="zoo.build_kwargs"
-    )
+    recipe, meta = base_recipe(base, config, layout, catalog)
+    check_fits(meta, layout, rank)
+    tensors = read_tensors(folder, layout)
+    return _apply(recipe.build(catalog), config, layout, tensors, catalog)
 
 
 def _apply(
     model: nn.Module,
-    folder: Path,
     config: Mapping[str, Any],
-    lora: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-    others: Mapping[str, torch.Tensor],
-    metadata: Mapping[str, str],
+    layout: Layout,
+    tensors: Mapping[str, torch.Tensor],
     catalog: Catalog,
 ) -> nn.Module:
-    """Inject the folder's LoRA into ``model`` and load its tensors."""
+    """Inject the folder's LoRA into ``model`` and load its tensors (checked to fit first)."""
     import torch
 
-    source = str(folder / WEIGHTS_FILE)
     rank = int(config["r"])
-    modules = dict(model.named_modules())
-    for target, (a, b) in lora.items():
-        module = modules.get(target)
-        if module is None:
-            raise ZooError(
-                f"{source}: targets module {target!r}, which this {_backbone(model)} model does "
-                "not have (is it the base the adapter was trained on?)"
-            )
-        want = peft_shapes(module, rank, source=f"{source}: {target}")
-        if (tuple(a.shape), tuple(b.shape)) != want:
-            raise CorruptFileError(
-                f"{source}: LoRA of {target!r} has shapes {tuple(a.shape)}, {tuple(b.shape)}; "
-                f"PEFT builds {want[0]}, {want[1]} at r={rank} for this module"
-            )
-    own = model.state_dict()
-    for name, tensor in others.items():
-        if name not in own or tuple(own[name].shape) != tuple(tensor.shape):
-            found = tuple(own[name].shape) if name in own else "no such tensor"
-            raise ZooError(
-                f"{source}: module-to-save tensor {name!r} {tuple(tensor.shape)} does not fit "
-                f"the model ({found}); build the base with the adapter's number of classes"
-            )
+    check_fits(model, layout, rank)
     _inject_lora(
         model,
-        sorted(lora),
+        sorted(layout.lora),
         rank=rank,
         alpha=config.get("lora_alpha", 8),
         dropout=config.get("lora_dropout", 0.0),
@@ -587,14 +928,14 @@ def _apply(
     params = dict(model.named_parameters())
     by_target = {a.target: a for a in _adapters_of(model) if a.kind == LORA_KIND}
     with torch.no_grad():
-        for target, (a, b) in lora.items():
+        for target, (a, b) in layout.lora.items():
             a_name, b_name = _lora_names(by_target[target])
-            params[a_name].copy_(a.reshape(params[a_name].shape))
-            params[b_name].copy_(b.reshape(params[b_name].shape))
+            params[a_name].copy_(tensors[a.name].reshape(params[a_name].shape))
+            params[b_name].copy_(tensors[b.name].reshape(params[b_name].shape))
         state = model.state_dict()
-        for name, tensor in others.items():
-            state[name].copy_(tensor)
-    classes = _classes(metadata, model)
+        for name, entry in layout.saved.items():
+            state[name].copy_(tensors[entry.name])
+    classes = _classes(layout.header.metadata, model)
     if classes is not None:
         model.zoo_classes = classes  # type: ignore[assignment]
     return model
@@ -620,17 +961,6 @@ def _classes(metadata: Mapping[str, str], model: nn.Module) -> list[str] | None:
         return None
     outputs = getattr(model, "num_classes", None)
     return classes if outputs is None or outputs == len(classes) else None
-
-
-def head_classes(others: Mapping[str, torch.Tensor], head: str | None) -> int | None:
-    """The number of outputs of the head among the modules to save (None if not saved)."""
-    if not head:
-        return None
-    for prefix in (h.strip() for h in head.split(",") if h.strip()):
-        weight = others.get(f"{prefix}.weight")
-        if weight is not None and weight.dim() >= 1:
-            return int(weight.shape[0])
-    return None
 
 
 # ---------------------------------------------------------------- zoo's adapters (zoo.plans)

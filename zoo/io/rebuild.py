@@ -280,31 +280,46 @@ def rebuild(
     return model
 
 
-def check_pretrained_size(spec: BackboneSpec, kwargs: dict[str, Any], *, source: str) -> None:
-    """Before a delta's pretrained base is built with the file's ``kwargs``: refuse arguments
-    that make it much larger than the architecture's default, which its pretrained weights fit.
+def check_pretrained_size(
+    spec: BackboneSpec, kwargs: dict[str, Any], *, source: str, key: str = "zoo.build"
+) -> None:
+    """Before a pretrained base is built with a file's ``kwargs`` (a delta's, or a PEFT
+    folder's; ``key`` names where they are): refuse arguments that make it much larger than the
+    architecture's default, which its pretrained weights fit.
 
     Both are built on ``meta`` (no memory). A base may be at most twice the default's size plus
-    :data:`ALLOCATION_FLOOR` (arguments such as ``img_size`` or ``in_chans`` change it a little);
-    an inflated one (``embed_dim``, ``depth``) raises :class:`~zoo.CorruptFileError`.
+    :data:`ALLOCATION_FLOOR` (arguments such as ``img_size`` or ``in_chans`` change it a little),
+    and register at most :func:`~zoo.tables.build.tensor_budget` of the default's tensors; an
+    inflated one (``embed_dim``, ``depth``) raises :class:`~zoo.CorruptFileError`.
     """
 
     if not kwargs:
         return
     default, _notes = meta_model(spec, None, {})
     default_bytes = _total_bytes(default)
-    largest = max((_nbytes(t) for t in default.state_dict().values()), default=0)
+    state = default.state_dict()
+    largest = max((_nbytes(t) for t in state.values()), default=0)
     limit = ALLOCATION_FLOOR + 2 * default_bytes
     try:
         asked, _notes = meta_model(
-            spec, None, kwargs, max_tensor_bytes=ALLOCATION_FLOOR + 2 * largest
+            spec,
+            None,
+            kwargs,
+            max_tensor_bytes=ALLOCATION_FLOOR + 2 * largest,
+            max_tensors=tensor_budget(len(state)),
         )
     except ModelBuildError as exc:
-        raise _cannot_rebuild(spec, None, kwargs, source, exc) from exc
+        if isinstance(_root(exc), ModelBuildError):  # stopped by a limit above: inflated
+            raise CorruptFileError(
+                f"{source}: metadata {key!r} asks for a pretrained base {spec.qualified_name} "
+                f"with arguments {sorted(kwargs)} more than twice its default size "
+                f"({_root(exc)}); zoo does not build it"
+            ) from None
+        raise _cannot_rebuild(spec, None, kwargs, source, exc, key=key) from exc
     asked_bytes = _total_bytes(asked)
     if asked_bytes > limit:
         raise CorruptFileError(
-            f"{source}: metadata 'zoo.build' asks for a pretrained base {spec.qualified_name} "
+            f"{source}: metadata {key!r} asks for a pretrained base {spec.qualified_name} "
             f"of {asked_bytes:,} bytes with arguments {sorted(kwargs)}, more than twice its "
             f"default size ({default_bytes:,} bytes), which its pretrained weights fit; "
             "zoo does not build it"
@@ -381,18 +396,25 @@ def _build_and_load(
     return model
 
 
+def _root(exc: BaseException) -> BaseException:
+    """The first cause of ``exc``'s chain."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
 def _cannot_rebuild(
     spec: BackboneSpec,
     num_classes: int | None,
     kwargs: dict[str, Any],
     source: str,
     exc: ModelBuildError,
+    *,
+    key: str = "zoo.build",
 ) -> ModelBuildError:
-    root: BaseException = exc
-    while root.__cause__ is not None:
-        root = root.__cause__
+    root = _root(exc)
     if isinstance(root, ModelBuildError):  # zoo's own refusal (a tensor over the limit)
-        why, hint = str(root), "; the metadata 'zoo.build' is not trusted"
+        why, hint = str(root), f"; the metadata {key!r} is not trusted"
     else:
         why = f"{type(root).__name__}: {root}"
         hint = " (was the file written with another version of the backbone's plugin?)"

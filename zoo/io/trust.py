@@ -10,7 +10,8 @@ reads it through these functions instead of a rule of its own:
   a regular file (a FIFO, a device or a socket is refused before a byte is read);
 * its size is checked against a limit before reading (:func:`read_bytes_in`,
   :func:`read_json_in`), and tensors are read by zoo's own safetensors reader
-  (:func:`read_tensors_in`), with its header, seal and memory checks;
+  (:func:`read_tensors_in`), with its header, seal and memory checks (:func:`read_header_in`
+  reads the header alone, to check shapes before any tensor is allocated);
 * zoo deletes only the files it wrote, by name (:func:`remove_written`), and a folder it is
   about to write into is refused up front when it is a link or not a folder
   (:func:`own_folder`).
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from zoo.errors import CorruptFileError, ModelNotFoundError, ZooError
-from zoo.io.fileformat import SavedFile, open_regular, read_file
+from zoo.io.fileformat import Header, SavedFile, open_regular, read_file, read_header
 from zoo.io.metadata import loads
 
 #: The longest file name zoo accepts inside a folder (the common file-system limit).
@@ -51,18 +52,13 @@ def _kind(mode: int) -> str:
     return "not a folder"
 
 
-#: What a refusal of :func:`check_folder` tells the user to do (a folder zoo reads).
-PASS_THE_REAL_FOLDER = "zoo does not follow links out of a folder it reads — pass the real folder"
-
-
-def check_folder(
-    folder: str | os.PathLike[str], *, what: str, hint: str = PASS_THE_REAL_FOLDER
-) -> Path:
+def check_folder(folder: str | os.PathLike[str], *, what: str, hint: str | None = None) -> Path:
     """``folder`` as a ``Path`` if it is a real directory (not a link to one).
 
     A missing folder raises :class:`~zoo.ModelNotFoundError`; a link, a file or a special file
-    a :class:`~zoo.ZooError` that names it, followed by ``hint``. ``what`` says what the
-    folder is ("the PEFT folder", "the checkpoint folder") for the message.
+    a :class:`~zoo.ZooError` that names it, followed by ``hint`` (by default: pass the real
+    folder, or a folder). ``what`` says what the folder is ("the PEFT folder", "the checkpoint
+    folder") for the message.
     """
     path = Path(folder)
     try:
@@ -73,6 +69,12 @@ def check_folder(
         raise ZooError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
     if stat.S_ISDIR(mode):
         return path
+    if hint is None:
+        hint = (
+            "zoo does not follow links out of a folder it reads — pass the real folder"
+            if stat.S_ISLNK(mode)
+            else "pass a folder"
+        )
     raise ZooError(f"{what} {path} is {_kind(mode)}, not a folder; {hint}")
 
 
@@ -145,6 +147,14 @@ def read_tensors_in(folder: Path, name: str, *, what: str, verify: bool = True) 
     memory check), never following a link: see :func:`open_in`."""
     plain_name(name, what=what)
     return read_file(folder / name, verify=verify, follow_symlinks=False)
+
+
+def read_header_in(folder: Path, name: str, *, what: str) -> Header:
+    """Only the header of the safetensors file ``folder/name`` (names, dtypes and shapes of its
+    tensors, and its metadata), checked by zoo's reader, never following a link: no tensor data
+    is read, so a caller can check the shapes before anything is allocated."""
+    plain_name(name, what=what)
+    return read_header(folder / name, follow_symlinks=False)
 
 
 def own_folder(folder: Path, *, what: str) -> Path:

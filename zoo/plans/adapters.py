@@ -312,6 +312,12 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     rounding) without adapter modules or hooks, and its state dict has the base's keys. An
     adapter that cannot merge (VPT's prompt tokens) raises :class:`~zoo.AdapterMergeError`
     naming it, before anything changes. ``model.zoo_plan`` loses the additions.
+
+    Merging is all or nothing: each target's tensors are copied (to the CPU) before its
+    adapter's ``merge_into`` runs, and when one raises -- a plugin's kind may -- every target
+    merged so far gets its tensors back and the error is an :class:`~zoo.AdapterMergeError`
+    naming that adapter; the model keeps all its adapters and weights. The copies cost up to the
+    targets' size in memory until the merge completes.
     """
     import torch
 
@@ -325,18 +331,62 @@ def merge_adapters(model: nn.Module) -> nn.Module:
             "prompts add inputs). Nothing was changed; keep the adapted model as it is "
             "(zoo.save stores the adapters with their base)"
         )
-    merged = []
     with torch.no_grad():
-        for _, adapter in found:
-            addition = adapter.zoo_addition
-            target = _target_of(model, adapter)
-            adapter.merge_into(target)
-            _unhook(adapter, target)
-            del target._modules[addition.child]
-            merged.append(addition)
+        _merge_all(model, found)
+    merged = []
+    for _, adapter in found:
+        addition = adapter.zoo_addition
+        target = _target_of(model, adapter)
+        _unhook(adapter, target)
+        del target._modules[addition.child]
+        merged.append(addition)
     remove_check(model)
     _forget(model, merged)
     return model
+
+
+def _merge_all(model: nn.Module, found: list[tuple[str, Adapter]]) -> None:
+    """Call every adapter's ``merge_into``; when one raises, restore every target changed so
+    far (in reverse order, so a target with two adapters gets its first state back) and raise
+    :class:`~zoo.AdapterMergeError` naming the adapter."""
+    saved: list[tuple[nn.Module, dict[str, Any]]] = []
+    for _, adapter in found:
+        target = _target_of(model, adapter)
+        saved.append((target, _copy_state(target)))
+        try:
+            adapter.merge_into(target)
+        except BaseException as exc:
+            for changed, state in reversed(saved):
+                _restore_state(changed, state)
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt and the like: restored, and passed on as they are
+            addition = adapter.zoo_addition
+            raise AdapterMergeError(
+                f"the {addition.kind} adapter on {addition.target!r} failed to merge: "
+                f"{type(exc).__name__}: {exc}. Nothing was changed: the model keeps its "
+                "adapters and weights (zoo.save stores them with their base)"
+            ) from exc
+
+
+def _copy_state(module: nn.Module) -> dict[str, Any]:
+    """A CPU copy of every tensor of ``module`` (its adapters' included)."""
+    return {
+        name: tensor.detach().to("cpu", copy=True)
+        for name, tensor in module.state_dict(keep_vars=True).items()
+    }
+
+
+def _restore_state(module: nn.Module, state: dict[str, Any]) -> None:
+    """Put the tensors :func:`_copy_state` copied back into ``module``'s own tensors."""
+    current = module.state_dict(keep_vars=True)
+    for name, tensor in state.items():
+        now = current.get(name)
+        if now is None:
+            continue
+        if now.shape == tensor.shape:
+            now.data.copy_(tensor)  # in place: views and tied tensors stay shared
+        else:
+            now.data = tensor.to(now.device, now.dtype)
 
 
 def _forget(model: nn.Module, removed: list[Addition]) -> None:

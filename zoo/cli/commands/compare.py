@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  zoo compare timm:resnet18 --data flowers/train --val flowers/val --name flowers\n"
         "  zoo compare timm:resnet18 --data pets --val-split 0.2 --policies "
         "linear-probe,train-last:n=1,full --epochs 8 --name pets --plot pets.png\n"
+        "  zoo compare timm:resnet18 --data pets --val-split 0.2 --policies linear-probe "
+        "--policies lora:rank=4,alpha=8 --name pets-lora\n"
         "  zoo compare timm:resnet10t --data digits --val-split 0.2 --weights demo-digits-source "
         "--budget 60 --name digits --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -54,8 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--policies",
         metavar="SPEC,SPEC,...",
+        action="append",
         help="candidate policies (default: linear-probe, train-last:n=1..3, bitfit, norm-only, "
-        "lora and ssf when installed, layer-decay, full)",
+        "lora and ssf when installed, layer-decay, full); a spec keeps its own arguments "
+        "(lora:rank=4,alpha=8,full is two specs); separate specs with ';' when an argument is "
+        "a list, or repeat --policies",
     )
     parser.add_argument(
         "--epochs", "-e", type=int, default=5, metavar="N", help="epochs of a full run (default 5)"
@@ -121,7 +126,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
         progress = CompareProgress(out.console)
     options = CompareConfig(
-        policies=args.policies,
+        policies=_policy_list(args.policies),
         epochs=args.epochs,
         budget=args.budget,
         name=args.name,
@@ -169,3 +174,13 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if args.plot:
         out.print(f"plot: {args.plot}")
     return 0
+
+
+def _policy_list(given: list[str] | None) -> list[str] | str | None:
+    """The specs of every ``--policies`` (each split by :func:`split_policies`); one flag's
+    text is passed as given, so that an error shows what was typed."""
+    from zoo.adaptation.candidates import split_policies
+
+    if given is None or len(given) == 1:
+        return given[0] if given else None
+    return [spec for text in given for spec in split_policies(text)]

@@ -18,8 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "lora_dropout), load its modules to save (the head) and save the model in the store: "
         "a delta of its base. The base is --base (a store name or path of a saved model, or a "
         "backbone name whose pretrained weights are used), else the folder's "
-        "base_model_name_or_path when it is a timm hub id (timm/<arch>.<tag>). PEFT options "
-        "zoo does not compute the same way (DoRA, rsLoRA, rank patterns, ...) are refused.",
+        "base_model_name_or_path when it is a timm hub id (timm/<arch>[.<tag>]) or a catalog "
+        "name (<arch>.<tag>) -- never a path or a store name. The folder is untrusted: links, "
+        "special files, impossible shapes and non-finite values are refused before the base is "
+        "built. PEFT options zoo does not compute the same way (DoRA, rsLoRA, rank patterns, "
+        "...) are refused.",
     )
     parser.add_argument("folder", metavar="DIR", help="the PEFT adapter folder")
     parser.add_argument("--name", required=True, metavar="NAME", help="store name to save as")

@@ -21,7 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predicted in batches. An image that cannot be read is reported (a warning, and an "
         "'error' entry in --json/--csv) and the others are still predicted; the exit status "
         "is then 1. --csv writes one row per image and rank: image,rank,class,probability,"
-        "error.",
+        "error. Images are read as BMP, GIF, JPEG, PNG, PPM, TIFF or WebP only, and refused "
+        "before decoding when over 8192x8192 pixels or one side is over 100 times the other. "
+        "File names that are not printable (a newline, a terminal escape) are shown escaped "
+        "in the table and the CSV; --json keeps them exact.",
     )
     parser.add_argument("name", metavar="NAME", help="saved model: store name or file")
     parser.add_argument(
@@ -64,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.adaptation.distributed import resolve_device
     from zoo.api import load, predict
+    from zoo.cli.render_store import printable
     from zoo.errors import ZooError
 
     if args.topk < 1:  # refused before the model is read
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     )
     failed = [p for p in predictions if not p.ok]
     for pred in failed:
-        out.warn(f"{pred.source}: {pred.error}")
+        out.warn(printable(f"{pred.source}: {pred.error}"))
     if args.json:
         out.json({"model": args.name, "predictions": [p.to_dict() for p in predictions]})
     elif args.csv is not None:
@@ -101,20 +105,24 @@ CSV_HEADER = ("image", "rank", "class", "probability", "error")
 
 
 def _write_csv(target: str, predictions: list, out: Output) -> None:
-    """One row per image and rank (an unreadable image: one row with its error)."""
+    """One row per image and rank (an unreadable image: one row with its error). Text that is
+    not printable (a newline or a terminal escape in a file name) is written escaped, so each
+    row is one line and no name can forge a row, even for line-based tools."""
     import csv
     import io
 
+    from zoo.cli.render_store import printable
     from zoo.errors import ZooError
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     for pred in predictions:
+        image = printable(pred.source)
         if not pred.ok:
-            writer.writerow([pred.source, "", "", "", pred.error])
+            writer.writerow([image, "", "", "", printable(pred.error)])
         for rank, (name, prob) in enumerate(pred.top, start=1):
-            writer.writerow([pred.source, rank, name, f"{prob:.6f}", ""])
+            writer.writerow([image, rank, printable(name), f"{prob:.6f}", ""])
     if target == "-":
         out.console.file.write(buffer.getvalue())
         out.console.file.flush()
