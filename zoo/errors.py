@@ -186,6 +186,12 @@ class DataError(ZooError, ValueError):
     """Training data that cannot be used: an empty folder, a class without images."""
 
 
+class CheckpointError(ZooError):
+    """An adapt run's checkpoint that cannot be used or kept: none to resume, another run's,
+    a malformed or hostile ``state.json`` or tensor file (the message names the field), a
+    folder that is a link or a file, a full disk. The message says how to start over."""
+
+
 class AdaptArgumentError(ZooError, ValueError):
     """An argument of :func:`zoo.adapt` or :func:`zoo.evaluate` (an option of ``zoo adapt``) of
     the wrong type or out of range; ``argument`` names it, ``rule`` says what it must be."""

@@ -15,6 +15,7 @@ from zoo.tables.build import table_for
 if TYPE_CHECKING:
     from torch import nn
 
+    from zoo.adaptation.candidates import PlannedCandidate
     from zoo.adaptation.distributed import DistContext
     from zoo.adaptation.inputs import AdaptData
     from zoo.core.catalog import Catalog
@@ -40,13 +41,7 @@ def measure_auto(
     :data:`AUTO_BUDGET_RUNS` full runs of the slowest candidate, stopping when one is left)
     and return ``(winner's spec, note, leaderboard)``. ``model`` is not changed."""
     t_start = time.perf_counter()
-    table = table_for(model, catalog=catalog)
-    planned, notes = plan_candidates(
-        None,
-        table,
-        catalog,
-        context={"num_classes": settings.num_classes, "epochs": settings.epochs},
-    )
+    planned, notes = auto_ladder(model, settings, catalog=catalog)
     outcome = compare_candidates(
         model,
         data,
@@ -64,6 +59,20 @@ def measure_auto(
     )
     board = outcome.leaderboard
     return board.winner.policy, auto_note(board), board
+
+
+def auto_ladder(
+    model: nn.Module, settings: TrainSettings, *, catalog: Catalog
+) -> tuple[list[PlannedCandidate], list[str]]:
+    """The candidates :func:`measure_auto` compares on ``model`` (the default ladder, planned,
+    duplicates collapsed) and the notes of those left out. A resumed run checks against it
+    that the winner its checkpoint names is one of them."""
+    return plan_candidates(
+        None,
+        table_for(model, catalog=catalog),
+        catalog,
+        context={"num_classes": settings.num_classes, "epochs": settings.epochs},
+    )
 
 
 def auto_note(board: Leaderboard) -> str:

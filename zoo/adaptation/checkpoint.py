@@ -1,25 +1,38 @@
 """Resumable checkpoints of an adaptation run: the last completed epoch, kept until it succeeds.
 
 A run that saves under a name (``zoo adapt`` always does) keeps, after each epoch, everything
-needed to continue in ``<ZOO_HOME>/tmp/adapt-<name>/`` (:func:`zoo.io.store.checkpoint_folder`):
+needed to continue in ``<ZOO_HOME>/tmp/adapt-<name>/`` (:func:`zoo.io.store.checkpoint_folder`),
+in files named ``<kind>-<E>.safetensors`` after the epoch ``E`` whose checkpoint wrote them:
 
-* ``model-<epoch>.safetensors`` — the model's state dict;
-* ``optimizer-<epoch>.safetensors`` — the optimizer's tensors (``state.<index>.<key>``), the torch
-  RNG states (``rng.torch``, ``rng.cuda.<i>``) and those of the training loader's generators
+* ``model-E`` — the model's state, but for the ``frozen`` tensors;
+* ``frozen-E`` — the parameters that do not train, written again only when they (or which ones
+  are frozen) change: a plan that freezes most of a backbone writes it once;
+* ``optimizer-E`` — the optimizer's tensors (``state.<index>.<key>``), the torch RNG states
+  (``rng.torch``, ``rng.cuda.<i>``) and those of the training loader's generators
   (``rng.loader.<i>``);
-* ``best-<epoch>.safetensors`` — with early stopping, the best validation epoch's state;
-* ``state.json`` — the run's configuration, the epoch, the lr schedule's step, the history, the
-  optimizer's parameter groups, the python and numpy RNG states, the early-stopping counters.
+* ``best-E`` — with early stopping, the best validation epoch's state (without the frozen
+  tensors when they are those of ``frozen``);
+* ``state.json`` — the epoch, the run's configuration (class names included), the file names,
+  the history, the optimizer's parameter groups, the python and numpy RNG states, the
+  measured ``auto``'s winner.
 
-Tensors are written with safetensors and the rest as JSON (nothing is pickled). Each file is
-written atomically and ``state.json``, written last, names the files of its epoch, so a run
-killed while writing leaves the previous epoch's checkpoint whole. Under ``torchrun`` rank 0
-writes it (every rank reads it to resume). The folder is removed when the run has saved its
-model; ``zoo gc`` removes the ones left by runs that were never resumed.
+Tensors are written by zoo's writer, sealed, and read back by zoo's reader (nothing is
+pickled); each file is written atomically and ``state.json``, written last, names the files of
+its epoch, so a run killed or out of disk space while writing keeps the previous checkpoint
+whole. Only then are the previous epoch's files deleted, by name: a checkpoint needs room for
+the previous one plus what changed (the trained part, not the frozen one). A full disk stops
+the run with a :class:`~zoo.CheckpointError` saying how much room the checkpoint needed.
 
-``resume=True`` (``--resume``) continues from it: the same plan steps are replayed, the states are
-loaded, and on one process with a fixed seed the run ends bit-identical to one never interrupted.
-It is refused when the checkpoint was made with another configuration (the differences are named).
+The folder is zoo's own (:meth:`Checkpointer.holding`): a link or a file where it should be is
+refused before the run starts, and a second run saving under the same name is refused at
+once. Under ``torchrun`` rank 0 writes it (every rank reads it to resume). Once the run has
+saved its model its files are deleted; ``zoo gc`` deletes those of runs never resumed.
+
+``resume=True`` (``--resume``) continues from it: the same plan steps are replayed, the
+checkpoint is checked as the untrusted input it is (:mod:`zoo.adaptation.checkpoint_state`),
+the states are loaded, and on one process with a fixed seed the run ends bit-identical to one
+never interrupted. A checkpoint made with other settings or data is refused (the differences
+are named), and so is any value a resume would use that this run does not have.
 """
 
 from __future__ import annotations
@@ -27,18 +40,48 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zoo.adaptation.checkpoint_state import (
+    START_OVER,
+    VERSION,
+    BadState,
+    SavedState,
+    check_groups,
+    check_model_tensors,
+    check_optimizer_tensors,
+    check_state,
+    refusal,
+)
 from zoo.adaptation.early_stop import EarlyStop
-from zoo.adaptation.history import EpochRecord
-from zoo.errors import ZooError
-from zoo.io.fileformat import atomic_write_bytes
-from zoo.io.store import locked
+from zoo.errors import CheckpointError, ModelNotFoundError, ZooError
+from zoo.io.fileformat import (
+    atomic_write_bytes,
+    hash_tensors,
+    seal,
+    write_error,
+    write_tensors,
+    written_size,
+)
+from zoo.io.store import (
+    CHECKPOINT_STATE,
+    MAX_CHECKPOINT_STATE_BYTES,
+    checkpoint_file,
+    locked,
+    remove_checkpoint,
+)
+from zoo.io.trust import (
+    check_folder,
+    own_folder,
+    read_header_in,
+    read_json_in,
+    read_tensors_in,
+    remove_written,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -46,12 +89,9 @@ if TYPE_CHECKING:
 
     from zoo.adaptation.history import History
 
-STATE_FILE = "state.json"
-VERSION = 1
+__all__ = ["AdaptInterrupted", "CheckpointError", "Checkpointer", "interrupted", "run_config"]
 
-
-class CheckpointError(ZooError):
-    """A checkpoint cannot be used to resume (missing, unreadable, or another run's)."""
+STATE_FILE = CHECKPOINT_STATE
 
 
 class AdaptInterrupted(KeyboardInterrupt):
@@ -68,7 +108,9 @@ def interrupted(folder: Path, epoch: int, epochs: int) -> AdaptInterrupted:
 
 
 def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=repr, sort_keys=True))
+    """``value`` as JSON data (tuples as lists, other objects as their repr, a NaN or an
+    infinity as the string ``"NaN"``/``"Infinity"``: every number in ``state.json`` is finite)."""
+    return json.loads(json.dumps(value, default=repr, sort_keys=True), parse_constant=str)
 
 
 def _describe_input(value: Any) -> Any:
@@ -86,15 +128,24 @@ def _describe_input(value: Any) -> Any:
 
 
 def run_config(
-    start: Any, train: Any, val: Any, options: Mapping[str, Any], *, world_size: int
+    start: Any,
+    train: Any,
+    val: Any,
+    options: Mapping[str, Any],
+    *,
+    classes: list[str],
+    world_size: int,
 ) -> dict[str, Any]:
-    """The settings a resumed run must share with the interrupted one, as JSON values."""
-    skip = {"callback", "resume"}
+    """The settings a resumed run must share with the interrupted one, as JSON values: the
+    options that change how it trains (not ``overwrite``, which only says how it is saved),
+    the inputs, and the class names the data gave (a class folder added changes the head)."""
+    skip = {"callback", "resume", "overwrite"}
     config = {k: v for k, v in options.items() if k not in skip}
     config.update(
         start=_describe_input(start),
         train=_describe_input(train),
         val=_describe_input(val),
+        classes=list(classes),
         world_size=world_size,
     )
     return _jsonable(config)
@@ -158,16 +209,19 @@ def _rng_json() -> dict[str, Any]:
 
 
 def _restore_rng(tensors: Mapping[str, torch.Tensor], data: Mapping[str, Any], gens: list) -> None:
+    """Set the RNG states (checked by :func:`check_optimizer_tensors` and :func:`check_state`)."""
     import torch
 
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    cuda = [tensors[f"rng.cuda.{i}"] for i in range(len(tensors)) if f"rng.cuda.{i}" in tensors]
     if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+        try:
+            for i, state in enumerate(cuda[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(state, i)
+        except RuntimeError as exc:
+            raise BadState(f"rng.cuda: not a state of this GPU's generator ({exc})") from None
     for i, generator in enumerate(gens):
-        state = tensors.get(f"rng.loader.{i}")
-        if state is not None:
-            generator.set_state(state)
+        generator.set_state(tensors[f"rng.loader.{i}"])
     version, internal, gauss = data["python"]
     random.setstate((version, tuple(internal), gauss))
     if "numpy" in data:
@@ -181,87 +235,32 @@ def _restore_rng(tensors: Mapping[str, torch.Tensor], data: Mapping[str, Any], g
 # ---------------------------------------------------------------- tensors <-> files
 
 
-def _unshared(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors, none sharing memory (safetensors refuses shared storage)."""
-    seen: set[tuple[int, str]] = set()
-    out = {}
-    for key, value in state.items():
-        tensor = value.detach().to("cpu").contiguous()
-        ident = (tensor.untyped_storage().data_ptr(), str(tensor.device))
-        if tensor.numel() and ident in seen:
-            tensor = tensor.clone()
-        seen.add(ident)
-        out[key] = tensor
-    return out
-
-
-def _write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
-    from safetensors.torch import save
-
-    atomic_write_bytes(path, [save(_unshared(tensors), metadata={"format": "pt"})])
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:  # a truncated or foreign file
-        raise CheckpointError(
-            f"cannot read the checkpoint file {path}: {exc}; start the run over without --resume"
-        ) from None
+def _on_cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors on the CPU (moved once, then hashed and written from there)."""
+    return {key: value.detach().to("cpu") for key, value in state.items()}
 
 
 def _optimizer_parts(
     optimizer: torch.optim.Optimizer,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """The optimizer's tensors (``state.<index>.<key>``) and its parameter groups as JSON."""
     import torch
 
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
-    other: dict[str, dict[str, Any]] = {}
     for index, values in state["state"].items():
         for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{index}.{key}"] = value
-            else:
-                other.setdefault(str(index), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "other": other}
-
-
-def _load_optimizer(
-    optimizer: torch.optim.Optimizer, tensors: Mapping[str, Any], data: Mapping[str, Any]
-) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("state."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    for index, values in data["other"].items():
-        state.setdefault(int(index), {}).update(values)
-    groups = [
-        {k: tuple(v) if k == "betas" else v for k, v in group.items()}
-        for group in data["param_groups"]
-    ]
-    try:
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"the checkpoint's optimizer state does not fit this run ({exc}); start the run "
-            "over without --resume"
-        ) from None
+            if not isinstance(value, torch.Tensor):  # not kept by AdamW and SGD today
+                raise CheckpointError(
+                    f"the optimizer keeps {key!r} as a {type(value).__name__}, which a "
+                    "checkpoint cannot hold; run without a name, or report this with the "
+                    "torch version"
+                )
+            tensors[f"state.{index}.{key}"] = value
+    return tensors, _jsonable(state["param_groups"])
 
 
 # ---------------------------------------------------------------- the checkpoint
-
-
-def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``key: saved value there, current value here`` for each setting that differs."""
-    return [
-        f"{key}: {saved.get(key)!r} there, {current.get(key)!r} here"
-        for key in sorted(set(saved) | set(current))
-        if saved.get(key) != current.get(key)
-    ]
 
 
 @dataclass
@@ -269,7 +268,8 @@ class Checkpointer:
     """Writes the run's checkpoint after each epoch (on the main process) and restores it.
 
     ``folder`` is None when the run has no name (nothing is kept); ``config`` is the JSON of
-    the run's settings a resume must match; ``resume`` asks to continue from the checkpoint.
+    the run's settings a resume must match; ``resume`` asks to continue from the checkpoint;
+    ``auto`` is the measured ``auto``'s winner (``{"policy", "note"}``), kept with each epoch.
     """
 
     folder: Path | None
@@ -280,12 +280,56 @@ class Checkpointer:
     resumed_from: int | None = None
     #: The epoch of the checkpoint on disk that this run wrote or resumed (None: none yet).
     kept_epoch: int | None = None
-    _state: dict[str, Any] | None = field(default=None, repr=False)
+    auto: dict[str, str] | None = None
+    _saved: SavedState | None = field(default=None, repr=False)
+    #: The files of the checkpoint on disk (kind -> name) and the hash of the frozen one's.
+    _files: dict[str, str | None] = field(default_factory=dict, repr=False)
+    _frozen_hash: str | None = field(default=None, repr=False)
 
     # -------------------------------------------------- before training
 
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Own the checkpoint for the whole run (training and saving).
+
+        The writing process takes the checkpoint's lock without waiting — another run saving
+        under the same name holds it, and this one is refused at once (``zoo gc`` also leaves
+        a held checkpoint alone) — and makes sure ``tmp/`` and ``tmp/adapt-<name>`` are real
+        folders (a link or a file there is refused before any work: zoo writes through no
+        link and deletes nothing it did not write). An empty folder is removed at the end.
+        """
+        if self.folder is None or not self.write:
+            yield
+            return
+        with locked(str(self.folder.absolute()), blocking=False) as held:
+            if held is None:
+                raise CheckpointError(
+                    f"another zoo adapt run is saving as {self.config.get('name')!r} right now "
+                    f"(it holds the checkpoint {self.folder}); wait for it to finish, stop it, "
+                    "or choose another name (--name, name=)"
+                )
+            self._own()
+            try:
+                yield
+            finally:
+                remove_written(self.folder, [])  # the folder only, when nothing is in it
+
+    def _own(self, *, create: bool = True) -> Path:
+        """The checkpoint folder, made (``create``) or checked to be a real folder, as is
+        ``tmp/``: a link or a file there is refused, never written through or over."""
+        assert self.folder is not None
+        try:
+            if create:
+                return own_folder(self.folder, what="the checkpoint folder")
+            for path in (self.folder.parent, self.folder):
+                check_folder(path, what="the checkpoint folder")
+            return self.folder
+        except ZooError as exc:
+            raise CheckpointError(f"cannot keep this run's checkpoint: {exc}") from None
+
     def check(self) -> None:
-        """With ``resume``: read ``state.json`` and refuse another run's checkpoint."""
+        """With ``resume``: read ``state.json`` (by the trust rule, at most
+        :data:`~zoo.io.store.MAX_CHECKPOINT_STATE_BYTES`) and check it against this run."""
         if not self.resume:
             return
         if self.folder is None:
@@ -293,50 +337,49 @@ class Checkpointer:
                 "resume=True continues the checkpoint of a run that saves under a name; "
                 "pass the same name= as the interrupted run"
             )
-        path = self.folder / STATE_FILE
-        if not path.is_file():
-            raise CheckpointError(
-                f"no checkpoint to resume in {self.folder} (no interrupted run saving as "
-                f"{self.config.get('name')!r}, or `zoo gc` removed it); run without --resume "
-                "to start over"
-            )
+        nothing = CheckpointError(
+            f"no checkpoint to resume in {self.folder} (no interrupted run saving as "
+            f"{self.config.get('name')!r}, or `zoo gc` removed it); run without --resume "
+            "to start over"
+        )
         try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-            saved = state["config"]
-            int(state["epoch"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(
-                f"the checkpoint {path} is unreadable ({exc}); run without --resume to start over"
-            ) from None
-        if state.get("version") != VERSION:
-            raise CheckpointError(
-                f"the checkpoint {path} was written by another version of zoo; run without "
-                "--resume to start over"
+            check_folder(self.folder, what="the checkpoint folder")
+            raw = read_json_in(
+                self.folder,
+                STATE_FILE,
+                max_bytes=MAX_CHECKPOINT_STATE_BYTES,
+                what="the checkpoint's state.json",
             )
-        diff = differences(saved, self.config)
-        if diff:
-            raise CheckpointError(
-                f"the checkpoint in {self.folder} was made by a run with other settings — "
-                + "; ".join(diff)
-                + ". Resume with the interrupted run's settings, or run without --resume to "
-                "start over (the checkpoint is then replaced)"
-            )
-        self._state = state
+        except ModelNotFoundError:
+            raise nothing from None
+        except ZooError as exc:
+            raise CheckpointError(f"{exc}; {START_OVER}") from None
+        patience = self.early.patience if self.early is not None else None
+        self._saved = check_state(raw, folder=self.folder, config=self.config, patience=patience)
 
     @property
     def saved_epoch(self) -> int:
         """The last completed epoch of the checkpoint to resume (0: not resuming)."""
-        return int(self._state["epoch"]) if self._state is not None else 0
+        return self._saved.epoch if self._saved is not None else 0
 
-    @contextlib.contextmanager
-    def holding(self) -> Iterator[None]:
-        """Hold the checkpoint's lock while training, so ``zoo gc`` leaves it alone."""
-        if self.folder is None or not self.write:
-            yield
-            return
+    def saved_auto(self, *, measures: bool) -> dict[str, str] | None:
+        """The measured ``auto``'s winner kept by the checkpoint being resumed (None when not
+        resuming); refused when it disagrees with whether this run's ``auto`` measures."""
+        if self._saved is None:
+            return None
+        auto = self._saved.auto
+        if (auto is not None) != measures:
+            problem = (
+                "this run measures auto, but the checkpoint holds no measured winner"
+                if measures
+                else "the checkpoint holds a measured auto winner, but this run does not measure"
+            )
+            raise self.refuse("auto", problem)
+        return auto
 
-        with locked(str(self.folder.absolute())):
-            yield
+    def refuse(self, field: str, problem: str) -> CheckpointError:
+        """The error for a checkpoint value refused by the run (see :func:`refusal`)."""
+        return refusal(self.folder or Path("."), field, problem)
 
     def restore(
         self,
@@ -350,27 +393,94 @@ class Checkpointer:
 
         Call after the plan steps of the completed epochs were replayed (the optimizer then
         has the same parameter groups) and right before the next epoch starts (the RNG states
-        are set last).
+        are set last). Everything is checked before anything is loaded.
         """
-        if self._state is None or self.folder is None:
+        saved = self._saved
+        if saved is None or self.folder is None:
             return 0
+        try:
+            loaded = self._checked_tensors(saved, model, optimizer, loop, generators)
+            state, best, opt_state, rng, frozen_hash = loaded
+            model.load_state_dict(state)
+            groups = optimizer.state_dict()["param_groups"]  # this run's (the saved are equal)
+            optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+            loop.step = saved.epoch * loop.batches_per_epoch
+            history.epochs = list(saved.history)
+            if self.early is not None:
+                assert saved.early is not None
+                self.early = saved.early
+                self.early.best_state = best
+            _restore_rng(rng, saved.rng, generators)
+        except BadState as exc:
+            field, _, problem = str(exc).partition(": ")
+            raise self.refuse(field, problem) from None
+        self._files, self._frozen_hash = dict(saved.files), frozen_hash
+        self.resumed_from = self.kept_epoch = saved.epoch
+        history.resumed_from = saved.epoch
+        return saved.epoch
 
-        state = self._state
-        files = state["files"]
-        model.load_state_dict(_read_tensors(self.folder / files["model"]))
-        opt_tensors = _read_tensors(self.folder / files["optimizer"])
-        _load_optimizer(optimizer, opt_tensors, state["optimizer"])
-        loop.step = int(state["step"])
-        history.epochs = [EpochRecord(**e) for e in state["history"]["epochs"]]
-        if self.early is not None and state.get("early") is not None:
-            self.early = EarlyStop.from_json(state["early"])
-            if files.get("best"):
-                self.early.best_state = _read_tensors(self.folder / files["best"])
-        epoch = int(state["epoch"])
-        self.resumed_from = self.kept_epoch = epoch
-        history.resumed_from = epoch
-        _restore_rng(opt_tensors, state["rng"], generators)
-        return epoch
+    def _checked_tensors(
+        self,
+        saved: SavedState,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loop: Any,
+        generators: list[torch.Generator],
+    ) -> tuple[dict, dict | None, dict, dict, str | None]:
+        """The checkpoint's tensors, read by zoo's reader and checked against this run:
+        ``(model state, best state, optimizer state, RNG tensors, hash of the frozen file)``."""
+        expected = model.state_dict()
+        size = sum(t.numel() * t.element_size() for t in expected.values())
+        limits = {"model": size, "frozen": size, "best": size, "optimizer": 3 * size + 2**20}
+        for kind, name in saved.files.items():
+            if name:  # no file is read whole before its header says it fits this run
+                self._check_size(kind, name, limits[kind])
+        frozen, frozen_hash = self._read(saved, "frozen") if saved.files["frozen"] else ({}, None)
+        trained, _ = self._read(saved, "model")
+        both = sorted(set(frozen) & set(trained))
+        if both:
+            raise BadState(f"files.model: holds {both[0]!r}, which the frozen file holds too")
+        state = {**frozen, **trained}
+        check_model_tensors(state, expected, "files.model")
+        best = None
+        if saved.files["best"]:
+            best = {**frozen, **self._read(saved, "best")[0]}
+            check_model_tensors(best, expected, "files.best")
+        steps = saved.epoch * loop.batches_per_epoch
+        groups = _jsonable(optimizer.state_dict()["param_groups"])
+        check_groups(saved.param_groups, groups, loop.lr_factor(steps - 1))
+        opt_tensors, _ = self._read(saved, "optimizer")
+        opt_state, rng = check_optimizer_tensors(opt_tensors, optimizer, steps, generators)
+        return state, best, opt_state, rng, frozen_hash
+
+    def _check_size(self, kind: str, name: str, limit: int) -> None:
+        """Refuse a tensor file whose header gives more bytes of tensors than a checkpoint of
+        this run's model has (``limit``), before its tensors are read."""
+        assert self.folder is not None
+        try:
+            header = read_header_in(self.folder, name, what="the checkpoint")
+        except ZooError as exc:
+            raise BadState(f"files.{kind}: {exc}") from None
+        if header.data_len > limit:
+            raise BadState(
+                f"files.{kind}: {name} holds {header.data_len:,} bytes of tensors, more than "
+                f"a checkpoint of this run's model has ({limit:,}); not read"
+            )
+
+    def _read(self, saved: SavedState, kind: str) -> tuple[dict[str, Any], str | None]:
+        """The tensors of the checkpoint file of ``kind`` and their hash: read by zoo's reader
+        (a regular file in the folder, never a link; header limits, memory check) and sealed
+        by zoo (the seal is verified: a changed or truncated file is refused)."""
+        assert self.folder is not None
+        name = saved.files[kind]
+        assert name is not None
+        try:
+            read = read_tensors_in(self.folder, name, what="the checkpoint")
+        except ZooError as exc:
+            raise BadState(f"files.{kind}: {exc}") from None
+        if not read.verified:
+            raise BadState(f"files.{kind}: {name} is not sealed by zoo (not a file zoo wrote)")
+        return read.tensors, read.tensors_sha256
 
     # -------------------------------------------------- after each epoch
 
@@ -386,69 +496,147 @@ class Checkpointer:
         *,
         new_best: bool,
     ) -> None:
-        """Write the checkpoint of completed epoch ``epoch`` (main process only)."""
+        """Write the checkpoint of completed epoch ``epoch`` (main process only): the new
+        files, then ``state.json`` naming them, then the previous epoch's files go."""
         if self.folder is None or not self.write:
             return
-        folder = self.folder
-        folder.mkdir(parents=True, exist_ok=True)
-        previous = self._files_on_disk()
-        files = {
-            "model": f"model-{epoch}.safetensors",
-            "optimizer": f"optimizer-{epoch}.safetensors",
+        folder = self._own(create=False)  # a link or file put there meanwhile is refused
+        state = _on_cpu(model.state_dict())
+        frozen_names = {
+            n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad
         }
-        _write_tensors(folder / files["model"], model.state_dict())
-        opt_tensors, opt_data = _optimizer_parts(optimizer)
-        _write_tensors(folder / files["optimizer"], {**opt_tensors, **_rng_tensors(generators)})
-        best = None
-        if self.early is not None and self.early.best_epoch is not None:
-            best = f"best-{self.early.best_epoch}.safetensors"
-            if new_best or not (folder / best).is_file():
-                assert self.early.best_state is not None
-                _write_tensors(folder / best, self.early.best_state)
-        files["best"] = best  # type: ignore[assignment]
-        state = {
+        frozen = {n: t for n, t in state.items() if n in frozen_names}
+        frozen_hash = hash_tensors(frozen) if frozen else None
+        files = {
+            "model": checkpoint_file("model", epoch),
+            "optimizer": checkpoint_file("optimizer", epoch),
+            "frozen": self._files.get("frozen") if frozen_hash == self._frozen_hash else None,
+            "best": self._files.get("best"),
+        }
+        writes: dict[str, dict[str, torch.Tensor]] = {}
+        if frozen and files["frozen"] is None:
+            files["frozen"] = checkpoint_file("frozen", epoch)
+            writes[files["frozen"]] = frozen
+        writes[files["model"]] = {n: t for n, t in state.items() if n not in frozen}
+        opt_tensors, groups = _optimizer_parts(optimizer)
+        writes[files["optimizer"]] = _on_cpu({**opt_tensors, **_rng_tensors(generators)})
+        early = self.early
+        if early is None or early.best_state is None:
+            files["best"] = None
+        elif new_best or files["best"] is None or files["frozen"] != self._files.get("frozen"):
+            files["best"] = checkpoint_file("best", epoch)
+            writes[files["best"]] = self._best_part(early.best_state, frozen, frozen_hash)
+        record = {
             "version": VERSION,
             "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "epoch": epoch,
-            "epochs": epochs,
-            "step": loop.step,
             "config": self.config,
             "files": files,
-            "history": {"epochs": [e.to_dict() for e in history.epochs]},
-            "optimizer": opt_data,
+            "history": [e.to_dict() for e in history.epochs],
+            "optimizer": {"param_groups": groups},
             "rng": _rng_json(),
-            "early": self.early.to_json() if self.early is not None else None,
+            "auto": self.auto,
         }
+        text = json.dumps(record, allow_nan=False).encode("utf-8")
+        self._write(folder, epoch, epochs, writes, text)
+        self._files, self._frozen_hash, self.kept_epoch = files, frozen_hash, epoch
+        keep = [STATE_FILE, *(name for name in files.values() if name)]
+        remove_checkpoint(folder, keep)  # the previous epoch's files, by name
 
-        text = json.dumps(state, allow_nan=True)
-        atomic_write_bytes(folder / STATE_FILE, [text.encode("utf-8")])
-        self.kept_epoch = epoch
-        keep = {v for v in files.values() if v} | {STATE_FILE}
-        for name in previous - keep:
-            with contextlib.suppress(OSError):
-                (folder / name).unlink()
+    @staticmethod
+    def _best_part(
+        best: Mapping[str, torch.Tensor], frozen: Mapping[str, torch.Tensor], frozen_hash: Any
+    ) -> dict[str, torch.Tensor]:
+        """The best epoch's state to write: without the frozen tensors when they are those of
+        the frozen file (its restore takes them from there), else whole."""
+        best = _on_cpu(best)
+        if frozen and hash_tensors({n: best[n] for n in frozen if n in best}) == frozen_hash:
+            return {n: t for n, t in best.items() if n not in frozen}
+        return best
 
-    def _files_on_disk(self) -> set[str]:
-        assert self.folder is not None
+    def _write(
+        self,
+        folder: Path,
+        epoch: int,
+        epochs: int,
+        writes: Mapping[str, Mapping[str, torch.Tensor]],
+        text: bytes,
+    ) -> None:
+        """Write the tensor files (sealed), then ``state.json``. On any failure the files
+        written so far are deleted and the previous checkpoint stays whole; a failed write (a
+        full disk) raises :class:`~zoo.CheckpointError` saying what it needed."""
+        sealed = {name: seal(tensors, {"format": "pt"}) for name, tensors in writes.items()}
+        needed = len(text) + sum(written_size(writes[n], md) for n, md in sealed.items())
+        written: list[str] = []
         try:
-            return {p.name for p in self.folder.iterdir() if p.suffix == ".safetensors"}
-        except OSError:
-            return set()
+            for name, tensors in writes.items():
+                written.append(name)
+                write_tensors(folder / name, tensors, sealed[name])
+            atomic_write_bytes(folder / STATE_FILE, [text])
+        except BaseException as exc:
+            if self._published_epoch() == epoch:  # interrupted after state.json was replaced
+                raise
+            remove_written(folder, written)
+            if isinstance(exc, (OSError, ZooError)):
+                raise self._not_written(exc, epoch, epochs, needed) from None
+            raise
+
+    def _not_written(
+        self, exc: BaseException, epoch: int, epochs: int, needed: int
+    ) -> CheckpointError:
+        """What a failed write of epoch ``epoch``'s checkpoint says: why, what it needed and
+        what is free (:func:`~zoo.io.fileformat.write_error`), and what is kept."""
+        assert self.folder is not None
+        what = f"the checkpoint of epoch {epoch} of {epochs}"
+        kept = (
+            f"the run stopped, and its last good checkpoint (epoch {self.kept_epoch}) is kept "
+            "whole: run the same command with --resume to continue from it"
+            if self.kept_epoch is not None
+            else "the run stopped before any epoch was kept"
+        )
+        if isinstance(exc, OSError):
+            error = write_error(exc, self.folder, what=what, needed=needed, kept=kept)
+            return CheckpointError(str(error))
+        return CheckpointError(f"cannot write {what} to {self.folder}: {exc}; {kept}")
+
+    def _published_epoch(self) -> int | None:
+        """The epoch ``state.json`` on disk names (None: none, or unreadable)."""
+        if self.folder is None:
+            return None
+        try:
+            raw = read_json_in(
+                self.folder,
+                STATE_FILE,
+                max_bytes=MAX_CHECKPOINT_STATE_BYTES,
+                what="the checkpoint's state.json",
+            )
+        except ZooError:
+            return None
+        epoch = raw.get("epoch") if isinstance(raw, dict) else None
+        return epoch if type(epoch) is int else None
 
     def remove(self) -> None:
-        """Delete the checkpoint (the run succeeded)."""
+        """Delete the checkpoint (the run saved its model): the files zoo writes, by name."""
         if self.folder is not None and self.write:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-    def exists(self) -> bool:
-        return self.folder is not None and (self.folder / STATE_FILE).is_file()
+            remove_checkpoint(self.folder)
 
     def interrupted(self, epochs: int) -> AdaptInterrupted | None:
         """The interrupt to raise when this run kept an epoch (None: nothing was kept)."""
         if self.folder is None or self.kept_epoch is None:
             return None
-        try:  # the file is the truth: an interrupt may land between writing it and noting it
-            epoch = int(json.loads((self.folder / STATE_FILE).read_text("utf-8"))["epoch"])
-        except (OSError, ValueError, KeyError, TypeError):
+        # the file is the truth: an interrupt may land between writing it and noting it
+        epoch = self._published_epoch()
+        return interrupted(self.folder, epoch, epochs) if epoch is not None else None
+
+    def not_saved(self, exc: ZooError, epochs: int) -> CheckpointError | None:
+        """The error to raise when the trained model could not be saved but its checkpoint is
+        kept (None: nothing kept): ``exc`` and how to save it without training again."""
+        epoch = self._published_epoch() if self.kept_epoch is not None else None
+        if epoch is None:
             return None
-        return interrupted(self.folder, epoch, epochs)
+        return CheckpointError(
+            f"{exc} — the trained run is kept in {self.folder} (epoch {epoch} of {epochs}): "
+            "run the same command with --resume to save it without training again (add "
+            "--overwrite to replace what is saved under that name now), or `zoo gc` to "
+            "remove it"
+        )

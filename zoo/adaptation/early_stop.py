@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -31,12 +31,18 @@ class EarlyStop:
 
     def update(self, epoch: int, val_loss: float | None, model: nn.Module) -> bool:
         """Record epoch ``epoch``; True when this epoch is the new best (its state is kept)."""
-        finite = val_loss is not None and math.isfinite(val_loss)
-        if finite and (self.best_loss is None or val_loss < self.best_loss):  # type: ignore[operator]
-            self.best_epoch, self.best_loss, self.bad_epochs = epoch, val_loss, 0
+        new_best = self.count(epoch, val_loss)
+        if new_best:
             self.best_state = {
                 k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
             }
+        return new_best
+
+    def count(self, epoch: int, val_loss: float | None) -> bool:
+        """The counters of :meth:`update` alone (no state kept): True for a new best."""
+        finite = val_loss is not None and math.isfinite(val_loss)
+        if finite and (self.best_loss is None or val_loss < self.best_loss):  # type: ignore[operator]
+            self.best_epoch, self.best_loss, self.bad_epochs = epoch, val_loss, 0
             return True
         self.bad_epochs += 1
         return False
@@ -49,20 +55,3 @@ class EarlyStop:
         """Put the best epoch's weights and buffers back into ``model``."""
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "patience": self.patience,
-            "best_epoch": self.best_epoch,
-            "best_loss": self.best_loss,
-            "bad_epochs": self.bad_epochs,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> EarlyStop:
-        return cls(
-            patience=int(data["patience"]),
-            best_epoch=data.get("best_epoch"),
-            best_loss=data.get("best_loss"),
-            bad_epochs=int(data.get("bad_epochs", 0)),
-        )

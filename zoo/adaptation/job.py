@@ -42,7 +42,7 @@ from zoo.adaptation.starting_point import (
 from zoo.adaptation.training import LR_SCHEDULES, OPTIMIZERS, run_training
 from zoo.core.specs import CROP_MODES, INTERPOLATIONS, MAX_IMAGE_SIDE, InputConfig
 from zoo.errors import AdaptArgumentError, DataError, ZooError
-from zoo.io.metadata import class_name_problem
+from zoo.io.metadata import MAX_TEXT, class_name_problem
 from zoo.io.persistence import save
 from zoo.io.store import checkpoint_folder
 from zoo.plans.binding import bind, resolve_policy
@@ -245,130 +245,186 @@ def run(
                 policy=options.policy,
                 catalog=catalog,
             )
-            data = prepare_data(
-                train,
-                val,
-                classes=options.classes,
-                val_split=options.val_split,
-                seed=options.seed,
-                on_corrupt=options.on_corrupt,
-            )
-            callback = options.callback
-            if callback is None or not ctx.is_main:
-                callback = AdaptCallback()
-            model, config = prepare_model(
-                backbone_or_model,
-                data.classes,
-                start,
-                seed=options.seed,
-                model_kwargs=options.model_kwargs,
-                image_size=options.image_size,
-                input_config=options.input_config,
-                name=options.name,
-                delta=options.delta,
-                device=ctx.device,
-                catalog=catalog,
-            )
-            start_notes = [_input_note(config, start, options)]
-            context = {
-                "samples_per_class": options.samples_per_class or data.samples_per_class,
-                "similarity": options.similarity,
-                "num_classes": len(data.classes),
-                "epochs": options.epochs,
-            }
-
-            policy, policy_args, auto_notes = _decide_auto(
-                model, data, config, start, options, ctx=ctx, catalog=catalog
-            )
-            start_notes += auto_notes
-            kwargs = _policy_kwargs(policy, policy_args, context, catalog)
-            planner = ScheduleDriver(
-                model,
-                bind(policy, kwargs, catalog),
-                table=table_for(model, catalog=catalog),
-            )
-            plan = planner.step(0).plan
-            _check_random_start(model, plan, start)
-            history = History(
-                backbone=(getattr(model, "zoo_build", None) or {}).get("backbone"),
-                start=start.description
-                if start.description == start_desc
-                else f"{start_desc}, {start.description}",
-                policy=plan.policy,
-                policy_args=dict(plan.args),
-                classes=list(data.classes),
-                skipped=data.skipped,
-                input_size=list(config.input_size),
-                optimizer=options.optimizer,
-                lr=options.lr,
-                batch_size=options.batch_size,
-                device=str(ctx.device),
-                world_size=ctx.world_size,
-                name=options.name,
-                notes=[*start_notes, *plan.notes],
-            )
-            keeper = _keeper(backbone_or_model, train, val, data, options, ctx)
-            try:
-                run_training(
+            keeper = _keeper(options, ctx)
+            # the checkpoint folder is owned (no other run of the name, no link, no file there)
+            # before any data is read, and held until the model is saved
+            with keeper.holding():
+                data = prepare_data(
+                    train,
+                    val,
+                    classes=options.classes,
+                    val_split=options.val_split,
+                    seed=options.seed,
+                    on_corrupt=options.on_corrupt,
+                )
+                callback = options.callback
+                if callback is None or not ctx.is_main:
+                    callback = AdaptCallback()
+                model, config = prepare_model(
+                    backbone_or_model,
+                    data.classes,
+                    start,
+                    seed=options.seed,
+                    model_kwargs=options.model_kwargs,
+                    image_size=options.image_size,
+                    input_config=options.input_config,
+                    name=options.name,
+                    delta=options.delta,
+                    device=ctx.device,
+                    catalog=catalog,
+                )
+                _check_resume(keeper, backbone_or_model, train, val, data, options, ctx)
+                history = _train(
                     model,
                     data,
-                    planner,
-                    history,
-                    ctx=ctx,
-                    config=config,
-                    callback=callback,
-                    epochs=options.epochs,
-                    lr=options.lr,
-                    weight_decay=options.weight_decay,
-                    batch_size=options.batch_size,
-                    optimizer=options.optimizer,
-                    momentum=options.momentum,
-                    lr_schedule=options.lr_schedule,
-                    warmup_epochs=options.warmup_epochs,
-                    label_smoothing=options.label_smoothing,
-                    augment=options.augment,
-                    feature_cache=options.feature_cache,
-                    num_workers=options.num_workers,
-                    seed=options.seed,
+                    config,
+                    start,
+                    start_desc,
+                    options,
                     keeper=keeper,
+                    callback=callback,
+                    ctx=ctx,
+                    catalog=catalog,
                 )
-            except KeyboardInterrupt as exc:
-                kept = keeper.interrupted(options.epochs) if ctx.is_main else None
-                if kept is not None:
-                    raise kept from exc
-                raise
-            history.total_params = sum(p.numel() for p in model.parameters())
-            final = planner.plan
-            assert final is not None
-            history.trainable_params = sum(
-                p.numel() for n, p in model.named_parameters() if n in set(final.trainable)
-            )
-            history.policy, history.policy_args = final.policy, dict(final.args)
-            history.notes = [*start_notes, *final.notes]
-            history.notes += _training_notes(history)
-            model.zoo_training = history.training_record(options.epochs)  # zoo.training
-            model.eval()
-            if options.name is not None:
-                if ctx.is_main:
-                    model.zoo_history = history
-                    path = save(
-                        model,
-                        options.name,
-                        classes=list(data.classes),
-                        delta=options.delta,
-                        overwrite=options.overwrite,
-                        catalog=catalog,
-                    )
-                    history.path = str(path)
-                    keeper.remove()  # saved: the checkpoint is no longer needed
-                ctx.barrier()
-                history.path = ctx.broadcast(history.path)
+                if options.name is not None:
+                    _save(model, data, history, options, keeper=keeper, ctx=ctx, catalog=catalog)
             history.total_seconds = time.perf_counter() - t_start
             model.zoo_history = history
             callback.on_end(history)
             return AdaptResult(model, history)
     finally:
         ctx.close()
+
+
+def _train(
+    model: nn.Module,
+    data: Any,
+    config: InputConfig,
+    start: StartWeights,
+    start_desc: str,
+    options: AdaptConfig,
+    *,
+    keeper: Checkpointer,
+    callback: AdaptCallback,
+    ctx: Any,
+    catalog: Catalog,
+) -> History:
+    """Decide the plan (``auto`` included), train it (checkpointing each epoch) and return the
+    run's history; the model is left in eval mode with its training record."""
+    start_notes = [_input_note(config, start, options)]
+    context = {
+        "samples_per_class": options.samples_per_class or data.samples_per_class,
+        "similarity": options.similarity,
+        "num_classes": len(data.classes),
+        "epochs": options.epochs,
+    }
+
+    policy, policy_args, auto_notes = _decide_auto(
+        model, data, config, start, options, keeper=keeper, ctx=ctx, catalog=catalog
+    )
+    start_notes += auto_notes
+    kwargs = _policy_kwargs(policy, policy_args, context, catalog)
+    planner = ScheduleDriver(
+        model,
+        bind(policy, kwargs, catalog),
+        table=table_for(model, catalog=catalog),
+    )
+    plan = planner.step(0).plan
+    _check_random_start(model, plan, start)
+    history = History(
+        backbone=(getattr(model, "zoo_build", None) or {}).get("backbone"),
+        start=start.description
+        if start.description == start_desc
+        else f"{start_desc}, {start.description}",
+        policy=plan.policy,
+        policy_args=dict(plan.args),
+        classes=list(data.classes),
+        skipped=data.skipped,
+        input_size=list(config.input_size),
+        optimizer=options.optimizer,
+        lr=options.lr,
+        batch_size=options.batch_size,
+        device=str(ctx.device),
+        world_size=ctx.world_size,
+        name=options.name,
+        notes=[*start_notes, *plan.notes],
+    )
+    try:
+        run_training(
+            model,
+            data,
+            planner,
+            history,
+            ctx=ctx,
+            config=config,
+            callback=callback,
+            epochs=options.epochs,
+            lr=options.lr,
+            weight_decay=options.weight_decay,
+            batch_size=options.batch_size,
+            optimizer=options.optimizer,
+            momentum=options.momentum,
+            lr_schedule=options.lr_schedule,
+            warmup_epochs=options.warmup_epochs,
+            label_smoothing=options.label_smoothing,
+            augment=options.augment,
+            feature_cache=options.feature_cache,
+            num_workers=options.num_workers,
+            seed=options.seed,
+            keeper=keeper,
+        )
+    except KeyboardInterrupt as exc:
+        kept = keeper.interrupted(options.epochs) if ctx.is_main else None
+        if kept is not None:
+            raise kept from exc
+        raise
+    history.total_params = sum(p.numel() for p in model.parameters())
+    final = planner.plan
+    assert final is not None
+    history.trainable_params = sum(
+        p.numel() for n, p in model.named_parameters() if n in set(final.trainable)
+    )
+    history.policy, history.policy_args = final.policy, dict(final.args)
+    history.notes = [*start_notes, *final.notes]
+    history.notes += _training_notes(history)
+    model.zoo_training = history.training_record(options.epochs)  # zoo.training
+    model.eval()
+    return history
+
+
+def _save(
+    model: nn.Module,
+    data: Any,
+    history: History,
+    options: AdaptConfig,
+    *,
+    keeper: Checkpointer,
+    ctx: Any,
+    catalog: Catalog,
+) -> None:
+    """Save the trained model under ``options.name`` (rank 0), then delete its checkpoint. A
+    save that fails says that the trained run is kept and how to save it without training."""
+    assert options.name is not None
+    if ctx.is_main:
+        model.zoo_history = history
+        try:
+            path = save(
+                model,
+                options.name,
+                classes=list(data.classes),
+                delta=options.delta,
+                overwrite=options.overwrite,
+                catalog=catalog,
+            )
+        except ZooError as exc:
+            kept = keeper.not_saved(exc, options.epochs)
+            if kept is None:
+                raise
+            raise kept from exc
+        history.path = str(path)
+        keeper.remove()  # saved: the checkpoint is no longer needed
+    ctx.barrier()
+    history.path = ctx.broadcast(history.path)
 
 
 def _decide_auto(
@@ -378,6 +434,7 @@ def _decide_auto(
     start: StartWeights,
     options: AdaptConfig,
     *,
+    keeper: Checkpointer,
     ctx: Any,
     catalog: Catalog,
 ) -> tuple[str | PolicySpec, dict[str, Any], list[str]]:
@@ -385,11 +442,14 @@ def _decide_auto(
 
     ``auto`` *measures* when there is validation data: the default ladder of policies is
     compared by successive halving (:func:`zoo.adaptation.halving.measure_auto`) and the winner
-    is trained. Without validation data it guesses from its table (samples per class,
-    similarity), and says so; on random weights it trains everything."""
+    is trained — and kept in the checkpoint, so a resumed run trains it on without measuring
+    again. Without validation data it guesses from its table (samples per class, similarity),
+    and says so; on random weights it trains everything."""
     policy = options.policy
     args = dict(options.policy_args or {})
-    if resolve_policy(policy, catalog)[0].qualified_name != "zoo:auto":
+    is_auto = resolve_policy(policy, catalog)[0].qualified_name == "zoo:auto"
+    saved = keeper.saved_auto(measures=is_auto and not start.random and data.val is not None)
+    if not is_auto:
         return policy, args, []
     if start.random:
         return (
@@ -412,16 +472,29 @@ def _decide_auto(
         )
     import torch
 
-    from zoo.adaptation.auto_measure import measure_auto
+    from zoo.adaptation.auto_measure import auto_ladder, measure_auto
     from zoo.adaptation.halving import TrainSettings
 
     settings = TrainSettings.from_options(options, len(data.classes))
-    spec, note, _board = measure_auto(
-        model, data, config, settings, ctx=ctx, catalog=catalog, num_workers=options.num_workers
-    )
+    if saved is not None:
+        ladder = {c.spec for c in auto_ladder(model, settings, catalog=catalog)[0]}
+        if saved["policy"] not in ladder:
+            raise keeper.refuse(
+                "auto.policy",
+                f"{saved['policy']!r} is not one of the policies auto compares on this model "
+                f"({', '.join(sorted(ladder))})",
+            )
+        spec, note = saved["policy"], saved["note"]
+        notes = [f"{note} (measured by the interrupted run; resumed without measuring again)"]
+    else:
+        spec, note, _board = measure_auto(
+            model, data, config, settings, ctx=ctx, catalog=catalog, num_workers=options.num_workers
+        )
+        notes = [note]
+    keeper.auto = {"policy": spec, "note": note[:MAX_TEXT]}
     torch.manual_seed(options.seed)  # the winner trains as if nothing had run before it
     seed_python_rngs(options.seed)
-    return spec, {}, [note]
+    return spec, {}, notes
 
 
 def _check_start(
@@ -484,27 +557,39 @@ def _input_note(config: Any, start: StartWeights, options: AdaptConfig) -> str:
     return f"input {size} px, mean ({mean}), std ({std}): {why}"
 
 
-def _keeper(
-    start: Any, train: Any, val: Any, data: Any, options: AdaptConfig, ctx: Any
-) -> Checkpointer:
-    """The run's checkpointing and early stopping; with ``resume``, the checkpoint checked
-    against this run's settings (before any training)."""
+def _keeper(options: AdaptConfig, ctx: Any) -> Checkpointer:
+    """The run's checkpointing and early stopping (its settings are filled in once the data
+    is known: :func:`_check_resume`)."""
+    return Checkpointer(
+        checkpoint_folder(options.name) if options.name is not None else None,
+        {"name": options.name},
+        write=ctx.is_main,
+        resume=options.resume,
+        early=EarlyStop(options.early_stop) if options.early_stop is not None else None,
+    )
 
+
+def _check_resume(
+    keeper: Checkpointer,
+    start: Any,
+    train: Any,
+    val: Any,
+    data: Any,
+    options: AdaptConfig,
+    ctx: Any,
+) -> None:
+    """Give the keeper the run's settings and, with ``resume``, check its checkpoint against
+    them (before any training)."""
     if options.early_stop is not None and data.val is None:
         raise DataError(
             f"early_stop={options.early_stop} needs a validation set to watch: pass val (--val "
             "DIR) or val_split (--val-split F)"
         )
     settings = {f.name: getattr(options, f.name) for f in fields(options)}
-    keeper = Checkpointer(
-        checkpoint_folder(options.name) if options.name is not None else None,
-        run_config(start, train, val, settings, world_size=ctx.world_size),
-        write=ctx.is_main,
-        resume=options.resume,
-        early=EarlyStop(options.early_stop) if options.early_stop is not None else None,
+    keeper.config = run_config(
+        start, train, val, settings, classes=list(data.classes), world_size=ctx.world_size
     )
     keeper.check()
-    return keeper
 
 
 def _training_notes(history: History) -> list[str]:

@@ -96,13 +96,18 @@ class TrainLoop:
         self.loss_fn = loss_fn
         self.callback = callback
         self.schedule = schedule
+        self.batches_per_epoch = batches_per_epoch
         self.total_steps = batches_per_epoch * epochs
         self.warmup_steps = int(warmup_epochs * batches_per_epoch)
         self.num_classes = num_classes
         self.step = 0
 
+    def lr_factor(self, step: int) -> float:
+        """The factor of every group's initial lr at optimizer step ``step`` (0-based)."""
+        return _lr_factor(self.schedule, step, self.total_steps, self.warmup_steps)
+
     def _set_lr(self) -> float:
-        factor = _lr_factor(self.schedule, self.step, self.total_steps, self.warmup_steps)
+        factor = self.lr_factor(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
         return self.optimizer.param_groups[0]["lr"] if self.optimizer.param_groups else 0.0
@@ -266,12 +271,11 @@ def run_training(
     """Train ``model`` (keyword arguments: those of the loop, see :func:`_run_training`).
 
     ``keeper`` checkpoints each completed epoch, resumes from a checkpoint and stops early
-    (:mod:`zoo.adaptation.checkpoint`, :mod:`zoo.adaptation.early_stop`); its checkpoint is
-    locked while training so that ``zoo gc`` leaves it alone.
+    (:mod:`zoo.adaptation.checkpoint`, :mod:`zoo.adaptation.early_stop`); the caller holds
+    it (:meth:`~zoo.adaptation.checkpoint.Checkpointer.holding`) for the whole run.
     """
     keeper = keeper if keeper is not None else Checkpointer(None, {})
-    with keeper.holding():
-        _run_training(model, data, planner, history, keeper=keeper, **options)
+    _run_training(model, data, planner, history, keeper=keeper, **options)
 
 
 def _run_training(

@@ -661,17 +661,18 @@ class _Reader:
         return value
 
 
-# ---------------------------------------------------------------- zoo.compare
+# ---------------------------------------------------------------- untrusted JSON values
+# The checks of one JSON value read from a file zoo did not write in this process (a saved
+# model's metadata, a checkpoint's state.json): each returns the value or raises ValueError
+# naming ``what`` and the rule, with a short repr of what was found.
 
-#: Most candidates, notes and rungs a ``zoo.compare`` leaderboard may hold.
-MAX_LEADERBOARD_ROWS = 256
-#: Longest policy spec or note text in a leaderboard.
-MAX_LEADERBOARD_TEXT = 1000
-_MAX_EPOCHS = 1_000_000
-_MAX_SECONDS = 1e9
+#: Longest text :func:`check_text` accepts (a policy spec, a note).
+MAX_TEXT = 1000
 
 
-def _number(value: Any, what: str, low: float, high: float, *, integer: bool = False) -> Any:
+def check_number(value: Any, what: str, low: float, high: float, *, integer: bool = False) -> Any:
+    """``value`` if it is a number (an int when ``integer``; never a bool or NaN) in
+    ``[low, high]``."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     ok = _is_int(value) if integer else number
     # compared before any float(): a 400-digit integer is out of range, not an overflow
@@ -681,21 +682,34 @@ def _number(value: Any, what: str, low: float, high: float, *, integer: bool = F
     return value
 
 
-def _short_text(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_LEADERBOARD_TEXT:
+def check_text(value: Any, what: str) -> str:
+    """``value`` if it is a text of 1 to :data:`MAX_TEXT` characters of valid Unicode without
+    control characters (it is printed on one line)."""
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
         raise ValueError(
-            f"{what} must be a text of 1 to {MAX_LEADERBOARD_TEXT} characters, got "
-            f"{short_repr(value)}"
+            f"{what} must be a text of 1 to {MAX_TEXT} characters, got {short_repr(value)}"
         )
     if _CONTROL.search(value):
         raise ValueError(f"{what} {short_repr(value)} holds a control character")
+    problem = _not_text(value)
+    if problem:
+        raise ValueError(f"{what} {problem}")
     return value
 
 
-def _flag(value: Any, what: str) -> bool:
+def check_flag(value: Any, what: str) -> bool:
+    """``value`` if it is ``true`` or ``false``."""
     if not isinstance(value, bool):
         raise ValueError(f"{what} must be true or false, got {short_repr(value)}")
     return value
+
+
+# ---------------------------------------------------------------- zoo.compare
+
+#: Most candidates, notes and rungs a ``zoo.compare`` leaderboard may hold.
+MAX_LEADERBOARD_ROWS = 256
+_MAX_EPOCHS = 1_000_000
+_MAX_SECONDS = 1e9
 
 
 def _check_row(row: Any, index: int) -> dict[str, Any]:
@@ -705,19 +719,19 @@ def _check_row(row: Any, index: int) -> dict[str, Any]:
     try:
         loss = row["val_loss"]
         checked = {
-            "policy": _short_text(row["policy"], f"{where} policy"),
-            "val_acc": _number(row["val_acc"], f"{where} val_acc", 0, 1),
-            "val_loss": None if loss is None else _number(loss, f"{where} val_loss", 0, 1e12),
-            "trainable_params": _number(
+            "policy": check_text(row["policy"], f"{where} policy"),
+            "val_acc": check_number(row["val_acc"], f"{where} val_acc", 0, 1),
+            "val_loss": None if loss is None else check_number(loss, f"{where} val_loss", 0, 1e12),
+            "trainable_params": check_number(
                 row["trainable_params"], f"{where} trainable_params", 0, MAX_JSON_INT, integer=True
             ),
-            "trainable_percent": _number(
+            "trainable_percent": check_number(
                 row["trainable_percent"], f"{where} trainable_percent", 0, 100
             ),
-            "epochs": _number(row["epochs"], f"{where} epochs", 0, _MAX_EPOCHS, integer=True),
-            "seconds": _number(row["seconds"], f"{where} seconds", 0, _MAX_SECONDS),
-            "stopped_early": _flag(row["stopped_early"], f"{where} stopped_early"),
-            "trained_on": _short_text(row.get("trained_on", "images"), f"{where} trained_on"),
+            "epochs": check_number(row["epochs"], f"{where} epochs", 0, _MAX_EPOCHS, integer=True),
+            "seconds": check_number(row["seconds"], f"{where} seconds", 0, _MAX_SECONDS),
+            "stopped_early": check_flag(row["stopped_early"], f"{where} stopped_early"),
+            "trained_on": check_text(row.get("trained_on", "images"), f"{where} trained_on"),
         }
     except KeyError as exc:
         raise ValueError(f"{where} has no {exc.args[0]!r}") from None
@@ -732,10 +746,10 @@ def check_leaderboard(value: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_LEADERBOARD_ROWS:
         raise ValueError(f"candidates must be a list of 1 to {MAX_LEADERBOARD_ROWS} objects")
     candidates = [_check_row(row, i) for i, row in enumerate(rows)]
-    winner = _short_text(value.get("winner"), "winner")
+    winner = check_text(value.get("winner"), "winner")
     if winner != candidates[0]["policy"]:
         raise ValueError(f"winner {short_repr(winner)} is not the first candidate")
-    epochs = _number(value.get("epochs"), "epochs", 1, _MAX_EPOCHS, integer=True)
+    epochs = check_number(value.get("epochs"), "epochs", 1, _MAX_EPOCHS, integer=True)
     rungs = value.get("rungs", [])
     if not isinstance(rungs, list) or len(rungs) > 64:
         raise ValueError("rungs must be a list of at most 64 epoch counts")
@@ -746,12 +760,12 @@ def check_leaderboard(value: dict[str, Any]) -> dict[str, Any]:
     return {
         "winner": winner,
         "epochs": epochs,
-        "rungs": [_number(r, "rung", 1, _MAX_EPOCHS, integer=True) for r in rungs],
-        "budget": None if budget is None else _number(budget, "budget", 0, _MAX_SECONDS),
-        "budget_cut": _flag(value.get("budget_cut", False), "budget_cut"),
-        "seconds": _number(value.get("seconds", 0.0), "seconds", 0, _MAX_SECONDS),
+        "rungs": [check_number(r, "rung", 1, _MAX_EPOCHS, integer=True) for r in rungs],
+        "budget": None if budget is None else check_number(budget, "budget", 0, _MAX_SECONDS),
+        "budget_cut": check_flag(value.get("budget_cut", False), "budget_cut"),
+        "seconds": check_number(value.get("seconds", 0.0), "seconds", 0, _MAX_SECONDS),
         "candidates": candidates,
-        "notes": [_short_text(n, "note") for n in notes],
+        "notes": [check_text(n, "note") for n in notes],
     }
 
 

@@ -37,6 +37,7 @@ from zoo.errors import (
     ModelNotFoundError,
     StoreError,
     ZooError,
+    short_repr,
 )
 from zoo.io.fileformat import (
     CONTENT_HASH_KEY,
@@ -47,6 +48,7 @@ from zoo.io.fileformat import (
     read_header,
 )
 from zoo.io.metadata import ZooMetadata, config_json, is_zoo_metadata
+from zoo.io.trust import check_folder, read_json_in, remove_written
 
 ZOO_HOME_ENV = "ZOO_HOME"
 LOCK_TIMEOUT_ENV = "ZOO_LOCK_TIMEOUT"
@@ -97,6 +99,15 @@ def checkpoints_dir() -> Path:
 
 #: The folder name prefix of an adapt run's checkpoint in :func:`checkpoints_dir`.
 CHECKPOINT_PREFIX = "adapt-"
+#: The file of a checkpoint folder that names the others; written last.
+CHECKPOINT_STATE = "state.json"
+#: The largest ``state.json`` zoo reads, to resume (``zoo adapt --resume``) or to say what a
+#: checkpoint held (``zoo gc``).
+MAX_CHECKPOINT_STATE_BYTES = 16 * 1024 * 1024
+#: The tensor files of a checkpoint: ``<kind>-<epoch>.safetensors``, ``epoch`` being the
+#: epoch whose checkpoint wrote the file.
+CHECKPOINT_KINDS = ("model", "optimizer", "frozen", "best")
+_CHECKPOINT_TENSORS = re.compile(r"(model|optimizer|frozen|best)-([1-9][0-9]{0,8})\.safetensors")
 
 
 def checkpoint_folder(name: str) -> Path:
@@ -108,6 +119,64 @@ def checkpoint_folder(name: str) -> Path:
         stem = re.sub(r"[^A-Za-z0-9_.+@=-]+", "-", Path(target).name)[:60].strip("-.") or "model"
         return checkpoints_dir() / f"{CHECKPOINT_PREFIX}{stem}-{digest}"
     return checkpoints_dir() / f"{CHECKPOINT_PREFIX}{validate_name(name).casefold()}"
+
+
+def checkpoint_file(kind: str, epoch: int) -> str:
+    """The name of a checkpoint's tensor file of ``kind`` written by epoch ``epoch``."""
+    assert kind in CHECKPOINT_KINDS and 1 <= epoch < 10**9
+    return f"{kind}-{epoch}.safetensors"
+
+
+def parse_checkpoint_file(name: object) -> tuple[str, int] | None:
+    """``(kind, epoch)`` of a checkpoint tensor file's name; None for any other value."""
+    match = _CHECKPOINT_TENSORS.fullmatch(name) if isinstance(name, str) else None
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def _checkpoint_names(folder: Path) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """What ``folder`` holds, by name: the files zoo writes for a checkpoint (``state.json``,
+    the tensor files, the temporary files of either), the temporary folders of tensor files
+    with the one file each holds, and the other names (not zoo's)."""
+    files: list[str] = []
+    folders: list[tuple[str, str]] = []
+    others: list[str] = []
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    for entry in entries:
+        name = entry.name
+        temp_of = name[1:].rsplit(".", 2)[0] if is_temp_name(name) else ""
+        if entry.is_dir(follow_symlinks=False) and parse_checkpoint_file(temp_of):
+            folders.append((name, temp_of))
+        elif entry.is_file(follow_symlinks=False) and any(
+            n == CHECKPOINT_STATE or parse_checkpoint_file(n) for n in (name, temp_of)
+        ):
+            files.append(name)
+        else:
+            others.append(name)
+    return files, folders, others
+
+
+def remove_checkpoint(
+    folder: Path, keep: Sequence[str] = (), *, dry_run: bool = False
+) -> tuple[int, list[str]]:
+    """Delete the files zoo wrote for the checkpoint in ``folder`` but those named in ``keep``,
+    then ``folder`` itself if that leaves it empty. Returns the bytes freed and the names left
+    alone because zoo does not write them.
+
+    A folder that is a link (or gone) is left alone, and so is every file whose name is not
+    one zoo gives a checkpoint's files: nothing is followed, nothing zoo did not write goes.
+    """
+    try:
+        check_folder(folder, what="the checkpoint folder")
+        files, folders, others = _checkpoint_names(folder)
+    except (ZooError, OSError):
+        return 0, []
+    files = [name for name in files if name not in keep]
+    if dry_run:
+        paths = [*(folder / n for n in files), *(folder / t / inner for t, inner in folders)]
+        return sum(_size_of(path) for path in paths if os.path.lexists(path)), others
+    freed = sum(remove_written(folder / temp, [inner]) for temp, inner in folders)
+    return freed + remove_written(folder, files), others
 
 
 def models_dir() -> Path:
@@ -778,20 +847,26 @@ def gc(*, dry_run: bool = False) -> GcResult:
 
 
 def _checkpoint_reason(folder: Path) -> str:
-    """What an adapt checkpoint holds, read from its ``state.json`` (never followed)."""
-    import json
-
+    """What an adapt checkpoint holds, read from its ``state.json`` by the trust rule (the
+    folder is a real one, the file a regular file no larger than the resume reads)."""
+    unreadable = "checkpoint of an interrupted adapt run (unreadable or incomplete)"
     try:
-        with open_regular(folder / "state.json", follow_symlinks=False) as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-        state = json.loads(raw.decode("utf-8")) if len(raw) <= MAX_CONFIG_BYTES else {}
-        epoch, epochs = int(state["epoch"]), int(state["epochs"])
-        name = str(state["config"]["name"])
-    except (ZooError, OSError, ValueError, KeyError, TypeError):
-        return "checkpoint of an interrupted adapt run (unreadable or incomplete)"
+        state = read_json_in(
+            folder,
+            CHECKPOINT_STATE,
+            max_bytes=MAX_CHECKPOINT_STATE_BYTES,
+            what="the checkpoint's state.json",
+        )
+        epoch, config = state["epoch"], state["config"]
+        epochs, name = config["epochs"], config["name"]
+    except (ZooError, KeyError, TypeError):
+        return unreadable
+    if not (isinstance(name, str) and all(type(n) is int for n in (epoch, epochs))):
+        return unreadable
+    shown = short_repr(name, 120)
     return (
-        f"checkpoint of the interrupted adapt run saving as {name!r} (epoch {epoch} of "
-        f"{epochs} done; `zoo adapt ... --name {name} --resume` would have continued it)"
+        f"checkpoint of the interrupted adapt run saving as {shown} (epoch {epoch} of "
+        f"{epochs} done; `zoo adapt ... --name {shown} --resume` would have continued it)"
     )
 
 
@@ -809,12 +884,28 @@ def _remove_checkpoints(result: GcResult, *, dry_run: bool) -> None:
     for name in names:
         path = root / name
         try:
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISDIR(mode):
+                kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
+                result.skipped.append((path, f"{kind}, not a checkpoint zoo wrote; left alone"))
+                continue
             with locked(str(path.absolute()), blocking=False) as held:
                 if held is None:
                     result.skipped.append((path, "an adapt run is using this checkpoint"))
                     continue
                 reason = _checkpoint_reason(path)
-                result.freed += _remove_leftover(path, dry_run=dry_run)
+                freed, others = remove_checkpoint(path, dry_run=dry_run)
+                result.freed += freed
+                if others:
+                    shown = ", ".join(short_repr(n, 40) for n in others[:3])
+                    more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+                    result.skipped.append(
+                        (path, f"holds what zoo did not write ({shown}{more}); left alone")
+                    )
+                    continue
+                if not dry_run and os.path.lexists(path):
+                    result.skipped.append((path, "still holds files after gc; left alone"))
+                    continue
                 result.removed.append(path)
                 result.checkpoints.append((path, reason))
         except (OSError, ZooError) as exc:

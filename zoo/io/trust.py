@@ -52,12 +52,13 @@ def _kind(mode: int) -> str:
     return "not a folder"
 
 
-def check_folder(folder: str | os.PathLike[str], *, what: str) -> Path:
+def check_folder(folder: str | os.PathLike[str], *, what: str, hint: str | None = None) -> Path:
     """``folder`` as a ``Path`` if it is a real directory (not a link to one).
 
     A missing folder raises :class:`~zoo.ModelNotFoundError`; a link, a file or a special file
-    a :class:`~zoo.ZooError` that names it. ``what`` says what the folder is ("the PEFT
-    folder", "the checkpoint folder") for the message.
+    a :class:`~zoo.ZooError` that names it, followed by ``hint`` (by default: pass the real
+    folder, or a folder). ``what`` says what the folder is ("the PEFT folder", "the checkpoint
+    folder") for the message.
     """
     path = Path(folder)
     try:
@@ -68,11 +69,12 @@ def check_folder(folder: str | os.PathLike[str], *, what: str) -> Path:
         raise ZooError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
     if stat.S_ISDIR(mode):
         return path
-    hint = (
-        "zoo does not follow links out of a folder it reads — pass the real folder"
-        if stat.S_ISLNK(mode)
-        else "pass a folder"
-    )
+    if hint is None:
+        hint = (
+            "zoo does not follow links out of a folder it reads — pass the real folder"
+            if stat.S_ISLNK(mode)
+            else "pass a folder"
+        )
     raise ZooError(f"{what} {path} is {_kind(mode)}, not a folder; {hint}")
 
 
@@ -157,7 +159,15 @@ def read_header_in(folder: Path, name: str, *, what: str) -> Header:
 
 def own_folder(folder: Path, *, what: str) -> Path:
     """Make sure ``folder`` (and its parent) can be written by zoo: create what is missing,
-    refuse a link or a non-folder at either place up front, before any work is done."""
+    refuse a link or a non-folder at either place up front, before any work is done.
+
+    zoo made neither a link nor a file there, so the refusal asks to move it out of the way;
+    nothing is written through the link and nothing in it is deleted.
+    """
+    hint = (
+        "zoo writes only into a real folder of its own, never through a link or over a file; "
+        "move it out of the way (zoo did not make it) and run again"
+    )
     for path in (folder.parent, folder):
         try:
             path.mkdir(exist_ok=True)
@@ -166,19 +176,27 @@ def own_folder(folder: Path, *, what: str) -> Path:
         except OSError as exc:
             if exc.errno != errno.EEXIST:
                 raise ZooError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
-        check_folder(path, what=what)
+        check_folder(path, what=what, hint=hint)
     return folder
 
 
-def remove_written(folder: Path, names: Iterable[str]) -> None:
+def remove_written(folder: Path, names: Iterable[str]) -> int:
     """Delete the files ``names`` that zoo wrote in ``folder`` (by name, never following a
-    link), then the folder itself if that leaves it empty. Anything else in it stays."""
+    link), then the folder itself if that leaves it empty. Anything else in it stays: a name
+    that is now a link, a folder or a special file is not what zoo wrote and is left alone.
+    Returns the bytes of the files removed."""
     try:
         check_folder(folder, what="the folder")
     except ZooError:
-        return  # gone, or replaced by a link: nothing of zoo's to delete there
+        return 0  # gone, or replaced by a link: nothing of zoo's to delete there
+    freed = 0
     for name in names:
         with contextlib.suppress(OSError, CorruptFileError):
-            os.unlink(folder / plain_name(name, what="the folder"))
+            path = folder / plain_name(name, what="the folder")
+            info = os.lstat(path)
+            if stat.S_ISREG(info.st_mode):
+                os.unlink(path)
+                freed += info.st_size
     with contextlib.suppress(OSError):
         folder.rmdir()  # only when empty
+    return freed
