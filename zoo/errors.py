@@ -33,6 +33,7 @@ The tree (a second base in brackets)::
     ├── MissingBaseError            [ValueError]    a delta's base cannot be found
     ├── UnsupportedFormatError      [ValueError]    a newer file format
     ├── DataError                   [ValueError]    an image folder or image that cannot be used
+    ├── CheckpointError                             a run's checkpoint cannot be kept or resumed
     └── AdaptArgumentError          [ValueError]    an adapt argument out of range
 """
 
