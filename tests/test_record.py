@@ -292,6 +292,8 @@ FSDP_WORKER = textwrap.dedent(
     except zoo.ZooError as exc:
         with open(os.path.join(out, f"refused{rank}.txt"), "w") as f:
             f.write(type(exc).__name__ + ": " + str(exc))
+    del model  # its DTensors go before their process group, on both ranks together
+    dist.barrier()
     dist.destroy_process_group()
     """
 )
