@@ -79,7 +79,7 @@ def run(tmp: Path, arch: str, repeats: int) -> None:
     model = zoo.create(backbone, num_classes=10, weights=base)
     zoo.freeze(model, "linear-probe")
     with torch.no_grad():  # stands in for training the probe
-        for name in model.zoo_plan.trainable:
+        for name in model.zoo.plan.trainable:
             model.get_parameter(name).add_(0.01)
     full = zoo.save(model, "probe-full")
     delta = zoo.save(model, "probe-delta", delta=True)

@@ -77,10 +77,10 @@ def test_linear_probe_uses_the_feature_cache_and_saves(data):
     assert history.path and os.path.samefile(
         history.path, zoo.io.persistence.resolve_target("colours-probe").model_path
     )
-    assert saved.zoo_classes == history.classes
-    assert saved.zoo_plan.policy == "zoo:linear-probe" == history.policy
-    assert saved.zoo_plan.trainable == ["fc.weight", "fc.bias"]
-    assert saved.zoo_input_config.input_size == (3, 32, 32)
+    assert saved.zoo.classes == history.classes
+    assert saved.zoo.plan.policy == "zoo:linear-probe" == history.policy
+    assert saved.zoo.plan.trainable == ["fc.weight", "fc.bias"]
+    assert saved.zoo.input_config.input_size == (3, 32, 32)
     assert history.trainable_params == sum(p.numel() for p in model.fc.parameters())
     for key, value in model.state_dict().items():
         assert torch.equal(value, saved.state_dict()[key]), key
@@ -110,7 +110,7 @@ def test_freeze_to_trains_the_plan_and_nothing_else(data):
     start = zoo.create(BACKBONE, num_classes=3)
     before = {k: v.clone() for k, v in start.state_dict().items()}
     model, history = zoo.adapt(start, data / "train", policy="freeze-to:depth=4", epochs=2, **FAST)
-    plan = model.zoo_plan
+    plan = model.zoo.plan
     assert plan.policy == "zoo:freeze-to" and plan.args == {"depth": 4}
     assert not history.feature_cache and "more than the classifier" in history.feature_cache_note
     assert history.augment  # fine-tuning augments by default
@@ -138,7 +138,7 @@ def test_gradual_unfreezes_per_epoch(data):
     assert tensors[0] == 2 and tensors[0] < tensors[1] < tensors[2]
     assert ("plan", 2) in recorder.events and ("plan", 3) in recorder.events
     assert not history.feature_cache and "schedule" in history.feature_cache_note
-    assert model.zoo_plan.epoch == 2
+    assert model.zoo.plan.epoch == 2
 
 
 def test_auto_gets_samples_per_class_and_similarity_from_adapt(data, tmp_path):
@@ -181,7 +181,7 @@ def test_data_loaders_and_readapting_a_saved_model(data):
     assert model.fc.out_features == 2
     # the backbone came from the saved model, the head is new
     assert torch.equal(model.state_dict()["conv1.0.weight"], base.state_dict()["conv1.0.weight"])
-    assert zoo.load("ab").zoo_classes == ["a", "b"]
+    assert zoo.load("ab").zoo.classes == ["a", "b"]
     # same classes: the saved head is kept and trained further
     _again, hist = zoo.adapt(
         "ab", train, classes=["a", "b"], policy="linear-probe", epochs=1, feature_cache=True
@@ -256,7 +256,7 @@ def test_cli_adapt_json_and_errors(data, capsys, _isolated_zoo):
     doc = json.loads(capsys.readouterr().out)
     assert doc["name"] == "cli-probe" and doc["feature_cache"] is True
     assert len(doc["epochs"]) == 2 and doc["policy"] == "zoo:linear-probe"
-    assert zoo.load("cli-probe").zoo_classes == ["blue", "green", "red"]
+    assert zoo.load("cli-probe").zoo.classes == ["blue", "green", "red"]
     before = _store_listing(_isolated_zoo)
     assert main(argv) == 1
     assert "already saved" in capsys.readouterr().err

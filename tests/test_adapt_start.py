@@ -119,7 +119,7 @@ def test_a_new_head_keeps_the_base_and_saves_as_a_delta(data):
     assert set(meta.trained) == {"fc.weight", "fc.bias"}
     assert "fc.weight" not in meta.base_tensors  # the new head is stored in the delta
     loaded = zoo.load("two")
-    assert loaded.zoo_classes == ["green", "red"]
+    assert loaded.zoo.classes == ["green", "red"]
     for name, tensor in loaded.state_dict().items():
         torch.testing.assert_close(tensor, model.state_dict()[name])
     # a full save records the base too
@@ -145,7 +145,7 @@ def test_weights_bring_their_input_config(data):
     no_size = {k: v for k, v in FAST.items() if k != "image_size"}
     model, history = zoo.adapt(BACKBONE, data / "train", policy="full", weights="small", **no_size)
     assert history.input_size == [3, 32, 32]  # not test_resnet's own 160 px
-    assert list(model.zoo_input_config.mean) == [0.5, 0.5, 0.5]
+    assert list(model.zoo.input_config.mean) == [0.5, 0.5, 0.5]
     assert "weights of saved model 'small'" in history.start
     assert any("32 px" in n and "trained with" in n for n in history.notes)
     # explicit options still win, and the note says so
@@ -153,7 +153,7 @@ def test_weights_bring_their_input_config(data):
         BACKBONE, data / "train", policy="full", weights="small", **{**no_size, "image_size": 40}
     )
     assert history.input_size == [3, 40, 40]
-    assert list(model.zoo_input_config.std) == [0.25, 0.25, 0.25]
+    assert list(model.zoo.input_config.std) == [0.25, 0.25, 0.25]
     assert any("40 px" in n and "image size given" in n for n in history.notes)
 
 
@@ -172,7 +172,7 @@ def test_cli_name_is_a_store_name_and_output_takes_paths(data, tmp_path, _isolat
     assert not evil.exists() and not (_isolated_zoo / "models").exists()
     out = tmp_path / "out.safetensors"
     assert main([*argv[3:], "--output", str(out), "--policy", "linear-probe"]) == 0
-    assert zoo.load(out).zoo_classes == ["blue", "green", "red"]
+    assert zoo.load(out).zoo.classes == ["blue", "green", "red"]
 
 
 # ---------------------------------------------------------------- item 7: what a person reads

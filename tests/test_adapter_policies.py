@@ -294,7 +294,7 @@ def test_adapt_trains_only_adapters_and_head(colours):
         batch_size=8,
         lr=1e-2,
     )
-    plan = model.zoo_plan
+    plan = model.zoo.plan
     assert plan.policy == "zoo:lora" and plan.additions
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trained == set(plan.added_names) | {"fc.weight", "fc.bias"}
@@ -329,7 +329,7 @@ def test_compare_accepts_adapter_policies(colours, tmp_path):
     assert set(rows) == {"lora", "ssf"}
     assert rows["ssf"].trainable_params < rows["lora"].trainable_params
     winner = result.model
-    assert zoo.adapters(winner) and winner.zoo_plan.additions
+    assert zoo.adapters(winner) and winner.zoo.plan.additions
     assert zoo.check_frozen(winner, reference).ok
 
 

@@ -157,7 +157,7 @@ def test_inject_is_idempotent_and_refuses_a_conflicting_adapter():
     with pytest.raises(zoo.AdapterError, match=r"already holds a zoo:lora adapter.*rank=2"):
         zoo.freeze(model, "lora:rank=4,targets=blocks.*.qkv")
     assert {n for n, _ in model.named_parameters()} == set(before)
-    assert model.zoo_plan is plan
+    assert model.zoo.plan is plan
 
 
 def test_inject_refuses_unknown_targets_and_wrong_shapes_before_changing_anything():
@@ -216,7 +216,7 @@ def test_injected_model_table_copy_pickle_and_removal():
     assert len(removed) == 2 and zoo.adapters(model) == []
     assert not any("lora" in n for n in model.state_dict())
     assert not model.blocks[0].qkv._forward_hooks
-    assert not model.zoo_plan.additions
+    assert not model.zoo.plan.additions
 
 
 def test_check_frozen_covers_injected_models():

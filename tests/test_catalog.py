@@ -246,13 +246,13 @@ def test_create_resolves_through_the_installed_catalog(zoo_register_plugin):
     zoo_register_plugin(make_plugin("alpha", backbones=("net",), tags=("in1k",)), name="alpha")
     model = zoo.create("alpha:net.in1k", num_classes=5, pretrained=True)
     assert model.out_features == 5
-    assert model.zoo_build["backbone"] == "alpha:net"
-    assert model.zoo_build["tag"] == "in1k"
-    assert model.zoo_build["num_classes"] == 5
-    assert model.zoo_input_config.input_size == (3, 64, 64)  # the tag's input config
+    assert model.zoo.build.backbone == "alpha:net"
+    assert model.zoo.build.tag == "in1k"
+    assert model.zoo.build.num_classes == 5
+    assert model.zoo.input_config.input_size == (3, 64, 64)  # the tag's input config
     untrained = zoo.create("alpha:net.in1k", num_classes=5)  # a tag names weights only
-    assert untrained.zoo_build["tag"] is None
-    assert untrained.zoo_input_config.input_size == (3, 224, 224)
+    assert untrained.zoo.build.tag is None
+    assert untrained.zoo.input_config.input_size == (3, 224, 224)
     assert zoo.list_backbones("alpha:*") == ["alpha:net"]
     assert zoo.list_backbones("alpha:*", pretrained=True) == ["alpha:net.in1k"]
     assert zoo.get_backbone("net").plugin == "alpha"

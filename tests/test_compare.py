@@ -97,7 +97,7 @@ def test_json_is_exactly_the_documented_shape_and_halving_drops_candidates(
 
     # the winner is saved with the leaderboard, and `zoo inspect` shows it
     model = zoo.load("best")
-    assert model.zoo_plan.spec_text == doc["winner"]["policy"]
+    assert model.zoo.plan.spec_text == doc["winner"]["policy"]
     board = zoo.inspect("best").metadata.compare
     assert board["winner"] == doc["winner"]["policy"]
     assert [r["policy"] for r in board["candidates"]] == [r["policy"] for r in rows]
@@ -121,10 +121,10 @@ def test_prefix_frozen_candidates_train_on_boundary_activations(data):
     assert on["zoo:train-last:n=1"] == "activations at 'layer4'"
     assert on["zoo:full"] == "images"
     model, history, board = result
-    assert model.zoo_plan.spec_text == board.winner.policy
+    assert model.zoo.plan.spec_text == board.winner.policy
     assert board.winner.policy.startswith(history.policy)  # the qualified name, arguments after
     assert len(history.epochs) == board.winner.epochs
-    assert model.zoo_compare["winner"] == board.winner.policy
+    assert model.zoo.compare["winner"] == board.winner.policy
     assert "compare:" in history.notes[0]
 
 

@@ -42,7 +42,7 @@ def test_auto_with_validation_data_measures_and_trains_the_winner(data, weights)
     assert "policies on the validation set" in note and " won (val acc " in note
     winner = note.split(": ", 1)[1].split(" won", 1)[0]
     assert history.policy != "zoo:auto"
-    assert short_policy(model.zoo_plan.spec_text) == winner
+    assert short_policy(model.zoo.plan.spec_text) == winner
     assert len(history.epochs) == 2  # the winner trained for the asked epochs
     assert not any("guessed" in n for n in history.notes)
 
@@ -88,7 +88,7 @@ def test_leaderboard_metadata_round_trips(data, tmp_path):
     again = zoo.inspect(path).metadata.compare
     assert again["winner"] == board.winner.policy
     assert [r["policy"] for r in again["candidates"]] == [r.policy for r in board.rows]
-    assert zoo.load(path).zoo_plan.spec_text == board.winner.policy
+    assert zoo.load(path).zoo.plan.spec_text == board.winner.policy
 
 
 def _hostile(board: dict) -> list[dict]:

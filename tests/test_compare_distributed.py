@@ -83,8 +83,8 @@ def test_compare_under_torchrun_two_processes(tmp_path, _isolated_zoo):
     # only rank 0 saved the winner, with its leaderboard
     assert sorted(p.name for p in (_isolated_zoo / "models").iterdir()) == ["ddp-compare"]
     saved = zoo.load("ddp-compare")
-    assert saved.zoo_classes == ["blue", "green", "red"]
-    assert boards[0]["winner"].startswith(saved.zoo_plan.policy)
+    assert saved.zoo.classes == ["blue", "green", "red"]
+    assert boards[0]["winner"].startswith(saved.zoo.plan.policy)
     for key, value in saved.state_dict().items():
         assert torch.equal(value, rank0[key]), key
     metadata = zoo.inspect("ddp-compare").metadata.compare

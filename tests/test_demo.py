@@ -39,12 +39,12 @@ def test_demo_fast_compares_and_saves_the_winner(capsys, _isolated_zoo):
     assert names == ["demo-digits", SOURCE_NAME]
     assert doc["best"] == "demo-digits"
     saved = zoo.load("demo-digits")
-    assert saved.zoo_classes == ["5", "6", "7", "8", "9"]
-    assert saved.zoo_plan.policy == "zoo:" + doc["winner"].split(":")[0]
+    assert saved.zoo.classes == ["5", "6", "7", "8", "9"]
+    assert saved.zoo.plan.policy == "zoo:" + doc["winner"].split(":")[0]
     board = zoo.inspect("demo-digits").metadata.compare
     assert board["winner"].removeprefix("zoo:") == doc["winner"]
     assert len(board["candidates"]) == len(LADDER)
-    assert zoo.load(SOURCE_NAME).zoo_classes == ["0", "1", "2", "3", "4"]
+    assert zoo.load(SOURCE_NAME).zoo.classes == ["0", "1", "2", "3", "4"]
 
 
 def test_digit_folders(tmp_path):
@@ -110,8 +110,8 @@ def test_demo_suggests_commands_that_work_offline(capsys, tmp_path, _isolated_zo
     assert main([*argv(adapt, "mine"), "--epochs", "1", "--policy", "linear-probe"]) == 0
     text = capsys.readouterr().out
     assert f"weights of saved model {SOURCE_NAME!r}" in text
-    assert zoo.load("mine").zoo_input_config.input_size == (3, FAST.image_size, FAST.image_size)
-    assert zoo.load("compared").zoo_input_config.input_size == (
+    assert zoo.load("mine").zoo.input_config.input_size == (3, FAST.image_size, FAST.image_size)
+    assert zoo.load("compared").zoo.input_config.input_size == (
         3,
         FAST.image_size,
         FAST.image_size,

@@ -77,10 +77,10 @@ def test_gradual_under_torchrun_two_processes(tmp_path, _isolated_zoo):
     assert history["train_images"] == 24
     # only rank 0 saved; the store has the model with the last plan and the class names
     saved = zoo.load("ddp-gradual")
-    assert saved.zoo_classes == ["blue", "green", "red"]
-    assert saved.zoo_plan.policy == "zoo:gradual"
-    assert "layer3.0.conv1.weight" in saved.zoo_plan.trainable
-    assert "layer2.0.conv1.weight" not in saved.zoo_plan.trainable
+    assert saved.zoo.classes == ["blue", "green", "red"]
+    assert saved.zoo.plan.policy == "zoo:gradual"
+    assert "layer3.0.conv1.weight" in saved.zoo.plan.trainable
+    assert "layer2.0.conv1.weight" not in saved.zoo.plan.trainable
     for key, value in saved.state_dict().items():
         assert torch.equal(value, rank0[key]), key
     assert sorted(p.name for p in (_isolated_zoo / "models").iterdir()) == ["ddp-gradual"]

@@ -99,7 +99,7 @@ def test_policy_freeze_holds_through_adamw_steps(model_key: str, policy: str) ->
     keys = set(model.state_dict())
     kwargs = {"epoch": 1} if policy == "gradual" else {}
     result = freeze(model, POLICIES[policy], **kwargs)
-    assert model.zoo_plan is result
+    assert model.zoo.plan is result
     assert set(model.state_dict()) == keys, "freezing must not add state-dict entries"
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(result.trainable)
@@ -231,7 +231,7 @@ def test_deepcopy_pickle_and_state_dict_survive_pinning() -> None:
         assert not clone.bn2.training and clone.fc.training
         pinned = clone.bn2.__dict__["train"]
         assert isinstance(pinned, PinnedTrain) and pinned.module is clone.bn2
-        assert clone.zoo_plan.trainable == model.zoo_plan.trainable
+        assert clone.zoo.plan.trainable == model.zoo.plan.trainable
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     assert buffer.tell() > 0
@@ -315,7 +315,7 @@ def test_snapshot_as_context_manager() -> None:
     model = Norms()
     freeze(model, "linear-probe")
     with snapshot(model) as snap:
-        opt = torch.optim.AdamW(model.zoo_plan.param_groups(model, lr=0.1, weight_decay=0.1))
+        opt = torch.optim.AdamW(model.zoo.plan.param_groups(model, lr=0.1, weight_decay=0.1))
         train_steps(model, opt, torch.randn(4, 3, 6, 6), steps=1)
     assert snap.report is not None and snap.report.ok
     with pytest.raises(zoo.FreezeViolationError), snapshot(model), torch.no_grad():

@@ -158,7 +158,7 @@ def test_with_trainable_and_model_object():
         p.requires_grad_(False)
     model.fc.weight.requires_grad_(True)
     table = zoo.params(model)
-    assert table.backbone == "timm:resnet18"  # found through model.zoo_build
+    assert table.backbone == "timm:resnet18"  # found through model.zoo.build
     assert table.trainable_numel == 512 * 3
     assert [r.name for r in table if r.trainable] == ["fc.weight"]
     both = table.with_trainable({"fc.weight", "fc.bias"})
@@ -206,7 +206,7 @@ def test_meta_build_allocates_no_storage():
     assert all(p.is_meta for p in model.parameters())
     assert all(b.is_meta for b in model.buffers())
     assert storage_bytes(model) == 0
-    assert model.zoo_build["backbone"] == "timm:convnext_atto"
+    assert model.zoo.build.backbone == "timm:convnext_atto"
 
 
 def test_billion_parameter_model_is_described_without_weights():
@@ -426,7 +426,7 @@ def test_plugin_answers_for_its_backbone(tiny_catalog):
     assert table.model_type.endswith("TinyNet")
     assert ("TinyNet", "tinynet") in plugin.calls
     assert [n.path for n in table.norms] == ["trunk.1"]
-    # a model built by zoo.create is recognised through model.zoo_build
+    # a model built by zoo.create is recognised through model.zoo.build
     model = zoo.create("tinynet", num_classes=3)
     assert zoo.params(model).grouped_by == "tiny"
     assert zoo.params(model)["fc.weight"].shape == (3, 8)

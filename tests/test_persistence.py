@@ -120,13 +120,13 @@ def test_round_trip_gives_bit_identical_outputs(backbone, kwargs, size, policy):
         assert torch.equal(loaded(x), expected)
     assert not loaded.training
     assert not any(p.requires_grad for p in loaded.parameters())
-    assert loaded.zoo_classes == ["cat", "dog", "eel"]
-    assert loaded.zoo_input_config == model.zoo_input_config
-    assert loaded.zoo_build["backbone"] == backbone
-    assert loaded.zoo_build["kwargs"] == kwargs
-    assert loaded.zoo_build["base"]["kind"] == "store"
-    assert loaded.zoo_metadata["zoo.kind"] == "full"
-    assert loaded.zoo_plan is None
+    assert loaded.zoo.classes == ["cat", "dog", "eel"]
+    assert loaded.zoo.input_config == model.zoo.input_config
+    assert loaded.zoo.build.backbone == backbone
+    assert loaded.zoo.build.kwargs == kwargs
+    assert loaded.zoo.base["kind"] == "store"
+    assert loaded.zoo.metadata["zoo.kind"] == "full"
+    assert loaded.zoo.plan is None
 
     zoo.freeze(model, policy)
     model.eval()
@@ -134,10 +134,10 @@ def test_round_trip_gives_bit_identical_outputs(backbone, kwargs, size, policy):
     again = zoo.load(path, trainable=True)  # re-applies the saved plan
     with torch.no_grad():
         assert torch.equal(again(x), expected)
-    assert again.zoo_plan.policy == model.zoo_plan.policy
-    assert again.zoo_plan.trainable == model.zoo_plan.trainable
-    assert again.zoo_plan.norms == model.zoo_plan.norms
-    assert [n for n, p in again.named_parameters() if p.requires_grad] == model.zoo_plan.trainable
+    assert again.zoo.plan.policy == model.zoo.plan.policy
+    assert again.zoo.plan.trainable == model.zoo.plan.trainable
+    assert again.zoo.plan.norms == model.zoo.plan.norms
+    assert [n for n, p in again.named_parameters() if p.requires_grad] == model.zoo.plan.trainable
 
 
 def test_metadata_records_everything_needed(tiny):
@@ -211,7 +211,7 @@ def test_paths_and_names(tiny, tmp_path):
     named = zoo.save(model, "named")
     assert named == store.models_dir() / "named" / "model.safetensors"
     for target in (single, tmp_path / "folder", "named"):
-        assert zoo.load(target).zoo_build["backbone"] == "tinyplug:tiny"
+        assert zoo.load(target).zoo.build.backbone == "tinyplug:tiny"
 
 
 def test_overwrite_is_refused_without_the_flag(tiny):
@@ -335,7 +335,7 @@ def base_file(tmp_path: Path, num_classes: int = 1000) -> Path:
 def test_delta_round_trip_is_small_and_exact(tmp_path):
     path = base_file(tmp_path)
     model = zoo.create("timm:resnet18", num_classes=3, weights=path)
-    assert model.zoo_build["base"]["kind"] == "file"
+    assert model.zoo.base["kind"] == "file"
     zoo.freeze(model, "linear-probe")
     with torch.no_grad():
         model.fc.weight.add_(1.0)
@@ -350,7 +350,7 @@ def test_delta_round_trip_is_small_and_exact(tmp_path):
     assert delta.stat().st_size < 0.01 * full.stat().st_size
     md = read_header(delta).metadata
     assert md["zoo.kind"] == "delta"
-    assert json.loads(md["zoo.base"])["sha256"] == model.zoo_build["base"]["sha256"]
+    assert json.loads(md["zoo.base"])["sha256"] == model.zoo.base["sha256"]
     with torch.no_grad():
         assert zoo.load("delta")(x).equal(expected)
         assert zoo.load("full")(x).equal(expected)
@@ -366,7 +366,7 @@ def test_a_delta_file_is_a_valid_starting_point_for_create(tmp_path):
     delta = zoo.save(model, tmp_path / "delta.safetensors", delta=True)
     again = zoo.create("timm:resnet18", num_classes=3, weights=delta)
     assert again.fc.weight.equal(model.fc.weight)
-    assert again.zoo_build["base"]["ref"] == str(delta.resolve())
+    assert again.zoo.base["ref"] == str(delta.resolve())
     again_head = zoo.create("timm:resnet18", num_classes=5, weights=delta)  # new head
     assert again_head.layer1[0].conv1.weight.equal(model.layer1[0].conv1.weight)
 
@@ -377,7 +377,7 @@ def test_delta_refuses_a_changed_base_naming_both_hashes(tmp_path):
     with torch.no_grad():
         model.fc.bias.add_(1.0)
     zoo.save(model, "d", delta=True)
-    recorded = model.zoo_build["base"]["sha256"]
+    recorded = model.zoo.base["sha256"]
     base_file(tmp_path, num_classes=3)  # different random weights under the same path
     with pytest.raises(BaseMismatchError) as info:
         zoo.load("d")
@@ -396,9 +396,9 @@ def test_delta_without_a_base_is_refused(tiny):
 
 def test_deltas_chain_through_store_entries(tiny):
     base = zoo.create("tinyplug:tiny", num_classes=2, pretrained="seeded")
-    assert base.zoo_build["base"] == {"kind": "pretrained", "ref": "tinyplug:tiny", "sha256": None}
+    assert base.zoo.base == {"kind": "pretrained", "ref": "tinyplug:tiny", "sha256": None}
     base = zoo.create("tinyplug:tiny.seeded", num_classes=2, pretrained=True)
-    assert base.zoo_build["base"]["ref"] == "tinyplug:tiny.seeded"
+    assert base.zoo.base["ref"] == "tinyplug:tiny.seeded"
     for name, p in base.named_parameters():
         p.requires_grad_(name.startswith("5."))  # train the head only
     with torch.no_grad():
@@ -407,7 +407,7 @@ def test_deltas_chain_through_store_entries(tiny):
     first = zoo.save(base, "first", delta=True)
     assert read_header(first).names == ["5.bias", "5.weight"]  # new head vs the 5-class one
     stage1 = zoo.load("first", trainable=True)
-    assert stage1.zoo_build["base"]["ref"] == "first"
+    assert stage1.zoo.base["ref"] == "first"
     with torch.no_grad():
         stage1[1].weight.mul_(2.0)
     stage1.eval()
@@ -519,7 +519,7 @@ def test_concurrent_saves_last_writer_wins_and_readers_see_whole_versions(tiny):
         try:
             while not stop.is_set():
                 model = zoo.load("shared")
-                expected = versions[model.zoo_classes[0]][1]
+                expected = versions[model.zoo.classes[0]][1]
                 for name, tensor in model.state_dict().items():
                     assert torch.equal(tensor, expected[name]), name
         except BaseException as exc:  # pragma: no cover - reported below

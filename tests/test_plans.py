@@ -391,7 +391,7 @@ def test_plan_accepts_a_model_and_does_not_touch_it(model):
     for name, param in model.named_parameters():
         assert param.requires_grad == before[name][0]
         assert torch.equal(param, before[name][1])
-    assert not hasattr(model, "zoo_plan")
+    assert not hasattr(model, "zoo")  # no record: nothing applied
     assert all(m.training for m in model.modules())
 
 

@@ -348,7 +348,7 @@ def test_zoo_extra_metadata_is_saved_with_the_model(zoo_register_plugin, tmp_pat
     zoo_register_plugin(Metadata(), name="stamp")
     zoo.save(zoo.create("stamp:lin", num_classes=3), tmp_path / "m.safetensors")
     loaded = zoo.load(tmp_path / "m.safetensors")
-    assert loaded.zoo_metadata["stamp.backbone"] == "stamp:lin"
+    assert loaded.zoo.metadata["stamp.backbone"] == "stamp:lin"
     assert loaded.out_features == 3
 
 

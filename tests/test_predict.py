@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
 def test_predict_topk_with_the_saved_preprocessing(trained):
     root, path, _ = trained
     model = zoo.load(path)
-    assert model.zoo_input_config.input_size == (3, 32, 32)
+    assert model.zoo.input_config.input_size == (3, 32, 32)
     images = sorted((root / "test").rglob("*.png"))
     predictions = zoo.predict(model, images, topk=5)
     assert len(predictions) == len(images)
@@ -57,7 +57,7 @@ def test_predict_topk_with_the_saved_preprocessing(trained):
     pil = Image.open(images[0])
     from zoo.adaptation.data import build_transform
 
-    tensor = build_transform(model.zoo_input_config)(pil.convert("RGB"))
+    tensor = build_transform(model.zoo.input_config)(pil.convert("RGB"))
     by_pil, by_tensor = zoo.predict(model, [pil, tensor], topk=2)
     assert [n for n, _ in by_pil.top] == [n for n, _ in by_tensor.top]
     assert [p for _, p in by_pil.top] == pytest.approx([p for _, p in by_tensor.top], abs=1e-6)

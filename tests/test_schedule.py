@@ -60,7 +60,7 @@ def test_gradual_on_resnet18_adds_groups_at_the_right_epochs():
     assert {table[n].group for n in milestones[10]} == {"stem"}
 
     opt = driver.optimizer(torch.optim.AdamW, lr=1e-2, weight_decay=0.05)
-    assert driver.epoch == 0 and model.zoo_plan is driver.plan
+    assert driver.epoch == 0 and model.zoo.plan is driver.plan
     assert [g["param_names"] for g in opt.param_groups] == [["fc.weight"], ["fc.bias"]]
     groups_at: dict[int, int] = {}
     for epoch in range(5):
@@ -101,7 +101,7 @@ def test_look_ahead_without_touching_the_model():
     ]
     assert sorted(driver.milestones(100)) == [3, 6, 9, 12]
     assert all(p.requires_grad for p in model.parameters())  # nothing applied yet
-    assert not hasattr(model, "zoo_plan")
+    assert not hasattr(model, "zoo")  # no record: nothing applied
     with pytest.raises(PolicyArgumentError, match="epoch must be an int >= 0"):
         driver.plan_at(-1)
 

@@ -65,7 +65,7 @@ def test_weights_check_names_an_unknown_tag():
 
 def test_a_tag_only_names_weights():
     model = zoo.create("timm:resnet18.a1_in1k", num_classes=4)
-    assert model.zoo_build["tag"] is None
+    assert model.zoo.build.tag is None
     assert model.fc.out_features == 4
 
 
@@ -88,10 +88,10 @@ def test_a_vit_built_with_img_size_records_the_size_it_accepts(tmp_path):
     model = zoo.create(
         "timm:vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, depth=1
     )
-    assert model.zoo_input_config.input_size == (3, 32, 32)
-    assert model.zoo_input_config.mean == (0.5, 0.5, 0.5)  # the rest is the backbone's config
+    assert model.zoo.input_config.input_size == (3, 32, 32)
+    assert model.zoo.input_config.mean == (0.5, 0.5, 0.5)  # the rest is the backbone's config
     path = zoo.save(model, tmp_path / "small-vit.safetensors")
     loaded = zoo.load(path)
-    assert loaded.zoo_input_config.input_size == (3, 32, 32)
+    assert loaded.zoo.input_config.input_size == (3, 32, 32)
     assert loaded(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
-    assert zoo.create("timm:vit_tiny_patch16_224").zoo_input_config.input_size == (3, 224, 224)
+    assert zoo.create("timm:vit_tiny_patch16_224").zoo.input_config.input_size == (3, 224, 224)

@@ -136,7 +136,7 @@ def test_summary_drops_restructured_text_markup():
 def test_create_with_a_new_head_and_without_one():
     model = zoo.create("torchvision:resnet18", num_classes=5).eval()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
-    assert model.zoo_build["backbone"] == "torchvision:resnet18"
+    assert model.zoo.build.backbone == "torchvision:resnet18"
     features = zoo.create("torchvision:mobilenet_v3_small", num_classes=0).eval()
     assert features(torch.randn(1, 3, 32, 32)).shape == (1, 1024)  # the hidden layer's output
     assert isinstance(features.classifier[3], torch.nn.Identity)
@@ -176,14 +176,15 @@ def test_pretrained_loads_from_the_torch_hub_cache_offline(empty_torch_hub):
 
     model = zoo.create("torchvision:resnet18", pretrained=True)
     assert torch.equal(model.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
-    assert model.zoo_classes == list(weights.meta["categories"])
+    assert model.zoo.classes == list(weights.meta["categories"])
+    assert not hasattr(model, "zoo_classes")  # the plugin's hint, read into the record
     metadata = tv_plugin.zoo_extra_metadata(model, zoo.get_backbone("torchvision:resnet18"))
     assert metadata["torchvision.weights"] == "ResNet18_Weights.IMAGENET1K_V1"
 
     tuned = zoo.create("torchvision:resnet18.IMAGENET1K_V1", pretrained=True, num_classes=3)
     assert tuned.fc.out_features == 3
     assert torch.equal(tuned.conv1.weight, reference.conv1.weight)
-    assert not hasattr(tuned, "zoo_classes")
+    assert tuned.zoo.classes is None and not hasattr(tuned, "zoo_classes")
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -192,8 +193,8 @@ def test_save_and_load_round_trip(tmp_path):
     loaded = zoo.load(tmp_path / "tv.safetensors")
     x = torch.randn(1, 3, 64, 64)
     assert torch.allclose(loaded(x), model(x))
-    assert loaded.zoo_build["backbone"] == "torchvision:shufflenet_v2_x0_5"
-    assert loaded.zoo_metadata["torchvision.version"]
+    assert loaded.zoo.build.backbone == "torchvision:shufflenet_v2_x0_5"
+    assert loaded.zoo.metadata["torchvision.version"]
 
 
 # ---------------------------------------------------------------- parameter groups

@@ -41,8 +41,8 @@ def test_a_v1_file_loads_as_the_model_it_was(v1_store, name):
     path = CORPUS / f"{name}.safetensors"
     model = zoo.load(path)
     assert probe(model) == pytest.approx(want["output"], abs=1e-5)
-    assert model.zoo_classes == want["classes"]
-    plan = model.zoo_plan
+    assert model.zoo.classes == want["classes"]
+    plan = model.zoo.plan
     assert (plan.policy if plan is not None else "") == want["policy"]
     assert [a.target for a in zoo.adapters(model)] == want["adapters"]
 

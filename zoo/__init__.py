@@ -37,8 +37,10 @@ if TYPE_CHECKING:
         predict,
         reset_catalog,
         save,
+        unwrap,
     )
     from zoo.core.catalog import Catalog
+    from zoo.core.record import ModelRecord
     from zoo.core.specs import AdapterSpec, BackboneSpec, InputConfig, ParamGroup, PolicySpec
     from zoo.errors import (
         AdaptArgumentError,
@@ -99,6 +101,7 @@ _LAZY: dict[str, str] = {
     "ModelBuildError": "zoo.errors",
     "ModelExistsError": "zoo.errors",
     "ModelNotFoundError": "zoo.errors",
+    "ModelRecord": "zoo.core.record",
     "NormInfo": "zoo.tables.table",
     "NormMode": "zoo.plans.plan",
     "ParamGroup": "zoo.core.specs",
@@ -145,6 +148,7 @@ _LAZY: dict[str, str] = {
     "reset_catalog": "zoo.api",
     "save": "zoo.api",
     "snapshot": "zoo.plans.freeze",
+    "unwrap": "zoo.api",
 }
 
 __all__ = sorted([*_LAZY, "__version__", "hookimpl", "hookspec"])

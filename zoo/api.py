@@ -19,6 +19,7 @@ from zoo.adaptation import compare as _compare
 from zoo.adaptation import job as _job
 from zoo.adaptation import predict as _predict
 from zoo.core.catalog import current_catalog, get_catalog, reset_catalog, set_catalog
+from zoo.core.record import unwrap
 from zoo.core.specs import BackboneSpec, PolicySpec
 from zoo.errors import PlanError
 from zoo.io import peft_format as _peft_format
@@ -59,6 +60,7 @@ __all__ = [
     "reset_catalog",
     "save",
     "set_catalog",
+    "unwrap",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -160,7 +162,8 @@ def params(model_or_name: nn.Module | str, **create_kwargs: Any) -> ParamTable:
     ``trainable`` column follows ``requires_grad``. Groups come from the first plugin whose
     ``zoo_param_groups`` answers validly (timm's ``group_matcher`` last), else a generic split
     of the module tree; the head is always ``model.get_classifier()``'s parameters, at
-    ``table.max_depth``. See ``docs/parameter-table.md``.
+    ``table.max_depth``. A wrapped model (``torch.compile``, DDP) is described as the model it
+    wraps (:func:`unwrap`). See ``docs/parameter-table.md``.
     """
     return table_for(model_or_name, catalog=get_catalog(), **create_kwargs)
 
@@ -205,10 +208,11 @@ def freeze(
 
     ``policy`` is a policy name or CLI form (``"freeze-to:depth=3"``) with keyword ``args``, or
     a :class:`~zoo.Plan` to apply as is. Afterwards ``requires_grad`` says what trains, norm
-    layers keep their mode through ``model.train()``, ``model.zoo_plan`` is the plan, and
+    layers keep their mode through ``model.train()``, ``model.zoo.plan`` is the plan, and
     ``plan.param_groups(model, lr=...)`` gives the optimizer groups. An adapter policy
     (``"lora:rank=8"``, ``"ssf"``, ``"vpt"``) first injects its adapters, which train with the
-    head while the rest is frozen.
+    head while the rest is frozen. A wrapped model (``torch.compile``, DDP) has the plan applied
+    to the model it wraps (:func:`unwrap`).
     """
     if isinstance(policy, Plan):
         if epoch is not None or args:

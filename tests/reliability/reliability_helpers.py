@@ -73,7 +73,7 @@ def make_version(value: int) -> nn.Module:
     with torch.no_grad():
         for tensor in model.state_dict().values():
             tensor.fill_(value)
-    model.zoo_classes = [label(value), "other"]
+    model.zoo.classes = [label(value), "other"]
     return model
 
 
@@ -83,7 +83,7 @@ def label(value: int) -> str:
 
 def version_of(model: nn.Module) -> str:
     """The label of a loaded version; fails if any tensor disagrees with it (a torn read)."""
-    name = model.zoo_classes[0]
+    name = model.zoo.classes[0]
     value = int(name[1:])
     for key, tensor in model.state_dict().items():
         assert torch.all(tensor == value), f"{key} of {name} holds other values: torn version"

@@ -207,7 +207,7 @@ def test_random_byte_flips_are_refused_or_change_nothing(saved_tiny, flips):
         return
     # only bytes that carry no content can change unnoticed (header padding, JSON spacing)
     assert version_of(model) == "v3"
-    assert model.zoo_metadata == read_header(saved_tiny).metadata
+    assert model.zoo.metadata == read_header(saved_tiny).metadata
     reference = read_file(saved_tiny).tensors
     for name, tensor in read_file(flipped).tensors.items():
         assert torch.equal(tensor, reference[name]) and tensor.dtype == reference[name].dtype

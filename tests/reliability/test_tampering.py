@@ -143,7 +143,7 @@ def test_a_delta_refuses_a_tampered_or_swapped_file_base(tiny, tmp_path):
     with torch.no_grad():
         model[5].bias.add_(1.0)
     delta = zoo.save(model, tmp_path / "delta.safetensors", delta=True)
-    recorded = model.zoo_build["base"]["sha256"]
+    recorded = model.zoo.base["sha256"]
 
     data = bytearray(base.read_bytes())
     data[-1] ^= 0x10

@@ -416,7 +416,7 @@ CONTRADICTIONS = {
 
 @pytest.mark.parametrize("key", sorted(CONTRADICTIONS))
 def test_metadata_contradicting_the_tensors_is_refused(key, tiny_file):
-    assert zoo.load(tiny_file).zoo_classes == ["cat", "dog"]
+    assert zoo.load(tiny_file).zoo.classes == ["cat", "dog"]
     rewrite(tiny_file, CONTRADICTIONS[key])
     for how, loader in {
         **loaders(),

@@ -114,8 +114,8 @@ def test_the_crafted_files_are_tiny_and_claim_their_size(tmp_path):
 def model_file(tmp_path_factory) -> Path:
     """A tiny two-class model saved to a file (input 32 x 32): what predict is asked about."""
     model = zoo.create("timm:test_resnet", num_classes=2)
-    model.zoo_input_config = InputConfig(input_size=(3, 32, 32))
-    model.zoo_classes = ["blue", "red"]
+    model.zoo.input_config = InputConfig(input_size=(3, 32, 32))
+    model.zoo.classes = ["blue", "red"]
     return zoo.save(model, tmp_path_factory.mktemp("model") / "m.safetensors")
 
 

@@ -141,7 +141,7 @@ def test_one_bad_entry_never_stops_the_store(store_with_bad, key, value, fragmen
     zoo.save(make_version(4), "good", overwrite=True)  # lists dependents of "good"
     store.remove("other")  # lists dependents of "other"
     assert [e.name for e in store.list_saved()] == ["bad", "good"]
-    assert zoo.load("good").zoo_classes == ["v4", "other"]
+    assert zoo.load("good").zoo.classes == ["v4", "other"]
     store.remove("bad")  # a broken entry can be removed too
     assert [e.name for e in store.list_saved()] == ["good"]
 
@@ -249,11 +249,11 @@ def test_plan_from_dict_refuses_non_finite_and_mistyped_fields():
 def test_save_refuses_what_load_would_refuse_before_any_write(tiny, change, fragment):
     model = make_version(1)
     if "classes" in change:
-        model.zoo_classes = change["classes"]
+        model.zoo.classes = change["classes"]
     if "input_config" in change:
-        model.zoo_input_config = change["input_config"]
+        model.zoo.input_config = change["input_config"]
     if "policy_args" in change:
-        model.zoo_plan = Plan.from_dict({**PLAN_OK, "args": change["policy_args"]})
+        model.zoo.plan = Plan.from_dict({**PLAN_OK, "args": change["policy_args"]})
     before = sorted(p.relative_to(store.zoo_home()) for p in store.zoo_home().rglob("*"))
     with pytest.raises(zoo.ZooError) as info:
         zoo.save(model, "m")
@@ -272,14 +272,14 @@ def test_save_refuses_what_load_would_refuse_before_any_write(tiny, change, frag
 
 def test_predict_refuses_a_bad_input_config_and_non_finite_outputs(tiny):
     model = make_version(1)
-    model.zoo_input_config = InputConfig(std=(0.0, 1.0, 1.0))  # set directly: not checked
+    model.zoo.input_config = InputConfig(std=(0.0, 1.0, 1.0))  # set directly: not checked
     image = torch.zeros(3, 32, 32)
     from PIL import Image
 
     picture = Image.new("RGB", (40, 40))
     with pytest.raises(zoo.ZooError, match=r"cannot prepare images for this model: .*std"):
         zoo.predict(model, picture)
-    model.zoo_input_config = InputConfig(input_size=(3, 32, 32))
+    model.zoo.input_config = InputConfig(input_size=(3, 32, 32))
     assert len(zoo.predict(model, picture)) == 1
     with torch.no_grad():
         model[5].weight.fill_(float("nan"))

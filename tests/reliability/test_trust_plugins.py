@@ -253,7 +253,7 @@ def test_hostile_extra_metadata_is_refused_and_recorded_and_the_save_goes_on(
         **{name: metadata_plugin(answer) for name, answer in HOSTILE_METADATA.items()}
     )
     path = zoo.save(zoo.create("rel:tiny", num_classes=2), tmp_path / "m.safetensors")
-    saved = {k: v for k, v in zoo.load(path).zoo_metadata.items() if not k.startswith("zoo.")}
+    saved = {k: v for k, v in zoo.load(path).zoo.metadata.items() if not k.startswith("zoo.")}
     saved.pop("format", None)
     assert saved == {"types.ok": "kept", "surrogate.ok": "kept", "weird.sub": "kept as str"}
     expected = {

@@ -28,6 +28,7 @@ from zoo.adaptation.inputs import prepare_data
 from zoo.adaptation.job import AdaptConfig, config_signature
 from zoo.adaptation.leaderboard import Leaderboard
 from zoo.adaptation.starting_point import check_start, check_target, choose_weights, prepare_model
+from zoo.core.record import attach_record, backbone_of
 from zoo.errors import AdaptArgumentError, ZooError, suggest
 from zoo.io.persistence import save
 from zoo.tables.build import table_for
@@ -266,7 +267,7 @@ def run(
             callback.on_start(
                 {
                     "start": start.description,
-                    "backbone": (getattr(model, "zoo_build", None) or {}).get("backbone"),
+                    "backbone": backbone_of(model),
                     "policies": [p.spec for p in planned],
                     "notes": notes,
                     "classes": list(data.classes),
@@ -303,7 +304,7 @@ def run(
             best = winner.model
             history = History(
                 epochs=list(winner.records),
-                backbone=(getattr(best, "zoo_build", None) or {}).get("backbone"),
+                backbone=backbone_of(best),
                 start=start.description,
                 policy=winner.plan.policy,
                 policy_args=dict(winner.plan.args),
@@ -326,14 +327,14 @@ def run(
             )
             history.train_images = len(getattr(data.train, "dataset", data.train))
             history.val_images = len(getattr(data.val, "dataset", data.val))
-            best.zoo_input_config = config
-            best.zoo_classes = list(data.classes)
-            best.zoo_training = history.training_record(options.epochs)
-            best.zoo_compare = board.to_dict()
+            record = attach_record(best)
+            record.input_config = config
+            record.classes = list(data.classes)
+            record.training = history.training_record(options.epochs)
+            record.compare = board.to_dict()
             best.eval()
             if options.name is not None:
                 if ctx.is_main:
-                    best.zoo_history = history
                     history.path = str(
                         save(
                             best,
@@ -348,7 +349,6 @@ def run(
             if options.plot is not None and ctx.is_main:
                 write_plot(board, options.plot)
             history.total_seconds = time.perf_counter() - t_start
-            best.zoo_history = history
             callback.on_end(history)
             return CompareResult(best, history, board)
     finally:

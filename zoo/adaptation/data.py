@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from torch.utils.data import Dataset
 
+from zoo.core.record import record_of, unwrap
 from zoo.core.specs import InputConfig
 from zoo.errors import DataError, ModelNotFoundError, ZooError
 from zoo.io.fileformat import open_regular
@@ -476,10 +477,11 @@ class ImageDataset(Dataset):
 
 
 def input_config_of(model: nn.Module) -> InputConfig:
-    """The input config of ``model``: ``model.zoo_input_config``, else timm's data config."""
-    config = getattr(model, "zoo_input_config", None)
-    if isinstance(config, InputConfig):
-        return config
+    """The input config of ``model``: ``model.zoo.input_config``, else timm's data config."""
+    record = record_of(model)
+    if record is not None and isinstance(record.input_config, InputConfig):
+        return record.input_config
+    model = unwrap(model)
     try:
         from timm.data import resolve_data_config
 

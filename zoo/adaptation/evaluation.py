@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from zoo.adaptation.inputs import is_loader
+from zoo.core.record import record_of
 from zoo.errors import AdaptArgumentError, DataError
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def evaluate(
     device: str | None = None,
 ) -> Evaluation:
     """Accuracy of ``model`` on an image folder (its class folders must be among
-    ``model.zoo_classes``) or a data loader, with the evaluation transform of the model's
+    ``model.zoo.classes``) or a data loader, with the evaluation transform of the model's
     input config."""
     import torch
 
@@ -53,7 +54,8 @@ def evaluate(
     if is_loader(data):
         loader = data
     else:
-        classes = getattr(model, "zoo_classes", None)
+        record = record_of(model)
+        classes = record.classes if record is not None else None
         folder = scan_image_folder(data, classes=classes)
         dataset = ImageDataset.from_folder(folder, build_transform(input_config_of(model)))
         loader = make_loader(dataset, LoaderSpec(batch_size=batch_size), shuffle=False)

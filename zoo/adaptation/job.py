@@ -40,6 +40,7 @@ from zoo.adaptation.starting_point import (
     saved_input_config,
 )
 from zoo.adaptation.training import LR_SCHEDULES, OPTIMIZERS, run_training
+from zoo.core.record import attach_record, backbone_of
 from zoo.core.specs import CROP_MODES, INTERPOLATIONS, MAX_IMAGE_SIDE, InputConfig
 from zoo.errors import AdaptArgumentError, DataError, ZooError
 from zoo.io.metadata import MAX_TEXT, class_name_problem
@@ -289,7 +290,6 @@ def run(
                 if options.name is not None:
                     _save(model, data, history, options, keeper=keeper, ctx=ctx, catalog=catalog)
             history.total_seconds = time.perf_counter() - t_start
-            model.zoo_history = history
             callback.on_end(history)
             return AdaptResult(model, history)
     finally:
@@ -332,7 +332,7 @@ def _train(
     plan = planner.step(0).plan
     _check_random_start(model, plan, start)
     history = History(
-        backbone=(getattr(model, "zoo_build", None) or {}).get("backbone"),
+        backbone=backbone_of(model),
         start=start.description
         if start.description == start_desc
         else f"{start_desc}, {start.description}",
@@ -387,7 +387,7 @@ def _train(
     history.policy, history.policy_args = final.policy, dict(final.args)
     history.notes = [*start_notes, *final.notes]
     history.notes += _training_notes(history)
-    model.zoo_training = history.training_record(options.epochs)  # zoo.training
+    attach_record(model).training = history.training_record(options.epochs)  # zoo.training
     model.eval()
     return history
 
@@ -406,7 +406,6 @@ def _save(
     save that fails says that the trained run is kept and how to save it without training."""
     assert options.name is not None
     if ctx.is_main:
-        model.zoo_history = history
         try:
             path = save(
                 model,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from zoo.core.record import record_of
 from zoo.errors import DataError, ZooError
 from zoo.io.persistence import load
 
@@ -124,13 +125,13 @@ def _source(item: ImageLike, index: int) -> str:
 
 
 def _checked_config(config: InputConfig) -> InputConfig:
-    """``config`` checked (a model's ``zoo_input_config`` may have been set to anything)."""
+    """``config`` checked (a model's ``zoo.input_config`` may have been set to anything)."""
     try:
         return config.checked()
     except ZooError as exc:
         raise ZooError(
             f"cannot prepare images for this model: {exc}; set "
-            "model.zoo_input_config to a valid zoo.InputConfig"
+            "model.zoo.input_config to a valid zoo.InputConfig"
         ) from None
 
 
@@ -151,12 +152,13 @@ def predict(
     ``images``: one or a list of image paths, PIL images, or tensors already prepared
     (``(C, H, W)`` or a ``(N, C, H, W)`` batch). A folder stands for the image files in it,
     sorted by path (:func:`image_files`; its subfolders too with ``recursive=True``). Paths
-    and PIL images go through the evaluation transform of ``model.zoo_input_config``, in
-    batches of ``batch_size``. Class names come from ``model.zoo_classes`` (indices as
-    strings when the model has none). Returns one :class:`Prediction` per image, in order.
-    An unreadable image raises :class:`~zoo.DataError` naming it; with
-    ``errors="report"`` its prediction has no classes and the reason in ``error`` instead,
-    and the other images are still predicted.
+    and PIL images go through the evaluation transform of ``model.zoo.input_config``, in
+    batches of ``batch_size``. Class names come from ``model.zoo.classes`` (indices as
+    strings when the model has none). A wrapped model (``torch.compile``, DDP) runs as it is;
+    its record is read from the model it wraps (:func:`zoo.unwrap`). Returns one
+    :class:`Prediction` per image, in order. An unreadable image raises :class:`~zoo.DataError`
+    naming it; with ``errors="report"`` its prediction has no classes and the reason in
+    ``error`` instead, and the other images are still predicted.
     """
     import torch
 
@@ -179,7 +181,8 @@ def predict(
             device = next(model.parameters()).device
         except StopIteration:
             device = torch.device("cpu")
-    classes = getattr(model, "zoo_classes", None)
+    record = record_of(model)
+    classes = record.classes if record is not None else None
     model.eval()
     results: list[Prediction | None] = [None] * len(items)
     for start in range(0, len(items), batch_size):

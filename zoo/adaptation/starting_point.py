@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.adaptation.checkpoint import seed_python_rngs
 from zoo.core.create import attach_build_info
+from zoo.core.record import attach_record, record_of, unwrap
 from zoo.core.specs import InputConfig
 from zoo.errors import (
     AdaptArgumentError,
@@ -191,18 +192,19 @@ def build_model(
     kwargs: Mapping[str, Any],
     catalog: Catalog,
 ) -> nn.Module:
-    """The model to adapt, with a classifier for ``classes``."""
+    """The model to adapt, with a classifier for ``classes``; a wrapped module
+    (``torch.compile``, DDP) is adapted as the model it wraps."""
     from torch import nn
 
     if isinstance(backbone_or_model, nn.Module):
-        model = backbone_or_model
+        model = unwrap(backbone_or_model)
         _ensure_build_info(model, catalog)
         _fit_head(model, len(classes))
         return model
     text = str(backbone_or_model)
     if is_path_target(backbone_or_model) or _store_path(text) is not None:
         saved = load(backbone_or_model, trainable=True, catalog=catalog)
-        old = getattr(saved, "zoo_classes", None)
+        old = saved.zoo.classes
         if (old is not None and list(old) == list(classes)) or (
             old is None and _num_outputs(saved) == len(classes)
         ):
@@ -225,20 +227,20 @@ def build_model(
     if weights is not None:
         saved = saved_input_config(weights)
         if saved is not None:  # the input config the weights were trained with
-            model.zoo_input_config = saved
+            model.zoo.input_config = saved
     return model
 
 
 def check_savable(model: nn.Module, *, name: str | None, delta: bool | None) -> None:
     """Refuse, before training, a save under ``name`` that could not happen afterwards."""
-    build = getattr(model, "zoo_build", None) or {}
-    if delta and name is not None and not build.get("base"):
+    record = record_of(model)
+    if delta and name is not None and not (record is not None and record.base):
         raise MissingBaseError(
             "delta=True saves only what differs from recorded starting weights, and this "
             "model has none (random weights); start from pretrained weights, weights=FILE "
             "or a saved model, or save in full (delta=False)"
         )
-    if name is not None and not build:
+    if name is not None and (record is None or record.build is None):
         raise ZooError(
             f"cannot save this {type(model).__name__} as {str(name)!r}: zoo only saves models "
             "it can rebuild (built by zoo.create, loaded by zoo.load, or a timm model); "
@@ -281,8 +283,9 @@ def prepare_model(
     )
     check_savable(model, name=name, delta=delta)
     config = with_overrides(input_config_of(model), image_size=image_size, overrides=input_config)
-    model.zoo_input_config = config
-    model.zoo_classes = list(classes)
+    record = attach_record(model)
+    record.input_config = config
+    record.classes = list(classes)
     model.to(device)
     return model, config
 
@@ -306,10 +309,10 @@ def _with_new_head(saved: nn.Module, num_classes: int, catalog: Catalog) -> nn.M
     is copied; a saved model trained for other classes keeps its features, not its head.
     """
 
-    build = dict(saved.zoo_build)
-    name = build["backbone"]  # no tag: a tag names weights, and these come from the saved model
+    record = saved.zoo
+    name = record.build.backbone  # no tag: a tag names weights, these come from the saved model
     # the kwargs were checked when the model was loaded (zoo.io.build_args.check_saved_kwargs)
-    fresh = create_model(catalog, name, num_classes=num_classes, **dict(build.get("kwargs") or {}))
+    fresh = create_model(catalog, name, num_classes=num_classes, **dict(record.build.kwargs))
     state = saved.state_dict()
     own = fresh.state_dict()
     head = set(classifier_param_names(fresh))
@@ -322,38 +325,40 @@ def _with_new_head(saved: nn.Module, num_classes: int, catalog: Catalog) -> nn.M
     fresh.load_state_dict(
         {k: v for k, v in state.items() if k in own and k not in skip}, strict=False
     )
-    fresh.zoo_input_config = saved.zoo_input_config
-    if build.get("base"):  # provenance: the new model still comes from the saved one
-        fresh.zoo_build["base"] = dict(build["base"])
+    fresh.zoo.input_config = record.input_config
+    if record.base:  # provenance: the new model still comes from the saved one
+        fresh.zoo.base = dict(record.base)
     return fresh
 
 
 def _num_outputs(model: nn.Module) -> int | None:
-    build = getattr(model, "zoo_build", None) or {}
-    if build.get("num_classes"):
-        return int(build["num_classes"])
+    record = record_of(model)
+    if record is not None and record.build is not None and record.build.num_classes:
+        return int(record.build.num_classes)
     value = getattr(model, "num_classes", None)
     return int(value) if isinstance(value, int) else None
 
 
 def _ensure_build_info(model: nn.Module, catalog: Catalog) -> None:
-    """Give a model built outside zoo ``zoo_build`` (so it can be saved) when a plugin says
-    which backbone it is (hook ``zoo_identify_model``)."""
-    if getattr(model, "zoo_build", None):
+    """Give a model built outside zoo its record with build arguments (so it can be saved) when
+    a plugin says which backbone it is (hook ``zoo_identify_model``); its input config is the
+    one its own data config gives (timm's), unless it carries the hint ``zoo_input_config``."""
+    record = record_of(model)
+    if record is not None and record.build is not None:
         return
     spec = identify(model, catalog)
     if spec is None:
         return
-    config = getattr(model, "zoo_input_config", None)
-    attach_build_info(
-        model, spec, tag=None, num_classes=getattr(model, "num_classes", None), kwargs={}
-    )
-    if config is not None:
-        model.zoo_input_config = config
-    else:
-        from zoo.adaptation.data import input_config_of
+    from zoo.adaptation.data import input_config_of
 
-        model.zoo_input_config = input_config_of(_without_zoo_config(model))
+    attach_build_info(
+        model,
+        spec,
+        tag=None,
+        num_classes=getattr(model, "num_classes", None),
+        kwargs={},
+        input_config=input_config_of(model),
+    )
 
 
 def identify(model: nn.Module, catalog: Catalog) -> BackboneSpec | None:
@@ -369,12 +374,6 @@ def identify(model: nn.Module, catalog: Catalog) -> BackboneSpec | None:
     return None
 
 
-def _without_zoo_config(model: nn.Module) -> nn.Module:
-    if hasattr(model, "zoo_input_config"):
-        del model.zoo_input_config
-    return model
-
-
 def _fit_head(model: nn.Module, num_classes: int) -> None:
     current = _num_outputs(model)
     if current == num_classes:
@@ -382,7 +381,7 @@ def _fit_head(model: nn.Module, num_classes: int) -> None:
     reset = getattr(model, "reset_classifier", None)
     if callable(reset):
         reset(num_classes)
-        build = getattr(model, "zoo_build", None)
-        if isinstance(build, dict):
-            build["num_classes"] = num_classes
+        record = record_of(model)
+        if record is not None and record.build is not None:
+            record.build = replace(record.build, num_classes=num_classes)
     # otherwise checked on the first batch: the logits must have num_classes columns

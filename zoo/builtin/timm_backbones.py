@@ -186,7 +186,8 @@ def create_timm_model(
     cfg = getattr(model, "pretrained_cfg", None) or {}
     default = tuple(cfg.get("input_size") or ())
     if size is not None and len(default) == 3 and size != default[1:]:
-        # built with img_size=...: the pretrained config's size is not what it accepts
+        # built with img_size=...: the pretrained config's size is not what it accepts; the
+        # hint becomes the model's model.zoo.input_config
         fields = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
         config = _input_config(SimpleNamespace(**{k: cfg.get(k) for k in fields}))
         model.zoo_input_config = replace(config, input_size=(default[0], *size))

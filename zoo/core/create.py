@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from zoo.core.record import BuildArgs, ModelRecord
 from zoo.core.specs import BackboneSpec, InputConfig
 from zoo.errors import ModelBuildError, ZooError
 
@@ -24,7 +25,7 @@ def build(
     """Build ``spec`` through its plugin and record how (:func:`attach_build_info`).
 
     With ``pretrained`` the weights of ``tag`` (or the default ones) are loaded; without it a
-    tag is ignored. ``model.zoo_build`` records the tag only when weights were loaded.
+    tag is ignored. ``model.zoo.build`` records the tag only when weights were loaded.
     """
     kwargs = dict(kwargs or {})
     if not pretrained:
@@ -73,21 +74,27 @@ def attach_build_info(
     tag: str | None,
     num_classes: int | None,
     kwargs: dict[str, Any],
-) -> None:
-    """Record on ``model`` how to rebuild it: ``model.zoo_build`` and ``model.zoo_input_config``
-    (the spec's config for ``tag``, unless the plugin's ``create`` set an :class:`InputConfig`
-    of its own on the model: the image size of a ViT built with ``img_size=``).
+    input_config: InputConfig | None = None,
+) -> ModelRecord:
+    """Give a freshly built ``model`` its record, ``model.zoo`` (:class:`ModelRecord`): how to
+    rebuild it (saving stores it, loading rebuilds from it, tables use it to find the spec) and
+    its input config: ``input_config``, by default the spec's config for ``tag``.
 
-    ``zoo_build`` is ``{"backbone": "plugin:name", "tag": ..., "num_classes": ..., "kwargs":
-    {...}}``; saving stores it, loading rebuilds from it, tables use it to find the spec.
+    A plugin's ``create`` may set two *hints* on the model it returns, which win and are then
+    removed: ``model.zoo_input_config`` (an :class:`InputConfig`: the image size of a ViT built
+    with ``img_size=``) and ``model.zoo_classes`` (a list of class names: the categories of its
+    pretrained head). A hint of another type is ignored.
     """
-    model.zoo_build = {  # type: ignore[assignment]
-        "backbone": spec.qualified_name,
-        "tag": tag,
-        "num_classes": num_classes,
-        "kwargs": dict(kwargs),
-    }
-    own = getattr(model, "zoo_input_config", None)  # a plugin's create may know better
-    model.zoo_input_config = (  # type: ignore[assignment]
-        own if isinstance(own, InputConfig) else spec.input_config_for(tag)
+    classes = model.__dict__.pop("zoo_classes", None)
+    hint = model.__dict__.pop("zoo_input_config", None)
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        classes = None
+    if isinstance(hint, InputConfig):
+        input_config = hint
+    record = ModelRecord(
+        build=BuildArgs(spec.qualified_name, num_classes, dict(kwargs), tag),
+        input_config=input_config or spec.input_config_for(tag),
+        classes=list(classes) if classes is not None else None,
     )
+    model.zoo = record  # type: ignore[assignment]
+    return record

@@ -40,12 +40,12 @@ def create_model(
     model = build(spec, tag=tag, num_classes=num_classes, pretrained=pretrained, kwargs=kwargs)
     if pretrained:  # the base a delta save refers to (zoo.io.persistence)
         ref = spec.qualified_name + (f".{tag}" if tag else "")
-        model.zoo_build["base"] = {"kind": "pretrained", "ref": ref, "sha256": None}
+        model.zoo.base = {"kind": "pretrained", "ref": ref, "sha256": None}
     if weights is not None:
         path = Path(weights)
         resolved = file_state(path, catalog=catalog)  # a zoo delta is merged with its base here
         load_weights(model, resolved.tensors, head=spec.head, source=str(path))
-        model.zoo_build["base"] = {
+        model.zoo.base = {
             "kind": "file",
             "ref": str(path.resolve()),
             "sha256": resolved.sha256,

@@ -109,8 +109,8 @@ _SAVE_HINTS = {
     "zoo.build": "the model's architecture arguments (zoo.create keyword arguments) must be "
     "JSON values of valid text",
     "zoo.classes": "pass class names that are valid text without control characters "
-    "(classes=[...] or model.zoo_classes)",
-    "zoo.input_config": "give the model a valid input config (model.zoo_input_config, a "
+    "(classes=[...] or model.zoo.classes)",
+    "zoo.input_config": "give the model a valid input config (model.zoo.input_config, a "
     "zoo.InputConfig)",
     "zoo.policy": "name the plan's policy with text without control characters",
     "zoo.policy_args": "use policy arguments that are finite numbers, valid text, lists or "

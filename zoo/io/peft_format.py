@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zoo.core.record import backbone_of, record_of, unwrap
 from zoo.errors import (
     AmbiguousNameError,
     CorruptFileError,
@@ -297,6 +298,7 @@ def export_peft(
             f"export_peft expects a model or a saved model's name or path, got "
             f"{type(model).__name__}"
         )
+    model = unwrap(model)
     folder = Path(folder)
     additions = _adapters_of(model)
     if not additions:
@@ -465,11 +467,12 @@ def _modules_to_save(model: nn.Module, additions: list[Addition]) -> list[str]:
     """Modules whose own parameters trained (the head first of all), as PEFT's
     ``modules_to_save``: every trained parameter that is not an adapter's, by its module."""
     added = {n for a in additions for n in a.names}
-    plan = getattr(model, "zoo_plan", None)
+    record = record_of(model)
+    plan = record.plan if record is not None else None
     if plan is not None:
         trained = list(plan.trainable)
     else:
-        meta = getattr(model, "zoo_metadata", None) or {}
+        meta = record.metadata if record is not None else {}
         try:
             trained = json.loads(meta.get("zoo.trained", "[]"))
         except ValueError:
@@ -484,10 +487,9 @@ def _modules_to_save(model: nn.Module, additions: list[Addition]) -> list[str]:
 
 def _base_name(model: nn.Module) -> str | None:
     """``base_model_name_or_path``: the hub id of a timm pretrained base, else the bare name."""
-    build = getattr(model, "zoo_build", None) or {}
-    backbone = str(build.get("backbone", ""))
-    plugin, _, arch = backbone.partition(":")
-    base = build.get("base") or {}
+    record = record_of(model)
+    plugin, _, arch = (backbone_of(model) or "").partition(":")
+    base = (record.base if record is not None else None) or {}
     if base.get("kind") == "pretrained" and plugin == "timm":
         ref = str(base.get("ref", "")).partition(":")[2]
         if "." in ref:
@@ -498,12 +500,12 @@ def _base_name(model: nn.Module) -> str | None:
 def _weights_metadata(model: nn.Module) -> dict[str, str]:
     """``format: pt`` (as PEFT writes) and what zoo needs to build the base again (zoo
     seals the file, as every file it writes; PEFT ignores the extra metadata)."""
-    build = getattr(model, "zoo_build", None) or {}
+    record = record_of(model)
     metadata = {"format": "pt"}
-    if build.get("backbone"):
-        metadata["zoo.backbone"] = str(build["backbone"])
-        metadata["zoo.build_kwargs"] = json.dumps(dict(build.get("kwargs") or {}))
-    classes = getattr(model, "zoo_classes", None)
+    if record is not None and record.build is not None:
+        metadata["zoo.backbone"] = record.build.backbone
+        metadata["zoo.build_kwargs"] = json.dumps(dict(record.build.kwargs))
+    classes = record.classes if record is not None else None
     if classes:
         metadata["zoo.classes"] = json.dumps(list(classes), ensure_ascii=False)
     return metadata
@@ -788,8 +790,8 @@ class BaseRecipe:
             **self.kwargs,
         )
         if self.store_name is not None:  # a delta of it then refers to the entry by name
-            model.zoo_build["base"] = {
-                **model.zoo_build["base"],
+            model.zoo.base = {
+                **model.zoo.base,
                 "kind": "store",
                 "ref": self.store_name,
             }
@@ -937,13 +939,12 @@ def _apply(
             state[name].copy_(tensors[entry.name])
     classes = _classes(layout.header.metadata, model)
     if classes is not None:
-        model.zoo_classes = classes  # type: ignore[assignment]
+        model.zoo.classes = classes
     return model
 
 
 def _backbone(model: nn.Module) -> str:
-    build = getattr(model, "zoo_build", None) or {}
-    return str(build.get("backbone", type(model).__name__))
+    return backbone_of(model) or type(model).__name__
 
 
 def _classes(metadata: Mapping[str, str], model: nn.Module) -> list[str] | None:

@@ -6,7 +6,7 @@ plugin and loads the tensors strictly. A *delta* stores only what training chang
 reference to its base (pretrained weights, a file, or another store entry) and the base's hash;
 loading resolves the base again and refuses one whose hash differs. The base of a model is
 recorded when it is built: ``zoo.create(pretrained=True)``, ``zoo.create(weights=FILE)`` and
-``zoo.load(...)`` set ``model.zoo_build["base"]``.
+``zoo.load(...)`` set ``model.zoo.base``.
 
 A model with injected adapters (LoRA, SSF, VPT…) records them in ``zoo.adapters``; it saves as
 a delta of its base by default (the adapters, the head and whatever else changed), and loading
@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from zoo._version import __version__
 from zoo.core.create import attach_build_info
 from zoo.core.create import build as build_model
+from zoo.core.record import BuildArgs, ModelRecord, record_of, unwrap
 from zoo.core.specs import InputConfig
 from zoo.errors import (
     AdapterMergeError,
@@ -266,7 +267,7 @@ def save(
     separator or ending in ``.safetensors``. A ``.safetensors`` path is written as that single
     file; another path becomes a folder like a store entry.
 
-    ``classes`` (default ``model.zoo_classes``) names the outputs. ``delta=True`` stores only the
+    ``classes`` (default ``model.zoo.classes``) names the outputs. ``delta=True`` stores only the
     trained tensors and whatever else differs from the model's base (recorded at build time),
     with the base's hash; ``delta=False`` stores every tensor. The default, ``delta=None``, saves
     a model with injected adapters (``zoo.freeze(model, "lora")``) as a delta when it has a base
@@ -274,24 +275,58 @@ def save(
     other model in full. The adapters are recorded in ``zoo.adapters``. An existing model is
     only replaced with ``overwrite=True`` (:class:`~zoo.ModelExistsError`). The model must come
     from ``zoo.create`` or ``zoo.load``.
+
+    A wrapped model (``torch.compile``, DDP) saves as the model it wraps (:func:`zoo.unwrap`).
+    A model sharded with FSDP2's ``fully_shard`` is gathered to a full state dict on the CPU;
+    every process calls ``save``, process 0 writes, and every process returns the path (or
+    raises process 0's error).
     """
-    build = _build_of(model)
-    spec = _spec_of(build, catalog)
+    model = unwrap(model)
+    record = _record_of(model)
+    args = record.build
+    assert args is not None  # _record_of refuses a model without
+    spec = _spec_of(args.backbone, catalog)
     if spec is not None:  # refuse architecture arguments that loading would refuse
-        check_save_kwargs(spec, dict(build.get("kwargs") or {}))
+        check_save_kwargs(spec, dict(args.kwargs))
     target = resolve_target(name_or_path)
     check_free(target, overwrite)
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    plan = getattr(model, "zoo_plan", None)
+
+    def write(state: dict[str, torch.Tensor]) -> Path:
+        return _save_state(
+            model, record, spec, state, target, classes, delta, overwrite, catalog=catalog
+        )
+
+    if _is_sharded(model):
+        return _save_sharded(model, write)
+    return write({k: v.detach() for k, v in model.state_dict().items()})
+
+
+def _save_state(
+    model: nn.Module,
+    record: ModelRecord,
+    spec: BackboneSpec | None,
+    state: dict[str, torch.Tensor],
+    target: Target,
+    classes: Sequence[str] | None,
+    delta: bool | None,
+    overwrite: bool,
+    *,
+    catalog: Catalog,
+) -> Path:
+    """Write ``state`` (the model's full state dict) with the metadata ``record`` gives."""
+    args = record.build
+    assert args is not None
+    build = args.to_dict()
+    plan = record.plan
     trained = (
         list(plan.trainable)
         if plan is not None
         else [n for n, p in model.named_parameters() if p.requires_grad]
     )
-    num_classes = _num_classes(model, build)
-    names = _classes(model, classes, num_classes)
+    num_classes = _num_classes(model, args)
+    names = _classes(record, classes, num_classes)
     numel = {n: p.numel() for n, p in model.named_parameters()}
-    base = build.get("base")
+    base = record.base
     additions = injected_adapters(model)
     if delta is None:  # adapters save as a delta of their base when there is one
         delta = bool(additions) and bool(base)
@@ -314,28 +349,29 @@ def save(
             "base_tensors": sorted(set(state) - kept),
             "state_sha256": hash_tensors(state),
         }
+    input_config = record.input_config.to_dict() if record.input_config is not None else {}
     meta = ZooMetadata(
         format_version=FORMAT_VERSION,
         kind="delta" if delta else "full",
-        backbone=build["backbone"],
+        backbone=args.backbone,
         build=_jsonable_build(build),
         num_classes=num_classes,
         classes=names,
-        input_config=_input_config(model),
+        input_config=input_config,
         policy=plan.policy if plan is not None else "",
         policy_args=dict(plan.args) if plan is not None else {},
         plan=plan.to_dict() if plan is not None else None,
         trained=trained,
         num_params=sum(numel.values()),
         num_trained_params=sum(numel.get(n, 0) for n in trained),
-        base=base or None,
+        base=dict(base) if base else None,
         zoo_version=__version__,
-        plugins=plugin_versions(build["backbone"], plan, catalog, additions),
+        plugins=plugin_versions(args.backbone, plan, catalog, additions),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        timm_config=timm_config(model, names, _input_config(model), build, spec),
-        extra=plugin_metadata(model, build["backbone"], catalog),
-        training=getattr(model, "zoo_training", None),
-        compare=getattr(model, "zoo_compare", None),
+        timm_config=timm_config(model, names, input_config, build, spec),
+        extra=plugin_metadata(model, args.backbone, catalog),
+        training=record.training,
+        compare=record.compare,
         adapters=[a.to_dict() for a in additions],
         **meta_kwargs,
     )
@@ -349,49 +385,86 @@ def save(
     return target.model_path
 
 
-def _build_of(model: Any) -> dict[str, Any]:
-    build = getattr(model, "zoo_build", None)
-    if not isinstance(build, dict) or not isinstance(build.get("backbone"), str):
+def _record_of(model: nn.Module) -> ModelRecord:
+    record = record_of(model)
+    if record is None or not isinstance(record.build, BuildArgs):
         raise ZooError(
-            "zoo.save needs a model built by zoo.create or zoo.load (it reads model.zoo_build to "
+            "zoo.save needs a model built by zoo.create or zoo.load (it reads model.zoo.build to "
             "know how to rebuild it); build it with zoo.create(name, ...)"
         )
-    return build
+    return record
 
 
-def _spec_of(build: Mapping[str, Any], catalog: Catalog) -> BackboneSpec | None:
-    """The spec of the backbone ``build`` names (None when no installed plugin offers it)."""
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` is sharded across processes: FSDP2 ``fully_shard`` on it or a part of
+    it (whose parameters are DTensors, except the root's between a forward and a backward), or
+    any DTensor parameter."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(m, FSDPModule) for m in model.modules()) or any(
+        isinstance(p, DTensor) for p in model.parameters()
+    )
+
+
+def _save_sharded(model: nn.Module, write: Callable[[dict[str, torch.Tensor]], Path]) -> Path:
+    """Gather ``model``'s full state dict on the CPU of process 0 (a collective: every process
+    calls it), let process 0 ``write`` it, and hand its path or its error to every process."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)
+    outcome: list[str | None] = [None, None]  # the path, or process 0's error
+    error: Exception | None = None
+    if dist.get_rank() == 0:
+        try:
+            outcome[0] = str(write(state))
+        except Exception as exc:
+            error, outcome[1] = exc, f"{type(exc).__name__}: {exc}"
+    dist.broadcast_object_list(outcome, src=0)
+    if error is not None:
+        raise error
+    if outcome[1] is not None:
+        raise ZooError(f"process 0 could not save the model: {outcome[1]}")
+    return Path(str(outcome[0]))
+
+
+def _spec_of(backbone: str, catalog: Catalog) -> BackboneSpec | None:
+    """The spec of ``backbone`` (None when no installed plugin offers it)."""
     try:
-        return catalog.backbones.lookup(str(build["backbone"]))
+        return catalog.backbones.lookup(backbone)
     except ZooError:
         return None
 
 
-def _jsonable_build(build: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: build.get(k) for k in ("backbone", "tag", "num_classes", "kwargs")}
-    out["kwargs"] = dict(out["kwargs"] or {})
+def _jsonable_build(build: dict[str, Any]) -> dict[str, Any]:
     try:
-        json.dumps(out, allow_nan=False)
+        json.dumps(build, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ZooError(
-            f"the model's architecture arguments {out['kwargs']!r} cannot be saved ({exc}); "
+            f"the model's architecture arguments {build['kwargs']!r} cannot be saved ({exc}); "
             "zoo saves JSON values only (numbers, strings, lists, dicts)"
         ) from None
-    return out
+    return build
 
 
-def _num_classes(model: Any, build: Mapping[str, Any]) -> int | None:
-    value = build.get("num_classes")
+def _num_classes(model: nn.Module, args: BuildArgs) -> int | None:
+    value = args.num_classes
     if value is None:
         value = getattr(model, "num_classes", None)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _classes(
-    model: Any, classes: Sequence[str] | None, num_classes: int | None
+    record: ModelRecord, classes: Sequence[str] | None, num_classes: int | None
 ) -> list[str] | None:
     if classes is None:
-        classes = getattr(model, "zoo_classes", None)
+        classes = record.classes
     if classes is None:
         return None
     if isinstance(classes, (str, bytes)) or not all(isinstance(c, str) for c in classes):
@@ -403,11 +476,6 @@ def _classes(
             "pass one name per output, in index order"
         )
     return names
-
-
-def _input_config(model: Any) -> dict[str, Any]:
-    config = getattr(model, "zoo_input_config", None)
-    return config.to_dict() if hasattr(config, "to_dict") else {}
 
 
 def _delta_names(
@@ -526,10 +594,11 @@ def load(
     missing, unexpected or wrongly shaped tensors raise :class:`~zoo.WeightsMismatchError`
     naming them. A delta's base is resolved and checked (:class:`~zoo.BaseMismatchError`).
 
-    The model carries ``zoo_classes``, ``zoo_input_config``, ``zoo_build`` (whose ``base`` is
-    now this saved model, so a delta of it can be saved again), ``zoo_plan`` (or None) and
-    ``zoo_metadata`` (the raw metadata). ``trainable=True`` re-applies the saved plan (which
-    parameters train, norm modes) to continue training; the model is still in eval mode.
+    The model's record ``model.zoo`` (:class:`~zoo.ModelRecord`) holds its ``classes``,
+    ``input_config``, ``build``, ``base`` (now this saved model, so a delta of it can be saved
+    again), ``plan`` (or None) and ``metadata`` (the raw metadata). ``trainable=True``
+    re-applies the saved plan (which parameters train, norm modes) to continue training; the
+    model is still in eval mode.
 
     A model saved with adapters gets them injected again (their kinds' plugins must be
     installed) and computes exactly what was saved. ``merge=True`` folds them into the dense
@@ -567,15 +636,14 @@ def load(
     check_consistency(model, meta, spec, plan, source=str(path))
     base_kind = "store" if target.kind == "store" else "file"
     ref = target.name if target.kind == "store" else str(path.resolve())
-    model.zoo_build = {  # type: ignore[assignment]
-        **meta.build,
-        "base": {"kind": base_kind, "ref": ref, "sha256": resolved.sha256},
-    }
-
-    model.zoo_input_config = InputConfig.from_dict(meta.input_config)  # type: ignore[assignment]
-    model.zoo_classes = list(meta.classes) if meta.classes is not None else None  # type: ignore[assignment]
-    model.zoo_metadata = dict(metadata)  # type: ignore[assignment]
-    model.zoo_plan = plan  # type: ignore[assignment]
+    model.zoo = ModelRecord(  # type: ignore[assignment]
+        build=BuildArgs.from_dict(meta.build),
+        input_config=InputConfig.from_dict(meta.input_config),
+        classes=list(meta.classes) if meta.classes is not None else None,
+        plan=plan,
+        base={"kind": base_kind, "ref": ref, "sha256": resolved.sha256},
+        metadata=dict(metadata),
+    )
     model.to(device)
     model.eval()
     if merge and additions:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from zoo.core.record import record_of, unwrap
 from zoo.errors import AdapterError, AdapterMergeError, UnknownNameError, ZooError, suggest
 from zoo.plans.plan import Addition, Plan
 
@@ -48,7 +49,7 @@ def adapter_modules(model: nn.Module) -> list[tuple[str, Adapter]]:
 
 def adapters(model: nn.Module) -> list[Addition]:
     """The additions injected into ``model`` (what :func:`inject` put there), in model order."""
-    return [module.zoo_addition for _, module in adapter_modules(model)]
+    return [module.zoo_addition for _, module in adapter_modules(unwrap(model))]
 
 
 def resolve_kinds(
@@ -311,7 +312,8 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     and adds its shift to the bias: the merged model computes the same function (within float
     rounding) without adapter modules or hooks, and its state dict has the base's keys. An
     adapter that cannot merge (VPT's prompt tokens) raises :class:`~zoo.AdapterMergeError`
-    naming it, before anything changes. ``model.zoo_plan`` loses the additions.
+    naming it, before anything changes. ``model.zoo.plan`` loses the additions. A wrapped
+    model (``torch.compile``, DDP) has the adapters of the model it wraps merged.
 
     Merging is all or nothing: each target's tensors are copied (to the CPU) before its
     adapter's ``merge_into`` runs, and when one raises -- a plugin's kind may -- every target
@@ -321,6 +323,7 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     """
     import torch
 
+    wrapper, model = model, unwrap(model)
     found = adapter_modules(model)
     refused = [a for _, a in found if not a.mergeable]
     if refused:
@@ -342,7 +345,7 @@ def merge_adapters(model: nn.Module) -> nn.Module:
         merged.append(addition)
     remove_check(model)
     _forget(model, merged)
-    return model
+    return wrapper
 
 
 def _merge_all(model: nn.Module, found: list[tuple[str, Adapter]]) -> None:
@@ -390,14 +393,15 @@ def _restore_state(module: nn.Module, state: dict[str, Any]) -> None:
 
 
 def _forget(model: nn.Module, removed: list[Addition]) -> None:
-    """Drop removed additions (and their parameters) from ``model.zoo_plan``."""
-    plan = getattr(model, "zoo_plan", None)
+    """Drop removed additions (and their parameters) from ``model.zoo.plan``."""
+    record = record_of(model)
+    plan = record.plan if record is not None else None
     if not isinstance(plan, Plan) or not removed:
         return
     gone = {(a.target, a.child) for a in removed}
     keep = tuple(a for a in plan.additions if (a.target, a.child) not in gone)
     names = {n for a in plan.additions if (a.target, a.child) in gone for n in a.names}
-    model.zoo_plan = replace(  # type: ignore[assignment]
+    record.plan = replace(
         plan,
         params={n: p for n, p in plan.params.items() if n not in names},
         additions=keep,

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from zoo.core.record import attach_record, record_of, unwrap
 from zoo.errors import FreezeViolationError, PlanError
 from zoo.plans.adapters import inject
 from zoo.plans.plan import NormMode, Plan, unknown_message
@@ -85,7 +86,7 @@ def set_norm_mode(module: nn.Module, mode: NormMode | str, *, training: bool | N
 
 
 def apply_plan(model: nn.Module, plan: Plan, *, catalog: Catalog | None = None) -> Plan:
-    """Apply ``plan`` to ``model``; returns it and records it as ``model.zoo_plan``.
+    """Apply ``plan`` to ``model``; returns it and records it as ``model.zoo.plan``.
 
     The plan's additions (adapters) are injected first (:func:`zoo.plans.adapters.inject`;
     already injected ones are kept). Parameters the plan marks trainable get
@@ -94,9 +95,11 @@ def apply_plan(model: nn.Module, plan: Plan, *, catalog: Catalog | None = None) 
     does not list goes back to ``train``. Names the model does not have raise
     :class:`~zoo.PlanError`, before anything changes. A plan computed by a policy knows its
     adapter kinds; one read with :meth:`Plan.from_dict` needs ``catalog`` to resolve them.
+    A wrapped model (``torch.compile``, DDP) gets the plan applied to the model it wraps.
     """
     if not isinstance(plan, Plan):
         raise PlanError(f"apply_plan expects a zoo.Plan, got {type(plan).__name__}")
+    model = unwrap(model)
     named = dict(model.named_parameters())
     added = set(plan.added_names)
     unknown = [n for n in plan.params if n not in named and n not in added]
@@ -122,7 +125,7 @@ def apply_plan(model: nn.Module, plan: Plan, *, catalog: Catalog | None = None) 
             mode = NormMode.TRAIN
         if mode is not None:
             set_norm_mode(module, mode, training=model.training)
-    model.zoo_plan = plan  # type: ignore[assignment]
+    attach_record(model).plan = plan
     return plan
 
 
@@ -226,13 +229,15 @@ class Snapshot:
 def frozen_tensors(model: nn.Module) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """``(frozen params, fixed norm statistics, trainable params)`` of ``model``, by name.
 
-    A parameter is frozen when ``requires_grad`` is off or ``model.zoo_plan`` freezes it. The
+    A parameter is frozen when ``requires_grad`` is off or ``model.zoo.plan`` freezes it. The
     statistics are the buffers of norm layers pinned by a plan (or listed as non-``train``).
     Injected adapters are parameters like the others: trained ones may change, the base
-    weights they sit on must not.
+    weights they sit on must not. Names are those of the model inside any wrapper
+    (:func:`~zoo.unwrap`).
     """
-    plan_obj = getattr(model, "zoo_plan", None)
-    planned = plan_obj if isinstance(plan_obj, Plan) else None
+    model = unwrap(model)
+    record = record_of(model)
+    planned = record.plan if record is not None and isinstance(record.plan, Plan) else None
     frozen: dict[str, Any] = {}
     trainable: dict[str, Any] = {}
     for name, param in model.named_parameters():
@@ -274,7 +279,7 @@ def check_frozen(model: nn.Module, reference: Snapshot | Mapping[str, Any]) -> F
 
     ``reference`` is a :class:`Snapshot` (see :func:`snapshot`) or a state dict taken earlier
     (``copy.deepcopy(model.state_dict())``). What counts as frozen is read from the model now
-    (``requires_grad`` and ``model.zoo_plan``). Comparison is bit for bit.
+    (``requires_grad`` and ``model.zoo.plan``). Comparison is bit for bit.
     """
     import torch
 

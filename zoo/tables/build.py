@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zoo.core.create import attach_build_info, call_create
+from zoo.core.record import backbone_of, unwrap
 from zoo.core.specs import ParamGroup
 from zoo.errors import GroupingError, ModelBuildError, ZooError
 from zoo.tables.table import NormInfo, ParamInfo, ParamTable
@@ -66,7 +67,8 @@ def table_for(
                 f"params() got keyword arguments {sorted(create_kwargs)} with a model; "
                 "they only apply when building from a backbone name"
             )
-        model, spec, notes = model_or_name, spec_of(model_or_name, catalog), []
+        model = unwrap(model_or_name)
+        spec, notes = spec_of(model, catalog), []
     else:
         raise TypeError(
             f"params() expects an nn.Module or a backbone name, got {type(model_or_name).__name__}"
@@ -75,10 +77,9 @@ def table_for(
 
 
 def spec_of(model: nn.Module, catalog: Catalog) -> BackboneSpec | None:
-    """The spec a model was built from, read from ``model.zoo_build`` (None if unknown)."""
-    build = getattr(model, "zoo_build", None)
-    name = build.get("backbone") if isinstance(build, dict) else None
-    if not isinstance(name, str):
+    """The spec a model was built from, read from ``model.zoo.build`` (None if unknown)."""
+    name = backbone_of(model)
+    if name is None:
         return None
     try:
         return catalog.backbones.lookup(name)
@@ -94,7 +95,7 @@ def build_meta(
 ) -> tuple[nn.Module, BackboneSpec, list[str]]:
     """Build backbone ``name`` without allocating weights: ``(model, spec, notes)``.
 
-    See :func:`meta_model`; the model carries ``zoo_build`` like one from ``zoo.create``.
+    See :func:`meta_model`; the model carries its record like one from ``zoo.create``.
     Never loads pretrained weights.
     """
 
@@ -409,10 +410,7 @@ def describe(
             )
         )
     norms = _norms(model, norm_modules, depth_of)
-    build = getattr(model, "zoo_build", None)
-    backbone = spec.qualified_name if spec is not None else None
-    if backbone is None and isinstance(build, dict):
-        backbone = build.get("backbone")
+    backbone = spec.qualified_name if spec is not None else backbone_of(model)
     return ParamTable(
         rows=tuple(rows),
         norms=norms,

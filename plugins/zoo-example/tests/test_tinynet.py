@@ -9,7 +9,7 @@ import zoo
 def test_backbone_builds_and_runs(name):
     model = zoo.create(name, num_classes=3)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
-    assert model.zoo_build["backbone"] == name
+    assert model.zoo.build.backbone == name
 
 
 def test_num_classes_zero_returns_pooled_features():

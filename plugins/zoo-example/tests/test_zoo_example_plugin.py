@@ -35,9 +35,9 @@ def test_create_freeze_train_save_load(zoo_home):
     loaded = zoo.load("tiny-cats")
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(loaded(x), model.eval()(x))
-    assert loaded.zoo_classes == ["cat", "dog"]
-    assert loaded.zoo_plan.policy == "example:top-half"
-    assert loaded.zoo_metadata["example.widths"] == "8,16,32"
+    assert loaded.zoo.classes == ["cat", "dog"]
+    assert loaded.zoo.plan.policy == "example:top-half"
+    assert loaded.zoo.metadata["example.widths"] == "8,16,32"
 
 
 def test_the_usage_example_runs(zoo_home, capsys):

@@ -106,7 +106,7 @@ def main() -> None:
         meta = zoo.inspect(path).metadata
         expected[name] = {
             "kind": meta.kind,
-            "classes": model.zoo_classes,
+            "classes": model.zoo.classes,
             "policy": meta.policy,
             "trained": sorted(meta.trained),
             "num_trained_params": meta.num_trained_params,

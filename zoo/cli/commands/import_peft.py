@@ -48,7 +48,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     summary = {
         "name": args.name,
         "path": str(path),
-        "backbone": model.zoo_build["backbone"],
+        "backbone": model.zoo.build.backbone,
         "targets": len(added),
         "bytes": path.stat().st_size,
     }

@@ -21,9 +21,9 @@ def create_torchvision_model(
 
     ``pretrained`` is False, True (the weights enum's ``DEFAULT``) or a tag (an enum member
     name such as ``"IMAGENET1K_V2"``). With weights, a different ``num_classes`` gets a fresh
-    classifier; with the original head the model carries ``zoo_classes``, the weights'
-    category names. ``num_classes=0`` replaces the classifier by ``nn.Identity``. Other
-    keyword arguments go to torchvision's builder.
+    classifier; with the original head the model carries the hint ``zoo_classes``, the weights'
+    category names, which zoo records as ``model.zoo.classes``. ``num_classes=0`` replaces the
+    classifier by ``nn.Identity``. Other keyword arguments go to torchvision's builder.
     """
     import torchvision.models as tvm
 
