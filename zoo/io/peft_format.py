@@ -935,13 +935,11 @@ def _classes(metadata: Mapping[str, str], model: nn.Module) -> list[str] | None:
     text = metadata.get("zoo.classes")
     if not text:
         return None
-    try:
-        classes = checks.loads(text)
+    try:  # the class names a saved model may hold (ZooMetadata.parse)
+        classes = checks.str_list(checks.loads(text), "zoo.classes")
+        for name in classes:
+            checks.text(name, "a class name", max_len=None, empty=True)
     except checks.Invalid:
-        return None
-    if not isinstance(classes, list) or not all(
-        isinstance(c, str) and c.isprintable() and len(c) <= 1000 for c in classes
-    ):
         return None
     outputs = getattr(model, "num_classes", None)
     return classes if outputs is None or outputs == len(classes) else None
