@@ -4,7 +4,7 @@ A checkpoint folder (:mod:`zoo.adaptation.checkpoint`) is read by the trust rule
 (:mod:`zoo.io.trust`); what it holds is then checked here before any of it reaches the run:
 
 * :func:`check_state` — ``state.json``: its fields and their types, ranges and sizes (the
-  same checks as a saved model's metadata, :mod:`zoo.io.metadata`); the settings the
+  same checks as a saved model's metadata, :mod:`zoo.core.checks`); the settings the
   interrupted run was made with, compared with this run's (class names included); the file
   names (plain names of the expected pattern and epoch); the history, whose validation losses
   also give the early-stopping counters (they are derived, never read); the RNG states, tried
