@@ -93,3 +93,59 @@ def test_the_error_tree_in_the_docstring_is_the_real_one():
     for name, cls in real.items():
         second = [b.__name__ for b in cls.__bases__[1:]]
         assert second == ([drawn[name]] if drawn[name] else []), name
+
+
+#: Names of the checks of untrusted values that lived in five modules before issue 20; each
+#: is now one function of zoo/core/checks.py, and no module defines its own copy again.
+OLD_CHECKS = {
+    "_is_int",
+    "_is_number",
+    "_is_real",
+    "_int_in",
+    "_real_in",
+    "_choice",
+    "_number",
+    "_parse_int",
+    "_parse_float",
+    "_short_text",
+    "_is_name",
+    "_is_version",
+    "_not_text",
+    "_may_hold_surrogates",
+    "_first_bad_text",
+    "_is_text",
+    "_check_text",
+    "_json_problem",
+    "_json_value",
+    "_is_jsonable",
+    "_is_path",
+    "_arg_values",
+    "_words",
+    "check_number",
+    "check_text",
+    "check_flag",
+    "class_name_problem",
+    "loads",
+}
+
+
+def test_checks_of_untrusted_values_are_written_once():
+    checks = ZOO / "core" / "checks.py"
+    copies = []
+    for path in sorted(ZOO.rglob("*.py")):
+        if path == checks:
+            continue
+        text = path.read_text(encoding="utf-8")
+        where = path.relative_to(ZOO.parent)
+        copies += [
+            f"{where}:{node.lineno} {node.name}"
+            for node in ast.walk(ast.parse(text))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in OLD_CHECKS
+        ]
+        # the one test of lone surrogates and of control characters
+        copies += [
+            f"{where}: {needle}"
+            for needle in ("UnicodeEncodeError", r"\x00-\x1f")
+            if needle in text
+        ]
+    assert copies == [], "use zoo.core.checks (is_int, real, text, json_value, loads...)"

@@ -58,6 +58,7 @@ from zoo.adaptation.checkpoint_state import (
     refusal,
 )
 from zoo.adaptation.early_stop import EarlyStop
+from zoo.core import checks
 from zoo.errors import CheckpointError, ModelNotFoundError, ZooError
 from zoo.io.fileformat import (
     atomic_write_bytes,
@@ -77,6 +78,7 @@ from zoo.io.store import (
 from zoo.io.trust import (
     check_folder,
     own_folder,
+    read_bytes_in,
     read_header_in,
     read_json_in,
     read_tensors_in,
@@ -344,7 +346,7 @@ class Checkpointer:
         )
         try:
             check_folder(self.folder, what="the checkpoint folder")
-            raw = read_json_in(
+            data = read_bytes_in(
                 self.folder,
                 STATE_FILE,
                 max_bytes=MAX_CHECKPOINT_STATE_BYTES,
@@ -354,6 +356,12 @@ class Checkpointer:
             raise nothing from None
         except ZooError as exc:
             raise CheckpointError(f"{exc}; {START_OVER}") from None
+        try:  # parsed here, so that a refusal names the field (auto.note), as check_state does
+            raw = checks.loads(data.decode("utf-8"), STATE_FILE)
+        except UnicodeDecodeError:
+            raise self.refuse(STATE_FILE, "is not UTF-8 text") from None
+        except checks.Invalid as exc:
+            raise self.refuse(exc.what, exc.problem) from None
         patience = self.early.patience if self.early is not None else None
         self._saved = check_state(raw, folder=self.folder, config=self.config, patience=patience)
 
@@ -412,8 +420,7 @@ class Checkpointer:
                 self.early.best_state = best
             _restore_rng(rng, saved.rng, generators)
         except BadState as exc:
-            field, _, problem = str(exc).partition(": ")
-            raise self.refuse(field, problem) from None
+            raise self.refuse(exc.what, exc.problem) from None
         self._files, self._frozen_hash = dict(saved.files), frozen_hash
         self.resumed_from = self.kept_epoch = saved.epoch
         history.resumed_from = saved.epoch

@@ -4,7 +4,7 @@ A checkpoint folder (:mod:`zoo.adaptation.checkpoint`) is read by the trust rule
 (:mod:`zoo.io.trust`); what it holds is then checked here before any of it reaches the run:
 
 * :func:`check_state` — ``state.json``: its fields and their types, ranges and sizes (the
-  same checks as a saved model's metadata, :mod:`zoo.io.metadata`); the settings the
+  same checks as a saved model's metadata, :mod:`zoo.core.checks`); the settings the
   interrupted run was made with, compared with this run's (class names included); the file
   names (plain names of the expected pattern and epoch); the history, whose validation losses
   also give the early-stopping counters (they are derived, never read); the RNG states, tried
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from zoo.adaptation.early_stop import EarlyStop
 from zoo.adaptation.history import EpochRecord
+from zoo.core import checks
 from zoo.errors import CheckpointError, short_repr
-from zoo.io.metadata import MAX_JSON_INT, check_number, check_text
 from zoo.io.store import CHECKPOINT_KINDS, checkpoint_file, parse_checkpoint_file
 
 if TYPE_CHECKING:
@@ -49,6 +48,8 @@ FIELDS = ("auto", "config", "epoch", "files", "history", "optimizer", "rng", "ve
 OPTIMIZER_STATE = {"AdamW": ("exp_avg", "exp_avg_sq", "step"), "SGD": ("momentum_buffer",)}
 #: Largest RNG state tensor zoo accepts (a CUDA generator's is 16 bytes, a CPU one's 5056).
 MAX_RNG_BYTES = 1 << 16
+#: Largest word of a Mersenne Twister state (python's and numpy's RNG).
+WORD = 2**32 - 1
 
 START_OVER = (
     "run without --resume (resume=False) to start over — the checkpoint is then replaced — "
@@ -56,8 +57,13 @@ START_OVER = (
 )
 
 
-class BadState(ValueError):
-    """A value of the checkpoint refused by a check (becomes a :class:`~zoo.CheckpointError`)."""
+class BadState(checks.Invalid):
+    """A value of the checkpoint refused by one of its rules, ``"field: problem"`` (becomes a
+    :class:`~zoo.CheckpointError`, as an :class:`~zoo.core.checks.Invalid` of a check does)."""
+
+    def __init__(self, message: str) -> None:
+        field, _, problem = message.partition(": ")
+        super().__init__(field, "", None, problem)
 
 
 def refusal(folder: Path, field: str, problem: str) -> CheckpointError:
@@ -129,15 +135,13 @@ def check_state(
         )
     try:
         return _checked(raw, config, patience)
-    except BadState as exc:
-        field, _, problem = str(exc).partition(": ")
-        raise refusal(folder, field, problem) from None
+    except checks.Invalid as exc:
+        raise refusal(folder, exc.what, exc.problem) from None
 
 
 def _checked(raw: dict[str, Any], config: Mapping[str, Any], patience: int | None) -> SavedState:
-    _value(check_text, raw["written"], "written")
-    epochs = config["epochs"]
-    epoch = _value(check_number, raw["epoch"], "epoch", 1, epochs, integer=True)
+    checks.text(raw["written"], "written")
+    epoch = checks.integer(raw["epoch"], "epoch", 1, config["epochs"])
     history = _history(raw["history"], epoch)
     early = _early(history, patience)
     return SavedState(
@@ -151,63 +155,36 @@ def _checked(raw: dict[str, Any], config: Mapping[str, Any], patience: int | Non
     )
 
 
-def _value(check: Any, value: Any, what: str, *args: Any, **kwargs: Any) -> Any:
-    """One of :mod:`zoo.io.metadata`'s checks, its ``ValueError`` as a :class:`BadState`."""
-    try:
-        return check(value, what, *args, **kwargs)
-    except ValueError as exc:
-        raise BadState(f"{what}: {str(exc).removeprefix(what).strip()}") from None
-
-
-def _object(value: Any, what: str, keys: Sequence[str]) -> dict[str, Any]:
-    """``value`` if it is a JSON object with exactly the keys ``keys``."""
-    if not isinstance(value, dict):
-        raise BadState(f"{what}: must be a JSON object, got {short_repr(value)}")
-    if set(value) != set(keys):
-        odd = sorted(set(value) ^ set(keys), key=str)[0]
-        raise BadState(
-            f"{what}: has the keys {short_repr(sorted(value, key=str))}, not "
-            f"{', '.join(keys)} ({short_repr(odd, 40)})"
-        )
-    return value
-
-
-def _list(value: Any, what: str, low: int, high: int) -> list[Any]:
-    if not isinstance(value, list) or not low <= len(value) <= high:
-        size = f"{low}" if low == high else f"{low} to {high}"
-        raise BadState(f"{what}: must be a list of {size} items, got {short_repr(value)}")
-    return value
-
-
 #: The range of each field of an epoch's record (None allowed where the value may be absent).
 _RECORD: dict[str, tuple[float, float, bool, bool]] = {
     # field: (low, high, integer, may be null)
-    "train_loss": (0, sys.float_info.max, False, True),
+    "train_loss": (0, math.inf, False, True),
     "train_accuracy": (0, 1, False, False),
-    "val_loss": (0, sys.float_info.max, False, True),
+    "val_loss": (0, math.inf, False, True),
     "val_accuracy": (0, 1, False, True),
-    "seconds": (0, sys.float_info.max, False, False),
-    "images": (0, MAX_JSON_INT, True, False),
-    "images_per_second": (0, sys.float_info.max, False, False),
-    "lr": (0, sys.float_info.max, False, False),
-    "trainable_params": (0, MAX_JSON_INT, True, False),
-    "trainable_tensors": (0, MAX_JSON_INT, True, False),
+    "seconds": (0, math.inf, False, False),
+    "images": (0, checks.MAX_INT, True, False),
+    "images_per_second": (0, math.inf, False, False),
+    "lr": (0, math.inf, False, False),
+    "trainable_params": (0, checks.MAX_INT, True, False),
+    "trainable_tensors": (0, checks.MAX_INT, True, False),
 }
 
 
 def _history(value: Any, epoch: int) -> list[EpochRecord]:
     """One record per completed epoch, numbered 1..epoch, every number in its range."""
-    records = _list(value, "history", epoch, epoch)
+    records = checks.sequence(value, "history", epoch)
     names = [f.name for f in fields(EpochRecord)]
     checked = []
     for index, record in enumerate(records):
         where = f"history[{index}]"
-        record = _object(record, where, names)
+        checks.json_object(record, where, names)
         if record["epoch"] != index + 1 or type(record["epoch"]) is not int:
             raise BadState(f"{where}.epoch: must be {index + 1}, got {short_repr(record['epoch'])}")
         for name, (low, high, integer, nullable) in _RECORD.items():
             if not (nullable and record[name] is None):
-                _value(check_number, record[name], f"{where}.{name}", low, high, integer=integer)
+                check = checks.integer if integer else checks.real
+                check(record[name], f"{where}.{name}", low, high)
         checked.append(EpochRecord(**record))
     return checked
 
@@ -230,7 +207,7 @@ def _early(history: list[EpochRecord], patience: int | None) -> EarlyStop | None
 
 def _files(value: Any, epoch: int, early: EarlyStop | None) -> dict[str, str | None]:
     """The tensor files: plain names of the expected pattern, written by the right epochs."""
-    files = _object(value, "files", CHECKPOINT_KINDS)
+    files = checks.json_object(value, "files", CHECKPOINT_KINDS)
     for kind in ("model", "optimizer"):
         if files[kind] != checkpoint_file(kind, epoch):
             raise BadState(
@@ -260,8 +237,8 @@ def _files(value: Any, epoch: int, early: EarlyStop | None) -> dict[str, str | N
 def _groups(value: Any) -> list[dict[str, Any]]:
     """The optimizer's parameter groups as saved (compared with this run's in
     :func:`check_groups`)."""
-    optimizer = _object(value, "optimizer", ("param_groups",))
-    groups = _list(optimizer["param_groups"], "optimizer.param_groups", 1, 100_000)
+    optimizer = checks.json_object(value, "optimizer", ("param_groups",))
+    groups = checks.sequence(optimizer["param_groups"], "optimizer.param_groups", (1, 100_000))
     for index, group in enumerate(groups):
         if not isinstance(group, dict):
             raise BadState(f"optimizer.param_groups[{index}]: must be a JSON object")
@@ -271,21 +248,21 @@ def _groups(value: Any) -> list[dict[str, Any]]:
 def _rng(value: Any) -> dict[str, Any]:
     """Python's and numpy's RNG states, each tried on a scratch generator first."""
     keys = ("numpy", "python") if isinstance(value, dict) and "numpy" in value else ("python",)
-    rng = _object(value, "rng", keys)
-    version, internal, gauss = _list(rng["python"], "rng.python", 3, 3)
-    _words(internal, "rng.python[1]", 625)
+    rng = checks.json_object(value, "rng", keys)
+    version, internal, gauss = checks.sequence(rng["python"], "rng.python", 3)
+    checks.int_list(internal, "rng.python[1]", size=625, high=WORD)
     if gauss is not None:
-        _value(check_number, gauss, "rng.python[2]", -math.inf, math.inf)
+        checks.real(gauss, "rng.python[2]")
     try:
         random.Random().setstate((version, tuple(internal), gauss))
     except (ValueError, TypeError, OverflowError) as exc:
         raise BadState(f"rng.python: not a state of python's random module ({exc})") from None
     if "numpy" in rng:
-        kind, keys_, pos, has_gauss, cached = _list(rng["numpy"], "rng.numpy", 5, 5)
-        _words(keys_, "rng.numpy[1]", 624)
-        _value(check_number, pos, "rng.numpy[2]", 0, 624, integer=True)
-        _value(check_number, has_gauss, "rng.numpy[3]", 0, 1, integer=True)
-        _value(check_number, cached, "rng.numpy[4]", -math.inf, math.inf)
+        kind, keys_, pos, has_gauss, cached = checks.sequence(rng["numpy"], "rng.numpy", 5)
+        checks.int_list(keys_, "rng.numpy[1]", size=624, high=WORD)
+        checks.integer(pos, "rng.numpy[2]", 0, 624)
+        checks.integer(has_gauss, "rng.numpy[3]", 0, 1)
+        checks.real(cached, "rng.numpy[4]")
         if kind != "MT19937":
             raise BadState(f"rng.numpy[0]: must be 'MT19937', got {short_repr(kind)}")
         try:
@@ -300,19 +277,12 @@ def _rng(value: Any) -> dict[str, Any]:
     return rng
 
 
-def _words(value: Any, what: str, count: int) -> None:
-    """A list of ``count`` unsigned 32-bit integers."""
-    _list(value, what, count, count)
-    if not all(type(v) is int and 0 <= v < 2**32 for v in value):
-        raise BadState(f"{what}: must hold {count} integers from 0 to 2**32-1")
-
-
 def _auto(value: Any) -> dict[str, str] | None:
     """The measured ``auto``'s winner: its policy spec and note (or null)."""
     if value is None:
         return None
-    auto = _object(value, "auto", ("note", "policy"))
-    return {key: _value(check_text, auto[key], f"auto.{key}") for key in ("note", "policy")}
+    auto = checks.json_object(value, "auto", ("note", "policy"))
+    return {key: checks.text(auto[key], f"auto.{key}") for key in ("note", "policy")}
 
 
 # ---------------------------------------------------------------- against this run

@@ -45,11 +45,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from torch.utils.data import Dataset
 
+from zoo.core import checks
 from zoo.core.record import record_of, unwrap
 from zoo.core.specs import InputConfig
 from zoo.errors import DataError, ModelNotFoundError, ZooError
 from zoo.io.fileformat import open_regular
-from zoo.io.metadata import class_name_problem
 
 if TYPE_CHECKING:
     import torch
@@ -371,12 +371,13 @@ def _check_class_names(path: Path, class_dirs: Sequence[str]) -> None:
     """Class names come from folder names, and a saved model's class names may not hold a
     control character or undecodable bytes: refused here, before any training."""
     for name in class_dirs:
-        problem = class_name_problem(name)
-        if problem:
+        try:
+            checks.text(name, "its name", max_len=None)
+        except checks.Invalid as exc:
             raise DataError(
-                f"class folder {str(path / name)!r}: its name {problem}, and class names are "
-                "saved with the model; rename the folder"
-            )
+                f"class folder {str(path / name)!r}: {exc}, and class names are saved with the "
+                "model; rename the folder"
+            ) from None
 
 
 def _check_training_classes(path: Path, class_dirs: Sequence[str], classes: Sequence[str]) -> None:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from zoo.adaptation.inputs import is_loader
+from zoo.core import checks
 from zoo.core.record import record_of
 from zoo.errors import AdaptArgumentError, DataError
 
@@ -49,8 +50,10 @@ def evaluate(
     )
     from zoo.adaptation.distributed import resolve_device
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise AdaptArgumentError("batch_size", batch_size, "an int >= 1")
+    try:
+        batch_size = checks.integer(batch_size, "batch_size", 1)
+    except checks.Invalid as exc:
+        raise AdaptArgumentError(exc.what, exc.value, exc.rule) from None
     if is_loader(data):
         loader = data
     else:

@@ -18,8 +18,6 @@ training, so an existing name without ``overwrite=True`` fails fast and changes 
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -40,10 +38,10 @@ from zoo.adaptation.starting_point import (
     saved_input_config,
 )
 from zoo.adaptation.training import LR_SCHEDULES, OPTIMIZERS, run_training
+from zoo.core import checks
 from zoo.core.record import attach_record, backbone_of
 from zoo.core.specs import CROP_MODES, INTERPOLATIONS, MAX_IMAGE_SIDE, InputConfig
 from zoo.errors import AdaptArgumentError, DataError, ZooError
-from zoo.io.metadata import MAX_TEXT, class_name_problem
 from zoo.io.persistence import save
 from zoo.io.store import checkpoint_folder
 from zoo.plans.binding import bind, resolve_policy
@@ -490,7 +488,7 @@ def _decide_auto(
             model, data, config, settings, ctx=ctx, catalog=catalog, num_workers=options.num_workers
         )
         notes = [note]
-    keeper.auto = {"policy": spec, "note": note[:MAX_TEXT]}
+    keeper.auto = {"policy": spec, "note": note[: checks.MAX_TEXT]}
     torch.manual_seed(options.seed)  # the winner trains as if nothing had run before it
     seed_python_rngs(options.seed)
     return spec, {}, notes
@@ -619,50 +617,14 @@ SIMILARITIES = ("high", "low")
 ON_CORRUPT = ("skip", "error")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    """A finite real number (bool, NaN, infinities and numbers too big for a float are not)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
-
-
-def _int_in(argument: str, value: Any, low: int, high: float = math.inf) -> None:
-    if not (_is_int(value) and low <= value <= high):
-        rule = f"an int >= {low}" if high == math.inf else f"an int from {low} to {high}"
-        raise AdaptArgumentError(argument, value, rule)
-
-
-def _real_in(argument: str, value: Any, rule: str, test: Any) -> None:
-    """Refuse ``value`` unless it is a finite real number (not bool) that passes ``test``."""
-    if not (_is_real(value) and test(float(value))):
-        raise AdaptArgumentError(argument, value, f"a finite number {rule}")
-
-
-def _choice(argument: str, value: Any, options: Sequence[Any]) -> None:
-    """Refuse ``value`` unless it is one of ``options`` (of the same type: 1 is not True)."""
-    if not any(type(value) is type(option) and value == option for option in options):
-        raise AdaptArgumentError(argument, value, "one of " + ", ".join(map(repr, options)))
-
-
 def _check_image_size(image_size: Any) -> None:
-
-    sides = [image_size, image_size] if _is_int(image_size) else image_size
-    if not (
-        isinstance(sides, Sequence)
-        and not isinstance(sides, str)
-        and len(sides) == 2
-        and all(_is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in sides)
-    ):
+    sides = [image_size, image_size] if checks.is_int(image_size) else image_size
+    try:
+        checks.int_list(sides, "image_size", size=2, low=1, high=MAX_IMAGE_SIDE)
+    except checks.Invalid:
         raise AdaptArgumentError(
             "image_size", image_size, f"an int or (height, width) from 1 to {MAX_IMAGE_SIDE} pixels"
-        )
+        ) from None
 
 
 def _check_input_config(overrides: Any) -> None:
@@ -680,26 +642,24 @@ def _check_input_config(overrides: Any) -> None:
                 dict(overrides),
                 "a mapping with the keys " + ", ".join(sorted(known)),
             )
-        if key == "crop_pct":
-            _real_in(arg, value, "in (0, 2] (1.0: no crop)", lambda v: 0 < v <= 2)
-        elif key in ("interpolation", "crop_mode"):
-            _choice(arg, value, INTERPOLATIONS if key == "interpolation" else CROP_MODES)
+        if key == "crop_pct" and not (checks.is_real(value) and 0 < value <= 2):
+            raise AdaptArgumentError(arg, value, "a finite number in (0, 2] (1.0: no crop)")
+        if key in ("interpolation", "crop_mode"):
+            checks.choice(value, arg, INTERPOLATIONS if key == "interpolation" else CROP_MODES)
         elif key == "input_size":
+            rule = f"(channels, height, width): 3 ints from 1 to {MAX_IMAGE_SIDE}"
             if not (
                 isinstance(value, Sequence)
                 and not isinstance(value, str)
                 and len(value) == 3
-                and all(_is_int(v) for v in value)
-                and all(1 <= v <= MAX_IMAGE_SIDE for v in value)
+                and all(checks.is_int(v) and 1 <= v <= MAX_IMAGE_SIDE for v in value)
             ):
-                raise AdaptArgumentError(
-                    arg, value, f"(channels, height, width): 3 ints from 1 to {MAX_IMAGE_SIDE}"
-                )
-        elif not (
+                raise AdaptArgumentError(arg, value, rule)
+        elif key in ("mean", "std") and not (
             isinstance(value, Sequence)
             and not isinstance(value, str)
             and value
-            and all(_is_real(v) and (key == "mean" or float(v) > 0) for v in value)
+            and all(checks.is_real(v) and (key == "mean" or v > 0) for v in value)
         ):
             rule = "finite numbers > 0" if key == "std" else "finite numbers"
             raise AdaptArgumentError(arg, value, f"a list of {rule}, one per channel")
@@ -716,10 +676,13 @@ def _check_classes(classes: Any) -> None:
         raise AdaptArgumentError("classes", classes, "a list of class names (non-empty strings)")
     if len(set(classes)) != len(classes):
         raise AdaptArgumentError("classes", classes, "a list of distinct class names")
-    if any(class_name_problem(c) for c in classes):
+    try:
+        for name in classes:
+            checks.text(name, "classes", max_len=None)
+    except checks.Invalid:
         raise AdaptArgumentError(
             "classes", classes, "a list of class names without control characters"
-        )
+        ) from None
     if len(classes) < 2:
         raise AdaptArgumentError(
             "classes",
@@ -731,23 +694,26 @@ def _check_classes(classes: Any) -> None:
 def _check_arguments(args: Mapping[str, Any]) -> None:
     """Refuse any argument of :func:`adapt` of the wrong type or out of range, before any work
     (no folder scanned, no model built, no weights read); raises :class:`AdaptArgumentError`."""
-    _int_in("epochs", args["epochs"], 1)
-    _real_in("lr", args["lr"], "> 0", lambda v: v > 0)
-    _real_in("weight_decay", args["weight_decay"], ">= 0", lambda v: v >= 0)
-    _int_in("batch_size", args["batch_size"], 1)
-    _choice("optimizer", args["optimizer"], OPTIMIZERS)
-    _real_in("momentum", args["momentum"], "in [0, 1)", lambda v: 0 <= v < 1)
-    _choice("lr_schedule", args["lr_schedule"], LR_SCHEDULES)
-    epochs = args["epochs"]
-    _real_in(
-        "warmup_epochs",
-        args["warmup_epochs"],
-        f"from 0 to epochs ({epochs})",
-        lambda v: 0 <= v <= epochs,
-    )
-    _real_in("label_smoothing", args["label_smoothing"], "in [0, 1)", lambda v: 0 <= v < 1)
+    try:
+        _check_values(args)
+    except checks.Invalid as exc:
+        raise AdaptArgumentError(exc.what, exc.value, exc.rule) from None
+
+
+def _check_values(args: Mapping[str, Any]) -> None:
+    """The checks of :func:`_check_arguments`: a value refused raises
+    :class:`~zoo.core.checks.Invalid` naming the argument."""
+    checks.integer(args["epochs"], "epochs", 1)
+    checks.real(args["lr"], "lr", 0, open_low=True)
+    checks.real(args["weight_decay"], "weight_decay", 0)
+    checks.integer(args["batch_size"], "batch_size", 1)
+    checks.choice(args["optimizer"], "optimizer", OPTIMIZERS)
+    checks.real(args["momentum"], "momentum", 0, 1, open_high=True)
+    checks.choice(args["lr_schedule"], "lr_schedule", LR_SCHEDULES)
+    checks.real(args["warmup_epochs"], "warmup_epochs", 0, args["epochs"])
+    checks.real(args["label_smoothing"], "label_smoothing", 0, 1, open_high=True)
     if args["val_split"] is not None:
-        _real_in("val_split", args["val_split"], "between 0 and 1 (exclusive)", lambda v: 0 < v < 1)
+        checks.real(args["val_split"], "val_split", 0, 1, open_low=True, open_high=True)
     if args["image_size"] is not None:
         _check_image_size(args["image_size"])
     if args["input_config"] is not None:
@@ -756,27 +722,24 @@ def _check_arguments(args: Mapping[str, Any]) -> None:
         raise AdaptArgumentError(
             "augment", args["augment"], "None, True, False or a mapping of timm transform options"
         )
-    _choice("similarity", args["similarity"], SIMILARITIES)
+    checks.choice(args["similarity"], "similarity", SIMILARITIES)
     if args["samples_per_class"] is not None:
-        _int_in("samples_per_class", args["samples_per_class"], 1)
-    _choice("feature_cache", args["feature_cache"], (True, False, "auto"))
+        checks.integer(args["samples_per_class"], "samples_per_class", 1)
+    checks.choice(args["feature_cache"], "feature_cache", (True, False, "auto"))
     if args["feature_cache"] is not False:
         from zoo.adaptation.feature_cache import max_cache_bytes
 
         max_cache_bytes()  # a bad ZOO_FEATURE_CACHE_MAX_BYTES is refused before any work too
-    _choice("on_corrupt", args["on_corrupt"], ON_CORRUPT)
-    _int_in("num_workers", args["num_workers"], 0, MAX_WORKERS)
-    _int_in("seed", args["seed"], 0, SEED_LIMIT - 1)
+    checks.choice(args["on_corrupt"], "on_corrupt", ON_CORRUPT)
+    checks.integer(args["num_workers"], "num_workers", 0, MAX_WORKERS)
+    checks.integer(args["seed"], "seed", 0, SEED_LIMIT - 1)
     if args["early_stop"] is not None:
-        _int_in("early_stop", args["early_stop"], 1)
-    if not isinstance(args["resume"], bool):
-        raise AdaptArgumentError("resume", args["resume"], "True or False")
-    _choice("distributed", args["distributed"], (None, True, False))
-    if args["delta"] is not None and not isinstance(args["delta"], bool):
-        raise AdaptArgumentError("delta", args["delta"], "None (default), True or False")
-    for flag in ("overwrite", "scratch"):
-        if not isinstance(args[flag], bool):
-            raise AdaptArgumentError(flag, args[flag], "True or False")
+        checks.integer(args["early_stop"], "early_stop", 1)
+    checks.flag(args["resume"], "resume")
+    checks.choice(args["distributed"], "distributed", (None, True, False))
+    checks.choice(args["delta"], "delta", (None, True, False))
+    checks.flag(args["overwrite"], "overwrite")
+    checks.flag(args["scratch"], "scratch")
     if not (args["pretrained"] is None or isinstance(args["pretrained"], (bool, str))):
         raise AdaptArgumentError(
             "pretrained", args["pretrained"], "None (default), True, False or a pretrained tag"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from zoo.core import checks
 from zoo.core.record import record_of
 from zoo.errors import DataError, ZooError
 from zoo.io.persistence import load
@@ -164,10 +165,11 @@ def predict(
 
     from zoo.adaptation.data import build_transform, input_config_of
 
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-        raise ZooError(f"topk must be an int >= 1, not {topk!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ZooError(f"batch_size must be an int >= 1, not {batch_size!r}")
+    try:
+        topk = checks.integer(topk, "topk", 1)
+        batch_size = checks.integer(batch_size, "batch_size", 1)
+    except checks.Invalid as exc:
+        raise ZooError(str(exc)) from None
     if errors not in ("raise", "report"):
         raise ZooError(f"errors must be 'raise' or 'report', not {errors!r}")
     items = _as_list(images, recursive)

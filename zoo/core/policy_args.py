@@ -21,12 +21,12 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
-import math
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from zoo.core import checks
 from zoo.errors import PolicyArgumentError, suggest
 
 if TYPE_CHECKING:
@@ -78,16 +78,16 @@ class PolicyArg:
 
     def to_dict(self) -> dict[str, Any]:
         default = None if self.required else self.default
+        try:
+            checks.json_value(default, "the default")
+        except checks.Invalid:
+            default = repr(default)
         return {
             "name": self.name,
             "type": self.type.describe(),
-            "default": default if _is_jsonable(default) else repr(default),
+            "default": default,
             "required": self.required,
         }
-
-
-def _is_jsonable(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str, list, tuple))
 
 
 def _show(value: Any) -> str:
@@ -384,7 +384,7 @@ def _from_string(policy: str, info: PolicyArg, text: str, valid: str) -> Any:
             return int(text)
         if kind.kind == "float":
             value = float(text)
-            if not math.isfinite(value):
+            if not checks.is_real(value):
                 raise ValueError(text)
             return value
     except ValueError:
@@ -414,17 +414,13 @@ def _check_value(policy: str, info: PolicyArg, value: Any, valid: str) -> Any:
     if isinstance(value, str) and kind.kind not in {"str", "any"}:
         return _from_string(policy, info, value, valid)
     if kind.kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not checks.is_int(value):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
             raise _bad(policy, info, value, valid)
         return int(value)
     if kind.kind == "float":
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
+        if not checks.is_real(value):
             raise _bad(policy, info, value, valid)
         return float(value)
     if kind.kind == "bool":

@@ -7,15 +7,14 @@ Specs are frozen dataclasses. Listing them never builds a model: a :class:`Backb
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from zoo.core import checks
 from zoo.core.policy_args import PolicyArg, signature_args
-from zoo.errors import SpecError, short_repr
+from zoo.errors import SpecError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -86,12 +85,19 @@ class InputConfig:
         """
         if not isinstance(data, Mapping):
             raise SpecError(f"invalid input config: expected a mapping, got {type(data).__name__}")
+        try:
+            return cls._checked(data)
+        except checks.Invalid as exc:
+            raise SpecError(f"invalid input config: {exc}") from None
+
+    @classmethod
+    def _checked(cls, data: Mapping[str, Any]) -> InputConfig:
         defaults = cls()
         size = _input_size(data.get("input_size", defaults.input_size))
         channels = size[0]
         mean = _per_channel("mean", data.get("mean", defaults.mean), channels, -MAX_MEAN, MAX_MEAN)
         std = _per_channel("std", data.get("std", defaults.std), channels, MIN_STD, MAX_STD)
-        crop_pct = _number("crop_pct", data.get("crop_pct", defaults.crop_pct))
+        crop_pct = checks.real(data.get("crop_pct", defaults.crop_pct), "crop_pct")
         if not 0 < crop_pct <= 2:
             raise _bad_input("crop_pct", f"must be in (0, 2], got {crop_pct!r}")
         if max(size[1:]) / crop_pct > MAX_RESIZE:
@@ -104,11 +110,13 @@ class InputConfig:
             input_size=size,
             mean=mean,
             std=std,
-            interpolation=_choice(
-                "interpolation", data.get("interpolation", defaults.interpolation), INTERPOLATIONS
+            interpolation=checks.choice(
+                data.get("interpolation", defaults.interpolation), "interpolation", INTERPOLATIONS
             ),
             crop_pct=crop_pct,
-            crop_mode=_choice("crop_mode", data.get("crop_mode", defaults.crop_mode), CROP_MODES),
+            crop_mode=checks.choice(
+                data.get("crop_mode", defaults.crop_mode), "crop_mode", CROP_MODES
+            ),
         )
 
     def checked(self) -> InputConfig:
@@ -121,59 +129,24 @@ def _bad_input(name: str, problem: str) -> SpecError:
     return SpecError(f"invalid input config: {name} {problem}")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise _bad_input(name, f"must be a number, got {short_repr(value)}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise _bad_input(name, f"must be a finite number, got {short_repr(value)}")
-    return number
-
-
 def _input_size(value: object) -> tuple[int, int, int]:
-    if (
-        isinstance(value, (str, bytes))
-        or not isinstance(value, Sequence)
-        or len(value) != 3
-        or not all(_is_int(v) for v in value)
-    ):
-        raise _bad_input(
-            "input_size", f"must be [channels, height, width] (3 integers), got {short_repr(value)}"
-        )
-    channels, height, width = (int(v) for v in value)
-    if not 1 <= channels <= MAX_CHANNELS:
-        raise _bad_input("input_size", f"channels must be 1 to {MAX_CHANNELS}, got {channels}")
-    if not (1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE):
-        raise _bad_input(
-            "input_size", f"height and width must be 1 to {MAX_IMAGE_SIDE}, got {height} x {width}"
-        )
+    channels, height, width = checks.int_list(value, "input_size", size=3, low=None)
+    checks.integer(channels, "input_size channels", 1, MAX_CHANNELS)
+    for side in (height, width):
+        checks.integer(side, "input_size height and width", 1, MAX_IMAGE_SIDE)
     return channels, height, width
 
 
 def _per_channel(
     name: str, value: object, channels: int, low: float, high: float
 ) -> tuple[float, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise _bad_input(name, f"must be a list of numbers, got {short_repr(value)}")
+    value = checks.sequence(value, name)
     if len(value) != channels:
         raise _bad_input(name, f"must hold one number per channel ({channels}), got {len(value)}")
-    out = tuple(_number(name, v) for v in value)
+    out = tuple(checks.real(v, name) for v in value)
     if not all(low <= v <= high for v in out):
         raise _bad_input(name, f"values must be in [{low:g}, {high:g}], got {list(out)}")
     return out
-
-
-def _choice(name: str, value: object, options: tuple[str, ...]) -> str:
-    if value not in options:
-        raise _bad_input(name, f"must be one of {', '.join(options)}, got {short_repr(value)}")
-    return str(value)
 
 
 @dataclass(frozen=True)

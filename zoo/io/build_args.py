@@ -14,16 +14,13 @@ import fnmatch
 from collections.abc import Mapping
 from typing import Any
 
+from zoo.core import checks
 from zoo.core.specs import BackboneSpec
 from zoo.errors import CorruptFileError, ZooError
 
 #: ``zoo.create``'s own parameters (and ``BackboneSpec.create``'s positional ones): never
 #: architecture arguments.
 RESERVED_KWARGS = ("name", "num_classes", "pretrained", "weights")
-
-MAX_DEPTH = 8
-MAX_ITEMS = 10_000
-MAX_TEXT = 10_000
 
 
 def unsafe_reason(spec: BackboneSpec, key: str) -> str | None:
@@ -63,11 +60,10 @@ def check_saved_kwargs(
                 "Remove it from the file, or build the model yourself with zoo.create(...) "
                 "if you trust where the file came from"
             )
-        problem = _json_problem(value, MAX_DEPTH, [0])
-        if problem:
-            raise CorruptFileError(
-                f"{source}: metadata {key!r}: architecture argument {name!r} {problem}"
-            )
+        try:
+            checks.json_value(value, f"architecture argument {name!r}")
+        except checks.Invalid as exc:
+            raise CorruptFileError(f"{source}: metadata {key!r}: {exc}") from None
     return dict(kwargs)
 
 
@@ -82,28 +78,3 @@ def check_save_kwargs(spec: BackboneSpec, kwargs: Mapping[str, Any]) -> None:
                 "in the model already: build it without that argument (to start from a local "
                 "file, use zoo.create(name, weights='file.safetensors'))"
             )
-
-
-def _json_problem(value: Any, depth: int, count: list[int]) -> str | None:
-    count[0] += 1
-    if count[0] > MAX_ITEMS:
-        return f"holds more than {MAX_ITEMS} values"
-    if value is None or isinstance(value, (bool, int, float)):
-        return None
-    if isinstance(value, str):
-        return None if len(value) <= MAX_TEXT else f"is a string over {MAX_TEXT} characters"
-    if depth <= 0:
-        return f"nests deeper than {MAX_DEPTH} levels"
-    if isinstance(value, (list, tuple)):
-        items: Any = value
-    elif isinstance(value, Mapping):
-        if not all(isinstance(k, str) for k in value):
-            return "is an object with non-string keys"
-        items = value.values()
-    else:
-        return f"is a {type(value).__name__}, not a JSON value"
-    for item in items:
-        problem = _json_problem(item, depth - 1, count)
-        if problem:
-            return problem
-    return None

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from zoo.core import checks
 from zoo.errors import CorruptFileError, ModelNotFoundError, TamperedFileError, ZooError
 
 if TYPE_CHECKING:
@@ -189,32 +190,6 @@ def _object_hook(limit: int) -> Any:
     return hook
 
 
-#: A JSON escape that decodes to a UTF-16 surrogate (the only way one can enter a header:
-#: UTF-8 decoding refuses encoded surrogates).
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _is_text(value: str) -> bool:
-    """False when ``value`` holds a lone surrogate (legal JSON, but not Unicode text)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _check_text(doc: dict[str, Any], metadata: dict[str, Any], bad: Any) -> None:
-    """Refuse a lone UTF-16 surrogate in a tensor name or a metadata key or value."""
-    for key, value in metadata.items():
-        if not _is_text(key):
-            raise bad(f"__metadata__ key {key!r} holds a lone UTF-16 surrogate (not Unicode text)")
-        if isinstance(value, str) and not _is_text(value):
-            raise bad(f"__metadata__[{key!r}] holds a lone UTF-16 surrogate (not Unicode text)")
-    for name in doc:
-        if not _is_text(name):
-            raise bad(f"tensor name {name!r} holds a lone UTF-16 surrogate (not Unicode text)")
-
-
 def _no_constants(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
@@ -274,8 +249,13 @@ def _parse_header(raw: bytes, file_size: int, source: str) -> Header:
             raise bad(f"__metadata__[{key!r}] is a {type(value).__name__}, not a string")
     if len(doc) > MAX_TENSORS:
         raise too_many
-    if _SURROGATE_ESCAPE.search(text):
-        _check_text(doc, metadata, bad)
+    if checks.SURROGATE_ESCAPE.search(text):  # the only way a lone surrogate enters UTF-8
+        texts = [(f"__metadata__ key {key!r}", key) for key in metadata]
+        texts += [(f"__metadata__[{key!r}]", value) for key, value in metadata.items()]
+        texts += [(f"tensor name {name!r}", name) for name in doc]
+        for where, value in texts:
+            if checks.lone_surrogate(value) is not None:
+                raise bad(f"{where} holds a lone UTF-16 surrogate (not Unicode text)")
 
     entries = []
     for name, info in doc.items():

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from zoo.core import checks
 from zoo.core.specs import InputConfig
 from zoo.errors import CorruptFileError, UnsupportedFormatError, ZooError, short_repr
 from zoo.plans.plan import Addition, Plan
@@ -36,13 +37,6 @@ KINDS = ("full", "delta")
 BASE_KINDS = ("file", "store", "pretrained")
 #: The most classes a head may have (``zoo.num_classes``, ``zoo.build``, ``zoo.classes``).
 MAX_CLASSES = 10_000_000
-#: JSON integers in metadata must fit a signed 64-bit integer.
-MAX_JSON_INT = 2**63 - 1
-#: Short texts (names, versions): longest accepted.
-MAX_NAME_LENGTH = 200
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 #: Every core key and what it holds (the reference ``docs/file-format.md`` is checked against).
 KEYS: dict[str, str] = {
@@ -225,7 +219,7 @@ class ZooMetadata:
                 f"{reader.source}: not a zoo model file (no zoo.format_version in its "
                 "metadata); plain safetensors weights load with zoo.create(name, weights=FILE)"
             )
-        reader.check_text()
+        reader.check_strings()
         version = reader.integer("zoo.format_version")
         if version > FORMAT_VERSION:
             raise UnsupportedFormatError(
@@ -346,131 +340,20 @@ def _check_build(build: dict[str, Any], backbone: str, reader: _Reader) -> None:
             "zoo.build",
             f"names backbone {short_repr(build.get('backbone'))}, zoo.backbone says {backbone!r}",
         )
-    kwargs = build.get("kwargs", {})
-    if not isinstance(kwargs, dict):
-        raise reader.bad("zoo.build", "kwargs must be an object")
-    num = build.get("num_classes")
-    if num is not None and not (_is_int(num) and 0 <= num <= MAX_CLASSES):
-        raise reader.bad(
-            "zoo.build",
-            f"num_classes must be a non-negative integer (at most "
-            f"{MAX_CLASSES}) or null, got {short_repr(num)}",
-        )
-    tag = build.get("tag")
-    if tag is not None and not (isinstance(tag, str) and _is_name(tag)):
-        raise reader.bad(
-            "zoo.build",
-            f"tag must be a short name without control characters or null, got {short_repr(tag)}",
-        )
+    with reader.about("zoo.build"):
+        checks.json_object(build.get("kwargs", {}), "kwargs")
+        if build.get("num_classes") is not None:
+            checks.integer(build["num_classes"], "num_classes", 0, MAX_CLASSES)
+        if build.get("tag") is not None:
+            checks.name(build["tag"], "tag")
 
 
 def _check_base(base: dict[str, Any], reader: _Reader, *, need_hash: bool) -> None:
-    if base.get("kind") not in BASE_KINDS:
-        raise reader.bad("zoo.base", f"kind must be one of {', '.join(BASE_KINDS)}")
-    ref = base.get("ref")
-    if not isinstance(ref, str) or not ref or _CONTROL.search(ref):
-        raise reader.bad(
-            "zoo.base",
-            f"ref must be a non-empty string without control characters, got {short_repr(ref)}",
-        )
-    digest = base.get("sha256")
-    if digest is None and not need_hash:
-        return
-    if not isinstance(digest, str) or not _HEX64.match(digest):
-        raise reader.bad("zoo.base", "sha256 must be 64 lowercase hex digits")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_name(text: str) -> bool:
-    """A short text for one line: a name, a version, a tag."""
-    return 0 < len(text) <= MAX_NAME_LENGTH and not _CONTROL.search(text)
-
-
-def _is_version(value: object) -> bool:
-    return value is None or value == "" or (isinstance(value, str) and _is_name(value))
-
-
-def _not_text(text: str) -> str | None:
-    """Why ``text`` is not valid Unicode (a lone surrogate cannot be encoded), or None."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        bad = text[exc.start : exc.end]
-        return f"holds a lone surrogate {bad[:1]!r} (not valid Unicode, cannot be encoded)"
-    return None
-
-
-def class_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a saved class name (a control character, a lone surrogate from
-    an undecodable file name), or None: what reading a file refuses, so that adapt can refuse
-    a class folder's name before training instead of failing to save."""
-    if _CONTROL.search(name):
-        return "holds a control character"
-    return _not_text(name)
-
-
-def _may_hold_surrogates(text: str) -> bool:
-    """Whether decoding JSON ``text`` may give a surrogate: it holds one, or a ``\\uD800``-
-    ``\\uDFFF`` escape (a fast test, so that most values are not walked)."""
-    return _SURROGATE_ESCAPE.search(text) is not None or _not_text(text) is not None
-
-
-def _first_bad_text(value: Any) -> tuple[str, str] | None:
-    """``(where, why)`` of the first string (value or key) in a JSON value that is not text."""
-    stack: list[tuple[str, Any]] = [("", value)]
-    while stack:
-        where, item = stack.pop()
-        if isinstance(item, str):
-            problem = _not_text(item)
-            if problem:
-                return where or "the value", problem
-        elif isinstance(item, dict):
-            for key in item:
-                problem = _not_text(key)
-                if problem:
-                    return f"{where or 'the object'} key {key!r}", problem
-            stack.extend((f"{where}[{k!r}]", v) for k, v in reversed(item.items()))
-        elif isinstance(item, list):
-            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(item))))
-    return None
-
-
-class _BadNumber(ValueError):
-    """A JSON number out of range (raised from inside ``json.loads``)."""
-
-
-def _parse_int(text: str) -> int:
-    digits = len(text.lstrip("-"))
-    if digits > 19:
-        raise _BadNumber(f"the integer {text[:20]}… has {digits} digits; integers must fit 64 bits")
-    value = int(text)
-    if abs(value) > MAX_JSON_INT:
-        raise _BadNumber(f"the integer {text} does not fit 64 bits")
-    return value
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _BadNumber(f"the number {text[:40]} is out of range (not a finite float)")
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    raise _BadNumber(f"non-standard JSON constant {name} (numbers must be finite)")
-
-
-def loads(text: str) -> Any:
-    """``json.loads`` for untrusted metadata: every number finite and integers within 64 bits.
-
-    ``NaN``, ``Infinity``, ``1e999`` and 400-digit integers raise ``ValueError``.
-    """
-    return json.loads(
-        text, parse_constant=_no_constant, parse_float=_parse_float, parse_int=_parse_int
-    )
+    with reader.about("zoo.base"):
+        checks.choice(base.get("kind"), "kind", BASE_KINDS)
+        checks.text(base.get("ref"), "ref", max_len=None)
+        if base.get("sha256") is not None or need_hash:
+            checks.sha256_hex(base.get("sha256"), "sha256")
 
 
 class _Reader:
@@ -485,12 +368,22 @@ class _Reader:
         self.failed = key
         return CorruptFileError(f"{self.source}: metadata {key!r} is invalid: {problem}")
 
+    @contextmanager
+    def about(self, key: str) -> Iterator[None]:
+        """The checks of ``key``'s value: a value refused (:class:`~zoo.core.checks.Invalid`,
+        or the ``ValueError`` of a data check such as :meth:`~zoo.Plan.from_dict`) becomes the
+        :class:`~zoo.CorruptFileError` naming the file and the key."""
+        try:
+            yield
+        except ValueError as exc:
+            raise self.bad(key, str(exc)) from None
+
     def require(self, key: str) -> None:
         if key not in self.md:
             self.failed = key
             raise CorruptFileError(f"{self.source}: metadata {key!r} is missing")
 
-    def check_text(self) -> None:
+    def check_strings(self) -> None:
         """Every key and plain value is a string of valid Unicode (JSON values: see json)."""
         for key, value in self.md.items():
             if not isinstance(key, str) or not isinstance(value, str):
@@ -499,9 +392,10 @@ class _Reader:
                     f"keys and values must be strings, got "
                     f"{type(key).__name__} -> {type(value).__name__}",
                 )
-            problem = _not_text(key) or (None if key in _JSON_KEYS else _not_text(value))
-            if problem:
-                raise self.bad(key, problem)
+            with self.about(key):
+                checks.unicode(key, "")
+                if key not in _JSON_KEYS:
+                    checks.unicode(value, "")
 
     def text(self, key: str) -> str:
         self.require(key)
@@ -511,20 +405,13 @@ class _Reader:
         return value
 
     def name(self, key: str, *, qualified: bool = False, default: str | None = None) -> str:
-        """A one-line name: no control characters, at most MAX_NAME_LENGTH characters."""
+        """A one-line name: no control characters, at most :data:`~zoo.core.checks.MAX_NAME`
+        characters."""
         if default is not None and not self.md.get(key):
             return default
         value = self.text(key)
-        if not _is_name(value):
-            raise self.bad(
-                key,
-                f"expected a name of at most {MAX_NAME_LENGTH} characters "
-                f"without control characters, got {short_repr(value)}",
-            )
-        plugin, colon, bare = value.partition(":")
-        if qualified and not (plugin and colon and bare):
-            raise self.bad(key, f'expected "plugin:name", got {short_repr(value)}')
-        return value
+        with self.about(key):
+            return checks.name(value, "", qualified=qualified)
 
     def choice(self, key: str, options: tuple[str, ...]) -> str:
         value = self.text(key)
@@ -542,42 +429,31 @@ class _Reader:
 
     def hex_hash(self, key: str) -> str:
         value = self.text(key)
-        if not _HEX64.match(value):
-            raise self.bad(key, "expected 64 lowercase hex digits")
-        return value
+        with self.about(key):
+            return checks.sha256_hex(value, "")
 
     def json(self, key: str, default: Any = None) -> Any:
         if key not in self.md:
             return default
-        try:
-            value = loads(self.md[key])
-        except _BadNumber as exc:
-            raise self.bad(key, str(exc)) from None
-        except (ValueError, RecursionError) as exc:
-            raise self.bad(key, f"not valid JSON ({exc})") from None
-        found = _first_bad_text(value) if _may_hold_surrogates(self.md[key]) else None
-        if found:
-            raise self.bad(key, f"{found[0]} {found[1]}")
-        return value
+        with self.about(key):
+            return checks.loads(self.md[key])
 
     def obj(self, key: str, default: dict[str, Any] | None = None) -> dict[str, Any]:
         if key not in self.md and default is not None:
             return dict(default)
         self.require(key)
         value = self.json(key)
-        if not isinstance(value, dict):
-            raise self.bad(key, f"expected a JSON object, got {type(value).__name__}")
-        return value
+        with self.about(key):
+            return checks.json_object(value, "the value")
 
     def optional_obj(self, key: str) -> dict[str, Any] | None:
         value = self.json(key)
-        if value is not None and not isinstance(value, dict):
-            raise self.bad(key, f"expected a JSON object or null, got {type(value).__name__}")
-        return value
+        with self.about(key):
+            return None if value is None else checks.json_object(value, "the value")
 
     def optional_int(self, key: str, maximum: int) -> int | None:
         value = self.json(key)
-        if value is not None and not (_is_int(value) and 0 <= value <= maximum):
+        if value is not None and not (checks.is_int(value) and 0 <= value <= maximum):
             raise self.bad(
                 key,
                 f"expected a non-negative integer (at most {maximum}) or null, "
@@ -587,69 +463,60 @@ class _Reader:
 
     def str_list(self, key: str, default: list[str]) -> list[str]:
         value = self.json(key, default)
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.bad(key, "expected a JSON list of strings")
-        return value
+        with self.about(key):
+            return checks.str_list(value, "the value")
 
     def classes(self, key: str) -> list[str] | None:
         value = self.json(key)
         if value is None:
             return None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.bad(key, "expected a JSON list of strings or null")
-        if len(value) > MAX_CLASSES:
-            raise self.bad(key, f"{len(value)} class names; at most {MAX_CLASSES}")
-        for index, name in enumerate(value):
-            problem = class_name_problem(name)
-            if problem:
-                raise self.bad(key, f"class name {index} {short_repr(name)} {problem}")
+        with self.about(key):
+            checks.str_list(value, "the value", max_items=MAX_CLASSES)
+            for index, name in enumerate(value):
+                checks.text(
+                    name, f"class name {index} {short_repr(name)}", max_len=None, empty=True
+                )
         return value
 
     def input_config(self, key: str) -> dict[str, Any]:
         value = self.obj(key, default={})
-        try:
+        with self.about(key):  # SpecError, from the one check of input configs
             InputConfig.from_dict(value)
-        except ValueError as exc:  # SpecError, from the one check of input configs
-            raise self.bad(key, str(exc)) from None
         return value
 
     def plan(self, key: str) -> dict[str, Any] | None:
         value = self.optional_obj(key)
         if value is not None:
-            try:
+            with self.about(key):  # PlanError
                 Plan.from_dict(value)
-            except ZooError as exc:  # PlanError
-                raise self.bad(key, str(exc)) from None
         return value
 
     def plugins(self, key: str) -> dict[str, Any]:
         value = self.obj(key, default={})
         for plugin, version in value.items():
-            if not _is_name(plugin) or not _is_version(version):
+            try:
+                checks.name(plugin, "")
+                if version not in (None, ""):
+                    checks.name(version, "")
+            except checks.Invalid:
                 raise self.bad(
                     key,
                     f"expected plugin name -> version (a string or null), got "
                     f"{short_repr(plugin)}: {short_repr(version)}",
-                )
+                ) from None
         return value
 
     def leaderboard(self, key: str) -> dict[str, Any] | None:
         """A ``zoo.compare`` leaderboard, checked field by field (unknown fields dropped)."""
         value = self.optional_obj(key)
-        if value is None:
-            return None
-        try:
-            return check_leaderboard(value)
-        except ValueError as exc:
-            raise self.bad(key, str(exc)) from None
+        with self.about(key):
+            return None if value is None else check_leaderboard(value)
 
     def adapters(self, key: str) -> list[dict[str, Any]]:
         """The injected adapters (``zoo.adapters``), each checked for type and size."""
         value = self.json(key, [])
-        try:
+        with self.about(key):
             return check_adapters(value)
-        except ValueError as exc:
-            raise self.bad(key, str(exc)) from None
 
     def created(self, key: str) -> str:
         value = self.md.get(key, "")
@@ -659,49 +526,6 @@ class _Reader:
             except ValueError:
                 raise self.bad(key, f"expected an ISO 8601 time, got {short_repr(value)}") from None
         return value
-
-
-# ---------------------------------------------------------------- untrusted JSON values
-# The checks of one JSON value read from a file zoo did not write in this process (a saved
-# model's metadata, a checkpoint's state.json): each returns the value or raises ValueError
-# naming ``what`` and the rule, with a short repr of what was found.
-
-#: Longest text :func:`check_text` accepts (a policy spec, a note).
-MAX_TEXT = 1000
-
-
-def check_number(value: Any, what: str, low: float, high: float, *, integer: bool = False) -> Any:
-    """``value`` if it is a number (an int when ``integer``; never a bool or NaN) in
-    ``[low, high]``."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = _is_int(value) if integer else number
-    # compared before any float(): a 400-digit integer is out of range, not an overflow
-    if not ok or not low <= value <= high or (isinstance(value, float) and math.isnan(value)):
-        kind = "an integer" if integer else "a finite number"
-        raise ValueError(f"{what} must be {kind} from {low:g} to {high:g}, got {short_repr(value)}")
-    return value
-
-
-def check_text(value: Any, what: str) -> str:
-    """``value`` if it is a text of 1 to :data:`MAX_TEXT` characters of valid Unicode without
-    control characters (it is printed on one line)."""
-    if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
-        raise ValueError(
-            f"{what} must be a text of 1 to {MAX_TEXT} characters, got {short_repr(value)}"
-        )
-    if _CONTROL.search(value):
-        raise ValueError(f"{what} {short_repr(value)} holds a control character")
-    problem = _not_text(value)
-    if problem:
-        raise ValueError(f"{what} {problem}")
-    return value
-
-
-def check_flag(value: Any, what: str) -> bool:
-    """``value`` if it is ``true`` or ``false``."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{what} must be true or false, got {short_repr(value)}")
-    return value
 
 
 # ---------------------------------------------------------------- zoo.compare
@@ -714,24 +538,23 @@ _MAX_SECONDS = 1e9
 
 def _check_row(row: Any, index: int) -> dict[str, Any]:
     where = f"candidate {index}"
-    if not isinstance(row, dict):
-        raise ValueError(f"{where} must be a JSON object, got {type(row).__name__}")
+    checks.json_object(row, where)
     try:
         loss = row["val_loss"]
         checked = {
-            "policy": check_text(row["policy"], f"{where} policy"),
-            "val_acc": check_number(row["val_acc"], f"{where} val_acc", 0, 1),
-            "val_loss": None if loss is None else check_number(loss, f"{where} val_loss", 0, 1e12),
-            "trainable_params": check_number(
-                row["trainable_params"], f"{where} trainable_params", 0, MAX_JSON_INT, integer=True
+            "policy": checks.text(row["policy"], f"{where} policy"),
+            "val_acc": checks.real(row["val_acc"], f"{where} val_acc", 0, 1),
+            "val_loss": None if loss is None else checks.real(loss, f"{where} val_loss", 0, 1e12),
+            "trainable_params": checks.integer(
+                row["trainable_params"], f"{where} trainable_params", 0, checks.MAX_INT
             ),
-            "trainable_percent": check_number(
+            "trainable_percent": checks.real(
                 row["trainable_percent"], f"{where} trainable_percent", 0, 100
             ),
-            "epochs": check_number(row["epochs"], f"{where} epochs", 0, _MAX_EPOCHS, integer=True),
-            "seconds": check_number(row["seconds"], f"{where} seconds", 0, _MAX_SECONDS),
-            "stopped_early": check_flag(row["stopped_early"], f"{where} stopped_early"),
-            "trained_on": check_text(row.get("trained_on", "images"), f"{where} trained_on"),
+            "epochs": checks.integer(row["epochs"], f"{where} epochs", 0, _MAX_EPOCHS),
+            "seconds": checks.real(row["seconds"], f"{where} seconds", 0, _MAX_SECONDS),
+            "stopped_early": checks.flag(row["stopped_early"], f"{where} stopped_early"),
+            "trained_on": checks.text(row.get("trained_on", "images"), f"{where} trained_on"),
         }
     except KeyError as exc:
         raise ValueError(f"{where} has no {exc.args[0]!r}") from None
@@ -742,30 +565,24 @@ def check_leaderboard(value: dict[str, Any]) -> dict[str, Any]:
     """The ``zoo.compare`` object with every field checked for type and range (finite numbers,
     bounded sizes, texts without control characters, the winner one of the candidates);
     unknown fields are dropped. Raises ``ValueError`` saying what is wrong."""
-    rows = value.get("candidates")
-    if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_LEADERBOARD_ROWS:
-        raise ValueError(f"candidates must be a list of 1 to {MAX_LEADERBOARD_ROWS} objects")
+    rows = checks.sequence(value.get("candidates"), "candidates", (1, MAX_LEADERBOARD_ROWS))
     candidates = [_check_row(row, i) for i, row in enumerate(rows)]
-    winner = check_text(value.get("winner"), "winner")
+    winner = checks.text(value.get("winner"), "winner")
     if winner != candidates[0]["policy"]:
         raise ValueError(f"winner {short_repr(winner)} is not the first candidate")
-    epochs = check_number(value.get("epochs"), "epochs", 1, _MAX_EPOCHS, integer=True)
-    rungs = value.get("rungs", [])
-    if not isinstance(rungs, list) or len(rungs) > 64:
-        raise ValueError("rungs must be a list of at most 64 epoch counts")
     budget = value.get("budget")
-    notes = value.get("notes", [])
-    if not isinstance(notes, list) or len(notes) > MAX_LEADERBOARD_ROWS:
-        raise ValueError(f"notes must be a list of at most {MAX_LEADERBOARD_ROWS} texts")
+    notes = checks.sequence(value.get("notes", []), "notes", (0, MAX_LEADERBOARD_ROWS))
     return {
         "winner": winner,
-        "epochs": epochs,
-        "rungs": [check_number(r, "rung", 1, _MAX_EPOCHS, integer=True) for r in rungs],
-        "budget": None if budget is None else check_number(budget, "budget", 0, _MAX_SECONDS),
-        "budget_cut": check_flag(value.get("budget_cut", False), "budget_cut"),
-        "seconds": check_number(value.get("seconds", 0.0), "seconds", 0, _MAX_SECONDS),
+        "epochs": checks.integer(value.get("epochs"), "epochs", 1, _MAX_EPOCHS),
+        "rungs": checks.int_list(
+            value.get("rungs", []), "rungs", size=(0, 64), low=1, high=_MAX_EPOCHS
+        ),
+        "budget": None if budget is None else checks.real(budget, "budget", 0, _MAX_SECONDS),
+        "budget_cut": checks.flag(value.get("budget_cut", False), "budget_cut"),
+        "seconds": checks.real(value.get("seconds", 0.0), "seconds", 0, _MAX_SECONDS),
         "candidates": candidates,
-        "notes": [check_text(n, "note") for n in notes],
+        "notes": [checks.text(n, "note") for n in notes],
     }
 
 
@@ -780,83 +597,47 @@ MAX_ADAPTER_DIM = 2**31 - 1
 #: Longest module path of a target, and most values in an adapter's ``args``.
 MAX_TARGET_LENGTH = 1000
 MAX_ADAPTER_ARG_VALUES = 1000
-_MODULE_PATH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
-_QUALIFIED = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*:[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
-
-
-def _path(value: Any, what: str) -> str:
-    if (
-        not isinstance(value, str)
-        or len(value) > MAX_TARGET_LENGTH
-        or not _MODULE_PATH.match(value)
-    ):
-        raise ValueError(
-            f"{what} must be a module path (names joined by '.', at most {MAX_TARGET_LENGTH} "
-            f"characters), got {short_repr(value)}"
-        )
-    return value
-
-
-def _arg_values(value: Any, depth: int = 0) -> int:
-    """How many JSON values ``value`` holds; ``ValueError`` past the bounds."""
-    if depth > 4:
-        raise ValueError("args nest deeper than 4 levels")
-    if isinstance(value, dict):
-        return 1 + sum(_arg_values(v, depth + 1) for v in value.values())
-    if isinstance(value, list):
-        return 1 + sum(_arg_values(v, depth + 1) for v in value)
-    if isinstance(value, str) and len(value) > MAX_TARGET_LENGTH:
-        raise ValueError(f"an args text is longer than {MAX_TARGET_LENGTH} characters")
-    return 1
+_QUALIFIED = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*:[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 
 
 def _check_adapter(item: Any, index: int) -> dict[str, Any]:
     where = f"adapter {index}"
-    if not isinstance(item, dict):
-        raise ValueError(f"{where} must be a JSON object, got {type(item).__name__}")
+    checks.json_object(item, where)
     unknown = sorted(set(item) - {"target", "kind", "args", "params", "depth", "group"})
     if unknown:
         raise ValueError(f"{where} has unknown field(s) {short_repr(unknown)}")
-    target = _path(item.get("target"), f"{where} target")
+    target = checks.module_path(item.get("target"), f"{where} target", MAX_TARGET_LENGTH)
     kind = item.get("kind")
-    if not isinstance(kind, str) or len(kind) > MAX_NAME_LENGTH or not _QUALIFIED.match(kind):
+    if not isinstance(kind, str) or len(kind) > checks.MAX_NAME or not _QUALIFIED.fullmatch(kind):
         raise ValueError(f'{where} kind must be "plugin:name", got {short_repr(kind)}')
-    args = item.get("args", {})
-    if not isinstance(args, dict):
-        raise ValueError(f"{where} args must be a JSON object, got {type(args).__name__}")
-    if _arg_values(args) > MAX_ADAPTER_ARG_VALUES:
-        raise ValueError(f"{where} args hold more than {MAX_ADAPTER_ARG_VALUES} values")
+    args = checks.json_object(item.get("args", {}), f"{where} args")
+    checks.json_value(
+        args,
+        f"{where} args",
+        max_depth=4,
+        max_items=MAX_ADAPTER_ARG_VALUES,
+        max_text=MAX_TARGET_LENGTH,
+    )
     params = item.get("params")
     if not isinstance(params, dict) or not 1 <= len(params) <= MAX_ADAPTER_PARAMS:
         raise ValueError(
             f"{where} params must map 1 to {MAX_ADAPTER_PARAMS} parameter names to shapes"
         )
-    shapes: dict[str, list[int]] = {}
-    for name, shape in params.items():
-        _path(name, f"{where} parameter name")
-        if (
-            not isinstance(shape, list)
-            or len(shape) > MAX_ADAPTER_DIMS
-            or not all(_is_int(d) and 0 <= d <= MAX_ADAPTER_DIM for d in shape)
-        ):
-            raise ValueError(
-                f"{where} shape of {name!r} must be a list of at most {MAX_ADAPTER_DIMS} "
-                f"integers from 0 to {MAX_ADAPTER_DIM}, got {short_repr(shape)}"
-            )
-        shapes[name] = list(shape)
-    depth = item.get("depth", 0)
-    if not _is_int(depth) or not 0 <= depth <= 1_000_000:
-        raise ValueError(f"{where} depth must be an integer from 0 to 1000000")
-    group = item.get("group", "")
-    if not isinstance(group, str) or len(group) > MAX_NAME_LENGTH or _CONTROL.search(group):
-        raise ValueError(f"{where} group must be a short text, got {short_repr(group)}")
+    shapes = {
+        checks.module_path(name, f"{where} parameter name", MAX_TARGET_LENGTH): checks.int_list(
+            shape, f"{where} shape of {name!r}", size=(0, MAX_ADAPTER_DIMS), high=MAX_ADAPTER_DIM
+        )
+        for name, shape in params.items()
+    }
     checked = {
         "target": target,
         "kind": kind,
         "args": args,
         "params": shapes,
-        "depth": depth,
-        "group": group,
+        "depth": checks.integer(item.get("depth", 0), f"{where} depth", 0, 1_000_000),
+        "group": checks.text(
+            item.get("group", ""), f"{where} group", max_len=checks.MAX_NAME, empty=True
+        ),
     }
     try:
         Addition.from_dict(checked)  # the same data a plan's additions accept
@@ -894,8 +675,8 @@ def config_json(metadata: Mapping[str, str]) -> str:
     ties it to the exact ``model.safetensors`` it describes (``content_sha256``).
     """
     try:
-        config = loads(metadata.get("zoo.timm_config", "null")) or {}
-    except (ValueError, RecursionError):
+        config = checks.loads(metadata.get("zoo.timm_config", "null")) or {}
+    except checks.Invalid:
         config = {}
     if not isinstance(config, dict):
         config = {}

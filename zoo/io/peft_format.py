@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import tempfile
@@ -47,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zoo.core import checks
 from zoo.core.record import backbone_of, record_of, unwrap
 from zoo.errors import (
     AmbiguousNameError,
@@ -73,7 +73,7 @@ from zoo.io.fileformat import (
     write_tensors,
     written_size,
 )
-from zoo.io.metadata import MAX_CLASSES, ZooMetadata, loads
+from zoo.io.metadata import MAX_CLASSES, ZooMetadata
 from zoo.io.persistence import load, resolve_target
 from zoo.io.rebuild import check_pretrained_size
 from zoo.io.trust import (
@@ -187,23 +187,15 @@ def read_config(folder: Path) -> dict[str, Any]:
         more = f" and {len(problems) - 10} more" if len(problems) > 10 else ""
         shown = ", ".join(problems[:10]) + more
         raise ZooError(f"{source}: unsupported PEFT option(s) {shown}; {_UNSUPPORTED_HINT}")
-    rank = config.get("r")
-    if not _is_int(rank) or not 1 <= rank <= MAX_RANK:
-        raise CorruptFileError(f"{source}: r must be an integer from 1 to {MAX_RANK}")
-    alpha = config.get("lora_alpha", 8)
-    if not _is_number(alpha) or not 0 < alpha <= 1e6:
-        raise CorruptFileError(f"{source}: lora_alpha must be a number in (0, 1e6]")
-    dropout = config.get("lora_dropout", 0.0)
-    if not _is_number(dropout) or not 0 <= dropout < 1:
-        raise CorruptFileError(f"{source}: lora_dropout must be a number in [0, 1)")
-    for key in ("target_modules", "modules_to_save"):
-        value = config.get(key)
-        if not (
-            value is None
-            or isinstance(value, str)
-            or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-        ):
-            raise CorruptFileError(f"{source}: {key} must be a list of module names")
+    try:
+        checks.integer(config.get("r"), "r", 1, MAX_RANK)
+        checks.real(config.get("lora_alpha", 8), "lora_alpha", 0, 1e6, open_low=True)
+        checks.real(config.get("lora_dropout", 0.0), "lora_dropout", 0, 1, open_high=True)
+        for key in ("target_modules", "modules_to_save"):  # a string: a regular expression
+            if not isinstance(config.get(key), (str, type(None))):
+                checks.str_list(config[key], key)
+    except checks.Invalid as exc:
+        raise CorruptFileError(f"{source}: {exc}") from None
     base = config.get("base_model_name_or_path")
     if base is not None and not isinstance(base, str):
         raise CorruptFileError(f"{source}: base_model_name_or_path must be a string or null")
@@ -213,14 +205,6 @@ def read_config(folder: Path) -> dict[str, Any]:
 def _option(key: str) -> str:
     """An option's name as a message shows it (an odd or long one quoted and cut short)."""
     return key if key.isidentifier() and len(key) <= 60 else short_repr(key, 60)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _matches(name: str, patterns: str | frozenset[str]) -> bool:
@@ -321,7 +305,7 @@ def export_peft(
     first = dict(additions[0].args)
     rank, alpha, dropout = first.get("rank"), first.get("alpha"), first.get("dropout", 0.0)
     extra = {k: v for k, v in first.items() if k not in ("rank", "alpha", "dropout")}
-    if not _is_int(rank) or not _is_number(alpha) or extra:
+    if not checks.is_int(rank) or not checks.is_real(alpha) or extra:
         raise ZooError(
             f"PEFT export: LoRA arguments {short_repr(first)} have no PEFT equivalent "
             "(expected rank, alpha and dropout only)"
@@ -854,9 +838,9 @@ def _saved_kwargs(spec: BackboneSpec, layout: Layout) -> dict[str, Any]:
     if not text or metadata.get("zoo.backbone", "").partition(".")[0] != spec.qualified_name:
         return {}
     try:
-        kwargs = loads(text)
-    except (ValueError, RecursionError):
-        raise CorruptFileError(f"{layout.source}: zoo.build_kwargs is not JSON") from None
+        kwargs = checks.loads(text, "zoo.build_kwargs")
+    except checks.Invalid as exc:
+        raise CorruptFileError(f"{layout.source}: {exc}") from None
     return check_saved_kwargs(spec, kwargs, source=layout.source, key="zoo.build_kwargs")
 
 
@@ -952,13 +936,11 @@ def _classes(metadata: Mapping[str, str], model: nn.Module) -> list[str] | None:
     text = metadata.get("zoo.classes")
     if not text:
         return None
-    try:
-        classes = loads(text)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(classes, list) or not all(
-        isinstance(c, str) and c.isprintable() and len(c) <= 1000 for c in classes
-    ):
+    try:  # the class names a saved model may hold (ZooMetadata.parse)
+        classes = checks.str_list(checks.loads(text), "zoo.classes")
+        for name in classes:
+            checks.text(name, "a class name", max_len=None, empty=True)
+    except checks.Invalid:
         return None
     outputs = getattr(model, "num_classes", None)
     return classes if outputs is None or outputs == len(classes) else None

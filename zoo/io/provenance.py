@@ -12,6 +12,7 @@ import reprlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from zoo.core import checks
 from zoo.errors import ZooError
 from zoo.io.metadata import KEYS
 
@@ -102,9 +103,7 @@ def _extra_entry_problem(plugin: str, key: Any, value: Any) -> str | None:
         return f"key {shown} is not namespaced '{plugin}.<key>'; it was not saved"
     if not isinstance(value, str):
         return f"value of {shown} is a {type(value).__name__}, not a string; not saved"
-    try:
-        key.encode("utf-8"), value.encode("utf-8")
-    except UnicodeEncodeError:
+    if checks.lone_surrogate(key) is not None or checks.lone_surrogate(value) is not None:
         return f"entry {shown} is not valid Unicode (a lone surrogate); not saved"
     return None
 
@@ -140,8 +139,7 @@ def timm_config(
     num_classes = build.get("num_classes")
     if num_classes is None:
         num_classes = getattr(model, "num_classes", None)
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool):
-        num_classes = None
+    num_classes = int(num_classes) if checks.is_int(num_classes) else None
     pretrained_cfg = {
         "architecture": name,
         **({"tag": build["tag"]} if build.get("tag") else {}),

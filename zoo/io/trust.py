@@ -30,9 +30,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from zoo.core import checks
 from zoo.errors import CorruptFileError, ModelNotFoundError, ZooError
 from zoo.io.fileformat import Header, SavedFile, open_regular, read_file, read_header
-from zoo.io.metadata import loads
 
 #: The longest file name zoo accepts inside a folder (the common file-system limit).
 MAX_NAME_LENGTH = 255
@@ -126,20 +126,19 @@ def read_bytes_in(folder: Path, name: str, *, max_bytes: int, what: str) -> byte
 
 
 def read_json_in(folder: Path, name: str, *, max_bytes: int, what: str) -> Any:
-    """The JSON value of ``folder/name``: bounded in size, UTF-8, every number finite.
+    """The JSON value of ``folder/name``: bounded in size, UTF-8, every number finite, every
+    string valid Unicode (:func:`zoo.core.checks.loads`).
 
     A file that is not valid JSON raises :class:`~zoo.CorruptFileError` naming the file (the
     parser's position, never the file's bytes).
     """
     raw = read_bytes_in(folder, name, max_bytes=max_bytes, what=what)
     try:
-        return loads(raw.decode("utf-8"))
+        return checks.loads(raw.decode("utf-8"), what)
     except UnicodeDecodeError:
         raise CorruptFileError(f"{folder / name}: {what} is not UTF-8 text") from None
-    except RecursionError:
-        raise CorruptFileError(f"{folder / name}: {what} is nested too deeply") from None
-    except ValueError as exc:
-        raise CorruptFileError(f"{folder / name}: {what} is not valid JSON ({exc})") from None
+    except checks.Invalid as exc:
+        raise CorruptFileError(f"{folder / name}: {exc}") from None
 
 
 def read_tensors_in(folder: Path, name: str, *, what: str, verify: bool = True) -> SavedFile:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from zoo.core import checks
 from zoo.core.plugins import format_origin
 from zoo.core.policy_args import bind_policy_args, describe_args, parse_policy_spec
 from zoo.core.specs import PolicySpec
@@ -114,8 +115,10 @@ def run_policy(
     kwargs = dict(args)
     if spec.schedule:
         epoch = 0 if epoch is None else epoch
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise PolicyArgumentError(f"policy {name!r}: epoch must be an int >= 0, got {epoch!r}")
+        try:
+            epoch = checks.integer(epoch, "epoch", 0)
+        except checks.Invalid as exc:
+            raise PolicyArgumentError(f"policy {name!r}: {exc}") from None
         kwargs["epoch"] = epoch
     elif epoch is not None:
         raise PolicyArgumentError(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from zoo.core import checks
 from zoo.core.policy_args import format_policy_spec
 from zoo.errors import PlanError, UnknownNameError, short_repr, suggest
 
@@ -40,7 +41,6 @@ NO_DECAY_ROLES = frozenset({"bias", "norm", "embedding"})
 #: Bounds of an :class:`Addition` read from a file (it is untrusted).
 MAX_ADDED_DIMS = 8
 MAX_ADDED_DIM = 2**31 - 1
-_PATH_PART = re.compile(r"^[A-Za-z0-9_]+$")
 _KIND_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.\-]*:)?[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -80,16 +80,11 @@ class ParamPlan:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise PlanError(f"a parameter plan needs a parameter name, got {self.name!r}")
-        scale = self.lr_scale
-        if (
-            isinstance(scale, bool)
-            or not isinstance(scale, (int, float))
-            or not (math.isfinite(scale) and scale >= 0)
-        ):
-            raise PlanError(
-                f"lr scale of {self.name!r} must be a finite number >= 0, got {scale!r}"
-            )
-        object.__setattr__(self, "lr_scale", float(scale))
+        try:
+            scale = checks.real(self.lr_scale, f"lr scale of {self.name!r}", 0)
+        except checks.Invalid as exc:
+            raise PlanError(str(exc)) from None
+        object.__setattr__(self, "lr_scale", scale)
         object.__setattr__(self, "trainable", bool(self.trainable))
         object.__setattr__(self, "weight_decay", bool(self.weight_decay))
 
@@ -121,65 +116,46 @@ class Addition:
     group: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.target, str) or not _is_path(self.target):
-            raise PlanError(
-                f"an addition's target must be a module path such as 'blocks.0.attn.qkv', got "
-                f"{short_repr(self.target)}"
-            )
+        try:
+            self._check()
+        except checks.Invalid as exc:
+            raise PlanError(f"addition to {short_repr(self.target, 200)}: {exc}") from None
+
+    def _check(self) -> None:
+        """The checks of :meth:`__post_init__` (it names the target in each refusal)."""
+        checks.module_path(self.target, "target")
         if not isinstance(self.kind, str) or not _KIND_RE.match(self.kind):
-            raise PlanError(
-                f"addition to {self.target!r}: kind must be an adapter kind name such as "
-                f"'zoo:lora', got {short_repr(self.kind)}"
-            )
+            raise checks.Invalid("kind", "an adapter kind name such as 'zoo:lora'", self.kind)
         if not isinstance(self.params, Mapping) or not self.params:
-            raise PlanError(
-                f"addition to {self.target!r}: params must map names to shapes, got "
-                f"{short_repr(self.params)}"
-            )
+            raise checks.Invalid("params", "a mapping of names to shapes", self.params)
         params: dict[str, tuple[int, ...]] = {}
         for name, shape in self.params.items():
-            if not isinstance(name, str) or not _is_path(name) or "." not in name:
-                raise PlanError(
-                    f"addition to {self.target!r}: parameter names are '<child>.<name>' "
-                    f"(such as 'lora.A'), got {short_repr(name)}"
+            if not isinstance(name, str) or "." not in name:
+                raise checks.Invalid(
+                    "a parameter name", "'<child>.<name>' (such as 'lora.A')", name
                 )
-            if (
-                isinstance(shape, (str, bytes))
-                or not isinstance(shape, (list, tuple))
-                or len(shape) > MAX_ADDED_DIMS
-                or not all(_is_int(d) and 1 <= d <= MAX_ADDED_DIM for d in shape)
-            ):
-                raise PlanError(
-                    f"addition to {self.target!r}: shape of {name!r} must be a list of at most "
-                    f"{MAX_ADDED_DIMS} positive integers, got {short_repr(shape)}"
-                )
-            params[name] = tuple(int(d) for d in shape)
+            checks.module_path(name, "a parameter name")
+            dims = (0, MAX_ADDED_DIMS)
+            shape = checks.int_list(
+                shape, f"shape of {name!r}", size=dims, low=1, high=MAX_ADDED_DIM
+            )
+            params[name] = tuple(shape)
         children = {name.partition(".")[0] for name in params}
         if len(children) != 1:
-            raise PlanError(
-                f"addition to {self.target!r}: every parameter name must start with the same "
-                f"child module name, got {sorted(children)}"
+            raise checks.Invalid(
+                "every parameter name",
+                "a name under the same child module",
+                sorted(children),
+                f"must start with the same child module name, got {sorted(children)}",
             )
         object.__setattr__(self, "params", params)
-        if not isinstance(self.args, Mapping) or not all(isinstance(k, str) for k in self.args):
-            raise PlanError(
-                f"addition to {self.target!r}: args must be a mapping with string keys, got "
-                f"{short_repr(self.args)}"
-            )
-        bad = [k for k, v in self.args.items() if not _json_value(v)]
-        if bad:
-            raise PlanError(
-                f"addition to {self.target!r}: argument {bad[0]!r} must be JSON data (null, "
-                f"bool, number, string or a list of them), got {short_repr(self.args[bad[0]])}"
-            )
-        object.__setattr__(self, "args", {k: jsonable(v) for k, v in self.args.items()})
-        if not _is_int(self.depth) or self.depth < 0:
-            raise PlanError(
-                f"addition to {self.target!r}: depth must be an integer >= 0, got "
-                f"{short_repr(self.depth)}"
-            )
+        if not isinstance(self.args, Mapping):
+            raise checks.Invalid("args", "a mapping of argument names to JSON data", self.args)
+        checks.json_value(self.args, "args")
+        object.__setattr__(self, "args", jsonable(self.args))
+        object.__setattr__(self, "depth", checks.integer(self.depth, "depth", 0))
         if not isinstance(self.group, str):
-            raise PlanError(f"addition to {self.target!r}: group must be a string")
+            raise checks.Invalid("group", "a string", self.group)
 
     __hash__ = None  # type: ignore[assignment]  # holds dicts
 
@@ -653,7 +629,7 @@ class Plan:
         if not isinstance(data, Mapping):
             raise _malformed(f"expected a mapping, got {type(data).__name__}")
         version = data.get("format", PLAN_FORMAT)
-        if not _is_int(version) or version < 1:
+        if not checks.is_int(version) or version < 1:
             raise _malformed(f"format must be an integer >= 1, got {short_repr(version)}")
         if version > PLAN_FORMAT:
             raise PlanError(
@@ -685,7 +661,7 @@ class Plan:
                     raise _malformed(f"norm layer {path!r} has two modes")
                 norms[path] = NormMode.coerce(mode)
         epoch = data.get("epoch")
-        if epoch is not None and not (_is_int(epoch) and epoch >= 0):
+        if epoch is not None and not (checks.is_int(epoch) and epoch >= 0):
             raise _malformed(f"epoch must be an integer >= 0 or null, got {short_repr(epoch)}")
         raw_additions = data.get("additions", [])
         if not isinstance(raw_additions, (list, tuple)):
@@ -817,26 +793,8 @@ def _checked_additions(value: Any) -> tuple[Addition, ...]:
     return out
 
 
-def _is_path(text: str) -> bool:
-    return bool(text) and all(_PATH_PART.match(part) for part in text.split("."))
-
-
-def _json_value(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, str)):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, (list, tuple)):
-        return all(_json_value(v) for v in value)
-    return False
-
-
 def _malformed(problem: str) -> PlanError:
     return PlanError(f"malformed plan data: {problem}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _names_of(value: object, what: str) -> list[str]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from zoo.core import checks
 from zoo.errors import PlanError, PolicyArgumentError
 from zoo.plans.freeze import apply_plan
 from zoo.plans.plan import Plan
@@ -87,8 +88,10 @@ class ScheduleDriver:
 
     def plan_at(self, epoch: int) -> Plan:
         """The plan of ``epoch`` (computed once, from the table; touches nothing)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise PolicyArgumentError(f"epoch must be an int >= 0, got {epoch!r}")
+        try:
+            epoch = checks.integer(epoch, "epoch", 0)
+        except checks.Invalid as exc:
+            raise PolicyArgumentError(str(exc)) from None
         key = epoch if self.spec.schedule else 0
         if key not in self._plans:
             self._plans[key] = self.policy.run(
