@@ -8,11 +8,20 @@ as a full disk does) in a child, and ``OSError(ENOSPC)`` injected in-process bef
 operation. After each fault: the name holds one complete version that loads and verifies, no
 partial entry is listed, temporary files are never listed as models, ``zoo gc`` removes them
 and repairs a ``config.json`` left describing the previous version.
+
+Whole commands are killed too (issue 19): a real ``zoo adapt`` that checkpoints every epoch,
+its ``--resume`` and a ``zoo compare``, each with SIGKILL at random I/O operations of the run
+(a seeded draw among all of them: image reads, checkpoint files, the final save). After every
+kill the store is consistent whatever the moment: only whole entries are listed, a checkpoint
+on disk is whole, ``zoo gc`` would remove only what zoo wrote, the next ``--resume`` continues
+from the checkpoint or says there is none, and a final run completes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import random
 import resource
@@ -21,6 +30,8 @@ import signal
 import sys
 import time
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import pytest
 from reliability_helpers import (
@@ -38,11 +49,13 @@ from reliability_helpers import (
     temp_leftovers,
     version_of,
 )
+from test_data import make_color_folder
+from trust_helpers import HANG, cli
 
 import zoo
 from zoo.cli.main import main
 from zoo.io import store
-from zoo.io.fileformat import PAUSE_ENV
+from zoo.io.fileformat import PAUSE_ENV, is_temp_name, read_file
 
 
 def check_after_fault(name: str, allowed: set[str], *, may_be_absent: bool = False) -> str | None:
@@ -265,3 +278,149 @@ def test_enospc_before_every_operation_fails_cleanly(tiny, lock_timeout):
     # inject into); its write failures are covered by the RLIMIT_FSIZE tests above
     assert len(failed) >= 9
     print(f"\nENOSPC injected at {len(failed)} operations; every one failed cleanly")
+
+
+# ---------------------------------------------------------------- adapt, resume and compare
+
+
+def _killed_cli(argv: list[str], at: int | None, conn: Any) -> None:
+    child_init()
+    injector = Injector(at, sigkill)
+    with injector.armed():
+        status, out, err = cli(*argv)
+    conn.send((status, out, err, len(injector.events)))
+
+
+def run_cli(argv: list[str], at: int | None = None) -> tuple[int, str, str, int] | None:
+    """``zoo ARGV`` in a forked child, killed with SIGKILL at its ``at``-th I/O event: None
+    when it was killed, else ``(status, stdout, stderr, I/O events)`` (the run ended first)."""
+    reader, writer = FORK.Pipe(duplex=False)
+    process = FORK.Process(target=_killed_cli, args=(argv, at, writer))
+    process.start()
+    writer.close()
+    reply = None
+    if reader.poll(HANG):  # also true when the child died: then there is nothing to receive
+        with contextlib.suppress(EOFError):
+            reply = reader.recv()
+    process.join(HANG)
+    assert process.exitcode is not None, f"hung: zoo {' '.join(argv[:2])}"
+    if reply is None:
+        assert process.exitcode == -signal.SIGKILL, f"died with {process.exitcode}"
+    return reply
+
+
+def kept_epoch(folder: Path) -> int | None:
+    """The epoch of the checkpoint in ``folder``, checked whole: ``state.json`` names files
+    that are all there, each read back sealed by zoo's reader; nothing but zoo's files (the
+    previous epoch's not yet deleted, temporary ones) beside them. None: no checkpoint."""
+    if not folder.exists():
+        return None
+    names = sorted(os.listdir(folder))
+    odd = [n for n in names if not (n == "state.json" or store.parse_checkpoint_file(n))]
+    assert all(is_temp_name(n) for n in odd), f"not zoo's: {odd}"
+    if "state.json" not in names:
+        return None  # killed before the first epoch's checkpoint was published
+    state = json.loads((folder / "state.json").read_text())
+    for name in filter(None, state["files"].values()):
+        assert read_file(folder / name).verified, f"{name} of epoch {state['epoch']}"
+    return state["epoch"]
+
+
+def check_consistent(sentinels: dict[Path, bytes]) -> None:
+    """After a kill: ``zoo models`` lists only whole entries, each loading and verifying; ``zoo
+    gc`` would remove only zoo's leftovers; the user's files are as they were."""
+    status, out, _ = cli("models", "--json")
+    assert status == 0
+    for entry in json.loads(out)["models"]:
+        assert entry["ok"] and entry["name"] in ("adapted", "compared"), entry
+        assert zoo.inspect(entry["name"]).verified
+        zoo.load(entry["name"])
+    status, out, _ = cli("gc", "--dry-run", "--json")
+    report = json.loads(out)
+    assert status == 0 and report["skipped"] == [], report
+    for path in map(Path, report["removed"]):
+        assert is_temp_name(path.name) or path.parent == store.checkpoints_dir(), path
+    assert {p: p.read_bytes() for p in sentinels} == sentinels
+
+
+def clean_up() -> None:
+    """``zoo gc`` removes exactly the leftovers zoo wrote; none is left."""
+    leftovers = temp_leftovers()
+    status, out, _ = cli("gc", "--json")
+    assert status == 0 and json.loads(out)["removed"] == [str(p) for p in leftovers]
+    assert temp_leftovers() == []
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("colours")
+    make_color_folder(root / "train", per_class=6, seed=0)
+    make_color_folder(root / "val", per_class=2, seed=1)
+    return root
+
+
+def _argv(command: str, data: Path, *more: str) -> list[str]:
+    fast = ["--image-size", "32", "--batch-size", "8", "--scratch", "--overwrite", "--json"]
+    folders = ["--data", str(data / "train"), "--val", str(data / "val")]
+    return [command, "timm:test_resnet", *folders, *fast, *more]
+
+
+#: The epochs of the adapt run killed below.
+EPOCHS = 5
+
+
+def test_adapt_resume_and_compare_killed_at_random_moments_keep_the_store_consistent(
+    colours, lock_timeout
+):
+    # train-last with early stopping: each checkpoint has a frozen, model, optimizer and best file
+    adapt = _argv("adapt", colours, "--policy", "train-last:n=1", "--epochs", str(EPOCHS))
+    adapt += ["--early-stop", "3", "--name", "adapted"]
+    compare = _argv("compare", colours, "--policies", "linear-probe,train-last:n=1,full")
+    compare += ["--epochs", "2", "--name", "compared"]
+    folder = store.checkpoint_folder("adapted")
+    sentinels = {store.zoo_home() / "tmp" / "notes.txt": b"mine", colours / "notes.txt": b"mine"}
+    for path, text in sentinels.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text)
+    # whole runs say how many I/O operations a run has: the moments to kill at are drawn there
+    adapt_events = run_cli(adapt)[3]
+    compare_events = run_cli(compare)[3]
+    clean_up()
+    rng = random.Random(19)
+    kills: Counter[str] = Counter()
+    for _chain in range(6):
+        if run_cli(adapt, rng.randint(1, adapt_events)) is None:
+            kills["adapt"] += 1
+        check_consistent(sentinels)
+        for attempt in range(3):  # resumed: killed at random moments twice, then to the end
+            epoch = kept_epoch(folder)
+            if epoch is None:
+                status, _out, err, _ = run_cli([*adapt, "--resume"])
+                assert status == 1 and "no checkpoint to resume" in " ".join(err.split()), err
+                status, _out, err, _ = run_cli(adapt)
+                assert status == 0, err
+                break
+            # a resume runs the epochs left (and starts up as a fresh run does): draw among
+            # about as many operations as it has, so that most draws land before its end
+            left = math.ceil(adapt_events * (EPOCHS - epoch + 1) / (EPOCHS + 1))
+            reply = run_cli([*adapt, "--resume"], rng.randint(1, left) if attempt < 2 else None)
+            check_consistent(sentinels)
+            if reply is None:
+                kills["resume"] += 1
+                continue
+            status, out, err, _ = reply
+            assert status == 0 and json.loads(out)["resumed_from"] == epoch, err
+            break
+        assert not folder.exists()  # a run that saved its model deletes its checkpoint
+        clean_up()
+    for _kill in range(8):
+        if run_cli(compare, rng.randint(1, compare_events)) is None:
+            kills["compare"] += 1
+        check_consistent(sentinels)
+    status, _out, err, _ = run_cli(compare)
+    assert status == 0, err
+    clean_up()
+    assert {p: p.read_bytes() for p in sentinels} == sentinels
+    assert set(store_listing()) == {"adapted", "compared"}
+    total = sum(kills.values())
+    print(f"\n{total} random kills ({dict(kills)}): {total} consistent")

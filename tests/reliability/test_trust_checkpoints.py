@@ -409,6 +409,16 @@ def _unknown_weight(tensors: dict[str, torch.Tensor]) -> None:
     tensors["injected"] = torch.zeros(1)
 
 
+def _non_finite(value: float) -> Callable[[dict[str, torch.Tensor]], None]:
+    """A weight of the file set to ``value``, resealed: a diverged run or a changed file."""
+
+    def change(tensors: dict[str, torch.Tensor]) -> None:
+        name = next(n for n, t in tensors.items() if t.is_floating_point() and t.ndim > 1)
+        tensors[name] = torch.full_like(tensors[name], value)
+
+    return change
+
+
 HOSTILE_TENSORS = {
     "nan-moment": ("optimizer-1.safetensors", _nan_moment, "state."),
     "huge-step": ("optimizer-1.safetensors", _huge_step, "state."),
@@ -422,6 +432,9 @@ HOSTILE_TENSORS = {
     "best-resized": ("best-1.safetensors", _head_resized, "files.best"),
     "inflated": ("model-1.safetensors", _inflated, "files.model"),
     "inflated-optimizer": ("optimizer-1.safetensors", _inflated, "files.optimizer"),
+    "nan-weight": ("model-1.safetensors", _non_finite(math.nan), "files.model"),
+    "inf-frozen": ("frozen-1.safetensors", _non_finite(math.inf), "files.frozen"),
+    "nan-best": ("best-1.safetensors", _non_finite(-math.nan), "files.best"),
 }
 
 
@@ -464,6 +477,21 @@ def test_a_class_folder_added_is_named_not_a_size_mismatch(tmp_path):
         message
     )
     assert "size mismatch" not in message and "without --resume" in message
+
+
+def test_images_added_to_a_class_are_named_not_an_lr(tmp_path):
+    make_color_folder(tmp_path / "train", per_class=6, seed=0)
+    make_color_folder(tmp_path / "val", per_class=2, seed=1)
+    with pytest.raises(AdaptInterrupted):
+        adapt(tmp_path, callback=StopAfter(1))
+    red = tmp_path / "train" / "red"
+    for i in range(9):  # one batch more an epoch: the schedule's position would move
+        shutil.copy(red / "red_0.png", red / f"more_{i}.png")
+    with pytest.raises(CheckpointError) as info:
+        adapt(tmp_path, resume=True)
+    message = str(info.value)
+    assert "images: {'train': 18, 'val': 6} there, {'train': 27, 'val': 6} here" in message
+    assert "optimizer.param_groups" not in message
 
 
 def test_resuming_over_the_limits_of_this_run_is_refused(data, ckpt):

@@ -526,11 +526,25 @@ def test_a_full_disk_fails_the_cli_export_with_the_space_it_needs(lora_model, ex
 # ---------------------------------------------------------------- a merge that raises
 
 
+#: What a buggy ``merge_into`` may do to the head before it raises.
+HARMS: dict[str, Callable[[nn.Module], Any]] = {
+    "values": lambda head: head.weight.mul_(0.0),
+    "dtype": lambda head: setattr(head.weight, "data", head.weight.data.half()),
+    "device-shape": lambda head: setattr(head.weight, "data", torch.zeros(1)),
+    "replaced": lambda head: setattr(head, "weight", nn.Parameter(head.weight * 0)),
+    "deleted": lambda head: (delattr(head, "bias"), setattr(head, "bias", None)),
+    "added": lambda head: head.register_buffer("folded", torch.ones(1)),
+    "adapter-gone": lambda head: delattr(head, "flaky"),
+    "attribute": lambda head: setattr(head, "in_features", 0),
+}
+
+
 class Flaky(zoo.Adapter):
     """A plugin's mergeable adapter (a shift of a Linear's output) whose ``merge_into`` fails
-    on the head, after changing its weights, as a buggy third-party kind may."""
+    on the head, after changing it (``harm``), as a buggy third-party kind may."""
 
     mergeable = True
+    harm = staticmethod(HARMS["values"])
 
     def __init__(self, n: int) -> None:
         super().__init__()
@@ -542,7 +556,7 @@ class Flaky(zoo.Adapter):
     def merge_into(self, target: nn.Module) -> None:
         target.bias.add_(self.shift)
         if self.zoo_addition.target == "head":
-            target.weight.mul_(0.0)
+            self.harm(target)
             raise ValueError("cannot fold a shift into this target")
 
 
@@ -570,7 +584,9 @@ class FlakyPlugin:
         register(zoo.PolicySpec("shift", shift_every_linear, summary="a flaky shift per Linear"))
 
 
-def test_a_merge_that_raises_changes_nothing(zoo_register_plugin):
+@pytest.mark.parametrize("harm", HARMS)
+def test_a_merge_that_raises_changes_nothing(zoo_register_plugin, monkeypatch, harm):
+    monkeypatch.setattr(Flaky, "harm", staticmethod(HARMS[harm]))
     zoo_register_plugin(FlakyPlugin(), name="acme")
     model = zoo.create(VIT, num_classes=3, **VIT_ARGS).eval()
     zoo.freeze(model, "acme:shift")
@@ -581,6 +597,7 @@ def test_a_merge_that_raises_changes_nothing(zoo_register_plugin):
             model.get_submodule(f"{addition.target}.flaky").shift.fill_(0.25)
         expected = model(X)
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    tensors = [*model.parameters(), *model.buffers()]  # an optimizer holds these objects
     with pytest.raises(zoo.AdapterMergeError) as info:
         zoo.merge_adapters(model)
     message = str(info.value)
@@ -589,9 +606,14 @@ def test_a_merge_that_raises_changes_nothing(zoo_register_plugin):
     assert zoo.adapters(model) == added
     now = model.state_dict()
     assert now.keys() == state.keys()
-    assert all(torch.equal(now[k], state[k]) for k in state), "a weight changed"
+    assert all(now[k].dtype == state[k].dtype and torch.equal(now[k], state[k]) for k in state)
+    after = [*model.parameters(), *model.buffers()]
+    assert len(after) == len(tensors) and all(a is b for a, b in zip(after, tensors, strict=True))
+    assert model.head.in_features == state["head.weight"].shape[1]
     with torch.no_grad():
         assert torch.equal(model(X), expected)
+    if harm != "values":
+        return  # the rest is the same for every harm
     zoo.save(model, "flaky")
     with pytest.raises(zoo.AdapterMergeError, match=r"acme:flaky.*'head'.*Nothing was changed"):
         zoo.load("flaky", merge=True)

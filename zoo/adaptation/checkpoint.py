@@ -12,9 +12,9 @@ in files named ``<kind>-<E>.safetensors`` after the epoch ``E`` whose checkpoint
   (``rng.loader.<i>``);
 * ``best-E`` — with early stopping, the best validation epoch's state (without the frozen
   tensors when they are those of ``frozen``);
-* ``state.json`` — the epoch, the run's configuration (class names included), the file names,
-  the history, the optimizer's parameter groups, the python and numpy RNG states, the
-  measured ``auto``'s winner.
+* ``state.json`` — the epoch, the run's configuration (class names and the images of each
+  split included), the file names, the history, the optimizer's parameter groups, the python
+  and numpy RNG states, the measured ``auto``'s winner.
 
 Tensors are written by zoo's writer, sealed, and read back by zoo's reader (nothing is
 pickled); each file is written atomically and ``state.json``, written last, names the files of
@@ -51,6 +51,7 @@ from zoo.adaptation.checkpoint_state import (
     VERSION,
     BadState,
     SavedState,
+    check_finite,
     check_groups,
     check_model_tensors,
     check_optimizer_tensors,
@@ -136,11 +137,13 @@ def run_config(
     options: Mapping[str, Any],
     *,
     classes: list[str],
+    images: dict[str, int] | None,
     world_size: int,
 ) -> dict[str, Any]:
     """The settings a resumed run must share with the interrupted one, as JSON values: the
     options that change how it trains (not ``overwrite``, which only says how it is saved),
-    the inputs, and the class names the data gave (a class folder added changes the head)."""
+    the inputs, the class names the data gave (a class folder added changes the head) and
+    the images of each split of folders (an image added or removed changes the epochs)."""
     skip = {"callback", "resume", "overwrite"}
     config = {k: v for k, v in options.items() if k not in skip}
     config.update(
@@ -148,6 +151,7 @@ def run_config(
         train=_describe_input(train),
         val=_describe_input(val),
         classes=list(classes),
+        images=images,
         world_size=world_size,
     )
     return _jsonable(config)
@@ -477,7 +481,8 @@ class Checkpointer:
     def _read(self, saved: SavedState, kind: str) -> tuple[dict[str, Any], str | None]:
         """The tensors of the checkpoint file of ``kind`` and their hash: read by zoo's reader
         (a regular file in the folder, never a link; header limits, memory check) and sealed
-        by zoo (the seal is verified: a changed or truncated file is refused)."""
+        by zoo (the seal is verified: a changed or truncated file is refused); a model's
+        tensors hold finite values."""
         assert self.folder is not None
         name = saved.files[kind]
         assert name is not None
@@ -487,6 +492,8 @@ class Checkpointer:
             raise BadState(f"files.{kind}: {exc}") from None
         if not read.verified:
             raise BadState(f"files.{kind}: {name} is not sealed by zoo (not a file zoo wrote)")
+        if kind != "optimizer":  # its moments are checked with their parameters
+            check_finite(read.tensors, f"files.{kind}")
         return read.tensors, read.tensors_sha256
 
     # -------------------------------------------------- after each epoch

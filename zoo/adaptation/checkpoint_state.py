@@ -12,8 +12,9 @@ A checkpoint folder (:mod:`zoo.adaptation.checkpoint`) is read by the trust rule
 * :func:`check_groups` — the optimizer's parameter groups: as many as this run's, each with
   the same parameters and hyperparameters (the lr: this run's initial lr at the saved step of
   its schedule). None of them is loaded: this run's own groups are kept.
-* :func:`check_model_tensors` and :func:`check_optimizer_tensors` — the tensor files: the
-  names, shapes and dtypes of the model's state; the optimizer's state for each parameter
+* :func:`check_model_tensors`, :func:`check_finite` and :func:`check_optimizer_tensors` — the
+  tensor files: the names, shapes and dtypes of the model's state, its values finite (a NaN
+  weight would train on as NaN and be saved); the optimizer's state for each parameter
   (the keys its optimizer keeps, finite values of the parameter's shape, a step count no
   larger than the run's) and the RNG states of torch and of the data loaders.
 
@@ -330,6 +331,19 @@ def check_model_tensors(
             raise BadState(
                 f"{field}: tensor {short_repr(name, 80)} is {tensor.dtype} "
                 f"{tuple(tensor.shape)}, this run's model has {want.dtype} {tuple(want.shape)}"
+            )
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], field: str) -> None:
+    """Every floating-point tensor of a checkpoint's model file (model, frozen, best) holds
+    finite values: a run that diverged, or a changed file, is not resumed into a NaN model."""
+    import torch
+
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BadState(
+                f"{field}: tensor {short_repr(name, 80)} holds NaN or infinite values (the run "
+                "diverged, or the file was changed)"
             )
 
 

@@ -583,8 +583,19 @@ def _check_resume(
             "DIR) or val_split (--val-split F)"
         )
     settings = {f.name: getattr(options, f.name) for f in fields(options)}
+    images = (  # a loader's size is in its description (run_config)
+        {"train": len(data.train), "val": len(data.val) if data.val is not None else 0}
+        if data.from_folders
+        else None
+    )
     keeper.config = run_config(
-        start, train, val, settings, classes=list(data.classes), world_size=ctx.world_size
+        start,
+        train,
+        val,
+        settings,
+        classes=list(data.classes),
+        images=images,
+        world_size=ctx.world_size,
     )
     keeper.check()
 

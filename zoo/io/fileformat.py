@@ -351,8 +351,6 @@ def _kind_of(mode: int) -> str:
 
 def _refuse_special(path: Path, mode: int) -> CorruptFileError:
     kind = _kind_of(mode)
-    if kind == "a directory":
-        return CorruptFileError(f"{path}: is a directory, not a .safetensors file")
     return CorruptFileError(f"{path}: is {kind}, not a regular file; zoo only reads regular files")
 
 

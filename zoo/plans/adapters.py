@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from zoo.core.specs import AdapterSpec
     from zoo.plans.adapter_module import Adapter
 
+    #: One module as :func:`_copy_state` saw it: its attributes (each dict's items too: its
+    #: children, parameters, buffers, hooks) and a CPU copy of each tensor with its device.
+    _Saved = tuple[nn.Module, dict[str, tuple[Any, dict | None]], dict[str, tuple[Any, Any]]]
+
 
 def is_adapter(module: object) -> bool:
     """Whether ``module`` is a ``zoo.Adapter`` (read from the class marker, without importing
@@ -315,10 +319,11 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     naming it, before anything changes. ``model.zoo.plan`` loses the additions. A wrapped
     model (``torch.compile``, DDP) has the adapters of the model it wraps merged.
 
-    Merging is all or nothing: each target's tensors are copied (to the CPU) before its
-    adapter's ``merge_into`` runs, and when one raises -- a plugin's kind may -- every target
-    merged so far gets its tensors back and the error is an :class:`~zoo.AdapterMergeError`
-    naming that adapter; the model keeps all its adapters and weights. The copies cost up to the
+    Merging is all or nothing: each target's tensors are copied (to the CPU), with the tensors,
+    children and attributes it holds, before its adapter's ``merge_into`` runs, and when one
+    raises -- a plugin's kind may -- every target merged so far gets them back (the same tensor
+    objects, dtypes and devices) and the error is an :class:`~zoo.AdapterMergeError` naming
+    that adapter; the model keeps all its adapters and weights. The copies cost up to the
     targets' size in memory until the merge completes.
     """
     import torch
@@ -352,15 +357,15 @@ def _merge_all(model: nn.Module, found: list[tuple[str, Adapter]]) -> None:
     """Call every adapter's ``merge_into``; when one raises, restore every target changed so
     far (in reverse order, so a target with two adapters gets its first state back) and raise
     :class:`~zoo.AdapterMergeError` naming the adapter."""
-    saved: list[tuple[nn.Module, dict[str, Any]]] = []
+    saved: list[list[_Saved]] = []
     for _, adapter in found:
         target = _target_of(model, adapter)
-        saved.append((target, _copy_state(target)))
+        saved.append(_copy_state(target))
         try:
             adapter.merge_into(target)
         except BaseException as exc:
-            for changed, state in reversed(saved):
-                _restore_state(changed, state)
+            for state in reversed(saved):
+                _restore_state(state)
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt and the like: restored, and passed on as they are
             addition = adapter.zoo_addition
@@ -371,25 +376,42 @@ def _merge_all(model: nn.Module, found: list[tuple[str, Adapter]]) -> None:
             ) from exc
 
 
-def _copy_state(module: nn.Module) -> dict[str, Any]:
-    """A CPU copy of every tensor of ``module`` (its adapters' included)."""
-    return {
-        name: tensor.detach().to("cpu", copy=True)
-        for name, tensor in module.state_dict(keep_vars=True).items()
-    }
+def _copy_state(module: nn.Module) -> list[_Saved]:
+    """What a ``merge_into`` may change in ``module`` and its submodules: each one's attributes
+    -- with the items of its dicts: the children, parameters, buffers and hooks it holds (one
+    replaced, deleted or added is put back as it was) -- and a CPU copy of each tensor's values
+    (its ``.data`` changed -- values, dtype, shape or device -- is put back too)."""
+    saved = []
+    for sub in module.modules():
+        attrs = {k: (v, dict(v) if isinstance(v, dict) else None) for k, v in vars(sub).items()}
+        tensors = {**sub._parameters, **sub._buffers}
+        values = {
+            name: (tensor.detach().to("cpu", copy=True), tensor.device)
+            for name, tensor in tensors.items()
+            if tensor is not None
+        }
+        saved.append((sub, attrs, values))
+    return saved
 
 
-def _restore_state(module: nn.Module, state: dict[str, Any]) -> None:
-    """Put the tensors :func:`_copy_state` copied back into ``module``'s own tensors."""
-    current = module.state_dict(keep_vars=True)
-    for name, tensor in state.items():
-        now = current.get(name)
-        if now is None:
-            continue
-        if now.shape == tensor.shape:
-            now.data.copy_(tensor)  # in place: views and tied tensors stay shared
-        else:
-            now.data = tensor.to(now.device, now.dtype)
+def _restore_state(saved: list[_Saved]) -> None:
+    """Put back what :func:`_copy_state` saved: each module's attributes, children and tensors
+    (the same objects, so an optimizer or a tied weight still holds them) with their values."""
+    for sub, attrs, values in saved:
+        now = vars(sub)
+        now.clear()
+        for key, (value, items) in attrs.items():
+            if items is not None:
+                value.clear()
+                value.update(items)
+            now[key] = value
+        tensors = {**sub._parameters, **sub._buffers}
+        for name, (value, device) in values.items():
+            tensor = tensors[name]
+            if (tensor.shape, tensor.dtype, tensor.device) == (value.shape, value.dtype, device):
+                tensor.data.copy_(value)  # in place: views and tied tensors stay shared
+            else:
+                tensor.data = value.to(device)
 
 
 def _forget(model: nn.Module, removed: list[Addition]) -> None:
