@@ -295,6 +295,38 @@ def _history() -> History:
     )
 
 
+def test_each_option_is_one_config_field_and_typing_none_keeps_the_defaults():
+    """``zoo adapt`` and ``zoo compare`` take their options from one table of
+    ``TrainConfig`` fields: what is typed becomes the field's value, what is not typed keeps
+    the default ``zoo.adapt`` has."""
+    from dataclasses import fields
+
+    from zoo.adaptation.config import TrainConfig
+    from zoo.cli.main import build_parser
+    from zoo.cli.train_options import OPTIONS, config_from_args
+
+    assert set(OPTIONS) <= {f.name for f in fields(TrainConfig)}
+    parser = build_parser()
+    for job in ("adapt", "compare"):
+        args = parser.parse_args([job, "b", "--data", "d", "--name", "n"])
+        assert config_from_args(args, job, name="n") == TrainConfig(name="n")
+    typed = [
+        *("adapt", "b", "--data", "d", "--augment", "off", "--feature-cache", "on"),
+        *("--strict-images", "--crop-pct", "0.9", "--workers", "2", "--pretrained"),
+        *("--delta", "--resume", "--early-stop", "2", "--lr-schedule", "constant"),
+    ]
+    config = config_from_args(parser.parse_args(typed), "adapt")
+    assert (config.augment, config.feature_cache, config.on_corrupt) == (False, True, "error")
+    assert config.input_config == {"crop_pct": 0.9} and config.num_workers == 2
+    assert (config.pretrained, config.delta, config.resume) == (True, True, True)
+    assert (config.early_stop, config.lr_schedule) == (2, "constant")
+    base = ["compare", "b", "--data", "d", "--name", "n", "--policies"]
+    one = config_from_args(parser.parse_args([*base, "a,lora:rank=4,alpha=8"]), "compare")
+    assert one.policies == "a,lora:rank=4,alpha=8"  # as typed: a refusal shows it
+    two = config_from_args(parser.parse_args([*base, "a", "--policies", "b;c"]), "compare")
+    assert two.policies == ["a", "b", "c"]
+
+
 def test_render_tables_and_progress():
     from io import StringIO
 

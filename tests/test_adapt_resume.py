@@ -23,6 +23,16 @@ from zoo.io.store import checkpoint_folder, gc
 
 BACKBONE = "timm:test_resnet"
 FAST = {"image_size": 32, "batch_size": 8, "lr": 1e-2, "seed": 3, "scratch": True}
+#: What a checkpoint records of its run, under the names of zoo.adapt's keyword arguments: a
+#: resume compares each with its own, so a renamed one would refuse every older checkpoint.
+CHECKPOINT_SETTINGS = {
+    *("policy", "policy_args", "epochs", "lr", "weight_decay", "batch_size", "optimizer"),
+    *("momentum", "lr_schedule", "warmup_epochs", "label_smoothing", "name", "delta"),
+    *("pretrained", "weights", "scratch", "model_kwargs", "classes", "val_split"),
+    *("image_size", "input_config", "augment", "similarity", "samples_per_class"),
+    *("feature_cache", "on_corrupt", "device", "distributed", "num_workers", "seed"),
+    *("early_stop", "start", "train", "val", "world_size"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +86,7 @@ def test_interrupted_run_resumes_bit_identical(data, options, stop):
     folder = checkpoint_folder("cut")
     state = json.loads((folder / "state.json").read_text())
     assert state["epoch"] == stop and len(state["history"]) == stop
+    assert set(state["config"]) == CHECKPOINT_SETTINGS  # the names a resume compares
     assert not any(p.suffix == ".pt" for p in folder.iterdir())  # nothing pickled
     with pytest.raises(zoo.ModelNotFoundError):
         zoo.load("cut")

@@ -12,7 +12,8 @@ from test_data import make_color_folder
 
 import zoo
 from zoo.adaptation import halving
-from zoo.adaptation.candidates import default_policies, split_policies
+from zoo.adaptation.candidates import default_policies
+from zoo.adaptation.config import split_policies
 from zoo.adaptation.halving import (
     MIN_RUNG_STEPS,
     keep_ratio,
@@ -317,6 +318,21 @@ def test_cli_names_the_option_and_an_existing_name_fails_fast(data, capsys):
     zoo.save(zoo.create(BACKBONE, num_classes=3), "x")
     status, _, err = _cli([*base, "--val", str(data / "val")], capsys)
     assert status == 1 and "already saved" in err
+
+
+def test_cli_takes_the_training_options_of_zoo_adapt(data, capsys):
+    """``zoo compare`` adds the options it shares with ``zoo adapt`` from the same table:
+    they reach the comparison (a refusal names the option; the crop is saved)."""
+    base = ["compare", BACKBONE, "--data", str(data / "train"), "--val", str(data / "val")]
+    fast = ["--scratch", "--image-size", "32", "--batch-size", "8", "--epochs", "1"]
+    status, out, err = _cli([*base, *fast, "--name", "w", "--warmup-epochs", "3"], capsys)
+    assert status == 1 and out == ""
+    assert "--warmup-epochs must be a finite number in [0, 1], not 3.0" in err
+    argv = [*base, *fast, "--name", "opts", "--policies", "linear-probe", "--json"]
+    argv += ["--optimizer", "sgd", "--lr-schedule", "constant", "--crop-pct", "0.5"]
+    status, _out, _err = _cli([*argv, "--weight-decay", "0", "--strict-images"], capsys)
+    assert status == 0
+    assert zoo.load("opts").zoo.input_config.crop_pct == 0.5
 
 
 def test_cli_text_output_is_a_table_and_says_why(data, capsys):

@@ -73,7 +73,7 @@ def test_zoo_identify_model_names_a_model_timm_built():
     """``zoo.adapt(timm.create_model(...))`` can save its result: the plugin says what it is."""
     from torch import nn
 
-    from zoo.adaptation.starting_point import identify
+    from zoo.adaptation.prepare import identify
 
     catalog = zoo.get_catalog()
     assert identify(timm.create_model("test_resnet"), catalog).qualified_name == "timm:test_resnet"

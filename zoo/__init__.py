@@ -14,7 +14,7 @@ from zoo._version import __version__
 from zoo.hookspecs import hookimpl, hookspec
 
 if TYPE_CHECKING:
-    from zoo.adaptation.job import History
+    from zoo.adaptation.history import History
     from zoo.api import (
         ScheduleDriver,
         adapt,
@@ -93,7 +93,7 @@ _LAZY: dict[str, str] = {
     "CorruptFileError": "zoo.errors",
     "DataError": "zoo.errors",
     "FreezeViolationError": "zoo.errors",
-    "History": "zoo.adaptation.job",
+    "History": "zoo.adaptation.history",
     "InputConfig": "zoo.core.specs",
     "InvalidNameError": "zoo.errors",
     "LockTimeoutError": "zoo.errors",

@@ -10,14 +10,12 @@ argument (``catalog=``) and can be given another one.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect as _inspect
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from zoo.adaptation import compare as _compare
-from zoo.adaptation import job as _job
-from zoo.adaptation import predict as _predict
 from zoo.core.catalog import current_catalog, get_catalog, reset_catalog, set_catalog
 from zoo.core.record import unwrap
 from zoo.core.specs import BackboneSpec, PolicySpec
@@ -35,6 +33,10 @@ from zoo.tables.table import ParamTable
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from zoo.adaptation.compare import compare
+    from zoo.adaptation.job import adapt
+    from zoo.adaptation.predict import predict
 
 __all__ = [
     "ScheduleDriver",
@@ -89,9 +91,24 @@ load = _with_process_catalog(_persistence.load)
 inspect = _with_process_catalog(_persistence.inspect)
 export_peft = _with_process_catalog(_peft_format.export_peft)
 import_peft = _with_process_catalog(_peft_format.import_peft)
-adapt = _with_process_catalog(_job.adapt)
-compare = _with_process_catalog(_compare.compare)
-predict = _with_process_catalog(_predict.predict)
+
+#: The functions of the jobs, imported on first use: a job imports torch, and listing,
+#: specs and plans through this module do not.
+_JOBS = {
+    "adapt": "zoo.adaptation.job",
+    "compare": "zoo.adaptation.compare",
+    "predict": "zoo.adaptation.predict",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``adapt``, ``compare`` and ``predict`` (:data:`_JOBS`) with the process catalog."""
+    module = _JOBS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zoo.api' has no attribute {name!r}")
+    public = _with_process_catalog(getattr(importlib.import_module(module), name))
+    globals()[name] = public
+    return public
 
 
 def list_backbones(pattern: str | None = None, *, pretrained: bool | None = None) -> list[str]:

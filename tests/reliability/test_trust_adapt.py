@@ -100,6 +100,24 @@ def test_bad_arguments_are_refused_before_any_work(kwargs, argument, _isolated_z
     assert not (_isolated_zoo / "models").exists()
 
 
+@pytest.mark.parametrize(
+    "kwargs, shown",
+    [
+        ({"policies": "full"}, "policies must be left out: zoo.adapt trains one policy"),
+        ({"budget": 60}, "budget must be left out: it is not an argument of zoo.adapt"),
+        ({"plot": "p.png"}, "plot must be left out"),
+        ({"epoch": 3}, "did you mean epochs?"),
+    ],
+)
+def test_arguments_adapt_does_not_take_are_refused_by_name(kwargs, shown, _isolated_zoo):
+    """compare's own arguments and unknown keywords: one rule for both jobs, no TypeError."""
+    with pytest.raises(AdaptArgumentError) as info:
+        zoo.adapt(**NOWHERE, name="never", **kwargs)
+    assert info.value.argument == next(iter(kwargs))
+    assert shown in str(info.value)
+    assert not (_isolated_zoo / "models").exists()
+
+
 def test_an_unknown_device_is_a_clear_error():
     with pytest.raises(zoo.ZooError, match="unknown device 'gpu'"):
         zoo.adapt(**NOWHERE, device="gpu")

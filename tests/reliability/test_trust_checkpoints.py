@@ -663,12 +663,12 @@ def test_a_measured_auto_resumes_without_measuring_again(data, tmp_path, monkeyp
     with pytest.raises(AdaptInterrupted):
         adapt(data, callback=StopAfter(1), **options)
     assert state_of(checkpoint_folder(NAME))["auto"]["policy"] == whole.policy
-    from zoo.adaptation import auto_measure
+    from zoo.adaptation import job
 
     def measure_again(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("auto measured again on resume")
 
-    monkeypatch.setattr(auto_measure, "measure_auto", measure_again)
+    monkeypatch.setattr(job, "measure_auto", measure_again)
     # a winner that is not one of auto's candidates is refused by name
     folder = checkpoint_folder(NAME)
     kept = (folder / "state.json").read_bytes()

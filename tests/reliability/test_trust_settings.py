@@ -15,7 +15,7 @@ import pytest
 from test_data import make_color_folder
 
 import zoo
-from zoo.adaptation.candidates import split_policies
+from zoo.adaptation.config import split_policies
 from zoo.adaptation.feature_cache import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, max_cache_bytes
 from zoo.cli.main import main
 

@@ -42,43 +42,6 @@ def default_policies(table: ParamTable, catalog: Catalog) -> list[str]:
     return ladder
 
 
-def split_policies(text: str) -> list[str]:
-    """The specs of a policy list: ``"linear-probe;lora:rank=4,alpha=8"`` or
-    ``"linear-probe,train-last:n=2,lora:rank=4,alpha=8"``.
-
-    With a ``;`` anywhere, ``;`` alone separates specs (so a spec's arguments, lists included,
-    keep their commas). Without one, commas separate specs, except inside brackets and before
-    a ``key=value`` that names no policy (``alpha=8``), which continues the spec before it.
-    """
-    if ";" in text:
-        return [p.strip() for p in text.split(";") if p.strip()]
-    parts: list[str] = []
-    depth = 0
-    current = ""
-    for char in text + ",":
-        if char in "[({":
-            depth += 1
-        elif char in "])}":
-            depth -= 1
-        if char == "," and depth == 0:
-            piece = current.strip()
-            if parts and _continues_spec(piece):
-                parts[-1] += "," + piece
-            elif piece:
-                parts.append(piece)
-            current = ""
-        else:
-            current += char
-    return parts
-
-
-def _continues_spec(piece: str) -> bool:
-    """Whether ``piece`` of a comma-separated list is an argument (``alpha=8``) of the spec
-    before it rather than a spec of its own (``lora``, ``lora:rank=4``)."""
-    name, eq, _ = piece.partition("=")
-    return bool(eq) and ":" not in name
-
-
 @dataclass(frozen=True)
 class PlannedCandidate:
     """A policy to compare: its spec text (CLI form, qualified) and its plan for the model."""

@@ -6,6 +6,17 @@ import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
+
+from zoo.adaptation.data import (
+    ImageDataset,
+    LoaderSpec,
+    build_transform,
+    input_config_of,
+    make_loader,
+    scan_image_folder,
+)
+from zoo.adaptation.distributed import resolve_device
 from zoo.adaptation.inputs import is_loader
 from zoo.core import checks
 from zoo.core.record import record_of
@@ -38,17 +49,6 @@ def evaluate(
     """Accuracy of ``model`` on an image folder (its class folders must be among
     ``model.zoo.classes``) or a data loader, with the evaluation transform of the model's
     input config."""
-    import torch
-
-    from zoo.adaptation.data import (
-        ImageDataset,
-        LoaderSpec,
-        build_transform,
-        input_config_of,
-        make_loader,
-        scan_image_folder,
-    )
-    from zoo.adaptation.distributed import resolve_device
 
     try:
         batch_size = checks.integer(batch_size, "batch_size", 1)

@@ -26,7 +26,7 @@ import copy
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -50,6 +50,7 @@ from zoo.plans.freeze import apply_plan
 if TYPE_CHECKING:
     from zoo.adaptation.boundary_cache import Boundary
     from zoo.adaptation.candidates import PlannedCandidate
+    from zoo.adaptation.config import TrainConfig
     from zoo.adaptation.distributed import DistContext
     from zoo.adaptation.inputs import AdaptData
     from zoo.adaptation.shared_work import SharedData
@@ -129,32 +130,8 @@ def make_candidate(base: nn.Module, planned: PlannedCandidate) -> Candidate:
     return Candidate(planned.spec, planned.plan, model, trainable, total)
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """How every candidate trains (the same for all: a fair comparison)."""
-
-    epochs: int
-    lr: float
-    weight_decay: float
-    batch_size: int
-    optimizer: str
-    momentum: float
-    lr_schedule: str
-    warmup_epochs: float
-    label_smoothing: float
-    seed: int
-    num_classes: int
-
-    @classmethod
-    def from_options(cls, options: Any, num_classes: int) -> TrainSettings:
-        """The settings of a run's options (an ``AdaptConfig`` or ``CompareConfig``: both have
-        a field for each of these but ``num_classes``)."""
-        names = [f.name for f in fields(cls) if f.name != "num_classes"]
-        return cls(**{name: getattr(options, name) for name in names}, num_classes=num_classes)
-
-
 def _prepare_training(
-    cand: Candidate, shared: SharedData, settings: TrainSettings, ctx: DistContext
+    cand: Candidate, shared: SharedData, settings: TrainConfig, num_classes: int, ctx: DistContext
 ) -> None:
     """Optimizer, lr schedule over all epochs, and the candidate's own shuffled batches."""
     groups = cand.plan.param_groups(cand.model, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -189,7 +166,7 @@ def _prepare_training(
         batches_per_epoch=cand.n_batches,
         epochs=settings.epochs,
         warmup_epochs=settings.warmup_epochs,
-        num_classes=settings.num_classes,
+        num_classes=num_classes,
     )
 
 
@@ -208,7 +185,7 @@ def _threads_for(cand: Candidate, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def train_one_epoch(cand: Candidate, settings: TrainSettings, ctx: DistContext) -> EpochRecord:
+def train_one_epoch(cand: Candidate, settings: TrainConfig, ctx: DistContext) -> EpochRecord:
     assert cand.loop is not None and cand.module is not None and cand.replica is not None
     start = time.perf_counter()
     epoch = cand.epochs_run + 1
@@ -293,7 +270,7 @@ class Outcome:
 
 def run_halving(
     candidates: list[Candidate],
-    settings: TrainSettings,
+    settings: TrainConfig,
     *,
     ctx: DistContext,
     budget: float | None,
@@ -410,7 +387,7 @@ def _release(cand: Candidate) -> None:
 def _leaderboard(
     candidates: list[Candidate],
     winner: Candidate,
-    settings: TrainSettings,
+    settings: TrainConfig,
     rungs: list[int],
     budget: float | None,
     budget_cut: bool,
@@ -471,12 +448,11 @@ def compare_candidates(
     data: AdaptData,
     config: InputConfig,
     planned: list[PlannedCandidate],
-    settings: TrainSettings,
+    settings: TrainConfig,
     *,
     ctx: DistContext,
     budget: float | None,
     callback: AdaptCallback,
-    num_workers: int,
     t_start: float,
     finish: bool = True,
     relative_budget: float | None = None,
@@ -484,7 +460,9 @@ def compare_candidates(
 ) -> Outcome:
     """Compare ``planned`` on ``model`` (built, on its device, input config set): the shared
     work, then successive halving."""
-    shared = prepare_shared(data, config, ctx=ctx, num_workers=num_workers, seed=settings.seed)
+    shared = prepare_shared(
+        data, config, ctx=ctx, num_workers=settings.num_workers, seed=settings.seed
+    )
     small = small_validation_note(_count(data.val))
     notes = [*notes, small] if small else notes
     candidates = [make_candidate(model, p) for p in planned]
@@ -493,7 +471,7 @@ def compare_candidates(
         extract_shared_boundaries(model, candidates, boundaries, shared, ctx=ctx, callback=callback)
     for cand in candidates:
         torch.manual_seed(settings.seed)  # a head reset or dropout draws the same for each
-        _prepare_training(cand, shared, settings, ctx)
+        _prepare_training(cand, shared, settings, len(data.classes), ctx)
     return run_halving(
         candidates,
         settings,

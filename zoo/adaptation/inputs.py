@@ -12,11 +12,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from zoo.adaptation.data import (
+    ImageDataset,
+    ImageFolder,
+    LoaderSpec,
+    Seen,
+    build_transform,
+    class_counts_of,
+    dataset_targets,
+    make_loader,
+    scan_image_folder,
+    split_folder,
+)
+from zoo.adaptation.distributed import ShardSampler
+from zoo.adaptation.feature_cache import INFERENCE_BATCH
 from zoo.errors import DataError
 
 if TYPE_CHECKING:
-    from torch.utils.data import DataLoader
-
     from zoo.adaptation.distributed import DistContext
     from zoo.core.specs import InputConfig
 
@@ -31,14 +46,10 @@ class AdaptData:
 
     @property
     def from_folders(self) -> bool:
-        from zoo.adaptation.data import ImageFolder
-
         return isinstance(self.train, ImageFolder)
 
 
 def is_loader(obj: Any) -> bool:
-    from torch.utils.data import DataLoader
-
     return isinstance(obj, DataLoader)
 
 
@@ -54,8 +65,6 @@ def prepare_data(
     """The run's data; refuses (:class:`~zoo.DataError`) anything a classifier cannot learn
     from: fewer than 2 classes, a class without training data, labels out of range, a
     validation set with other classes."""
-    from zoo.adaptation.data import Seen, scan_image_folder, split_folder
-
     if is_loader(train):
         return _loader_data(train, val, classes=classes, val_split=val_split)
     if not isinstance(train, (str, os.PathLike)):
@@ -98,8 +107,6 @@ def _same_folder(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
 def _loader_data(
     train: DataLoader, val: Any, *, classes: Sequence[str] | None, val_split: float | None
 ) -> AdaptData:
-    from zoo.adaptation.data import class_counts_of
-
     if val is not None and not is_loader(val):
         raise DataError("train is a DataLoader, so val must be a DataLoader too")
     if val_split:
@@ -122,8 +129,6 @@ def _loader_data(
 def _check_loader_classes(role: str, dataset: Any, names: list[str]) -> None:
     """Class names and labels of a loader's dataset, where it tells them (``.classes``,
     ``.targets``, a ``TensorDataset``'s second tensor)."""
-    from zoo.adaptation.data import dataset_targets
-
     own = getattr(dataset, "classes", None)
     if role == "training" and len(names) < 2:
         raise DataError(
@@ -164,12 +169,6 @@ def loaders_for_folders(
     ctx: DistContext,
     shuffle_train: bool,
 ) -> tuple[DataLoader, DataLoader | None]:
-    from torch.utils.data.distributed import DistributedSampler
-
-    from zoo.adaptation.data import ImageDataset, LoaderSpec, build_transform, make_loader
-    from zoo.adaptation.distributed import ShardSampler
-    from zoo.adaptation.feature_cache import INFERENCE_BATCH
-
     spec = LoaderSpec(batch_size=batch_size, num_workers=num_workers, seed=seed)
     # evaluation, and a training pass that only computes features, use larger batches
     big = LoaderSpec(
@@ -198,10 +197,6 @@ def distributed_loader(
     loader: DataLoader, ctx: DistContext, *, shuffle: bool, seed: int, evaluation: bool
 ) -> DataLoader:
     """A user's loader rebuilt with a sampler that shards its dataset over the ranks."""
-    from torch.utils.data import DataLoader
-    from torch.utils.data.distributed import DistributedSampler
-
-    from zoo.adaptation.distributed import ShardSampler
 
     if evaluation:
         sampler: Any = ShardSampler(len(loader.dataset), ctx.rank, ctx.world_size)
@@ -228,10 +223,6 @@ def set_epoch(loader: Any, epoch: int) -> None:
 
 def reshuffled(loader: DataLoader, ctx: DistContext, seed: int, batch_size: int) -> DataLoader:
     """The training loader again, shuffled, when the feature cache turned out unusable."""
-    from torch.utils.data import DataLoader
-    from torch.utils.data.distributed import DistributedSampler
-
-    from zoo.adaptation.data import LoaderSpec, make_loader
 
     if isinstance(loader.sampler, DistributedSampler):
         sampler = DistributedSampler(

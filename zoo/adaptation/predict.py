@@ -12,13 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import torch
+
+from zoo.adaptation.data import (
+    IMAGE_EXTENSIONS,
+    build_transform,
+    input_config_of,
+    list_images,
+    load_image,
+)
 from zoo.core import checks
 from zoo.core.record import record_of
 from zoo.errors import DataError, ZooError
 from zoo.io.persistence import load
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from zoo.core.catalog import Catalog
@@ -63,8 +71,6 @@ def image_files(folder: str | os.PathLike[str], *, recursive: bool = False) -> l
     each once; hidden files and other files are left out, and links to folders are not followed
     (:func:`~zoo.adaptation.data.list_images`). A folder without images raises
     :class:`~zoo.DataError`."""
-    from zoo.adaptation.data import IMAGE_EXTENSIONS, list_images
-
     paths, left_out = list_images(Path(folder), recursive=recursive)
     found = sorted(map(str, paths))
     if not found:
@@ -80,8 +86,6 @@ def image_files(folder: str | os.PathLike[str], *, recursive: bool = False) -> l
 
 def _as_list(images: ImageLike | Sequence[ImageLike], recursive: bool) -> list[ImageLike]:
     """``images`` as a flat list, each folder replaced by its image files (sorted)."""
-    import torch
-
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     elif isinstance(images, torch.Tensor):
@@ -98,10 +102,6 @@ def _as_list(images: ImageLike | Sequence[ImageLike], recursive: bool) -> list[I
 
 
 def _prepare(item: ImageLike, index: int, transform: Any) -> tuple[str, torch.Tensor]:
-    import torch
-
-    from zoo.adaptation.data import load_image
-
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         if not os.path.exists(path):
@@ -161,9 +161,6 @@ def predict(
     naming it; with ``errors="report"`` its prediction has no classes and the reason in
     ``error`` instead, and the other images are still predicted.
     """
-    import torch
-
-    from zoo.adaptation.data import build_transform, input_config_of
 
     try:
         topk = checks.integer(topk, "topk", 1)

@@ -16,25 +16,35 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
+
+from zoo.adaptation.boundary_cache import extract_boundaries, find_boundary, megabytes
 from zoo.adaptation.checkpoint import Checkpointer, loader_generators
+from zoo.adaptation.config import OPTIMIZERS
+from zoo.adaptation.data import dataset_transform, is_random_transform
+from zoo.adaptation.distributed import Replica
+from zoo.adaptation.feature_cache import (
+    CacheUnsupported,
+    classifier_cut,
+    extract_features,
+    max_cache_bytes,
+    start_extraction,
+)
 from zoo.adaptation.history import EpochRecord
 from zoo.adaptation.inputs import distributed_loader, loaders_for_folders, reshuffled, set_epoch
 from zoo.errors import DataError, ZooError
 from zoo.io.fileformat import PAUSE_AFTER_EPOCH_ENV, pause_for_tests
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
     from torch.utils.data import DataLoader
 
-    from zoo.adaptation.distributed import DistContext, Replica
+    from zoo.adaptation.config import TrainConfig
+    from zoo.adaptation.distributed import DistContext
     from zoo.adaptation.history import AdaptCallback, History
     from zoo.adaptation.inputs import AdaptData
     from zoo.core.specs import InputConfig
     from zoo.plans.schedule import ScheduleDriver
-
-OPTIMIZERS = ("adamw", "sgd")
-LR_SCHEDULES = ("cosine", "constant")
 
 
 def make_optimizer(
@@ -42,8 +52,6 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """AdamW or SGD over the plan's groups; the fused kernels when the parameters allow
     (several times faster per step on CPU and GPU)."""
-    import torch
-
     for group in groups:
         group["initial_lr"] = group["lr"]
     if name not in OPTIMIZERS:
@@ -130,8 +138,6 @@ class TrainLoop:
         n_batches: int,
     ) -> tuple[float, float, int, float, float]:
         """One epoch; returns (mean loss, accuracy, images, seconds, lr) summed over ranks."""
-        import torch
-
         for module in modules:
             module.train()
         self.callback.on_epoch_start(epoch, epochs, n_batches)
@@ -176,8 +182,6 @@ class TrainLoop:
     def evaluate(
         self, forward: Any, modules: Sequence[nn.Module], batches: Iterable[Any]
     ) -> tuple[float | None, float | None]:
-        import torch
-
         for module in modules:
             module.eval()
         device = self.ctx.device
@@ -215,9 +219,6 @@ def _cache_decision(
     any other plan that freezes something may cut at its freeze boundary, found on the first
     batch (:func:`~zoo.adaptation.boundary_cache.find_boundary`).
     """
-    from zoo.adaptation.data import dataset_transform, is_random_transform
-    from zoo.adaptation.feature_cache import classifier_cut
-
     # what trains decides, not where it sits: only the classifier (the table's head group)
     heads = {row.name for row in planner.table.rows if row.group == "head"}
     params = dict(model.named_parameters())
@@ -264,60 +265,34 @@ def run_training(
     data: AdaptData,
     planner: ScheduleDriver,
     history: History,
+    config: TrainConfig,
     *,
+    ctx: DistContext,
+    input_config: InputConfig,
+    callback: AdaptCallback,
     keeper: Checkpointer | None = None,
-    **options: Any,
 ) -> None:
-    """Train ``model`` (keyword arguments: those of the loop, see :func:`_run_training`).
+    """Train ``model`` as ``config`` says, on images prepared for ``input_config``.
 
     ``keeper`` checkpoints each completed epoch, resumes from a checkpoint and stops early
     (:mod:`zoo.adaptation.checkpoint`, :mod:`zoo.adaptation.early_stop`); the caller holds
     it (:meth:`~zoo.adaptation.checkpoint.Checkpointer.holding`) for the whole run.
     """
     keeper = keeper if keeper is not None else Checkpointer(None, {})
-    _run_training(model, data, planner, history, keeper=keeper, **options)
-
-
-def _run_training(
-    model: nn.Module,
-    data: AdaptData,
-    planner: ScheduleDriver,
-    history: History,
-    *,
-    ctx: DistContext,
-    config: InputConfig,
-    callback: AdaptCallback,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    batch_size: int,
-    optimizer: str,
-    momentum: float,
-    lr_schedule: str,
-    warmup_epochs: float,
-    label_smoothing: float,
-    augment: Any,
-    feature_cache: bool | str,
-    num_workers: int,
-    seed: int,
-    keeper: Checkpointer,
-) -> None:
-    import torch
-
     cut, augment, note = _cache_decision(
-        model, planner, data, augment=augment, feature_cache=feature_cache
+        model, planner, data, augment=config.augment, feature_cache=config.feature_cache
     )
-    if feature_cache is True and cut is None:
+    if config.feature_cache is True and cut is None:
         raise ZooError(f"the feature cache cannot be used: {note.split(': ', 1)[-1]}")
     history.augment = bool(augment)
     if data.from_folders:
         train_loader, val_loader = loaders_for_folders(
             data,
-            config,
+            input_config,
             augment=augment,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
+            batch_size=config.batch_size,
+            num_workers=config.num_workers,
+            seed=config.seed,
             ctx=ctx,
             shuffle_train=cut is None,
         )
@@ -325,15 +300,15 @@ def _run_training(
         train_loader, val_loader = data.train, data.val
         if ctx.enabled:
             train_loader = distributed_loader(
-                train_loader, ctx, shuffle=cut is None, seed=seed, evaluation=False
+                train_loader, ctx, shuffle=cut is None, seed=config.seed, evaluation=False
             )
             if val_loader is not None:
                 val_loader = distributed_loader(
-                    val_loader, ctx, shuffle=False, seed=seed, evaluation=True
+                    val_loader, ctx, shuffle=False, seed=config.seed, evaluation=True
                 )
     history.train_images = len(train_loader.dataset)
     history.val_images = len(val_loader.dataset) if val_loader is not None else 0
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     callback.on_start(
         {
             "start": history.start,
@@ -347,7 +322,7 @@ def _run_training(
             "skipped": len(history.skipped),
             "device": history.device,
             "world_size": ctx.world_size,
-            "epochs": epochs,
+            "epochs": config.epochs,
             "augment": history.augment,
             "feature_cache": cut is not None,
             "note": note,
@@ -364,7 +339,7 @@ def _run_training(
             ctx=ctx,
             callback=callback,
             history=history,
-            batch_size=batch_size,
+            batch_size=config.batch_size,
         )
     elif cut is not None:
         cached, note = _extract(
@@ -378,18 +353,18 @@ def _run_training(
             note=note,
         )
     if cut is not None and cached is None:
-        if feature_cache is True:
+        if config.feature_cache is True:
             raise ZooError(f"the feature cache cannot be used: {note.split(': ', 1)[-1]}")
         # the images were prepared without augmentation and in order; keep that, shuffle
-        train_loader = reshuffled(train_loader, ctx, seed, batch_size)
+        train_loader = reshuffled(train_loader, ctx, config.seed, config.batch_size)
     history.feature_cache = cached is not None
     history.feature_cache_note = note
     assert planner.plan is not None
-    groups = planner.plan.param_groups(model, lr=lr, weight_decay=weight_decay)
+    groups = planner.plan.param_groups(model, lr=config.lr, weight_decay=config.weight_decay)
     if not groups:
         raise ZooError(f"nothing trains under {planner.plan.spec_text}: no optimizer to build")
-    opt = make_optimizer(optimizer, groups, lr=lr, momentum=momentum)
-    planner.attach(opt, lr=lr, weight_decay=weight_decay)
+    opt = make_optimizer(config.optimizer, groups, lr=config.lr, momentum=config.momentum)
+    planner.attach(opt, lr=config.lr, weight_decay=config.weight_decay)
     if cached is not None:
         _train_cached(
             model,
@@ -401,11 +376,11 @@ def _run_training(
             opt=opt,
             loss_fn=loss_fn,
             callback=callback,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr_schedule=lr_schedule,
-            warmup_epochs=warmup_epochs,
-            seed=seed,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr_schedule=config.lr_schedule,
+            warmup_epochs=config.warmup_epochs,
+            seed=config.seed,
             keeper=keeper,
             one_thread=head is None,
         )
@@ -420,11 +395,11 @@ def _run_training(
             opt=opt,
             loss_fn=loss_fn,
             callback=callback,
-            epochs=epochs,
-            lr=lr,
-            weight_decay=weight_decay,
-            lr_schedule=lr_schedule,
-            warmup_epochs=warmup_epochs,
+            epochs=config.epochs,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            lr_schedule=config.lr_schedule,
+            warmup_epochs=config.warmup_epochs,
             keeper=keeper,
         )
     _finish(model, history, keeper)
@@ -511,8 +486,6 @@ def _extract(
     note: str,
 ) -> tuple[Any, str]:
     """Compute cached features for train and val; (None, reason) when the cut is not exact."""
-    from zoo.adaptation.feature_cache import CacheUnsupported, extract_features, start_extraction
-
     start = time.perf_counter()
     result: dict[str, Any] = {}
     failure = None
@@ -549,9 +522,6 @@ def _extract_boundary(
 ) -> tuple[Any, Any, str]:
     """Find the freeze boundary on the first training batch and cache the activations there
     for train and val: (suffix module, cached, note), or (None, None, why not)."""
-    from zoo.adaptation.boundary_cache import extract_boundaries, find_boundary, megabytes
-    from zoo.adaptation.feature_cache import CacheUnsupported, max_cache_bytes, start_extraction
-
     start = time.perf_counter()
     result: dict[str, Any] = {}
     failure = None
@@ -658,8 +628,6 @@ def _train_cached(
     """Train ``head`` (the classifier, or a boundary's suffix sharing the model's parameters)
     on cached inputs. ``one_thread``: tiny head-only steps run on one CPU thread; a deeper top
     keeps the thread count of the plain loop (and its rounding)."""
-    from zoo.adaptation.distributed import Replica
-
     replica = Replica(head, ctx)
     train, val = cached["train"], cached.get("val")
     n_batches = train.num_batches(batch_size)
@@ -698,8 +666,6 @@ def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
     """Run tiny head-only steps on one CPU thread: for a linear layer on cached features,
     waking a thread pool costs more than the arithmetic (several times slower on a busy
     machine). The previous thread count is restored."""
-    import torch
-
     if device.type != "cpu":
         yield
         return
@@ -758,8 +724,6 @@ def _train_plain(
     warmup_epochs: float,
     keeper: Checkpointer,
 ) -> None:
-    from zoo.adaptation.distributed import Replica
-
     replica: Replica = Replica(model, ctx)
     n_batches = len(train_loader)
     loop = TrainLoop(

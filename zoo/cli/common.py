@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Mapping
 from typing import Any
 
-from zoo.errors import AdaptArgumentError, ZooError
+from zoo.errors import ZooError
 
 
 def add_num_classes_argument(parser: argparse.ArgumentParser) -> None:
@@ -44,20 +43,6 @@ def precheck_names(backbone: str | None = None, policy: str | None = None) -> No
     from zoo.cli.listing import check_names_cached
 
     check_names_cached(backbone=backbone, policy=policy)
-
-
-def naming_options(
-    options: Mapping[str, str], function: Callable[..., Any], *args: Any, **kwargs: Any
-) -> Any:
-    """``function(*args, **kwargs)``; an :class:`~zoo.AdaptArgumentError` about an argument that
-    ``options`` maps to a command-line option (``{"image_size": "--image-size"}``) is raised
-    again naming the option, so the message speaks the command line's language."""
-    try:
-        return function(*args, **kwargs)
-    except AdaptArgumentError as exc:
-        if exc.argument not in options:
-            raise
-        raise AdaptArgumentError(options[exc.argument], exc.value, exc.rule) from None
 
 
 def is_main_rank() -> bool:

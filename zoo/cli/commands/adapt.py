@@ -7,8 +7,9 @@ import os
 import re
 from pathlib import Path
 
-from zoo.cli.common import is_main_rank, naming_options
+from zoo.cli.common import is_main_rank
 from zoo.cli.output import Output
+from zoo.cli.train_options import add_options, config_from_args, named_by_option
 
 ORDER = 40
 
@@ -35,40 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  zoo adapt flowers --data more-flowers --policy freeze-to:depth=3 --name flowers-v2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "backbone",
-        metavar="BACKBONE",
-        help="backbone name (timm:resnet18, timm:vit_tiny_patch16_224), a saved "
-        "model's name, or a .safetensors file to start from",
-    )
-    parser.add_argument(
-        "--data",
-        "-d",
-        required=True,
-        metavar="DIR",
-        help="training images: one sub-folder per class",
-    )
-    val = parser.add_mutually_exclusive_group()
-    val.add_argument("--val", metavar="DIR", help="validation images, same class folders")
-    val.add_argument(
-        "--val-split",
-        type=float,
-        metavar="F",
-        help="hold out this fraction of --data for validation (stratified)",
-    )
-    parser.add_argument(
-        "--policy",
-        "-p",
-        default="auto",
-        metavar="SPEC",
-        help="freeze policy and arguments, e.g. linear-probe, freeze-to:depth=3, "
-        "gradual:every=2 (default: auto; with --val or --val-split it compares the policies "
-        "on the validation set and trains the winner, else it guesses from samples per class "
-        "and --similarity)",
-    )
-    parser.add_argument(
-        "--epochs", "-e", type=int, default=5, metavar="N", help="epochs (default 5)"
-    )
+    add_options(parser, "adapt")
     target = parser.add_mutually_exclusive_group()
     target.add_argument(
         "--name",
@@ -82,116 +50,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="save to this file (.safetensors) or folder instead of the store",
     )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a saved model of the same name"
-    )
-    parser.add_argument(
-        "--delta",
-        action="store_true",
-        default=None,
-        help="save only what differs from the starting weights (adapter policies such as "
-        "lora save this way by default)",
-    )
-    start = parser.add_mutually_exclusive_group()
-    start.add_argument(
-        "--weights",
-        metavar="FILE|NAME",
-        help="start BACKBONE from a .safetensors file or a saved model's weights (and its "
-        "input config: image size, mean/std)",
-    )
-    start.add_argument(
-        "--pretrained",
-        action="store_true",
-        help="start from the backbone's pretrained weights (the default for a backbone name; "
-        "cache or download)",
-    )
-    start.add_argument(
-        "--scratch",
-        action="store_true",
-        help="start from random weights (needed to train a partial policy on them)",
-    )
-    train = parser.add_argument_group("training")
-    train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    train.add_argument(
-        "--batch-size",
-        "-b",
-        type=int,
-        default=32,
-        metavar="N",
-        help="batch size per process (default 32)",
-    )
-    train.add_argument(
-        "--weight-decay",
-        type=float,
-        default=0.01,
-        metavar="WD",
-        help="weight decay (not on biases and norms; default 0.01)",
-    )
-    train.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    train.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
-    train.add_argument("--warmup-epochs", type=float, default=0.0, metavar="E")
-    train.add_argument("--label-smoothing", type=float, default=0.0, metavar="S")
-    train.add_argument(
-        "--similarity",
-        choices=("high", "low"),
-        default="high",
-        help="for --policy auto: how close the task is to the pretraining data",
-    )
-    train.add_argument(
-        "--samples-per-class",
-        type=int,
-        metavar="N",
-        help="for --policy auto: override the count taken from the data",
-    )
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument(
-        "--early-stop",
-        type=int,
-        metavar="N",
-        help="stop after N epochs without a lower validation loss and save the best epoch's "
-        "model (needs --val or --val-split)",
-    )
-    train.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the interrupted run saving under the same name from its last completed "
-        "epoch (same command and settings; Ctrl-C keeps each completed epoch)",
-    )
-    images = parser.add_argument_group("images")
-    images.add_argument(
-        "--image-size",
-        type=int,
-        metavar="PX",
-        help="train at PX x PX instead of the backbone's input size",
-    )
-    images.add_argument(
-        "--crop-pct", type=float, metavar="F", help="evaluation centre-crop fraction (1.0: no crop)"
-    )
-    images.add_argument(
-        "--augment",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="training augmentation (auto: off when only the head trains)",
-    )
-    images.add_argument(
-        "--feature-cache",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="train a head-only plan on features computed once (default auto)",
-    )
-    images.add_argument(
-        "--strict-images",
-        action="store_true",
-        help="stop at the first unreadable image instead of skipping it",
-    )
-    images.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        metavar="N",
-        help="data-loading worker processes (default 0)",
-    )
-    parser.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1 (default: GPU if any)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(handler=run)
 
@@ -221,31 +79,8 @@ def check_store_name(name: str) -> None:
         )
 
 
-def _flag(value: str) -> bool | str:
-    return {"auto": "auto", "on": True, "off": False}[value]
-
-
-#: The option of each checked argument of zoo.adapt, so that a refusal names what was typed.
-OPTIONS = {
-    "epochs": "--epochs",
-    "lr": "--lr",
-    "weight_decay": "--weight-decay",
-    "batch_size": "--batch-size",
-    "warmup_epochs": "--warmup-epochs",
-    "label_smoothing": "--label-smoothing",
-    "val_split": "--val-split",
-    "image_size": "--image-size",
-    "input_config['crop_pct']": "--crop-pct",
-    "samples_per_class": "--samples-per-class",
-    "num_workers": "--workers",
-    "seed": "--seed",
-    "early_stop": "--early-stop",
-}
-
-
 def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.adaptation.checkpoint import AdaptInterrupted
-    from zoo.adaptation.job import AdaptConfig
     from zoo.adaptation.job import run as run_job
     from zoo.core.catalog import get_catalog
 
@@ -253,8 +88,6 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if args.name is not None:
         check_store_name(args.name)
     name = args.output or args.name or default_name(args.backbone, args.data)
-    overrides = {"crop_pct": args.crop_pct} if args.crop_pct is not None else None
-    augment = _flag(args.augment)
     progress = None
     stopped: AdaptInterrupted | None = None
     if main_rank and not args.json:
@@ -262,43 +95,14 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
         progress = AdaptProgress(out.console)
     try:
-        options = AdaptConfig(
-            policy=args.policy,
-            epochs=args.epochs,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            batch_size=args.batch_size,
-            optimizer=args.optimizer,
-            lr_schedule=args.lr_schedule,
-            warmup_epochs=args.warmup_epochs,
-            label_smoothing=args.label_smoothing,
-            name=name,
-            overwrite=args.overwrite,
-            delta=args.delta,
-            pretrained=True if args.pretrained else None,
-            weights=args.weights,
-            scratch=args.scratch,
-            val_split=args.val_split,
-            image_size=args.image_size,
-            input_config=overrides,
-            augment=None if augment == "auto" else augment,
-            similarity=args.similarity,
-            samples_per_class=args.samples_per_class,
-            feature_cache=_flag(args.feature_cache),
-            on_corrupt="error" if args.strict_images else "skip",
-            device=args.device,
-            num_workers=args.workers,
-            seed=args.seed,
-            callback=progress,
-            early_stop=args.early_stop,
-            resume=args.resume,
-        )
-        try:
-            _model, history = naming_options(
-                OPTIONS, run_job, args.backbone, args.data, args.val, options, catalog=get_catalog()
-            )
-        except AdaptInterrupted as exc:  # Ctrl-C: the last completed epoch is kept
-            stopped = exc
+        with named_by_option():
+            config = config_from_args(args, "adapt", name=name, callback=progress)
+            try:
+                _model, history = run_job(
+                    args.backbone, args.data, args.val, config, catalog=get_catalog()
+                )
+            except AdaptInterrupted as exc:  # Ctrl-C: the last completed epoch is kept
+                stopped = exc
     finally:
         if progress is not None:
             progress.close()

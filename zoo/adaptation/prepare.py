@@ -1,22 +1,35 @@
-"""Where an adaptation starts: a backbone name, a saved model, a file or a module.
+"""The start of a run, what ``zoo.adapt`` and ``zoo.compare`` both do before and after they train.
 
-:func:`check_start` and :func:`check_target` fail fast, before any data is read;
-:func:`build_model` then gives the model to adapt a classifier for the run's classes (a fresh
-backbone, a saved model re-used or given a new head, or the caller's module with its head
-reset).
+:func:`open_run` checks the process settings, joins the process group (or not), and checks the
+target name and the starting point before any data is read: a backbone name, a saved model, a
+file or a module (:func:`check_start`), and the weights it starts from (:func:`choose_weights`).
+The :class:`Run` it yields reads the data and builds the model to adapt, a classifier for the
+run's classes (:meth:`Run.prepare`: a fresh backbone, a saved model re-used or given a new
+head, or the caller's module with its head reset), starts the history (:meth:`Run.history`),
+saves the result on rank 0 (:meth:`Run.finish`) and reports the end (:meth:`Run.end`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from torch import nn
+
 from zoo.adaptation.checkpoint import seed_python_rngs
+from zoo.adaptation.data import input_config_of, with_overrides
+from zoo.adaptation.distributed import DistContext, setup
+from zoo.adaptation.feature_cache import max_cache_bytes
+from zoo.adaptation.history import AdaptCallback, History
+from zoo.adaptation.inputs import AdaptData, prepare_data
 from zoo.core.create import attach_build_info
-from zoo.core.record import attach_record, record_of, unwrap
+from zoo.core.record import attach_record, backbone_of, record_of, unwrap
 from zoo.core.specs import InputConfig
 from zoo.errors import (
     AdaptArgumentError,
@@ -30,15 +43,165 @@ from zoo.io import store
 from zoo.io.create import create_model
 from zoo.io.fileformat import read_header
 from zoo.io.metadata import ZooMetadata, is_zoo_metadata
-from zoo.io.persistence import check_free, load, resolve_target
+from zoo.io.persistence import check_free, load, resolve_target, save
 from zoo.io.store import is_path_target, list_saved
 from zoo.tables.build import classifier_param_names
 
 if TYPE_CHECKING:
-    from torch import nn
-
+    from zoo.adaptation.checkpoint import Checkpointer
+    from zoo.adaptation.config import TrainConfig
     from zoo.core.catalog import Catalog
     from zoo.core.specs import BackboneSpec
+    from zoo.plans.plan import Plan
+
+
+@contextlib.contextmanager
+def open_run(point: Any, config: TrainConfig, *, catalog: Catalog) -> Iterator[Run]:
+    """The :class:`Run` of ``config`` from the starting point ``point``, checked before any
+    data is read: the feature cache's budget (``ZOO_FEATURE_CACHE_MAX_BYTES``, unless the
+    cache is off) and the device, then the target name (free unless ``overwrite``), the
+    starting point and its weights. Under ``torchrun`` a failure on any rank stops every rank,
+    with its message; the process group this opened is left at the end."""
+    started = time.perf_counter()
+    if config.feature_cache is not False:
+        max_cache_bytes()
+    ctx = setup(config.distributed, config.device)
+    try:
+        with ctx.guard():
+            check_target(config.name, config.overwrite)
+            start = choose_weights(point, check_start(point, catalog), config, catalog)
+            reports = config.callback is not None and ctx.is_main  # progress on rank 0 only
+            callback = config.callback if reports else AdaptCallback()
+            yield Run(point, config, ctx, catalog, start, started, callback)
+    finally:
+        ctx.close()
+
+
+@dataclass
+class Run:
+    """A run of ``zoo.adapt`` or ``zoo.compare`` whose start is checked (:func:`open_run`).
+
+    ``callback`` is the caller's on rank 0 (a silent one elsewhere); ``data`` and
+    ``input_config`` are set by :meth:`prepare`."""
+
+    point: Any
+    config: TrainConfig
+    ctx: DistContext
+    catalog: Catalog
+    start: StartWeights
+    started: float
+    callback: AdaptCallback
+    data: AdaptData = field(init=False)
+    input_config: InputConfig = field(init=False)
+
+    def prepare(self, train: Any, val: Any) -> nn.Module:
+        """The data (read and checked), then the model to train: the random generators seeded,
+        the model built from the start with a classifier for the data's classes
+        (:func:`build_model`), a save under the run's name checked (:func:`check_savable`),
+        the input config with ``image_size`` and ``input_config`` applied, the record of the
+        classes and input config attached, the model on the run's device."""
+        config = self.config
+        self.data = prepare_data(
+            train,
+            val,
+            classes=config.classes,
+            val_split=config.val_split,
+            seed=config.seed,
+            on_corrupt=config.on_corrupt,
+        )
+        torch.manual_seed(config.seed)
+        seed_python_rngs(config.seed)  # timm's augmentations draw from `random`
+        model = build_model(
+            self.point,
+            self.data.classes,
+            pretrained=self.start.pretrained,
+            weights=self.start.weights,
+            kwargs=config.model_kwargs or {},
+            catalog=self.catalog,
+        )
+        check_savable(model, name=config.name, delta=config.delta)
+        self.input_config = with_overrides(
+            input_config_of(model), image_size=config.image_size, overrides=config.input_config
+        )
+        record = attach_record(model)
+        record.input_config = self.input_config
+        record.classes = list(self.data.classes)
+        model.to(self.ctx.device)
+        return model
+
+    def history(self, model: nn.Module, plan: Plan, notes: list[str], **more: Any) -> History:
+        """The history of training ``model`` under ``plan``: the run's context, and ``more``."""
+        config = self.config
+        return History(
+            backbone=backbone_of(model),
+            start=self.start.description,
+            policy=plan.policy,
+            policy_args=dict(plan.args),
+            classes=list(self.data.classes),
+            skipped=self.data.skipped,
+            input_size=list(self.input_config.input_size),
+            optimizer=config.optimizer,
+            lr=config.lr,
+            batch_size=config.batch_size,
+            device=str(self.ctx.device),
+            world_size=self.ctx.world_size,
+            name=config.name,
+            notes=notes,
+            **more,
+        )
+
+    def finish(
+        self, model: nn.Module, history: History, *, keeper: Checkpointer | None = None
+    ) -> None:
+        """Record how ``model`` trained (``zoo.training``), put it in eval mode, and save it
+        under the run's name on rank 0 (every rank gets the path); with a ``keeper``, the
+        checkpoint goes once saved, and a save that fails says that the trained run is kept
+        and how to save it without training again."""
+        config = self.config
+        attach_record(model).training = history.training_record(config.epochs)
+        model.eval()
+        if config.name is None:
+            return
+        if self.ctx.is_main:
+            try:
+                path = save(
+                    model,
+                    config.name,
+                    classes=list(self.data.classes),
+                    delta=config.delta,
+                    overwrite=config.overwrite,
+                    catalog=self.catalog,
+                )
+            except ZooError as exc:
+                kept = keeper.not_saved(exc, config.epochs) if keeper is not None else None
+                if kept is None:
+                    raise
+                raise kept from exc
+            history.path = str(path)
+            if keeper is not None:
+                keeper.remove()  # saved: the checkpoint is no longer needed
+        self.ctx.barrier()
+        history.path = self.ctx.broadcast(history.path)
+
+    def end(self, history: History) -> History:
+        """``history`` with the run's total time, reported to the callback."""
+        history.total_seconds = time.perf_counter() - self.started
+        self.callback.on_end(history)
+        return history
+
+
+def check_random_start(start: StartWeights, what: str | None) -> None:
+    """Refuse training ``what`` (a plan that freezes part of the backbone; None: nothing is
+    frozen) on random weights the caller did not ask for: frozen random layers are noise, not
+    a starting point."""
+    if what is None or not start.random or start.explicit:
+        return
+    raise ZooError(
+        f"{what}, which starts from {start.description}: frozen random layers only add noise. "
+        "Train every layer (policy='full', --policy full), start from trained weights "
+        "(weights=FILE|NAME, --weights), or pass scratch=True (--scratch) to train on random "
+        "weights anyway"
+    )
 
 
 def _store_path(name: str) -> Path | None:
@@ -75,8 +238,6 @@ def resolve_weights(weights: str | os.PathLike[str] | None) -> Path | None:
 
 def check_start(backbone_or_model: Any, catalog: Catalog) -> str:
     """Check (cheaply, before data is read) that a starting point resolves; describe it."""
-    from torch import nn
-
     if isinstance(backbone_or_model, nn.Module):
         return f"module {type(backbone_or_model).__name__}"
     if not isinstance(backbone_or_model, (str, os.PathLike)):
@@ -110,7 +271,8 @@ class StartWeights:
 
     ``pretrained``/``weights`` are what the backbone is built with; ``random`` is True for
     random initialisation and ``explicit`` when the caller asked for it (``scratch=True`` or
-    ``pretrained=False``); ``description`` is what the summary prints.
+    ``pretrained=False``); ``description`` is what the summary prints (the starting point, and
+    for a backbone name the weights it starts from).
     """
 
     pretrained: bool | str = False
@@ -121,22 +283,17 @@ class StartWeights:
 
 
 def choose_weights(
-    backbone_or_model: Any,
-    start_desc: str,
-    *,
-    pretrained: bool | str | None,
-    weights: str | os.PathLike[str] | None,
-    scratch: bool,
-    catalog: Catalog,
+    backbone_or_model: Any, start_desc: str, config: TrainConfig, catalog: Catalog
 ) -> StartWeights:
-    """Decide (before any data is read) which weights an adapt run starts from.
+    """Decide (before any data is read) which weights a run starting from ``start_desc``
+    (:func:`check_start`) starts from.
 
     A backbone name starts from its pretrained weights unless ``weights`` (a file or a saved
     model) or ``scratch=True`` / ``pretrained=False`` (random init) say otherwise; a backbone
     without pretrained weights starts from random weights. A saved model, a file or a module
     starts from its own weights, and the three options are refused there.
     """
-
+    pretrained, weights, scratch = config.pretrained, config.weights, config.scratch
     if scratch and (weights is not None or pretrained):
         raise AdaptArgumentError(
             "scratch",
@@ -156,22 +313,25 @@ def choose_weights(
     if weights is not None:
         path = resolve_weights(weights)
         shown = f"saved model {weights!r}" if path != Path(weights).expanduser() else str(path)
-        return StartWeights(weights=path, description=f"weights of {shown}")
+        return StartWeights(weights=path, description=f"{start_desc}, weights of {shown}")
     if scratch or pretrained is False:
         how = "scratch=True" if scratch else "pretrained=False"
         return StartWeights(
-            random=True, explicit=True, description=f"random weights (asked for: {how})"
+            random=True,
+            explicit=True,
+            description=f"{start_desc}, random weights (asked for: {how})",
         )
     if not spec.pretrained_tags:
         return StartWeights(
             random=True,
-            description=f"random weights ({spec.qualified_name} has no pretrained weights)",
+            description=f"{start_desc}, random weights ({spec.qualified_name} has no "
+            "pretrained weights)",
         )
     chosen = pretrained if isinstance(pretrained, str) else True
     shown_tag = chosen if isinstance(chosen, str) else (tag or spec.pretrained_tags[0])
     return StartWeights(
         pretrained=chosen,
-        description=f"pretrained weights {spec.qualified_name}.{shown_tag}"
+        description=f"{start_desc}, pretrained weights {spec.qualified_name}.{shown_tag}"
         + ("" if pretrained else " (default; scratch=True / --scratch for random init)"),
     )
 
@@ -194,8 +354,6 @@ def build_model(
 ) -> nn.Module:
     """The model to adapt, with a classifier for ``classes``; a wrapped module
     (``torch.compile``, DDP) is adapted as the model it wraps."""
-    from torch import nn
-
     if isinstance(backbone_or_model, nn.Module):
         model = unwrap(backbone_or_model)
         _ensure_build_info(model, catalog)
@@ -246,48 +404,6 @@ def check_savable(model: nn.Module, *, name: str | None, delta: bool | None) -> 
             "it can rebuild (built by zoo.create, loaded by zoo.load, or a timm model); "
             "start from a backbone name, or pass name=None and save the weights yourself"
         )
-
-
-def prepare_model(
-    backbone_or_model: Any,
-    classes: Sequence[str],
-    start: StartWeights,
-    *,
-    seed: int,
-    model_kwargs: Mapping[str, Any] | None,
-    image_size: int | Sequence[int] | None,
-    input_config: Mapping[str, Any] | None,
-    name: str | None,
-    delta: bool | None,
-    device: Any,
-    catalog: Catalog,
-) -> tuple[nn.Module, InputConfig]:
-    """The model a run trains, and its input config: the random generators seeded, the model
-    built from ``start`` with a classifier for ``classes`` (:func:`build_model`), a save under
-    ``name`` checked (:func:`check_savable`), the input config with ``image_size`` and
-    ``input_config`` applied, the class names attached, and the model on ``device``. What
-    ``zoo.adapt`` and ``zoo.compare`` both do before they plan anything."""
-    import torch
-
-    from zoo.adaptation.data import input_config_of, with_overrides
-
-    torch.manual_seed(seed)
-    seed_python_rngs(seed)  # timm's augmentations draw from `random`
-    model = build_model(
-        backbone_or_model,
-        classes,
-        pretrained=start.pretrained,
-        weights=start.weights,
-        kwargs=model_kwargs or {},
-        catalog=catalog,
-    )
-    check_savable(model, name=name, delta=delta)
-    config = with_overrides(input_config_of(model), image_size=image_size, overrides=input_config)
-    record = attach_record(model)
-    record.input_config = config
-    record.classes = list(classes)
-    model.to(device)
-    return model, config
 
 
 def saved_input_config(path: Path) -> InputConfig | None:
@@ -349,8 +465,6 @@ def _ensure_build_info(model: nn.Module, catalog: Catalog) -> None:
     spec = identify(model, catalog)
     if spec is None:
         return
-    from zoo.adaptation.data import input_config_of
-
     attach_build_info(
         model,
         spec,
