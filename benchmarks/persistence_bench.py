@@ -139,7 +139,7 @@ def run(tmp: Path, arch: str, repeats: int) -> None:
     )
 
     # ------------------------------------------------------------ 3. save and load, memory
-    for kind in ("save", "read", "library-save", "library-read"):
+    for kind in ("save", "read", "library-save", "library-read", "library-pread", "library-mmap"):
         out = subprocess.run(
             [sys.executable, __file__, "--repeats", str(repeats), "--child", kind, "probe-full"],
             capture_output=True,
@@ -166,12 +166,27 @@ def child(kind: str, name: str, *, repeats: int) -> None:
     ``library-save`` and ``library-read`` are the roads not taken, for comparison: the same
     file's tensors through ``safetensors.torch.save`` to bytes (then written) and
     ``safetensors.torch.load`` of the file's bytes (no validation, no seal check).
+    ``library-pread`` and ``library-mmap`` are ``read`` with the library reading the tensors
+    after zoo's header check (``safe_open`` on the checked descriptor, the seal verified over
+    what it returns): with its ``pread`` backend (tensors at 16-byte alignment), and with its
+    default ``mmap`` backend and a copy of each tensor (so that what is checked is what is used).
     """
     import safetensors.torch
 
     import zoo
     from zoo.io import store
     from zoo.io.fileformat import read_file
+
+    def library_read(backend: str) -> None:
+        from zoo.io.fileformat import _header_from_open, check_seal, hash_tensors, open_regular
+
+        with open_regular(path) as f:
+            header = _header_from_open(f, path)
+            with safetensors.safe_open(f"/proc/self/fd/{f.fileno()}", "pt", backend=backend) as lib:
+                tensors = {e.name: lib.get_tensor(e.name) for e in header.entries}
+        if backend == "mmap":  # the map stays alive while a tensor views it: copy
+            tensors = {name: tensor.clone() for name, tensor in tensors.items()}
+        check_seal(header.metadata, hash_tensors(tensors), source=str(path))
 
     zoo.get_catalog()
     path = store.model_file(name)
@@ -185,8 +200,10 @@ def child(kind: str, name: str, *, repeats: int) -> None:
             read_file(path)
         elif kind == "library-save":
             path.with_name("library.safetensors").write_bytes(safetensors.torch.save(state))
-        else:
+        elif kind == "library-read":
             safetensors.torch.load(path.read_bytes())
+        else:
+            library_read(kind.removeprefix("library-"))
 
     gc.collect()
     before = _rss_kib("VmRSS")

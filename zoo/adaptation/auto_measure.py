@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from zoo.adaptation.candidates import plan_candidates
 from zoo.adaptation.halving import TrainSettings, compare_candidates
 from zoo.adaptation.history import AdaptCallback
-from zoo.adaptation.leaderboard import Leaderboard, short_policy
+from zoo.io.leaderboard import Leaderboard, short_policy
 from zoo.tables.build import table_for
 
 if TYPE_CHECKING:

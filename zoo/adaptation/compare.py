@@ -26,10 +26,10 @@ from zoo.adaptation.compare_plot import check_plot_available, check_plot_path, w
 from zoo.adaptation.history import AdaptCallback, History
 from zoo.adaptation.inputs import prepare_data
 from zoo.adaptation.job import AdaptConfig, config_signature
-from zoo.adaptation.leaderboard import Leaderboard
 from zoo.adaptation.starting_point import check_start, check_target, choose_weights, prepare_model
 from zoo.core.record import attach_record, backbone_of
 from zoo.errors import AdaptArgumentError, ZooError, suggest
+from zoo.io.leaderboard import Leaderboard
 from zoo.io.persistence import save
 from zoo.tables.build import table_for
 

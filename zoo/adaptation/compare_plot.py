@@ -11,8 +11,8 @@ import importlib.util
 import os
 from pathlib import Path
 
-from zoo.adaptation.leaderboard import Leaderboard, short_policy
 from zoo.errors import ZooError
+from zoo.io.leaderboard import Leaderboard, short_policy
 
 INSTALL_HINT = 'pip install "zoo-transfer[plot]"'
 

@@ -124,6 +124,10 @@ class Header:
         return sorted(e.name for e in self.entries)
 
     @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {e.name: e.shape for e in self.entries}
+
+    @property
     def sealed(self) -> bool:
         return TENSORS_HASH_KEY in self.metadata or CONTENT_HASH_KEY in self.metadata
 

@@ -455,11 +455,11 @@ def _modules_to_save(model: nn.Module, additions: list[Addition]) -> list[str]:
     plan = record.plan if record is not None else None
     if plan is not None:
         trained = list(plan.trainable)
-    else:
-        meta = record.metadata if record is not None else {}
+    else:  # loaded from a file saved without a plan: what it trained
+        metadata = record.metadata if record is not None else {}
         try:
-            trained = json.loads(meta.get("zoo.trained", "[]"))
-        except ValueError:
+            trained = ZooMetadata.parse(metadata, source="the model").trained
+        except ZooError:
             trained = []
         if not trained:
             trained = [n for n, p in model.named_parameters() if p.requires_grad]

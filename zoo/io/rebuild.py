@@ -470,7 +470,6 @@ def check_consistency(
             f"{against} say {expected}; the metadata contradicts the tensors"
         )
     params = {n for n, _ in model.named_parameters()}
-    _known(source, "zoo.trained", "parameter", list(meta.trained), params)
     if plan is not None:
         _known(source, "zoo.plan", "parameter", list(plan.params), params)
         modules = {n for n, _ in model.named_modules()}
