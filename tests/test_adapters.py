@@ -136,6 +136,42 @@ def test_dead_adapter_is_detected_on_the_first_forward():
         model(torch.randn(2, 4))
 
 
+def test_dead_adapter_is_detected_on_the_first_forward_of_a_compiled_model():
+    model = Net(bypass=True)
+    zoo.freeze(model, "lora:targets=blocks.*.qkv")
+    compiled = torch.compile(model, backend="eager")
+    with pytest.raises(zoo.AdapterError, match=r"did not run.*blocks\.1\.qkv"):
+        compiled(torch.randn(2, 4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["lora:rank=4", "ssf", "vpt:tokens=2"])
+def test_a_compiled_model_with_adapters_matches_eager_without_graph_breaks(policy):
+    """The adapters' hooks keep no Python state: dynamo traces them without a graph break, and
+    the compiled model computes what the eager one does."""
+    torch.manual_seed(0)
+    model = zoo.create("timm:vit_tiny_patch16_224", num_classes=3, depth=2, img_size=32)
+    zoo.freeze(model, policy)
+    with torch.no_grad():  # move the adapters off their identity start (LoRA's B is zero)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.eval()
+    adapters = [a for a in model.modules() if isinstance(a, zoo.Adapter)]
+    zoo_state = [{k: v for k, v in vars(a).items() if k.startswith("zoo_")} for a in adapters]
+    x = torch.randn(2, 3, 32, 32)
+    eager = model(x)  # the first forward checks, eagerly and once, that every adapter runs
+    assert not model._forward_hooks
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(model, backend="aot_eager")
+    for _ in range(2):
+        torch.testing.assert_close(compiled(x), eager, rtol=0, atol=1e-5)
+    assert [{k: v for k, v in vars(a).items() if k.startswith("zoo_")} for a in adapters] == (
+        zoo_state
+    )  # zoo's hooks wrote nothing on the adapters
+
+
 def test_live_adapters_pass_the_check_which_then_removes_itself():
     model = Net()
     zoo.freeze(model, "lora:targets=blocks.*.qkv")
