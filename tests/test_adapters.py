@@ -60,6 +60,15 @@ def test_addition_names_numel_and_dict_round_trip():
         ({"depth": -1}, "depth"),
         ({"depth": "1"}, "depth"),
         ({"surprise": 1}, "unknown keys"),
+        # the bounds of a file (Addition.from_dict is the one check of a saved adapter)
+        ({"code": "import os"}, "unknown fields are refused"),
+        ({"kind": "lora"}, '"plugin:name"'),
+        ({"kind": "zoo:lo ra"}, '"plugin:name"'),
+        ({"params": {f"lora.P{i}": [1] for i in range(17)}}, "1 to 16"),
+        ({"args": {"x": [[[[[1]]]]]}}, "may not nest deeper"),
+        ({"args": {"note": "x" * 2000}}, "string over 1000"),
+        ({"depth": 10**7}, "depth"),
+        ({"group": "a\x1b[2J"}, "control character"),
     ],
 )
 def test_addition_from_dict_refuses_malformed_data(change, message):
@@ -90,6 +99,7 @@ def test_plan_with_additions_round_trips_and_lists_added_params():
         (lambda d: d["trainable"].remove(d["additions"][0]["target"] + ".lora.A"), "not listed"),
         (lambda d: d["additions"].append(dict(d["additions"][0])), "two additions"),
         (lambda d: d["additions"][0]["params"].update({"lora.A": [4, 10**12]}), "positive"),
+        (lambda d: d.update(additions=d["additions"] * 5001), "at most 10000"),
     ],
 )
 def test_plan_from_dict_refuses_malformed_additions(mutate, message):
@@ -97,6 +107,13 @@ def test_plan_from_dict_refuses_malformed_additions(mutate, message):
     mutate(data)
     with pytest.raises(zoo.PlanError, match=message):
         zoo.Plan.from_dict(data)
+
+
+def test_a_plan_adds_one_adapter_of_a_kind_per_target():
+    first = lora_addition()
+    second = zoo.Addition(first.target, first.kind, {"lora2.A": (8, 192)}, first.args)
+    with pytest.raises(zoo.PlanError, match="zoo:lora is listed twice on target"):
+        zoo.Plan(params=[], additions=(first, second))
 
 
 # ---------------------------------------------------------------- a tiny model
