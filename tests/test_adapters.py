@@ -257,6 +257,9 @@ def test_injected_model_table_copy_pickle_and_removal():
     assert rows["blocks.1.qkv.lora.A"].depth == rows["blocks.1.qkv.weight"].depth
     assert rows["blocks.1.qkv.lora.A"].group == rows["blocks.1.qkv.weight"].group
     assert rows["head.weight"].role == "head"
+    added = {d.depth: d.added_numel for d in table.depth_summary()}  # adapter rows count as added
+    assert added[rows["blocks.1.qkv.weight"].depth] > 0
+    assert sum(added.values()) == sum(a.numel for a in zoo.adapters(model))
     # adapters survive deepcopy and pickling, hooks included
     x = torch.randn(2, 4)
     with torch.no_grad():

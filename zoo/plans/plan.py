@@ -245,37 +245,6 @@ def added_weight_decay(shape: tuple[int, ...]) -> bool:
 
 
 @dataclass(frozen=True)
-class PlanDepth:
-    """A plan's totals at one depth of the table (what ``zoo plan`` shows per line)."""
-
-    depth: int
-    group: str
-    tensors: int
-    numel: int
-    trainable_tensors: int
-    trainable_numel: int
-    norm_modes: dict[str, int]
-    lr_scales: tuple[float, float] | None
-    #: parameters the plan adds at this depth (adapters; included in the counts above)
-    added_tensors: int = 0
-    added_numel: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "depth": self.depth,
-            "group": self.group,
-            "tensors": self.tensors,
-            "numel": self.numel,
-            "trainable_tensors": self.trainable_tensors,
-            "trainable_numel": self.trainable_numel,
-            "added_tensors": self.added_tensors,
-            "added_numel": self.added_numel,
-            "norm_modes": dict(self.norm_modes),
-            "lr_scale": list(self.lr_scales) if self.lr_scales else None,
-        }
-
-
-@dataclass(frozen=True)
 class Plan:
     """Which parameters train (with lr scale and weight decay) and each norm layer's mode.
 
@@ -464,47 +433,6 @@ class Plan:
 
         return format_policy_spec(self.policy or "<custom>", self.args)
 
-    def depth_summary(self, table: ParamTable | None = None) -> list[PlanDepth]:
-        """Totals per depth; needs the table (the one the plan came from by default)."""
-        table = table if table is not None else self.table
-        if table is None:
-            raise PlanError("this plan carries no parameter table; pass table=zoo.params(model)")
-        out = []
-        added = set(self.added_names)
-        for summary in table.depth_summary():
-            rows = [r for r in table.at_depth(summary.depth) if r.name not in added]
-            plans = [self.params.get(r.name) for r in rows]
-            trained = [(r, p) for r, p in zip(rows, plans, strict=True) if p and p.trainable]
-            adds = [
-                (self.params[name], math.prod(a.shape_of(name)))
-                for a in self.additions
-                if a.depth == summary.depth
-                for name in a.names
-            ]
-            modes: dict[str, int] = {}
-            for norm in table.norms:
-                if norm.depth == summary.depth:
-                    mode = self.norm_mode(norm.path).value
-                    modes[mode] = modes.get(mode, 0) + 1
-            scales = [p.lr_scale for _, p in trained] + [p.lr_scale for p, _ in adds if p.trainable]
-            added_numel = sum(n for _, n in adds)
-            out.append(
-                PlanDepth(
-                    depth=summary.depth,
-                    group=summary.group,
-                    tensors=len(rows) + len(adds),
-                    numel=sum(r.numel for r in rows) + added_numel,
-                    trainable_tensors=len(trained) + sum(1 for p, _ in adds if p.trainable),
-                    trainable_numel=sum(r.numel for r, _ in trained)
-                    + sum(n for p, n in adds if p.trainable),
-                    norm_modes=modes,
-                    lr_scales=(min(scales), max(scales)) if scales else None,
-                    added_tensors=len(adds),
-                    added_numel=added_numel,
-                )
-            )
-        return out
-
     def numel(self, *, trainable: bool | None = None, table: ParamTable | None = None) -> int:
         """Parameter count (all, trained or frozen), added parameters included; needs the
         table."""
@@ -533,7 +461,7 @@ class Plan:
                 f"trains {trained:,} of {total:,} parameters ({share:.1f}%), "
                 f"{n_train} of {n_all} tensors"
             )
-            for d in self.depth_summary():
+            for d in self.table.depth_summary(self):
                 state = (
                     "trained"
                     if d.trainable_tensors == d.tensors
