@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.adaptation.checkpoint import seed_python_rngs
-from zoo.core.create import attach_build_info
+from zoo.core.build import attach_build_info
 from zoo.core.record import attach_record, record_of, unwrap
 from zoo.core.specs import InputConfig
 from zoo.errors import (

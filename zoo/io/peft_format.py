@@ -47,7 +47,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.core import checks
-from zoo.core.record import backbone_of, record_of, unwrap
+from zoo.core.build import build
+from zoo.core.record import BuildArgs, backbone_of, record_of, unwrap
 from zoo.errors import (
     AmbiguousNameError,
     CorruptFileError,
@@ -86,7 +87,7 @@ from zoo.io.trust import (
 from zoo.plans.adapters import adapters
 from zoo.plans.binding import bind
 from zoo.plans.freeze import apply_plan
-from zoo.tables.build import meta_model, table_for
+from zoo.tables.build import table_for
 
 if TYPE_CHECKING:
     import torch
@@ -828,7 +829,9 @@ def _meta_base(spec: BackboneSpec, recipe: BaseRecipe, *, bounded: bool, source:
     ``meta``, and gigabytes once built)."""
     if bounded:
         check_pretrained_size(spec, recipe.kwargs, source=source, key="zoo.build_kwargs")
-    return meta_model(spec, recipe.num_classes, dict(recipe.kwargs))[0]
+    return build(
+        spec, BuildArgs(spec.qualified_name, recipe.num_classes, recipe.kwargs), device="meta"
+    )
 
 
 def _saved_kwargs(spec: BackboneSpec, layout: Layout) -> dict[str, Any]:

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo._version import __version__
-from zoo.core.create import attach_build_info
-from zoo.core.create import build as build_model
+from zoo.core.build import build as build_model
+from zoo.core.build import describe_mismatch
 from zoo.core.record import BuildArgs, ModelRecord, record_of, unwrap
 from zoo.core.specs import InputConfig
 from zoo.errors import (
@@ -53,6 +53,7 @@ from zoo.io.build_args import check_save_kwargs, check_saved_kwargs
 from zoo.io.fileformat import (
     Header,
     SavedFile,
+    TensorEntry,
     atomic_write_bytes,
     current_umask,
     fsync_dir,
@@ -66,19 +67,17 @@ from zoo.io.fileformat import (
 from zoo.io.metadata import ZooMetadata, config_json, is_zoo_metadata
 from zoo.io.provenance import plugin_metadata, plugin_versions, timm_config
 from zoo.io.rebuild import (
-    ALLOCATION_FLOOR,
     check_consistency,
     check_pretrained_size,
     inject_saved,
     saved_spec,
 )
 from zoo.io.rebuild import rebuild as rebuild
-from zoo.io.weights import describe_mismatch
 from zoo.plans.adapters import adapters as injected_adapters
 from zoo.plans.adapters import merge_adapters
 from zoo.plans.freeze import apply_plan
 from zoo.plans.plan import ParamPlan, Plan
-from zoo.tables.build import describe, meta_model, tensor_budget
+from zoo.tables.build import describe
 
 if TYPE_CHECKING:
     import torch
@@ -229,7 +228,9 @@ def resolve_base(
         spec, tag = saved_spec(str(ref), source=str(for_file), catalog=catalog)
         kwargs = check_saved_kwargs(spec, build.get("kwargs"), source=str(for_file))
         check_pretrained_size(spec, kwargs, source=str(for_file))
-        model = build_model(spec, tag=tag, pretrained=True, kwargs=kwargs)
+        model = build_model(
+            spec, BuildArgs(spec.qualified_name, None, kwargs, tag), pretrained=True
+        )
         tensors = {k: v.detach() for k, v in model.state_dict().items()}
         resolved = ResolvedState(tensors, hash_tensors(tensors))
     else:
@@ -689,28 +690,29 @@ def _depths(
     """
 
     entries = {e.name: e for e in header.entries}
-    limit = ALLOCATION_FLOOR + 2 * max((e.nbytes for e in entries.values()), default=0)
     num_classes = meta.build.get("num_classes")
-    saved = len(entries) + len(meta.base_tensors)  # a delta's other tensors are its base's
-    model, notes = meta_model(
-        spec, num_classes, kwargs, max_tensor_bytes=limit, max_tensors=tensor_budget(saved)
-    )
     plan = _plan_of(meta, path)
     additions = plan.additions
-    inject_saved(
-        model,
-        additions,
-        entries,
-        unchecked=set(meta.base_tensors),
+    model = build_model(
+        spec,
+        BuildArgs(spec.qualified_name, num_classes, kwargs),
+        device="meta",
+        untrusted=True,  # bounded by the file's tensors and, for a delta, its base's count
+        state={**{n: TensorEntry(n, "F32", (), 0, 0) for n in meta.base_tensors}, **entries},
+        prepare=lambda skeleton: inject_saved(
+            skeleton,
+            additions,
+            entries,
+            unchecked=set(meta.base_tensors),
+            source=str(path),
+            plugins=meta.plugins,
+            catalog=catalog,
+        ),
         source=str(path),
-        plugins=meta.plugins,
-        catalog=catalog,
-        on_meta=True,
     )
     _check_header_fits(model, entries, full=meta.kind == "full", source=str(path))
     check_consistency(model, meta, spec, plan, source=str(path))
-    attach_build_info(model, spec, tag=None, num_classes=num_classes, kwargs=kwargs)
-    table = describe(model, spec=spec, catalog=catalog, notes=notes)
+    table = describe(model, spec=spec, catalog=catalog)
     added = {n for a in additions for n in a.names}
     base_bytes = sum(
         t.numel() * t.element_size() for n, t in model.state_dict().items() if n not in added
