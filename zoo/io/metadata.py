@@ -37,7 +37,7 @@ from zoo.core.specs import InputConfig
 from zoo.errors import CorruptFileError, UnsupportedFormatError, ZooError, short_repr
 from zoo.io.fileformat import MAX_DIMS, MAX_TENSORS
 from zoo.io.leaderboard import Leaderboard
-from zoo.plans.plan import Addition, Plan
+from zoo.plans.plan import MAX_ADDITIONS, Addition, Plan
 
 #: Version of the metadata layout; bumped only for changes an older reader would misread.
 FORMAT_VERSION = 2
@@ -45,8 +45,6 @@ KINDS = ("full", "delta")
 BASE_KINDS = ("file", "store", "pretrained")
 #: The most classes a head may have (``zoo.build``, ``zoo.classes``).
 MAX_CLASSES = 10_000_000
-#: The most adapters a format-1 ``zoo.adapters`` list may hold.
-MAX_ADAPTERS = 10_000
 
 #: Every core key and what it holds (the reference ``docs/file-format.md`` is checked against).
 KEYS: dict[str, str] = {
@@ -431,6 +429,15 @@ def upgrade_v1(
     return plan, base_tensors, (num_params, num_trained_params)
 
 
+def class_names(value: Any) -> list[str]:
+    """``value`` if it is a list of at most :data:`MAX_CLASSES` class names, each valid text
+    without control characters; else :class:`~zoo.core.checks.Invalid`."""
+    checks.str_list(value, "the value", max_items=MAX_CLASSES)
+    for index, name in enumerate(value):
+        checks.text(name, f"class name {index} {short_repr(name)}", max_len=None, empty=True)
+    return value
+
+
 def _same(reader: _Reader, key: str, value: Any, planned: Any) -> None:
     if value != planned:
         raise reader.bad(
@@ -617,15 +624,8 @@ class _Reader:
 
     def classes(self, key: str) -> list[str] | None:
         value = self.json(key)
-        if value is None:
-            return None
         with self.about(key):
-            checks.str_list(value, "the value", max_items=MAX_CLASSES)
-            for index, name in enumerate(value):
-                checks.text(
-                    name, f"class name {index} {short_repr(name)}", max_len=None, empty=True
-                )
-        return value
+            return None if value is None else class_names(value)
 
     def input_config(self, key: str) -> dict[str, Any]:
         value = self.obj(key, default={})
@@ -664,12 +664,12 @@ class _Reader:
             return None if value is None else Leaderboard.from_dict(value).to_dict()
 
     def adapters(self, key: str) -> list[dict[str, Any]]:
-        """Format 1's ``zoo.adapters``: a list of at most :data:`MAX_ADAPTERS` additions
+        """Format 1's ``zoo.adapters``: a list of at most as many additions as a plan holds
         (each checked by :meth:`~zoo.Addition.from_dict`), one of a kind per target."""
         value = self.json(key, [])
         with self.about(key):
-            if not isinstance(value, list) or len(value) > MAX_ADAPTERS:
-                raise ValueError(f"expected a JSON list of at most {MAX_ADAPTERS} adapters")
+            if not isinstance(value, list) or len(value) > MAX_ADDITIONS:
+                raise ValueError(f"expected a JSON list of at most {MAX_ADDITIONS} adapters")
             additions = [Addition.from_dict(item).to_dict() for item in value]
             seen: set[tuple[str, str]] = set()
             for item in additions:

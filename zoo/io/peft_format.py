@@ -74,7 +74,7 @@ from zoo.io.fileformat import (
     write_tensors,
     written_size,
 )
-from zoo.io.metadata import MAX_CLASSES, ZooMetadata
+from zoo.io.metadata import MAX_CLASSES, ZooMetadata, class_names
 from zoo.io.persistence import load, resolve_target
 from zoo.io.rebuild import check_pretrained_size
 from zoo.io.trust import (
@@ -939,10 +939,8 @@ def _classes(metadata: Mapping[str, str], model: nn.Module) -> list[str] | None:
     text = metadata.get("zoo.classes")
     if not text:
         return None
-    try:  # the class names a saved model may hold (ZooMetadata.parse)
-        classes = checks.str_list(checks.loads(text), "zoo.classes")
-        for name in classes:
-            checks.text(name, "a class name", max_len=None, empty=True)
+    try:  # the class names a saved model may hold
+        classes = class_names(checks.loads(text))
     except checks.Invalid:
         return None
     outputs = getattr(model, "num_classes", None)

@@ -18,7 +18,6 @@ tensors (``merge=True`` then folds them into the weights).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import tempfile
@@ -339,7 +338,7 @@ def _save_state(
     input_config = record.input_config.to_dict() if record.input_config is not None else {}
     meta = ZooMetadata(
         kind="delta" if delta else "full",
-        build=_jsonable_build(build),
+        build=build,
         plan=plan.to_dict(),
         classes=names,
         input_config=input_config,
@@ -438,17 +437,6 @@ def _spec_of(backbone: str, catalog: Catalog) -> BackboneSpec | None:
         return catalog.backbones.lookup(backbone)
     except ZooError:
         return None
-
-
-def _jsonable_build(build: dict[str, Any]) -> dict[str, Any]:
-    try:
-        json.dumps(build, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ZooError(
-            f"the model's architecture arguments {build['kwargs']!r} cannot be saved ({exc}); "
-            "zoo saves JSON values only (numbers, strings, lists, dicts)"
-        ) from None
-    return build
 
 
 def _num_classes(model: nn.Module, args: BuildArgs) -> int | None:

@@ -44,7 +44,6 @@ from zoo.io.fileformat import (
     TEMP_SUFFIX,
     atomic_write_bytes,
     is_temp_name,
-    open_regular,
     read_header,
 )
 from zoo.io.metadata import ZooMetadata, config_json, is_zoo_metadata
@@ -950,16 +949,13 @@ def _remove_stale_locks(result: GcResult, *, dry_run: bool) -> None:
 
 def _config_hash(config: Path) -> str | None:
     """The ``content_sha256`` a ``config.json`` names; None if it is not a regular file (never
-    followed), is larger than :data:`MAX_CONFIG_BYTES`, or names none."""
-    import json
-
+    followed), is larger than :data:`MAX_CONFIG_BYTES`, is not JSON, or names none."""
     try:
-        with open_regular(config, follow_symlinks=False) as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-        if len(raw) > MAX_CONFIG_BYTES:
-            return None
-        value = json.loads(raw.decode("utf-8"))["zoo"]["content_sha256"]
-    except (ZooError, OSError, ValueError, KeyError, TypeError):
+        data = read_json_in(
+            config.parent, config.name, max_bytes=MAX_CONFIG_BYTES, what=CONFIG_FILE
+        )
+        value = data["zoo"]["content_sha256"]
+    except (ZooError, KeyError, TypeError):
         return None
     return value if isinstance(value, str) else None
 
