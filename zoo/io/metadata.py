@@ -395,7 +395,8 @@ def upgrade_v1(
     additions = reader.adapters("zoo.adapters")
     plan = reader.plan("zoo.plan", optional=True)
     if plan is None:
-        plan = {"policy": policy, "args": args, "trainable": trained}
+        with reader.about("zoo.trained"):
+            plan = Plan.from_dict({"policy": policy, "args": args, "trainable": trained}).to_dict()
     else:
         _same(reader, "zoo.policy", policy, plan["policy"])
         _same(reader, "zoo.policy_args", args, plan["args"])
