@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from zoo.core import checks
 from zoo.core.policy_args import format_policy_spec
+from zoo.core.record import unwrap
 from zoo.errors import PlanError, UnknownNameError, short_repr, suggest
 
 if TYPE_CHECKING:
@@ -513,8 +514,9 @@ class Plan:
         ``with_names`` (torch >= 2.6 keeps them in the optimizer's state dict). Biases, norms,
         embeddings and 1-D tensors get no weight decay unless ``decay_norm_and_bias``.
         ``names`` restricts the groups to those parameters (how a schedule adds new ones).
+        A wrapped model (``torch.compile``, DDP) gives the parameters of the model it wraps.
         """
-        named = dict(model.named_parameters())
+        named = dict(unwrap(model).named_parameters())
         only = set(names) if names is not None else None
         groups: dict[tuple[float, bool], dict[str, Any]] = {}
         for name, item in self.params.items():
