@@ -301,7 +301,7 @@ def test_a_large_plan_stays_small_enough_for_file_metadata():
         ({"norms": {"sleepy": ["bn"]}}, "unknown norm mode 'sleepy'"),
         ({"trainable": ["a"], "lr_scale": {"a": -1}}, "lr scale of 'a'"),
         ({"trainable": ["a\x1b[2J"]}, "control character"),
-        ({"trainable": [""]}, "name must be a non-empty text"),
+        ({"trainable": [""]}, "a parameter name must be a non-empty text"),
         ({"policy": "zoo:full\n"}, "policy holds a control character"),
         ({"epoch": True}, "epoch must be an int >= 0"),
         ({"norms": {"frozen": ["bn"], "train": ["bn"]}}, "'bn' has two modes"),

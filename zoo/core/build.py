@@ -102,7 +102,7 @@ def build(
         if prepare is not None:
             prepare(model)
         if state is not None:
-            load_state(model, state, skip=skip, source=source)
+            _load_state(model, state, skip=skip, source=source)
     record = attach_build_info(model, spec, tag=tag, num_classes=args.num_classes, kwargs=kwargs)
     record.notes = tuple(notes)
     return model
@@ -464,7 +464,7 @@ def _materialize(
     if prepare is not None:
         with allocation_limit(limit, "the saved adapters"):
             prepare(model)
-    load_state(model, state, source=source)
+    _load_state(model, state, source=source)
     return model
 
 
@@ -480,7 +480,7 @@ def _assignable(model: nn.Module) -> bool:
     return all(n in persistent for n, _ in (*params, *buffers))
 
 
-def load_state(
+def _load_state(
     model: nn.Module,
     state: Mapping[str, torch.Tensor],
     *,

@@ -307,7 +307,9 @@ def _target_of(model: nn.Module, adapter: Adapter) -> nn.Module:
 
 
 def remove_adapters(model: nn.Module) -> list[Addition]:
-    """Remove every adapter (without merging): the model computes what its base computes."""
+    """Remove every adapter (without merging): the model computes what its base computes.
+    A wrapped model (``torch.compile``, DDP) has the adapters of the model it wraps removed."""
+    model = unwrap(model)
     removed = []
     for _, adapter in adapter_modules(model):
         addition = adapter.zoo_addition

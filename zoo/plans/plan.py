@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from zoo.core import checks
 from zoo.core.policy_args import format_policy_spec
+from zoo.core.record import unwrap
 from zoo.errors import PlanError, UnknownNameError, short_repr, suggest
 
 if TYPE_CHECKING:
@@ -83,8 +84,9 @@ class ParamPlan:
     weight_decay: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:  # from a file: checks.text
+            raise PlanError(f"a parameter plan needs a parameter name, got {short_repr(self.name)}")
         try:
-            checks.text(self.name, "a parameter plan's name", max_len=None)
             scale = checks.real(self.lr_scale, f"lr scale of {self.name!r}", 0)
         except checks.Invalid as exc:
             raise PlanError(str(exc)) from None
@@ -513,8 +515,9 @@ class Plan:
         ``with_names`` (torch >= 2.6 keeps them in the optimizer's state dict). Biases, norms,
         embeddings and 1-D tensors get no weight decay unless ``decay_norm_and_bias``.
         ``names`` restricts the groups to those parameters (how a schedule adds new ones).
+        A wrapped model (``torch.compile``, DDP) gives the parameters of the model it wraps.
         """
-        named = dict(model.named_parameters())
+        named = dict(unwrap(model).named_parameters())
         only = set(names) if names is not None else None
         groups: dict[tuple[float, bool], dict[str, Any]] = {}
         for name, item in self.params.items():
@@ -598,6 +601,8 @@ class Plan:
         """:meth:`from_dict` past the format, without its error wrapping."""
         order = [(n, True) for n in checks.str_list(data.get("trainable", []), "trainable")]
         order += [(n, False) for n in checks.str_list(data.get("frozen", []), "frozen")]
+        for name, _ in order:
+            checks.text(name, "a parameter name", max_len=None)
         planned = {name for name, _ in order}
         no_decay = set(checks.str_list(data.get("no_weight_decay", []), "no_weight_decay"))
         scales = checks.json_object(data.get("lr_scale", {}), "lr_scale")

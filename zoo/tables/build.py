@@ -409,7 +409,9 @@ def _place_head(model: nn.Module, groups: list[ParamGroup], names: list[str]) ->
 
 
 def classifier_param_names(model: nn.Module) -> list[str]:
-    """Names of the parameters of ``model.get_classifier()`` (a module or several), in order."""
+    """Names of the parameters of ``model.get_classifier()`` (a module or several), in order;
+    of the model inside its wrappers (:func:`~zoo.unwrap`)."""
+    model = unwrap(model)
     get = getattr(model, "get_classifier", None)
     if not callable(get):
         return []

@@ -181,15 +181,20 @@ class ParamTable:
         """One :class:`DepthSummary` per depth, in depth order: of this table (its
         ``trainable`` column), or of ``plan`` (a :class:`~zoo.Plan`) applied to it: what the
         plan trains, at which lr scales, its norm modes and the parameters its adapters add."""
+        rows_at: dict[int, list[ParamInfo]] = {}
+        for row in self.rows:
+            rows_at.setdefault(row.depth, []).append(row)
+        norms_at: dict[int, list[NormInfo]] = {}
+        for norm in self.norms:
+            norms_at.setdefault(norm.depth, []).append(norm)
+        added = set(plan.added_names) if plan is not None else set()
         out = []
-        for depth in self.depths:
-            rows = self.at_depth(depth)
-            norms = [n for n in self.norms if n.depth == depth]
+        for depth, rows in sorted(rows_at.items()):
+            norms = norms_at.get(depth, [])
             if plan is None:  # (numel, trains, lr scale, added)
                 members = [(r.numel, r.trainable, None, r.role == "adapter") for r in rows]
                 modes: dict[str, int] = {}
             else:
-                added = set(plan.added_names)
                 members = [
                     (r.numel, *_planned(plan, r.name), False) for r in rows if r.name not in added
                 ]
