@@ -46,42 +46,39 @@ BASE_KINDS = ("file", "store", "pretrained")
 #: The most classes a head may have (``zoo.build``, ``zoo.classes``).
 MAX_CLASSES = 10_000_000
 
-#: Every core key and what it holds (the reference ``docs/file-format.md`` is checked against).
-KEYS: dict[str, str] = {
-    "format": 'always "pt" (safetensors convention: the tensors are PyTorch tensors)',
-    "zoo.format_version": "integer, version of this layout (currently 2)",
-    "zoo.kind": '"full" (every tensor) or "delta" (only what changed from a base)',
-    "zoo.build": "JSON object: backbone, tag, num_classes, kwargs — the zoo.create arguments",
-    "zoo.classes": "JSON list of class names (index order) or null",
-    "zoo.input_config": "JSON object: input_size, mean, std, interpolation, crop_pct, crop_mode",
-    "zoo.plan": "JSON object (zoo.Plan.to_dict()): policy, args, every parameter trained or "
-    "frozen, lr scales, norm modes, the adapters added",
-    "zoo.base": 'JSON object {"kind", "ref", "sha256"} or null: the weights training started from',
-    "zoo.base_tensors": "delta only — JSON object: tensors taken unchanged from the base -> shape",
-    "zoo.state_sha256": "delta only — canonical sha256 of the complete state (base + delta)",
-    "zoo.version": "version of zoo that wrote the file",
-    "zoo.plugins": "JSON object: plugin name -> version, for the backbone's, policy's and "
-    "adapters' plugins",
-    "zoo.created": "creation time, ISO 8601 in UTC",
-    "zoo.timm_config": "JSON object: the timm-style config.json of the model",
-    "zoo.training": "optional — JSON object: how zoo.adapt trained (epochs, epochs_run, "
-    "best_epoch, early_stop, stopped_early, resumed_from)",
-    "zoo.compare": "optional — JSON object: the leaderboard of zoo.compare (winner, epochs, "
-    "rungs, budget, budget_cut, seconds, candidates, notes)",
-    "zoo.tensors_sha256": "canonical sha256 of the tensors in this file",
-    "zoo.content_sha256": "sha256 of zoo.tensors_sha256 and every other metadata entry",
-}
+#: Every key of format 2 (``docs/file-format.md`` says what each holds; a test checks the two
+#: agree).
+KEYS = (
+    "format",
+    "zoo.format_version",
+    "zoo.kind",
+    "zoo.build",
+    "zoo.classes",
+    "zoo.input_config",
+    "zoo.plan",
+    "zoo.base",
+    "zoo.base_tensors",
+    "zoo.state_sha256",
+    "zoo.version",
+    "zoo.plugins",
+    "zoo.created",
+    "zoo.timm_config",
+    "zoo.training",
+    "zoo.compare",
+    "zoo.tensors_sha256",
+    "zoo.content_sha256",
+)
 #: The keys of format 1 that format 2 records once, elsewhere (read from format-1 files only).
-V1_KEYS: dict[str, str] = {
-    "zoo.backbone": "the backbone of zoo.build",
-    "zoo.num_classes": "the num_classes of zoo.build",
-    "zoo.policy": "the policy of zoo.plan",
-    "zoo.policy_args": "the args of zoo.plan",
-    "zoo.trained": "the trainable names of zoo.plan",
-    "zoo.num_params": "derived from zoo.plan and the tensors' shapes",
-    "zoo.num_trained_params": "derived from zoo.plan and the tensors' shapes",
-    "zoo.adapters": "the additions of zoo.plan",
-}
+V1_KEYS = (
+    "zoo.backbone",
+    "zoo.num_classes",
+    "zoo.policy",
+    "zoo.policy_args",
+    "zoo.trained",
+    "zoo.num_params",
+    "zoo.num_trained_params",
+    "zoo.adapters",
+)
 
 _REQUIRED = (
     "zoo.format_version",
@@ -285,7 +282,7 @@ class ZooMetadata:
             plan = reader.plan("zoo.plan")
             base_tensors = reader.shapes("zoo.base_tensors")
             counts = _counts(plan, {**base_tensors, **shapes})
-        known = KEYS if version > 1 else {**KEYS, **V1_KEYS}
+        known = KEYS if version > 1 else (*KEYS, *V1_KEYS)
         return cls(
             format_version=version,
             kind=kind,
