@@ -45,13 +45,13 @@ NO_HEAD = "head: get_classifier() has no parameters"
 def check(name: str, num_classes: int | None = None) -> dict[str, Any]:
     """Build ``name`` on meta and check its table; returns a result record."""
     from zoo.api import get_catalog
-    from zoo.tables.build import build_meta, classifier_param_names, describe
+    from zoo.tables.build import build_meta, classifier_param_names, describe, spec_of
 
     catalog = get_catalog()
     started = time.perf_counter()
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    model, spec, notes = build_meta(f"timm:{name}", catalog=catalog, **kwargs)
-    table = describe(model, spec=spec, catalog=catalog, notes=notes)
+    model = build_meta(f"timm:{name}", catalog=catalog, **kwargs)
+    table = describe(model, spec=spec_of(model, catalog), catalog=catalog)
     seconds = time.perf_counter() - started
     problems: list[str] = []
     if not all(p.is_meta for p in model.parameters()):

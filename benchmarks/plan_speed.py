@@ -53,7 +53,7 @@ def main() -> None:
     for name in args.models.split(","):
         table = zoo.params(name)
         t_params = median_time(lambda name=name: zoo.params(name), args.rounds)
-        model = build_meta(name, catalog=zoo.get_catalog())[0]
+        model = build_meta(name, catalog=zoo.get_catalog())
         print(
             f"\n{name}: {len(table)} tensors, {table.total_numel / 1e6:.1f}M parameters, "
             f"{len(table.norms)} norm layers; zoo.params {t_params * 1e3:.1f} ms"

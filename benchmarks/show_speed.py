@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------ 3. a billion parameters
     giant_table = zoo.params(args.giant)
-    model, _spec, notes = build_meta(args.giant, catalog=get_catalog())
+    model = build_meta(args.giant, catalog=get_catalog())
+    notes = model.zoo.notes
     numbers["giant_numel"] = giant_table.total_numel
     numbers["giant_storage_bytes"] = storage_bytes(model)
     all_meta = all(t.is_meta for t in (*model.parameters(), *model.buffers()))

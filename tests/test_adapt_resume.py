@@ -219,12 +219,12 @@ def test_training_metadata_key_round_trips():
 
     record = {"epochs": 6, "epochs_run": 3, "best_epoch": 2, "early_stop": 1}
     build = {"backbone": "timm:test_resnet", "tag": None, "num_classes": 3, "kwargs": {}}
-    meta = ZooMetadata(1, "full", "timm:test_resnet", build, training=record)
+    meta = ZooMetadata("full", build, plan={}, training=record)
     md = meta.to_metadata()
     assert json.loads(md["zoo.training"]) == record
     sealed = {**md, "zoo.tensors_sha256": "0" * 64, "zoo.content_sha256": "0" * 64}
     assert ZooMetadata.parse(sealed, source="x").training == record
-    plain = ZooMetadata(1, "full", "timm:test_resnet", build).to_metadata()
+    plain = ZooMetadata("full", build, plan={}).to_metadata()
     assert "zoo.training" not in plain  # files not made by adapt are unchanged
     bad = {**sealed, "zoo.training": "[1]"}
     with pytest.raises(zoo.CorruptFileError, match=r"zoo\.training"):

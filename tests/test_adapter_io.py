@@ -78,7 +78,7 @@ def test_save_load_is_bit_identical(backbone, policy):
     path = zoo.save(model, "adapted")
     meta = read_header(path).metadata
     assert meta["zoo.kind"] == "delta"  # the default for an adapted model with a base
-    assert json.loads(meta["zoo.adapters"]) == [a.to_dict() for a in zoo.adapters(model)]
+    assert json.loads(meta["zoo.plan"])["additions"] == [a.to_dict() for a in zoo.adapters(model)]
     loaded = zoo.load("adapted")
     assert torch.equal(out(loaded), expected)
     assert [a.to_dict() for a in zoo.adapters(loaded)] == [a.to_dict() for a in zoo.adapters(model)]
@@ -136,7 +136,8 @@ def test_adapters_stack_on_an_adapter_file():
     added = {n for a in zoo.adapters(model) for n in a.names}
     assert set(header.names) == added | {"head.weight", "head.bias"}
     assert json.loads(header.metadata["zoo.base"])["ref"] == "first"
-    assert json.loads(header.metadata["zoo.adapters"]) == [a.to_dict() for a in zoo.adapters(model)]
+    plan = json.loads(header.metadata["zoo.plan"])
+    assert plan["additions"] == [a.to_dict() for a in zoo.adapters(model)]
     assert torch.equal(out(zoo.load("second")), out(model.eval()))
     assert zoo.inspect("second").adapters[0]["kind"] == "zoo:lora"
 
@@ -157,7 +158,7 @@ def test_merge_folds_adapters_and_saves_a_plain_timm_file(backbone, policy):
     assert (out(merged) - expected).abs().max().item() <= 1e-5 * max(1.0, scale)
     path = zoo.save(merged, "merged")
     meta = read_header(path).metadata
-    assert meta["zoo.kind"] == "full" and "zoo.adapters" not in meta
+    assert meta["zoo.kind"] == "full" and "additions" not in json.loads(meta["zoo.plan"])
     config = json.loads((path.parent / "config.json").read_text())
     assert config["architecture"] == backbone.split(":")[1]
     plain = timm.create_model(f"local-dir:{path.parent}", pretrained=True).eval()

@@ -51,7 +51,7 @@ def _perturb(model):
 def test_plan_shows_added_parameters_per_depth(name, policy):
     table = zoo.params(name, num_classes=10)
     plan = zoo.plan(table, policy)
-    depths = plan.depth_summary()
+    depths = table.depth_summary(plan)
     added = {d.depth: d.added_numel for d in depths}
     assert sum(added.values()) == plan.added_numel() == sum(a.numel for a in plan.additions) > 0
     assert added[table.max_depth] == 0  # never in the head

@@ -60,6 +60,15 @@ def test_addition_names_numel_and_dict_round_trip():
         ({"depth": -1}, "depth"),
         ({"depth": "1"}, "depth"),
         ({"surprise": 1}, "unknown keys"),
+        # the bounds of a file (Addition.from_dict is the one check of a saved adapter)
+        ({"code": "import os"}, "unknown fields are refused"),
+        ({"kind": "lora"}, '"plugin:name"'),
+        ({"kind": "zoo:lo ra"}, '"plugin:name"'),
+        ({"params": {f"lora.P{i}": [1] for i in range(17)}}, "1 to 16"),
+        ({"args": {"x": [[[[[1]]]]]}}, "may not nest deeper"),
+        ({"args": {"note": "x" * 2000}}, "string over 1000"),
+        ({"depth": 10**7}, "depth"),
+        ({"group": "a\x1b[2J"}, "control character"),
     ],
 )
 def test_addition_from_dict_refuses_malformed_data(change, message):
@@ -90,6 +99,7 @@ def test_plan_with_additions_round_trips_and_lists_added_params():
         (lambda d: d["trainable"].remove(d["additions"][0]["target"] + ".lora.A"), "not listed"),
         (lambda d: d["additions"].append(dict(d["additions"][0])), "two additions"),
         (lambda d: d["additions"][0]["params"].update({"lora.A": [4, 10**12]}), "positive"),
+        (lambda d: d.update(additions=d["additions"] * 5001), "at most 10000"),
     ],
 )
 def test_plan_from_dict_refuses_malformed_additions(mutate, message):
@@ -97,6 +107,13 @@ def test_plan_from_dict_refuses_malformed_additions(mutate, message):
     mutate(data)
     with pytest.raises(zoo.PlanError, match=message):
         zoo.Plan.from_dict(data)
+
+
+def test_a_plan_adds_one_adapter_of_a_kind_per_target():
+    first = lora_addition()
+    second = zoo.Addition(first.target, first.kind, {"lora2.A": (8, 192)}, first.args)
+    with pytest.raises(zoo.PlanError, match="zoo:lora is listed twice on target"):
+        zoo.Plan(params=[], additions=(first, second))
 
 
 # ---------------------------------------------------------------- a tiny model
@@ -134,6 +151,42 @@ def test_dead_adapter_is_detected_on_the_first_forward():
     assert [a.target for a in zoo.adapters(model)] == ["blocks.0.qkv", "blocks.1.qkv"]
     with pytest.raises(zoo.AdapterError, match=r"did not run.*blocks\.1\.qkv"):
         model(torch.randn(2, 4))
+
+
+def test_dead_adapter_is_detected_on_the_first_forward_of_a_compiled_model():
+    model = Net(bypass=True)
+    zoo.freeze(model, "lora:targets=blocks.*.qkv")
+    compiled = torch.compile(model, backend="eager")
+    with pytest.raises(zoo.AdapterError, match=r"did not run.*blocks\.1\.qkv"):
+        compiled(torch.randn(2, 4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["lora:rank=4", "ssf", "vpt:tokens=2"])
+def test_a_compiled_model_with_adapters_matches_eager_without_graph_breaks(policy):
+    """The adapters' hooks keep no Python state: dynamo traces them without a graph break, and
+    the compiled model computes what the eager one does."""
+    torch.manual_seed(0)
+    model = zoo.create("timm:vit_tiny_patch16_224", num_classes=3, depth=2, img_size=32)
+    zoo.freeze(model, policy)
+    with torch.no_grad():  # move the adapters off their identity start (LoRA's B is zero)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.eval()
+    adapters = [a for a in model.modules() if isinstance(a, zoo.Adapter)]
+    zoo_state = [{k: v for k, v in vars(a).items() if k.startswith("zoo_")} for a in adapters]
+    x = torch.randn(2, 3, 32, 32)
+    eager = model(x)  # the first forward checks, eagerly and once, that every adapter runs
+    assert not model._forward_hooks
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(model, backend="aot_eager")
+    for _ in range(2):
+        torch.testing.assert_close(compiled(x), eager, rtol=0, atol=1e-5)
+    assert [{k: v for k, v in vars(a).items() if k.startswith("zoo_")} for a in adapters] == (
+        zoo_state
+    )  # zoo's hooks wrote nothing on the adapters
 
 
 def test_live_adapters_pass_the_check_which_then_removes_itself():
@@ -204,6 +257,9 @@ def test_injected_model_table_copy_pickle_and_removal():
     assert rows["blocks.1.qkv.lora.A"].depth == rows["blocks.1.qkv.weight"].depth
     assert rows["blocks.1.qkv.lora.A"].group == rows["blocks.1.qkv.weight"].group
     assert rows["head.weight"].role == "head"
+    added = {d.depth: d.added_numel for d in table.depth_summary()}  # adapter rows count as added
+    assert added[rows["blocks.1.qkv.weight"].depth] > 0
+    assert sum(added.values()) == sum(a.numel for a in zoo.adapters(model))
     # adapters survive deepcopy and pickling, hooks included
     x = torch.randn(2, 4)
     with torch.no_grad():

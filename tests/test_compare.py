@@ -22,8 +22,8 @@ from zoo.adaptation.halving import (
     rung_epochs,
     rung_note,
 )
-from zoo.adaptation.leaderboard import small_validation_note
 from zoo.cli.main import main
+from zoo.io.leaderboard import small_validation_note
 
 BACKBONE = "timm:test_resnet"  # a tiny timm ResNet: stem, 4 stages, fc
 FAST = {"image_size": 32, "batch_size": 8, "lr": 1e-2, "scratch": True}

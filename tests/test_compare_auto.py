@@ -10,8 +10,8 @@ from fileformat_helpers import write_file
 from test_data import make_color_folder
 
 import zoo
-from zoo.adaptation.leaderboard import short_policy
 from zoo.io.fileformat import read_file
+from zoo.io.leaderboard import short_policy
 
 BACKBONE = "timm:test_resnet"
 FAST = {"image_size": 32, "batch_size": 8, "lr": 1e-2}

@@ -9,7 +9,7 @@ import pytest
 from matplotlib.text import Text
 
 from zoo.adaptation.compare_plot import LABEL_WIDTH, draw, plot_label
-from zoo.adaptation.leaderboard import Leaderboard, LeaderboardRow
+from zoo.io.leaderboard import Leaderboard, LeaderboardRow
 
 plt = pytest.importorskip("matplotlib.pyplot")
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,12 @@ from zoo.io.fileformat import (
     read_header,
     write_tensors,
 )
+
+sys.path.insert(0, str(Path(__file__).parent / "reliability"))
+#: The one corpus of malformed files (``tests/reliability/malformed.py``).
+malformed = importlib.import_module("malformed")
+#: Its hand-made cases (a pickle's payload would create the marker: read_file never unpickles).
+CORPUS = malformed.named_cases(Path("/nonexistent-marker"))
 
 
 def sample_tensors() -> dict[str, torch.Tensor]:
@@ -215,96 +224,20 @@ def test_missing_file_is_a_zoo_error(tmp_path):
 # ---------------------------------------------------------------- malformed files
 
 
-def raw_file(header: object, data: bytes = b"", *, length: int | None = None) -> bytes:
-    text = header if isinstance(header, (bytes, str)) else json.dumps(header)
-    raw = text.encode() if isinstance(text, str) else text
-    return struct.pack("<Q", len(raw) if length is None else length) + raw + data
-
-
-GOOD = {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
-
-MALFORMED = {
-    "empty file": (b"", "truncated"),
-    "five bytes": (b"\x01\x02\x03\x04\x05", "truncated"),
-    "header length beyond file": (raw_file(GOOD, b"\0" * 8, length=10_000), "larger than"),
-    "header length over limit": (raw_file(GOOD, length=200 * 1024 * 1024), "exceeds"),
-    "not json": (raw_file(b"{nope", b""), "not valid JSON"),
-    "not utf8": (raw_file(b"\xff\xfe{}", b""), "not UTF-8"),
-    "json list": (raw_file([1, 2]), "not an object"),
-    "duplicate key": (
-        raw_file(
-            '{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},'
-            ' "x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}',
-            b"\0" * 8,
-        ),
-        "repeats the key 'x'",
-    ),
-    "NaN constant": (
-        raw_file('{"x": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 4]}}', b"\0" * 4),
-        "not valid JSON",
-    ),
-    "metadata value not str": (raw_file({"__metadata__": {"a": 1}}), "not a string"),
-    "metadata not object": (raw_file({"__metadata__": ["a"]}), "not an object of strings"),
-    "unknown dtype": (
-        raw_file({"x": {"dtype": "F33", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
-        "unknown dtype",
-    ),
-    "negative dim": (
-        raw_file({"x": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4),
-        "non-negative",
-    ),
-    "bool dim": (
-        raw_file({"x": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, b"\0" * 4),
-        "non-negative",
-    ),
-    "offsets outside": (
-        raw_file({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4),
-        "outside the data region",
-    ),
-    "wrong byte count": (
-        raw_file({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8),
-        "expected 12",
-    ),
-    "overlap": (
-        raw_file(
-            {
-                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
-            },
-            b"\0" * 12,
-        ),
-        "overlaps",
-    ),
-    "gap": (
-        raw_file({"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8),
-        "gap of 4 bytes",
-    ),
-    "trailing bytes": (raw_file(GOOD, b"\0" * 12), "trailing bytes"),
-    "extra field": (
-        raw_file({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "z": 1}}, b"\0" * 4),
-        "unknown field",
-    ),
-    "entry not object": (raw_file({"x": [1, 2]}), "not an object"),
-    "giant zero-size dim": (
-        raw_file({"x": {"dtype": "F32", "shape": [0, 2**64], "data_offsets": [0, 0]}}),
-        "dimension above",
-    ),
-}
-
-
-@pytest.mark.parametrize("case", sorted(MALFORMED))
+@pytest.mark.parametrize("case", CORPUS, ids=[case.name for case in CORPUS])
 def test_malformed_files_raise_corrupt_file_error_naming_file_and_problem(tmp_path, case):
-    content, problem = MALFORMED[case]
+    """The one malformed-header corpus (``tests/reliability/malformed.py``), read directly."""
     path = tmp_path / "bad.safetensors"
-    path.write_bytes(content)
+    path.write_bytes(case.content)
     with pytest.raises(CorruptFileError) as info:
         read_file(path)
     assert str(path) in str(info.value)
-    assert problem in str(info.value)
+    assert any(problem in str(info.value) for problem in case.problem), str(info.value)
 
 
 def test_parse_header_accepts_a_valid_header():
-    header = parse_header(json.dumps(GOOD).encode(), 8 + len(json.dumps(GOOD)) + 8)
+    good = json.dumps(malformed.GOOD).encode()
+    header = parse_header(good, 8 + len(good) + 8)
     assert [e.name for e in header.entries] == ["x"]
 
 
@@ -356,9 +289,17 @@ def test_temp_names_are_recognised():
     assert not is_temp_name(".hidden")
 
 
-def test_every_metadata_key_is_documented():
-    from zoo.io.metadata import KEYS
-
+def documented_keys(section: str) -> set[str]:
+    """The keys of the table under ``section`` in docs/file-format.md (first column)."""
     text = (Path(__file__).parent.parent / "docs" / "file-format.md").read_text()
-    missing = [key for key in KEYS if f"| `{key}` |" not in text]
-    assert missing == []
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([a-z0-9_.]+)` \|", body, flags=re.MULTILINE))
+
+
+def test_every_metadata_key_is_documented():
+    """The key table of format 2 lists exactly the keys zoo writes; the table of format 1
+    exactly the keys only format 1 wrote."""
+    from zoo.io.metadata import KEYS, V1_KEYS
+
+    assert documented_keys("Metadata keys") == set(KEYS)
+    assert documented_keys("Format 1") == set(V1_KEYS)

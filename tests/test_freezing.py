@@ -342,3 +342,23 @@ def test_freeze_takes_a_plan_or_a_policy_with_arguments() -> None:
         freeze(model, computed, depth=1)
     result = freeze(model, "freeze-to", depth=zoo.params(model).max_depth)
     assert result.args == {"depth": zoo.params(model).max_depth}
+
+
+def test_optimizer_groups_schedules_and_the_head_through_torch_compile():
+    """Plans, schedules and tables take a wrapped model and name the parameters of the model
+    inside (``torch.compile`` prefixes them with ``_orig_mod.``)."""
+    model = zoo.create("timm:resnet10t", num_classes=3)
+    compiled = torch.compile(model, backend="eager")
+    assert zoo.classifier_param_names(compiled) == ["fc.weight", "fc.bias"]
+    plan = freeze(compiled, "linear-probe")
+    groups = plan.param_groups(compiled, lr=0.1)
+    assert [n for g in groups for n in g["param_names"]] == ["fc.weight", "fc.bias"]
+    driver = zoo.ScheduleDriver(compiled, "gradual", every=1)
+    optimizer = driver.optimizer(torch.optim.SGD, lr=0.1)
+    step = driver.step(1)
+    assert step.unfrozen and step.added_groups
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in model.parameters() if p.requires_grad} == held
+    x = torch.randn(2, 3, 32, 32)
+    compiled(x).sum().backward()
+    optimizer.step()

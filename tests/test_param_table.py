@@ -200,9 +200,8 @@ def test_head_is_moved_to_max_depth_whatever_the_grouping():
 
 
 def test_meta_build_allocates_no_storage():
-    model, spec, notes = build_meta("timm:convnext_atto", catalog=get_catalog())
-    assert spec.qualified_name == "timm:convnext_atto"
-    assert notes == []
+    model = build_meta("timm:convnext_atto", catalog=get_catalog())
+    assert model.zoo.notes == ()
     assert all(p.is_meta for p in model.parameters())
     assert all(b.is_meta for b in model.buffers())
     assert storage_bytes(model) == 0
@@ -462,7 +461,8 @@ def test_plugin_hook_that_raises_is_noted_and_skipped(tiny_catalog):
 
 
 def test_constructor_reading_values_falls_back_to_meta_per_parameter(tiny_catalog):
-    model, _spec, notes = build_meta("tiny:itemnet", catalog=get_catalog())
+    model = build_meta("tiny:itemnet", catalog=get_catalog())
+    notes = model.zoo.notes
     assert notes and "one at a time" in notes[0]
     assert all(p.is_meta for p in model.parameters()) and storage_bytes(model) == 0
     table = zoo.params("tiny:itemnet")
@@ -472,8 +472,8 @@ def test_constructor_reading_values_falls_back_to_meta_per_parameter(tiny_catalo
 
 
 def test_meta_build_skips_initialisation_but_keeps_flags(tiny_catalog):
-    model, _spec, notes = build_meta("tiny:halfnet", catalog=get_catalog())
-    assert notes == [] and storage_bytes(model) == 0
+    model = build_meta("tiny:halfnet", catalog=get_catalog())
+    assert model.zoo.notes == () and storage_bytes(model) == 0
     table = zoo.params("tiny:halfnet")
     assert not table["patch.weight"].trainable
     assert table.trainable_numel == table.total_numel - table["patch.weight"].numel

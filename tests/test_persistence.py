@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fileformat_helpers import write_file
+from fileformat_helpers import v1_copy, write_file
 
 import zoo
 from zoo.core.catalog import Catalog
@@ -31,6 +31,7 @@ from zoo.errors import (
 )
 from zoo.io import store
 from zoo.io.fileformat import read_file, read_header
+from zoo.io.metadata import V1_KEYS, ZooMetadata
 from zoo.testing import installed_catalog
 
 # A small real plugin (registered through the real hooks) for the tests that need a fresh
@@ -145,11 +146,11 @@ def test_metadata_records_everything_needed(tiny):
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("5."))
     path = zoo.save(model, "m", classes=["a", "b"])
-    md = read_header(path).metadata
+    header = read_header(path)
+    md = header.metadata
     assert md["format"] == "pt"
-    assert md["zoo.format_version"] == "1"
+    assert md["zoo.format_version"] == "2"
     assert md["zoo.kind"] == "full"
-    assert md["zoo.backbone"] == "tinyplug:tiny"
     assert json.loads(md["zoo.build"]) == {
         "backbone": "tinyplug:tiny",
         "tag": None,
@@ -157,11 +158,17 @@ def test_metadata_records_everything_needed(tiny):
         "kwargs": {"width": 6},
     }
     assert json.loads(md["zoo.classes"]) == ["a", "b"]
-    assert json.loads(md["zoo.num_classes"]) == 2
-    assert json.loads(md["zoo.trained"]) == ["5.weight", "5.bias"]
-    assert md["zoo.num_trained_params"] == str(6 * 2 + 2)
+    plan = json.loads(md["zoo.plan"])  # no policy: the plan of what trained, every parameter
+    assert plan["trainable"] == ["5.weight", "5.bias"]
+    assert sorted(plan["trainable"] + plan["frozen"]) == sorted(
+        n for n, _ in model.named_parameters()
+    )
+    assert plan["policy"] == ""
+    meta = ZooMetadata.parse(md, source=str(path), shapes=header.shapes)
+    assert meta.num_trained_params == 6 * 2 + 2  # derived, not stored
+    assert meta.num_params == sum(p.numel() for p in model.parameters())
+    assert not set(V1_KEYS) & set(md)  # each fact once
     assert json.loads(md["zoo.input_config"])["mean"] == [0.485, 0.456, 0.406]
-    assert md["zoo.policy"] == ""
     assert md["tinyplug.width"] == "6"  # from the plugin's zoo_extra_metadata hook
     assert "bad key" not in md  # not namespaced: recorded as a plugin problem instead
     assert any("bad key" in e for _, e in tiny.host.problems)
@@ -289,7 +296,6 @@ def test_truncated_saved_model_is_refused(tiny):
         ("zoo.classes", '"cat"', "list of strings"),
         ("zoo.build", "[1]", "JSON object"),
         ("zoo.kind", "partial", "not one of full, delta"),
-        ("zoo.num_classes", "-3", "non-negative integer"),
         ("zoo.plan", "{not json", "not valid JSON"),
     ],
 )
@@ -298,6 +304,18 @@ def test_metadata_of_the_wrong_type_names_the_key(tiny, key, value, problem):
     reseal(path, change_metadata=lambda md: md.update({key: value}))
     with pytest.raises(CorruptFileError) as info:
         zoo.load("m")
+    assert key in str(info.value) and problem in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"), [("zoo.num_classes", "-3", "non-negative integer")]
+)
+def test_format_1_metadata_of_the_wrong_type_names_the_key(tmp_path, key, value, problem):
+    """The keys only format 1 wrote keep their checks on format-1 files."""
+    path = v1_copy(tmp_path)
+    reseal(path, change_metadata=lambda md: md.update({key: value}))
+    with pytest.raises(CorruptFileError) as info:
+        zoo.load(path)
     assert key in str(info.value) and problem in str(info.value)
 
 

@@ -161,7 +161,7 @@ def test_reading_a_plan(small_table):
 
 def test_depth_summary_and_text_summary(small_table):
     result = plan(small_table, "linear-probe")
-    depths = result.depth_summary()
+    depths = small_table.depth_summary(result)
     assert [d.depth for d in depths] == [d.depth for d in small_table.depth_summary()]
     head = depths[-1]
     assert head.group == "head" and head.trainable_tensors == head.tensors == 2
@@ -175,9 +175,18 @@ def test_depth_summary_and_text_summary(small_table):
     bare = Plan(params=[ParamPlan("a", True), ParamPlan("b", False)])
     assert "trains 1 of 2 tensors" in bare.summary()
     with pytest.raises(PlanError, match="carries no parameter table"):
-        bare.depth_summary()
-    with pytest.raises(PlanError, match="carries no parameter table"):
         bare.numel()
+
+
+def test_one_depth_summary_for_a_table_and_for_a_plan_on_it(small_table):
+    result = plan(small_table, "linear-probe")
+    marked = small_table.with_trainable(result.trainable)  # the table's own trainable column
+    fields = ("depth", "group", "tensors", "numel", "trainable_tensors", "trainable_numel", "norms")
+    for own, planned in zip(marked.depth_summary(), small_table.depth_summary(result), strict=True):
+        assert [getattr(own, f) for f in fields] == [getattr(planned, f) for f in fields]
+        assert own.lr_scales is None and own.norm_modes == {}  # only a plan says these
+    data = small_table.depth_summary(result)[-1].to_dict()
+    assert data["lr_scale"] == [1.0, 1.0] and data["added_numel"] == 0 and data["norms"] == 0
 
 
 def test_summary_shows_notes_and_epochs(small_table):
@@ -291,6 +300,11 @@ def test_a_large_plan_stays_small_enough_for_file_metadata():
         ({"trainable": ["a"], "lr_scale": {"a": "x"}}, "malformed plan data"),
         ({"norms": {"sleepy": ["bn"]}}, "unknown norm mode 'sleepy'"),
         ({"trainable": ["a"], "lr_scale": {"a": -1}}, "lr scale of 'a'"),
+        ({"trainable": ["a\x1b[2J"]}, "control character"),
+        ({"trainable": [""]}, "a parameter name must be a non-empty text"),
+        ({"policy": "zoo:full\n"}, "policy holds a control character"),
+        ({"epoch": True}, "epoch must be an int >= 0"),
+        ({"norms": {"frozen": ["bn"], "train": ["bn"]}}, "'bn' has two modes"),
     ],
 )
 def test_from_dict_rejects_malformed_data(data, message):

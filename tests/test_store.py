@@ -17,7 +17,7 @@ from zoo.errors import (
     StoreError,
 )
 from zoo.io import store
-from zoo.io.metadata import FORMAT_VERSION, ZooMetadata
+from zoo.io.metadata import ZooMetadata
 
 
 def make_entry(
@@ -29,18 +29,14 @@ def make_entry(
     backbone: str = "tinyplug:tiny",
     **extra_md: str,
 ) -> Path:
-    """A store entry written directly (no model needed): a tiny zoo file with real metadata."""
+    """A store entry written directly (no model needed): a tiny zoo file with real metadata
+    (10 parameters, 4 of them trained)."""
     build = {"backbone": backbone, "tag": None, "num_classes": 2, "kwargs": {}}
     meta = ZooMetadata(
-        format_version=FORMAT_VERSION,
         kind=kind,
-        backbone=backbone,
         build=build,
-        num_classes=2,
+        plan={"trainable": ["fc.weight"], "frozen": ["body.weight"]},
         classes=classes,
-        trained=["fc.weight"],
-        num_params=10,
-        num_trained_params=4,
         base=base,
         created="2026-01-02T03:04:05+00:00",
         state_sha256="0" * 64 if kind == "delta" else None,
@@ -49,7 +45,7 @@ def make_entry(
     folder.mkdir(parents=True, exist_ok=True)
     return write_file(
         folder / store.MODEL_FILE,
-        {"fc.weight": torch.ones(2, 2)},
+        {"fc.weight": torch.ones(2, 2), "body.weight": torch.ones(6)},
         {**meta.to_metadata(), **extra_md},
     )
 
@@ -209,9 +205,9 @@ def test_listing_reads_entries_and_reports_broken_ones():
     entries = {e.name: e for e in store.list_saved()}
     assert sorted(entries) == ["empty", "garbage", "good", "plain", "stray-file"]
     good = entries["good"]
-    assert good.ok and good.kind == "full" and good.classes == ["a", "b"]
-    assert good.backbone == "tinyplug:tiny"
-    assert good.trained_fraction == pytest.approx(0.4)
+    assert good.ok and good.meta.kind == "full" and good.meta.classes == ["a", "b"]
+    assert good.meta.backbone == "tinyplug:tiny"
+    assert good.meta.trained_fraction == pytest.approx(0.4)
     assert "no model.safetensors" in entries["empty"].reason
     assert "truncated" in entries["garbage"].reason
     assert "not a zoo model file" in entries["plain"].reason

@@ -335,7 +335,7 @@ def _check_backbone(
 
     name = spec.qualified_name
     try:
-        model, _spec, _notes = build_meta(name, catalog=catalog)
+        model = build_meta(name, catalog=catalog)
     except Exception as exc:
         report.add(f"{name} builds on the meta device", False, _describe(exc))
         return None
@@ -431,9 +431,7 @@ def _check_forward(report: PluginReport, catalog: Catalog, spec: BackboneSpec) -
 
     label = f"{spec.qualified_name} runs forward with num_classes={FORWARD_CLASSES} (meta)"
     try:
-        model, _spec, _notes = build_meta(
-            spec.qualified_name, catalog=catalog, num_classes=FORWARD_CLASSES
-        )
+        model = build_meta(spec.qualified_name, catalog=catalog, num_classes=FORWARD_CLASSES)
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("meta")
         x = torch.empty((2, *spec.input_config.input_size), device=device)

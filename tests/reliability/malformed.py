@@ -1,10 +1,11 @@
-"""A generated corpus of malformed ``.safetensors`` files, each with the problem it must report.
+"""The one corpus of malformed ``.safetensors`` files, each with the problem it must report.
 
 :func:`named_cases` are hand-made breakages of every rule of the format (header length, JSON,
 metadata, dtype, shape, offsets, tiling) plus files that are not safetensors at all (pickles and
 ``torch.save`` archives renamed ``.safetensors``). :func:`truncations` cuts a small valid file
 at every byte. :func:`write_corpus` writes them all to a folder. Used by
-``tests/reliability/test_malformed_files.py`` and ``benchmarks/malformed_corpus.py``.
+``tests/test_fileformat.py`` (zoo's reader), ``tests/reliability/test_malformed_files.py`` (every
+loader) and ``benchmarks/malformed_corpus.py``.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def named_cases(marker: Path) -> list[Case]:
             Case(
                 f"metadata value {kind}",
                 raw({"__metadata__": {"k": value}, **GOOD}, DATA),
-                ("__metadata__['k'] is a",),
+                (f"__metadata__['k'] is a {type(value).__name__}, not a string",),
             )
             for kind, value in metadata_value.items()
         ],

@@ -1,11 +1,13 @@
-"""The adapters a file lists (``zoo.adapters``) are untrusted, sealed or not.
+"""The adapters a file records are untrusted, sealed or not.
 
-Anyone can edit a saved file's metadata and re-seal it. Each hostile ``zoo.adapters`` below is
-written into a real saved model with LoRA adapters and resealed; ``zoo.load`` and
-``zoo.inspect`` must refuse it with :class:`zoo.CorruptFileError` naming the file (a kind whose
-plugin is missing or unknown: :class:`zoo.UnknownNameError`, as for backbones) -- never another
-exception, and never by building what the file asks for: adapters are built on the ``meta``
-device first, so a hostile rank allocates nothing.
+A file records them once, as the additions of its plan (``zoo.plan``); a format-1 file also
+listed them in ``zoo.adapters``, which must agree (``tests/data/v1/lora.safetensors``). Anyone
+can edit a saved file's metadata and re-seal it. Each hostile list of adapters below is written
+into a real saved model with LoRA adapters and resealed; ``zoo.load`` and ``zoo.inspect`` must
+refuse it with :class:`zoo.CorruptFileError` naming the file (a kind whose plugin is missing or
+unknown: :class:`zoo.UnknownNameError`, as for backbones) -- never another exception, and never
+by building what the file asks for: adapters are built on the ``meta`` device first, so a
+hostile rank allocates nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from fileformat_helpers import write_file
+from fileformat_helpers import v1_copy, write_file
 
 import zoo
 from zoo.io.fileformat import read_file
@@ -46,16 +48,31 @@ def reseal(path: Path, **changes: str) -> None:
     write_file(path, dict(saved.tensors), {**saved.metadata, **changes})
 
 
+@pytest.fixture
+def saved_v1(tmp_path: Path) -> Path:
+    """A format-1 delta of a CNN with LoRA (rank 2), whose ``zoo.adapters`` repeats the plan's
+    additions."""
+    return v1_copy(tmp_path, "lora")
+
+
+def plan_of(path: Path) -> dict[str, Any]:
+    return json.loads(read_file(path).metadata["zoo.plan"])
+
+
 def listed(path: Path) -> list[dict[str, Any]]:
-    return json.loads(read_file(path).metadata["zoo.adapters"])
+    """The adapters a file records: a format-1 file's ``zoo.adapters``, else its plan's."""
+    metadata = read_file(path).metadata
+    if "zoo.adapters" in metadata:
+        return json.loads(metadata["zoo.adapters"])
+    return plan_of(path)["additions"]
 
 
 def on_qkv(change: Callable[[dict[str, Any]], None]) -> Callable[[list], Any]:
-    """A change of the entry of ``blocks.0.attn.qkv``."""
+    """A change of the entry of ``blocks.0.attn.qkv`` (the first entry in a file without it)."""
 
     def apply(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entries = copy.deepcopy(entries)
-        change(next(e for e in entries if e["target"] == QKV))
+        change(next((e for e in entries if e["target"] == QKV), entries[0]))
         return entries
 
     return apply
@@ -73,8 +90,9 @@ def _param(name: str, shape: Any) -> Callable[[dict[str, Any]], None]:
     return lambda entry: entry["params"].__setitem__(name, shape)
 
 
-#: (id, new zoo.adapters from the saved list: JSON text or a function, error, fragment).
-#: These are refused by the checks of the metadata itself (zoo.plan is left as it was).
+#: (id, new adapters from the saved list: JSON text or a function, error, fragment). These are
+#: refused by the checks of the metadata itself: in a format-1 file's zoo.adapters (zoo.plan is
+#: left as it was), and (but the two that contradict the plan) in a file's plan.
 MALFORMED: list[tuple[str, Any, type, str]] = [
     ("not-json", "[{", zoo.CorruptFileError, "not valid JSON"),
     ("not-a-list", '{"a": 1}', zoo.CorruptFileError, "JSON list"),
@@ -94,8 +112,8 @@ MALFORMED: list[tuple[str, Any, type, str]] = [
         "1 to 16",
     ),
     ("dims-9", on_qkv(_param("lora.A", [1] * 9)), zoo.CorruptFileError, "at most 8"),
-    ("dim-huge", on_qkv(_param("lora.A", [2**40, 192])), zoo.CorruptFileError, "integers from"),
-    ("dim-negative", on_qkv(_param("lora.A", [-2, 192])), zoo.CorruptFileError, "integers from"),
+    ("dim-huge", on_qkv(_param("lora.A", [2**40, 192])), zoo.CorruptFileError, "integers up to"),
+    ("dim-negative", on_qkv(_param("lora.A", [-2, 192])), zoo.CorruptFileError, "integers up to"),
     ("unknown-field", on_qkv(_set("code", "import os")), zoo.CorruptFileError, "unknown field"),
     ("args-deep", on_qkv(_arg("x", [[[[[[1]]]]]])), zoo.CorruptFileError, "nest deeper"),
     ("depth", on_qkv(_set("depth", -1)), zoo.CorruptFileError, "depth"),
@@ -104,8 +122,8 @@ MALFORMED: list[tuple[str, Any, type, str]] = [
     ("fewer-than-plan", lambda e: e[1:], zoo.CorruptFileError, "contradicts itself"),
     ("other-than-plan", on_qkv(_arg("alpha", 1.0)), zoo.CorruptFileError, "contradicts itself"),
 ]
-#: Consistent hostile files: zoo.adapters and the plan's additions changed alike, refused when
-#: the model is rebuilt (kinds resolved, targets found, shapes compared, adapters built).
+#: Consistent hostile files: the plan's additions (and the names it plans) changed, refused
+#: when the model is rebuilt (kinds resolved, targets found, shapes compared, adapters built).
 INCONSISTENT: list[tuple[str, Any, type, str]] = [
     ("kind-unknown", on_qkv(_set("kind", "zoo:evil")), zoo.UnknownNameError, "'zoo:evil'"),
     ("kind-no-plugin", on_qkv(_set("kind", "ghost:lora")), zoo.UnknownNameError, "'ghost'"),
@@ -131,17 +149,24 @@ def hostile_value(saved: Path, value: Any) -> str:
     return json.dumps(value(listed(saved)))
 
 
+def in_plan(saved: Path, value: Any) -> str:
+    """``zoo.plan`` with its additions replaced by the hostile value (JSON text kept as it is)."""
+    return json.dumps({**plan_of(saved), "additions": "HOSTILE"}).replace(
+        '"HOSTILE"', hostile_value(saved, value)
+    )
+
+
 def consistent(saved: Path, value: Any) -> dict[str, str]:
-    """zoo.adapters changed by ``value``, and zoo.plan's additions (and the names it plans)
-    changed alike: a file whose metadata agrees with itself."""
+    """zoo.plan's additions changed by ``value``, with the names it plans: a file whose
+    metadata agrees with itself."""
     old, new = listed(saved), value(listed(saved))
-    plan = json.loads(read_file(saved).metadata["zoo.plan"])
+    plan = plan_of(saved)
     names = [f"{e['target']}.{n}" for e in old for n in e["params"]]
     plan["trainable"] = [n for n in plan["trainable"] if n not in names] + [
         f"{e['target']}.{n}" for e in new for n in e["params"]
     ]
     plan["additions"] = new
-    return {"zoo.adapters": json.dumps(new), "zoo.plan": json.dumps(plan)}
+    return {"zoo.plan": json.dumps(plan)}
 
 
 def check_refused(saved: Path, error: type, fragment: str) -> None:
@@ -164,9 +189,26 @@ def check_refused(saved: Path, error: type, fragment: str) -> None:
     [case[1:] for case in MALFORMED],
     ids=[case[0] for case in MALFORMED],
 )
-def test_malformed_adapters_are_refused(saved, value, error, fragment):
-    reseal(saved, **{"zoo.adapters": hostile_value(saved, value)})
+def test_malformed_adapters_are_refused(saved_v1, value, error, fragment):
+    reseal(saved_v1, **{"zoo.adapters": hostile_value(saved_v1, value)})
+    check_refused(saved_v1, error, fragment)
+
+
+#: The fragments of :data:`MALFORMED` where the plan (the one list of a format-2 file) says it
+#: in its own words; the two cases of a list that contradicts the plan have no format-2 twin.
+IN_PLAN = {"not-a-list": "additions must be a list", "twice": "two additions put a 'lora'"}
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "fragment"),
+    [(v, e, IN_PLAN.get(i, f)) for i, v, e, f in MALFORMED if "than-plan" not in i],
+    ids=[case[0] for case in MALFORMED if "than-plan" not in case[0]],
+)
+def test_malformed_additions_in_the_plan_are_refused(saved, value, error, fragment):
+    reseal(saved, **{"zoo.plan": in_plan(saved, value)})
     check_refused(saved, error, fragment)
+    with pytest.raises(error, match=r"'zoo\.plan'"):
+        zoo.load(saved)
 
 
 @pytest.mark.parametrize(
@@ -217,6 +259,6 @@ def test_saving_refuses_what_loading_would_refuse(saved):
     adapter.zoo_addition = zoo.Addition(  # arguments over the bounds a reader accepts
         target=good.target, kind=good.kind, params=good.params, args={"note": "x" * 2000}
     )
-    with pytest.raises(zoo.ZooError, match=r"zoo\.adapters"):
+    with pytest.raises(zoo.ZooError, match=r"zoo\.plan"):
         zoo.save(model, saved.parent / "again.safetensors")
     assert not (saved.parent / "again.safetensors").exists()

@@ -11,12 +11,13 @@ any write, what loading would refuse (text that is not valid Unicode, non-finite
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from fileformat_helpers import write_file
+from fileformat_helpers import V1_CORPUS, write_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reliability_helpers import make_version
@@ -25,14 +26,15 @@ from test_store_names import zoo_command
 import zoo
 from zoo.core.specs import InputConfig
 from zoo.io import store
-from zoo.io.fileformat import read_file
-from zoo.io.metadata import KEYS, ZooMetadata
+from zoo.io.fileformat import read_file, read_header
+from zoo.io.metadata import KEYS, V1_KEYS, ZooMetadata
 from zoo.plans.plan import Plan
 
 HUGE = "1" + "0" * 400  # a JSON integer that overflows float (and int64)
 PLAN_OK = {"trainable": ["5.weight"], "frozen": ["5.bias"]}
 
-#: (key, hostile value, a fragment the error must contain).
+#: (key, hostile value, a fragment the error must contain). A key of :data:`V1_KEYS` is tested in
+#: a format-1 file (format 2 no longer writes it).
 HOSTILE = [
     ("zoo.input_config", '{"mean": [1e999, 0, 0]}', "out of range"),
     ("zoo.input_config", '{"mean": [-1e999, 0, 0]}', "out of range"),
@@ -93,7 +95,7 @@ HOSTILE = [
     ("zoo.version", "1.0\x1b[2J", "control characters"),
     ("zoo.policy", "zoo:x\nfake line", "control characters"),
     ("zoo.backbone", "tiny", '"plugin:name"'),
-    ("zoo.num_trained_params", "999", "more than zoo.num_params"),
+    ("zoo.num_trained_params", "999999", "more than zoo.num_params"),
 ]
 
 
@@ -117,10 +119,18 @@ def store_with_bad(tiny) -> dict[str, Path]:
     }
 
 
+def make_hostile(path: Path, key: str, value: str) -> None:
+    """``key`` set to ``value`` in the entry ``path`` and resealed; a key only format 1 wrote
+    is set in a format-1 file put there (the file of ``tests/data/v1/full.safetensors``)."""
+    if key in V1_KEYS:
+        shutil.copy(V1_CORPUS / "full.safetensors", path)
+    reseal(path, **{key: value})
+
+
 @pytest.mark.parametrize(("key", "value", "fragment"), HOSTILE, ids=map(hostile_id, HOSTILE))
 def test_a_hostile_value_is_refused_naming_file_and_key(store_with_bad, key, value, fragment):
     path = store_with_bad["bad"]
-    reseal(path, **{key: value})
+    make_hostile(path, key, value)
     for loader in (zoo.load, zoo.inspect):
         with pytest.raises(zoo.CorruptFileError) as info:
             loader("bad")
@@ -133,7 +143,7 @@ def test_a_hostile_value_is_refused_naming_file_and_key(store_with_bad, key, val
     ("key", "value", "fragment"), HOSTILE[::4], ids=map(hostile_id, HOSTILE[::4])
 )
 def test_one_bad_entry_never_stops_the_store(store_with_bad, key, value, fragment):
-    reseal(store_with_bad["bad"], **{key: value})
+    make_hostile(store_with_bad["bad"], key, value)
     listed = {e.name: e for e in store.list_saved()}
     assert not listed["bad"].ok and key in listed["bad"].reason
     assert listed["good"].ok and listed["other"].ok
@@ -240,8 +250,8 @@ def test_plan_from_dict_refuses_non_finite_and_mistyped_fields():
     [
         ({"classes": ["\ud800", "b"]}, "'zoo.classes' is invalid: [0] holds a lone surrogate"),
         ({"classes": ["a", "tab\there"]}, "class name 1 'tab\\there' holds a control"),
-        ({"policy_args": {"lr": float("inf")}}, "'zoo.policy_args' cannot be written as JSON"),
-        ({"policy_args": {"name": "\udc80"}}, "'zoo.policy_args' is invalid"),
+        ({"policy_args": {"lr": float("inf")}}, "'zoo.plan' cannot be written as JSON"),
+        ({"policy_args": {"name": "\udc80"}}, "'zoo.plan' is invalid"),
         ({"input_config": InputConfig(mean=(float("nan"), 0, 0))}, "'zoo.input_config'"),
         ({"input_config": InputConfig(interpolation="random")}, "interpolation must be one of"),
     ],
@@ -348,18 +358,11 @@ wild_json = (
 def base_metadata() -> dict[str, str]:
     build = {"backbone": "rel:tiny", "tag": None, "num_classes": 2, "kwargs": {}}
     meta = ZooMetadata(
-        format_version=1,
         kind="full",
-        backbone="rel:tiny",
         build=build,
-        num_classes=2,
+        plan=Plan.from_dict({**PLAN_OK, "policy": "zoo:x", "args": {"depth": 2}}).to_dict(),
         classes=["a", "b"],
         input_config=InputConfig().to_dict(),
-        policy="zoo:x",
-        policy_args={"depth": 2},
-        plan=Plan.from_dict(PLAN_OK).to_dict(),
-        num_params=10,
-        num_trained_params=4,
         plugins={"rel": "1.0"},
         created="2026-01-02T03:04:05+00:00",
     )
@@ -367,15 +370,21 @@ def base_metadata() -> dict[str, str]:
 
 
 BASE = base_metadata()
+#: A format-1 file's metadata (tests/data/v1), where format 1's own keys are read too.
+BASE_V1 = read_header(V1_CORPUS / "full.safetensors").metadata
 
 
+@pytest.mark.parametrize(
+    ("base", "keys"), [(BASE, sorted(KEYS)), (BASE_V1, sorted((*KEYS, *V1_KEYS)))]
+)
 @settings(max_examples=300, deadline=None, derandomize=True)
-@given(changes=st.dictionaries(st.sampled_from(sorted(KEYS)), wild_json, max_size=3))
-def test_parse_refuses_or_returns_only_checked_values(changes):
+@given(data=st.data())
+def test_parse_refuses_or_returns_only_checked_values(base, keys, data):
     """Whatever the values: a CorruptFileError naming the file, or values that are all within
     range — finite numbers, valid Unicode, a usable input config and plan."""
+    changes = data.draw(st.dictionaries(st.sampled_from(keys), wild_json, max_size=3))
     try:
-        meta = ZooMetadata.parse({**BASE, **changes}, source="f.safetensors")
+        meta = ZooMetadata.parse({**base, **changes}, source="f.safetensors")
     except (zoo.CorruptFileError, zoo.UnsupportedFormatError) as exc:
         assert str(exc).startswith("f.safetensors: ")
         str(exc).encode("utf-8")

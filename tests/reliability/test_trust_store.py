@@ -96,10 +96,10 @@ def test_an_unexpected_error_in_one_entry_never_stops_the_others(tiny, monkeypat
     save_version(2, "bad")
     real = ZooMetadata.parse.__func__
 
-    def buggy_parse(cls, metadata, *, source):  # a parser bug that one hostile file triggers
+    def buggy_parse(cls, metadata, *, source, **kwargs):  # a bug one hostile file triggers
         if f"{os.sep}bad{os.sep}" in source:
             raise RecursionError("maximum recursion depth exceeded")
-        return real(cls, metadata, source=source)
+        return real(cls, metadata, source=source, **kwargs)
 
     monkeypatch.setattr(ZooMetadata, "parse", classmethod(buggy_parse))
     listed = {e.name: e for e in store.list_saved()}

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zoo.adaptation.leaderboard import short_policy
 from zoo.errors import AdaptArgumentError, ZooError
+from zoo.io.leaderboard import short_policy
 from zoo.plans.binding import bind, resolve_policy
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from zoo.adaptation.leaderboard import Leaderboard, short_policy
 from zoo.errors import ZooError
+from zoo.io.leaderboard import Leaderboard, short_policy
 
 INSTALL_HINT = 'pip install "zoo-transfer[plot]"'
 

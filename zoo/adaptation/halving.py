@@ -36,15 +36,15 @@ from zoo.adaptation.distributed import Replica
 from zoo.adaptation.feature_cache import INFERENCE_BATCH
 from zoo.adaptation.history import AdaptCallback, EpochRecord
 from zoo.adaptation.inputs import reshuffled, set_epoch
-from zoo.adaptation.leaderboard import (
+from zoo.adaptation.shared_work import extract_shared_boundaries, find_boundaries, prepare_shared
+from zoo.adaptation.training import TrainLoop, epoch_record, make_optimizer
+from zoo.errors import ZooError
+from zoo.io.leaderboard import (
     Leaderboard,
     LeaderboardRow,
     rank_key,
     small_validation_note,
 )
-from zoo.adaptation.shared_work import extract_shared_boundaries, find_boundaries, prepare_shared
-from zoo.adaptation.training import TrainLoop, epoch_record, make_optimizer
-from zoo.errors import ZooError
 from zoo.plans.freeze import apply_plan
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from zoo.adaptation.distributed import DistContext, setup
 from zoo.adaptation.feature_cache import max_cache_bytes
 from zoo.adaptation.history import AdaptCallback, History
 from zoo.adaptation.inputs import AdaptData, prepare_data
-from zoo.core.create import attach_build_info
+from zoo.core.build import attach_build_info
 from zoo.core.record import attach_record, backbone_of, record_of, unwrap
 from zoo.core.specs import InputConfig
 from zoo.errors import (

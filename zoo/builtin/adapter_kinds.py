@@ -313,7 +313,7 @@ class VPT(zoo.Adapter):
             self.remove_skip_hooks()  # the adapter has been removed from its block
         if not self.inside:
             return None
-        in_kwargs = not args
+        in_kwargs = len(args) == 0
         x = kwargs["x"] if in_kwargs else args[0]
         p, tokens = self.prefix_tokens, self.prompts.shape[0]
         x = torch.cat([x[:, :p], x[:, p + tokens :]], dim=1)
@@ -335,7 +335,7 @@ class VPT(zoo.Adapter):
     def pre_forward(
         self, target: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        in_kwargs = not args
+        in_kwargs = len(args) == 0
         x = kwargs["x"] if in_kwargs else args[0]
         dim = self.prompts.shape[1]
         if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[-1] != dim:
@@ -373,7 +373,7 @@ class VPT(zoo.Adapter):
     def probe(self, target: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Once: run the block (hooks bypassed, one sample, no grad, RNG untouched) on the
         prompted input, so a block that cannot take extra tokens fails with a clear error."""
-        x = kwargs["x"] if not args else args[0]
+        x = kwargs["x"] if len(args) == 0 else args[0]
         args = (x[:1], *args[1:]) if args else args
         kwargs = {**kwargs, "x": x[:1]} if "x" in kwargs else kwargs
         devices = [x.device.index or 0] if x.is_cuda else []

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 from rich.text import Text
 
 from zoo.adaptation.history import AdaptCallback
-from zoo.adaptation.leaderboard import Leaderboard, short_policy
 from zoo.cli.columns import Col, Columns
 from zoo.cli.output import human_count
+from zoo.io.leaderboard import Leaderboard, short_policy
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -9,8 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from zoo.cli.output import aligned_text, human_count
-from zoo.plans.plan import NormMode, Plan, PlanDepth
-from zoo.tables.table import ParamTable
+from zoo.plans.plan import NormMode, Plan
+from zoo.tables.table import DepthSummary, ParamTable
 
 BAR_WIDTH = 16
 TRAINED, FROZEN = "█", "░"
@@ -97,7 +97,7 @@ def depth_table(plan: Plan, table: ParamTable, *, bar_width: int = BAR_WIDTH) ->
     out.add_column(f"{TRAINED} trained {FROZEN} frozen", no_wrap=True)
     out.add_column("norms")
     out.add_column("lr scale", justify="right", no_wrap=True)
-    depths = plan.depth_summary(table)
+    depths = table.depth_summary(plan)
     for d in depths:
         if d.trainable_tensors == d.tensors:
             state = Text("all", style="green")
@@ -213,7 +213,7 @@ def norms_text(plan: Plan, table: ParamTable) -> Text:
 
 def plan_json(plan: Plan, table: ParamTable, *, full: bool = False) -> dict[str, Any]:
     """The ``--json`` document: totals, one entry per depth, the plan (and every parameter)."""
-    depths: list[PlanDepth] = plan.depth_summary(table)
+    depths: list[DepthSummary] = table.depth_summary(plan)
     added_names = set(plan.added_names)
     total = plan.numel(table=table)
     trained = plan.numel(trainable=True, table=table)

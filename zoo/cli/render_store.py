@@ -56,8 +56,8 @@ def models_table(entries: Sequence[EntryInfo]) -> Columns:
     at narrow widths kind, trained, policy and then classes are dropped, in that order."""
     rows: list[tuple[Text | str, ...]] = []
     for entry in entries:
-        name = printable(entry.name)
-        if not entry.ok:
+        name, meta = printable(entry.name), entry.meta
+        if meta is None:
             size = human_bytes(entry.size) if entry.size else "-"
             broken = Text("broken", style="bold red")  # in a column that is never dropped
             rows.append((name, broken, "", "", "", "", size, ""))
@@ -65,13 +65,13 @@ def models_table(entries: Sequence[EntryInfo]) -> Columns:
         rows.append(
             (
                 name,
-                printable(entry.backbone),
-                _classes_text(entry.num_classes, entry.classes),
-                printable(entry.kind),
-                printable((entry.policy or "-").removeprefix("zoo:")),
-                _percent(entry.trained_fraction),
+                printable(meta.backbone),
+                _classes_text(meta.num_classes, meta.classes),
+                printable(meta.kind),
+                printable((meta.policy or "-").removeprefix("zoo:")),
+                _percent(meta.trained_fraction if meta.num_params else None),
                 human_bytes(entry.size),
-                printable(_date(entry.created)[:10]),
+                printable(_date(meta.created)[:10]),
             )
         )
     columns = (

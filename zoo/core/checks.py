@@ -62,6 +62,8 @@ def is_int(value: Any) -> bool:
 
 def is_real(value: Any) -> bool:
     """A finite real number: never a bool, NaN, an infinity or an integer too big for a float."""
+    if type(value) is float:  # the common case, without the numbers.Real lookup
+        return math.isfinite(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     try:
@@ -95,15 +97,15 @@ def real(
     """``value`` as a ``float`` if it is a finite real number (not a bool; a 400-digit integer is
     out of range, not an ``OverflowError``) from ``low`` to ``high``, each end included unless
     ``open_low``/``open_high``."""
-    rule = "a finite number" + _bounds(low, high, open_low, open_high)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise Invalid(what, rule, value, f"must be a number, got {short_repr(value)}")
     number = float(value) if is_real(value) else math.nan
     above = number > low if open_low else number >= low
     below = number < high if open_high else number <= high
-    if not (above and below):  # NaN fails both
-        raise Invalid(what, rule, value)
-    return number
+    if above and below:  # NaN fails both
+        return number
+    rule = "a finite number" + _bounds(low, high, open_low, open_high)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise Invalid(what, rule, value, f"must be a number, got {short_repr(value)}")
+    raise Invalid(what, rule, value)
 
 
 def _bounds(low: float, high: float, open_low: bool, open_high: bool) -> str:

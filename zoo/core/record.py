@@ -65,6 +65,8 @@ class ModelRecord:
     - ``training``, ``compare``: what ``zoo.adapt`` / ``zoo.compare`` recorded of its run (saved
       as ``zoo.training`` / ``zoo.compare``), or None.
     - ``metadata``: the raw metadata (str -> str) of the file it was loaded from; empty otherwise.
+    - ``notes``: what was unusual in building it (a constructor that could not run on the
+      ``meta`` device as it is); tables show them. Never saved.
     """
 
     build: BuildArgs | None = None
@@ -75,6 +77,7 @@ class ModelRecord:
     training: Mapping[str, Any] | None = None
     compare: Mapping[str, Any] | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

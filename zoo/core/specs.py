@@ -205,6 +205,11 @@ class BackboneSpec:
     def qualified_name(self) -> str:
         return f"{self.plugin}:{self.name}"
 
+    @property
+    def head_modules(self) -> tuple[str, ...]:
+        """The module paths ``head`` locates (``"head,head_dist"``: two classifiers)."""
+        return tuple(h.strip() for h in (self.head or "").split(",") if h.strip())
+
     def input_config_for(self, tag: str | None) -> InputConfig:
         """The input config of one pretrained tag (the default one when ``tag`` is None)."""
         if tag is not None and tag in self.tag_input_configs:

@@ -124,6 +124,10 @@ class Header:
         return sorted(e.name for e in self.entries)
 
     @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {e.name: e.shape for e in self.entries}
+
+    @property
     def sealed(self) -> bool:
         return TENSORS_HASH_KEY in self.metadata or CONTENT_HASH_KEY in self.metadata
 
@@ -335,7 +339,8 @@ def _parse_entry(name: str, info: Any, bad: Any, data_len: int) -> TensorEntry:
     return TensorEntry(name, dtype, tuple(shape), begin, end)
 
 
-_NOT_REGULAR = (
+_KINDS = (
+    (stat.S_ISREG, "a regular file"),
     (stat.S_ISDIR, "a directory"),
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
     (stat.S_ISCHR, "a character device"),
@@ -345,12 +350,14 @@ _NOT_REGULAR = (
 )
 
 
-def _kind_of(mode: int) -> str:
-    return next((kind for test, kind in _NOT_REGULAR if test(mode)), "not a regular file")
+def kind_of(mode: int, default: str = "not a regular file") -> str:
+    """What a file of ``mode`` (``os.stat``'s ``st_mode``) is, in words: ``"a FIFO (named
+    pipe)"``, ``"a symbolic link"``..."""
+    return next((kind for test, kind in _KINDS if test(mode)), default)
 
 
 def _refuse_special(path: Path, mode: int) -> CorruptFileError:
-    kind = _kind_of(mode)
+    kind = kind_of(mode)
     return CorruptFileError(f"{path}: is {kind}, not a regular file; zoo only reads regular files")
 
 

@@ -2,24 +2,30 @@
 
 Every value in a safetensors ``__metadata__`` is a string. zoo writes plain strings for scalars
 (``zoo.kind = "full"``) and JSON text for structures (``zoo.classes = '["cat", "dog"]'``).
-:class:`ZooMetadata` is the typed view. Everything in a file's metadata is untrusted input (the
-seal is two public hashes: anyone can edit and re-seal), so :meth:`ZooMetadata.parse` checks
-every key's type *and range* and raises :class:`~zoo.CorruptFileError` naming the file and the
-key: numbers are finite and bounded however they are spelled (``1e999``, a 400-digit integer,
-``NaN``), text is valid Unicode (no lone surrogate, even one written as a JSON escape), names
-and class names hold no control characters, the input config is one :class:`~zoo.InputConfig`
-accepts and the plan one :meth:`~zoo.Plan.from_dict` accepts. Writing runs the same checks
-(:meth:`ZooMetadata.to_metadata`), so zoo never writes a file it would refuse to read.
-``docs/file-format.md`` documents each key and the versioning promise: readers accept every
-file whose ``zoo.format_version`` is not newer than theirs and ignore keys they do not know. The
-functions at the end gather what a save records from the model and the plugins: plugin
-versions, ``zoo_extra_metadata`` entries, the timm-style config.
+:class:`ZooMetadata` is the typed view. Format 2 records each fact once: the ``zoo.create``
+arguments in ``zoo.build``, the policy, its arguments, what trained and what was added
+(adapters) in ``zoo.plan``; counts are derived from the plan and the tensors' shapes. A
+format-1 file (which repeated some of them) is read through :func:`upgrade_v1` after its seal
+was checked on its own map.
+
+Everything in a file's metadata is untrusted input (the seal is two public hashes: anyone can
+edit and re-seal), so :meth:`ZooMetadata.parse` checks every key's type *and range* and raises
+:class:`~zoo.CorruptFileError` naming the file and the key: numbers are finite and bounded
+however they are spelled (``1e999``, a 400-digit integer, ``NaN``), text is valid Unicode (no
+lone surrogate, even one written as a JSON escape), names and class names hold no control
+characters, the input config is one :class:`~zoo.InputConfig` accepts, the plan one
+:meth:`~zoo.Plan.from_dict` accepts and the leaderboard one :meth:`~zoo.io.leaderboard.
+Leaderboard.from_dict` accepts. Writing runs the same checks (:meth:`ZooMetadata.to_metadata`),
+so zoo never writes a file it would refuse to read. ``docs/file-format.md`` documents each key
+and the versioning promise: readers accept every file whose ``zoo.format_version`` is not newer
+than theirs and ignore keys they do not know.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -29,72 +35,75 @@ from typing import Any
 from zoo.core import checks
 from zoo.core.specs import InputConfig
 from zoo.errors import CorruptFileError, UnsupportedFormatError, ZooError, short_repr
-from zoo.plans.plan import Addition, Plan
+from zoo.io.fileformat import MAX_DIMS, MAX_TENSORS
+from zoo.io.leaderboard import Leaderboard
+from zoo.plans.plan import MAX_ADDITIONS, Addition, Plan
 
 #: Version of the metadata layout; bumped only for changes an older reader would misread.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KINDS = ("full", "delta")
 BASE_KINDS = ("file", "store", "pretrained")
-#: The most classes a head may have (``zoo.num_classes``, ``zoo.build``, ``zoo.classes``).
+#: The most classes a head may have (``zoo.build``, ``zoo.classes``).
 MAX_CLASSES = 10_000_000
 
-#: Every core key and what it holds (the reference ``docs/file-format.md`` is checked against).
-KEYS: dict[str, str] = {
-    "format": 'always "pt" (safetensors convention: the tensors are PyTorch tensors)',
-    "zoo.format_version": "integer, version of this layout (currently 1)",
-    "zoo.kind": '"full" (every tensor) or "delta" (only what changed from a base)',
-    "zoo.backbone": 'qualified backbone name, "plugin:name"',
-    "zoo.build": "JSON object: backbone, tag, num_classes, kwargs — the zoo.create arguments",
-    "zoo.num_classes": "JSON integer or null: outputs of the classifier head",
-    "zoo.classes": "JSON list of class names (index order) or null",
-    "zoo.input_config": "JSON object: input_size, mean, std, interpolation, crop_pct, crop_mode",
-    "zoo.policy": 'qualified freeze-policy name, "" when no policy was applied',
-    "zoo.policy_args": "JSON object: the policy's arguments",
-    "zoo.plan": "JSON object (zoo.Plan.to_dict()) or null",
-    "zoo.trained": "JSON list: names of the trained parameters",
-    "zoo.num_params": "integer: parameters of the model",
-    "zoo.num_trained_params": "integer: parameters that were trained",
-    "zoo.base": 'JSON object {"kind", "ref", "sha256"} or null: the weights training started from',
-    "zoo.base_tensors": "delta only — JSON list: tensors taken unchanged from the base",
-    "zoo.state_sha256": "delta only — canonical sha256 of the complete state (base + delta)",
-    "zoo.version": "version of zoo that wrote the file",
-    "zoo.plugins": "JSON object: plugin name -> version, for the backbone's and policy's plugins",
-    "zoo.created": "creation time, ISO 8601 in UTC",
-    "zoo.timm_config": "JSON object: the timm-style config.json of the model",
-    "zoo.training": "optional — JSON object: how zoo.adapt trained (epochs, epochs_run, "
-    "best_epoch, early_stop, stopped_early, resumed_from)",
-    "zoo.adapters": "optional — JSON list: the adapters injected in the model (target, kind, "
-    "args, params, depth), which zoo.load injects again",
-    "zoo.compare": "optional — JSON object: the leaderboard of zoo.compare (winner, epochs, "
-    "rungs, budget, budget_cut, seconds, candidates, notes)",
-    "zoo.tensors_sha256": "canonical sha256 of the tensors in this file",
-    "zoo.content_sha256": "sha256 of zoo.tensors_sha256 and every other metadata entry",
-}
+#: Every key of format 2 (``docs/file-format.md`` says what each holds; a test checks the two
+#: agree).
+KEYS = (
+    "format",
+    "zoo.format_version",
+    "zoo.kind",
+    "zoo.build",
+    "zoo.classes",
+    "zoo.input_config",
+    "zoo.plan",
+    "zoo.base",
+    "zoo.base_tensors",
+    "zoo.state_sha256",
+    "zoo.version",
+    "zoo.plugins",
+    "zoo.created",
+    "zoo.timm_config",
+    "zoo.training",
+    "zoo.compare",
+    "zoo.tensors_sha256",
+    "zoo.content_sha256",
+)
+#: The keys of format 1 that format 2 records once, elsewhere (read from format-1 files only).
+V1_KEYS = (
+    "zoo.backbone",
+    "zoo.num_classes",
+    "zoo.policy",
+    "zoo.policy_args",
+    "zoo.trained",
+    "zoo.num_params",
+    "zoo.num_trained_params",
+    "zoo.adapters",
+)
 
 _REQUIRED = (
     "zoo.format_version",
     "zoo.kind",
-    "zoo.backbone",
     "zoo.build",
+    "zoo.plan",
     "zoo.tensors_sha256",
     "zoo.content_sha256",
 )
-#: The keys whose values are JSON text.
+#: The keys whose values are JSON text (format 2, then format 1's own).
 _JSON_KEYS = frozenset(
     {
         "zoo.build",
-        "zoo.num_classes",
         "zoo.classes",
         "zoo.input_config",
-        "zoo.policy_args",
         "zoo.plan",
-        "zoo.trained",
         "zoo.base",
         "zoo.base_tensors",
         "zoo.plugins",
         "zoo.timm_config",
         "zoo.training",
         "zoo.compare",
+        "zoo.num_classes",
+        "zoo.policy_args",
+        "zoo.trained",
         "zoo.adapters",
     }
 )
@@ -106,10 +115,8 @@ _SAVE_HINTS = {
     "(classes=[...] or model.zoo.classes)",
     "zoo.input_config": "give the model a valid input config (model.zoo.input_config, a "
     "zoo.InputConfig)",
-    "zoo.policy": "name the plan's policy with text without control characters",
-    "zoo.policy_args": "use policy arguments that are finite numbers, valid text, lists or "
-    "dicts of them",
-    "zoo.plan": "use a plan whose arguments, names and lr scales are finite numbers and valid text",
+    "zoo.plan": "use a plan whose policy, arguments, names and lr scales are finite numbers and "
+    "valid text, and adapters with arguments a reader accepts",
 }
 _SAVE_HINT = "this value came from the backbone's or a plugin's data; report it to its author"
 _SAVING = "cannot save the model"
@@ -122,23 +129,22 @@ def is_zoo_metadata(metadata: Mapping[str, str]) -> bool:
 
 @dataclass(frozen=True)
 class ZooMetadata:
-    """The typed content of a zoo-written file's metadata."""
+    """The typed content of a zoo-written file's metadata.
 
-    format_version: int
+    ``plan`` is the checked ``zoo.plan`` (:meth:`~zoo.Plan.to_dict`); ``base_tensors`` maps each
+    tensor a delta takes from its base to its shape (None: a format-1 file, which recorded
+    names only). ``num_params`` and ``num_trained_params`` are not written: :meth:`parse`
+    derives them from the plan's names and the shapes of the file's tensors and the base's (a
+    format-1 file's stored counts are read as they are).
+    """
+
     kind: str
-    backbone: str
     build: dict[str, Any]
-    num_classes: int | None = None
+    plan: dict[str, Any]
     classes: list[str] | None = None
     input_config: dict[str, Any] = field(default_factory=dict)
-    policy: str = ""
-    policy_args: dict[str, Any] = field(default_factory=dict)
-    plan: dict[str, Any] | None = None
-    trained: list[str] = field(default_factory=list)
-    num_params: int = 0
-    num_trained_params: int = 0
     base: dict[str, Any] | None = None
-    base_tensors: list[str] = field(default_factory=list)
+    base_tensors: dict[str, list[int] | None] = field(default_factory=dict)
     state_sha256: str | None = None
     zoo_version: str = ""
     plugins: dict[str, Any] = field(default_factory=dict)
@@ -146,10 +152,43 @@ class ZooMetadata:
     timm_config: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
     compare: dict[str, Any] | None = None
-    adapters: list[dict[str, Any]] = field(default_factory=list)
     tensors_sha256: str = ""
     content_sha256: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    num_params: int = 0
+    num_trained_params: int = 0
+
+    # ------------------------------------------------------------ derived
+
+    @property
+    def backbone(self) -> str:
+        """The qualified backbone name (``zoo.build``'s)."""
+        return str(self.build.get("backbone", ""))
+
+    @property
+    def num_classes(self) -> int | None:
+        """The head's outputs as ``zoo.create`` was asked for them (``zoo.build``'s)."""
+        return self.build.get("num_classes")
+
+    @property
+    def policy(self) -> str:
+        """The qualified policy name of the plan, ``""`` when no policy was applied."""
+        return str(self.plan.get("policy", ""))
+
+    @property
+    def policy_args(self) -> dict[str, Any]:
+        return dict(self.plan.get("args", {}))
+
+    @property
+    def trained(self) -> list[str]:
+        """The names of the parameters that were trained (the plan's trainable ones)."""
+        return list(self.plan.get("trainable", []))
+
+    @property
+    def adapters(self) -> list[dict[str, Any]]:
+        """The adapters injected in the model (the plan's additions, as dicts)."""
+        return list(self.plan.get("additions", []))
 
     @property
     def trained_fraction(self) -> float:
@@ -158,7 +197,7 @@ class ZooMetadata:
     # ------------------------------------------------------------ writing
 
     def to_metadata(self) -> dict[str, str]:
-        """The ``__metadata__`` map (without the seal, which the writer adds).
+        """The ``__metadata__`` map of format 2 (without the seal, which the writer adds).
 
         Raises :class:`~zoo.ZooError` naming the key and what to change, before anything is
         written, for a value a reader would refuse (:meth:`parse`): a non-finite number, text
@@ -167,19 +206,12 @@ class ZooMetadata:
         """
         md = {
             "format": "pt",
-            "zoo.format_version": str(self.format_version),
+            "zoo.format_version": str(FORMAT_VERSION),
             "zoo.kind": self.kind,
-            "zoo.backbone": self.backbone,
             "zoo.build": _dumps("zoo.build", self.build),
-            "zoo.num_classes": _dumps("zoo.num_classes", self.num_classes),
             "zoo.classes": _dumps("zoo.classes", self.classes),
             "zoo.input_config": _dumps("zoo.input_config", self.input_config),
-            "zoo.policy": self.policy,
-            "zoo.policy_args": _dumps("zoo.policy_args", self.policy_args),
             "zoo.plan": _dumps("zoo.plan", self.plan),
-            "zoo.trained": _dumps("zoo.trained", self.trained),
-            "zoo.num_params": str(self.num_params),
-            "zoo.num_trained_params": str(self.num_trained_params),
             "zoo.base": _dumps("zoo.base", self.base),
             "zoo.version": self.zoo_version,
             "zoo.plugins": _dumps("zoo.plugins", self.plugins),
@@ -190,8 +222,6 @@ class ZooMetadata:
             md["zoo.training"] = _dumps("zoo.training", self.training)
         if self.compare is not None:  # optional: only the winner of zoo.compare has it
             md["zoo.compare"] = _dumps("zoo.compare", self.compare)
-        if self.adapters:  # optional: only a model with injected adapters has it
-            md["zoo.adapters"] = _dumps("zoo.adapters", self.adapters)
         if self.kind == "delta":
             md["zoo.base_tensors"] = _dumps("zoo.base_tensors", self.base_tensors)
             md["zoo.state_sha256"] = self.state_sha256 or ""
@@ -203,16 +233,23 @@ class ZooMetadata:
     # ------------------------------------------------------------ reading
 
     @classmethod
-    def parse(cls, metadata: Mapping[str, str], *, source: str) -> ZooMetadata:
+    def parse(
+        cls,
+        metadata: Mapping[str, str],
+        *,
+        source: str,
+        shapes: Mapping[str, tuple[int, ...]] | None = None,
+    ) -> ZooMetadata:
         """Check and convert a zoo file's metadata; :class:`~zoo.CorruptFileError` names the key.
 
         Every value is checked against its documented type and range (see the module's
-        docstring); nothing else is ever raised for any content of ``metadata``.
+        docstring); nothing else is ever raised for any content of ``metadata``. ``shapes``
+        (the file's tensors, from its header) give the derived counts.
         """
-        return cls._read(_Reader(metadata, source))
+        return cls._read(_Reader(metadata, source), shapes or {})
 
     @classmethod
-    def _read(cls, reader: _Reader) -> ZooMetadata:
+    def _read(cls, reader: _Reader, shapes: Mapping[str, tuple[int, ...]]) -> ZooMetadata:
         metadata = reader.md
         if not is_zoo_metadata(metadata):
             raise CorruptFileError(
@@ -228,42 +265,33 @@ class ZooMetadata:
             )
         if version < 1:
             raise reader.bad("zoo.format_version", f"must be >= 1, got {version}")
-        for key in _REQUIRED:
+        for key in _REQUIRED if version > 1 else _V1_REQUIRED:
             reader.require(key)
         if metadata.get("format", "pt") != "pt":
             raise reader.bad("format", f'must be "pt", got {metadata["format"]!r}')
         kind = reader.choice("zoo.kind", KINDS)
-        build = reader.obj("zoo.build")
-        backbone = reader.name("zoo.backbone", qualified=True)
-        _check_build(build, backbone, reader)
+        build = reader.build("zoo.build")
         base = reader.optional_obj("zoo.base")
         if base is not None:
             _check_base(base, reader, need_hash=kind == "delta")
         elif kind == "delta":
             raise reader.bad("zoo.base", "a delta needs its base reference")
-        num_params = reader.integer("zoo.num_params", default=0)
-        num_trained_params = reader.integer("zoo.num_trained_params", default=0)
-        if num_trained_params > num_params:
-            raise reader.bad(
-                "zoo.num_trained_params",
-                f"{num_trained_params} is more than zoo.num_params ({num_params})",
-            )
+        if version == 1:
+            plan, base_tensors, counts = upgrade_v1(reader, build)
+        else:
+            plan = reader.plan("zoo.plan")
+            base_tensors = reader.shapes("zoo.base_tensors")
+            counts = _counts(plan, {**base_tensors, **shapes})
+        known = KEYS if version > 1 else (*KEYS, *V1_KEYS)
         return cls(
             format_version=version,
             kind=kind,
-            backbone=backbone,
             build=build,
-            num_classes=reader.optional_int("zoo.num_classes", MAX_CLASSES),
+            plan=plan,
             classes=reader.classes("zoo.classes"),
             input_config=reader.input_config("zoo.input_config"),
-            policy=reader.name("zoo.policy", default=""),
-            policy_args=reader.obj("zoo.policy_args", default={}),
-            plan=reader.plan("zoo.plan"),
-            trained=reader.str_list("zoo.trained", default=[]),
-            num_params=num_params,
-            num_trained_params=num_trained_params,
             base=base,
-            base_tensors=reader.str_list("zoo.base_tensors", default=[]),
+            base_tensors=base_tensors if kind == "delta" else {},
             state_sha256=reader.hex_hash("zoo.state_sha256") if kind == "delta" else None,
             zoo_version=reader.name("zoo.version", default=""),
             plugins=reader.plugins("zoo.plugins"),
@@ -271,10 +299,11 @@ class ZooMetadata:
             timm_config=reader.optional_obj("zoo.timm_config"),
             training=reader.optional_obj("zoo.training"),
             compare=reader.leaderboard("zoo.compare"),
-            adapters=reader.adapters("zoo.adapters"),
             tensors_sha256=reader.hex_hash("zoo.tensors_sha256"),
             content_sha256=reader.hex_hash("zoo.content_sha256"),
-            extra={k: v for k, v in metadata.items() if k not in KEYS},
+            extra={k: v for k, v in metadata.items() if k not in known},
+            num_params=counts[0],
+            num_trained_params=counts[1],
         )
 
     def summary(self) -> dict[str, Any]:
@@ -306,6 +335,120 @@ class ZooMetadata:
         }
 
 
+def _counts(
+    plan: Mapping[str, Any], shapes: Mapping[str, list[int] | tuple[int, ...] | None]
+) -> tuple[int, int]:
+    """``(num_params, num_trained_params)``: the numbers in the plan's parameters, by the
+    shapes of the tensors that hold them (a name without a known shape counts 0)."""
+
+    def total(names: list[str]) -> int:
+        return sum(math.prod(shape) for name in names if (shape := shapes.get(name)) is not None)
+
+    trainable = total(plan.get("trainable", []))
+    return trainable + total(plan.get("frozen", [])), trainable
+
+
+# ---------------------------------------------------------------- format 1
+
+_V1_REQUIRED = (
+    "zoo.format_version",
+    "zoo.kind",
+    "zoo.backbone",
+    "zoo.build",
+    "zoo.tensors_sha256",
+    "zoo.content_sha256",
+)
+
+
+def upgrade_v1(
+    reader: _Reader, build: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, list[int] | None], tuple[int, int]]:
+    """A format-1 file's plan, base tensors and counts, as format 2 records them.
+
+    Format 1 wrote some facts twice (``zoo.backbone`` beside ``zoo.build``; ``zoo.policy``,
+    ``zoo.policy_args``, ``zoo.trained`` and ``zoo.adapters`` beside ``zoo.plan``), always from
+    one source: each copy is checked as it always was, and copies that disagree are refused
+    (:class:`~zoo.CorruptFileError` naming the key: the metadata contradicts itself). A file
+    saved without a plan gets the plan of what it trained (its policy, arguments, trained
+    names and adapters). Its base tensors' shapes were not recorded (None); its counts are
+    read as stored. Run on a map whose seal was checked as it is.
+    """
+    backbone = reader.name("zoo.backbone", qualified=True)
+    if build.get("backbone") != backbone:
+        raise reader.bad(
+            "zoo.build",
+            f"names backbone {short_repr(build.get('backbone'))}, zoo.backbone says {backbone!r}",
+        )
+    num_classes = reader.optional_int("zoo.num_classes", MAX_CLASSES)
+    if build.get("num_classes") not in (None, num_classes):
+        raise reader.bad(
+            "zoo.num_classes",
+            f"says {num_classes} but zoo.build says {build['num_classes']}; the metadata "
+            "contradicts itself",
+        )
+    policy = reader.name("zoo.policy", default="")
+    args = reader.obj("zoo.policy_args", default={})
+    trained = reader.str_list("zoo.trained", default=[])
+    additions = reader.adapters("zoo.adapters")
+    plan = reader.plan("zoo.plan", optional=True)
+    if plan is None:
+        with reader.about("zoo.trained"):
+            plan = Plan.from_dict({"policy": policy, "args": args, "trainable": trained}).to_dict()
+    else:
+        _same(reader, "zoo.policy", policy, plan["policy"])
+        _same(reader, "zoo.policy_args", args, plan["args"])
+        _same(reader, "zoo.trained", sorted(trained), sorted(plan["trainable"]))
+        planned = plan.get("additions", [])
+        if planned and _canonical(planned) != _canonical(additions):
+            raise reader.bad(
+                "zoo.plan",
+                f"adds {len(planned)} adapter(s) that differ from the {len(additions)} "
+                "'zoo.adapters' lists; the metadata contradicts itself",
+            )
+    if additions and not plan.get("additions"):
+        listed = {*plan["trainable"], *plan.get("frozen", [])}
+        names = [f"{a['target']}.{n}" for a in additions for n in a["params"]]
+        plan = {
+            **plan,
+            "format": 2,
+            "frozen": [*plan.get("frozen", []), *(n for n in names if n not in listed)],
+            "additions": additions,
+        }
+        with reader.about("zoo.adapters"):
+            plan = Plan.from_dict(plan).to_dict()
+    num_params = reader.integer("zoo.num_params", default=0)
+    num_trained_params = reader.integer("zoo.num_trained_params", default=0)
+    if num_trained_params > num_params:
+        raise reader.bad(
+            "zoo.num_trained_params",
+            f"{num_trained_params} is more than zoo.num_params ({num_params})",
+        )
+    base_tensors = dict.fromkeys(reader.str_list("zoo.base_tensors", default=[]))
+    return plan, base_tensors, (num_params, num_trained_params)
+
+
+def class_names(value: Any) -> list[str]:
+    """``value`` if it is a list of at most :data:`MAX_CLASSES` class names, each valid text
+    without control characters; else :class:`~zoo.core.checks.Invalid`."""
+    checks.str_list(value, "the value", max_items=MAX_CLASSES)
+    for index, name in enumerate(value):
+        checks.text(name, f"class name {index} {short_repr(name)}", max_len=None, empty=True)
+    return value
+
+
+def _same(reader: _Reader, key: str, value: Any, planned: Any) -> None:
+    if value != planned:
+        raise reader.bad(
+            key,
+            f"{short_repr(value)} differs from what 'zoo.plan' records ({short_repr(planned)}); "
+            "the metadata contradicts itself",
+        )
+
+
+def _canonical(additions: list[dict[str, Any]]) -> list[str]:
+    return sorted(json.dumps(Addition.from_dict(a).to_dict(), sort_keys=True) for a in additions)
+
+
 # ---------------------------------------------------------------- writing helpers
 
 
@@ -325,27 +468,13 @@ def _check_writable(md: Mapping[str, str]) -> None:
         {**md, "zoo.tensors_sha256": "0" * 64, "zoo.content_sha256": "0" * 64}, _SAVING
     )
     try:
-        ZooMetadata._read(reader)
+        ZooMetadata._read(reader, {})
     except CorruptFileError as exc:
         hint = _SAVE_HINTS.get(reader.failed or "", _SAVE_HINT)
         raise ZooError(f"{exc}; {hint}") from None
 
 
 # ---------------------------------------------------------------- reading helpers
-
-
-def _check_build(build: dict[str, Any], backbone: str, reader: _Reader) -> None:
-    if build.get("backbone") != backbone:
-        raise reader.bad(
-            "zoo.build",
-            f"names backbone {short_repr(build.get('backbone'))}, zoo.backbone says {backbone!r}",
-        )
-    with reader.about("zoo.build"):
-        checks.json_object(build.get("kwargs", {}), "kwargs")
-        if build.get("num_classes") is not None:
-            checks.integer(build["num_classes"], "num_classes", 0, MAX_CLASSES)
-        if build.get("tag") is not None:
-            checks.name(build["tag"], "tag")
 
 
 def _check_base(base: dict[str, Any], reader: _Reader, *, need_hash: bool) -> None:
@@ -466,17 +595,35 @@ class _Reader:
         with self.about(key):
             return checks.str_list(value, "the value")
 
+    def build(self, key: str) -> dict[str, Any]:
+        """The ``zoo.create`` arguments: a qualified backbone name, a bounded ``num_classes``, a
+        ``tag`` name and JSON ``kwargs``."""
+        build = self.obj(key)
+        with self.about(key):
+            checks.name(build.get("backbone"), "backbone", qualified=True)
+            checks.json_object(build.get("kwargs", {}), "kwargs")
+            if build.get("num_classes") is not None:
+                checks.integer(build["num_classes"], "num_classes", 0, MAX_CLASSES)
+            if build.get("tag") is not None:
+                checks.name(build["tag"], "tag")
+        return build
+
+    def shapes(self, key: str) -> dict[str, list[int] | None]:
+        """Tensor name -> shape (a delta's base tensors), at most :data:`MAX_TENSORS`."""
+        value = self.json(key, {})
+        with self.about(key):
+            checks.json_object(value, "the value")
+            if len(value) > MAX_TENSORS:
+                raise ValueError(f"lists more than {MAX_TENSORS} tensors")
+            return {
+                name: checks.int_list(shape, f"shape of {short_repr(name)}", size=(0, MAX_DIMS))
+                for name, shape in value.items()
+            }
+
     def classes(self, key: str) -> list[str] | None:
         value = self.json(key)
-        if value is None:
-            return None
         with self.about(key):
-            checks.str_list(value, "the value", max_items=MAX_CLASSES)
-            for index, name in enumerate(value):
-                checks.text(
-                    name, f"class name {index} {short_repr(name)}", max_len=None, empty=True
-                )
-        return value
+            return None if value is None else class_names(value)
 
     def input_config(self, key: str) -> dict[str, Any]:
         value = self.obj(key, default={})
@@ -484,12 +631,14 @@ class _Reader:
             InputConfig.from_dict(value)
         return value
 
-    def plan(self, key: str) -> dict[str, Any] | None:
-        value = self.optional_obj(key)
-        if value is not None:
-            with self.about(key):  # PlanError
-                Plan.from_dict(value)
-        return value
+    def plan(self, key: str, *, optional: bool = False) -> Any:
+        """The plan (:meth:`~zoo.Plan.from_dict` checks it) as :meth:`~zoo.Plan.to_dict`
+        writes it; None only where ``optional`` (format 1)."""
+        value = self.optional_obj(key) if optional else self.obj(key)
+        if value is None:
+            return None
+        with self.about(key):  # PlanError
+            return Plan.from_dict(value).to_dict()
 
     def plugins(self, key: str) -> dict[str, Any]:
         value = self.obj(key, default={})
@@ -507,16 +656,25 @@ class _Reader:
         return value
 
     def leaderboard(self, key: str) -> dict[str, Any] | None:
-        """A ``zoo.compare`` leaderboard, checked field by field (unknown fields dropped)."""
+        """A ``zoo.compare`` leaderboard, checked by its one schema (unknown fields dropped)."""
         value = self.optional_obj(key)
         with self.about(key):
-            return None if value is None else check_leaderboard(value)
+            return None if value is None else Leaderboard.from_dict(value).to_dict()
 
     def adapters(self, key: str) -> list[dict[str, Any]]:
-        """The injected adapters (``zoo.adapters``), each checked for type and size."""
+        """Format 1's ``zoo.adapters``: a list of at most as many additions as a plan holds
+        (each checked by :meth:`~zoo.Addition.from_dict`), one of a kind per target."""
         value = self.json(key, [])
         with self.about(key):
-            return check_adapters(value)
+            if not isinstance(value, list) or len(value) > MAX_ADDITIONS:
+                raise ValueError(f"expected a JSON list of at most {MAX_ADDITIONS} adapters")
+            additions = [Addition.from_dict(item).to_dict() for item in value]
+            seen: set[tuple[str, str]] = set()
+            for item in additions:
+                if (item["target"], item["kind"]) in seen:
+                    raise ValueError(f"{item['kind']} is listed twice on target {item['target']!r}")
+                seen.add((item["target"], item["kind"]))
+        return additions
 
     def created(self, key: str) -> str:
         value = self.md.get(key, "")
@@ -526,142 +684,6 @@ class _Reader:
             except ValueError:
                 raise self.bad(key, f"expected an ISO 8601 time, got {short_repr(value)}") from None
         return value
-
-
-# ---------------------------------------------------------------- zoo.compare
-
-#: Most candidates, notes and rungs a ``zoo.compare`` leaderboard may hold.
-MAX_LEADERBOARD_ROWS = 256
-_MAX_EPOCHS = 1_000_000
-_MAX_SECONDS = 1e9
-
-
-def _check_row(row: Any, index: int) -> dict[str, Any]:
-    where = f"candidate {index}"
-    checks.json_object(row, where)
-    try:
-        loss = row["val_loss"]
-        checked = {
-            "policy": checks.text(row["policy"], f"{where} policy"),
-            "val_acc": checks.real(row["val_acc"], f"{where} val_acc", 0, 1),
-            "val_loss": None if loss is None else checks.real(loss, f"{where} val_loss", 0, 1e12),
-            "trainable_params": checks.integer(
-                row["trainable_params"], f"{where} trainable_params", 0, checks.MAX_INT
-            ),
-            "trainable_percent": checks.real(
-                row["trainable_percent"], f"{where} trainable_percent", 0, 100
-            ),
-            "epochs": checks.integer(row["epochs"], f"{where} epochs", 0, _MAX_EPOCHS),
-            "seconds": checks.real(row["seconds"], f"{where} seconds", 0, _MAX_SECONDS),
-            "stopped_early": checks.flag(row["stopped_early"], f"{where} stopped_early"),
-            "trained_on": checks.text(row.get("trained_on", "images"), f"{where} trained_on"),
-        }
-    except KeyError as exc:
-        raise ValueError(f"{where} has no {exc.args[0]!r}") from None
-    return checked
-
-
-def check_leaderboard(value: dict[str, Any]) -> dict[str, Any]:
-    """The ``zoo.compare`` object with every field checked for type and range (finite numbers,
-    bounded sizes, texts without control characters, the winner one of the candidates);
-    unknown fields are dropped. Raises ``ValueError`` saying what is wrong."""
-    rows = checks.sequence(value.get("candidates"), "candidates", (1, MAX_LEADERBOARD_ROWS))
-    candidates = [_check_row(row, i) for i, row in enumerate(rows)]
-    winner = checks.text(value.get("winner"), "winner")
-    if winner != candidates[0]["policy"]:
-        raise ValueError(f"winner {short_repr(winner)} is not the first candidate")
-    budget = value.get("budget")
-    notes = checks.sequence(value.get("notes", []), "notes", (0, MAX_LEADERBOARD_ROWS))
-    return {
-        "winner": winner,
-        "epochs": checks.integer(value.get("epochs"), "epochs", 1, _MAX_EPOCHS),
-        "rungs": checks.int_list(
-            value.get("rungs", []), "rungs", size=(0, 64), low=1, high=_MAX_EPOCHS
-        ),
-        "budget": None if budget is None else checks.real(budget, "budget", 0, _MAX_SECONDS),
-        "budget_cut": checks.flag(value.get("budget_cut", False), "budget_cut"),
-        "seconds": checks.real(value.get("seconds", 0.0), "seconds", 0, _MAX_SECONDS),
-        "candidates": candidates,
-        "notes": [checks.text(n, "note") for n in notes],
-    }
-
-
-# ---------------------------------------------------------------- zoo.adapters
-
-#: The most adapters a file may list, parameters one adapter may add, and dimensions per shape.
-MAX_ADAPTERS = 10_000
-MAX_ADAPTER_PARAMS = 16
-MAX_ADAPTER_DIMS = 8
-#: The largest dimension of an added parameter (the file's tensors must also match it).
-MAX_ADAPTER_DIM = 2**31 - 1
-#: Longest module path of a target, and most values in an adapter's ``args``.
-MAX_TARGET_LENGTH = 1000
-MAX_ADAPTER_ARG_VALUES = 1000
-_QUALIFIED = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*:[A-Za-z0-9_][A-Za-z0-9_.+-]*")
-
-
-def _check_adapter(item: Any, index: int) -> dict[str, Any]:
-    where = f"adapter {index}"
-    checks.json_object(item, where)
-    unknown = sorted(set(item) - {"target", "kind", "args", "params", "depth", "group"})
-    if unknown:
-        raise ValueError(f"{where} has unknown field(s) {short_repr(unknown)}")
-    target = checks.module_path(item.get("target"), f"{where} target", MAX_TARGET_LENGTH)
-    kind = item.get("kind")
-    if not isinstance(kind, str) or len(kind) > checks.MAX_NAME or not _QUALIFIED.fullmatch(kind):
-        raise ValueError(f'{where} kind must be "plugin:name", got {short_repr(kind)}')
-    args = checks.json_object(item.get("args", {}), f"{where} args")
-    checks.json_value(
-        args,
-        f"{where} args",
-        max_depth=4,
-        max_items=MAX_ADAPTER_ARG_VALUES,
-        max_text=MAX_TARGET_LENGTH,
-    )
-    params = item.get("params")
-    if not isinstance(params, dict) or not 1 <= len(params) <= MAX_ADAPTER_PARAMS:
-        raise ValueError(
-            f"{where} params must map 1 to {MAX_ADAPTER_PARAMS} parameter names to shapes"
-        )
-    shapes = {
-        checks.module_path(name, f"{where} parameter name", MAX_TARGET_LENGTH): checks.int_list(
-            shape, f"{where} shape of {name!r}", size=(0, MAX_ADAPTER_DIMS), high=MAX_ADAPTER_DIM
-        )
-        for name, shape in params.items()
-    }
-    checked = {
-        "target": target,
-        "kind": kind,
-        "args": args,
-        "params": shapes,
-        "depth": checks.integer(item.get("depth", 0), f"{where} depth", 0, 1_000_000),
-        "group": checks.text(
-            item.get("group", ""), f"{where} group", max_len=checks.MAX_NAME, empty=True
-        ),
-    }
-    try:
-        Addition.from_dict(checked)  # the same data a plan's additions accept
-    except ZooError as exc:  # PlanError
-        raise ValueError(f"{where}: {exc}") from None
-    return checked
-
-
-def check_adapters(value: Any) -> list[dict[str, Any]]:
-    """The ``zoo.adapters`` list with every entry checked for type and size (a module path
-    target, a ``plugin:name`` kind, bounded JSON args, 1 to 16 parameters with bounded shapes,
-    one adapter of a kind per target). Whether the kinds are installed, the targets exist and
-    the shapes are what the kinds build is checked when the model is rebuilt
-    (:mod:`zoo.io.rebuild`). Raises ``ValueError`` saying what is wrong."""
-    if not isinstance(value, list) or len(value) > MAX_ADAPTERS:
-        raise ValueError(f"expected a JSON list of at most {MAX_ADAPTERS} adapters")
-    checked = [_check_adapter(item, i) for i, item in enumerate(value)]
-    seen: set[tuple[str, str]] = set()
-    for item in checked:
-        key = (item["target"], item["kind"])
-        if key in seen:
-            raise ValueError(f"{item['kind']} is listed twice on target {item['target']!r}")
-        seen.add(key)
-    return checked
 
 
 # ---------------------------------------------------------------- config.json
@@ -674,16 +696,21 @@ def config_json(metadata: Mapping[str, str]) -> str:
     ``pretrained_cfg``…, as timm's ``push_to_hf_hub`` writes it) plus a ``zoo`` section that
     ties it to the exact ``model.safetensors`` it describes (``content_sha256``).
     """
-    try:
-        config = checks.loads(metadata.get("zoo.timm_config", "null")) or {}
-    except checks.Invalid:
-        config = {}
-    if not isinstance(config, dict):
-        config = {}
+    config = _json_or_none(metadata.get("zoo.timm_config"))
+    build = _json_or_none(metadata.get("zoo.build"))
+    config = config if isinstance(config, dict) else {}
+    backbone = build.get("backbone") if isinstance(build, dict) else None
     config["zoo"] = {
         "format_version": metadata.get("zoo.format_version"),
         "kind": metadata.get("zoo.kind"),
-        "backbone": metadata.get("zoo.backbone"),
+        "backbone": backbone if isinstance(backbone, str) else metadata.get("zoo.backbone"),
         "content_sha256": metadata.get("zoo.content_sha256"),
     }
     return json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+
+
+def _json_or_none(text: str | None) -> Any:
+    try:
+        return checks.loads(text or "null")
+    except checks.Invalid:
+        return None

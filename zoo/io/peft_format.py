@@ -47,7 +47,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.core import checks
-from zoo.core.record import backbone_of, record_of, unwrap
+from zoo.core.build import build
+from zoo.core.record import BuildArgs, backbone_of, record_of, unwrap
 from zoo.errors import (
     AmbiguousNameError,
     CorruptFileError,
@@ -73,7 +74,7 @@ from zoo.io.fileformat import (
     write_tensors,
     written_size,
 )
-from zoo.io.metadata import MAX_CLASSES, ZooMetadata
+from zoo.io.metadata import MAX_CLASSES, ZooMetadata, class_names
 from zoo.io.persistence import load, resolve_target
 from zoo.io.rebuild import check_pretrained_size
 from zoo.io.trust import (
@@ -86,7 +87,7 @@ from zoo.io.trust import (
 from zoo.plans.adapters import adapters
 from zoo.plans.binding import bind
 from zoo.plans.freeze import apply_plan
-from zoo.tables.build import meta_model, table_for
+from zoo.tables.build import table_for
 
 if TYPE_CHECKING:
     import torch
@@ -455,11 +456,11 @@ def _modules_to_save(model: nn.Module, additions: list[Addition]) -> list[str]:
     plan = record.plan if record is not None else None
     if plan is not None:
         trained = list(plan.trainable)
-    else:
-        meta = record.metadata if record is not None else {}
+    else:  # loaded from a file saved without a plan: what it trained
+        metadata = record.metadata if record is not None else {}
         try:
-            trained = json.loads(meta.get("zoo.trained", "[]"))
-        except ValueError:
+            trained = ZooMetadata.parse(metadata, source="the model").trained
+        except ZooError:
             trained = []
         if not trained:
             trained = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -828,7 +829,9 @@ def _meta_base(spec: BackboneSpec, recipe: BaseRecipe, *, bounded: bool, source:
     ``meta``, and gigabytes once built)."""
     if bounded:
         check_pretrained_size(spec, recipe.kwargs, source=source, key="zoo.build_kwargs")
-    return meta_model(spec, recipe.num_classes, dict(recipe.kwargs))[0]
+    return build(
+        spec, BuildArgs(spec.qualified_name, recipe.num_classes, recipe.kwargs), device="meta"
+    )
 
 
 def _saved_kwargs(spec: BackboneSpec, layout: Layout) -> dict[str, Any]:
@@ -936,10 +939,8 @@ def _classes(metadata: Mapping[str, str], model: nn.Module) -> list[str] | None:
     text = metadata.get("zoo.classes")
     if not text:
         return None
-    try:  # the class names a saved model may hold (ZooMetadata.parse)
-        classes = checks.str_list(checks.loads(text), "zoo.classes")
-        for name in classes:
-            checks.text(name, "a class name", max_len=None, empty=True)
+    try:  # the class names a saved model may hold
+        classes = class_names(checks.loads(text))
     except checks.Invalid:
         return None
     outputs = getattr(model, "num_classes", None)

@@ -8,28 +8,28 @@ loading resolves the base again and refuses one whose hash differs. The base of 
 recorded when it is built: ``zoo.create(pretrained=True)``, ``zoo.create(weights=FILE)`` and
 ``zoo.load(...)`` set ``model.zoo.base``.
 
-A model with injected adapters (LoRA, SSF, VPT…) records them in ``zoo.adapters``; it saves as
-a delta of its base by default (the adapters, the head and whatever else changed), and loading
-rebuilds the base, injects the adapters again and loads the tensors (``merge=True`` then folds
-them into the weights).
+The file records the model's plan (``zoo.plan``: the policy, what trained, the adapters added),
+or for a model saved without one, the plan of what trained. A model with injected adapters
+(LoRA, SSF, VPT…) saves as a delta of its base by default (the adapters, the head and whatever
+else changed), and loading rebuilds the base, injects the plan's adapters again and loads the
+tensors (``merge=True`` then folds them into the weights).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo._version import __version__
-from zoo.core.create import attach_build_info
-from zoo.core.create import build as build_model
+from zoo.core.build import build as build_model
+from zoo.core.build import describe_mismatch
 from zoo.core.record import BuildArgs, ModelRecord, record_of, unwrap
 from zoo.core.specs import InputConfig
 from zoo.errors import (
@@ -52,6 +52,7 @@ from zoo.io.build_args import check_save_kwargs, check_saved_kwargs
 from zoo.io.fileformat import (
     Header,
     SavedFile,
+    TensorEntry,
     atomic_write_bytes,
     current_umask,
     fsync_dir,
@@ -62,28 +63,20 @@ from zoo.io.fileformat import (
     seal,
     write_tensors,
 )
-from zoo.io.metadata import (
-    FORMAT_VERSION,
-    ZooMetadata,
-    config_json,
-    is_zoo_metadata,
-)
+from zoo.io.metadata import ZooMetadata, config_json, is_zoo_metadata
 from zoo.io.provenance import plugin_metadata, plugin_versions, timm_config
 from zoo.io.rebuild import (
-    ALLOCATION_FLOOR,
     check_consistency,
     check_pretrained_size,
     inject_saved,
-    saved_additions,
     saved_spec,
 )
 from zoo.io.rebuild import rebuild as rebuild
-from zoo.io.weights import describe_mismatch
 from zoo.plans.adapters import adapters as injected_adapters
 from zoo.plans.adapters import merge_adapters
 from zoo.plans.freeze import apply_plan
-from zoo.plans.plan import Addition, Plan
-from zoo.tables.build import describe, meta_model, tensor_budget
+from zoo.plans.plan import ParamPlan, Plan
+from zoo.tables.build import describe
 
 if TYPE_CHECKING:
     import torch
@@ -91,7 +84,6 @@ if TYPE_CHECKING:
 
     from zoo.core.catalog import Catalog
     from zoo.core.specs import BackboneSpec
-    from zoo.plans.plan import Plan
 
 MAX_BASE_CHAIN = 32
 
@@ -177,7 +169,7 @@ def _state_of_file(
     if not is_zoo_metadata(saved.metadata):
         digest = saved.tensors_sha256 or hash_tensors(saved.tensors)
         return ResolvedState(saved.tensors, digest, None, saved)
-    meta = ZooMetadata.parse(saved.metadata, source=str(path))
+    meta = ZooMetadata.parse(saved.metadata, source=str(path), shapes=saved.header.shapes)
     if meta.kind == "full":
         return ResolvedState(saved.tensors, meta.tensors_sha256, meta, saved)
     assert meta.base is not None  # parse guarantees it for deltas
@@ -235,7 +227,9 @@ def resolve_base(
         spec, tag = saved_spec(str(ref), source=str(for_file), catalog=catalog)
         kwargs = check_saved_kwargs(spec, build.get("kwargs"), source=str(for_file))
         check_pretrained_size(spec, kwargs, source=str(for_file))
-        model = build_model(spec, tag=tag, pretrained=True, kwargs=kwargs)
+        model = build_model(
+            spec, BuildArgs(spec.qualified_name, None, kwargs, tag), pretrained=True
+        )
         tensors = {k: v.detach() for k, v in model.state_dict().items()}
         resolved = ResolvedState(tensors, hash_tensors(tensors))
     else:
@@ -272,7 +266,7 @@ def save(
     with the base's hash; ``delta=False`` stores every tensor. The default, ``delta=None``, saves
     a model with injected adapters (``zoo.freeze(model, "lora")``) as a delta when it has a base
     (the adapters, the head and whatever else changed: a few percent of the full file) and any
-    other model in full. The adapters are recorded in ``zoo.adapters``. An existing model is
+    other model in full. The plan (``zoo.plan``) records the adapters. An existing model is
     only replaced with ``overwrite=True`` (:class:`~zoo.ModelExistsError`). The model must come
     from ``zoo.create`` or ``zoo.load``.
 
@@ -317,19 +311,11 @@ def _save_state(
     args = record.build
     assert args is not None
     build = args.to_dict()
-    plan = record.plan
-    trained = (
-        list(plan.trainable)
-        if plan is not None
-        else [n for n, p in model.named_parameters() if p.requires_grad]
-    )
-    num_classes = _num_classes(model, args)
-    names = _classes(record, classes, num_classes)
-    numel = {n: p.numel() for n, p in model.named_parameters()}
+    plan = _saved_plan(model, record.plan)
+    names = _classes(record, classes, _num_classes(model, args))
     base = record.base
-    additions = injected_adapters(model)
     if delta is None:  # adapters save as a delta of their base when there is one
-        delta = bool(additions) and bool(base)
+        delta = bool(plan.additions) and bool(base)
     meta_kwargs: dict[str, Any] = {}
     tensors: Mapping[str, torch.Tensor] = state
     if delta:
@@ -342,37 +328,28 @@ def _save_state(
             )
         _check_not_own_base(base, target)
         resolved = resolve_base(base, build, catalog=catalog, for_file="the model's base")
-        kept = _delta_names(state, resolved.tensors, trained)
+        kept = _delta_names(state, resolved.tensors, plan.trainable)
         tensors = {n: state[n] for n in sorted(kept)}
         base = {**base, "sha256": resolved.sha256}
         meta_kwargs = {
-            "base_tensors": sorted(set(state) - kept),
+            "base_tensors": {n: list(state[n].shape) for n in sorted(set(state) - kept)},
             "state_sha256": hash_tensors(state),
         }
     input_config = record.input_config.to_dict() if record.input_config is not None else {}
     meta = ZooMetadata(
-        format_version=FORMAT_VERSION,
         kind="delta" if delta else "full",
-        backbone=args.backbone,
-        build=_jsonable_build(build),
-        num_classes=num_classes,
+        build=build,
+        plan=plan.to_dict(),
         classes=names,
         input_config=input_config,
-        policy=plan.policy if plan is not None else "",
-        policy_args=dict(plan.args) if plan is not None else {},
-        plan=plan.to_dict() if plan is not None else None,
-        trained=trained,
-        num_params=sum(numel.values()),
-        num_trained_params=sum(numel.get(n, 0) for n in trained),
         base=dict(base) if base else None,
         zoo_version=__version__,
-        plugins=plugin_versions(args.backbone, plan, catalog, additions),
+        plugins=plugin_versions(args.backbone, plan, catalog, plan.additions),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         timm_config=timm_config(model, names, input_config, build, spec),
         extra=plugin_metadata(model, args.backbone, catalog),
         training=record.training,
         compare=record.compare,
-        adapters=[a.to_dict() for a in additions],
         **meta_kwargs,
     )
     metadata = seal(tensors, meta.to_metadata())
@@ -383,6 +360,26 @@ def _save_state(
         except OSError as exc:
             raise StoreError(f"cannot save to {target.model_path}: {exc.strerror or exc}") from exc
     return target.model_path
+
+
+def _saved_plan(model: nn.Module, plan: Plan | None) -> Plan:
+    """The plan a file records: the model's, else the plan of what trains (``requires_grad``);
+    listing every parameter (one it does not list is frozen, as when a plan is applied) and
+    the adapters injected in the model, so the file derives its counts from it."""
+    if plan is None:
+        plan = Plan(params=[ParamPlan(n, p.requires_grad) for n, p in model.named_parameters()])
+    missing = [ParamPlan(n, False) for n, _ in model.named_parameters() if n not in plan.params]
+    additions = tuple(injected_adapters(model))
+    if missing or additions != plan.additions:
+        plan = replace(plan, params=[*plan.params.values(), *missing], additions=additions)
+    return plan
+
+
+def _loaded_plan(plan: Plan) -> Plan | None:
+    """The plan a loaded model carries: None for one that only says what trained (what a model
+    saved without a plan records), else the plan."""
+    plain = Plan(params=[ParamPlan(n, p.trainable) for n, p in plan.params.items()])
+    return None if plan == plain else plan
 
 
 def _record_of(model: nn.Module) -> ModelRecord:
@@ -440,17 +437,6 @@ def _spec_of(backbone: str, catalog: Catalog) -> BackboneSpec | None:
         return catalog.backbones.lookup(backbone)
     except ZooError:
         return None
-
-
-def _jsonable_build(build: dict[str, Any]) -> dict[str, Any]:
-    try:
-        json.dumps(build, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ZooError(
-            f"the model's architecture arguments {build['kwargs']!r} cannot be saved ({exc}); "
-            "zoo saves JSON values only (numbers, strings, lists, dicts)"
-        ) from None
-    return build
 
 
 def _num_classes(model: nn.Module, args: BuildArgs) -> int | None:
@@ -621,16 +607,14 @@ def load(
     assert resolved.saved is not None
     metadata = resolved.saved.metadata
     meta = resolved.meta or ZooMetadata.parse(metadata, source=str(path))
-    additions = saved_additions(meta.adapters, source=str(path))
     plan = _plan_of(meta, path)
-    _check_plan_additions(plan, additions, path)
     model = rebuild(
         meta.build,
         resolved.tensors,
         source=str(path),
         plugins=meta.plugins,
         catalog=catalog,
-        additions=additions,
+        additions=plan.additions,
     )
     spec, _tag = saved_spec(meta.backbone, source=str(path), plugins=meta.plugins, catalog=catalog)
     check_consistency(model, meta, spec, plan, source=str(path))
@@ -640,24 +624,20 @@ def load(
         build=BuildArgs.from_dict(meta.build),
         input_config=InputConfig.from_dict(meta.input_config),
         classes=list(meta.classes) if meta.classes is not None else None,
-        plan=plan,
+        plan=_loaded_plan(plan),
         base={"kind": base_kind, "ref": ref, "sha256": resolved.sha256},
         metadata=dict(metadata),
     )
     model.to(device)
     model.eval()
-    if merge and additions:
+    if merge and plan.additions:
         _merge(model, path)
-    if trainable:
-        if plan is not None:
-            apply_plan(model, plan, catalog=catalog)
-        else:
-            trained = set(meta.trained)
-            for name, param in model.named_parameters():
-                param.requires_grad_(name in trained)
+    if trainable and model.zoo.plan is not None:
+        apply_plan(model, plan, catalog=catalog)
     else:
-        for param in model.parameters():
-            param.requires_grad_(False)
+        trained = set(meta.trained) if trainable else set()
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in trained)
     return model
 
 
@@ -671,26 +651,10 @@ def _merge(model: nn.Module, path: Path) -> None:
         ) from None
 
 
-def _check_plan_additions(plan: Plan | None, additions: Sequence[Addition], path: Path) -> None:
-    """The saved plan's additions, if any, must be the adapters ``zoo.adapters`` lists."""
-    if plan is None or not plan.additions:
-        return
-    planned = sorted(json.dumps(a.to_dict(), sort_keys=True) for a in plan.additions)
-    listed = sorted(json.dumps(a.to_dict(), sort_keys=True) for a in additions)
-    if planned != listed:
-        raise CorruptFileError(
-            f"{path}: metadata 'zoo.plan' adds {len(plan.additions)} adapter(s) that differ from "
-            f"the {len(additions)} 'zoo.adapters' lists; the metadata contradicts itself"
-        )
-
-
-def _plan_of(meta: ZooMetadata, path: Path) -> Plan | None:
-    if meta.plan is None:
-        return None
-
+def _plan_of(meta: ZooMetadata, path: Path) -> Plan:
     try:
         return Plan.from_dict(meta.plan)
-    except PlanError as exc:
+    except PlanError as exc:  # parse checked it: only a ZooMetadata made by hand gets here
         raise CorruptFileError(f"{path}: metadata 'zoo.plan' is invalid: {exc}") from None
 
 
@@ -714,29 +678,29 @@ def _depths(
     """
 
     entries = {e.name: e for e in header.entries}
-    limit = ALLOCATION_FLOOR + 2 * max((e.nbytes for e in entries.values()), default=0)
     num_classes = meta.build.get("num_classes")
-    saved = len(entries) + len(meta.base_tensors)  # a delta's other tensors are its base's
-    model, notes = meta_model(
-        spec, num_classes, kwargs, max_tensor_bytes=limit, max_tensors=tensor_budget(saved)
-    )
-    additions = saved_additions(meta.adapters, source=str(path))
     plan = _plan_of(meta, path)
-    _check_plan_additions(plan, additions, path)
-    inject_saved(
-        model,
-        additions,
-        entries,
-        unchecked=set(meta.base_tensors),
+    additions = plan.additions
+    model = build_model(
+        spec,
+        BuildArgs(spec.qualified_name, num_classes, kwargs),
+        device="meta",
+        untrusted=True,  # bounded by the file's tensors and, for a delta, its base's count
+        state={**{n: TensorEntry(n, "F32", (), 0, 0) for n in meta.base_tensors}, **entries},
+        prepare=lambda skeleton: inject_saved(
+            skeleton,
+            additions,
+            entries,
+            unchecked=set(meta.base_tensors),
+            source=str(path),
+            plugins=meta.plugins,
+            catalog=catalog,
+        ),
         source=str(path),
-        plugins=meta.plugins,
-        catalog=catalog,
-        on_meta=True,
     )
     _check_header_fits(model, entries, full=meta.kind == "full", source=str(path))
     check_consistency(model, meta, spec, plan, source=str(path))
-    attach_build_info(model, spec, tag=None, num_classes=num_classes, kwargs=kwargs)
-    table = describe(model, spec=spec, catalog=catalog, notes=notes)
+    table = describe(model, spec=spec, catalog=catalog)
     added = {n for a in additions for n in a.names}
     base_bytes = sum(
         t.numel() * t.element_size() for n, t in model.state_dict().items() if n not in added
@@ -808,7 +772,8 @@ class Inspection:
 
 
 def adapter_summary(adapters: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """``zoo.adapters`` (checked entries) grouped by kind: arguments, targets, added numbers."""
+    """The plan's additions (checked entries) grouped by kind: arguments, targets, added
+    numbers."""
     kinds: dict[str, dict[str, Any]] = {}
     for item in adapters:
         row = kinds.setdefault(
@@ -833,7 +798,7 @@ def inspect(
     target = resolve_target(name_or_path)
     path = _existing(target)
     header = read_file(path).header if verify else read_header(path)
-    meta = ZooMetadata.parse(header.metadata, source=str(path))
+    meta = ZooMetadata.parse(header.metadata, source=str(path), shapes=header.shapes)
     notes: list[str] = []
     depths: list[dict[str, Any]] = []
     base_bytes = 0

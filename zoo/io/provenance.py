@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from zoo.core import checks
 from zoo.errors import ZooError
-from zoo.io.metadata import KEYS
+from zoo.io.metadata import KEYS, V1_KEYS
 
 if TYPE_CHECKING:
     from torch import nn
@@ -99,7 +99,7 @@ def _plain(value: Any) -> Any:
 
 def _extra_entry_problem(plugin: str, key: Any, value: Any) -> str | None:
     shown = reprlib.repr(key)
-    if not isinstance(key, str) or not key.startswith(f"{plugin}.") or key in KEYS:
+    if not isinstance(key, str) or not key.startswith(f"{plugin}.") or key in (*KEYS, *V1_KEYS):
         return f"key {shown} is not namespaced '{plugin}.<key>'; it was not saved"
     if not isinstance(value, str):
         return f"value of {shown} is a {type(value).__name__}, not a string; not saved"

@@ -44,7 +44,6 @@ from zoo.io.fileformat import (
     TEMP_SUFFIX,
     atomic_write_bytes,
     is_temp_name,
-    open_regular,
     read_header,
 )
 from zoo.io.metadata import ZooMetadata, config_json, is_zoo_metadata
@@ -477,47 +476,43 @@ def _remove_if_free(path: Path, *, dry_run: bool) -> bool | None:
 
 @dataclass
 class EntryInfo:
-    """One store entry as ``zoo models`` shows it; ``ok=False`` entries carry a ``reason``."""
+    """One store entry as ``zoo models`` shows it: its checked metadata (``meta``, read from
+    the header alone), or for a broken entry (``ok`` False) the ``reason``."""
 
     name: str
     path: Path
-    ok: bool
     reason: str = ""
-    backbone: str = ""
-    kind: str = ""
-    num_classes: int | None = None
-    classes: list[str] | None = None
-    policy: str = ""
-    trained_fraction: float | None = None
-    num_params: int = 0
-    num_trained_params: int = 0
     size: int = 0
-    created: str = ""
-    base: dict[str, Any] | None = None
-    metadata: dict[str, str] = field(default_factory=dict, repr=False)
+    meta: ZooMetadata | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.meta is not None
 
     def to_dict(self) -> dict[str, Any]:
+        meta = self.meta
         return {
             "name": self.name,
             "path": str(self.path),
             "ok": self.ok,
             "reason": self.reason or None,
-            "backbone": self.backbone or None,
-            "kind": self.kind or None,
-            "num_classes": self.num_classes,
-            "classes": self.classes,
-            "policy": self.policy or None,
-            "trained_fraction": self.trained_fraction,
-            "num_params": self.num_params,
-            "num_trained_params": self.num_trained_params,
+            "backbone": meta.backbone if meta else None,
+            "kind": meta.kind if meta else None,
+            "num_classes": meta.num_classes if meta else None,
+            "classes": meta.classes if meta else None,
+            "policy": (meta.policy or None) if meta else None,
+            "trained_fraction": meta.trained_fraction if meta and meta.num_params else None,
+            "num_params": meta.num_params if meta else 0,
+            "num_trained_params": meta.num_trained_params if meta else 0,
             "size": self.size,
-            "created": self.created or None,
-            "base": self.base,
+            "created": (meta.created or None) if meta else None,
+            "base": meta.base if meta else None,
         }
 
 
 def entry_info(name: str) -> EntryInfo:
-    """What the store knows about entry ``name``, from its header alone (no tensor is read).
+    """What the store knows about entry ``name``, from its header alone (no tensor is read,
+    no plugin is imported).
 
     Never raises for a broken entry: ``ok`` is False and ``reason`` says what is wrong — even
     for an error zoo did not foresee (a bug must show as one broken entry, not hide the
@@ -527,7 +522,7 @@ def entry_info(name: str) -> EntryInfo:
 
     root = models_dir()
     path = root / name
-    info = EntryInfo(name=name, path=path, ok=False)
+    info = EntryInfo(name=name, path=path)
     try:
         validate_name(name)
         check_inside(path, root)
@@ -541,28 +536,13 @@ def entry_info(name: str) -> EntryInfo:
             return info
         header = read_header(file)  # only a regular file is opened
         info.size = header.file_size
-        info.metadata = header.metadata
-        meta = ZooMetadata.parse(header.metadata, source=str(file))
+        info.meta = ZooMetadata.parse(header.metadata, source=str(file), shapes=header.shapes)
     except ZooError as exc:
         info.reason = str(exc).replace(f"{path}/", "").replace(str(path), name)
-        return info
     except OSError as exc:
         info.reason = f"unreadable: {exc.strerror or exc}"
-        return info
     except Exception as exc:  # a hostile file must not stop the listing
         info.reason = f"unreadable: unexpected {type(exc).__name__}: {exc}"
-        return info
-    info.ok = True
-    info.backbone = meta.backbone
-    info.kind = meta.kind
-    info.num_classes = meta.num_classes
-    info.classes = meta.classes
-    info.policy = meta.policy
-    info.trained_fraction = meta.trained_fraction if meta.num_params else None
-    info.num_params = meta.num_params
-    info.num_trained_params = meta.num_trained_params
-    info.created = meta.created
-    info.base = meta.base
     return info
 
 
@@ -582,11 +562,12 @@ def deltas_by_base() -> dict[str, list[str]]:
     """
     found: dict[str, list[str]] = {}
     for info in list_saved():
-        base = info.base if isinstance(info.base, dict) else {}
+        meta = info.meta
+        base = (meta.base if meta else None) or {}
         ref = base.get("ref")
         if (
-            info.ok
-            and info.kind == "delta"
+            meta is not None
+            and meta.kind == "delta"
             and base.get("kind") == "store"
             and isinstance(ref, str)
             and ref != info.name
@@ -968,16 +949,13 @@ def _remove_stale_locks(result: GcResult, *, dry_run: bool) -> None:
 
 def _config_hash(config: Path) -> str | None:
     """The ``content_sha256`` a ``config.json`` names; None if it is not a regular file (never
-    followed), is larger than :data:`MAX_CONFIG_BYTES`, or names none."""
-    import json
-
+    followed), is larger than :data:`MAX_CONFIG_BYTES`, is not JSON, or names none."""
     try:
-        with open_regular(config, follow_symlinks=False) as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-        if len(raw) > MAX_CONFIG_BYTES:
-            return None
-        value = json.loads(raw.decode("utf-8"))["zoo"]["content_sha256"]
-    except (ZooError, OSError, ValueError, KeyError, TypeError):
+        data = read_json_in(
+            config.parent, config.name, max_bytes=MAX_CONFIG_BYTES, what=CONFIG_FILE
+        )
+        value = data["zoo"]["content_sha256"]
+    except (ZooError, KeyError, TypeError):
         return None
     return value if isinstance(value, str) else None
 

@@ -32,24 +32,10 @@ from typing import Any, BinaryIO
 
 from zoo.core import checks
 from zoo.errors import CorruptFileError, ModelNotFoundError, ZooError
-from zoo.io.fileformat import Header, SavedFile, open_regular, read_file, read_header
+from zoo.io.fileformat import Header, SavedFile, kind_of, open_regular, read_file, read_header
 
 #: The longest file name zoo accepts inside a folder (the common file-system limit).
 MAX_NAME_LENGTH = 255
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a folder"
 
 
 def check_folder(folder: str | os.PathLike[str], *, what: str, hint: str | None = None) -> Path:
@@ -75,7 +61,7 @@ def check_folder(folder: str | os.PathLike[str], *, what: str, hint: str | None 
             if stat.S_ISLNK(mode)
             else "pass a folder"
         )
-    raise ZooError(f"{what} {path} is {_kind(mode)}, not a folder; {hint}")
+    raise ZooError(f"{what} {path} is {kind_of(mode, 'an odd file')}, not a folder; {hint}")
 
 
 def plain_name(name: object, *, what: str) -> str:

@@ -6,9 +6,11 @@ parameters the addition lists, registers it as a child of its target and install
 hooks that run it. Injecting is idempotent; a different adapter already in place is an error.
 
 A silently dead adapter (one whose target's ``forward`` is bypassed, as when a parent calls
-``F.linear(x, self.qkv.weight)``) is impossible: a hook on the model's root checks after the
-first forward pass that every adapter ran, and raises :class:`~zoo.AdapterError` naming the ones
-that did not; once all have run, the check removes itself.
+``F.linear(x, self.qkv.weight)``) is impossible: a hook on the model's root runs the first
+forward pass's inputs once more, eagerly, recording which adapters run, and raises
+:class:`~zoo.AdapterError` naming the ones that did not; once all have run, the check removes
+itself (:func:`verify_adapters`). The adapters' own hooks keep no state, so ``torch.compile``
+traces them as pure functions.
 
 :func:`merge_adapters` folds every mergeable adapter into its target's weights and removes it
 (refusing, before anything changes, when one cannot merge).
@@ -152,15 +154,13 @@ def inject(
         target.add_module(addition.child, adapter)
         adapter.zoo_addition = addition  # type: ignore[assignment]
         adapter.__dict__["zoo_target_ref"] = target
-        adapter.zoo_fired = False  # type: ignore[assignment]
-        adapter.zoo_verified = False  # type: ignore[assignment]
         hooked = adapter.hook_module(target)
         if adapter.has_pre_forward:
             hooked.register_forward_pre_hook(adapter.zoo_pre_hook, with_kwargs=True)
         if adapter.has_post_forward:
             hooked.register_forward_hook(adapter.zoo_post_hook)
     if built:
-        install_check(model)
+        verify_adapters(model)
     return [addition for addition, _, _ in built]
 
 
@@ -226,51 +226,66 @@ def _place(adapter: nn.Module, target: nn.Module) -> None:
 # ---------------------------------------------------------------- the dead-adapter check
 
 
-class AdapterCheck:
-    """A forward pre-hook and hook on the model's root: after a forward pass, every adapter not
-    yet verified must have run, else :class:`~zoo.AdapterError`. Removes itself once all ran."""
+def verify_adapters(model: nn.Module) -> None:
+    """Check, once, that every adapter of ``model`` runs: a forward hook on its root (installed
+    once) runs the inputs of the model's next forward pass again, eagerly and without gradients
+    (buffers and random state restored after it, outside any compiled graph), with a recorder
+    on each adapter's hooked module. An adapter whose module was not called raises
+    :class:`~zoo.AdapterError` naming it; when all ran, the hook removes itself."""
+    import torch
 
-    def before(self, module: nn.Module, args: Any) -> None:
-        for _, adapter in adapter_modules(module):
-            if not adapter.zoo_verified:
-                adapter.zoo_fired = False
-
-    def after(self, module: nn.Module, args: Any, output: Any) -> None:
-        pending = [(p, a) for p, a in adapter_modules(module) if not a.zoo_verified]
-        dead = [(p, a) for p, a in pending if not a.zoo_fired]
-        if dead:
-            shown = ", ".join(
-                f"{a.zoo_addition.kind} on {a.zoo_addition.target!r}" for _, a in dead[:5]
-            )
-            more = f" and {len(dead) - 5} more" if len(dead) > 5 else ""
-            raise AdapterError(
-                f"{len(dead)} adapter(s) did not run in the forward pass: {shown}{more}. Their "
-                "target's forward is bypassed (the parent uses its weight directly, as "
-                "F.linear(x, self.qkv.weight) does) or never called; such an adapter would "
-                "train nothing. Exclude those modules (lora:targets=...) or use another policy"
-            )
-        for _, adapter in pending:
-            adapter.zoo_verified = True
-        remove_check(module)
+    if not any(_is_check(h) for h in model._forward_hooks.values()):
+        model.register_forward_hook(torch.compiler.disable(_check), with_kwargs=True)
 
 
-def install_check(model: nn.Module) -> None:
-    """Install the dead-adapter check on ``model``'s root (once)."""
-    if any(_is_check(h) for h in model._forward_hooks.values()):
-        return
-    check = AdapterCheck()
-    model.register_forward_pre_hook(check.before)
-    model.register_forward_hook(check.after)
+def _check(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+    """The hook :func:`verify_adapters` installs."""
+    import torch
+
+    found = adapter_modules(module)
+    seen: set[int] = set()
+    handles = [
+        adapter.hook_module(_target_of(module, adapter)).register_forward_pre_hook(
+            _recorder(seen, adapter)
+        )
+        for _, adapter in found
+    ]
+    buffers = [(b, b.detach().clone()) for b in module.buffers()]
+    cuda = sorted({p.device.index or 0 for p in module.parameters() if p.is_cuda})
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            module.forward(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for buffer, saved in buffers:  # through .data: what autograd saved keeps its version
+            buffer.data.copy_(saved)
+    dead = [adapter for _, adapter in found if id(adapter) not in seen]
+    if dead:
+        shown = ", ".join(f"{a.zoo_addition.kind} on {a.zoo_addition.target!r}" for a in dead[:5])
+        more = f" and {len(dead) - 5} more" if len(dead) > 5 else ""
+        raise AdapterError(
+            f"{len(dead)} adapter(s) did not run in the forward pass: {shown}{more}. Their "
+            "target's forward is bypassed (the parent uses its weight directly, as "
+            "F.linear(x, self.qkv.weight) does) or never called; such an adapter would "
+            "train nothing. Exclude those modules (lora:targets=...) or use another policy"
+        )
+    remove_check(module)
+
+
+def _recorder(seen: set[int], adapter: Adapter) -> Any:
+    return lambda *_: seen.add(id(adapter))
 
 
 def remove_check(model: nn.Module) -> None:
-    for hooks in (model._forward_pre_hooks, model._forward_hooks):
-        for key in [k for k, h in hooks.items() if _is_check(h)]:
-            del hooks[key]
+    """Remove the hook of :func:`verify_adapters` (no-op when there is none)."""
+    for key in [k for k, h in model._forward_hooks.items() if _is_check(h)]:
+        del model._forward_hooks[key]
+        model._forward_hooks_with_kwargs.pop(key, None)
 
 
 def _is_check(hook: object) -> bool:
-    return isinstance(getattr(hook, "__self__", None), AdapterCheck)
+    return getattr(hook, "__wrapped__", None) is _check
 
 
 # ---------------------------------------------------------------- removing and merging
@@ -296,7 +311,9 @@ def _target_of(model: nn.Module, adapter: Adapter) -> nn.Module:
 
 
 def remove_adapters(model: nn.Module) -> list[Addition]:
-    """Remove every adapter (without merging): the model computes what its base computes."""
+    """Remove every adapter (without merging): the model computes what its base computes.
+    A wrapped model (``torch.compile``, DDP) has the adapters of the model it wraps removed."""
+    model = unwrap(model)
     removed = []
     for _, adapter in adapter_modules(model):
         addition = adapter.zoo_addition

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from zoo.core import checks
 from zoo.core.policy_args import format_policy_spec
+from zoo.core.record import unwrap
 from zoo.errors import PlanError, UnknownNameError, short_repr, suggest
 
 if TYPE_CHECKING:
@@ -38,10 +39,15 @@ if TYPE_CHECKING:
 #: so files without adapters read in older zoo versions).
 PLAN_FORMAT = 2
 NO_DECAY_ROLES = frozenset({"bias", "norm", "embedding"})
-#: Bounds of an :class:`Addition` read from a file (it is untrusted).
+#: Bounds of an :class:`Addition` (one read from a file is untrusted): parameters it adds,
+#: dimensions and size of each, values in its arguments, its depth; additions in one plan.
+MAX_ADDED_PARAMS = 16
 MAX_ADDED_DIMS = 8
 MAX_ADDED_DIM = 2**31 - 1
-_KIND_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.\-]*:)?[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+MAX_ADDED_ARG_VALUES = 1000
+MAX_DEPTH = 1_000_000
+MAX_ADDITIONS = 10_000
+_KIND_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.\-]*:)?[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
 class NormMode(str, Enum):
@@ -78,8 +84,8 @@ class ParamPlan:
     weight_decay: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise PlanError(f"a parameter plan needs a parameter name, got {self.name!r}")
+        if not isinstance(self.name, str) or not self.name:  # from a file: checks.text
+            raise PlanError(f"a parameter plan needs a parameter name, got {short_repr(self.name)}")
         try:
             scale = checks.real(self.lr_scale, f"lr scale of {self.name!r}", 0)
         except checks.Invalid as exc:
@@ -124,10 +130,13 @@ class Addition:
     def _check(self) -> None:
         """The checks of :meth:`__post_init__` (it names the target in each refusal)."""
         checks.module_path(self.target, "target")
-        if not isinstance(self.kind, str) or not _KIND_RE.match(self.kind):
-            raise checks.Invalid("kind", "an adapter kind name such as 'zoo:lora'", self.kind)
-        if not isinstance(self.params, Mapping) or not self.params:
-            raise checks.Invalid("params", "a mapping of names to shapes", self.params)
+        checks.name(self.kind, "kind")
+        if not _KIND_RE.fullmatch(self.kind):
+            rule = 'an adapter kind name, "plugin:name" or "name" (letters, digits, _ . -)'
+            raise checks.Invalid("kind", rule, self.kind)
+        if not isinstance(self.params, Mapping) or not 1 <= len(self.params) <= MAX_ADDED_PARAMS:
+            rule = f"a mapping of 1 to {MAX_ADDED_PARAMS} parameter names to shapes"
+            raise checks.Invalid("params", rule, self.params)
         params: dict[str, tuple[int, ...]] = {}
         for name, shape in self.params.items():
             if not isinstance(name, str) or "." not in name:
@@ -190,19 +199,32 @@ class Addition:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Addition:
-        """The inverse of :meth:`to_dict`, strict (the data may come from an untrusted file);
-        raises :class:`~zoo.PlanError`."""
+        """The inverse of :meth:`to_dict`, strict: the one check of an adapter read from an
+        untrusted file (a plan's additions, a version-1 file's ``zoo.adapters``). Besides the
+        rules of the class, the data holds only the fields :meth:`to_dict` writes and the kind
+        is qualified (``"plugin:name"``). Raises :class:`~zoo.PlanError`."""
         if not isinstance(data, Mapping):
             raise _malformed(f"an addition must be a mapping, got {short_repr(data)}")
         extra = sorted(str(k) for k in data if k not in _ADDITION_KEYS)
         if extra:
-            raise _malformed(f"an addition has unknown keys {extra[:5]}")
+            raise _malformed(
+                f"an addition has unknown keys {short_repr(extra[:5])}; unknown fields are "
+                f"refused (it has {', '.join(sorted(_ADDITION_KEYS))})"
+            )
         missing = [k for k in ("target", "kind", "params") if k not in data]
         if missing:
             raise _malformed(f"an addition lacks {missing}")
         params = data["params"]
         if not isinstance(params, Mapping):
             raise _malformed(f"an addition's params must be a mapping, got {short_repr(params)}")
+        try:  # the bounds of a file, tighter than those of an addition a policy makes
+            checks.name(data["kind"], "kind", qualified=True)
+            bounds = {"max_depth": 4, "max_items": MAX_ADDED_ARG_VALUES, "max_text": 1000}
+            checks.json_value(data.get("args", {}), "args", **bounds)
+            checks.integer(data.get("depth", 0), "depth", 0, MAX_DEPTH)
+            checks.text(data.get("group", ""), "group", max_len=checks.MAX_NAME, empty=True)
+        except checks.Invalid as exc:
+            raise _malformed(f"addition to {short_repr(data['target'], 200)}: {exc}") from None
         try:
             return cls(
                 target=data["target"],
@@ -222,37 +244,6 @@ _ADDITION_KEYS = frozenset({"target", "kind", "args", "params", "depth", "group"
 def added_weight_decay(shape: tuple[int, ...]) -> bool:
     """Weight decay of an added parameter by default: matrices yes, vectors (scale, shift) no."""
     return len(shape) > 1
-
-
-@dataclass(frozen=True)
-class PlanDepth:
-    """A plan's totals at one depth of the table (what ``zoo plan`` shows per line)."""
-
-    depth: int
-    group: str
-    tensors: int
-    numel: int
-    trainable_tensors: int
-    trainable_numel: int
-    norm_modes: dict[str, int]
-    lr_scales: tuple[float, float] | None
-    #: parameters the plan adds at this depth (adapters; included in the counts above)
-    added_tensors: int = 0
-    added_numel: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "depth": self.depth,
-            "group": self.group,
-            "tensors": self.tensors,
-            "numel": self.numel,
-            "trainable_tensors": self.trainable_tensors,
-            "trainable_numel": self.trainable_numel,
-            "added_tensors": self.added_tensors,
-            "added_numel": self.added_numel,
-            "norm_modes": dict(self.norm_modes),
-            "lr_scale": list(self.lr_scales) if self.lr_scales else None,
-        }
 
 
 @dataclass(frozen=True)
@@ -444,47 +435,6 @@ class Plan:
 
         return format_policy_spec(self.policy or "<custom>", self.args)
 
-    def depth_summary(self, table: ParamTable | None = None) -> list[PlanDepth]:
-        """Totals per depth; needs the table (the one the plan came from by default)."""
-        table = table if table is not None else self.table
-        if table is None:
-            raise PlanError("this plan carries no parameter table; pass table=zoo.params(model)")
-        out = []
-        added = set(self.added_names)
-        for summary in table.depth_summary():
-            rows = [r for r in table.at_depth(summary.depth) if r.name not in added]
-            plans = [self.params.get(r.name) for r in rows]
-            trained = [(r, p) for r, p in zip(rows, plans, strict=True) if p and p.trainable]
-            adds = [
-                (self.params[name], math.prod(a.shape_of(name)))
-                for a in self.additions
-                if a.depth == summary.depth
-                for name in a.names
-            ]
-            modes: dict[str, int] = {}
-            for norm in table.norms:
-                if norm.depth == summary.depth:
-                    mode = self.norm_mode(norm.path).value
-                    modes[mode] = modes.get(mode, 0) + 1
-            scales = [p.lr_scale for _, p in trained] + [p.lr_scale for p, _ in adds if p.trainable]
-            added_numel = sum(n for _, n in adds)
-            out.append(
-                PlanDepth(
-                    depth=summary.depth,
-                    group=summary.group,
-                    tensors=len(rows) + len(adds),
-                    numel=sum(r.numel for r in rows) + added_numel,
-                    trainable_tensors=len(trained) + sum(1 for p, _ in adds if p.trainable),
-                    trainable_numel=sum(r.numel for r, _ in trained)
-                    + sum(n for p, n in adds if p.trainable),
-                    norm_modes=modes,
-                    lr_scales=(min(scales), max(scales)) if scales else None,
-                    added_tensors=len(adds),
-                    added_numel=added_numel,
-                )
-            )
-        return out
-
     def numel(self, *, trainable: bool | None = None, table: ParamTable | None = None) -> int:
         """Parameter count (all, trained or frozen), added parameters included; needs the
         table."""
@@ -513,7 +463,7 @@ class Plan:
                 f"trains {trained:,} of {total:,} parameters ({share:.1f}%), "
                 f"{n_train} of {n_all} tensors"
             )
-            for d in self.depth_summary():
+            for d in self.table.depth_summary(self):
                 state = (
                     "trained"
                     if d.trainable_tensors == d.tensors
@@ -565,8 +515,9 @@ class Plan:
         ``with_names`` (torch >= 2.6 keeps them in the optimizer's state dict). Biases, norms,
         embeddings and 1-D tensors get no weight decay unless ``decay_norm_and_bias``.
         ``names`` restricts the groups to those parameters (how a schedule adds new ones).
+        A wrapped model (``torch.compile``, DDP) gives the parameters of the model it wraps.
         """
-        named = dict(model.named_parameters())
+        named = dict(unwrap(model).named_parameters())
         only = set(names) if names is not None else None
         groups: dict[tuple[float, bool], dict[str, Any]] = {}
         for name, item in self.params.items():
@@ -626,63 +577,78 @@ class Plan:
         :meth:`to_dict` writes: names are strings, lr scales finite numbers >= 0 for planned
         parameters, the epoch an integer >= 0, norm modes known ones.
         """
-        if not isinstance(data, Mapping):
-            raise _malformed(f"expected a mapping, got {type(data).__name__}")
-        version = data.get("format", PLAN_FORMAT)
-        if not checks.is_int(version) or version < 1:
-            raise _malformed(f"format must be an integer >= 1, got {short_repr(version)}")
+        try:
+            checks.json_object(data, "a plan")
+            version = checks.integer(data.get("format", PLAN_FORMAT), "format", 1)
+        except checks.Invalid as exc:
+            raise _malformed(str(exc)) from None
         if version > PLAN_FORMAT:
             raise PlanError(
                 f"plan format {version} is newer than this zoo understands ({PLAN_FORMAT}); "
                 "upgrade zoo"
             )
-        order = [(n, True) for n in _field_names(data, "trainable")]
-        order += [(n, False) for n in _field_names(data, "frozen")]
+        try:
+            return cls._from_dict(data)
+        except checks.Invalid as exc:
+            raise _malformed(str(exc)) from None
+        except PlanError as exc:  # the rules of a parameter plan, an addition, a norm mode
+            if str(exc).startswith("malformed plan data"):
+                raise
+            raise _malformed(str(exc)) from None
+
+    @classmethod
+    def _from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        """:meth:`from_dict` past the format, without its error wrapping."""
+        order = [(n, True) for n in checks.str_list(data.get("trainable", []), "trainable")]
+        order += [(n, False) for n in checks.str_list(data.get("frozen", []), "frozen")]
+        for name, _ in order:
+            checks.text(name, "a parameter name", max_len=None)
         planned = {name for name, _ in order}
-        no_decay = set(_field_names(data, "no_weight_decay"))
-        scales = _field_mapping(data, "lr_scale")
+        no_decay = set(checks.str_list(data.get("no_weight_decay", []), "no_weight_decay"))
+        scales = checks.json_object(data.get("lr_scale", {}), "lr_scale")
         stray = sorted(n for n in (*scales, *no_decay) if n not in planned)
         if stray:
-            raise _malformed(
-                f"lr_scale or no_weight_decay names parameters the plan does not "
-                f"list: {', '.join(map(repr, stray[:5]))}"
+            raise checks.Invalid(
+                "lr_scale or no_weight_decay",
+                "names the plan lists",
+                stray,
+                f"names parameters the plan does not list: {', '.join(map(repr, stray[:5]))}",
             )
-        try:
-            params = [
-                ParamPlan(name, trainable, scales.get(name, 1.0), name not in no_decay)
-                for name, trainable in order
-            ]
-        except PlanError as exc:  # an empty name, a scale that is not a finite number >= 0
-            raise _malformed(str(exc)) from None
+        params = [  # a list: a name planned twice is refused, not merged
+            ParamPlan(name, trainable, scales.get(name, 1.0), name not in no_decay)
+            for name, trainable in order
+        ]
         norms: dict[str, NormMode] = {}
-        for mode, paths in _field_mapping(data, "norms").items():
-            for path in _names_of(paths, f"norms[{mode!r}]"):
+        for mode, paths in checks.json_object(data.get("norms", {}), "norms").items():
+            for path in checks.str_list(paths, f"norms[{mode!r}]"):
                 if path in norms:
-                    raise _malformed(f"norm layer {path!r} has two modes")
+                    raise checks.Invalid(
+                        "norm layer", "in one mode", path, f"{path!r} has two modes"
+                    )
                 norms[path] = NormMode.coerce(mode)
         epoch = data.get("epoch")
-        if epoch is not None and not (checks.is_int(epoch) and epoch >= 0):
-            raise _malformed(f"epoch must be an integer >= 0 or null, got {short_repr(epoch)}")
-        raw_additions = data.get("additions", [])
-        if not isinstance(raw_additions, (list, tuple)):
-            raise _malformed(f"additions must be a list, got {short_repr(raw_additions)}")
-        additions = [Addition.from_dict(item) for item in raw_additions]
+        if epoch is not None:
+            checks.integer(epoch, "epoch", 0)
+        raw = checks.sequence(data.get("additions", []), "additions", (0, MAX_ADDITIONS))
+        additions = _checked_additions([Addition.from_dict(item) for item in raw])
         missing = [n for a in additions for n in a.names if n not in planned]
         if missing:
-            raise _malformed(f"added parameter {missing[0]!r} is not listed in trainable or frozen")
-        try:
-            additions_checked = _checked_additions(additions)
-        except PlanError as exc:
-            raise _malformed(str(exc)) from None
+            raise checks.Invalid(
+                "added parameter",
+                "listed in trainable or frozen",
+                missing[0],
+                f"{missing[0]!r} is not listed in trainable or frozen",
+            )
+        args = checks.json_object(data.get("args", {}), "args")  # checked when saved
         return cls(
-            params=params,  # a list: a name planned twice is refused, not merged
+            params=params,
             norms=norms,
-            policy=_field_text(data, "policy", ""),
-            args=_field_mapping(data, "args"),
+            policy=checks.text(data.get("policy", ""), "policy", empty=True),
+            args=args,
             epoch=epoch,
-            notes=tuple(_field_names(data, "notes")),
-            backbone=_field_text(data, "backbone", None),
-            additions=additions_checked,
+            notes=tuple(checks.str_list(data.get("notes", []), "notes")),
+            backbone=_optional_text(data.get("backbone"), "backbone"),
+            additions=additions,
         )
 
     def to_json(self, **kwargs: Any) -> str:
@@ -778,18 +744,24 @@ def _derive_norm_modes(
 
 
 def _checked_additions(value: Any) -> tuple[Addition, ...]:
-    """``value`` as a tuple of Additions: no two on the same module child, no name twice."""
+    """``value`` as a tuple of Additions: at most :data:`MAX_ADDITIONS`, no two on the same
+    module child, no kind twice on one target."""
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
         raise PlanError(f"additions must be a sequence of zoo.Addition, got {short_repr(value)}")
     out = tuple(value)
-    seen: set[tuple[str, str]] = set()
+    if len(out) > MAX_ADDITIONS:
+        raise PlanError(f"a plan adds at most {MAX_ADDITIONS} adapters, got {len(out)}")
+    children: set[tuple[str, str]] = set()
+    kinds: set[tuple[str, str]] = set()
     for item in out:
         if not isinstance(item, Addition):
             raise PlanError(f"additions hold {type(item).__name__}, expected zoo.Addition")
-        key = (item.target, item.child)
-        if key in seen:
+        if (item.target, item.child) in children:
             raise PlanError(f"two additions put a {item.child!r} module into {item.target!r}")
-        seen.add(key)
+        if (item.target, item.kind) in kinds:
+            raise PlanError(f"{item.kind} is listed twice on target {item.target!r}")
+        children.add((item.target, item.child))
+        kinds.add((item.target, item.kind))
     return out
 
 
@@ -797,28 +769,8 @@ def _malformed(problem: str) -> PlanError:
     return PlanError(f"malformed plan data: {problem}")
 
 
-def _names_of(value: object, what: str) -> list[str]:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise _malformed(f"{what} must be a list of strings, got {short_repr(value)}")
-    return list(value)
-
-
-def _field_names(data: Mapping[str, Any], key: str) -> list[str]:
-    return _names_of(data.get(key, []), key)
-
-
-def _field_mapping(data: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise _malformed(f"{key} must be a mapping with string keys, got {short_repr(value)}")
-    return dict(value)
-
-
-def _field_text(data: Mapping[str, Any], key: str, default: str | None) -> Any:
-    value = data.get(key, default)
-    if value is not default and not isinstance(value, str):
-        raise _malformed(f"{key} must be a string, got {short_repr(value)}")
-    return value
+def _optional_text(value: Any, what: str) -> str | None:
+    return None if value is None else checks.text(value, what)
 
 
 def jsonable(value: Any) -> Any:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from zoo.core import checks
+from zoo.core.record import unwrap
 from zoo.errors import PlanError, PolicyArgumentError
 from zoo.plans.freeze import apply_plan
 from zoo.plans.plan import Plan
@@ -66,7 +67,7 @@ class ScheduleDriver:
     """
 
     def __init__(self, model: nn.Module, policy: BoundPolicy, /, *, table: ParamTable) -> None:
-        self.model = model
+        self.model = unwrap(model)  # a wrapper's parameters carry its prefix
         self.policy = policy
         self.spec = policy.spec
         self.args = policy.args

@@ -14,15 +14,14 @@ depth.
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from zoo.core.create import attach_build_info, call_create
-from zoo.core.record import backbone_of, unwrap
+from zoo.core.build import build
+from zoo.core.record import BuildArgs, backbone_of, record_of, unwrap
 from zoo.core.specs import ParamGroup
-from zoo.errors import GroupingError, ModelBuildError, ZooError
+from zoo.errors import GroupingError, ZooError
 from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 if TYPE_CHECKING:
@@ -60,7 +59,7 @@ def table_for(
     from torch import nn
 
     if isinstance(model_or_name, str):
-        model, spec, notes = build_meta(model_or_name, catalog=catalog, **create_kwargs)
+        model = build_meta(model_or_name, catalog=catalog, **create_kwargs)
     elif isinstance(model_or_name, nn.Module):
         if create_kwargs:
             raise TypeError(
@@ -68,12 +67,11 @@ def table_for(
                 "they only apply when building from a backbone name"
             )
         model = unwrap(model_or_name)
-        spec, notes = spec_of(model, catalog), []
     else:
         raise TypeError(
             f"params() expects an nn.Module or a backbone name, got {type(model_or_name).__name__}"
         )
-    return describe(model, spec=spec, catalog=catalog, notes=notes)
+    return describe(model, spec=spec_of(model, catalog), catalog=catalog)
 
 
 def spec_of(model: nn.Module, catalog: Catalog) -> BackboneSpec | None:
@@ -90,266 +88,14 @@ def spec_of(model: nn.Module, catalog: Catalog) -> BackboneSpec | None:
 # ---------------------------------------------------------------- building on meta
 
 
-def build_meta(
-    name: str, *, catalog: Catalog, **create_kwargs: Any
-) -> tuple[nn.Module, BackboneSpec, list[str]]:
-    """Build backbone ``name`` without allocating weights: ``(model, spec, notes)``.
-
-    See :func:`meta_model`; the model carries its record like one from ``zoo.create``.
-    Never loads pretrained weights.
-    """
-
+def build_meta(name: str, *, catalog: Catalog, **create_kwargs: Any) -> nn.Module:
+    """Backbone ``name`` (resolved in ``catalog``) built on the ``meta`` device by
+    :func:`zoo.core.build.build`: no weights allocated, nothing downloaded. The model carries
+    its record like one from ``zoo.create``; ``model.zoo.notes`` says what was unusual."""
     spec, tag = catalog.backbone(name)
     num_classes = create_kwargs.pop("num_classes", None)
-    model, notes = meta_model(spec, num_classes, dict(create_kwargs))
-    attach_build_info(model, spec, tag=tag, num_classes=num_classes, kwargs=dict(create_kwargs))
-    return model, spec, notes
-
-
-def meta_model(
-    spec: BackboneSpec,
-    num_classes: int | None,
-    kwargs: dict[str, Any],
-    *,
-    max_tensor_bytes: int | None = None,
-    max_tensors: int | None = None,
-) -> tuple[nn.Module, list[str]]:
-    """Build ``spec`` on the ``meta`` device (no weights allocated): ``(model, notes)``.
-
-    The model is built under ``torch.device("meta")``. A constructor that cannot run on
-    ``meta`` (one that reads tensor values while building) is retried with each parameter moved
-    to ``meta`` as soon as it is registered (one tensor allocated at a time), which ``notes``
-    says. With ``max_tensor_bytes`` that retry refuses any single tensor larger than that
-    (:class:`~zoo.ModelBuildError`) before writing to it. With ``max_tensors`` a build that
-    registers more parameters and buffers than that is stopped as soon as it does (arguments
-    from a file such as ``depth=100000`` cost no memory on ``meta``, but their modules do).
-    Never loads pretrained weights.
-    """
-    import torch
-
-    notes: list[str] = []
-    try:
-        with (
-            torch.device("meta"),
-            _skip_init_on_meta(),
-            tensor_count_limit(max_tensors, spec.qualified_name),
-        ):
-            model = call_create(spec, num_classes, False, dict(kwargs))
-    except ModelBuildError as first:
-        cause = first.__cause__ if first.__cause__ is not None else first
-        if not isinstance(first.__cause__, Exception):
-            raise  # create() returned something that is not a model: retrying cannot help
-        try:
-            with (
-                _params_to_meta_on_register(),
-                _skip_init_on_meta(),
-                allocation_limit(max_tensor_bytes, spec.qualified_name),
-                tensor_count_limit(max_tensors, spec.qualified_name),
-            ):
-                model = call_create(spec, num_classes, False, dict(kwargs))
-        except ModelBuildError as exc:
-            raise ModelBuildError(
-                f"cannot build {spec.qualified_name} to describe it: "
-                f"{type(cause).__name__}: {cause} (and without the meta device: {exc}). Check "
-                "the architecture arguments; or build the model yourself and pass it: "
-                f"zoo.params(zoo.create({spec.qualified_name!r}))"
-            ) from exc
-        notes.append(
-            f"built with parameters moved to meta one at a time ({type(cause).__name__} on the "
-            "meta device)"
-        )
-    not_meta = sum(1 for p in model.parameters() if not p.is_meta)
-    if not_meta:
-        notes.append(f"{not_meta} parameter tensors were allocated by the backbone's create()")
-    return model, notes
-
-
-@contextlib.contextmanager
-def tensor_count_limit(max_tensors: int | None, what: str) -> Iterator[None]:
-    """Stop a build (:class:`~zoo.ModelBuildError`) once it registers more than ``max_tensors``
-    parameters and buffers (None: no limit).
-
-    Uses torch's global module registration hooks, so a build in another thread at the same
-    time counts too; limits are generous (see :func:`tensor_budget`).
-    """
-    if max_tensors is None:
-        yield
-        return
-    from torch.nn.modules import module as nn_module
-
-    count = 0
-
-    def count_one(_module: Any, _name: str, _tensor: Any) -> None:
-        nonlocal count
-        count += 1
-        if count > max_tensors:
-            raise ModelBuildError(
-                f"building {what} registered more than {max_tensors:,} tensors, more than the "
-                "saved tensors imply"
-            )
-
-    handles = [
-        nn_module.register_module_parameter_registration_hook(count_one),
-        nn_module.register_module_buffer_registration_hook(count_one),
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def tensor_budget(saved_tensors: int) -> int:
-    """How many tensors a rebuild of a model whose file holds ``saved_tensors`` may register:
-    twice as many plus a margin (re-registrations, non-persistent buffers)."""
-    return 2 * saved_tensors + 256
-
-
-def allocation_limit(max_bytes: int | None, what: str) -> Any:
-    """A torch-function mode refusing any tensor result over ``max_bytes`` (None: no limit).
-
-    A new tensor's memory is reserved but not yet written when its factory function returns,
-    so refusing it there costs no resident memory.
-    """
-    import torch
-    from torch.overrides import TorchFunctionMode
-
-    if max_bytes is None:
-        return contextlib.nullcontext()
-
-    class Limit(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
-            out = func(*args, **(kwargs or {}))
-            if isinstance(out, torch.Tensor) and not out.is_meta:
-                size = out.untyped_storage().nbytes()
-                if size > max_bytes:
-                    raise ModelBuildError(
-                        f"building {what} allocated a tensor of {size:,} bytes, more than "
-                        f"{max_bytes:,} (the limit the saved tensors imply)"
-                    )
-            return out
-
-    return Limit()
-
-
-#: In-place operations (tensor methods and ``torch.nn.init`` functions) that only change values.
-#: On a meta tensor, which has no values, they are skipped, so weight initialisation is free
-#: (timm's trunc_normal_ on meta otherwise costs about a second for a ViT-L, through torch's
-#: Python decompositions). Shape-changing and flag-setting in-place methods (resize_,
-#: requires_grad_, ...) are deliberately not listed.
-_VALUE_INPLACE_OPS = frozenset(
-    [
-        "uniform_",
-        "normal_",
-        "bernoulli_",
-        "random_",
-        "exponential_",
-        "geometric_",
-        "cauchy_",
-        "log_normal_",
-        "zero_",
-        "fill_",
-        "copy_",
-        "clamp_",
-        "clamp_min_",
-        "clamp_max_",
-        "clip_",
-        "erfinv_",
-        "erf_",
-        "mul_",
-        "add_",
-        "sub_",
-        "div_",
-        "addcmul_",
-        "addcdiv_",
-        "neg_",
-        "abs_",
-        "exp_",
-        "log_",
-        "sqrt_",
-        "rsqrt_",
-        "pow_",
-        "reciprocal_",
-        "sign_",
-        "floor_",
-        "ceil_",
-        "round_",
-        "trunc_",
-        "tanh_",
-        "sigmoid_",
-        "sin_",
-        "cos_",
-        "masked_fill_",
-        "index_fill_",
-        "fill_diagonal_",
-        "lerp_",
-        # torch.nn.init, which dispatches through torch functions for tensor subclasses/modes
-        "trunc_normal_",
-        "kaiming_uniform_",
-        "kaiming_normal_",
-        "xavier_uniform_",
-        "xavier_normal_",
-        "constant_",
-        "zeros_",
-        "ones_",
-        "orthogonal_",
-        "eye_",
-        "dirac_",
-        "sparse_",
-    ]
-)
-
-
-def _skip_init_on_meta() -> Any:
-    """A torch-function mode that skips value-only in-place ops on meta tensors."""
-    import torch
-    from torch.overrides import TorchFunctionMode
-
-    class SkipInit(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
-            name = getattr(func, "__name__", "")
-            if (
-                name in _VALUE_INPLACE_OPS
-                and args
-                and isinstance(args[0], torch.Tensor)
-                and args[0].is_meta
-            ):
-                return args[0]
-            return func(*args, **(kwargs or {}))
-
-    return SkipInit()
-
-
-class _params_to_meta_on_register:
-    """Context manager: every ``register_parameter`` / buffer moves the tensor to ``meta``."""
-
-    def __enter__(self) -> None:
-        from torch import nn
-
-        self._orig_param = nn.Module.register_parameter
-        self._orig_buffer = nn.Module.register_buffer
-        orig_param, orig_buffer = self._orig_param, self._orig_buffer
-
-        def register_parameter(module: nn.Module, name: str, param: Any) -> None:
-            if param is not None and not param.is_meta:
-                param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-            orig_param(module, name, param)
-
-        def register_buffer(
-            module: nn.Module, name: str, tensor: Any, persistent: bool = True
-        ) -> None:
-            if tensor is not None and not tensor.is_meta:
-                tensor = tensor.to("meta")
-            orig_buffer(module, name, tensor, persistent=persistent)
-
-        nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
-        nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
-
-    def __exit__(self, *exc: object) -> None:
-        from torch import nn
-
-        nn.Module.register_parameter = self._orig_param  # type: ignore[method-assign]
-        nn.Module.register_buffer = self._orig_buffer  # type: ignore[method-assign]
+    args = BuildArgs(spec.qualified_name, num_classes, create_kwargs, tag)
+    return build(spec, args, device="meta")
 
 
 # ---------------------------------------------------------------- describing a model
@@ -360,14 +106,15 @@ def describe(
     *,
     spec: BackboneSpec | None = None,
     catalog: Catalog | None = None,
-    notes: Sequence[str] = (),
 ) -> ParamTable:
-    """The table of ``model``: plugin grouping (validated) or the generic one, roles, norms.
+    """The table of ``model``: plugin grouping (validated) or the generic one, roles, norms;
+    its notes are its build's (``model.zoo.notes``) and the grouping's.
 
     Parameters of injected adapters (modules marked ``zoo_adapter``, see ``zoo.Adapter``) are
     left out of the grouping; their rows have the role ``adapter`` and their target's depth.
     """
-    notes = list(notes)
+    record = record_of(model)
+    notes = list(record.notes) if record is not None else []
     named = list(model.named_parameters())
     adapter_paths = _adapter_paths(model)
     adapter_names = {n for n, _ in named if any(n.startswith(f"{path}.") for path in adapter_paths)}
@@ -662,7 +409,9 @@ def _place_head(model: nn.Module, groups: list[ParamGroup], names: list[str]) ->
 
 
 def classifier_param_names(model: nn.Module) -> list[str]:
-    """Names of the parameters of ``model.get_classifier()`` (a module or several), in order."""
+    """Names of the parameters of ``model.get_classifier()`` (a module or several), in order;
+    of the model inside its wrappers (:func:`~zoo.unwrap`)."""
+    model = unwrap(model)
     get = getattr(model, "get_classifier", None)
     if not callable(get):
         return []

@@ -1,7 +1,8 @@
 """The uniform parameter dictionary: one row per parameter, the same form for every model.
 
 A :class:`ParamTable` is plain data: rows of :class:`ParamInfo` in module order, the
-normalization layers as :class:`NormInfo`, per-depth totals, and JSON. Policies read it and
+normalization layers as :class:`NormInfo`, per-depth totals (of the table, or of a plan on it:
+:meth:`ParamTable.depth_summary`), and JSON. Policies read it and
 never touch the model. :func:`params` builds one from a model or a backbone name (on the
 ``meta`` device: no weights allocated, nothing downloaded); building lives in
 :mod:`zoo.tables.build`.
@@ -10,14 +11,12 @@ never touch the model. :func:`params` builds one from a model or a backbone name
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zoo.errors import UnknownNameError
-
-if TYPE_CHECKING:
-    pass
 
 ROLES = ("weight", "bias", "norm", "embedding", "head", "adapter")
 
@@ -70,7 +69,11 @@ class NormInfo:
 
 @dataclass(frozen=True)
 class DepthSummary:
-    """Totals of one depth (one group) of a table."""
+    """Totals of one depth (one group) of a table, or of a plan on it (what ``zoo show`` and
+    ``zoo plan`` show per line): parameters, what trains, norm layers; with a plan also the
+    norm layers by mode, the lr scales of what trains (lowest, highest) and the parameters its
+    adapters add (included in ``tensors`` and ``numel``; without a plan: the table's adapter
+    rows)."""
 
     depth: int
     group: str
@@ -78,6 +81,16 @@ class DepthSummary:
     numel: int
     trainable_numel: int
     norms: int
+    trainable_tensors: int = 0
+    norm_modes: dict[str, int] = field(default_factory=dict)
+    lr_scales: tuple[float, float] | None = None
+    added_tensors: int = 0
+    added_numel: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["lr_scale"] = list(data.pop("lr_scales") or ()) or None
+        return data
 
 
 @dataclass(frozen=True)
@@ -164,19 +177,52 @@ class ParamTable:
         """The depths present, in order (``0`` … ``max_depth``)."""
         return sorted({row.depth for row in self.rows})
 
-    def depth_summary(self) -> list[DepthSummary]:
-        """One :class:`DepthSummary` per depth, in depth order."""
+    def depth_summary(self, plan: Any = None) -> list[DepthSummary]:
+        """One :class:`DepthSummary` per depth, in depth order: of this table (its
+        ``trainable`` column), or of ``plan`` (a :class:`~zoo.Plan`) applied to it: what the
+        plan trains, at which lr scales, its norm modes and the parameters its adapters add."""
+        rows_at: dict[int, list[ParamInfo]] = {}
+        for row in self.rows:
+            rows_at.setdefault(row.depth, []).append(row)
+        norms_at: dict[int, list[NormInfo]] = {}
+        for norm in self.norms:
+            norms_at.setdefault(norm.depth, []).append(norm)
+        added = set(plan.added_names) if plan is not None else set()
         out = []
-        for depth in sorted({row.depth for row in self.rows}):
-            rows = self.at_depth(depth)
+        for depth, rows in sorted(rows_at.items()):
+            norms = norms_at.get(depth, [])
+            if plan is None:  # (numel, trains, lr scale, added)
+                members = [(r.numel, r.trainable, None, r.role == "adapter") for r in rows]
+                modes: dict[str, int] = {}
+            else:
+                members = [
+                    (r.numel, *_planned(plan, r.name), False) for r in rows if r.name not in added
+                ]
+                members += [
+                    (math.prod(a.shape_of(name)), *_planned(plan, name), True)
+                    for a in plan.additions
+                    if a.depth == depth
+                    for name in a.names
+                ]
+                modes = {}
+                for norm in norms:
+                    mode = plan.norm_mode(norm.path).value
+                    modes[mode] = modes.get(mode, 0) + 1
+            trained = [m for m in members if m[1]]
+            scales = [m[2] for m in trained if m[2] is not None]
             out.append(
                 DepthSummary(
                     depth=depth,
                     group=rows[0].group,
-                    tensors=len(rows),
-                    numel=sum(r.numel for r in rows),
-                    trainable_numel=sum(r.numel for r in rows if r.trainable),
-                    norms=sum(1 for n in self.norms if n.depth == depth),
+                    tensors=len(members),
+                    numel=sum(m[0] for m in members),
+                    trainable_numel=sum(m[0] for m in trained),
+                    norms=len(norms),
+                    trainable_tensors=len(trained),
+                    norm_modes=modes,
+                    lr_scales=(min(scales), max(scales)) if scales else None,
+                    added_tensors=sum(1 for m in members if m[3]),
+                    added_numel=sum(m[0] for m in members if m[3]),
                 )
             )
         return out
@@ -197,7 +243,7 @@ class ParamTable:
             "max_depth": self.max_depth,
             "total_numel": self.total_numel,
             "trainable_numel": self.trainable_numel,
-            "depths": [asdict(s) for s in self.depth_summary()],
+            "depths": [s.to_dict() for s in self.depth_summary()],
             "rows": [row.to_dict() for row in self.rows],
             "norms": [norm.to_dict() for norm in self.norms],
         }
@@ -219,3 +265,9 @@ class ParamTable:
     @classmethod
     def from_json(cls, text: str) -> ParamTable:
         return cls.from_dict(json.loads(text))
+
+
+def _planned(plan: Any, name: str) -> tuple[bool, float]:
+    """Whether ``plan`` trains parameter ``name``, and at which lr scale (unlisted: frozen)."""
+    item = plan.params.get(name)
+    return (bool(item and item.trainable), item.lr_scale if item else 1.0)

@@ -2,8 +2,9 @@
 
 Pure data (no torch): :class:`Leaderboard` is what ``zoo.compare`` returns next to the model,
 what ``--json`` prints (:meth:`Leaderboard.cli_document`) and what the winner's file keeps in
-its ``zoo.compare`` metadata (:meth:`Leaderboard.to_dict`, checked on reading by
-:mod:`zoo.io.metadata`).
+its ``zoo.compare`` metadata (:meth:`Leaderboard.to_dict`). :meth:`Leaderboard.from_dict` is the
+one schema of that metadata: a file is untrusted, so every field is checked for type and range
+(:mod:`zoo.core.checks`) when it is read back.
 """
 
 from __future__ import annotations
@@ -12,6 +13,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from zoo.core import checks
+from zoo.errors import short_repr
+
+#: Most candidates, notes and rungs a ``zoo.compare`` leaderboard may hold.
+MAX_LEADERBOARD_ROWS = 256
+_MAX_EPOCHS = 1_000_000
+_MAX_SECONDS = 1e9
 
 
 @dataclass(frozen=True)
@@ -35,9 +44,29 @@ class LeaderboardRow:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LeaderboardRow:
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: Any, where: str = "candidate") -> LeaderboardRow:
+        """The row of untrusted data, every field checked for type and range (unknown fields
+        dropped); raises ``ValueError`` (:class:`~zoo.core.checks.Invalid`) naming ``where``."""
+        checks.json_object(data, where)
+        try:
+            loss = data["val_loss"]
+            return cls(
+                policy=checks.text(data["policy"], f"{where} policy"),
+                val_acc=checks.real(data["val_acc"], f"{where} val_acc", 0, 1),
+                val_loss=None if loss is None else checks.real(loss, f"{where} val_loss", 0, 1e12),
+                trainable_params=checks.integer(
+                    data["trainable_params"], f"{where} trainable_params", 0, checks.MAX_INT
+                ),
+                trainable_percent=checks.real(
+                    data["trainable_percent"], f"{where} trainable_percent", 0, 100
+                ),
+                epochs=checks.integer(data["epochs"], f"{where} epochs", 0, _MAX_EPOCHS),
+                seconds=checks.real(data["seconds"], f"{where} seconds", 0, _MAX_SECONDS),
+                stopped_early=checks.flag(data["stopped_early"], f"{where} stopped_early"),
+                trained_on=checks.text(data.get("trained_on", "images"), f"{where} trained_on"),
+            )
+        except KeyError as exc:
+            raise ValueError(f"{where} has no {exc.args[0]!r}") from None
 
 
 def rank_key(val_acc: float, val_loss: float | None, trainable_params: int) -> tuple:
@@ -129,15 +158,29 @@ class Leaderboard:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Leaderboard:
-        """The leaderboard of checked metadata (see ``zoo.io.metadata``)."""
+        """The inverse of :meth:`to_dict`, for untrusted data (a file's ``zoo.compare``): every
+        field checked for type and range (finite numbers, bounded sizes, texts without control
+        characters, the winner the first candidate); unknown fields are dropped. Raises
+        ``ValueError`` (:class:`~zoo.core.checks.Invalid`) saying what is wrong."""
+        checks.json_object(data, "the leaderboard")
+        rows = checks.sequence(data.get("candidates"), "candidates", (1, MAX_LEADERBOARD_ROWS))
+        candidates = [LeaderboardRow.from_dict(row, f"candidate {i}") for i, row in enumerate(rows)]
+        winner = checks.text(data.get("winner"), "winner")
+        if winner != candidates[0].policy:
+            raise ValueError(f"winner {short_repr(winner)} is not the first candidate")
+        budget = data.get("budget")
+        notes = checks.sequence(data.get("notes", []), "notes", (0, MAX_LEADERBOARD_ROWS))
+        rungs = checks.int_list(
+            data.get("rungs", []), "rungs", size=(0, 64), low=1, high=_MAX_EPOCHS
+        )
         return cls(
-            rows=tuple(LeaderboardRow.from_dict(r) for r in data["candidates"]),
-            epochs=int(data["epochs"]),
-            rungs=tuple(data.get("rungs", ())),
-            budget=data.get("budget"),
-            budget_cut=bool(data.get("budget_cut", False)),
-            seconds=float(data.get("seconds", 0.0)),
-            notes=tuple(data.get("notes", ())),
+            rows=tuple(candidates),
+            epochs=checks.integer(data.get("epochs"), "epochs", 1, _MAX_EPOCHS),
+            rungs=tuple(rungs),
+            budget=None if budget is None else checks.real(budget, "budget", 0, _MAX_SECONDS),
+            budget_cut=checks.flag(data.get("budget_cut", False), "budget_cut"),
+            seconds=checks.real(data.get("seconds", 0.0), "seconds", 0, _MAX_SECONDS),
+            notes=tuple(checks.text(n, "note") for n in notes),
         )
 
     def cli_document(self, saved: str | None) -> dict[str, Any]:
