@@ -28,10 +28,10 @@ from zoo.adaptation.compare_plot import check_plot_available, check_plot_path, w
 from zoo.adaptation.config import TrainConfig, signature
 from zoo.adaptation.halving import compare_candidates
 from zoo.adaptation.history import AdaptCallback, History
-from zoo.io.leaderboard import Leaderboard, short_policy
 from zoo.adaptation.prepare import check_random_start, open_run
 from zoo.core.record import attach_record, backbone_of
 from zoo.errors import AdaptArgumentError
+from zoo.io.leaderboard import Leaderboard, short_policy
 from zoo.tables.build import table_for
 
 if TYPE_CHECKING:
