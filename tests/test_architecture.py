@@ -24,6 +24,7 @@ HEAVY = {
     "zoo.adaptation.feature_cache",
     "zoo.adaptation.halving",
     "zoo.adaptation.shared_work",
+    "zoo.plans.adapter_module",
 }
 
 
