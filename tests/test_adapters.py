@@ -153,6 +153,15 @@ def test_dead_adapter_is_detected_on_the_first_forward():
         model(torch.randn(2, 4))
 
 
+def test_a_model_waiting_for_its_adapter_check_pickles():
+    model = Net()
+    zoo.freeze(model, "lora:targets=blocks.*.qkv")
+    clone = pickle.loads(pickle.dumps(model))  # before the first forward: the check is on
+    assert len(clone._forward_pre_hooks) == 1
+    clone(torch.randn(2, 4))
+    assert len(clone._forward_pre_hooks) == 0
+
+
 def test_dead_adapter_is_detected_on_the_first_forward_of_a_compiled_model():
     model = Net(bypass=True)
     zoo.freeze(model, "lora:targets=blocks.*.qkv")
@@ -177,10 +186,11 @@ def test_a_compiled_model_with_adapters_matches_eager_without_graph_breaks(polic
     adapters = [a for a in model.modules() if isinstance(a, zoo.Adapter)]
     zoo_state = [{k: v for k, v in vars(a).items() if k.startswith("zoo_")} for a in adapters]
     x = torch.randn(2, 3, 32, 32)
-    eager = model(x)  # the first forward checks, eagerly and once, that every adapter runs
-    assert not model._forward_hooks
+    # the first forward, traced: zoo's check (that every adapter runs) runs eagerly, once
     explained = torch._dynamo.explain(model)(x)
     assert explained.graph_break_count == 0, explained.break_reasons
+    assert not model._forward_pre_hooks
+    eager = model(x)
     compiled = torch.compile(model, backend="aot_eager")
     for _ in range(2):
         torch.testing.assert_close(compiled(x), eager, rtol=0, atol=1e-5)
@@ -192,9 +202,9 @@ def test_a_compiled_model_with_adapters_matches_eager_without_graph_breaks(polic
 def test_live_adapters_pass_the_check_which_then_removes_itself():
     model = Net()
     zoo.freeze(model, "lora:targets=blocks.*.qkv")
-    assert len(model._forward_hooks) == 1
+    assert len(model._forward_pre_hooks) == 1
     model(torch.randn(2, 4))
-    assert len(model._forward_hooks) == 0  # verified: the root hook is gone
+    assert len(model._forward_pre_hooks) == 0  # verified: the root hook is gone
     model(torch.randn(2, 4))
 
 

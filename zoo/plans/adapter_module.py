@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from zoo.errors import AdapterMergeError
+from zoo.plans.adapters import check_adapters_run
 
 
 class Adapter(nn.Module):
@@ -79,3 +81,22 @@ class Adapter(nn.Module):
     @property
     def has_post_forward(self) -> bool:
         return type(self).post_forward is not Adapter.post_forward
+
+    @staticmethod
+    def check_hook() -> AdapterCheck:
+        """A new dead-adapter check hook (see :func:`zoo.plans.adapters.verify_adapters`)."""
+        return AdapterCheck()
+
+
+@torch.compiler.disable
+class AdapterCheck:
+    """The forward pre-hook :func:`zoo.plans.adapters.verify_adapters` installs on a model's
+    root: :func:`~zoo.plans.adapters.check_adapters_run` at its next forward pass. Dynamo
+    never traces it (it runs eagerly, outside any compiled graph); an object, so that a model
+    holding it pickles."""
+
+    #: marks the hook for code that cannot import this class
+    zoo_adapter_check: bool = True
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        check_adapters_run(module, args, kwargs)

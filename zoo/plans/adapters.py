@@ -6,11 +6,11 @@ parameters the addition lists, registers it as a child of its target and install
 hooks that run it. Injecting is idempotent; a different adapter already in place is an error.
 
 A silently dead adapter (one whose target's ``forward`` is bypassed, as when a parent calls
-``F.linear(x, self.qkv.weight)``) is impossible: a hook on the model's root runs the first
-forward pass's inputs once more, eagerly, recording which adapters run, and raises
-:class:`~zoo.AdapterError` naming the ones that did not; once all have run, the check removes
-itself (:func:`verify_adapters`). The adapters' own hooks keep no state, so ``torch.compile``
-traces them as pure functions.
+``F.linear(x, self.qkv.weight)``) is impossible: a hook on the model's root first runs the
+first forward pass's inputs eagerly, without gradients, recording which adapters run, and
+raises :class:`~zoo.AdapterError` naming the ones that did not; once all have run, the check
+removes itself (:func:`verify_adapters`). The adapters' own hooks keep no state, so
+``torch.compile`` traces them as pure functions.
 
 :func:`merge_adapters` folds every mergeable adapter into its target's weights and removes it
 (refusing, before anything changes, when one cannot merge).
@@ -160,7 +160,7 @@ def inject(
         if adapter.has_post_forward:
             hooked.register_forward_hook(adapter.zoo_post_hook)
     if built:
-        verify_adapters(model)
+        verify_adapters(model, built[0][2])
     return [addition for addition, _, _ in built]
 
 
@@ -226,20 +226,21 @@ def _place(adapter: nn.Module, target: nn.Module) -> None:
 # ---------------------------------------------------------------- the dead-adapter check
 
 
-def verify_adapters(model: nn.Module) -> None:
-    """Check, once, that every adapter of ``model`` runs: a forward hook on its root (installed
-    once) runs the inputs of the model's next forward pass again, eagerly and without gradients
-    (buffers and random state restored after it, outside any compiled graph), with a recorder
-    on each adapter's hooked module. An adapter whose module was not called raises
-    :class:`~zoo.AdapterError` naming it; when all ran, the hook removes itself."""
-    import torch
-
-    if not any(_is_check(h) for h in model._forward_hooks.values()):
-        model.register_forward_hook(torch.compiler.disable(_check), with_kwargs=True)
+def verify_adapters(model: nn.Module, adapter: Adapter) -> None:
+    """Check, once, that every adapter of ``model`` runs: a forward pre-hook on its root
+    (installed once, a :class:`~zoo.plans.adapter_module.AdapterCheck`, which dynamo never
+    traces; ``adapter``, one of them, gives its class without importing torch here) first runs
+    the inputs of the model's next forward pass eagerly and without gradients
+    (:func:`check_adapters_run`); when all ran, the hook removes itself."""
+    if not any(_is_check(h) for h in model._forward_pre_hooks.values()):
+        model.register_forward_pre_hook(adapter.check_hook(), with_kwargs=True)
 
 
-def _check(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
-    """The hook :func:`verify_adapters` installs."""
+def check_adapters_run(module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+    """Run ``module.forward(*args, **kwargs)`` without gradients (buffers and random state
+    restored after it; before the real pass, so no activation of it is alive) with a recorder
+    on each adapter's hooked module: an adapter whose module was not called raises
+    :class:`~zoo.AdapterError` naming it; when all ran, the check hook is removed."""
     import torch
 
     found = adapter_modules(module)
@@ -277,15 +278,15 @@ def _recorder(seen: set[int], adapter: Adapter) -> Any:
     return lambda *_: seen.add(id(adapter))
 
 
+def _is_check(hook: object) -> bool:
+    return getattr(type(hook), "zoo_adapter_check", False) is True
+
+
 def remove_check(model: nn.Module) -> None:
     """Remove the hook of :func:`verify_adapters` (no-op when there is none)."""
-    for key in [k for k, h in model._forward_hooks.items() if _is_check(h)]:
-        del model._forward_hooks[key]
-        model._forward_hooks_with_kwargs.pop(key, None)
-
-
-def _is_check(hook: object) -> bool:
-    return getattr(hook, "__wrapped__", None) is _check
+    for key in [k for k, h in model._forward_pre_hooks.items() if _is_check(h)]:
+        del model._forward_pre_hooks[key]
+        model._forward_pre_hooks_with_kwargs.pop(key, None)
 
 
 # ---------------------------------------------------------------- removing and merging
