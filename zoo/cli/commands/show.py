@@ -45,7 +45,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.cli.render_params import depth_table, header, norms_table, rows_table
 
     out.print(header(table))
-    out.print(depth_table(table))
+    out.print(depth_table(table.depth_summary()))
     if args.full:
         # aligned text, printed unwrapped: one line per parameter whatever the terminal width
         out.print()
