@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from zoo.cli.table_cache import table_for_name
+    from zoo.cli.listing import table_for_name
 
     kwargs = num_classes_kwargs(args)
     # resolves the name first (from the cache's name index when it can): a typo costs no
