@@ -11,16 +11,8 @@ from rich.console import Console
 import zoo
 from zoo.api import plan
 from zoo.cli.main import main
-from zoo.cli.render_plan import (
-    FROZEN,
-    TRAINED,
-    depth_table,
-    header,
-    norms_text,
-    params_text,
-    plan_json,
-    share_bar,
-)
+from zoo.cli.render_params import FROZEN, TRAINED, share_bar
+from zoo.cli.render_plan import depth_table, header, norms_text, params_text, plan_json
 from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
 

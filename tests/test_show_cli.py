@@ -52,7 +52,7 @@ def small_table() -> ParamTable:
 
 
 def test_depth_table_shows_counts_shares_trainable_and_bars():
-    text = render(depth_table(small_table(), bar_width=10))
+    text = render(depth_table(small_table().depth_summary(), bar_width=10))
     lines = [line for line in text.splitlines() if line.strip()]
     assert lines[0].split()[:4] == ["depth", "group", "tensors", "params"]
     stem, stage, head, total = lines[1:5]

@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 from zoo.api import params
-from zoo.cli.listing import cache_dir
+from zoo.cli.listing import cache_dir, table_for_name
 from zoo.cli.main import main
-from zoo.cli.table_cache import table_for_name
 from zoo.core import catalog as process_catalog
 from zoo.tables.table import ParamTable
 

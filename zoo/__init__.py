@@ -2,7 +2,9 @@
 
 The public API is re-exported here and loaded lazily: ``import zoo`` imports neither torch nor
 timm, so the command line starts fast. Everything listed in ``__all__`` is documented in
-``docs/api.md``.
+``docs/api.md``: the functions of :mod:`zoo.api`, the data and results they take and return,
+and the error base classes (every error is in :mod:`zoo.errors`). Names that left ``__all__``
+in issue 20 still resolve here (:data:`_MOVED`), so no import breaks.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from zoo._version import __version__
-from zoo.hookspecs import hookimpl, hookspec
+from zoo.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from zoo.adaptation.history import History
+    from zoo.adaptation.compare import CompareResult
+    from zoo.adaptation.history import AdaptCallback, AdaptResult, History
     from zoo.api import (
         ScheduleDriver,
         adapt,
         adapters,
+        check_frozen,
+        classifier_param_names,
         compare,
         create,
         export_peft,
@@ -30,13 +35,16 @@ if TYPE_CHECKING:
         inspect,
         list_backbones,
         list_policies,
+        list_saved,
         load,
         merge_adapters,
         params,
         plan,
         predict,
+        remove,
         reset_catalog,
         save,
+        snapshot,
         unwrap,
     )
     from zoo.core.catalog import Catalog
@@ -70,92 +78,121 @@ if TYPE_CHECKING:
         WeightsUnavailableError,
         ZooError,
     )
-    from zoo.hookspecs import RegisterBackbone, RegisterPolicy
-    from zoo.io.store import list_saved, remove
+    from zoo.hookspecs import RegisterBackbone, RegisterPolicy, hookspec
+    from zoo.io.leaderboard import Leaderboard
     from zoo.plans.adapter_module import Adapter
-    from zoo.plans.freeze import check_frozen, snapshot
     from zoo.plans.plan import Addition, NormMode, Plan
-    from zoo.tables.build import classifier_param_names
     from zoo.tables.table import NormInfo, ParamInfo, ParamTable
 
-_LAZY: dict[str, str] = {
-    "AdaptArgumentError": "zoo.errors",
+#: Where each public name is defined; every function is :mod:`zoo.api`'s.
+_PUBLIC: dict[str, str] = {
+    # the functions
+    **dict.fromkeys(
+        [
+            "adapt",
+            "adapters",
+            "check_frozen",
+            "compare",
+            "create",
+            "export_peft",
+            "freeze",
+            "get_backbone",
+            "get_catalog",
+            "get_policy",
+            "import_peft",
+            "list_backbones",
+            "list_policies",
+            "list_saved",
+            "load",
+            "merge_adapters",
+            "params",
+            "plan",
+            "predict",
+            "remove",
+            "reset_catalog",
+            "save",
+            "snapshot",
+            "unwrap",
+        ],
+        "zoo.api",
+    ),
+    # what plugins register, what a model carries, what plans are made of
     "Adapter": "zoo.plans.adapter_module",
-    "AdapterError": "zoo.errors",
-    "AdapterMergeError": "zoo.errors",
     "AdapterSpec": "zoo.core.specs",
     "Addition": "zoo.plans.plan",
-    "AmbiguousNameError": "zoo.errors",
     "BackboneSpec": "zoo.core.specs",
-    "BaseMismatchError": "zoo.errors",
     "Catalog": "zoo.core.catalog",
-    "CheckpointError": "zoo.errors",
-    "CorruptFileError": "zoo.errors",
-    "DataError": "zoo.errors",
-    "FreezeViolationError": "zoo.errors",
-    "History": "zoo.adaptation.history",
     "InputConfig": "zoo.core.specs",
-    "InvalidNameError": "zoo.errors",
-    "LockTimeoutError": "zoo.errors",
-    "MissingBaseError": "zoo.errors",
-    "ModelBuildError": "zoo.errors",
-    "ModelExistsError": "zoo.errors",
-    "ModelNotFoundError": "zoo.errors",
     "ModelRecord": "zoo.core.record",
-    "NormInfo": "zoo.tables.table",
     "NormMode": "zoo.plans.plan",
     "ParamGroup": "zoo.core.specs",
-    "ParamInfo": "zoo.tables.table",
     "ParamTable": "zoo.tables.table",
-    "RegisterBackbone": "zoo.hookspecs",
-    "RegisterPolicy": "zoo.hookspecs",
     "Plan": "zoo.plans.plan",
-    "PlanError": "zoo.errors",
-    "PluginError": "zoo.errors",
-    "PolicyArgumentError": "zoo.errors",
     "PolicySpec": "zoo.core.specs",
     "ScheduleDriver": "zoo.api",
-    "SpecError": "zoo.errors",
-    "StoreError": "zoo.errors",
-    "TamperedFileError": "zoo.errors",
-    "UnknownNameError": "zoo.errors",
-    "UnsupportedFormatError": "zoo.errors",
-    "WeightsMismatchError": "zoo.errors",
-    "WeightsUnavailableError": "zoo.errors",
-    "ZooError": "zoo.errors",
-    "adapt": "zoo.api",
-    "adapters": "zoo.api",
-    "compare": "zoo.api",
-    "check_frozen": "zoo.plans.freeze",
-    "classifier_param_names": "zoo.tables.build",
-    "create": "zoo.api",
-    "export_peft": "zoo.api",
-    "freeze": "zoo.api",
-    "get_backbone": "zoo.api",
-    "get_catalog": "zoo.api",
-    "get_policy": "zoo.api",
-    "import_peft": "zoo.api",
-    "inspect": "zoo.api",
-    "list_backbones": "zoo.api",
-    "list_policies": "zoo.api",
-    "list_saved": "zoo.io.store",
-    "load": "zoo.api",
-    "merge_adapters": "zoo.api",
-    "params": "zoo.api",
-    "plan": "zoo.api",
-    "predict": "zoo.api",
-    "remove": "zoo.io.store",
-    "reset_catalog": "zoo.api",
-    "save": "zoo.api",
-    "snapshot": "zoo.plans.freeze",
-    "unwrap": "zoo.api",
+    # what the jobs return and call
+    "AdaptCallback": "zoo.adaptation.history",
+    "AdaptResult": "zoo.adaptation.history",
+    "CompareResult": "zoo.adaptation.compare",
+    "History": "zoo.adaptation.history",
+    "Leaderboard": "zoo.io.leaderboard",
+    # the error base classes (each has subclasses in zoo.errors)
+    **dict.fromkeys(
+        [
+            "AdapterError",
+            "CorruptFileError",
+            "PluginError",
+            "StoreError",
+            "UnknownNameError",
+            "ZooError",
+        ],
+        "zoo.errors",
+    ),
 }
 
-__all__ = sorted([*_LAZY, "__version__", "hookimpl", "hookspec"])
+#: Names ``zoo`` exported before issue 20 that are no longer in ``__all__``: each still
+#: resolves (``zoo.DataError``, ``zoo.inspect``), so no program breaks, but ``from zoo import *``
+#: no longer brings them (``inspect`` no longer shadows the standard library's module).
+_MOVED: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            "AdaptArgumentError",
+            "AdapterMergeError",
+            "AmbiguousNameError",
+            "BaseMismatchError",
+            "CheckpointError",
+            "DataError",
+            "FreezeViolationError",
+            "InvalidNameError",
+            "LockTimeoutError",
+            "MissingBaseError",
+            "ModelBuildError",
+            "ModelExistsError",
+            "ModelNotFoundError",
+            "PlanError",
+            "PolicyArgumentError",
+            "SpecError",
+            "TamperedFileError",
+            "UnsupportedFormatError",
+            "WeightsMismatchError",
+            "WeightsUnavailableError",
+        ],
+        "zoo.errors",
+    ),
+    "inspect": "zoo.api",
+    "classifier_param_names": "zoo.api",
+    "NormInfo": "zoo.tables.table",
+    "ParamInfo": "zoo.tables.table",
+    "RegisterBackbone": "zoo.hookspecs",
+    "RegisterPolicy": "zoo.hookspecs",
+    "hookspec": "zoo.hookspecs",
+}
+
+__all__ = sorted([*_PUBLIC, "__version__", "hookimpl"])
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
+    module = _PUBLIC.get(name) or _MOVED.get(name)
     if module is None:
         raise AttributeError(f"module 'zoo' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
@@ -164,4 +201,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_MOVED))

@@ -1,5 +1,9 @@
 """The public functions: where a call by name meets the process-wide catalog.
 
+Every function ``import zoo`` exports is defined or re-exported here; those that need no
+catalog (``unwrap``, ``snapshot``, ``check_frozen``, ``list_saved``, ``remove``,
+``classifier_param_names``) come as they are from the floor that holds them.
+
 A process-wide catalog is built on first use (never at import) from the default plugin host;
 :func:`reset_catalog` forgets it, for instance after installing a plugin in a notebook. This
 module is the only one below the edges (CLI, pytest plugin) that reads it: each public function
@@ -23,12 +27,13 @@ from zoo.errors import PlanError
 from zoo.io import peft_format as _peft_format
 from zoo.io import persistence as _persistence
 from zoo.io.create import create_model
+from zoo.io.store import list_saved, remove
 from zoo.plans import adapters as _adapters
 from zoo.plans import schedule as _schedule
 from zoo.plans.binding import bind
-from zoo.plans.freeze import apply_plan
+from zoo.plans.freeze import apply_plan, check_frozen, snapshot
 from zoo.plans.plan import Addition, Plan
-from zoo.tables.build import table_for
+from zoo.tables.build import classifier_param_names, table_for
 from zoo.tables.table import ParamTable
 
 if TYPE_CHECKING:
@@ -42,6 +47,8 @@ __all__ = [
     "ScheduleDriver",
     "adapt",
     "adapters",
+    "check_frozen",
+    "classifier_param_names",
     "compare",
     "create",
     "current_catalog",
@@ -54,14 +61,17 @@ __all__ = [
     "inspect",
     "list_backbones",
     "list_policies",
+    "list_saved",
     "load",
     "merge_adapters",
     "params",
     "plan",
     "predict",
+    "remove",
     "reset_catalog",
     "save",
     "set_catalog",
+    "snapshot",
     "unwrap",
 ]
 

@@ -194,8 +194,9 @@ class CheckpointError(ZooError):
 
 
 class AdaptArgumentError(ZooError, ValueError):
-    """An argument of :func:`zoo.adapt` or :func:`zoo.evaluate` (an option of ``zoo adapt``) of
-    the wrong type or out of range; ``argument`` names it, ``rule`` says what it must be."""
+    """An argument of :func:`zoo.adapt` or :func:`zoo.compare` (an option of ``zoo adapt`` or
+    ``zoo compare``) of the wrong type or out of range; ``argument`` names it, ``rule`` says
+    what it must be."""
 
     def __init__(self, argument: str, value: object, rule: str) -> None:
         self.argument = argument

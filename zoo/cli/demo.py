@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zoo.cli.output import percent
+
 SOURCE_NAME = "demo-digits-source"
 BEST_NAME = "demo-digits"
 SOURCE_DIGITS = (0, 1, 2, 3, 4)
@@ -299,7 +301,7 @@ def _run(
         result = DemoResult(
             backbone=settings.backbone, source_accuracy=source_history.final_accuracy or 0.0
         )
-        say(f"     saved {SOURCE_NAME!r}: {100 * result.source_accuracy:.1f}% on held-out 0-4")
+        say(f"     saved {SOURCE_NAME!r}: {percent(result.source_accuracy)} on held-out 0-4")
         say(
             f"2/3  target task: digits 5-9 from {settings.shots} labelled images per class "
             f"(+{settings.val_per_class} per class to validate): zoo.compare from {SOURCE_NAME!r}"

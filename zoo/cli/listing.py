@@ -1,4 +1,5 @@
-"""What ``zoo list`` and ``zoo plugins`` show, cached on disk so a warm listing skips imports.
+"""The command line's disk cache: what ``zoo list``, ``zoo plugins`` and ``zoo show`` read
+without importing plugins (or torch).
 
 A :class:`Listing` is the catalog as plain data: every backbone and policy, and every plugin
 record with its errors. Building it imports every plugin (timm alone takes seconds); the cached
@@ -6,7 +7,9 @@ copy is keyed by a fingerprint of everything that can change it — zoo's versio
 entry points with their distributions' versions, the versions of what those distributions
 require, and the modification times of the plugin modules — computed from package metadata
 without importing any plugin. Installing, upgrading, removing or editing a plugin changes the
-key, so the cache is never stale; a damaged cache file is ignored and rewritten.
+key, so the cache is never stale; a damaged cache file is ignored and rewritten. Beside the
+listing, under the same key: a name index (one name costs one small file) and the parameter
+tables of ``zoo show`` (:func:`table_for_name`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from zoo.errors import UnknownNameError
 
 if TYPE_CHECKING:
     from zoo.core.catalog import Catalog
+    from zoo.tables.table import ParamTable
 
 LISTING_FORMAT = 3
 T = TypeVar("T")
@@ -544,3 +548,45 @@ def get_listing(*, use_cache: bool = True) -> Listing:
         )
         write_index(listing)
     return listing
+
+
+# ---------------------------------------------------------------- parameter tables
+
+
+def table_for_name(name: str, **create_kwargs: Any) -> ParamTable:
+    """``zoo.params(name, **create_kwargs)``, served from the disk cache when it can be.
+
+    Building a table needs torch, timm and every plugin imported (seconds) although the build
+    itself, on the meta device, takes a tenth of a second; the table depends only on the
+    installed plugins and the build arguments, so it is cached under the listing's key. The
+    cache is bypassed when this process already has a catalog of its own (a test, a notebook
+    that installed plugins) or ``ZOO_NO_CACHE=1`` is set; build arguments that are not JSON
+    values (a tensor, a class) are never cached.
+    """
+    from zoo.core.catalog import current_catalog
+    from zoo.tables.table import ParamTable
+
+    if not catalog_matches_installed(current_catalog()) or env_flag(NO_CACHE_ENV):
+        return _params(name, **create_kwargs)
+    key, entry, _tag = find_backbone(name)  # a tag names weights, not a table
+    try:
+        arguments = json.dumps([entry.qualified_name, create_kwargs], sort_keys=True)
+    except (TypeError, ValueError):
+        return _params(name, **create_kwargs)
+    digest = hashlib.sha256(f"{key}\n{arguments}".encode()).hexdigest()
+    prefix = f"{key[:16]}-"
+    path = cache_dir() / "tables" / f"{prefix}{digest[:32]}.json"
+    try:
+        return ParamTable.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    table = _params(entry.qualified_name, **create_kwargs)
+    write_cache_file(path, table.to_json(), stale=lambda p: not p.name.startswith(prefix))
+    return table
+
+
+def _params(name: str, **create_kwargs: Any) -> ParamTable:
+    """``zoo.params(name)``, imported only on a cache miss (a cached table needs no model code)."""
+    from zoo.api import params
+
+    return params(name, **create_kwargs)

@@ -107,6 +107,27 @@ def bar(fraction: float, width: int = 20, *, on: str = "█", off: str = "░") 
     return on * filled + off * (width - filled)
 
 
+def percent(part: float | None, whole: float = 1.0) -> str:
+    """``part`` of ``whole`` in percent with one decimal (``72.5%``), or two significant digits
+    where one decimal would round a share to zero (``0.042%``); ``-`` when unknown (``None``,
+    or a ``whole`` of 0)."""
+    if part is None or not whole:
+        return "-"
+    value = 100 * part / whole
+    return f"{value:.2g}%" if 0 < abs(value) < 0.05 else f"{value:.1f}%"
+
+
+def printable(text: object) -> str:
+    """``text`` safe to print: every character that is not printable (a control character, a
+    lone surrogate from an undecodable file name, an escape sequence) is shown escaped, as in
+    ``repr``, so an odd name in the store, a file or a folder can neither crash the output nor
+    drive the terminal."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def human_count(n: float) -> str:
     """1234567 -> '1.23M' (parameter counts)."""
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):

@@ -22,11 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from zoo.adaptation.job import AdaptCallback, EpochRecord, History
-from zoo.cli.output import bar, human_count
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+from zoo.cli.output import bar, human_count, percent, printable
 
 
 def _num(value: float | None, digits: int = 4) -> str:
@@ -101,10 +97,10 @@ def start_text(info: Mapping[str, Any]) -> Text:
 def epoch_line(record: EpochRecord, epochs: int) -> Text:
     """One finished epoch, as printed above the progress bars."""
     text = Text(f"epoch {record.epoch}/{epochs}  ", style="bold")
-    text.append(f"loss {record.train_loss:.4f}  acc {_pct(record.train_accuracy)}")
+    text.append(f"loss {record.train_loss:.4f}  acc {percent(record.train_accuracy)}")
     if record.val_accuracy is not None:
         text.append(f"  val loss {_num(record.val_loss)}  ")
-        text.append(f"val acc {_pct(record.val_accuracy)}", style="bold green")
+        text.append(f"val acc {percent(record.val_accuracy)}", style="bold green")
     text.append(f"  {_seconds(record.seconds)}, {record.images_per_second:,.0f} img/s", style="dim")
     return text
 
@@ -186,14 +182,14 @@ class AdaptProgress(AdaptCallback):
             self.progress.update(
                 self._batch,
                 completed=batch,
-                stats=f"loss {loss:.4f}  acc {_pct(accuracy)}  {images_per_second:,.0f} img/s",
+                stats=f"loss {loss:.4f}  acc {percent(accuracy)}  {images_per_second:,.0f} img/s",
             )
 
     def on_epoch_end(self, record: EpochRecord) -> None:
         if self.epoch_lines:
             self.progress.console.print(epoch_line(record, self.epochs))
         if self._epoch is not None:
-            last = _pct(
+            last = percent(
                 record.val_accuracy if record.val_accuracy is not None else record.train_accuracy
             )
             self.progress.update(self._epoch, completed=record.epoch, stats=f"acc {last}")
@@ -228,9 +224,9 @@ def history_table(history: History) -> Table:
         table.add_row(
             str(e.epoch),
             _num(e.train_loss),
-            _pct(e.train_accuracy),
+            percent(e.train_accuracy),
             _num(e.val_loss),
-            _pct(e.val_accuracy),
+            percent(e.val_accuracy),
             human_count(e.trainable_params),
             _seconds(e.seconds),
             f"{e.images_per_second:,.0f}",
@@ -253,7 +249,7 @@ def summary_table(history: History) -> Table:
     table.add_row(
         "trainable",
         f"{human_count(history.trainable_params)} of "
-        f"{human_count(history.total_params)} ({100 * share:.1f}%) {bar(share, 12)}",
+        f"{human_count(history.total_params)} ({percent(share)}) {bar(share, 12)}",
     )
     table.add_row(
         "classes",
@@ -270,8 +266,8 @@ def summary_table(history: History) -> Table:
         last = history.epochs[-1]
         table.add_row(
             "final",
-            f"train acc {_pct(last.train_accuracy)}, val acc "
-            f"{_pct(last.val_accuracy)}, best {_pct(history.best_accuracy)}",
+            f"train acc {percent(last.train_accuracy)}, val acc "
+            f"{percent(last.val_accuracy)}, best {percent(history.best_accuracy)}",
         )
     table.add_row(
         "feature cache",
@@ -290,8 +286,6 @@ def summary_table(history: History) -> Table:
 
 def skipped_text(history: History, limit: int = 10) -> Text:
     """The files that were left out, one per line (names escaped: a file name is untrusted)."""
-    from zoo.cli.render_store import printable
-
     text = Text()
     for item in history.skipped[:limit]:
         text.append(
@@ -308,8 +302,6 @@ def skipped_text(history: History, limit: int = 10) -> Text:
 def predictions_table(predictions: Sequence[Any]) -> Table:
     """Top-k classes per image with probability bars (file and class names escaped where not
     printable: a file name can hold a newline or a terminal escape)."""
-    from zoo.cli.render_store import printable
-
     table = Table(show_edge=False)
     table.add_column("image", overflow="fold")  # a path is never cut: it folds onto more lines
     table.add_column("#", justify="right")
@@ -322,7 +314,7 @@ def predictions_table(predictions: Sequence[Any]) -> Table:
                 Text(printable(pred.source)) if rank == 1 else "",  # never read as markup
                 str(rank),
                 Text(printable(name)),
-                f"{100 * prob:.1f}%",
+                percent(prob),
                 bar(prob, 20),
                 style="bold" if rank == 1 else None,
             )

@@ -2,7 +2,7 @@
 
 The leaderboard uses the listings' table style (:mod:`zoo.cli.columns`); ``zoo inspect``
 shows the same table from a saved winner's ``zoo.compare`` metadata (untrusted text: every
-cell goes through :func:`~zoo.cli.render_store.printable`).
+cell goes through :func:`~zoo.cli.output.printable`).
 """
 
 from __future__ import annotations
@@ -14,23 +14,13 @@ from rich.text import Text
 
 from zoo.adaptation.history import AdaptCallback
 from zoo.cli.columns import Col, Columns
-from zoo.cli.output import human_count
+from zoo.cli.output import human_count, percent, printable
 from zoo.io.leaderboard import Leaderboard, short_policy
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from zoo.adaptation.history import EpochRecord, History
-
-
-def _printable(text: object) -> str:
-    from zoo.cli.render_store import printable
-
-    return printable(text)
-
-
-def _percent(value: float) -> str:
-    return f"{value:.2g}%" if value < 1 else f"{value:.0f}%" if value >= 10 else f"{value:.1f}%"
 
 
 def leaderboard_table(board: Leaderboard, *, title: str | None = None) -> Columns:
@@ -40,15 +30,15 @@ def leaderboard_table(board: Leaderboard, *, title: str | None = None) -> Column
         mark = "*" if i == 0 else ""
         rows.append(
             (
-                Text(_printable(mark + short_policy(row.policy)), style="bold" if i == 0 else ""),
+                Text(printable(mark + short_policy(row.policy)), style="bold" if i == 0 else ""),
                 f"{row.val_acc:.3f}",
                 f"{row.val_loss:.4f}" if row.val_loss is not None else "-",
                 human_count(row.trainable_params),
-                _percent(row.trainable_percent),
+                percent(row.trainable_percent, 100),
                 str(row.epochs),
                 f"{row.seconds:.1f}s",
                 "yes" if row.stopped_early else "",
-                _printable(row.trained_on),
+                printable(row.trained_on),
             )
         )
     columns = (
@@ -69,11 +59,11 @@ def leaderboard_table(board: Leaderboard, *, title: str | None = None) -> Column
 
 
 def why_text(board: Leaderboard) -> Text:
-    return Text(_printable(board.why()), style="bold")
+    return Text(printable(board.why()), style="bold")
 
 
 def notes_text(board: Leaderboard) -> Text:
-    return Text("\n".join(_printable(f"note: {n}") for n in board.notes), style="yellow")
+    return Text("\n".join(printable(f"note: {n}") for n in board.notes), style="yellow")
 
 
 def board_from_metadata(value: Mapping[str, Any]) -> Leaderboard:
@@ -91,7 +81,7 @@ class CompareProgress(AdaptCallback):
         policies = ", ".join(short_policy(p) for p in info.get("policies", []))
         self.console.print(
             Text(
-                _printable(
+                printable(
                     f"comparing {len(info.get('policies', []))} policies on "
                     f"{info.get('train_images')} training / {info.get('val_images')} validation "
                     f"images, {info.get('epochs')} epochs each at most: {policies}"
@@ -99,7 +89,7 @@ class CompareProgress(AdaptCallback):
             )
         )
         for note in info.get("notes", []):
-            self.console.print(Text(_printable(f"note: {note}"), style="yellow"))
+            self.console.print(Text(printable(f"note: {note}"), style="yellow"))
 
     def on_features_start(self, split: str, batches: int) -> None:
         self.console.print(
@@ -113,7 +103,7 @@ class CompareProgress(AdaptCallback):
         acc = record.val_accuracy if record.val_accuracy is not None else 0.0
         self.console.print(
             Text(
-                _printable(
+                printable(
                     f"  {short_policy(policy):<28} epoch {record.epoch:>3}  "
                     f"train loss {record.train_loss:.4f}  val acc {acc:.3f}  val loss "
                     + (f"{record.val_loss:.4f}" if record.val_loss is not None else "-")
@@ -125,7 +115,7 @@ class CompareProgress(AdaptCallback):
     def on_rung_end(self, rung: int, epochs: int, kept: list[str], dropped: list[str]) -> None:
         self.console.print(
             Text(
-                _printable(
+                printable(
                     f"rung {rung + 1} ({epochs} epochs): keep "
                     + ", ".join(short_policy(p) for p in kept)
                     + (f"; drop {', '.join(short_policy(p) for p in dropped)}" if dropped else "")

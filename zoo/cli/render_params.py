@@ -1,20 +1,22 @@
-"""Rich renderables for ``zoo show`` (pure: a :class:`~zoo.ParamTable` in, renderables out)."""
+"""Rich renderables for ``zoo show`` (pure: a :class:`~zoo.ParamTable` in, renderables out), and
+the one per-depth table that ``zoo show``, ``zoo plan`` and ``zoo inspect`` print."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 
 from rich.table import Table
 from rich.text import Text
 
-from zoo.cli.output import aligned_text, bar, human_count
-from zoo.tables.table import ParamTable
+from zoo.cli.output import aligned_text, bar, human_count, percent, printable
+from zoo.plans.plan import NormMode
+from zoo.tables.table import DepthSummary, ParamTable
 
 BAR_WIDTH = 20
-
-
-def _percent(part: int, whole: int) -> str:
-    return f"{100 * part / whole:.1f}%" if whole else "-"
+TRAINED, FROZEN = "█", "░"
+#: The columns of ``zoo show`` and ``zoo inspect`` (see :func:`depth_table`).
+TABLE_COLUMNS = ("tensors", "params", "%", "trainable", "norms", "share")
 
 
 def header(table: ParamTable, *, title: str | None = None) -> Text:
@@ -50,46 +52,110 @@ def header(table: ParamTable, *, title: str | None = None) -> Text:
     return text
 
 
-def depth_table(table: ParamTable, *, bar_width: int = BAR_WIDTH) -> Table:
-    """One row per depth: group, tensors, parameters, % of total, trainable, norms, a bar."""
-    total = table.total_numel
-    out = Table(box=None, pad_edge=False, header_style="bold")
-    out.add_column("depth", justify="right")
-    out.add_column("group", style="cyan")
-    out.add_column("tensors", justify="right")
-    out.add_column("params", justify="right")
-    out.add_column("%", justify="right")
-    out.add_column("trainable", justify="right")
-    out.add_column("norms", justify="right")
-    out.add_column("share", no_wrap=True)
-    for summary in table.depth_summary():
-        if summary.trainable_numel == summary.numel:
-            trainable = "all"
-        elif summary.trainable_numel == 0:
-            trainable = "none"
-        else:
-            trainable = human_count(summary.trainable_numel)
-        out.add_row(
-            str(summary.depth),
-            summary.group,
-            str(summary.tensors),
-            human_count(summary.numel),
-            _percent(summary.numel, total),
-            trainable,
-            str(summary.norms) if summary.norms else "",
-            Text(bar(summary.numel / total if total else 0.0, bar_width), style="green"),
-        )
-    out.add_row(
-        "",
-        Text("total", style="bold"),
-        str(len(table)),
-        human_count(total),
-        "100%" if total else "-",
-        human_count(table.trainable_numel) if table.trainable_numel != total else "all",
-        "",
-        "",
+def depth_table(
+    depths: Sequence[DepthSummary],
+    columns: Sequence[str] = TABLE_COLUMNS,
+    *,
+    bar_width: int = BAR_WIDTH,
+) -> Table:
+    """One row per depth (a :meth:`~zoo.ParamTable.depth_summary`), then the totals; after
+    ``depth`` and ``group``, the ``columns`` named:
+
+    ``tensors``, ``params``; ``added`` (by adapters, included in ``params``); ``%`` (of the
+    model's parameters); ``trainable`` (``all``, ``none`` or how many) or ``trained`` (``all``,
+    ``frozen`` or the share); ``norms`` (how many, or by mode under a plan); ``lr scale``;
+    ``share`` (a bar of the share of the model) or ``trained share`` (a bar, trained against
+    frozen).
+    """
+    whole = sum(d.numel for d in depths)
+    total = DepthSummary(
+        depth=-1,
+        group="total",
+        tensors=sum(d.tensors for d in depths),
+        numel=whole,
+        trainable_numel=sum(d.trainable_numel for d in depths),
+        norms=0,
+        trainable_tensors=sum(d.trainable_tensors for d in depths),
+        added_numel=sum(d.added_numel for d in depths),
     )
+    out = Table(box=None, pad_edge=False, header_style="bold")
+    out.add_column("depth", justify="right", no_wrap=True)
+    out.add_column("group", style="cyan", no_wrap=True)
+    words = {"share", "trained share"} | ({"norms"} if any(d.norm_modes for d in depths) else set())
+    for name in columns:
+        header = f"{TRAINED} trained {FROZEN} frozen" if name == "trained share" else name
+        out.add_column(
+            header, justify="left" if name in words else "right", no_wrap=name != "norms"
+        )
+    for d in depths:
+        cells = _depth_cells(d, whole, bar_width)
+        out.add_row(str(d.depth), Text(printable(d.group)), *(cells[n] for n in columns))
+    cells = {
+        **_depth_cells(total, whole, bar_width),
+        "%": "100%" if whole else "-",
+        "trained": Text(percent(total.trainable_numel, whole), style="bold"),
+        "norms": "",
+        "lr scale": "",
+        "share": "",
+    }
+    out.add_row("", Text("total", style="bold"), *(cells[n] for n in columns))
     return out
+
+
+def _depth_cells(d: DepthSummary, whole: int, bar_width: int) -> dict[str, str | Text]:
+    """Every cell :func:`depth_table` can show for depth ``d`` of a model of ``whole``
+    parameters."""
+    if d.trainable_numel == d.numel and d.numel:
+        trainable = "all"
+    elif d.trainable_numel == 0:
+        trainable = "none"
+    else:
+        trainable = human_count(d.trainable_numel)
+    if d.trainable_tensors == d.tensors:
+        trained = Text("all", style="green")
+    elif d.trainable_tensors == 0:
+        trained = Text("frozen", style="dim")
+    else:
+        trained = Text(percent(d.trainable_numel, d.numel))
+    return {
+        "tensors": str(d.tensors),
+        "params": human_count(d.numel),
+        "added": human_count(d.added_numel) if d.added_numel else "-",
+        "%": percent(d.numel, whole),
+        "trainable": trainable,
+        "trained": trained,
+        "norms": norm_modes_text(d.norm_modes) or (str(d.norms) if d.norms else ""),
+        "lr scale": _scale(d.lr_scales),
+        "share": Text(bar(d.numel / whole if whole else 0.0, bar_width), style="green"),
+        "trained share": share_bar(d.trainable_numel, d.numel, bar_width),
+    }
+
+
+def share_bar(trained: int, total: int, width: int = BAR_WIDTH) -> Text:
+    """``█`` for the trained share, ``░`` for the frozen share (at least one cell each if any)."""
+    if total <= 0:
+        return Text("")
+    filled = round(width * trained / total)
+    if trained and not filled:
+        filled = 1
+    if trained < total and filled == width:
+        filled = width - 1
+    text = Text()
+    text.append(TRAINED * filled, style="green")
+    text.append(FROZEN * (width - filled), style="dim")
+    return text
+
+
+def norm_modes_text(counts: Mapping[str, int]) -> str:
+    """``train x10, frozen x10``: norm layers by mode, in :class:`~zoo.NormMode` order."""
+    return ", ".join(f"{m.value} x{counts[m.value]}" for m in NormMode if counts.get(m.value))
+
+
+def _scale(scales: tuple[float, float] | None) -> str:
+    if scales is None:
+        return "-"
+    lo, hi = scales
+    return f"{lo:.3g}" if lo == hi else f"{lo:.3g}-{hi:.3g}"
 
 
 def rows_table(table: ParamTable) -> Text:

@@ -8,43 +8,15 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from zoo.cli.output import aligned_text, human_count
+from zoo.cli import render_params
+from zoo.cli.output import aligned_text, human_count, percent
 from zoo.plans.plan import NormMode, Plan
 from zoo.tables.table import DepthSummary, ParamTable
 
+#: The columns of ``zoo plan`` (see :func:`~zoo.cli.render_params.depth_table`), 80 wide; the
+#: counts of tensors and trained parameters are in ``--full`` and ``--json``.
+PLAN_COLUMNS = ("params", "trained", "trained share", "norms", "lr scale")
 BAR_WIDTH = 16
-TRAINED, FROZEN = "█", "░"
-
-
-def _percent(part: int, whole: int) -> str:
-    return f"{100 * part / whole:.1f}%" if whole else "-"
-
-
-def share_bar(trained: int, total: int, width: int = BAR_WIDTH) -> Text:
-    """``█`` for the trained share, ``░`` for the frozen share (at least one cell each if any)."""
-    if total <= 0:
-        return Text("")
-    filled = round(width * trained / total)
-    if trained and not filled:
-        filled = 1
-    if trained < total and filled == width:
-        filled = width - 1
-    text = Text()
-    text.append(TRAINED * filled, style="green")
-    text.append(FROZEN * (width - filled), style="dim")
-    return text
-
-
-def _scale(scales: tuple[float, float] | None) -> str:
-    if scales is None:
-        return "-"
-    lo, hi = scales
-    return f"{lo:.3g}" if lo == hi else f"{lo:.3g}-{hi:.3g}"
-
-
-def _modes(counts: dict[str, int]) -> str:
-    order = [m.value for m in NormMode]
-    return ", ".join(f"{m} x{counts[m]}" for m in order if counts.get(m))
 
 
 def header(plan: Plan, table: ParamTable) -> Text:
@@ -60,7 +32,7 @@ def header(plan: Plan, table: ParamTable) -> Text:
     trained = plan.numel(trainable=True, table=table)
     text.append(
         f"trains {human_count(trained)} of {human_count(total)} parameters "
-        f"({_percent(trained, total)}), {len(plan.trainable)} of {len(plan.params)} tensors; "
+        f"({percent(trained, total)}), {len(plan.trainable)} of {len(plan.params)} tensors; "
         f"{human_count(total - trained)} frozen\n"
     )
     if plan.additions:
@@ -74,62 +46,17 @@ def header(plan: Plan, table: ParamTable) -> Text:
     counts: dict[str, int] = {}
     for mode in plan.norms.values():
         counts[mode.value] = counts.get(mode.value, 0) + 1
-    text.append(f"norm layers: {_modes(counts) or 'none'}\n")
+    text.append(f"norm layers: {render_params.norm_modes_text(counts) or 'none'}\n")
     for note in plan.notes:
         text.append(f"note: {note}\n", style="yellow")
     return text
 
 
-def depth_table(plan: Plan, table: ParamTable, *, bar_width: int = BAR_WIDTH) -> Table:
+def depth_table(plan: Plan, table: ParamTable) -> Table:
     """One row per depth: group, parameters, trained share (and a bar), norm modes, lr scale;
-    with an adapter policy also the parameters its adapters add (included in ``params``).
-
-    Fits 80 columns; counts of tensors and trained parameters are in ``--full`` and ``--json``.
-    """
-    out = Table(box=None, pad_edge=False, header_style="bold")
-    out.add_column("depth", justify="right", no_wrap=True)
-    out.add_column("group", style="cyan", no_wrap=True)
-    out.add_column("params", justify="right", no_wrap=True)
-    adds = bool(plan.additions)
-    if adds:
-        out.add_column("added", justify="right", no_wrap=True)
-    out.add_column("trained", justify="right", no_wrap=True)
-    out.add_column(f"{TRAINED} trained {FROZEN} frozen", no_wrap=True)
-    out.add_column("norms")
-    out.add_column("lr scale", justify="right", no_wrap=True)
-    depths = table.depth_summary(plan)
-    for d in depths:
-        if d.trainable_tensors == d.tensors:
-            state = Text("all", style="green")
-        elif d.trainable_tensors == 0:
-            state = Text("frozen", style="dim")
-        else:
-            state = Text(_percent(d.trainable_numel, d.numel))
-        added = [human_count(d.added_numel) if d.added_numel else "-"] if adds else []
-        out.add_row(
-            str(d.depth),
-            d.group,
-            human_count(d.numel),
-            *added,
-            state,
-            share_bar(d.trainable_numel, d.numel, bar_width),
-            _modes(d.norm_modes),
-            _scale(d.lr_scales),
-        )
-    total = sum(d.numel for d in depths)
-    trained = sum(d.trainable_numel for d in depths)
-    total_added = [human_count(sum(d.added_numel for d in depths))] if adds else []
-    out.add_row(
-        "",
-        Text("total", style="bold"),
-        human_count(total),
-        *total_added,
-        Text(_percent(trained, total), style="bold"),
-        share_bar(trained, total, bar_width),
-        "",
-        "",
-    )
-    return out
+    with an adapter policy also the parameters its adapters add (included in ``params``)."""
+    columns = ("params", "added", *PLAN_COLUMNS[1:]) if plan.additions else PLAN_COLUMNS
+    return render_params.depth_table(table.depth_summary(plan), columns, bar_width=BAR_WIDTH)
 
 
 def params_text(plan: Plan, table: ParamTable) -> Text:
@@ -195,20 +122,12 @@ def norms_text(plan: Plan, table: ParamTable) -> Text:
         )
         for norm in table.norms
     ]
-    text = Text()
-    headers = ("norm layer", "type", "depth", "running stats", "mode")
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    text.append(
-        "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip() + "\n",
-        style="bold",
+    return aligned_text(
+        ("norm layer", "type", "depth", "running stats", "mode"),
+        rows,
+        first_style=None,
+        row_style=lambda row: "green" if row[-1] == NormMode.TRAIN.value else "dim",
     )
-    for row in rows:
-        style = "green" if row[-1] == NormMode.TRAIN.value else "dim"
-        text.append(
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n",
-            style=style,
-        )
-    return text
 
 
 def plan_json(plan: Plan, table: ParamTable, *, full: bool = False) -> dict[str, Any]:

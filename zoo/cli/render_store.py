@@ -10,25 +10,18 @@ from rich.table import Table
 from rich.text import Text
 
 from zoo.cli.columns import Col, Columns
-from zoo.cli.output import bar, human_bytes, human_count
+from zoo.cli.output import human_bytes, human_count, percent, printable
+from zoo.cli.render_params import depth_table
+from zoo.tables.table import DepthSummary
 
 if TYPE_CHECKING:
     from zoo.io.persistence import Inspection
     from zoo.io.store import EntryInfo, GcResult
 
-BAR_WIDTH = 20
+#: The per-depth columns of ``zoo inspect``: what trained at each depth, and a bar of it.
+INSPECT_COLUMNS = ("tensors", "params", "trainable", "trained share")
 #: how the ``auto`` policy's note (the first of its plan) begins
 AUTO_NOTE = "auto chose "
-
-
-def printable(text: object) -> str:
-    """``text`` safe to print: every character that is not printable (a control character, a
-    lone surrogate from an undecodable file name, an escape sequence) is shown escaped, as in
-    ``repr``, so odd names in the store can neither crash the output nor drive the terminal."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _classes_text(num_classes: int | None, classes: Sequence[str] | None, width: int = 28) -> str:
@@ -42,12 +35,6 @@ def _classes_text(num_classes: int | None, classes: Sequence[str] | None, width:
 
 def _date(created: str) -> str:
     return created.replace("T", " ")[:16] if created else "-"
-
-
-def _percent(fraction: float | None) -> str:
-    if fraction is None:
-        return "-"
-    return f"{100 * fraction:.2f}%" if fraction < 0.01 else f"{100 * fraction:.1f}%"
 
 
 def models_table(entries: Sequence[EntryInfo]) -> Columns:
@@ -69,7 +56,7 @@ def models_table(entries: Sequence[EntryInfo]) -> Columns:
                 _classes_text(meta.num_classes, meta.classes),
                 printable(meta.kind),
                 printable((meta.policy or "-").removeprefix("zoo:")),
-                _percent(meta.trained_fraction if meta.num_params else None),
+                percent(meta.trained_fraction if meta.num_params else None),
                 human_bytes(entry.size),
                 printable(_date(meta.created)[:10]),
             )
@@ -136,7 +123,7 @@ def inspect_view(info: Inspection) -> Group:
     row(
         "trained",
         f"{human_count(meta.num_trained_params)} of {human_count(meta.num_params)} parameters "
-        f"({_percent(meta.trained_fraction if meta.num_params else None)}), "
+        f"({percent(meta.trained_fraction if meta.num_params else None)}), "
         f"{len(meta.trained)} tensors",
     )
     if meta.build.get("kwargs"):
@@ -157,7 +144,18 @@ def inspect_view(info: Inspection) -> Group:
     row("seal", "verified" if info.verified else "not checked (--no-verify)")
     parts: list[Any] = [head, rows]
     if info.depths:
-        parts.extend([Text(""), depth_table(info.depths)])
+        depths = [
+            DepthSummary(
+                depth=row["depth"],
+                group=row["group"],
+                tensors=row["tensors"],
+                numel=row["numel"],
+                trainable_numel=row["trained_numel"],
+                norms=row["norms"],
+            )
+            for row in info.depths
+        ]
+        parts.extend([Text(""), depth_table(depths, INSPECT_COLUMNS)])
     if meta.compare:  # the leaderboard of the zoo compare that chose this model
         from zoo.cli.render_compare import board_from_metadata, leaderboard_table, why_text
 
@@ -213,34 +211,6 @@ def _floats(values: Any) -> str:
     if not isinstance(values, (list, tuple)):
         return "?"
     return "(" + ", ".join(f"{float(v):.3g}" for v in values) + ")"
-
-
-def depth_table(depths: Sequence[dict[str, Any]], *, bar_width: int = BAR_WIDTH) -> Table:
-    """What was trained at each depth: parameters, trained share, a bar."""
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("depth", justify="right")
-    table.add_column("group", style="cyan")
-    table.add_column("tensors", justify="right")
-    table.add_column("params", justify="right")
-    table.add_column("trained", justify="right")
-    table.add_column("", no_wrap=True)
-    for row in depths:
-        numel, trained = row["numel"], row["trained_numel"]
-        if trained == numel and numel:
-            label = "all"
-        elif trained == 0:
-            label = "none"
-        else:
-            label = human_count(trained)
-        table.add_row(
-            str(row["depth"]),
-            Text(printable(row["group"])),
-            str(row["tensors"]),
-            human_count(numel),
-            label,
-            Text(bar(trained / numel if numel else 0.0, bar_width), style="green"),
-        )
-    return table
 
 
 def gc_view(result: GcResult, *, dry_run: bool) -> Text:

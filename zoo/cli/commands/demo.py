@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from zoo.cli.output import Output
+from zoo.cli.output import Output, percent
 
 ORDER = 5
 
@@ -83,10 +83,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
         )
     )
     out.print(
-        f"source model: {100 * result.source_accuracy:.1f}% on held-out digits 0-4.  "
+        f"source model: {percent(result.source_accuracy)} on held-out digits 0-4.  "
         f"Winner {result.winner} (saved as {result.best!r}): "
-        f"{100 * result.test_accuracy:.1f}% on {result.test_images} held-out test digits; "
-        f"the same network from random weights: {100 * result.scratch_accuracy:.1f}%"
+        f"{percent(result.test_accuracy)} on {result.test_images} held-out test digits; "
+        f"the same network from random weights: {percent(result.scratch_accuracy)}"
     )
     table = Table(
         title=f"zoo.load({result.best!r}) + zoo.predict on held-out digits",
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             p.image,
             p.truth,
             p.predicted,
-            f"{100 * p.probability:.1f}%",
+            percent(p.probability),
             style="green" if p.truth == p.predicted else "red",
         )
     out.print(table)

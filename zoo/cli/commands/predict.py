@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.adaptation.distributed import resolve_device
     from zoo.api import load, predict
-    from zoo.cli.render_store import printable
+    from zoo.cli.output import printable
     from zoo.errors import ZooError
 
     if args.topk < 1:  # refused before the model is read
@@ -111,7 +111,7 @@ def _write_csv(target: str, predictions: list, out: Output) -> None:
     import csv
     import io
 
-    from zoo.cli.render_store import printable
+    from zoo.cli.output import printable
     from zoo.errors import ZooError
 
     buffer = io.StringIO()

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if args.json:
         out.json(_document(results))
     else:
-        from zoo.cli.render_store import printable
+        from zoo.cli.output import printable
 
         for result in results:
             if result["removed"]:

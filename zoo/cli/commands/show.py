@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from zoo.cli.table_cache import table_for_name
+    from zoo.cli.listing import table_for_name
 
     kwargs = num_classes_kwargs(args)
     # resolves the name first (from the cache's name index when it can): a typo costs no
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.cli.render_params import depth_table, header, norms_table, rows_table
 
     out.print(header(table))
-    out.print(depth_table(table))
+    out.print(depth_table(table.depth_summary()))
     if args.full:
         # aligned text, printed unwrapped: one line per parameter whatever the terminal width
         out.print()
