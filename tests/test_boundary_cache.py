@@ -12,9 +12,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchrun_helpers import run_worker
 
 import zoo
-from zoo.adaptation.boundary_cache import Boundary, extract_boundaries, find_boundary
+from zoo.adaptation.cache import (
+    MAX_BYTES_ENV,
+    Boundary,
+    CacheUnsupported,
+    extract_boundaries,
+    find_boundary,
+)
 from zoo.adaptation.checkpoint import AdaptInterrupted
-from zoo.adaptation.feature_cache import MAX_BYTES_ENV, CacheUnsupported
 
 FAST = {"image_size": 32, "batch_size": 8, "lr": 1e-2, "seed": 0, "scratch": True}
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -32,28 +33,35 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from zoo.adaptation.cache import (
+    INFERENCE_BATCH,
+    Boundary,
+    CachedFeatures,
+    CacheUnsupported,
+    decode,
+    extract,
+    find_boundary,
+    max_cache_bytes,
+    on_every_rank,
+)
 from zoo.adaptation.distributed import Replica
-from zoo.adaptation.feature_cache import INFERENCE_BATCH
 from zoo.adaptation.history import AdaptCallback, EpochRecord
-from zoo.adaptation.inputs import reshuffled, set_epoch
+from zoo.adaptation.inputs import loaders_for_folders, reshuffled, set_epoch
 from zoo.adaptation.leaderboard import (
     Leaderboard,
     LeaderboardRow,
     rank_key,
     small_validation_note,
 )
-from zoo.adaptation.shared_work import extract_shared_boundaries, find_boundaries, prepare_shared
 from zoo.adaptation.training import TrainLoop, epoch_record, make_optimizer
-from zoo.errors import ZooError
+from zoo.errors import DataError, ZooError
 from zoo.plans.freeze import apply_plan
 
 if TYPE_CHECKING:
-    from zoo.adaptation.boundary_cache import Boundary
     from zoo.adaptation.candidates import PlannedCandidate
     from zoo.adaptation.config import TrainConfig
     from zoo.adaptation.distributed import DistContext
     from zoo.adaptation.inputs import AdaptData
-    from zoo.adaptation.shared_work import SharedData
     from zoo.core.specs import InputConfig
     from zoo.plans.plan import Plan
 
@@ -88,7 +96,6 @@ class Candidate:
     trainable_params: int
     total_params: int
     cut: Boundary | None = None
-    cache_note: str = ""
     records: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
     alive: bool = True
@@ -142,15 +149,15 @@ def _prepare_training(
         train, val = shared.activations[cand.cut.path]
         cand.module = cand.cut.suffix(cand.model)
         cand.batches = train.loader(settings.batch_size, seed=settings.seed)
-        cand.n_batches = train.num_batches(settings.batch_size)
-        cand.val_batches = lambda: val.batches(INFERENCE_BATCH)
+        cand.n_batches = len(cand.batches)
+        cand.val_batches = lambda: val.loader(INFERENCE_BATCH)
     elif shared.train is not None:
         assert shared.val is not None
         cand.module = cand.model
         cand.batches = shared.train.loader(settings.batch_size, seed=settings.seed)
-        cand.n_batches = shared.train.num_batches(settings.batch_size)
+        cand.n_batches = len(cand.batches)
         val_cached = shared.val
-        cand.val_batches = lambda: val_cached.batches(INFERENCE_BATCH)
+        cand.val_batches = lambda: val_cached.loader(INFERENCE_BATCH)
     else:
         cand.module = cand.model
         cand.batches = reshuffled(shared.train_loader, ctx, settings.seed, settings.batch_size)
@@ -443,6 +450,113 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) and value <= 1e12 else None
 
 
+# ---------------------------------------------------------------- the shared work
+
+
+@dataclass
+class SharedData:
+    """The inputs every candidate shares, computed once: the decoded images (or, over the
+    memory budget, the eval-transform loaders to stream them from), and the activations at
+    each candidate's freeze boundary (:mod:`zoo.adaptation.cache`)."""
+
+    train: CachedFeatures | None
+    val: CachedFeatures | None
+    train_loader: Any
+    val_loader: Any
+    activations: dict[str, tuple[CachedFeatures, CachedFeatures]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        total = sum(c.nbytes for c in (self.train, self.val) if c is not None)
+        for pair in self.activations.values():
+            total += sum(c.nbytes for c in pair)
+        return total
+
+    def loaders(self) -> list[tuple[str, Any]]:
+        """``(split, loader)`` of the images in order: decoded, or streamed from the folders."""
+        if self.train is not None and self.val is not None:
+            return [
+                ("train", self.train.loader(INFERENCE_BATCH)),
+                ("val", self.val.loader(INFERENCE_BATCH)),
+            ]
+        return [("train", self.train_loader), ("val", self.val_loader)]
+
+
+def prepare_shared(
+    data: AdaptData, config: InputConfig, settings: TrainConfig, ctx: DistContext
+) -> SharedData:
+    """Decode train and validation images once (un-augmented, with the evaluation transform
+    of ``config``), within the memory budget of
+    :func:`~zoo.adaptation.cache.max_cache_bytes`; beyond it they are streamed from the
+    folders each epoch."""
+    if data.from_folders:
+        train_loader, val_loader = loaders_for_folders(
+            data,
+            config,
+            augment=False,
+            batch_size=INFERENCE_BATCH,
+            num_workers=settings.num_workers,
+            seed=settings.seed,
+            ctx=ctx,
+            shuffle_train=False,
+        )
+    else:
+        train_loader, val_loader = data.train, data.val
+    if val_loader is None:
+        raise DataError("compare needs validation images: pass val (--val) or val_split")
+    limit = max_cache_bytes()
+    train = decode(train_loader, ctx.device, limit)
+    val = decode(val_loader, ctx.device, limit - train.nbytes) if train is not None else None
+    notes = []
+    if ctx.any(train is None or val is None):
+        train = val = None
+        notes.append(
+            f"the decoded images would exceed the cache budget ({limit:,} bytes, "
+            "ZOO_FEATURE_CACHE_MAX_BYTES): streamed from the folders every epoch"
+        )
+    return SharedData(train, val, train_loader, val_loader, notes=notes)
+
+
+def cache_boundaries(
+    model: nn.Module,
+    candidates: list[Candidate],
+    shared: SharedData,
+    *,
+    ctx: DistContext,
+    callback: AdaptCallback,
+) -> None:
+    """Find each candidate's freeze boundary (on a few training images) and extract every
+    distinct boundary's activations in one pass of the base model over train and one over
+    val; a candidate without one (or when they do not fit) trains on the images."""
+    loaders = shared.loaders()
+    sample = next(iter(loaders[0][1]))[0][:8].to(ctx.device)
+    found: dict[int, Boundary] = {}
+    for i, cand in enumerate(candidates):
+        if cand.trainable_params == cand.total_params:
+            continue  # trains everything: nothing frozen to cache
+        with contextlib.suppress(CacheUnsupported):
+            found[i] = on_every_rank(ctx, functools.partial(find_boundary, cand.model, sample))
+    if not found:
+        return
+    paths = sorted({b.path for b in found.values()})
+    try:
+        out = extract(
+            model,
+            paths,
+            loaders,
+            ctx=ctx,
+            callback=callback,
+            max_bytes=max_cache_bytes() - shared.nbytes,
+        )
+    except CacheUnsupported as exc:
+        shared.notes.append(f"boundary cache not used, every candidate trained on images: {exc}")
+        return
+    shared.activations = {path: (out[path][0], out[path][1]) for path in paths}
+    for i, boundary in found.items():
+        candidates[i].cut = boundary
+
+
 def compare_candidates(
     model: nn.Module,
     data: AdaptData,
@@ -460,15 +574,11 @@ def compare_candidates(
 ) -> Outcome:
     """Compare ``planned`` on ``model`` (built, on its device, input config set): the shared
     work, then successive halving."""
-    shared = prepare_shared(
-        data, config, ctx=ctx, num_workers=settings.num_workers, seed=settings.seed
-    )
+    shared = prepare_shared(data, config, settings, ctx)
     small = small_validation_note(_count(data.val))
     notes = [*notes, small] if small else notes
     candidates = [make_candidate(model, p) for p in planned]
-    boundaries = find_boundaries(candidates, shared, ctx)
-    if boundaries:
-        extract_shared_boundaries(model, candidates, boundaries, shared, ctx=ctx, callback=callback)
+    cache_boundaries(model, candidates, shared, ctx=ctx, callback=callback)
     for cand in candidates:
         torch.manual_seed(settings.seed)  # a head reset or dropout draws the same for each
         _prepare_training(cand, shared, settings, len(data.classes), ctx)

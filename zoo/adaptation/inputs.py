@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from zoo.adaptation.cache import INFERENCE_BATCH
 from zoo.adaptation.data import (
     ImageDataset,
     ImageFolder,
@@ -28,7 +29,6 @@ from zoo.adaptation.data import (
     split_folder,
 )
 from zoo.adaptation.distributed import ShardSampler
-from zoo.adaptation.feature_cache import INFERENCE_BATCH
 from zoo.errors import DataError
 
 if TYPE_CHECKING:

@@ -18,18 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from zoo.adaptation.boundary_cache import extract_boundaries, find_boundary, megabytes
+from zoo.adaptation.cache import (
+    Boundary,
+    CachedFeatures,
+    CacheUnsupported,
+    extract,
+    find_boundary,
+    megabytes,
+    on_every_rank,
+)
 from zoo.adaptation.checkpoint import Checkpointer, loader_generators
 from zoo.adaptation.config import OPTIMIZERS
 from zoo.adaptation.data import dataset_transform, is_random_transform
 from zoo.adaptation.distributed import Replica
-from zoo.adaptation.feature_cache import (
-    CacheUnsupported,
-    classifier_cut,
-    extract_features,
-    max_cache_bytes,
-    start_extraction,
-)
 from zoo.adaptation.history import EpochRecord
 from zoo.adaptation.inputs import distributed_loader, loaders_for_folders, reshuffled, set_epoch
 from zoo.errors import DataError, ZooError
@@ -200,8 +201,12 @@ class TrainLoop:
         return loss_sum / count, correct / count
 
 
-#: what :func:`_cache_decision` returns for a prefix-frozen plan: the cut is found on a batch
-BOUNDARY = "<freeze boundary>"
+def _head_only(model: nn.Module, planner: ScheduleDriver) -> bool:
+    """Only the classifier trains (the rows of the parameter table's ``head`` group: what
+    trains decides, not where it sits), and no schedule changes that."""
+    heads = {row.name for row in planner.table.rows if row.group == "head"}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return bool(trainable) and trainable <= heads and not planner.is_schedule
 
 
 def _cache_decision(
@@ -209,55 +214,42 @@ def _cache_decision(
     planner: ScheduleDriver,
     data: AdaptData,
     *,
-    augment: Any,
+    augment: bool,
     feature_cache: bool | str,
-) -> tuple[str | None, bool | Mapping[str, Any], str]:
-    """(module path to cut at — :data:`BOUNDARY` when found later — or None, augment
-    setting, note explaining the decision).
-
-    A head-only plan cuts at the classifier (:func:`~zoo.adaptation.feature_cache.classifier_cut`);
-    any other plan that freezes something may cut at its freeze boundary, found on the first
-    batch (:func:`~zoo.adaptation.boundary_cache.find_boundary`).
-    """
-    # what trains decides, not where it sits: only the classifier (the table's head group)
+) -> str | None:
+    """Why the plain loop runs (``"plain loop: ..."``), or None when the activation cache may
+    stand in for it: a plan that freezes something, no schedule, images nothing random
+    touches. Where the boundary is, and whether the cache fits, is found on the first batch
+    (:func:`~zoo.adaptation.cache.find_boundary`)."""
+    if planner.is_schedule:
+        return "plain loop: the schedule changes what trains"
     heads = {row.name for row in planner.table.rows if row.group == "head"}
     params = dict(model.named_parameters())
-    trainable = {n for n, p in params.items() if p.requires_grad}
-    head_only = bool(trainable) and trainable <= heads and not planner.is_schedule
-    if augment is None:
-        augment = not head_only
-    if planner.is_schedule:
-        return None, augment, "plain loop: the schedule changes what trains"
-    path, why = classifier_cut(model, heads)
-    if path is None:
-        boundary_may_help = ("more than the classifier", "one sub-module", "no classifier")
-        if (
-            not trainable
-            or len(trainable) == len(params)
-            or not any(reason in why for reason in boundary_may_help)
-        ):
-            more = " and freezes nothing" if trainable and len(trainable) == len(params) else ""
-            return None, augment, f"plain loop: {why}{more}"
-        path = BOUNDARY
+    trainable = [n for n, p in params.items() if p.requires_grad]
+    if not trainable:
+        return "plain loop: nothing trains"
+    outside = [n for n in trainable if n not in heads]
+    why = (
+        f"the plan trains more than the classifier ({len(outside)} trainable tensors "
+        f"outside it, e.g. {outside[0]!r})"
+        if outside
+        else ""
+    )
+    if len(trainable) == len(params):
+        return f"plain loop: {why or 'the plan trains every parameter'} and freezes nothing"
     if feature_cache is False:
-        return None, augment, "plain loop: feature cache turned off"
-    also = f"{why}, and " if path == BOUNDARY else ""
+        return "plain loop: feature cache turned off"
+    also = f"{why}, and " if why else ""
     if data.from_folders:
         if augment:
-            return None, augment, f"plain loop: {also}training images are augmented"
+            return f"plain loop: {also}training images are augmented"
     else:
         known, transform = dataset_transform(data.train.dataset)
         if not known and feature_cache != True:  # noqa: E712 - "auto" vs True
-            return (
-                None,
-                augment,
-                (f"plain loop: {also}cannot tell whether the loader's transform is random"),
-            )
+            return f"plain loop: {also}cannot tell whether the loader's transform is random"
         if known and is_random_transform(transform):
-            return None, augment, f"plain loop: {also}the loader's transform is random"
-    if path == BOUNDARY:
-        return path, augment, "activations cached at the freeze boundary"
-    return path, augment, f"features cached at the input of {path!r}"
+            return f"plain loop: {also}the loader's transform is random"
+    return None
 
 
 def run_training(
@@ -279,11 +271,14 @@ def run_training(
     it (:meth:`~zoo.adaptation.checkpoint.Checkpointer.holding`) for the whole run.
     """
     keeper = keeper if keeper is not None else Checkpointer(None, {})
-    cut, augment, note = _cache_decision(
-        model, planner, data, augment=config.augment, feature_cache=config.feature_cache
+    head_only = _head_only(model, planner)
+    augment = (not head_only) if config.augment is None else config.augment
+    why_not = _cache_decision(
+        model, planner, data, augment=augment, feature_cache=config.feature_cache
     )
-    if config.feature_cache is True and cut is None:
-        raise ZooError(f"the feature cache cannot be used: {note.split(': ', 1)[-1]}")
+    if config.feature_cache is True and why_not is not None:
+        raise ZooError(f"the feature cache cannot be used: {why_not.split(': ', 1)[-1]}")
+    note = why_not or "activations cached at the freeze boundary"
     history.augment = bool(augment)
     if data.from_folders:
         train_loader, val_loader = loaders_for_folders(
@@ -294,13 +289,13 @@ def run_training(
             num_workers=config.num_workers,
             seed=config.seed,
             ctx=ctx,
-            shuffle_train=cut is None,
+            shuffle_train=why_not is not None,
         )
     else:
         train_loader, val_loader = data.train, data.val
         if ctx.enabled:
             train_loader = distributed_loader(
-                train_loader, ctx, shuffle=cut is None, seed=config.seed, evaluation=False
+                train_loader, ctx, shuffle=why_not is not None, seed=config.seed, evaluation=False
             )
             if val_loader is not None:
                 val_loader = distributed_loader(
@@ -324,39 +319,33 @@ def run_training(
             "world_size": ctx.world_size,
             "epochs": config.epochs,
             "augment": history.augment,
-            "feature_cache": cut is not None,
+            "feature_cache": why_not is None,
             "note": note,
             "input_size": history.input_size,
         }
     )
     cached = None
     head: Any = None
-    if cut == BOUNDARY:
-        head, cached, note = _extract_boundary(
-            model,
-            train_loader,
-            val_loader,
-            ctx=ctx,
-            callback=callback,
-            history=history,
-            batch_size=config.batch_size,
-        )
-    elif cut is not None:
-        cached, note = _extract(
-            model,
-            cut,
-            train_loader,
-            val_loader,
-            ctx=ctx,
-            callback=callback,
-            history=history,
-            note=note,
-        )
-    if cut is not None and cached is None:
-        if config.feature_cache is True:
-            raise ZooError(f"the feature cache cannot be used: {note.split(': ', 1)[-1]}")
-        # the images were prepared without augmentation and in order; keep that, shuffle
-        train_loader = reshuffled(train_loader, ctx, config.seed, config.batch_size)
+    if why_not is None:
+        started = time.perf_counter()
+        try:
+            boundary, cached = _cache(
+                model, train_loader, val_loader, ctx=ctx, callback=callback, config=config
+            )
+            head = boundary.suffix(model)
+            size = sum(c.nbytes for c in cached.values())
+            note = (
+                f"features cached at the input of {boundary.path!r}"
+                if head_only
+                else f"activations cached at the input of {boundary.path!r} ({megabytes(size)})"
+            )
+        except CacheUnsupported as exc:
+            if config.feature_cache is True:
+                raise ZooError(f"the feature cache cannot be used: {exc}") from None
+            note = f"plain loop: {exc}"
+            # the images were prepared without augmentation and in order; keep that, shuffle
+            train_loader = reshuffled(train_loader, ctx, config.seed, config.batch_size)
+        history.feature_seconds = time.perf_counter() - started
     history.feature_cache = cached is not None
     history.feature_cache_note = note
     assert planner.plan is not None
@@ -368,7 +357,7 @@ def run_training(
     if cached is not None:
         _train_cached(
             model,
-            head if head is not None else model.get_submodule(cut),
+            head,
             cached,
             planner,
             history,
@@ -382,7 +371,7 @@ def run_training(
             warmup_epochs=config.warmup_epochs,
             seed=config.seed,
             keeper=keeper,
-            one_thread=head is None,
+            one_thread=head_only,
         )
     else:
         _train_plain(
@@ -474,113 +463,40 @@ def _stopping(keeper: Checkpointer, history: History) -> bool:
     return False
 
 
-def _extract(
+def _cache(
     model: nn.Module,
-    cut: str,
     train_loader: DataLoader,
-    val_loader: Any,
+    val_loader: DataLoader | None,
     *,
     ctx: DistContext,
     callback: AdaptCallback,
-    history: History,
-    note: str,
-) -> tuple[Any, str]:
-    """Compute cached features for train and val; (None, reason) when the cut is not exact."""
-    start = time.perf_counter()
-    result: dict[str, Any] = {}
-    failure = None
-    for split, loader in (("train", train_loader), ("val", val_loader)):
-        if loader is None:
-            continue
-        total = len(loader)
-        progress = start_extraction(ctx, callback, split, total)
-
-        try:
-            result[split] = extract_features(
-                model, cut, loader, device=ctx.device, total=total, progress=progress
-            )
-        except CacheUnsupported as exc:
-            failure = str(exc)
-        if ctx.any(failure is not None):
-            failure = failure or "another rank could not use the feature cache"
-            break
-    history.feature_seconds = time.perf_counter() - start
-    if failure is not None:
-        return None, f"plain loop: {failure}"
-    return result, note
-
-
-def _extract_boundary(
-    model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: Any,
-    *,
-    ctx: DistContext,
-    callback: AdaptCallback,
-    history: History,
-    batch_size: int,
-) -> tuple[Any, Any, str]:
+    config: TrainConfig,
+) -> tuple[Boundary, dict[str, CachedFeatures]]:
     """Find the freeze boundary on the first training batch and cache the activations there
-    for train and val: (suffix module, cached, note), or (None, None, why not)."""
-    start = time.perf_counter()
-    result: dict[str, Any] = {}
-    failure = None
-    boundary = None
-    limit = max_cache_bytes()
-    batches: Any = None
-    try:
-        batches = iter(train_loader)
-        first = next(batches, None)
+    for train and val; :class:`CacheUnsupported` (on every rank) says why not."""
+    batches = iter(train_loader)
+    first = next(batches, None)
+
+    def find() -> Boundary:
         if first is None:
             raise CacheUnsupported("the data loader yielded no batches")
         if not (isinstance(first, (list, tuple)) and len(first) >= 2):
             raise CacheUnsupported("the data loader does not yield (images, labels) batches")
-        # two images show the structure (the checks are per image); the batch is kept
-        boundary = find_boundary(model, first[0][:2].to(ctx.device))
-        batches = itertools.chain([first], batches)
-    except CacheUnsupported as exc:
-        failure = str(exc)
-    if ctx.any(failure is not None):
-        failure = failure or "another rank could not use the feature cache"
-    used = 0
-    for split, loader in (("train", train_loader), ("val", val_loader)):
-        if loader is None or failure is not None or boundary is None:
-            continue
-        total = len(loader)
-        progress = start_extraction(ctx, callback, split, total)
+        # two images show the structure (the checks are per image)
+        return find_boundary(model, first[0][:2].to(ctx.device))
 
-        try:
-            result[split] = extract_boundaries(
-                model,
-                [boundary.path],
-                batches if split == "train" else loader,
-                device=ctx.device,
-                total=total,
-                progress=progress,
-                max_bytes=limit - used,
-                # the training batch size: the same rounding as the plain loop's batches
-                batch_size=batch_size if split == "train" else None,
-                total_images=_sampled_images(loader),
-            )[boundary.path]
-            used += result[split].nbytes
-        except CacheUnsupported as exc:
-            failure = str(exc)
-        if ctx.any(failure is not None):
-            failure = failure or "another rank could not use the feature cache"
-            break
-    history.feature_seconds = time.perf_counter() - start
-    if failure is not None or boundary is None:
-        return None, None, f"plain loop: {failure}"
-    note = f"activations cached at the input of {boundary.path!r} ({megabytes(used)})"
-    return boundary.suffix(model), result, note
-
-
-def _sampled_images(loader: Any) -> int | None:
-    """How many images ``loader`` yields on this rank, when it tells."""
-    try:
-        return len(loader.sampler) if loader.batch_sampler is not None else len(loader.dataset)
-    except TypeError:
-        return None
+    boundary = on_every_rank(ctx, find)
+    splits = [("train", train_loader)] + ([("val", val_loader)] if val_loader is not None else [])
+    cached = extract(
+        model,
+        [boundary.path],
+        splits,
+        ctx=ctx,
+        callback=callback,
+        batch_size=config.batch_size,
+        train_batches=itertools.chain([first], batches),  # the first batch is kept
+    )[boundary.path]
+    return boundary, dict(zip([name for name, _ in splits], cached, strict=True))
 
 
 def epoch_record(
@@ -630,7 +546,8 @@ def _train_cached(
     keeps the thread count of the plain loop (and its rounding)."""
     replica = Replica(head, ctx)
     train, val = cached["train"], cached.get("val")
-    n_batches = train.num_batches(batch_size)
+    batches = train.loader(batch_size, seed=seed)
+    n_batches = len(batches)
     loop = TrainLoop(
         ctx=ctx,
         optimizer=opt,
@@ -642,7 +559,6 @@ def _train_cached(
         warmup_epochs=warmup_epochs,
         num_classes=len(history.classes),
     )
-    batches = train.loader(batch_size, seed=seed)
     with _one_thread_on_cpu(ctx.device) if one_thread else contextlib.nullcontext():
         _cached_epochs(
             model,
@@ -698,9 +614,7 @@ def _cached_epochs(
             break
         result = loop.train_epoch(epoch, epochs, replica, [head], batches, n_batches)
         scores = (
-            loop.evaluate(head, [head], val.batches(batch_size))
-            if val is not None
-            else (None, None)
+            loop.evaluate(head, [head], val.loader(batch_size)) if val is not None else (None, None)
         )
         record = epoch_record(epoch, result, scores, model)
         _end_epoch(keeper, record, epochs, model, loop, history, generators)
