@@ -75,12 +75,15 @@ __all__ = [
     "CacheUnsupported",
     "CachedFeatures",
     "Suffix",
+    "decode",
     "extract",
     "extract_boundaries",
     "find_boundary",
     "max_cache_bytes",
     "megabytes",
+    "on_every_rank",
     "random_frozen_modules",
+    "sampled_images",
 ]
 
 MAX_BYTES_ENV = "ZOO_FEATURE_CACHE_MAX_BYTES"
@@ -476,12 +479,8 @@ def _outermost(
     return best
 
 
-def _suffix_paths(boundary: Boundary) -> list[str]:
-    return [*boundary.chain, *boundary.head_modules]
-
-
 def _check_deterministic(model: nn.Module, boundary: Boundary) -> None:
-    random = random_frozen_modules(model, _suffix_paths(boundary))
+    random = random_frozen_modules(model, [*boundary.chain, *boundary.head_modules])
     if random:
         more = f" (+{len(random) - 1} more)" if len(random) > 1 else ""
         raise CacheUnsupported(

@@ -2,8 +2,10 @@
 
 Each candidate (:class:`Candidate`) has its own copy of the base model with its plan applied,
 its own optimizer, and an lr schedule over the full ``epochs``, so a candidate continued at a
-later rung trains exactly as if it had run straight through. It trains on the shared work of
-:mod:`zoo.adaptation.shared_work` (activations at its freeze boundary, or the decoded images).
+later rung trains exactly as if it had run straight through. It trains on the work every
+candidate shares, done once (:class:`SharedData`): the activations at its freeze boundary
+(:mod:`zoo.adaptation.cache`: every distinct boundary extracted in one pass of the base
+model), or the images decoded once.
 
 Successive halving (Jamieson & Talwalkar, 2016): rungs of ``E/2^R, …, E/2, E`` epochs (whole
 epochs, at least 1); after each rung but the last only the best ``1/eta`` of the candidates
@@ -26,7 +28,7 @@ import copy
 import functools
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,20 +46,21 @@ from zoo.adaptation.cache import (
     max_cache_bytes,
     on_every_rank,
 )
-from zoo.adaptation.distributed import Replica
 from zoo.adaptation.history import AdaptCallback, EpochRecord
-from zoo.adaptation.inputs import loaders_for_folders, reshuffled, set_epoch
+from zoo.adaptation.inputs import loaders_for_folders, reshuffled
 from zoo.adaptation.leaderboard import (
     Leaderboard,
     LeaderboardRow,
     rank_key,
     small_validation_note,
 )
-from zoo.adaptation.training import TrainLoop, epoch_record, make_optimizer
-from zoo.errors import DataError, ZooError
+from zoo.adaptation.training import Trainee
+from zoo.errors import DataError
 from zoo.plans.freeze import apply_plan
 
 if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
     from zoo.adaptation.candidates import PlannedCandidate
     from zoo.adaptation.config import TrainConfig
     from zoo.adaptation.distributed import DistContext
@@ -86,9 +89,15 @@ MIN_RUNG_STEPS = 64
 # ---------------------------------------------------------------- one candidate
 
 
+#: A candidate's top on cached activations with at most this many trainable parameters
+#: trains on one CPU thread: waking a thread pool costs more than the arithmetic.
+ONE_THREAD_PARAMS = 1_000_000
+
+
 @dataclass
 class Candidate:
-    """One policy being compared: its own model copy, optimizer, schedule and batches."""
+    """One policy being compared: its own model copy with its plan applied, trained by its own
+    :class:`~zoo.adaptation.training.Trainee` (optimizer, schedule and batches)."""
 
     spec: str
     plan: Plan
@@ -99,12 +108,7 @@ class Candidate:
     records: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
     alive: bool = True
-    loop: TrainLoop | None = None
-    module: nn.Module | None = None
-    replica: Replica | None = None
-    batches: Any = None
-    n_batches: int = 0
-    val_batches: Any = None
+    trainee: Trainee | None = None
 
     @property
     def epochs_run(self) -> int:
@@ -128,6 +132,37 @@ class Candidate:
     def trained_on(self) -> str:
         return f"activations at {self.boundary!r}" if self.boundary else "images"
 
+    def start(
+        self, shared: SharedData, settings: TrainConfig, num_classes: int, ctx: DistContext
+    ) -> None:
+        """Its trainee, on the activations at its boundary or on the shared images."""
+        torch.manual_seed(settings.seed)  # a head reset or dropout draws the same for each
+        source: tuple[Any, Any] = (shared.train, shared.val)
+        if self.cut is not None:
+            source = shared.activations[self.cut.path]
+        elif not isinstance(shared.train, CachedFeatures):  # streamed: shuffled, in batches
+            source = (reshuffled(shared.train, ctx, settings.seed, settings.batch_size), shared.val)
+        self.trainee = Trainee(
+            self.model,
+            self.plan,
+            *source,
+            settings,
+            ctx=ctx,
+            callback=AdaptCallback(),
+            num_classes=num_classes,
+            top=self.cut.suffix(self.model) if self.cut is not None else None,
+            one_thread=self.cut is not None and self.trainable_params <= ONE_THREAD_PARAMS,
+        )
+
+    def train_epoch(self) -> EpochRecord:
+        """One more epoch (timed, validation included)."""
+        assert self.trainee is not None
+        start = time.perf_counter()
+        record = self.trainee.epoch(self.epochs_run + 1)
+        self.records.append(record)
+        self.seconds += time.perf_counter() - start
+        return record
+
 
 def make_candidate(base: nn.Module, planned: PlannedCandidate) -> Candidate:
     model = copy.deepcopy(base)
@@ -135,77 +170,6 @@ def make_candidate(base: nn.Module, planned: PlannedCandidate) -> Candidate:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return Candidate(planned.spec, planned.plan, model, trainable, total)
-
-
-def _prepare_training(
-    cand: Candidate, shared: SharedData, settings: TrainConfig, num_classes: int, ctx: DistContext
-) -> None:
-    """Optimizer, lr schedule over all epochs, and the candidate's own shuffled batches."""
-    groups = cand.plan.param_groups(cand.model, lr=settings.lr, weight_decay=settings.weight_decay)
-    if not groups:
-        raise ZooError(f"nothing trains under {cand.spec}: no optimizer to build")
-    opt = make_optimizer(settings.optimizer, groups, lr=settings.lr, momentum=settings.momentum)
-    if cand.cut is not None:
-        train, val = shared.activations[cand.cut.path]
-        cand.module = cand.cut.suffix(cand.model)
-        cand.batches = train.loader(settings.batch_size, seed=settings.seed)
-        cand.n_batches = len(cand.batches)
-        cand.val_batches = lambda: val.loader(INFERENCE_BATCH)
-    elif shared.train is not None:
-        assert shared.val is not None
-        cand.module = cand.model
-        cand.batches = shared.train.loader(settings.batch_size, seed=settings.seed)
-        cand.n_batches = len(cand.batches)
-        val_cached = shared.val
-        cand.val_batches = lambda: val_cached.loader(INFERENCE_BATCH)
-    else:
-        cand.module = cand.model
-        cand.batches = reshuffled(shared.train_loader, ctx, settings.seed, settings.batch_size)
-        cand.n_batches = len(cand.batches)
-        cand.val_batches = lambda: shared.val_loader
-    cand.replica = Replica(cand.module, ctx)
-    cand.loop = TrainLoop(
-        ctx=ctx,
-        optimizer=opt,
-        loss_fn=nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing),
-        callback=AdaptCallback(),
-        schedule=settings.lr_schedule,
-        batches_per_epoch=cand.n_batches,
-        epochs=settings.epochs,
-        warmup_epochs=settings.warmup_epochs,
-        num_classes=num_classes,
-    )
-
-
-@contextlib.contextmanager
-def _threads_for(cand: Candidate, device: torch.device) -> Iterator[None]:
-    """One CPU thread for a tiny top (a head on cached features): waking a thread pool costs
-    more than the arithmetic."""
-    if device.type != "cpu" or cand.boundary is None or cand.trainable_params > 1_000_000:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def train_one_epoch(cand: Candidate, settings: TrainConfig, ctx: DistContext) -> EpochRecord:
-    assert cand.loop is not None and cand.module is not None and cand.replica is not None
-    start = time.perf_counter()
-    epoch = cand.epochs_run + 1
-    set_epoch(cand.batches, epoch)
-    with _threads_for(cand, ctx.device):
-        result = cand.loop.train_epoch(
-            epoch, settings.epochs, cand.replica, [cand.module], cand.batches, cand.n_batches
-        )
-        scores = cand.loop.evaluate(cand.module, [cand.module], cand.val_batches())
-    record = epoch_record(epoch, result, scores, cand.model)
-    cand.records.append(record)
-    cand.seconds += time.perf_counter() - start
-    return record
 
 
 def rung_epochs(epochs: int, candidates: int, steps_per_epoch: int | None = None) -> list[int]:
@@ -297,7 +261,8 @@ def run_halving(
     of the slowest candidate; None: plain halving) keeps fewer candidates at a rung when the
     projected cost of the remaining rungs would exceed it (see :func:`keep_within`); with a
     budget, the budget does."""
-    steps = ctx.broadcast(min(c.n_batches for c in candidates))  # the same rungs on every rank
+    per_epoch = [c.trainee.batches_per_epoch for c in candidates if c.trainee is not None]
+    steps = ctx.broadcast(min(per_epoch))  # the same rungs on every rank
     rungs = rung_epochs(settings.epochs, len(candidates), steps)
     note = rung_note(settings.epochs, len(candidates), steps)
     notes = [*notes, note] if note else list(notes)
@@ -313,7 +278,7 @@ def run_halving(
                     if ctx.any(elapsed + cand.seconds_per_epoch > budget):
                         budget_cut = True
                         break
-                record = train_one_epoch(cand, settings, ctx)
+                record = cand.train_epoch()
                 hook = getattr(callback, "on_candidate_epoch", None)
                 if hook is not None:
                     hook(cand.spec, record, k)
@@ -384,10 +349,7 @@ def keep_within(
 
 def _release(cand: Candidate) -> None:
     """A dropped candidate's model copy, optimizer state and batches are no longer needed."""
-    cand.loop = None
-    cand.replica = None
-    cand.batches = None
-    cand.module = None
+    cand.trainee = None
     cand.model = None  # type: ignore[assignment]
 
 
@@ -456,31 +418,26 @@ def _finite(value: float | None) -> float | None:
 @dataclass
 class SharedData:
     """The inputs every candidate shares, computed once: the decoded images (or, over the
-    memory budget, the eval-transform loaders to stream them from), and the activations at
-    each candidate's freeze boundary (:mod:`zoo.adaptation.cache`)."""
+    memory budget, the eval-transform loaders to stream them from each epoch), and the
+    activations at each candidate's freeze boundary (:mod:`zoo.adaptation.cache`)."""
 
-    train: CachedFeatures | None
-    val: CachedFeatures | None
-    train_loader: Any
-    val_loader: Any
+    train: CachedFeatures | DataLoader
+    val: CachedFeatures | DataLoader
     activations: dict[str, tuple[CachedFeatures, CachedFeatures]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
-        total = sum(c.nbytes for c in (self.train, self.val) if c is not None)
-        for pair in self.activations.values():
-            total += sum(c.nbytes for c in pair)
-        return total
+        pairs = [(self.train, self.val), *self.activations.values()]
+        return sum(c.nbytes for pair in pairs for c in pair if isinstance(c, CachedFeatures))
 
-    def loaders(self) -> list[tuple[str, Any]]:
+    def loaders(self) -> list[tuple[str, DataLoader]]:
         """``(split, loader)`` of the images in order: decoded, or streamed from the folders."""
-        if self.train is not None and self.val is not None:
-            return [
-                ("train", self.train.loader(INFERENCE_BATCH)),
-                ("val", self.val.loader(INFERENCE_BATCH)),
-            ]
-        return [("train", self.train_loader), ("val", self.val_loader)]
+        splits = {"train": self.train, "val": self.val}
+        return [
+            (name, s.loader(INFERENCE_BATCH) if isinstance(s, CachedFeatures) else s)
+            for name, s in splits.items()
+        ]
 
 
 def prepare_shared(
@@ -508,14 +465,14 @@ def prepare_shared(
     limit = max_cache_bytes()
     train = decode(train_loader, ctx.device, limit)
     val = decode(val_loader, ctx.device, limit - train.nbytes) if train is not None else None
-    notes = []
     if ctx.any(train is None or val is None):
-        train = val = None
-        notes.append(
+        note = (
             f"the decoded images would exceed the cache budget ({limit:,} bytes, "
             "ZOO_FEATURE_CACHE_MAX_BYTES): streamed from the folders every epoch"
         )
-    return SharedData(train, val, train_loader, val_loader, notes=notes)
+        return SharedData(train_loader, val_loader, notes=[note])
+    assert train is not None and val is not None
+    return SharedData(train, val)
 
 
 def cache_boundaries(
@@ -580,8 +537,7 @@ def compare_candidates(
     candidates = [make_candidate(model, p) for p in planned]
     cache_boundaries(model, candidates, shared, ctx=ctx, callback=callback)
     for cand in candidates:
-        torch.manual_seed(settings.seed)  # a head reset or dropout draws the same for each
-        _prepare_training(cand, shared, settings, len(data.classes), ctx)
+        cand.start(shared, settings, len(data.classes), ctx)
     return run_halving(
         candidates,
         settings,
