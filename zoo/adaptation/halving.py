@@ -398,15 +398,6 @@ def _leaderboard(
     )
 
 
-def _count(images: Any) -> int:
-    """How many images a folder or loader holds (0: unknown)."""
-    images = getattr(images, "dataset", images)
-    try:
-        return len(images)
-    except TypeError:
-        return 0
-
-
 def _finite(value: float | None) -> float | None:
     """A loss as the leaderboard keeps it: None when it diverged (not finite, or past 1e12)."""
     return value if value is not None and math.isfinite(value) and value <= 1e12 else None
@@ -532,7 +523,7 @@ def compare_candidates(
     """Compare ``planned`` on ``model`` (built, on its device, input config set): the shared
     work, then successive halving."""
     shared = prepare_shared(data, config, settings, ctx)
-    small = small_validation_note(_count(data.val))
+    small = small_validation_note(data.images("val"))
     notes = [*notes, small] if small else notes
     candidates = [make_candidate(model, p) for p in planned]
     cache_boundaries(model, candidates, shared, ctx=ctx, callback=callback)

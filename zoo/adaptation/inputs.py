@@ -48,6 +48,15 @@ class AdaptData:
     def from_folders(self) -> bool:
         return isinstance(self.train, ImageFolder)
 
+    def images(self, split: str) -> int:
+        """How many images ``split`` (``"train"`` or ``"val"``) holds: a folder's, or its
+        loader's dataset's (0: none, or a dataset that does not tell)."""
+        found = getattr(self, split)
+        try:
+            return len(getattr(found, "dataset", found)) if found is not None else 0
+        except TypeError:
+            return 0
+
 
 def is_loader(obj: Any) -> bool:
     return isinstance(obj, DataLoader)

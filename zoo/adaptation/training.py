@@ -76,15 +76,6 @@ def make_optimizer(
     return cls(groups, lr=lr, **kwargs)
 
 
-def _lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 # ---------------------------------------------------------------- one model in training
 
 
@@ -148,7 +139,13 @@ class Trainee:
 
     def lr_factor(self, step: int) -> float:
         """The factor of every group's initial lr at optimizer step ``step`` (0-based)."""
-        return _lr_factor(self.schedule, step, self.total_steps, self.warmup_steps)
+        total, warmup = self.total_steps, self.warmup_steps
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if self.schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     def epoch(self, epoch: int) -> EpochRecord:
         """Train epoch ``epoch`` (1-based), then evaluate on ``val``; summed over ranks."""
