@@ -13,6 +13,7 @@ Target: 10 epochs at least 8x faster with the cache.
 
     python benchmarks/linear_probe_bench.py                 # resnet18, 512 images, 10 epochs
     python benchmarks/linear_probe_bench.py --epochs 5 --image-size 96
+    python benchmarks/linear_probe_bench.py --scratch       # offline: random weights
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
                 lr=args.lr,
                 feature_cache=cache,
                 seed=0,
+                scratch=args.scratch,
             )
             wall = time.perf_counter() - start
             assert history.feature_cache is cache, history.feature_cache_note
@@ -123,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--scratch",
+        action="store_true",
+        help="random weights (offline without cached pretrained ones): the speed is the same",
+    )
     return run(parser.parse_args(argv))
 
 

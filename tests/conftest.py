@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -40,6 +41,22 @@ def _isolated_zoo(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ZOO_CACHE_DIR", str(home / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield home
+
+
+@pytest.fixture(scope="session")
+def colours(tmp_path_factory) -> Path:
+    """Image folders whose classes (red, green, blue) differ by colour, learnable in a few
+    steps, made once for the whole session: ``train`` 24 images of 32 px (8 per class: 3
+    optimizer steps at batch 8), ``val`` 9 (3 per class, other images) and ``two`` 8 images of
+    2 classes (4 red, 4 green). Shared, so read-only: a test that changes images makes its own
+    folder (``test_data.make_color_folder``)."""
+    from test_data import make_color_folder
+
+    root = tmp_path_factory.mktemp("colours")
+    make_color_folder(root / "train", per_class=8, seed=0)
+    make_color_folder(root / "val", per_class=3, seed=1)
+    make_color_folder(root / "two", per_class=4, seed=2, classes=("red", "green"))
+    return root
 
 
 @pytest.fixture

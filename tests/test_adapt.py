@@ -19,14 +19,6 @@ FAST = {"image_size": 32, "batch_size": 8, "lr": 1e-2}
 SCRATCH = {**FAST, "scratch": True}  # random weights: the hub is offline in tests
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
-    make_color_folder(root / "train", per_class=8, seed=0)
-    make_color_folder(root / "val", per_class=3, seed=1)
-    return root
-
-
 def _store_listing(home):
     models = home / "models"
     if not models.exists():
@@ -51,12 +43,12 @@ class Recorder(AdaptCallback):
         self.events.append(("plan", epoch))
 
 
-def test_linear_probe_uses_the_feature_cache_and_saves(data):
+def test_linear_probe_uses_the_feature_cache_and_saves(colours):
     recorder = Recorder()
     model, history = zoo.adapt(
         BACKBONE,
-        data / "train",
-        data / "val",
+        colours / "train",
+        colours / "val",
         policy="linear-probe",
         epochs=6,
         name="colours-probe",
@@ -86,13 +78,13 @@ def test_linear_probe_uses_the_feature_cache_and_saves(data):
         assert torch.equal(value, saved.state_dict()[key]), key
 
 
-def test_cached_features_train_exactly_like_the_plain_loop(data):
+def test_cached_features_train_exactly_like_the_plain_loop(colours):
     weights = {}
     for cache in (True, False):
         model, history = zoo.adapt(
             BACKBONE,
-            data / "train",
-            data / "val",
+            colours / "train",
+            colours / "val",
             policy="linear-probe",
             epochs=2,
             feature_cache=cache,
@@ -105,11 +97,13 @@ def test_cached_features_train_exactly_like_the_plain_loop(data):
     assert weights[True][2] == pytest.approx(weights[False][2], rel=1e-4)
 
 
-def test_freeze_to_trains_the_plan_and_nothing_else(data):
+def test_freeze_to_trains_the_plan_and_nothing_else(colours):
     torch.manual_seed(0)
     start = zoo.create(BACKBONE, num_classes=3)
     before = {k: v.clone() for k, v in start.state_dict().items()}
-    model, history = zoo.adapt(start, data / "train", policy="freeze-to:depth=4", epochs=2, **FAST)
+    model, history = zoo.adapt(
+        start, colours / "train", policy="freeze-to:depth=4", epochs=2, **FAST
+    )
     plan = model.zoo.plan
     assert plan.policy == "zoo:freeze-to" and plan.args == {"depth": 4}
     assert not history.feature_cache and "more than the classifier" in history.feature_cache_note
@@ -123,12 +117,12 @@ def test_freeze_to_trains_the_plan_and_nothing_else(data):
     assert history.val_images == 0 and history.epochs[0].val_accuracy is None
 
 
-def test_gradual_unfreezes_per_epoch(data):
+def test_gradual_unfreezes_per_epoch(colours):
     recorder = Recorder()
     model, history = zoo.adapt(
         BACKBONE,
-        data / "train",
-        data / "val",
+        colours / "train",
+        colours / "val",
         policy="gradual",
         epochs=3,
         callback=recorder,
@@ -141,11 +135,11 @@ def test_gradual_unfreezes_per_epoch(data):
     assert model.zoo.plan.epoch == 2
 
 
-def test_auto_gets_samples_per_class_and_similarity_from_adapt(data, tmp_path):
+def test_auto_gets_samples_per_class_and_similarity_from_adapt(colours, tmp_path):
     weights = zoo.save(zoo.create(BACKBONE, num_classes=3), tmp_path / "start.safetensors")
     # without validation data auto uses its table (with it, it measures: tests/test_compare_auto)
     _, history = zoo.adapt(
-        BACKBONE, data / "train", policy="auto", epochs=1, weights=weights, **FAST
+        BACKBONE, colours / "train", policy="auto", epochs=1, weights=weights, **FAST
     )
     assert history.policy == "zoo:auto"
     assert history.policy_args["samples_per_class"] == 8
@@ -154,7 +148,7 @@ def test_auto_gets_samples_per_class_and_similarity_from_adapt(data, tmp_path):
     assert any("linear-probe" in note for note in history.notes)
 
 
-def test_data_loaders_and_readapting_a_saved_model(data):
+def test_data_loaders_and_readapting_a_saved_model(colours):
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(0)
@@ -163,7 +157,7 @@ def test_data_loaders_and_readapting_a_saved_model(data):
     x[y == 1] += 1.5
     train = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)
     base, _ = zoo.adapt(
-        BACKBONE, data / "train", policy="linear-probe", epochs=1, name="colours-base", **SCRATCH
+        BACKBONE, colours / "train", policy="linear-probe", epochs=1, name="colours-base", **SCRATCH
     )
     model, history = zoo.adapt(
         "colours-base",
@@ -202,11 +196,13 @@ def test_data_loaders_and_readapting_a_saved_model(data):
         ("weights-for-a-saved-model", zoo.ZooError, "apply when starting from a backbone"),
     ],
 )
-def test_errors_are_clear_and_change_nothing(data, tmp_path, _isolated_zoo, case, error, message):
+def test_errors_are_clear_and_change_nothing(
+    colours, tmp_path, _isolated_zoo, case, error, message
+):
     zoo.save(zoo.create(BACKBONE, num_classes=3), "taken")
     before = _store_listing(_isolated_zoo)
     kwargs = {"policy": "linear-probe", "epochs": 1, "name": "new", **SCRATCH}
-    start, train = BACKBONE, data / "train"
+    start, train = BACKBONE, colours / "train"
     if case == "name-taken":
         kwargs["name"] = "taken"
         train = tmp_path / "missing"  # the name is checked before the data is read
@@ -231,12 +227,12 @@ def test_errors_are_clear_and_change_nothing(data, tmp_path, _isolated_zoo, case
     assert _store_listing(_isolated_zoo) == before
 
 
-def test_cli_adapt_json_and_errors(data, capsys, _isolated_zoo):
+def test_cli_adapt_json_and_errors(colours, capsys, _isolated_zoo):
     argv = [
         "adapt",
         BACKBONE,
         "--data",
-        str(data / "train"),
+        str(colours / "train"),
         "--val-split",
         "0.25",
         "--policy",
@@ -264,7 +260,7 @@ def test_cli_adapt_json_and_errors(data, capsys, _isolated_zoo):
     out = capsys.readouterr().out
     assert "cli-probe" in out and "feature cache" in out.lower()
     assert _store_listing(_isolated_zoo) != before
-    assert main(["adapt", BACKBONE, "--data", str(data / "nope"), "--name", "x"]) == 1
+    assert main(["adapt", BACKBONE, "--data", str(colours / "nope"), "--name", "x"]) == 1
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -386,17 +382,17 @@ class _Net(torch.nn.Module):
         return out * self.scale if self.scale is not None else out
 
 
-def test_generic_modules_get_the_cache_only_when_the_cut_is_exact(data):
-    _, plain = zoo.adapt(_Net(), data / "train", policy="linear-probe", epochs=2, **FAST)
+def test_generic_modules_get_the_cache_only_when_the_cut_is_exact(colours):
+    _, plain = zoo.adapt(_Net(), colours / "train", policy="linear-probe", epochs=2, **FAST)
     assert plain.feature_cache and "'fc'" in plain.feature_cache_note
     model, scaled = zoo.adapt(
-        _Net(scale=2.0), data / "train", policy="linear-probe", epochs=2, **FAST
+        _Net(scale=2.0), colours / "train", policy="linear-probe", epochs=2, **FAST
     )
     assert not scaled.feature_cache
     assert "not the model's output" in scaled.feature_cache_note
     assert len(scaled) == 2 and model.fc.weight.requires_grad
     with pytest.raises(zoo.ZooError, match="cannot save this _Net"):
-        zoo.adapt(_Net(), data / "train", policy="linear-probe", epochs=1, name="net", **FAST)
+        zoo.adapt(_Net(), colours / "train", policy="linear-probe", epochs=1, name="net", **FAST)
 
 
 def test_unreadable_images_are_skipped_and_recorded(tmp_path):

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-from test_data import make_color_folder
 
 import zoo
 from zoo.adaptation.checkpoint import AdaptInterrupted, CheckpointError
@@ -33,14 +32,6 @@ CHECKPOINT_SETTINGS = {
     *("feature_cache", "on_corrupt", "device", "distributed", "num_workers", "seed"),
     *("early_stop", "start", "train", "val", "images", "world_size"),
 }
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
-    make_color_folder(root / "train", per_class=6, seed=0)
-    make_color_folder(root / "val", per_class=2, seed=1)
-    return root
 
 
 class StopAfter(AdaptCallback):
@@ -72,8 +63,8 @@ def _same(a, b):
     ],
     ids=["plain-gradual", "cached-probe"],
 )
-def test_interrupted_run_resumes_bit_identical(data, options, stop):
-    train, val = data / "train", data / "val"
+def test_interrupted_run_resumes_bit_identical(colours, options, stop):
+    train, val = colours / "train", colours / "val"
     whole, whole_history = zoo.adapt(
         BACKBONE, train, val, epochs=3, name="whole", **options, **FAST
     )
@@ -101,8 +92,8 @@ def test_interrupted_run_resumes_bit_identical(data, options, stop):
     assert _same(zoo.load("cut"), zoo.load("whole")) == []
 
 
-def test_resume_refuses_other_settings_and_missing_checkpoints(data):
-    train, val = data / "train", data / "val"
+def test_resume_refuses_other_settings_and_missing_checkpoints(colours):
+    train, val = colours / "train", colours / "val"
     with pytest.raises(CheckpointError, match="no checkpoint to resume"):
         zoo.adapt(BACKBONE, train, val, epochs=2, name="r", resume=True, **FAST)
     with pytest.raises(AdaptInterrupted):
@@ -140,8 +131,8 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(data):
     assert result.to_dict()["checkpoints"][0]["reason"] == result.checkpoints[0][1]
 
 
-def test_early_stop_keeps_the_best_epoch(data):
-    train, val = data / "train", data / "val"
+def test_early_stop_keeps_the_best_epoch(colours):
+    train, val = colours / "train", colours / "val"
     # lr this high makes the validation loss go up after the first epochs
     options = {**FAST, "lr": 0.3, "optimizer": "sgd", "lr_schedule": "constant"}
     _free, free_history = zoo.adapt(BACKBONE, train, val, epochs=6, policy="full", **options)
@@ -166,9 +157,10 @@ def test_early_stop_keeps_the_best_epoch(data):
         zoo.adapt(BACKBONE, train, val, epochs=2, early_stop=0, **FAST)
 
 
-def test_cli_sigint_keeps_the_epoch_and_gc_finds_it(data, _isolated_zoo, capsys):
+@pytest.mark.slow
+def test_cli_sigint_keeps_the_epoch_and_gc_finds_it(colours, _isolated_zoo, capsys):
     args = [
-        "adapt", BACKBONE, "--data", str(data / "train"), "--val", str(data / "val"),
+        "adapt", BACKBONE, "--data", str(colours / "train"), "--val", str(colours / "val"),
         "--policy", "freeze-to:depth=4", "--epochs", "40", "--image-size", "32",
         "--batch-size", "8", "--scratch", "--name", "sig", "--seed", "1",
     ]  # fmt: skip

@@ -13,7 +13,6 @@ import pytest
 import timm
 import torch
 from rich.console import Console
-from test_data import make_color_folder
 
 import zoo
 from zoo.cli.main import main
@@ -22,14 +21,6 @@ from zoo.io.metadata import ZooMetadata
 
 BACKBONE = "timm:test_resnet"  # has pretrained weights (tag r160_in1k), not cached offline
 FAST = {"image_size": 32, "batch_size": 8, "lr": 1e-2, "epochs": 1}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
-    make_color_folder(root / "train", per_class=6, seed=0)
-    make_color_folder(root / "two", per_class=4, seed=2, classes=("red", "green"))
-    return root
 
 
 class NoWeightsPlugin:
@@ -52,21 +43,21 @@ class NoWeightsPlugin:
 # ---------------------------------------------------------------- item 1: the default start
 
 
-def test_a_backbone_name_starts_from_pretrained_weights(data, network_calls):
+def test_a_backbone_name_starts_from_pretrained_weights(colours, network_calls):
     with pytest.raises(zoo.WeightsUnavailableError, match=r"--scratch") as info:
-        zoo.adapt(BACKBONE, data / "train", policy="linear-probe", **FAST)
+        zoo.adapt(BACKBONE, colours / "train", policy="linear-probe", **FAST)
     assert "--weights" in str(info.value) and "r160_in1k" in str(info.value)
     assert network_calls == []  # the offline error is fast: the network is never tried
     # the CLI form the README shows fails the same way, naming the ways out
-    assert main(["adapt", BACKBONE, "--data", str(data / "train"), "--image-size", "32"]) == 1
+    assert main(["adapt", BACKBONE, "--data", str(colours / "train"), "--image-size", "32"]) == 1
 
 
-def test_scratch_is_random_init_and_says_so(data):
-    _, history = zoo.adapt(BACKBONE, data / "train", policy="linear-probe", scratch=True, **FAST)
+def test_scratch_is_random_init_and_says_so(colours):
+    _, history = zoo.adapt(BACKBONE, colours / "train", policy="linear-probe", scratch=True, **FAST)
     assert "random weights" in history.start and "scratch=True" in history.start
     assert history.policy == "zoo:linear-probe"  # explicit scratch: a partial plan is allowed
     # auto on random weights trains everything, and says why
-    _, auto = zoo.adapt(BACKBONE, data / "train", policy="auto", scratch=True, **FAST)
+    _, auto = zoo.adapt(BACKBONE, colours / "train", policy="auto", scratch=True, **FAST)
     assert auto.trainable_params == auto.total_params
     assert any("random weights" in n for n in auto.notes)
     assert not any("pretrained features already fit" in n for n in auto.notes)
@@ -81,37 +72,37 @@ def test_scratch_is_random_init_and_says_so(data):
         ({"pretrained": 1.5}, "pretrained must be"),
     ],
 )
-def test_start_options_that_contradict_are_refused(data, kwargs, rule):
+def test_start_options_that_contradict_are_refused(colours, kwargs, rule):
     with pytest.raises(zoo.AdaptArgumentError, match=rule):
-        zoo.adapt(BACKBONE, data / "train", **kwargs, **FAST)
+        zoo.adapt(BACKBONE, colours / "train", **kwargs, **FAST)
 
 
 def test_partial_policy_on_a_backbone_without_weights_needs_scratch(
-    data, zoo_register_plugin, _isolated_zoo
+    colours, zoo_register_plugin, _isolated_zoo
 ):
     zoo_register_plugin(NoWeightsPlugin())
     with pytest.raises(zoo.ZooError, match=r"random weights.*--scratch"):
-        zoo.adapt("bare:net", data / "train", policy="freeze-to:depth=4", name="m", **FAST)
+        zoo.adapt("bare:net", colours / "train", policy="freeze-to:depth=4", name="m", **FAST)
     assert not (_isolated_zoo / "models" / "m").exists()  # nothing saved
-    _, full = zoo.adapt("bare:net", data / "train", policy="full", **FAST)
+    _, full = zoo.adapt("bare:net", colours / "train", policy="full", **FAST)
     assert "has no pretrained weights" in full.start
-    _, probe = zoo.adapt("bare:net", data / "train", policy="linear-probe", scratch=True, **FAST)
+    _, probe = zoo.adapt("bare:net", colours / "train", policy="linear-probe", scratch=True, **FAST)
     assert probe.policy == "zoo:linear-probe"
 
 
-def test_saved_start_refuses_scratch(data):
+def test_saved_start_refuses_scratch(colours):
     zoo.save(zoo.create(BACKBONE, num_classes=3), "src")
     with pytest.raises(zoo.ZooError, match="apply when starting from a backbone name"):
-        zoo.adapt("src", data / "train", scratch=True, **FAST)
+        zoo.adapt("src", colours / "train", scratch=True, **FAST)
 
 
 # ---------------------------------------------------------------- item 3: provenance
 
 
-def test_a_new_head_keeps_the_base_and_saves_as_a_delta(data):
-    zoo.adapt(BACKBONE, data / "train", policy="full", scratch=True, name="src", **FAST)
+def test_a_new_head_keeps_the_base_and_saves_as_a_delta(colours):
+    zoo.adapt(BACKBONE, colours / "train", policy="full", scratch=True, name="src", **FAST)
     model, history = zoo.adapt(
-        "src", data / "two", policy="linear-probe", name="two", delta=True, **FAST
+        "src", colours / "two", policy="linear-probe", name="two", delta=True, **FAST
     )
     assert model.fc.out_features == 2
     meta = ZooMetadata.parse(read_header(history.path).metadata, source=history.path)
@@ -123,7 +114,7 @@ def test_a_new_head_keeps_the_base_and_saves_as_a_delta(data):
     for name, tensor in loaded.state_dict().items():
         torch.testing.assert_close(tensor, model.state_dict()[name])
     # a full save records the base too
-    _, full = zoo.adapt("src", data / "two", policy="linear-probe", name="two-full", **FAST)
+    _, full = zoo.adapt("src", colours / "two", policy="linear-probe", name="two-full", **FAST)
     meta = ZooMetadata.parse(read_header(full.path).metadata, source=full.path)
     assert meta.kind == "full" and meta.base["ref"] == "src"
 
@@ -131,11 +122,11 @@ def test_a_new_head_keeps_the_base_and_saves_as_a_delta(data):
 # ---------------------------------------------------------------- item 4: input config
 
 
-def test_weights_bring_their_input_config(data):
+def test_weights_bring_their_input_config(colours):
     config = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
     zoo.adapt(
         BACKBONE,
-        data / "train",
+        colours / "train",
         policy="full",
         scratch=True,
         input_config=config,
@@ -143,14 +134,16 @@ def test_weights_bring_their_input_config(data):
         **FAST,
     )
     no_size = {k: v for k, v in FAST.items() if k != "image_size"}
-    model, history = zoo.adapt(BACKBONE, data / "train", policy="full", weights="small", **no_size)
+    model, history = zoo.adapt(
+        BACKBONE, colours / "train", policy="full", weights="small", **no_size
+    )
     assert history.input_size == [3, 32, 32]  # not test_resnet's own 160 px
     assert list(model.zoo.input_config.mean) == [0.5, 0.5, 0.5]
     assert "weights of saved model 'small'" in history.start
     assert any("32 px" in n and "trained with" in n for n in history.notes)
     # explicit options still win, and the note says so
     model, history = zoo.adapt(
-        BACKBONE, data / "train", policy="full", weights="small", **{**no_size, "image_size": 40}
+        BACKBONE, colours / "train", policy="full", weights="small", **{**no_size, "image_size": 40}
     )
     assert history.input_size == [3, 40, 40]
     assert list(model.zoo.input_config.std) == [0.25, 0.25, 0.25]
@@ -160,11 +153,12 @@ def test_weights_bring_their_input_config(data):
 # ---------------------------------------------------------------- item 11: --name
 
 
-def test_cli_name_is_a_store_name_and_output_takes_paths(data, tmp_path, _isolated_zoo):
+@pytest.mark.slow
+def test_cli_name_is_a_store_name_and_output_takes_paths(colours, tmp_path, _isolated_zoo):
     env = {**os.environ, "ZOO_HOME": str(_isolated_zoo), "HF_HUB_OFFLINE": "1"}
     evil = _isolated_zoo / "evil"
     argv = [sys.executable, "-m", "zoo.cli.main", "adapt", BACKBONE, "--data"]
-    argv += [str(data / "train"), "--scratch", "--epochs", "1", "--image-size", "32"]
+    argv += [str(colours / "train"), "--scratch", "--epochs", "1", "--image-size", "32"]
     done = subprocess.run(
         [*argv, "--name", "../evil"], env=env, capture_output=True, text=True, timeout=120
     )

@@ -11,7 +11,6 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from test_data import make_color_folder
 from torch import nn
 from torchrun_helpers import run_worker
 
@@ -273,13 +272,6 @@ def test_cli_plan_shows_added_parameters(capsys):
 # ---------------------------------------------------------------- zoo.adapt and DDP
 
 
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
-    make_color_folder(root / "train", per_class=6, size=32, seed=0)
-    return root
-
-
 def test_adapt_trains_only_adapters_and_head(colours):
     torch.manual_seed(0)
     start = zoo.create("timm:test_resnet", num_classes=3)
@@ -310,8 +302,7 @@ def test_adapt_trains_only_adapters_and_head(colours):
     )
 
 
-def test_compare_accepts_adapter_policies(colours, tmp_path):
-    make_color_folder(tmp_path / "val", per_class=3, size=32, seed=1)
+def test_compare_accepts_adapter_policies(colours):
     torch.manual_seed(0)
     start = zoo.create("timm:test_resnet", num_classes=3)
     _unzero(start)
@@ -319,7 +310,7 @@ def test_compare_accepts_adapter_policies(colours, tmp_path):
     result = zoo.compare(
         start,
         colours / "train",
-        tmp_path / "val",
+        colours / "val",
         policies=["lora:rank=2", "ssf"],
         epochs=1,
         image_size=32,

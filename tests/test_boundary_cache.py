@@ -6,25 +6,21 @@ import pytest
 import timm
 import torch
 from test_adapt_resume import StopAfter
-from test_data import make_color_folder
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchrun_helpers import run_worker
 
 import zoo
-from zoo.adaptation.boundary_cache import Boundary, extract_boundaries, find_boundary
+from zoo.adaptation.cache import (
+    MAX_BYTES_ENV,
+    Boundary,
+    CacheUnsupported,
+    extract_boundaries,
+    find_boundary,
+)
 from zoo.adaptation.checkpoint import AdaptInterrupted
-from zoo.adaptation.feature_cache import MAX_BYTES_ENV, CacheUnsupported
 
 FAST = {"image_size": 32, "batch_size": 8, "lr": 1e-2, "seed": 0, "scratch": True}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
-    make_color_folder(root / "train", per_class=7, seed=0)  # 21 images: a partial last batch
-    make_color_folder(root / "val", per_class=2, seed=1)
-    return root
 
 
 def _planned(name: str, spec: str, **kwargs) -> nn.Module:
@@ -150,12 +146,12 @@ def test_one_pass_extracts_several_boundaries_like_separate_passes():
     assert model.training  # modes restored
 
 
-def test_train_last_on_the_cache_is_bit_identical_to_the_plain_loop(data):
+def test_train_last_on_the_cache_is_bit_identical_to_the_plain_loop(colours):
     runs = {}
-    for cache in (True, False):
+    for cache in (True, False):  # 24 images in batches of 5: a partial last batch
         model, history = zoo.adapt(
-            "timm:resnet18", data / "train", data / "val", policy="train-last:n=1", epochs=2,
-            augment=False, feature_cache=cache, **FAST,
+            "timm:resnet18", colours / "train", colours / "val", policy="train-last:n=1", epochs=2,
+            augment=False, feature_cache=cache, **{**FAST, "batch_size": 5},
         )  # fmt: skip
         assert history.feature_cache is cache
         runs[cache] = (model.state_dict(), history)
@@ -172,46 +168,46 @@ def test_train_last_on_the_cache_is_bit_identical_to_the_plain_loop(data):
     )
 
 
-def test_augmented_images_and_schedules_stay_on_the_plain_loop(data):
+def test_augmented_images_and_schedules_stay_on_the_plain_loop(colours):
     _, history = zoo.adapt(
-        "timm:test_resnet", data / "train", policy="train-last:n=1", epochs=1, **FAST
+        "timm:test_resnet", colours / "train", policy="train-last:n=1", epochs=1, **FAST
     )
     assert not history.feature_cache and history.augment
     assert "more than the classifier" in history.feature_cache_note
     assert "training images are augmented" in history.feature_cache_note
     with pytest.raises(zoo.ZooError, match=r"cannot be used: .*training images are augmented"):
         zoo.adapt(
-            "timm:test_resnet", data / "train", policy="train-last:n=1", epochs=1,
+            "timm:test_resnet", colours / "train", policy="train-last:n=1", epochs=1,
             feature_cache=True, **FAST,
         )  # fmt: skip
     with pytest.raises(zoo.ZooError, match=r"feature cache cannot be used.*schedule"):
         zoo.adapt(
-            "timm:test_resnet", data / "train", policy="gradual", epochs=1, augment=False,
+            "timm:test_resnet", colours / "train", policy="gradual", epochs=1, augment=False,
             feature_cache=True, **FAST,
         )  # fmt: skip
 
 
-def test_over_the_memory_budget_falls_back_or_refuses(data, monkeypatch):
+def test_over_the_memory_budget_falls_back_or_refuses(colours, monkeypatch):
     monkeypatch.setenv(MAX_BYTES_ENV, "1000")
     options = {"policy": "train-last:n=1", "epochs": 1, "augment": False, **FAST}
-    model, history = zoo.adapt("timm:test_resnet", data / "train", **options)
+    model, history = zoo.adapt("timm:test_resnet", colours / "train", **options)
     assert not history.feature_cache and len(history) == 1
     note = history.feature_cache_note
     assert note.startswith("plain loop: the cached activations would take about ")
     assert "more than the budget of 0.00 MB (ZOO_FEATURE_CACHE_MAX_BYTES)" in note
-    plain, _ = zoo.adapt("timm:test_resnet", data / "train", feature_cache=False, **options)
+    plain, _ = zoo.adapt("timm:test_resnet", colours / "train", feature_cache=False, **options)
     a, b = model.state_dict(), plain.state_dict()  # the fallback is the plain loop, shuffled
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     with pytest.raises(zoo.ZooError, match="budget"):
-        zoo.adapt("timm:test_resnet", data / "train", feature_cache=True, **options)
+        zoo.adapt("timm:test_resnet", colours / "train", feature_cache=True, **options)
     monkeypatch.delenv(MAX_BYTES_ENV)
-    _, history = zoo.adapt("timm:test_resnet", data / "train", **options)
+    _, history = zoo.adapt("timm:test_resnet", colours / "train", **options)
     assert history.feature_cache
 
 
-def test_an_interrupted_cached_run_resumes_bit_identical(data):
+def test_an_interrupted_cached_run_resumes_bit_identical(colours):
     options = {"policy": "train-last:n=2", "epochs": 3, "augment": False, **FAST}
-    train, val = data / "train", data / "val"
+    train, val = colours / "train", colours / "val"
     whole, whole_history = zoo.adapt("timm:test_resnet", train, val, name="whole", **options)
     assert whole_history.feature_cache
     with pytest.raises(AdaptInterrupted):
@@ -223,9 +219,9 @@ def test_an_interrupted_cached_run_resumes_bit_identical(data):
     assert [e.train_loss for e in history] == [e.train_loss for e in whole_history]
 
 
-def test_early_stopping_works_on_the_cached_path(data):
+def test_early_stopping_works_on_the_cached_path(colours):
     _, history = zoo.adapt(
-        "timm:test_resnet", data / "train", data / "val", policy="train-last:n=1", epochs=4,
+        "timm:test_resnet", colours / "train", colours / "val", policy="train-last:n=1", epochs=4,
         augment=False, early_stop=1, **{**FAST, "lr": 5.0},
     )  # fmt: skip
     assert history.feature_cache
@@ -252,12 +248,12 @@ with open(os.path.join(out, f"history{rank}.json"), "w") as f:
 
 
 @pytest.mark.slow
-def test_the_boundary_cache_under_torchrun_two_processes(tmp_path, data):
+def test_the_boundary_cache_under_torchrun_two_processes(tmp_path, colours):
     import json
 
     out = tmp_path / "out"
     out.mkdir()
-    proc = run_worker(tmp_path, WORKER, out, data)
+    proc = run_worker(tmp_path, WORKER, out, colours)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert [k for k in rank0 if not torch.equal(rank0[k], rank1[k])] == []

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from test_data import make_color_folder
 
 import zoo
 from zoo.adaptation import halving
@@ -30,14 +29,6 @@ FAST = {"image_size": 32, "batch_size": 8, "lr": 1e-2, "scratch": True}
 CANDIDATE_KEYS = {"policy", "val_acc", "trainable_params", "seconds", "epochs", "stopped_early"}
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
-    make_color_folder(root / "train", per_class=8, seed=0)
-    make_color_folder(root / "val", per_class=3, seed=1)
-    return root
-
-
 def _cli(argv, capsys):
     status = main(argv)
     captured = capsys.readouterr()
@@ -45,7 +36,7 @@ def _cli(argv, capsys):
 
 
 def test_json_is_exactly_the_documented_shape_and_halving_drops_candidates(
-    data, capsys, monkeypatch
+    colours, capsys, monkeypatch
 ):
     # halving on a tiny set: the minimum steps per rung lowered to one epoch of 24 images at
     # batch 3 (8 steps), so the rungs stay 1, 2, 4 (MIN_RUNG_STEPS itself: test_rungs_...)
@@ -54,9 +45,9 @@ def test_json_is_exactly_the_documented_shape_and_halving_drops_candidates(
         "compare",
         BACKBONE,
         "--data",
-        str(data / "train"),
+        str(colours / "train"),
         "--val",
-        str(data / "val"),
+        str(colours / "val"),
         "--scratch",
         "--image-size",
         "32",
@@ -108,11 +99,11 @@ def test_json_is_exactly_the_documented_shape_and_halving_drops_candidates(
     assert f"compare: {len(rows)} policies" in out and "linear-probe" in out and "won" in out
 
 
-def test_prefix_frozen_candidates_train_on_boundary_activations(data):
+def test_prefix_frozen_candidates_train_on_boundary_activations(colours):
     result = zoo.compare(
         BACKBONE,
-        data / "train",
-        data / "val",
+        colours / "train",
+        colours / "val",
         policies="linear-probe,train-last:n=1,full",
         epochs=2,
         **FAST,
@@ -129,14 +120,14 @@ def test_prefix_frozen_candidates_train_on_boundary_activations(data):
     assert "compare:" in history.notes[0]
 
 
-def test_duplicate_plans_collapse_and_text_specs_split(data):
+def test_duplicate_plans_collapse_and_text_specs_split(colours):
     # on a 4-stage ResNet (stem + 4 stages), freeze-to the last stage's depth == train-last:n=1
     table = zoo.params(BACKBONE)
     last_stage = max(r.depth for r in table.rows if r.group not in ("head", "neck"))
     result = zoo.compare(
         BACKBONE,
-        data / "train",
-        data / "val",
+        colours / "train",
+        colours / "val",
         policies=["train-last:n=1", f"freeze-to:depth={last_stage}", "linear-probe"],
         epochs=1,
         **FAST,
@@ -191,11 +182,11 @@ def test_rungs_and_keep_ratio_arithmetic():
     assert keep_ratio(3, 2) == 3
 
 
-def test_a_tiny_budget_cuts_the_comparison_and_says_so(data):
+def test_a_tiny_budget_cuts_the_comparison_and_says_so(colours):
     result = zoo.compare(
         BACKBONE,
-        data / "train",
-        data / "val",
+        colours / "train",
+        colours / "val",
         policies="linear-probe,train-last:n=1,full",
         epochs=4,
         budget=1e-3,
@@ -210,13 +201,13 @@ def test_a_tiny_budget_cuts_the_comparison_and_says_so(data):
     assert len(result.history.epochs) == 1
 
 
-def test_tiny_data_trains_every_candidate_to_the_end_and_says_why(data):
+def test_tiny_data_trains_every_candidate_to_the_end_and_says_why(colours):
     # 24 images at batch 8: 3 optimizer steps per epoch, 4 epochs: no rung before the last has
     # MIN_RUNG_STEPS steps, so nothing is cut after a few steps: every candidate trains 4 epochs
     result = zoo.compare(
         BACKBONE,
-        data / "train",
-        data / "val",
+        colours / "train",
+        colours / "val",
         policies="linear-probe,train-last:n=1,bitfit,full",
         epochs=4,
         **FAST,
@@ -240,17 +231,18 @@ def test_small_validation_note():
     assert small_validation_note(50) is None and small_validation_note(0) is None
 
 
-def test_plot_is_written(data, tmp_path):
+def test_plot_is_written(colours, tmp_path):
     pytest.importorskip("matplotlib")
     target = tmp_path / "board.png"
     zoo.compare(
-        BACKBONE, data / "train", data / "val", policies="linear-probe,full", epochs=1,
+        BACKBONE, colours / "train", colours / "val", policies="linear-probe,full", epochs=1,
         plot=target, **FAST,
     )  # fmt: skip
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_missing_matplotlib_is_a_clear_error_before_any_training(data, tmp_path, _isolated_zoo):
+@pytest.mark.slow
+def test_missing_matplotlib_is_a_clear_error_before_any_training(colours, tmp_path, _isolated_zoo):
     blocker = (
         "import sys\n"
         "class Block:\n"
@@ -262,7 +254,7 @@ def test_missing_matplotlib_is_a_clear_error_before_any_training(data, tmp_path,
         "sys.exit(main(sys.argv[1:]))\n"
     )
     argv = [
-        "compare", BACKBONE, "--data", str(data / "train"), "--val", str(data / "val"),
+        "compare", BACKBONE, "--data", str(colours / "train"), "--val", str(colours / "val"),
         "--scratch", "--image-size", "32", "--name", "plotted", "--plot", str(tmp_path / "p.png"),
     ]  # fmt: skip
     proc = subprocess.run(
@@ -296,11 +288,11 @@ def test_missing_matplotlib_is_a_clear_error_before_any_training(data, tmp_path,
         ({"epoch": 3}, "epoch"),
     ],
 )
-def test_bad_arguments_are_refused_before_any_work(data, options, argument, _isolated_zoo):
-    kwargs = {"val": data / "val", "epochs": 1, "name": "never", **FAST, **options}
+def test_bad_arguments_are_refused_before_any_work(colours, options, argument, _isolated_zoo):
+    kwargs = {"val": colours / "val", "epochs": 1, "name": "never", **FAST, **options}
     val = kwargs.pop("val")
     with pytest.raises(zoo.AdaptArgumentError) as info:
-        zoo.compare(BACKBONE, data / "train", val, **kwargs)
+        zoo.compare(BACKBONE, colours / "train", val, **kwargs)
     assert info.value.argument == argument
     assert not (_isolated_zoo / "models" / "never").exists()
     if argument == "augment":
@@ -309,21 +301,21 @@ def test_bad_arguments_are_refused_before_any_work(data, options, argument, _iso
         assert "did you mean epochs" in str(info.value)
 
 
-def test_cli_names_the_option_and_an_existing_name_fails_fast(data, capsys):
-    base = ["compare", BACKBONE, "--data", str(data / "train"), "--scratch", "--name", "x"]
+def test_cli_names_the_option_and_an_existing_name_fails_fast(colours, capsys):
+    base = ["compare", BACKBONE, "--data", str(colours / "train"), "--scratch", "--name", "x"]
     status, out, err = _cli(base, capsys)
     assert status == 1 and "--val" in err and out == ""
-    status, _, err = _cli([*base, "--val", str(data / "val"), "--budget", "0"], capsys)
+    status, _, err = _cli([*base, "--val", str(colours / "val"), "--budget", "0"], capsys)
     assert status == 1 and "--budget must be" in err
     zoo.save(zoo.create(BACKBONE, num_classes=3), "x")
-    status, _, err = _cli([*base, "--val", str(data / "val")], capsys)
+    status, _, err = _cli([*base, "--val", str(colours / "val")], capsys)
     assert status == 1 and "already saved" in err
 
 
-def test_cli_takes_the_training_options_of_zoo_adapt(data, capsys):
+def test_cli_takes_the_training_options_of_zoo_adapt(colours, capsys):
     """``zoo compare`` adds the options it shares with ``zoo adapt`` from the same table:
     they reach the comparison (a refusal names the option; the crop is saved)."""
-    base = ["compare", BACKBONE, "--data", str(data / "train"), "--val", str(data / "val")]
+    base = ["compare", BACKBONE, "--data", str(colours / "train"), "--val", str(colours / "val")]
     fast = ["--scratch", "--image-size", "32", "--batch-size", "8", "--epochs", "1"]
     status, out, err = _cli([*base, *fast, "--name", "w", "--warmup-epochs", "3"], capsys)
     assert status == 1 and out == ""
@@ -335,9 +327,9 @@ def test_cli_takes_the_training_options_of_zoo_adapt(data, capsys):
     assert zoo.load("opts").zoo.input_config.crop_pct == 0.5
 
 
-def test_cli_text_output_is_a_table_and_says_why(data, capsys):
+def test_cli_text_output_is_a_table_and_says_why(colours, capsys):
     argv = [
-        "compare", BACKBONE, "--data", str(data / "train"), "--val", str(data / "val"),
+        "compare", BACKBONE, "--data", str(colours / "train"), "--val", str(colours / "val"),
         "--scratch", "--image-size", "32", "--batch-size", "8", "--epochs", "1",
         "--policies", "linear-probe,full", "--name", "text",
     ]  # fmt: skip
@@ -350,12 +342,12 @@ def test_cli_text_output_is_a_table_and_says_why(data, capsys):
     assert " won with validation accuracy " in out and "saved as text" in out
 
 
-def test_over_the_cache_budget_images_are_streamed_and_it_says_so(data, monkeypatch):
+def test_over_the_cache_budget_images_are_streamed_and_it_says_so(colours, monkeypatch):
     monkeypatch.setenv("ZOO_FEATURE_CACHE_MAX_BYTES", "1000")
     result = zoo.compare(
         BACKBONE,
-        data / "train",
-        data / "val",
+        colours / "train",
+        colours / "val",
         policies="linear-probe,full",
         epochs=2,
         **FAST,

@@ -7,7 +7,6 @@ import json
 
 import pytest
 from fileformat_helpers import write_file
-from test_data import make_color_folder
 
 import zoo
 from zoo.io.fileformat import read_file
@@ -18,23 +17,21 @@ FAST = {"image_size": 32, "batch_size": 8, "lr": 1e-2}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
-    make_color_folder(root / "train", per_class=8, seed=0)
-    make_color_folder(root / "val", per_class=3, seed=1)
-    return root
-
-
-@pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """Trained-looking starting weights (not random: auto may freeze part of them)."""
     path = tmp_path_factory.mktemp("weights") / "base.safetensors"
     return zoo.save(zoo.create(BACKBONE, num_classes=3), path)
 
 
-def test_auto_with_validation_data_measures_and_trains_the_winner(data, weights):
+def test_auto_with_validation_data_measures_and_trains_the_winner(colours, weights):
     model, history = zoo.adapt(
-        BACKBONE, data / "train", data / "val", policy="auto", weights=weights, epochs=2, **FAST
+        BACKBONE,
+        colours / "train",
+        colours / "val",
+        policy="auto",
+        weights=weights,
+        epochs=2,
+        **FAST,
     )
     measured = [n for n in history.notes if n.startswith("auto measured")]
     assert measured, history.notes
@@ -47,31 +44,37 @@ def test_auto_with_validation_data_measures_and_trains_the_winner(data, weights)
     assert not any("guessed" in n for n in history.notes)
 
 
-def test_measured_auto_gives_every_policy_the_minimum_steps(data, weights):
+def test_measured_auto_gives_every_policy_the_minimum_steps(colours, weights):
     # 24 images at batch 8: 3 optimizer steps per epoch, 2 epochs = 6 < MIN_RUNG_STEPS: auto may
     # not cut any policy early (a ranking after 3 steps says who starts fast, not who ends best)
     _model, history = zoo.adapt(
-        BACKBONE, data / "train", data / "val", policy="auto", weights=weights, epochs=2, **FAST
+        BACKBONE,
+        colours / "train",
+        colours / "val",
+        policy="auto",
+        weights=weights,
+        epochs=2,
+        **FAST,
     )
     note = next(n for n in history.notes if n.startswith("auto measured"))
     assert "every policy trained all 2 epochs (too few optimizer steps" in note
     assert "cut by its budget" not in note
 
 
-def test_auto_without_validation_data_guesses_from_its_table(data, weights):
+def test_auto_without_validation_data_guesses_from_its_table(colours, weights):
     _model, history = zoo.adapt(
-        BACKBONE, data / "train", policy="auto", weights=weights, epochs=1, **FAST
+        BACKBONE, colours / "train", policy="auto", weights=weights, epochs=1, **FAST
     )
     assert any("auto guessed" in n and "no validation data" in n for n in history.notes)
     assert any(n.startswith("auto chose") for n in history.notes)  # the table's reason
     assert not any(n.startswith("auto measured") for n in history.notes)
 
 
-def _saved_with_board(data, tmp_path):
+def _saved_with_board(colours, tmp_path):
     result = zoo.compare(
         BACKBONE,
-        data / "train",
-        data / "val",
+        colours / "train",
+        colours / "val",
         policies="linear-probe,full",
         epochs=1,
         scratch=True,
@@ -80,8 +83,8 @@ def _saved_with_board(data, tmp_path):
     return zoo.save(result.model, tmp_path / "winner.safetensors"), result.leaderboard
 
 
-def test_leaderboard_metadata_round_trips(data, tmp_path):
-    path, board = _saved_with_board(data, tmp_path)
+def test_leaderboard_metadata_round_trips(colours, tmp_path):
+    path, board = _saved_with_board(colours, tmp_path)
     md = read_file(path).metadata
     stored = json.loads(md["zoo.compare"])
     assert stored == json.loads(json.dumps(board.to_dict()))
@@ -113,8 +116,8 @@ def _hostile(board: dict) -> list[dict]:
     ]
 
 
-def test_a_hostile_leaderboard_in_a_resealed_file_is_refused(data, tmp_path):
-    path, _board = _saved_with_board(data, tmp_path)
+def test_a_hostile_leaderboard_in_a_resealed_file_is_refused(colours, tmp_path):
+    path, _board = _saved_with_board(colours, tmp_path)
     saved = read_file(path)
     good = json.loads(saved.metadata["zoo.compare"])
     texts = [json.dumps(b) for b in _hostile(good)]

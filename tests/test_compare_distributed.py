@@ -13,7 +13,6 @@ import textwrap
 
 import pytest
 import torch
-from test_data import make_color_folder
 from torchrun_helpers import run_worker, torchrun
 
 import zoo
@@ -46,13 +45,10 @@ WORKER = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_compare_under_torchrun_two_processes(tmp_path, _isolated_zoo):
-    data = tmp_path / "data"
-    make_color_folder(data / "train", per_class=8, size=32, seed=0)
-    make_color_folder(data / "val", per_class=3, size=32, seed=1)
+def test_compare_under_torchrun_two_processes(colours, tmp_path, _isolated_zoo):
     out = tmp_path / "out"
     out.mkdir()
-    proc = run_worker(tmp_path, WORKER, out, data, ",".join(POLICIES), zoo_home=_isolated_zoo)
+    proc = run_worker(tmp_path, WORKER, out, colours, ",".join(POLICIES), zoo_home=_isolated_zoo)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     docs = [json.loads((out / f"board{r}.json").read_text()) for r in (0, 1)]
@@ -93,10 +89,8 @@ def test_compare_under_torchrun_two_processes(tmp_path, _isolated_zoo):
 
 
 @pytest.mark.slow
-def test_compare_cli_under_torchrun(tmp_path, _isolated_zoo):
+def test_compare_cli_under_torchrun(colours, tmp_path, _isolated_zoo):
     """``torchrun --nproc_per_node 2 -m zoo compare ... --json``: one document, from rank 0."""
-    data = tmp_path / "data"
-    make_color_folder(data / "train", per_class=6, size=32, seed=0)
     torch.manual_seed(0)
     start = tmp_path / "start.safetensors"
     zoo.save(zoo.create("timm:test_resnet", num_classes=3), start)
@@ -108,7 +102,7 @@ def test_compare_cli_under_torchrun(tmp_path, _isolated_zoo):
         "--weights",
         str(start),
         "--data",
-        str(data / "train"),
+        str(colours / "train"),
         "--val-split",
         "0.34",
         "--policies",

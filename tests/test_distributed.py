@@ -12,7 +12,6 @@ import textwrap
 
 import pytest
 import torch
-from test_data import make_color_folder
 from torchrun_helpers import run_worker
 
 import zoo
@@ -44,13 +43,10 @@ WORKER = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_gradual_under_torchrun_two_processes(tmp_path, _isolated_zoo):
-    data = tmp_path / "data"
-    make_color_folder(data / "train", per_class=8, size=32, seed=0)
-    make_color_folder(data / "val", per_class=3, size=32, seed=1)
+def test_gradual_under_torchrun_two_processes(colours, tmp_path, _isolated_zoo):
     out = tmp_path / "out"
     out.mkdir()
-    proc = run_worker(tmp_path, WORKER, out, data, zoo_home=_isolated_zoo)
+    proc = run_worker(tmp_path, WORKER, out, colours, zoo_home=_isolated_zoo)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     init = torch.load(out / "init.pt")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from test_data import make_color_folder
 from torch import nn
 
 import zoo
@@ -58,39 +57,33 @@ class WrapPlugin:
         register(zoo.BackboneSpec(name="inner-fc", create=inner, input_config=config))
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
-    make_color_folder(root / "train", per_class=6, seed=0)
-    make_color_folder(root / "val", per_class=2, seed=1)
-    return root
-
-
 @pytest.fixture
 def wrapzoo(zoo_register_plugin):
     return zoo_register_plugin(WrapPlugin())
 
 
 @pytest.mark.parametrize("backbone", ["wrapzoo:hf-like", "wrapzoo:inner-fc"])
-def test_full_plan_on_a_wrapper_is_the_plain_loop_with_augmentation(wrapzoo, data, backbone):
-    model, history = zoo.adapt(backbone, data / "train", policy="full", epochs=1, **FAST)
+def test_full_plan_on_a_wrapper_is_the_plain_loop_with_augmentation(wrapzoo, colours, backbone):
+    model, history = zoo.adapt(backbone, colours / "train", policy="full", epochs=1, **FAST)
     assert not history.feature_cache
     assert "more than the classifier" in history.feature_cache_note
     assert history.augment  # fine-tuning augments by default
     assert history.trainable_params == sum(p.numel() for p in model.parameters())
     with pytest.raises(zoo.ZooError, match="more than the classifier"):
-        zoo.adapt(backbone, data / "train", policy="full", epochs=1, feature_cache=True, **FAST)
+        zoo.adapt(backbone, colours / "train", policy="full", epochs=1, feature_cache=True, **FAST)
 
 
 @pytest.mark.parametrize(
     ("backbone", "head"), [("wrapzoo:hf-like", "hf.fc"), ("wrapzoo:inner-fc", "fc")]
 )
-def test_linear_probe_on_a_wrapper_caches_and_equals_the_plain_loop(wrapzoo, data, backbone, head):
+def test_linear_probe_on_a_wrapper_caches_and_equals_the_plain_loop(
+    wrapzoo, colours, backbone, head
+):
     weights = {}
     for cache in (True, False):
         torch.manual_seed(0)
         model, history = zoo.adapt(
-            backbone, data / "train", data / "val", policy="linear-probe", epochs=2,
+            backbone, colours / "train", colours / "val", policy="linear-probe", epochs=2,
             feature_cache=cache, seed=0, scratch=True, **FAST,
         )  # fmt: skip
         assert history.feature_cache is cache and not history.augment
@@ -103,9 +96,9 @@ def test_linear_probe_on_a_wrapper_caches_and_equals_the_plain_loop(wrapzoo, dat
     assert weights[True][2] == weights[False][2]
 
 
-def test_a_random_frozen_part_is_not_cached(wrapzoo, data):
+def test_a_random_frozen_part_is_not_cached(wrapzoo, colours):
     _, history = zoo.adapt(
-        "wrapzoo:hf-like", data / "train", policy="linear-probe", epochs=1,
+        "wrapzoo:hf-like", colours / "train", policy="linear-probe", epochs=1,
         model_kwargs={"drop_path": 0.5}, scratch=True, **FAST,
     )  # fmt: skip
     assert not history.feature_cache and not history.augment
@@ -128,11 +121,13 @@ class _Branchy(nn.Module):
         return self.fc(h)
 
 
-def test_a_frozen_part_that_branches_on_training_is_caught_numerically(data):
-    from zoo.adaptation.feature_cache import random_frozen_modules
+def test_a_frozen_part_that_branches_on_training_is_caught_numerically(colours):
+    from zoo.adaptation.cache import random_frozen_modules
 
-    assert random_frozen_modules(_Branchy(), "fc") == []  # no module type gives it away
-    model, history = zoo.adapt(_Branchy(), data / "train", policy="linear-probe", epochs=1, **FAST)
+    assert random_frozen_modules(_Branchy(), ["fc"]) == []  # no module type gives it away
+    model, history = zoo.adapt(
+        _Branchy(), colours / "train", policy="linear-probe", epochs=1, **FAST
+    )
     assert not history.feature_cache
     assert "differs in training mode" in history.feature_cache_note
     assert not model.training or model.fc.weight.requires_grad

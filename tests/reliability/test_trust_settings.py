@@ -15,8 +15,8 @@ import pytest
 from test_data import make_color_folder
 
 import zoo
+from zoo.adaptation.cache import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, max_cache_bytes
 from zoo.adaptation.config import split_policies
-from zoo.adaptation.feature_cache import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, max_cache_bytes
 from zoo.cli.main import main
 
 NOWHERE = {"backbone_or_model": "nowhere:no-such-backbone", "train": "/no/such/folder"}

@@ -122,8 +122,8 @@ def run(
                 "policies": [p.spec for p in planned],
                 "notes": notes,
                 "classes": list(data.classes),
-                "train_images": _count(data.train),
-                "val_images": _count(data.val),
+                "train_images": data.images("train"),
+                "val_images": data.images("val"),
                 "device": str(job.ctx.device),
                 "world_size": job.ctx.world_size,
                 "epochs": config.epochs,
@@ -151,8 +151,8 @@ def run(
             winner.plan,
             [f"compare: {board.why()}", *board.notes, *winner.plan.notes],
             epochs=list(winner.records),
-            train_images=_count(data.train),
-            val_images=_count(data.val),
+            train_images=data.images("train"),
+            val_images=data.images("val"),
             augment=False,
             feature_cache=winner.cut is not None,
             feature_cache_note=f"trained on {winner.trained_on}",
@@ -165,11 +165,6 @@ def run(
         if config.plot is not None and job.ctx.is_main:
             write_plot(board, config.plot)
         return CompareResult(winner.model, job.end(history), board)
-
-
-def _count(images: Any) -> int:
-    """How many images a folder or a loader's dataset holds."""
-    return len(getattr(images, "dataset", images))
 
 
 # ---------------------------------------------------------------- the measured auto

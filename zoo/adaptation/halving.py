@@ -2,8 +2,10 @@
 
 Each candidate (:class:`Candidate`) has its own copy of the base model with its plan applied,
 its own optimizer, and an lr schedule over the full ``epochs``, so a candidate continued at a
-later rung trains exactly as if it had run straight through. It trains on the shared work of
-:mod:`zoo.adaptation.shared_work` (activations at its freeze boundary, or the decoded images).
+later rung trains exactly as if it had run straight through. It trains on the work every
+candidate shares, done once (:class:`SharedData`): the activations at its freeze boundary
+(:mod:`zoo.adaptation.cache`: every distinct boundary extracted in one pass of the base
+model), or the images decoded once.
 
 Successive halving (Jamieson & Talwalkar, 2016): rungs of ``E/2^R, …, E/2, E`` epochs (whole
 epochs, at least 1); after each rung but the last only the best ``1/eta`` of the candidates
@@ -23,22 +25,31 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from zoo.adaptation.distributed import Replica
-from zoo.adaptation.feature_cache import INFERENCE_BATCH
+from zoo.adaptation.cache import (
+    INFERENCE_BATCH,
+    Boundary,
+    CachedFeatures,
+    CacheUnsupported,
+    decode,
+    extract,
+    find_boundary,
+    max_cache_bytes,
+    on_every_rank,
+)
 from zoo.adaptation.history import AdaptCallback, EpochRecord
-from zoo.adaptation.inputs import reshuffled, set_epoch
-from zoo.adaptation.shared_work import extract_shared_boundaries, find_boundaries, prepare_shared
-from zoo.adaptation.training import TrainLoop, epoch_record, make_optimizer
-from zoo.errors import ZooError
+from zoo.adaptation.inputs import loaders_for_folders, reshuffled
+from zoo.adaptation.training import Trainee
+from zoo.errors import DataError
 from zoo.io.leaderboard import (
     Leaderboard,
     LeaderboardRow,
@@ -48,12 +59,12 @@ from zoo.io.leaderboard import (
 from zoo.plans.freeze import apply_plan
 
 if TYPE_CHECKING:
-    from zoo.adaptation.boundary_cache import Boundary
+    from torch.utils.data import DataLoader
+
     from zoo.adaptation.candidates import PlannedCandidate
     from zoo.adaptation.config import TrainConfig
     from zoo.adaptation.distributed import DistContext
     from zoo.adaptation.inputs import AdaptData
-    from zoo.adaptation.shared_work import SharedData
     from zoo.core.specs import InputConfig
     from zoo.plans.plan import Plan
 
@@ -78,9 +89,15 @@ MIN_RUNG_STEPS = 64
 # ---------------------------------------------------------------- one candidate
 
 
+#: A candidate's top on cached activations with at most this many trainable parameters
+#: trains on one CPU thread: waking a thread pool costs more than the arithmetic.
+ONE_THREAD_PARAMS = 1_000_000
+
+
 @dataclass
 class Candidate:
-    """One policy being compared: its own model copy, optimizer, schedule and batches."""
+    """One policy being compared: its own model copy with its plan applied, trained by its own
+    :class:`~zoo.adaptation.training.Trainee` (optimizer, schedule and batches)."""
 
     spec: str
     plan: Plan
@@ -88,16 +105,10 @@ class Candidate:
     trainable_params: int
     total_params: int
     cut: Boundary | None = None
-    cache_note: str = ""
     records: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
     alive: bool = True
-    loop: TrainLoop | None = None
-    module: nn.Module | None = None
-    replica: Replica | None = None
-    batches: Any = None
-    n_batches: int = 0
-    val_batches: Any = None
+    trainee: Trainee | None = None
 
     @property
     def epochs_run(self) -> int:
@@ -121,6 +132,37 @@ class Candidate:
     def trained_on(self) -> str:
         return f"activations at {self.boundary!r}" if self.boundary else "images"
 
+    def start(
+        self, shared: SharedData, settings: TrainConfig, num_classes: int, ctx: DistContext
+    ) -> None:
+        """Its trainee, on the activations at its boundary or on the shared images."""
+        torch.manual_seed(settings.seed)  # a head reset or dropout draws the same for each
+        source: tuple[Any, Any] = (shared.train, shared.val)
+        if self.cut is not None:
+            source = shared.activations[self.cut.path]
+        elif not isinstance(shared.train, CachedFeatures):  # streamed: shuffled, in batches
+            source = (reshuffled(shared.train, ctx, settings.seed, settings.batch_size), shared.val)
+        self.trainee = Trainee(
+            self.model,
+            self.plan,
+            *source,
+            settings,
+            ctx=ctx,
+            callback=AdaptCallback(),
+            num_classes=num_classes,
+            top=self.cut.suffix(self.model) if self.cut is not None else None,
+            one_thread=self.cut is not None and self.trainable_params <= ONE_THREAD_PARAMS,
+        )
+
+    def train_epoch(self) -> EpochRecord:
+        """One more epoch (timed, validation included)."""
+        assert self.trainee is not None
+        start = time.perf_counter()
+        record = self.trainee.epoch(self.epochs_run + 1)
+        self.records.append(record)
+        self.seconds += time.perf_counter() - start
+        return record
+
 
 def make_candidate(base: nn.Module, planned: PlannedCandidate) -> Candidate:
     model = copy.deepcopy(base)
@@ -128,77 +170,6 @@ def make_candidate(base: nn.Module, planned: PlannedCandidate) -> Candidate:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return Candidate(planned.spec, planned.plan, model, trainable, total)
-
-
-def _prepare_training(
-    cand: Candidate, shared: SharedData, settings: TrainConfig, num_classes: int, ctx: DistContext
-) -> None:
-    """Optimizer, lr schedule over all epochs, and the candidate's own shuffled batches."""
-    groups = cand.plan.param_groups(cand.model, lr=settings.lr, weight_decay=settings.weight_decay)
-    if not groups:
-        raise ZooError(f"nothing trains under {cand.spec}: no optimizer to build")
-    opt = make_optimizer(settings.optimizer, groups, lr=settings.lr, momentum=settings.momentum)
-    if cand.cut is not None:
-        train, val = shared.activations[cand.cut.path]
-        cand.module = cand.cut.suffix(cand.model)
-        cand.batches = train.loader(settings.batch_size, seed=settings.seed)
-        cand.n_batches = train.num_batches(settings.batch_size)
-        cand.val_batches = lambda: val.batches(INFERENCE_BATCH)
-    elif shared.train is not None:
-        assert shared.val is not None
-        cand.module = cand.model
-        cand.batches = shared.train.loader(settings.batch_size, seed=settings.seed)
-        cand.n_batches = shared.train.num_batches(settings.batch_size)
-        val_cached = shared.val
-        cand.val_batches = lambda: val_cached.batches(INFERENCE_BATCH)
-    else:
-        cand.module = cand.model
-        cand.batches = reshuffled(shared.train_loader, ctx, settings.seed, settings.batch_size)
-        cand.n_batches = len(cand.batches)
-        cand.val_batches = lambda: shared.val_loader
-    cand.replica = Replica(cand.module, ctx)
-    cand.loop = TrainLoop(
-        ctx=ctx,
-        optimizer=opt,
-        loss_fn=nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing),
-        callback=AdaptCallback(),
-        schedule=settings.lr_schedule,
-        batches_per_epoch=cand.n_batches,
-        epochs=settings.epochs,
-        warmup_epochs=settings.warmup_epochs,
-        num_classes=num_classes,
-    )
-
-
-@contextlib.contextmanager
-def _threads_for(cand: Candidate, device: torch.device) -> Iterator[None]:
-    """One CPU thread for a tiny top (a head on cached features): waking a thread pool costs
-    more than the arithmetic."""
-    if device.type != "cpu" or cand.boundary is None or cand.trainable_params > 1_000_000:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def train_one_epoch(cand: Candidate, settings: TrainConfig, ctx: DistContext) -> EpochRecord:
-    assert cand.loop is not None and cand.module is not None and cand.replica is not None
-    start = time.perf_counter()
-    epoch = cand.epochs_run + 1
-    set_epoch(cand.batches, epoch)
-    with _threads_for(cand, ctx.device):
-        result = cand.loop.train_epoch(
-            epoch, settings.epochs, cand.replica, [cand.module], cand.batches, cand.n_batches
-        )
-        scores = cand.loop.evaluate(cand.module, [cand.module], cand.val_batches())
-    record = epoch_record(epoch, result, scores, cand.model)
-    cand.records.append(record)
-    cand.seconds += time.perf_counter() - start
-    return record
 
 
 def rung_epochs(epochs: int, candidates: int, steps_per_epoch: int | None = None) -> list[int]:
@@ -290,7 +261,8 @@ def run_halving(
     of the slowest candidate; None: plain halving) keeps fewer candidates at a rung when the
     projected cost of the remaining rungs would exceed it (see :func:`keep_within`); with a
     budget, the budget does."""
-    steps = ctx.broadcast(min(c.n_batches for c in candidates))  # the same rungs on every rank
+    per_epoch = [c.trainee.batches_per_epoch for c in candidates if c.trainee is not None]
+    steps = ctx.broadcast(min(per_epoch))  # the same rungs on every rank
     rungs = rung_epochs(settings.epochs, len(candidates), steps)
     note = rung_note(settings.epochs, len(candidates), steps)
     notes = [*notes, note] if note else list(notes)
@@ -306,7 +278,7 @@ def run_halving(
                     if ctx.any(elapsed + cand.seconds_per_epoch > budget):
                         budget_cut = True
                         break
-                record = train_one_epoch(cand, settings, ctx)
+                record = cand.train_epoch()
                 hook = getattr(callback, "on_candidate_epoch", None)
                 if hook is not None:
                     hook(cand.spec, record, k)
@@ -377,10 +349,7 @@ def keep_within(
 
 def _release(cand: Candidate) -> None:
     """A dropped candidate's model copy, optimizer state and batches are no longer needed."""
-    cand.loop = None
-    cand.replica = None
-    cand.batches = None
-    cand.module = None
+    cand.trainee = None
     cand.model = None  # type: ignore[assignment]
 
 
@@ -429,18 +398,111 @@ def _leaderboard(
     )
 
 
-def _count(images: Any) -> int:
-    """How many images a folder or loader holds (0: unknown)."""
-    images = getattr(images, "dataset", images)
-    try:
-        return len(images)
-    except TypeError:
-        return 0
-
-
 def _finite(value: float | None) -> float | None:
     """A loss as the leaderboard keeps it: None when it diverged (not finite, or past 1e12)."""
     return value if value is not None and math.isfinite(value) and value <= 1e12 else None
+
+
+# ---------------------------------------------------------------- the shared work
+
+
+@dataclass
+class SharedData:
+    """The inputs every candidate shares, computed once: the decoded images (or, over the
+    memory budget, the eval-transform loaders to stream them from each epoch), and the
+    activations at each candidate's freeze boundary (:mod:`zoo.adaptation.cache`)."""
+
+    train: CachedFeatures | DataLoader
+    val: CachedFeatures | DataLoader
+    activations: dict[str, tuple[CachedFeatures, CachedFeatures]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        pairs = [(self.train, self.val), *self.activations.values()]
+        return sum(c.nbytes for pair in pairs for c in pair if isinstance(c, CachedFeatures))
+
+    def loaders(self) -> list[tuple[str, DataLoader]]:
+        """``(split, loader)`` of the images in order: decoded, or streamed from the folders."""
+        splits = {"train": self.train, "val": self.val}
+        return [
+            (name, s.loader(INFERENCE_BATCH) if isinstance(s, CachedFeatures) else s)
+            for name, s in splits.items()
+        ]
+
+
+def prepare_shared(
+    data: AdaptData, config: InputConfig, settings: TrainConfig, ctx: DistContext
+) -> SharedData:
+    """Decode train and validation images once (un-augmented, with the evaluation transform
+    of ``config``), within the memory budget of
+    :func:`~zoo.adaptation.cache.max_cache_bytes`; beyond it they are streamed from the
+    folders each epoch."""
+    if data.from_folders:
+        train_loader, val_loader = loaders_for_folders(
+            data,
+            config,
+            augment=False,
+            batch_size=INFERENCE_BATCH,
+            num_workers=settings.num_workers,
+            seed=settings.seed,
+            ctx=ctx,
+            shuffle_train=False,
+        )
+    else:
+        train_loader, val_loader = data.train, data.val
+    if val_loader is None:
+        raise DataError("compare needs validation images: pass val (--val) or val_split")
+    limit = max_cache_bytes()
+    train = decode(train_loader, ctx.device, limit)
+    val = decode(val_loader, ctx.device, limit - train.nbytes) if train is not None else None
+    if ctx.any(train is None or val is None):
+        note = (
+            f"the decoded images would exceed the cache budget ({limit:,} bytes, "
+            "ZOO_FEATURE_CACHE_MAX_BYTES): streamed from the folders every epoch"
+        )
+        return SharedData(train_loader, val_loader, notes=[note])
+    assert train is not None and val is not None
+    return SharedData(train, val)
+
+
+def cache_boundaries(
+    model: nn.Module,
+    candidates: list[Candidate],
+    shared: SharedData,
+    *,
+    ctx: DistContext,
+    callback: AdaptCallback,
+) -> None:
+    """Find each candidate's freeze boundary (on a few training images) and extract every
+    distinct boundary's activations in one pass of the base model over train and one over
+    val; a candidate without one (or when they do not fit) trains on the images."""
+    loaders = shared.loaders()
+    sample = next(iter(loaders[0][1]))[0][:8].to(ctx.device)
+    found: dict[int, Boundary] = {}
+    for i, cand in enumerate(candidates):
+        if cand.trainable_params == cand.total_params:
+            continue  # trains everything: nothing frozen to cache
+        with contextlib.suppress(CacheUnsupported):
+            found[i] = on_every_rank(ctx, functools.partial(find_boundary, cand.model, sample))
+    if not found:
+        return
+    paths = sorted({b.path for b in found.values()})
+    try:
+        out = extract(
+            model,
+            paths,
+            loaders,
+            ctx=ctx,
+            callback=callback,
+            max_bytes=max_cache_bytes() - shared.nbytes,
+        )
+    except CacheUnsupported as exc:
+        shared.notes.append(f"boundary cache not used, every candidate trained on images: {exc}")
+        return
+    shared.activations = {path: (out[path][0], out[path][1]) for path in paths}
+    for i, boundary in found.items():
+        candidates[i].cut = boundary
 
 
 def compare_candidates(
@@ -460,18 +522,13 @@ def compare_candidates(
 ) -> Outcome:
     """Compare ``planned`` on ``model`` (built, on its device, input config set): the shared
     work, then successive halving."""
-    shared = prepare_shared(
-        data, config, ctx=ctx, num_workers=settings.num_workers, seed=settings.seed
-    )
-    small = small_validation_note(_count(data.val))
+    shared = prepare_shared(data, config, settings, ctx)
+    small = small_validation_note(data.images("val"))
     notes = [*notes, small] if small else notes
     candidates = [make_candidate(model, p) for p in planned]
-    boundaries = find_boundaries(candidates, shared, ctx)
-    if boundaries:
-        extract_shared_boundaries(model, candidates, boundaries, shared, ctx=ctx, callback=callback)
+    cache_boundaries(model, candidates, shared, ctx=ctx, callback=callback)
     for cand in candidates:
-        torch.manual_seed(settings.seed)  # a head reset or dropout draws the same for each
-        _prepare_training(cand, shared, settings, len(data.classes), ctx)
+        cand.start(shared, settings, len(data.classes), ctx)
     return run_halving(
         candidates,
         settings,

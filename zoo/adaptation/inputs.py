@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from zoo.adaptation.cache import INFERENCE_BATCH
 from zoo.adaptation.data import (
     ImageDataset,
     ImageFolder,
@@ -28,7 +29,6 @@ from zoo.adaptation.data import (
     split_folder,
 )
 from zoo.adaptation.distributed import ShardSampler
-from zoo.adaptation.feature_cache import INFERENCE_BATCH
 from zoo.errors import DataError
 
 if TYPE_CHECKING:
@@ -47,6 +47,15 @@ class AdaptData:
     @property
     def from_folders(self) -> bool:
         return isinstance(self.train, ImageFolder)
+
+    def images(self, split: str) -> int:
+        """How many images ``split`` (``"train"`` or ``"val"``) holds: a folder's, or its
+        loader's dataset's (0: none, or a dataset that does not tell)."""
+        found = getattr(self, split)
+        try:
+            return len(getattr(found, "dataset", found)) if found is not None else 0
+        except TypeError:
+            return 0
 
 
 def is_loader(obj: Any) -> bool:

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from zoo.adaptation.cache import max_cache_bytes
 from zoo.adaptation.checkpoint import seed_python_rngs
 from zoo.adaptation.data import input_config_of, with_overrides
 from zoo.adaptation.distributed import DistContext, setup
-from zoo.adaptation.feature_cache import max_cache_bytes
 from zoo.adaptation.history import AdaptCallback, History
 from zoo.adaptation.inputs import AdaptData, prepare_data
 from zoo.core.build import attach_build_info

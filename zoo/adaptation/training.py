@@ -1,10 +1,15 @@
-"""The training loop of an adaptation run: optimizer, lr schedule, epochs and the feature cache.
+"""The training engine: one :class:`Trainee` per model in training, and ``zoo.adapt``'s epochs.
 
-:func:`run_training` decides between the loops — a head trained on cached features
-(:mod:`zoo.adaptation.feature_cache`), the trainable top of a prefix-frozen plan trained on
-activations cached at its freeze boundary (:mod:`zoo.adaptation.boundary_cache`), or the plain
-loop over images, re-planning each epoch under a schedule policy — and records every epoch in
-the run's :class:`~zoo.adaptation.history.History`.
+A :class:`Trainee` is one model being trained: its optimizer over the plan's groups, its lr
+schedule, its batches, and the module that runs forward — the model on images, or its
+trainable top on activations cached at the freeze boundary
+(:class:`~zoo.adaptation.cache.Suffix`). :meth:`Trainee.epoch` trains one epoch and evaluates.
+
+``zoo.adapt`` trains one (:func:`run_training`): it decides whether the activation cache may
+stand in for the plain loop over images (:mod:`zoo.adaptation.cache`), then drives the epochs
+with checkpoints, resuming, early stopping and a schedule policy's re-planning, and records
+every epoch in the run's :class:`~zoo.adaptation.history.History`. ``zoo.compare`` trains one
+per candidate, in rungs (:mod:`zoo.adaptation.halving`).
 """
 
 from __future__ import annotations
@@ -13,30 +18,32 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
-from zoo.adaptation.boundary_cache import extract_boundaries, find_boundary, megabytes
+from zoo.adaptation.cache import (
+    INFERENCE_BATCH,
+    Boundary,
+    CachedFeatures,
+    CacheUnsupported,
+    extract,
+    find_boundary,
+    megabytes,
+    on_every_rank,
+)
 from zoo.adaptation.checkpoint import Checkpointer, loader_generators
 from zoo.adaptation.config import OPTIMIZERS
 from zoo.adaptation.data import dataset_transform, is_random_transform
 from zoo.adaptation.distributed import Replica
-from zoo.adaptation.feature_cache import (
-    CacheUnsupported,
-    classifier_cut,
-    extract_features,
-    max_cache_bytes,
-    start_extraction,
-)
 from zoo.adaptation.history import EpochRecord
 from zoo.adaptation.inputs import distributed_loader, loaders_for_folders, reshuffled, set_epoch
 from zoo.errors import DataError, ZooError
 from zoo.io.fileformat import PAUSE_AFTER_EPOCH_ENV, pause_for_tests
 
 if TYPE_CHECKING:
-    from torch import nn
     from torch.utils.data import DataLoader
 
     from zoo.adaptation.config import TrainConfig
@@ -44,6 +51,7 @@ if TYPE_CHECKING:
     from zoo.adaptation.history import AdaptCallback, History
     from zoo.adaptation.inputs import AdaptData
     from zoo.core.specs import InputConfig
+    from zoo.plans.plan import Plan
     from zoo.plans.schedule import ScheduleDriver
 
 
@@ -68,51 +76,97 @@ def make_optimizer(
     return cls(groups, lr=lr, **kwargs)
 
 
-def _lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+# ---------------------------------------------------------------- one model in training
 
 
-# ---------------------------------------------------------------- the loop
+class Trainee:
+    """One model in training, as ``config`` says: an optimizer over ``plan``'s groups, the lr
+    schedule over all ``config.epochs`` (the first ``warmup_epochs`` of them warming up, a
+    fraction counting its steps), and the batches.
 
-
-class TrainLoop:
-    """Runs epochs of training and evaluation for one ``forward`` (model or cached head).
-
-    The lr ``schedule`` spans ``epochs`` epochs of ``batches_per_epoch`` steps, the first
-    ``warmup_epochs`` of them (a fraction counts its steps) warming up."""
+    ``train`` and ``val`` are cached tensors (:class:`~zoo.adaptation.cache.CachedFeatures`:
+    activations at the boundary whose top ``top`` is, or decoded images) or data loaders
+    (``val`` may be None). ``top`` runs forward instead of the model (it shares its
+    parameters). ``one_thread``: train and evaluate on one CPU thread — for a tiny top on
+    cached activations, waking a thread pool costs more than the arithmetic. ``callback``
+    hears each epoch start and each batch.
+    """
 
     def __init__(
         self,
+        model: nn.Module,
+        plan: Plan,
+        train: CachedFeatures | DataLoader,
+        val: CachedFeatures | DataLoader | None,
+        config: TrainConfig,
         *,
         ctx: DistContext,
-        optimizer: torch.optim.Optimizer,
-        loss_fn: Any,
         callback: AdaptCallback,
-        schedule: str,
-        batches_per_epoch: int,
-        epochs: int,
-        warmup_epochs: float,
         num_classes: int,
+        top: nn.Module | None = None,
+        one_thread: bool = False,
     ) -> None:
+        groups = plan.param_groups(model, lr=config.lr, weight_decay=config.weight_decay)
+        if not groups:
+            raise ZooError(f"nothing trains under {plan.spec_text}: no optimizer to build")
+        self.optimizer = make_optimizer(
+            config.optimizer, groups, lr=config.lr, momentum=config.momentum
+        )
+        self.model = model
+        self.module = top if top is not None else model
+        self.replica = Replica(self.module, ctx)
         self.ctx = ctx
-        self.optimizer = optimizer
-        self.loss_fn = loss_fn
         self.callback = callback
-        self.schedule = schedule
-        self.batches_per_epoch = batches_per_epoch
-        self.total_steps = batches_per_epoch * epochs
-        self.warmup_steps = int(warmup_epochs * batches_per_epoch)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.batches: Any = (
+            train.loader(config.batch_size, seed=config.seed)
+            if isinstance(train, CachedFeatures)
+            else train
+        )
+        self.val: Any = (
+            val.loader(max(config.batch_size, INFERENCE_BATCH))
+            if isinstance(val, CachedFeatures)
+            else val
+        )
         self.num_classes = num_classes
+        self.one_thread = one_thread
+        self.epochs = config.epochs
+        self.schedule = config.lr_schedule
+        self.batches_per_epoch = len(self.batches)
+        self.total_steps = self.batches_per_epoch * config.epochs
+        self.warmup_steps = int(config.warmup_epochs * self.batches_per_epoch)
         self.step = 0
 
     def lr_factor(self, step: int) -> float:
         """The factor of every group's initial lr at optimizer step ``step`` (0-based)."""
-        return _lr_factor(self.schedule, step, self.total_steps, self.warmup_steps)
+        total, warmup = self.total_steps, self.warmup_steps
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if self.schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def epoch(self, epoch: int) -> EpochRecord:
+        """Train epoch ``epoch`` (1-based), then evaluate on ``val``; summed over ranks."""
+        set_epoch(self.batches, epoch)
+        with _one_thread_on_cpu(self.ctx.device, self.one_thread):
+            loss, accuracy, images, seconds, lr = self._train(epoch)
+            val_loss, val_accuracy = self._evaluate()
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        return EpochRecord(
+            epoch=epoch,
+            train_loss=loss,
+            train_accuracy=accuracy,
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            seconds=seconds,
+            images=images,
+            images_per_second=images / seconds if seconds else 0.0,
+            lr=lr,
+            trainable_params=sum(p.numel() for p in trainable),
+            trainable_tensors=len(trainable),
+        )
 
     def _set_lr(self) -> float:
         factor = self.lr_factor(self.step)
@@ -128,28 +182,20 @@ class TrainLoop:
                 "outputs (timm: model.reset_classifier(n))"
             )
 
-    def train_epoch(
-        self,
-        epoch: int,
-        epochs: int,
-        forward: Any,
-        modules: Sequence[nn.Module],
-        batches: Iterable[Any],
-        n_batches: int,
-    ) -> tuple[float, float, int, float, float]:
-        """One epoch; returns (mean loss, accuracy, images, seconds, lr) summed over ranks."""
-        for module in modules:
-            module.train()
-        self.callback.on_epoch_start(epoch, epochs, n_batches)
+    def _train(self, epoch: int) -> tuple[float, float, int, float, float]:
+        """(mean loss, accuracy, images, seconds, last lr) of one epoch, over all ranks."""
+        self.module.train()
+        n_batches = self.batches_per_epoch
+        self.callback.on_epoch_start(epoch, self.epochs, n_batches)
         device = self.ctx.device
         loss_sum = correct = count = 0.0
         lr = 0.0
         start = time.perf_counter()
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(self.batches):
             self.ctx.check_peers()
             images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device)
             lr = self._set_lr()
-            logits = forward(images)
+            logits = self.replica(images)
             if i == 0 and epoch == 1:
                 self._check_logits(logits)
             loss = self.loss_fn(logits, targets)
@@ -172,25 +218,24 @@ class TrainLoop:
                 count * self.ctx.world_size / elapsed if elapsed else 0.0,
             )
         seconds = time.perf_counter() - start
-        for module in modules:
-            self.ctx.average_buffers(module)
+        self.ctx.average_buffers(self.module)
         loss_sum, correct, count = self.ctx.sum([loss_sum, correct, count])
         if not count:
             raise DataError("the training data yielded no batches")
         return loss_sum / count, correct / count, int(count), seconds, lr
 
-    def evaluate(
-        self, forward: Any, modules: Sequence[nn.Module], batches: Iterable[Any]
-    ) -> tuple[float | None, float | None]:
-        for module in modules:
-            module.eval()
+    def _evaluate(self) -> tuple[float | None, float | None]:
+        """(mean loss, accuracy) on ``val`` over all ranks; (None, None) without one."""
+        if self.val is None:
+            return None, None
+        self.module.eval()
         device = self.ctx.device
         loss_sum = correct = count = 0.0
         with torch.no_grad():
-            for batch in batches:
+            for batch in self.val:
                 self.ctx.check_peers()
                 images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device)
-                logits = forward(images)
+                logits = self.module(images)
                 loss_sum += float(self.loss_fn(logits, targets)) * targets.shape[0]
                 correct += float((logits.argmax(1) == targets).sum())
                 count += targets.shape[0]
@@ -200,8 +245,29 @@ class TrainLoop:
         return loss_sum / count, correct / count
 
 
-#: what :func:`_cache_decision` returns for a prefix-frozen plan: the cut is found on a batch
-BOUNDARY = "<freeze boundary>"
+@contextlib.contextmanager
+def _one_thread_on_cpu(device: torch.device, one: bool) -> Iterator[None]:
+    """With ``one`` on a CPU: torch on one thread inside (the previous count restored)."""
+    if not one or device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- zoo.adapt's run
+
+
+def _head_only(model: nn.Module, planner: ScheduleDriver) -> bool:
+    """Only the classifier trains (the rows of the parameter table's ``head`` group: what
+    trains decides, not where it sits), and no schedule changes that."""
+    heads = {row.name for row in planner.table.rows if row.group == "head"}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return bool(trainable) and trainable <= heads and not planner.is_schedule
 
 
 def _cache_decision(
@@ -209,55 +275,42 @@ def _cache_decision(
     planner: ScheduleDriver,
     data: AdaptData,
     *,
-    augment: Any,
+    augment: bool | Mapping[str, Any],
     feature_cache: bool | str,
-) -> tuple[str | None, bool | Mapping[str, Any], str]:
-    """(module path to cut at — :data:`BOUNDARY` when found later — or None, augment
-    setting, note explaining the decision).
-
-    A head-only plan cuts at the classifier (:func:`~zoo.adaptation.feature_cache.classifier_cut`);
-    any other plan that freezes something may cut at its freeze boundary, found on the first
-    batch (:func:`~zoo.adaptation.boundary_cache.find_boundary`).
-    """
-    # what trains decides, not where it sits: only the classifier (the table's head group)
+) -> str | None:
+    """Why the plain loop runs (``"plain loop: ..."``), or None when the activation cache may
+    stand in for it: a plan that freezes something, no schedule, images nothing random
+    touches. Where the boundary is, and whether the cache fits, is found on the first batch
+    (:func:`~zoo.adaptation.cache.find_boundary`)."""
+    if planner.is_schedule:
+        return "plain loop: the schedule changes what trains"
     heads = {row.name for row in planner.table.rows if row.group == "head"}
     params = dict(model.named_parameters())
-    trainable = {n for n, p in params.items() if p.requires_grad}
-    head_only = bool(trainable) and trainable <= heads and not planner.is_schedule
-    if augment is None:
-        augment = not head_only
-    if planner.is_schedule:
-        return None, augment, "plain loop: the schedule changes what trains"
-    path, why = classifier_cut(model, heads)
-    if path is None:
-        boundary_may_help = ("more than the classifier", "one sub-module", "no classifier")
-        if (
-            not trainable
-            or len(trainable) == len(params)
-            or not any(reason in why for reason in boundary_may_help)
-        ):
-            more = " and freezes nothing" if trainable and len(trainable) == len(params) else ""
-            return None, augment, f"plain loop: {why}{more}"
-        path = BOUNDARY
+    trainable = [n for n, p in params.items() if p.requires_grad]
+    if not trainable:
+        return "plain loop: nothing trains"
+    outside = [n for n in trainable if n not in heads]
+    why = (
+        f"the plan trains more than the classifier ({len(outside)} trainable tensors "
+        f"outside it, e.g. {outside[0]!r})"
+        if outside
+        else ""
+    )
+    if len(trainable) == len(params):
+        return f"plain loop: {why or 'the plan trains every parameter'} and freezes nothing"
     if feature_cache is False:
-        return None, augment, "plain loop: feature cache turned off"
-    also = f"{why}, and " if path == BOUNDARY else ""
+        return "plain loop: feature cache turned off"
+    also = f"{why}, and " if why else ""
     if data.from_folders:
         if augment:
-            return None, augment, f"plain loop: {also}training images are augmented"
+            return f"plain loop: {also}training images are augmented"
     else:
         known, transform = dataset_transform(data.train.dataset)
         if not known and feature_cache != True:  # noqa: E712 - "auto" vs True
-            return (
-                None,
-                augment,
-                (f"plain loop: {also}cannot tell whether the loader's transform is random"),
-            )
+            return f"plain loop: {also}cannot tell whether the loader's transform is random"
         if known and is_random_transform(transform):
-            return None, augment, f"plain loop: {also}the loader's transform is random"
-    if path == BOUNDARY:
-        return path, augment, "activations cached at the freeze boundary"
-    return path, augment, f"features cached at the input of {path!r}"
+            return f"plain loop: {also}the loader's transform is random"
+    return None
 
 
 def run_training(
@@ -279,36 +332,64 @@ def run_training(
     it (:meth:`~zoo.adaptation.checkpoint.Checkpointer.holding`) for the whole run.
     """
     keeper = keeper if keeper is not None else Checkpointer(None, {})
-    cut, augment, note = _cache_decision(
-        model, planner, data, augment=config.augment, feature_cache=config.feature_cache
+    trainee = _start(
+        model,
+        data,
+        planner,
+        history,
+        config,
+        ctx=ctx,
+        input_config=input_config,
+        callback=callback,
     )
-    if config.feature_cache is True and cut is None:
-        raise ZooError(f"the feature cache cannot be used: {note.split(': ', 1)[-1]}")
+    planner.attach(trainee.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+    generators = loader_generators(trainee.batches)
+    done = keeper.saved_epoch
+    if done:
+        for epoch in range(2, done + 1):  # the optimizer gets the groups the state is for
+            _replan(trainee, planner, epoch)
+        done = keeper.restore(model, trainee.optimizer, trainee, history, generators)
+    for epoch in range(done + 1, config.epochs + 1):
+        if keeper.early is not None and keeper.early.should_stop:
+            history.stopped_early = True
+            break
+        change = _replan(trainee, planner, epoch)
+        if change is not None:
+            callback.on_plan_change(epoch, change)
+        record = trainee.epoch(epoch)
+        _end_epoch(keeper, record, trainee, history, generators)
+    history.ddp_wraps = trainee.replica.wraps
+    early = keeper.early
+    if early is not None:  # the model is the best validation epoch's
+        history.early_stop = early.patience
+        history.best_epoch = early.best_epoch
+        early.restore_best(model)
+
+
+def _start(
+    model: nn.Module,
+    data: AdaptData,
+    planner: ScheduleDriver,
+    history: History,
+    config: TrainConfig,
+    *,
+    ctx: DistContext,
+    input_config: InputConfig,
+    callback: AdaptCallback,
+) -> Trainee:
+    """The run's loaders, the cache when it may stand in for the plain loop, and the
+    :class:`Trainee`; the history and ``callback`` hear what was decided."""
+    head_only = _head_only(model, planner)
+    augment = (not head_only) if config.augment is None else config.augment
+    why_not = _cache_decision(
+        model, planner, data, augment=augment, feature_cache=config.feature_cache
+    )
+    if config.feature_cache is True and why_not is not None:
+        raise ZooError(f"the feature cache cannot be used: {why_not.split(': ', 1)[-1]}")
     history.augment = bool(augment)
-    if data.from_folders:
-        train_loader, val_loader = loaders_for_folders(
-            data,
-            input_config,
-            augment=augment,
-            batch_size=config.batch_size,
-            num_workers=config.num_workers,
-            seed=config.seed,
-            ctx=ctx,
-            shuffle_train=cut is None,
-        )
-    else:
-        train_loader, val_loader = data.train, data.val
-        if ctx.enabled:
-            train_loader = distributed_loader(
-                train_loader, ctx, shuffle=cut is None, seed=config.seed, evaluation=False
-            )
-            if val_loader is not None:
-                val_loader = distributed_loader(
-                    val_loader, ctx, shuffle=False, seed=config.seed, evaluation=True
-                )
-    history.train_images = len(train_loader.dataset)
-    history.val_images = len(val_loader.dataset) if val_loader is not None else 0
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    train, val = _loaders(data, input_config, config, ctx, augment=augment, ordered=why_not is None)
+    history.train_images = len(train.dataset)
+    history.val_images = len(val.dataset) if val is not None else 0
     callback.on_start(
         {
             "start": history.start,
@@ -324,439 +405,153 @@ def run_training(
             "world_size": ctx.world_size,
             "epochs": config.epochs,
             "augment": history.augment,
-            "feature_cache": cut is not None,
-            "note": note,
+            "feature_cache": why_not is None,
+            "note": why_not or "activations cached at the freeze boundary",
             "input_size": history.input_size,
         }
     )
-    cached = None
-    head: Any = None
-    if cut == BOUNDARY:
-        head, cached, note = _extract_boundary(
-            model,
-            train_loader,
-            val_loader,
-            ctx=ctx,
-            callback=callback,
-            history=history,
-            batch_size=config.batch_size,
-        )
-    elif cut is not None:
-        cached, note = _extract(
-            model,
-            cut,
-            train_loader,
-            val_loader,
-            ctx=ctx,
-            callback=callback,
-            history=history,
-            note=note,
-        )
-    if cut is not None and cached is None:
-        if config.feature_cache is True:
-            raise ZooError(f"the feature cache cannot be used: {note.split(': ', 1)[-1]}")
-        # the images were prepared without augmentation and in order; keep that, shuffle
-        train_loader = reshuffled(train_loader, ctx, config.seed, config.batch_size)
-    history.feature_cache = cached is not None
-    history.feature_cache_note = note
+    top = None
+    source: tuple[Any, Any] = (train, val)
+    history.feature_cache_note = why_not or ""
+    if why_not is None:
+        started = time.perf_counter()
+        try:
+            boundary, cached = _cache(model, train, val, ctx=ctx, callback=callback, config=config)
+        except CacheUnsupported as exc:
+            if config.feature_cache is True:
+                raise ZooError(f"the feature cache cannot be used: {exc}") from None
+            history.feature_cache_note = f"plain loop: {exc}"
+            # the images were prepared without augmentation and in order; keep that, shuffle
+            source = (reshuffled(train, ctx, config.seed, config.batch_size), val)
+        else:
+            top = boundary.suffix(model)
+            source = (cached[0], cached[1] if val is not None else None)
+            size = megabytes(sum(c.nbytes for c in cached))
+            history.feature_cache_note = (
+                f"features cached at the input of {boundary.path!r}"
+                if head_only
+                else f"activations cached at the input of {boundary.path!r} ({size})"
+            )
+        history.feature_seconds = time.perf_counter() - started
+    history.feature_cache = top is not None
     assert planner.plan is not None
-    groups = planner.plan.param_groups(model, lr=config.lr, weight_decay=config.weight_decay)
-    if not groups:
-        raise ZooError(f"nothing trains under {planner.plan.spec_text}: no optimizer to build")
-    opt = make_optimizer(config.optimizer, groups, lr=config.lr, momentum=config.momentum)
-    planner.attach(opt, lr=config.lr, weight_decay=config.weight_decay)
-    if cached is not None:
-        _train_cached(
-            model,
-            head if head is not None else model.get_submodule(cut),
-            cached,
-            planner,
-            history,
-            ctx=ctx,
-            opt=opt,
-            loss_fn=loss_fn,
-            callback=callback,
-            epochs=config.epochs,
+    return Trainee(
+        model,
+        planner.plan,
+        *source,
+        config,
+        ctx=ctx,
+        callback=callback,
+        num_classes=len(history.classes),
+        top=top,
+        # a deeper top keeps the plain loop's thread count (and its rounding: bit-identical)
+        one_thread=top is not None and head_only,
+    )
+
+
+def _loaders(
+    data: AdaptData,
+    input_config: InputConfig,
+    config: TrainConfig,
+    ctx: DistContext,
+    *,
+    augment: bool | Mapping[str, Any],
+    ordered: bool,
+) -> tuple[DataLoader, DataLoader | None]:
+    """Train and val loaders, sharded over the ranks; ``ordered``: the training images in
+    order, in large batches (for the cache), else shuffled in training batches."""
+    if data.from_folders:
+        return loaders_for_folders(
+            data,
+            input_config,
+            augment=augment,
             batch_size=config.batch_size,
-            lr_schedule=config.lr_schedule,
-            warmup_epochs=config.warmup_epochs,
+            num_workers=config.num_workers,
             seed=config.seed,
-            keeper=keeper,
-            one_thread=head is None,
-        )
-    else:
-        _train_plain(
-            model,
-            train_loader,
-            val_loader,
-            planner,
-            history,
             ctx=ctx,
-            opt=opt,
-            loss_fn=loss_fn,
-            callback=callback,
-            epochs=config.epochs,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            lr_schedule=config.lr_schedule,
-            warmup_epochs=config.warmup_epochs,
-            keeper=keeper,
+            shuffle_train=not ordered,
         )
-    _finish(model, history, keeper)
+    train, val = data.train, data.val
+    if ctx.enabled:
+        train = distributed_loader(
+            train, ctx, shuffle=not ordered, seed=config.seed, evaluation=False
+        )
+        if val is not None:
+            val = distributed_loader(val, ctx, shuffle=False, seed=config.seed, evaluation=True)
+    return train, val
 
 
-def _finish(model: nn.Module, history: History, keeper: Checkpointer) -> None:
-    """With early stopping: put the best validation epoch's state back into the model."""
-    early = keeper.early
-    if early is None:
-        return
-    history.early_stop = early.patience
-    history.best_epoch = early.best_epoch
-    early.restore_best(model)
-
-
-def _resume(
-    keeper: Checkpointer,
+def _cache(
     model: nn.Module,
-    loop: TrainLoop,
-    history: History,
-    generators: list[Any],
-    replay: Any = None,
-) -> int:
-    """The first epoch to train: 1, or the one after the checkpoint's when resuming.
+    train: DataLoader,
+    val: DataLoader | None,
+    *,
+    ctx: DistContext,
+    callback: AdaptCallback,
+    config: TrainConfig,
+) -> tuple[Boundary, list[CachedFeatures]]:
+    """Find the freeze boundary on the first training batch and cache the activations there
+    for train (and val); :class:`CacheUnsupported`, on every rank, says why not."""
+    batches = iter(train)
+    first = next(batches, None)
 
-    ``replay(epoch)`` re-applies the plan change made at the start of ``epoch`` (a schedule
-    policy's), so the optimizer has the parameter groups the checkpoint's state belongs to.
-    """
-    done = keeper.saved_epoch
-    if not done:
-        return 1
-    if replay is not None:
-        for epoch in range(2, done + 1):
-            replay(epoch)
-    return keeper.restore(model, loop.optimizer, loop, history, generators) + 1
+    def find() -> Boundary:
+        if first is None:
+            raise CacheUnsupported("the data loader yielded no batches")
+        if not (isinstance(first, (list, tuple)) and len(first) >= 2):
+            raise CacheUnsupported("the data loader does not yield (images, labels) batches")
+        # two images show the structure (the checks are per image)
+        return find_boundary(model, first[0][:2].to(ctx.device))
+
+    boundary = on_every_rank(ctx, find)
+    splits = [("train", train)] + ([("val", val)] if val is not None else [])
+    cached = extract(
+        model,
+        [boundary.path],
+        splits,
+        ctx=ctx,
+        callback=callback,
+        batch_size=config.batch_size,
+        train_batches=itertools.chain([first], batches),  # the first batch is kept
+    )
+    return boundary, cached[boundary.path]
+
+
+def _replan(trainee: Trainee, planner: ScheduleDriver, epoch: int) -> Plan | None:
+    """A schedule policy's plan for ``epoch`` (new trainable parameters join the optimizer,
+    DDP wraps again): the new plan, or None when nothing changed."""
+    if not planner.is_schedule or epoch < 2:
+        return None
+    change = planner.step(epoch - 1)
+    if not change.changed:
+        return None
+    trainee.replica.sync()
+    return change.plan
 
 
 def _end_epoch(
     keeper: Checkpointer,
     record: EpochRecord,
-    epochs: int,
-    model: nn.Module,
-    loop: TrainLoop,
+    trainee: Trainee,
     history: History,
-    generators: list[Any],
+    generators: list[torch.Generator],
 ) -> None:
     """Record the epoch: early-stopping counters, then the checkpoint (main process), then
     the callback — so an interrupt in the callback still keeps this epoch."""
     history.epochs.append(record)
     early = keeper.early
+    model = trainee.model
     new_best = early.update(record.epoch, record.val_loss, model) if early is not None else False
-    if loop.ctx.is_main:
+    if trainee.ctx.is_main:
         keeper.save(
             record.epoch,
-            epochs,
+            trainee.epochs,
             model,
-            loop.optimizer,
-            loop,
+            trainee.optimizer,
+            trainee,
             history,
             generators,
             new_best=new_best,
         )
     pause_for_tests(PAUSE_AFTER_EPOCH_ENV, f"after epoch {record.epoch}")
-    loop.callback.on_epoch_end(record)
-
-
-def _stopping(keeper: Checkpointer, history: History) -> bool:
-    """True when early stopping has run out of patience (checked before each epoch)."""
-    if keeper.early is not None and keeper.early.should_stop:
-        history.stopped_early = True
-        return True
-    return False
-
-
-def _extract(
-    model: nn.Module,
-    cut: str,
-    train_loader: DataLoader,
-    val_loader: Any,
-    *,
-    ctx: DistContext,
-    callback: AdaptCallback,
-    history: History,
-    note: str,
-) -> tuple[Any, str]:
-    """Compute cached features for train and val; (None, reason) when the cut is not exact."""
-    start = time.perf_counter()
-    result: dict[str, Any] = {}
-    failure = None
-    for split, loader in (("train", train_loader), ("val", val_loader)):
-        if loader is None:
-            continue
-        total = len(loader)
-        progress = start_extraction(ctx, callback, split, total)
-
-        try:
-            result[split] = extract_features(
-                model, cut, loader, device=ctx.device, total=total, progress=progress
-            )
-        except CacheUnsupported as exc:
-            failure = str(exc)
-        if ctx.any(failure is not None):
-            failure = failure or "another rank could not use the feature cache"
-            break
-    history.feature_seconds = time.perf_counter() - start
-    if failure is not None:
-        return None, f"plain loop: {failure}"
-    return result, note
-
-
-def _extract_boundary(
-    model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: Any,
-    *,
-    ctx: DistContext,
-    callback: AdaptCallback,
-    history: History,
-    batch_size: int,
-) -> tuple[Any, Any, str]:
-    """Find the freeze boundary on the first training batch and cache the activations there
-    for train and val: (suffix module, cached, note), or (None, None, why not)."""
-    start = time.perf_counter()
-    result: dict[str, Any] = {}
-    failure = None
-    boundary = None
-    limit = max_cache_bytes()
-    batches: Any = None
-    try:
-        batches = iter(train_loader)
-        first = next(batches, None)
-        if first is None:
-            raise CacheUnsupported("the data loader yielded no batches")
-        if not (isinstance(first, (list, tuple)) and len(first) >= 2):
-            raise CacheUnsupported("the data loader does not yield (images, labels) batches")
-        # two images show the structure (the checks are per image); the batch is kept
-        boundary = find_boundary(model, first[0][:2].to(ctx.device))
-        batches = itertools.chain([first], batches)
-    except CacheUnsupported as exc:
-        failure = str(exc)
-    if ctx.any(failure is not None):
-        failure = failure or "another rank could not use the feature cache"
-    used = 0
-    for split, loader in (("train", train_loader), ("val", val_loader)):
-        if loader is None or failure is not None or boundary is None:
-            continue
-        total = len(loader)
-        progress = start_extraction(ctx, callback, split, total)
-
-        try:
-            result[split] = extract_boundaries(
-                model,
-                [boundary.path],
-                batches if split == "train" else loader,
-                device=ctx.device,
-                total=total,
-                progress=progress,
-                max_bytes=limit - used,
-                # the training batch size: the same rounding as the plain loop's batches
-                batch_size=batch_size if split == "train" else None,
-                total_images=_sampled_images(loader),
-            )[boundary.path]
-            used += result[split].nbytes
-        except CacheUnsupported as exc:
-            failure = str(exc)
-        if ctx.any(failure is not None):
-            failure = failure or "another rank could not use the feature cache"
-            break
-    history.feature_seconds = time.perf_counter() - start
-    if failure is not None or boundary is None:
-        return None, None, f"plain loop: {failure}"
-    note = f"activations cached at the input of {boundary.path!r} ({megabytes(used)})"
-    return boundary.suffix(model), result, note
-
-
-def _sampled_images(loader: Any) -> int | None:
-    """How many images ``loader`` yields on this rank, when it tells."""
-    try:
-        return len(loader.sampler) if loader.batch_sampler is not None else len(loader.dataset)
-    except TypeError:
-        return None
-
-
-def epoch_record(
-    epoch: int,
-    train: tuple[float, float, int, float, float],
-    val: tuple[float | None, float | None],
-    model: nn.Module,
-) -> EpochRecord:
-    loss, acc, images, seconds, lr = train
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return EpochRecord(
-        epoch=epoch,
-        train_loss=loss,
-        train_accuracy=acc,
-        val_loss=val[0],
-        val_accuracy=val[1],
-        seconds=seconds,
-        images=images,
-        images_per_second=images / seconds if seconds else 0.0,
-        lr=lr,
-        trainable_params=sum(p.numel() for p in trainable),
-        trainable_tensors=len(trainable),
-    )
-
-
-def _train_cached(
-    model: nn.Module,
-    head: nn.Module,
-    cached: Mapping[str, Any],
-    planner: ScheduleDriver,
-    history: History,
-    *,
-    ctx: DistContext,
-    opt: torch.optim.Optimizer,
-    loss_fn: Any,
-    callback: AdaptCallback,
-    epochs: int,
-    batch_size: int,
-    lr_schedule: str,
-    warmup_epochs: float,
-    seed: int,
-    keeper: Checkpointer,
-    one_thread: bool = True,
-) -> None:
-    """Train ``head`` (the classifier, or a boundary's suffix sharing the model's parameters)
-    on cached inputs. ``one_thread``: tiny head-only steps run on one CPU thread; a deeper top
-    keeps the thread count of the plain loop (and its rounding)."""
-    replica = Replica(head, ctx)
-    train, val = cached["train"], cached.get("val")
-    n_batches = train.num_batches(batch_size)
-    loop = TrainLoop(
-        ctx=ctx,
-        optimizer=opt,
-        loss_fn=loss_fn,
-        callback=callback,
-        schedule=lr_schedule,
-        batches_per_epoch=n_batches,
-        epochs=epochs,
-        warmup_epochs=warmup_epochs,
-        num_classes=len(history.classes),
-    )
-    batches = train.loader(batch_size, seed=seed)
-    with _one_thread_on_cpu(ctx.device) if one_thread else contextlib.nullcontext():
-        _cached_epochs(
-            model,
-            head,
-            replica,
-            loop,
-            batches,
-            n_batches,
-            val,
-            history,
-            callback=callback,
-            epochs=epochs,
-            batch_size=batch_size,
-            keeper=keeper,
-        )
-    history.ddp_wraps = replica.wraps
-
-
-@contextlib.contextmanager
-def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
-    """Run tiny head-only steps on one CPU thread: for a linear layer on cached features,
-    waking a thread pool costs more than the arithmetic (several times slower on a busy
-    machine). The previous thread count is restored."""
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _cached_epochs(
-    model: nn.Module,
-    head: nn.Module,
-    replica: Replica,
-    loop: TrainLoop,
-    batches: Any,
-    n_batches: int,
-    val: Any,
-    history: History,
-    *,
-    callback: AdaptCallback,
-    epochs: int,
-    batch_size: int,
-    keeper: Checkpointer,
-) -> None:
-    generators = loader_generators(batches)
-    for epoch in range(_resume(keeper, model, loop, history, generators), epochs + 1):
-        if _stopping(keeper, history):
-            break
-        result = loop.train_epoch(epoch, epochs, replica, [head], batches, n_batches)
-        scores = (
-            loop.evaluate(head, [head], val.batches(batch_size))
-            if val is not None
-            else (None, None)
-        )
-        record = epoch_record(epoch, result, scores, model)
-        _end_epoch(keeper, record, epochs, model, loop, history, generators)
-
-
-def _train_plain(
-    model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: Any,
-    planner: ScheduleDriver,
-    history: History,
-    *,
-    ctx: DistContext,
-    opt: torch.optim.Optimizer,
-    loss_fn: Any,
-    callback: AdaptCallback,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    lr_schedule: str,
-    warmup_epochs: float,
-    keeper: Checkpointer,
-) -> None:
-    replica: Replica = Replica(model, ctx)
-    n_batches = len(train_loader)
-    loop = TrainLoop(
-        ctx=ctx,
-        optimizer=opt,
-        loss_fn=loss_fn,
-        callback=callback,
-        schedule=lr_schedule,
-        batches_per_epoch=n_batches,
-        epochs=epochs,
-        warmup_epochs=warmup_epochs,
-        num_classes=len(history.classes),
-    )
-
-    def replay(epoch: int) -> None:
-        if planner.is_schedule and planner.step(epoch - 1).changed:
-            replica.sync()
-
-    generators = loader_generators(train_loader)
-    first = _resume(keeper, model, loop, history, generators, replay)
-    for epoch in range(first, epochs + 1):
-        if _stopping(keeper, history):
-            break
-        if planner.is_schedule and epoch > 1:
-            change = planner.step(epoch - 1)  # adds newly trainable parameters to opt
-            if change.changed:
-                replica.sync()
-                callback.on_plan_change(epoch, change.plan)
-        set_epoch(train_loader, epoch)
-        result = loop.train_epoch(epoch, epochs, replica, [model], train_loader, n_batches)
-        scores = (
-            loop.evaluate(model, [model], val_loader) if val_loader is not None else (None, None)
-        )
-        record = epoch_record(epoch, result, scores, model)
-        _end_epoch(keeper, record, epochs, model, loop, history, generators)
-    history.ddp_wraps = replica.wraps
+    trainee.callback.on_epoch_end(record)

@@ -1,11 +1,13 @@
-"""Activations cached at the freeze boundary: train only the top of a prefix-frozen model.
+"""The activation cache: compute the frozen part of a model once, train the rest on its output.
 
-A plan that freezes a prefix of the model (``train-last:n=K``, ``freeze-to:depth=D``,
-``linear-probe``) computes the same frozen activations every epoch when nothing random touches
-the images. This module finds where the frozen prefix ends — the *boundary* — caches the
-activations there once, and builds the *suffix*: a module that computes the logits from a
+A plan that freezes a prefix of the model (``linear-probe``, ``train-last:n=K``,
+``freeze-to:depth=D``) computes the same frozen activations every epoch when nothing random
+touches the images. This module finds where the frozen prefix ends — the *boundary* — caches
+the activations there once, and builds the *suffix*: a module that computes the logits from a
 cached activation with the model's own (shared) parameters, so an epoch costs only the
-trainable top.
+trainable top (for a linear probe, the classifier on its cached input features). ``zoo.adapt``
+(:mod:`zoo.adaptation.training`) and every candidate of ``zoo.compare``
+(:mod:`zoo.adaptation.halving`) train on it.
 
 How the boundary is found (:func:`find_boundary`, generic for any ``nn.Module``): one eval
 forward pass with hooks on every module records each call's start and end order, its input
@@ -19,10 +21,13 @@ and its output (by object identity). A module ``M`` is a valid cut when
     the previous one's output — ending at the model's output, or, for models with
     ``forward_features``/``forward_head`` (timm, whose pooling may be functional), at
     ``forward_features``' output, after which ``forward_head`` finishes;
-(c) the frozen prefix is deterministic: no dropout or drop-path with ``p > 0`` and no batch-norm
-    using batch statistics before ``M``, and ``M``'s input is the same in training mode (the
-    plain loop runs the model in training mode);
-(d) numerically, the suffix applied to ``M``'s input gives the model's output.
+(c) the frozen prefix is deterministic: the plain loop runs the model in training mode, so no
+    dropout or drop-path with ``p > 0`` and no batch-norm using batch statistics (not pinned to
+    ``frozen-stats``/``frozen``) may run before ``M`` (:func:`random_frozen_modules`), and
+    ``M``'s input must be the same in training mode (for modules that branch on
+    ``self.training``);
+(d) numerically, the suffix applied to ``M``'s input gives the model's output (nothing after
+    the head — a distillation average, a scale — is lost).
 
 The latest valid cut wins (the most computation cached); among modules that take the same
 input tensor, the outermost (``layer4`` rather than ``layer4.0`` and ``layer4.1``).
@@ -31,36 +36,163 @@ input tensor, the outermost (``layer4`` rather than ``layer4.0`` and ``layer4.1`
 no-grad pass over the data (cloned, so in-place operations downstream cannot change them).
 Computed in chunks of the training batch size, they are bit-identical to what the plain loop
 computes on its own batches (CPU convolutions may round differently for other batch sizes).
+:func:`extract` drives it over the training and validation splits, reports progress, keeps
+the cache within its memory budget (:func:`max_cache_bytes`) and, under ``torchrun``, makes
+every rank give up when one cannot cache (:class:`CacheUnsupported` says why; the run falls
+back to the plain loop).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
-
-from zoo.adaptation.feature_cache import (
-    MAX_BYTES_ENV,
-    CachedFeatures,
-    CacheUnsupported,
-    max_cache_bytes,
-    random_frozen_modules,
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    TensorDataset,
 )
+
+from zoo.errors import DataError, ZooError, short_repr
+from zoo.plans.freeze import norm_mode
+from zoo.plans.plan import NormMode
+
+if TYPE_CHECKING:
+    from zoo.adaptation.distributed import DistContext
+    from zoo.adaptation.history import AdaptCallback
 
 __all__ = [
     "Boundary",
     "CacheUnsupported",
     "CachedFeatures",
     "Suffix",
+    "decode",
+    "extract",
     "extract_boundaries",
     "find_boundary",
+    "max_cache_bytes",
     "megabytes",
+    "on_every_rank",
+    "random_frozen_modules",
+    "sampled_images",
 ]
 
+MAX_BYTES_ENV = "ZOO_FEATURE_CACHE_MAX_BYTES"
+#: images per batch when computing activations (inference only: larger batches run faster)
+INFERENCE_BATCH = 128
+DEFAULT_MAX_BYTES = 4 << 30
+#: The suffixes ``ZOO_FEATURE_CACHE_MAX_BYTES`` accepts after its number (powers of 1024).
+SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _ATOL, _RTOL = 1e-5, 1e-4
+
+
+class CacheUnsupported(Exception):
+    """The cache cannot stand in for the plain loop on this model; the message says why."""
+
+
+def max_cache_bytes() -> int:
+    """The largest cache zoo builds: ``ZOO_FEATURE_CACHE_MAX_BYTES``, default 4 GiB.
+
+    The value is a whole number of bytes, optionally followed by ``K``, ``M``, ``G`` or ``T``
+    (powers of 1024, either case): ``500000000``, ``512M``, ``2G``; ``0`` never caches. Anything
+    else (``1e3``, ``nan``, ``-5``, ``2 GB``) raises a :class:`~zoo.ZooError` naming the
+    variable, instead of silently becoming the default. Unset or empty: the default.
+    """
+    value = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_BYTES
+    match = re.fullmatch(r"([0-9]{1,15})([KMGT]?)", value, flags=re.IGNORECASE)
+    if match is None:
+        raise ZooError(
+            f"{MAX_BYTES_ENV}={short_repr(value)} is not a size: write a whole number of bytes, "
+            "optionally followed by K, M, G or T (powers of 1024), e.g. 2G or 500M (0: never "
+            f"cache); unset it for the default {DEFAULT_MAX_BYTES >> 30}G"
+        )
+    number, suffix = match.groups()
+    return int(number) * SIZE_SUFFIXES[suffix.upper()]
+
+
+def megabytes(nbytes: int) -> str:
+    return f"{nbytes / 1e6:,.0f} MB" if nbytes >= 1e6 else f"{nbytes / 1e6:.2f} MB"
+
+
+@dataclass
+class CachedFeatures:
+    """What enters the trained part for each image (or the decoded images themselves), with
+    the labels, on one device."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.element_size() * self.features.nelement()
+
+    def loader(self, batch_size: int, *, seed: int | None = None) -> DataLoader:
+        """Mini-batches of ``(features, labels)``, indexing whole batches at once: in order
+        without ``seed``; shuffled with it, drawn exactly as a plain ``DataLoader(shuffle=True)``
+        with a generator seeded ``seed`` draws them (same order as zoo's plain loop over the
+        images)."""
+        dataset = TensorDataset(self.features, self.labels)
+        generator = None
+        order: Sampler[int] = SequentialSampler(dataset)
+        if seed is not None:
+            generator = torch.Generator()
+            generator.manual_seed(seed)
+            order = RandomSampler(dataset, generator=generator)
+        sampler = BatchSampler(order, batch_size, drop_last=False)
+        return DataLoader(
+            dataset, batch_size=None, sampler=sampler, generator=generator, collate_fn=_identity
+        )
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+def random_frozen_modules(model: nn.Module, top: Sequence[str]) -> list[str]:
+    """Modules outside ``top`` (the module paths that run on the cached activation) whose
+    output differs between training and eval mode, as ``"<path> (<why>)"``: dropout with
+    ``p > 0``, drop-path / drop-block with a drop probability above 0, batch-norm layers that
+    the plan leaves in ``train`` mode (they normalize with batch statistics and update their
+    running ones)."""
+    found = []
+    for path, module in model.named_modules():
+        if any(_inside(path, c) for c in top):
+            continue
+        label = path or "<model>"
+        name = type(module).__name__
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            found.append(f"{label} ({name} p={module.p})")
+        elif ("DropPath" in name or "DropBlock" in name) and _drop_prob(module) > 0:
+            found.append(f"{label} ({name} {_drop_prob(module)})")
+        elif (
+            isinstance(module, nn.modules.batchnorm._NormBase)
+            and (isinstance(module, nn.modules.batchnorm._BatchNorm) or module.track_running_stats)
+            and norm_mode(module) is NormMode.TRAIN
+        ):
+            found.append(f"{label} ({name} in train mode: batch statistics)")
+    return found
+
+
+def _drop_prob(module: nn.Module) -> float:
+    for attr in ("drop_prob", "p", "drop_rate"):
+        value = getattr(module, attr, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 1.0  # unknown: assume it drops
 
 
 @dataclass(frozen=True)
@@ -318,7 +450,7 @@ def _check_cut(
         heads = tuple(c.path for c in head)
         return "", Boundary(cut.path, tuple(c.path for c in chain), True, heads)
     if previous is not output:
-        return "something runs after its last module (the model's output is not its output)", None
+        return "something runs after its last module (its output is not the model's output)", None
     return "", Boundary(cut.path, tuple(c.path for c in chain), False)
 
 
@@ -347,12 +479,8 @@ def _outermost(
     return best
 
 
-def _suffix_paths(boundary: Boundary) -> list[str]:
-    return [*boundary.chain, *boundary.head_modules]
-
-
 def _check_deterministic(model: nn.Module, boundary: Boundary) -> None:
-    random = random_frozen_modules(model, _suffix_paths(boundary))
+    random = random_frozen_modules(model, [*boundary.chain, *boundary.head_modules])
     if random:
         more = f" (+{len(random) - 1} more)" if len(random) > 1 else ""
         raise CacheUnsupported(
@@ -459,10 +587,6 @@ def _rechunk(
         yield torch.cat(images_buf), torch.cat(labels_buf), consumed
 
 
-def megabytes(nbytes: int) -> str:
-    return f"{nbytes / 1e6:,.0f} MB" if nbytes >= 1e6 else f"{nbytes / 1e6:.2f} MB"
-
-
 def extract_boundaries(
     model: nn.Module,
     paths: Sequence[str],
@@ -561,3 +685,104 @@ def _check_budget(kept: dict[str, list[torch.Tensor]], images: int | None, limit
             f"({megabytes(per_image * 1000)} per 1000 images), more than the budget of "
             f"{megabytes(limit)} ({MAX_BYTES_ENV})"
         )
+
+
+# ---------------------------------------------------------------- the driver: splits and ranks
+
+T = TypeVar("T")
+
+
+def on_every_rank(ctx: DistContext, work: Callable[[], T]) -> T:
+    """``work()``, agreed by every rank: when it raises :class:`CacheUnsupported` on any rank,
+    it raises on every rank (with this rank's reason, or that another rank had one), so that
+    all fall back to the plain loop together."""
+    failure = None
+    result = None
+    try:
+        result = work()
+    except CacheUnsupported as exc:
+        failure = str(exc)
+    if ctx.any(failure is not None):
+        raise CacheUnsupported(failure or "another rank could not use the cache")
+    return result  # type: ignore[return-value]
+
+
+def sampled_images(loader: DataLoader) -> int | None:
+    """How many images ``loader`` yields on this rank, when it tells."""
+    try:
+        return len(loader.sampler) if loader.batch_sampler is not None else len(loader.dataset)
+    except TypeError:
+        return None
+
+
+def extract(
+    model: nn.Module,
+    paths: Sequence[str],
+    splits: Sequence[tuple[str, DataLoader]],
+    *,
+    ctx: DistContext,
+    callback: AdaptCallback,
+    max_bytes: int | None = None,
+    batch_size: int | None = None,
+    train_batches: Iterable[Any] | None = None,
+) -> dict[str, list[CachedFeatures]]:
+    """The input of every module in ``paths`` for each ``(name, loader)`` split, in one pass
+    over each (:func:`extract_boundaries`): ``{path: [one per split]}``, within ``max_bytes``
+    (default :func:`max_cache_bytes`) for all of them together.
+
+    The ``"train"`` split is computed in chunks of ``batch_size`` (the training batch size:
+    what the plain loop computes) and read from ``train_batches`` when the caller drew from
+    its loader already. ``callback`` hears each split start and each batch; a failure on any
+    rank raises :class:`CacheUnsupported` on every rank (:func:`on_every_rank`).
+    """
+    budget = max_cache_bytes() if max_bytes is None else max_bytes
+    result: dict[str, list[CachedFeatures]] = {path: [] for path in paths}
+    for name, loader in splits:
+        total = len(loader)
+        callback.on_features_start(name, total)
+        one_pass = functools.partial(
+            extract_boundaries,
+            model,
+            paths,
+            train_batches if name == "train" and train_batches is not None else loader,
+            device=ctx.device,
+            total=total,
+            progress=functools.partial(_progress, ctx, callback, name),
+            max_bytes=max(0, budget),
+            batch_size=batch_size if name == "train" else None,
+            total_images=sampled_images(loader),
+        )
+        out = on_every_rank(ctx, one_pass)
+        for path in paths:
+            result[path].append(out[path])
+            budget -= out[path].nbytes
+    return result
+
+
+def _progress(
+    ctx: DistContext, callback: AdaptCallback, split: str, done: int, total: int | None
+) -> None:
+    """One batch of ``split`` extracted: a failed peer stops this rank; the callback hears it."""
+    ctx.check_peers()
+    callback.on_features_batch(split, done, total or 0)
+
+
+def decode(loader: DataLoader, device: torch.device, limit: int) -> CachedFeatures | None:
+    """Every batch of ``loader`` kept as tensors on ``device`` (the decoded images, cached
+    like activations); None past ``limit`` bytes."""
+    images: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    size = 0
+    total = len(loader.dataset)
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        if not images and x[:1].nelement() * x.element_size() * total > limit:
+            return None
+        size += x.nelement() * x.element_size()
+        if size > limit:
+            return None
+        images.append(x.to(device))
+        labels.append(torch.as_tensor(y).to(device))
+    if not images:
+        raise DataError("the training data yielded no batches")
+    return CachedFeatures(torch.cat(images), torch.cat(labels).long())
