@@ -193,7 +193,7 @@ def test_a_bad_manifest_row_is_a_data_error_naming_the_file_and_line(images, lin
         ('{"path": "img/red/red_1.png"}', "no 'label' key"),
         ('{"path": "img/red/red_1.png", "label": NaN}', "not valid JSON"),
         ('{"path": 7, "label": "red"}', "is not a path"),
-        ('{"path": "img/red/red_1.png", "label": true}', "the label must be a non-empty text"),
+        ('{"path": "img/red/red_1.png", "label": true}', "label must be a text of 1 to 255"),
     ],
 )
 def test_a_bad_jsonl_row_names_its_line(images, row, message):

@@ -328,7 +328,8 @@ def scan_image_folder(
         raise DataError(f"image folder {str(path)!r} does not exist")
     if not path.is_dir():
         raise DataError(
-            f"{str(path)!r} is not a folder: pass a folder with one sub-folder per class"
+            f"{str(path)!r} is not a folder: pass a folder with one sub-folder per class, or "
+            "a manifest (a .csv or .jsonl file of path,label rows)"
         )
     try:
         with os.scandir(path) as it:

@@ -29,7 +29,7 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -46,7 +46,7 @@ from zoo.adaptation.data import (
 )
 from zoo.core import checks
 from zoo.errors import DataError, ModelNotFoundError, ZooError, short_repr
-from zoo.io.trust import path_in, read_bytes_in
+from zoo.io.trust import MAX_NAME_LENGTH, path_in, read_bytes_in
 
 #: The file name endings of manifests (any other path is an image folder).
 MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl")
@@ -148,7 +148,7 @@ def dataset_splits(train: Any, val: Any, val_split: float | None) -> tuple[Any, 
             f"train=dataset['train'] to use {given}, or leave {given} out to validate on "
             f"{held[0]!r}"
         )
-    return train["train"], (train[held[0]] if held and val is None else val)
+    return train["train"], (train[held[0]] if held else val)
 
 
 # ---------------------------------------------------------------- manifests
@@ -161,12 +161,15 @@ class _Rows:
     where: str
     classes: tuple[str, ...] | None
     seen: Seen
-    found: dict[str, tuple[list[Sample], list[SkippedFile]]]
+    found: dict[str, tuple[list[Sample], list[SkippedFile]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._known = frozenset(self.classes or ())
 
     def add(self, sample: Sample, key: int | bytes | None, label: str, at: str) -> None:
         """``sample`` of class ``label`` (listed ``at``, for the error when the class is not
         one of ``classes``); a second copy of an image (``key`` already seen) is left out."""
-        if self.classes is not None and label not in self.classes:
+        if self.classes is not None and label not in self._known:
             raise DataError(
                 f"{at}: the label {label!r} is not one of the classes "
                 f"({', '.join(self.classes)}); fix the label, or the classes"
@@ -223,7 +226,7 @@ def read_manifest(
     """The images a CSV or JSONL manifest lists (see the module's docstring); each row's
     label is a class name (sorted, like class folders', unless ``classes`` is given)."""
     file = Path(manifest).expanduser()
-    rows = _Rows(f"manifest {str(file)!r}", _class_list(classes), {} if seen is None else seen, {})
+    rows = _Rows(f"manifest {str(file)!r}", _class_list(classes), {} if seen is None else seen)
     for line, path, label in _manifest_rows(file):
         at = f"{file}: line {line}"
         try:
@@ -324,7 +327,7 @@ def _label(value: object, file: Path, line: int) -> str:
     if isinstance(value, str) and not value.strip():
         raise DataError(f"{at}: the label is empty; give each row its class name")
     try:
-        return checks.text(value, "the label", max_len=None)
+        return checks.text(value, "the label", max_len=MAX_NAME_LENGTH)
     except checks.Invalid as exc:
         raise DataError(f"{at}: {exc}, and class names are saved with the model") from None
 
@@ -392,10 +395,10 @@ def read_dataset(
     names = [str(n) for n in dataset.features[label_column].names]
     for name in names:
         try:
-            checks.text(name, "the class name", max_len=None)
+            checks.text(name, "the class name", max_len=MAX_NAME_LENGTH)
         except checks.Invalid as exc:
             raise DataError(f"{where}: {exc}, and class names are saved with the model") from None
-    rows = _Rows(where, _class_list(classes) or tuple(names), {} if seen is None else seen, {})
+    rows = _Rows(where, _class_list(classes) or tuple(names), {} if seen is None else seen)
     table = dataset.select_columns([image_column, label_column]).cast_column(
         image_column, datasets.Image(decode=False)
     )

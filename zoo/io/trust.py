@@ -89,11 +89,11 @@ def plain_name(name: object, *, what: str) -> str:
 
 def path_in(folder: Path, relative: object, *, what: str) -> Path:
     """``folder/relative`` for a path listed in untrusted data (a manifest's row), if it stays
-    inside ``folder``: a relative path (``/`` separated; ``.`` and empty parts are dropped) of
-    plain names (:func:`plain_name`: no ``..``, no NUL) through no symbolic link (each part
-    that exists is checked with ``lstat``). Otherwise :class:`~zoo.CorruptFileError` (``what``
-    names the path in the message). A part that does not exist ends the check: opening the
-    file says so."""
+    inside ``folder``: a relative path (``/`` or ``\\`` separated; ``.`` and empty parts are
+    dropped) of plain names (:func:`plain_name`: no ``..``, no NUL) through no symbolic link
+    (each part that exists is checked with ``lstat``). Otherwise
+    :class:`~zoo.CorruptFileError` (``what`` names the path in the message). A part that does
+    not exist ends the check: opening the file says so."""
     if not isinstance(relative, str) or not relative.strip() or len(relative) > 4096:
         shown = repr(relative) if isinstance(relative, str) else type(relative).__name__
         raise CorruptFileError(f"{what} {shown[:80]} is not a path")
@@ -102,7 +102,7 @@ def path_in(folder: Path, relative: object, *, what: str) -> Path:
             f"{what} {relative!r} is an absolute path; zoo reads only paths relative to the "
             "folder of the file that lists them"
         )
-    parts = [p for p in relative.replace(os.sep, "/").split("/") if p not in ("", ".")]
+    parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
     if not parts:
         raise CorruptFileError(f"{what} {relative!r} names no file")
     for part in parts:
