@@ -238,7 +238,7 @@ def test_a_manifest_reaches_no_file_through_a_link_and_is_read_as_a_bounded_regu
 def test_manifest_images_are_checked_deduplicated_and_kept_apart_from_validation(images):
     (images / "img" / "red" / "fake.png").write_bytes(b"%!PS-Adobe-3.0\n")  # PostScript
     rows = [(f"img/red/red_{i}.png", "red") for i in (0, 1)] + [("img/red/fake.png", "red")]
-    rows += [("img/green/green_0.png", "green"), ("./img//green/green_0.png", "green")]
+    rows += [("img/green/green_0.png", "green"), ("./img\\green//green_0.png", "green")]
     rows += [("img/green/gone.png", "green")]
     train = write_csv(images / "train.csv", rows)
     val_rows = [("img/red/red_0.png", "red"), ("img/red/red_2.png", "red")]
@@ -333,6 +333,8 @@ def test_dataset_columns_that_cannot_be_used_are_named(tmp_path):
     splits = datasets.DatasetDict({"train": _held(pngs, [0, 1]), "validation": _held(pngs, [0, 1])})
     with pytest.raises(zoo.DataError, match=r"has a 'validation' split, and val_split is given"):
         zoo.adapt(BACKBONE, splits, val_split=0.5, epochs=1, **FAST)
+    with pytest.raises(zoo.DataError, match=r"this IterableDataset cannot be used here"):
+        zoo.adapt(BACKBONE, splits["train"].to_iterable_dataset(), epochs=1, **FAST)
     with pytest.raises(zoo.DataError, match=r"no 'train' split \(its splits: \['test'\]\)"):
         zoo.adapt(BACKBONE, datasets.DatasetDict({"test": splits["train"]}), epochs=1, **FAST)
 

@@ -382,7 +382,7 @@ def read_dataset(
     datasets = _datasets()
     if not isinstance(dataset, datasets.Dataset):
         raise DataError(
-            f"a {type(dataset).__name__} cannot be used here: pass a datasets.Dataset (a "
+            f"this {type(dataset).__name__} cannot be used here: pass a datasets.Dataset (a "
             "split of a DatasetDict; a streaming dataset loaded without streaming=True)"
         )
     split = getattr(dataset, "split", None)
