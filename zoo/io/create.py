@@ -1,7 +1,8 @@
 """Building a backbone by name with optional weights: the body of ``zoo.create``.
 
 It resolves the name in the catalog it is given, builds through :func:`zoo.core.build.build`,
-records the base a delta save will refer to, and loads a local ``.safetensors`` file when asked.
+records the base a delta save will refer to, and loads a local ``.safetensors`` file when asked;
+:func:`timm_folder_model` builds a model from a timm folder (a Hub repository timm wrote).
 """
 
 from __future__ import annotations
@@ -10,10 +11,16 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zoo.core import checks
 from zoo.core.build import build
 from zoo.core.record import BuildArgs
-from zoo.errors import ZooError
+from zoo.core.specs import InputConfig
+from zoo.errors import CorruptFileError, SpecError, ZooError
+from zoo.io.build_args import check_saved_kwargs
+from zoo.io.metadata import MAX_CLASSES, class_names
 from zoo.io.persistence import file_state
+from zoo.io.rebuild import check_pretrained_size
+from zoo.io.trust import file_in, read_json_in
 
 if TYPE_CHECKING:
     from torch import nn
@@ -49,4 +56,56 @@ def create_model(
     resolved = file_state(path, catalog=catalog)  # a zoo delta is merged with its base here
     model = build(spec, args, state=resolved.tensors, skip=spec.head_modules, source=str(path))
     model.zoo.base = {"kind": "file", "ref": str(path.resolve()), "sha256": resolved.sha256}
+    return model
+
+
+#: The largest ``config.json`` of a timm folder read (label names of many classes included).
+MAX_TIMM_CONFIG_BYTES = 16 << 20
+#: The input-config fields of a timm ``pretrained_cfg`` (:class:`~zoo.InputConfig`'s).
+_INPUT_FIELDS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+
+
+def timm_folder_model(
+    folder: Path, *, catalog: Catalog, num_classes: int | None = None
+) -> nn.Module:
+    """A model from a timm folder (``config.json`` + ``model.safetensors``, the layout timm's
+    ``push_to_hf_hub`` writes): the ``timm:`` backbone its ``architecture`` names, built with
+    its ``model_args`` and the folder's weights (``weights=``), its ``label_names`` as the
+    classes and its ``pretrained_cfg`` as the input config. ``num_classes`` (default the
+    config's) gives a new head instead.
+
+    The folder is untrusted (:mod:`zoo.io.trust`): the config is bounded JSON read without
+    following links, its arguments are checked as a saved file's (and may not make the model
+    much larger than the architecture's default), the weights are read by zoo's reader; a bad
+    value raises :class:`~zoo.CorruptFileError` naming the file and the field.
+    """
+    source = str(folder / "config.json")
+    config = read_json_in(
+        folder, "config.json", max_bytes=MAX_TIMM_CONFIG_BYTES, what="a timm config"
+    )
+    try:
+        checks.json_object(config, "config.json")
+        arch = checks.name(config.get("architecture"), "architecture")
+        outputs = config.get("num_classes")
+        if outputs is not None:
+            checks.integer(outputs, "num_classes", 0, MAX_CLASSES)
+        args = dict(checks.json_object(config.get("model_args") or {}, "model_args"))
+        args.pop("num_classes", None)  # timm records it there too; the head is num_classes=
+        labels = config.get("label_names")
+        classes = class_names(labels) if isinstance(labels, list) else None
+        pretrained = checks.json_object(config.get("pretrained_cfg") or {}, "pretrained_cfg")
+        input_config = InputConfig.from_dict(
+            {k: pretrained[k] for k in _INPUT_FIELDS if k in pretrained}
+        )
+    except (checks.Invalid, SpecError) as exc:
+        raise CorruptFileError(f"{source}: {exc}") from None
+    spec, _tag = catalog.backbone(f"timm:{arch}")
+    kwargs = check_saved_kwargs(spec, args, source=source, key="model_args")
+    check_pretrained_size(spec, kwargs, source=source, key="model_args")
+    weights = file_in(folder, "model.safetensors", what="a timm folder")
+    heads = outputs if num_classes is None else num_classes
+    model = create_model(catalog, spec.qualified_name, num_classes=heads, weights=weights, **kwargs)
+    if classes is not None and heads == len(classes):
+        model.zoo.classes = classes
+    model.zoo.input_config = input_config
     return model
