@@ -73,7 +73,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, P
             for param in adapted.parameters():
                 if param.requires_grad:
                     param.add_(0.01)
-        folder = zoo.export_peft(adapted, root / "adapter")
+        folder = zoo.export_peft(adapted, root / "adapter", without_base=True)
     yield base, folder
 
 
@@ -442,7 +442,7 @@ def lora_model(exported: tuple[Path, Path]) -> nn.Module:
 def export_events(model: nn.Module, folder: Path) -> list[str]:
     injector = Injector(None, enospc)
     with injector.armed():
-        zoo.export_peft(model, folder, overwrite=True)
+        zoo.export_peft(model, folder, overwrite=True, without_base=True)
     return injector.events
 
 
@@ -475,7 +475,7 @@ def test_enospc_at_every_step_of_an_export_leaves_the_folder_as_it_was(
         before = fresh()
         try:
             with Injector(at, enospc).armed():
-                zoo.export_peft(lora_model, folder, overwrite=True)
+                zoo.export_peft(lora_model, folder, overwrite=True, without_base=True)
         except zoo.ZooError as exc:
             message = str(exc)
             assert "No space left on device" in message and str(folder) in message, message

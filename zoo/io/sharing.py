@@ -285,12 +285,15 @@ def _adapter_pieces(
             "could rebuild it from the adapter; export it in full instead (zoo.merge_adapters, "
             "then zoo.export)"
         )
-    state = _base_state(reference, model, catalog)  # found by its hash, or refused, named
-    reference = persistence.base_reference(reference, state.sha256)
+    state = None
+    if reference.get("sha256") is None:  # a pretrained base: hashed once, here
+        state = _base_state(reference, model, catalog)
+        reference = persistence.base_reference(reference, state.sha256)
     named = _named(reference, catalog)
     tensors, metadata, config = peft_contents(model, base_name=named, base=reference)
     pieces = [tensor_file(WEIGHTS_FILE, tensors, metadata), bytes_file(CONFIG_FILE, config)]
     if named is None and not without_base:
+        state = state or _base_state(reference, model, catalog)  # found by hash, or refused
         base_model = persistence.load(_base_path(reference, state), catalog=catalog)
         if adapters(base_model):
             raise ZooError(
