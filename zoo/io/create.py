@@ -8,6 +8,7 @@ records the base a delta save will refer to, and loads a local ``.safetensors`` 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from zoo.core.catalog import Catalog
+    from zoo.core.specs import BackboneSpec
 
 
 def create_model(
@@ -65,19 +67,28 @@ MAX_TIMM_CONFIG_BYTES = 16 << 20
 _INPUT_FIELDS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
 
 
-def timm_folder_model(
-    folder: Path, *, catalog: Catalog, num_classes: int | None = None
-) -> nn.Module:
-    """A model from a timm folder (``config.json`` + ``model.safetensors``, the layout timm's
-    ``push_to_hf_hub`` writes): the ``timm:`` backbone its ``architecture`` names, built with
-    its ``model_args`` and the folder's weights (``weights=``), its ``label_names`` as the
-    classes and its ``pretrained_cfg`` as the input config. ``num_classes`` (default the
-    config's) gives a new head instead.
+@dataclass(frozen=True)
+class TimmFolder:
+    """What a timm folder's ``config.json`` says (checked) and its weights file."""
+
+    spec: BackboneSpec
+    kwargs: dict[str, Any]
+    num_classes: int | None
+    classes: list[str] | None
+    input_config: InputConfig
+    weights: Path
+
+
+def read_timm_folder(folder: Path, *, catalog: Catalog) -> TimmFolder:
+    """A timm folder (``config.json`` + ``model.safetensors``, the layout timm's
+    ``push_to_hf_hub`` writes), checked: the ``timm:`` backbone its ``architecture`` names, its
+    ``model_args``, ``num_classes``, ``label_names`` (the classes) and ``pretrained_cfg`` (the
+    input config).
 
     The folder is untrusted (:mod:`zoo.io.trust`): the config is bounded JSON read without
     following links, its arguments are checked as a saved file's (and may not make the model
-    much larger than the architecture's default), the weights are read by zoo's reader; a bad
-    value raises :class:`~zoo.CorruptFileError` naming the file and the field.
+    much larger than the architecture's default); a bad value raises
+    :class:`~zoo.CorruptFileError` naming the file and the field.
     """
     source = str(folder / "config.json")
     config = read_json_in(
@@ -103,9 +114,21 @@ def timm_folder_model(
     kwargs = check_saved_kwargs(spec, args, source=source, key="model_args")
     check_pretrained_size(spec, kwargs, source=source, key="model_args")
     weights = file_in(folder, "model.safetensors", what="a timm folder")
-    heads = outputs if num_classes is None else num_classes
-    model = create_model(catalog, spec.qualified_name, num_classes=heads, weights=weights, **kwargs)
-    if classes is not None and heads == len(classes):
-        model.zoo.classes = classes
-    model.zoo.input_config = input_config
+    return TimmFolder(spec, kwargs, outputs, classes, input_config, weights)
+
+
+def timm_folder_model(folder: Path, *, catalog: Catalog) -> nn.Module:
+    """The model of a timm folder (:func:`read_timm_folder`): its backbone built with its
+    arguments and weights (``weights=``), its classes and input config recorded."""
+    found = read_timm_folder(folder, catalog=catalog)
+    model = create_model(
+        catalog,
+        found.spec.qualified_name,
+        num_classes=found.num_classes,
+        weights=found.weights,
+        **found.kwargs,
+    )
+    if found.classes is not None and found.num_classes == len(found.classes):
+        model.zoo.classes = found.classes
+    model.zoo.input_config = found.input_config
     return model

@@ -73,6 +73,15 @@ def repo_id(value: str) -> str:
     return hub.repo
 
 
+def is_repo_id(value: str) -> bool:
+    """Whether ``value`` is a repository id ``org/name`` (no revision)."""
+    try:
+        repo_id(value)
+    except ZooError:
+        return False
+    return True
+
+
 def cache_dir() -> Path:
     """The Hub cache: ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else huggingface_hub's default
     (read at each call, so a process can point it elsewhere)."""

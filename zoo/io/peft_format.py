@@ -56,16 +56,16 @@ from zoo.errors import (
     ZooError,
     short_repr,
 )
-from zoo.io import store
+from zoo.io import hub, store
 from zoo.io.build_args import check_saved_kwargs
-from zoo.io.create import create_model
+from zoo.io.create import create_model, read_timm_folder
 from zoo.io.fileformat import (
     Header,
     TensorEntry,
     read_header,
     seal,
 )
-from zoo.io.metadata import MAX_CLASSES, ZooMetadata, class_names
+from zoo.io.metadata import MAX_CLASSES, ZooMetadata, class_names, is_zoo_metadata
 from zoo.io.persistence import resolve_base, resolve_target
 from zoo.io.rebuild import check_pretrained_size
 from zoo.io.trust import (
@@ -700,6 +700,19 @@ def base_recipe(
             source=str(Path(layout.source).with_name(CONFIG_FILE)),
             catalog=catalog,
         )
+    if isinstance(base, str) and hub.is_hub_id(base):  # the user's word, or a recorded base
+        folder = check_folder(hub.snapshot(hub.parse(base)), what=f"the base {base}")
+        header = read_header_in(folder, store.MODEL_FILE, what=f"the base {base}")
+        if not is_zoo_metadata(header.metadata):  # a timm folder
+            found = read_timm_folder(folder, catalog=catalog)
+            recipe = BaseRecipe(
+                found.spec.qualified_name,
+                found.kwargs,
+                head_rows(layout, found.spec.head) or found.num_classes,
+                weights=found.weights,
+            )
+            return recipe, _meta_base(found.spec, recipe, bounded=False, source=layout.source)
+        base = file_in(folder, store.MODEL_FILE, what=f"the base {base}")
     if isinstance(base, str) and ":" in base and not store.is_path_target(base):
         spec, _tag = catalog.backbone(base)
         kwargs = _saved_kwargs(spec, layout)
@@ -795,6 +808,10 @@ def import_peft(
     if base is None and os.path.lexists(folder / BASE_FOLDER):  # the base exported beside it
         beside = check_folder(folder / BASE_FOLDER, what="the base folder of a PEFT folder")
         base = file_in(beside, store.MODEL_FILE, what="the base of a PEFT folder")
+    elif base is None and recorded is not None:  # zoo's export: a hub id, checked by hash below
+        named = config.get("base_model_name_or_path")
+        if isinstance(named, str) and not named.startswith("timm/") and hub.is_repo_id(named):
+            base = hub.PREFIX + named
     recipe, meta = base_recipe(base, config, layout, catalog)
     check_fits(meta, layout, rank)
     tensors = read_tensors(folder, layout)

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             targets=len(config["target_modules"]),
             modules_to_save=config["modules_to_save"],
             base_model_name_or_path=config["base_model_name_or_path"],
+            base_sha256=_base_sha256(folder / "adapter_model.safetensors"),
         )
     if args.json:
         out.json(summary)
@@ -88,14 +89,25 @@ def run(args: argparse.Namespace, out: Output) -> int:
     base = ""
     if "r" in summary:
         named = summary["base_model_name_or_path"]
-        base = (
-            f"; its base is {named}"
+        where = (
+            named
             if named
-            else "; its base is in base/"
-            if any(f.startswith("base") for f in files)
-            else "; its base is not included: README.md names its sha256"
+            else "in base/"
+            if any(f.startswith("base/") for f in files)
+            else "not included (README.md names it)"
         )
+        base = f"; the adapter needs the base with sha256 {summary['base_sha256']}: {where}"
     out.print(
         Text(f"exported {what} ({human_bytes(int(summary['bytes']))}) to {folder}{base}")  # type: ignore[call-overload]
     )
     return 0
+
+
+def _base_sha256(weights: object) -> str | None:
+    """The sha256 of the base an exported adapter records (``zoo.base``)."""
+    import json
+
+    from zoo.io.fileformat import read_header
+
+    text = read_header(weights).metadata.get("zoo.base")  # type: ignore[arg-type]
+    return json.loads(text).get("sha256") if text else None
