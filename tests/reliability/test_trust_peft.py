@@ -196,7 +196,8 @@ def test_the_cli_refuses_a_folder_naming_a_file_and_saves_nothing(peft):
     ("named", "fragment"),
     [
         ("vit_tiny_patch16_224", "names the architecture timm:vit_tiny_patch16_224 but not"),
-        ("google/vit-base-patch16-224", "a hub model zoo does not build"),
+        # zoo's export records the base's hash: a hub id is looked up (and checked by hash)
+        ("google/vit-base-patch16-224", "hf-hub:google/vit-base-patch16-224: not in the"),
         ("no_such_arch.tag", "no backbone zoo knows"),
         ("vit_tiny_patch16_224.no_such_tag", "no backbone zoo knows"),
         (None, "base_model_name_or_path is None"),

@@ -53,6 +53,7 @@ from zoo.errors import (
     CorruptFileError,
     UnknownNameError,
     WeightsMismatchError,
+    WeightsUnavailableError,
     ZooError,
     short_repr,
 )
@@ -812,7 +813,10 @@ def import_peft(
         named = config.get("base_model_name_or_path")
         if isinstance(named, str) and not named.startswith("timm/") and hub.is_repo_id(named):
             base = hub.PREFIX + named
-    recipe, meta = base_recipe(base, config, layout, catalog)
+    try:
+        recipe, meta = base_recipe(base, config, layout, catalog)
+    except WeightsUnavailableError as exc:  # the hub id the folder names is not at hand
+        raise WeightsUnavailableError(f"{exc}; or {_PASS_BASE}") from None
     check_fits(meta, layout, rank)
     tensors = read_tensors(folder, layout)
     model = recipe.build(catalog)
