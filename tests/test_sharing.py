@@ -360,3 +360,30 @@ def test_an_adapter_on_a_hub_base_names_it_and_loads_from_the_hub(tmp_path, hub_
     publish(hub_cache, "org/adapter", folder)
     assert torch.equal(out(zoo.load("hf-hub:org/adapter")), out(model))
     assert torch.equal(out(zoo.import_peft(folder, base="hf-hub:org/src")), out(model))
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"architecture": "../../etc"}, "architecture"),
+        ({"model_args": {"pretrained_cfg_overlay": {"file": "/etc/passwd"}}}, "model_args"),
+        ({"model_args": {"stem_width": 100000}}, "model_args"),
+        ({"label_names": ["ok", "bad\nname", "x"]}, "class name 1"),
+        ({"pretrained_cfg": {"input_size": [3, -1, 32]}}, "input_size"),
+    ],
+)
+def test_a_hostile_timm_config_in_the_hub_cache_is_refused_naming_the_field(
+    tmp_path, hub_cache, change, fragment
+):
+    base()
+    folder = zoo.export("src", tmp_path / "full")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(change)
+    (folder / "config.json").write_text(json.dumps(config))
+    from safetensors.torch import save_file
+
+    save_file(zoo.load("src").state_dict(), folder / "model.safetensors")  # timm's, no zoo keys
+    publish(hub_cache, "org/hostile", folder)
+    with pytest.raises(zoo.ZooError) as info:
+        zoo.load("hf-hub:org/hostile")
+    assert "config.json" in str(info.value) and fragment in str(info.value)

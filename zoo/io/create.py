@@ -16,7 +16,7 @@ from zoo.core import checks
 from zoo.core.build import build
 from zoo.core.record import BuildArgs
 from zoo.core.specs import InputConfig
-from zoo.errors import CorruptFileError, SpecError, ZooError
+from zoo.errors import CorruptFileError, SpecError, UnknownNameError, ZooError
 from zoo.io.build_args import check_saved_kwargs
 from zoo.io.metadata import MAX_CLASSES, class_names
 from zoo.io.persistence import file_state
@@ -110,7 +110,12 @@ def read_timm_folder(folder: Path, *, catalog: Catalog) -> TimmFolder:
         )
     except (checks.Invalid, SpecError) as exc:
         raise CorruptFileError(f"{source}: {exc}") from None
-    spec, _tag = catalog.backbone(f"timm:{arch}")
+    try:
+        spec, _tag = catalog.backbone(f"timm:{arch}")
+    except UnknownNameError as exc:
+        raise UnknownNameError(
+            f"timm architecture (from {source})", arch, exc.suggestions
+        ) from None
     kwargs = check_saved_kwargs(spec, args, source=source, key="model_args")
     check_pretrained_size(spec, kwargs, source=source, key="model_args")
     weights = file_in(folder, "model.safetensors", what="a timm folder")
