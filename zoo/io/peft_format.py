@@ -27,11 +27,14 @@ unknown option that is not at an "off" value.
 The folder is untrusted input, read through :mod:`zoo.io.trust` (a real folder, regular files
 opened without following links, a bounded config, zoo's own safetensors reader;
 ``adapter_model.bin`` is never unpickled). Nothing in it chooses a file: its
-``base_model_name_or_path`` is only ever a backbone name (:func:`named_base`). Every key must
-be a LoRA tensor of a target or belong to a module to save, and every dtype and shape is
-checked from the header -- against the rank, then against the base built on the ``meta``
-device -- before a tensor is read or the base built; values must be finite. An export writes
-both files or neither (:func:`_write_folder`).
+``base_model_name_or_path`` is only ever a backbone name (:func:`named_base`) or, in a folder
+zoo exported, a hub id read through the Hub cache; a ``base/`` folder beside it (zoo's export)
+is read by the same rule. Every key must be a LoRA tensor of a target or belong to a module to
+save, and every dtype and shape is checked from the header -- against the rank, then against
+the base built on the ``meta`` device -- before a tensor is read or the base built; values must
+be finite. A base whose hash is not the one zoo's export recorded (``zoo.base``) is refused
+(:func:`check_base`). :func:`peft_contents` makes the two files of an export;
+:mod:`zoo.io.sharing` writes them, with the card and the base, all or none.
 """
 
 from __future__ import annotations

@@ -142,7 +142,9 @@ def write_staged(folder: Path, pieces: Sequence[Piece], *, overwrite: bool, what
     stage: Path | None = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(dir=folder, prefix=f"{TEMP_PREFIX}peft.", suffix=TEMP_SUFFIX))
+        stage = Path(
+            tempfile.mkdtemp(dir=folder, prefix=f"{TEMP_PREFIX}export.", suffix=TEMP_SUFFIX)
+        )
         for piece in pieces:
             piece.write(stage / piece.name)
         _move_in(stage, folder, [p.name for p in pieces])
