@@ -359,6 +359,11 @@ def test_an_adapter_on_a_hub_base_names_it_and_loads_from_the_hub(tmp_path, hub_
     assert (card["base_model"], card["base_model_relation"]) == ("org/src", "adapter")
     publish(hub_cache, "org/adapter", folder)
     assert torch.equal(out(zoo.load("hf-hub:org/adapter")), out(model))
+    again = zoo.export("hf-hub:org/adapter", tmp_path / "again")  # exported again, by hub id
+    assert (again / "README.md").read_text().count("# org/adapter\n") == 1
+    assert json.loads((again / "adapter_config.json").read_text())["base_model_name_or_path"] == (
+        "org/src"
+    )
     assert torch.equal(out(zoo.import_peft(folder, base="hf-hub:org/src")), out(model))
 
 

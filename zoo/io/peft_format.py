@@ -663,6 +663,7 @@ class BaseRecipe:
     num_classes: int | None
     weights: Path | None = None
     store_name: str | None = None
+    hub_repo: str | None = None  # the Hub repository the weights came from (``org/name``)
 
     def build(self, catalog: Catalog) -> nn.Module:
         if self.weights is None:
@@ -686,6 +687,11 @@ class BaseRecipe:
                 "kind": "store",
                 "ref": self.store_name,
             }
+        if self.hub_repo is not None:  # and an export names it by its hub id
+            model.zoo.base = {
+                **model.zoo.base,
+                "locations": [{"kind": "hub", "ref": self.hub_repo}],
+            }
         return model
 
 
@@ -704,7 +710,9 @@ def base_recipe(
             source=str(Path(layout.source).with_name(CONFIG_FILE)),
             catalog=catalog,
         )
+    repo = None
     if isinstance(base, str) and hub.is_hub_id(base):  # the user's word, or a recorded base
+        repo = hub.parse(base).repo
         folder = check_folder(hub.snapshot(hub.parse(base)), what=f"the base {base}")
         header = read_header_in(folder, store.MODEL_FILE, what=f"the base {base}")
         if not is_zoo_metadata(header.metadata):  # a timm folder
@@ -714,6 +722,7 @@ def base_recipe(
                 found.kwargs,
                 head_rows(layout, found.spec.head) or found.num_classes,
                 weights=found.weights,
+                hub_repo=repo,
             )
             return recipe, _meta_base(found.spec, recipe, bounded=False, source=layout.source)
         base = file_in(folder, store.MODEL_FILE, what=f"the base {base}")
@@ -737,6 +746,7 @@ def base_recipe(
         head_rows(layout, spec.head) or meta.num_classes,
         weights=target.model_path,
         store_name=target.name if target.kind == "store" else None,
+        hub_repo=repo,
     )
     return recipe, _meta_base(spec, recipe, bounded=False, source=layout.source)
 
