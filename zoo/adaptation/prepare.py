@@ -39,12 +39,14 @@ from zoo.errors import (
     WeightsUnavailableError,
     ZooError,
 )
-from zoo.io import store
+from zoo.io import hub, store
 from zoo.io.create import create_model
 from zoo.io.fileformat import read_header
 from zoo.io.metadata import ZooMetadata, is_zoo_metadata
-from zoo.io.persistence import check_free, load, resolve_target, save
+from zoo.io.persistence import check_free, resolve_target, save
+from zoo.io.sharing import load
 from zoo.io.store import is_path_target, list_saved
+from zoo.io.trust import file_in
 from zoo.tables.build import classifier_param_names
 
 if TYPE_CHECKING:
@@ -225,6 +227,9 @@ def check_target(name: str | os.PathLike[str] | None, overwrite: bool) -> None:
 def resolve_weights(weights: str | os.PathLike[str] | None) -> Path | None:
     if weights is None:
         return None
+    if hub.is_hub_id(weights):  # the cached snapshot's model.safetensors (a zoo or timm file)
+        folder = hub.snapshot(hub.parse(str(weights)))
+        return file_in(folder, store.MODEL_FILE, what=f"the weights of {weights}")
     path = Path(weights).expanduser()
     if path.is_file():
         return path
@@ -247,6 +252,9 @@ def check_start(backbone_or_model: Any, catalog: Catalog) -> str:
         )
 
     text = str(backbone_or_model)
+    if hub.is_hub_id(text):  # resolved now: offline without a cached copy fails at once
+        hub.snapshot(hub.parse(text))
+        return f"hub model {text}"
     if is_path_target(backbone_or_model):
         if Path(text).expanduser().is_file():
             return f"file {text}"
@@ -360,7 +368,7 @@ def build_model(
         _fit_head(model, len(classes))
         return model
     text = str(backbone_or_model)
-    if is_path_target(backbone_or_model) or _store_path(text) is not None:
+    if hub.is_hub_id(text) or is_path_target(backbone_or_model) or _store_path(text) is not None:
         saved = load(backbone_or_model, trainable=True, catalog=catalog)
         old = saved.zoo.classes
         if (old is not None and list(old) == list(classes)) or (
