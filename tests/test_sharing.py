@@ -9,6 +9,7 @@ by :func:`publish`, never a fake server.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -87,6 +88,19 @@ def publish(cache: Path, repo: str, folder: Path, revision: str = "a" * 40) -> P
 
 
 # ---------------------------------------------------------------- export
+
+
+def test_the_exported_config_carries_the_input_the_model_was_adapted_at(tmp_path):
+    """timm's ``resolve_data_config`` reads the folder's ``pretrained_cfg``: a model adapted at
+    32 px must say 32 px there, not its architecture's 176."""
+    model = zoo.create(CNN, num_classes=3)
+    model.zoo.input_config = dataclasses.replace(model.zoo.input_config, input_size=(3, 32, 32))
+    zoo.save(model, "small", classes=CLASSES)
+    assert zoo.load("small").zoo.input_config.input_size == (3, 32, 32)
+    folder = zoo.export("small", tmp_path / "hub")
+    timm_model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    resolved = timm.data.resolve_data_config({}, model=timm_model)
+    assert resolved["input_size"] == (3, 32, 32)
 
 
 def test_hub_export_of_a_full_model_loads_in_timm_within_1e5_with_a_valid_card(tmp_path):
