@@ -41,21 +41,28 @@ def leaderboard_table(board: Leaderboard, *, title: str | None = None) -> Column
                 printable(row.trained_on),
             )
         )
-    columns = (
-        Col("policy", style="cyan"),
+    columns = (  # the policy wraps at its commas; accuracy and trained share always stay
+        Col("policy", style="cyan", shrink=True, fold=True, min_width=14),
         Col("val acc", right=True),
-        Col("val loss", right=True, drop=2),
-        Col("trained", right=True),
-        Col("%", right=True, drop=3),
-        Col("epochs", right=True),
-        Col("time", right=True, drop=1),
-        Col("cut early", drop=4),
-        Col("trained on", shrink=True, drop=5, min_width=10),
+        Col("val loss", right=True, drop=3),
+        Col("trained", right=True, drop=2),
+        Col("%", right=True),
+        Col("epochs", right=True, drop=1),
+        Col("time", right=True, drop=4),
+        Col("cut early", drop=5),
+        Col("trained on", shrink=True, drop=6, min_width=10),
     )
-    if title is None:
-        rungs = ", ".join(str(r) for r in board.rungs) or str(board.epochs)
-        title = f"compare: {len(board.rows)} policies, successive halving at epochs {rungs}"
-    return Columns(columns, rows, title=title)
+    return Columns(columns, rows, title=title if title is not None else board_title(board))
+
+
+def board_title(board: Leaderboard) -> str:
+    """What the comparison did, as its notes say it: the rungs of successive halving, or that
+    every candidate trained to the end (one rung: no halving)."""
+    count = f"compare: {len(board.rows)} {'policy' if len(board.rows) == 1 else 'policies'}"
+    if len(board.rungs) > 1:
+        rungs = ", ".join(str(r) for r in board.rungs)
+        return f"{count}, successive halving: cuts after epochs {rungs.rpartition(', ')[0]}"
+    return f"{count}, each trained {board.epochs} epoch(s) at most (no successive halving)"
 
 
 def why_text(board: Leaderboard) -> Text:

@@ -22,10 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "file) on an image folder with one sub-folder per class, under a freeze policy, and\n"
         "save the result into the store with its class names. A plan that trains only the\n"
         "head on un-augmented images trains on features computed once (fast linear probe).\n"
+        "Augmentation (timm's): on when more than the head trains; --no-hflip, --scale,\n"
+        "--color-jitter, --auto-augment, --mixup, --cutmix shape it; --ema averages weights.\n"
         "Unreadable or refused images (not BMP/GIF/JPEG/PNG/PPM/TIFF/WebP, over 8192x8192\n"
         "pixels, a side over 100 times the other) are skipped and listed (--strict-images:\n"
         "stop at the first); links to folders inside a class folder are not followed.\n"
-        "Distributed: torchrun --nproc_per_node N -m zoo.cli.main adapt ...",
+        "Distributed: torchrun --nproc_per_node N -m zoo adapt ...",
         epilog="examples:\n"
         "  zoo adapt timm:resnet18 --data flowers/train --val flowers/val --policy linear-probe "
         "--name flowers\n"
