@@ -147,7 +147,7 @@ class Columns:
         """The table at ``width`` as styled :class:`~rich.text.Text`."""
         out = Text(no_wrap=True, overflow="ignore")
         if self.title:
-            out.append(self.title + "\n", style="bold")
+            out.append("\n".join(wrap_words(self.title, width)) + "\n", style="bold")
         for kind, cells in self._lines(width):
             line_style = {"head": "bold", "rule": "dim"}.get(kind)
             last = len(cells) - 1
