@@ -101,8 +101,9 @@ def _history() -> History:
     return History(
         epochs=[record], start="backbone timm:resnet18, pretrained weights timm:resnet18.a1_in1k",
         policy="zoo:lora", policy_args={"rank": 8, "alpha": 16.0, "dropout": 0.0},
-        classes=["5", "6", "7", "8", "9"], train_images=50, val_images=2400, trainable_params=274_940,
-        total_params=11_964_452, name="digits", path="/home/user/.zoo/models/digits/model.safetensors",
+        classes=["5", "6", "7", "8", "9"], train_images=50, val_images=2400,
+        trainable_params=274_940, total_params=11_964_452, name="digits",
+        path="/home/user/.zoo/models/digits/model.safetensors",
         notes=["the training images are small (median side 28 px) and are resized up to the "
                "backbone's 176x176: --image-size 32 (image_size=32) would train on about 30x "
                "fewer pixels per image"],

@@ -198,8 +198,8 @@ def aligned_text(
 def wrap_words(text: str, width: int) -> list[str]:
     """``text`` in lines of at most ``width`` characters, broken only after a comma, a space or
     a ``/`` (a policy spec ``lora:rank=8,alpha=16`` breaks between its arguments, a sentence
-    between its words, a path between its folders; never inside a word). A piece longer than ``width`` on its own is cut with an
-    ellipsis rather than broken."""
+    between its words, a path between its folders; never inside a word). A piece longer than
+    ``width`` on its own is cut with an ellipsis rather than broken."""
     width = max(width, 1)
     lines: list[str] = []
     for paragraph in text.split("\n"):
