@@ -163,3 +163,37 @@ def test_list(width, capsys, monkeypatch):
     out = _cli(["list"], width, capsys, monkeypatch)
     _fits(out, width)
     _whole(out, "timm:resnet18")
+
+
+def _progress_output(terminal: bool) -> str:
+    from zoo.cli.render_compare import CompareProgress
+
+    console = Console(file=StringIO(), width=80, force_terminal=terminal, color_system=None)
+    progress = CompareProgress(console)
+    progress.on_start({"policies": ["zoo:full", "zoo:linear-probe"], "epochs": 2, "notes": []})
+    record = _history().epochs[0]
+    progress.on_candidate_epoch("zoo:full", record, 0)
+    progress.on_rung_end(0, 1, ["zoo:full"], ["zoo:linear-probe"])
+    progress.on_end(_history())
+    return console.file.getvalue()
+
+
+def test_compare_progress_is_a_bar_on_a_terminal_and_lines_when_piped():
+    piped = _progress_output(terminal=False)
+    assert "full" in piped and "train loss 0.4100" in piped and "rung 1" in piped
+    terminal = _progress_output(terminal=True)
+    assert "train loss 0.4100" not in terminal and "rung 1 (1 epochs): keep full" in terminal
+
+
+def test_quiet_prints_the_summary_only(colours, capsys):
+    base = ["--data", str(colours / "train"), "--scratch", "--image-size", "32"]
+    base += ["--batch-size", "8", "--epochs", "1", "--quiet"]
+    assert main(["adapt", BACKBONE, *base, "--policy", "full", "--name", "q"]) == 0
+    out = capsys.readouterr()
+    assert "summary" in out.out and "saved as" in out.out
+    assert "epoch 1/1" not in out.out + out.err and "training history" not in out.out
+    argv = ["compare", BACKBONE, *base, "--val", str(colours / "val"), "--name", "qc"]
+    assert main([*argv, "--policies", "linear-probe,full"]) == 0
+    out = capsys.readouterr()
+    assert "val acc" in out.out and " won with validation accuracy " in out.out
+    assert "comparing" not in out.out + out.err and " epoch " not in out.out + out.err

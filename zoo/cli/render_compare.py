@@ -10,6 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.text import Text
 
 from zoo.adaptation.history import AdaptCallback
@@ -79,13 +87,33 @@ def board_from_metadata(value: Mapping[str, Any]) -> Leaderboard:
 
 
 class CompareProgress(AdaptCallback):
-    """One line per candidate epoch and per rung, on ``console``."""
+    """Progress of ``zoo compare`` on ``console``: a progress bar of the candidates' epochs on
+    a terminal, one line per candidate epoch when piped; one line per rung either way."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
+        self.progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
     def on_start(self, info: Mapping[str, Any]) -> None:
         policies = ", ".join(short_policy(p) for p in info.get("policies", []))
+        if self.console.is_terminal:
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=20),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            total = len(info.get("policies", [])) * int(info.get("epochs", 1))
+            self._task = self.progress.add_task("candidate epochs", total=total)
+            self.progress.start()
         self.console.print(
             Text(
                 printable(
@@ -108,6 +136,13 @@ class CompareProgress(AdaptCallback):
 
     def on_candidate_epoch(self, policy: str, record: EpochRecord, rung: int) -> None:
         acc = record.val_accuracy if record.val_accuracy is not None else 0.0
+        if self.progress is not None and self._task is not None:
+            self.progress.update(
+                self._task,
+                advance=1,
+                description=printable(f"{short_policy(policy)[:24]} val acc {acc:.3f}"),
+            )
+            return
         self.console.print(
             Text(
                 printable(
@@ -132,4 +167,4 @@ class CompareProgress(AdaptCallback):
         )
 
     def on_end(self, history: History) -> None:
-        pass
+        self.close()

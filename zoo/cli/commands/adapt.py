@@ -53,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="save to this file (.safetensors) or folder instead of the store",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress: print only the summary"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     name = args.output or args.name or default_name(args.backbone, args.data)
     progress = None
     stopped: AdaptInterrupted | None = None
-    if main_rank and not args.json:
+    if main_rank and not (args.json or args.quiet):
         from zoo.cli.render_adapt import AdaptProgress
 
         progress = AdaptProgress(out.console)
@@ -120,7 +123,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
     if history.skipped:
         out.err.print(skipped_text(history))
-    out.print(history_table(history))
-    out.print()
+    if not args.quiet:
+        out.print(history_table(history))
+        out.print()
     out.print(summary_table(history))
     return 0

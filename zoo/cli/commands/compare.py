@@ -44,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help='print {"saved", "winner", "candidates"} as one JSON document',
     )
+    parser.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress: print only the leaderboard and why the winner won",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -54,13 +60,17 @@ def run(args: argparse.Namespace, out: Output) -> int:
     main_rank = is_main_rank()
     check_store_name(args.name)
     progress = None
-    if main_rank and not args.json:
+    if main_rank and not (args.json or args.quiet):
         from zoo.cli.render_compare import CompareProgress
 
         progress = CompareProgress(out.console)
-    with named_by_option():
-        config = config_from_args(args, "compare", name=args.name, callback=progress)
-        result = run_compare(args.backbone, args.data, args.val, config, catalog=get_catalog())
+    try:
+        with named_by_option():
+            config = config_from_args(args, "compare", name=args.name, callback=progress)
+            result = run_compare(args.backbone, args.data, args.val, config, catalog=get_catalog())
+    finally:
+        if progress is not None:
+            progress.close()
     board = result.leaderboard
     if not main_rank:  # under torchrun only rank 0 answers
         return 0
