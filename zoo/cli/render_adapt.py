@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,7 +24,7 @@ from rich.text import Text
 from zoo.adaptation.config import describe_augment
 from zoo.adaptation.job import AdaptCallback, EpochRecord, History
 from zoo.cli.columns import Col, Columns
-from zoo.cli.output import Fields, bar, human_count, percent, printable
+from zoo.cli.output import Fields, Wrapped, bar, human_count, percent, printable
 
 
 def _num(value: float | None, digits: int = 4) -> str:
@@ -70,16 +70,18 @@ def augment_text(augment: Any, ema: Any) -> str:
     return printable(text)
 
 
-def start_text(info: Mapping[str, Any]) -> Text:
+def start_text(info: Mapping[str, Any]) -> Group:
     """What is about to happen: model and weights, policy (what auto chose), data, device,
-    cache decision."""
-    text = Text()
-    text.append("adapting ", style="bold")
-    text.append(str(info.get("start", "")), style="bold cyan")
+    cache decision (the policy's spec and the notes wrap between words, never inside one)."""
+    head = Text()
+    head.append("adapting ", style="bold")
+    head.append(str(info.get("start", "")), style="bold cyan")
     policy = policy_text(str(info.get("policy", "")), info.get("policy_args"))
-    text.append(f"\npolicy {policy}\n")
-    for note in info.get("notes") or ():
-        text.append(f"  {note}\n", style="dim")
+    lines: list[Any] = [head, Wrapped(printable(f"policy {policy}"))]
+    lines += [
+        Wrapped(printable(f"  {note}"), style="dim", indent=4) for note in info.get("notes") or ()
+    ]
+    text = Text()
     classes = list(info.get("classes", []))
     shown = ", ".join(classes[:8]) + (f", … (+{len(classes) - 8})" if len(classes) > 8 else "")
     train, val = int(info.get("train_images", 0)), int(info.get("val_images", 0))
@@ -102,7 +104,7 @@ def start_text(info: Mapping[str, Any]) -> Text:
         "feature cache: " + cache_text(cache, str(info.get("note", ""))),
         style="green" if cache else "dim",
     )
-    return text
+    return Group(*lines, text)
 
 
 def epoch_line(record: EpochRecord, epochs: int) -> Text:

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from zoo.adaptation.history import AdaptCallback
 from zoo.cli.columns import Col, Columns
-from zoo.cli.output import human_count, percent, printable
+from zoo.cli.output import Wrapped, human_count, percent, printable
 from zoo.io.leaderboard import Leaderboard, short_policy
 
 if TYPE_CHECKING:
@@ -114,8 +114,8 @@ class CompareProgress(AdaptCallback):
             total = len(info.get("policies", [])) * int(info.get("epochs", 1))
             self._task = self.progress.add_task("candidate epochs", total=total)
             self.progress.start()
-        self.console.print(
-            Text(
+        self.console.print(  # the specs wrap between their arguments, never inside one
+            Wrapped(
                 printable(
                     f"comparing {len(info.get('policies', []))} policies on "
                     f"{info.get('train_images')} training / {info.get('val_images')} validation "
@@ -124,7 +124,7 @@ class CompareProgress(AdaptCallback):
             )
         )
         for note in info.get("notes", []):
-            self.console.print(Text(printable(f"note: {note}"), style="yellow"))
+            self.console.print(Wrapped(printable(f"note: {note}"), style="yellow"))
 
     def on_features_start(self, split: str, batches: int) -> None:
         self.console.print(
