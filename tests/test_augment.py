@@ -209,6 +209,18 @@ def test_small_images_get_an_image_size_hint(colours):
     options = {k: v for k, v in FAST.items() if k != "image_size"}
     _m, history = zoo.adapt(BACKBONE, colours / "train", policy="linear-probe", **options)
     assert any("--image-size 32" in n for n in history.notes)
+    heard = []
+
+    class Hear(AdaptCallback):
+        def on_start(self, info):
+            heard.extend(info["notes"])
+
+    result = zoo.compare(
+        BACKBONE, colours / "train", colours / "val", policies="linear-probe", callback=Hear(),
+        **options,
+    )  # fmt: skip
+    assert any("--image-size 32" in n for n in heard)  # said before training
+    assert any("--image-size 32" in n for n in result.history.notes)
 
 
 def test_resume_compares_the_augmentation_and_old_checkpoints_are_refused_clearly(colours):
