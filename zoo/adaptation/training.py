@@ -86,8 +86,8 @@ class Trainee:
     fraction counting its steps), and the batches.
 
     ``train`` and ``val`` are cached tensors (:class:`~zoo.adaptation.cache.CachedFeatures`:
-    activations at the boundary whose top ``top`` is, or decoded images) or data loaders
-    (``val`` may be None). With ``cut`` (the boundary the activations were cached at) the
+    activations at the boundary ``cut``, or decoded images) or data loaders (``val`` may be
+    None). With ``cut`` (the boundary the activations were cached at) the
     model's top above it runs forward instead of the model (sharing its parameters).
     ``one_thread``: train and evaluate on one CPU thread — for a tiny top on cached
     activations, waking a thread pool costs more than the arithmetic. ``callback`` hears each
