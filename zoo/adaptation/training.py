@@ -356,7 +356,8 @@ def augmentation_of(config: TrainConfig, data: AdaptData, *, default: bool) -> A
     if asked is not None:
         raise DataError(
             "augmentation options (augment=True, hflip, scale, color_jitter, auto_augment, "
-            "mixup, cutmix) shape zoo's transform of image folders; a DataLoader brings its own: "
+            "mixup, cutmix) shape zoo's transform of the images it reads (folders, manifests, "
+            "datasets); a DataLoader brings its own: "
             "put the augmentation in its dataset's transform (timm.data.create_transform, "
             "timm.data.Mixup in its collate_fn), or train on an image folder"
         )
