@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "at their freeze boundary; successive halving (rungs of E/2^R ... E epochs, each of\n"
         "at least 64 optimizer steps) drops the weaker candidates at each rung, so the whole\n"
         "comparison costs about twice the slowest candidate's full run (with less data every\n"
-        "candidate trains to the end). Validation data (--val or --val-split) is required.",
+        "candidate trains to the end). Validation data (--val or --val-split) is required.\n"
+        "With augmentation (--augment on, --no-hflip, --scale, --mixup ...) every candidate,\n"
+        "and so the winner saved, trains with it, on the images (no activation cache).",
         epilog="examples:\n"
         "  zoo compare timm:resnet18 --data flowers/train --val flowers/val --name flowers\n"
         "  zoo compare timm:resnet18 --data pets --val-split 0.2 --policies "
