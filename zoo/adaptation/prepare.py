@@ -24,10 +24,10 @@ from torch import nn
 
 from zoo.adaptation.cache import max_cache_bytes
 from zoo.adaptation.checkpoint import seed_python_rngs
-from zoo.adaptation.data import input_config_of, with_overrides
+from zoo.adaptation.data import check_auto_augment, input_config_of, with_overrides
 from zoo.adaptation.distributed import DistContext, setup
 from zoo.adaptation.history import AdaptCallback, History
-from zoo.adaptation.inputs import AdaptData, prepare_data
+from zoo.adaptation.inputs import AdaptData, image_size_hint, prepare_data
 from zoo.core.build import attach_build_info
 from zoo.core.record import attach_record, backbone_of, record_of, unwrap
 from zoo.core.specs import InputConfig
@@ -67,6 +67,7 @@ def open_run(point: Any, config: TrainConfig, *, catalog: Catalog) -> Iterator[R
     started = time.perf_counter()
     if config.feature_cache is not False:
         max_cache_bytes()
+    check_auto_augment(config.auto_augment)
     ctx = setup(config.distributed, config.device)
     try:
         with ctx.guard():
@@ -83,8 +84,9 @@ def open_run(point: Any, config: TrainConfig, *, catalog: Catalog) -> Iterator[R
 class Run:
     """A run of ``zoo.adapt`` or ``zoo.compare`` whose start is checked (:func:`open_run`).
 
-    ``callback`` is the caller's on rank 0 (a silent one elsewhere); ``data`` and
-    ``input_config`` are set by :meth:`prepare`."""
+    ``callback`` is the caller's on rank 0 (a silent one elsewhere); ``data``,
+    ``input_config`` and ``hints`` (what the run could do better, said before training: an
+    ``--image-size`` for small images) are set by :meth:`prepare`."""
 
     point: Any
     config: TrainConfig
@@ -95,6 +97,7 @@ class Run:
     callback: AdaptCallback
     data: AdaptData = field(init=False)
     input_config: InputConfig = field(init=False)
+    hints: list[str] = field(init=False, default_factory=list)
 
     def prepare(self, train: Any, val: Any) -> nn.Module:
         """The data (read and checked), then the model to train: the random generators seeded,
@@ -125,6 +128,8 @@ class Run:
         self.input_config = with_overrides(
             input_config_of(model), image_size=config.image_size, overrides=config.input_config
         )
+        hint = image_size_hint(self.data, self.input_config, config.image_size is not None)
+        self.hints = [hint] if hint else []
         record = attach_record(model)
         record.input_config = self.input_config
         record.classes = list(self.data.classes)
