@@ -416,7 +416,7 @@ class Checkpointer:
             model.load_state_dict(state)
             groups = optimizer.state_dict()["param_groups"]  # this run's (the saved are equal)
             optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-            loop.step = saved.epoch * loop.batches_per_epoch
+            loop.step = (saved.epoch - getattr(loop, "probe_epochs", 0)) * loop.batches_per_epoch
             history.epochs = list(saved.history)
             if self.early is not None:
                 assert saved.early is not None

@@ -29,6 +29,7 @@ from zoo.adaptation.config import TrainConfig, signature
 from zoo.adaptation.halving import compare_candidates
 from zoo.adaptation.history import AdaptCallback, History
 from zoo.adaptation.prepare import check_random_start, open_run
+from zoo.adaptation.rgn import signal_for_run
 from zoo.core.record import attach_record, backbone_of
 from zoo.errors import AdaptArgumentError
 from zoo.io.leaderboard import Leaderboard, short_policy
@@ -109,12 +110,21 @@ def run(
         check_random_start(job.start, "compare's candidates freeze parts of the backbone")
         model = job.prepare(train, val)
         data = job.data
+        table = table_for(model, catalog=catalog)
+        signal = None
+        if policies is None:  # the default ladder: the surgical candidate the signal points to
+            signal = signal_for_run(model, table, data, job.input_config, config, job.ctx)
+        surgical = job.ctx.broadcast(signal.strongest(1)) if signal is not None else []
         planned, notes = plan_candidates(
             policies,
-            table_for(model, catalog=catalog),
+            table,
             catalog,
             context={"num_classes": len(data.classes), "epochs": config.epochs},
+            probe_start=config.probe_start,
+            surgical=surgical,
         )
+        if signal is not None and surgical:
+            notes.insert(0, f"{signal.text()}: surgical:depth={surgical[0]} joins the ladder")
         job.callback.on_start(
             {
                 "start": job.start.description,

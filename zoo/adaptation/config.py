@@ -88,6 +88,7 @@ class TrainConfig:
     callback: AdaptCallback | None = None
     early_stop: int | None = None
     resume: bool = False
+    probe_start: float = 0.0
 
     def __post_init__(self) -> None:
         try:
@@ -153,6 +154,7 @@ class TrainConfig:
         if self.early_stop is not None:
             checks.integer(self.early_stop, "early_stop", 1)
         checks.flag(self.resume, "resume")
+        checks.real(self.probe_start, "probe_start", 0, 1, open_high=True)
         checks.choice(self.distributed, "distributed", (None, True, False))
         checks.choice(self.delta, "delta", (None, True, False))
         checks.flag(self.overwrite, "overwrite")

@@ -28,7 +28,7 @@ import copy
 import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +48,9 @@ from zoo.adaptation.cache import (
 )
 from zoo.adaptation.history import AdaptCallback, EpochRecord
 from zoo.adaptation.inputs import loaders_for_folders, reshuffled
-from zoo.adaptation.training import Trainee
-from zoo.errors import DataError
+from zoo.adaptation.probe import head_plan, probe_epochs
+from zoo.adaptation.training import Trainee, probe_trainee
+from zoo.errors import DataError, ZooError
 from zoo.io.leaderboard import (
     Leaderboard,
     LeaderboardRow,
@@ -109,6 +110,12 @@ class Candidate:
     seconds: float = 0.0
     alive: bool = True
     trainee: Trainee | None = None
+    #: LP-FT (:mod:`zoo.adaptation.probe`): epochs of the head alone first, on features at
+    #: ``probe_cut``; ``then`` builds the plan's trainee when they are done
+    probe_epochs: int = 0
+    probe_cut: Boundary | None = None
+    probe_features: tuple[CachedFeatures, CachedFeatures] | None = None
+    then: Callable[[], Trainee] | None = None
 
     @property
     def epochs_run(self) -> int:
@@ -130,19 +137,46 @@ class Candidate:
 
     @property
     def trained_on(self) -> str:
-        return f"activations at {self.boundary!r}" if self.boundary else "images"
+        on = f"activations at {self.boundary!r}" if self.boundary else "images"
+        if self.probe_cut is None:
+            return on
+        return f"head alone at {self.probe_cut.path!r} ({self.probe_epochs} epochs), then {on}"
 
     def start(
         self, shared: SharedData, settings: TrainConfig, num_classes: int, ctx: DistContext
     ) -> None:
-        """Its trainee, on the activations at its boundary or on the shared images."""
+        """Its trainee, on the activations at its boundary or on the shared images (after
+        its probe stage's trainee, when it has one)."""
         torch.manual_seed(settings.seed)  # a head reset or dropout draws the same for each
+        plan_trainee = functools.partial(self._plan_trainee, shared, settings, num_classes, ctx)
+        if not self.probe_epochs:
+            self.trainee = plan_trainee()
+            return
+        assert self.probe_cut is not None and self.probe_features is not None
+        self.trainee = probe_trainee(
+            self.model,
+            self.plan,
+            self.probe_cut,
+            self.probe_features,
+            settings,
+            epochs=self.probe_epochs,
+            ctx=ctx,
+            callback=AdaptCallback(),
+            num_classes=num_classes,
+        )
+        self.then = plan_trainee
+
+    def _plan_trainee(
+        self, shared: SharedData, settings: TrainConfig, num_classes: int, ctx: DistContext
+    ) -> Trainee:
+        apply_plan(self.model, self.plan)  # after a probe stage: the plan again
+        self.probe_features = None
         source: tuple[Any, Any] = (shared.train, shared.val)
         if self.cut is not None:
             source = shared.activations[self.cut.path]
         elif not isinstance(shared.train, CachedFeatures):  # streamed: shuffled, in batches
             source = (reshuffled(shared.train, ctx, settings.seed, settings.batch_size), shared.val)
-        self.trainee = Trainee(
+        return Trainee(
             self.model,
             self.plan,
             *source,
@@ -152,12 +186,15 @@ class Candidate:
             num_classes=num_classes,
             top=self.cut.suffix(self.model) if self.cut is not None else None,
             one_thread=self.cut is not None and self.trainable_params <= ONE_THREAD_PARAMS,
+            probe_epochs=self.probe_epochs,
         )
 
     def train_epoch(self) -> EpochRecord:
         """One more epoch (timed, validation included)."""
-        assert self.trainee is not None
         start = time.perf_counter()
+        if self.then is not None and self.epochs_run == self.probe_epochs:
+            self.trainee, self.then = self.then(), None
+        assert self.trainee is not None
         record = self.trainee.epoch(self.epochs_run + 1)
         self.records.append(record)
         self.seconds += time.perf_counter() - start
@@ -349,7 +386,7 @@ def keep_within(
 
 def _release(cand: Candidate) -> None:
     """A dropped candidate's model copy, optimizer state and batches are no longer needed."""
-    cand.trainee = None
+    cand.trainee = cand.then = cand.probe_features = None
     cand.model = None  # type: ignore[assignment]
 
 
@@ -485,9 +522,10 @@ def cache_boundaries(
             continue  # trains everything: nothing frozen to cache
         with contextlib.suppress(CacheUnsupported):
             found[i] = on_every_rank(ctx, functools.partial(find_boundary, cand.model, sample))
-    if not found:
+    probing = find_probe_boundaries(candidates, sample, ctx)
+    if not found and not probing:
         return
-    paths = sorted({b.path for b in found.values()})
+    paths = sorted({b.path for b in found.values()} | {b.path for b in probing.values()})
     try:
         out = extract(
             model,
@@ -498,11 +536,48 @@ def cache_boundaries(
             max_bytes=max_cache_bytes() - shared.nbytes,
         )
     except CacheUnsupported as exc:
+        if probing:  # the probe stage trains on cached features only
+            raise ZooError(
+                f"LP-FT's probe stage needs features cached at the head: {exc}"
+            ) from None
         shared.notes.append(f"boundary cache not used, every candidate trained on images: {exc}")
         return
     shared.activations = {path: (out[path][0], out[path][1]) for path in paths}
     for i, boundary in found.items():
         candidates[i].cut = boundary
+    for i, boundary in probing.items():
+        candidates[i].probe_cut = boundary
+        candidates[i].probe_features = shared.activations[boundary.path]
+
+
+def find_probe_boundaries(
+    candidates: list[Candidate], sample: torch.Tensor, ctx: DistContext
+) -> dict[int, Boundary]:
+    """The head's input of each candidate with a probe stage (LP-FT), found on its own model
+    with the head plan applied (its plan applied again after). Its features are the base
+    model's there, so a candidate that adds modules (adapters) is refused: they could change
+    them."""
+    found: dict[int, Boundary] = {}
+    for i, cand in enumerate(candidates):
+        if not cand.probe_epochs:
+            continue
+        if cand.plan.additions:
+            raise ZooError(
+                f"{cand.spec} adds modules to the model, so the head's input is not the base "
+                "model's: LP-FT's probe stage (probe_start=) cannot share the cached features; "
+                "leave probe_start out for adapter policies"
+            )
+        apply_plan(cand.model, head_plan(cand.plan))
+        try:
+            found[i] = on_every_rank(ctx, functools.partial(find_boundary, cand.model, sample))
+        except CacheUnsupported as exc:
+            raise ZooError(
+                f"{cand.spec} fits the head first (LP-FT), but the head's input cannot be "
+                f"cached on this model: {exc}"
+            ) from None
+        finally:
+            apply_plan(cand.model, cand.plan)
+    return found
 
 
 def compare_candidates(
@@ -526,6 +601,8 @@ def compare_candidates(
     small = small_validation_note(data.images("val"))
     notes = [*notes, small] if small else notes
     candidates = [make_candidate(model, p) for p in planned]
+    for cand in candidates:
+        cand.probe_epochs = probe_epochs(cand.plan, settings.epochs)
     cache_boundaries(model, candidates, shared, ctx=ctx, callback=callback)
     for cand in candidates:
         cand.start(shared, settings, len(data.classes), ctx)

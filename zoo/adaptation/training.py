@@ -40,8 +40,10 @@ from zoo.adaptation.data import dataset_transform, is_random_transform
 from zoo.adaptation.distributed import Replica
 from zoo.adaptation.history import EpochRecord
 from zoo.adaptation.inputs import distributed_loader, loaders_for_folders, reshuffled, set_epoch
+from zoo.adaptation.probe import head_plan, probe_epochs, stage_config
 from zoo.errors import DataError, ZooError
 from zoo.io.fileformat import PAUSE_AFTER_EPOCH_ENV, pause_for_tests
+from zoo.plans.freeze import apply_plan
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -89,7 +91,9 @@ class Trainee:
     (``val`` may be None). ``top`` runs forward instead of the model (it shares its
     parameters). ``one_thread``: train and evaluate on one CPU thread — for a tiny top on
     cached activations, waking a thread pool costs more than the arithmetic. ``callback``
-    hears each epoch start and each batch.
+    hears each epoch start and each batch. ``probe_epochs``: the first epochs of the run went to
+    LP-FT's probe stage (:mod:`zoo.adaptation.probe`), so this trainee's lr schedule spans the
+    ``config.epochs - probe_epochs`` epochs after them (its epochs keep the run's numbers).
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class Trainee:
         num_classes: int,
         top: nn.Module | None = None,
         one_thread: bool = False,
+        probe_epochs: int = 0,
     ) -> None:
         groups = plan.param_groups(model, lr=config.lr, weight_decay=config.weight_decay)
         if not groups:
@@ -133,7 +138,8 @@ class Trainee:
         self.epochs = config.epochs
         self.schedule = config.lr_schedule
         self.batches_per_epoch = len(self.batches)
-        self.total_steps = self.batches_per_epoch * config.epochs
+        self.probe_epochs = probe_epochs
+        self.total_steps = self.batches_per_epoch * (config.epochs - probe_epochs)
         self.warmup_steps = int(config.warmup_epochs * self.batches_per_epoch)
         self.step = 0
 
@@ -259,6 +265,37 @@ def _one_thread_on_cpu(device: torch.device, one: bool) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def probe_trainee(
+    model: nn.Module,
+    plan: Plan,
+    boundary: Boundary,
+    features: tuple[CachedFeatures, CachedFeatures | None],
+    config: TrainConfig,
+    *,
+    epochs: int,
+    ctx: DistContext,
+    callback: AdaptCallback,
+    num_classes: int,
+) -> Trainee:
+    """LP-FT's first stage (:mod:`zoo.adaptation.probe`): ``model`` with the head plan of
+    ``plan`` applied (the caller applies ``plan`` again after it), on ``features`` cached at
+    ``boundary`` (the head's input), with an lr schedule of its own ``epochs`` epochs."""
+    probe = head_plan(plan)
+    apply_plan(model, probe)
+    return Trainee(
+        model,
+        probe,
+        features[0],
+        features[1],
+        stage_config(config, epochs),
+        ctx=ctx,
+        callback=callback,
+        num_classes=num_classes,
+        top=boundary.suffix(model),
+        one_thread=True,
+    )
+
+
 # ---------------------------------------------------------------- zoo.adapt's run
 
 
@@ -332,6 +369,8 @@ def run_training(
     it (:meth:`~zoo.adaptation.checkpoint.Checkpointer.holding`) for the whole run.
     """
     keeper = keeper if keeper is not None else Checkpointer(None, {})
+    assert planner.plan is not None
+    probing = 0 if planner.is_schedule else probe_epochs(planner.plan, config.epochs)
     trainee = _start(
         model,
         data,
@@ -341,6 +380,7 @@ def run_training(
         ctx=ctx,
         input_config=input_config,
         callback=callback,
+        probe_epochs=probing,
     )
     planner.attach(trainee.optimizer, lr=config.lr, weight_decay=config.weight_decay)
     generators = loader_generators(trainee.batches)
@@ -349,6 +389,8 @@ def run_training(
         for epoch in range(2, done + 1):  # the optimizer gets the groups the state is for
             _replan(trainee, planner, epoch)
         done = keeper.restore(model, trainee.optimizer, trainee, history, generators)
+    if probing and not done:
+        done = _probe_stage(model, data, planner.plan, history, config, ctx, input_config, callback)
     for epoch in range(done + 1, config.epochs + 1):
         if keeper.early is not None and keeper.early.should_stop:
             history.stopped_early = True
@@ -376,6 +418,7 @@ def _start(
     ctx: DistContext,
     input_config: InputConfig,
     callback: AdaptCallback,
+    probe_epochs: int = 0,
 ) -> Trainee:
     """The run's loaders, the cache when it may stand in for the plain loop, and the
     :class:`Trainee`; the history and ``callback`` hear what was decided."""
@@ -446,7 +489,52 @@ def _start(
         top=top,
         # a deeper top keeps the plain loop's thread count (and its rounding: bit-identical)
         one_thread=top is not None and head_only,
+        probe_epochs=probe_epochs,
     )
+
+
+def _probe_stage(
+    model: nn.Module,
+    data: AdaptData,
+    plan: Plan,
+    history: History,
+    config: TrainConfig,
+    ctx: DistContext,
+    input_config: InputConfig,
+    callback: AdaptCallback,
+) -> int:
+    """LP-FT's first stage of a run (:mod:`zoo.adaptation.probe`): the head alone on
+    features cached at its input (un-augmented images), then ``plan`` applied again; its
+    epochs go into ``history``. Returns how many it trained."""
+    epochs = probe_epochs(plan, config.epochs)
+    train, val = _loaders(data, input_config, config, ctx, augment=False, ordered=True)
+    apply_plan(model, head_plan(plan))
+    try:
+        boundary, cached = _cache(model, train, val, ctx=ctx, callback=callback, config=config)
+    except CacheUnsupported as exc:
+        raise ZooError(
+            f"{plan.spec_text} fits the head first on cached features, but they cannot be "
+            f"cached for this model: {exc}; train without probe (another policy, or "
+            "probe_start=0)"
+        ) from None
+    features = (cached[0], cached[1] if val is not None else None)
+    trainee = probe_trainee(
+        model,
+        plan,
+        boundary,
+        features,
+        config,
+        epochs=epochs,
+        ctx=ctx,
+        callback=callback,
+        num_classes=len(history.classes),
+    )
+    for epoch in range(1, epochs + 1):
+        record = trainee.epoch(epoch)
+        history.epochs.append(record)
+        callback.on_epoch_end(record)
+    apply_plan(model, plan)
+    return epochs
 
 
 def _loaders(
