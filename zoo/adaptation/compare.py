@@ -23,6 +23,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from zoo.adaptation.blend import load_blend
 from zoo.adaptation.candidates import check_policy, plan_candidates
 from zoo.adaptation.compare_plot import check_plot_available, check_plot_path, write_plot
 from zoo.adaptation.config import TrainConfig, signature
@@ -33,6 +34,7 @@ from zoo.adaptation.rgn import signal_for_run
 from zoo.core.record import attach_record, backbone_of
 from zoo.errors import AdaptArgumentError
 from zoo.io.leaderboard import Leaderboard, short_policy
+from zoo.plans.freeze import apply_plan
 from zoo.tables.build import table_for
 
 if TYPE_CHECKING:
@@ -154,27 +156,34 @@ def run(
             callback=job.callback,
             t_start=job.started,
             notes=notes,
+            blend=config.blend,
         )
         board, winner = outcome.leaderboard, outcome.winner
+        saved, plan, trained = winner.model, winner.plan, winner.trainable_params
+        if outcome.blend is not None:  # a blend ranks first: it is the model saved
+            saved = load_blend(model, outcome.blend)
+            plan = apply_plan(saved, outcome.blend.plan)
+            trained = board.winner.trainable_params
         history = job.history(
-            winner.model,
-            winner.plan,
-            [f"compare: {board.why()}", *board.notes, *winner.plan.notes],
+            saved,
+            plan,
+            [f"compare: {board.why()}", *board.notes, *plan.notes],
             epochs=list(winner.records),
             train_images=data.images("train"),
             val_images=data.images("val"),
             augment=False,
             feature_cache=winner.cut is not None,
-            feature_cache_note=f"trained on {winner.trained_on}",
-            trainable_params=winner.trainable_params,
+            feature_cache_note=f"trained on {board.winner.trained_on}",
+            trainable_params=trained,
             total_params=winner.total_params,
             stopped_early=winner.epochs_run < config.epochs,
+            blend=outcome.blend.record if outcome.blend is not None else None,
         )
-        attach_record(winner.model).compare = board.to_dict()
-        job.finish(winner.model, history)
+        attach_record(saved).compare = board.to_dict()
+        job.finish(saved, history)
         if config.plot is not None and job.ctx.is_main:
             write_plot(board, config.plot)
-        return CompareResult(winner.model, job.end(history), board)
+        return CompareResult(saved, job.end(history), board)
 
 
 # ---------------------------------------------------------------- the measured auto

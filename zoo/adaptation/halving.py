@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from zoo.adaptation.blend import Blend, blend_candidates, ranked_with_blends
 from zoo.adaptation.cache import (
     INFERENCE_BATCH,
     Boundary,
@@ -274,6 +275,8 @@ class Outcome:
     winner: Candidate
     candidates: list[Candidate]
     leaderboard: Leaderboard
+    #: with ``blend=True``: the blend that ranks first (None: a candidate does)
+    blend: Blend | None = None
 
 
 def run_halving(
@@ -288,6 +291,7 @@ def run_halving(
     relative_budget: float | None = None,
     cost_target: float | None = COST_TARGET_RUNS,
     notes: Sequence[str] = (),
+    keep_models: bool = False,
 ) -> Outcome:
     """Successive halving over ``candidates`` (prepared: see :func:`compare_candidates`).
 
@@ -297,7 +301,8 @@ def run_halving(
     (``epochs`` epochs) of the slowest candidate. Without a budget, ``cost_target`` (full runs
     of the slowest candidate; None: plain halving) keeps fewer candidates at a rung when the
     projected cost of the remaining rungs would exceed it (see :func:`keep_within`); with a
-    budget, the budget does."""
+    budget, the budget does. ``keep_models``: a dropped candidate keeps its model (for blends).
+    """
     per_epoch = [c.trainee.batches_per_epoch for c in candidates if c.trainee is not None]
     steps = ctx.broadcast(min(per_epoch))  # the same rungs on every rank
     rungs = rung_epochs(settings.epochs, len(candidates), steps)
@@ -340,7 +345,7 @@ def run_halving(
         kept, dropped = alive[:keep], alive[keep:]
         for cand in dropped:
             cand.alive = False
-            _release(cand)
+            _release(cand, keep_model=keep_models)
         hook = getattr(callback, "on_rung_end", None)
         if hook is not None:
             hook(k, target, [c.spec for c in kept], [c.spec for c in dropped])
@@ -384,10 +389,12 @@ def keep_within(
     return keep
 
 
-def _release(cand: Candidate) -> None:
-    """A dropped candidate's model copy, optimizer state and batches are no longer needed."""
+def _release(cand: Candidate, *, keep_model: bool = False) -> None:
+    """A dropped candidate's model copy, optimizer state and batches are no longer needed
+    (its model is, with ``keep_model``: a blend may average it)."""
     cand.trainee = cand.then = cand.probe_features = None
-    cand.model = None  # type: ignore[assignment]
+    if not keep_model:
+        cand.model = None  # type: ignore[assignment]
 
 
 def _leaderboard(
@@ -594,9 +601,11 @@ def compare_candidates(
     finish: bool = True,
     relative_budget: float | None = None,
     notes: Sequence[str] = (),
+    blend: bool = False,
 ) -> Outcome:
     """Compare ``planned`` on ``model`` (built, on its device, input config set): the shared
-    work, then successive halving."""
+    work, then successive halving; with ``blend``, the blends of the candidates become rows
+    too (:mod:`zoo.adaptation.blend`)."""
     shared = prepare_shared(data, config, settings, ctx)
     small = small_validation_note(data.images("val"))
     notes = [*notes, small] if small else notes
@@ -606,7 +615,7 @@ def compare_candidates(
     cache_boundaries(model, candidates, shared, ctx=ctx, callback=callback)
     for cand in candidates:
         cand.start(shared, settings, len(data.classes), ctx)
-    return run_halving(
+    outcome = run_halving(
         candidates,
         settings,
         ctx=ctx,
@@ -616,4 +625,13 @@ def compare_candidates(
         finish=finish,
         relative_budget=relative_budget,
         notes=[*notes, *shared.notes],
+        keep_models=blend,
     )
+    if blend:  # the soup and WiSE-FT rows (zoo.adaptation.blend)
+        winner = outcome.winner
+        ranked = sorted(outcome.candidates, key=lambda c: (c is not winner, -c.epochs_run, c.score))
+        blends, more, score = blend_candidates(model, ranked, shared.loaders()[1][1], ctx)
+        outcome.leaderboard, outcome.blend = ranked_with_blends(
+            outcome.leaderboard, blends, winner.total_params, score, more
+        )
+    return outcome

@@ -89,6 +89,7 @@ class History:
     best_epoch: int | None = None
     stopped_early: bool = False
     resumed_from: int | None = None
+    blend: dict[str, Any] | None = None
 
     def __iter__(self) -> Iterator[EpochRecord]:
         return iter(self.epochs)
@@ -133,7 +134,7 @@ class History:
             "early_stop": self.early_stop,
             "stopped_early": self.stopped_early,
             "resumed_from": self.resumed_from,
-        }
+        } | ({"blend": self.blend} if self.blend is not None else {})
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -209,6 +209,13 @@ OPTIONS: dict[str, Option] = {
         group=TRAINING,
         action="store_true",
     ),
+    "blend": _option(
+        "--blend",
+        help="add blends to the leaderboard: a greedy soup of the best candidates and WiSE-FT "
+        "between the start and the best fine-tuned one (alpha chosen on validation); a blend "
+        "that ranks first is the model saved",
+        action="store_true",
+    ),
     "probe_start": _option(
         "--probe-start",
         help="LP-FT for every policy that trains more than the head: fit the head alone first "
