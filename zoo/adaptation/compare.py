@@ -233,6 +233,7 @@ def auto_ladder(
         table_for(model, catalog=catalog),
         catalog,
         context={"num_classes": num_classes, "epochs": config.epochs},
+        probe_start=config.probe_start,  # measured as the winner will be trained
     )
 
 
