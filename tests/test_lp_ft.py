@@ -9,6 +9,7 @@ import torch
 
 import zoo
 from zoo.adaptation.candidates import default_policies, plan_candidates
+from zoo.adaptation.checkpoint import AdaptInterrupted
 from zoo.adaptation.history import AdaptCallback
 from zoo.adaptation.probe import probe_epochs
 from zoo.cli.main import main
@@ -144,3 +145,28 @@ def test_cli_probe_start_refuses_a_share_outside_0_to_1(value, colours, capsys):
     err = capsys.readouterr().err
     assert status != 0 and "--probe-start" in err
     assert "Traceback" not in err
+
+
+class _StopAfter(AdaptCallback):
+    """Presses Ctrl-C at the end of epoch ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, record) -> None:
+        if record.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_an_lp_ft_run_resumed_in_its_second_stage_is_bit_identical(colours):
+    train, val = colours / "train", colours / "val"
+    options = {"policy": "lp-ft:probe=0.5", "epochs": 4, **FAST, "scratch": True}
+    whole = zoo.adapt(BACKBONE, train, val, name="whole", **options)
+    with pytest.raises(AdaptInterrupted, match="after epoch 3 of 4"):
+        zoo.adapt(BACKBONE, train, val, name="cut", callback=_StopAfter(3), **options)
+    resumed = zoo.adapt(BACKBONE, train, val, name="cut", resume=True, **options)
+    assert resumed.history.resumed_from == 3
+    assert [e.epoch for e in resumed.history] == [1, 2, 3, 4]
+    assert [e.lr for e in resumed.history] == [e.lr for e in whole.history]  # the schedule
+    for key, tensor in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], tensor), key
