@@ -69,7 +69,9 @@ def test_json_is_exactly_the_documented_shape_and_halving_drops_candidates(
     assert set(doc["winner"]) == {"policy", "val_acc"}
     rows = doc["candidates"]
     ladder = default_policies(zoo.params(BACKBONE), zoo.get_catalog())
-    assert len(rows) == len(ladder) >= 8  # the default ladder on a ResNet: no duplicates
+    # the default ladder on a ResNet (no duplicates) and the surgical candidate of the signal
+    assert len(rows) == len(ladder) + 1 >= 9
+    assert sum(row["policy"].startswith("zoo:surgical:depth=") for row in rows) == 1
     for row in rows:
         assert set(row) == CANDIDATE_KEYS
         assert isinstance(row["policy"], str) and isinstance(row["val_acc"], float)

@@ -26,16 +26,19 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from zoo.adaptation.blend import load_blend
 from zoo.adaptation.candidates import check_policy, plan_candidates
 from zoo.adaptation.compare_plot import check_plot_available, check_plot_path, write_plot
 from zoo.adaptation.config import TrainConfig, signature
 from zoo.adaptation.halving import compare_candidates
 from zoo.adaptation.history import AdaptCallback, History
 from zoo.adaptation.prepare import check_random_start, open_run
+from zoo.adaptation.rgn import signal_for_run
 from zoo.adaptation.training import augmentation_of
 from zoo.core.record import attach_record, backbone_of
 from zoo.errors import AdaptArgumentError
 from zoo.io.leaderboard import Leaderboard, short_policy
+from zoo.plans.freeze import apply_plan
 from zoo.tables.build import table_for
 
 if TYPE_CHECKING:
@@ -120,12 +123,21 @@ def run(
         data = job.data
         augment = augmentation_of(config, data, default=False)
         augmented = augment.describe() if augment is not None else None
+        table = table_for(model, catalog=catalog)
+        signal = None
+        if policies is None:  # the default ladder: the surgical candidate the signal points to
+            signal = signal_for_run(model, table, data, job.input_config, config, job.ctx)
+        surgical = job.ctx.broadcast(signal.strongest(1)) if signal is not None else []
         planned, notes = plan_candidates(
             policies,
-            table_for(model, catalog=catalog),
+            table,
             catalog,
             context={"num_classes": len(data.classes), "epochs": config.epochs},
+            probe_start=config.probe_start,
+            surgical=surgical,
         )
+        if signal is not None and surgical:
+            notes.insert(0, f"{signal.text()}: surgical:depth={surgical[0]} joins the ladder")
         job.callback.on_start(
             {
                 "start": job.start.description,
@@ -160,30 +172,37 @@ def run(
             callback=job.callback,
             t_start=job.started,
             notes=notes,
+            blend=config.blend,
         )
         board, winner = outcome.leaderboard, outcome.winner
         assert winner.trainee is not None
         winner.trainee.finish()  # with ema: the average evaluated is the model saved
+        saved, plan, trained = winner.model, winner.plan, winner.trainable_params
+        if outcome.blend is not None:  # a blend ranks first: it is the model saved
+            saved = load_blend(model, outcome.blend)
+            plan = apply_plan(saved, outcome.blend.plan)
+            trained = board.winner.trainable_params
         history = job.history(
-            winner.model,
-            winner.plan,
-            [*job.hints, f"compare: {board.why()}", *board.notes, *winner.plan.notes],
+            saved,
+            plan,
+            [*job.hints, f"compare: {board.why()}", *board.notes, *plan.notes],
             epochs=list(winner.records),
             train_images=data.images("train"),
             val_images=data.images("val"),
             augment=augment.to_dict() if augment is not None else None,
             ema=config.ema_decay,
             feature_cache=winner.cut is not None,
-            feature_cache_note=f"trained on {winner.trained_on}",
-            trainable_params=winner.trainable_params,
+            feature_cache_note=f"trained on {board.winner.trained_on}",
+            trainable_params=trained,
             total_params=winner.total_params,
             stopped_early=winner.epochs_run < config.epochs,
+            blend=outcome.blend.record if outcome.blend is not None else None,
         )
-        attach_record(winner.model).compare = board.to_dict()
-        job.finish(winner.model, history)
+        attach_record(saved).compare = board.to_dict()
+        job.finish(saved, history)
         if config.plot is not None and job.ctx.is_main:
             write_plot(board, config.plot)
-        return CompareResult(winner.model, job.end(history), board)
+        return CompareResult(saved, job.end(history), board)
 
 
 # ---------------------------------------------------------------- the measured auto
@@ -234,6 +253,7 @@ def auto_ladder(
         table_for(model, catalog=catalog),
         catalog,
         context={"num_classes": num_classes, "epochs": config.epochs},
+        probe_start=config.probe_start,  # measured as the winner will be trained
     )
 
 

@@ -167,6 +167,8 @@ class TrainConfig:
     callback: AdaptCallback | None = None
     early_stop: int | None = None
     resume: bool = False
+    probe_start: float = 0.0
+    blend: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -248,6 +250,8 @@ class TrainConfig:
         if self.early_stop is not None:
             checks.integer(self.early_stop, "early_stop", 1)
         checks.flag(self.resume, "resume")
+        checks.real(self.probe_start, "probe_start", 0, 1, open_high=True)
+        checks.flag(self.blend, "blend")
         checks.choice(self.distributed, "distributed", (None, True, False))
         checks.choice(self.delta, "delta", (None, True, False))
         checks.flag(self.overwrite, "overwrite")
@@ -280,6 +284,7 @@ LEFT_OUT: dict[str, dict[str, str | None]] = {
         "policies=[SPEC, ...]",
         "budget": None,
         "plot": None,
+        "blend": "left out: blends average the candidates of zoo.compare (blend=True)",
     },
     "compare": {
         "policy": "left out: zoo.compare takes policies=[SPEC, ...] (the candidates to compare)",

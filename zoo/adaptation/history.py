@@ -93,6 +93,7 @@ class History:
     best_epoch: int | None = None
     stopped_early: bool = False
     resumed_from: int | None = None
+    blend: dict[str, Any] | None = None
 
     def __iter__(self) -> Iterator[EpochRecord]:
         return iter(self.epochs)
@@ -139,7 +140,7 @@ class History:
             "resumed_from": self.resumed_from,
             "augment": self.augment,
             "ema": self.ema,
-        }
+        } | ({"blend": self.blend} if self.blend is not None else {})
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

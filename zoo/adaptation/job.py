@@ -31,6 +31,7 @@ from zoo.adaptation.early_stop import EarlyStop
 from zoo.adaptation.evaluation import Evaluation, evaluate
 from zoo.adaptation.history import AdaptCallback, AdaptResult, EpochRecord, History
 from zoo.adaptation.prepare import Run, check_random_start, open_run, saved_input_config
+from zoo.adaptation.probe import with_probe
 from zoo.adaptation.training import run_training
 from zoo.core import checks
 from zoo.errors import DataError
@@ -197,6 +198,8 @@ def _train(job: Run, model: nn.Module, keeper: Checkpointer) -> History:
         table=table_for(model, catalog=catalog),
     )
     plan = planner.step(0).plan
+    if config.probe_start and not planner.is_schedule:
+        plan = planner.plan = with_probe(plan, config.probe_start)
     frozen = len(set(plan.trainable)) < len(list(model.parameters()))
     check_random_start(
         job.start, f"policy {plan.policy!r} freezes part of the backbone" if frozen else None

@@ -41,8 +41,10 @@ from zoo.adaptation.data import dataset_transform, is_random_transform
 from zoo.adaptation.distributed import Replica
 from zoo.adaptation.history import EpochRecord
 from zoo.adaptation.inputs import distributed_loader, loaders_for_folders, reshuffled, set_epoch
+from zoo.adaptation.probe import head_plan, probe_epochs, stage_config
 from zoo.errors import DataError, ZooError
 from zoo.io.fileformat import PAUSE_AFTER_EPOCH_ENV, pause_for_tests
+from zoo.plans.freeze import apply_plan
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -98,6 +100,9 @@ class Trainee:
     moving average of the weights (timm's ``ModelEmaV3``, its decay warmed up over the first
     steps) follows every optimizer step; it is what is evaluated, and :meth:`finish` puts it
     into the model (what is saved).
+    ``probe_epochs``: the first epochs of the run went to LP-FT's probe stage
+    (:mod:`zoo.adaptation.probe`), so this trainee's lr schedule spans the
+    ``config.epochs - probe_epochs`` epochs after them (its epochs keep the run's numbers).
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class Trainee:
         cut: Boundary | None = None,
         augment: Augment | None = None,
         one_thread: bool = False,
+        probe_epochs: int = 0,
     ) -> None:
         groups = plan.param_groups(model, lr=config.lr, weight_decay=config.weight_decay)
         if not groups:
@@ -148,7 +154,8 @@ class Trainee:
         self.epochs = config.epochs
         self.schedule = config.lr_schedule
         self.batches_per_epoch = len(self.batches)
-        self.total_steps = self.batches_per_epoch * config.epochs
+        self.probe_epochs = probe_epochs
+        self.total_steps = self.batches_per_epoch * (config.epochs - probe_epochs)
         self.warmup_steps = int(config.warmup_epochs * self.batches_per_epoch)
         self.step = 0
 
@@ -334,6 +341,37 @@ def _one_thread_on_cpu(device: torch.device, one: bool) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def probe_trainee(
+    model: nn.Module,
+    plan: Plan,
+    boundary: Boundary,
+    features: tuple[CachedFeatures, CachedFeatures | None],
+    config: TrainConfig,
+    *,
+    epochs: int,
+    ctx: DistContext,
+    callback: AdaptCallback,
+    num_classes: int,
+) -> Trainee:
+    """LP-FT's first stage (:mod:`zoo.adaptation.probe`): ``model`` with the head plan of
+    ``plan`` applied (the caller applies ``plan`` again after it), on ``features`` cached at
+    ``boundary`` (the head's input), with an lr schedule of its own ``epochs`` epochs."""
+    probe = head_plan(plan)
+    apply_plan(model, probe)
+    return Trainee(
+        model,
+        probe,
+        features[0],
+        features[1],
+        stage_config(config, epochs),
+        ctx=ctx,
+        callback=callback,
+        num_classes=num_classes,
+        cut=boundary,
+        one_thread=True,
+    )
+
+
 # ---------------------------------------------------------------- zoo.adapt's run
 
 
@@ -431,6 +469,8 @@ def run_training(
     it (:meth:`~zoo.adaptation.checkpoint.Checkpointer.holding`) for the whole run.
     """
     keeper = keeper if keeper is not None else Checkpointer(None, {})
+    assert planner.plan is not None
+    probing = 0 if planner.is_schedule else probe_epochs(planner.plan, config.epochs)
     trainee = _start(
         model,
         data,
@@ -441,6 +481,7 @@ def run_training(
         input_config=input_config,
         callback=callback,
         augment_default=augment_default,
+        probe_epochs=probing,
     )
     planner.attach(trainee.optimizer, lr=config.lr, weight_decay=config.weight_decay)
     generators = loader_generators(trainee.batches)
@@ -449,6 +490,8 @@ def run_training(
         for epoch in range(2, done + 1):  # the optimizer gets the groups the state is for
             _replan(trainee, planner, epoch)
         done = keeper.restore(model, trainee.optimizer, trainee, history, generators)
+    if probing and not done:
+        done = _probe_stage(model, data, planner.plan, history, config, ctx, input_config, callback)
     for epoch in range(done + 1, config.epochs + 1):
         if keeper.early is not None and keeper.early.should_stop:
             history.stopped_early = True
@@ -478,6 +521,7 @@ def _start(
     input_config: InputConfig,
     callback: AdaptCallback,
     augment_default: bool | None,
+    probe_epochs: int = 0,
 ) -> Trainee:
     """The run's loaders, the cache when it may stand in for the plain loop, and the
     :class:`Trainee`; the history and ``callback`` hear what was decided."""
@@ -552,7 +596,52 @@ def _start(
         augment=augment,
         # a deeper top keeps the plain loop's thread count (and its rounding: bit-identical)
         one_thread=cut is not None and head_only,
+        probe_epochs=probe_epochs,
     )
+
+
+def _probe_stage(
+    model: nn.Module,
+    data: AdaptData,
+    plan: Plan,
+    history: History,
+    config: TrainConfig,
+    ctx: DistContext,
+    input_config: InputConfig,
+    callback: AdaptCallback,
+) -> int:
+    """LP-FT's first stage of a run (:mod:`zoo.adaptation.probe`): the head alone on
+    features cached at its input (un-augmented images), then ``plan`` applied again; its
+    epochs go into ``history``. Returns how many it trained."""
+    epochs = probe_epochs(plan, config.epochs)
+    train, val = _loaders(data, input_config, config, ctx, augment=None, ordered=True)
+    apply_plan(model, head_plan(plan))
+    try:
+        boundary, cached = _cache(model, train, val, ctx=ctx, callback=callback, config=config)
+    except CacheUnsupported as exc:
+        raise ZooError(
+            f"{plan.spec_text} fits the head first on cached features, but they cannot be "
+            f"cached for this model: {exc}; train without probe (another policy, or "
+            "probe_start=0)"
+        ) from None
+    features = (cached[0], cached[1] if val is not None else None)
+    trainee = probe_trainee(
+        model,
+        plan,
+        boundary,
+        features,
+        config,
+        epochs=epochs,
+        ctx=ctx,
+        callback=callback,
+        num_classes=len(history.classes),
+    )
+    for epoch in range(1, epochs + 1):
+        record = trainee.epoch(epoch)
+        history.epochs.append(record)
+        callback.on_epoch_end(record)
+    apply_plan(model, plan)
+    return epochs
 
 
 def _loaders(

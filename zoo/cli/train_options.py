@@ -100,7 +100,7 @@ OPTIONS: dict[str, Option] = {
     "policies": _option(
         "--policies",
         help="candidate policies (default: linear-probe, train-last:n=1..3, bitfit, norm-only, "
-        "lora and ssf when installed, layer-decay, full); a spec keeps its own arguments "
+        "lora and ssf when installed, layer-decay, lp-ft, full); a spec keeps its own arguments "
         "(lora:rank=4,alpha=8,full is two specs); separate specs with ';' when an argument is "
         "a list, or repeat --policies",
         metavar="SPEC,SPEC,...",
@@ -218,6 +218,23 @@ OPTIONS: dict[str, Option] = {
         "epoch (same command and settings; Ctrl-C keeps each completed epoch)",
         group=TRAINING,
         action="store_true",
+    ),
+    "blend": _option(
+        "--blend",
+        help="add blends to the leaderboard: a greedy soup of the best candidates and WiSE-FT "
+        "between the start and the best fine-tuned one (alpha chosen on validation); a blend "
+        "that ranks first is the model saved",
+        action="store_true",
+    ),
+    "probe_start": _option(
+        "--probe-start",
+        help="LP-FT for every policy that trains more than the head: fit the head alone first "
+        "for this share of the epochs (on cached features; default share 0.5)",
+        group=TRAINING,
+        metavar="SHARE",
+        nargs="?",
+        const=0.5,
+        type=float,
     ),
     "image_size": _option(
         "--image-size",
