@@ -30,7 +30,7 @@ CHECKPOINT_SETTINGS = {
     *("pretrained", "weights", "scratch", "model_kwargs", "classes", "val_split"),
     *("image_size", "input_config", "augment", "similarity", "samples_per_class"),
     *("feature_cache", "on_corrupt", "device", "distributed", "num_workers", "seed"),
-    *("early_stop", "start", "train", "val", "images", "world_size"),
+    *("early_stop", "refit", "start", "train", "val", "images", "world_size"),
 }
 
 

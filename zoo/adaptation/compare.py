@@ -10,28 +10,30 @@ Every candidate policy starts from the same weights, split, seed and input confi
 un-augmented images (the comparison is fair, and cacheable). The frozen computation is shared:
 images are decoded once, prefix-frozen plans train on activations cached at their freeze
 boundary, and successive halving drops weak candidates early (:mod:`zoo.adaptation.halving`).
-The winner, trained to the end, is saved under ``name`` with the leaderboard in its metadata.
+The winner, trained to the end — or its refit on training and validation images together
+(:func:`keep_winner`) — is saved under ``name`` with the leaderboard in its metadata.
 
-``policy="auto"`` with validation data measures the same way (:func:`measure_auto`): it
-compares the default ladder within about one full run of the slowest candidate, and the adapt
-job trains the winner.
+``policy="auto"`` with validation data measures the same way (:func:`measure_auto`) and
+returns the same model: the winner it measured, or its refit.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from zoo.adaptation.candidates import check_policy, plan_candidates
 from zoo.adaptation.compare_plot import check_plot_available, check_plot_path, write_plot
 from zoo.adaptation.config import TrainConfig, signature
-from zoo.adaptation.halving import compare_candidates
+from zoo.adaptation.fit import fit, refit_config, refit_data
+from zoo.adaptation.halving import Outcome, compare_candidates
 from zoo.adaptation.history import AdaptCallback, History
-from zoo.adaptation.prepare import check_random_start, open_run
+from zoo.adaptation.prepare import Run, check_random_start, open_run
 from zoo.core.record import attach_record, backbone_of
 from zoo.errors import AdaptArgumentError
-from zoo.io.leaderboard import Leaderboard, short_policy
+from zoo.io.leaderboard import NOISE_VALIDATION, Leaderboard, short_policy
 from zoo.tables.build import table_for
 
 if TYPE_CHECKING:
@@ -44,8 +46,9 @@ if TYPE_CHECKING:
     from zoo.core.catalog import Catalog
     from zoo.core.specs import InputConfig
 
-#: The measured ``auto`` may spend this many full runs of its slowest candidate comparing.
-AUTO_BUDGET_RUNS = 1.0
+#: The measured ``auto`` may spend this many full runs of its slowest candidate comparing,
+#: its winner trained to the end included (before a refit): what ``compare`` targets.
+AUTO_BUDGET_RUNS = 2.0
 
 
 class CompareResult(NamedTuple):
@@ -145,26 +148,67 @@ def run(
             t_start=job.started,
             notes=notes,
         )
-        board, winner = outcome.leaderboard, outcome.winner
-        history = job.history(
-            winner.model,
-            winner.plan,
-            [f"compare: {board.why()}", *board.notes, *winner.plan.notes],
-            epochs=list(winner.records),
-            train_images=data.images("train"),
-            val_images=data.images("val"),
-            augment=False,
-            feature_cache=winner.cut is not None,
-            feature_cache_note=f"trained on {winner.trained_on}",
-            trainable_params=winner.trainable_params,
-            total_params=winner.total_params,
-            stopped_early=winner.epochs_run < config.epochs,
-        )
-        attach_record(winner.model).compare = board.to_dict()
-        job.finish(winner.model, history)
+        final, history, board = keep_winner(job, model, outcome, "compare")
+        job.finish(final, history)
         if config.plot is not None and job.ctx.is_main:
             write_plot(board, config.plot)
-        return CompareResult(winner.model, job.end(history), board)
+        return CompareResult(final, job.end(history), board)
+
+
+def should_refit(config: TrainConfig, val_images: int) -> bool:
+    """Whether the winner is retrained on training and validation images together:
+    ``config.refit``, or by default when the validation set is small (fewer than
+    :data:`~zoo.io.leaderboard.NOISE_VALIDATION` images: what it would add to training
+    matters, and its ranking is within the noise anyway)."""
+    if config.refit is not None:
+        return config.refit
+    return 0 < val_images < NOISE_VALIDATION
+
+
+def keep_winner(
+    job: Run, start: nn.Module, outcome: Outcome, what: str
+) -> tuple[nn.Module, History, Leaderboard]:
+    """The model a comparison returns, its history and its leaderboard (recorded on the
+    model): the winner as measured, or — :func:`should_refit` — its refit: ``start`` (the
+    untouched starting model) trained with the winner's policy, rate and epochs on every
+    labelled image."""
+    data, config, winner = job.data, job.config, outcome.winner
+    board = outcome.leaderboard
+    if should_refit(config, data.images("val")):
+        board = replace(board, refit=True)
+        history = fit(
+            job,
+            start,
+            winner.spec,
+            {},
+            [f"{what}: {board.why()}", *board.notes],
+            data=refit_data(data),
+            config=refit_config(
+                config,
+                winner.lr_factor,
+                winner.epochs_run,
+                data.images("train") + data.images("val"),
+            ),
+        )
+        attach_record(start).compare = board.to_dict()
+        return start, history, board
+    history = job.history(
+        winner.model,
+        winner.plan,
+        [f"{what}: {board.why()}", *board.notes, *winner.plan.notes],
+        epochs=list(winner.records),
+        train_images=data.images("train"),
+        val_images=data.images("val"),
+        augment=False,
+        feature_cache=winner.cut is not None,
+        feature_cache_note=f"trained on {winner.trained_on}",
+        trainable_params=winner.trainable_params,
+        total_params=winner.total_params,
+        stopped_early=winner.epochs_run < config.epochs,
+    )
+    history.lr = config.lr * winner.lr_factor
+    attach_record(winner.model).compare = board.to_dict()
+    return winner.model, history, board
 
 
 # ---------------------------------------------------------------- the measured auto
@@ -179,13 +223,14 @@ def measure_auto(
     ctx: DistContext,
     catalog: Catalog,
     callback: AdaptCallback | None = None,
-) -> tuple[str, str, Leaderboard]:
-    """What ``policy="auto"`` does with validation data: compare the default ladder (budget:
-    :data:`AUTO_BUDGET_RUNS` full runs of the slowest candidate, stopping when one is left)
-    and return ``(winner's spec, note, leaderboard)``. ``model`` is not changed."""
+) -> Outcome:
+    """What ``policy="auto"`` does with validation data: compare the default ladder as
+    :func:`compare` does (budget: :data:`AUTO_BUDGET_RUNS` full runs of the slowest
+    candidate), the winner trained to the end: the model whose score it reports.
+    ``model`` is not changed (a refit starts from it, :func:`keep_winner`)."""
     t_start = time.perf_counter()
     planned, notes = auto_ladder(model, config, len(data.classes), catalog)
-    outcome = compare_candidates(
+    return compare_candidates(
         model,
         data,
         input_config,
@@ -195,12 +240,9 @@ def measure_auto(
         budget=None,
         callback=callback or AdaptCallback(),
         t_start=t_start,
-        finish=False,
         relative_budget=AUTO_BUDGET_RUNS,
         notes=notes,
     )
-    board = outcome.leaderboard
-    return board.winner.policy, auto_note(board), board
 
 
 def auto_ladder(
@@ -240,4 +282,11 @@ def auto_note(board: Leaderboard) -> str:
         text += f"; none was cut before {board.rungs[0]} epoch(s)"
     if board.budget_cut:
         text += f" cut by its budget ({board.budget:.1f} s)"
+    if board.refit:
+        text += (
+            "; the model is its refit: retrained at its rate on the training and validation "
+            "images together"
+        )
+    else:
+        text += "; the model is the winner as measured"
     return text
