@@ -181,7 +181,7 @@ def keep_winner(
             start,
             winner.spec,
             {},
-            [f"{what}: {board.why()}", *board.notes],
+            [],  # said once, in the summary: not again when the refit starts
             data=refit_data(data),
             config=refit_config(
                 config,
@@ -190,6 +190,7 @@ def keep_winner(
                 data.images("train") + data.images("val"),
             ),
         )
+        history.notes = [f"{what}: {board.why()}", *board.notes, *history.notes]
         attach_record(start).compare = board.to_dict()
         return start, history, board
     history = job.history(
@@ -282,6 +283,12 @@ def auto_note(board: Leaderboard) -> str:
         text += f"; none was cut before {board.rungs[0]} epoch(s)"
     if board.budget_cut:
         text += f" cut by its budget ({board.budget:.1f} s)"
+    tied = sum(r.tied for r in board.rows[1:])
+    if best.tied and tied:
+        text += (
+            f"; tied within the noise with {tied} other(s) (intervals of one standard error "
+            "overlap): the fewest trained parameters won"
+        )
     if board.refit:
         text += (
             "; the model is its refit: retrained at its rate on the training and validation "

@@ -46,6 +46,7 @@ from zoo.adaptation.cache import (
     max_cache_bytes,
     on_every_rank,
 )
+from zoo.adaptation.candidates import PlannedCandidate
 from zoo.adaptation.history import AdaptCallback, EpochRecord
 from zoo.adaptation.inputs import loaders_for_folders, reshuffled
 from zoo.adaptation.training import Trainee
@@ -66,7 +67,6 @@ from zoo.plans.freeze import apply_plan
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
-    from zoo.adaptation.candidates import PlannedCandidate
     from zoo.adaptation.config import TrainConfig
     from zoo.adaptation.distributed import DistContext
     from zoo.adaptation.inputs import AdaptData
@@ -393,8 +393,6 @@ def with_rate_sweep(base: nn.Module, candidates: list[Candidate]) -> list[Candid
 
 def twin_of(base: nn.Module, cand: Candidate, *, lr_factor: float | None = None) -> Candidate:
     """A fresh copy of ``cand`` (its policy on ``base``, its boundary and rate), untrained."""
-    from zoo.adaptation.candidates import PlannedCandidate
-
     twin = make_candidate(base, PlannedCandidate(cand.spec, cand.plan))
     twin.cut = cand.cut
     twin.lr_factor = cand.lr_factor if lr_factor is None else lr_factor
