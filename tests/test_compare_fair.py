@@ -265,3 +265,28 @@ def test_refit_with_a_fixed_policy_is_refused_before_any_data(colours):
     with pytest.raises(zoo.AdaptArgumentError, match="refit") as info:
         zoo.adapt(BACKBONE, "/no/such/folder", policy="full", refit=True, scratch=True)
     assert "auto" in str(info.value) and "no/such/folder" not in str(info.value)
+
+
+def test_a_refit_from_data_loaders_joins_their_datasets(weights):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    x = torch.randn(30, 3, 32, 32)
+    y = torch.arange(30) % 3
+    x += y.view(-1, 1, 1, 1).float()  # learnable: the classes differ in brightness
+    train = DataLoader(TensorDataset(x[:21], y[:21]), batch_size=8, shuffle=True)
+    val = DataLoader(TensorDataset(x[21:], y[21:]), batch_size=8)
+    result = zoo.compare(
+        BACKBONE,
+        train,
+        val,
+        classes=["a", "b", "c"],
+        policies="linear-probe,train-last:n=1",
+        weights=weights,
+        epochs=2,
+        image_size=32,
+        lr=1e-2,
+    )
+    assert result.leaderboard.refit
+    assert result.history.train_images == 30 and result.history.val_images == 0
+    assert result.model.zoo.plan.spec_text == result.leaderboard.winner.policy
