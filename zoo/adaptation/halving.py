@@ -19,6 +19,13 @@ comparison past :data:`COST_TARGET_RUNS` full runs of the slowest candidate, or 
 ``budget`` (seconds) when one is given; the budget also stops promoting once the next epoch
 (estimated from the candidate's measured epochs) would exceed it. Every candidate always gets
 its first epoch.
+
+Each candidate trains at its own rate: its policy's declared one (in its plan), and on cached
+activations with a small top also 0.3x and 3x that (:data:`LR_SWEEP`, one policy in the
+rungs; the best rate is kept at the first cut). Below
+:data:`~zoo.io.leaderboard.NOISE_VALIDATION` validation images the finished candidates are
+ranked within the noise (:func:`rank_within_noise`: repeated stratified splits for the cheap
+cached ones, an interval for each, ties to fewer trained parameters).
 """
 
 from __future__ import annotations
