@@ -250,7 +250,7 @@ class PolicySpec:
         try:
             scale = checks.real(self.lr_scale, f"policy {self.name!r} lr_scale", 0, MAX_LR_SCALE)
         except checks.Invalid as exc:
-            raise SpecError(f"{exc}: a number > 0, at most {MAX_LR_SCALE:g}") from None
+            raise SpecError(str(exc)) from None
         if scale <= 0:
             raise SpecError(f"policy {self.name!r}: lr_scale must be > 0, not {scale}")
         object.__setattr__(self, "lr_scale", scale)
