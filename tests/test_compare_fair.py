@@ -139,6 +139,10 @@ def test_a_tie_within_the_noise_goes_to_fewer_trained_parameters():
     ]
     winner, tied = choose_within_noise(rows)
     assert rows[winner].policy == "small" and sorted(tied) == [0, 1]
+    # intervals that overlap are not enough: 0.84 is more than one standard error below 0.90
+    rows[1] = _row("small", 0.84, 0.80, 0.88, 1_000)
+    winner, tied = choose_within_noise(rows)
+    assert rows[winner].policy == "big" and tied == []
     # apart: the better one wins, nothing is tied
     rows[1] = _row("small", 0.80, 0.77, 0.83, 1_000)
     winner, tied = choose_within_noise(rows)
@@ -204,8 +208,13 @@ def test_refit_keeps_a_run_that_ran_when_the_last_batch_would_hold_one_image():
     config = TrainConfig(batch_size=8, lr=1e-3, augment=None)
     refit = refit_config(config, 3.0, 4, images=33)  # 33 = 4 x 8 + 1
     assert refit.batch_size == 9 and refit.lr == pytest.approx(3e-3) and refit.epochs == 4
-    assert refit.augment is False and refit.early_stop is None
+    assert refit.augment is None and refit.early_stop is None  # trained as measured: see below
     assert refit_config(config, 1.0, 4, images=32).batch_size == 8
+    # the user's augmentation settings pass through whole (a refit must not contradict them)
+    asked = TrainConfig(batch_size=8, hflip=False, scale=[0.5, 1.0])
+    assert refit_config(asked, 1.0, 4, images=32).augmentation(default=False) == (
+        asked.augmentation(default=False)
+    )
 
 
 def test_refit_is_an_option_of_both_commands():
@@ -255,6 +264,7 @@ def test_measured_auto_refits_by_default_on_a_small_validation_set(colours, weig
     assert board.refit
     assert any("the model is its refit" in n for n in history.notes)
     assert history.train_images == 33 and history.val_images == 0
+    assert history.augment is None  # un-augmented, as its candidates were measured
     assert model.zoo.plan.spec_text == board.winner.policy
     assert history.lr == pytest.approx(
         board.winner.lr / max(p.lr_scale for p in model.zoo.plan.params.values() if p.trainable)

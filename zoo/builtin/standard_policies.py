@@ -279,11 +279,8 @@ def auto(
 
 # ---------------------------------------------------------------- registration
 
-#: The learning-rate scale zoo's policies that train a few parameters (a head, biases, norms,
-#: adapters) declare: 10x the rate of a whole network. On the MNIST transfer case of issue 21
-#: (digits 0-4 -> 5-9, 10 labels per class) ``linear-probe`` and ``lora:rank=8`` reached 31.8%
-#: and 37.9% at compare's 1e-3 and 75.8% and 84.4% at 1e-2.
-HEAD_RATE = 10.0
+#: The rate a policy training a few parameters declares (one fact: ``PolicySpec.HEAD_RATE``).
+HEAD_RATE = PolicySpec.HEAD_RATE
 
 POLICIES: tuple[PolicySpec, ...] = (
     PolicySpec("full", full, "Train everything (norms in train mode)."),
