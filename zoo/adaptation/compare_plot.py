@@ -18,15 +18,16 @@ from zoo.io.leaderboard import Leaderboard, short_policy
 INSTALL_HINT = 'pip install "zoo-transfer[plot]"'
 
 
-def check_plot_available() -> None:
-    """Raise :class:`~zoo.ZooError` (naming the install command) when matplotlib is missing."""
+def check_plot_available(what: str = "plotting the comparison") -> None:
+    """Raise :class:`~zoo.ZooError` (naming the install command) when matplotlib is missing;
+    ``what`` names the plot asked for."""
     try:
         found = importlib.util.find_spec("matplotlib") is not None
     except (ImportError, ValueError):
         found = False
     if not found:
         raise ZooError(
-            "plotting the comparison (plot= / --plot FILE) needs matplotlib, which is not "
+            f"{what} (plot= / --plot FILE) needs matplotlib, which is not "
             f"installed: {INSTALL_HINT} (or pip install matplotlib), or leave out the plot"
         )
 
