@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from zoo.adaptation.job import AdaptCallback, EpochRecord, History
-from zoo.cli.output import bar, human_count, percent, printable
+from zoo.cli.output import bar, human_count, percent, plural, printable
 
 
 def _num(value: float | None, digits: int = 4) -> str:
@@ -31,15 +31,6 @@ def _num(value: float | None, digits: int = 4) -> str:
 
 def _seconds(value: float) -> str:
     return f"{value:.1f}s" if value < 120 else f"{value / 60:.1f}min"
-
-
-def plural(count: int, word: str, many: str | None = None) -> str:
-    """``1 class``, ``2 classes``, ``0 images``: a count with its noun in the right number."""
-    if count == 1:
-        return f"{count} {word}"
-    if many is None:
-        many = word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
-    return f"{count} {many}"
 
 
 def policy_text(policy: str, args: Mapping[str, Any] | None) -> str:

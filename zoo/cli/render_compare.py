@@ -14,7 +14,7 @@ from rich.text import Text
 
 from zoo.adaptation.history import AdaptCallback
 from zoo.cli.columns import Col, Columns
-from zoo.cli.output import human_count, percent, printable
+from zoo.cli.output import human_count, percent, plural, printable
 from zoo.io.leaderboard import Leaderboard, short_policy
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ def leaderboard_table(board: Leaderboard, *, title: str | None = None) -> Column
     )
     if title is None:
         rungs = ", ".join(str(r) for r in board.rungs) or str(board.epochs)
-        title = f"compare: {len(board.rows)} policies, successive halving at epochs {rungs}"
+        candidates = plural(len(board.rows), "policy", "policies")
+        title = f"compare: {candidates}, successive halving at epochs {rungs}"
     return Columns(columns, rows, title=title)
 
 
@@ -82,7 +83,7 @@ class CompareProgress(AdaptCallback):
         self.console.print(
             Text(
                 printable(
-                    f"comparing {len(info.get('policies', []))} policies on "
+                    f"comparing {plural(len(info.get('policies', [])), 'policy', 'policies')} on "
                     f"{info.get('train_images')} training / {info.get('val_images')} validation "
                     f"images, {info.get('epochs')} epochs each at most: {policies}"
                 )

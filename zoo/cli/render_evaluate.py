@@ -9,8 +9,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from zoo.cli.output import percent, printable
-from zoo.cli.render_adapt import plural
+from zoo.cli.output import percent, plural, printable
 
 #: How many of the most frequent confusions are listed when the matrix does not fit.
 TOP_CONFUSIONS = 10

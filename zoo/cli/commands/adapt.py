@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Unreadable or refused images (not BMP/GIF/JPEG/PNG/PPM/TIFF/WebP, over 8192x8192\n"
         "pixels, a side over 100 times the other) are skipped and listed (--strict-images:\n"
         "stop at the first); links to folders inside a class folder are not followed.\n"
-        "Distributed: torchrun --nproc_per_node N -m zoo.cli.main adapt ...",
+        "Distributed: torchrun --nproc_per_node N -m zoo adapt ...",
         epilog="examples:\n"
         "  zoo adapt timm:resnet18 --data flowers/train --val flowers/val --policy linear-probe "
         "--name flowers\n"

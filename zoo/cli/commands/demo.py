@@ -1,4 +1,4 @@
-"""``zoo demo``: the whole transfer-learning story on real digits, offline, in under a minute."""
+"""``zoo demo``: the whole transfer-learning story on real digits, offline, in under two minutes."""
 
 from __future__ import annotations
 

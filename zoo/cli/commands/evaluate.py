@@ -102,8 +102,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
 def _warn_skipped(result: Evaluation, out: Output, limit: int = 5) -> None:
     """A warning for each file of the folder left out (the first ``limit``)."""
-    from zoo.cli.output import printable
-    from zoo.cli.render_adapt import plural
+    from zoo.cli.output import plural, printable
 
     for item in result.skipped[:limit]:
         out.warn(printable(f"left out {item.path}: {item.reason}"))

@@ -50,12 +50,13 @@ def run(args: argparse.Namespace, out: Output) -> int:
         return 0
     from rich.text import Text
 
-    from zoo.cli.output import human_bytes
+    from zoo.cli.output import human_bytes, plural
 
     out.print(
         Text(
             f"exported LoRA r={summary['r']}, alpha={summary['lora_alpha']} on "
-            f"{summary['targets']} module(s), saving {', '.join(summary['modules_to_save'] or [])}"
+            f"{plural(summary['targets'], 'module')}, saving "
+            f"{', '.join(summary['modules_to_save'] or [])}"
             f" ({human_bytes(summary['bytes'])}) to {folder}"
         )
     )

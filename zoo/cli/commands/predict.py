@@ -107,7 +107,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     for pred in failed:
         out.warn(printable(f"{pred.source}: {pred.error}"))
     if failed:
-        from zoo.cli.render_adapt import plural
+        from zoo.cli.output import plural
 
         out.warn(f"{len(failed)} of {plural(len(done), 'image')} could not be read")
         return 1
@@ -134,7 +134,7 @@ def _write_csv(target: str, predictions: Iterable[Prediction], out: Output) -> l
             fh.flush()
             done.append(pred)
     if target != "-":
-        from zoo.cli.render_adapt import plural
+        from zoo.cli.output import plural
 
         out.info(f"wrote {plural(len(done), 'prediction')} to {target}")
     return done
