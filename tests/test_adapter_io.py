@@ -418,6 +418,7 @@ def test_peft_export_refusals(tmp_path):
         zoo.export_peft(zoo.load(base), tmp_path / "x")
 
 
+@pytest.mark.slow
 def test_peft_cli_export_and_import(tmp_path, capsys):
     base = save_base()
     model = adapted(base, "lora:rank=2")

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
 from torch.utils.data import Dataset
 
@@ -84,12 +84,23 @@ MAX_ASPECT_RATIO = 100
 OnCorrupt = Literal["skip", "error"]
 
 
+class HeldImage(Protocol):
+    """An image that is not a file of its own (a row of a Hugging Face dataset,
+    :mod:`zoo.adaptation.sources`): its encoded bytes, opened on demand; ``str()`` names it."""
+
+    def open(self) -> BinaryIO: ...
+
+
+#: One image of a source: a file, or an image held elsewhere.
+Sample = Path | HeldImage
+
+
 @dataclass(frozen=True)
 class SkippedFile:
     """A file left out, with the reason: an image that cannot be read (or is refused), a
     second copy of a file already found, a link to a folder (not followed)."""
 
-    path: Path
+    path: Sample
     reason: str
 
     def to_dict(self) -> dict[str, str]:
@@ -98,11 +109,16 @@ class SkippedFile:
 
 @dataclass(frozen=True)
 class ImageFolder:
-    """A scanned image folder: class names, ``(path, class index)`` samples, skipped files."""
+    """A scanned image source: class names, ``(image, class index)`` samples, skipped files.
 
-    root: Path
+    Every source zoo reads becomes one — a class folder (:func:`scan_image_folder`), a
+    manifest or a Hugging Face dataset (:mod:`zoo.adaptation.sources`) — so the split, the
+    caches, ``compare`` and the loaders never tell them apart. ``root`` is where it was read
+    from (the folder, the manifest, or the dataset's description)."""
+
+    root: Path | str
     classes: tuple[str, ...]
-    samples: tuple[tuple[Path, int], ...]
+    samples: tuple[tuple[Sample, int], ...]
     skipped: tuple[SkippedFile, ...] = ()
 
     def __len__(self) -> int:
@@ -137,19 +153,21 @@ class _Refused(ValueError):
 
 
 @contextmanager
-def _open_image(path: Path) -> Iterator[Any]:
-    """``path`` opened as an image of :data:`IMAGE_FORMATS` with its size checked from the
-    header, nothing decoded yet; :class:`_Refused` (or PIL's error) says why not."""
+def _open_image(path: Sample) -> Iterator[Any]:
+    """``path`` (a file, or an image held elsewhere) opened as an image of
+    :data:`IMAGE_FORMATS` with its size checked from the header, nothing decoded yet;
+    :class:`_Refused` (or PIL's error) says why not."""
     from PIL import Image
 
     try:
-        file = open_regular(path)
+        file = open_regular(path) if isinstance(path, Path) else path.open()
     except ModelNotFoundError:
         raise _Refused("the file does not exist (or is a link to nothing)") from None
     except ZooError as exc:  # a FIFO, a device, a socket: refused before a byte is read
         raise _Refused(str(exc).removeprefix(f"{path}: ")) from None
     with file, warnings.catch_warnings():
-        size = os.fstat(file.fileno()).st_size
+        size = file.seek(0, os.SEEK_END)
+        file.seek(0)
         if size > MAX_IMAGE_BYTES:
             raise _Refused(
                 f"{size:,} bytes, more than any image zoo accepts needs ({MAX_IMAGE_BYTES:,}, "
@@ -199,7 +217,7 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _check_image(path: Path) -> str | None:
+def _check_image(path: Sample) -> str | None:
     """None when ``path`` opens as an image (see :func:`_open_image`) and PIL verifies it;
     otherwise the reason."""
     try:
@@ -211,8 +229,23 @@ def _check_image(path: Path) -> str | None:
 
 
 #: A file's or folder's identity, ``st_dev`` and ``st_ino`` in one int (smaller than a tuple:
-#: one entry per image) -> the path it was first found at.
-Seen = dict[int, Path]
+#: one entry per image), or a held image's content hash -> where it was first found.
+Seen = dict[int | bytes, Sample]
+
+
+def first_time(seen: Seen, key: int | bytes, sample: Sample, skipped: list[SkippedFile]) -> bool:
+    """Whether ``key`` (a file's identity, :data:`Seen`) is met for the first time; if not,
+    ``sample`` is listed in ``skipped`` as a second copy of what was found first."""
+    first = seen.setdefault(key, sample)
+    if first is not sample:
+        what = "image" if isinstance(key, bytes) else "file or folder"  # bytes: a content hash
+        skipped.append(SkippedFile(sample, f"the same {what} as {str(first)!r}"))
+    return first is sample
+
+
+def file_key(stat: os.stat_result) -> int:
+    """The identity of a file or folder in :data:`Seen`."""
+    return stat.st_dev << 64 | stat.st_ino
 
 
 def list_images(
@@ -232,17 +265,14 @@ def list_images(
     found: list[Path] = []
     skipped: list[SkippedFile] = []
 
-    def first_time(path: Path, stat: os.stat_result) -> bool:
-        first = seen.setdefault(stat.st_dev << 64 | stat.st_ino, path)
-        if first is not path:
-            skipped.append(SkippedFile(path, f"the same file or folder as {str(first)!r}"))
-        return first is path
+    def once(path: Path, stat: os.stat_result) -> bool:
+        return first_time(seen, file_key(stat), path, skipped)
 
     try:
         top = os.stat(folder)
     except OSError as exc:
         return [], [SkippedFile(folder, f"cannot read the folder: {exc.strerror or exc}")]
-    stack = [folder] if first_time(folder, top) else []
+    stack = [folder] if once(folder, top) else []
     while stack:
         current = stack.pop()
         try:
@@ -256,12 +286,12 @@ def list_images(
             path = Path(entry.path)
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    if recursive and first_time(path, entry.stat(follow_symlinks=False)):
+                    if recursive and once(path, entry.stat(follow_symlinks=False)):
                         folders.append(path)
                 elif entry.is_symlink() and entry.is_dir():
                     if recursive:
                         skipped.append(SkippedFile(path, "a link to a folder, not followed"))
-                elif _is_image(path) and first_time(path, entry.stat()):
+                elif _is_image(path) and once(path, entry.stat()):
                     found.append(path)
             except OSError:  # a link to nothing, or gone: opening it says so
                 if _is_image(path):
@@ -298,7 +328,8 @@ def scan_image_folder(
         raise DataError(f"image folder {str(path)!r} does not exist")
     if not path.is_dir():
         raise DataError(
-            f"{str(path)!r} is not a folder: pass a folder with one sub-folder per class"
+            f"{str(path)!r} is not a folder: pass a folder with one sub-folder per class, or "
+            "a manifest (a .csv or .jsonl file of path,label rows)"
         )
     try:
         with os.scandir(path) as it:
@@ -332,14 +363,43 @@ def scan_image_folder(
             )
     if training:
         _check_training_classes(path, class_dirs, class_list)
-    index = {name: i for i, name in enumerate(class_list)}
-    samples: list[tuple[Path, int]] = []
-    skipped: list[SkippedFile] = []
-    empty: list[str] = []
     seen = {} if seen is None else seen
-    for name in class_dirs:
-        start = len(skipped)  # what this class folder leaves out, for the error below
-        files, left_out = list_images(path / name, seen=seen)
+    found = {name: list_images(path / name, seen=seen) for name in class_dirs}
+    return collect(
+        path,
+        class_list,
+        found,
+        on_corrupt=on_corrupt,
+        verify=verify,
+        where=lambda name: repr(str(path / name)),
+        empty=lambda which: (
+            f"class folder(s) without readable images: {which}; add images "
+            f"({', '.join(IMAGE_EXTENSIONS)}) or remove the folder"
+        ),
+    )
+
+
+def collect(
+    root: Path | str,
+    classes: tuple[str, ...],
+    found: Mapping[str, tuple[Sequence[Sample], Sequence[SkippedFile]]],
+    *,
+    on_corrupt: OnCorrupt,
+    verify: bool,
+    where: Callable[[str], str],
+    empty: Callable[[str], str],
+) -> ImageFolder:
+    """The :class:`ImageFolder` of a source whose images were ``found``: class name ->
+    (its candidate images in order, what was left out finding them). Each image is opened and
+    checked (``verify``) the one way, and skipped or an error (``on_corrupt``) when it fails;
+    a class with no readable image left is a :class:`~zoo.DataError` whose message is
+    ``empty`` of those classes (``where(name)`` each, with the first file left out and why)."""
+    index = {name: i for i, name in enumerate(classes)}
+    samples: list[tuple[Sample, int]] = []
+    skipped: list[SkippedFile] = []
+    without: list[str] = []
+    for name, (files, left_out) in found.items():
+        start = len(skipped)  # what this class leaves out, for the error below
         skipped.extend(left_out)
         good = 0
         for file in files:
@@ -355,16 +415,12 @@ def scan_image_folder(
             samples.append((file, index[name]))
             good += 1
         if good == 0:
-            shown = repr(str(path / name))
+            shown = where(name)
             why = skipped[start : start + 1]  # the first file left out says why, if any
-            empty.append(f"{shown} ({str(why[0].path)!r}: {why[0].reason})" if why else shown)
-    if empty:
-        details = ", ".join(empty)
-        raise DataError(
-            f"class folder(s) without readable images: {details}; add images "
-            f"({', '.join(IMAGE_EXTENSIONS)}) or remove the folder"
-        )
-    return ImageFolder(path, class_list, tuple(samples), tuple(skipped))
+            without.append(f"{shown} ({str(why[0].path)!r}: {why[0].reason})" if why else shown)
+    if without:
+        raise DataError(empty(", ".join(without)))
+    return ImageFolder(root, classes, tuple(samples), tuple(skipped))
 
 
 def _check_class_names(path: Path, class_dirs: Sequence[str]) -> None:
@@ -407,11 +463,11 @@ def split_folder(
     if not 0.0 < fraction < 1.0:
         raise DataError(f"the validation split must be between 0 and 1 (exclusive), not {fraction}")
     rng = random.Random(seed)
-    by_class: dict[int, list[tuple[Path, int]]] = {}
+    by_class: dict[int, list[tuple[Sample, int]]] = {}
     for sample in folder.samples:
         by_class.setdefault(sample[1], []).append(sample)
-    train: list[tuple[Path, int]] = []
-    val: list[tuple[Path, int]] = []
+    train: list[tuple[Sample, int]] = []
+    val: list[tuple[Sample, int]] = []
     for label in sorted(by_class):
         items = list(by_class[label])
         rng.shuffle(items)
@@ -429,26 +485,27 @@ def split_folder(
 # ---------------------------------------------------------------- datasets
 
 
-def load_image(path: str | os.PathLike[str]) -> Any:
-    """Open ``path`` as an RGB PIL image; a :class:`~zoo.DataError` names a file that fails or
-    is refused (not a regular file, not one of :data:`IMAGE_FORMATS`, over
-    :data:`MAX_IMAGE_PIXELS` or :data:`MAX_ASPECT_RATIO`)."""
+def load_image(path: str | os.PathLike[str] | HeldImage) -> Any:
+    """Open ``path`` (or an image held elsewhere) as an RGB PIL image; a
+    :class:`~zoo.DataError` names a file that fails or is refused (not a regular file, not one
+    of :data:`IMAGE_FORMATS`, over :data:`MAX_IMAGE_PIXELS` or :data:`MAX_ASPECT_RATIO`)."""
     try:
-        with _open_image(Path(path)) as img:
+        source = Path(path) if isinstance(path, (str, os.PathLike)) else path
+        with _open_image(source) as img:
             return img.convert("RGB")
     except Exception as exc:  # PIL raises many kinds on hostile bytes; each is a reason
         raise DataError(f"cannot decode image {str(path)!r}: {_reason(exc)}") from exc
 
 
 class ImageDataset(Dataset):
-    """A map-style torch dataset over ``(path, label)`` samples with a transform.
+    """A map-style torch dataset over ``(image, label)`` samples with a transform.
 
     Has ``classes``, ``targets`` and ``transform`` like torchvision's ``ImageFolder``.
     """
 
     def __init__(
         self,
-        samples: Sequence[tuple[Path, int]],
+        samples: Sequence[tuple[Sample, int]],
         classes: Sequence[str],
         transform: Callable[[Any], Any] | None = None,
     ) -> None:

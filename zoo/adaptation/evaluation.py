@@ -2,10 +2,11 @@
 
 One concept for every score zoo reports on held-out images: accuracy, top-k accuracy, mean
 cross-entropy loss, per-class precision, recall and F1, and the confusion matrix, all derived
-from the counts one pass over the data makes. The data is an image folder (one sub-folder per
-class, as for :func:`zoo.adapt`), a ``DataLoader`` or a map-style ``Dataset`` of ``(image,
-label)``. Folders are prepared with the evaluation transform of the model's saved input config,
-as :func:`zoo.predict` prepares images.
+from the counts one pass over the data makes. The data is any image source :func:`zoo.adapt`
+reads (:func:`~zoo.adaptation.sources.read_source`: a class folder, a CSV/JSONL manifest, a
+Hugging Face dataset), prepared with the evaluation transform of the model's saved input
+config as :func:`zoo.predict` prepares images; or a ``DataLoader`` or map-style ``Dataset`` of
+``(image, label)``, used as it is.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from zoo.adaptation.data import (
     build_transform,
     input_config_of,
     make_loader,
-    scan_image_folder,
 )
 from zoo.adaptation.distributed import resolve_device
+from zoo.adaptation.sources import is_source, read_source
 from zoo.core import checks
 from zoo.core.record import record_of
 from zoo.errors import AdaptArgumentError, DataError, ZooError
@@ -218,17 +219,23 @@ def _match_classes(data_classes: Sequence[str], classes: Sequence[str], where: s
     return [index[name] for name in data_classes]
 
 
-def _folder_source(
-    model: nn.Module, folder: str | os.PathLike[str], classes: list[str] | None, batch_size: int
+def _images_source(
+    model: nn.Module, images: Any, classes: list[str] | None, batch_size: int
 ) -> _Source:
+    """An image folder, a manifest or a Hugging Face dataset, its classes matched by name."""
+    where = (
+        f"{'image folder' if os.path.isdir(images) else 'manifest'} {os.fspath(images)!r}"
+        if isinstance(images, (str, os.PathLike))
+        else f"the {type(images).__name__}"
+    )
     if classes is None:
         raise DataError(
             "the model has no class names (model.zoo.classes), so its outputs cannot be matched "
-            f"to the class folders of {os.fspath(folder)!r}: save it with classes=[...] (in the "
-            "order of its outputs), or evaluate on a DataLoader whose labels are output indices"
+            f"to the classes of {where}: save it with classes=[...] (in the order of its "
+            "outputs), or evaluate on a DataLoader whose labels are output indices"
         )
-    scanned = scan_image_folder(folder, on_corrupt="skip")
-    to_model = _match_classes(scanned.classes, classes, f"image folder {os.fspath(folder)!r}")
+    scanned = read_source(images, on_corrupt="skip")
+    to_model = _match_classes(scanned.classes, classes, where)
     samples = [(path, to_model[label]) for path, label in scanned.samples]
     transform = build_transform(checked_input_config(model), train=False)
     dataset = ImageDataset(samples, classes, transform)
@@ -249,8 +256,8 @@ def _loader_source(loader: DataLoader, classes: list[str] | None) -> _Source:
 
 
 def _source(model: nn.Module, data: Any, classes: list[str] | None, batch_size: int) -> _Source:
-    if isinstance(data, (str, os.PathLike)):
-        return _folder_source(model, data, classes, batch_size)
+    if is_source(data):
+        return _images_source(model, data, classes, batch_size)
     if isinstance(data, DataLoader):
         return _loader_source(data, classes)
     if isinstance(data, Dataset):
@@ -258,7 +265,8 @@ def _source(model: nn.Module, data: Any, classes: list[str] | None, batch_size: 
         return _loader_source(loader, classes)
     raise DataError(
         f"cannot evaluate on {type(data).__name__}: pass an image folder (one sub-folder per "
-        "class), a DataLoader or a Dataset of (image, label)"
+        "class), a CSV or JSONL manifest, a Hugging Face dataset, or a DataLoader or Dataset "
+        "of (image, label)"
     )
 
 
@@ -313,7 +321,7 @@ def _device(model: nn.Module, device: str | torch.device | None) -> torch.device
 
 def evaluate(
     model: nn.Module | str | os.PathLike[str],
-    data: str | os.PathLike[str] | DataLoader | Dataset,
+    data: str | os.PathLike[str] | DataLoader | Dataset | Any,
     *,
     topk: int = 5,
     batch_size: int = 64,
@@ -327,12 +335,13 @@ def evaluate(
 
     ``model``: a model (``zoo.load(name)``; a wrapped one is seen through) or a store name /
     file, loaded here onto ``device``. ``data``: an image folder with one sub-folder per class
-    of the model (by name: a class of the model without a folder, or a folder the model does
-    not predict, raises :class:`~zoo.DataError` naming it; unreadable images are left out and
-    listed in ``skipped``), prepared with the evaluation transform of the model's input config
-    in batches of ``batch_size``; or a ``DataLoader`` / ``Dataset`` of ``(images, labels)``
-    used as it is (its dataset's ``.classes``, when it has them, are matched to the model's by
-    name; without them the labels are the model's output indices). A model passed as a module
+    of the model, a CSV/JSONL manifest or a Hugging Face dataset (as for :func:`zoo.adapt`; its
+    classes are matched to the model's by name: a class of the model without images, or a class
+    the model does not predict, raises :class:`~zoo.DataError` naming it; unreadable images are
+    left out and listed in ``skipped``), prepared with the evaluation transform of the model's
+    input config in batches of ``batch_size``; or a ``DataLoader`` / ``Dataset`` of
+    ``(images, labels)`` used as it is (its dataset's ``.classes``, when it has them, are
+    matched to the model's by name; without them the labels are the model's output indices). A model passed as a module
     stays where it is (``device``, if given, must be its device) and in its train/eval mode.
     ``plot``: also write the confusion matrix as a PNG there (needs matplotlib, the ``plot``
     extra; checked, with the path, before any work).

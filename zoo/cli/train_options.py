@@ -273,11 +273,16 @@ def add_options(parser: argparse.ArgumentParser, job: str) -> None:
         "--data",
         "-d",
         required=True,
-        metavar="DIR",
-        help="training images: one sub-folder per class",
+        metavar="DIR|FILE",
+        help="training images: a folder with one sub-folder per class, or a CSV/JSONL manifest "
+        "of path,label rows (paths relative to it)",
     )
     val = parser.add_mutually_exclusive_group()
-    val.add_argument("--val", metavar="DIR", help="validation images, same class folders")
+    val.add_argument(
+        "--val",
+        metavar="DIR|FILE",
+        help="validation images: a folder of the same class folders, or a manifest",
+    )
     groups: dict[str, Any] = {
         "": parser,
         "val_split": val,

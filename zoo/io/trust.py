@@ -7,7 +7,9 @@ reads it through these functions instead of a rule of its own:
 * the folder itself is a real directory, not a symbolic link (:func:`check_folder`);
 * a file inside it is named by a plain file name — no separator, no ``..``, no NUL
   (:func:`plain_name`) — and opened without following a link, non-blocking, and only when it is
-  a regular file (a FIFO, a device or a socket is refused before a byte is read);
+  a regular file (a FIFO, a device or a socket is refused before a byte is read); a path a
+  file lists (a manifest's rows) is relative, of plain names, and goes through no link
+  (:func:`path_in`);
 * its size is checked against a limit before reading (:func:`read_bytes_in`,
   :func:`read_json_in`), and tensors are read by zoo's own safetensors reader
   (:func:`read_tensors_in`), with its header, seal and memory checks (:func:`read_header_in`
@@ -83,6 +85,47 @@ def plain_name(name: object, *, what: str) -> str:
             "zoo reads only files named inside the folder"
         )
     return name
+
+
+def path_in(folder: Path, relative: object, *, what: str) -> Path:
+    """``folder/relative`` for a path listed in untrusted data (a manifest's row), if it stays
+    inside ``folder``: a relative path (``/`` or ``\\`` separated; ``.`` and empty parts are
+    dropped) of plain names (:func:`plain_name`: no ``..``, no NUL) through no symbolic link
+    (each part that exists is checked with ``lstat``). Otherwise
+    :class:`~zoo.CorruptFileError` (``what`` names the path in the message). A part that does
+    not exist ends the check: opening the file says so."""
+    if not isinstance(relative, str) or not relative.strip() or len(relative) > 4096:
+        shown = repr(relative) if isinstance(relative, str) else type(relative).__name__
+        raise CorruptFileError(f"{what} {shown[:80]} is not a path")
+    if os.path.isabs(relative) or relative.startswith(("/", "\\")) or relative[1:2] == ":":
+        raise CorruptFileError(
+            f"{what} {relative!r} is an absolute path; zoo reads only paths relative to the "
+            "folder of the file that lists them"
+        )
+    parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
+    if not parts:
+        raise CorruptFileError(f"{what} {relative!r} names no file")
+    for part in parts:
+        try:
+            plain_name(part, what=what)
+        except CorruptFileError:
+            raise CorruptFileError(
+                f"{what} {relative!r} leaves its folder or holds an invalid name ({part!r}); "
+                "zoo reads only files inside the folder of the file that lists them"
+            ) from None
+    path = folder
+    for part in parts:
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            break  # missing (or unreadable): opening it names the file and the reason
+        if stat.S_ISLNK(mode):
+            raise CorruptFileError(
+                f"{what} {relative!r} goes through a symbolic link ({str(path)!r}); zoo does "
+                "not follow links out of a folder it reads: list the real file"
+            )
+    return folder.joinpath(*parts)
 
 
 def open_in(folder: Path, name: str, *, what: str) -> BinaryIO:

@@ -55,11 +55,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def default_name(backbone: str, data: str) -> str:
-    """``<backbone>-<data folder>``: ``resnet18-flowers`` (``train`` folders use the parent)."""
+    """``<backbone>-<data folder>``: ``resnet18-flowers`` (``train`` folders use the parent;
+    a manifest is named without its suffix: ``flowers/train.csv`` is ``flowers`` too)."""
     base = backbone.split(":", 1)[-1]
     if base.endswith(".safetensors"):
         base = Path(base).stem
+    from zoo.adaptation.sources import is_manifest  # loads torch: the run is about to
+
     folder = Path(os.path.abspath(data))
+    if is_manifest(folder):
+        folder = folder.with_suffix("")
     label = folder.name
     if label.lower() in {"train", "training", "images", "data"} and folder.parent.name:
         label = folder.parent.name
