@@ -341,8 +341,9 @@ def evaluate(
     left out and listed in ``skipped``), prepared with the evaluation transform of the model's
     input config in batches of ``batch_size``; or a ``DataLoader`` / ``Dataset`` of
     ``(images, labels)`` used as it is (its dataset's ``.classes``, when it has them, are
-    matched to the model's by name; without them the labels are the model's output indices). A model passed as a module
-    stays where it is (``device``, if given, must be its device) and in its train/eval mode.
+    matched to the model's by name; without them the labels are the model's output indices).
+    A model passed as a module stays where it is (``device``, if given, must be its device)
+    and in its train/eval mode.
     ``plot``: also write the confusion matrix as a PNG there (needs matplotlib, the ``plot``
     extra; checked, with the path, before any work).
     """
