@@ -19,14 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="score a saved model on labelled images: accuracy, per class, confusion matrix",
         description="Load a saved model (a store name or a .safetensors file) and evaluate it "
-        "on DATA, a folder with one sub-folder of images per class (as for zoo adapt). The "
-        "class folders must be the model's classes, by name: a class of the model without a "
-        "folder, or a folder the model does not predict, is an error naming it. Images are "
-        "prepared with the evaluation transform of the input config saved with the model; "
-        "unreadable images are left out and listed. Prints the accuracy, the top-k accuracy, "
-        "the mean cross-entropy loss, the precision, recall, F1 and images of each class, "
-        "and the confusion matrix (rows: the true class; when it is wider than the terminal, "
-        "the most frequent confusions instead).",
+        "on DATA, a\n"
+        "folder with one sub-folder of images per class or a CSV/JSONL manifest (as for zoo\n"
+        "adapt). Its classes must be the model's, by name: a class of the model without images,\n"
+        "or a class the model does not predict, is an error naming it. Images are prepared with\n"
+        "the evaluation transform of the input config saved with the model; unreadable images are\n"
+        "left out and listed. Prints the accuracy, the top-k accuracy, the mean cross-entropy\n"
+        "loss, the precision, recall, F1 and images of each class, and the confusion matrix\n"
+        "(rows: the true class; when it is wider than the terminal, the most frequent confusions\n"
+        "instead).",
         epilog="examples:\n"
         "  zoo evaluate flowers flowers/test\n"
         "  zoo evaluate flowers flowers/test --topk 3 --plot confusion.png\n"
@@ -34,7 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("name", metavar="NAME", help="saved model: store name or file")
-    parser.add_argument("data", metavar="DATA", help="image folder, one sub-folder per class")
+    parser.add_argument(
+        "data",
+        metavar="DATA",
+        help="labelled images: a folder with one sub-folder per class, or a CSV/JSONL manifest",
+    )
     parser.add_argument(
         "--topk",
         "-k",
