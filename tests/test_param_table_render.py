@@ -6,6 +6,7 @@ import subprocess
 import sys
 from io import StringIO
 
+import pytest
 from rich.console import Console
 
 import zoo
@@ -43,6 +44,7 @@ def test_a_model_in_training_shows_what_trains():
     assert "frozen" in text and "none" in text  # the frozen depths say so
 
 
+@pytest.mark.slow
 def test_import_zoo_and_a_table_load_no_rich_until_it_is_shown():
     code = (
         "import sys, zoo; t = zoo.params('timm:resnet18'); assert 'rich' not in sys.modules; "

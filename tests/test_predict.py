@@ -273,6 +273,7 @@ def test_csv_rows_are_written_and_flushed_as_each_image_is_predicted(trained, tm
     assert target.read_text(encoding="utf-8").count("\n") == 1 + 2 * len(images)
 
 
+@pytest.mark.slow
 def test_csv_to_a_closed_pipe_stops_quietly(trained):
     """The reader goes away (``| head``) before the first row: zoo stops without a
     traceback. The process waits for a line on stdin, sent once the pipe is closed."""
