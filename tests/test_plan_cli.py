@@ -152,10 +152,9 @@ def test_plan_command_errors(capsys, argv, message):
 
 
 def test_plan_command_needs_a_policy(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["plan", "timm:resnet18"])
-    assert info.value.code == 2
-    assert "--policy" in capsys.readouterr().err
+    assert main(["plan", "timm:resnet18"]) != 0  # a policy, or --data for the gradient signal
+    err = capsys.readouterr().err
+    assert "--policy must be a policy spec (or --data DIR, or both)" in err
 
 
 # ---------------------------------------------------------------- render functions

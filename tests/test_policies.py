@@ -34,9 +34,11 @@ BUILTIN = [
     "full",
     "gradual",
     "layer-decay",
+    "lp-ft",
     "linear-probe",
     "norm-only",
     "pattern",
+    "surgical",
     "train-last",
 ]
 ADAPTER_POLICIES = ["lora", "ssf", "vpt"]  # tested in test_adapter_policies.py
@@ -550,7 +552,7 @@ def test_policies_are_pure_functions_of_the_table(table):
     before = table.to_dict()
     for name in BUILTIN:
         spec = zoo.get_policy(name)
-        args = {"depth": 2} if name == "freeze-to" else {}
+        args = {"depth": 2} if name in ("freeze-to", "surgical") else {}
         args = {"samples_per_class": 10} if name == "auto" else args
         args = {"include": ["head.*"]} if name == "pattern" else args
         kwargs = {"epoch": 0} if spec.schedule else {}

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from zoo.adaptation.probe import with_probe
 from zoo.errors import AdaptArgumentError, ZooError
 from zoo.io.leaderboard import short_policy
 from zoo.plans.binding import bind, resolve_policy
@@ -28,17 +29,23 @@ LADDER_STAGES = 3
 NOT_COMPARED = ("zoo:auto",)
 
 
-def default_policies(table: ParamTable, catalog: Catalog) -> list[str]:
+def default_policies(
+    table: ParamTable, catalog: Catalog, surgical: Sequence[int] = ()
+) -> list[str]:
     """The default ladder, from training least to most: ``linear-probe``,
-    ``train-last:n=1..3`` (at most the backbone's stages), ``bitfit``, ``norm-only``, the
-    adapter policies that are registered (``lora``, ``ssf``), ``layer-decay`` and ``full``."""
+    ``train-last:n=1..3`` (at most the backbone's stages), ``surgical:depth=K`` for each depth
+    in ``surgical`` (those the gradient signal points to, :mod:`zoo.adaptation.rgn`),
+    ``bitfit``, ``norm-only``, the
+    adapter policies that are registered (``lora``, ``ssf``), ``layer-decay``, ``lp-ft`` (the
+    head first, then everything) and ``full``."""
     stages = [s.depth for s in table.depth_summary() if s.group not in ("head", "neck")]
     ladder = ["linear-probe"]
     ladder += [f"train-last:n={n}" for n in range(1, min(LADDER_STAGES, len(stages) - 1) + 1)]
+    ladder += [f"surgical:depth={depth}" for depth in surgical]
     ladder += ["bitfit", "norm-only"]
     known = set(catalog.list_policies())
     ladder += [name for name in ADAPTER_POLICIES if name in known or f"zoo:{name}" in known]
-    ladder += ["layer-decay", "full"]
+    ladder += ["layer-decay", "lp-ft", "full"]
     return ladder
 
 
@@ -56,13 +63,18 @@ def plan_candidates(
     catalog: Catalog,
     *,
     context: dict[str, Any] | None = None,
+    probe_start: float = 0.0,
+    surgical: Sequence[int] = (),
 ) -> tuple[list[PlannedCandidate], list[str]]:
     """The plans of ``policies`` (default: :func:`default_policies`), duplicates collapsed:
     two specs that train the same parameters with the same lr scales and norm modes are
-    compared once. Returns ``(candidates, notes)``. A policy given explicitly that cannot run
+    compared once. ``probe_start``: every plan that trains more than the head first fits the
+    head alone for that share of the epochs (:func:`~zoo.adaptation.probe.with_probe`).
+    ``surgical``: the depths whose ``surgical`` candidates join the default ladder.
+    Returns ``(candidates, notes)``. A policy given explicitly that cannot run
     raises; one of the default ladder that does not apply is left out with a note."""
     given = policies is not None
-    specs = list(policies) if policies is not None else default_policies(table, catalog)
+    specs = list(policies) if policies is not None else default_policies(table, catalog, surgical)
     found: dict[Any, PlannedCandidate] = {}
     notes: list[str] = []
     for text in specs:
@@ -79,6 +91,7 @@ def plan_candidates(
                 raise AdaptArgumentError("policies", text, "a policy that trains something")
             continue
         _check_spec_text(plan.spec_text)
+        plan = with_probe(plan, probe_start)
         key = _plan_key(plan)
         if key in found:
             notes.append(
@@ -133,4 +146,4 @@ def _plan_key(plan: Plan) -> tuple:
     trained = tuple(sorted((n, p.lr_scale) for n, p in plan.params.items() if p.trainable))
     norms = tuple(sorted((k, str(v)) for k, v in plan.norms.items()))
     added = repr(getattr(plan, "additions", ()))  # adapters a plan adds (rank, placement)
-    return trained, norms, added
+    return trained, norms, added, plan.probe

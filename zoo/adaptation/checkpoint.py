@@ -157,6 +157,12 @@ def run_config(
     return _jsonable(config)
 
 
+def _optimizer_steps(epoch: int, loop: Any) -> int:
+    """The optimizer steps of ``loop`` (a :class:`~zoo.adaptation.training.Trainee`) after
+    ``epoch`` completed epochs: those of LP-FT's probe stage were another optimizer's."""
+    return (epoch - loop.probe_epochs) * loop.batches_per_epoch
+
+
 # ---------------------------------------------------------------- RNG states
 
 
@@ -416,7 +422,7 @@ class Checkpointer:
             model.load_state_dict(state)
             groups = optimizer.state_dict()["param_groups"]  # this run's (the saved are equal)
             optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-            loop.step = saved.epoch * loop.batches_per_epoch
+            loop.step = _optimizer_steps(saved.epoch, loop)
             history.epochs = list(saved.history)
             if self.early is not None:
                 assert saved.early is not None
@@ -457,7 +463,7 @@ class Checkpointer:
         if saved.files["best"]:
             best = {**frozen, **self._read(saved, "best")[0]}
             check_model_tensors(best, expected, "files.best")
-        steps = saved.epoch * loop.batches_per_epoch
+        steps = _optimizer_steps(saved.epoch, loop)
         groups = _jsonable(optimizer.state_dict()["param_groups"])
         check_groups(saved.param_groups, groups, loop.lr_factor(steps - 1))
         opt_tensors, _ = self._read(saved, "optimizer")

@@ -48,13 +48,15 @@ from torch.utils.data import Dataset
 from zoo.core import checks
 from zoo.core.record import record_of, unwrap
 from zoo.core.specs import InputConfig
-from zoo.errors import DataError, ModelNotFoundError, ZooError
+from zoo.errors import AdaptArgumentError, DataError, ModelNotFoundError, ZooError
 from zoo.io.fileformat import open_regular
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
     from torch.utils.data import DataLoader
+
+    from zoo.adaptation.config import Augment
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".bmp",
@@ -453,6 +455,25 @@ def _check_training_classes(path: Path, class_dirs: Sequence[str], classes: Sequ
         )
 
 
+#: How many training images :func:`median_side` reads the header of (spread over the folder).
+SIDE_SAMPLE = 64
+
+
+def median_side(folder: ImageFolder, sample: int = SIDE_SAMPLE) -> int | None:
+    """The median of the shorter side of up to ``sample`` images spread over ``folder`` (their
+    headers only: nothing is decoded); None when none can be read."""
+    samples = folder.samples
+    step = max(1, len(samples) // sample)
+    sides = []
+    for image_of, _label in samples[::step][:sample]:
+        try:
+            with _open_image(image_of) as image:
+                sides.append(min(image.size))
+        except Exception:  # the scan already listed it, or training will say what is wrong
+            continue
+    return sorted(sides)[len(sides) // 2] if sides else None
+
+
 def split_folder(
     folder: ImageFolder, fraction: float, *, seed: int = 0
 ) -> tuple[ImageFolder, ImageFolder]:
@@ -585,14 +606,11 @@ def with_overrides(
 
 
 def build_transform(
-    config: InputConfig, *, train: bool = False, augment: bool | Mapping[str, Any] = True
+    config: InputConfig, *, train: bool = False, augment: Augment | None = None
 ) -> Callable[[Any], torch.Tensor]:
-    """timm's transform for ``config``: augmented when ``train`` and ``augment``, else plain.
-
-    ``augment`` may be a mapping of ``timm.data.create_transform`` training options
-    (``scale``, ``ratio``, ``hflip``, ``vflip``, ``color_jitter``, ``auto_augment``,
-    ``re_prob`` …) that replace timm's defaults.
-    """
+    """timm's transform for ``config``: augmented as ``augment`` says when ``train`` (timm's
+    ``create_transform`` with :meth:`~zoo.adaptation.config.Augment.transform_options`), else
+    plain (resize and centre crop)."""
     from timm.data import create_transform
 
     common = {
@@ -601,15 +619,29 @@ def build_transform(
         "std": tuple(config.std),
         "interpolation": config.interpolation,
     }
-    if train and augment:
-        options = dict(augment) if isinstance(augment, Mapping) else {}
-        try:
-            return create_transform(is_training=True, **common, **options)
-        except TypeError as exc:
-            raise DataError(f"invalid augmentation option: {exc}") from exc
+    if train and augment is not None:
+        return create_transform(is_training=True, **common, **augment.transform_options())
     return create_transform(
         is_training=False, crop_pct=config.crop_pct, crop_mode=config.crop_mode, **common
     )
+
+
+def check_auto_augment(text: str | None) -> None:
+    """Refuse an ``auto_augment`` text timm's parser does not read (``rand-m9-mstd0.5``,
+    ``augmix-m5``, ``original``…), with an :class:`~zoo.AdaptArgumentError` naming it —
+    before any data is read."""
+    if text is None:
+        return
+    from timm.data import create_transform
+
+    try:
+        create_transform(input_size=(3, 8, 8), is_training=True, auto_augment=text)
+    except Exception as exc:  # timm's parser asserts or raises ValueError/KeyError
+        rule = (
+            "a timm auto-augment text: rand-m9-mstd0.5 (RandAugment), augmix-m5 (AugMix), "
+            "original or v0 (AutoAugment) — timm's parser said: " + (str(exc) or type(exc).__name__)
+        )
+        raise AdaptArgumentError("auto_augment", text, rule) from None
 
 
 _DETERMINISTIC = frozenset(

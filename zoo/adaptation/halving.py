@@ -28,18 +28,20 @@ import copy
 import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from zoo.adaptation.blend import Blend, blend_candidates, ranked_with_blends
 from zoo.adaptation.cache import (
     INFERENCE_BATCH,
     Boundary,
     CachedFeatures,
     CacheUnsupported,
+    augmentation_rule,
     decode,
     extract,
     find_boundary,
@@ -48,8 +50,9 @@ from zoo.adaptation.cache import (
 )
 from zoo.adaptation.history import AdaptCallback, EpochRecord
 from zoo.adaptation.inputs import loaders_for_folders, reshuffled
-from zoo.adaptation.training import Trainee
-from zoo.errors import DataError
+from zoo.adaptation.probe import head_plan, probe_epochs
+from zoo.adaptation.training import Trainee, augmentation_of, probe_trainee
+from zoo.errors import DataError, ZooError
 from zoo.io.leaderboard import (
     Leaderboard,
     LeaderboardRow,
@@ -62,7 +65,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from zoo.adaptation.candidates import PlannedCandidate
-    from zoo.adaptation.config import TrainConfig
+    from zoo.adaptation.config import Augment, TrainConfig
     from zoo.adaptation.distributed import DistContext
     from zoo.adaptation.inputs import AdaptData
     from zoo.core.specs import InputConfig
@@ -109,6 +112,12 @@ class Candidate:
     seconds: float = 0.0
     alive: bool = True
     trainee: Trainee | None = None
+    #: LP-FT (:mod:`zoo.adaptation.probe`): epochs of the head alone first, on features at
+    #: ``probe_cut``; ``then`` builds the plan's trainee when they are done
+    probe_epochs: int = 0
+    probe_cut: Boundary | None = None
+    probe_features: tuple[CachedFeatures, CachedFeatures] | None = None
+    then: Callable[[], Trainee] | None = None
 
     @property
     def epochs_run(self) -> int:
@@ -130,19 +139,46 @@ class Candidate:
 
     @property
     def trained_on(self) -> str:
-        return f"activations at {self.boundary!r}" if self.boundary else "images"
+        on = f"activations at {self.boundary!r}" if self.boundary else "images"
+        if self.probe_cut is None:
+            return on
+        return f"head alone at {self.probe_cut.path!r} ({self.probe_epochs} epochs), then {on}"
 
     def start(
         self, shared: SharedData, settings: TrainConfig, num_classes: int, ctx: DistContext
     ) -> None:
-        """Its trainee, on the activations at its boundary or on the shared images."""
+        """Its trainee, on the activations at its boundary or on the shared images (augmented
+        as ``shared.augment`` says), after its probe stage's trainee when it has one."""
         torch.manual_seed(settings.seed)  # a head reset or dropout draws the same for each
+        plan_trainee = functools.partial(self._plan_trainee, shared, settings, num_classes, ctx)
+        if not self.probe_epochs:
+            self.trainee = plan_trainee()
+            return
+        assert self.probe_cut is not None and self.probe_features is not None
+        self.trainee = probe_trainee(
+            self.model,
+            self.plan,
+            self.probe_cut,
+            self.probe_features,
+            settings,
+            epochs=self.probe_epochs,
+            ctx=ctx,
+            callback=AdaptCallback(),
+            num_classes=num_classes,
+        )
+        self.then = plan_trainee
+
+    def _plan_trainee(
+        self, shared: SharedData, settings: TrainConfig, num_classes: int, ctx: DistContext
+    ) -> Trainee:
+        apply_plan(self.model, self.plan)  # after a probe stage: the plan again
+        self.probe_features = None
         source: tuple[Any, Any] = (shared.train, shared.val)
         if self.cut is not None:
             source = shared.activations[self.cut.path]
         elif not isinstance(shared.train, CachedFeatures):  # streamed: shuffled, in batches
             source = (reshuffled(shared.train, ctx, settings.seed, settings.batch_size), shared.val)
-        self.trainee = Trainee(
+        return Trainee(
             self.model,
             self.plan,
             *source,
@@ -150,14 +186,18 @@ class Candidate:
             ctx=ctx,
             callback=AdaptCallback(),
             num_classes=num_classes,
-            top=self.cut.suffix(self.model) if self.cut is not None else None,
+            cut=self.cut,
+            augment=shared.augment,
             one_thread=self.cut is not None and self.trainable_params <= ONE_THREAD_PARAMS,
+            probe_epochs=self.probe_epochs,
         )
 
     def train_epoch(self) -> EpochRecord:
         """One more epoch (timed, validation included)."""
-        assert self.trainee is not None
         start = time.perf_counter()
+        if self.then is not None and self.epochs_run == self.probe_epochs:
+            self.trainee, self.then = self.then(), None
+        assert self.trainee is not None
         record = self.trainee.epoch(self.epochs_run + 1)
         self.records.append(record)
         self.seconds += time.perf_counter() - start
@@ -237,6 +277,8 @@ class Outcome:
     winner: Candidate
     candidates: list[Candidate]
     leaderboard: Leaderboard
+    #: with ``blend=True``: the blend that ranks first (None: a candidate does)
+    blend: Blend | None = None
 
 
 def run_halving(
@@ -251,6 +293,7 @@ def run_halving(
     relative_budget: float | None = None,
     cost_target: float | None = COST_TARGET_RUNS,
     notes: Sequence[str] = (),
+    keep_models: bool = False,
 ) -> Outcome:
     """Successive halving over ``candidates`` (prepared: see :func:`compare_candidates`).
 
@@ -260,7 +303,8 @@ def run_halving(
     (``epochs`` epochs) of the slowest candidate. Without a budget, ``cost_target`` (full runs
     of the slowest candidate; None: plain halving) keeps fewer candidates at a rung when the
     projected cost of the remaining rungs would exceed it (see :func:`keep_within`); with a
-    budget, the budget does."""
+    budget, the budget does. ``keep_models``: a dropped candidate keeps its model (for blends).
+    """
     per_epoch = [c.trainee.batches_per_epoch for c in candidates if c.trainee is not None]
     steps = ctx.broadcast(min(per_epoch))  # the same rungs on every rank
     rungs = rung_epochs(settings.epochs, len(candidates), steps)
@@ -303,7 +347,7 @@ def run_halving(
         kept, dropped = alive[:keep], alive[keep:]
         for cand in dropped:
             cand.alive = False
-            _release(cand)
+            _release(cand, keep_model=keep_models)
         hook = getattr(callback, "on_rung_end", None)
         if hook is not None:
             hook(k, target, [c.spec for c in kept], [c.spec for c in dropped])
@@ -347,10 +391,12 @@ def keep_within(
     return keep
 
 
-def _release(cand: Candidate) -> None:
-    """A dropped candidate's model copy, optimizer state and batches are no longer needed."""
-    cand.trainee = None
-    cand.model = None  # type: ignore[assignment]
+def _release(cand: Candidate, *, keep_model: bool = False) -> None:
+    """A dropped candidate's model copy, optimizer state and batches are no longer needed
+    (its model is, with ``keep_model``: a blend may average it)."""
+    cand.trainee = cand.then = cand.probe_features = None
+    if not keep_model:
+        cand.model = None  # type: ignore[assignment]
 
 
 def _leaderboard(
@@ -409,11 +455,13 @@ def _finite(value: float | None) -> float | None:
 @dataclass
 class SharedData:
     """The inputs every candidate shares, computed once: the decoded images (or, over the
-    memory budget, the eval-transform loaders to stream them from each epoch), and the
-    activations at each candidate's freeze boundary (:mod:`zoo.adaptation.cache`)."""
+    memory budget or with random augmentation, the loaders to stream them from each epoch),
+    and the activations at each candidate's freeze boundary (:mod:`zoo.adaptation.cache`).
+    ``augment``: the augmentation every candidate trains with (None: none)."""
 
     train: CachedFeatures | DataLoader
     val: CachedFeatures | DataLoader
+    augment: Augment | None = None
     activations: dict[str, tuple[CachedFeatures, CachedFeatures]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -434,15 +482,17 @@ class SharedData:
 def prepare_shared(
     data: AdaptData, config: InputConfig, settings: TrainConfig, ctx: DistContext
 ) -> SharedData:
-    """Decode train and validation images once (un-augmented, with the evaluation transform
-    of ``config``), within the memory budget of
-    :func:`~zoo.adaptation.cache.max_cache_bytes`; beyond it they are streamed from the
-    folders each epoch."""
+    """Decode train and validation images once (with the evaluation transform of
+    ``config``), within the memory budget of :func:`~zoo.adaptation.cache.max_cache_bytes`;
+    beyond it they are streamed from the folders each epoch. With augmentation
+    (``settings``: off unless asked for) the training images are augmented anew each epoch:
+    streamed, and only the validation images are decoded."""
+    augment = augmentation_of(settings, data, default=False)
     if data.from_folders:
         train_loader, val_loader = loaders_for_folders(
             data,
             config,
-            augment=False,
+            augment=augment,
             batch_size=INFERENCE_BATCH,
             num_workers=settings.num_workers,
             seed=settings.seed,
@@ -454,6 +504,13 @@ def prepare_shared(
     if val_loader is None:
         raise DataError("compare needs validation images: pass val (--val) or val_split")
     limit = max_cache_bytes()
+    augmented = augmentation_rule(augment)
+    if augmented is not None:
+        val = decode(val_loader, ctx.device, limit)
+        note = f"every candidate trained on images: {augmented}"
+        return SharedData(
+            train_loader, val if val is not None else val_loader, augment, notes=[note]
+        )
     train = decode(train_loader, ctx.device, limit)
     val = decode(val_loader, ctx.device, limit - train.nbytes) if train is not None else None
     if ctx.any(train is None or val is None):
@@ -461,9 +518,9 @@ def prepare_shared(
             f"the decoded images would exceed the cache budget ({limit:,} bytes, "
             "ZOO_FEATURE_CACHE_MAX_BYTES): streamed from the folders every epoch"
         )
-        return SharedData(train_loader, val_loader, notes=[note])
+        return SharedData(train_loader, val_loader, augment, notes=[note])
     assert train is not None and val is not None
-    return SharedData(train, val)
+    return SharedData(train, val, augment)
 
 
 def cache_boundaries(
@@ -476,7 +533,10 @@ def cache_boundaries(
 ) -> None:
     """Find each candidate's freeze boundary (on a few training images) and extract every
     distinct boundary's activations in one pass of the base model over train and one over
-    val; a candidate without one (or when they do not fit) trains on the images."""
+    val; a candidate without one (or when they do not fit, or with random augmentation)
+    trains on the images."""
+    if augmentation_rule(shared.augment) is not None:
+        return
     loaders = shared.loaders()
     sample = next(iter(loaders[0][1]))[0][:8].to(ctx.device)
     found: dict[int, Boundary] = {}
@@ -485,9 +545,10 @@ def cache_boundaries(
             continue  # trains everything: nothing frozen to cache
         with contextlib.suppress(CacheUnsupported):
             found[i] = on_every_rank(ctx, functools.partial(find_boundary, cand.model, sample))
-    if not found:
+    probing = find_probe_boundaries(candidates, sample, ctx)
+    if not found and not probing:
         return
-    paths = sorted({b.path for b in found.values()})
+    paths = sorted({b.path for b in found.values()} | {b.path for b in probing.values()})
     try:
         out = extract(
             model,
@@ -498,11 +559,48 @@ def cache_boundaries(
             max_bytes=max_cache_bytes() - shared.nbytes,
         )
     except CacheUnsupported as exc:
+        if probing:  # the probe stage trains on cached features only
+            raise ZooError(
+                f"LP-FT's probe stage needs features cached at the head: {exc}"
+            ) from None
         shared.notes.append(f"boundary cache not used, every candidate trained on images: {exc}")
         return
     shared.activations = {path: (out[path][0], out[path][1]) for path in paths}
     for i, boundary in found.items():
         candidates[i].cut = boundary
+    for i, boundary in probing.items():
+        candidates[i].probe_cut = boundary
+        candidates[i].probe_features = shared.activations[boundary.path]
+
+
+def find_probe_boundaries(
+    candidates: list[Candidate], sample: torch.Tensor, ctx: DistContext
+) -> dict[int, Boundary]:
+    """The head's input of each candidate with a probe stage (LP-FT), found on its own model
+    with the head plan applied (its plan applied again after). Its features are the base
+    model's there, so a candidate that adds modules (adapters) is refused: they could change
+    them."""
+    found: dict[int, Boundary] = {}
+    for i, cand in enumerate(candidates):
+        if not cand.probe_epochs:
+            continue
+        if cand.plan.additions:
+            raise ZooError(
+                f"{cand.spec} adds modules to the model, so the head's input is not the base "
+                "model's: LP-FT's probe stage (probe_start=) cannot share the cached features; "
+                "leave probe_start out for adapter policies"
+            )
+        apply_plan(cand.model, head_plan(cand.plan))
+        try:
+            found[i] = on_every_rank(ctx, functools.partial(find_boundary, cand.model, sample))
+        except CacheUnsupported as exc:
+            raise ZooError(
+                f"{cand.spec} fits the head first (LP-FT), but the head's input cannot be "
+                f"cached on this model: {exc}"
+            ) from None
+        finally:
+            apply_plan(cand.model, cand.plan)
+    return found
 
 
 def compare_candidates(
@@ -519,17 +617,21 @@ def compare_candidates(
     finish: bool = True,
     relative_budget: float | None = None,
     notes: Sequence[str] = (),
+    blend: bool = False,
 ) -> Outcome:
     """Compare ``planned`` on ``model`` (built, on its device, input config set): the shared
-    work, then successive halving."""
+    work, then successive halving; with ``blend``, the blends of the candidates become rows
+    too (:mod:`zoo.adaptation.blend`)."""
     shared = prepare_shared(data, config, settings, ctx)
     small = small_validation_note(data.images("val"))
     notes = [*notes, small] if small else notes
     candidates = [make_candidate(model, p) for p in planned]
+    for cand in candidates:
+        cand.probe_epochs = probe_epochs(cand.plan, settings.epochs)
     cache_boundaries(model, candidates, shared, ctx=ctx, callback=callback)
     for cand in candidates:
         cand.start(shared, settings, len(data.classes), ctx)
-    return run_halving(
+    outcome = run_halving(
         candidates,
         settings,
         ctx=ctx,
@@ -539,4 +641,13 @@ def compare_candidates(
         finish=finish,
         relative_budget=relative_budget,
         notes=[*notes, *shared.notes],
+        keep_models=blend,
     )
+    if blend:  # the soup and WiSE-FT rows (zoo.adaptation.blend)
+        winner = outcome.winner
+        ranked = sorted(outcome.candidates, key=lambda c: (c is not winner, -c.epochs_run, c.score))
+        blends, more, score = blend_candidates(model, ranked, shared.loaders()[1][1], ctx)
+        outcome.leaderboard, outcome.blend = ranked_with_blends(
+            outcome.leaderboard, blends, winner.total_params, score, more
+        )
+    return outcome

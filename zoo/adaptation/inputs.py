@@ -9,7 +9,7 @@ distributed.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from zoo.adaptation.data import (
     class_counts_of,
     dataset_targets,
     make_loader,
+    median_side,
     split_folder,
 )
 from zoo.adaptation.distributed import ShardSampler
@@ -33,6 +34,7 @@ from zoo.adaptation.sources import dataset_splits, is_dataset, is_source, kind_o
 from zoo.errors import DataError
 
 if TYPE_CHECKING:
+    from zoo.adaptation.config import Augment
     from zoo.adaptation.distributed import DistContext
     from zoo.core.specs import InputConfig
 
@@ -59,6 +61,32 @@ class AdaptData:
             return len(getattr(found, "dataset", found)) if found is not None else 0
         except TypeError:
             return 0
+
+
+#: The hint to pass ``--image-size`` appears when the images' median side is under this share
+#: of the backbone's input side.
+SMALL_IMAGE_SHARE = 0.5
+
+
+def image_size_hint(data: AdaptData, input_config: InputConfig, given: bool) -> str | None:
+    """When the training images are much smaller than the input they are resized to (their
+    median side under :data:`SMALL_IMAGE_SHARE` of it) and no image size was given: the
+    ``--image-size`` to pass and roughly what it saves (an estimate: the compute of a
+    convolutional network grows with the pixels). None otherwise, and for data loaders."""
+    if given or not data.from_folders:
+        return None
+    side = median_side(data.train)
+    height, width = input_config.input_size[1:]
+    if side is None or side >= SMALL_IMAGE_SHARE * min(height, width):
+        return None
+    suggested = max(side, 32)  # below 32 px many backbones pool their maps away
+    ratio = height * width / suggested**2
+    return (
+        f"the training images are small (median side {side} px) and are resized up to the "
+        f"backbone's {height}x{width}: --image-size {suggested} (image_size={suggested}) "
+        f"would train on about {ratio:.0f}x fewer pixels per image (roughly that much less "
+        "time per epoch, an estimate)"
+    )
 
 
 def is_loader(obj: Any) -> bool:
@@ -179,7 +207,7 @@ def loaders_for_folders(
     data: AdaptData,
     config: InputConfig,
     *,
-    augment: bool | Mapping[str, Any],
+    augment: Augment | None,
     batch_size: int,
     num_workers: int,
     seed: int,

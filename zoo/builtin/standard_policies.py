@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from dataclasses import replace
 from typing import Literal
 
 from zoo import NormMode, ParamTable, Plan, PolicySpec
@@ -163,6 +164,40 @@ def layer_decay(table: ParamTable, decay: float = 0.75) -> Plan:
     return Plan.from_table(table, table.names, lr_scales=scales)
 
 
+def lp_ft(table: ParamTable, n: int | None = None, probe: float = 0.5) -> Plan:
+    """LP-FT (Kumar et al., ICLR 2022): the head alone first, for the ``probe`` share of the
+    epochs (on features cached at its input), then the last ``n`` stages and the head train
+    from that head (``n`` left out: every parameter, as ``full``)."""
+    if not (0.0 < probe < 1.0):
+        raise PolicyArgumentError(
+            f"argument 'probe' must be a share of the epochs between 0 and 1 (both excluded), "
+            f"got {probe}; e.g. probe=0.5 fits the head for half the epochs"
+        )
+    if n == 0:
+        raise PolicyArgumentError(
+            "argument 'n' must be >= 1 (n=0 trains the head only: that is linear-probe)"
+        )
+    part = full(table) if n is None else train_last(table, n)
+    note = (
+        f"LP-FT: the classifier head trains alone first ({probe:.0%} of the epochs, on features "
+        "cached at its input), then the plan's parameters train from that head"
+    )
+    return replace(part, probe=probe, notes=(*part.notes, note))
+
+
+def surgical(table: ParamTable, depth: int) -> Plan:
+    """Surgical fine-tuning (Lee et al., ICLR 2023): one block of the body, at ``depth``, and
+    the head train; everything else stays as pretrained."""
+    stages = stage_depths(table)
+    if depth not in stages:
+        raise PolicyArgumentError(
+            f"argument 'depth' must be a depth of the body ({', '.join(map(str, stages))}: "
+            f"{_depth_map(table)}), got {depth}"
+        )
+    names = [row.name for row in table.rows if row.depth == depth or row.group in HEAD_GROUPS]
+    return Plan.from_table(table, names)
+
+
 def gradual(table: ParamTable, epoch: int, every: int = 1) -> Plan:
     """Gradual unfreezing: the head first, then one more stage (top down) every ``every`` epochs."""
     if every < 1:
@@ -262,6 +297,17 @@ POLICIES: tuple[PolicySpec, ...] = (
     ),
     PolicySpec(
         "layer-decay", layer_decay, "Train everything with lr scale decay^(max_depth - depth)."
+    ),
+    PolicySpec(
+        "lp-ft",
+        lp_ft,
+        "LP-FT: fit the head alone first (probe= share of the epochs), then train the last n "
+        "stages (default: everything) from it.",
+    ),
+    PolicySpec(
+        "surgical",
+        surgical,
+        "Surgical fine-tuning: train one block (depth=K) and the head.",
     ),
     PolicySpec(
         "gradual",

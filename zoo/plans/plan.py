@@ -262,6 +262,10 @@ class Plan:
     planned in ``params`` too (trainable unless a plan says otherwise), so :attr:`trainable` and
     :meth:`param_groups` include them. ``adapter_specs`` holds the adapter kinds the policy's
     catalog resolved (in memory only), so applying the plan needs no catalog.
+
+    ``probe`` is the share of the epochs (0 to 1, 1 excluded) that first train the classifier
+    head alone, on features cached at its input, before the plan's parameters train from that
+    head (LP-FT, Kumar et al. 2022: the ``lp-ft`` policy, or ``probe_start=`` for any plan).
     """
 
     params: Mapping[str, ParamPlan]
@@ -274,8 +278,15 @@ class Plan:
     additions: tuple[Addition, ...] = ()
     table: ParamTable | None = field(default=None, compare=False, repr=False)
     adapter_specs: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    probe: float = 0.0
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(
+                self, "probe", checks.real(self.probe, "probe", 0, 1, open_high=True)
+            )
+        except checks.Invalid as exc:
+            raise PlanError(f"Plan.probe: {exc}") from None
         params = self.params
         if isinstance(params, Mapping):
             items = list(params.values())
@@ -567,6 +578,8 @@ class Plan:
         }
         if self.additions:
             data["additions"] = [addition.to_dict() for addition in self.additions]
+        if self.probe:
+            data["probe"] = self.probe
         return data
 
     @classmethod
@@ -649,6 +662,7 @@ class Plan:
             notes=tuple(checks.str_list(data.get("notes", []), "notes")),
             backbone=_optional_text(data.get("backbone"), "backbone"),
             additions=additions,
+            probe=checks.real(data.get("probe", 0.0), "probe", 0, 1, open_high=True),
         )
 
     def to_json(self, **kwargs: Any) -> str:

@@ -1,0 +1,96 @@
+"""Blends of compare's candidates: the greedy soup, WiSE-FT, and a saved blend."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import zoo
+from zoo.adaptation.blend import average, interpolate
+from zoo.cli.main import main
+from zoo.errors import AdaptArgumentError
+
+BACKBONE = "timm:test_resnet"  # a tiny timm ResNet: stem, 4 stages, fc
+FAST = {"image_size": 32, "batch_size": 8, "scratch": True}
+
+
+def _run(colours, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = zoo.create(BACKBONE, num_classes=3)
+    zoo.adapt(
+        model, str(colours / "train"), str(colours / "val"), policy="full", epochs=1,
+        augment=False, image_size=32, batch_size=8, lr=1e-2, seed=0,
+    )  # fmt: skip
+    return model
+
+
+def test_a_soup_of_two_identical_runs_is_the_run(colours):
+    one, two = _run(colours), _run(colours)
+    soup = average([one.state_dict(), two.state_dict()])
+    for key, tensor in one.state_dict().items():
+        assert torch.equal(soup[key], tensor), key  # batch counters included
+    assert soup.keys() == one.state_dict().keys()
+
+
+def test_wise_ft_is_the_start_at_alpha_0_and_the_fine_tuned_weights_at_1(colours):
+    torch.manual_seed(0)
+    start = zoo.create(BACKBONE, num_classes=3).state_dict()
+    tuned = _run(colours).state_dict()
+    at0, at1, half = (interpolate(start, tuned, a) for a in (0.0, 1.0, 0.5))
+    for key in tuned:
+        assert torch.equal(at0[key], start[key]) or not tuned[key].is_floating_point(), key
+        assert torch.equal(at1[key], tuned[key]), key
+    weight = "layer1.0.conv1.weight"
+    torch.testing.assert_close(half[weight], (start[weight] + tuned[weight]) / 2)
+
+
+def test_a_blend_that_ranks_first_is_saved_and_loads_like_any_model(colours, capsys):
+    # at lr 1e-30 nothing moves: both candidates keep the starting weights, their soup scores
+    # the same, and a tie goes to the blend, so the soup is the model saved
+    argv = ["compare", BACKBONE, "--data", str(colours / "train"), "--val", str(colours / "val"),
+            "--scratch", "--image-size", "32", "--batch-size", "8", "--lr", "1e-30",
+            "--weight-decay", "0", "--epochs", "2", "--policies", "linear-probe,bitfit",
+            "--blend", "--name", "soup", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["winner"]["policy"] == "soup(linear-probe + bitfit)"
+    assert [c["policy"] for c in doc["candidates"][1:]] == ["zoo:linear-probe", "zoo:bitfit"]
+
+    model = zoo.load("soup")
+    info = zoo.inspect("soup")
+    record = info.metadata.training["blend"]
+    assert record == {"kind": "soup", "ingredients": ["zoo:linear-probe", "zoo:bitfit"],
+                      "alpha": None}  # fmt: skip
+    plan = model.zoo.plan
+    assert plan.policy == "blend"
+    bitfit = zoo.plan(zoo.params(model), "bitfit")
+    assert set(plan.trainable) == set(bitfit.trainable)  # what any ingredient trained
+    assert info.metadata.compare["winner"] == "soup(linear-probe + bitfit)"
+    again = zoo.load(info.path)  # the file itself, as any saved model
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], tensor)
+
+
+def test_blends_say_why_they_add_no_row(colours):
+    _, _, board = zoo.compare(
+        BACKBONE,
+        str(colours / "train"),
+        str(colours / "val"),
+        policies=["linear-probe", "lora"],
+        blend=True,
+        epochs=1,
+        lr=1e-2,
+        **FAST,
+    )
+    assert len(board.rows) == 2  # no blend row
+    notes = " | ".join(board.notes)
+    assert "blends leave out candidates that add modules" in notes and "lora" in notes
+    assert "soup: one candidate to average" in notes
+    assert "WiSE-FT: no candidate trains more than the head" in notes
+
+
+def test_adapt_takes_no_blend(colours):
+    with pytest.raises(AdaptArgumentError, match=r"blends average the candidates of zoo\.compare"):
+        zoo.adapt(BACKBONE, str(colours / "train"), blend=True)
