@@ -70,7 +70,8 @@ def board_title(board: Leaderboard) -> str:
     if len(board.rungs) > 1:
         rungs = ", ".join(str(r) for r in board.rungs)
         return f"{count}, successive halving: cuts after epochs {rungs.rpartition(', ')[0]}"
-    return f"{count}, each trained {plural(board.epochs, 'epoch')} at most (no successive halving)"
+    epochs = plural(board.epochs, "epoch", "epochs")
+    return f"{count}, each trained {epochs} at most (no successive halving)"
 
 
 def why_text(board: Leaderboard) -> Text:
