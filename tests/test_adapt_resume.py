@@ -30,7 +30,7 @@ CHECKPOINT_SETTINGS = {
     *("image_size", "input_config", "augment", "similarity", "samples_per_class"),
     *("hflip", "scale", "color_jitter", "auto_augment", "mixup", "cutmix", "ema"),
     *("feature_cache", "on_corrupt", "device", "distributed", "num_workers", "seed"),
-    *("early_stop", "start", "train", "val", "images", "world_size", "probe_start"),
+    *("early_stop", "refit", "start", "train", "val", "images", "world_size", "probe_start"),
 }
 
 

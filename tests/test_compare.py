@@ -26,7 +26,16 @@ from zoo.io.leaderboard import small_validation_note
 
 BACKBONE = "timm:test_resnet"  # a tiny timm ResNet: stem, 4 stages, fc
 FAST = {"image_size": 32, "batch_size": 8, "lr": 1e-2, "scratch": True}
-CANDIDATE_KEYS = {"policy", "val_acc", "trainable_params", "seconds", "epochs", "stopped_early"}
+CANDIDATE_KEYS = {
+    "policy",
+    "val_acc",
+    "trainable_params",
+    "seconds",
+    "epochs",
+    "stopped_early",
+    "lr",
+    "tied",
+}
 
 
 def _cli(argv, capsys):

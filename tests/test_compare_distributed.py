@@ -70,7 +70,8 @@ def test_compare_under_torchrun_two_processes(colours, tmp_path, _isolated_zoo):
     # each candidate trained data-parallel, in a world of two
     for doc in docs:
         assert doc["history"]["world_size"] == 2
-        assert doc["history"]["train_images"] == 24
+        # 9 validation images: the winner was refit on training and validation images
+        assert doc["history"]["train_images"] == 24 + 9 and doc["board"]["refit"]
     # the winner's replicas agree exactly
     rank0 = torch.load(out / "rank0.pt")
     rank1 = torch.load(out / "rank1.pt")

@@ -83,7 +83,8 @@ def test_the_head_after_the_probe_stage_is_a_linear_probes_and_stage_two_starts_
     assert all(r.trainable_params > head for r in records[2:])  # stage 2: everything
     torch.testing.assert_close(seen.heads[3], probed, rtol=0, atol=0)  # where stage 2 starts
     assert not torch.equal(model.fc.weight, probed)  # and it trained on from there
-    assert records[2].lr == pytest.approx(records[0].lr)  # each stage has its own schedule
+    # each stage has its own schedule; the probe stage trains the head at linear-probe's rate
+    assert records[0].lr == pytest.approx(records[2].lr * zoo.PolicySpec.HEAD_RATE)
     assert model.zoo.plan.probe == 0.5 and any("LP-FT" in n for n in result.history.notes)
 
 

@@ -165,7 +165,7 @@ def test_depth_summary_and_text_summary(small_table):
     assert [d.depth for d in depths] == [d.depth for d in small_table.depth_summary()]
     head = depths[-1]
     assert head.group == "head" and head.trainable_tensors == head.tensors == 2
-    assert head.lr_scales == (1.0, 1.0)
+    assert head.lr_scales == (10.0, 10.0)  # linear-probe's declared rate
     assert all(d.trainable_numel == 0 and d.lr_scales is None for d in depths[:-1])
     assert sum(sum(d.norm_modes.values()) for d in depths) == len(small_table.norms)
     text = result.summary()
@@ -186,7 +186,7 @@ def test_one_depth_summary_for_a_table_and_for_a_plan_on_it(small_table):
         assert [getattr(own, f) for f in fields] == [getattr(planned, f) for f in fields]
         assert own.lr_scales is None and own.norm_modes == {}  # only a plan says these
     data = small_table.depth_summary(result)[-1].to_dict()
-    assert data["lr_scale"] == [1.0, 1.0] and data["added_numel"] == 0 and data["norms"] == 0
+    assert data["lr_scale"] == [10.0, 10.0] and data["added_numel"] == 0 and data["norms"] == 0
 
 
 def test_summary_shows_notes_and_epochs(small_table):
@@ -268,7 +268,8 @@ def test_to_dict_is_compact(small_table):
     assert data["format"] == 1
     assert data["policy"] == "zoo:linear-probe" and data["args"] == {}
     assert data["trainable"] == ["fc.weight", "fc.bias"]
-    assert data["lr_scale"] == {}  # only non-default scales are stored
+    assert data["lr_scale"] == {"fc.weight": 10.0, "fc.bias": 10.0}  # the declared rate
+    assert plan(small_table, "full").to_dict()["lr_scale"] == {}  # only non-default scales
     assert data["norms"] == {"frozen": ["bn", "block.1"]}
     assert set(data) == {
         "format",

@@ -227,6 +227,9 @@ def _nest(state: dict[str, Any]) -> None:
     state["config"]["classes"] = json.loads("[" * 50 + "]" * 50)
 
 
+#: A measured auto's winner as a checkpoint of its refit keeps it.
+AUTO = {"policy": "zoo:full", "note": "x", "lr_factor": 1.0, "epochs": 2}
+
 HOSTILE_STATES = {
     "version-1": (_set("version", 1), "version"),
     "epoch-huge": (_set("epoch", 10**6), "epoch"),
@@ -270,9 +273,12 @@ HOSTILE_STATES = {
     "rng-python-gauss": (_set("rng.python.2", "x"), "rng.python[2]"),
     "rng-numpy": (_set("rng.numpy.0", "PCG64"), "rng.numpy[0]"),
     "rng-numpy-pos": (_set("rng.numpy.2", 10**9), "rng.numpy[2]"),
-    "auto-not-measured": (_set("auto", {"policy": "zoo:full", "note": "x"}), "auto"),
-    "auto-control": (_set("auto", {"policy": "zoo:full", "note": "\x1b[2J"}), "auto.note"),
-    "auto-surrogate": (_set("auto", {"policy": "zoo:full", "note": "\ud800"}), "auto.note"),
+    "auto-not-measured": (_set("auto", {**AUTO, "note": "x"}), "auto"),
+    "auto-before-refit": (_set("auto", {"policy": "zoo:full", "note": "x"}), "auto"),
+    "auto-control": (_set("auto", {**AUTO, "note": "\x1b[2J"}), "auto.note"),
+    "auto-surrogate": (_set("auto", {**AUTO, "note": "\ud800"}), "auto.note"),
+    "auto-lr-factor": (_set("auto", {**AUTO, "lr_factor": -1}), "auto.lr_factor"),
+    "auto-epochs": (_set("auto", {**AUTO, "epochs": 0}), "auto.epochs"),
     "written": (_set("written", ["x"]), "written"),
     "not-an-object": (lambda s: s.clear(), "version"),
 }

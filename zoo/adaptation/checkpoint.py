@@ -281,7 +281,8 @@ class Checkpointer:
 
     ``folder`` is None when the run has no name (nothing is kept); ``config`` is the JSON of
     the run's settings a resume must match; ``resume`` asks to continue from the checkpoint;
-    ``auto`` is the measured ``auto``'s winner (``{"policy", "note"}``), kept with each epoch.
+    ``auto`` is the measured ``auto``'s winner being refit (``{"policy", "note", "lr_factor",
+    "epochs"}``), kept with each epoch.
     """
 
     folder: Path | None
@@ -292,7 +293,7 @@ class Checkpointer:
     resumed_from: int | None = None
     #: The epoch of the checkpoint on disk that this run wrote or resumed (None: none yet).
     kept_epoch: int | None = None
-    auto: dict[str, str] | None = None
+    auto: dict[str, Any] | None = None
     _saved: SavedState | None = field(default=None, repr=False)
     #: The files of the checkpoint on disk (kind -> name) and the hash of the frozen one's.
     _files: dict[str, str | None] = field(default_factory=dict, repr=False)
@@ -380,7 +381,7 @@ class Checkpointer:
         """The last completed epoch of the checkpoint to resume (0: not resuming)."""
         return self._saved.epoch if self._saved is not None else 0
 
-    def saved_auto(self, *, measures: bool) -> dict[str, str] | None:
+    def saved_auto(self, *, measures: bool) -> dict[str, Any] | None:
         """The measured ``auto``'s winner kept by the checkpoint being resumed (None when not
         resuming); refused when it disagrees with whether this run's ``auto`` measures."""
         if self._saved is None:
@@ -388,9 +389,11 @@ class Checkpointer:
         auto = self._saved.auto
         if (auto is not None) != measures:
             problem = (
-                "this run measures auto, but the checkpoint holds no measured winner"
+                "this run measures auto and refits its winner, but the checkpoint holds no "
+                "measured winner"
                 if measures
-                else "the checkpoint holds a measured auto winner, but this run does not measure"
+                else "the checkpoint holds a measured auto winner to refit, but this run does "
+                "not refit one"
             )
             raise self.refuse("auto", problem)
         return auto

@@ -83,7 +83,7 @@ class SavedState:
     history: list[EpochRecord]
     param_groups: list[dict[str, Any]]
     rng: dict[str, Any]
-    auto: dict[str, str] | None
+    auto: dict[str, Any] | None
     #: The early-stopping counters the history gives (None: this run does not stop early).
     early: EarlyStop | None
 
@@ -278,12 +278,18 @@ def _rng(value: Any) -> dict[str, Any]:
     return rng
 
 
-def _auto(value: Any) -> dict[str, str] | None:
-    """The measured ``auto``'s winner: its policy spec and note (or null)."""
+def _auto(value: Any) -> dict[str, Any] | None:
+    """The measured ``auto``'s winner whose refit the checkpoint holds: its policy spec, note,
+    learning-rate factor (of the rate sweep) and epochs (or null)."""
     if value is None:
         return None
-    auto = checks.json_object(value, "auto", ("note", "policy"))
-    return {key: checks.text(auto[key], f"auto.{key}") for key in ("note", "policy")}
+    auto = checks.json_object(value, "auto", ("epochs", "lr_factor", "note", "policy"))
+    return {
+        "note": checks.text(auto["note"], "auto.note"),
+        "policy": checks.text(auto["policy"], "auto.policy"),
+        "lr_factor": checks.real(auto["lr_factor"], "auto.lr_factor", 0, 1000, open_low=True),
+        "epochs": checks.integer(auto["epochs"], "auto.epochs", 1, 1_000_000),
+    }
 
 
 # ---------------------------------------------------------------- against this run

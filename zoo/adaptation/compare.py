@@ -8,36 +8,40 @@
 
 Every candidate policy starts from the same weights, split, seed, input config and
 augmentation (none unless asked for: ``augment=True``, ``hflip=``, ``mixup=``…; the winner is
-the model measured, so it trains with the augmentation its score was measured with). Without
+the model measured, so it trains with the augmentation its score was measured with), each at
+its policy's rate (and, on cached activations, the best of a short sweep around it). Without
 augmentation the frozen computation is shared: images are decoded once, prefix-frozen plans
 train on activations cached at their freeze boundary; with it every candidate trains on the
 images, augmented anew each epoch. Successive halving drops weak candidates early
-(:mod:`zoo.adaptation.halving`).
-The winner, trained to the end, is saved under ``name`` with the leaderboard in its metadata.
+(:mod:`zoo.adaptation.halving`). The winner, trained to the end — or its refit on training and
+validation images together (:func:`keep_winner`) — is saved under ``name`` with the
+leaderboard in its metadata.
 
-``policy="auto"`` with validation data measures the same way (:func:`measure_auto`): it
-compares the default ladder within about one full run of the slowest candidate, and the adapt
-job trains the winner.
+``policy="auto"`` with validation data measures the same way (:func:`measure_auto`) and
+returns the same model: the winner it measured, or its refit.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from zoo.adaptation.blend import load_blend
 from zoo.adaptation.candidates import check_policy, plan_candidates
 from zoo.adaptation.compare_plot import check_plot_available, check_plot_path, write_plot
 from zoo.adaptation.config import TrainConfig, signature
-from zoo.adaptation.halving import compare_candidates
+from zoo.adaptation.fit import fit, refit_config, refit_data
+from zoo.adaptation.halving import Outcome, compare_candidates
 from zoo.adaptation.history import AdaptCallback, History
-from zoo.adaptation.prepare import check_random_start, open_run
+from zoo.adaptation.prepare import Run, check_random_start, open_run
 from zoo.adaptation.rgn import signal_for_run
 from zoo.adaptation.training import augmentation_of
 from zoo.core.record import attach_record, backbone_of
 from zoo.errors import AdaptArgumentError
-from zoo.io.leaderboard import Leaderboard, short_policy
+from zoo.io.leaderboard import NOISE_VALIDATION, Leaderboard, short_policy
 from zoo.plans.freeze import apply_plan
 from zoo.tables.build import table_for
 
@@ -52,8 +56,9 @@ if TYPE_CHECKING:
     from zoo.core.catalog import Catalog
     from zoo.core.specs import InputConfig
 
-#: The measured ``auto`` may spend this many full runs of its slowest candidate comparing.
-AUTO_BUDGET_RUNS = 1.0
+#: The measured ``auto`` may spend this many full runs of its slowest candidate comparing,
+#: its winner trained to the end included (before a refit): what ``compare`` targets.
+AUTO_BUDGET_RUNS = 2.0
 
 
 class CompareResult(NamedTuple):
@@ -174,35 +179,80 @@ def run(
             notes=notes,
             blend=config.blend,
         )
-        board, winner = outcome.leaderboard, outcome.winner
-        assert winner.trainee is not None
-        winner.trainee.finish()  # with ema: the average evaluated is the model saved
-        saved, plan, trained = winner.model, winner.plan, winner.trainable_params
-        if outcome.blend is not None:  # a blend ranks first: it is the model saved
-            saved = load_blend(model, outcome.blend)
-            plan = apply_plan(saved, outcome.blend.plan)
-            trained = board.winner.trainable_params
-        history = job.history(
-            saved,
-            plan,
-            [*job.hints, f"compare: {board.why()}", *board.notes, *plan.notes],
-            epochs=list(winner.records),
-            train_images=data.images("train"),
-            val_images=data.images("val"),
-            augment=augment.to_dict() if augment is not None else None,
-            ema=config.ema_decay,
-            feature_cache=winner.cut is not None,
-            feature_cache_note=f"trained on {board.winner.trained_on}",
-            trainable_params=trained,
-            total_params=winner.total_params,
-            stopped_early=winner.epochs_run < config.epochs,
-            blend=outcome.blend.record if outcome.blend is not None else None,
-        )
-        attach_record(saved).compare = board.to_dict()
-        job.finish(saved, history)
+        final, history, board = keep_winner(job, model, outcome, "compare", hints=job.hints)
+        job.finish(final, history)
         if config.plot is not None and job.ctx.is_main:
             write_plot(board, config.plot)
-        return CompareResult(saved, job.end(history), board)
+        return CompareResult(final, job.end(history), board)
+
+
+def should_refit(config: TrainConfig, val_images: int) -> bool:
+    """Whether the winner is retrained on training and validation images together:
+    ``config.refit``, or by default when the validation set is small (fewer than
+    :data:`~zoo.io.leaderboard.NOISE_VALIDATION` images: what it would add to training
+    matters, and its ranking is within the noise anyway)."""
+    if config.refit is not None:
+        return config.refit
+    return 0 < val_images < NOISE_VALIDATION
+
+
+def keep_winner(
+    job: Run, start: nn.Module, outcome: Outcome, what: str, *, hints: Sequence[str] = ()
+) -> tuple[nn.Module, History, Leaderboard]:
+    """The model a comparison returns, its history and its leaderboard (recorded on the
+    model): the winner as measured, or — :func:`should_refit` — its refit: ``start`` (the
+    untouched starting model) trained with the winner's policy, rate and epochs on every
+    labelled image. A blend that ranks first (``zoo compare --blend``) is the model itself:
+    it is not refit (it is an average of runs, not a policy to train again)."""
+    data, config, winner = job.data, job.config, outcome.winner
+    board = outcome.leaderboard
+    if outcome.blend is None and should_refit(config, data.images("val")):
+        board = replace(board, refit=True)
+        history = fit(
+            job,
+            start,
+            winner.spec,
+            {},
+            [],  # said once, in the summary: not again when the refit starts
+            data=refit_data(data),
+            config=refit_config(
+                config,
+                winner.lr_factor,
+                winner.epochs_run,
+                data.images("train") + data.images("val"),
+            ),
+            augment_default=False,  # as the candidates were measured
+        )
+        history.notes = [*hints, f"{what}: {board.why()}", *board.notes, *history.notes]
+        attach_record(start).compare = board.to_dict()
+        return start, history, board
+    assert winner.trainee is not None
+    winner.trainee.finish()  # with ema: the average evaluated is the model saved
+    saved, plan, trained = winner.model, winner.plan, winner.trainable_params
+    if outcome.blend is not None:  # a blend ranks first: it is the model saved
+        saved = load_blend(start, outcome.blend)
+        plan = apply_plan(saved, outcome.blend.plan)
+        trained = board.winner.trainable_params
+    augment = augmentation_of(config, data, default=False)
+    history = job.history(
+        saved,
+        plan,
+        [*hints, f"{what}: {board.why()}", *board.notes, *plan.notes],
+        epochs=list(winner.records),
+        train_images=data.images("train"),
+        val_images=data.images("val"),
+        augment=augment.to_dict() if augment is not None else None,
+        ema=config.ema_decay,
+        feature_cache=winner.cut is not None,
+        feature_cache_note=f"trained on {board.winner.trained_on}",
+        trainable_params=trained,
+        total_params=winner.total_params,
+        stopped_early=winner.epochs_run < config.epochs,
+        blend=outcome.blend.record if outcome.blend is not None else None,
+    )
+    history.lr = config.lr * winner.lr_factor
+    attach_record(saved).compare = board.to_dict()
+    return saved, history, board
 
 
 # ---------------------------------------------------------------- the measured auto
@@ -217,13 +267,14 @@ def measure_auto(
     ctx: DistContext,
     catalog: Catalog,
     callback: AdaptCallback | None = None,
-) -> tuple[str, str, Leaderboard]:
-    """What ``policy="auto"`` does with validation data: compare the default ladder (budget:
-    :data:`AUTO_BUDGET_RUNS` full runs of the slowest candidate, stopping when one is left)
-    and return ``(winner's spec, note, leaderboard)``. ``model`` is not changed."""
+) -> Outcome:
+    """What ``policy="auto"`` does with validation data: compare the default ladder as
+    :func:`compare` does (budget: :data:`AUTO_BUDGET_RUNS` full runs of the slowest
+    candidate), the winner trained to the end: the model whose score it reports.
+    ``model`` is not changed (a refit starts from it, :func:`keep_winner`)."""
     t_start = time.perf_counter()
     planned, notes = auto_ladder(model, config, len(data.classes), catalog)
-    outcome = compare_candidates(
+    return compare_candidates(
         model,
         data,
         input_config,
@@ -233,13 +284,9 @@ def measure_auto(
         budget=None,
         callback=callback or AdaptCallback(),
         t_start=t_start,
-        finish=False,
         relative_budget=AUTO_BUDGET_RUNS,
         notes=notes,
     )
-    board = outcome.leaderboard
-    augment = augmentation_of(config, data, default=False)
-    return board.winner.policy, auto_note(board, augment), board
 
 
 def auto_ladder(
@@ -285,4 +332,17 @@ def auto_note(board: Leaderboard, augment: Augment | None = None) -> str:
         text += f"; none was cut before epoch {board.rungs[0]}"
     if board.budget_cut:
         text += f" cut by its budget ({board.budget:.1f} s)"
+    tied = sum(r.tied for r in board.rows[1:])
+    if best.tied and tied:
+        text += (
+            f"; tied within the noise with {tied} other(s) (within one standard error of the "
+            "best): the fewest trained parameters won"
+        )
+    if board.refit:
+        text += (
+            "; the model is its refit: retrained at its rate on the training and validation "
+            "images together"
+        )
+    else:
+        text += "; the model is the winner as measured"
     return text

@@ -140,6 +140,7 @@ class TrainConfig:
     overwrite: bool = False
     delta: bool | None = None
     plot: str | os.PathLike[str] | None = None
+    refit: bool | None = None
     pretrained: bool | str | None = None
     weights: str | os.PathLike[str] | None = None
     scratch: bool = False
@@ -254,6 +255,7 @@ class TrainConfig:
         checks.flag(self.blend, "blend")
         checks.choice(self.distributed, "distributed", (None, True, False))
         checks.choice(self.delta, "delta", (None, True, False))
+        checks.choice(self.refit, "refit", (None, True, False))
         checks.flag(self.overwrite, "overwrite")
         checks.flag(self.scratch, "scratch")
         if not (self.pretrained is None or isinstance(self.pretrained, (bool, str))):

@@ -19,6 +19,13 @@ comparison past :data:`COST_TARGET_RUNS` full runs of the slowest candidate, or 
 ``budget`` (seconds) when one is given; the budget also stops promoting once the next epoch
 (estimated from the candidate's measured epochs) would exceed it. Every candidate always gets
 its first epoch.
+
+Each candidate trains at its own rate: its policy's declared one (in its plan), and on cached
+activations with a small top also 0.3x and 3x that (:data:`LR_SWEEP`, one policy in the
+rungs; the best rate is kept at the first cut). Below
+:data:`~zoo.io.leaderboard.NOISE_VALIDATION` validation images the finished candidates are
+ranked within the noise (:func:`rank_within_noise`: repeated stratified splits for the cheap
+cached ones, an interval for each, ties to fewer trained parameters).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -48,23 +55,28 @@ from zoo.adaptation.cache import (
     max_cache_bytes,
     on_every_rank,
 )
+from zoo.adaptation.candidates import PlannedCandidate
 from zoo.adaptation.history import AdaptCallback, EpochRecord
 from zoo.adaptation.inputs import loaders_for_folders, reshuffled
 from zoo.adaptation.probe import head_plan, probe_epochs
 from zoo.adaptation.training import Trainee, augmentation_of, probe_trainee
 from zoo.errors import DataError, ZooError
 from zoo.io.leaderboard import (
+    NOISE_VALIDATION,
+    SPLITS,
     Leaderboard,
     LeaderboardRow,
+    choose_within_noise,
+    interval,
     rank_key,
     small_validation_note,
+    spread,
 )
 from zoo.plans.freeze import apply_plan
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
-    from zoo.adaptation.candidates import PlannedCandidate
     from zoo.adaptation.config import Augment, TrainConfig
     from zoo.adaptation.distributed import DistContext
     from zoo.adaptation.inputs import AdaptData
@@ -90,6 +102,18 @@ MIN_RUNG_STEPS = 64
 
 
 # ---------------------------------------------------------------- one candidate
+
+
+#: The learning-rate factors a candidate on cached activations tries, around its policy's
+#: declared rate (:attr:`~zoo.PolicySpec.lr_scale`), when what runs on the activations holds
+#: at most :data:`SWEEP_TOP_SHARE` of the model's parameters (its epochs are cheap): ranking
+#: every candidate at one rate ranks the rate. The best factor is kept at the first cut (or at
+#: the end without halving); the leaderboard shows the rate each candidate used.
+LR_SWEEP = (0.3, 1.0, 3.0)
+#: Largest share of the model's parameters in a cached candidate's top that still gets the
+#: rate sweep: a head, or the last block of a deep network (``bitfit``, cached at the stem,
+#: runs nearly the whole model each epoch).
+SWEEP_TOP_SHARE = 0.1
 
 
 #: A candidate's top on cached activations with at most this many trainable parameters
@@ -118,6 +142,11 @@ class Candidate:
     probe_cut: Boundary | None = None
     probe_features: tuple[CachedFeatures, CachedFeatures] | None = None
     then: Callable[[], Trainee] | None = None
+    lr_factor: float = 1.0
+    #: a rate of the sweep that lost to another rate of the same policy
+    swept: bool = False
+    #: validation accuracy on each split it was scored on (the first: the run's own split)
+    split_scores: list[float] = field(default_factory=list)
 
     @property
     def epochs_run(self) -> int:
@@ -128,9 +157,17 @@ class Candidate:
         last = self.records[-1]
         return rank_key(last.val_accuracy or 0.0, last.val_loss, self.trainable_params)
 
+    def stopped_early(self, settings: TrainConfig) -> bool:
+        return self.epochs_run < settings.epochs
+
     @property
     def seconds_per_epoch(self) -> float:
         return self.seconds / self.epochs_run if self.epochs_run else 0.0
+
+    def lr(self, settings: TrainConfig) -> float:
+        """The largest learning rate among its trained parameters (its head's, usually)."""
+        scales = [p.lr_scale for p in self.plan.params.values() if p.trainable]
+        return settings.lr * self.lr_factor * max(scales, default=1.0)
 
     @property
     def boundary(self) -> str | None:
@@ -149,8 +186,28 @@ class Candidate:
     ) -> None:
         """Its trainee, on the activations at its boundary or on the shared images (augmented
         as ``shared.augment`` says), after its probe stage's trainee when it has one."""
+        source: tuple[Any, Any] = (shared.train, shared.val)
+        if self.cut is not None:
+            source = shared.activations[self.cut.path]
+        self.start_on(source, settings, num_classes, ctx, augment=shared.augment)
+
+    def start_on(
+        self,
+        source: tuple[Any, Any],
+        settings: TrainConfig,
+        num_classes: int,
+        ctx: DistContext,
+        *,
+        augment: Augment | None = None,
+    ) -> None:
+        """Its trainee on ``(train, val)``: cached tensors, or loaders of images; after the
+        trainee of its probe stage (LP-FT) when it has one."""
         torch.manual_seed(settings.seed)  # a head reset or dropout draws the same for each
-        plan_trainee = functools.partial(self._plan_trainee, shared, settings, num_classes, ctx)
+        if self.lr_factor != 1.0:
+            settings = replace(settings, lr=settings.lr * self.lr_factor)
+        plan_trainee = functools.partial(
+            self._plan_trainee, source, settings, num_classes, ctx, augment
+        )
         if not self.probe_epochs:
             self.trainee = plan_trainee()
             return
@@ -169,15 +226,17 @@ class Candidate:
         self.then = plan_trainee
 
     def _plan_trainee(
-        self, shared: SharedData, settings: TrainConfig, num_classes: int, ctx: DistContext
+        self,
+        source: tuple[Any, Any],
+        settings: TrainConfig,
+        num_classes: int,
+        ctx: DistContext,
+        augment: Augment | None,
     ) -> Trainee:
         apply_plan(self.model, self.plan)  # after a probe stage: the plan again
         self.probe_features = None
-        source: tuple[Any, Any] = (shared.train, shared.val)
-        if self.cut is not None:
-            source = shared.activations[self.cut.path]
-        elif not isinstance(shared.train, CachedFeatures):  # streamed: shuffled, in batches
-            source = (reshuffled(shared.train, ctx, settings.seed, settings.batch_size), shared.val)
+        if not isinstance(source[0], CachedFeatures):  # streamed: shuffled, in batches
+            source = (reshuffled(source[0], ctx, settings.seed, settings.batch_size), source[1])
         return Trainee(
             self.model,
             self.plan,
@@ -187,7 +246,7 @@ class Candidate:
             callback=AdaptCallback(),
             num_classes=num_classes,
             cut=self.cut,
-            augment=shared.augment,
+            augment=augment,
             one_thread=self.cut is not None and self.trainable_params <= ONE_THREAD_PARAMS,
             probe_epochs=self.probe_epochs,
         )
@@ -307,11 +366,12 @@ def run_halving(
     """
     per_epoch = [c.trainee.batches_per_epoch for c in candidates if c.trainee is not None]
     steps = ctx.broadcast(min(per_epoch))  # the same rungs on every rank
-    rungs = rung_epochs(settings.epochs, len(candidates), steps)
-    note = rung_note(settings.epochs, len(candidates), steps)
+    policies = len({c.spec for c in candidates})  # a policy's rate variants count once
+    rungs = rung_epochs(settings.epochs, policies, steps)
+    note = rung_note(settings.epochs, policies, steps)
     notes = [*notes, note] if note else list(notes)
     before_training = time.perf_counter() - t_start
-    eta = keep_ratio(len(candidates), len(rungs))
+    eta = keep_ratio(policies, len(rungs))
     alive = list(candidates)
     budget_cut = False
     for k, target in enumerate(rungs):
@@ -328,6 +388,7 @@ def run_halving(
                     hook(cand.spec, record, k)
             # no break on a budget cut: the others still get their first epoch (a rung can be
             # several epochs long, see MIN_RUNG_STEPS), then the budget stops each of them
+        alive = keep_best_rates(alive)
         if k == 0 and relative_budget is not None:
             slowest = max(c.seconds_per_epoch for c in alive)
             budget = before_training + relative_budget * slowest * settings.epochs
@@ -358,6 +419,51 @@ def run_halving(
     winner = alive[0]
     board = _leaderboard(candidates, winner, settings, rungs, budget, budget_cut, t_start, notes)
     return Outcome(winner, candidates, board)
+
+
+def keep_best_rates(alive: list[Candidate]) -> list[Candidate]:
+    """One candidate per policy: of the learning rates a policy tried (:data:`LR_SWEEP`),
+    the one best on validation (a tie keeps the declared rate); the others are released."""
+    best: dict[str, Candidate] = {}
+    for cand in alive:
+        held = best.get(cand.spec)
+        if held is None or (cand.score, cand.lr_factor != 1.0) < (
+            held.score,
+            held.lr_factor != 1.0,
+        ):
+            best[cand.spec] = cand
+    for cand in alive:
+        if best[cand.spec] is not cand:
+            cand.alive, cand.swept = False, True
+            _release(cand)
+    return [c for c in alive if best[c.spec] is c]
+
+
+def with_rate_sweep(base: nn.Module, candidates: list[Candidate]) -> list[Candidate]:
+    """``candidates`` and, for each one on cached activations whose top is small
+    (:data:`SWEEP_TOP_SHARE`), a copy at each other factor of :data:`LR_SWEEP`."""
+    out = []
+    for cand in candidates:
+        out.append(cand)
+        if cand.cut is None:
+            continue
+        top = sum(p.numel() for p in cand.cut.suffix(cand.model).parameters())
+        if top > SWEEP_TOP_SHARE * cand.total_params:
+            continue
+        for factor in LR_SWEEP:
+            if factor != 1.0:
+                out.append(twin_of(base, cand, lr_factor=factor))
+    return out
+
+
+def twin_of(base: nn.Module, cand: Candidate, *, lr_factor: float | None = None) -> Candidate:
+    """A fresh copy of ``cand`` (its policy on ``base``, its boundary and rate), untrained."""
+    twin = make_candidate(base, PlannedCandidate(cand.spec, cand.plan))
+    twin.cut = cand.cut
+    twin.lr_factor = cand.lr_factor if lr_factor is None else lr_factor
+    twin.probe_epochs, twin.probe_cut = cand.probe_epochs, cand.probe_cut
+    twin.probe_features = cand.probe_features
+    return twin
 
 
 def projected_seconds(
@@ -410,22 +516,8 @@ def _leaderboard(
     notes: Sequence[str],
 ) -> Leaderboard:
     ranked = sorted(
-        candidates,
+        (c for c in candidates if not c.swept),
         key=lambda c: (c is not winner, -c.epochs_run, c.score),
-    )
-    rows = tuple(
-        LeaderboardRow(
-            policy=c.spec,
-            val_acc=float(c.records[-1].val_accuracy or 0.0),
-            val_loss=_finite(c.records[-1].val_loss),
-            trainable_params=c.trainable_params,
-            trainable_percent=100.0 * c.trainable_params / c.total_params if c.total_params else 0,
-            epochs=c.epochs_run,
-            seconds=round(c.seconds, 4),
-            stopped_early=c.epochs_run < settings.epochs,
-            trained_on=c.trained_on,
-        )
-        for c in ranked
     )
     all_notes = list(notes)
     if budget_cut:
@@ -434,7 +526,7 @@ def _leaderboard(
             f"({winner.epochs_run} of {settings.epochs} epochs)"
         )
     return Leaderboard(
-        rows=rows,
+        rows=tuple(_row(c, settings, candidates) for c in ranked),
         epochs=settings.epochs,
         rungs=tuple(rungs),
         budget=budget,
@@ -442,6 +534,44 @@ def _leaderboard(
         seconds=round(time.perf_counter() - t_start, 4),
         notes=tuple(all_notes),
     )
+
+
+def _row(
+    cand: Candidate,
+    settings: TrainConfig,
+    everyone: Sequence[Candidate],
+    noise: tuple[int, int] | None = None,
+) -> LeaderboardRow:
+    """``cand``'s leaderboard row; with ``noise`` (validation and training images of a
+    split), its mean over the splits it was scored on and a 95% interval."""
+    tried = sorted(_rate(c.lr(settings)) for c in everyone if c.spec == cand.spec)
+    last = cand.records[-1]
+    scores = cand.split_scores or [float(last.val_accuracy or 0.0)]
+    scored = noise is not None and not cand.stopped_early(settings)
+    several = scored and len(scores) > 1
+    return LeaderboardRow(
+        policy=cand.spec,
+        val_acc=float(last.val_accuracy or 0.0),
+        val_loss=_finite(last.val_loss),
+        trainable_params=cand.trainable_params,
+        trainable_percent=(
+            100.0 * cand.trainable_params / cand.total_params if cand.total_params else 0
+        ),
+        epochs=cand.epochs_run,
+        seconds=round(cand.seconds, 4),
+        stopped_early=cand.stopped_early(settings),
+        trained_on=cand.trained_on,
+        lr=_rate(cand.lr(settings)),
+        lr_tried=tuple(tried) if len(tried) > 1 else (),
+        splits=len(scores) if scored else 1,
+        val_acc_mean=round(sum(scores) / len(scores), 6) if several else None,
+        val_acc_std=round(spread(scores), 6) if several else None,
+        interval=interval(scores, *noise) if scored and noise is not None else None,
+    )
+
+
+def _rate(lr: float) -> float:
+    return float(f"{lr:.4g}")
 
 
 def _finite(value: float | None) -> float | None:
@@ -629,6 +759,7 @@ def compare_candidates(
     for cand in candidates:
         cand.probe_epochs = probe_epochs(cand.plan, settings.epochs)
     cache_boundaries(model, candidates, shared, ctx=ctx, callback=callback)
+    candidates = with_rate_sweep(model, candidates)
     for cand in candidates:
         cand.start(shared, settings, len(data.classes), ctx)
     outcome = run_halving(
@@ -643,6 +774,11 @@ def compare_candidates(
         notes=[*notes, *shared.notes],
         keep_models=blend,
     )
+    images = (data.images("val"), data.images("train"))
+    if finish and 0 < images[0] < NOISE_VALIDATION and not outcome.leaderboard.budget_cut:
+        outcome = rank_within_noise(
+            outcome, model, shared, settings, images, num_classes=len(data.classes), ctx=ctx
+        )
     if blend:  # the soup and WiSE-FT rows (zoo.adaptation.blend)
         winner = outcome.winner
         ranked = sorted(outcome.candidates, key=lambda c: (c is not winner, -c.epochs_run, c.score))
@@ -651,3 +787,109 @@ def compare_candidates(
             outcome.leaderboard, blends, winner.total_params, score, more
         )
     return outcome
+
+
+# ---------------------------------------------------------------- ranking within the noise
+
+
+def rank_within_noise(
+    outcome: Outcome,
+    base: nn.Module,
+    shared: SharedData,
+    settings: TrainConfig,
+    images: tuple[int, int],
+    *,
+    num_classes: int,
+    ctx: DistContext,
+) -> Outcome:
+    """With fewer than :data:`~zoo.io.leaderboard.NOISE_VALIDATION` validation images: score
+    each finished candidate on cached activations whose extra splits cost at most one full
+    run of the slowest candidate on :data:`~zoo.io.leaderboard.SPLITS` stratified splits of the
+    labelled images (its own rate and epochs, a fresh copy each), give every finished candidate
+    an interval of one standard error (one split: binomial,
+    :func:`~zoo.io.leaderboard.interval`), and let the candidates whose mean lies inside the
+    best one's tie — the one with the fewest trained parameters wins. ``images``: (validation,
+    training) images of a split."""
+    finished = [c for c in outcome.candidates if not c.swept and not c.stopped_early(settings)]
+    resampled = []
+    slowest = max(c.seconds_per_epoch for c in finished)
+    for cand in finished:
+        cand.split_scores = [float(cand.records[-1].val_accuracy or 0.0)]
+        cheap = cand.seconds_per_epoch * (SPLITS - 1) <= slowest
+        if cand.cut is None or cand.probe_epochs or ctx.enabled or not cheap:
+            continue  # (a probe stage's features are of the run's own split)
+        train, val = shared.activations[cand.cut.path]
+        for r in range(1, SPLITS):
+            twin = twin_of(base, cand)
+            twin.start_on(resplit(train, val, settings.seed + r), settings, num_classes, ctx)
+            while twin.epochs_run < cand.epochs_run:
+                twin.train_epoch()
+            cand.split_scores.append(float(twin.records[-1].val_accuracy or 0.0))
+            cand.seconds += twin.seconds
+        resampled.append(cand.spec)
+    listed = [c for c in outcome.candidates if not c.swept]
+    rows = [_row(c, settings, outcome.candidates, images) for c in listed]
+    win, tied = choose_within_noise(rows)
+    rows = [replace(r, tied=i in tied) for i, r in enumerate(rows)]
+    order = sorted(
+        range(len(rows)),
+        key=lambda i: (
+            i != win,
+            rows[i].stopped_early,
+            rank_key(rows[i].score, rows[i].val_loss, rows[i].trainable_params),
+        ),
+    )
+    board = outcome.leaderboard
+    note = noise_note(images, resampled, len(finished), distributed=ctx.enabled)
+    board = replace(board, rows=tuple(rows[i] for i in order), notes=(*board.notes, note))
+    return Outcome(listed[win], outcome.candidates, board)
+
+
+def noise_note(
+    images: tuple[int, int], resampled: Sequence[str], finished: int, *, distributed: bool
+) -> str:
+    """What :func:`rank_within_noise` did, for the leaderboard."""
+    val, train = images
+    text = (
+        f"ranked within the noise: the validation set has {val} image(s), fewer than "
+        f"{NOISE_VALIDATION}, so every candidate trained to the end has an interval (one "
+        "standard error each side) and those whose mean lies inside the best one's are tied (fewer "
+        "trained parameters win); "
+    )
+    if resampled:
+        text += (
+            f"{len(resampled)} candidate(s) on cached activations were scored on {SPLITS} "
+            f"stratified splits of the {val + train} labelled images (mean, spread, standard "
+            "error with Nadeau and Bengio's correction)"
+        )
+    if len(resampled) < finished:
+        why = (
+            "under torchrun"
+            if distributed
+            else "on images, or whose extra splits would cost more than one full run"
+        )
+        text += (
+            "; the others" if resampled else "the candidates"
+        ) + f" ({why}) were scored on the run's split only (a binomial interval)"
+    return text
+
+
+def resplit(
+    train: CachedFeatures, val: CachedFeatures, seed: int
+) -> tuple[CachedFeatures, CachedFeatures]:
+    """Another stratified split of ``train`` and ``val`` together: as many validation
+    images of each class as ``val`` has, drawn with ``seed``."""
+    features = torch.cat([train.features, val.features])
+    labels = torch.cat([train.labels, val.labels])
+    on_cpu, val_labels = labels.cpu(), val.labels.cpu()
+    generator = torch.Generator().manual_seed(seed)
+    is_val = torch.zeros(len(on_cpu), dtype=torch.bool)
+    for label in torch.unique(val_labels).tolist():
+        pool = torch.nonzero(on_cpu == label).flatten()
+        count = int((val_labels == label).sum())
+        is_val[pool[torch.randperm(len(pool), generator=generator)[:count]]] = True
+    is_val = is_val.to(labels.device)
+    return (
+        CachedFeatures(features[~is_val], labels[~is_val]),
+        CachedFeatures(features[is_val], labels[is_val]),
+    )

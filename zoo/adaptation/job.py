@@ -19,32 +19,40 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from zoo.adaptation.checkpoint import Checkpointer, run_config, seed_python_rngs
-from zoo.adaptation.compare import auto_ladder, measure_auto
+from zoo.adaptation.compare import (
+    auto_ladder,
+    auto_note,
+    keep_winner,
+    measure_auto,
+    should_refit,
+)
 from zoo.adaptation.config import TrainConfig, signature
 from zoo.adaptation.early_stop import EarlyStop
 from zoo.adaptation.evaluation import Evaluation, evaluate
+from zoo.adaptation.fit import fit, refit_config, refit_data
 from zoo.adaptation.history import AdaptCallback, AdaptResult, EpochRecord, History
-from zoo.adaptation.prepare import Run, check_random_start, open_run, saved_input_config
-from zoo.adaptation.probe import with_probe
-from zoo.adaptation.training import run_training
+from zoo.adaptation.prepare import Run, open_run, saved_input_config
+from zoo.adaptation.training import augmentation_of
 from zoo.core import checks
-from zoo.errors import DataError
+from zoo.core.record import attach_record
+from zoo.errors import AdaptArgumentError, DataError
 from zoo.io.store import checkpoint_folder
-from zoo.plans.binding import bind, resolve_policy
-from zoo.plans.schedule import ScheduleDriver
-from zoo.tables.build import table_for
+from zoo.plans.binding import resolve_policy
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
+    from zoo.adaptation.halving import Outcome
     from zoo.core.catalog import Catalog
     from zoo.core.specs import PolicySpec
+    from zoo.io.leaderboard import Leaderboard
 
 __all__ = [
     "AdaptCallback",
@@ -165,21 +173,24 @@ def run(
 ) -> AdaptResult:
     """The adapt job: :func:`zoo.adapt` with its keyword arguments gathered in ``config``."""
     with open_run(backbone_or_model, config, catalog=catalog) as job:
-        resolve_policy(config.policy, catalog)  # an unknown policy: before any data is read
+        spec, _raw = resolve_policy(config.policy, catalog)  # before any data is read
+        if config.refit and spec.qualified_name != "zoo:auto":
+            raise _refit_refused(config.refit)
         keeper = _keeper(config, job.ctx)
         # the checkpoint folder is owned (no other run of the name, no link, no file there)
         # before any data is read, and held until the model is saved
         with keeper.holding():
             model = job.prepare(train, val)
             _check_resume(keeper, train, val, job)
-            history = _train(job, model, keeper)
+            model, history = _train(job, model, keeper)
             job.finish(model, history, keeper=keeper)
         return AdaptResult(model, job.end(history))
 
 
-def _train(job: Run, model: nn.Module, keeper: Checkpointer) -> History:
+def _train(job: Run, model: nn.Module, keeper: Checkpointer) -> tuple[nn.Module, History]:
     """Decide the plan (``auto`` included), train it (checkpointing each epoch) and return the
-    run's history."""
+    model and the run's history. A measured ``auto`` returns the model it measured, or
+    trains its refit here."""
     config, data, catalog = job.config, job.data, job.catalog
     start_notes = [_input_note(job)]
     context = {
@@ -188,73 +199,77 @@ def _train(job: Run, model: nn.Module, keeper: Checkpointer) -> History:
         "num_classes": len(data.classes),
         "epochs": config.epochs,
     }
-
-    policy, policy_args, auto_notes = _decide_auto(job, model, keeper)
-    start_notes += [*job.hints, *auto_notes]
-    kwargs = _policy_kwargs(policy, policy_args, context, catalog)
-    planner = ScheduleDriver(
-        model,
-        bind(policy, kwargs, catalog),
-        table=table_for(model, catalog=catalog),
-    )
-    plan = planner.step(0).plan
-    if config.probe_start and not planner.is_schedule:
-        plan = planner.plan = with_probe(plan, config.probe_start)
-    frozen = len(set(plan.trainable)) < len(list(model.parameters()))
-    check_random_start(
-        job.start, f"policy {plan.policy!r} freezes part of the backbone" if frozen else None
-    )
-    history = job.history(model, plan, [*start_notes, *plan.notes])
-    try:
-        run_training(
-            model,
-            data,
-            planner,
-            history,
+    decided = _decide_auto(job, model, keeper)
+    start_notes += [*job.hints, *decided.notes]
+    if decided.measured is not None:  # the winner as measured, not trained again
+        winner, history, _board = keep_winner(job, model, decided.measured, "auto")
+        history.notes = [*start_notes, *history.notes[1:]]
+        return winner, history
+    kwargs = _policy_kwargs(decided.policy, decided.args, context, catalog)
+    train_data, train_config = data, config
+    if decided.refit is not None:
+        train_data = refit_data(data)
+        train_config = refit_config(
             config,
-            ctx=job.ctx,
-            input_config=job.input_config,
-            callback=job.callback,
-            keeper=keeper,
-            # the measured auto trains the winner with the augmentation it measured with
-            augment_default=False if keeper.auto is not None else None,
+            decided.refit["lr_factor"],
+            decided.refit["epochs"],
+            data.images("train") + data.images("val"),
         )
-    except KeyboardInterrupt as exc:
-        kept = keeper.interrupted(config.epochs) if job.ctx.is_main else None
-        if kept is not None:
-            raise kept from exc
-        raise
-    history.total_params = sum(p.numel() for p in model.parameters())
-    final = planner.plan
-    assert final is not None
-    history.trainable_params = sum(
-        p.numel() for n, p in model.named_parameters() if n in set(final.trainable)
+    history = fit(
+        job,
+        model,
+        decided.policy,
+        kwargs,
+        start_notes,
+        keeper=keeper,
+        data=train_data,
+        config=train_config,
+        # a refit trains with the augmentation the candidates were measured with
+        augment_default=False if decided.refit is not None else None,
     )
-    history.policy, history.policy_args = final.policy, dict(final.args)
-    history.notes = [*start_notes, *final.notes]
+    if decided.board is not None:
+        attach_record(model).compare = decided.board.to_dict()
     history.notes += _training_notes(history)
-    return history
+    return model, history
 
 
-def _decide_auto(
-    job: Run, model: nn.Module, keeper: Checkpointer
-) -> tuple[str | PolicySpec, dict[str, Any], list[str]]:
-    """``(policy, its arguments, notes)`` to train: the asked policy, or what ``auto`` decides.
+@dataclass
+class _Decision:
+    """What :func:`_decide_auto` decided: the policy to train (with its arguments) and the
+    notes saying why; for a measured ``auto``, the comparison (``measured``: its winner is the
+    model) or what its refit trains (``refit``: the winner's ``lr_factor`` and ``epochs``,
+    with its leaderboard ``board``)."""
+
+    policy: str | PolicySpec
+    args: dict[str, Any]
+    notes: list[str]
+    measured: Outcome | None = None
+    refit: dict[str, Any] | None = None
+    board: Leaderboard | None = None
+
+
+def _decide_auto(job: Run, model: nn.Module, keeper: Checkpointer) -> _Decision:
+    """The asked policy, or what ``auto`` decides.
 
     ``auto`` *measures* when there is validation data: the default ladder of policies is
-    compared by successive halving (:func:`zoo.adaptation.compare.measure_auto`) and the winner
-    is trained — and kept in the checkpoint, so a resumed run trains it on without measuring
-    again. Without validation data it guesses from its table (samples per class, similarity),
-    and says so; on random weights it trains everything."""
+    compared as ``zoo.compare`` does (:func:`zoo.adaptation.compare.measure_auto`) and the
+    winner it measured is the model — or, with a refit (the default on a small validation
+    set), the winner's policy is retrained at its rate on every labelled image, and the
+    checkpoint keeps the winner, so a resumed run trains it on without measuring again.
+    Without validation data it guesses from its table (samples per class, similarity), and
+    says so; on random weights it trains everything."""
     config, data, start, catalog = job.config, job.data, job.start, job.catalog
     policy = config.policy
     args = dict(config.policy_args or {})
     is_auto = resolve_policy(policy, catalog)[0].qualified_name == "zoo:auto"
-    saved = keeper.saved_auto(measures=is_auto and not start.random and data.val is not None)
+    measures = is_auto and not start.random and data.val is not None
+    if config.refit and not measures:
+        raise _refit_refused(config.refit)
+    saved = keeper.saved_auto(measures=measures and should_refit(config, data.images("val")))
     if not is_auto:
-        return policy, args, []
+        return _Decision(policy, args, [])
     if start.random:
-        return (
+        return _Decision(
             "full",
             {},
             [
@@ -263,7 +278,7 @@ def _decide_auto(
             ],
         )
     if data.val is None:
-        return (
+        return _Decision(
             policy,
             args,
             [
@@ -280,17 +295,30 @@ def _decide_auto(
                 f"{saved['policy']!r} is not one of the policies auto compares on this model "
                 f"({', '.join(sorted(ladder))})",
             )
-        spec, note = saved["policy"], saved["note"]
-        notes = [f"{note} (measured by the interrupted run; resumed without measuring again)"]
-    else:
-        spec, note, _board = measure_auto(
-            model, data, job.input_config, config, ctx=job.ctx, catalog=catalog
-        )
-        notes = [note]
-    keeper.auto = {"policy": spec, "note": note[: checks.MAX_TEXT]}
-    torch.manual_seed(config.seed)  # the winner trains as if nothing had run before it
+        note = f"{saved['note']} (measured by the interrupted run; resumed without measuring again)"
+        refit = {"lr_factor": saved["lr_factor"], "epochs": saved["epochs"]}
+        return _Decision(saved["policy"], {}, [note], refit=refit)
+    outcome = measure_auto(model, data, job.input_config, config, ctx=job.ctx, catalog=catalog)
+    board = replace(outcome.leaderboard, refit=should_refit(config, data.images("val")))
+    note = auto_note(board, augmentation_of(config, data, default=False))
+    if not board.refit:
+        return _Decision(outcome.winner.spec, {}, [note], measured=outcome)
+    winner = outcome.winner
+    refit = {"lr_factor": winner.lr_factor, "epochs": winner.epochs_run}
+    keeper.auto = {"policy": winner.spec, "note": note[: checks.MAX_TEXT], **refit}
+    torch.manual_seed(config.seed)  # the refit trains as if nothing had run before it
     seed_python_rngs(config.seed)
-    return spec, {}, notes
+    return _Decision(winner.spec, {}, [note], refit=refit, board=board)
+
+
+def _refit_refused(value: object) -> AdaptArgumentError:
+    return AdaptArgumentError(
+        "refit",
+        value,
+        "left out unless policy='auto' measures (with validation data, from pretrained or "
+        "given weights): a refit retrains what auto measured; to train a fixed policy on "
+        "every labelled image, pass them all as training data",
+    )
 
 
 def _input_note(job: Run) -> str:

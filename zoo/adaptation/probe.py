@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from zoo.core.specs import PolicySpec
 from zoo.errors import PlanError
 from zoo.plans.plan import NormMode, Plan
 
@@ -32,7 +33,7 @@ def probe_epochs(plan: Plan, epochs: int) -> int:
 def head_plan(plan: Plan) -> Plan:
     """The probe stage's plan on the table ``plan`` was made from: the classifier head's
     parameters (role ``head``) train, every norm layer keeps its statistics (the rule of
-    ``linear-probe``)."""
+    ``linear-probe``), at the rate ``linear-probe`` declares (``PolicySpec.HEAD_RATE``)."""
     table = plan.table
     if table is None:
         raise PlanError("a plan with probe > 0 needs its parameter table (plan.complete(table))")
@@ -47,8 +48,9 @@ def head_plan(plan: Plan) -> Plan:
         for norm in table.norms
     }
     names = [name for name in table.names if name in head]
+    scales = dict.fromkeys(names, PolicySpec.HEAD_RATE)  # the rate linear-probe declares
     return dataclasses.replace(
-        Plan.from_table(table, names, norm_modes=modes), policy="probe stage"
+        Plan.from_table(table, names, norm_modes=modes, lr_scales=scales), policy="probe stage"
     )
 
 

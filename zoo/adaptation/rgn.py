@@ -150,7 +150,7 @@ def signal_for_run(
         batches, _ = loaders_for_folders(
             data,
             input_config,
-            augment=None,  # un-augmented
+            augment=None,
             batch_size=config.batch_size,
             num_workers=config.num_workers,
             seed=config.seed,

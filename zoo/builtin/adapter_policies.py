@@ -15,6 +15,7 @@ import re
 from typing import Any, Literal
 
 from zoo import AdapterSpec, Addition, ParamTable, Plan, PolicySpec
+from zoo.builtin.standard_policies import HEAD_RATE
 from zoo.errors import PlanError, PolicyArgumentError, suggest
 
 PLUGIN_NAME = "zoo"
@@ -486,16 +487,19 @@ SPECS = (
         lora,
         "Add LoRA (low-rank updates) to the body's linears and k x k convs; train them and "
         "the head.",
+        lr_scale=HEAD_RATE,
     ),
     PolicySpec(
         "ssf",
         ssf,
         "Add a per-channel scale and shift after the body's norms, linears and convs; train "
         "them and the head.",
+        lr_scale=HEAD_RATE,
     ),
     PolicySpec(
         "vpt",
         vpt,
         "Add learned prompt tokens to every transformer block (ViTs); train them and the head.",
+        lr_scale=HEAD_RATE,
     ),
 )

@@ -279,17 +279,26 @@ def auto(
 
 # ---------------------------------------------------------------- registration
 
+#: The rate a policy training a few parameters declares (one fact: ``PolicySpec.HEAD_RATE``).
+HEAD_RATE = PolicySpec.HEAD_RATE
+
 POLICIES: tuple[PolicySpec, ...] = (
     PolicySpec("full", full, "Train everything (norms in train mode)."),
     PolicySpec(
         "linear-probe",
         linear_probe,
         "Train the classifier head only; every norm layer keeps fixed statistics.",
+        lr_scale=HEAD_RATE,
     ),
     PolicySpec("freeze-to", freeze_to, "Freeze below depth k; train depth >= k and the head."),
     PolicySpec("train-last", train_last, "Train the last n stages and the head."),
-    PolicySpec("bitfit", bitfit, "BitFit: train every bias term and the head."),
-    PolicySpec("norm-only", norm_only, "Train the norm layers' affine parameters and the head."),
+    PolicySpec("bitfit", bitfit, "BitFit: train every bias term and the head.", lr_scale=HEAD_RATE),
+    PolicySpec(
+        "norm-only",
+        norm_only,
+        "Train the norm layers' affine parameters and the head.",
+        lr_scale=HEAD_RATE,
+    ),
     PolicySpec(
         "pattern",
         pattern,

@@ -32,35 +32,51 @@ if TYPE_CHECKING:
 
 
 def leaderboard_table(board: Leaderboard, *, title: str | None = None) -> Columns:
-    """One row per candidate, the winner first (marked ``*``)."""
+    """One row per candidate, the winner first (marked ``*``). Ranked within the noise, a
+    ``mean ± sd`` column (over the splits a candidate was scored on) and a ``tied`` column."""
+    noisy = any(row.interval is not None for row in board.rows)
     rows = []
     for i, row in enumerate(board.rows):
         mark = "*" if i == 0 else ""
-        rows.append(
-            (
-                Text(printable(mark + short_policy(row.policy)), style="bold" if i == 0 else ""),
-                f"{row.val_acc:.3f}",
-                f"{row.val_loss:.4f}" if row.val_loss is not None else "-",
-                human_count(row.trainable_params),
-                percent(row.trainable_percent, 100),
-                str(row.epochs),
-                f"{row.seconds:.1f}s",
-                "yes" if row.stopped_early else "",
-                printable(row.trained_on),
-            )
-        )
-    columns = (  # the policy wraps at its commas; accuracy and trained share always stay
+        cells = [
+            Text(printable(mark + short_policy(row.policy)), style="bold" if i == 0 else ""),
+            f"{row.val_acc:.3f}",
+        ]
+        if noisy:
+            cells.append(_mean_sd(row.val_acc_mean, row.val_acc_std, row.splits))
+        cells += [
+            f"{row.val_loss:.4f}" if row.val_loss is not None else "-",
+            human_count(row.trainable_params),
+            percent(row.trainable_percent, 100),
+            f"{row.lr:.3g}" if row.lr is not None else "-",
+            str(row.epochs),
+            f"{row.seconds:.1f}s",
+            "yes" if row.stopped_early else "",
+        ]
+        if noisy:
+            cells.append("tied" if row.tied else "")
+        rows.append((*cells, printable(row.trained_on)))
+    # the policy wraps at its commas; accuracy and trained share always stay (the highest
+    # drop goes first at narrow widths)
+    columns = [
         Col("policy", style="cyan", shrink=True, fold=True, min_width=14),
         Col("val acc", right=True),
-        Col("val loss", right=True, drop=3),
+    ]
+    if noisy:
+        columns.append(Col("mean ± sd", right=True, drop=3))
+    columns += [
+        Col("val loss", right=True, drop=4),
         Col("trained", right=True, drop=2),
         Col("%", right=True),
+        Col("lr", right=True, drop=5),
         Col("epochs", right=True, drop=1),
-        Col("time", right=True, drop=4),
-        Col("cut early", drop=5),
-        Col("trained on", shrink=True, drop=6, min_width=10),
-    )
-    return Columns(columns, rows, title=title if title is not None else board_title(board))
+        Col("time", right=True, drop=6),
+        Col("cut early", drop=7),
+    ]
+    if noisy:
+        columns.append(Col("tied", drop=3))
+    columns.append(Col("trained on", shrink=True, drop=8, min_width=10))
+    return Columns(tuple(columns), rows, title=title if title is not None else board_title(board))
 
 
 def board_title(board: Leaderboard) -> str:
@@ -72,6 +88,13 @@ def board_title(board: Leaderboard) -> str:
         return f"{count}, successive halving: cuts after epochs {rungs.rpartition(', ')[0]}"
     epochs = plural(board.epochs, "epoch", "epochs")
     return f"{count}, each trained {epochs} at most (no successive halving)"
+
+
+def _mean_sd(mean: float | None, sd: float | None, splits: int) -> str:
+    """``0.812 ± 0.031 (5)``: the mean and spread over ``splits`` splits (``-``: one)."""
+    if mean is None or sd is None:
+        return "-"
+    return f"{mean:.3f} ± {sd:.3f} ({splits})"
 
 
 def why_text(board: Leaderboard) -> Text:

@@ -131,6 +131,13 @@ OPTIONS: dict[str, Option] = {
         'pip install -e ".[plot]" in the zoo checkout)',
         metavar="FILE",
     ),
+    "refit": _option(
+        "--refit",
+        help="retrain the winner on the training and validation images together, at its "
+        "measured rate and epochs (default: on when the validation set has fewer than 200 "
+        "images; --no-refit saves the model compare measured)",
+        action=argparse.BooleanOptionalAction,
+    ),
     "weights": _option(
         "--weights",
         help="start BACKBONE from a .safetensors file or a saved model's weights (and its input "

@@ -108,7 +108,8 @@ def run_policy(
     inside the policy become a :class:`~zoo.PlanError` naming the policy and its plugin
     (``origin``, as :func:`policy_origin` says it). The adapter kinds of the plan's additions
     are resolved in ``catalog`` (an unknown kind is the policy's error) and kept on the plan,
-    which can then be applied without a catalog.
+    which can then be applied without a catalog. The policy's declared learning-rate scale
+    (:attr:`~zoo.PolicySpec.lr_scale`) multiplies every trained parameter's (:func:`declared_rate`).
     """
     origin = origin or policy_origin(spec)
     name = spec.qualified_name if spec.plugin else spec.name
@@ -164,7 +165,7 @@ def run_policy(
             resolved.append(replace(addition, kind=kind.qualified_name))
         additions = tuple(resolved)
     return replace(
-        made,
+        declared_rate(made, spec.lr_scale),
         policy=spec.qualified_name if spec.plugin else spec.name,
         args=jsonable(args),
         epoch=epoch if spec.schedule else None,
@@ -173,3 +174,15 @@ def run_policy(
         additions=additions,
         adapter_specs=kinds,
     )
+
+
+def declared_rate(plan: Plan, scale: float) -> Plan:
+    """``plan`` with every trained parameter's lr scale multiplied by ``scale`` (a policy's
+    declared rate, :attr:`~zoo.PolicySpec.lr_scale`)."""
+    if scale == 1.0:
+        return plan
+    params = {
+        name: replace(item, lr_scale=item.lr_scale * scale) if item.trainable else item
+        for name, item in plan.params.items()
+    }
+    return replace(plan, params=params)
