@@ -54,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import zoo
-    from zoo.adaptation.job import evaluate
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             wall = time.perf_counter() - start
             assert history.feature_cache is cache, history.feature_cache_note
             train = history.feature_seconds + sum(e.seconds for e in history)
-            score = evaluate(model, root / "test")
+            score = zoo.evaluate(model, root / "test")
             results[cache] = (train, wall, score.accuracy, model)
             label = "feature cache" if cache else "plain loop   "
             extra = f" (features {history.feature_seconds:.2f}s)" if cache else ""

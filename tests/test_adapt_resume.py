@@ -13,7 +13,6 @@ import torch
 
 import zoo
 from zoo.adaptation.checkpoint import AdaptInterrupted, CheckpointError
-from zoo.adaptation.evaluation import evaluate
 from zoo.adaptation.history import AdaptCallback
 from zoo.cli.main import main
 from zoo.errors import DataError
@@ -149,7 +148,7 @@ def test_early_stop_keeps_the_best_epoch(colours):
     assert history.best_epoch < len(history)
     assert any(f"best validation epoch, {history.best_epoch}" in n for n in history.notes)
     # the returned and saved model is the best epoch's: its validation loss is the best one
-    scores = evaluate(zoo.load("es"), val)
+    scores = zoo.evaluate(zoo.load("es"), val)
     assert scores.loss == pytest.approx(min(losses[:first_worse]), rel=1e-4)
 
     with pytest.raises(DataError, match="needs a validation set"):

@@ -269,7 +269,8 @@ def test_inspect_shows_the_adapters(capsys):
     capsys.readouterr()
     assert main(["inspect", "adapted"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert f"zoo:lora (rank=2, alpha=16.0, dropout=0.0) on {row['targets']} target(s)" in text
+    targets = f"{row['targets']} target{'' if row['targets'] == 1 else 's'}"
+    assert f"zoo:lora (rank=2, alpha=16.0, dropout=0.0) on {targets}" in text
     assert "of a full file of the model" in text
     assert main(["inspect", "adapted", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["adapter_summary"] == [row]

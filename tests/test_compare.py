@@ -272,7 +272,7 @@ def test_missing_matplotlib_is_a_clear_error_before_any_training(colours, tmp_pa
         [sys.executable, "-c", blocker, *argv], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 1
-    assert "matplotlib" in proc.stderr and "zoo-transfer[plot]" in proc.stderr
+    assert "matplotlib" in proc.stderr and 'pip install -e ".[plot]"' in proc.stderr
     assert proc.stdout == ""
     assert not (tmp_path / "p.png").exists()
     assert not (_isolated_zoo / "models" / "plotted").exists()

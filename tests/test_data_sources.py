@@ -16,7 +16,6 @@ from test_data import make_color_folder
 
 import zoo
 from zoo.adaptation import sources
-from zoo.adaptation.job import evaluate
 from zoo.adaptation.sources import read_source
 from zoo.cli.main import main
 
@@ -122,7 +121,7 @@ def test_evaluate_and_predict_read_every_source_the_same(data, tmp_path):
     model, _ = zoo.adapt(BACKBONE, data / "train", epochs=1, policy="full", **FAST)
     dataset = imagefolder(data / "val", tmp_path / "hf")["train"]
     scores = {
-        str(source): evaluate(model, source).to_dict()
+        str(source): zoo.evaluate(model, source).to_dict()
         for source in (data / "val", data / "val.csv", data / "val.jsonl", dataset)
     }
     assert len({json.dumps(s, sort_keys=True) for s in scores.values()}) == 1
@@ -307,7 +306,7 @@ def test_images_held_in_a_dataset_are_untrusted_deduplicated_and_train(tmp_path)
     first = "the same image as 'the training dataset row 0'"  # the same bytes
     assert reasons["the training dataset row 5"] == reasons["the dataset row 0"] == first
     assert model.zoo.classes == ["red", "green"]  # the ClassLabel's names, in its order
-    assert evaluate(model, val).images == 3  # on its own, every image of it counts
+    assert zoo.evaluate(model, val).images == 3  # on its own, every image of it counts
 
 
 def test_dataset_columns_that_cannot_be_used_are_named(tmp_path):

@@ -95,8 +95,10 @@ def test_demo_suggests_commands_that_work_offline(capsys, tmp_path, _isolated_zo
     out = capsys.readouterr().out
     assert "zoo.compare on digits 5-9" in out and "train-last:n=1" in out
     last = " ".join(out.split("Next:", 1)[1].split())
-    predict, compare, adapt = last.split(", or ")
+    predict, evaluate, compare, adapt = last.split(", or ")
     assert predict.startswith("zoo predict demo-digits")
+    assert main(shlex.split(evaluate)[1:]) == 0  # the kept test digits, scored per class
+    assert "accuracy" in capsys.readouterr().out
     folder = next((tmp_path / "digits").rglob("5")).parent  # a folder of digit class folders
 
     def argv(command: str, name: str) -> list[str]:

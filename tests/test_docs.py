@@ -7,6 +7,10 @@
 - docs/api.md has one entry per name of ``zoo.__all__``, with the real signatures and bases;
 - every python snippet of docs/writing-plugins.md is a whole file of plugins/zoo-example or
   runs as it is in a subprocess; every toml snippet is verbatim in the template;
+- every other python block of README.md and docs/*.md runs: each page's blocks in order, as
+  one program, offline, in a fresh store holding what the docs tell a reader to make first
+  (``zoo demo --keep-data digits``); api.md's signature blocks are checked against the code
+  instead, and a block that cannot run says why on its first line (``# not run: ...``);
 - relative links between the docs resolve.
 """
 
@@ -298,6 +302,103 @@ def test_tutorial_file_blocks_are_the_whole_template_files():
     } <= shown
     for path, code in blocks:
         assert code == (TEMPLATE / path).read_text(encoding="utf-8"), f"{path} differs"
+
+
+# ---------------------------------------------------------------- every python block runs
+
+#: The first line of a python block that cannot run where the docs stand, with the reason
+#: (kept rare: a block is rewritten to run wherever it can).
+NOT_RUN = re.compile(r"\A# not run: (?P<reason>\S.{9,})$", re.M)
+#: writing-plugins.md is checked by the tutorial tests above (template files, or run as is).
+RUN_PAGES = ["README.md", *(f"docs/{p.name}" for p in sorted(DOCS.glob("*.md")))]
+RUN_PAGES.remove("docs/writing-plugins.md")
+
+
+def signature_blocks() -> set[str]:
+    """api.md's signature blocks (the first python block of each entry), which
+    test_api_signatures_match_the_code checks against the code."""
+    found = set()
+    for body in sections(read("api.md"), level="### ").values():
+        block = re.search(r"```python\n(.*?)```", body, re.S)
+        if block is not None:
+            found.add(block[1])
+    return found
+
+
+def python_blocks(page: str) -> list[str]:
+    blocks = [
+        code for lang, code in FENCE.findall((ROOT / page).read_text("utf-8")) if lang == "python"
+    ]
+    if page == "docs/api.md":
+        signatures = signature_blocks()
+        blocks = [code for code in blocks if code not in signatures]
+    return blocks
+
+
+def docs_env(root: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ZOO_HOME": str(root / "home"),
+        "ZOO_CACHE_DIR": str(root / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "COLUMNS": "100",
+    }
+
+
+@pytest.fixture(scope="module")
+def made_by_the_reader(tmp_path_factory) -> Path:
+    """What the docs tell a reader to make before the examples: ``zoo demo --keep-data
+    digits`` (here ``--fast``): the digit image folders under ``digits/`` and the models
+    ``demo-digits-source`` and ``demo-digits`` in the store."""
+    root = tmp_path_factory.mktemp("reader")
+    command = [sys.executable, "-m", "zoo.cli.main", "demo", "--fast", "--keep-data", "digits"]
+    done = subprocess.run(
+        command, cwd=root, env=docs_env(root), capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (root / "digits" / "target" / "test").is_dir()
+    return root
+
+
+def test_the_docs_tell_the_reader_to_make_the_digits_first():
+    for page in ("README.md", "docs/quickstart.md"):
+        assert "zoo demo --keep-data digits" in (ROOT / page).read_text("utf-8"), page
+
+
+def test_blocks_not_run_say_why_and_are_rare():
+    marked = [
+        (page, NOT_RUN.match(code))
+        for page in RUN_PAGES
+        for code in python_blocks(page)
+        if code.startswith("# not run")
+    ]
+    assert all(match for _page, match in marked), f"a '# not run:' needs a reason: {marked}"
+    assert len(marked) <= 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", [p for p in RUN_PAGES if python_blocks(p)])
+def test_every_python_block_of_the_docs_runs(page, made_by_the_reader, tmp_path):
+    """A page's blocks run in order as one program (a later block uses what an earlier one
+    made, as in a notebook), in a copy of the reader's folder and store, offline."""
+    import shutil
+
+    shutil.copytree(made_by_the_reader, tmp_path, dirs_exist_ok=True)
+    blocks = [code for code in python_blocks(page) if not NOT_RUN.match(code)]
+    assert blocks
+    program = "\n".join(f"# --- block {i}\n{code}" for i, code in enumerate(blocks, start=1))
+    (tmp_path / "page.py").write_text(program, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "page.py"],
+        cwd=tmp_path,
+        env=docs_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, (
+        f"the python blocks of {page} do not run:\n{done.stdout[-1500:]}\n{done.stderr[-3000:]}"
+    )
 
 
 # ---------------------------------------------------------------- links

@@ -14,7 +14,7 @@ from test_data import make_color_folder
 import zoo
 from zoo.adaptation.predict import Prediction
 from zoo.cli.main import main
-from zoo.cli.render_adapt import predictions_table
+from zoo.cli.render_predict import predictions_table
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_cli_predict_folder_json_csv_and_table(trained, tmp_path, capsys):
     images = [p["image"] for p in doc["predictions"]]
     assert images == [str(folder / n) for n in ("broken.jpg", "img0.png", "img1.png", "img2.png")]
     assert "error" in doc["predictions"][0] and len(doc["predictions"][1]["top"]) == 2
-    assert "broken.jpg" in run.stderr and "1 of 4 image(s) could not be read" in run.stderr
+    assert "broken.jpg" in run.stderr and "1 of 4 images could not be read" in run.stderr
 
     out_csv = tmp_path / "out.csv"  # in-process from here: the processes above cost seconds
     assert main(["predict", str(path), str(folder), "-r", "-k", "2", "--csv", str(out_csv)]) == 1
@@ -211,7 +211,7 @@ def test_the_prediction_table_never_cuts_an_image_path_or_reads_markup():
 
     from rich.console import Console
 
-    from zoo.cli.render_adapt import predictions_table
+    from zoo.cli.render_predict import predictions_table
 
     path = "/data/some/very/long/folder/name/of/images/" + "x" * 60 + "/[bold]cat.png"
     pred = SimpleNamespace(source=path, top=[("[red]cat", 0.9), ("dog", 0.1)])
@@ -220,3 +220,78 @@ def test_the_prediction_table_never_cuts_an_image_path_or_reads_markup():
     text = "".join(line.split("│")[0].strip() for line in out.getvalue().splitlines())
     assert path in text.replace(" ", "")
     assert "[red]cat" in out.getvalue()
+
+
+def test_cli_predict_prints_one_line_per_image_unless_topk(trained, tmp_path, capsys):
+    root, path, _ = trained
+    images = [str(p) for p in sorted((root / "test").rglob("*.png"))]
+    assert main(["predict", str(path), *images]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if ".png" in line]
+    assert len(lines) == len(images)  # one line per image: file, top-1 class, probability
+    for line, image in zip(lines, images, strict=True):
+        cells = [c.strip() for c in line.split("│")]
+        assert cells[0] == image and cells[1] in {"red", "green", "blue"}
+        assert cells[2].endswith("%")
+    assert main(["predict", str(path), *images, "--topk", "3"]) == 0
+    ranked = capsys.readouterr().out
+    assert sum(".png" in line for line in ranked.splitlines()) == len(images)
+    assert len([line for line in ranked.splitlines() if "%" in line]) == 3 * len(images)
+
+
+def test_one_line_table_at_narrow_widths_keeps_the_class_and_probability():
+    preds = [Prediction("/photos/holiday/" + "x" * 50 + ".png", (("tabby", 0.5),))]
+    for width in (60, 80):
+        out = StringIO()
+        Console(file=out, width=width, color_system=None).print(predictions_table(preds))
+        text = out.getvalue()
+        assert "tabby" in text and "50.0%" in text
+        assert all(len(line) <= width for line in text.splitlines())
+
+
+def test_csv_rows_are_written_and_flushed_as_each_image_is_predicted(trained, tmp_path):
+    """Each image's rows are on disk before the next image is predicted: the predictions are
+    drawn from the real generator, and the file is read back between them."""
+    from zoo.adaptation.predict import predictions
+    from zoo.cli.commands.predict import _write_csv
+    from zoo.cli.output import Output
+
+    root, path, _ = trained
+    images = [str(p) for p in sorted((root / "test").rglob("*.png"))]
+    target = tmp_path / "stream.csv"
+    found = predictions(zoo.load(path), images, topk=2, batch_size=2, catalog=zoo.get_catalog())
+    seen_on_disk = []
+
+    def watched():
+        for pred in found:
+            seen_on_disk.append(target.read_text(encoding="utf-8").count("\n"))
+            yield pred
+
+    done = _write_csv(str(target), watched(), Output(stdout=StringIO(), stderr=StringIO()))
+    assert len(done) == len(images)
+    # before image i is handed over: the header and 2 rows for each image before it
+    assert seen_on_disk == [1 + 2 * i for i in range(len(images))]
+    assert target.read_text(encoding="utf-8").count("\n") == 1 + 2 * len(images)
+
+
+@pytest.mark.slow
+def test_csv_to_a_closed_pipe_stops_quietly(trained):
+    """The reader goes away (``| head``) before the first row: zoo stops without a
+    traceback. The process waits for a line on stdin, sent once the pipe is closed."""
+    import subprocess
+    import sys
+
+    root, path, _ = trained
+    folder = str(root / "test")
+    script = (
+        "import sys; sys.stdin.readline(); from zoo.cli.main import main; "
+        f"sys.exit(main(['predict', {str(path)!r}, {folder!r}, '-r', '--csv', '-']))"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    child.stdout.close()  # nobody reads stdout any more
+    _, err = child.communicate(b"go\n", timeout=300)
+    assert b"Traceback" not in err and child.returncode == 0, err.decode()

@@ -38,7 +38,7 @@ def test_models_lists_entries_and_broken_ones(saved, capsys):
     out = capsys.readouterr().out
     assert "cats" in out and "tinyplug:tiny" in out and "2: tabby" in out
     assert "broken" in out and "wreck: no model.safetensors" in out
-    assert "2 model(s)" in out and "1 broken" in out
+    assert "2 models" in out and "1 broken" in out
 
 
 def test_models_json(saved, capsys):

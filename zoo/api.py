@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from zoo.adaptation.compare import compare
+    from zoo.adaptation.evaluation import evaluate
     from zoo.adaptation.job import adapt
     from zoo.adaptation.predict import predict
 
@@ -53,6 +54,7 @@ __all__ = [
     "compare",
     "create",
     "current_catalog",
+    "evaluate",
     "export",
     "freeze",
     "get_backbone",
@@ -122,12 +124,14 @@ import_peft = _with_process_catalog(_peft_format.import_peft)
 _JOBS = {
     "adapt": "zoo.adaptation.job",
     "compare": "zoo.adaptation.compare",
+    "evaluate": "zoo.adaptation.evaluation",
     "predict": "zoo.adaptation.predict",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """``adapt``, ``compare`` and ``predict`` (:data:`_JOBS`) with the process catalog."""
+    """``adapt``, ``compare``, ``evaluate`` and ``predict`` (:data:`_JOBS`) with the process
+    catalog."""
     module = _JOBS.get(name)
     if module is None:
         raise AttributeError(f"module 'zoo.api' has no attribute {name!r}")

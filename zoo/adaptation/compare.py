@@ -329,7 +329,7 @@ def auto_note(board: Leaderboard, augment: Augment | None = None) -> str:
             "epoch to cut one earlier)"
         )
     elif board.rungs:
-        text += f"; none was cut before {board.rungs[0]} epoch(s)"
+        text += f"; none was cut before epoch {board.rungs[0]}"
     if board.budget_cut:
         text += f" cut by its budget ({board.budget:.1f} s)"
     tied = sum(r.tied for r in board.rows[1:])

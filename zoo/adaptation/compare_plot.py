@@ -1,8 +1,8 @@
 """The plot of a comparison: validation accuracy against trained parameters (log scale).
 
 One labelled point per policy, the winner marked. Written as a PNG with matplotlib, an optional
-extra (``pip install "zoo-transfer[plot]"``): :func:`check_plot_available` is called before
-any training, so a missing matplotlib fails at once.
+extra (``pip install -e ".[plot]"`` in the zoo checkout): :func:`check_plot_available` is
+called before any training, so a missing matplotlib fails at once.
 """
 
 from __future__ import annotations
@@ -15,18 +15,19 @@ from typing import Any
 from zoo.errors import ZooError
 from zoo.io.leaderboard import Leaderboard, short_policy
 
-INSTALL_HINT = 'pip install "zoo-transfer[plot]"'
+INSTALL_HINT = 'pip install -e ".[plot]" in the zoo checkout'
 
 
-def check_plot_available() -> None:
-    """Raise :class:`~zoo.ZooError` (naming the install command) when matplotlib is missing."""
+def check_plot_available(what: str = "plotting the comparison") -> None:
+    """Raise :class:`~zoo.ZooError` (naming the install command) when matplotlib is missing;
+    ``what`` names the plot asked for."""
     try:
         found = importlib.util.find_spec("matplotlib") is not None
     except (ImportError, ValueError):
         found = False
     if not found:
         raise ZooError(
-            "plotting the comparison (plot= / --plot FILE) needs matplotlib, which is not "
+            f"{what} (plot= / --plot FILE) needs matplotlib, which is not "
             f"installed: {INSTALL_HINT} (or pip install matplotlib), or leave out the plot"
         )
 
@@ -168,7 +169,11 @@ def draw(board: Leaderboard) -> Any:
     ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) + 0.02)
     ax.set_xlabel("trained parameters (log scale)", labelpad=2)
     ax.set_ylabel("validation accuracy")
-    ax.set_title(f"{len(rows)} policies, {board.epochs} epochs", fontsize=10)
+    ax.set_title(
+        f"{len(rows)} polic{'y' if len(rows) == 1 else 'ies'}, {board.epochs} "
+        f"epoch{'' if board.epochs == 1 else 's'}",
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.3)
     legend = {
         "winner": "winner",

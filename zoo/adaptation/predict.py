@@ -7,22 +7,16 @@ transform (resize, centre crop, normalise) of the input config saved with the mo
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from zoo.adaptation.data import (
-    IMAGE_EXTENSIONS,
-    build_transform,
-    input_config_of,
-    list_images,
-    load_image,
-)
+from zoo.adaptation.data import IMAGE_EXTENSIONS, build_transform, list_images, load_image
+from zoo.adaptation.evaluation import check_finite, checked_input_config, model_classes
 from zoo.core import checks
-from zoo.core.record import record_of
 from zoo.errors import DataError, ZooError
 from zoo.io.persistence import load
 
@@ -30,7 +24,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from zoo.core.catalog import Catalog
-    from zoo.core.specs import InputConfig
 
 ImageLike = Any  # a path, a PIL image, or a tensor (C, H, W) already prepared
 
@@ -125,17 +118,6 @@ def _source(item: ImageLike, index: int) -> str:
     return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"<image {index}>"
 
 
-def _checked_config(config: InputConfig) -> InputConfig:
-    """``config`` checked (a model's ``zoo.input_config`` may have been set to anything)."""
-    try:
-        return config.checked()
-    except ZooError as exc:
-        raise ZooError(
-            f"cannot prepare images for this model: {exc}; set "
-            "model.zoo.input_config to a valid zoo.InputConfig"
-        ) from None
-
-
 def predict(
     model: nn.Module | str | os.PathLike[str],
     images: ImageLike | Sequence[ImageLike],
@@ -162,6 +144,34 @@ def predict(
     ``error`` instead, and the other images are still predicted.
     """
 
+    return list(
+        predictions(
+            model,
+            images,
+            topk=topk,
+            batch_size=batch_size,
+            device=device,
+            recursive=recursive,
+            errors=errors,
+            catalog=catalog,
+        )
+    )
+
+
+def predictions(
+    model: nn.Module | str | os.PathLike[str],
+    images: ImageLike | Sequence[ImageLike],
+    *,
+    topk: int = 5,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    recursive: bool = False,
+    errors: Literal["raise", "report"] = "raise",
+    catalog: Catalog,
+) -> Iterator[Prediction]:
+    """:func:`predict`, one :class:`Prediction` at a time, in order, as each batch is
+    predicted (``zoo predict --csv`` writes them as they come). The arguments are checked, the
+    images listed and the model loaded here, before the first prediction is asked for."""
     try:
         topk = checks.integer(topk, "topk", 1)
         batch_size = checks.integer(batch_size, "batch_size", 1)
@@ -174,17 +184,28 @@ def predict(
         raise DataError("no images to predict")
     if isinstance(model, (str, os.PathLike)):
         model = load(model, catalog=catalog)
-    transform = build_transform(_checked_config(input_config_of(model)), train=False)
+    transform = build_transform(checked_input_config(model), train=False)
     if device is None:
         try:
             device = next(model.parameters()).device
         except StopIteration:
             device = torch.device("cpu")
-    record = record_of(model)
-    classes = record.classes if record is not None else None
     model.eval()
-    results: list[Prediction | None] = [None] * len(items)
+    return _predicted(model, items, transform, topk, batch_size, device, errors)
+
+
+def _predicted(
+    model: nn.Module,
+    items: list[ImageLike],
+    transform: Any,
+    topk: int,
+    batch_size: int,
+    device: str | torch.device,
+    errors: str,
+) -> Iterator[Prediction]:
+    classes = model_classes(model)
     for start in range(0, len(items), batch_size):
+        done: dict[int, Prediction] = {}
         chunk: list[tuple[int, str, torch.Tensor]] = []
         for index in range(start, min(start + batch_size, len(items))):
             try:
@@ -192,26 +213,22 @@ def predict(
             except DataError as exc:
                 if errors == "raise":
                     raise
-                results[index] = Prediction(_source(items[index], index), (), error=str(exc))
-        if not chunk:
-            continue
-        batch = torch.stack([tensor for _, _, tensor in chunk]).to(device)
-        with torch.no_grad():
-            probs = model(batch).float().softmax(dim=1).cpu()
-        if not bool(torch.isfinite(probs).all()):
-            raise ZooError(
-                f"the model gave non-finite outputs (NaN or infinity) for {chunk[0][1]}"
-                f"{' and others' if len(chunk) > 1 else ''}: its weights are damaged or the "
-                "images are not prepared for it; no prediction is returned"
-            )
-        names = list(classes) if classes else [str(i) for i in range(probs.shape[1])]
-        if len(names) != probs.shape[1]:
-            raise ZooError(f"the model has {probs.shape[1]} outputs but {len(names)} class names")
-        values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
-        for (index, source, _), vals, idxs in zip(
-            chunk, values.tolist(), indices.tolist(), strict=True
-        ):
-            results[index] = Prediction(
-                source, tuple((names[i], float(v)) for v, i in zip(vals, idxs, strict=True))
-            )
-    return [r for r in results if r is not None]
+                done[index] = Prediction(_source(items[index], index), (), error=str(exc))
+        if chunk:
+            batch = torch.stack([tensor for _, _, tensor in chunk]).to(device)
+            with torch.no_grad():
+                probs = model(batch).float().softmax(dim=1).cpu()
+            check_finite(probs, f"{chunk[0][1]}{' and others' if len(chunk) > 1 else ''}")
+            names = classes or [str(i) for i in range(probs.shape[1])]
+            if len(names) != probs.shape[1]:
+                raise ZooError(
+                    f"the model has {probs.shape[1]} outputs but {len(names)} class names"
+                )
+            values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
+            for (index, source, _), vals, idxs in zip(
+                chunk, values.tolist(), indices.tolist(), strict=True
+            ):
+                done[index] = Prediction(
+                    source, tuple((names[i], float(v)) for v, i in zip(vals, idxs, strict=True))
+                )
+        yield from (done[index] for index in sorted(done))

@@ -14,7 +14,7 @@ so the demo runs offline. It writes the digits as PNG image folders, then:
 3. scores the winner on the held-out test digits, loads it back by name and predicts a few.
 
 Everything goes through the public API (:func:`zoo.adapt`, :func:`zoo.compare`,
-:func:`zoo.load`, :func:`zoo.predict`), exactly as a user would call it.
+:func:`zoo.load`, :func:`zoo.evaluate`, :func:`zoo.predict`), exactly as a user would call it.
 """
 
 from __future__ import annotations
@@ -224,15 +224,6 @@ def write_digits(root: Path, settings: DemoSettings, *, seed: int = 0) -> DigitF
     return folders
 
 
-def accuracy(model: Any, paths: list[Path]) -> float:
-    """Top-1 accuracy on image files whose folder names are their classes (``zoo.predict``)."""
-    import zoo
-
-    predictions = zoo.predict(model, paths, topk=1, batch_size=256)
-    hits = sum(p.label == path.parent.name for p, path in zip(predictions, paths, strict=True))
-    return hits / max(1, len(paths))
-
-
 def run_demo(
     *,
     fast: bool = False,
@@ -356,8 +347,9 @@ def _run(
         result.test_images = len(tests)
         say(f"3/3  loading {BEST_NAME!r} back by name: test accuracy and a few predictions")
         loaded = zoo.load(BEST_NAME)
-        result.test_accuracy = accuracy(loaded, tests)
-        result.scratch_accuracy = accuracy(scratch, tests)
+        test = folders.target_test  # scored as the user would: zoo.evaluate
+        result.test_accuracy = zoo.evaluate(loaded, test, batch_size=256).accuracy
+        result.scratch_accuracy = zoo.evaluate(scratch, test, batch_size=256).accuracy
         picks = random.Random(1).sample(tests, min(settings.predictions, len(tests)))
         for pred, path in zip(zoo.predict(loaded, picks, topk=1), picks, strict=True):
             result.predictions.append(

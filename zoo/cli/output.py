@@ -122,6 +122,15 @@ def percent(part: float | None, whole: float = 1.0) -> str:
     return f"{value:.2g}%" if 0 < abs(value) < 0.05 else f"{value:.1f}%"
 
 
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 class``, ``2 classes``, ``0 images``: a count with its noun in the right number."""
+    if count == 1:
+        return f"{count} {word}"
+    if many is None:
+        many = word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
+    return f"{count} {many}"
+
+
 def printable(text: object) -> str:
     """``text`` safe to print: every character that is not printable (a control character, a
     lone surrogate from an undecodable file name, an escape sequence) is shown escaped, as in

@@ -1,4 +1,4 @@
-"""Rich output of ``zoo adapt``, ``zoo predict`` and ``zoo demo``.
+"""Rich output of ``zoo adapt`` and ``zoo demo``.
 
 :class:`AdaptProgress` is the live view (epoch and batch bars with loss, accuracy and
 images/s); the other functions return renderables (tested on ``Console(file=StringIO())``).
@@ -6,7 +6,7 @@ images/s); the other functions return renderables (tested on ``Console(file=Stri
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console, Group
@@ -18,13 +18,12 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 from rich.text import Text
 
 from zoo.adaptation.config import describe_augment
 from zoo.adaptation.job import AdaptCallback, EpochRecord, History
 from zoo.cli.columns import Col, Columns
-from zoo.cli.output import Fields, Wrapped, bar, human_count, percent, printable
+from zoo.cli.output import Fields, Wrapped, bar, human_count, percent, plural, printable
 
 
 def _num(value: float | None, digits: int = 4) -> str:
@@ -33,15 +32,6 @@ def _num(value: float | None, digits: int = 4) -> str:
 
 def _seconds(value: float) -> str:
     return f"{value:.1f}s" if value < 120 else f"{value / 60:.1f}min"
-
-
-def plural(count: int, word: str, many: str | None = None) -> str:
-    """``1 class``, ``2 classes``, ``0 images``: a count with its noun in the right number."""
-    if count == 1:
-        return f"{count} {word}"
-    if many is None:
-        many = word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
-    return f"{count} {many}"
 
 
 def policy_text(policy: str, args: Mapping[str, Any] | None) -> str:
@@ -327,29 +317,3 @@ def skipped_text(history: History, limit: int = 10) -> Text:
     if len(history.skipped) > limit:
         text.append(f"… and {len(history.skipped) - limit} more\n", style="yellow")
     return text
-
-
-# ---------------------------------------------------------------- predict
-
-
-def predictions_table(predictions: Sequence[Any]) -> Table:
-    """Top-k classes per image with probability bars (file and class names escaped where not
-    printable: a file name can hold a newline or a terminal escape)."""
-    table = Table(show_edge=False)
-    table.add_column("image", overflow="fold")  # a path is never cut: it folds onto more lines
-    table.add_column("#", justify="right")
-    table.add_column("class", overflow="fold")
-    table.add_column("probability", justify="right")
-    table.add_column("")
-    for pred in predictions:
-        for rank, (name, prob) in enumerate(pred.top, start=1):
-            table.add_row(
-                Text(printable(pred.source)) if rank == 1 else "",  # never read as markup
-                str(rank),
-                Text(printable(name)),
-                percent(prob),
-                bar(prob, 20),
-                style="bold" if rank == 1 else None,
-            )
-        table.add_section()
-    return table

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from zoo.adaptation.history import AdaptCallback
 from zoo.cli.columns import Col, Columns
-from zoo.cli.output import Wrapped, human_count, percent, printable
+from zoo.cli.output import Wrapped, human_count, percent, plural, printable
 from zoo.io.leaderboard import Leaderboard, short_policy
 
 if TYPE_CHECKING:
@@ -82,11 +82,12 @@ def leaderboard_table(board: Leaderboard, *, title: str | None = None) -> Column
 def board_title(board: Leaderboard) -> str:
     """What the comparison did, as its notes say it: the rungs of successive halving, or that
     every candidate trained to the end (one rung: no halving)."""
-    count = f"compare: {len(board.rows)} {'policy' if len(board.rows) == 1 else 'policies'}"
+    count = f"compare: {plural(len(board.rows), 'policy', 'policies')}"
     if len(board.rungs) > 1:
         rungs = ", ".join(str(r) for r in board.rungs)
         return f"{count}, successive halving: cuts after epochs {rungs.rpartition(', ')[0]}"
-    return f"{count}, each trained {board.epochs} epoch(s) at most (no successive halving)"
+    epochs = plural(board.epochs, "epoch", "epochs")
+    return f"{count}, each trained {epochs} at most (no successive halving)"
 
 
 def _mean_sd(mean: float | None, sd: float | None, splits: int) -> str:
@@ -140,7 +141,7 @@ class CompareProgress(AdaptCallback):
         self.console.print(  # the specs wrap between their arguments, never inside one
             Wrapped(
                 printable(
-                    f"comparing {len(info.get('policies', []))} policies on "
+                    f"comparing {plural(len(info.get('policies', [])), 'policy', 'policies')} on "
                     f"{info.get('train_images')} training / {info.get('val_images')} validation "
                     f"images, {info.get('epochs')} epochs each at most: {policies}"
                 )

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from zoo.cli.columns import Col, Columns
 from zoo.cli.listing import BackboneEntry, PolicyEntry
-from zoo.cli.output import PIPE_WIDTH
+from zoo.cli.output import PIPE_WIDTH, plural
 from zoo.core.plugins import PluginRecord, format_origin
 
 #: Listings longer than this are plain text (and their JSON one entry per line): rich styles
@@ -124,9 +124,9 @@ def plugins_table(records: Sequence[PluginRecord]) -> Columns:
     for record in records:
         registered = []
         if record.backbones:
-            registered.append(f"{record.backbones} backbones")
+            registered.append(plural(record.backbones, "backbone"))
         if record.policies:
-            registered.append(f"{record.policies} policies")
+            registered.append(plural(record.policies, "policy", "policies"))
         status = (
             Text("ok", style="green") if record.ok else Text("\n".join(record.errors), style="red")
         )

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from zoo.adaptation.config import describe_augment
 from zoo.cli.columns import Col, Columns
-from zoo.cli.output import Fields, human_bytes, human_count, percent, printable
+from zoo.cli.output import Fields, human_bytes, human_count, percent, plural, printable
 from zoo.cli.render_params import depth_table
 from zoo.core import checks
 from zoo.tables.table import DepthSummary
@@ -88,7 +88,9 @@ def models_summary(entries: Sequence[EntryInfo], home: str) -> Text:
     """The line under the table: how many models, how many broken, where the store is."""
     broken = sum(1 for e in entries if not e.ok)
     total = sum(e.size for e in entries)
-    text = Text(f"{len(entries)} model(s), {human_bytes(total)} in {printable(home)}", style="dim")
+    text = Text(
+        f"{plural(len(entries), 'model')}, {human_bytes(total)} in {printable(home)}", style="dim"
+    )
     if broken:
         text.append(f"; {broken} broken (remove with zoo rm NAME)", style="red")
     return text
@@ -176,7 +178,7 @@ def adapter_lines(info: Inspection) -> list[tuple[str, str]]:
         lines.append(
             (
                 "adapters",
-                f"{row['kind']} ({args or 'no arguments'}) on {row['targets']} target(s), "
+                f"{row['kind']} ({args or 'no arguments'}) on {plural(row['targets'], 'target')}, "
                 f"+{human_count(row['params'])} parameters",
             )
         )
@@ -246,12 +248,12 @@ def gc_view(result: GcResult, *, dry_run: bool) -> Text:
             "described another version of the model)\n"
         )
     if result.locks:
-        text.append(f"{verb} {len(result.locks)} stale lock file(s) of removed entries\n")
+        text.append(f"{verb} {plural(len(result.locks), 'stale lock file')} of removed entries\n")
     if not (result.removed or result.skipped or result.repaired or result.locks):
         text.append("nothing to clean up\n", style="dim")
     else:
         text.append(
-            f"{len(result.removed)} leftover(s), {human_bytes(result.freed)} "
+            f"{plural(len(result.removed), 'leftover')}, {human_bytes(result.freed)} "
             f"{'to free' if dry_run else 'freed'}\n",
             style="dim",
         )

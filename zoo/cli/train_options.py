@@ -128,7 +128,7 @@ OPTIONS: dict[str, Option] = {
     "plot": _option(
         "--plot",
         help="write validation accuracy vs trained parameters as a PNG (needs matplotlib: "
-        'pip install "zoo-transfer[plot]")',
+        'pip install -e ".[plot]" in the zoo checkout)',
         metavar="FILE",
     ),
     "refit": _option(

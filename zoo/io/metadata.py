@@ -265,7 +265,8 @@ class ZooMetadata:
         if version > FORMAT_VERSION:
             raise UnsupportedFormatError(
                 f"{reader.source}: written with zoo file format {version}, but this zoo reads "
-                f"up to format {FORMAT_VERSION}; upgrade zoo (pip install -U zoo-transfer)"
+                f"up to format {FORMAT_VERSION}; upgrade zoo (git pull, then pip install -e . "
+                "in its checkout)"
             )
         if version < 1:
             raise reader.bad("zoo.format_version", f"must be >= 1, got {version}")

@@ -266,6 +266,50 @@ class ParamTable:
     def from_json(cls, text: str) -> ParamTable:
         return cls.from_dict(json.loads(text))
 
+    # ------------------------------------------------------------ rendering: the one edge
+    # A data module imports nothing above its floor, except here: printed, in a notebook or by
+    # rich, a table shows what ``zoo show`` shows (its header and per-depth table), drawn by the
+    # CLI's one renderer, zoo.cli.render_params. That import, and rich's, happen inside these
+    # methods only, when a table is shown, so ``import zoo`` loads neither; the layers contract
+    # in pyproject.toml names this one upward import.
+
+    def __rich__(self) -> Any:
+        """The table as ``zoo show`` prints it (a rich renderable: ``rich.print(table)``)."""
+        from rich.console import Group
+
+        from zoo.cli.render_params import depth_table, header
+
+        return Group(header(self), depth_table(self.depth_summary()))
+
+    def __str__(self) -> str:
+        """The table as ``zoo show`` prints it, as plain text (``print(table)``), laid out for
+        the terminal's width (``COLUMNS``; 100 when there is none)."""
+        import shutil
+
+        return self._rendered(width=shutil.get_terminal_size((100, 24)).columns, html=False)
+
+    def _repr_html_(self) -> str:
+        """The table as ``zoo show`` prints it, as HTML, for Jupyter."""
+        return self._rendered(width=100, html=True)
+
+    def _rendered(self, *, width: int, html: bool) -> str:
+        from io import StringIO
+
+        from rich.console import Console
+
+        console = Console(
+            file=StringIO(),
+            width=width,
+            record=html,
+            color_system=None if not html else "auto",
+            force_terminal=html,
+            highlight=False,
+        )
+        console.print(self)
+        if html:
+            return console.export_html(inline_styles=True, code_format="<pre>{code}</pre>")
+        return console.file.getvalue().rstrip("\n")
+
 
 def _planned(plan: Any, name: str) -> tuple[bool, float]:
     """Whether ``plan`` trains parameter ``name``, and at which lr scale (unlisted: frozen)."""

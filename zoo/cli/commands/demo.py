@@ -1,8 +1,9 @@
-"""``zoo demo``: the whole transfer-learning story on real digits, offline, in under a minute."""
+"""``zoo demo``: the whole transfer-learning story on real digits, offline, in under two minutes."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from zoo.cli.output import Output, percent
 
@@ -107,7 +108,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
     policies = ",".join(LADDER)
     out.print(
         f"done in {result.seconds:.0f}s.  Next: zoo predict {result.best} IMAGE.png, "
-        f"or zoo compare {result.backbone} --weights {SOURCE_NAME} --data YOUR_FOLDER "
+        + (
+            f"or zoo evaluate {result.best} {os.path.join(args.keep_data, 'target', 'test')}, "
+            if args.keep_data
+            else ""
+        )
+        + f"or zoo compare {result.backbone} --weights {SOURCE_NAME} --data YOUR_FOLDER "
         f"--val-split 0.2 --policies {policies} --name NAME, "
         f"or zoo adapt {result.backbone} --weights {SOURCE_NAME} --data YOUR_FOLDER --name NAME"
     )

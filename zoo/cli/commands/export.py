@@ -78,11 +78,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
         return 0
     from rich.text import Text
 
-    from zoo.cli.output import human_bytes
+    from zoo.cli.output import human_bytes, plural
 
     what = (
-        f"LoRA r={summary['r']}, alpha={summary['lora_alpha']} on {summary['targets']} "
-        f"module(s), saving {', '.join(summary['modules_to_save'] or [])}"  # type: ignore[arg-type]
+        f"LoRA r={summary['r']}, alpha={summary['lora_alpha']} on "
+        f"{plural(summary['targets'], 'module')}, saving "  # type: ignore[arg-type]
+        f"{', '.join(summary['modules_to_save'] or [])}"  # type: ignore[arg-type]
         if "r" in summary
         else "the model"
     )

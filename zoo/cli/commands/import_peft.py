@@ -57,11 +57,11 @@ def run(args: argparse.Namespace, out: Output) -> int:
         return 0
     from rich.text import Text
 
-    from zoo.cli.output import human_bytes
+    from zoo.cli.output import human_bytes, plural
 
     out.print(
         Text(
-            f"saved {args.name}: {summary['backbone']} with LoRA on {len(added)} module(s) "
+            f"saved {args.name}: {summary['backbone']} with LoRA on {plural(len(added), 'module')} "
             f"({human_bytes(summary['bytes'])}, {path})"
         )
     )
