@@ -130,6 +130,20 @@ def _describe_input(value: Any) -> Any:
     return f"<{type(value).__name__}{f' of {size} items' if size is not None else ''}>"
 
 
+#: The options a resumed run may set otherwise than the interrupted one: how the model is
+#: saved (``overwrite``), and how fast it trains without changing what it computes beyond
+#: rounding (loader workers, memory layout, compile, gradient checkpointing). ``precision``
+#: and ``accumulate`` change the arithmetic and the optimizer steps: they must be the same.
+MAY_DIFFER = (
+    "overwrite",
+    "num_workers",
+    "channels_last",
+    "compile",
+    "compile_fallback",
+    "grad_checkpointing",
+)
+
+
 def run_config(
     start: Any,
     train: Any,
@@ -143,8 +157,9 @@ def run_config(
     """The settings a resumed run must share with the interrupted one, as JSON values: the
     options that change how it trains (not ``overwrite``, which only says how it is saved),
     the inputs, the class names the data gave (a class folder added changes the head) and
-    the images of each split of folders (an image added or removed changes the epochs)."""
-    skip = {"callback", "resume", "overwrite"}
+    the images of each split of folders (an image added or removed changes the epochs).
+    :data:`MAY_DIFFER` lists the options a resume may change."""
+    skip = {"callback", "resume", *MAY_DIFFER}
     config = {k: v for k, v in options.items() if k not in skip}
     config.update(
         start=_describe_input(start),
@@ -416,7 +431,7 @@ class Checkpointer:
             model.load_state_dict(state)
             groups = optimizer.state_dict()["param_groups"]  # this run's (the saved are equal)
             optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-            loop.step = saved.epoch * loop.batches_per_epoch
+            loop.step = saved.epoch * loop.steps_per_epoch
             history.epochs = list(saved.history)
             if self.early is not None:
                 assert saved.early is not None
@@ -457,7 +472,7 @@ class Checkpointer:
         if saved.files["best"]:
             best = {**frozen, **self._read(saved, "best")[0]}
             check_model_tensors(best, expected, "files.best")
-        steps = saved.epoch * loop.batches_per_epoch
+        steps = saved.epoch * loop.steps_per_epoch
         groups = _jsonable(optimizer.state_dict()["param_groups"])
         check_groups(saved.param_groups, groups, loop.lr_factor(steps - 1))
         opt_tensors, _ = self._read(saved, "optimizer")

@@ -618,6 +618,8 @@ class LoaderSpec:
     batch_size: int = 32
     num_workers: int = 0
     seed: int = 0
+    #: pinned batches (on a GPU: the copy to the device then overlaps the compute)
+    pin_memory: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -629,7 +631,8 @@ def make_loader(
     sampler: Any = None,
     drop_last: bool = False,
 ) -> DataLoader:
-    """A ``DataLoader`` over ``dataset`` (seeded shuffling; ``sampler`` overrides it)."""
+    """A ``DataLoader`` over ``dataset`` (seeded shuffling; ``sampler`` overrides it); its
+    worker processes, if any, live as long as the loader and keep two batches each ready."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -643,7 +646,9 @@ def make_loader(
         num_workers=spec.num_workers,
         drop_last=drop_last,
         generator=generator if sampler is None else None,
-        persistent_workers=False,
+        pin_memory=spec.pin_memory,
+        persistent_workers=spec.num_workers > 0,
+        prefetch_factor=2 if spec.num_workers > 0 else None,
         **spec.extra,
     )
 

@@ -48,6 +48,7 @@ from zoo.adaptation.cache import (
 )
 from zoo.adaptation.history import AdaptCallback, EpochRecord
 from zoo.adaptation.inputs import loaders_for_folders, reshuffled
+from zoo.adaptation.speed import Speed
 from zoo.adaptation.training import Trainee
 from zoo.errors import DataError
 from zoo.io.leaderboard import (
@@ -261,7 +262,7 @@ def run_halving(
     of the slowest candidate; None: plain halving) keeps fewer candidates at a rung when the
     projected cost of the remaining rungs would exceed it (see :func:`keep_within`); with a
     budget, the budget does."""
-    per_epoch = [c.trainee.batches_per_epoch for c in candidates if c.trainee is not None]
+    per_epoch = [c.trainee.steps_per_epoch for c in candidates if c.trainee is not None]
     steps = ctx.broadcast(min(per_epoch))  # the same rungs on every rank
     rungs = rung_epochs(settings.epochs, len(candidates), steps)
     note = rung_note(settings.epochs, len(candidates), steps)
@@ -470,6 +471,7 @@ def cache_boundaries(
     model: nn.Module,
     candidates: list[Candidate],
     shared: SharedData,
+    settings: TrainConfig,
     *,
     ctx: DistContext,
     callback: AdaptCallback,
@@ -488,15 +490,19 @@ def cache_boundaries(
     if not found:
         return
     paths = sorted({b.path for b in found.values()})
+    speed = Speed.of(settings, ctx.device)
+    speed.prepare(model)
     try:
-        out = extract(
-            model,
-            paths,
-            loaders,
-            ctx=ctx,
-            callback=callback,
-            max_bytes=max_cache_bytes() - shared.nbytes,
-        )
+        with speed.autocast():  # the frozen prefix runs in the training precision
+            out = extract(
+                model,
+                paths,
+                loaders,
+                ctx=ctx,
+                callback=callback,
+                max_bytes=max_cache_bytes() - shared.nbytes,
+                precision=speed.dtype,
+            )
     except CacheUnsupported as exc:
         shared.notes.append(f"boundary cache not used, every candidate trained on images: {exc}")
         return
@@ -526,7 +532,7 @@ def compare_candidates(
     small = small_validation_note(data.images("val"))
     notes = [*notes, small] if small else notes
     candidates = [make_candidate(model, p) for p in planned]
-    cache_boundaries(model, candidates, shared, ctx=ctx, callback=callback)
+    cache_boundaries(model, candidates, shared, settings, ctx=ctx, callback=callback)
     for cand in candidates:
         cand.start(shared, settings, len(data.classes), ctx)
     return run_halving(

@@ -29,6 +29,7 @@ from zoo.adaptation.data import (
     split_folder,
 )
 from zoo.adaptation.distributed import ShardSampler
+from zoo.adaptation.speed import loader_workers, pin_memory
 from zoo.errors import DataError
 
 if TYPE_CHECKING:
@@ -173,16 +174,24 @@ def loaders_for_folders(
     *,
     augment: bool | Mapping[str, Any],
     batch_size: int,
-    num_workers: int,
+    num_workers: int | None,
     seed: int,
     ctx: DistContext,
     shuffle_train: bool,
 ) -> tuple[DataLoader, DataLoader | None]:
-    spec = LoaderSpec(batch_size=batch_size, num_workers=num_workers, seed=seed)
-    # evaluation, and a training pass that only computes features, use larger batches
-    big = LoaderSpec(
-        batch_size=max(batch_size, INFERENCE_BATCH), num_workers=num_workers, seed=seed
-    )
+    """Train and val loaders over the folders, sharded over the ranks: ``num_workers`` worker
+    processes each (None: :func:`~zoo.adaptation.speed.loader_workers` decides per split),
+    pinned memory on a GPU; the training split shuffled in ``batch_size`` batches when
+    ``shuffle_train``, else in order in larger batches (evaluation and the cache's one pass
+    use those)."""
+    big_batch = max(batch_size, INFERENCE_BATCH)
+    train_batch = batch_size if shuffle_train else big_batch
+    images = len(data.train) // max(1, ctx.world_size)
+
+    def spec(batch: int, images: int) -> LoaderSpec:
+        workers = loader_workers(num_workers, images, batch)
+        return LoaderSpec(batch, workers, seed, pin_memory=pin_memory(ctx.device))
+
     train_ds = ImageDataset.from_folder(
         data.train, build_transform(config, train=True, augment=augment)
     )
@@ -192,13 +201,16 @@ def loaders_for_folders(
             train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle_train, seed=seed
         )
     train_loader = make_loader(
-        train_ds, spec if shuffle_train else big, shuffle=shuffle_train, sampler=sampler
+        train_ds, spec(train_batch, images), shuffle=shuffle_train, sampler=sampler
     )
     val_loader = None
     if data.val is not None and len(data.val):
         val_ds = ImageDataset.from_folder(data.val, build_transform(config, train=False))
         val_sampler = ShardSampler(len(val_ds), ctx.rank, ctx.world_size) if ctx.enabled else None
-        val_loader = make_loader(val_ds, big, shuffle=False, sampler=val_sampler)
+        val_images = len(data.val) // max(1, ctx.world_size)
+        val_loader = make_loader(
+            val_ds, spec(big_batch, val_images), shuffle=False, sampler=val_sampler
+        )
     return train_loader, val_loader
 
 
@@ -221,6 +233,7 @@ def distributed_loader(
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
         drop_last=loader.drop_last and not evaluation,
+        persistent_workers=loader.persistent_workers,
     )
 
 
@@ -243,11 +256,14 @@ def reshuffled(loader: DataLoader, ctx: DistContext, seed: int, batch_size: int)
             sampler=sampler,
             num_workers=loader.num_workers,
             collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+            persistent_workers=loader.persistent_workers,
         )
     spec = LoaderSpec(
         batch_size=batch_size,
         num_workers=loader.num_workers,
         seed=seed,
+        pin_memory=loader.pin_memory,
         extra={"collate_fn": loader.collate_fn},
     )
     return make_loader(loader.dataset, spec, shuffle=True)

@@ -18,8 +18,8 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
@@ -40,6 +40,7 @@ from zoo.adaptation.data import dataset_transform, is_random_transform
 from zoo.adaptation.distributed import Replica
 from zoo.adaptation.history import EpochRecord
 from zoo.adaptation.inputs import distributed_loader, loaders_for_folders, reshuffled, set_epoch
+from zoo.adaptation.speed import Compiled, Speed
 from zoo.errors import DataError, ZooError
 from zoo.io.fileformat import PAUSE_AFTER_EPOCH_ENV, pause_for_tests
 
@@ -55,11 +56,16 @@ if TYPE_CHECKING:
     from zoo.plans.schedule import ScheduleDriver
 
 
+T = TypeVar("T")
+#: On a GPU the running loss and accuracy are read (a sync) every this many batches.
+REPORT_EVERY = 20
+
+
 def make_optimizer(
     name: str, groups: list[dict[str, Any]], *, lr: float, momentum: float
 ) -> torch.optim.Optimizer:
     """AdamW or SGD over the plan's groups; the fused kernels when the parameters allow
-    (several times faster per step on CPU and GPU)."""
+    (several times faster per step on CPU and GPU), else the multi-tensor (foreach) ones."""
     for group in groups:
         group["initial_lr"] = group["lr"]
     if name not in OPTIMIZERS:
@@ -73,7 +79,7 @@ def make_optimizer(
             return cls(groups, lr=lr, fused=True, **kwargs)
         except (RuntimeError, TypeError, ValueError):  # a torch without fused kernels here
             pass
-    return cls(groups, lr=lr, **kwargs)
+    return cls(groups, lr=lr, foreach=None, **kwargs)  # torch's choice: foreach on a GPU
 
 
 # ---------------------------------------------------------------- one model in training
@@ -114,7 +120,15 @@ class Trainee:
         )
         self.model = model
         self.module = top if top is not None else model
+        self.speed = Speed.of(config, ctx.device)
+        self.speed.prepare(model)
         self.replica = Replica(self.module, ctx)
+        self.compiled = (
+            Compiled(self.replica, config.compile, fallback=config.compile_fallback)
+            if config.compile is not False
+            else None
+        )
+        self.run: Any = self.compiled if self.compiled is not None else self.replica
         self.ctx = ctx
         self.callback = callback
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -133,8 +147,11 @@ class Trainee:
         self.epochs = config.epochs
         self.schedule = config.lr_schedule
         self.batches_per_epoch = len(self.batches)
-        self.total_steps = self.batches_per_epoch * config.epochs
-        self.warmup_steps = int(config.warmup_epochs * self.batches_per_epoch)
+        self.accumulate = config.accumulate
+        #: optimizer steps per epoch: one per ``accumulate`` batches (and one for the rest)
+        self.steps_per_epoch = -(-self.batches_per_epoch // self.accumulate)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.warmup_steps = int(config.warmup_epochs * self.steps_per_epoch)
         self.step = 0
 
     def lr_factor(self, step: int) -> float:
@@ -151,7 +168,7 @@ class Trainee:
         """Train epoch ``epoch`` (1-based), then evaluate on ``val``; summed over ranks."""
         set_epoch(self.batches, epoch)
         with _one_thread_on_cpu(self.ctx.device, self.one_thread):
-            loss, accuracy, images, seconds, lr = self._train(epoch)
+            loss, accuracy, images, seconds, waited, lr = self._train(epoch)
             val_loss, val_accuracy = self._evaluate()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         return EpochRecord(
@@ -163,6 +180,7 @@ class Trainee:
             seconds=seconds,
             images=images,
             images_per_second=images / seconds if seconds else 0.0,
+            loader_seconds=waited,
             lr=lr,
             trainable_params=sum(p.numel() for p in trainable),
             trainable_tensors=len(trainable),
@@ -182,47 +200,88 @@ class Trainee:
                 "outputs (timm: model.reset_classifier(n))"
             )
 
-    def _train(self, epoch: int) -> tuple[float, float, int, float, float]:
-        """(mean loss, accuracy, images, seconds, last lr) of one epoch, over all ranks."""
+    def _train(self, epoch: int) -> tuple[float, float, int, float, float, float]:
+        """(mean loss, accuracy, images, seconds, seconds waiting for batches, last lr) of one
+        epoch, over all ranks (the waiting: this rank's)."""
         self.module.train()
         n_batches = self.batches_per_epoch
         self.callback.on_epoch_start(epoch, self.epochs, n_batches)
         device = self.ctx.device
-        loss_sum = correct = count = 0.0
-        lr = 0.0
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, images
+        lr = waited = 0.0
         start = time.perf_counter()
-        for i, batch in enumerate(self.batches):
+        batches = iter(self.batches)
+        for i in itertools.count():
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - asked
+            if batch is None:
+                break
             self.ctx.check_peers()
-            images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device)
-            lr = self._set_lr()
-            logits = self.replica(images)
-            if i == 0 and epoch == 1:
-                self._check_logits(logits)
-            loss = self.loss_fn(logits, targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.step += 1
+            images, targets = self.speed.inputs(batch[0]), batch[1].to(device, non_blocking=True)
+            first, group = divmod(i, self.accumulate)
+            if group == 0:  # the first batch of an optimizer step
+                lr = self._set_lr()
+                self.optimizer.zero_grad(set_to_none=True)
+            # the batches of this step: accumulate, or what is left of the epoch
+            size = min(self.accumulate, n_batches - first * self.accumulate)
+            last = group + 1 == size
+            check = i == 0 and epoch == 1
+            with self._no_sync(not last):
+                logits, loss = self._guarded(self._pass, images, targets, size, check)
+            if last:
+                self.speed.step(self.optimizer)
+                self.step += 1
             with torch.no_grad():
                 n = targets.shape[0]
-                loss_sum += float(loss.detach()) * n
-                correct += float((logits.argmax(1) == targets).sum())
-                count += n
-            elapsed = time.perf_counter() - start
-            self.callback.on_batch_end(
-                epoch,
-                i + 1,
-                n_batches,
-                loss_sum / count,
-                correct / count,
-                count * self.ctx.world_size / elapsed if elapsed else 0.0,
-            )
+                hits = (logits.argmax(1) == targets).sum()
+                sums += torch.stack([loss.detach().double() * n, hits, sums.new_tensor(n)])
+            if device.type == "cpu" or i + 1 == n_batches or i % REPORT_EVERY == 0:
+                loss_sum, correct, count = sums.tolist()  # a sync on a GPU: not every batch
+                elapsed = time.perf_counter() - start
+                self.callback.on_batch_end(
+                    epoch,
+                    i + 1,
+                    n_batches,
+                    loss_sum / count,
+                    correct / count,
+                    count * self.ctx.world_size / elapsed if elapsed else 0.0,
+                )
         seconds = time.perf_counter() - start
         self.ctx.average_buffers(self.module)
-        loss_sum, correct, count = self.ctx.sum([loss_sum, correct, count])
+        loss_sum, correct, count = self.ctx.sum(sums.tolist())
         if not count:
             raise DataError("the training data yielded no batches")
-        return loss_sum / count, correct / count, int(count), seconds, lr
+        return loss_sum / count, correct / count, int(count), seconds, waited, lr
+
+    def _pass(
+        self, images: torch.Tensor, targets: torch.Tensor, batches: int, check: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward of one batch, one of ``batches`` accumulated into a step
+        (``check``: the logits' shape first): ``(logits, loss)``."""
+        with self.speed.autocast():
+            logits = self.run(images)
+            if check:
+                self._check_logits(logits)
+            loss = self.loss_fn(logits, targets)
+        self.speed.backward(loss / batches if batches > 1 else loss)
+        return logits, loss
+
+    def _guarded(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)``; where compiling fails: the refusal, or with the fallback the same
+        again, eagerly (the failure came before anything ran)."""
+        if self.compiled is None:
+            return work(*args)
+        with self.compiled.failures():
+            return work(*args)
+        return work(*args)
+
+    def _no_sync(self, skip: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP's ``no_sync`` for a batch whose gradients are accumulated, not yet reduced."""
+        wrapped = self.replica.wrapped
+        if skip and wrapped is not self.replica.module and hasattr(wrapped, "no_sync"):
+            return wrapped.no_sync()
+        return contextlib.nullcontext()
 
     def _evaluate(self) -> tuple[float | None, float | None]:
         """(mean loss, accuracy) on ``val`` over all ranks; (None, None) without one."""
@@ -230,16 +289,19 @@ class Trainee:
             return None, None
         self.module.eval()
         device = self.ctx.device
-        loss_sum = correct = count = 0.0
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
         with torch.no_grad():
             for batch in self.val:
                 self.ctx.check_peers()
-                images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device)
-                logits = self.module(images)
-                loss_sum += float(self.loss_fn(logits, targets)) * targets.shape[0]
-                correct += float((logits.argmax(1) == targets).sum())
-                count += targets.shape[0]
-        loss_sum, correct, count = self.ctx.sum([loss_sum, correct, count])
+                images, targets = self.speed.inputs(batch[0]), batch[1].to(device)
+                with self.speed.autocast():
+                    logits = self.module(images).float()
+                n = targets.shape[0]
+                loss = self.loss_fn(logits, targets)
+                sums += torch.stack(
+                    [loss.double() * n, (logits.argmax(1) == targets).sum(), sums.new_tensor(n)]
+                )
+        loss_sum, correct, count = self.ctx.sum(sums.tolist())
         if not count:
             return None, None
         return loss_sum / count, correct / count
@@ -359,6 +421,8 @@ def run_training(
         record = trainee.epoch(epoch)
         _end_epoch(keeper, record, trainee, history, generators)
     history.ddp_wraps = trainee.replica.wraps
+    if trainee.compiled is not None and trainee.compiled.note:
+        history.notes.append(trainee.compiled.note)
     early = keeper.early
     if early is not None:  # the model is the best validation epoch's
         history.early_stop = early.patience
@@ -505,15 +569,19 @@ def _cache(
 
     boundary = on_every_rank(ctx, find)
     splits = [("train", train)] + ([("val", val)] if val is not None else [])
-    cached = extract(
-        model,
-        [boundary.path],
-        splits,
-        ctx=ctx,
-        callback=callback,
-        batch_size=config.batch_size,
-        train_batches=itertools.chain([first], batches),  # the first batch is kept
-    )
+    speed = Speed.of(config, ctx.device)
+    speed.prepare(model)
+    with speed.autocast():  # the frozen prefix runs in the training precision
+        cached = extract(
+            model,
+            [boundary.path],
+            splits,
+            ctx=ctx,
+            callback=callback,
+            batch_size=config.batch_size,
+            train_batches=itertools.chain([first], batches),  # the first batch is kept
+            precision=speed.dtype,
+        )
     return boundary, cached[boundary.path]
 
 
