@@ -22,6 +22,7 @@ from zoo.adaptation.speed import (
     Speed,
     loader_workers,
     resolve_precision,
+    set_grad_checkpointing,
 )
 from zoo.errors import AdaptArgumentError, ZooError
 from zoo.io.fileformat import read_file
@@ -214,3 +215,75 @@ def test_channels_last_auto_is_off_on_a_cpu():
     speed.prepare(model)
     assert not speed.channels_last
     assert not Speed(CPU, channels_last=True).wants_channels_last(nn.Linear(2, 2))
+
+
+# ---------------------------------------------------------------- large models
+
+
+def test_accumulating_two_half_batches_trains_as_one_whole_batch(colours):
+    # a model without batch statistics: the mean gradient of 8 images is the mean of the two
+    # means of 4, and the lr schedule counts optimizer steps (3 per epoch either way)
+    whole, whole_history = zoo.adapt(VIT, colours / "train", **{**SAME, "batch_size": 8})
+    halves, halves_history = zoo.adapt(
+        VIT, colours / "train", accumulate=2, **{**SAME, "batch_size": 4}
+    )
+    assert _max_difference(whole, halves) < 1e-5
+    assert halves_history[0].lr == pytest.approx(whole_history[0].lr)
+
+
+def test_grad_checkpointing_trains_as_without_and_is_refused_where_there_is_none(colours):
+    runs = [
+        zoo.adapt(VIT, colours / "train", grad_checkpointing=on, **SAME)[0] for on in (False, True)
+    ]
+    assert _max_difference(*runs) < 1e-5
+    assert runs[1].grad_checkpointing is True  # timm's switch was set
+    with pytest.raises(ZooError, match="Sequential has no set_grad_checkpointing"):
+        set_grad_checkpointing(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(AdaptArgumentError, match="accumulate"):
+        TrainConfig(accumulate=0)
+
+
+# ---------------------------------------------------------------- torch.compile
+
+
+def _broken_backend(gm, example_inputs):
+    raise RuntimeError("this backend compiles nothing (a test's)")
+
+
+@pytest.fixture
+def broken_backend():
+    from torch._dynamo import list_backends, register_backend
+
+    if "zoo_test_broken" not in list_backends(exclude_tags=()):
+        register_backend(_broken_backend, name="zoo_test_broken")
+    return "zoo_test_broken"
+
+
+def test_a_model_that_cannot_compile_is_an_error_or_with_the_fallback_trains_eagerly(
+    colours, broken_backend
+):
+    with pytest.raises(ZooError, match=r"cannot compile ResNet.*--compile-fallback"):
+        zoo.adapt(CNN, colours / "train", compile=broken_backend, **SAME)
+    model, history = zoo.adapt(
+        CNN, colours / "train", compile=broken_backend, compile_fallback=True, **SAME
+    )
+    eager, _ = zoo.adapt(CNN, colours / "train", **SAME)
+    assert _max_difference(model, eager) == 0
+    notes = history.notes
+    assert any(n.startswith("compile failed (BackendCompilerFailed") for n in notes), notes
+    with pytest.raises(ZooError, match=r"unknown torch\.compile backend 'nope'"):
+        zoo.adapt(CNN, colours / "train", compile="nope", **SAME)
+    with pytest.raises(AdaptArgumentError, match="compile_fallback"):
+        TrainConfig(compile_fallback=True)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_for_a_cnn_top_and_a_vit_with_lora(colours):
+    """inductor on the CPU (slow: it compiles C++): the top of a frozen CNN on cached
+    activations, and a ViT whose frozen backbone carries LoRA adapters."""
+    for backbone, policy in ((CNN, "train-last:n=1"), (VIT, "lora:rank=2")):
+        options = {**SAME, "policy": policy}
+        compiled, history = zoo.adapt(backbone, colours / "train", compile=True, **options)
+        eager, _ = zoo.adapt(backbone, colours / "train", **options)
+        assert _max_difference(compiled, eager) < 1e-4, backbone
+        assert not any("compile failed" in n for n in history.notes)

@@ -196,7 +196,7 @@ def _train(job: Run, model: nn.Module, keeper: Checkpointer) -> History:
     )
     history = job.history(model, plan, [*start_notes, *plan.notes])
     try:
-        run_training(
+        trained_notes = run_training(
             model,
             data,
             planner,
@@ -219,7 +219,7 @@ def _train(job: Run, model: nn.Module, keeper: Checkpointer) -> History:
         p.numel() for n, p in model.named_parameters() if n in set(final.trainable)
     )
     history.policy, history.policy_args = final.policy, dict(final.args)
-    history.notes = [*start_notes, *final.notes]
+    history.notes = [*start_notes, *final.notes, *trained_notes]
     history.notes += _training_notes(history)
     return history
 

@@ -386,8 +386,9 @@ def run_training(
     input_config: InputConfig,
     callback: AdaptCallback,
     keeper: Checkpointer | None = None,
-) -> None:
-    """Train ``model`` as ``config`` says, on images prepared for ``input_config``.
+) -> list[str]:
+    """Train ``model`` as ``config`` says, on images prepared for ``input_config``; returns
+    the notes of how it trained (compiling that failed, with the fallback).
 
     ``keeper`` checkpoints each completed epoch, resumes from a checkpoint and stops early
     (:mod:`zoo.adaptation.checkpoint`, :mod:`zoo.adaptation.early_stop`); the caller holds
@@ -421,13 +422,13 @@ def run_training(
         record = trainee.epoch(epoch)
         _end_epoch(keeper, record, trainee, history, generators)
     history.ddp_wraps = trainee.replica.wraps
-    if trainee.compiled is not None and trainee.compiled.note:
-        history.notes.append(trainee.compiled.note)
     early = keeper.early
     if early is not None:  # the model is the best validation epoch's
         history.early_stop = early.patience
         history.best_epoch = early.best_epoch
         early.restore_best(model)
+    compiled = trainee.compiled
+    return [compiled.note] if compiled is not None and compiled.note else []
 
 
 def _start(
