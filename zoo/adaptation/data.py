@@ -620,6 +620,9 @@ class LoaderSpec:
     seed: int = 0
     #: pinned batches (on a GPU: the copy to the device then overlaps the compute)
     pin_memory: bool = False
+    #: workers that live as long as the loader (not for training batches: their random
+    #: state would then not restart with the epoch, and a resumed run would differ)
+    persistent: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -632,7 +635,7 @@ def make_loader(
     drop_last: bool = False,
 ) -> DataLoader:
     """A ``DataLoader`` over ``dataset`` (seeded shuffling; ``sampler`` overrides it); its
-    worker processes, if any, live as long as the loader and keep two batches each ready."""
+    worker processes, if any, keep two batches each ready."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -647,7 +650,7 @@ def make_loader(
         drop_last=drop_last,
         generator=generator if sampler is None else None,
         pin_memory=spec.pin_memory,
-        persistent_workers=spec.num_workers > 0,
+        persistent_workers=spec.persistent and spec.num_workers > 0,
         prefetch_factor=2 if spec.num_workers > 0 else None,
         **spec.extra,
     )

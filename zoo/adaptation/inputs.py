@@ -188,9 +188,10 @@ def loaders_for_folders(
     train_batch = batch_size if shuffle_train else big_batch
     images = len(data.train) // max(1, ctx.world_size)
 
-    def spec(batch: int, images: int) -> LoaderSpec:
+    def spec(batch: int, images: int, *, persistent: bool) -> LoaderSpec:
         workers = loader_workers(num_workers, images, batch)
-        return LoaderSpec(batch, workers, seed, pin_memory=pin_memory(ctx.device))
+        pinned = pin_memory(ctx.device)
+        return LoaderSpec(batch, workers, seed, pin_memory=pinned, persistent=persistent)
 
     train_ds = ImageDataset.from_folder(
         data.train, build_transform(config, train=True, augment=augment)
@@ -201,7 +202,12 @@ def loaders_for_folders(
             train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle_train, seed=seed
         )
     train_loader = make_loader(
-        train_ds, spec(train_batch, images), shuffle=shuffle_train, sampler=sampler
+        train_ds,
+        # training batches restart their workers each epoch: a resumed run draws as the
+        # interrupted one did (a persistent worker's random state would run on instead)
+        spec(train_batch, images, persistent=not shuffle_train),
+        shuffle=shuffle_train,
+        sampler=sampler,
     )
     val_loader = None
     if data.val is not None and len(data.val):
@@ -209,7 +215,7 @@ def loaders_for_folders(
         val_sampler = ShardSampler(len(val_ds), ctx.rank, ctx.world_size) if ctx.enabled else None
         val_images = len(data.val) // max(1, ctx.world_size)
         val_loader = make_loader(
-            val_ds, spec(big_batch, val_images), shuffle=False, sampler=val_sampler
+            val_ds, spec(big_batch, val_images, persistent=True), shuffle=False, sampler=val_sampler
         )
     return train_loader, val_loader
 
@@ -257,7 +263,6 @@ def reshuffled(loader: DataLoader, ctx: DistContext, seed: int, batch_size: int)
             num_workers=loader.num_workers,
             collate_fn=loader.collate_fn,
             pin_memory=loader.pin_memory,
-            persistent_workers=loader.persistent_workers,
         )
     spec = LoaderSpec(
         batch_size=batch_size,

@@ -28,6 +28,7 @@ from zoo.adaptation.data import input_config_of, with_overrides
 from zoo.adaptation.distributed import DistContext, setup
 from zoo.adaptation.history import AdaptCallback, History
 from zoo.adaptation.inputs import AdaptData, prepare_data
+from zoo.adaptation.speed import Speed
 from zoo.core.build import attach_build_info
 from zoo.core.record import attach_record, backbone_of, record_of, unwrap
 from zoo.core.specs import InputConfig
@@ -59,7 +60,8 @@ if TYPE_CHECKING:
 def open_run(point: Any, config: TrainConfig, *, catalog: Catalog) -> Iterator[Run]:
     """The :class:`Run` of ``config`` from the starting point ``point``, checked before any
     data is read: the feature cache's budget (``ZOO_FEATURE_CACHE_MAX_BYTES``, unless the
-    cache is off) and the device, then the target name (free unless ``overwrite``), the
+    cache is off), the device and what it can run (precision, compile backend), then the
+    target name (free unless ``overwrite``), the
     starting point and its weights. Under ``torchrun`` a failure on any rank stops every rank,
     with its message; the process group this opened is left at the end."""
     started = time.perf_counter()
@@ -68,6 +70,7 @@ def open_run(point: Any, config: TrainConfig, *, catalog: Catalog) -> Iterator[R
     ctx = setup(config.distributed, config.device)
     try:
         with ctx.guard():
+            Speed.check(config, ctx.device)
             check_target(config.name, config.overwrite)
             start = choose_weights(point, check_start(point, catalog), config, catalog)
             reports = config.callback is not None and ctx.is_main  # progress on rank 0 only

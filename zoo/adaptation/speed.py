@@ -131,6 +131,14 @@ class Speed:
             exact_fp32=config.precision == "fp32",
         )
 
+    @staticmethod
+    def check(config: TrainConfig, device: torch.device) -> None:
+        """Refuse, before any work, what ``device`` cannot run: the precision, the compile
+        backend."""
+        resolve_precision(config.precision, device)
+        if config.compile is not False:
+            _check_backend(_backend(config.compile))
+
     @property
     def dtype(self) -> torch.dtype | None:
         """The autocast dtype (None: fp32)."""
@@ -223,7 +231,7 @@ class Compiled:
 
     def __init__(self, replica: Any, backend: bool | str, *, fallback: bool) -> None:
         self.replica = replica
-        self.backend = "inductor" if backend is True else str(backend)
+        self.backend = _backend(backend)
         self.fallback = fallback
         self.note = ""
         self._eager = False
@@ -266,6 +274,11 @@ class Compiled:
     def eager(self) -> bool:
         """Whether it fell back to eager."""
         return self._eager
+
+
+def _backend(asked: bool | str) -> str:
+    """The ``torch.compile`` backend of ``compile=asked`` (True: inductor)."""
+    return "inductor" if asked is True else str(asked)
 
 
 def _check_backend(backend: str) -> None:

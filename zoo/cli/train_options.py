@@ -272,12 +272,10 @@ OPTIONS: dict[str, Option] = {
     ),
     "compile": _option(
         "--compile",
-        help="torch.compile the part that trains (BACKEND: a torch.compile backend, default "
-        "inductor); a model that cannot compile is an error unless --compile-fallback",
+        help="torch.compile the part that trains (inductor; compile='BACKEND' in Python picks "
+        "another); a model that cannot compile is an error unless --compile-fallback",
         group=SPEED,
-        metavar="BACKEND",
-        nargs="?",
-        const=True,
+        action="store_true",
     ),
     "compile_fallback": _option(
         "--compile-fallback",
