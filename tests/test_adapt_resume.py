@@ -33,7 +33,7 @@ CHECKPOINT_SETTINGS = {
     *("early_stop", "start", "train", "val", "images", "world_size"),
     # the speed options that change the arithmetic (the others may differ on resume:
     # zoo.adaptation.checkpoint.MAY_DIFFER)
-    *("precision", "accumulate"),
+    *("precision", "accumulate", "shard"),
 }
 
 

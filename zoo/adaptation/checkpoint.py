@@ -428,9 +428,14 @@ class Checkpointer:
         try:
             loaded = self._checked_tensors(saved, model, optimizer, loop, generators)
             state, best, opt_state, rng, frozen_hash = loaded
-            model.load_state_dict(state)
-            groups = optimizer.state_dict()["param_groups"]  # this run's (the saved are equal)
-            optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+            from zoo.adaptation.distributed import is_sharded, load_full_state
+
+            if is_sharded(model):
+                load_full_state(model, optimizer, state, opt_state)
+            else:
+                model.load_state_dict(state)
+                groups = optimizer.state_dict()["param_groups"]  # this run's (the saved equal)
+                optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
             loop.step = saved.epoch * loop.steps_per_epoch
             history.epochs = list(saved.history)
             if self.early is not None:
@@ -524,13 +529,16 @@ class Checkpointer:
         generators: list[torch.Generator],
         *,
         new_best: bool,
+        full: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
     ) -> None:
         """Write the checkpoint of completed epoch ``epoch`` (main process only): the new
-        files, then ``state.json`` naming them, then the previous epoch's files go."""
+        files, then ``state.json`` naming them, then the previous epoch's files go. ``full``:
+        the model's state and the optimizer's tensors gathered from a sharded model
+        (:func:`~zoo.adaptation.distributed.full_state`)."""
         if self.folder is None or not self.write:
             return
         folder = self._own(create=False)  # a link or file put there meanwhile is refused
-        state = _on_cpu(model.state_dict())
+        state = _on_cpu(full[0] if full is not None else model.state_dict())
         frozen_names = {
             n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad
         }
@@ -548,6 +556,8 @@ class Checkpointer:
             writes[files["frozen"]] = frozen
         writes[files["model"]] = {n: t for n, t in state.items() if n not in frozen}
         opt_tensors, groups = _optimizer_parts(optimizer)
+        if full is not None:  # the sharded optimizer's tensors are its shards: the gathered
+            opt_tensors = full[1]
         writes[files["optimizer"]] = _on_cpu({**opt_tensors, **_rng_tensors(generators)})
         early = self.early
         if early is None or early.best_state is None:

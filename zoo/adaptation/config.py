@@ -95,6 +95,7 @@ class TrainConfig:
     compile_fallback: bool = False
     grad_checkpointing: bool = False
     accumulate: int = 1
+    shard: bool = False
     seed: int = 0
     callback: AdaptCallback | None = None
     early_stop: int | None = None
@@ -171,6 +172,10 @@ class TrainConfig:
             raise checks.Invalid("compile_fallback", rule, self.compile_fallback)
         checks.flag(self.grad_checkpointing, "grad_checkpointing")
         checks.integer(self.accumulate, "accumulate", 1, MAX_ACCUMULATE)
+        checks.flag(self.shard, "shard")
+        if self.shard and self.early_stop is not None:
+            rule = "False with early_stop (a sharded run keeps no best epoch's copy yet)"
+            raise checks.Invalid("shard", rule, self.shard)
         checks.integer(self.seed, "seed", 0, SEED_LIMIT - 1)
         if self.early_stop is not None:
             checks.integer(self.early_stop, "early_stop", 1)
@@ -220,6 +225,8 @@ LEFT_OUT: dict[str, dict[str, str | None]] = {
         "feature_cache": None,
         "early_stop": None,
         "resume": None,
+        "shard": "left out: zoo.compare trains a copy of the model per candidate; shard one "
+        "run of zoo.adapt (shard=True)",
     },
 }
 

@@ -25,7 +25,7 @@ from torch import nn
 from zoo.adaptation.cache import max_cache_bytes
 from zoo.adaptation.checkpoint import seed_python_rngs
 from zoo.adaptation.data import input_config_of, with_overrides
-from zoo.adaptation.distributed import DistContext, setup
+from zoo.adaptation.distributed import DistContext, is_sharded, setup
 from zoo.adaptation.history import AdaptCallback, History
 from zoo.adaptation.inputs import AdaptData, prepare_data
 from zoo.adaptation.speed import Speed
@@ -70,7 +70,7 @@ def open_run(point: Any, config: TrainConfig, *, catalog: Catalog) -> Iterator[R
     ctx = setup(config.distributed, config.device)
     try:
         with ctx.guard():
-            Speed.check(config, ctx.device)
+            Speed.check(config, ctx.device, distributed=ctx.enabled)
             check_target(config.name, config.overwrite)
             start = choose_weights(point, check_start(point, catalog), config, catalog)
             reports = config.callback is not None and ctx.is_main  # progress on rank 0 only
@@ -165,7 +165,8 @@ class Run:
         model.eval()
         if config.name is None:
             return
-        if self.ctx.is_main:
+        sharded = is_sharded(model)  # saving gathers it: every rank calls save
+        if self.ctx.is_main or sharded:
             try:
                 path = save(
                     model,
@@ -181,7 +182,7 @@ class Run:
                     raise
                 raise kept from exc
             history.path = str(path)
-            if keeper is not None:
+            if keeper is not None and self.ctx.is_main:
                 keeper.remove()  # saved: the checkpoint is no longer needed
         self.ctx.barrier()
         history.path = self.ctx.broadcast(history.path)

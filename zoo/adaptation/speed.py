@@ -132,10 +132,15 @@ class Speed:
         )
 
     @staticmethod
-    def check(config: TrainConfig, device: torch.device) -> None:
-        """Refuse, before any work, what ``device`` cannot run: the precision, the compile
-        backend."""
+    def check(config: TrainConfig, device: torch.device, *, distributed: bool) -> None:
+        """Refuse, before any work, what ``device`` cannot run (the precision, the compile
+        backend) and sharding outside a distributed run."""
         resolve_precision(config.precision, device)
+        if config.shard and not distributed:
+            raise ZooError(
+                "shard=True (--shard) shards the model over the processes of a distributed "
+                "run: launch with torchrun --nproc_per_node N (or inside a process group)"
+            )
         if config.compile is not False:
             _check_backend(_backend(config.compile))
 

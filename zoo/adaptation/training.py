@@ -37,7 +37,7 @@ from zoo.adaptation.cache import (
 from zoo.adaptation.checkpoint import Checkpointer, loader_generators
 from zoo.adaptation.config import OPTIMIZERS
 from zoo.adaptation.data import dataset_transform, is_random_transform
-from zoo.adaptation.distributed import Replica
+from zoo.adaptation.distributed import Replica, full_state, is_sharded, shard_by_depth
 from zoo.adaptation.history import EpochRecord
 from zoo.adaptation.inputs import distributed_loader, loaders_for_folders, reshuffled, set_epoch
 from zoo.adaptation.speed import Compiled, Speed
@@ -290,6 +290,8 @@ class Trainee:
         self.module.eval()
         device = self.ctx.device
         sums = torch.zeros(3, dtype=torch.float64, device=device)
+        images = None
+        done = 0
         with torch.no_grad():
             for batch in self.val:
                 self.ctx.check_peers()
@@ -298,13 +300,25 @@ class Trainee:
                     logits = self.module(images).float()
                 n = targets.shape[0]
                 loss = self.loss_fn(logits, targets)
-                sums += torch.stack(
-                    [loss.double() * n, (logits.argmax(1) == targets).sum(), sums.new_tensor(n)]
-                )
+                hits = (logits.argmax(1) == targets).sum()
+                sums += torch.stack([loss.double() * n, hits, sums.new_tensor(n)])
+                done += 1
+            if is_sharded(self.module):  # every rank joins every sharded forward pass
+                self._pad_forwards(done, images)
         loss_sum, correct, count = self.ctx.sum(sums.tolist())
         if not count:
             return None, None
         return loss_sum / count, correct / count
+
+    def _pad_forwards(self, done: int, images: torch.Tensor | None) -> None:
+        """Forward passes, not counted, until this rank ran as many as the rank with the most
+        validation batches (the shards differ by an image at most)."""
+        rounds = int(self.ctx.max(done))
+        if done < rounds and images is None:  # no batch of its own: one image of training's
+            images = self.speed.inputs(next(iter(self.batches))[0][:1])
+        for _ in range(rounds - done):
+            with self.speed.autocast():
+                self.module(images)
 
 
 @contextlib.contextmanager
@@ -427,8 +441,13 @@ def run_training(
         history.early_stop = early.patience
         history.best_epoch = early.best_epoch
         early.restore_best(model)
+    notes = []
+    if config.shard:
+        notes.append(f"sharded with FSDP2 over {ctx.world_size} processes, one unit per depth")
     compiled = trainee.compiled
-    return [compiled.note] if compiled is not None and compiled.note else []
+    if compiled is not None and compiled.note:
+        notes.append(compiled.note)
+    return notes
 
 
 def _start(
@@ -449,6 +468,14 @@ def _start(
     why_not = _cache_decision(
         model, planner, data, augment=augment, feature_cache=config.feature_cache
     )
+    if config.shard:
+        if planner.is_schedule:
+            raise ZooError(
+                f"shard=True (--shard) with the schedule policy {history.policy!r}: a sharded "
+                "model keeps the trainable set it was sharded with; pick a policy without a "
+                "schedule, or train without --shard"
+            )
+        why_not = why_not or "plain loop: the model is sharded (shard=True)"
     if config.feature_cache is True and why_not is not None:
         raise ZooError(f"the feature cache cannot be used: {why_not.split(': ', 1)[-1]}")
     history.augment = bool(augment)
@@ -500,6 +527,8 @@ def _start(
         history.feature_seconds = time.perf_counter() - started
     history.feature_cache = top is not None
     assert planner.plan is not None
+    if config.shard:  # after the plan, before the optimizer: its parameters are the shards
+        shard_by_depth(model, [(row.depth, row.module) for row in planner.table.rows])
     return Trainee(
         model,
         planner.plan,
@@ -611,6 +640,9 @@ def _end_epoch(
     early = keeper.early
     model = trainee.model
     new_best = early.update(record.epoch, record.val_loss, model) if early is not None else False
+    full = None
+    if keeper.folder is not None and is_sharded(model):  # gathered on every rank, for rank 0
+        full = full_state(model, trainee.optimizer)
     if trainee.ctx.is_main:
         keeper.save(
             record.epoch,
@@ -621,6 +653,7 @@ def _end_epoch(
             history,
             generators,
             new_best=new_best,
+            full=full,
         )
     pause_for_tests(PAUSE_AFTER_EPOCH_ENV, f"after epoch {record.epoch}")
     trainee.callback.on_epoch_end(record)

@@ -297,6 +297,13 @@ OPTIONS: dict[str, Option] = {
         metavar="N",
         type=int,
     ),
+    "shard": _option(
+        "--shard",
+        help="under torchrun: shard the model over the processes with FSDP2, one unit per depth "
+        "of its parameter table (for models too large for one device)",
+        group=SPEED,
+        action="store_true",
+    ),
     "device": _option("--device", help="cpu, cuda, cuda:1 (default: GPU if any)", metavar="DEV"),
 }
 
