@@ -3,7 +3,7 @@
 Same model (random weights: this measures speed, not accuracy), same generated image folder
 (PNG, noisy shapes, as ``partial_bench.py`` makes it), same image size, batch, epochs and
 number of loader workers, side by side in one run, each in its own process (peak memory is its
-own):
+own), in ``--repeat`` rounds (the table shows each row's median):
 
 * **reference** — timm's recipe: ``timm.create_model``, ``timm.data.create_dataset`` and
   ``create_loader`` (timm's training transforms, persistent workers; on a GPU pinned memory and
@@ -176,6 +176,11 @@ def _run_child(args: argparse.Namespace, kind: str, folder: Path, layout: str) -
     return {**json.loads(line[len("RESULT ") :]), "wall_s": wall}
 
 
+def _median(tries: list[dict]) -> dict:
+    """The try of median training time."""
+    return sorted(tries, key=lambda r: r["train_s"] / r["images"])[len(tries) // 2]
+
+
 def _row(name: str, r: dict, reference: dict) -> str:
     rate = r["images"] / r["train_s"]
     ratio = rate / (reference["images"] / reference["train_s"])
@@ -197,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
         "--channels-last", action="store_true", help="also rows with channels_last forced on"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of every row; the table shows the median"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -221,10 +229,12 @@ def main(argv: list[str] | None = None) -> int:
                 ("reference, channels_last", "reference", "on"),
                 ("zoo full, channels_last", "zoo full", "on"),
             ]
-        results = {}
-        for name, kind, layout in runs:
-            results[name] = _run_child(args, kind, folder, layout)
-            print(f"  {name}: {json.dumps(results[name])}", flush=True)
+        tries: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
+        for round_ in range(args.repeat):  # in rounds: a load that drifts hits every row
+            for name, kind, layout in runs:
+                tries[name].append(_run_child(args, kind, folder, layout))
+                print(f"  {round_ + 1}: {name}: {json.dumps(tries[name][-1])}", flush=True)
+        results = {name: _median(found) for name, found in tries.items()}
     reference = results["reference (timm train.py)"]
     print()
     print("| run | img/s | vs reference | train s | waiting s | wall s | peak RSS MB | CUDA MB |")

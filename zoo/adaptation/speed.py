@@ -152,8 +152,10 @@ class Speed:
     def wants_channels_last(self, model: nn.Module) -> bool:
         """channels_last for ``model``: asked for, or ``auto`` on a GPU, and convolutions in it.
 
-        ``auto`` is off on a CPU: measured with ``benchmarks/train_throughput.py`` on this
-        project's 2-core CPU it was slower there (docs/adapt.md, Speed)."""
+        ``auto`` stays off on a CPU: ``benchmarks/train_throughput.py`` measured resnet18
+        training faster with it on this project's shared 2-core CPU, but on one model only
+        and under a heavy load (docs/adapt.md, Speed, gives the figures); ``True`` turns it
+        on there."""
         asked = self.channels_last_asked
         wanted = asked is True or (asked == "auto" and self.device.type == "cuda")
         return wanted and has_convolutions(model)
