@@ -29,6 +29,7 @@ CHECKPOINT_SETTINGS = {
     *("momentum", "lr_schedule", "warmup_epochs", "label_smoothing", "name", "delta"),
     *("pretrained", "weights", "scratch", "model_kwargs", "classes", "val_split"),
     *("image_size", "input_config", "augment", "similarity", "samples_per_class"),
+    *("hflip", "scale", "color_jitter", "auto_augment", "mixup", "cutmix", "ema"),
     *("feature_cache", "on_corrupt", "device", "distributed", "seed"),
     *("early_stop", "start", "train", "val", "images", "world_size"),
     # the speed options that change the arithmetic (the others may differ on resume:

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import zoo.errors
 
 ZOO = Path(zoo.errors.__file__).parent
@@ -80,6 +82,7 @@ def test_few_function_local_zoo_imports_remain_below_the_cli():
     assert len(found) <= MAX_LOCAL_IMPORTS, found
 
 
+@pytest.mark.slow
 def test_the_api_imports_the_jobs_on_first_use():
     """``zoo.adaptation`` imports torch at the top of its modules; ``zoo.api`` (listing, specs,
     plans, ``zoo plan``) stays light until a job is used."""
@@ -179,3 +182,24 @@ def test_checks_of_untrusted_values_are_written_once():
             if needle in text
         ]
     assert copies == [], "use zoo.core.checks (is_int, real, text, json_value, loads...)"
+
+
+def _backticked_words(text: str) -> set[str]:
+    """Every word inside backticks: `zoo/io/trust.py`, `io.leaderboard` and `cache` all name
+    their module by its last part (fenced blocks are pictures, not names)."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return {
+        word for span in re.findall(r"`([^`]+)`", text) for word in re.split(r"[\s/.,()+]+", span)
+    }
+
+
+def test_the_map_names_every_module():
+    """docs/architecture.md is the map of zoo: a module it does not name is a concept a new
+    maintainer cannot find; a path it names that does not exist sends them nowhere."""
+    text = (ZOO.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = _backticked_words(text)
+    modules = sorted(p for p in ZOO.rglob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    unnamed = [str(p.relative_to(ZOO.parent)) for p in modules if p.stem not in named]
+    assert unnamed == [], "docs/architecture.md does not say what these modules hold"
+    paths = re.findall(r"zoo/[\w/]+\.py", text)
+    assert paths and [p for p in paths if not (ZOO.parent / p).is_file()] == []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from zoo.adaptation.config import Augment
 from zoo.adaptation.data import (
     ImageDataset,
     build_transform,
@@ -136,10 +137,10 @@ def test_dataset_and_transforms(tmp_path):
     config = with_overrides(InputConfig(), image_size=32, overrides={"crop_pct": 1.0})
     assert config.input_size == (3, 32, 32) and config.crop_pct == 1.0
     plain = build_transform(config, train=False)
-    augmented = build_transform(config, train=True, augment={"hflip": 0.0})
+    augmented = build_transform(config, train=True, augment=Augment(hflip=False))
     assert not is_random_transform(plain)
     assert is_random_transform(augmented)
-    assert not is_random_transform(build_transform(config, train=True, augment=False))
+    assert not is_random_transform(build_transform(config, train=True, augment=None))
     dataset = ImageDataset.from_folder(folder, plain)
     image, label = dataset[0]
     assert tuple(image.shape) == (3, 32, 32)

@@ -113,6 +113,7 @@ def test_cli_reference_is_each_commands_real_help(capsys, monkeypatch):
         assert blocks[" ".join(("zoo", *path))] == printed, f"zoo {' '.join(path)} --help"
 
 
+@pytest.mark.slow
 def test_console_script_help_matches_the_reference():
     env = {**os.environ, "COLUMNS": str(docgen.WIDTH)}
     result = subprocess.run(
@@ -253,6 +254,7 @@ def test_every_tutorial_toml_snippet_is_verbatim_in_the_template():
         )
 
 
+@pytest.mark.slow
 def test_every_tutorial_python_snippet_is_a_template_file_or_runs_as_is(tmp_path):
     """A python snippet is a whole template file (checked below) or pastes and runs as it is:
     test functions under pytest (zoo's fixtures come from its pytest plugin), anything else

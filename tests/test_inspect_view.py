@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from test_data import make_color_folder
 
 import zoo
@@ -24,6 +25,7 @@ def _zoo(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_inspect_text_shows_plugin_metadata_and_the_auto_choice(tmp_path):
     make_color_folder(tmp_path / "train", per_class=4, seed=0)
     zoo.save(zoo.create("timm:test_resnet", num_classes=3), "start")

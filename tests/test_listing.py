@@ -153,6 +153,7 @@ def test_unknown_backbone_suggests_close_names():
     assert "did you mean" in str(info.value) and "timm:resnet18" in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_mistyped_name_is_refused_from_the_cache_without_importing_plugins():
     import subprocess
     import sys
@@ -171,6 +172,7 @@ def test_a_mistyped_name_is_refused_from_the_cache_without_importing_plugins():
     assert "zoo:freeze-to" in result.stderr
 
 
+@pytest.mark.slow
 def test_python_dash_m_zoo_is_the_zoo_command():
     """``python -m zoo`` (the form torchrun runs: ``torchrun -m zoo adapt ...``)."""
     import subprocess
@@ -184,6 +186,7 @@ def test_python_dash_m_zoo_is_the_zoo_command():
     assert __version__ in result.stdout
 
 
+@pytest.mark.slow
 def test_pretrained_listing_shows_each_tags_own_input_config(tmp_path):
     """Issue 13 item 8: a tag whose config differs from its architecture's (timm's
     convnext_base.fb_in22k_ft_in1k_384: 384 px, crop 1.0; the architecture: 224 px, 0.875)

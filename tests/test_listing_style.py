@@ -9,6 +9,7 @@ import subprocess
 import sys
 from io import StringIO
 
+import pytest
 from rich.console import Console
 from test_store import make_entry
 
@@ -67,6 +68,7 @@ def test_columns_cut_shrinkable_first_then_drop_by_priority():
     assert render(table, 250).splitlines() == wide
 
 
+@pytest.mark.slow
 def test_cli_listings_use_the_real_width(tmp_path):
     get_listing()  # fills this test's cache for the subprocesses (same ZOO_CACHE_DIR)
     for columns in (80, 250):
@@ -92,6 +94,7 @@ def test_cli_listings_use_the_real_width(tmp_path):
         assert plugins[1].split()[0] == "plugin" and "status" in plugins[1]
 
 
+@pytest.mark.slow
 def test_models_keep_name_size_and_date_whole_at_80_columns():
     long_name = "a-rather-long-model-name-for-the-store"
     make_entry(long_name, classes=[f"class{i}" for i in range(30)], backbone="timm:resnet18")

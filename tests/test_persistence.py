@@ -480,6 +480,7 @@ SAVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_save_killed_mid_write_leaves_previous_version_and_no_partial_entry(tiny, tmp_path):
     old = zoo.create("tinyplug:tiny", num_classes=2)
     zoo.save(old, "old")

@@ -519,6 +519,7 @@ BAD_GROUPS = """
 """
 
 
+@pytest.mark.slow
 def test_zoo_param_groups_invalid_answer_shows_in_check_plugin_and_zoo_show(site):
     import subprocess
 

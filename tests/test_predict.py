@@ -157,6 +157,7 @@ def test_predict_folder_sorted_batched_and_errors_reported(trained, tmp_path):
         zoo.predict(model, folder, batch_size=0)
 
 
+@pytest.mark.slow
 def test_cli_predict_folder_json_csv_and_table(trained, tmp_path, capsys):
     import csv
     import os

@@ -1,4 +1,6 @@
-"""Rules the suite keeps about itself: no test asserts how long something took.
+"""Rules the suite keeps about itself: no test asserts how long something took, and a test
+that starts a process says so (``@pytest.mark.slow``: ``pytest -m "not slow"`` is the quick
+loop; CI runs all).
 
 These machines are shared and their speed varies; an assertion about wall-clock time fails on a
 loaded machine (or passes on a fast one when it should not). Speed is measured by the scripts in
@@ -76,3 +78,87 @@ def test_the_rule_sees_the_forms_it_forbids():
     for source in allowed:
         test = ast.parse(source).body[0].test
         assert not (_calls_a_clock(test) or _bounds_a_duration(test)), source
+
+
+#: What starts a process: ``subprocess.run`` and friends, and tests/torchrun_helpers.py.
+SPAWN_CALLS = {"run", "Popen", "check_output", "check_call", "call"}
+SPAWN_HELPERS = {"torchrun", "run_worker"}
+
+
+def _spawns(node: ast.AST, helpers: set[str]) -> bool:
+    for n in ast.walk(node):
+        if (
+            isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name)
+            and n.value.id == "subprocess"
+            and n.attr in SPAWN_CALLS
+        ):
+            return True
+        if isinstance(n, ast.Name) and (n.id in SPAWN_HELPERS or n.id in helpers):
+            return True
+    return False
+
+
+def unmarked_spawning_tests(tree: ast.Module) -> list[str]:
+    """Test functions of ``tree`` that start a process, directly or through a function of
+    their module, without a ``slow`` mark (on the function or as the module's ``pytestmark``)."""
+    module_slow = any(
+        isinstance(n, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in n.targets)
+        and "slow" in ast.unparse(n.value)
+        for n in tree.body
+    )
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    helpers: set[str] = set()
+    while True:  # a helper calling a helper that spawns spawns too
+        found = {
+            name
+            for name, fn in functions.items()
+            if not name.startswith("test_") and name not in helpers and _spawns(fn, helpers)
+        }
+        if not found:
+            break
+        helpers |= found
+    methods = [m for c in tree.body if isinstance(c, ast.ClassDef) for m in c.body]
+    tests = [
+        f
+        for f in [*functions.values(), *methods]
+        if isinstance(f, ast.FunctionDef) and f.name.startswith("test_")
+    ]
+    return [
+        f.name
+        for f in tests
+        if _spawns(f, helpers)
+        and not module_slow
+        and not any("slow" in ast.unparse(d) for d in f.decorator_list)
+    ]
+
+
+def test_a_test_that_starts_a_process_is_marked_slow():
+    offenders = [
+        f"{path.relative_to(ROOT)}::{name}"
+        for path in suite_files()
+        if path.name.startswith("test_")
+        for name in unmarked_spawning_tests(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert offenders == [], "add @pytest.mark.slow to:\n" + "\n".join(offenders)
+
+
+def test_the_slow_rule_follows_helpers():
+    source = """
+import subprocess
+def _cli(*args):
+    return subprocess.run(args)
+def _twice():
+    return _cli(), _cli()
+def test_direct():
+    subprocess.run(["true"])
+def test_through_helpers():
+    _twice()
+@pytest.mark.slow
+def test_marked():
+    _cli()
+def test_quiet():
+    assert 1
+"""
+    assert unmarked_spawning_tests(ast.parse(source)) == ["test_direct", "test_through_helpers"]

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from zoo.api import params
 from zoo.cli.listing import cache_dir, table_for_name
 from zoo.cli.main import main
@@ -37,6 +39,7 @@ def test_a_damaged_cached_table_is_rebuilt(monkeypatch):
     assert ParamTable.from_json(path.read_text()).total_numel > 0
 
 
+@pytest.mark.slow
 def test_warm_zoo_show_imports_neither_torch_nor_timm(monkeypatch, capsys):
     _without_process_catalog(monkeypatch)
     assert main(["show", "timm:resnet18", "--json"]) == 0  # builds and caches

@@ -26,6 +26,7 @@ from zoo.core.specs import BackboneSpec, PolicySpec
 from zoo.errors import PlanError
 from zoo.io import peft_format as _peft_format
 from zoo.io import persistence as _persistence
+from zoo.io import sharing as _sharing
 from zoo.io.create import create_model
 from zoo.io.store import list_saved, remove
 from zoo.plans import adapters as _adapters
@@ -52,7 +53,7 @@ __all__ = [
     "compare",
     "create",
     "current_catalog",
-    "export_peft",
+    "export",
     "freeze",
     "get_backbone",
     "get_catalog",
@@ -97,9 +98,23 @@ def _with_process_catalog(function: F) -> F:
 
 
 save = _with_process_catalog(_persistence.save)
-load = _with_process_catalog(_persistence.load)
+load = _with_process_catalog(_sharing.load)
 inspect = _with_process_catalog(_persistence.inspect)
-export_peft = _with_process_catalog(_peft_format.export_peft)
+export = _with_process_catalog(_sharing.export)
+
+
+def export_peft(
+    model: nn.Module | str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    without_base: bool = False,
+) -> Any:
+    """``zoo.export(model, folder, format="peft", ...)``: a LoRA model as a PEFT folder (kept
+    under its former name; :func:`export` is the public one)."""
+    return export(model, folder, format="peft", overwrite=overwrite, without_base=without_base)
+
+
 import_peft = _with_process_catalog(_peft_format.import_peft)
 
 #: The functions of the jobs, imported on first use: a job imports torch, and listing,

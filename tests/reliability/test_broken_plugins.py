@@ -97,6 +97,7 @@ def runs(tmp_path_factory) -> dict[str, Run]:
     return {**cold, **warm}
 
 
+@pytest.mark.slow
 def test_zoo_plugins_reports_each_problem_naming_plugin_and_distribution(runs):
     run = runs["plugins --json"]
     assert run.returncode == 0, run.stderr
@@ -122,6 +123,7 @@ def test_zoo_plugins_reports_each_problem_naming_plugin_and_distribution(runs):
         assert dist.problem in text.err
 
 
+@pytest.mark.slow
 def test_zoo_list_still_works_and_warns(runs):
     listing = runs["list --json"]
     assert listing.returncode == 0, listing.stderr
@@ -145,6 +147,7 @@ def test_zoo_list_still_works_and_warns(runs):
     assert text.err.count("(see `zoo plugins`)") >= len(fakeplugins.PROBLEMS)
 
 
+@pytest.mark.slow
 def test_what_plugins_print_goes_to_stderr_never_into_json(runs):
     cold = runs["plugins --json"]  # the run that imported the plugins and called their hooks
     records = {r["name"]: r for r in json.loads(cold.stdout)["plugins"]}
@@ -155,6 +158,7 @@ def test_what_plugins_print_goes_to_stderr_never_into_json(runs):
     assert {"chatty:chattynet", "exiter:halfnet"} <= backbones
 
 
+@pytest.mark.slow
 def test_strict_mode_turns_problems_into_a_failing_exit(runs):
     for key in ("--strict list", "ZOO_STRICT_PLUGINS=1 plugins"):
         run = runs[key]
@@ -163,6 +167,7 @@ def test_strict_mode_turns_problems_into_a_failing_exit(runs):
             assert dist.origin in run.err, (key, dist.origin)
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_discovery_order(runs):
     assert runs["plugins --json"].stdout == runs["plugins --json (reversed)"].stdout
     assert runs["list --json"].stdout == runs["list --json (reversed)"].stdout

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from reliability_helpers import (
     FORK,
     child_init,
@@ -128,6 +129,7 @@ def _save_while_locked(conn) -> None:
         conn.send((type(exc).__name__, loaded, str(exc), time.monotonic() - start))
 
 
+@pytest.mark.slow
 def test_a_lock_held_elsewhere_times_out_naming_the_lock(tiny):
     save_version(1, "held")
     parent, child = FORK.Pipe()

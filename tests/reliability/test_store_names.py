@@ -103,6 +103,7 @@ def zoo_command() -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["../x", "a/../../b", "/etc/passwd", "CON", ".hidden", ""])
+@pytest.mark.slow
 def test_zoo_rm_refuses_a_bad_name_with_its_rule(world, name):
     save_version_free = world / "a" / "b" / "home" / "models" / "good"
     save_version_free.mkdir(parents=True)

@@ -148,6 +148,7 @@ def test_cli_refuses_an_option_by_its_name(option, value, shown, capsys, _isolat
     assert not (_isolated_zoo / "models").exists()
 
 
+@pytest.mark.slow
 def test_cli_crop_pct_in_a_real_process(tmp_path):
     """The command exits non-zero with one line, where it used to end in a PIL traceback."""
     make_color_folder(tmp_path / "d", per_class=2)

@@ -156,6 +156,7 @@ def test_one_bad_entry_never_stops_the_store(store_with_bad, key, value, fragmen
     assert [e.name for e in store.list_saved()] == ["good"]
 
 
+@pytest.mark.slow
 def test_cli_json_stays_valid_with_a_non_finite_entry(store_with_bad):
     reseal(store_with_bad["bad"], **{"zoo.input_config": '{"mean": [1e999, 0, 0]}'})
     models = subprocess.run(

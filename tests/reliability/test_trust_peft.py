@@ -73,7 +73,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, P
             for param in adapted.parameters():
                 if param.requires_grad:
                     param.add_(0.01)
-        folder = zoo.export_peft(adapted, root / "adapter")
+        folder = zoo.export_peft(adapted, root / "adapter", without_base=True)
     yield base, folder
 
 
@@ -196,7 +196,8 @@ def test_the_cli_refuses_a_folder_naming_a_file_and_saves_nothing(peft):
     ("named", "fragment"),
     [
         ("vit_tiny_patch16_224", "names the architecture timm:vit_tiny_patch16_224 but not"),
-        ("google/vit-base-patch16-224", "a hub model zoo does not build"),
+        # zoo's export records the base's hash: a hub id is looked up (and checked by hash)
+        ("google/vit-base-patch16-224", "hf-hub:google/vit-base-patch16-224: not in the"),
         ("no_such_arch.tag", "no backbone zoo knows"),
         ("vit_tiny_patch16_224.no_such_tag", "no backbone zoo knows"),
         (None, "base_model_name_or_path is None"),
@@ -442,7 +443,7 @@ def lora_model(exported: tuple[Path, Path]) -> nn.Module:
 def export_events(model: nn.Module, folder: Path) -> list[str]:
     injector = Injector(None, enospc)
     with injector.armed():
-        zoo.export_peft(model, folder, overwrite=True)
+        zoo.export_peft(model, folder, overwrite=True, without_base=True)
     return injector.events
 
 
@@ -475,7 +476,7 @@ def test_enospc_at_every_step_of_an_export_leaves_the_folder_as_it_was(
         before = fresh()
         try:
             with Injector(at, enospc).armed():
-                zoo.export_peft(lora_model, folder, overwrite=True)
+                zoo.export_peft(lora_model, folder, overwrite=True, without_base=True)
         except zoo.ZooError as exc:
             message = str(exc)
             assert "No space left on device" in message and str(folder) in message, message

@@ -292,6 +292,7 @@ def many_env(tmp_path_factory) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_a_plugin_with_many_backbones_lists_completely(many_env):
     cold = zoo_run(["list", "backbones", "--json"], many_env)
     assert cold.returncode == 0, cold.stderr
@@ -327,6 +328,7 @@ def test_a_plugin_with_many_backbones_lists_completely(many_env):
     ]
 
 
+@pytest.mark.slow
 def test_zoo_show_of_one_name_reads_the_index_not_the_whole_listing(many_env):
     damage = "damaged: only the name index can answer"
     for _attempt in range(3):  # an edit to zoo's own files meanwhile changes the cache key

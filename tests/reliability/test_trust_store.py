@@ -116,6 +116,7 @@ def test_an_unexpected_error_in_one_entry_never_stops_the_others(tiny, monkeypat
         store.remove("base")
 
 
+@pytest.mark.slow
 def test_a_symlink_loop_is_a_broken_entry_never_a_crash(tiny):
     save_version(1, "good")
     save_version(1, "inner")
@@ -142,6 +143,7 @@ def test_a_symlink_loop_is_a_broken_entry_never_a_crash(tiny):
 # ---------------------------------------------------------------- odd text (item 5)
 
 
+@pytest.mark.slow
 def test_odd_names_and_text_never_crash_the_cli(tiny):
     save_version(1, "good")
     models = store.models_dir()
@@ -257,6 +259,7 @@ def test_a_read_only_store_is_reported_and_never_half_removed(tiny, monkeypatch)
 # ---------------------------------------------------------------- zoo rm, locks, names (item 9)
 
 
+@pytest.mark.slow
 def test_rm_checks_every_name_first_then_reports_each(tiny):
     save_version(1, "r1")
     save_version(2, "r2")
@@ -276,6 +279,7 @@ def test_rm_checks_every_name_first_then_reports_each(tiny):
     assert store.entry_names() == []
 
 
+@pytest.mark.slow
 def test_rm_removes_a_base_with_its_deltas_in_one_call(tiny):
     save_version(1, "base")
     model = zoo.load("base")
@@ -289,6 +293,7 @@ def test_rm_removes_a_base_with_its_deltas_in_one_call(tiny):
     assert store.entry_names() == []
 
 
+@pytest.mark.slow
 def test_lock_files_do_not_pile_up(tiny, tmp_path):
     save_version(1, "kept")
     save_version(1, "gone")
@@ -338,6 +343,7 @@ def test_names_that_read_as_options_are_refused(tiny, name):
     assert store.entry_names() == []
 
 
+@pytest.mark.slow
 def test_an_entry_saved_under_an_older_rule_can_still_be_removed(tiny):
     save_version(1, "legacy")
     os.rename(store.models_dir() / "legacy", store.models_dir() / "-rf")

@@ -67,6 +67,7 @@ from zoo.plans.freeze import norm_mode
 from zoo.plans.plan import NormMode
 
 if TYPE_CHECKING:
+    from zoo.adaptation.config import Augment
     from zoo.adaptation.distributed import DistContext
     from zoo.adaptation.history import AdaptCallback
 
@@ -75,6 +76,7 @@ __all__ = [
     "CacheUnsupported",
     "CachedFeatures",
     "Suffix",
+    "augmentation_rule",
     "decode",
     "extract",
     "extract_boundaries",
@@ -98,6 +100,16 @@ _ATOL, _RTOL = 1e-5, 1e-4
 
 class CacheUnsupported(Exception):
     """The cache cannot stand in for the plain loop on this model; the message says why."""
+
+
+def augmentation_rule(augment: Augment | None) -> str | None:
+    """Why random augmentation rules the cache out (None: zoo's transform of the images is
+    the same every epoch). The one rule of ``zoo.adapt`` and ``zoo.compare``: an activation
+    computed once cannot stand for an image that is cropped, flipped or mixed anew each
+    epoch."""
+    if augment is None:
+        return None
+    return f"training images are augmented ({augment.describe()})"
 
 
 def max_cache_bytes() -> int:

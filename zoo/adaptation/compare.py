@@ -6,10 +6,13 @@
     result.leaderboard.winner.policy     # e.g. "zoo:train-last:n=1"
     model, history = result.model, result.history
 
-Every candidate policy starts from the same weights, split, seed and input config and trains on
-un-augmented images (the comparison is fair, and cacheable). The frozen computation is shared:
-images are decoded once, prefix-frozen plans train on activations cached at their freeze
-boundary, and successive halving drops weak candidates early (:mod:`zoo.adaptation.halving`).
+Every candidate policy starts from the same weights, split, seed, input config and
+augmentation (none unless asked for: ``augment=True``, ``hflip=``, ``mixup=``…; the winner is
+the model measured, so it trains with the augmentation its score was measured with). Without
+augmentation the frozen computation is shared: images are decoded once, prefix-frozen plans
+train on activations cached at their freeze boundary; with it every candidate trains on the
+images, augmented anew each epoch. Successive halving drops weak candidates early
+(:mod:`zoo.adaptation.halving`).
 The winner, trained to the end, is saved under ``name`` with the leaderboard in its metadata.
 
 ``policy="auto"`` with validation data measures the same way (:func:`measure_auto`): it
@@ -29,6 +32,7 @@ from zoo.adaptation.config import TrainConfig, signature
 from zoo.adaptation.halving import compare_candidates
 from zoo.adaptation.history import AdaptCallback, History
 from zoo.adaptation.prepare import check_random_start, open_run
+from zoo.adaptation.training import augmentation_of
 from zoo.core.record import attach_record, backbone_of
 from zoo.errors import AdaptArgumentError
 from zoo.io.leaderboard import Leaderboard, short_policy
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from zoo.adaptation.candidates import PlannedCandidate
+    from zoo.adaptation.config import Augment
     from zoo.adaptation.distributed import DistContext
     from zoo.adaptation.inputs import AdaptData
     from zoo.core.catalog import Catalog
@@ -76,7 +81,11 @@ def compare(
     of a candidate; successive halving stops weak ones early, and ``budget`` (seconds) caps the
     whole comparison. ``name`` saves the winner with the leaderboard in its metadata; ``plot``
     writes a PNG of accuracy against trained parameters (needs matplotlib). The other keyword
-    arguments are those of :func:`zoo.adapt`, applied to every candidate (no augmentation).
+    arguments are those of :func:`zoo.adapt`, applied to every candidate; the augmentation is
+    off unless asked for (``augment=True`` or any of ``hflip``, ``scale``, ``color_jitter``,
+    ``auto_augment``, ``mixup``, ``cutmix``), and every candidate trains with it. With
+    ``ema`` each candidate is evaluated, and the winner saved, with its weights' moving
+    average.
     """
     return run(backbone_or_model, train, val, TrainConfig.of("compare", options), catalog=catalog)
 
@@ -109,6 +118,8 @@ def run(
         check_random_start(job.start, "compare's candidates freeze parts of the backbone")
         model = job.prepare(train, val)
         data = job.data
+        augment = augmentation_of(config, data, default=False)
+        augmented = augment.describe() if augment is not None else None
         planned, notes = plan_candidates(
             policies,
             table_for(model, catalog=catalog),
@@ -120,16 +131,21 @@ def run(
                 "start": job.start.description,
                 "backbone": backbone_of(model),
                 "policies": [p.spec for p in planned],
-                "notes": notes,
+                "notes": [*job.hints, *notes],
                 "classes": list(data.classes),
                 "train_images": data.images("train"),
                 "val_images": data.images("val"),
                 "device": str(job.ctx.device),
                 "world_size": job.ctx.world_size,
                 "epochs": config.epochs,
-                "augment": False,
-                "feature_cache": True,
-                "note": "compare: un-augmented images, decoded once",
+                "augment": augment.to_dict() if augment is not None else None,
+                "ema": config.ema_decay,
+                "feature_cache": augment is None,
+                "note": (
+                    f"compare: images augmented anew each epoch ({augmented})"
+                    if augmented
+                    else "compare: un-augmented images, decoded once"
+                ),
                 "input_size": list(job.input_config.input_size),
             }
         )
@@ -146,14 +162,17 @@ def run(
             notes=notes,
         )
         board, winner = outcome.leaderboard, outcome.winner
+        assert winner.trainee is not None
+        winner.trainee.finish()  # with ema: the average evaluated is the model saved
         history = job.history(
             winner.model,
             winner.plan,
-            [f"compare: {board.why()}", *board.notes, *winner.plan.notes],
+            [*job.hints, f"compare: {board.why()}", *board.notes, *winner.plan.notes],
             epochs=list(winner.records),
             train_images=data.images("train"),
             val_images=data.images("val"),
-            augment=False,
+            augment=augment.to_dict() if augment is not None else None,
+            ema=config.ema_decay,
             feature_cache=winner.cut is not None,
             feature_cache_note=f"trained on {winner.trained_on}",
             trainable_params=winner.trainable_params,
@@ -200,7 +219,8 @@ def measure_auto(
         notes=notes,
     )
     board = outcome.leaderboard
-    return board.winner.policy, auto_note(board), board
+    augment = augmentation_of(config, data, default=False)
+    return board.winner.policy, auto_note(board, augment), board
 
 
 def auto_ladder(
@@ -217,7 +237,7 @@ def auto_ladder(
     )
 
 
-def auto_note(board: Leaderboard) -> str:
+def auto_note(board: Leaderboard, augment: Augment | None = None) -> str:
     """``auto measured 8 policies on the validation set: train-last:n=1 won (val acc 0.91;
     linear-probe 0.85, full 0.88)``."""
     best = board.winner
@@ -229,7 +249,12 @@ def auto_note(board: Leaderboard) -> str:
         f"auto measured {len(board.rows)} policies on the validation set: "
         f"{short_policy(best.policy)} won (val acc {best.val_acc:.2f}"
         + (f"; {others}" if others else "")
-        + f"), in {board.seconds:.1f} s of successive halving on un-augmented images"
+        + f"), in {board.seconds:.1f} s of successive halving on "
+        + (
+            f"images augmented as the winner trains ({augment.describe()})"
+            if augment
+            else "un-augmented images"
+        )
     )
     if len(board.rungs) == 1 and len(board.rows) > 1:
         text += (

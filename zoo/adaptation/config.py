@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import Field, dataclass, fields
+from dataclasses import Field, asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from zoo.core import checks
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from zoo.adaptation.history import AdaptCallback
     from zoo.core.specs import PolicySpec
 
-__all__ = ["LEFT_OUT", "TrainConfig", "signature", "split_policies"]
+__all__ = ["LEFT_OUT", "Augment", "TrainConfig", "signature", "split_policies"]
 
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
@@ -45,6 +45,78 @@ SEED_LIMIT = 2**63
 MAX_CANDIDATES = 64
 #: Largest budget in seconds (about 31 years: what the saved leaderboard accepts).
 MAX_BUDGET = 1e9
+#: The decay of ``ema=True`` (``--ema`` without a value): timm's train.py default. zoo ramps
+#: up to it (timm's ``use_warmup``), so a short fine-tuning run averages its own steps.
+EMA_DECAY = 0.9998
+#: Largest mixup / cutmix alpha (a Beta(alpha, alpha) draw: beyond this it is always 0.5).
+MAX_MIX_ALPHA = 100.0
+
+
+@dataclass(frozen=True)
+class Augment:
+    """The training augmentation of a run, in one record: what builds timm's training
+    transform (``create_transform``: random resized crop to ``scale``, a horizontal flip with
+    probability 0.5 when ``hflip``, colour jitter ``color_jitter``, RandAugment-style
+    ``auto_augment`` such as ``"rand-m9-mstd0.5"``) and the batch mixing (timm's ``Mixup``:
+    ``mixup`` and ``cutmix`` alphas, 0: off). The defaults are timm's. Saved in
+    ``zoo.training`` and shown by ``zoo inspect``."""
+
+    hflip: bool = True
+    scale: tuple[float, float] = (0.08, 1.0)
+    color_jitter: float = 0.4
+    auto_augment: str | None = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed (mixup or cutmix): the loss then takes soft targets."""
+        return self.mixup > 0 or self.cutmix > 0
+
+    def transform_options(self) -> dict[str, Any]:
+        """The training options of ``timm.data.create_transform``."""
+        return {
+            "hflip": 0.5 if self.hflip else 0.0,
+            "scale": tuple(self.scale),
+            "color_jitter": self.color_jitter or None,  # 0: no jitter step at all
+            "auto_augment": self.auto_augment,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["scale"] = list(self.scale)
+        return data
+
+    def describe(self) -> str:
+        """``flip, crop scale 0.08-1, colour jitter 0.4, mixup 0.2``: what is on."""
+        return describe_augment(self.to_dict())
+
+
+def describe_augment(record: Any) -> str:
+    """An augmentation record (:meth:`Augment.to_dict`, or untrusted metadata) in words."""
+    if not isinstance(record, Mapping):
+        return "off"
+    parts = ["flip" if record.get("hflip") else "no flip"]
+    scale = record.get("scale")
+    if isinstance(scale, Sequence) and len(scale) == 2:
+        parts.append(
+            f"crop scale {scale[0]:g}-{scale[1]:g}" if all(map(checks.is_real, scale)) else "crop"
+        )
+    jitter = record.get("color_jitter")
+    if checks.is_real(jitter) and jitter:
+        parts.append(f"colour jitter {jitter:g}")
+    if record.get("auto_augment"):
+        parts.append(str(record["auto_augment"]))
+    for key in ("mixup", "cutmix"):
+        value = record.get(key)
+        if checks.is_real(value) and value:
+            parts.append(f"{key} {value:g}")
+    return ", ".join(parts)
+
+
+#: The fields of :class:`TrainConfig` that shape the augmentation (one per :class:`Augment`
+#: field, same name; None: timm's default).
+AUGMENT_FIELDS = tuple(f.name for f in fields(Augment))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,7 +153,14 @@ class TrainConfig:
     val_split: float | None = None
     image_size: int | Sequence[int] | None = None
     input_config: Mapping[str, Any] | None = None
-    augment: bool | Mapping[str, Any] | None = None
+    augment: bool | None = None
+    hflip: bool | None = None
+    scale: Sequence[float] | None = None
+    color_jitter: float | None = None
+    auto_augment: str | None = None
+    mixup: float | None = None
+    cutmix: float | None = None
+    ema: bool | float | None = None
     similarity: str = "high"
     samples_per_class: int | None = None
     feature_cache: bool | str = "auto"
@@ -127,6 +206,24 @@ class TrainConfig:
         """The fields ``job`` takes, as given (a checkpoint compares them on resume)."""
         return {f.name: getattr(self, f.name) for f in job_fields(job)}
 
+    def augmentation(self, default: bool) -> Augment | None:
+        """The run's :class:`Augment`, or None for un-augmented images: ``augment=False`` is
+        off; any augmentation field given, or ``augment=True``, is on (timm's defaults for the
+        fields not given); ``augment=None`` alone is ``default``."""
+        given = {k: getattr(self, k) for k in AUGMENT_FIELDS if getattr(self, k) is not None}
+        if self.augment is False or not (given or self.augment or default):
+            return None
+        if "scale" in given:
+            given["scale"] = tuple(float(v) for v in given["scale"])
+        return Augment(**given)
+
+    @property
+    def ema_decay(self) -> float | None:
+        """The EMA decay (None: no EMA of the weights)."""
+        if self.ema is None or self.ema is False:
+            return None
+        return EMA_DECAY if self.ema is True else float(self.ema)
+
     def policy_list(self) -> list[str] | None:
         """``policies`` as a list of specs (one text split by :func:`split_policies`)."""
         if self.policies is None:
@@ -152,9 +249,7 @@ class TrainConfig:
             _check_image_size(self.image_size)
         if self.input_config is not None:
             _check_input_config(self.input_config)
-        if not (self.augment is None or isinstance(self.augment, (bool, Mapping))):
-            rule = "None, True, False or a mapping of timm transform options"
-            raise checks.Invalid("augment", rule, self.augment)
+        _check_augment(self)
         checks.choice(self.similarity, "similarity", SIMILARITIES)
         if self.samples_per_class is not None:
             checks.integer(self.samples_per_class, "samples_per_class", 1)
@@ -173,8 +268,8 @@ class TrainConfig:
         checks.flag(self.grad_checkpointing, "grad_checkpointing")
         checks.integer(self.accumulate, "accumulate", 1, MAX_ACCUMULATE)
         checks.flag(self.shard, "shard")
-        if self.shard and self.early_stop is not None:
-            rule = "False with early_stop (a sharded run keeps no best epoch's copy yet)"
+        if self.shard and (self.early_stop is not None or self.ema_decay is not None):
+            rule = "False with early_stop or ema (a sharded run keeps no copy of the weights)"
             raise checks.Invalid("shard", rule, self.shard)
         checks.integer(self.seed, "seed", 0, SEED_LIMIT - 1)
         if self.early_stop is not None:
@@ -215,9 +310,6 @@ LEFT_OUT: dict[str, dict[str, str | None]] = {
     },
     "compare": {
         "policy": "left out: zoo.compare takes policies=[SPEC, ...] (the candidates to compare)",
-        "augment": "left out: zoo.compare always trains on un-augmented images (the same, "
-        "cacheable inputs for every candidate make the comparison fair); to train the winner "
-        "with augmentation, pass its policy to zoo.adapt",
         "policy_args": None,
         "delta": None,
         "similarity": None,
@@ -299,6 +391,56 @@ def _check_policies(policies: Any) -> None:
     count = len(split_policies(policies) if isinstance(policies, str) else items)
     if not 1 <= count <= MAX_CANDIDATES:
         raise checks.Invalid("policies", f"1 to {MAX_CANDIDATES} policy specs", policies)
+
+
+def _check_augment(config: TrainConfig) -> None:
+    """The augmentation fields, and what they cannot go with (``auto_augment``'s text is
+    parsed by timm when the run starts: :func:`zoo.adaptation.data.check_auto_augment`)."""
+    if config.augment is not None and not isinstance(config.augment, bool):
+        rule = (
+            "None (default), True or False; shape the augmentation with hflip=, scale=, "
+            "color_jitter=, auto_augment=, mixup=, cutmix="
+        )
+        raise checks.Invalid("augment", rule, config.augment)
+    if config.hflip is not None:
+        checks.flag(config.hflip, "hflip")
+    if config.scale is not None:
+        rule = "(min, max): two numbers with 0 < min <= max <= 1, the crop's share of the image"
+        if not (
+            isinstance(config.scale, Sequence)
+            and not isinstance(config.scale, str)
+            and len(config.scale) == 2
+            and all(checks.is_real(v) for v in config.scale)
+            and 0 < config.scale[0] <= config.scale[1] <= 1
+        ):
+            raise checks.Invalid("scale", rule, config.scale)
+    if config.color_jitter is not None:
+        checks.real(config.color_jitter, "color_jitter", 0, 1)
+    if config.auto_augment is not None:
+        checks.text(config.auto_augment, "auto_augment", max_len=200)
+    for alpha in ("mixup", "cutmix"):
+        if getattr(config, alpha) is not None:
+            checks.real(getattr(config, alpha), alpha, 0, MAX_MIX_ALPHA)
+    given = [k for k in AUGMENT_FIELDS if getattr(config, k) is not None]
+    if config.augment is False and given:
+        rule = (
+            f"True or None when {', '.join(given)} {'is' if len(given) == 1 else 'are'} given "
+            "(augment=False turns the augmentation off; pass one or the other)"
+        )
+        raise checks.Invalid("augment", rule, False)
+    if config.ema is not None and not isinstance(config.ema, bool):
+        checks.real(config.ema, "ema", 0, 1, open_low=True, open_high=True)
+    if config.ema_decay is not None:
+        for other in ("resume", "early_stop"):
+            if getattr(config, other) not in (None, False):
+                keeps = (
+                    "a checkpoint keeps the trained weights, not their moving average"
+                    if other == "resume"
+                    else "early stopping keeps the best epoch's trained weights, not their "
+                    "moving average"
+                )
+                rule = f"left out when ema is on: {keeps}; use one or the other"
+                raise checks.Invalid(other, rule, getattr(config, other))
 
 
 def _check_image_size(image_size: Any) -> None:

@@ -41,20 +41,22 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
 from torch.utils.data import Dataset
 
 from zoo.core import checks
 from zoo.core.record import record_of, unwrap
 from zoo.core.specs import InputConfig
-from zoo.errors import DataError, ModelNotFoundError, ZooError
+from zoo.errors import AdaptArgumentError, DataError, ModelNotFoundError, ZooError
 from zoo.io.fileformat import open_regular
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
     from torch.utils.data import DataLoader
+
+    from zoo.adaptation.config import Augment
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".bmp",
@@ -84,12 +86,23 @@ MAX_ASPECT_RATIO = 100
 OnCorrupt = Literal["skip", "error"]
 
 
+class HeldImage(Protocol):
+    """An image that is not a file of its own (a row of a Hugging Face dataset,
+    :mod:`zoo.adaptation.sources`): its encoded bytes, opened on demand; ``str()`` names it."""
+
+    def open(self) -> BinaryIO: ...
+
+
+#: One image of a source: a file, or an image held elsewhere.
+Sample = Path | HeldImage
+
+
 @dataclass(frozen=True)
 class SkippedFile:
     """A file left out, with the reason: an image that cannot be read (or is refused), a
     second copy of a file already found, a link to a folder (not followed)."""
 
-    path: Path
+    path: Sample
     reason: str
 
     def to_dict(self) -> dict[str, str]:
@@ -98,11 +111,16 @@ class SkippedFile:
 
 @dataclass(frozen=True)
 class ImageFolder:
-    """A scanned image folder: class names, ``(path, class index)`` samples, skipped files."""
+    """A scanned image source: class names, ``(image, class index)`` samples, skipped files.
 
-    root: Path
+    Every source zoo reads becomes one — a class folder (:func:`scan_image_folder`), a
+    manifest or a Hugging Face dataset (:mod:`zoo.adaptation.sources`) — so the split, the
+    caches, ``compare`` and the loaders never tell them apart. ``root`` is where it was read
+    from (the folder, the manifest, or the dataset's description)."""
+
+    root: Path | str
     classes: tuple[str, ...]
-    samples: tuple[tuple[Path, int], ...]
+    samples: tuple[tuple[Sample, int], ...]
     skipped: tuple[SkippedFile, ...] = ()
 
     def __len__(self) -> int:
@@ -137,19 +155,21 @@ class _Refused(ValueError):
 
 
 @contextmanager
-def _open_image(path: Path) -> Iterator[Any]:
-    """``path`` opened as an image of :data:`IMAGE_FORMATS` with its size checked from the
-    header, nothing decoded yet; :class:`_Refused` (or PIL's error) says why not."""
+def _open_image(path: Sample) -> Iterator[Any]:
+    """``path`` (a file, or an image held elsewhere) opened as an image of
+    :data:`IMAGE_FORMATS` with its size checked from the header, nothing decoded yet;
+    :class:`_Refused` (or PIL's error) says why not."""
     from PIL import Image
 
     try:
-        file = open_regular(path)
+        file = open_regular(path) if isinstance(path, Path) else path.open()
     except ModelNotFoundError:
         raise _Refused("the file does not exist (or is a link to nothing)") from None
     except ZooError as exc:  # a FIFO, a device, a socket: refused before a byte is read
         raise _Refused(str(exc).removeprefix(f"{path}: ")) from None
     with file, warnings.catch_warnings():
-        size = os.fstat(file.fileno()).st_size
+        size = file.seek(0, os.SEEK_END)
+        file.seek(0)
         if size > MAX_IMAGE_BYTES:
             raise _Refused(
                 f"{size:,} bytes, more than any image zoo accepts needs ({MAX_IMAGE_BYTES:,}, "
@@ -199,7 +219,7 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _check_image(path: Path) -> str | None:
+def _check_image(path: Sample) -> str | None:
     """None when ``path`` opens as an image (see :func:`_open_image`) and PIL verifies it;
     otherwise the reason."""
     try:
@@ -211,8 +231,23 @@ def _check_image(path: Path) -> str | None:
 
 
 #: A file's or folder's identity, ``st_dev`` and ``st_ino`` in one int (smaller than a tuple:
-#: one entry per image) -> the path it was first found at.
-Seen = dict[int, Path]
+#: one entry per image), or a held image's content hash -> where it was first found.
+Seen = dict[int | bytes, Sample]
+
+
+def first_time(seen: Seen, key: int | bytes, sample: Sample, skipped: list[SkippedFile]) -> bool:
+    """Whether ``key`` (a file's identity, :data:`Seen`) is met for the first time; if not,
+    ``sample`` is listed in ``skipped`` as a second copy of what was found first."""
+    first = seen.setdefault(key, sample)
+    if first is not sample:
+        what = "image" if isinstance(key, bytes) else "file or folder"  # bytes: a content hash
+        skipped.append(SkippedFile(sample, f"the same {what} as {str(first)!r}"))
+    return first is sample
+
+
+def file_key(stat: os.stat_result) -> int:
+    """The identity of a file or folder in :data:`Seen`."""
+    return stat.st_dev << 64 | stat.st_ino
 
 
 def list_images(
@@ -232,17 +267,14 @@ def list_images(
     found: list[Path] = []
     skipped: list[SkippedFile] = []
 
-    def first_time(path: Path, stat: os.stat_result) -> bool:
-        first = seen.setdefault(stat.st_dev << 64 | stat.st_ino, path)
-        if first is not path:
-            skipped.append(SkippedFile(path, f"the same file or folder as {str(first)!r}"))
-        return first is path
+    def once(path: Path, stat: os.stat_result) -> bool:
+        return first_time(seen, file_key(stat), path, skipped)
 
     try:
         top = os.stat(folder)
     except OSError as exc:
         return [], [SkippedFile(folder, f"cannot read the folder: {exc.strerror or exc}")]
-    stack = [folder] if first_time(folder, top) else []
+    stack = [folder] if once(folder, top) else []
     while stack:
         current = stack.pop()
         try:
@@ -256,12 +288,12 @@ def list_images(
             path = Path(entry.path)
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    if recursive and first_time(path, entry.stat(follow_symlinks=False)):
+                    if recursive and once(path, entry.stat(follow_symlinks=False)):
                         folders.append(path)
                 elif entry.is_symlink() and entry.is_dir():
                     if recursive:
                         skipped.append(SkippedFile(path, "a link to a folder, not followed"))
-                elif _is_image(path) and first_time(path, entry.stat()):
+                elif _is_image(path) and once(path, entry.stat()):
                     found.append(path)
             except OSError:  # a link to nothing, or gone: opening it says so
                 if _is_image(path):
@@ -298,7 +330,8 @@ def scan_image_folder(
         raise DataError(f"image folder {str(path)!r} does not exist")
     if not path.is_dir():
         raise DataError(
-            f"{str(path)!r} is not a folder: pass a folder with one sub-folder per class"
+            f"{str(path)!r} is not a folder: pass a folder with one sub-folder per class, or "
+            "a manifest (a .csv or .jsonl file of path,label rows)"
         )
     try:
         with os.scandir(path) as it:
@@ -332,14 +365,43 @@ def scan_image_folder(
             )
     if training:
         _check_training_classes(path, class_dirs, class_list)
-    index = {name: i for i, name in enumerate(class_list)}
-    samples: list[tuple[Path, int]] = []
-    skipped: list[SkippedFile] = []
-    empty: list[str] = []
     seen = {} if seen is None else seen
-    for name in class_dirs:
-        start = len(skipped)  # what this class folder leaves out, for the error below
-        files, left_out = list_images(path / name, seen=seen)
+    found = {name: list_images(path / name, seen=seen) for name in class_dirs}
+    return collect(
+        path,
+        class_list,
+        found,
+        on_corrupt=on_corrupt,
+        verify=verify,
+        where=lambda name: repr(str(path / name)),
+        empty=lambda which: (
+            f"class folder(s) without readable images: {which}; add images "
+            f"({', '.join(IMAGE_EXTENSIONS)}) or remove the folder"
+        ),
+    )
+
+
+def collect(
+    root: Path | str,
+    classes: tuple[str, ...],
+    found: Mapping[str, tuple[Sequence[Sample], Sequence[SkippedFile]]],
+    *,
+    on_corrupt: OnCorrupt,
+    verify: bool,
+    where: Callable[[str], str],
+    empty: Callable[[str], str],
+) -> ImageFolder:
+    """The :class:`ImageFolder` of a source whose images were ``found``: class name ->
+    (its candidate images in order, what was left out finding them). Each image is opened and
+    checked (``verify``) the one way, and skipped or an error (``on_corrupt``) when it fails;
+    a class with no readable image left is a :class:`~zoo.DataError` whose message is
+    ``empty`` of those classes (``where(name)`` each, with the first file left out and why)."""
+    index = {name: i for i, name in enumerate(classes)}
+    samples: list[tuple[Sample, int]] = []
+    skipped: list[SkippedFile] = []
+    without: list[str] = []
+    for name, (files, left_out) in found.items():
+        start = len(skipped)  # what this class leaves out, for the error below
         skipped.extend(left_out)
         good = 0
         for file in files:
@@ -355,16 +417,12 @@ def scan_image_folder(
             samples.append((file, index[name]))
             good += 1
         if good == 0:
-            shown = repr(str(path / name))
+            shown = where(name)
             why = skipped[start : start + 1]  # the first file left out says why, if any
-            empty.append(f"{shown} ({str(why[0].path)!r}: {why[0].reason})" if why else shown)
-    if empty:
-        details = ", ".join(empty)
-        raise DataError(
-            f"class folder(s) without readable images: {details}; add images "
-            f"({', '.join(IMAGE_EXTENSIONS)}) or remove the folder"
-        )
-    return ImageFolder(path, class_list, tuple(samples), tuple(skipped))
+            without.append(f"{shown} ({str(why[0].path)!r}: {why[0].reason})" if why else shown)
+    if without:
+        raise DataError(empty(", ".join(without)))
+    return ImageFolder(root, classes, tuple(samples), tuple(skipped))
 
 
 def _check_class_names(path: Path, class_dirs: Sequence[str]) -> None:
@@ -397,6 +455,25 @@ def _check_training_classes(path: Path, class_dirs: Sequence[str], classes: Sequ
         )
 
 
+#: How many training images :func:`median_side` reads the header of (spread over the folder).
+SIDE_SAMPLE = 64
+
+
+def median_side(folder: ImageFolder, sample: int = SIDE_SAMPLE) -> int | None:
+    """The median of the shorter side of up to ``sample`` images spread over ``folder`` (their
+    headers only: nothing is decoded); None when none can be read."""
+    samples = folder.samples
+    step = max(1, len(samples) // sample)
+    sides = []
+    for image_of, _label in samples[::step][:sample]:
+        try:
+            with _open_image(image_of) as image:
+                sides.append(min(image.size))
+        except Exception:  # the scan already listed it, or training will say what is wrong
+            continue
+    return sorted(sides)[len(sides) // 2] if sides else None
+
+
 def split_folder(
     folder: ImageFolder, fraction: float, *, seed: int = 0
 ) -> tuple[ImageFolder, ImageFolder]:
@@ -407,11 +484,11 @@ def split_folder(
     if not 0.0 < fraction < 1.0:
         raise DataError(f"the validation split must be between 0 and 1 (exclusive), not {fraction}")
     rng = random.Random(seed)
-    by_class: dict[int, list[tuple[Path, int]]] = {}
+    by_class: dict[int, list[tuple[Sample, int]]] = {}
     for sample in folder.samples:
         by_class.setdefault(sample[1], []).append(sample)
-    train: list[tuple[Path, int]] = []
-    val: list[tuple[Path, int]] = []
+    train: list[tuple[Sample, int]] = []
+    val: list[tuple[Sample, int]] = []
     for label in sorted(by_class):
         items = list(by_class[label])
         rng.shuffle(items)
@@ -429,26 +506,27 @@ def split_folder(
 # ---------------------------------------------------------------- datasets
 
 
-def load_image(path: str | os.PathLike[str]) -> Any:
-    """Open ``path`` as an RGB PIL image; a :class:`~zoo.DataError` names a file that fails or
-    is refused (not a regular file, not one of :data:`IMAGE_FORMATS`, over
-    :data:`MAX_IMAGE_PIXELS` or :data:`MAX_ASPECT_RATIO`)."""
+def load_image(path: str | os.PathLike[str] | HeldImage) -> Any:
+    """Open ``path`` (or an image held elsewhere) as an RGB PIL image; a
+    :class:`~zoo.DataError` names a file that fails or is refused (not a regular file, not one
+    of :data:`IMAGE_FORMATS`, over :data:`MAX_IMAGE_PIXELS` or :data:`MAX_ASPECT_RATIO`)."""
     try:
-        with _open_image(Path(path)) as img:
+        source = Path(path) if isinstance(path, (str, os.PathLike)) else path
+        with _open_image(source) as img:
             return img.convert("RGB")
     except Exception as exc:  # PIL raises many kinds on hostile bytes; each is a reason
         raise DataError(f"cannot decode image {str(path)!r}: {_reason(exc)}") from exc
 
 
 class ImageDataset(Dataset):
-    """A map-style torch dataset over ``(path, label)`` samples with a transform.
+    """A map-style torch dataset over ``(image, label)`` samples with a transform.
 
     Has ``classes``, ``targets`` and ``transform`` like torchvision's ``ImageFolder``.
     """
 
     def __init__(
         self,
-        samples: Sequence[tuple[Path, int]],
+        samples: Sequence[tuple[Sample, int]],
         classes: Sequence[str],
         transform: Callable[[Any], Any] | None = None,
     ) -> None:
@@ -528,14 +606,11 @@ def with_overrides(
 
 
 def build_transform(
-    config: InputConfig, *, train: bool = False, augment: bool | Mapping[str, Any] = True
+    config: InputConfig, *, train: bool = False, augment: Augment | None = None
 ) -> Callable[[Any], torch.Tensor]:
-    """timm's transform for ``config``: augmented when ``train`` and ``augment``, else plain.
-
-    ``augment`` may be a mapping of ``timm.data.create_transform`` training options
-    (``scale``, ``ratio``, ``hflip``, ``vflip``, ``color_jitter``, ``auto_augment``,
-    ``re_prob`` …) that replace timm's defaults.
-    """
+    """timm's transform for ``config``: augmented as ``augment`` says when ``train`` (timm's
+    ``create_transform`` with :meth:`~zoo.adaptation.config.Augment.transform_options`), else
+    plain (resize and centre crop)."""
     from timm.data import create_transform
 
     common = {
@@ -544,15 +619,29 @@ def build_transform(
         "std": tuple(config.std),
         "interpolation": config.interpolation,
     }
-    if train and augment:
-        options = dict(augment) if isinstance(augment, Mapping) else {}
-        try:
-            return create_transform(is_training=True, **common, **options)
-        except TypeError as exc:
-            raise DataError(f"invalid augmentation option: {exc}") from exc
+    if train and augment is not None:
+        return create_transform(is_training=True, **common, **augment.transform_options())
     return create_transform(
         is_training=False, crop_pct=config.crop_pct, crop_mode=config.crop_mode, **common
     )
+
+
+def check_auto_augment(text: str | None) -> None:
+    """Refuse an ``auto_augment`` text timm's parser does not read (``rand-m9-mstd0.5``,
+    ``augmix-m5``, ``original``…), with an :class:`~zoo.AdaptArgumentError` naming it —
+    before any data is read."""
+    if text is None:
+        return
+    from timm.data import create_transform
+
+    try:
+        create_transform(input_size=(3, 8, 8), is_training=True, auto_augment=text)
+    except Exception as exc:  # timm's parser asserts or raises ValueError/KeyError
+        rule = (
+            "a timm auto-augment text: rand-m9-mstd0.5 (RandAugment), augmix-m5 (AugMix), "
+            "original or v0 (AutoAugment) — timm's parser said: " + (str(exc) or type(exc).__name__)
+        )
+        raise AdaptArgumentError("auto_augment", text, rule) from None
 
 
 _DETERMINISTIC = frozenset(

@@ -14,10 +14,10 @@ from zoo.adaptation.data import (
     build_transform,
     input_config_of,
     make_loader,
-    scan_image_folder,
 )
 from zoo.adaptation.distributed import resolve_device
 from zoo.adaptation.inputs import is_loader
+from zoo.adaptation.sources import read_source
 from zoo.core import checks
 from zoo.core.record import record_of
 from zoo.errors import AdaptArgumentError, DataError
@@ -41,14 +41,14 @@ class Evaluation:
 
 def evaluate(
     model: nn.Module,
-    data: str | os.PathLike[str] | DataLoader,
+    data: str | os.PathLike[str] | DataLoader | Any,
     *,
     batch_size: int = 64,
     device: str | None = None,
 ) -> Evaluation:
     """Accuracy of ``model`` on an image folder (its class folders must be among
-    ``model.zoo.classes``) or a data loader, with the evaluation transform of the model's
-    input config."""
+    ``model.zoo.classes``), a manifest, a Hugging Face ``Dataset`` (their labels too) or a
+    data loader, with the evaluation transform of the model's input config."""
 
     try:
         batch_size = checks.integer(batch_size, "batch_size", 1)
@@ -59,7 +59,7 @@ def evaluate(
     else:
         record = record_of(model)
         classes = record.classes if record is not None else None
-        folder = scan_image_folder(data, classes=classes)
+        folder = read_source(data, classes=classes)
         dataset = ImageDataset.from_folder(folder, build_transform(input_config_of(model)))
         loader = make_loader(dataset, LoaderSpec(batch_size=batch_size), shuffle=False)
     dev = resolve_device(device) if device is not None else next(model.parameters()).device

@@ -40,6 +40,7 @@ from zoo.adaptation.cache import (
     Boundary,
     CachedFeatures,
     CacheUnsupported,
+    augmentation_rule,
     decode,
     extract,
     find_boundary,
@@ -49,7 +50,7 @@ from zoo.adaptation.cache import (
 from zoo.adaptation.history import AdaptCallback, EpochRecord
 from zoo.adaptation.inputs import loaders_for_folders, reshuffled
 from zoo.adaptation.speed import Speed
-from zoo.adaptation.training import Trainee
+from zoo.adaptation.training import Trainee, augmentation_of
 from zoo.errors import DataError
 from zoo.io.leaderboard import (
     Leaderboard,
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from zoo.adaptation.candidates import PlannedCandidate
-    from zoo.adaptation.config import TrainConfig
+    from zoo.adaptation.config import Augment, TrainConfig
     from zoo.adaptation.distributed import DistContext
     from zoo.adaptation.inputs import AdaptData
     from zoo.core.specs import InputConfig
@@ -136,7 +137,8 @@ class Candidate:
     def start(
         self, shared: SharedData, settings: TrainConfig, num_classes: int, ctx: DistContext
     ) -> None:
-        """Its trainee, on the activations at its boundary or on the shared images."""
+        """Its trainee, on the activations at its boundary or on the shared images (augmented
+        as ``shared.augment`` says)."""
         torch.manual_seed(settings.seed)  # a head reset or dropout draws the same for each
         source: tuple[Any, Any] = (shared.train, shared.val)
         if self.cut is not None:
@@ -151,7 +153,8 @@ class Candidate:
             ctx=ctx,
             callback=AdaptCallback(),
             num_classes=num_classes,
-            top=self.cut.suffix(self.model) if self.cut is not None else None,
+            cut=self.cut,
+            augment=shared.augment,
             one_thread=self.cut is not None and self.trainable_params <= ONE_THREAD_PARAMS,
         )
 
@@ -410,11 +413,13 @@ def _finite(value: float | None) -> float | None:
 @dataclass
 class SharedData:
     """The inputs every candidate shares, computed once: the decoded images (or, over the
-    memory budget, the eval-transform loaders to stream them from each epoch), and the
-    activations at each candidate's freeze boundary (:mod:`zoo.adaptation.cache`)."""
+    memory budget or with random augmentation, the loaders to stream them from each epoch),
+    and the activations at each candidate's freeze boundary (:mod:`zoo.adaptation.cache`).
+    ``augment``: the augmentation every candidate trains with (None: none)."""
 
     train: CachedFeatures | DataLoader
     val: CachedFeatures | DataLoader
+    augment: Augment | None = None
     activations: dict[str, tuple[CachedFeatures, CachedFeatures]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -435,15 +440,17 @@ class SharedData:
 def prepare_shared(
     data: AdaptData, config: InputConfig, settings: TrainConfig, ctx: DistContext
 ) -> SharedData:
-    """Decode train and validation images once (un-augmented, with the evaluation transform
-    of ``config``), within the memory budget of
-    :func:`~zoo.adaptation.cache.max_cache_bytes`; beyond it they are streamed from the
-    folders each epoch."""
+    """Decode train and validation images once (with the evaluation transform of
+    ``config``), within the memory budget of :func:`~zoo.adaptation.cache.max_cache_bytes`;
+    beyond it they are streamed from the folders each epoch. With augmentation
+    (``settings``: off unless asked for) the training images are augmented anew each epoch:
+    streamed, and only the validation images are decoded."""
+    augment = augmentation_of(settings, data, default=False)
     if data.from_folders:
         train_loader, val_loader = loaders_for_folders(
             data,
             config,
-            augment=False,
+            augment=augment,
             batch_size=INFERENCE_BATCH,
             num_workers=settings.num_workers,
             seed=settings.seed,
@@ -455,6 +462,13 @@ def prepare_shared(
     if val_loader is None:
         raise DataError("compare needs validation images: pass val (--val) or val_split")
     limit = max_cache_bytes()
+    augmented = augmentation_rule(augment)
+    if augmented is not None:
+        val = decode(val_loader, ctx.device, limit)
+        note = f"every candidate trained on images: {augmented}"
+        return SharedData(
+            train_loader, val if val is not None else val_loader, augment, notes=[note]
+        )
     train = decode(train_loader, ctx.device, limit)
     val = decode(val_loader, ctx.device, limit - train.nbytes) if train is not None else None
     if ctx.any(train is None or val is None):
@@ -462,9 +476,9 @@ def prepare_shared(
             f"the decoded images would exceed the cache budget ({limit:,} bytes, "
             "ZOO_FEATURE_CACHE_MAX_BYTES): streamed from the folders every epoch"
         )
-        return SharedData(train_loader, val_loader, notes=[note])
+        return SharedData(train_loader, val_loader, augment, notes=[note])
     assert train is not None and val is not None
-    return SharedData(train, val)
+    return SharedData(train, val, augment)
 
 
 def cache_boundaries(
@@ -478,7 +492,10 @@ def cache_boundaries(
 ) -> None:
     """Find each candidate's freeze boundary (on a few training images) and extract every
     distinct boundary's activations in one pass of the base model over train and one over
-    val; a candidate without one (or when they do not fit) trains on the images."""
+    val; a candidate without one (or when they do not fit, or with random augmentation)
+    trains on the images."""
+    if augmentation_rule(shared.augment) is not None:
+        return
     loaders = shared.loaders()
     sample = next(iter(loaders[0][1]))[0][:8].to(ctx.device)
     found: dict[int, Boundary] = {}

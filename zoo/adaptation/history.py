@@ -70,7 +70,10 @@ class History:
     ``feature_cache`` says whether the head was trained on cached features
     (``feature_cache_note`` says where the cut was, or why the plain loop ran instead);
     ``feature_seconds`` is the time spent computing them. ``skipped`` lists images left out
-    as unreadable. Iterating a history yields its epochs.
+    as unreadable. ``augment`` is the training augmentation
+    (:meth:`~zoo.adaptation.config.Augment.to_dict`; None: none), ``ema`` the decay of the
+    moving average of the weights that was evaluated and returned (None: none). Iterating a
+    history yields its epochs.
 
     With early stopping (``early_stop`` = the patience), ``best_epoch`` is the epoch of the
     lowest validation loss — the weights returned and saved are that epoch's — and
@@ -88,7 +91,8 @@ class History:
     val_images: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
     input_size: list[int] = field(default_factory=list)
-    augment: bool = False
+    augment: dict[str, Any] | None = None
+    ema: float | None = None
     feature_cache: bool = False
     feature_cache_note: str = ""
     feature_seconds: float = 0.0
@@ -152,6 +156,8 @@ class History:
             "early_stop": self.early_stop,
             "stopped_early": self.stopped_early,
             "resumed_from": self.resumed_from,
+            "augment": self.augment,
+            "ema": self.ema,
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,14 +1,15 @@
-"""The data of an adaptation run: image folders or loaders, scanned, split and batched.
+"""The data of an adaptation run: image sources or loaders, scanned, split and batched.
 
-:func:`prepare_data` turns ``train``/``val`` (folders or data loaders) into an
-:class:`AdaptData`; the loader builders make the batches for the training loop, sharded over
-the ranks when the run is distributed.
+:func:`prepare_data` turns ``train``/``val`` (image folders, manifests, Hugging Face datasets
+— :mod:`zoo.adaptation.sources` — or data loaders) into an :class:`AdaptData`; the loader
+builders make the batches for the training loop, sharded over the ranks when the run is
+distributed.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,14 +26,16 @@ from zoo.adaptation.data import (
     class_counts_of,
     dataset_targets,
     make_loader,
-    scan_image_folder,
+    median_side,
     split_folder,
 )
 from zoo.adaptation.distributed import ShardSampler
+from zoo.adaptation.sources import dataset_splits, is_dataset, is_source, kind_of, read_source
 from zoo.adaptation.speed import loader_workers, pin_memory
 from zoo.errors import DataError
 
 if TYPE_CHECKING:
+    from zoo.adaptation.config import Augment
     from zoo.adaptation.distributed import DistContext
     from zoo.core.specs import InputConfig
 
@@ -40,13 +43,15 @@ if TYPE_CHECKING:
 @dataclass
 class AdaptData:
     classes: list[str]
-    train: Any  # ImageFolder or DataLoader
+    train: Any  # ImageFolder (of any source) or DataLoader
     val: Any
     skipped: list[dict[str, str]]
     samples_per_class: int | None
 
     @property
     def from_folders(self) -> bool:
+        """Whether the images were read by zoo (a folder, a manifest, a dataset: an
+        :class:`~zoo.adaptation.data.ImageFolder`), not given as a loader."""
         return isinstance(self.train, ImageFolder)
 
     def images(self, split: str) -> int:
@@ -57,6 +62,32 @@ class AdaptData:
             return len(getattr(found, "dataset", found)) if found is not None else 0
         except TypeError:
             return 0
+
+
+#: The hint to pass ``--image-size`` appears when the images' median side is under this share
+#: of the backbone's input side.
+SMALL_IMAGE_SHARE = 0.5
+
+
+def image_size_hint(data: AdaptData, input_config: InputConfig, given: bool) -> str | None:
+    """When the training images are much smaller than the input they are resized to (their
+    median side under :data:`SMALL_IMAGE_SHARE` of it) and no image size was given: the
+    ``--image-size`` to pass and roughly what it saves (an estimate: the compute of a
+    convolutional network grows with the pixels). None otherwise, and for data loaders."""
+    if given or not data.from_folders:
+        return None
+    side = median_side(data.train)
+    height, width = input_config.input_size[1:]
+    if side is None or side >= SMALL_IMAGE_SHARE * min(height, width):
+        return None
+    suggested = max(side, 32)  # below 32 px many backbones pool their maps away
+    ratio = height * width / suggested**2
+    return (
+        f"the training images are small (median side {side} px) and are resized up to the "
+        f"backbone's {height}x{width}: --image-size {suggested} (image_size={suggested}) "
+        f"would train on about {ratio:.0f}x fewer pixels per image (roughly that much less "
+        "time per epoch, an estimate)"
+    )
 
 
 def is_loader(obj: Any) -> bool:
@@ -77,37 +108,42 @@ def prepare_data(
     validation set with other classes."""
     if is_loader(train):
         return _loader_data(train, val, classes=classes, val_split=val_split)
-    if not isinstance(train, (str, os.PathLike)):
+    if not is_source(train):
         raise DataError(
-            f"train must be an image folder path or a DataLoader, not {type(train).__name__}"
+            "train must be an image folder, a CSV or JSONL manifest, a Hugging Face dataset "
+            f"or a DataLoader, not {type(train).__name__}"
         )
-    seen: Seen = {}  # each file once, across both folders: none is trained and validated on
-    folder = scan_image_folder(
-        train, classes=classes, on_corrupt=on_corrupt, training=True, seen=seen
-    )
+    train, val = dataset_splits(train, val, val_split)
+    seen: Seen = {}  # each file once, across both sources: none is trained and validated on
+    folder = read_source(train, classes=classes, on_corrupt=on_corrupt, training=True, seen=seen)
     skipped = [s.to_dict() for s in folder.skipped]
     val_folder = None
     if val is not None:
+        kind = kind_of(val)
         if val_split:
-            raise DataError("give either a validation folder or val_split, not both")
-        if not isinstance(val, (str, os.PathLike)):
-            raise DataError("train is an image folder, so val must be an image folder too")
-        if _same_folder(train, val):
+            raise DataError(f"give either a validation {kind} or val_split, not both")
+        if not is_source(val):
             raise DataError(
-                f"the validation folder {os.fspath(val)!r} is the training folder: a score on "
-                "the images trained on says nothing; pass another folder, or val_split "
+                f"train is an image {kind_of(train)}, so val must be an image folder, a "
+                f"manifest or a dataset too, not {type(val).__name__}"
+            )
+        if _same_source(train, val):
+            shown = repr(os.fspath(val)) if not is_dataset(val) else "given"
+            raise DataError(
+                f"the validation {kind} {shown} is the training {kind}: a score on "
+                f"the images trained on says nothing; pass another {kind}, or val_split "
                 "(--val-split) to hold out part of it"
             )
-        val_folder = scan_image_folder(
-            val, classes=folder.classes, on_corrupt=on_corrupt, seen=seen
-        )
+        val_folder = read_source(val, classes=folder.classes, on_corrupt=on_corrupt, seen=seen)
         skipped += [s.to_dict() for s in val_folder.skipped]
     elif val_split:
         folder, val_folder = split_folder(folder, float(val_split), seed=seed)
     return AdaptData(list(folder.classes), folder, val_folder, skipped, folder.samples_per_class)
 
 
-def _same_folder(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+def _same_source(a: Any, b: Any) -> bool:
+    if is_dataset(a) or is_dataset(b):
+        return a is b
     try:
         return os.path.samefile(os.path.expanduser(a), os.path.expanduser(b))
     except OSError:  # the scan says what is wrong with it
@@ -172,7 +208,7 @@ def loaders_for_folders(
     data: AdaptData,
     config: InputConfig,
     *,
-    augment: bool | Mapping[str, Any],
+    augment: Augment | None,
     batch_size: int,
     num_workers: int | None,
     seed: int,

@@ -129,10 +129,17 @@ def adapt(
     within about one full run of the slowest) and trains the winner; its note says what won.
 
     ``augment=None`` augments the training images (timm's random resized crop, flip, colour
-    jitter; a mapping of ``create_transform`` options customises it) unless the plan trains
-    only the head, where it is off. ``feature_cache="auto"`` trains a head-only plan on
-    features computed once when nothing random touches the images; ``True`` insists (an
-    error says why it can't), ``False`` always runs the plain loop.
+    jitter) unless the plan trains only the head, or ``auto`` measures (it trains the winner
+    with the augmentation it measured with, off unless asked for). ``augment=True`` turns it
+    on, ``False`` off; ``hflip=False``, ``scale=(min, max)``, ``color_jitter=F``,
+    ``auto_augment="rand-m9-mstd0.5"`` (timm's text), ``mixup=A`` and ``cutmix=A`` (timm's
+    ``Mixup`` alphas: soft targets, label smoothing in them) shape it and turn it on. ``ema``
+    (``True`` or a decay such as ``0.999``) keeps timm's ``ModelEmaV3`` moving average of the
+    weights: it is what is evaluated each epoch, returned and saved. The augmentation and the
+    EMA decay are recorded in the saved file (``zoo.training``; ``zoo inspect`` shows them).
+    ``feature_cache="auto"`` trains a head-only plan on features computed once when nothing
+    random touches the images; ``True`` insists (an error says why it can't), ``False``
+    always runs the plain loop.
 
     ``name``: save into the store under this name (class names, input config and plan
     included); checked before anything is trained. ``delta=None`` (default) saves a model
@@ -182,7 +189,7 @@ def _train(job: Run, model: nn.Module, keeper: Checkpointer) -> History:
     }
 
     policy, policy_args, auto_notes = _decide_auto(job, model, keeper)
-    start_notes += auto_notes
+    start_notes += [*job.hints, *auto_notes]
     kwargs = _policy_kwargs(policy, policy_args, context, catalog)
     planner = ScheduleDriver(
         model,
@@ -206,6 +213,8 @@ def _train(job: Run, model: nn.Module, keeper: Checkpointer) -> History:
             input_config=job.input_config,
             callback=job.callback,
             keeper=keeper,
+            # the measured auto trains the winner with the augmentation it measured with
+            augment_default=False if keeper.auto is not None else None,
         )
     except KeyboardInterrupt as exc:
         kept = keeper.interrupted(config.epochs) if job.ctx.is_main else None

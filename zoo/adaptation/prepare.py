@@ -24,10 +24,10 @@ from torch import nn
 
 from zoo.adaptation.cache import max_cache_bytes
 from zoo.adaptation.checkpoint import seed_python_rngs
-from zoo.adaptation.data import input_config_of, with_overrides
+from zoo.adaptation.data import check_auto_augment, input_config_of, with_overrides
 from zoo.adaptation.distributed import DistContext, is_sharded, setup
 from zoo.adaptation.history import AdaptCallback, History
-from zoo.adaptation.inputs import AdaptData, prepare_data
+from zoo.adaptation.inputs import AdaptData, image_size_hint, prepare_data
 from zoo.adaptation.speed import Speed
 from zoo.core.build import attach_build_info
 from zoo.core.record import attach_record, backbone_of, record_of, unwrap
@@ -40,12 +40,14 @@ from zoo.errors import (
     WeightsUnavailableError,
     ZooError,
 )
-from zoo.io import store
+from zoo.io import hub, store
 from zoo.io.create import create_model
 from zoo.io.fileformat import read_header
 from zoo.io.metadata import ZooMetadata, is_zoo_metadata
-from zoo.io.persistence import check_free, load, resolve_target, save
+from zoo.io.persistence import check_free, resolve_target, save
+from zoo.io.sharing import load
 from zoo.io.store import is_path_target, list_saved
+from zoo.io.trust import file_in
 from zoo.tables.build import classifier_param_names
 
 if TYPE_CHECKING:
@@ -67,6 +69,7 @@ def open_run(point: Any, config: TrainConfig, *, catalog: Catalog) -> Iterator[R
     started = time.perf_counter()
     if config.feature_cache is not False:
         max_cache_bytes()
+    check_auto_augment(config.auto_augment)
     ctx = setup(config.distributed, config.device)
     try:
         with ctx.guard():
@@ -84,8 +87,9 @@ def open_run(point: Any, config: TrainConfig, *, catalog: Catalog) -> Iterator[R
 class Run:
     """A run of ``zoo.adapt`` or ``zoo.compare`` whose start is checked (:func:`open_run`).
 
-    ``callback`` is the caller's on rank 0 (a silent one elsewhere); ``data`` and
-    ``input_config`` are set by :meth:`prepare`."""
+    ``callback`` is the caller's on rank 0 (a silent one elsewhere); ``data``,
+    ``input_config`` and ``hints`` (what the run could do better, said before training: an
+    ``--image-size`` for small images) are set by :meth:`prepare`."""
 
     point: Any
     config: TrainConfig
@@ -96,6 +100,7 @@ class Run:
     callback: AdaptCallback
     data: AdaptData = field(init=False)
     input_config: InputConfig = field(init=False)
+    hints: list[str] = field(init=False, default_factory=list)
 
     def prepare(self, train: Any, val: Any) -> nn.Module:
         """The data (read and checked), then the model to train: the random generators seeded,
@@ -126,6 +131,8 @@ class Run:
         self.input_config = with_overrides(
             input_config_of(model), image_size=config.image_size, overrides=config.input_config
         )
+        hint = image_size_hint(self.data, self.input_config, config.image_size is not None)
+        self.hints = [hint] if hint else []
         record = attach_record(model)
         record.input_config = self.input_config
         record.classes = list(self.data.classes)
@@ -229,6 +236,9 @@ def check_target(name: str | os.PathLike[str] | None, overwrite: bool) -> None:
 def resolve_weights(weights: str | os.PathLike[str] | None) -> Path | None:
     if weights is None:
         return None
+    if hub.is_hub_id(weights):  # the cached snapshot's model.safetensors (a zoo or timm file)
+        folder = hub.snapshot(hub.parse(str(weights)))
+        return file_in(folder, store.MODEL_FILE, what=f"the weights of {weights}")
     path = Path(weights).expanduser()
     if path.is_file():
         return path
@@ -251,6 +261,9 @@ def check_start(backbone_or_model: Any, catalog: Catalog) -> str:
         )
 
     text = str(backbone_or_model)
+    if hub.is_hub_id(text):  # resolved now: offline without a cached copy fails at once
+        hub.snapshot(hub.parse(text))
+        return f"hub model {text}"
     if is_path_target(backbone_or_model):
         if Path(text).expanduser().is_file():
             return f"file {text}"
@@ -364,7 +377,7 @@ def build_model(
         _fit_head(model, len(classes))
         return model
     text = str(backbone_or_model)
-    if is_path_target(backbone_or_model) or _store_path(text) is not None:
+    if hub.is_hub_id(text) or is_path_target(backbone_or_model) or _store_path(text) is not None:
         saved = load(backbone_or_model, trainable=True, catalog=catalog)
         old = saved.zoo.classes
         if (old is not None and list(old) == list(classes)) or (

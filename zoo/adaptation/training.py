@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -29,6 +29,7 @@ from zoo.adaptation.cache import (
     Boundary,
     CachedFeatures,
     CacheUnsupported,
+    augmentation_rule,
     extract,
     find_boundary,
     megabytes,
@@ -47,7 +48,7 @@ from zoo.io.fileformat import PAUSE_AFTER_EPOCH_ENV, pause_for_tests
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
-    from zoo.adaptation.config import TrainConfig
+    from zoo.adaptation.config import Augment, TrainConfig
     from zoo.adaptation.distributed import DistContext
     from zoo.adaptation.history import AdaptCallback, History
     from zoo.adaptation.inputs import AdaptData
@@ -91,11 +92,18 @@ class Trainee:
     fraction counting its steps), and the batches.
 
     ``train`` and ``val`` are cached tensors (:class:`~zoo.adaptation.cache.CachedFeatures`:
-    activations at the boundary whose top ``top`` is, or decoded images) or data loaders
-    (``val`` may be None). ``top`` runs forward instead of the model (it shares its
-    parameters). ``one_thread``: train and evaluate on one CPU thread — for a tiny top on
-    cached activations, waking a thread pool costs more than the arithmetic. ``callback``
-    hears each epoch start and each batch.
+    activations at the boundary ``cut``, or decoded images) or data loaders (``val`` may be
+    None). With ``cut`` (the boundary the activations were cached at) the
+    model's top above it runs forward instead of the model (sharing its parameters).
+    ``one_thread``: train and evaluate on one CPU thread — for a tiny top on cached
+    activations, waking a thread pool costs more than the arithmetic. ``callback`` hears each
+    epoch start and each batch.
+
+    ``augment`` mixes the batches when it says so (timm's ``Mixup``: soft targets, with
+    ``label_smoothing`` as timm applies it, and a soft-target loss). With ``config.ema`` a
+    moving average of the weights (timm's ``ModelEmaV3``, its decay warmed up over the first
+    steps) follows every optimizer step; it is what is evaluated, and :meth:`finish` puts it
+    into the model (what is saved).
     """
 
     def __init__(
@@ -109,7 +117,8 @@ class Trainee:
         ctx: DistContext,
         callback: AdaptCallback,
         num_classes: int,
-        top: nn.Module | None = None,
+        cut: Boundary | None = None,
+        augment: Augment | None = None,
         one_thread: bool = False,
     ) -> None:
         groups = plan.param_groups(model, lr=config.lr, weight_decay=config.weight_decay)
@@ -119,9 +128,14 @@ class Trainee:
             config.optimizer, groups, lr=config.lr, momentum=config.momentum
         )
         self.model = model
-        self.module = top if top is not None else model
         self.speed = Speed.of(config, ctx.device)
         self.speed.prepare(model)
+        self.module = cut.suffix(model) if cut is not None else model
+        self.mixer = _mixer(augment, config.label_smoothing, num_classes)
+        self.ema = _ema(model, config.ema_decay)
+        self.eval_module = self.module
+        if self.ema is not None:
+            self.eval_module = cut.suffix(self.ema.module) if cut is not None else self.ema.module
         self.replica = Replica(self.module, ctx)
         self.compiled = (
             Compiled(self.replica, config.compile, fallback=config.compile_fallback)
@@ -132,6 +146,7 @@ class Trainee:
         self.ctx = ctx
         self.callback = callback
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.soft_loss_fn = _soft_target_loss() if self.mixer is not None else None
         self.batches: Any = (
             train.loader(config.batch_size, seed=config.seed)
             if isinstance(train, CachedFeatures)
@@ -232,6 +247,8 @@ class Trainee:
             if last:
                 self.speed.step(self.optimizer)
                 self.step += 1
+                if self.ema is not None:
+                    self.ema.update(self.model, step=self.step)
             with torch.no_grad():
                 n = targets.shape[0]
                 hits = (logits.argmax(1) == targets).sum()
@@ -259,11 +276,14 @@ class Trainee:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and backward of one batch, one of ``batches`` accumulated into a step
         (``check``: the logits' shape first): ``(logits, loss)``."""
+        inputs, soft = self._mixed(images, targets)
         with self.speed.autocast():
-            logits = self.run(images)
+            logits = self.run(inputs)
             if check:
                 self._check_logits(logits)
-            loss = self.loss_fn(logits, targets)
+            loss = (
+                self.loss_fn(logits, targets) if soft is None else self.soft_loss_fn(logits, soft)
+            )
         self.speed.backward(loss / batches if batches > 1 else loss)
         return logits, loss
 
@@ -283,11 +303,34 @@ class Trainee:
             return wrapped.no_sync()
         return contextlib.nullcontext()
 
+    def _mixed(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch to train on and its soft targets (None: not mixed). timm mixes pairs of an
+        even batch; the odd image out of an odd batch keeps its own (smoothed) target."""
+        if self.mixer is None:
+            return images, None
+        from timm.data.mixup import mixup_target
+
+        even = images.shape[0] - images.shape[0] % 2
+        single = mixup_target(targets[even:], self.num_classes, 1.0, self.mixer.label_smoothing)
+        if even == 0:
+            return images, single
+        mixed, soft = self.mixer(images[:even].clone(), targets[:even])
+        return torch.cat([mixed, images[even:]]), torch.cat([soft, single])
+
+    def finish(self) -> None:
+        """Put the moving average of the weights into the model (with ``ema``): the model
+        evaluated each epoch is the one returned and saved."""
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.module.state_dict())
+
     def _evaluate(self) -> tuple[float | None, float | None]:
-        """(mean loss, accuracy) on ``val`` over all ranks; (None, None) without one."""
+        """(mean loss, accuracy) on ``val`` over all ranks (of the weights' moving average
+        with ``ema``); (None, None) without one."""
         if self.val is None:
             return None, None
-        self.module.eval()
+        self.eval_module.eval()
         device = self.ctx.device
         sums = torch.zeros(3, dtype=torch.float64, device=device)
         images = None
@@ -297,13 +340,13 @@ class Trainee:
                 self.ctx.check_peers()
                 images, targets = self.speed.inputs(batch[0]), batch[1].to(device)
                 with self.speed.autocast():
-                    logits = self.module(images).float()
+                    logits = self.eval_module(images).float()
                 n = targets.shape[0]
                 loss = self.loss_fn(logits, targets)
                 hits = (logits.argmax(1) == targets).sum()
                 sums += torch.stack([loss.double() * n, hits, sums.new_tensor(n)])
                 done += 1
-            if is_sharded(self.module):  # every rank joins every sharded forward pass
+            if is_sharded(self.eval_module):  # every rank joins every sharded forward pass
                 self._pad_forwards(done, images)
         loss_sum, correct, count = self.ctx.sum(sums.tolist())
         if not count:
@@ -318,7 +361,39 @@ class Trainee:
             images = self.speed.inputs(next(iter(self.batches))[0][:1])
         for _ in range(rounds - done):
             with self.speed.autocast():
-                self.module(images)
+                self.eval_module(images)
+
+
+def _mixer(augment: Augment | None, label_smoothing: float, num_classes: int) -> Any:
+    """timm's ``Mixup`` for ``augment``'s mixup / cutmix alphas (None when it mixes nothing);
+    the label smoothing goes into its soft targets, as in timm's training script."""
+    if augment is None or not augment.mixes:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=augment.mixup,
+        cutmix_alpha=augment.cutmix,
+        label_smoothing=label_smoothing,
+        num_classes=num_classes,
+    )
+
+
+def _soft_target_loss() -> nn.Module:
+    from timm.loss import SoftTargetCrossEntropy
+
+    return SoftTargetCrossEntropy()
+
+
+def _ema(model: nn.Module, decay: float | None) -> Any:
+    """timm's ``ModelEmaV3`` of ``model`` (None without ``decay``). Its decay warms up
+    (``1 - (1 + step) ** -2/3``, up to ``decay``): a fine-tuning run of a few hundred steps
+    averages its own weights instead of staying at the start."""
+    if decay is None:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay, use_warmup=True)
 
 
 @contextlib.contextmanager
@@ -346,12 +421,31 @@ def _head_only(model: nn.Module, planner: ScheduleDriver) -> bool:
     return bool(trainable) and trainable <= heads and not planner.is_schedule
 
 
+def augmentation_of(config: TrainConfig, data: AdaptData, *, default: bool) -> Augment | None:
+    """The run's augmentation (:meth:`~zoo.adaptation.config.TrainConfig.augmentation`, with
+    ``default`` for ``augment=None``). Data loaders bring their own transform: there it is
+    None, and an augmentation asked for is refused (:class:`~zoo.DataError`) rather than
+    silently left out."""
+    if data.from_folders:
+        return config.augmentation(default)
+    asked = config.augmentation(False)
+    if asked is not None:
+        raise DataError(
+            "augmentation options (augment=True, hflip, scale, color_jitter, auto_augment, "
+            "mixup, cutmix) shape zoo's transform of the images it reads (folders, manifests, "
+            "datasets); a DataLoader brings its own: "
+            "put the augmentation in its dataset's transform (timm.data.create_transform, "
+            "timm.data.Mixup in its collate_fn), or train on an image folder"
+        )
+    return None
+
+
 def _cache_decision(
     model: nn.Module,
     planner: ScheduleDriver,
     data: AdaptData,
     *,
-    augment: bool | Mapping[str, Any],
+    augment: Augment | None,
     feature_cache: bool | str,
 ) -> str | None:
     """Why the plain loop runs (``"plain loop: ..."``), or None when the activation cache may
@@ -378,8 +472,9 @@ def _cache_decision(
         return "plain loop: feature cache turned off"
     also = f"{why}, and " if why else ""
     if data.from_folders:
-        if augment:
-            return f"plain loop: {also}training images are augmented"
+        augmented = augmentation_rule(augment)
+        if augmented:
+            return f"plain loop: {also}{augmented}"
     else:
         known, transform = dataset_transform(data.train.dataset)
         if not known and feature_cache != True:  # noqa: E712 - "auto" vs True
@@ -400,9 +495,13 @@ def run_training(
     input_config: InputConfig,
     callback: AdaptCallback,
     keeper: Checkpointer | None = None,
+    augment_default: bool | None = None,
 ) -> list[str]:
     """Train ``model`` as ``config`` says, on images prepared for ``input_config``; returns
-    the notes of how it trained (compiling that failed, with the fallback).
+    the notes of how it trained (sharding, compiling that failed with the fallback).
+
+    ``augment_default``: what ``augment=None`` means (None: on unless only the head trains;
+    the measured ``auto`` passes False, what it measured with).
 
     ``keeper`` checkpoints each completed epoch, resumes from a checkpoint and stops early
     (:mod:`zoo.adaptation.checkpoint`, :mod:`zoo.adaptation.early_stop`); the caller holds
@@ -418,6 +517,7 @@ def run_training(
         ctx=ctx,
         input_config=input_config,
         callback=callback,
+        augment_default=augment_default,
     )
     planner.attach(trainee.optimizer, lr=config.lr, weight_decay=config.weight_decay)
     generators = loader_generators(trainee.batches)
@@ -436,6 +536,7 @@ def run_training(
         record = trainee.epoch(epoch)
         _end_epoch(keeper, record, trainee, history, generators)
     history.ddp_wraps = trainee.replica.wraps
+    trainee.finish()
     early = keeper.early
     if early is not None:  # the model is the best validation epoch's
         history.early_stop = early.patience
@@ -460,11 +561,13 @@ def _start(
     ctx: DistContext,
     input_config: InputConfig,
     callback: AdaptCallback,
+    augment_default: bool | None,
 ) -> Trainee:
     """The run's loaders, the cache when it may stand in for the plain loop, and the
     :class:`Trainee`; the history and ``callback`` hear what was decided."""
     head_only = _head_only(model, planner)
-    augment = (not head_only) if config.augment is None else config.augment
+    default = (not head_only) if augment_default is None else augment_default
+    augment = augmentation_of(config, data, default=default)
     why_not = _cache_decision(
         model, planner, data, augment=augment, feature_cache=config.feature_cache
     )
@@ -478,7 +581,8 @@ def _start(
         why_not = why_not or "plain loop: the model is sharded (shard=True)"
     if config.feature_cache is True and why_not is not None:
         raise ZooError(f"the feature cache cannot be used: {why_not.split(': ', 1)[-1]}")
-    history.augment = bool(augment)
+    history.augment = augment.to_dict() if augment is not None else None
+    history.ema = config.ema_decay
     train, val = _loaders(data, input_config, config, ctx, augment=augment, ordered=why_not is None)
     history.train_images = len(train.dataset)
     history.val_images = len(val.dataset) if val is not None else 0
@@ -497,12 +601,13 @@ def _start(
             "world_size": ctx.world_size,
             "epochs": config.epochs,
             "augment": history.augment,
+            "ema": history.ema,
             "feature_cache": why_not is None,
             "note": why_not or "activations cached at the freeze boundary",
             "input_size": history.input_size,
         }
     )
-    top = None
+    cut = None
     source: tuple[Any, Any] = (train, val)
     history.feature_cache_note = why_not or ""
     if why_not is None:
@@ -516,7 +621,7 @@ def _start(
             # the images were prepared without augmentation and in order; keep that, shuffle
             source = (reshuffled(train, ctx, config.seed, config.batch_size), val)
         else:
-            top = boundary.suffix(model)
+            cut = boundary
             source = (cached[0], cached[1] if val is not None else None)
             size = megabytes(sum(c.nbytes for c in cached))
             history.feature_cache_note = (
@@ -525,7 +630,7 @@ def _start(
                 else f"activations cached at the input of {boundary.path!r} ({size})"
             )
         history.feature_seconds = time.perf_counter() - started
-    history.feature_cache = top is not None
+    history.feature_cache = cut is not None
     assert planner.plan is not None
     if config.shard:  # after the plan, before the optimizer: its parameters are the shards
         shard_by_depth(model, [(row.depth, row.module) for row in planner.table.rows])
@@ -537,9 +642,10 @@ def _start(
         ctx=ctx,
         callback=callback,
         num_classes=len(history.classes),
-        top=top,
+        cut=cut,
+        augment=augment,
         # a deeper top keeps the plain loop's thread count (and its rounding: bit-identical)
-        one_thread=top is not None and head_only,
+        one_thread=cut is not None and head_only,
     )
 
 
@@ -549,7 +655,7 @@ def _loaders(
     config: TrainConfig,
     ctx: DistContext,
     *,
-    augment: bool | Mapping[str, Any],
+    augment: Augment | None,
     ordered: bool,
 ) -> tuple[DataLoader, DataLoader | None]:
     """Train and val loaders, sharded over the ranks; ``ordered``: the training images in

@@ -14,12 +14,13 @@ timm's 1,400 backbones renders in milliseconds, and 100,000 rows as plain text
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
+
+from zoo.cli.output import wrap_words
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions
@@ -130,8 +131,8 @@ class Columns:
                 col, cell = self.columns[i], row[i]
                 text = _plain(cell)
                 parts = text.split("\n") if "\n" in text else [text]
-                if col.fold:
-                    parts = [p for part in parts for p in (textwrap.wrap(part, w) or [""])]
+                if col.fold:  # at commas and spaces, never inside a word
+                    parts = [p for part in parts for p in wrap_words(part, w)]
                 cells.append(([_cut(p, w) for p in parts], w, col, _style(cell) or col.style))
             for k in range(max(len(c[0]) for c in cells)):
                 yield (
@@ -146,7 +147,7 @@ class Columns:
         """The table at ``width`` as styled :class:`~rich.text.Text`."""
         out = Text(no_wrap=True, overflow="ignore")
         if self.title:
-            out.append(self.title + "\n", style="bold")
+            out.append("\n".join(wrap_words(self.title, width)) + "\n", style="bold")
         for kind, cells in self._lines(width):
             line_style = {"head": "bold", "rule": "dim"}.get(kind)
             last = len(cells) - 1

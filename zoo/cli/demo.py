@@ -33,7 +33,7 @@ SOURCE_NAME = "demo-digits-source"
 BEST_NAME = "demo-digits"
 SOURCE_DIGITS = (0, 1, 2, 3, 4)
 #: hflip would turn digits into other shapes; crops stay mild (the digits fill the image)
-AUGMENT = {"hflip": 0.0, "scale": (0.75, 1.0), "ratio": (0.9, 1.1), "color_jitter": 0.0}
+AUGMENT = {"hflip": False, "scale": (0.75, 1.0), "color_jitter": 0.0}
 #: the candidates of the target task's comparison, least to most trained
 LADDER = ("linear-probe", "train-last:n=1", "train-last:n=2", "full")
 
@@ -292,7 +292,7 @@ def _run(
             scratch=True,  # the source task is what gives the backbone its features
             epochs=settings.source_epochs,
             lr=settings.source_lr,
-            augment=AUGMENT,
+            **AUGMENT,
             name=SOURCE_NAME,
             overwrite=True,
             callback=callback,

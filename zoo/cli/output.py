@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rich.console import Console, ConsoleOptions
     from rich.text import Text
 
 PIPE_WIDTH = 160
+#: Spaces between a label and its value (:class:`Fields`).
+GAP = 2
 
 
 class Output:
@@ -32,10 +36,11 @@ class Output:
         self.err = Console(file=stderr or sys.stderr, highlight=False, soft_wrap=True)
 
     def print(self, *renderables: Any) -> None:
-        """Print renderables; plain :class:`~rich.text.Text` blocks are never re-wrapped."""
+        """Print renderables; a :class:`~rich.text.Text` laid out already (``no_wrap``: a
+        table) is never re-wrapped, other text wraps between words at the console's width."""
         from rich.text import Text
 
-        soft = all(isinstance(r, Text) for r in renderables)
+        soft = all(isinstance(r, Text) and r.no_wrap for r in renderables)
         self.console.print(*renderables, soft_wrap=soft)
 
     def json(self, data: Any) -> None:
@@ -188,3 +193,63 @@ def aligned_text(
             text.append(line(row) + "\n", style=style)
     text.rstrip()
     return text
+
+
+def wrap_words(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken only after a comma, a space or
+    a ``/`` (a policy spec ``lora:rank=8,alpha=16`` breaks between its arguments, a sentence
+    between its words, a path between its folders; never inside a word). A piece longer than
+    ``width`` on its own is cut with an ellipsis rather than broken."""
+    width = max(width, 1)
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for piece in re.findall(r"[^,/\s]*(?:,|/|\s+|$)", paragraph):
+            if not piece:
+                continue
+            if line and len(line) + len(piece.rstrip()) > width:
+                lines.append(line.rstrip())
+                line = piece.lstrip()
+            else:
+                line += piece
+        lines.append(line.rstrip())
+    return [ln if len(ln) <= width else ln[: width - 1] + "…" for ln in lines]
+
+
+class Wrapped:
+    """A paragraph wrapped by :func:`wrap_words` at the width it is printed at (rich's own
+    wrapping breaks a long spec mid-word); continuation lines are indented by ``indent``."""
+
+    def __init__(self, text: str, style: str | None = None, indent: int = 2) -> None:
+        self.text, self.style, self.indent = text, style, indent
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Text]:
+        from rich.text import Text
+
+        lines = wrap_words(self.text, max(options.max_width - self.indent, 12))
+        lines = [lines[0], *(" " * self.indent + line for line in lines[1:])]
+        yield Text("\n".join(lines), style=self.style or "", no_wrap=True, overflow="ignore")
+
+
+class Fields:
+    """``label  value`` lines (a key-value table such as ``zoo inspect``'s or ``zoo adapt``'s
+    summary) laid out for the width they are printed at: the labels in one bold column, each
+    value wrapped by :func:`wrap_words` beside it (never cut mid-word)."""
+
+    def __init__(self, rows: Sequence[tuple[str, str]], *, title: str | None = None) -> None:
+        self.rows, self.title = list(rows), title
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Text]:
+        from rich.text import Text
+
+        label_width = max((len(label) for label, _ in self.rows), default=0)
+        room = max(options.max_width - label_width - GAP, 12)
+        out = Text(no_wrap=True, overflow="ignore")
+        if self.title:
+            out.append(self.title + "\n", style="bold")
+        for label, value in self.rows:
+            for k, line in enumerate(wrap_words(printable(value), room)):
+                out.append((label if k == 0 else "").ljust(label_width), style="bold")
+                out.append(" " * GAP + line + "\n")
+        out.rstrip()
+        yield out

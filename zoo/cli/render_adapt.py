@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,8 +21,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from zoo.adaptation.config import describe_augment
 from zoo.adaptation.job import AdaptCallback, EpochRecord, History
-from zoo.cli.output import bar, human_count, percent, printable
+from zoo.cli.columns import Col, Columns
+from zoo.cli.output import Fields, Wrapped, bar, human_count, percent, printable
 
 
 def _num(value: float | None, digits: int = 4) -> str:
@@ -59,16 +61,27 @@ def cache_text(used: bool, note: str) -> str:
     return f"images go through the whole model every epoch ({reason})" if reason else note
 
 
-def start_text(info: Mapping[str, Any]) -> Text:
+def augment_text(augment: Any, ema: Any) -> str:
+    """``off`` or what the augmentation does, and the EMA of the weights when there is one
+    (values of a saved file's metadata are untrusted: shown as text)."""
+    text = describe_augment(augment)
+    if ema:
+        text += f"; EMA of the weights, decay {ema}"
+    return printable(text)
+
+
+def start_text(info: Mapping[str, Any]) -> Group:
     """What is about to happen: model and weights, policy (what auto chose), data, device,
-    cache decision."""
-    text = Text()
-    text.append("adapting ", style="bold")
-    text.append(str(info.get("start", "")), style="bold cyan")
+    cache decision (the policy's spec and the notes wrap between words, never inside one)."""
+    head = Text()
+    head.append("adapting ", style="bold")
+    head.append(str(info.get("start", "")), style="bold cyan")
     policy = policy_text(str(info.get("policy", "")), info.get("policy_args"))
-    text.append(f"\npolicy {policy}\n")
-    for note in info.get("notes") or ():
-        text.append(f"  {note}\n", style="dim")
+    lines: list[Any] = [head, Wrapped(printable(f"policy {policy}"))]
+    lines += [
+        Wrapped(printable(f"  {note}"), style="dim", indent=4) for note in info.get("notes") or ()
+    ]
+    text = Text()
     classes = list(info.get("classes", []))
     shown = ", ".join(classes[:8]) + (f", … (+{len(classes) - 8})" if len(classes) > 8 else "")
     train, val = int(info.get("train_images", 0)), int(info.get("val_images", 0))
@@ -84,14 +97,14 @@ def start_text(info: Mapping[str, Any]) -> Text:
         where += f" x {info['world_size']} processes (DDP)"
     text.append(
         f"input {'x'.join(str(v) for v in size[1:])}, augmentation "
-        f"{'on' if info.get('augment') else 'off'}, {where}\n"
+        f"{augment_text(info.get('augment'), info.get('ema'))}, {where}\n"
     )
     cache = bool(info.get("feature_cache"))
     text.append(
         "feature cache: " + cache_text(cache, str(info.get("note", ""))),
         style="green" if cache else "dim",
     )
-    return text
+    return Group(*lines, text)
 
 
 def epoch_line(record: EpochRecord, epochs: int) -> Text:
@@ -212,19 +225,12 @@ class AdaptProgress(AdaptCallback):
         self.close()
 
 
-def history_table(history: History) -> Table:
-    """One row per epoch: losses, accuracies, time and throughput."""
-    table = Table(title="training history", title_justify="left", show_edge=False)
-    table.add_column("epoch", justify="right")
-    table.add_column("train loss", justify="right")
-    table.add_column("train acc", justify="right")
-    table.add_column("val loss", justify="right")
-    table.add_column("val acc", justify="right")
-    table.add_column("trainable", justify="right")
-    table.add_column("time", justify="right")
-    table.add_column("img/s", justify="right")
-    for e in history.epochs:
-        table.add_row(
+def history_table(history: History) -> Columns:
+    """One row per epoch: losses, accuracies, time and throughput (at narrow widths the
+    throughput, the trainable count, the time and the training loss are left out, in that
+    order; the accuracies stay)."""
+    rows = [
+        (
             str(e.epoch),
             _num(e.train_loss),
             percent(e.train_accuracy),
@@ -234,57 +240,84 @@ def history_table(history: History) -> Table:
             _seconds(e.seconds),
             f"{e.images_per_second:,.0f}",
         )
-    return table
+        for e in history.epochs
+    ]
+    columns = (
+        Col("epoch", right=True),
+        Col("train loss", right=True, drop=1),
+        Col("train acc", right=True),
+        Col("val loss", right=True, drop=2),
+        Col("val acc", right=True),
+        Col("trainable", right=True, drop=3),
+        Col("time", right=True, drop=4),
+        Col("img/s", right=True, drop=5),
+    )
+    return Columns(columns, rows, title="training history")
 
 
-def summary_table(history: History) -> Table:
-    """The final summary: where it was saved, what trained, how well, how long."""
-    table = Table(show_header=False, title="summary", title_justify="left", show_edge=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
+def summary_table(history: History) -> Fields:
+    """The final summary: where it was saved, what trained, how well, how long (each value
+    wrapped between words at the width it is printed at)."""
+    rows: list[tuple[str, str]] = []
     if history.name:
-        table.add_row("saved as", f"{history.name}  ({history.path})")
+        rows.append(("saved as", f"{history.name}  ({history.path})"))
     else:
-        table.add_row("saved as", "not saved (no name)")
-    table.add_row("started from", history.start)
-    table.add_row("policy", policy_text(history.policy, history.policy_args))
+        rows.append(("saved as", "not saved (no name)"))
+    rows.append(("started from", history.start))
+    rows.append(("policy", policy_text(history.policy, history.policy_args)))
     share = history.trainable_fraction
-    table.add_row(
-        "trainable",
-        f"{human_count(history.trainable_params)} of "
-        f"{human_count(history.total_params)} ({percent(share)}) {bar(share, 12)}",
+    rows.append(
+        (
+            "trainable",
+            f"{human_count(history.trainable_params)} of "
+            f"{human_count(history.total_params)} ({percent(share)}) {bar(share, 12)}",
+        )
     )
-    table.add_row(
-        "classes",
-        f"{len(history.classes)}: "
-        + ", ".join(history.classes[:10])
-        + (" …" if len(history.classes) > 10 else ""),
+    rows.append(
+        (
+            "classes",
+            f"{len(history.classes)}: "
+            + ", ".join(history.classes[:10])
+            + (" …" if len(history.classes) > 10 else ""),
+        )
     )
-    table.add_row(
-        "images",
-        f"{history.train_images} train, {history.val_images} validation"
-        + (f", {len(history.skipped)} skipped (unreadable)" if history.skipped else ""),
+    rows.append(
+        (
+            "images",
+            f"{history.train_images} train, {history.val_images} validation"
+            + (f", {len(history.skipped)} skipped (unreadable)" if history.skipped else ""),
+        )
     )
     if history.epochs:
         last = history.epochs[-1]
-        table.add_row(
-            "final",
-            f"train acc {percent(last.train_accuracy)}, val acc "
-            f"{percent(last.val_accuracy)}, best {percent(history.best_accuracy)}",
+        rows.append(
+            (
+                "final",
+                f"train acc {percent(last.train_accuracy)}, val acc "
+                f"{percent(last.val_accuracy)}, best {percent(history.best_accuracy)}",
+            )
         )
-    table.add_row(
-        "feature cache",
-        cache_text(history.feature_cache, history.feature_cache_note)
-        + (f" ({_seconds(history.feature_seconds)} to compute)" if history.feature_cache else ""),
+    rows.append(("augmentation", augment_text(history.augment, history.ema)))
+    rows.append(
+        (
+            "feature cache",
+            cache_text(history.feature_cache, history.feature_cache_note)
+            + (
+                f" ({_seconds(history.feature_seconds)} to compute)"
+                if history.feature_cache
+                else ""
+            ),
+        )
     )
-    table.add_row(
-        "time",
-        f"{_seconds(history.total_seconds)} on {history.device}"
-        + (f" x {history.world_size}" if history.world_size > 1 else ""),
+    rows.append(
+        (
+            "time",
+            f"{_seconds(history.total_seconds)} on {history.device}"
+            + (f" x {history.world_size}" if history.world_size > 1 else ""),
+        )
     )
-    for note in history.notes:
-        table.add_row("note", note)
-    return table
+    rows += [("note", note) for note in history.notes]
+    return Fields(rows, title="summary")
 
 
 def skipped_text(history: History, limit: int = 10) -> Text:

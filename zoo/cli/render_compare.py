@@ -10,11 +10,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.text import Text
 
 from zoo.adaptation.history import AdaptCallback
 from zoo.cli.columns import Col, Columns
-from zoo.cli.output import human_count, percent, printable
+from zoo.cli.output import Wrapped, human_count, percent, printable
 from zoo.io.leaderboard import Leaderboard, short_policy
 
 if TYPE_CHECKING:
@@ -41,21 +49,28 @@ def leaderboard_table(board: Leaderboard, *, title: str | None = None) -> Column
                 printable(row.trained_on),
             )
         )
-    columns = (
-        Col("policy", style="cyan"),
+    columns = (  # the policy wraps at its commas; accuracy and trained share always stay
+        Col("policy", style="cyan", shrink=True, fold=True, min_width=14),
         Col("val acc", right=True),
-        Col("val loss", right=True, drop=2),
-        Col("trained", right=True),
-        Col("%", right=True, drop=3),
-        Col("epochs", right=True),
-        Col("time", right=True, drop=1),
-        Col("cut early", drop=4),
-        Col("trained on", shrink=True, drop=5, min_width=10),
+        Col("val loss", right=True, drop=3),
+        Col("trained", right=True, drop=2),
+        Col("%", right=True),
+        Col("epochs", right=True, drop=1),
+        Col("time", right=True, drop=4),
+        Col("cut early", drop=5),
+        Col("trained on", shrink=True, drop=6, min_width=10),
     )
-    if title is None:
-        rungs = ", ".join(str(r) for r in board.rungs) or str(board.epochs)
-        title = f"compare: {len(board.rows)} policies, successive halving at epochs {rungs}"
-    return Columns(columns, rows, title=title)
+    return Columns(columns, rows, title=title if title is not None else board_title(board))
+
+
+def board_title(board: Leaderboard) -> str:
+    """What the comparison did, as its notes say it: the rungs of successive halving, or that
+    every candidate trained to the end (one rung: no halving)."""
+    count = f"compare: {len(board.rows)} {'policy' if len(board.rows) == 1 else 'policies'}"
+    if len(board.rungs) > 1:
+        rungs = ", ".join(str(r) for r in board.rungs)
+        return f"{count}, successive halving: cuts after epochs {rungs.rpartition(', ')[0]}"
+    return f"{count}, each trained {board.epochs} epoch(s) at most (no successive halving)"
 
 
 def why_text(board: Leaderboard) -> Text:
@@ -72,15 +87,35 @@ def board_from_metadata(value: Mapping[str, Any]) -> Leaderboard:
 
 
 class CompareProgress(AdaptCallback):
-    """One line per candidate epoch and per rung, on ``console``."""
+    """Progress of ``zoo compare`` on ``console``: a progress bar of the candidates' epochs on
+    a terminal, one line per candidate epoch when piped; one line per rung either way."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
+        self.progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
     def on_start(self, info: Mapping[str, Any]) -> None:
         policies = ", ".join(short_policy(p) for p in info.get("policies", []))
-        self.console.print(
-            Text(
+        if self.console.is_terminal:
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=20),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            total = len(info.get("policies", [])) * int(info.get("epochs", 1))
+            self._task = self.progress.add_task("candidate epochs", total=total)
+            self.progress.start()
+        self.console.print(  # the specs wrap between their arguments, never inside one
+            Wrapped(
                 printable(
                     f"comparing {len(info.get('policies', []))} policies on "
                     f"{info.get('train_images')} training / {info.get('val_images')} validation "
@@ -89,7 +124,7 @@ class CompareProgress(AdaptCallback):
             )
         )
         for note in info.get("notes", []):
-            self.console.print(Text(printable(f"note: {note}"), style="yellow"))
+            self.console.print(Wrapped(printable(f"note: {note}"), style="yellow"))
 
     def on_features_start(self, split: str, batches: int) -> None:
         self.console.print(
@@ -101,6 +136,13 @@ class CompareProgress(AdaptCallback):
 
     def on_candidate_epoch(self, policy: str, record: EpochRecord, rung: int) -> None:
         acc = record.val_accuracy if record.val_accuracy is not None else 0.0
+        if self.progress is not None and self._task is not None:
+            self.progress.update(
+                self._task,
+                advance=1,
+                description=printable(f"{short_policy(policy)[:24]} val acc {acc:.3f}"),
+            )
+            return
         self.console.print(
             Text(
                 printable(
@@ -125,4 +167,4 @@ class CompareProgress(AdaptCallback):
         )
 
     def on_end(self, history: History) -> None:
-        pass
+        self.close()

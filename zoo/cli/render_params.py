@@ -4,7 +4,8 @@ the one per-depth table that ``zoo show``, ``zoo plan`` and ``zoo inspect`` prin
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 from rich.text import Text
@@ -12,6 +13,9 @@ from rich.text import Text
 from zoo.cli.output import aligned_text, bar, human_count, percent, printable
 from zoo.plans.plan import NormMode
 from zoo.tables.table import DepthSummary, ParamTable
+
+if TYPE_CHECKING:
+    from rich.console import Console, ConsoleOptions
 
 BAR_WIDTH = 20
 TRAINED, FROZEN = "█", "░"
@@ -52,12 +56,20 @@ def header(table: ParamTable, *, title: str | None = None) -> Text:
     return text
 
 
+#: Columns a depth table leaves out, first to last, when it does not fit its width (the bar
+#: narrows to :data:`MIN_BAR` first; numbers are never cut).
+DROP_ORDER = ("norms", "lr scale", "tensors", "added", "%", "share", "trainable", "trained share")
+#: The narrowest bar a depth table draws.
+MIN_BAR = 6
+BARS = ("share", "trained share")
+
+
 def depth_table(
     depths: Sequence[DepthSummary],
     columns: Sequence[str] = TABLE_COLUMNS,
     *,
     bar_width: int = BAR_WIDTH,
-) -> Table:
+) -> DepthTable:
     """One row per depth (a :meth:`~zoo.ParamTable.depth_summary`), then the totals; after
     ``depth`` and ``group``, the ``columns`` named:
 
@@ -65,41 +77,104 @@ def depth_table(
     model's parameters); ``trainable`` (``all``, ``none`` or how many) or ``trained`` (``all``,
     ``frozen`` or the share); ``norms`` (how many, or by mode under a plan); ``lr scale``;
     ``share`` (a bar of the share of the model) or ``trained share`` (a bar, trained against
-    frozen).
+    frozen). Laid out for the width it is printed at (:class:`DepthTable`).
     """
-    whole = sum(d.numel for d in depths)
-    total = DepthSummary(
-        depth=-1,
-        group="total",
-        tensors=sum(d.tensors for d in depths),
-        numel=whole,
-        trainable_numel=sum(d.trainable_numel for d in depths),
-        norms=0,
-        trainable_tensors=sum(d.trainable_tensors for d in depths),
-        added_numel=sum(d.added_numel for d in depths),
-    )
-    out = Table(box=None, pad_edge=False, header_style="bold")
-    out.add_column("depth", justify="right", no_wrap=True)
-    out.add_column("group", style="cyan", no_wrap=True)
-    words = {"share", "trained share"} | ({"norms"} if any(d.norm_modes for d in depths) else set())
-    for name in columns:
-        header = f"{TRAINED} trained {FROZEN} frozen" if name == "trained share" else name
-        out.add_column(
-            header, justify="left" if name in words else "right", no_wrap=name != "norms"
+    return DepthTable(depths, columns, bar_width)
+
+
+class DepthTable:
+    """A per-depth table laid out for the width it is printed at: the bar (at most
+    ``bar_width``) narrows first, then the columns of :data:`DROP_ORDER` are left out, so
+    that no number is cut and no word is broken."""
+
+    def __init__(
+        self, depths: Sequence[DepthSummary], columns: Sequence[str], bar_width: int
+    ) -> None:
+        self.depths = list(depths)
+        self.columns = list(columns)
+        self.bar_width = bar_width
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Table]:
+        yield self.table(options.max_width)
+
+    def layout(self, width: int) -> tuple[list[str], int]:
+        """The columns shown at ``width`` and the bar's width."""
+        columns = list(self.columns)
+        while True:
+            rows = self._rows(columns, 1)
+            natural = [
+                max(len(_header(name, 1)), *(len(_plain(r[i])) for r in rows))
+                for i, name in enumerate(["depth", "group", *columns])
+                if name not in BARS
+            ]
+            fixed = sum(natural) + 2 * (len(columns) + 1)  # one space each side of a column
+            bars = [c for c in columns if c in BARS]
+            room = width - fixed
+            bar = min(self.bar_width, room // max(len(bars), 1))
+            if (bars and bar >= MIN_BAR) or (not bars and room >= 0):
+                return columns, max(bar, 0)
+            left = [c for c in DROP_ORDER if c in columns]
+            if not left:
+                return columns, MIN_BAR  # a terminal narrower than depth and group: cropped
+            columns.remove(left[0])
+
+    def table(self, width: int) -> Table:
+        """The table at ``width`` columns."""
+        columns, bar_width = self.layout(width)
+        out = Table(box=None, pad_edge=False, header_style="bold")
+        out.add_column("depth", justify="right", no_wrap=True)
+        out.add_column("group", style="cyan", no_wrap=True)
+        words = {"share", "trained share"} | (
+            {"norms"} if any(d.norm_modes for d in self.depths) else set()
         )
-    for d in depths:
-        cells = _depth_cells(d, whole, bar_width)
-        out.add_row(str(d.depth), Text(printable(d.group)), *(cells[n] for n in columns))
-    cells = {
-        **_depth_cells(total, whole, bar_width),
-        "%": "100%" if whole else "-",
-        "trained": Text(percent(total.trainable_numel, whole), style="bold"),
-        "norms": "",
-        "lr scale": "",
-        "share": "",
-    }
-    out.add_row("", Text("total", style="bold"), *(cells[n] for n in columns))
-    return out
+        for name in columns:
+            out.add_column(
+                _header(name, bar_width),
+                justify="left" if name in words else "right",
+                no_wrap=True,
+            )
+        for row in self._rows(columns, bar_width):
+            out.add_row(*row)
+        return out
+
+    def _rows(self, columns: Sequence[str], bar_width: int) -> list[list[str | Text]]:
+        whole = sum(d.numel for d in self.depths)
+        total = DepthSummary(
+            depth=-1,
+            group="total",
+            tensors=sum(d.tensors for d in self.depths),
+            numel=whole,
+            trainable_numel=sum(d.trainable_numel for d in self.depths),
+            norms=0,
+            trainable_tensors=sum(d.trainable_tensors for d in self.depths),
+            added_numel=sum(d.added_numel for d in self.depths),
+        )
+        rows: list[list[str | Text]] = []
+        for d in self.depths:
+            cells = _depth_cells(d, whole, bar_width)
+            rows.append([str(d.depth), Text(printable(d.group)), *(cells[n] for n in columns)])
+        cells = {
+            **_depth_cells(total, whole, bar_width),
+            "%": "100%" if whole else "-",
+            "trained": Text(percent(total.trainable_numel, whole), style="bold"),
+            "norms": "",
+            "lr scale": "",
+            "share": "",
+        }
+        rows.append(["", Text("total", style="bold"), *(cells[n] for n in columns)])
+        return rows
+
+
+def _header(name: str, bar_width: int) -> str:
+    """A column's header; the trained-share bar's says what its two marks mean when it fits."""
+    if name != "trained share":
+        return name
+    legend = f"{TRAINED} trained {FROZEN} frozen"
+    return legend if bar_width >= len(legend) else "share"
+
+
+def _plain(cell: str | Text) -> str:
+    return cell.plain if isinstance(cell, Text) else cell
 
 
 def _depth_cells(d: DepthSummary, whole: int, bar_width: int) -> dict[str, str | Text]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rich.table import Table
+from rich.console import Group
 from rich.text import Text
 
 from zoo.cli import render_params
-from zoo.cli.output import aligned_text, human_count, percent
+from zoo.cli.output import Wrapped, aligned_text, human_count, percent
 from zoo.plans.plan import NormMode, Plan
 from zoo.tables.table import DepthSummary, ParamTable
 
@@ -19,15 +19,13 @@ PLAN_COLUMNS = ("params", "trained", "trained share", "norms", "lr scale")
 BAR_WIDTH = 16
 
 
-def header(plan: Plan, table: ParamTable) -> Text:
-    """Model, policy and totals: what trains, in numbers; the notes of the policy."""
+def header(plan: Plan, table: ParamTable) -> Group:
+    """Model, policy and totals: what trains, in numbers; the notes of the policy. The
+    policy's spec wraps between its arguments (:class:`~zoo.cli.output.Wrapped`)."""
+    name = table.backbone or table.model_type.rpartition(".")[2] or "model"
+    epoch = f" at epoch {plan.epoch}" if plan.epoch is not None else ""
+    title = Wrapped(f"{name}  policy {plan.spec_text}{epoch}", style="bold")
     text = Text()
-    text.append(table.backbone or table.model_type.rpartition(".")[2] or "model", style="bold cyan")
-    text.append("  policy ")
-    text.append(plan.spec_text, style="bold")
-    if plan.epoch is not None:
-        text.append(f" at epoch {plan.epoch}")
-    text.append("\n")
     total = plan.numel(table=table)
     trained = plan.numel(trainable=True, table=table)
     text.append(
@@ -49,10 +47,10 @@ def header(plan: Plan, table: ParamTable) -> Text:
     text.append(f"norm layers: {render_params.norm_modes_text(counts) or 'none'}\n")
     for note in plan.notes:
         text.append(f"note: {note}\n", style="yellow")
-    return text
+    return Group(title, text)
 
 
-def depth_table(plan: Plan, table: ParamTable) -> Table:
+def depth_table(plan: Plan, table: ParamTable) -> render_params.DepthTable:
     """One row per depth: group, parameters, trained share (and a bar), norm modes, lr scale;
     with an adapter policy also the parameters its adapters add (included in ``params``)."""
     columns = ("params", "added", *PLAN_COLUMNS[1:]) if plan.additions else PLAN_COLUMNS

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 
+from zoo.adaptation.config import describe_augment
 from zoo.cli.columns import Col, Columns
-from zoo.cli.output import human_bytes, human_count, percent, printable
+from zoo.cli.output import Fields, human_bytes, human_count, percent, printable
 from zoo.cli.render_params import depth_table
+from zoo.core import checks
 from zoo.tables.table import DepthSummary
 
 if TYPE_CHECKING:
@@ -103,12 +104,10 @@ def inspect_view(info: Inspection) -> Group:
     head = Text()
     head.append(printable(info.name or str(info.path)), style="bold cyan")
     head.append(printable(f"  {meta.kind} save of {meta.backbone}") + "\n")
-    rows = Table(box=None, pad_edge=False, show_header=False)
-    rows.add_column(style="bold")
-    rows.add_column()
+    fields: list[tuple[str, str]] = []
 
     def row(label: str, value: str) -> None:
-        rows.add_row(label, Text(printable(value)))
+        fields.append((label, printable(value)))
 
     row("file", f"{info.path} ({human_bytes(info.size)}, {info.tensors} tensors)")
     for i, (label, text) in enumerate(adapter_lines(info)):
@@ -126,6 +125,8 @@ def inspect_view(info: Inspection) -> Group:
         f"({percent(meta.trained_fraction if meta.num_params else None)}), "
         f"{len(meta.trained)} tensors",
     )
+    if meta.training:
+        row("training", training_text(meta.training))
     if meta.build.get("kwargs"):
         row("arguments", ", ".join(f"{k}={v!r}" for k, v in meta.build["kwargs"].items()))
     config = meta.input_config
@@ -142,7 +143,7 @@ def inspect_view(info: Inspection) -> Group:
     for i, (key, value) in enumerate(sorted(meta.extra.items())):
         row("metadata" if i == 0 else "", f"{key} = {value}")
     row("seal", "verified" if info.verified else "not checked (--no-verify)")
-    parts: list[Any] = [head, rows]
+    parts: list[Any] = [head, Fields(fields)]
     if info.depths:
         depths = [
             DepthSummary(
@@ -205,6 +206,22 @@ def _plan_notes(plan: Any) -> list[tuple[str, str]]:
         else:
             out.append(("note", text))
     return out
+
+
+def training_text(training: Mapping[str, Any]) -> str:
+    """How the run trained (the ``zoo.training`` record, untrusted): epochs, the augmentation
+    (``off`` when the record says none; files saved before zoo recorded it say nothing) and
+    the EMA of the weights."""
+    parts = []
+    epochs, run = training.get("epochs"), training.get("epochs_run")
+    if checks.is_int(epochs) and checks.is_int(run):
+        parts.append(f"{run} of {epochs} epochs" if run != epochs else f"{epochs} epochs")
+    if "augment" in training:
+        parts.append(f"augmentation {describe_augment(training['augment'])}")
+    ema = training.get("ema")
+    if checks.is_real(ema):
+        parts.append(f"EMA of the weights (decay {ema:g}) saved")
+    return "; ".join(parts) or "-"
 
 
 def _floats(values: Any) -> str:

@@ -63,6 +63,16 @@ def _switch(value: str) -> bool | str:
     return {"auto": "auto", "on": True, "off": False}[value]
 
 
+def _pair(typed: str) -> tuple[float, float] | str:
+    """``"0.5,1"`` as ``(0.5, 1.0)``; anything else as typed (the config refuses it, naming the
+    option)."""
+    try:
+        low, high = (float(v) for v in typed.split(","))
+    except ValueError:
+        return typed
+    return low, high
+
+
 def _policy_list(given: list[str]) -> list[str] | str:
     """The specs of every ``--policies`` (each split by
     :func:`~zoo.adaptation.config.split_policies`); one flag's text is passed as typed, so
@@ -229,10 +239,63 @@ OPTIONS: dict[str, Option] = {
     ),
     "augment": _option(
         "--augment",
-        help="training augmentation (auto: off when only the head trains)",
+        help="training augmentation, timm's random resized crop, flip and colour jitter (auto: "
+        "on when more than the head trains; off for compare and a measured auto policy); "
+        "the options below shape it and turn it on",
         group=IMAGES,
         choices=("auto", "on", "off"),
         to_value=lambda typed: None if typed == "auto" else _switch(typed),
+    ),
+    "hflip": _option(
+        "--hflip",
+        help="random horizontal flips (default: on; --no-hflip for digits, text, many medical "
+        "and satellite images)",
+        group=IMAGES,
+        action=argparse.BooleanOptionalAction,
+    ),
+    "scale": _option(
+        "--scale",
+        help="share of the image each random crop keeps, e.g. 0.5,1 (default 0.08,1)",
+        group=IMAGES,
+        metavar="MIN,MAX",
+        to_value=_pair,
+    ),
+    "color_jitter": _option(
+        "--color-jitter",
+        help="colour jitter strength, 0 for none (default 0.4)",
+        group=IMAGES,
+        metavar="F",
+        type=float,
+    ),
+    "auto_augment": _option(
+        "--auto-augment",
+        help="timm's auto-augment text: rand-m9-mstd0.5 (RandAugment), augmix-m5, original",
+        group=IMAGES,
+        metavar="TEXT",
+    ),
+    "mixup": _option(
+        "--mixup",
+        help="mix pairs of training images, alpha A (timm's Mixup, e.g. 0.2; soft targets)",
+        group=IMAGES,
+        metavar="A",
+        type=float,
+    ),
+    "cutmix": _option(
+        "--cutmix",
+        help="paste patches between training images, alpha A (timm's Mixup, e.g. 1.0)",
+        group=IMAGES,
+        metavar="A",
+        type=float,
+    ),
+    "ema": _option(
+        "--ema",
+        help="evaluate and save a moving average of the weights (timm's ModelEmaV3; DECAY "
+        "default 0.9998, warmed up over the first steps)",
+        group=TRAINING,
+        metavar="DECAY",
+        nargs="?",
+        const=True,
+        type=float,
     ),
     "feature_cache": _option(
         "--feature-cache",
@@ -324,11 +387,16 @@ def add_options(parser: argparse.ArgumentParser, job: str) -> None:
         "--data",
         "-d",
         required=True,
-        metavar="DIR",
-        help="training images: one sub-folder per class",
+        metavar="DIR|FILE",
+        help="training images: a folder with one sub-folder per class, or a CSV/JSONL manifest "
+        "of path,label rows (paths relative to it)",
     )
     val = parser.add_mutually_exclusive_group()
-    val.add_argument("--val", metavar="DIR", help="validation images, same class folders")
+    val.add_argument(
+        "--val",
+        metavar="DIR|FILE",
+        help="validation images: a folder of the same class folders, or a manifest",
+    )
     groups: dict[str, Any] = {
         "": parser,
         "val_split": val,

@@ -43,6 +43,10 @@ from zoo.plans.plan import MAX_ADDITIONS, Addition, Plan
 FORMAT_VERSION = 2
 KINDS = ("full", "delta")
 BASE_KINDS = ("file", "store", "pretrained")
+#: Where else a base can be found (``zoo.base``'s ``locations``): a store name, a file, a Hub
+#: repository (``org/name``) or a backbone's pretrained weights (``timm:resnet18.a1_in1k``).
+LOCATION_KINDS = ("store", "file", "hub", "pretrained")
+MAX_LOCATIONS = 16
 #: The most classes a head may have (``zoo.build``, ``zoo.classes``).
 MAX_CLASSES = 10_000_000
 
@@ -483,6 +487,12 @@ def _check_base(base: dict[str, Any], reader: _Reader, *, need_hash: bool) -> No
         checks.text(base.get("ref"), "ref", max_len=None)
         if base.get("sha256") is not None or need_hash:
             checks.sha256_hex(base.get("sha256"), "sha256")
+        locations = checks.sequence(base.get("locations", []), "locations", (0, MAX_LOCATIONS))
+        for index, location in enumerate(locations):
+            where = f"locations[{index}]"
+            checks.json_object(location, where)
+            checks.choice(location.get("kind"), f"{where}.kind", LOCATION_KINDS)
+            checks.text(location.get("ref"), f"{where}.ref")
 
 
 class _Reader:

@@ -27,20 +27,21 @@ unknown option that is not at an "off" value.
 The folder is untrusted input, read through :mod:`zoo.io.trust` (a real folder, regular files
 opened without following links, a bounded config, zoo's own safetensors reader;
 ``adapter_model.bin`` is never unpickled). Nothing in it chooses a file: its
-``base_model_name_or_path`` is only ever a backbone name (:func:`named_base`). Every key must
-be a LoRA tensor of a target or belong to a module to save, and every dtype and shape is
-checked from the header -- against the rank, then against the base built on the ``meta``
-device -- before a tensor is read or the base built; values must be finite. An export writes
-both files or neither (:func:`_write_folder`).
+``base_model_name_or_path`` is only ever a backbone name (:func:`named_base`) or, in a folder
+zoo exported, a hub id read through the Hub cache; a ``base/`` folder beside it (zoo's export)
+is read by the same rule. Every key must be a LoRA tensor of a target or belong to a module to
+save, and every dtype and shape is checked from the header -- against the rank, then against
+the base built on the ``meta`` device -- before a tensor is read or the base built; values must
+be finite. A base whose hash is not the one zoo's export recorded (``zoo.base``) is refused
+(:func:`check_base`). :func:`peft_contents` makes the two files of an export;
+:mod:`zoo.io.sharing` writes them, with the card and the base, all or none.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,38 +52,32 @@ from zoo.core.build import build
 from zoo.core.record import BuildArgs, backbone_of, record_of, unwrap
 from zoo.errors import (
     AmbiguousNameError,
+    BaseMismatchError,
     CorruptFileError,
-    ModelExistsError,
     UnknownNameError,
     WeightsMismatchError,
+    WeightsUnavailableError,
     ZooError,
     short_repr,
 )
-from zoo.io import store
+from zoo.io import hub, store
 from zoo.io.build_args import check_saved_kwargs
-from zoo.io.create import create_model
+from zoo.io.create import create_model, read_timm_folder
 from zoo.io.fileformat import (
-    TEMP_PREFIX,
-    TEMP_SUFFIX,
     Header,
     TensorEntry,
-    atomic_write_bytes,
-    fsync_dir,
     read_header,
     seal,
-    write_error,
-    write_tensors,
-    written_size,
 )
-from zoo.io.metadata import MAX_CLASSES, ZooMetadata, class_names
-from zoo.io.persistence import load, resolve_target
+from zoo.io.metadata import MAX_CLASSES, ZooMetadata, class_names, is_zoo_metadata
+from zoo.io.persistence import resolve_base, resolve_target
 from zoo.io.rebuild import check_pretrained_size
 from zoo.io.trust import (
     check_folder,
+    file_in,
     read_header_in,
     read_json_in,
     read_tensors_in,
-    remove_written,
 )
 from zoo.plans.adapters import adapters
 from zoo.plans.binding import bind
@@ -98,6 +93,9 @@ if TYPE_CHECKING:
     from zoo.plans.plan import Addition
 
 CONFIG_FILE = "adapter_config.json"
+#: The folder an export writes the base into, beside the adapter, when no hub id or timm name
+#: names exactly the base's weights (a timm folder: ``model.safetensors`` + ``config.json``).
+BASE_FOLDER = "base"
 WEIGHTS_FILE = "adapter_model.safetensors"
 #: PEFT's prefix of every key of a ``PeftModel`` around a plain ``nn.Module``.
 PREFIX = "base_model.model."
@@ -258,34 +256,10 @@ def peft_shapes(module: nn.Module, rank: int, *, source: str) -> tuple[tuple[int
 # ---------------------------------------------------------------- export
 
 
-def export_peft(
-    model: nn.Module | str | os.PathLike[str],
-    folder: str | os.PathLike[str],
-    *,
-    overwrite: bool = False,
-    catalog: Catalog,
-) -> Path:
-    """Write a model's LoRA adapters, head and other trained modules as a PEFT LoRA folder
-    (``adapter_config.json`` + ``adapter_model.safetensors``, loadable with PEFT's
-    ``PeftModel.from_pretrained(timm_model, folder)``); returns the folder.
-
-    ``model`` is a model with injected adapters or a saved one (store name or path, loaded
-    first). It must carry only ``zoo:lora`` adapters with one rank, alpha and dropout, on
-    ``nn.Linear`` or undilated, ungrouped ``nn.Conv2d`` targets. Existing PEFT files in the
-    folder are replaced only with ``overwrite=True`` (:class:`~zoo.ModelExistsError`).
-    """
-    from torch import nn
-
-    if isinstance(model, (str, os.PathLike)):
-        model = load(model, catalog=catalog)
-    if not isinstance(model, nn.Module):
-        raise ZooError(
-            f"export_peft expects a model or a saved model's name or path, got "
-            f"{type(model).__name__}"
-        )
-    model = unwrap(model)
-    folder = Path(folder)
-    additions = _adapters_of(model)
+def lora_additions(model: nn.Module) -> list[Addition]:
+    """The LoRA adapters of ``model``; :class:`~zoo.ZooError` when it has none or has others
+    (PEFT's LoRA format holds LoRA only)."""
+    additions = _adapters_of(unwrap(model))
     if not additions:
         raise ZooError(
             "this model has no adapters to export; inject LoRA with zoo.freeze(model, "
@@ -297,6 +271,24 @@ def export_peft(
             f"PEFT export covers LoRA only; this model has {', '.join(other)} adapters, "
             "which PEFT's LoRA format cannot hold (save it with zoo.save instead)"
         )
+    return additions
+
+
+def peft_contents(
+    model: nn.Module, *, base_name: str | None, base: Mapping[str, Any] | None
+) -> tuple[dict[str, torch.Tensor], dict[str, str], bytes]:
+    """The two files of a PEFT LoRA folder for ``model`` (``adapter_config.json`` +
+    ``adapter_model.safetensors``, loadable with PEFT's ``PeftModel.from_pretrained(timm_model,
+    folder)``): the tensors, their sealed metadata and the config's bytes.
+
+    ``model`` must carry only ``zoo:lora`` adapters with one rank, alpha and dropout, on
+    ``nn.Linear`` or undilated, ungrouped ``nn.Conv2d`` targets. ``base_name`` is the config's
+    ``base_model_name_or_path`` (a hub id or timm name only when the base is exactly those
+    weights: :mod:`zoo.io.sharing` decides); ``base`` (its ``zoo.base`` reference: hash and
+    places) goes into the weights' metadata, so zoo's import refuses other weights.
+    """
+    model = unwrap(model)
+    additions = lora_additions(model)
     args = {json.dumps(dict(a.args), sort_keys=True) for a in additions}
     if len(args) != 1:
         raise ZooError(
@@ -332,7 +324,7 @@ def export_peft(
     config = {
         "peft_type": "LORA",
         "task_type": None,
-        "base_model_name_or_path": _base_name(model),
+        "base_model_name_or_path": base_name,
         "revision": None,
         "inference_mode": True,
         "r": rank,
@@ -352,84 +344,7 @@ def export_peft(
         "alpha_pattern": {},
     }
     text = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    _write_folder(folder, tensors, seal(tensors, _weights_metadata(model)), text, overwrite)
-    return folder
-
-
-def _write_folder(
-    folder: Path,
-    tensors: Mapping[str, torch.Tensor],
-    metadata: Mapping[str, str],
-    config: bytes,
-    overwrite: bool,
-) -> None:
-    """Write the two PEFT files into ``folder``, both or neither.
-
-    Both are written completely into a hidden staging folder inside ``folder`` (a zoo temporary
-    name) and only then renamed into place (:func:`_move_in`); any failure -- a full disk above
-    all -- removes what was staged and leaves ``folder`` as it was (a folder this call created
-    is removed again), and is a :class:`~zoo.ZooError` saying how many bytes the export needed.
-    """
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if (folder / name).is_dir() and not (folder / name).is_symlink():
-            raise ZooError(f"{folder / name} is a folder; export to another folder")
-        if os.path.lexists(folder / name) and not overwrite:
-            raise ModelExistsError(
-                f"{folder / name} exists; pass overwrite=True (CLI: --overwrite) to replace it, "
-                "or export to another folder"
-            )
-    created = not os.path.lexists(folder)
-    stage: Path | None = None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(dir=folder, prefix=f"{TEMP_PREFIX}peft.", suffix=TEMP_SUFFIX))
-        write_tensors(stage / WEIGHTS_FILE, tensors, metadata)
-        atomic_write_bytes(stage / CONFIG_FILE, [config])
-        _move_in(stage, folder, [WEIGHTS_FILE, CONFIG_FILE])
-    except OSError as exc:
-        needed = written_size(tensors, metadata) + len(config)
-        kept = "nothing was written there" if created else f"{folder} is as it was"
-        error = write_error(exc, folder, what="the PEFT adapter", needed=needed, kept=kept)
-        raise error from None
-    finally:
-        if stage is not None:
-            names = (WEIGHTS_FILE, CONFIG_FILE)
-            remove_written(stage, [*names, *(f"{_PREVIOUS}{n}" for n in names)])
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # succeeds only when the export failed and left it empty
-    fsync_dir(folder)
-
-
-#: The name, in the staging folder, of a file an export replaces, until the export is done.
-_PREVIOUS = "previous-"
-
-
-def _move_in(stage: Path, folder: Path, names: list[str]) -> None:
-    """Rename ``stage/name`` to ``folder/name`` for each name, all or none: a file being
-    replaced is first moved aside into ``stage``, and when a later rename fails every file
-    moved in is taken out again and every one moved aside put back."""
-    done: list[tuple[str, bool]] = []
-    try:
-        for name in names:
-            aside = os.path.lexists(folder / name)
-            if aside:
-                os.replace(folder / name, stage / f"{_PREVIOUS}{name}")
-            try:
-                os.replace(stage / name, folder / name)
-            except OSError:
-                if aside:
-                    os.replace(stage / f"{_PREVIOUS}{name}", folder / name)
-                raise
-            done.append((name, aside))
-    except OSError:
-        for name, aside in reversed(done):
-            with contextlib.suppress(OSError):
-                if aside:
-                    os.replace(stage / f"{_PREVIOUS}{name}", folder / name)
-                else:
-                    os.unlink(folder / name)
-        raise
+    return tensors, seal(tensors, _weights_metadata(model, base)), text
 
 
 def _lora_names(addition: Addition) -> tuple[str, str]:
@@ -470,23 +385,14 @@ def _modules_to_save(model: nn.Module, additions: list[Addition]) -> list[str]:
     return sorted(m for m in owners if not any(m.startswith(f"{o}.") for o in owners))
 
 
-def _base_name(model: nn.Module) -> str | None:
-    """``base_model_name_or_path``: the hub id of a timm pretrained base, else the bare name."""
-    record = record_of(model)
-    plugin, _, arch = (backbone_of(model) or "").partition(":")
-    base = (record.base if record is not None else None) or {}
-    if base.get("kind") == "pretrained" and plugin == "timm":
-        ref = str(base.get("ref", "")).partition(":")[2]
-        if "." in ref:
-            return f"timm/{ref}"
-    return arch or None
-
-
-def _weights_metadata(model: nn.Module) -> dict[str, str]:
-    """``format: pt`` (as PEFT writes) and what zoo needs to build the base again (zoo
-    seals the file, as every file it writes; PEFT ignores the extra metadata)."""
+def _weights_metadata(model: nn.Module, base: Mapping[str, Any] | None) -> dict[str, str]:
+    """``format: pt`` (as PEFT writes) and what zoo needs to build the base again and to know
+    it (``zoo.base``: its hash and places); zoo seals the file, as every file it writes; PEFT
+    ignores the extra metadata."""
     record = record_of(model)
     metadata = {"format": "pt"}
+    if base is not None:
+        metadata["zoo.base"] = json.dumps(dict(base), ensure_ascii=False)
     if record is not None and record.build is not None:
         metadata["zoo.backbone"] = record.build.backbone
         metadata["zoo.build_kwargs"] = json.dumps(dict(record.build.kwargs))
@@ -757,6 +663,7 @@ class BaseRecipe:
     num_classes: int | None
     weights: Path | None = None
     store_name: str | None = None
+    hub_repo: str | None = None  # the Hub repository the weights came from (``org/name``)
 
     def build(self, catalog: Catalog) -> nn.Module:
         if self.weights is None:
@@ -780,6 +687,11 @@ class BaseRecipe:
                 "kind": "store",
                 "ref": self.store_name,
             }
+        if self.hub_repo is not None:  # and an export names it by its hub id
+            model.zoo.base = {
+                **model.zoo.base,
+                "locations": [{"kind": "hub", "ref": self.hub_repo}],
+            }
         return model
 
 
@@ -798,6 +710,22 @@ def base_recipe(
             source=str(Path(layout.source).with_name(CONFIG_FILE)),
             catalog=catalog,
         )
+    repo = None
+    if isinstance(base, str) and hub.is_hub_id(base):  # the user's word, or a recorded base
+        repo = hub.parse(base).repo
+        folder = check_folder(hub.snapshot(hub.parse(base)), what=f"the base {base}")
+        header = read_header_in(folder, store.MODEL_FILE, what=f"the base {base}")
+        if not is_zoo_metadata(header.metadata):  # a timm folder
+            found = read_timm_folder(folder, catalog=catalog)
+            recipe = BaseRecipe(
+                found.spec.qualified_name,
+                found.kwargs,
+                head_rows(layout, found.spec.head) or found.num_classes,
+                weights=found.weights,
+                hub_repo=repo,
+            )
+            return recipe, _meta_base(found.spec, recipe, bounded=False, source=layout.source)
+        base = file_in(folder, store.MODEL_FILE, what=f"the base {base}")
     if isinstance(base, str) and ":" in base and not store.is_path_target(base):
         spec, _tag = catalog.backbone(base)
         kwargs = _saved_kwargs(spec, layout)
@@ -818,6 +746,7 @@ def base_recipe(
         head_rows(layout, spec.head) or meta.num_classes,
         weights=target.model_path,
         store_name=target.name if target.kind == "store" else None,
+        hub_repo=repo,
     )
     return recipe, _meta_base(spec, recipe, bounded=False, source=layout.source)
 
@@ -880,18 +809,78 @@ def import_peft(
     config = read_config(folder)
     layout = read_layout(folder, config)
     rank = int(config["r"])
+    recorded = recorded_base(layout)
     if isinstance(base, nn.Module):
         check_fits(base, layout, rank)
+        check_base(base, recorded, layout, catalog)
         return _apply(base, config, layout, read_tensors(folder, layout), catalog)
     if base is not None and not isinstance(base, (str, os.PathLike)):
         raise ZooError(
             "base must be a model, a saved model's name or path, or a backbone name, got "
             f"{type(base).__name__}"
         )
-    recipe, meta = base_recipe(base, config, layout, catalog)
+    if base is None and os.path.lexists(folder / BASE_FOLDER):  # the base exported beside it
+        beside = check_folder(folder / BASE_FOLDER, what="the base folder of a PEFT folder")
+        base = file_in(beside, store.MODEL_FILE, what="the base of a PEFT folder")
+    elif base is None and recorded is not None:  # zoo's export: a hub id, checked by hash below
+        named = config.get("base_model_name_or_path")
+        if isinstance(named, str) and not named.startswith("timm/") and hub.is_repo_id(named):
+            base = hub.PREFIX + named
+    try:
+        recipe, meta = base_recipe(base, config, layout, catalog)
+    except WeightsUnavailableError as exc:  # the hub id the folder names is not at hand
+        raise WeightsUnavailableError(f"{exc}; or {_PASS_BASE}") from None
     check_fits(meta, layout, rank)
     tensors = read_tensors(folder, layout)
-    return _apply(recipe.build(catalog), config, layout, tensors, catalog)
+    model = recipe.build(catalog)
+    check_base(model, recorded, layout, catalog)
+    return _apply(model, config, layout, tensors, catalog)
+
+
+def recorded_base(layout: Layout) -> dict[str, Any] | None:
+    """The ``zoo.base`` reference zoo wrote into an exported folder's weights (checked:
+    untrusted), or None for a folder PEFT wrote."""
+    text = layout.header.metadata.get("zoo.base")
+    if not text:
+        return None
+    try:
+        reference = checks.json_object(checks.loads(text, "zoo.base"), "zoo.base")
+        checks.sha256_hex(reference.get("sha256"), "zoo.base sha256")
+    except checks.Invalid as exc:
+        raise CorruptFileError(f"{layout.source}: {exc}") from None
+    return reference
+
+
+def check_base(
+    model: nn.Module, recorded: Mapping[str, Any] | None, layout: Layout, catalog: Catalog
+) -> None:
+    """Refuse a base whose weights are not the ones the adapter was trained on
+    (:class:`~zoo.BaseMismatchError` naming both hashes and the base it needs), when the folder
+    records them (zoo's export does)."""
+    if recorded is None:
+        return
+    record = record_of(model)
+    base = record.base if record is not None else None
+    digest = base.get("sha256") if base else None
+    if base and digest is None and record is not None and record.build is not None:
+        digest = resolve_base(base, record.build.to_dict(), catalog=catalog).sha256
+    if digest == recorded["sha256"]:
+        return
+    given = f"{base.get('kind')} {base.get('ref')!r}" if base else "a model with random weights"
+    raise BaseMismatchError(
+        f"{layout.source}: the adapter was trained on the base with sha256 "
+        f"{recorded['sha256']} ({describe_base(recorded)}); the base given, {given}, has "
+        f"sha256 {digest}; a LoRA adapter only computes its model on the exact weights it was "
+        "trained on: pass that base (--base NAME|FILE|BACKBONE, or keep the base/ folder the "
+        "export wrote beside the adapter)"
+    )
+
+
+def describe_base(reference: Mapping[str, Any]) -> str:
+    """Where a base reference says its base is: its place and its other locations."""
+    places = [(reference.get("kind"), reference.get("ref"))]
+    places += [(loc.get("kind"), loc.get("ref")) for loc in reference.get("locations") or []]
+    return ", ".join(f"{kind} {short_repr(ref, 120)}" for kind, ref in places)
 
 
 def _apply(

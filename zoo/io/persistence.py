@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +47,7 @@ from zoo.errors import (
     WeightsMismatchError,
     ZooError,
 )
-from zoo.io import store
+from zoo.io import hub, store
 from zoo.io.build_args import check_save_kwargs, check_saved_kwargs
 from zoo.io.fileformat import (
     Header,
@@ -63,7 +63,7 @@ from zoo.io.fileformat import (
     seal,
     write_tensors,
 )
-from zoo.io.metadata import ZooMetadata, config_json, is_zoo_metadata
+from zoo.io.metadata import MAX_LOCATIONS, ZooMetadata, config_json, is_zoo_metadata
 from zoo.io.provenance import plugin_metadata, plugin_versions, timm_config
 from zoo.io.rebuild import (
     check_consistency,
@@ -72,6 +72,7 @@ from zoo.io.rebuild import (
     saved_spec,
 )
 from zoo.io.rebuild import rebuild as rebuild
+from zoo.io.trust import check_folder, file_in, read_header_in
 from zoo.plans.adapters import adapters as injected_adapters
 from zoo.plans.adapters import merge_adapters
 from zoo.plans.freeze import apply_plan
@@ -199,47 +200,143 @@ def resolve_base(
     chain: tuple[Path, ...] = (),
     for_file: Path | str = "model",
 ) -> ResolvedState:
-    """The complete state of a base reference, checked against its recorded sha256.
+    """The complete state of a base reference, accepted only when its hash is the recorded one.
 
-    ``kind="file"`` reads the file (itself possibly a delta), ``"store"`` the store entry,
-    ``"pretrained"`` builds the backbone with its pretrained weights (default head, the saved
-    architecture arguments) through the plugin. Raises :class:`~zoo.MissingBaseError` if the
-    base cannot be found and :class:`~zoo.BaseMismatchError` if its hash differs.
+    The reference's own place is tried first: ``kind="file"`` reads the file (itself possibly
+    a delta), ``"store"`` the store entry, ``"pretrained"`` builds the backbone with its
+    pretrained weights (default head, the saved architecture arguments) through the plugin.
+    When that place is gone or holds other weights and the reference records a ``sha256``,
+    the base is looked for by that hash (:func:`_places`): its ``locations`` (a store name, a
+    file, a Hub repository, pretrained weights), then every store entry and every cached Hub
+    snapshot whose zoo header records the hash. Raises :class:`~zoo.MissingBaseError` when no
+    place holds it and :class:`~zoo.BaseMismatchError` when places hold other weights, naming
+    the hash and where zoo looked.
     """
     kind, ref, recorded = base.get("kind"), base.get("ref"), base.get("sha256")
+    if kind not in ("file", "store", "pretrained"):
+        raise CorruptFileError(f"{for_file}: unknown base kind {kind!r}")
+    try:
+        resolved = _resolve_at(str(kind), str(ref), build, catalog, chain, for_file)
+    except MissingBaseError as exc:
+        if not recorded:
+            raise
+        missing: MissingBaseError | None = exc
+    else:
+        if not recorded or resolved.sha256 == recorded:
+            return resolved
+        missing = None
+    looked = [f"{kind} {ref!r}"]
+    for where, place_kind, place_ref in _places(base, str(recorded)):
+        looked.append(where)
+        try:
+            other = _resolve_at(place_kind, place_ref, build, catalog, chain, for_file)
+        except (ZooError, OSError):  # not there, unreadable or unusable: look on
+            continue
+        if other.sha256 == recorded:
+            return other
+    places = "; looked for it by hash in " + ", ".join(looked)
+    if missing is not None:
+        raise MissingBaseError(
+            f"{missing} (sha256 {recorded}){places}, and in every store entry and cached Hugging "
+            "Face snapshot; save the same weights in the store under any name, or put the "
+            "Hub repository in the cache, to load this delta"
+        )
+    raise BaseMismatchError(
+        f"{for_file}: its base {kind} {ref!r} has changed: expected sha256 {recorded}, "
+        f"found {resolved.sha256}{places}; a delta only loads on the exact weights it was "
+        "trained from"
+    )
+
+
+def _resolve_at(
+    kind: str,
+    ref: str,
+    build: Mapping[str, Any],
+    catalog: Catalog,
+    chain: tuple[Path, ...],
+    for_file: Path | str,
+) -> ResolvedState:
+    """The complete state at one place: a file, a store entry, pretrained weights or a Hub
+    repository (its cached or downloaded ``model.safetensors``)."""
     if kind == "file":
-        path = Path(str(ref))
+        path = Path(ref)
         if not path.is_file():
             raise MissingBaseError(
                 f"{for_file}: its base file {path} is missing; restore it to load this delta"
             )
-        resolved = _state_of_file(path, chain, catalog=catalog)
-    elif kind == "store":
+        return _state_of_file(path, chain, catalog=catalog)
+    if kind == "store":
         try:
-            path = store.existing_entry(str(ref))
+            path = store.existing_entry(ref)
         except (ModelNotFoundError, InvalidNameError) as exc:
             raise MissingBaseError(
                 f"{for_file}: its base, store entry {ref!r}, cannot be found ({exc}); "
                 "restore it to load this delta"
             ) from None
-        resolved = _state_of_file(path, chain, catalog=catalog)
-    elif kind == "pretrained":
-        spec, tag = saved_spec(str(ref), source=str(for_file), catalog=catalog)
-        kwargs = check_saved_kwargs(spec, build.get("kwargs"), source=str(for_file))
-        check_pretrained_size(spec, kwargs, source=str(for_file))
-        model = build_model(
-            spec, BuildArgs(spec.qualified_name, None, kwargs, tag), pretrained=True
-        )
-        tensors = {k: v.detach() for k, v in model.state_dict().items()}
-        resolved = ResolvedState(tensors, hash_tensors(tensors))
-    else:
-        raise CorruptFileError(f"{for_file}: unknown base kind {kind!r}")
-    if recorded and recorded != resolved.sha256:
-        raise BaseMismatchError(
-            f"{for_file}: its base {kind} {ref!r} has changed: expected sha256 {recorded}, "
-            f"found {resolved.sha256}; a delta only loads on the exact weights it was trained from"
-        )
-    return resolved
+        return _state_of_file(path, chain, catalog=catalog)
+    if kind == "hub":
+        folder = hub.snapshot(hub.parse(hub.PREFIX + hub.repo_id(ref)))
+        return _state_of_file(_hub_model(folder), chain, catalog=catalog)
+    if kind == "hub-cache":
+        return _state_of_file(_hub_model(Path(ref)), chain, catalog=catalog)
+    spec, tag = saved_spec(ref, source=str(for_file), catalog=catalog)
+    kwargs = check_saved_kwargs(spec, build.get("kwargs"), source=str(for_file))
+    check_pretrained_size(spec, kwargs, source=str(for_file))
+    model = build_model(spec, BuildArgs(spec.qualified_name, None, kwargs, tag), pretrained=True)
+    tensors = {k: v.detach() for k, v in model.state_dict().items()}
+    return ResolvedState(tensors, hash_tensors(tensors))
+
+
+def _hub_model(folder: Path) -> Path:
+    """The ``model.safetensors`` of a cached Hub snapshot (untrusted: :mod:`zoo.io.trust`)."""
+    return file_in(
+        check_folder(folder, what="the Hub snapshot"), store.MODEL_FILE, what="a Hub model"
+    )
+
+
+def _places(base: Mapping[str, Any], recorded: str) -> Iterator[tuple[str, str, str]]:
+    """``(description, kind, ref)`` of each other place a base with hash ``recorded`` may be:
+    the reference's ``locations``, then the store entries and the cached Hub snapshots whose
+    zoo header records that hash (a full file's ``zoo.tensors_sha256``, a delta's
+    ``zoo.state_sha256``)."""
+    seen = {(base.get("kind"), base.get("ref"))}
+    for location in base.get("locations") or []:
+        key = (location.get("kind"), location.get("ref"))
+        if key not in seen:
+            seen.add(key)
+            yield f"{key[0]} {key[1]!r}", str(key[0]), str(key[1])
+    for name in store.entry_names():
+        if ("store", name) not in seen and _records(store.entry_dir(name), recorded):
+            yield f"store entry {name!r}", "store", name
+    for repo, folder in hub.cached_files(store.MODEL_FILE):
+        if _records(folder, recorded):
+            yield f"cached Hub snapshot {repo} ({folder.name[:12]})", "hub-cache", str(folder)
+
+
+def _records(folder: Path, digest: str) -> bool:
+    """Whether ``folder/model.safetensors`` is a zoo file whose complete state has ``digest``
+    (read from its header alone; anything unreadable is no)."""
+    try:
+        metadata = read_header_in(folder, store.MODEL_FILE, what="a model").metadata
+    except (ZooError, OSError):
+        return False
+    key = "zoo.state_sha256" if metadata.get("zoo.kind") == "delta" else "zoo.tensors_sha256"
+    return metadata.get(key) == digest
+
+
+def base_reference(base: Mapping[str, Any], digest: str | None) -> dict[str, Any]:
+    """The ``zoo.base`` a save records: the base's place, its hash and the other places it is
+    known at (``locations``, carried from the model's record: a Hub repository it was loaded
+    from)."""
+    reference = {"kind": base.get("kind"), "ref": base.get("ref"), "sha256": digest}
+    locations = [
+        {"kind": loc.get("kind"), "ref": loc.get("ref")}
+        for loc in base.get("locations") or []
+        if isinstance(loc, Mapping)
+    ]
+    if locations:
+        reference["locations"] = locations[:MAX_LOCATIONS]
+    return reference
 
 
 # ---------------------------------------------------------------- saving
@@ -308,6 +405,42 @@ def _save_state(
     catalog: Catalog,
 ) -> Path:
     """Write ``state`` (the model's full state dict) with the metadata ``record`` gives."""
+    tensors, metadata = _contents(model, record, spec, state, target, classes, delta, catalog)
+    with store.locked(target.lock_key):
+        check_free(target, overwrite)
+        try:
+            _write(target, tensors, metadata)
+        except OSError as exc:
+            raise StoreError(f"cannot save to {target.model_path}: {exc.strerror or exc}") from exc
+    return target.model_path
+
+
+def file_contents(
+    model: nn.Module, *, catalog: Catalog
+) -> tuple[Mapping[str, torch.Tensor], dict[str, str]]:
+    """The tensors and sealed metadata a full save of ``model`` writes (``zoo.save(model, ...,
+    delta=False)``), for a writer that places them itself (an exported folder)."""
+    model = unwrap(model)
+    record = _record_of(model)
+    assert record.build is not None  # _record_of refuses a model without
+    spec = _spec_of(record.build.backbone, catalog)
+    if spec is not None:
+        check_save_kwargs(spec, dict(record.build.kwargs))
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    return _contents(model, record, spec, state, None, None, False, catalog)
+
+
+def _contents(
+    model: nn.Module,
+    record: ModelRecord,
+    spec: BackboneSpec | None,
+    state: dict[str, torch.Tensor],
+    target: Target | None,
+    classes: Sequence[str] | None,
+    delta: bool | None,
+    catalog: Catalog,
+) -> tuple[Mapping[str, torch.Tensor], dict[str, str]]:
+    """The tensors (all of ``state``, or a delta's) and the sealed metadata of a save."""
     args = record.build
     assert args is not None
     build = args.to_dict()
@@ -326,11 +459,12 @@ def _save_state(
                 "zoo.create(..., pretrained=True), zoo.create(..., weights=FILE) or zoo.load(...), "
                 "or save it in full (delta=False)"
             )
-        _check_not_own_base(base, target)
+        if target is not None:
+            _check_not_own_base(base, target)
         resolved = resolve_base(base, build, catalog=catalog, for_file="the model's base")
         kept = _delta_names(state, resolved.tensors, plan.trainable)
         tensors = {n: state[n] for n in sorted(kept)}
-        base = {**base, "sha256": resolved.sha256}
+        base = base_reference(base, resolved.sha256)
         meta_kwargs = {
             "base_tensors": {n: list(state[n].shape) for n in sorted(set(state) - kept)},
             "state_sha256": hash_tensors(state),
@@ -342,7 +476,7 @@ def _save_state(
         plan=plan.to_dict(),
         classes=names,
         input_config=input_config,
-        base=dict(base) if base else None,
+        base=base_reference(base, base.get("sha256")) if base else None,
         zoo_version=__version__,
         plugins=plugin_versions(args.backbone, plan, catalog, plan.additions),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -352,14 +486,7 @@ def _save_state(
         compare=record.compare,
         **meta_kwargs,
     )
-    metadata = seal(tensors, meta.to_metadata())
-    with store.locked(target.lock_key):
-        check_free(target, overwrite)
-        try:
-            _write(target, tensors, metadata)
-        except OSError as exc:
-            raise StoreError(f"cannot save to {target.model_path}: {exc.strerror or exc}") from exc
-    return target.model_path
+    return tensors, seal(tensors, meta.to_metadata())
 
 
 def _saved_plan(model: nn.Module, plan: Plan | None) -> Plan:

@@ -124,7 +124,7 @@ def timm_config(
     """
     data_config = {
         k: input_config[k]
-        for k in ("mean", "std", "interpolation", "crop_pct", "crop_mode")
+        for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
         if k in input_config
     }
     writer = getattr(spec, "config_json", None)

@@ -7,11 +7,16 @@ reads it through these functions instead of a rule of its own:
 * the folder itself is a real directory, not a symbolic link (:func:`check_folder`);
 * a file inside it is named by a plain file name — no separator, no ``..``, no NUL
   (:func:`plain_name`) — and opened without following a link, non-blocking, and only when it is
-  a regular file (a FIFO, a device or a socket is refused before a byte is read);
+  a regular file (a FIFO, a device or a socket is refused before a byte is read); a path a
+  file lists (a manifest's rows) is relative, of plain names, and goes through no link
+  (:func:`path_in`);
 * its size is checked against a limit before reading (:func:`read_bytes_in`,
   :func:`read_json_in`), and tensors are read by zoo's own safetensors reader
   (:func:`read_tensors_in`), with its header, seal and memory checks (:func:`read_header_in`
   reads the header alone, to check shapes before any tensor is allocated);
+* the one exception is the Hugging Face Hub cache's own layout: a file of a cached snapshot
+  (``models--ORG--NAME/snapshots/REV/...``) is a link into that repository's ``blobs/`` folder,
+  and such a link is followed only to a regular file there (:func:`hub_blob`);
 * zoo deletes only the files it wrote, by name (:func:`remove_written`), and a folder it is
   about to write into is refused up front when it is a link or not a folder
   (:func:`own_folder`).
@@ -85,6 +90,47 @@ def plain_name(name: object, *, what: str) -> str:
     return name
 
 
+def path_in(folder: Path, relative: object, *, what: str) -> Path:
+    """``folder/relative`` for a path listed in untrusted data (a manifest's row), if it stays
+    inside ``folder``: a relative path (``/`` or ``\\`` separated; ``.`` and empty parts are
+    dropped) of plain names (:func:`plain_name`: no ``..``, no NUL) through no symbolic link
+    (each part that exists is checked with ``lstat``). Otherwise
+    :class:`~zoo.CorruptFileError` (``what`` names the path in the message). A part that does
+    not exist ends the check: opening the file says so."""
+    if not isinstance(relative, str) or not relative.strip() or len(relative) > 4096:
+        shown = repr(relative) if isinstance(relative, str) else type(relative).__name__
+        raise CorruptFileError(f"{what} {shown[:80]} is not a path")
+    if os.path.isabs(relative) or relative.startswith(("/", "\\")) or relative[1:2] == ":":
+        raise CorruptFileError(
+            f"{what} {relative!r} is an absolute path; zoo reads only paths relative to the "
+            "folder of the file that lists them"
+        )
+    parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
+    if not parts:
+        raise CorruptFileError(f"{what} {relative!r} names no file")
+    for part in parts:
+        try:
+            plain_name(part, what=what)
+        except CorruptFileError:
+            raise CorruptFileError(
+                f"{what} {relative!r} leaves its folder or holds an invalid name ({part!r}); "
+                "zoo reads only files inside the folder of the file that lists them"
+            ) from None
+    path = folder
+    for part in parts:
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            break  # missing (or unreadable): opening it names the file and the reason
+        if stat.S_ISLNK(mode):
+            raise CorruptFileError(
+                f"{what} {relative!r} goes through a symbolic link ({str(path)!r}); zoo does "
+                "not follow links out of a folder it reads: list the real file"
+            )
+    return folder.joinpath(*parts)
+
+
 def open_in(folder: Path, name: str, *, what: str) -> BinaryIO:
     """Open the regular file ``folder/name`` for reading, never following a link.
 
@@ -92,7 +138,52 @@ def open_in(folder: Path, name: str, *, what: str) -> BinaryIO:
     symbolic link, FIFO, device or socket raises :class:`~zoo.CorruptFileError` before any byte
     is read); a missing file raises :class:`~zoo.ModelNotFoundError`.
     """
-    return open_regular(folder / plain_name(name, what=what), follow_symlinks=False)
+    return open_regular(_real(folder, plain_name(name, what=what)), follow_symlinks=False)
+
+
+def hub_blob(folder: Path, name: str) -> Path | None:
+    """The file a cached Hub snapshot's ``folder/name`` stands for, or None.
+
+    The Hub cache keeps each file once, in ``models--ORG--NAME/blobs/``, and a snapshot
+    (``models--ORG--NAME/snapshots/REV/``, and the folders inside it) holds links to them. When
+    ``folder`` lies in such a snapshot and ``folder/name`` is a link to a regular file directly
+    in that repository's ``blobs/``, that file is returned; anything else (a link elsewhere, to
+    a link, to a folder) is None, and the caller refuses the link as it refuses every link.
+    """
+    path = folder / name
+    if not os.path.islink(path):
+        return None
+    snapshot = folder
+    for _ in range(4):  # a snapshot's subfolders (a base beside an adapter) are a level or two
+        if snapshot.parent.name == "snapshots" and snapshot.parent.parent.name.startswith(
+            "models--"
+        ):
+            break
+        snapshot = snapshot.parent
+    else:
+        return None
+    blobs = os.path.realpath(snapshot.parent.parent / "blobs")
+    target = os.path.realpath(path)
+    try:
+        regular = stat.S_ISREG(os.lstat(target).st_mode)
+    except OSError:
+        return None
+    return Path(target) if regular and os.path.dirname(target) == blobs else None
+
+
+def file_in(folder: Path, name: str, *, what: str) -> Path:
+    """The path of the regular file ``folder/name`` (or the Hub blob it stands for), for a
+    reader that opens a path itself (zoo's model loader): a link elsewhere, a folder or a
+    special file raises :class:`~zoo.CorruptFileError`, a missing file
+    :class:`~zoo.ModelNotFoundError`."""
+    with open_in(folder, name, what=what):
+        pass
+    return _real(folder, name)
+
+
+def _real(folder: Path, name: str) -> Path:
+    """``folder/name``, or the Hub blob it links to (:func:`hub_blob`)."""
+    return hub_blob(folder, name) or folder / name
 
 
 def read_bytes_in(folder: Path, name: str, *, max_bytes: int, what: str) -> bytes:
@@ -131,7 +222,7 @@ def read_tensors_in(folder: Path, name: str, *, what: str, verify: bool = True) 
     """Read the safetensors file ``folder/name`` with zoo's reader (header limits, seal,
     memory check), never following a link: see :func:`open_in`."""
     plain_name(name, what=what)
-    return read_file(folder / name, verify=verify, follow_symlinks=False)
+    return read_file(_real(folder, name), verify=verify, follow_symlinks=False)
 
 
 def read_header_in(folder: Path, name: str, *, what: str) -> Header:
@@ -139,7 +230,7 @@ def read_header_in(folder: Path, name: str, *, what: str) -> Header:
     tensors, and its metadata), checked by zoo's reader, never following a link: no tensor data
     is read, so a caller can check the shapes before anything is allocated."""
     plain_name(name, what=what)
-    return read_header(folder / name, follow_symlinks=False)
+    return read_header(_real(folder, name), follow_symlinks=False)
 
 
 def own_folder(folder: Path, *, what: str) -> Path:

@@ -22,10 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "file) on an image folder with one sub-folder per class, under a freeze policy, and\n"
         "save the result into the store with its class names. A plan that trains only the\n"
         "head on un-augmented images trains on features computed once (fast linear probe).\n"
+        "Augmentation (timm's): on when more than the head trains; --no-hflip, --scale,\n"
+        "--color-jitter, --auto-augment, --mixup, --cutmix shape it; --ema averages weights.\n"
         "Unreadable or refused images (not BMP/GIF/JPEG/PNG/PPM/TIFF/WebP, over 8192x8192\n"
         "pixels, a side over 100 times the other) are skipped and listed (--strict-images:\n"
         "stop at the first); links to folders inside a class folder are not followed.\n"
-        "Distributed: torchrun --nproc_per_node N -m zoo.cli.main adapt ...",
+        "Distributed: torchrun --nproc_per_node N -m zoo adapt ...",
         epilog="examples:\n"
         "  zoo adapt timm:resnet18 --data flowers/train --val flowers/val --policy linear-probe "
         "--name flowers\n"
@@ -51,15 +53,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="save to this file (.safetensors) or folder instead of the store",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress: print only the summary"
+    )
     parser.set_defaults(handler=run)
 
 
 def default_name(backbone: str, data: str) -> str:
-    """``<backbone>-<data folder>``: ``resnet18-flowers`` (``train`` folders use the parent)."""
+    """``<backbone>-<data folder>``: ``resnet18-flowers`` (``train`` folders use the parent;
+    a manifest is named without its suffix: ``flowers/train.csv`` is ``flowers`` too)."""
     base = backbone.split(":", 1)[-1]
     if base.endswith(".safetensors"):
         base = Path(base).stem
+    from zoo.adaptation.sources import is_manifest  # loads torch: the run is about to
+
     folder = Path(os.path.abspath(data))
+    if is_manifest(folder):
+        folder = folder.with_suffix("")
     label = folder.name
     if label.lower() in {"train", "training", "images", "data"} and folder.parent.name:
         label = folder.parent.name
@@ -90,7 +100,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     name = args.output or args.name or default_name(args.backbone, args.data)
     progress = None
     stopped: AdaptInterrupted | None = None
-    if main_rank and not args.json:
+    if main_rank and not (args.json or args.quiet):
         from zoo.cli.render_adapt import AdaptProgress
 
         progress = AdaptProgress(out.console)
@@ -118,7 +128,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
     if history.skipped:
         out.err.print(skipped_text(history))
-    out.print(history_table(history))
-    out.print()
+    if not args.quiet:
+        out.print(history_table(history))
+        out.print()
     out.print(summary_table(history))
     return 0

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "at their freeze boundary; successive halving (rungs of E/2^R ... E epochs, each of\n"
         "at least 64 optimizer steps) drops the weaker candidates at each rung, so the whole\n"
         "comparison costs about twice the slowest candidate's full run (with less data every\n"
-        "candidate trains to the end). Validation data (--val or --val-split) is required.",
+        "candidate trains to the end). Validation data (--val or --val-split) is required.\n"
+        "With augmentation (--augment on, --no-hflip, --scale, --mixup ...) every candidate,\n"
+        "and so the winner saved, trains with it, on the images (no activation cache).",
         epilog="examples:\n"
         "  zoo compare timm:resnet18 --data flowers/train --val flowers/val --name flowers\n"
         "  zoo compare timm:resnet18 --data pets --val-split 0.2 --policies "
@@ -44,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help='print {"saved", "winner", "candidates"} as one JSON document',
     )
+    parser.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress: print only the leaderboard and why the winner won",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -54,13 +62,17 @@ def run(args: argparse.Namespace, out: Output) -> int:
     main_rank = is_main_rank()
     check_store_name(args.name)
     progress = None
-    if main_rank and not args.json:
+    if main_rank and not (args.json or args.quiet):
         from zoo.cli.render_compare import CompareProgress
 
         progress = CompareProgress(out.console)
-    with named_by_option():
-        config = config_from_args(args, "compare", name=args.name, callback=progress)
-        result = run_compare(args.backbone, args.data, args.val, config, catalog=get_catalog())
+    try:
+        with named_by_option():
+            config = config_from_args(args, "compare", name=args.name, callback=progress)
+            result = run_compare(args.backbone, args.data, args.val, config, catalog=get_catalog())
+    finally:
+        if progress is not None:
+            progress.close()
     board = result.leaderboard
     if not main_rank:  # under torchrun only rank 0 answers
         return 0
