@@ -104,6 +104,11 @@ class Trainee:
     moving average of the weights (timm's ``ModelEmaV3``, its decay warmed up over the first
     steps) follows every optimizer step; it is what is evaluated, and :meth:`finish` puts it
     into the model (what is saved).
+
+    How fast it runs is ``config``'s too (:class:`~zoo.adaptation.speed.Speed`): autocast
+    precision, memory layout, gradient checkpointing, ``torch.compile`` of the module that
+    runs (:class:`~zoo.adaptation.speed.Compiled`), and ``accumulate`` batches per optimizer
+    step (the lr schedule and :attr:`steps_per_epoch` count optimizer steps).
     """
 
     def __init__(
