@@ -153,9 +153,9 @@ class Speed:
         """channels_last for ``model``: asked for, or ``auto`` on a GPU, and convolutions in it.
 
         ``auto`` stays off on a CPU: ``benchmarks/train_throughput.py`` measured resnet18
-        training faster with it on this project's shared 2-core CPU, but on one model only
-        and under a heavy load (docs/adapt.md, Speed, gives the figures); ``True`` turns it
-        on there."""
+        training faster with it in 5 of 6 comparisons on this project's shared 2-core CPU, but
+        on one model only and under a heavy, varying load (docs/adapt.md, Speed, gives the
+        figures); ``True`` turns it on there."""
         asked = self.channels_last_asked
         wanted = asked is True or (asked == "auto" and self.device.type == "cuda")
         return wanted and has_convolutions(model)
