@@ -58,6 +58,7 @@ from zoo.adaptation.checkpoint_state import (
     check_state,
     refusal,
 )
+from zoo.adaptation.distributed import is_sharded, load_full_state
 from zoo.adaptation.early_stop import EarlyStop
 from zoo.core import checks
 from zoo.errors import CheckpointError, ModelNotFoundError, ZooError
@@ -428,8 +429,6 @@ class Checkpointer:
         try:
             loaded = self._checked_tensors(saved, model, optimizer, loop, generators)
             state, best, opt_state, rng, frozen_hash = loaded
-            from zoo.adaptation.distributed import is_sharded, load_full_state
-
             if is_sharded(model):
                 load_full_state(model, optimizer, state, opt_state)
             else:
