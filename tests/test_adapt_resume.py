@@ -29,8 +29,11 @@ CHECKPOINT_SETTINGS = {
     *("pretrained", "weights", "scratch", "model_kwargs", "classes", "val_split"),
     *("image_size", "input_config", "augment", "similarity", "samples_per_class"),
     *("hflip", "scale", "color_jitter", "auto_augment", "mixup", "cutmix", "ema"),
-    *("feature_cache", "on_corrupt", "device", "distributed", "num_workers", "seed"),
+    *("feature_cache", "on_corrupt", "device", "distributed", "seed"),
     *("early_stop", "refit", "start", "train", "val", "images", "world_size", "probe_start"),
+    # the speed options that change the arithmetic (the others may differ on resume:
+    # zoo.adaptation.checkpoint.MAY_DIFFER)
+    *("precision", "accumulate", "shard"),
 }
 
 

@@ -86,6 +86,7 @@ __all__ = [
     "on_every_rank",
     "random_frozen_modules",
     "sampled_images",
+    "stored",
 ]
 
 MAX_BYTES_ENV = "ZOO_FEATURE_CACHE_MAX_BYTES"
@@ -620,6 +621,7 @@ def extract_boundaries(
     max_bytes: int | None = None,
     batch_size: int | None = None,
     total_images: int | None = None,
+    precision: torch.dtype | None = None,
 ) -> dict[str, CachedFeatures]:
     """One eval-mode, no-grad pass over ``batches`` keeping (cloned) the input of every module
     in ``paths``; each path's :class:`CachedFeatures` share the labels tensor.
@@ -629,7 +631,9 @@ def extract_boundaries(
     what the plain loop computes). ``total`` is the number of loader batches (for
     ``progress``); ``total_images`` (or ``total`` times the first batch's size) sizes the cache on
     the first chunk: over ``max_bytes`` (default :func:`max_cache_bytes`) raises
-    :class:`CacheUnsupported` before anything else is computed.
+    :class:`CacheUnsupported` before anything else is computed. ``precision``: the training
+    precision (autocast's dtype; None: fp32), which the activations are kept in when that
+    halves their size (:func:`stored`).
     """
     if not paths:
         raise ValueError("extract_boundaries needs at least one module path")
@@ -652,7 +656,7 @@ def extract_boundaries(
                         raise CacheUnsupported(
                             f"{path!r} runs {len(capture.inputs)} times per forward pass"
                         )
-                    kept[path].append(capture.inputs.pop())
+                    kept[path].append(stored(capture.inputs.pop(), precision))
                 labels.append(targets.to(device))
                 if i == 0:
                     images_total = total_images
@@ -695,6 +699,13 @@ def extract_boundaries(
             f"{megabytes(limit)} ({MAX_BYTES_ENV})"
         )
     return result
+
+
+def stored(activation: torch.Tensor, precision: torch.dtype | None) -> torch.Tensor:
+    """An activation as the cache keeps it: in the training ``precision`` (bf16, fp16) when
+    that halves its size, else as computed."""
+    halves = precision is not None and 2 * precision.itemsize == activation.element_size()
+    return activation.to(precision) if halves and activation.is_floating_point() else activation
 
 
 def _check_budget(kept: dict[str, list[torch.Tensor]], images: int | None, limit: int) -> None:
@@ -747,6 +758,7 @@ def extract(
     max_bytes: int | None = None,
     batch_size: int | None = None,
     train_batches: Iterable[Any] | None = None,
+    precision: torch.dtype | None = None,
 ) -> dict[str, list[CachedFeatures]]:
     """The input of every module in ``paths`` for each ``(name, loader)`` split, in one pass
     over each (:func:`extract_boundaries`): ``{path: [one per split]}``, within ``max_bytes``
@@ -756,7 +768,8 @@ def extract(
     :func:`extraction_chunk`: what the plain loop computes) and read from ``train_batches``
     when the caller drew from its loader already. ``callback`` hears each split start and each
     batch; a failure on any rank raises :class:`CacheUnsupported` on every rank
-    (:func:`on_every_rank`).
+    (:func:`on_every_rank`). Run it under
+    the training's autocast; ``precision`` is its dtype (:func:`stored`).
     """
     budget = max_cache_bytes() if max_bytes is None else max_bytes
     result: dict[str, list[CachedFeatures]] = {path: [] for path in paths}
@@ -774,6 +787,7 @@ def extract(
             max_bytes=max(0, budget),
             batch_size=extraction_chunk(batch_size) if name == "train" else None,
             total_images=sampled_images(loader),
+            precision=precision,
         )
         out = on_every_rank(ctx, one_pass)
         for path in paths:

@@ -58,6 +58,7 @@ from zoo.adaptation.checkpoint_state import (
     check_state,
     refusal,
 )
+from zoo.adaptation.distributed import is_sharded, load_full_state
 from zoo.adaptation.early_stop import EarlyStop
 from zoo.core import checks
 from zoo.errors import CheckpointError, ModelNotFoundError, ZooError
@@ -130,6 +131,20 @@ def _describe_input(value: Any) -> Any:
     return f"<{type(value).__name__}{f' of {size} items' if size is not None else ''}>"
 
 
+#: The options a resumed run may set otherwise than the interrupted one: how the model is
+#: saved (``overwrite``), and how fast it trains without changing what it computes beyond
+#: rounding (loader workers, memory layout, compile, gradient checkpointing). ``precision``
+#: and ``accumulate`` change the arithmetic and the optimizer steps: they must be the same.
+MAY_DIFFER = (
+    "overwrite",
+    "num_workers",
+    "channels_last",
+    "compile",
+    "compile_fallback",
+    "grad_checkpointing",
+)
+
+
 def run_config(
     start: Any,
     train: Any,
@@ -143,8 +158,9 @@ def run_config(
     """The settings a resumed run must share with the interrupted one, as JSON values: the
     options that change how it trains (not ``overwrite``, which only says how it is saved),
     the inputs, the class names the data gave (a class folder added changes the head) and
-    the images of each split of folders (an image added or removed changes the epochs)."""
-    skip = {"callback", "resume", "overwrite"}
+    the images of each split of folders (an image added or removed changes the epochs).
+    :data:`MAY_DIFFER` lists the options a resume may change."""
+    skip = {"callback", "resume", *MAY_DIFFER}
     config = {k: v for k, v in options.items() if k not in skip}
     config.update(
         start=_describe_input(start),
@@ -160,7 +176,7 @@ def run_config(
 def _optimizer_steps(epoch: int, loop: Any) -> int:
     """The optimizer steps of ``loop`` (a :class:`~zoo.adaptation.training.Trainee`) after
     ``epoch`` completed epochs: those of LP-FT's probe stage were another optimizer's."""
-    return (epoch - loop.probe_epochs) * loop.batches_per_epoch
+    return (epoch - loop.probe_epochs) * loop.steps_per_epoch
 
 
 # ---------------------------------------------------------------- RNG states
@@ -422,9 +438,12 @@ class Checkpointer:
         try:
             loaded = self._checked_tensors(saved, model, optimizer, loop, generators)
             state, best, opt_state, rng, frozen_hash = loaded
-            model.load_state_dict(state)
-            groups = optimizer.state_dict()["param_groups"]  # this run's (the saved are equal)
-            optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+            if is_sharded(model):
+                load_full_state(model, optimizer, state, opt_state)
+            else:
+                model.load_state_dict(state)
+                groups = optimizer.state_dict()["param_groups"]  # this run's (the saved equal)
+                optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
             loop.step = _optimizer_steps(saved.epoch, loop)
             history.epochs = list(saved.history)
             if self.early is not None:
@@ -518,13 +537,16 @@ class Checkpointer:
         generators: list[torch.Generator],
         *,
         new_best: bool,
+        full: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
     ) -> None:
         """Write the checkpoint of completed epoch ``epoch`` (main process only): the new
-        files, then ``state.json`` naming them, then the previous epoch's files go."""
+        files, then ``state.json`` naming them, then the previous epoch's files go. ``full``:
+        the model's state and the optimizer's tensors gathered from a sharded model
+        (:func:`~zoo.adaptation.distributed.full_state`)."""
         if self.folder is None or not self.write:
             return
         folder = self._own(create=False)  # a link or file put there meanwhile is refused
-        state = _on_cpu(model.state_dict())
+        state = _on_cpu(full[0] if full is not None else model.state_dict())
         frozen_names = {
             n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad
         }
@@ -542,6 +564,8 @@ class Checkpointer:
             writes[files["frozen"]] = frozen
         writes[files["model"]] = {n: t for n, t in state.items() if n not in frozen}
         opt_tensors, groups = _optimizer_parts(optimizer)
+        if full is not None:  # the sharded optimizer's tensors are its shards: the gathered
+            opt_tensors = full[1]
         writes[files["optimizer"]] = _on_cpu({**opt_tensors, **_rng_tensors(generators)})
         early = self.early
         if early is None or early.best_state is None:

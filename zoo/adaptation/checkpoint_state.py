@@ -169,6 +169,7 @@ _RECORD: dict[str, tuple[float, float, bool, bool]] = {
     "lr": (0, math.inf, False, False),
     "trainable_params": (0, checks.MAX_INT, True, False),
     "trainable_tensors": (0, checks.MAX_INT, True, False),
+    "loader_seconds": (0, math.inf, False, False),
 }
 
 

@@ -32,6 +32,11 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 SIMILARITIES = ("high", "low")
 ON_CORRUPT = ("skip", "error")
+#: ``precision``: ``auto`` is bf16 autocast on a GPU that supports it, fp16 (with a gradient
+#: scaler) on an older GPU, fp32 on a CPU (:mod:`zoo.adaptation.speed`).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Most micro-batches one optimizer step accumulates.
+MAX_ACCUMULATE = 4096
 #: Upper bound of ``num_workers``: more loader processes than this is a typo, not a plan.
 MAX_WORKERS = 256
 #: Upper bound (exclusive) of ``seed``: what ``torch.manual_seed`` accepts on every platform.
@@ -163,7 +168,14 @@ class TrainConfig:
     on_corrupt: str = "skip"
     device: str | None = None
     distributed: bool | None = None
-    num_workers: int = 0
+    num_workers: int | None = None
+    precision: str = "auto"
+    channels_last: bool | str = "auto"
+    compile: bool | str = False
+    compile_fallback: bool = False
+    grad_checkpointing: bool = False
+    accumulate: int = 1
+    shard: bool = False
     seed: int = 0
     callback: AdaptCallback | None = None
     early_stop: int | None = None
@@ -246,7 +258,22 @@ class TrainConfig:
             checks.integer(self.samples_per_class, "samples_per_class", 1)
         checks.choice(self.feature_cache, "feature_cache", (True, False, "auto"))
         checks.choice(self.on_corrupt, "on_corrupt", ON_CORRUPT)
-        checks.integer(self.num_workers, "num_workers", 0, MAX_WORKERS)
+        if self.num_workers is not None:
+            checks.integer(self.num_workers, "num_workers", 0, MAX_WORKERS)
+        checks.choice(self.precision, "precision", PRECISIONS)
+        checks.choice(self.channels_last, "channels_last", (True, False, "auto"))
+        if not isinstance(self.compile, bool):
+            checks.text(self.compile, "compile", max_len=100)  # a torch.compile backend name
+        checks.flag(self.compile_fallback, "compile_fallback")
+        if self.compile_fallback and self.compile is False:
+            rule = "False unless compile is asked for (compile=True)"
+            raise checks.Invalid("compile_fallback", rule, self.compile_fallback)
+        checks.flag(self.grad_checkpointing, "grad_checkpointing")
+        checks.integer(self.accumulate, "accumulate", 1, MAX_ACCUMULATE)
+        checks.flag(self.shard, "shard")
+        if self.shard and (self.early_stop is not None or self.ema_decay is not None):
+            rule = "False with early_stop or ema (a sharded run keeps no copy of the weights)"
+            raise checks.Invalid("shard", rule, self.shard)
         checks.integer(self.seed, "seed", 0, SEED_LIMIT - 1)
         if self.early_stop is not None:
             checks.integer(self.early_stop, "early_stop", 1)
@@ -297,6 +324,8 @@ LEFT_OUT: dict[str, dict[str, str | None]] = {
         "feature_cache": None,
         "early_stop": None,
         "resume": None,
+        "shard": "left out: zoo.compare trains a copy of the model per candidate; shard one "
+        "run of zoo.adapt (shard=True)",
     },
 }
 

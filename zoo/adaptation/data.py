@@ -707,6 +707,11 @@ class LoaderSpec:
     batch_size: int = 32
     num_workers: int = 0
     seed: int = 0
+    #: pinned batches (on a GPU: the copy to the device then overlaps the compute)
+    pin_memory: bool = False
+    #: workers that live as long as the loader (not for training batches: their random
+    #: state would then not restart with the epoch, and a resumed run would differ)
+    persistent: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -718,7 +723,8 @@ def make_loader(
     sampler: Any = None,
     drop_last: bool = False,
 ) -> DataLoader:
-    """A ``DataLoader`` over ``dataset`` (seeded shuffling; ``sampler`` overrides it)."""
+    """A ``DataLoader`` over ``dataset`` (seeded shuffling; ``sampler`` overrides it); its
+    worker processes, if any, keep two batches each ready."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -732,7 +738,9 @@ def make_loader(
         num_workers=spec.num_workers,
         drop_last=drop_last,
         generator=generator if sampler is None else None,
-        persistent_workers=False,
+        pin_memory=spec.pin_memory,
+        persistent_workers=spec.persistent and spec.num_workers > 0,
+        prefetch_factor=2 if spec.num_workers > 0 else None,
         **spec.extra,
     )
 

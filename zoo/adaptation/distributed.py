@@ -137,6 +137,16 @@ class DistContext:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return [float(v) for v in tensor.tolist()]
 
+    def max(self, value: float) -> float:
+        """The largest ``value`` over all ranks."""
+        if not self.enabled:
+            return float(value)
+        import torch.distributed as dist
+
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return float(tensor.item())
+
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on any rank."""
         return self.sum([1.0 if flag else 0.0])[0] > 0
@@ -402,6 +412,93 @@ def _abort_group() -> None:
             abort()
 
 
+# ---------------------------------------------------------------- FSDP2 sharding (--shard)
+
+
+def shard_by_depth(model: nn.Module, depths: Sequence[tuple[int, str]]) -> int:
+    """Shard ``model`` with FSDP2: one ``fully_shard`` unit per depth of its parameter table
+    (``(depth, owning module path)`` of each parameter), frozen and trained parameters
+    together, then the root (the parameters the model holds itself). Call after the plan is
+    applied and before the optimizer is built; returns the number of units."""
+    from torch.distributed.fsdp import fully_shard
+
+    units: dict[int, list[str]] = {}
+    placed: set[str] = set()
+    for depth, module in depths:
+        if module and module not in placed:
+            placed.add(module)
+            units.setdefault(depth, []).append(module)
+    for _depth, paths in sorted(units.items()):
+        fully_shard([model.get_submodule(path) for path in paths])
+    fully_shard(model)
+    return len(units) + 1
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP2 shards ``model`` or a part of it."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def _full_options() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each parameter of ``optimizer``, in its index order."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A sharded model's full state dict and its optimizer's tensors (``state.<index>.<key>``,
+    as a checkpoint keeps them), on the CPU of rank 0 (a collective: every rank calls it;
+    the other ranks get empty dicts)."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    state = get_model_state_dict(model, options=_full_options())
+    saved = get_optimizer_state_dict(model, optimizer, options=_full_options())
+    index = {name: i for i, name in enumerate(_param_names(model, optimizer))}
+    tensors = {
+        f"state.{index[name]}.{key}": value
+        for name, values in saved.get("state", {}).items()
+        for key, value in values.items()
+    }
+    return state, tensors
+
+
+def load_full_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, torch.Tensor],
+    optimizer_state: dict[int, dict[str, torch.Tensor]],
+) -> None:
+    """Load a full (checked) state and optimizer state by parameter index into a sharded
+    model and its optimizer, on every rank."""
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = _full_options()
+    set_model_state_dict(model, state, options=options)
+    names = _param_names(model, optimizer)
+    groups = optimizer.state_dict()["param_groups"]
+    by_name = {names[i]: values for i, values in optimizer_state.items()}
+    named_groups = [{**g, "params": [names[i] for i in g["params"]]} for g in groups]
+    set_optimizer_state_dict(
+        model, optimizer, {"state": by_name, "param_groups": named_groups}, options=options
+    )
+
+
 def trainable_names(module: nn.Module) -> tuple[str, ...]:
     return tuple(n for n, p in module.named_parameters() if p.requires_grad)
 
@@ -424,7 +521,7 @@ class Replica:
 
     def sync(self) -> bool:
         """Re-wrap if the trainable parameters changed; True when a new wrapper was built."""
-        if not self.ctx.enabled:
+        if not self.ctx.enabled or is_sharded(self.module):  # FSDP2 reduces the gradients
             return False
         names = trainable_names(self.module)
         if names == self._wrapped_for:

@@ -63,7 +63,7 @@ def fit(
     )
     history = job.history(model, plan, [*notes, *plan.notes])
     try:
-        run_training(
+        trained_notes = run_training(
             model,
             data,
             planner,
@@ -88,7 +88,7 @@ def fit(
         p.numel() for n, p in model.named_parameters() if n in set(final.trainable)
     )
     history.policy, history.policy_args = final.policy, dict(final.args)
-    history.notes = [*notes, *final.notes]
+    history.notes = [*notes, *final.notes, *trained_notes]
     return history
 
 

@@ -59,6 +59,7 @@ from zoo.adaptation.candidates import PlannedCandidate
 from zoo.adaptation.history import AdaptCallback, EpochRecord
 from zoo.adaptation.inputs import loaders_for_folders, reshuffled
 from zoo.adaptation.probe import head_plan, probe_epochs
+from zoo.adaptation.speed import Speed
 from zoo.adaptation.training import Trainee, augmentation_of, probe_trainee
 from zoo.errors import DataError, ZooError
 from zoo.io.leaderboard import (
@@ -364,7 +365,7 @@ def run_halving(
     projected cost of the remaining rungs would exceed it (see :func:`keep_within`); with a
     budget, the budget does. ``keep_models``: a dropped candidate keeps its model (for blends).
     """
-    per_epoch = [c.trainee.batches_per_epoch for c in candidates if c.trainee is not None]
+    per_epoch = [c.trainee.steps_per_epoch for c in candidates if c.trainee is not None]
     steps = ctx.broadcast(min(per_epoch))  # the same rungs on every rank
     policies = len({c.spec for c in candidates})  # a policy's rate variants count once
     rungs = rung_epochs(settings.epochs, policies, steps)
@@ -657,6 +658,7 @@ def cache_boundaries(
     model: nn.Module,
     candidates: list[Candidate],
     shared: SharedData,
+    settings: TrainConfig,
     *,
     ctx: DistContext,
     callback: AdaptCallback,
@@ -679,15 +681,19 @@ def cache_boundaries(
     if not found and not probing:
         return
     paths = sorted({b.path for b in found.values()} | {b.path for b in probing.values()})
+    speed = Speed.of(settings, ctx.device)
+    speed.prepare(model)
     try:
-        out = extract(
-            model,
-            paths,
-            loaders,
-            ctx=ctx,
-            callback=callback,
-            max_bytes=max_cache_bytes() - shared.nbytes,
-        )
+        with speed.autocast():  # the frozen prefix runs in the training precision
+            out = extract(
+                model,
+                paths,
+                loaders,
+                ctx=ctx,
+                callback=callback,
+                max_bytes=max_cache_bytes() - shared.nbytes,
+                precision=speed.dtype,
+            )
     except CacheUnsupported as exc:
         if probing:  # the probe stage trains on cached features only
             raise ZooError(
@@ -758,7 +764,7 @@ def compare_candidates(
     candidates = [make_candidate(model, p) for p in planned]
     for cand in candidates:
         cand.probe_epochs = probe_epochs(cand.plan, settings.epochs)
-    cache_boundaries(model, candidates, shared, ctx=ctx, callback=callback)
+    cache_boundaries(model, candidates, shared, settings, ctx=ctx, callback=callback)
     candidates = with_rate_sweep(model, candidates)
     for cand in candidates:
         cand.start(shared, settings, len(data.classes), ctx)

@@ -34,10 +34,29 @@ class EpochRecord:
     lr: float
     trainable_params: int
     trainable_tensors: int
+    #: of ``seconds``, the time this process waited for the loader's batches
+    loader_seconds: float = 0.0
+
+    @property
+    def loader_note(self) -> str | None:
+        """What the progress line says when the loader, not the model, held the epoch back:
+        it waited for batches at least as long as it computed."""
+        return loader_note(self.loader_seconds, self.seconds)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data; a loss that diverged (NaN, inf) becomes ``None``."""
         return {k: _finite_or_none(v) for k, v in asdict(self).items()}
+
+
+def loader_note(waited: float, seconds: float) -> str | None:
+    """The note of an epoch of ``seconds`` that waited ``waited`` of them for batches: the
+    loader is the bottleneck when waiting took at least as long as computing."""
+    if seconds <= 0 or waited < seconds - waited:
+        return None
+    return (
+        f"loader-bound: {waited / seconds:.0%} of the epoch waiting for batches "
+        "(more --workers, faster storage or smaller images would help)"
+    )
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -31,6 +31,7 @@ from zoo.adaptation.data import (
 )
 from zoo.adaptation.distributed import ShardSampler
 from zoo.adaptation.sources import dataset_splits, is_dataset, is_source, kind_of, read_source
+from zoo.adaptation.speed import loader_workers, pin_memory
 from zoo.errors import DataError
 
 if TYPE_CHECKING:
@@ -209,16 +210,25 @@ def loaders_for_folders(
     *,
     augment: Augment | None,
     batch_size: int,
-    num_workers: int,
+    num_workers: int | None,
     seed: int,
     ctx: DistContext,
     shuffle_train: bool,
 ) -> tuple[DataLoader, DataLoader | None]:
-    spec = LoaderSpec(batch_size=batch_size, num_workers=num_workers, seed=seed)
-    # evaluation, and a training pass that only computes features, use larger batches
-    big = LoaderSpec(
-        batch_size=max(batch_size, INFERENCE_BATCH), num_workers=num_workers, seed=seed
-    )
+    """Train and val loaders over the folders, sharded over the ranks: ``num_workers`` worker
+    processes each (None: :func:`~zoo.adaptation.speed.loader_workers` decides per split),
+    pinned memory on a GPU; the training split shuffled in ``batch_size`` batches when
+    ``shuffle_train``, else in order in larger batches (evaluation and the cache's one pass
+    use those)."""
+    big_batch = max(batch_size, INFERENCE_BATCH)
+    train_batch = batch_size if shuffle_train else big_batch
+    images = len(data.train) // max(1, ctx.world_size)
+
+    def spec(batch: int, images: int, *, persistent: bool) -> LoaderSpec:
+        workers = loader_workers(num_workers, images, batch)
+        pinned = pin_memory(ctx.device)
+        return LoaderSpec(batch, workers, seed, pin_memory=pinned, persistent=persistent)
+
     train_ds = ImageDataset.from_folder(
         data.train, build_transform(config, train=True, augment=augment)
     )
@@ -228,13 +238,21 @@ def loaders_for_folders(
             train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle_train, seed=seed
         )
     train_loader = make_loader(
-        train_ds, spec if shuffle_train else big, shuffle=shuffle_train, sampler=sampler
+        train_ds,
+        # training batches restart their workers each epoch: a resumed run draws as the
+        # interrupted one did (a persistent worker's random state would run on instead)
+        spec(train_batch, images, persistent=not shuffle_train),
+        shuffle=shuffle_train,
+        sampler=sampler,
     )
     val_loader = None
     if data.val is not None and len(data.val):
         val_ds = ImageDataset.from_folder(data.val, build_transform(config, train=False))
         val_sampler = ShardSampler(len(val_ds), ctx.rank, ctx.world_size) if ctx.enabled else None
-        val_loader = make_loader(val_ds, big, shuffle=False, sampler=val_sampler)
+        val_images = len(data.val) // max(1, ctx.world_size)
+        val_loader = make_loader(
+            val_ds, spec(big_batch, val_images, persistent=True), shuffle=False, sampler=val_sampler
+        )
     return train_loader, val_loader
 
 
@@ -257,6 +275,7 @@ def distributed_loader(
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
         drop_last=loader.drop_last and not evaluation,
+        persistent_workers=loader.persistent_workers,
     )
 
 
@@ -279,11 +298,13 @@ def reshuffled(loader: DataLoader, ctx: DistContext, seed: int, batch_size: int)
             sampler=sampler,
             num_workers=loader.num_workers,
             collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
         )
     spec = LoaderSpec(
         batch_size=batch_size,
         num_workers=loader.num_workers,
         seed=seed,
+        pin_memory=loader.pin_memory,
         extra={"collate_fn": loader.collate_fn},
     )
     return make_loader(loader.dataset, spec, shuffle=True)

@@ -25,9 +25,10 @@ from torch import nn
 from zoo.adaptation.cache import max_cache_bytes
 from zoo.adaptation.checkpoint import seed_python_rngs
 from zoo.adaptation.data import check_auto_augment, input_config_of, with_overrides
-from zoo.adaptation.distributed import DistContext, setup
+from zoo.adaptation.distributed import DistContext, is_sharded, setup
 from zoo.adaptation.history import AdaptCallback, History
 from zoo.adaptation.inputs import AdaptData, image_size_hint, prepare_data
+from zoo.adaptation.speed import Speed
 from zoo.core.build import attach_build_info
 from zoo.core.record import attach_record, backbone_of, record_of, unwrap
 from zoo.core.specs import InputConfig
@@ -61,7 +62,8 @@ if TYPE_CHECKING:
 def open_run(point: Any, config: TrainConfig, *, catalog: Catalog) -> Iterator[Run]:
     """The :class:`Run` of ``config`` from the starting point ``point``, checked before any
     data is read: the feature cache's budget (``ZOO_FEATURE_CACHE_MAX_BYTES``, unless the
-    cache is off) and the device, then the target name (free unless ``overwrite``), the
+    cache is off), the device and what it can run (precision, compile backend), then the
+    target name (free unless ``overwrite``), the
     starting point and its weights. Under ``torchrun`` a failure on any rank stops every rank,
     with its message; the process group this opened is left at the end."""
     started = time.perf_counter()
@@ -71,6 +73,7 @@ def open_run(point: Any, config: TrainConfig, *, catalog: Catalog) -> Iterator[R
     ctx = setup(config.distributed, config.device)
     try:
         with ctx.guard():
+            Speed.check(config, ctx.device, distributed=ctx.enabled)
             check_target(config.name, config.overwrite)
             start = choose_weights(point, check_start(point, catalog), config, catalog)
             reports = config.callback is not None and ctx.is_main  # progress on rank 0 only
@@ -169,7 +172,8 @@ class Run:
         model.eval()
         if config.name is None:
             return
-        if self.ctx.is_main:
+        sharded = is_sharded(model)  # saving gathers it: every rank calls save
+        if self.ctx.is_main or sharded:
             try:
                 path = save(
                     model,
@@ -185,7 +189,7 @@ class Run:
                     raise
                 raise kept from exc
             history.path = str(path)
-            if keeper is not None:
+            if keeper is not None and self.ctx.is_main:
                 keeper.remove()  # saved: the checkpoint is no longer needed
         self.ctx.barrier()
         history.path = self.ctx.broadcast(history.path)

@@ -18,8 +18,8 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
@@ -38,10 +38,11 @@ from zoo.adaptation.cache import (
 from zoo.adaptation.checkpoint import Checkpointer, loader_generators
 from zoo.adaptation.config import OPTIMIZERS
 from zoo.adaptation.data import dataset_transform, is_random_transform
-from zoo.adaptation.distributed import Replica
+from zoo.adaptation.distributed import Replica, full_state, is_sharded, shard_by_depth
 from zoo.adaptation.history import EpochRecord
 from zoo.adaptation.inputs import distributed_loader, loaders_for_folders, reshuffled, set_epoch
 from zoo.adaptation.probe import head_plan, probe_epochs, stage_config
+from zoo.adaptation.speed import Compiled, Speed
 from zoo.errors import DataError, ZooError
 from zoo.io.fileformat import PAUSE_AFTER_EPOCH_ENV, pause_for_tests
 from zoo.plans.freeze import apply_plan
@@ -58,11 +59,16 @@ if TYPE_CHECKING:
     from zoo.plans.schedule import ScheduleDriver
 
 
+T = TypeVar("T")
+#: On a GPU the running loss and accuracy are read (a sync) every this many batches.
+REPORT_EVERY = 20
+
+
 def make_optimizer(
     name: str, groups: list[dict[str, Any]], *, lr: float, momentum: float
 ) -> torch.optim.Optimizer:
     """AdamW or SGD over the plan's groups; the fused kernels when the parameters allow
-    (several times faster per step on CPU and GPU)."""
+    (several times faster per step on CPU and GPU), else the multi-tensor (foreach) ones."""
     for group in groups:
         group["initial_lr"] = group["lr"]
     if name not in OPTIMIZERS:
@@ -76,7 +82,7 @@ def make_optimizer(
             return cls(groups, lr=lr, fused=True, **kwargs)
         except (RuntimeError, TypeError, ValueError):  # a torch without fused kernels here
             pass
-    return cls(groups, lr=lr, **kwargs)
+    return cls(groups, lr=lr, foreach=None, **kwargs)  # torch's choice: foreach on a GPU
 
 
 # ---------------------------------------------------------------- one model in training
@@ -103,6 +109,11 @@ class Trainee:
     ``probe_epochs``: the first epochs of the run went to LP-FT's probe stage
     (:mod:`zoo.adaptation.probe`), so this trainee's lr schedule spans the
     ``config.epochs - probe_epochs`` epochs after them (its epochs keep the run's numbers).
+
+    How fast it runs is ``config``'s too (:class:`~zoo.adaptation.speed.Speed`): autocast
+    precision, memory layout, gradient checkpointing, ``torch.compile`` of the module that
+    runs (:class:`~zoo.adaptation.speed.Compiled`), and ``accumulate`` batches per optimizer
+    step (the lr schedule and :attr:`steps_per_epoch` count optimizer steps).
     """
 
     def __init__(
@@ -128,6 +139,8 @@ class Trainee:
             config.optimizer, groups, lr=config.lr, momentum=config.momentum
         )
         self.model = model
+        self.speed = Speed.of(config, ctx.device)
+        self.speed.prepare(model)
         self.module = cut.suffix(model) if cut is not None else model
         self.mixer = _mixer(augment, config.label_smoothing, num_classes)
         self.ema = _ema(model, config.ema_decay)
@@ -135,6 +148,12 @@ class Trainee:
         if self.ema is not None:
             self.eval_module = cut.suffix(self.ema.module) if cut is not None else self.ema.module
         self.replica = Replica(self.module, ctx)
+        self.compiled = (
+            Compiled(self.replica, config.compile, fallback=config.compile_fallback)
+            if config.compile is not False
+            else None
+        )
+        self.run: Any = self.compiled if self.compiled is not None else self.replica
         self.ctx = ctx
         self.callback = callback
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -155,8 +174,11 @@ class Trainee:
         self.schedule = config.lr_schedule
         self.batches_per_epoch = len(self.batches)
         self.probe_epochs = probe_epochs
-        self.total_steps = self.batches_per_epoch * (config.epochs - probe_epochs)
-        self.warmup_steps = int(config.warmup_epochs * self.batches_per_epoch)
+        self.accumulate = config.accumulate
+        #: optimizer steps per epoch: one per ``accumulate`` batches (and one for the rest)
+        self.steps_per_epoch = -(-self.batches_per_epoch // self.accumulate)
+        self.total_steps = self.steps_per_epoch * (config.epochs - probe_epochs)
+        self.warmup_steps = int(config.warmup_epochs * self.steps_per_epoch)
         self.step = 0
 
     def lr_factor(self, step: int) -> float:
@@ -173,7 +195,7 @@ class Trainee:
         """Train epoch ``epoch`` (1-based), then evaluate on ``val``; summed over ranks."""
         set_epoch(self.batches, epoch)
         with _one_thread_on_cpu(self.ctx.device, self.one_thread):
-            loss, accuracy, images, seconds, lr = self._train(epoch)
+            loss, accuracy, images, seconds, waited, lr = self._train(epoch)
             val_loss, val_accuracy = self._evaluate()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         return EpochRecord(
@@ -185,6 +207,7 @@ class Trainee:
             seconds=seconds,
             images=images,
             images_per_second=images / seconds if seconds else 0.0,
+            loader_seconds=waited,
             lr=lr,
             trainable_params=sum(p.numel() for p in trainable),
             trainable_tensors=len(trainable),
@@ -204,52 +227,93 @@ class Trainee:
                 "outputs (timm: model.reset_classifier(n))"
             )
 
-    def _train(self, epoch: int) -> tuple[float, float, int, float, float]:
-        """(mean loss, accuracy, images, seconds, last lr) of one epoch, over all ranks."""
+    def _train(self, epoch: int) -> tuple[float, float, int, float, float, float]:
+        """(mean loss, accuracy, images, seconds, seconds waiting for batches, last lr) of one
+        epoch, over all ranks (the waiting: this rank's)."""
         self.module.train()
         n_batches = self.batches_per_epoch
         self.callback.on_epoch_start(epoch, self.epochs, n_batches)
         device = self.ctx.device
-        loss_sum = correct = count = 0.0
-        lr = 0.0
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, images
+        lr = waited = 0.0
         start = time.perf_counter()
-        for i, batch in enumerate(self.batches):
+        batches = iter(self.batches)
+        for i in itertools.count():
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - asked
+            if batch is None:
+                break
             self.ctx.check_peers()
-            images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device)
-            lr = self._set_lr()
-            inputs, soft = self._mixed(images, targets)
-            logits = self.replica(inputs)
-            if i == 0 and epoch == 1:
+            images, targets = self.speed.inputs(batch[0]), batch[1].to(device, non_blocking=True)
+            first, group = divmod(i, self.accumulate)
+            if group == 0:  # the first batch of an optimizer step
+                lr = self._set_lr()
+                self.optimizer.zero_grad(set_to_none=True)
+            # the batches of this step: accumulate, or what is left of the epoch
+            size = min(self.accumulate, n_batches - first * self.accumulate)
+            last = group + 1 == size
+            check = i == 0 and epoch == 1
+            with self._no_sync(not last):
+                logits, loss = self._guarded(self._pass, images, targets, size, check)
+            if last:
+                self.speed.step(self.optimizer)
+                self.step += 1
+                if self.ema is not None:
+                    self.ema.update(self.model, step=self.step)
+            with torch.no_grad():
+                n = targets.shape[0]
+                hits = (logits.argmax(1) == targets).sum()
+                sums += torch.stack([loss.detach().double() * n, hits, sums.new_tensor(n)])
+            if device.type == "cpu" or i + 1 == n_batches or i % REPORT_EVERY == 0:
+                loss_sum, correct, count = sums.tolist()  # a sync on a GPU: not every batch
+                elapsed = time.perf_counter() - start
+                self.callback.on_batch_end(
+                    epoch,
+                    i + 1,
+                    n_batches,
+                    loss_sum / count,
+                    correct / count,
+                    count * self.ctx.world_size / elapsed if elapsed else 0.0,
+                )
+        seconds = time.perf_counter() - start
+        self.ctx.average_buffers(self.module)
+        loss_sum, correct, count = self.ctx.sum(sums.tolist())
+        if not count:
+            raise DataError("the training data yielded no batches")
+        return loss_sum / count, correct / count, int(count), seconds, waited, lr
+
+    def _pass(
+        self, images: torch.Tensor, targets: torch.Tensor, batches: int, check: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward of one batch, one of ``batches`` accumulated into a step
+        (``check``: the logits' shape first): ``(logits, loss)``."""
+        inputs, soft = self._mixed(images, targets)
+        with self.speed.autocast():
+            logits = self.run(inputs)
+            if check:
                 self._check_logits(logits)
             loss = (
                 self.loss_fn(logits, targets) if soft is None else self.soft_loss_fn(logits, soft)
             )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.step += 1
-            if self.ema is not None:
-                self.ema.update(self.model, step=self.step)
-            with torch.no_grad():
-                n = targets.shape[0]
-                loss_sum += float(loss.detach()) * n
-                correct += float((logits.argmax(1) == targets).sum())
-                count += n
-            elapsed = time.perf_counter() - start
-            self.callback.on_batch_end(
-                epoch,
-                i + 1,
-                n_batches,
-                loss_sum / count,
-                correct / count,
-                count * self.ctx.world_size / elapsed if elapsed else 0.0,
-            )
-        seconds = time.perf_counter() - start
-        self.ctx.average_buffers(self.module)
-        loss_sum, correct, count = self.ctx.sum([loss_sum, correct, count])
-        if not count:
-            raise DataError("the training data yielded no batches")
-        return loss_sum / count, correct / count, int(count), seconds, lr
+        self.speed.backward(loss / batches if batches > 1 else loss)
+        return logits, loss
+
+    def _guarded(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)``; where compiling fails: the refusal, or with the fallback the same
+        again, eagerly (the failure came before anything ran)."""
+        if self.compiled is None:
+            return work(*args)
+        with self.compiled.failures():
+            return work(*args)
+        return work(*args)
+
+    def _no_sync(self, skip: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP's ``no_sync`` for a batch whose gradients are accumulated, not yet reduced."""
+        wrapped = self.replica.wrapped
+        if skip and wrapped is not self.replica.module and hasattr(wrapped, "no_sync"):
+            return wrapped.no_sync()
+        return contextlib.nullcontext()
 
     def _mixed(
         self, images: torch.Tensor, targets: torch.Tensor
@@ -280,19 +344,36 @@ class Trainee:
             return None, None
         self.eval_module.eval()
         device = self.ctx.device
-        loss_sum = correct = count = 0.0
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        images = None
+        done = 0
         with torch.no_grad():
             for batch in self.val:
                 self.ctx.check_peers()
-                images, targets = batch[0].to(device, non_blocking=True), batch[1].to(device)
-                logits = self.eval_module(images)
-                loss_sum += float(self.loss_fn(logits, targets)) * targets.shape[0]
-                correct += float((logits.argmax(1) == targets).sum())
-                count += targets.shape[0]
-        loss_sum, correct, count = self.ctx.sum([loss_sum, correct, count])
+                images, targets = self.speed.inputs(batch[0]), batch[1].to(device)
+                with self.speed.autocast():
+                    logits = self.eval_module(images).float()
+                n = targets.shape[0]
+                loss = self.loss_fn(logits, targets)
+                hits = (logits.argmax(1) == targets).sum()
+                sums += torch.stack([loss.double() * n, hits, sums.new_tensor(n)])
+                done += 1
+            if is_sharded(self.eval_module):  # every rank joins every sharded forward pass
+                self._pad_forwards(done, images)
+        loss_sum, correct, count = self.ctx.sum(sums.tolist())
         if not count:
             return None, None
         return loss_sum / count, correct / count
+
+    def _pad_forwards(self, done: int, images: torch.Tensor | None) -> None:
+        """Forward passes, not counted, until this rank ran as many as the rank with the most
+        validation batches (the shards differ by an image at most)."""
+        rounds = int(self.ctx.max(done))
+        if done < rounds and images is None:  # no batch of its own: one image of training's
+            images = self.speed.inputs(next(iter(self.batches))[0][:1])
+        for _ in range(rounds - done):
+            with self.speed.autocast():
+                self.eval_module(images)
 
 
 def _mixer(augment: Augment | None, label_smoothing: float, num_classes: int) -> Any:
@@ -458,8 +539,9 @@ def run_training(
     callback: AdaptCallback,
     keeper: Checkpointer | None = None,
     augment_default: bool | None = None,
-) -> None:
-    """Train ``model`` as ``config`` says, on images prepared for ``input_config``.
+) -> list[str]:
+    """Train ``model`` as ``config`` says, on images prepared for ``input_config``; returns
+    the notes of how it trained (sharding, compiling that failed with the fallback).
 
     ``augment_default``: what ``augment=None`` means (None: on unless only the head trains;
     the measured ``auto`` passes False, what it measured with).
@@ -508,6 +590,13 @@ def run_training(
         history.early_stop = early.patience
         history.best_epoch = early.best_epoch
         early.restore_best(model)
+    notes = []
+    if config.shard:
+        notes.append(f"sharded with FSDP2 over {ctx.world_size} processes, one unit per depth")
+    compiled = trainee.compiled
+    if compiled is not None and compiled.note:
+        notes.append(compiled.note)
+    return notes
 
 
 def _start(
@@ -531,6 +620,14 @@ def _start(
     why_not = _cache_decision(
         model, planner, data, augment=augment, feature_cache=config.feature_cache
     )
+    if config.shard:
+        if planner.is_schedule:
+            raise ZooError(
+                f"shard=True (--shard) with the schedule policy {history.policy!r}: a sharded "
+                "model keeps the trainable set it was sharded with; pick a policy without a "
+                "schedule, or train without --shard"
+            )
+        why_not = why_not or "plain loop: the model is sharded (shard=True)"
     if config.feature_cache is True and why_not is not None:
         raise ZooError(f"the feature cache cannot be used: {why_not.split(': ', 1)[-1]}")
     history.augment = augment.to_dict() if augment is not None else None
@@ -584,6 +681,8 @@ def _start(
         history.feature_seconds = time.perf_counter() - started
     history.feature_cache = cut is not None
     assert planner.plan is not None
+    if config.shard:  # after the plan, before the optimizer: its parameters are the shards
+        shard_by_depth(model, [(row.depth, row.module) for row in planner.table.rows])
     return Trainee(
         model,
         planner.plan,
@@ -700,15 +799,19 @@ def _cache(
 
     boundary = on_every_rank(ctx, find)
     splits = [("train", train)] + ([("val", val)] if val is not None else [])
-    cached = extract(
-        model,
-        [boundary.path],
-        splits,
-        ctx=ctx,
-        callback=callback,
-        batch_size=config.batch_size,
-        train_batches=itertools.chain([first], batches),  # the first batch is kept
-    )
+    speed = Speed.of(config, ctx.device)
+    speed.prepare(model)
+    with speed.autocast():  # the frozen prefix runs in the training precision
+        cached = extract(
+            model,
+            [boundary.path],
+            splits,
+            ctx=ctx,
+            callback=callback,
+            batch_size=config.batch_size,
+            train_batches=itertools.chain([first], batches),  # the first batch is kept
+            precision=speed.dtype,
+        )
     return boundary, cached[boundary.path]
 
 
@@ -737,6 +840,9 @@ def _end_epoch(
     early = keeper.early
     model = trainee.model
     new_best = early.update(record.epoch, record.val_loss, model) if early is not None else False
+    full = None
+    if keeper.folder is not None and is_sharded(model):  # gathered on every rank, for rank 0
+        full = full_state(model, trainee.optimizer)
     if trainee.ctx.is_main:
         keeper.save(
             record.epoch,
@@ -747,6 +853,7 @@ def _end_epoch(
             history,
             generators,
             new_best=new_best,
+            full=full,
         )
     pause_for_tests(PAUSE_AFTER_EPOCH_ENV, f"after epoch {record.epoch}")
     trainee.callback.on_epoch_end(record)

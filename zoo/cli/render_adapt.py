@@ -105,6 +105,9 @@ def epoch_line(record: EpochRecord, epochs: int) -> Text:
         text.append(f"  val loss {_num(record.val_loss)}  ")
         text.append(f"val acc {percent(record.val_accuracy)}", style="bold green")
     text.append(f"  {_seconds(record.seconds)}, {record.images_per_second:,.0f} img/s", style="dim")
+    note = record.loader_note
+    if note:
+        text.append(f"  {note}", style="yellow")
     return text
 
 

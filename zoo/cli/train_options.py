@@ -19,6 +19,7 @@ from typing import Any
 from zoo.adaptation.config import (
     LR_SCHEDULES,
     OPTIMIZERS,
+    PRECISIONS,
     SIMILARITIES,
     TrainConfig,
     job_fields,
@@ -29,6 +30,7 @@ from zoo.errors import AdaptArgumentError
 #: Argument groups of the help, by title ("": the command's own options).
 TRAINING = "training"
 IMAGES = "images"
+SPEED = "speed"
 
 
 @dataclass(frozen=True)
@@ -335,10 +337,59 @@ OPTIONS: dict[str, Option] = {
     ),
     "num_workers": _option(
         "--workers",
-        help="data-loading worker processes (default {default})",
+        help="data-loading worker processes (default: about the cores, at most 8; 0 for a "
+        "split of fewer than 8 batches)",
         group=IMAGES,
         metavar="N",
         type=int,
+    ),
+    "precision": _option(
+        "--precision",
+        help="auto (default): bf16 autocast on a GPU that has it, fp16 with a gradient scaler "
+        "on an older GPU, fp32 on a CPU; the trained weights and the saved model stay fp32",
+        group=SPEED,
+        choices=PRECISIONS,
+    ),
+    "channels_last": _option(
+        "--channels-last",
+        help="channels_last memory format for convolutional models (auto: on a GPU)",
+        group=SPEED,
+        choices=("auto", "on", "off"),
+        to_value=_switch,
+    ),
+    "compile": _option(
+        "--compile",
+        help="torch.compile the part that trains (inductor; compile='BACKEND' in Python picks "
+        "another); a model that cannot compile is an error unless --compile-fallback",
+        group=SPEED,
+        action="store_true",
+    ),
+    "compile_fallback": _option(
+        "--compile-fallback",
+        help="with --compile: train eagerly, with a note, where the model cannot compile",
+        group=SPEED,
+        action="store_true",
+    ),
+    "grad_checkpointing": _option(
+        "--grad-checkpointing",
+        help="recompute activations in the backward pass (timm's set_grad_checkpointing): "
+        "less memory, about a third more compute",
+        group=SPEED,
+        action="store_true",
+    ),
+    "accumulate": _option(
+        "--accumulate",
+        help="accumulate the gradients of N batches into one optimizer step (default {default})",
+        group=SPEED,
+        metavar="N",
+        type=int,
+    ),
+    "shard": _option(
+        "--shard",
+        help="under torchrun: shard the model over the processes with FSDP2, one unit per depth "
+        "of its parameter table (for models too large for one device)",
+        group=SPEED,
+        action="store_true",
     ),
     "device": _option("--device", help="cpu, cuda, cuda:1 (default: GPU if any)", metavar="DEV"),
 }
@@ -375,7 +426,7 @@ def add_options(parser: argparse.ArgumentParser, job: str) -> None:
         "val_split": val,
         "start": parser.add_mutually_exclusive_group(),
     }
-    for title in (TRAINING, IMAGES):
+    for title in (TRAINING, IMAGES, SPEED):
         groups[title] = parser.add_argument_group(title)
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     for field, option in _options_of(job):

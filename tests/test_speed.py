@@ -1,0 +1,308 @@
+"""Training at the speed of the hardware (issue 23): precision, channels_last, workers, the
+loader's share of an epoch, gradient accumulation and checkpointing, torch.compile.
+
+Everything here runs on the CPU (bf16 autocast runs there too); the GPU-only branches
+(cuDNN, TF32, pinned memory, fp16's scaler on CUDA) are not exercised by these tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from zoo.adaptation.cache import extract_boundaries, find_boundary, stored
+from zoo.adaptation.checkpoint import CheckpointError
+from zoo.adaptation.config import TrainConfig
+from zoo.adaptation.history import AdaptCallback, loader_note
+from zoo.adaptation.speed import (
+    MAX_AUTO_WORKERS,
+    MIN_BATCHES_FOR_WORKERS,
+    Speed,
+    loader_workers,
+    resolve_precision,
+    set_grad_checkpointing,
+)
+from zoo.errors import AdaptArgumentError, ZooError
+from zoo.io.fileformat import read_file
+
+CNN = "timm:test_resnet"
+VIT = "timm:test_vit"
+FAST = {"image_size": 32, "batch_size": 8, "lr": 1e-2, "seed": 3, "scratch": True}
+CPU = torch.device("cpu")
+#: Runs compared for equality train with SGD: AdamW's normalized steps turn a rounding
+#: difference in a near-zero gradient into a step of the size of the lr.
+SAME = {"epochs": 1, "policy": "full", "augment": False, "optimizer": "sgd", **FAST}
+#: bf16 keeps 8 bits of mantissa: over 2 epochs of this tiny run the mean training loss stays
+#: within 5 % + 0.02 of fp32's (measured: 0.833 vs 0.844, then 0.232 vs 0.244).
+BF16_LOSS_RTOL, BF16_LOSS_ATOL = 0.05, 0.02
+
+
+def _max_difference(a: nn.Module, b: nn.Module) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return max(
+        float((sa[k].float() - sb[k].float()).abs().max()) for k in sa if sa[k].is_floating_point()
+    )
+
+
+# ---------------------------------------------------------------- precision
+
+
+def test_precision_auto_is_fp32_on_a_cpu_and_refuses_what_a_device_lacks():
+    assert resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("bf16", CPU) == "bf16"
+    assert Speed(CPU, precision="bf16").dtype is torch.bfloat16
+    assert Speed(CPU, precision="fp32").dtype is None
+    assert Speed(CPU, precision="fp16").scaler is not None  # fp16 always with a scaler
+    with pytest.raises(AdaptArgumentError, match="precision"):
+        TrainConfig(precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ZooError, match="no CUDA GPU"):
+            zoo.adapt(CNN, "unused", precision="bf16", device="cuda", **FAST)
+
+
+def test_bf16_trains_within_tolerance_of_fp32_and_keeps_fp32_weights(colours):
+    train, val = colours / "train", colours / "val"
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        runs[precision] = zoo.adapt(
+            CNN, train, val, epochs=2, policy="full", augment=False, precision=precision,
+            name=precision, **FAST,
+        )  # fmt: skip
+    (full, full_history), (half, half_history) = runs["fp32"], runs["bf16"]
+    for a, b in zip(full_history.loss, half_history.loss, strict=True):
+        assert abs(a - b) <= BF16_LOSS_RTOL * a + BF16_LOSS_ATOL, (a, b)
+    assert half_history.loss[-1] < half_history.loss[0]  # it learns
+    assert _max_difference(full, half) > 0  # bf16 did run: the weights differ a little
+    assert {p.dtype for p in half.parameters()} == {torch.float32}
+    saved = read_file(half_history.path).tensors
+    assert {t.dtype for t in saved.values() if t.is_floating_point()} == {torch.float32}
+
+
+def test_optimizer_state_stays_fp32_under_bf16(colours):
+    from zoo.adaptation.distributed import DistContext
+    from zoo.adaptation.training import Trainee
+
+    model = zoo.create(CNN, num_classes=3)
+    plan = zoo.freeze(model, "full")
+    images = torch.randn(8, 3, 32, 32)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images, torch.arange(8) % 3), batch_size=4
+    )
+    config = TrainConfig(precision="bf16", epochs=1, lr=1e-2)
+    trainee = Trainee(
+        model, plan, loader, None, config, ctx=DistContext(), callback=AdaptCallback(),
+        num_classes=3,
+    )  # fmt: skip
+    record = trainee.epoch(1)
+    assert record.train_loss > 0
+    states = [s for s in trainee.optimizer.state.values() if s]
+    assert states and all(
+        t.dtype is torch.float32 for s in states for t in s.values() if t.is_floating_point()
+    )
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+# ---------------------------------------------------------------- the cache's precision
+
+
+def test_the_cache_keeps_activations_in_the_training_precision_when_that_halves_them():
+    x32 = torch.randn(2, 4)
+    assert stored(x32, torch.bfloat16).dtype is torch.bfloat16
+    assert stored(x32, torch.float16).dtype is torch.float16
+    assert stored(x32, None) is x32  # fp32 training: as computed
+    assert stored(x32.double(), torch.bfloat16).dtype is torch.float64  # a quarter: no
+    assert stored(torch.ones(2, dtype=torch.int32), torch.float16).dtype is torch.int32
+    already = x32.bfloat16()
+    assert stored(already, torch.bfloat16) is already
+
+
+def test_extraction_under_bf16_halves_the_cache_and_the_top_trains_on_it(colours):
+    model = zoo.create(CNN, num_classes=3)
+    zoo.freeze(model, "linear-probe")
+    images = torch.randn(6, 3, 32, 32)
+    boundary = find_boundary(model, images[:2])
+    batches = [(images, torch.arange(6) % 3)]
+    full = extract_boundaries(model, [boundary.path], batches, device=CPU)[boundary.path]
+    speed = Speed(CPU, precision="bf16")
+    with speed.autocast():
+        half = extract_boundaries(
+            model, [boundary.path], batches, device=CPU, precision=speed.dtype
+        )[boundary.path]
+    assert half.features.dtype is torch.bfloat16 and 2 * half.nbytes == full.nbytes
+    assert torch.allclose(half.features.float(), full.features, rtol=0.05, atol=0.05)
+    # the top takes them in fp32 (Speed.inputs), under autocast
+    top = boundary.suffix(model)
+    with speed.autocast():
+        logits = top(speed.inputs(half.features))
+    assert logits.shape == (6, 3) and torch.isfinite(logits).all()
+
+
+def test_a_cached_probe_under_bf16_trains(colours):
+    _, history = zoo.adapt(
+        CNN, colours / "train", colours / "val", epochs=2, policy="linear-probe",
+        precision="bf16", **FAST,
+    )  # fmt: skip
+    assert history.feature_cache and all(e.train_loss > 0 for e in history)
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_resume_may_change_the_workers_but_not_the_precision(colours):
+    from test_adapt_resume import StopAfter
+
+    from zoo.adaptation.checkpoint import AdaptInterrupted
+
+    train, val = colours / "train", colours / "val"
+    options = {"epochs": 2, "name": "speedy", "policy": "linear-probe", **FAST}
+    with pytest.raises(AdaptInterrupted):
+        zoo.adapt(CNN, train, val, callback=StopAfter(1), num_workers=0, **options)
+    with pytest.raises(CheckpointError, match="precision"):
+        zoo.adapt(CNN, train, val, resume=True, precision="bf16", num_workers=0, **options)
+    _, history = zoo.adapt(CNN, train, val, resume=True, num_workers=None, **options)
+    assert history.resumed_from == 1 and len(history) == 2
+
+
+def test_a_run_with_loader_workers_and_augmentation_resumes_bit_identical(colours):
+    """Training batches restart their workers each epoch (persistent ones would carry their
+    random state on, and the resumed run would augment otherwise)."""
+    from test_adapt_resume import StopAfter, _same
+
+    from zoo.adaptation.checkpoint import AdaptInterrupted
+
+    train = colours / "train"
+    options = {**FAST, "epochs": 2, "policy": "full", "augment": True, "num_workers": 2}
+    whole, _ = zoo.adapt(CNN, train, name="whole", **options)
+    with pytest.raises(AdaptInterrupted):
+        zoo.adapt(CNN, train, name="cut", callback=StopAfter(1), **options)
+    resumed, history = zoo.adapt(CNN, train, name="cut", resume=True, **options)
+    assert history.resumed_from == 1 and _same(whole, resumed) == []
+
+
+# ---------------------------------------------------------------- the input pipeline
+
+
+def test_loader_workers_by_default_follow_the_cores_and_skip_small_splits():
+    assert loader_workers(3, 10, 8) == 3 and loader_workers(0, 10**6, 8) == 0
+    assert loader_workers(None, MIN_BATCHES_FOR_WORKERS * 8 - 1, 8) == 0
+    many = loader_workers(None, MIN_BATCHES_FOR_WORKERS * 8, 8)
+    import os
+
+    assert many == max(1, min(MAX_AUTO_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def test_the_loader_is_the_bottleneck_when_waiting_takes_as_long_as_computing():
+    assert loader_note(0.0, 10.0) is None
+    assert loader_note(4.9, 10.0) is None
+    note = loader_note(5.0, 10.0)
+    assert note is not None and note.startswith("loader-bound: 50% of the epoch")
+    assert "--workers" in (loader_note(9.0, 10.0) or "")
+    assert loader_note(0.0, 0.0) is None
+
+
+def test_workers_train_the_same_and_each_epoch_keeps_its_wait_for_batches(colours):
+    from zoo.adaptation.history import History
+
+    runs = [zoo.adapt(CNN, colours / "train", num_workers=workers, **SAME) for workers in (0, 2)]
+    (a, ha), (b, hb) = runs
+    assert _max_difference(a, b) == 0  # the same images in the same order
+    for history in (ha, hb):  # recorded, and kept through the history's JSON form
+        assert all("loader_seconds" in record.to_dict() for record in history)
+        assert History.from_dict(history.to_dict()).epochs == history.epochs
+
+
+# ---------------------------------------------------------------- memory layout
+
+
+@pytest.mark.parametrize("backbone", [CNN, VIT])
+def test_channels_last_trains_as_the_default_layout_does(colours, backbone):
+    runs = [
+        zoo.adapt(backbone, colours / "train", channels_last=layout, **SAME)[0]
+        for layout in (False, True)
+    ]
+    assert _max_difference(*runs) < 1e-4
+    convs = [m.weight for m in runs[1].modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+
+
+def test_channels_last_auto_is_off_on_a_cpu():
+    model = zoo.create(CNN, num_classes=3)
+    speed = Speed(CPU, channels_last="auto")
+    speed.prepare(model)
+    assert not speed.channels_last
+    assert not Speed(CPU, channels_last=True).wants_channels_last(nn.Linear(2, 2))
+
+
+# ---------------------------------------------------------------- large models
+
+
+def test_accumulating_two_half_batches_trains_as_one_whole_batch(colours):
+    # a model without batch statistics: the mean gradient of 8 images is the mean of the two
+    # means of 4, and the lr schedule counts optimizer steps (3 per epoch either way)
+    whole, whole_history = zoo.adapt(VIT, colours / "train", **{**SAME, "batch_size": 8})
+    halves, halves_history = zoo.adapt(
+        VIT, colours / "train", accumulate=2, **{**SAME, "batch_size": 4}
+    )
+    assert _max_difference(whole, halves) < 1e-5
+    assert halves_history[0].lr == pytest.approx(whole_history[0].lr)
+
+
+def test_grad_checkpointing_trains_as_without_and_is_refused_where_there_is_none(colours):
+    runs = [
+        zoo.adapt(VIT, colours / "train", grad_checkpointing=on, **SAME)[0] for on in (False, True)
+    ]
+    assert _max_difference(*runs) < 1e-5
+    assert runs[1].grad_checkpointing is True  # timm's switch was set
+    with pytest.raises(ZooError, match="Sequential has no set_grad_checkpointing"):
+        set_grad_checkpointing(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(AdaptArgumentError, match="accumulate"):
+        TrainConfig(accumulate=0)
+
+
+# ---------------------------------------------------------------- torch.compile
+
+
+def _broken_backend(gm, example_inputs):
+    raise RuntimeError("this backend compiles nothing (a test's)")
+
+
+@pytest.fixture
+def broken_backend():
+    from torch._dynamo import list_backends, register_backend
+
+    if "zoo_test_broken" not in list_backends(exclude_tags=()):
+        register_backend(_broken_backend, name="zoo_test_broken")
+    return "zoo_test_broken"
+
+
+def test_a_model_that_cannot_compile_is_an_error_or_with_the_fallback_trains_eagerly(
+    colours, broken_backend
+):
+    with pytest.raises(ZooError, match=r"cannot compile ResNet.*--compile-fallback"):
+        zoo.adapt(CNN, colours / "train", compile=broken_backend, **SAME)
+    model, history = zoo.adapt(
+        CNN, colours / "train", compile=broken_backend, compile_fallback=True, **SAME
+    )
+    eager, _ = zoo.adapt(CNN, colours / "train", **SAME)
+    assert _max_difference(model, eager) == 0
+    notes = history.notes
+    assert any(n.startswith("compile failed (BackendCompilerFailed") for n in notes), notes
+    with pytest.raises(ZooError, match=r"unknown torch\.compile backend 'nope'"):
+        zoo.adapt(CNN, colours / "train", compile="nope", **SAME)
+    with pytest.raises(AdaptArgumentError, match="compile_fallback"):
+        TrainConfig(compile_fallback=True)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_for_a_cnn_top_and_a_vit_with_lora(colours):
+    """inductor on the CPU (slow: it compiles C++): the top of a frozen CNN on cached
+    activations, and a ViT whose frozen backbone carries LoRA adapters."""
+    for backbone, policy in ((CNN, "train-last:n=1"), (VIT, "lora:rank=2")):
+        options = {**SAME, "policy": policy}
+        compiled, history = zoo.adapt(backbone, colours / "train", compile=True, **options)
+        eager, _ = zoo.adapt(backbone, colours / "train", **options)
+        assert _max_difference(compiled, eager) < 1e-4, backbone
+        assert not any("compile failed" in n for n in history.notes)
