@@ -14,7 +14,6 @@ import torch
 import zoo
 from zoo.adaptation.cache import CachedFeatures
 from zoo.adaptation.config import TrainConfig
-from zoo.adaptation.evaluation import evaluate
 from zoo.adaptation.fit import refit_config
 from zoo.adaptation.halving import LR_SWEEP, resplit
 from zoo.cli.train_options import add_options, config_from_args
@@ -86,7 +85,7 @@ def test_cached_candidates_sweep_rates_and_the_measured_model_is_returned(colour
     # the model returned is the one measured: its score on the validation images is the
     # winner's validation accuracy on the leaderboard
     assert result.history.train_images == 24 and result.history.val_images == 9
-    score = evaluate(result.model, colours / "val").accuracy
+    score = zoo.evaluate(result.model, colours / "val").accuracy
     assert score == pytest.approx(board.winner.val_acc)
     # the rate is in the saved leaderboard, and in `zoo compare --json`
     again = Leaderboard.from_dict(board.to_dict())
@@ -246,7 +245,7 @@ def test_measured_auto_without_refit_returns_the_model_it_measured(colours, weig
     assert "the model is the winner as measured" in note
     assert model.zoo.plan.spec_text == board.winner.policy
     # the validation score it reported is the score of the model it returns
-    assert evaluate(model, colours / "val").accuracy == pytest.approx(board.winner.val_acc)
+    assert zoo.evaluate(model, colours / "val").accuracy == pytest.approx(board.winner.val_acc)
     assert history.epochs[-1].val_accuracy == pytest.approx(board.winner.val_acc)
 
 
