@@ -94,3 +94,35 @@ def test_blends_say_why_they_add_no_row(colours):
 def test_adapt_takes_no_blend(colours):
     with pytest.raises(AdaptArgumentError, match=r"blends average the candidates of zoo\.compare"):
         zoo.adapt(BACKBONE, str(colours / "train"), blend=True)
+
+
+def test_with_ema_blends_average_the_weights_that_were_scored(colours, monkeypatch):
+    """Each candidate is scored on its weights' moving average (``ema``), so a blend must
+    average those, not the raw weights, for every ingredient it is handed."""
+    import zoo.adaptation.halving as halving
+
+    seen: list[bool] = []
+    blend_candidates = halving.blend_candidates
+
+    def check_ingredients(base, ranked, val, ctx):
+        for cand in ranked:
+            if cand.model is not None and cand.trainee is not None and cand.trainee.ema:
+                averaged = cand.trainee.ema.module.state_dict()
+                seen.append(
+                    all(torch.equal(v, averaged[k]) for k, v in cand.model.state_dict().items())
+                )
+        return blend_candidates(base, ranked, val, ctx)
+
+    monkeypatch.setattr(halving, "blend_candidates", check_ingredients)
+    zoo.compare(
+        BACKBONE,
+        str(colours / "train"),
+        str(colours / "val"),
+        policies="train-last:n=1,bitfit",
+        epochs=2,
+        lr=1e-2,
+        ema=0.9,
+        blend=True,
+        **FAST,
+    )
+    assert seen and all(seen)

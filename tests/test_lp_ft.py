@@ -171,3 +171,18 @@ def test_an_lp_ft_run_resumed_in_its_second_stage_is_bit_identical(colours):
     assert [e.lr for e in resumed.history] == [e.lr for e in whole.history]  # the schedule
     for key, tensor in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], tensor), key
+
+
+def test_with_augmentation_compare_leaves_lp_ft_out_and_refuses_probe_start(colours):
+    """Augmented candidates train on images (nothing cached), and LP-FT's probe stage needs
+    features cached from un-augmented images: the lp-ft candidate is left out with a note, and
+    probe_start asked for with augmentation is refused before any training."""
+    train, val = str(colours / "train"), str(colours / "val")
+    augmented = {**FAST, "augment": None, "hflip": True}
+    result = zoo.compare(
+        _tiny(), train, val, policies="lp-ft:probe=0.5,linear-probe", epochs=2, **augmented
+    )
+    assert [r.policy for r in result.leaderboard.rows] == ["zoo:linear-probe"]
+    assert any("lp-ft:probe=0.5 left out" in n for n in result.leaderboard.notes)
+    with pytest.raises(zoo.errors.AdaptArgumentError, match="probe_start"):
+        zoo.compare(_tiny(), train, val, policies="full", probe_start=0.5, epochs=2, **augmented)

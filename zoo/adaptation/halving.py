@@ -61,7 +61,7 @@ from zoo.adaptation.inputs import loaders_for_folders, reshuffled
 from zoo.adaptation.probe import head_plan, probe_epochs
 from zoo.adaptation.speed import Speed
 from zoo.adaptation.training import Trainee, augmentation_of, probe_trainee
-from zoo.errors import DataError, ZooError
+from zoo.errors import AdaptArgumentError, DataError, ZooError
 from zoo.io.leaderboard import (
     NOISE_VALIDATION,
     SPLITS,
@@ -446,8 +446,8 @@ def with_rate_sweep(base: nn.Module, candidates: list[Candidate]) -> list[Candid
     out = []
     for cand in candidates:
         out.append(cand)
-        if cand.cut is None:
-            continue
+        if cand.cut is None or cand.probe_epochs:
+            continue  # (a probe stage's epochs would choose its rate)
         top = sum(p.numel() for p in cand.cut.suffix(cand.model).parameters())
         if top > SWEEP_TOP_SHARE * cand.total_params:
             continue
@@ -501,6 +501,8 @@ def keep_within(
 def _release(cand: Candidate, *, keep_model: bool = False) -> None:
     """A dropped candidate's model copy, optimizer state and batches are no longer needed
     (its model is, with ``keep_model``: a blend may average it)."""
+    if keep_model and cand.trainee is not None:
+        cand.trainee.finish()  # with ema: a blend averages the weights that were scored
     cand.trainee = cand.then = cand.probe_features = None
     if not keep_model:
         cand.model = None  # type: ignore[assignment]
@@ -654,6 +656,34 @@ def prepare_shared(
     return SharedData(train, val, augment)
 
 
+def without_probes_when_augmented(
+    candidates: list[Candidate], shared: SharedData, settings: TrainConfig, notes: list[str]
+) -> tuple[list[Candidate], list[str]]:
+    """With random augmentation nothing is cached, and LP-FT's probe stage trains the head on
+    features cached from un-augmented images: an ``lp-ft`` candidate of the default ladder is
+    left out (with a note), and ``probe_start`` asked for with augmentation is refused."""
+    probing = [c for c in candidates if c.probe_epochs]
+    if not probing or augmentation_rule(shared.augment) is None:
+        return candidates, notes
+    if settings.probe_start:
+        raise AdaptArgumentError(
+            "probe_start",
+            settings.probe_start,
+            "0 with augmentation: it fits the head on features cached from un-augmented "
+            "images, and augmented candidates train on images (nothing is cached); leave out "
+            "probe_start or the augmentation options",
+        )
+    kept = [c for c in candidates if not c.probe_epochs]
+    if not kept:
+        raise ZooError(
+            "every candidate fits its head first (LP-FT) on un-augmented cached features, "
+            "which compare cannot do with augmentation: leave out the augmentation options"
+        )
+    left = ", ".join(sorted({c.spec for c in probing}))
+    note = f"{left} left out: LP-FT's probe stage needs un-augmented cached features"
+    return kept, [*notes, note]
+
+
 def cache_boundaries(
     model: nn.Module,
     candidates: list[Candidate],
@@ -764,6 +794,7 @@ def compare_candidates(
     candidates = [make_candidate(model, p) for p in planned]
     for cand in candidates:
         cand.probe_epochs = probe_epochs(cand.plan, settings.epochs)
+    candidates, notes = without_probes_when_augmented(candidates, shared, settings, notes)
     cache_boundaries(model, candidates, shared, settings, ctx=ctx, callback=callback)
     candidates = with_rate_sweep(model, candidates)
     for cand in candidates:
@@ -786,6 +817,9 @@ def compare_candidates(
             outcome, model, shared, settings, images, num_classes=len(data.classes), ctx=ctx
         )
     if blend:  # the soup and WiSE-FT rows (zoo.adaptation.blend)
+        for cand in outcome.candidates:  # with ema: blends average the weights scored
+            if cand.trainee is not None:
+                cand.trainee.finish()
         winner = outcome.winner
         ranked = sorted(outcome.candidates, key=lambda c: (c is not winner, -c.epochs_run, c.score))
         blends, more, score = blend_candidates(model, ranked, shared.loaders()[1][1], ctx)

@@ -553,6 +553,12 @@ def run_training(
     keeper = keeper if keeper is not None else Checkpointer(None, {})
     assert planner.plan is not None
     probing = 0 if planner.is_schedule else probe_epochs(planner.plan, config.epochs)
+    if probing and config.shard:
+        raise ZooError(
+            "--shard cannot run LP-FT's probe stage (lp-ft, or probe_start): the head trains "
+            "on features cached by the whole model, which a sharded run does not cache; leave "
+            "out --shard, or train without a probe stage"
+        )
     trainee = _start(
         model,
         data,
