@@ -165,6 +165,13 @@ def consistent(saved: Path, value: Any) -> dict[str, str]:
     plan["trainable"] = [n for n in plan["trainable"] if n not in names] + [
         f"{e['target']}.{n}" for e in new for n in e["params"]
     ]
+    scales = plan.get("lr_scale", {})  # lora declares its rate: the scales move with the names
+    moved = {n: scales.pop(n) for n in names if n in scales}
+    for before, after in zip(old, new, strict=True):
+        for n in after["params"]:
+            key = f"{before['target']}.{n}"
+            if key in moved:
+                scales[f"{after['target']}.{n}"] = moved[key]
     plan["additions"] = new
     return {"zoo.plan": json.dumps(plan)}
 
