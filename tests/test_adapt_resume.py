@@ -160,6 +160,10 @@ def test_early_stop_keeps_the_best_epoch(colours):
         zoo.adapt(BACKBONE, train, val, epochs=2, early_stop=0, **FAST)
 
 
+def _sigint_as_at_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_cli_sigint_keeps_the_epoch_and_gc_finds_it(colours, _isolated_zoo, capsys):
     args = [
@@ -180,6 +184,9 @@ def test_cli_sigint_keeps_the_epoch_and_gc_finds_it(colours, _isolated_zoo, caps
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal: a suite started in the background by a shell (`pytest &`,
+        # nohup, some CI runners) inherits SIGINT ignored, and so would the run
+        preexec_fn=_sigint_as_at_a_terminal,
     )
     try:
         before = []
