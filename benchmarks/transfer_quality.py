@@ -75,7 +75,7 @@ TARGET_DIGITS = (5, 6, 7, 8, 9)
 TEST_PER_CLASS = 50
 SIZES = ("5", "20", "all")
 #: digits do not survive a horizontal flip; mild crops only (the source task)
-SOURCE_AUGMENT = {"hflip": 0.0, "scale": (0.75, 1.0), "ratio": (0.9, 1.1), "color_jitter": 0.0}
+SOURCE_AUGMENT = {"augment": True, "hflip": False, "scale": (0.75, 1.0), "color_jitter": 0.0}
 
 
 @dataclass
@@ -534,7 +534,7 @@ def run_seed(root: Path, args: Any, seed: int) -> tuple[list[Cell], list[str]]:
         scratch=True,
         epochs=args.source_epochs,
         lr=2e-3,
-        augment=SOURCE_AUGMENT,
+        **SOURCE_AUGMENT,
         name="quality-source",
         overwrite=True,
         **common,
