@@ -65,7 +65,10 @@ def open_run(point: Any, config: TrainConfig, *, catalog: Catalog) -> Iterator[R
     cache is off), the device and what it can run (precision, compile backend), then the
     target name (free unless ``overwrite``), the
     starting point and its weights. Under ``torchrun`` a failure on any rank stops every rank,
-    with its message; the process group this opened is left at the end."""
+    with its message; the process group this opened is left at the end, except after a
+    sharded run (``shard=True``) that succeeded: the model it returns is still sharded, so
+    every forward is a collective over that group, and the caller ends it
+    (``torch.distributed.barrier()``, then ``destroy_process_group()``) when done with it."""
     started = time.perf_counter()
     if config.feature_cache is not False:
         max_cache_bytes()
@@ -79,7 +82,10 @@ def open_run(point: Any, config: TrainConfig, *, catalog: Catalog) -> Iterator[R
             reports = config.callback is not None and ctx.is_main  # progress on rank 0 only
             callback = config.callback if reports else AdaptCallback()
             yield Run(point, config, ctx, catalog, start, started, callback)
-    finally:
+    except BaseException:
+        ctx.close()
+        raise
+    if not config.shard:
         ctx.close()
 
 

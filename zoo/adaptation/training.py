@@ -598,7 +598,11 @@ def run_training(
         early.restore_best(model)
     notes = []
     if config.shard:
-        notes.append(f"sharded with FSDP2 over {ctx.world_size} processes, one unit per depth")
+        notes.append(
+            f"sharded with FSDP2 over {ctx.world_size} processes, one unit per depth; the "
+            "returned model stays sharded (each forward runs on every rank), so the process "
+            "group stays open: torch.distributed.barrier() then destroy_process_group() end it"
+        )
     compiled = trainee.compiled
     if compiled is not None and compiled.note:
         notes.append(compiled.note)
