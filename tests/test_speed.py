@@ -218,9 +218,12 @@ def test_workers_train_the_same_and_each_epoch_keeps_its_wait_for_batches(colour
 
 
 @pytest.mark.parametrize("backbone", [CNN, VIT])
-def test_channels_last_trains_as_the_default_layout_does(colours, backbone):
+@pytest.mark.parametrize("policy", ["full", "train-last:n=1", "lora:rank=2"])
+def test_channels_last_trains_as_the_default_layout_does(colours, backbone, policy):
+    """Whole, frozen below the top stage, and frozen with LoRA adapters: the same weights."""
+    options = {**SAME, "policy": policy, "feature_cache": False}  # every layer sees the layout
     runs = [
-        zoo.adapt(backbone, colours / "train", channels_last=layout, **SAME)[0]
+        zoo.adapt(backbone, colours / "train", channels_last=layout, **options)[0]
         for layout in (False, True)
     ]
     assert _max_difference(*runs) < 1e-4
@@ -297,12 +300,18 @@ def test_a_model_that_cannot_compile_is_an_error_or_with_the_fallback_trains_eag
 
 
 @pytest.mark.slow
-def test_compiled_training_matches_eager_for_a_cnn_top_and_a_vit_with_lora(colours):
+def test_compiled_training_matches_eager_frozen_and_with_lora_for_a_cnn_and_a_vit(colours):
     """The top of a frozen CNN on cached activations, compiled by inductor (on the CPU it
-    compiles C++), and a ViT whose frozen backbone carries LoRA adapters, traced by dynamo
-    and run by ``aot_eager`` (the graph zoo's adapter hooks must not break; inductor's C++
-    for a whole ViT would add minutes to the suite for the same check)."""
-    cases = ((CNN, "train-last:n=1", True), (VIT, "lora:rank=2", "aot_eager"))
+    compiles C++); a CNN and a ViT whose frozen backbones carry LoRA adapters, and a ViT
+    frozen below its last block, traced by dynamo and run by ``aot_eager`` (the graphs zoo's
+    adapter hooks and frozen parts must not break; inductor's C++ for a whole ViT would add
+    minutes to the suite for the same check)."""
+    cases = (
+        (CNN, "train-last:n=1", True),
+        (CNN, "lora:rank=2", "aot_eager"),
+        (VIT, "lora:rank=2", "aot_eager"),
+        (VIT, "train-last:n=1", "aot_eager"),
+    )
     for backbone, policy, backend in cases:
         options = {**SAME, "policy": policy}
         compiled, history = zoo.adapt(backbone, colours / "train", compile=backend, **options)
