@@ -198,3 +198,21 @@ def test_quiet_prints_the_summary_only(colours, capsys):
     assert "val acc" in out.out and " won with validation accuracy " in out.out
     assert "comparing" not in out.out + out.err
     assert re.search(r"\bepoch \d", out.out + out.err) is None  # no per-epoch lines
+
+
+def test_compare_progress_counts_on_past_its_estimate_without_overrunning():
+    """The bar's total is candidates x epochs; a rate sweep, splits and a refit add epochs, so
+    past it the bar counts on with no total ("5/?") instead of showing 5 of 4."""
+    from zoo.cli.render_compare import CompareProgress
+
+    console = Console(file=StringIO(), force_terminal=True, width=100)
+    progress = CompareProgress(console)
+    progress.on_start({"policies": ["zoo:linear-probe", "zoo:full"], "epochs": 2})
+    record = EpochRecord(1, 0.5, 0.5, 0.7, 0.5, 0.1, 8, 80.0, 1e-3, 10, 2)
+    task = progress.progress.tasks[0]
+    for _ in range(4):
+        progress.on_candidate_epoch("zoo:full", record, 0)
+    assert (task.completed, task.total) == (4, 4)
+    progress.on_candidate_epoch("zoo:full", record, 0)
+    assert (task.completed, task.total) == (5, None)
+    progress.close()

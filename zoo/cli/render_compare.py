@@ -135,6 +135,8 @@ class CompareProgress(AdaptCallback):
                 console=self.console,
                 transient=True,
             )
+            # an estimate: halving drops candidates, but a rate sweep, repeated splits and a
+            # refit add epochs (on_candidate_epoch counts on past it without a total)
             total = len(info.get("policies", [])) * int(info.get("epochs", 1))
             self._task = self.progress.add_task("candidate epochs", total=total)
             self.progress.start()
@@ -161,6 +163,9 @@ class CompareProgress(AdaptCallback):
     def on_candidate_epoch(self, policy: str, record: EpochRecord, rung: int) -> None:
         acc = record.val_accuracy if record.val_accuracy is not None else 0.0
         if self.progress is not None and self._task is not None:
+            task = next(t for t in self.progress.tasks if t.id == self._task)
+            if task.total is not None and task.completed >= task.total:
+                task.total = None  # past the estimate: "13/?", never a bar past its end
             self.progress.update(
                 self._task,
                 advance=1,
