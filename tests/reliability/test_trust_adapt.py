@@ -244,13 +244,15 @@ def test_loaders_a_classifier_cannot_learn_from_are_refused(
     assert not (_isolated_zoo / "models").exists()
 
 
-def test_predict_refuses_top_k_and_device_before_loading(capsys):
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_predict_and_evaluate_refuse_top_k_batch_and_device_before_loading(capsys, command):
     for option, value, shown in (
         ("--topk", "0", "--topk must be an int >= 1, not 0"),
         ("--topk", "-1", "--topk must be an int >= 1, not -1"),
+        ("--batch-size", "0", "--batch-size must be an int >= 1, not 0"),
         ("--device", "gpu", "unknown device 'gpu'"),
     ):
-        code = main(["predict", "no-such-model", "x.png", option, value])
+        code = main([command, "no-such-model", "x.png", option, value])
         err = capsys.readouterr().err
         assert code != 0 and shown in err and "no-such-model" not in err
 

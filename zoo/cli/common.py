@@ -28,6 +28,14 @@ def num_classes_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"num_classes": args.num_classes}
 
 
+def require_positive(args: argparse.Namespace, *names: str) -> None:
+    """Refuse an int option below 1 (``--topk 0``) before anything is read, by its flag."""
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            raise ZooError(f"--{name.replace('_', '-')} must be an int >= 1, not {value}")
+
+
 def precheck_names(backbone: str | None = None, policy: str | None = None) -> None:
     """Refuse an unknown or ambiguous name from the cached listing, before importing plugins.
 

@@ -75,12 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.api import evaluate
-    from zoo.errors import ZooError
+    from zoo.cli.common import require_positive
 
-    if args.topk < 1:  # refused before the model is read
-        raise ZooError(f"--topk must be an int >= 1, not {args.topk}")
-    if args.batch_size < 1:
-        raise ZooError(f"--batch-size must be an int >= 1, not {args.batch_size}")
+    require_positive(args, "topk", "batch_size")  # refused before the model is read
     result = evaluate(  # the plot's extra and path are checked before the model is read
         args.name,
         args.data,

@@ -78,13 +78,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from zoo.adaptation.distributed import resolve_device
     from zoo.adaptation.predict import predictions
     from zoo.api import get_catalog, load
+    from zoo.cli.common import require_positive
     from zoo.cli.output import printable
-    from zoo.errors import ZooError
 
-    if args.topk < 1:  # refused before the model is read
-        raise ZooError(f"--topk must be an int >= 1, not {args.topk}")
-    if args.batch_size < 1:
-        raise ZooError(f"--batch-size must be an int >= 1, not {args.batch_size}")
+    require_positive(args, "topk", "batch_size")  # refused before the model is read
     resolve_device(args.device)
     model = load(args.name, device=args.device)
     found = predictions(
