@@ -263,7 +263,21 @@ def surgical_of(notes: Any) -> list[str]:
 
 def board_rows(board: Any) -> list[dict[str, Any]]:
     return [
-        {k: row[k] for k in ("policy", "val_acc", "val_loss", "epochs", "stopped_early")}
+        {
+            k: row.get(k)
+            for k in (
+                "policy",
+                "val_acc",
+                "val_loss",
+                "epochs",
+                "stopped_early",
+                "val_acc_mean",
+                "interval",
+                "tied",
+                "trainable_params",
+                "lr",
+            )
+        }
         for row in board.to_dict()["candidates"]
     ]
 

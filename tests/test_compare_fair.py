@@ -130,14 +130,17 @@ def _row(policy: str, acc: float, low: float, high: float, params: int) -> Leade
     )
 
 
-def test_a_tie_within_the_noise_goes_to_fewer_trained_parameters():
+def test_a_tie_within_the_noise_is_marked_and_the_best_mean_still_wins():
     rows = [
-        _row("big", 0.90, 0.86, 0.94, 1_000_000),
         _row("small", 0.87, 0.83, 0.91, 1_000),
+        _row("big", 0.90, 0.86, 0.94, 1_000_000),
         _row("far", 0.60, 0.55, 0.65, 10),
     ]
     winner, tied = choose_within_noise(rows)
-    assert rows[winner].policy == "small" and sorted(tied) == [0, 1]
+    # 0.87 lies inside 0.90's interval: tied, but not chosen for its fewer parameters (the
+    # evidence in docs/compare.md: that rule chose linear-probe in the small cells, far below)
+    assert rows[winner].policy == "big" and sorted(tied) == [0, 1]
+    rows = [rows[1], rows[0], rows[2]]
     # intervals that overlap are not enough: 0.84 is more than one standard error below 0.90
     rows[1] = _row("small", 0.84, 0.80, 0.88, 1_000)
     winner, tied = choose_within_noise(rows)
@@ -192,9 +195,10 @@ def test_a_small_validation_set_is_ranked_within_the_noise_and_refit(colours, we
     assert full.splits == 1 and full.interval == pytest.approx(wilson(full.val_acc, 9))
     assert any("ranked within the noise" in n for n in board.notes)
     tied = [r for r in board.rows if r.tied]
-    if tied:  # a tie goes to the fewest trained parameters
+    finished = [r for r in board.rows if r.interval is not None]
+    assert board.winner.score == max(r.score for r in finished)  # the best mean wins
+    if tied:  # ties are marked, the winner among them
         assert board.winner.tied
-        assert board.winner.trainable_params == min(r.trainable_params for r in tied)
     # refit by default on a small validation set: every labelled image trained the winner
     assert board.refit and "refit" in board.why()
     history = result.history

@@ -22,8 +22,9 @@ def test_demo_fast_compares_and_saves_the_winner(capsys, _isolated_zoo):
     # one zoo.compare over the ladder: its leaderboard, best first
     assert sorted(r["policy"] for r in rows) == sorted(LADDER)
     assert doc["winner"] == rows[0]["policy"]
-    # the best score wins, unless a candidate with fewer trained parameters is tied with it
-    assert rows[0]["val_accuracy"] == max(r["val_accuracy"] for r in rows) or rows[0]["tied"]
+    # the best score (a mean over splits on this small validation set) wins, tied or not
+    finished = [r["val_accuracy"] for r in rows if not r["stopped_early"]]
+    assert rows[0]["val_accuracy"] == max(finished)
     assert doc["winner"].split(":")[0] in doc["why"]
     percent = {r["policy"]: r["trainable_percent"] for r in rows}
     assert percent["linear-probe"] < percent["train-last:n=1"] < percent["train-last:n=2"]

@@ -335,8 +335,7 @@ def auto_note(board: Leaderboard, augment: Augment | None = None) -> str:
     tied = sum(r.tied for r in board.rows[1:])
     if best.tied and tied:
         text += (
-            f"; tied within the noise with {tied} other(s) (within one standard error of the "
-            "best): the fewest trained parameters won"
+            f"; tied within the noise with {tied} other(s) (within one standard error of the best)"
         )
     if board.refit:
         text += (

@@ -847,9 +847,9 @@ def rank_within_noise(
     run of the slowest candidate on :data:`~zoo.io.leaderboard.SPLITS` stratified splits of the
     labelled images (its own rate and epochs, a fresh copy each), give every finished candidate
     an interval of one standard error (one split: binomial,
-    :func:`~zoo.io.leaderboard.interval`), and let the candidates whose mean lies inside the
-    best one's tie — the one with the fewest trained parameters wins. ``images``: (validation,
-    training) images of a split."""
+    :func:`~zoo.io.leaderboard.interval`); the best mean wins, and the candidates whose mean
+    lies inside its interval are marked tied (:func:`~zoo.io.leaderboard.choose_within_noise`).
+    ``images``: (validation, training) images of a split."""
     finished = [c for c in outcome.candidates if not c.swept and not c.stopped_early(settings)]
     resampled = []
     slowest = max(c.seconds_per_epoch for c in finished)
@@ -893,8 +893,8 @@ def noise_note(
     text = (
         f"ranked within the noise: the validation set has {val} image(s), fewer than "
         f"{NOISE_VALIDATION}, so every candidate trained to the end has an interval (one "
-        "standard error each side) and those whose mean lies inside the best one's are tied (fewer "
-        "trained parameters win); "
+        "standard error each side), the best mean wins, and those whose mean lies inside its "
+        "interval are marked tied; "
     )
     if resampled:
         text += (
