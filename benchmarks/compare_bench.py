@@ -7,7 +7,10 @@ Runs, on the same generated image folders with the same seed and settings:
 2. ``zoo.compare`` of the default ladder (linear-probe, train-last:n=1..3, bitfit, norm-only,
    layer-decay, full) for the same ``--epochs``;
 
-and prints both wall times, their ratio (target: compare <= about 2x the full run), the
+3. with ``--blend``, ``zoo.compare(..., blend=True)`` — the same plus the greedy soup and the
+   WiSE-FT rows (issue 21's target: at most 2.5x the full run);
+
+and prints the wall times, their ratios (target: compare <= about 2x the full run), the
 leaderboard, and what running every candidate to the end separately would have cost
 (each candidate's measured seconds per epoch x epochs, plus one image decoding per epoch).
 
@@ -19,6 +22,7 @@ candidate trains to the end — cheap in seconds, but then the ratio is the sum 
     python benchmarks/compare_bench.py                        # resnet10t, 2048 images, 6 epochs
     python benchmarks/compare_bench.py --images 256           # tiny data: no halving
     python benchmarks/compare_bench.py --backbone timm:resnet18 --epochs 8 --threads 1
+    python benchmarks/compare_bench.py --blend               # also compare with blends
 """
 
 from __future__ import annotations
@@ -81,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         result = zoo.compare(args.backbone, root / "train", root / "val", **common)
         compare_seconds = time.perf_counter() - start
+        blend_seconds, blended = None, None
+        if args.blend:
+            start = time.perf_counter()
+            blended = zoo.compare(args.backbone, root / "train", root / "val", blend=True, **common)
+            blend_seconds = time.perf_counter() - start
         auto_seconds, auto_note = None, ""
         if args.auto:  # from the full run's weights: trained, so auto may freeze part of them
             start_weights = zoo.save(_model, root / "start.safetensors")
@@ -114,6 +123,13 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"ratio compare / slowest full run: {compare_seconds / full_seconds:.2f}x (target <= ~2x)"
     )
+    if blend_seconds is not None and blended is not None:
+        winner = blended.leaderboard.winner
+        print(
+            f"zoo compare --blend ({len(blended.leaderboard.rows)} rows):  {blend_seconds:8.2f} s "
+            f"(winner {winner.policy}, {winner.val_acc:.3f}); ratio to the slowest full run: "
+            f"{blend_seconds / full_seconds:.2f}x (target <= 2.5x)"
+        )
     if auto_seconds is not None:
         print(
             f"zoo.adapt(policy='auto') with validation data: {auto_seconds:8.2f} s "
@@ -138,6 +154,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--auto", action="store_true", help="also time the measured auto (zoo.adapt policy=auto)"
+    )
+    parser.add_argument(
+        "--blend", action="store_true", help="also time zoo.compare(..., blend=True)"
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     return run(parser.parse_args())
