@@ -216,3 +216,16 @@ def test_compare_progress_counts_on_past_its_estimate_without_overrunning():
     progress.on_candidate_epoch("zoo:full", record, 0)
     assert (task.completed, task.total) == (5, None)
     progress.close()
+
+
+def test_compare_progress_says_refit_when_the_winner_retrains():
+    """The refit is a run of its own after the ranking: its start is one line, never
+    "comparing 0 policies on 100 training / 0 validation images"."""
+    from zoo.cli.render_compare import CompareProgress
+
+    out = StringIO()
+    progress = CompareProgress(Console(file=out, width=100))
+    progress.on_start({"policy": "zoo:lora", "train_images": 100, "val_images": 0, "epochs": 20})
+    text = out.getvalue()
+    assert "refit: lora retrains on 100 images" in text and "20 epochs" in text
+    assert "comparing" not in text

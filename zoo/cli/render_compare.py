@@ -125,6 +125,19 @@ class CompareProgress(AdaptCallback):
             self.progress = None
 
     def on_start(self, info: Mapping[str, Any]) -> None:
+        if "policies" not in info:  # the winner's refit: a run of its own, after the ranking
+            self.close()
+            self.console.print(
+                Text(
+                    printable(
+                        f"refit: {short_policy(str(info.get('policy', '')))} retrains on "
+                        f"{info.get('train_images')} images (training and validation "
+                        f"together), {info.get('epochs')} epochs"
+                    ),
+                    style="dim",
+                )
+            )
+            return
         policies = ", ".join(short_policy(p) for p in info.get("policies", []))
         if self.console.is_terminal:
             self.progress = Progress(
