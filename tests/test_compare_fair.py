@@ -1,6 +1,6 @@
 """Fair candidates and the model you measured (issue 21): a rate each policy declares and a
 sweep of rates on cached activations, ranking within the noise of a small validation set
-(repeated stratified splits, intervals, ties to the smaller change), the refit, and the
+(repeated stratified splits, intervals, ties marked: the best mean wins), the refit, and the
 measured ``auto`` returning the model whose score it reported."""
 
 from __future__ import annotations
@@ -149,6 +149,20 @@ def test_a_tie_within_the_noise_is_marked_and_the_best_mean_still_wins():
     rows[1] = _row("small", 0.80, 0.77, 0.83, 1_000)
     winner, tied = choose_within_noise(rows)
     assert rows[winner].policy == "big" and tied == []
+
+
+def test_why_names_the_tie_and_what_would_break_it():
+    from dataclasses import replace
+
+    rows = (
+        replace(_row("zoo:lora", 0.86, 0.81, 0.91, 120_000), tied=True),
+        replace(_row("zoo:linear-probe", 0.82, 0.78, 0.86, 2_000), tied=True),
+        _row("zoo:full", 0.70, 0.64, 0.76, 5_000_000),
+    )
+    why = Leaderboard(rows=rows, epochs=20).why()
+    assert why.startswith("lora won") and "tied within the noise with linear-probe" in why
+    assert "cannot tell them apart" in why and "--blend" in why
+    assert "fewer trained parameters" not in why
 
 
 def test_intervals_are_one_standard_error_wide_and_corrected_for_overlap():

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 from test_data import make_color_folder
-from torchrun_helpers import run_worker
+from torchrun_helpers import run_worker, torchrun
 
 import zoo
 from zoo.errors import AdaptArgumentError, ZooError
@@ -40,8 +40,11 @@ WORKER = textwrap.dedent(
     try:
         model, history = zoo.adapt("timm:test_resnet", data + "/train", data + "/val", **options)
     except BaseException as exc:
+        import torch.distributed as dist
         with open(os.path.join(out, f"{mode}-error{rank}.txt"), "w") as f:
             f.write(type(exc).__name__ + ": " + str(exc))
+        with open(os.path.join(out, f"{mode}-group{rank}.txt"), "w") as f:
+            f.write(str(dist.is_initialized()))  # a failed run leaves the group it opened
         sys.exit(3)
     shards = type(next(model.parameters())).__name__
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
@@ -89,6 +92,7 @@ def test_two_sharded_processes_train_save_and_resume(tmp_path, policy):
     proc, out = _run(tmp_path, "cut", data, policy)
     assert proc.returncode != 0
     assert (out / "cut-error0.txt").read_text().startswith("AdaptInterrupted: interrupted after")
+    assert (out / "cut-group0.txt").read_text() == "False"
     proc, out = _run(tmp_path, "resume", data, policy)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     resumed = json.loads((out / "resume.json").read_text())
@@ -96,6 +100,25 @@ def test_two_sharded_processes_train_save_and_resume(tmp_path, policy):
     assert resumed["loss"] == pytest.approx(whole["loss"], rel=1e-4)
     final = torch.load(out / "resume-outputs.pt")
     assert torch.allclose(final["y"], reference["y"], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_zoo_adapt_shard_on_the_command_line_saves_and_ends_its_group(tmp_path, _isolated_zoo):
+    """``torchrun --nproc_per_node 2 -m zoo adapt ... --shard``: the command ends the process
+    group its sharded model kept open (barrier, then destroy), so both ranks exit 0."""
+    data = tmp_path / "data"
+    make_color_folder(data / "train", per_class=4, seed=0)
+    make_color_folder(data / "val", per_class=1, seed=1)
+    proc = torchrun(
+        "-m", "zoo", "adapt", "timm:test_resnet", "--data", data / "train", "--val",
+        data / "val", "--shard", "--scratch", "--policy", "train-last:n=2", "--epochs", "1",
+        "--image-size", "32", "--batch-size", "4", "--augment", "off", "--name", "sharded",
+        "--json", zoo_home=_isolated_zoo,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)  # one document, from rank 0
+    assert any("the zoo command does" in n for n in doc["notes"])
+    assert zoo.load("sharded").zoo.classes == ["blue", "green", "red"]
 
 
 def test_shard_is_refused_outside_a_distributed_run_and_with_what_it_cannot_do(colours):

@@ -201,7 +201,7 @@ def test_quiet_prints_the_summary_only(colours, capsys):
 
 
 def test_compare_progress_counts_on_past_its_estimate_without_overrunning():
-    """The bar's total is candidates x epochs; a rate sweep, splits and a refit add epochs, so
+    """The bar's total is candidates x epochs; a rate sweep and repeated splits add epochs, so
     past it the bar counts on with no total ("5/?") instead of showing 5 of 4."""
     from zoo.cli.render_compare import CompareProgress
 
@@ -229,3 +229,14 @@ def test_compare_progress_says_refit_when_the_winner_retrains():
     text = out.getvalue()
     assert "refit: lora retrains on 100 images" in text and "20 epochs" in text
     assert "comparing" not in text
+
+
+def test_compare_on_a_small_validation_set_says_refit_and_shows_its_epochs(colours, capsys):
+    argv = ["compare", BACKBONE, "--data", str(colours / "train"), "--val", str(colours / "val")]
+    argv += ["--scratch", "--image-size", "32", "--batch-size", "8", "--epochs", "1"]
+    assert main([*argv, "--policies", "linear-probe,full", "--name", "rc"]) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "refit: " in text and "retrains on" in text  # 9 validation images: refit by default
+    assert "refit epoch   1" in text
+    assert "comparing 0 policies" not in text

@@ -335,7 +335,8 @@ def auto_note(board: Leaderboard, augment: Augment | None = None) -> str:
     tied = sum(r.tied for r in board.rows[1:])
     if best.tied and tied:
         text += (
-            f"; tied within the noise with {tied} other(s) (within one standard error of the best)"
+            f"; tied within the noise with {tied} other(s) (within one standard error of the "
+            "winner's mean: more validation images would tell them apart)"
         )
     if board.refit:
         text += (

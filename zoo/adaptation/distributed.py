@@ -415,6 +415,18 @@ def _abort_group() -> None:
 # ---------------------------------------------------------------- FSDP2 sharding (--shard)
 
 
+def end_group() -> None:
+    """Leave the default process group in step, as the caller of a sharded ``zoo.adapt``
+    does when done with the model it returned (the ``zoo`` command does it): a barrier, so no
+    rank leaves while another's last collective is in flight, then ``destroy_process_group``.
+    Nothing when no group is initialized."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard_by_depth(model: nn.Module, depths: Sequence[tuple[int, str]]) -> int:
     """Shard ``model`` with FSDP2: one ``fully_shard`` unit per depth of its parameter table
     (``(depth, owning module path)`` of each parameter), frozen and trained parameters

@@ -25,7 +25,7 @@ activations with a small top also 0.3x and 3x that (:data:`LR_SWEEP`, one policy
 rungs; the best rate is kept at the first cut). Below
 :data:`~zoo.io.leaderboard.NOISE_VALIDATION` validation images the finished candidates are
 ranked within the noise (:func:`rank_within_noise`: repeated stratified splits for the cheap
-cached ones, an interval for each, ties to fewer trained parameters).
+cached ones, an interval for each, ties marked; the best mean wins).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def open_run(point: Any, config: TrainConfig, *, catalog: Catalog) -> Iterator[R
     with its message; the process group this opened is left at the end, except after a
     sharded run (``shard=True``) that succeeded: the model it returns is still sharded, so
     every forward is a collective over that group, and the caller ends it
-    (``torch.distributed.barrier()``, then ``destroy_process_group()``) when done with it."""
+    (:func:`~zoo.adaptation.distributed.end_group`) when done with it."""
     started = time.perf_counter()
     if config.feature_cache is not False:
         max_cache_bytes()

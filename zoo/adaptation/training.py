@@ -601,7 +601,8 @@ def run_training(
         notes.append(
             f"sharded with FSDP2 over {ctx.world_size} processes, one unit per depth; the "
             "returned model stays sharded (each forward runs on every rank), so the process "
-            "group stays open: torch.distributed.barrier() then destroy_process_group() end it"
+            "group stays open until the caller ends it (torch.distributed.barrier(), then "
+            "destroy_process_group(); the zoo command does)"
         )
     compiled = trainee.compiled
     if compiled is not None and compiled.note:

@@ -148,8 +148,8 @@ class CompareProgress(AdaptCallback):
                 console=self.console,
                 transient=True,
             )
-            # an estimate: halving drops candidates, but a rate sweep, repeated splits and a
-            # refit add epochs (on_candidate_epoch counts on past it without a total)
+            # an estimate: halving drops candidates, but a rate sweep and repeated splits add
+            # epochs (on_candidate_epoch counts on past it without a total)
             total = len(info.get("policies", [])) * int(info.get("epochs", 1))
             self._task = self.progress.add_task("candidate epochs", total=total)
             self.progress.start()
@@ -193,6 +193,16 @@ class CompareProgress(AdaptCallback):
                     + (f"{record.val_loss:.4f}" if record.val_loss is not None else "-")
                     + f"  {record.seconds:.2f}s"
                 )
+            )
+        )
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        """An epoch of the winner's refit (the candidates report through on_candidate_epoch)."""
+        self.console.print(
+            Text(
+                f"  refit epoch {record.epoch:>3}  train loss {record.train_loss:.4f}  "
+                f"{record.seconds:.2f}s",
+                style="dim",
             )
         )
 

@@ -146,8 +146,7 @@ def small_validation_note(images: int) -> str | None:
 #: decides on (0.4 to 5 points on the digits of docs/compare.md). Below it, candidates on
 #: cached activations whose epochs are cheap are scored on :data:`SPLITS` stratified splits of
 #: the labelled images, every candidate trained to the end gets an interval, and those whose
-#: mean lies inside the best one's interval are tied (the one with fewer trained parameters
-#: wins).
+#: mean lies inside the best one's interval are marked tied (the best mean still wins).
 NOISE_VALIDATION = 200
 #: Stratified splits of the labelled images a cached candidate is scored on (the run's own
 #: split and this many minus one others, each with as many validation images per class).
@@ -165,9 +164,7 @@ def spread(scores: Sequence[float]) -> float:
 def interval(scores: Sequence[float], val_images: int, train_images: int) -> tuple[float, float]:
     """The mean of ``scores`` (one accuracy per split) plus and minus one standard error: a
     candidate whose mean lies inside the best one's interval is within one standard error of
-    it — the *one-standard-error rule* of model selection (Breiman et al. 1984; Hastie,
-    Tibshirani and Friedman, *Elements of Statistical Learning*, 7.10), which keeps the
-    simplest model within one standard error of the best.
+    it, and so tied with it (:func:`choose_within_noise`: a tie is marked, not a new choice).
 
     One split: Wilson's score interval (z = 1) for ``val_images`` Bernoulli trials. Several
     splits of the same images (each ``val_images`` validation, ``train_images`` training): the
@@ -211,13 +208,8 @@ def choose_within_noise(rows: Sequence[LeaderboardRow]) -> tuple[int, list[int]]
         key=lambda i: rank_key(rows[i].score, rows[i].val_loss, rows[i].trainable_params),
     )
     low = rows[leader].interval[0]  # type: ignore[index]
-    tied = [i for i in eligible if _mean(rows[i]) >= low]
+    tied = [i for i in eligible if rows[i].score >= low]
     return leader, tied if len(tied) > 1 else []
-
-
-def _mean(row: LeaderboardRow) -> float:
-    """A row's mean accuracy over its splits (its score when it was scored on one)."""
-    return row.val_acc_mean if row.val_acc_mean is not None else row.score
 
 
 def short_policy(spec: str) -> str:
@@ -261,8 +253,9 @@ class Leaderboard:
         tied = [short_policy(r.policy) for r in self.rows[1:] if r.tied]
         if best.tied and tied:
             text += (
-                f"; tied within the noise with {', '.join(tied)} (their means lie within one "
-                "standard error of its own)"
+                f"; tied within the noise with {', '.join(tied)} (within one standard error "
+                "of the winner's mean: this validation set cannot tell them apart; more "
+                "validation images, or --blend, would)"
             )
         elif len(self.rows) > 1:
             second = self.rows[1]

@@ -113,6 +113,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
                 )
             except AdaptInterrupted as exc:  # Ctrl-C: the last completed epoch is kept
                 stopped = exc
+            if stopped is None and config.shard:  # the sharded model's group: ours to end
+                from zoo.adaptation.distributed import end_group
+
+                end_group()
     finally:
         if progress is not None:
             progress.close()
