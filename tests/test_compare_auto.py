@@ -42,6 +42,10 @@ def test_auto_with_validation_data_measures_and_trains_the_winner(colours, weigh
     assert short_policy(model.zoo.plan.spec_text) == winner
     assert len(history.epochs) == 2  # the winner trained for the asked epochs
     assert not any("guessed" in n for n in history.notes)
+    # the same ladder as zoo.compare's: the surgical candidate its gradient signal points to
+    board = model.zoo.compare  # the leaderboard auto measured, recorded on the model
+    assert any("surgical:depth=" in n and "joins the ladder" in n for n in board["notes"])
+    assert any(c["policy"].startswith("zoo:surgical:depth=") for c in board["candidates"])
 
 
 def test_measured_auto_gives_every_policy_the_minimum_steps(colours, weights):

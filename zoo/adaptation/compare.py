@@ -269,11 +269,17 @@ def measure_auto(
     callback: AdaptCallback | None = None,
 ) -> Outcome:
     """What ``policy="auto"`` does with validation data: compare the default ladder as
-    :func:`compare` does (budget: :data:`AUTO_BUDGET_RUNS` full runs of the slowest
-    candidate), the winner trained to the end: the model whose score it reports.
-    ``model`` is not changed (a refit starts from it, :func:`keep_winner`)."""
+    :func:`compare` does — with the surgical candidate its gradient signal points to —
+    (budget: :data:`AUTO_BUDGET_RUNS` full runs of the slowest candidate), the winner trained
+    to the end: the model whose score it reports. ``model`` is not changed (a refit starts
+    from it, :func:`keep_winner`)."""
     t_start = time.perf_counter()
-    planned, notes = auto_ladder(model, config, len(data.classes), catalog)
+    table = table_for(model, catalog=catalog)
+    signal = signal_for_run(model, table, data, input_config, config, ctx)
+    surgical = ctx.broadcast(signal.strongest(1))
+    planned, notes = auto_ladder(model, config, len(data.classes), catalog, surgical=surgical)
+    if surgical:
+        notes.insert(0, f"{signal.text()}: surgical:depth={surgical[0]} joins the ladder")
     return compare_candidates(
         model,
         data,
@@ -290,17 +296,23 @@ def measure_auto(
 
 
 def auto_ladder(
-    model: nn.Module, config: TrainConfig, num_classes: int, catalog: Catalog
+    model: nn.Module,
+    config: TrainConfig,
+    num_classes: int,
+    catalog: Catalog,
+    *,
+    surgical: Sequence[int] = (),
 ) -> tuple[list[PlannedCandidate], list[str]]:
-    """The candidates :func:`measure_auto` compares on ``model`` (the default ladder, planned,
-    duplicates collapsed) and the notes of those left out. A resumed run checks against it
-    that the winner its checkpoint names is one of them."""
+    """The candidates :func:`measure_auto` compares on ``model`` (the default ladder with the
+    ``surgical`` candidates, planned, duplicates collapsed) and the notes of those left out.
+    A resumed run checks against it that the winner its checkpoint names is one of them."""
     return plan_candidates(
         None,
         table_for(model, catalog=catalog),
         catalog,
         context={"num_classes": num_classes, "epochs": config.epochs},
         probe_start=config.probe_start,  # measured as the winner will be trained
+        surgical=surgical,
     )
 
 

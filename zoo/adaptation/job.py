@@ -289,7 +289,10 @@ def _decide_auto(job: Run, model: nn.Module, keeper: Checkpointer) -> _Decision:
         )
     if saved is not None:
         ladder = {c.spec for c in auto_ladder(model, config, len(data.classes), catalog)[0]}
-        if saved["policy"] not in ladder:
+        # the surgical candidate joined by the interrupted run's gradient signal: its depth
+        # is checked when the policy is bound, as any spec's arguments are
+        surgical = saved["policy"].startswith("zoo:surgical:")
+        if saved["policy"] not in ladder and not surgical:
             raise keeper.refuse(
                 "auto.policy",
                 f"{saved['policy']!r} is not one of the policies auto compares on this model "
