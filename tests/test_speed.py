@@ -167,8 +167,9 @@ def test_resume_may_change_the_workers_but_not_the_precision(colours):
 
 
 def test_a_run_with_loader_workers_and_augmentation_resumes_bit_identical(colours):
-    """Training batches restart their workers each epoch (persistent ones would carry their
-    random state on, and the resumed run would augment otherwise)."""
+    """The training loader's workers persist over the epochs; each image's augmentation is
+    seeded from the checkpointed generator, so the resumed run augments as the whole one did
+    (and the interrupted run's workers do not keep its checkpoint's lock)."""
     from test_adapt_resume import StopAfter, _same
 
     from zoo.adaptation.checkpoint import AdaptInterrupted
@@ -183,6 +184,48 @@ def test_a_run_with_loader_workers_and_augmentation_resumes_bit_identical(colour
 
 
 # ---------------------------------------------------------------- the input pipeline
+
+
+def test_augmented_training_is_the_same_with_and_without_loader_workers(colours):
+    options = {**SAME, "epochs": 2, "augment": True}
+    (a, _), (b, _) = (zoo.adapt(CNN, colours / "train", num_workers=n, **options) for n in (0, 2))
+    assert _max_difference(a, b) == 0  # each image augmented from its own seed, wherever read
+
+
+def test_a_seeded_image_is_the_seeds_alone_and_leaves_the_callers_random_streams(colours):
+    import random
+
+    import numpy as np
+
+    from zoo.adaptation.config import Augment
+    from zoo.adaptation.data import ImageDataset, build_transform, scan_image_folder
+    from zoo.core.specs import InputConfig
+
+    config = InputConfig.from_dict({"input_size": [3, 32, 32]})
+    transform = build_transform(config, train=True, augment=Augment(auto_augment="augmix-m5"))
+    dataset = ImageDataset.from_folder(scan_image_folder(colours / "train"), transform)
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)
+    expected = torch.rand(3), random.random(), np.random.rand()
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)
+    first, again, other = dataset[(0, 7)][0], dataset[(0, 7)][0], dataset[(0, 8)][0]
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    after = torch.rand(3), random.random(), np.random.rand()
+    assert torch.equal(after[0], expected[0]) and after[1:] == expected[1:]
+
+
+def test_a_failed_run_leaves_no_loader_workers_behind(colours):
+    import multiprocessing
+
+    class Fail(AdaptCallback):
+        def on_batch_end(self, epoch, batch, *_):
+            if epoch == 2:
+                raise RuntimeError("stop here")
+
+    options = {**FAST, "epochs": 2, "policy": "full", "augment": True, "num_workers": 2}
+    with pytest.raises(RuntimeError, match="stop here") as failed:
+        zoo.adapt(CNN, colours / "train", colours / "val", callback=Fail(), **options)
+    assert failed.traceback  # the traceback (and with it the run's loaders) is still held
+    assert multiprocessing.active_children() == []
 
 
 def test_loader_workers_by_default_follow_the_cores_and_skip_small_splits():

@@ -239,9 +239,9 @@ def loaders_for_folders(
         )
     train_loader = make_loader(
         train_ds,
-        # training batches restart their workers each epoch: a resumed run draws as the
-        # interrupted one did (a persistent worker's random state would run on instead)
-        spec(train_batch, images, persistent=not shuffle_train),
+        # workers started once: each augmented image is seeded (SeededSampler), so a resumed
+        # run draws as the interrupted one did
+        spec(train_batch, images, persistent=True),
         shuffle=shuffle_train,
         sampler=sampler,
     )

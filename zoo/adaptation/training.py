@@ -37,7 +37,7 @@ from zoo.adaptation.cache import (
 )
 from zoo.adaptation.checkpoint import Checkpointer, loader_generators
 from zoo.adaptation.config import OPTIMIZERS
-from zoo.adaptation.data import dataset_transform, is_random_transform
+from zoo.adaptation.data import dataset_transform, is_random_transform, stop_workers
 from zoo.adaptation.distributed import Replica, full_state, is_sharded, shard_by_depth
 from zoo.adaptation.history import EpochRecord
 from zoo.adaptation.inputs import distributed_loader, loaders_for_folders, reshuffled, set_epoch
@@ -571,24 +571,30 @@ def run_training(
         augment_default=augment_default,
         probe_epochs=probing,
     )
-    planner.attach(trainee.optimizer, lr=config.lr, weight_decay=config.weight_decay)
-    generators = loader_generators(trainee.batches)
-    done = keeper.saved_epoch
-    if done:
-        for epoch in range(2, done + 1):  # the optimizer gets the groups the state is for
-            _replan(trainee, planner, epoch)
-        done = keeper.restore(model, trainee.optimizer, trainee, history, generators)
-    if probing and not done:
-        done = _probe_stage(model, data, planner.plan, history, config, ctx, input_config, callback)
-    for epoch in range(done + 1, config.epochs + 1):
-        if keeper.early is not None and keeper.early.should_stop:
-            history.stopped_early = True
-            break
-        change = _replan(trainee, planner, epoch)
-        if change is not None:
-            callback.on_plan_change(epoch, change)
-        record = trainee.epoch(epoch)
-        _end_epoch(keeper, record, trainee, history, generators)
+    try:
+        planner.attach(trainee.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+        generators = loader_generators(trainee.batches)
+        done = keeper.saved_epoch
+        if done:
+            for epoch in range(2, done + 1):  # the optimizer gets the groups the state is for
+                _replan(trainee, planner, epoch)
+            done = keeper.restore(model, trainee.optimizer, trainee, history, generators)
+        if probing and not done:
+            done = _probe_stage(
+                model, data, planner.plan, history, config, ctx, input_config, callback
+            )
+        for epoch in range(done + 1, config.epochs + 1):
+            if keeper.early is not None and keeper.early.should_stop:
+                history.stopped_early = True
+                break
+            change = _replan(trainee, planner, epoch)
+            if change is not None:
+                callback.on_plan_change(epoch, change)
+            record = trainee.epoch(epoch)
+            _end_epoch(keeper, record, trainee, history, generators)
+    finally:  # the loader workers zoo started end with the run, a failed one too
+        if data.from_folders:
+            stop_workers(trainee.batches, trainee.val)
     history.ddp_wraps = trainee.replica.wraps
     trainee.finish()
     early = keeper.early

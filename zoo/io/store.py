@@ -371,6 +371,25 @@ def _entry_lock_path(name: str) -> Path:
         return locks_dir() / f"entry-{digest}.lock"
 
 
+#: The descriptors of the locks this process holds (see :func:`_close_held_in_child`).
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    """In a forked child (a data loader's worker process): close the descriptors of the
+    parent's locks. An ``flock`` belongs to the open file, which ``fork`` shares, so a child
+    living on after the parent let a lock go (a persistent worker, kept alive by a traceback)
+    would still hold it; closing the child's copy leaves the parent's lock as it is."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows (no fork there)
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 def _try_lock(fd: int) -> bool:
     try:
         import fcntl
@@ -442,9 +461,11 @@ def _holding(
             )
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+    _HELD.add(fd)
     try:
         yield path
     finally:
+        _HELD.discard(fd)
         os.close(fd)
 
 
