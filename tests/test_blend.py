@@ -128,3 +128,41 @@ def test_with_ema_blends_average_the_weights_that_were_scored(colours, monkeypat
         **FAST,
     )
     assert seen and all(seen)
+
+
+def test_a_blend_that_ranks_first_is_refit_ingredient_by_ingredient(colours, monkeypatch):
+    """With a small validation set compare refits its winner; a blend's refit is each
+    ingredient retrained on the training and validation images, then blended as measured."""
+    import zoo.adaptation.compare as compare
+
+    refits: list[tuple[str, int, dict[str, torch.Tensor]]] = []
+    refit = compare._refit
+
+    def keep(job, model, cand):
+        history = refit(job, model, cand)
+        refits.append((cand.spec, history.train_images, dict(model.state_dict())))
+        return history
+
+    monkeypatch.setattr(compare, "_refit", keep)
+    options = {"policies": "linear-probe,bitfit", "epochs": 2, "lr": 1e-30, "weight_decay": 0}
+    train, val = str(colours / "train"), str(colours / "val")
+    model, history, board = zoo.compare(BACKBONE, train, val, blend=True, **options, **FAST)
+    record = model.zoo.training["blend"]
+    assert board.refit and board.winner.policy.startswith("soup(")  # the tie goes to the blend
+    assert [spec for spec, _, _ in refits] == record["ingredients"]
+    labelled = history.train_images
+    assert labelled == len(list((colours / "train").rglob("*.png"))) + len(
+        list((colours / "val").rglob("*.png"))
+    )
+    assert all(images == labelled for _, images, _ in refits)
+    soup = average([state for _, _, state in refits])
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, soup[key]), key
+    measured, _, unrefit = zoo.compare(
+        BACKBONE, train, val, blend=True, refit=False, **options, **FAST
+    )
+    assert not unrefit.refit
+    moved = [
+        k for k, v in measured.state_dict().items() if not torch.equal(v, model.state_dict()[k])
+    ]
+    assert moved  # the batch-norm statistics of every labelled image, not the training ones'

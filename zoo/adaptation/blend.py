@@ -18,7 +18,10 @@ value, so any two candidates' weights can be averaged tensor by tensor. Two blen
 
 A blend that ranks first is saved like any model: its plan trains what any ingredient trained
 (policy ``blend``) and its training record (``zoo.training``) holds ``blend``: the kind, the
-ingredients (policy specs) and ``alpha``.
+ingredients (policy specs) and ``alpha``. Where compare refits its winner (a small validation
+set), a blend's refit is its recipe again on refit ingredients (:func:`blended`): each
+ingredient retrained from the start on the training and validation images, then averaged or
+interpolated at the ``alpha`` measured.
 """
 
 from __future__ import annotations
@@ -244,9 +247,7 @@ def _wise_ft(base: nn.Module, pool: Sequence[Candidate], scorer: Scorer) -> Blen
     if tuned is None:
         return "WiSE-FT: no candidate trains more than the head"
     end = _state(tuned)
-    start = {k: v.detach() for k, v in base.state_dict().items()}
-    for name in _head_names(tuned.plan):  # the start has no head for these classes
-        start[name] = end[name]
+    start = _start_under(base, end, tuned.plan)
     scored = [(alpha, scorer(interpolate(start, end, alpha))) for alpha in ALPHAS]
     alpha, best = scored[0]
     for candidate_alpha, score in scored[1:]:
@@ -268,6 +269,25 @@ def _wise_ft(base: nn.Module, pool: Sequence[Candidate], scorer: Scorer) -> Blen
         tuned.epochs_run,
         time.perf_counter() - started,
     )
+
+
+def _start_under(base: nn.Module, tuned: Mapping[str, torch.Tensor], plan: Plan) -> State:
+    """The start's weights under the tuned head: WiSE-FT's ``alpha = 0`` (the start has no
+    head for these classes; its head is new and random)."""
+    start = {k: v.detach() for k, v in base.state_dict().items()}
+    for name in _head_names(plan):
+        start[name] = tuned[name]
+    return start
+
+
+def blended(blend: Blend, base: nn.Module, states: Sequence[Mapping[str, torch.Tensor]]) -> State:
+    """``blend``'s recipe applied to new weights of its ingredients (``states``, in the order
+    of ``blend.ingredients``: their refits) on ``base`` (the start): the soup's average, or
+    WiSE-FT's interpolation at the ``alpha`` measured."""
+    if blend.kind == "soup":
+        return average(states)
+    assert blend.alpha is not None
+    return interpolate(_start_under(base, states[0], blend.plan), states[0], blend.alpha)
 
 
 def _head_names(plan: Plan) -> list[str]:

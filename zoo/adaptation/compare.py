@@ -23,18 +23,19 @@ returns the same model: the winner it measured, or its refit.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from zoo.adaptation.blend import load_blend
+from zoo.adaptation.blend import blended, load_blend
 from zoo.adaptation.candidates import check_policy, plan_candidates
 from zoo.adaptation.compare_plot import check_plot_available, check_plot_path, write_plot
 from zoo.adaptation.config import TrainConfig, signature
 from zoo.adaptation.fit import fit, refit_config, refit_data
-from zoo.adaptation.halving import Outcome, compare_candidates
+from zoo.adaptation.halving import Candidate, Outcome, compare_candidates
 from zoo.adaptation.history import AdaptCallback, History
 from zoo.adaptation.prepare import Run, check_random_start, open_run
 from zoo.adaptation.rgn import signal_for_run
@@ -202,27 +203,16 @@ def keep_winner(
     """The model a comparison returns, its history and its leaderboard (recorded on the
     model): the winner as measured, or — :func:`should_refit` — its refit: ``start`` (the
     untouched starting model) trained with the winner's policy, rate and epochs on every
-    labelled image. A blend that ranks first (``zoo compare --blend``) is the model itself:
-    it is not refit (it is an average of runs, not a policy to train again)."""
+    labelled image. A blend that ranks first (``zoo compare --blend``) is the model; its
+    refit is the blend of its ingredients' refits (:func:`_refit_blend`)."""
     data, config, winner = job.data, job.config, outcome.winner
     board = outcome.leaderboard
-    if outcome.blend is None and should_refit(config, data.images("val")):
+    if should_refit(config, data.images("val")):
         board = replace(board, refit=True)
-        history = fit(
-            job,
-            start,
-            winner.spec,
-            {},
-            [],  # said once, in the summary: not again when the refit starts
-            data=refit_data(data),
-            config=refit_config(
-                config,
-                winner.lr_factor,
-                winner.epochs_run,
-                data.images("train") + data.images("val"),
-            ),
-            augment_default=False,  # as the candidates were measured
-        )
+        if outcome.blend is not None:
+            history = _refit_blend(job, start, outcome)
+        else:
+            history = _refit(job, start, winner)
         history.notes = [*hints, f"{what}: {board.why()}", *board.notes, *history.notes]
         attach_record(start).compare = board.to_dict()
         return start, history, board
@@ -253,6 +243,49 @@ def keep_winner(
     history.lr = config.lr * winner.lr_factor
     attach_record(saved).compare = board.to_dict()
     return saved, history, board
+
+
+def _refit(job: Run, model: nn.Module, cand: Candidate) -> History:
+    """``cand``'s policy trained on ``model`` at its rate, for its epochs, on every labelled
+    image (with the candidates' augmentation: none unless asked for)."""
+    data = job.data
+    return fit(
+        job,
+        model,
+        cand.spec,
+        {},
+        [],  # said once, in the summary: not again when the refit starts
+        data=refit_data(data),
+        config=refit_config(
+            job.config,
+            cand.lr_factor,
+            cand.epochs_run,
+            data.images("train") + data.images("val"),
+        ),
+        augment_default=False,  # as the candidates were measured
+    )
+
+
+def _refit_blend(job: Run, start: nn.Module, outcome: Outcome) -> History:
+    """The refit of the blend that ranks first, into ``start``: each ingredient refit from a
+    copy of ``start`` (:func:`_refit`), then the blend's recipe on their weights (the soup's
+    average, WiSE-FT's ``alpha``). The history is the last ingredient's refit, with the
+    blend's plan and record."""
+    blend = outcome.blend
+    assert blend is not None
+    by_spec = {c.spec: c for c in outcome.candidates}
+    states, history = [], None
+    for spec in blend.ingredients:
+        model = copy.deepcopy(start)
+        history = _refit(job, model, by_spec[spec])
+        states.append({k: v.detach() for k, v in model.state_dict().items()})
+    assert history is not None
+    start.load_state_dict(blended(blend, start, states))
+    plan = apply_plan(start, blend.plan)
+    history.policy, history.policy_args = plan.policy, dict(plan.args)
+    history.trainable_params = outcome.leaderboard.winner.trainable_params
+    history.blend = blend.record
+    return history
 
 
 # ---------------------------------------------------------------- the measured auto
@@ -353,7 +386,7 @@ def auto_note(board: Leaderboard, augment: Augment | None = None) -> str:
     if board.refit:
         text += (
             "; the model is its refit: retrained at its rate on the training and validation "
-            "images together"
+            "images together (a blend: each ingredient so, then blended as measured)"
         )
     else:
         text += "; the model is the winner as measured"

@@ -275,7 +275,10 @@ class Leaderboard:
         if self.budget_cut:
             text += f" (the {self.budget:g} s budget cut the comparison short)"
         if self.refit:
-            text += "; then retrained on the training and validation images together (refit)"
+            text += (
+                "; then retrained on the training and validation images together (refit; a "
+                "blend: each ingredient, then blended as measured)"
+            )
         return text
 
     def to_dict(self) -> dict[str, Any]:
