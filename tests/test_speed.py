@@ -35,8 +35,9 @@ CPU = torch.device("cpu")
 #: difference in a near-zero gradient into a step of the size of the lr.
 SAME = {"epochs": 1, "policy": "full", "augment": False, "optimizer": "sgd", **FAST}
 #: bf16 keeps 8 bits of mantissa: over 2 epochs of this tiny run the mean training loss stays
-#: within 5 % + 0.02 of fp32's (measured: 0.833 vs 0.844, then 0.232 vs 0.244).
-BF16_LOSS_RTOL, BF16_LOSS_ATOL = 0.05, 0.02
+#: within 15 % + 0.02 of fp32's (measured over seeds 0-7: at most 4.7 % in epoch 1 and 12.5 %
+#: in epoch 2, 0.410 vs 0.462 at seed 3, the seed used here; the rounding grows with the steps).
+BF16_LOSS_RTOL, BF16_LOSS_ATOL = 0.15, 0.02
 
 
 def _max_difference(a: nn.Module, b: nn.Module) -> float:
@@ -166,16 +167,18 @@ def test_resume_may_change_the_workers_but_not_the_precision(colours):
     assert history.resumed_from == 1 and len(history) == 2
 
 
-def test_a_run_with_loader_workers_and_augmentation_resumes_bit_identical(colours):
-    """The training loader's workers persist over the epochs; each image's augmentation is
-    seeded from the checkpointed generator, so the resumed run augments as the whole one did
-    (and the interrupted run's workers do not keep its checkpoint's lock)."""
+@pytest.mark.parametrize("augment", [True, False])
+def test_a_run_with_loader_workers_resumes_bit_identical(colours, augment):
+    """The training loader's workers persist over the epochs (started once, they seed
+    themselves from a generator of their own, not from the order's); each image's augmentation
+    is seeded from the checkpointed generator, so the resumed run shuffles and augments as the
+    whole one did."""
     from test_adapt_resume import StopAfter, _same
 
     from zoo.adaptation.checkpoint import AdaptInterrupted
 
     train = colours / "train"
-    options = {**FAST, "epochs": 2, "policy": "full", "augment": True, "num_workers": 2}
+    options = {**FAST, "epochs": 2, "policy": "full", "augment": augment, "num_workers": 2}
     whole, _ = zoo.adapt(CNN, train, name="whole", **options)
     with pytest.raises(AdaptInterrupted):
         zoo.adapt(CNN, train, name="cut", callback=StopAfter(1), **options)
@@ -211,6 +214,38 @@ def test_a_seeded_image_is_the_seeds_alone_and_leaves_the_callers_random_streams
     assert torch.equal(first, again) and not torch.equal(first, other)
     after = torch.rand(3), random.random(), np.random.rand()
     assert torch.equal(after[0], expected[0]) and after[1:] == expected[1:]
+
+
+def test_a_reshuffled_augmented_loader_stays_sharded_and_seeded(colours):
+    """compare's candidates on images (and a run whose cache turned out unusable) shuffle the
+    training loader again: under a distributed run each rank must still see its own half."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    from zoo.adaptation.config import Augment
+    from zoo.adaptation.data import (
+        ImageDataset,
+        LoaderSpec,
+        SeededSampler,
+        build_transform,
+        make_loader,
+        scan_image_folder,
+    )
+    from zoo.adaptation.distributed import DistContext
+    from zoo.adaptation.inputs import reshuffled
+    from zoo.core.specs import InputConfig
+
+    transform = build_transform(
+        InputConfig.from_dict({"input_size": [3, 32, 32]}), train=True, augment=Augment()
+    )
+    dataset = ImageDataset.from_folder(scan_image_folder(colours / "train"), transform)
+    halves = []
+    for rank in (0, 1):
+        shard = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=False)
+        ordered = make_loader(dataset, LoaderSpec(batch_size=4), shuffle=False, sampler=shard)
+        again = reshuffled(ordered, DistContext(rank=rank, world_size=2), 0, 8, persistent=False)
+        assert isinstance(again.sampler, SeededSampler)
+        halves.append({index for index, _ in again.sampler})
+    assert halves[0].isdisjoint(halves[1]) and len(halves[0] | halves[1]) == len(dataset)
 
 
 def test_a_failed_run_leaves_no_loader_workers_behind(colours):
@@ -263,13 +298,17 @@ def test_workers_train_the_same_and_each_epoch_keeps_its_wait_for_batches(colour
 @pytest.mark.parametrize("backbone", [CNN, VIT])
 @pytest.mark.parametrize("policy", ["full", "train-last:n=1", "lora:rank=2"])
 def test_channels_last_trains_as_the_default_layout_does(colours, backbone, policy):
-    """Whole, frozen below the top stage, and frozen with LoRA adapters: the same weights."""
+    """Whole, frozen below the top stage, and frozen with LoRA adapters: the same weights,
+    within what the layouts' batch-norm kernels differ by. They compute a batch's variance
+    differently: on a near-constant channel of these solid-colour images by 8e-4 of it, which
+    moves the weights of a whole network by up to 1.2e-3 in 3 SGD steps (measured over seeds
+    0-5: 2e-6 at four seeds, 1.2e-3 at seeds 3 and 4; a wrong layout is off by far more)."""
     options = {**SAME, "policy": policy, "feature_cache": False}  # every layer sees the layout
     runs = [
         zoo.adapt(backbone, colours / "train", channels_last=layout, **options)[0]
         for layout in (False, True)
     ]
-    assert _max_difference(*runs) < 1e-4
+    assert _max_difference(*runs) < 5e-3
     convs = [m.weight for m in runs[1].modules() if isinstance(m, nn.Conv2d)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
 

@@ -193,22 +193,31 @@ def test_non_blocking_lock_yields_none_when_held():
 @pytest.mark.slow
 def test_a_forked_child_does_not_keep_the_lock_its_parent_let_go():
     """A data loader's worker is a fork that may outlive the run (a persistent worker, kept
-    by a traceback): the lock must go with the parent's release, not with the child."""
+    by a traceback): the lock must go with the parent's release, not with the child. A child
+    that leaves the block itself closes nothing (its copy was closed at the fork)."""
     go_read, go_write = os.pipe()
     ready_read, ready_write = os.pipe()
-    with store.locked("cats"):
-        child = os.fork()
-        if child == 0:  # the child: say it runs (fork's hooks have run), wait, then leave
-            os.write(ready_write, b"r")
-            os.read(go_read, 1)
-            os._exit(0)
+    child = -1
+    try:
+        with store.locked("cats"):
+            child = os.fork()
+            if child == 0:  # the child: say it runs (fork's hooks have run), wait for the word
+                os.write(ready_write, b"r")
+                os.read(go_read, 1)
+    except BaseException:
+        if child == 0:
+            os._exit(1)  # the child's leaving the block failed
+        raise
+    if child == 0:
+        os._exit(0)
     try:
         assert os.read(ready_read, 1) == b"r"
         with store.locked("cats", blocking=False) as held:  # the child is alive: it waits
             assert held is not None
     finally:
         os.write(go_write, b"x")
-        os.waitpid(child, 0)
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 # ---------------------------------------------------------------- listing

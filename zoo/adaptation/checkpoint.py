@@ -58,7 +58,6 @@ from zoo.adaptation.checkpoint_state import (
     check_state,
     refusal,
 )
-from zoo.adaptation.data import SeededSampler
 from zoo.adaptation.distributed import is_sharded, load_full_state
 from zoo.adaptation.early_stop import EarlyStop
 from zoo.core import checks
@@ -185,16 +184,16 @@ def _optimizer_steps(epoch: int, loop: Any) -> int:
 
 def loader_generators(loader: Any) -> list[torch.Generator]:
     """The ``torch.Generator`` objects a data loader draws its order and its augmentation
-    from (its own, its sampler's, its batch sampler's sampler's), each once. The loader's own
-    is left out behind a :class:`~zoo.adaptation.data.SeededSampler`: it only seeds the
-    worker processes, whose own random state a seeded image does not use."""
+    from — its sampler's, its sampler's sampler's, its batch sampler's sampler's (a loader made
+    with ``shuffle=True, generator=g`` has ``g`` there) — each once. The loader's own generator
+    is not one of them: it seeds the worker processes, whose persistent workers draw it once
+    per loader, not once per epoch (zoo's loaders give it a generator of its own)."""
     import torch
 
     batch_sampler = getattr(loader, "batch_sampler", None)
     sampler = getattr(loader, "sampler", None)
     found: list[torch.Generator] = []
     for holder in (
-        None if isinstance(sampler, SeededSampler) else loader,
         sampler,
         getattr(sampler, "sampler", None),
         batch_sampler,

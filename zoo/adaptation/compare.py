@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from zoo.adaptation.blend import blended, load_blend
 from zoo.adaptation.candidates import check_policy, plan_candidates
+from zoo.adaptation.checkpoint import seed_python_rngs
 from zoo.adaptation.compare_plot import check_plot_available, check_plot_path, write_plot
 from zoo.adaptation.config import TrainConfig, signature
 from zoo.adaptation.fit import fit, refit_config, refit_data
-from zoo.adaptation.halving import Candidate, Outcome, compare_candidates
+from zoo.adaptation.halving import Candidate, Outcome, compare_candidates, release
 from zoo.adaptation.history import AdaptCallback, History
 from zoo.adaptation.prepare import Run, check_random_start, open_run
 from zoo.adaptation.rgn import signal_for_run
@@ -247,8 +248,13 @@ def keep_winner(
 
 def _refit(job: Run, model: nn.Module, cand: Candidate) -> History:
     """``cand``'s policy trained on ``model`` at its rate, for its epochs, on every labelled
-    image (with the candidates' augmentation: none unless asked for)."""
-    data = job.data
+    image (with the candidates' augmentation: none unless asked for), the random generators
+    seeded as at the start of a run: the refit trains as if nothing had run before it."""
+    import torch
+
+    data, config = job.data, job.config
+    torch.manual_seed(config.seed)
+    seed_python_rngs(config.seed)
     return fit(
         job,
         model,
@@ -257,7 +263,7 @@ def _refit(job: Run, model: nn.Module, cand: Candidate) -> History:
         [],  # said once, in the summary: not again when the refit starts
         data=refit_data(data),
         config=refit_config(
-            job.config,
+            config,
             cand.lr_factor,
             cand.epochs_run,
             data.images("train") + data.images("val"),
@@ -268,23 +274,35 @@ def _refit(job: Run, model: nn.Module, cand: Candidate) -> History:
 
 def _refit_blend(job: Run, start: nn.Module, outcome: Outcome) -> History:
     """The refit of the blend that ranks first, into ``start``: each ingredient refit from a
-    copy of ``start`` (:func:`_refit`), then the blend's recipe on their weights (the soup's
-    average, WiSE-FT's ``alpha``). The history is the last ingredient's refit, with the
-    blend's plan and record."""
+    copy of ``start`` (:func:`_refit`: the candidate its rate sweep kept, at that rate, for its
+    epochs), then the blend's recipe on their weights (the soup's average, WiSE-FT's
+    ``alpha``). The candidates' models are let go first (the refits need as much memory as
+    the comparison did). The history is the first ingredient's refit (the best ranked), with
+    the blend's plan and record."""
     blend = outcome.blend
     assert blend is not None
-    by_spec = {c.spec: c for c in outcome.candidates}
-    states, history = [], None
-    for spec in blend.ingredients:
+    kept = {c.spec: c for c in outcome.candidates if not c.swept}
+    ingredients = [kept[spec] for spec in blend.ingredients]
+    for cand in outcome.candidates:
+        release(cand)
+    states, histories = [], []
+    for cand in ingredients:
         model = copy.deepcopy(start)
-        history = _refit(job, model, by_spec[spec])
+        histories.append(_refit(job, model, cand))
         states.append({k: v.detach() for k, v in model.state_dict().items()})
-    assert history is not None
+        del model
     start.load_state_dict(blended(blend, start, states))
     plan = apply_plan(start, blend.plan)
+    history = histories[0]
     history.policy, history.policy_args = plan.policy, dict(plan.args)
     history.trainable_params = outcome.leaderboard.winner.trainable_params
     history.blend = blend.record
+    history.notes = [
+        *history.notes,
+        f"the blend's refit: {', '.join(short_policy(s) for s in blend.ingredients)} each "
+        "retrained on the training and validation images at its rate and for its epochs, then "
+        "blended as measured",
+    ]
     return history
 
 
@@ -386,7 +404,7 @@ def auto_note(board: Leaderboard, augment: Augment | None = None) -> str:
     if board.refit:
         text += (
             "; the model is its refit: retrained at its rate on the training and validation "
-            "images together (a blend: each ingredient so, then blended as measured)"
+            "images together"
         )
     else:
         text += "; the model is the winner as measured"

@@ -795,31 +795,30 @@ def make_loader(
     """A ``DataLoader`` over ``dataset`` (seeded shuffling; ``sampler`` overrides it); its
     worker processes, if any, keep two batches each ready.
 
-    An :class:`ImageDataset` whose transform is random (augmentation) is read through a
-    :class:`SeededSampler`: each image's augmentation is seeded from the shuffling generator,
-    and the loader's own generator (the workers' seeds, drawn once by persistent workers)
-    is a separate one that nothing else draws from."""
+    The order is drawn from a generator seeded ``spec.seed`` that the sampler holds (a
+    checkpoint saves and restores it: :func:`~zoo.adaptation.checkpoint.loader_generators`);
+    the loader's own generator, which seeds its worker processes (once, for persistent
+    workers), is another one, so that starting workers never moves the order. An
+    :class:`ImageDataset` whose transform is random (augmentation) is read through a
+    :class:`SeededSampler`: each image's augmentation is seeded from the order's generator."""
     import torch
     from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
     generator = torch.Generator()
     generator.manual_seed(spec.seed)
-    loader_generator = generator if sampler is None else None
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else None
     if isinstance(dataset, ImageDataset) and is_random_transform(dataset.transform):
-        if sampler is None:
-            sampler = RandomSampler(dataset, generator=generator) if shuffle else None
-            sampler = sampler or SequentialSampler(dataset)
-        sampler = SeededSampler(sampler, generator)
-        loader_generator = torch.Generator()
-        loader_generator.manual_seed(spec.seed)
+        sampler = SeededSampler(sampler or SequentialSampler(dataset), generator)
+    workers_seed = torch.Generator()
+    workers_seed.manual_seed(spec.seed)
     return DataLoader(
         dataset,
         batch_size=spec.batch_size,
-        shuffle=shuffle if sampler is None else False,
         sampler=sampler,
         num_workers=spec.num_workers,
         drop_last=drop_last,
-        generator=loader_generator,
+        generator=workers_seed,
         pin_memory=spec.pin_memory,
         persistent_workers=spec.persistent and spec.num_workers > 0,
         prefetch_factor=2 if spec.num_workers > 0 else None,

@@ -237,7 +237,10 @@ class Candidate:
         apply_plan(self.model, self.plan)  # after a probe stage: the plan again
         self.probe_features = None
         if not isinstance(source[0], CachedFeatures):  # streamed: shuffled, in batches
-            source = (reshuffled(source[0], ctx, settings.seed, settings.batch_size), source[1])
+            batches = reshuffled(
+                source[0], ctx, settings.seed, settings.batch_size, persistent=False
+            )
+            source = (batches, source[1])
         return Trainee(
             self.model,
             self.plan,
@@ -409,7 +412,7 @@ def run_halving(
         kept, dropped = alive[:keep], alive[keep:]
         for cand in dropped:
             cand.alive = False
-            _release(cand, keep_model=keep_models)
+            release(cand, keep_model=keep_models)
         hook = getattr(callback, "on_rung_end", None)
         if hook is not None:
             hook(k, target, [c.spec for c in kept], [c.spec for c in dropped])
@@ -436,7 +439,7 @@ def keep_best_rates(alive: list[Candidate]) -> list[Candidate]:
     for cand in alive:
         if best[cand.spec] is not cand:
             cand.alive, cand.swept = False, True
-            _release(cand)
+            release(cand)
     return [c for c in alive if best[c.spec] is c]
 
 
@@ -498,7 +501,7 @@ def keep_within(
     return keep
 
 
-def _release(cand: Candidate, *, keep_model: bool = False) -> None:
+def release(cand: Candidate, *, keep_model: bool = False) -> None:
     """A dropped candidate's model copy, optimizer state and batches are no longer needed
     (its model is, with ``keep_model``: a blend may average it)."""
     if keep_model and cand.trainee is not None:

@@ -21,6 +21,7 @@ from zoo.adaptation.data import (
     ImageDataset,
     ImageFolder,
     LoaderSpec,
+    SeededSampler,
     Seen,
     build_transform,
     class_counts_of,
@@ -285,26 +286,28 @@ def set_epoch(loader: Any, epoch: int) -> None:
         sampler.set_epoch(epoch)
 
 
-def reshuffled(loader: DataLoader, ctx: DistContext, seed: int, batch_size: int) -> DataLoader:
-    """The training loader again, shuffled, when the feature cache turned out unusable."""
-
-    if isinstance(loader.sampler, DistributedSampler):
-        sampler = DistributedSampler(
+def reshuffled(
+    loader: DataLoader, ctx: DistContext, seed: int, batch_size: int, *, persistent: bool
+) -> DataLoader:
+    """The training loader again, shuffled in ``batch_size`` batches and sharded over the
+    ranks as it was (when the feature cache turned out unusable, and for compare's candidates
+    on images). ``persistent``: its workers are started once and kept over the epochs (a
+    comparison, whose candidates take turns, starts each one's again each epoch: persistent
+    workers would keep a set of processes per candidate)."""
+    sampler = loader.sampler
+    if isinstance(sampler, SeededSampler):
+        sampler = sampler.sampler
+    shard = None
+    if isinstance(sampler, DistributedSampler):
+        shard = DistributedSampler(
             loader.dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed
-        )
-        return DataLoader(
-            loader.dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=loader.num_workers,
-            collate_fn=loader.collate_fn,
-            pin_memory=loader.pin_memory,
         )
     spec = LoaderSpec(
         batch_size=batch_size,
         num_workers=loader.num_workers,
         seed=seed,
         pin_memory=loader.pin_memory,
+        persistent=persistent,
         extra={"collate_fn": loader.collate_fn},
     )
-    return make_loader(loader.dataset, spec, shuffle=True)
+    return make_loader(loader.dataset, spec, shuffle=True, sampler=shard)

@@ -592,9 +592,10 @@ def run_training(
                 callback.on_plan_change(epoch, change)
             record = trainee.epoch(epoch)
             _end_epoch(keeper, record, trainee, history, generators)
-    finally:  # the loader workers zoo started end with the run, a failed one too
-        if data.from_folders:
-            stop_workers(trainee.batches, trainee.val)
+    finally:  # the workers of the loaders zoo made end with the run, a failed one's too
+        theirs = (data.train, data.val)  # a user's own loaders are the user's to end
+        ours = [x for x in (trainee.batches, trainee.val) if all(x is not y for y in theirs)]
+        stop_workers(*ours)
     history.ddp_wraps = trainee.replica.wraps
     trainee.finish()
     early = keeper.early
@@ -685,7 +686,8 @@ def _start(
                 raise ZooError(f"the feature cache cannot be used: {exc}") from None
             history.feature_cache_note = f"plain loop: {exc}"
             # the images were prepared without augmentation and in order; keep that, shuffle
-            source = (reshuffled(train, ctx, config.seed, config.batch_size), val)
+            batches = reshuffled(train, ctx, config.seed, config.batch_size, persistent=True)
+            source = (batches, val)
         else:
             cut = boundary
             source = (cached[0], cached[1] if val is not None else None)

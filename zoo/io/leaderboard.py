@@ -275,10 +275,7 @@ class Leaderboard:
         if self.budget_cut:
             text += f" (the {self.budget:g} s budget cut the comparison short)"
         if self.refit:
-            text += (
-                "; then retrained on the training and validation images together (refit; a "
-                "blend: each ingredient, then blended as measured)"
-            )
+            text += "; then retrained on the training and validation images together (refit)"
         return text
 
     def to_dict(self) -> dict[str, Any]:

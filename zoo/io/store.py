@@ -371,8 +371,9 @@ def _entry_lock_path(name: str) -> Path:
         return locks_dir() / f"entry-{digest}.lock"
 
 
-#: The descriptors of the locks this process holds (see :func:`_close_held_in_child`).
-_HELD: set[int] = set()
+#: The descriptors of the locks this process holds, each with the token of its holder (see
+#: :func:`_close_held_in_child`).
+_HELD: dict[int, object] = {}
 
 
 def _close_held_in_child() -> None:
@@ -383,7 +384,7 @@ def _close_held_in_child() -> None:
     for fd in _HELD:
         with contextlib.suppress(OSError):
             os.close(fd)
-    _HELD.clear()
+    _HELD.clear()  # the child's holders then leave their descriptor alone
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows (no fork there)
@@ -461,12 +462,13 @@ def _holding(
             )
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
-    _HELD.add(fd)
+    token = _HELD[fd] = object()
     try:
         yield path
     finally:
-        _HELD.discard(fd)
-        os.close(fd)
+        if _HELD.get(fd) is token:  # not in a forked child, where it is closed already
+            del _HELD[fd]
+            os.close(fd)
 
 
 def _remove_if_free(path: Path, *, dry_run: bool) -> bool | None:
