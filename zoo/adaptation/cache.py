@@ -155,19 +155,20 @@ class CachedFeatures:
 
     def loader(self, batch_size: int, *, seed: int | None = None) -> DataLoader:
         """Mini-batches of ``(features, labels)``, indexing whole batches at once: in order
-        without ``seed``; shuffled with it, drawn exactly as a plain ``DataLoader(shuffle=True)``
-        with a generator seeded ``seed`` draws them (same order as zoo's plain loop over the
-        images)."""
+        without ``seed``; shuffled with it, drawn exactly as zoo's plain loop over the images
+        draws them (:func:`~zoo.adaptation.data.make_loader`: a ``RandomSampler`` with a
+        generator seeded ``seed``, the loader's own generator another one)."""
         dataset = TensorDataset(self.features, self.labels)
-        generator = None
         order: Sampler[int] = SequentialSampler(dataset)
         if seed is not None:
             generator = torch.Generator()
             generator.manual_seed(seed)
             order = RandomSampler(dataset, generator=generator)
         sampler = BatchSampler(order, batch_size, drop_last=False)
+        workers_seed = torch.Generator()  # drawn each epoch, as the plain loop's own is
+        workers_seed.manual_seed(0 if seed is None else seed)
         return DataLoader(
-            dataset, batch_size=None, sampler=sampler, generator=generator, collate_fn=_identity
+            dataset, batch_size=None, sampler=sampler, generator=workers_seed, collate_fn=_identity
         )
 
 
