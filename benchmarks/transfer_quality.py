@@ -652,7 +652,8 @@ def print_seed_tables(runs: list[list[Cell]], ladder: list[str]) -> None:
     of compare's pick, compare --blend's pick and auto's pick (mean ± sd); then each policy."""
     print(
         "| cell | best policy (mean test acc) | compare's pick | compare --blend's pick "
-        "| top blend (ranked first) | measured auto's pick | compare within the best's "
+        "| top blend: mean over the seeds with one (seeds where it ranked first) "
+        "| measured auto's pick | compare within the best's "
         "spread? | top blend beats the best? |"
     )
     print("|---|---|---|---|---|---|---|---|")
@@ -667,7 +668,7 @@ def print_seed_tables(runs: list[list[Cell]], ladder: list[str]) -> None:
         auto = [c.auto_accuracy or 0.0 for c in cells]
         within = "yes" if _mean(top) - _mean(compare) <= spread + 1e-9 else "no"
         beats = "—" if not blends else "yes" if _mean(blends) > _mean(top) else "no"
-        first_in = f"{sum(c.blend_first for c in cells)} of {len(cells)} seeds"
+        first_in = f"first in {sum(c.blend_first for c in cells)} of {len(cells)}"
         print(
             f"| {cell_name(first)} | {best} ({mean_sd(top)}) | {_picks(cells, 'compare_pick')} "
             f"({mean_sd(compare)}) | {_picks(cells, 'blend_pick')} ({mean_sd(blend)}) "
