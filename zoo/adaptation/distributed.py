@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ZooError
+from zoo.io.broadcast import broadcast_from_first, default_store
 
 #: How often each rank looks for another rank's failure, and how long a failing rank waits for
 #: the others to read its message before it raises.
@@ -66,8 +67,6 @@ ACK_TIMEOUT_S = 3.0
 FAILURE_GRACE_S = 5.0
 #: Guarded runs in this process: every rank counts its runs alike, so each run's keys are its own.
 _RUNS = itertools.count()
-#: Broadcasts of this process (their store keys: every rank broadcasts in the same order).
-_BROADCASTS = itertools.count()
 
 
 def launched_by_torchrun() -> bool:
@@ -154,31 +153,11 @@ class DistContext:
         return self.sum([1.0 if flag else 0.0])[0] > 0
 
     def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank (a small object: a path, a count, a list of names).
-
-        It goes through the process group's store, not a collective: gloo's worker thread may
-        release a finished broadcast's tensors (Python objects) just after the caller went on,
-        and when the process is already exiting then (a rank whose last collective this was),
-        that thread aborts it ("terminate called without an active exception": seen in 1 of
-        20 runs of ``zoo adapt --shard``). Without a store, ``broadcast_object_list``."""
+        """Rank 0's ``obj`` on every rank (a small object: a path, a count, a list of names),
+        through the process group's store (:mod:`zoo.io.broadcast` says why)."""
         if not self.enabled:
             return obj
-        import pickle
-
-        import torch.distributed as dist
-
-        store = _default_store()
-        if store is None:
-            box = [obj]
-            dist.broadcast_object_list(
-                box, src=0, device=self.device if self.backend == "nccl" else None
-            )
-            return box[0]
-        key = f"zoo/broadcast/{next(_BROADCASTS)}"  # every rank counts its broadcasts alike
-        if self.rank == 0:
-            store.set(key, pickle.dumps(obj))
-            return obj
-        return pickle.loads(store.get(key))  # the run's own rank 0 wrote it
+        return broadcast_from_first(obj, device=self.device if self.backend == "nccl" else None)
 
     def average_buffers(self, module: nn.Module) -> None:
         """Average floating-point buffers (BatchNorm running statistics) over the ranks.
@@ -332,7 +311,7 @@ class FailureChannel:
     @classmethod
     def open(cls, ctx: DistContext) -> FailureChannel | None:
         """The channel of the next guarded run, its watchdog started; None without a store."""
-        store = _default_store()
+        store = default_store()
         if store is None:
             return None
         channel = cls(ctx, store, f"zoo/run{next(_RUNS)}/")
@@ -414,16 +393,6 @@ class FailureChannel:
         self._done.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=2 * FAILURE_POLL_S + 1)
-
-
-def _default_store() -> Any:
-    """The default process group's key-value store (None: none reachable)."""
-    from torch.distributed import distributed_c10d
-
-    try:
-        return distributed_c10d._get_default_store()
-    except (AttributeError, RuntimeError, ValueError):
-        return None
 
 
 def _abort_group() -> None:

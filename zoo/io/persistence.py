@@ -48,6 +48,7 @@ from zoo.errors import (
     ZooError,
 )
 from zoo.io import hub, store
+from zoo.io.broadcast import broadcast_from_first
 from zoo.io.build_args import check_save_kwargs, check_saved_kwargs
 from zoo.io.fileformat import (
     Header,
@@ -550,7 +551,7 @@ def _save_sharded(model: nn.Module, write: Callable[[dict[str, torch.Tensor]], P
             outcome[0] = str(write(state))
         except Exception as exc:
             error, outcome[1] = exc, f"{type(exc).__name__}: {exc}"
-    dist.broadcast_object_list(outcome, src=0)
+    outcome = broadcast_from_first(outcome)  # the store, not a collective: zoo.io.broadcast
     if error is not None:
         raise error
     if outcome[1] is not None:
