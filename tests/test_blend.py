@@ -46,10 +46,20 @@ def test_wise_ft_is_the_start_at_alpha_0_and_the_fine_tuned_weights_at_1(colours
     torch.testing.assert_close(half[weight], (start[weight] + tuned[weight]) / 2)
 
 
-def test_a_blend_that_ranks_first_is_saved_and_loads_like_any_model(colours, capsys):
+@pytest.fixture(scope="module")
+def large_val(tmp_path_factory):
+    """201 validation images (67 per class): at least NOISE_VALIDATION, so no candidate has an
+    interval and a blend that ties the winner on validation ranks first."""
+    from test_data import make_color_folder
+
+    return make_color_folder(tmp_path_factory.mktemp("large_val"), per_class=67, seed=3)
+
+
+def test_a_blend_that_ranks_first_is_saved_and_loads_like_any_model(colours, large_val, capsys):
     # at lr 1e-30 nothing moves: both candidates keep the starting weights, their soup scores
-    # the same, and a tie goes to the blend, so the soup is the model saved
-    argv = ["compare", BACKBONE, "--data", str(colours / "train"), "--val", str(colours / "val"),
+    # the same, and (without intervals: a large validation set) a tie goes to the blend, so
+    # the soup is the model saved
+    argv = ["compare", BACKBONE, "--data", str(colours / "train"), "--val", str(large_val),
             "--scratch", "--image-size", "32", "--batch-size", "8", "--lr", "1e-30",
             "--weight-decay", "0", "--epochs", "2", "--policies", "linear-probe,bitfit",
             "--blend", "--name", "soup", "--json"]  # fmt: skip
@@ -130,9 +140,61 @@ def test_with_ema_blends_average_the_weights_that_were_scored(colours, monkeypat
     assert seen and all(seen)
 
 
-def test_a_blend_that_ranks_first_is_refit_ingredient_by_ingredient(colours, monkeypatch):
-    """With a small validation set compare refits its winner; a blend's refit is each
-    ingredient retrained on the training and validation images, then blended as measured."""
+def test_a_blend_within_the_winners_interval_does_not_replace_it(colours):
+    """On 9 validation images the soup of two unmoved candidates scores what the winner
+    scores, inside its interval: the winner stays the model, the soup ranks second, and a note
+    says why (a blend chosen on a handful of images mostly fits them)."""
+    options = {"policies": "linear-probe,bitfit", "epochs": 2, "lr": 1e-30, "weight_decay": 0}
+    train, val = str(colours / "train"), str(colours / "val")
+    model, _, board = zoo.compare(BACKBONE, train, val, blend=True, **options, **FAST)
+    winner = board.rows[0]
+    assert winner.interval is not None and not winner.policy.startswith("soup(")
+    assert board.rows[1].policy.startswith("soup(")
+    assert board.rows[1].val_acc <= winner.interval[1]
+    assert "blend" not in model.zoo.training or model.zoo.training["blend"] is None
+    assert any(
+        "within" in note and "a blend replaces the winner only above its interval" in note
+        for note in board.notes
+    )
+
+
+def test_a_blend_above_the_winners_interval_replaces_it():
+    """The rule itself, on a leaderboard: a blend scoring above the winner's interval ranks
+    first; the same blend scoring inside it ranks second; with no interval a tie goes to the
+    blend."""
+    from zoo.adaptation.blend import Blend, ranked_with_blends
+    from zoo.io.leaderboard import Leaderboard, LeaderboardRow
+
+    model = zoo.create(BACKBONE, num_classes=3)
+    plan = zoo.plan(zoo.params(model), "train-last:n=1")
+    total = sum(p.numel() for p in model.parameters())
+
+    def board(interval):
+        row = LeaderboardRow(
+            policy="zoo:full", val_acc=0.8, val_loss=0.5, trainable_params=total,
+            trainable_percent=100.0, epochs=2, seconds=1.0, stopped_early=False,
+            interval=interval,
+        )  # fmt: skip
+        return Leaderboard(rows=(row,), epochs=2)
+
+    def soup(acc):
+        return Blend("soup", ("zoo:full", "zoo:train-last:n=1"), None, {}, plan, acc, 0.4, 2, 0.1)
+
+    ranked, won = ranked_with_blends(board((0.7, 0.9)), [soup(0.85)], total, (0.8, 0.5))
+    assert won is None and ranked.rows[0].policy == "zoo:full"
+    ranked, won = ranked_with_blends(board((0.7, 0.9)), [soup(0.95)], total, (0.8, 0.5))
+    assert won is not None and ranked.rows[0].policy.startswith("soup(")
+    assert "above full's interval" in ranked.notes[-1]
+    ranked, won = ranked_with_blends(board(None), [soup(0.8)], total, (0.8, 0.5))
+    assert won is not None and "a tie goes to the blend" in ranked.notes[-1]
+
+
+def test_a_blend_that_ranks_first_is_refit_ingredient_by_ingredient(
+    colours, large_val, monkeypatch
+):
+    """compare refits its winner when asked (by default with a small validation set); a
+    blend's refit is each ingredient retrained on the training and validation images, then
+    blended as measured."""
     import zoo.adaptation.compare as compare
 
     refits: list[tuple[str, int, dict[str, torch.Tensor]]] = []
@@ -145,14 +207,16 @@ def test_a_blend_that_ranks_first_is_refit_ingredient_by_ingredient(colours, mon
 
     monkeypatch.setattr(compare, "_refit", keep)
     options = {"policies": "linear-probe,bitfit", "epochs": 2, "lr": 1e-30, "weight_decay": 0}
-    train, val = str(colours / "train"), str(colours / "val")
-    model, history, board = zoo.compare(BACKBONE, train, val, blend=True, **options, **FAST)
+    train, val = str(colours / "train"), str(large_val)
+    model, history, board = zoo.compare(
+        BACKBONE, train, val, blend=True, refit=True, **options, **FAST
+    )
     record = model.zoo.training["blend"]
     assert board.refit and board.winner.policy.startswith("soup(")  # the tie goes to the blend
     assert [spec for spec, _, _ in refits] == record["ingredients"]
     labelled = history.train_images
     assert labelled == len(list((colours / "train").rglob("*.png"))) + len(
-        list((colours / "val").rglob("*.png"))
+        list(large_val.rglob("*.png"))
     )
     assert all(images == labelled for _, images, _ in refits)
     soup = average([state for _, _, state in refits])

@@ -322,10 +322,15 @@ def ranked_with_blends(
     notes: Sequence[str] = (),
 ) -> tuple[Leaderboard, Blend | None]:
     """``board`` with a row per blend, ranked against its winner, whose ``winner_score`` was
-    measured as the blends' (validation accuracy, then loss; a tie goes to the blend, as
-    averaging runs that share a start is expected to generalize at least as well), right
-    after it or first; returns the board and the blend that now wins (None: the candidate
-    still does)."""
+    measured as the blends' (validation accuracy, then loss), right after it or first; returns
+    the board and the blend that now wins (None: the candidate still does).
+
+    Where the winner has an interval (a small validation set, :func:`zoo.io.leaderboard.
+    interval`), a blend replaces it only with a validation accuracy above the interval's upper
+    end: on 5 to 200 images a blend chosen on them mostly fits them, and one standard error is
+    the resolution of the ranking the winner came from. Without an interval (a large
+    validation set) a tie goes to the blend, as averaging runs that share a start is expected
+    to generalize at least as well."""
     winner = board.rows[0]
     rows = {id(winner): winner}
     of_row = {}
@@ -333,21 +338,39 @@ def ranked_with_blends(
         row = blend.row(total_params)
         rows[id(row)] = row
         of_row[id(row)] = blend
+    high = winner.interval[1] if winner.interval is not None else None
+    within = [b for b in blends if high is not None and b.val_acc <= high]
 
     def key(row: LeaderboardRow) -> tuple:
         acc, loss = (row.val_acc, row.val_loss) if row is not winner else winner_score
-        return *rank_key(acc, loss, 0)[:2], row is winner, row.trainable_params
+        noise = of_row.get(id(row)) in within
+        return noise, *rank_key(acc, loss, 0)[:2], row is winner, row.trainable_params
 
     top = sorted(rows.values(), key=key)
     won = of_row.get(id(top[0]))
+    theirs = f", loss {winner_score[1]:.4g}" if winner_score[1] is not None else ""
+    name = short_policy(winner.policy)
+    held = [b for b in within if _better((b.val_acc, b.val_loss), winner_score)]
+    if held and high is not None:  # blends that would have ranked first without the rule
+        best = max(held, key=lambda b: b.val_acc)
+        notes = [
+            *notes,
+            f"{best.label} scored {best.val_acc:.3f} on validation, within {name}'s interval "
+            f"(up to {high:.3f}): the blends stay below {name} (a blend replaces the winner "
+            "only above its interval)",
+        ]
     if won is not None:
         loss = f", loss {won.val_loss:.4g}" if won.val_loss is not None else ""
-        theirs = f", loss {winner_score[1]:.4g}" if winner_score[1] is not None else ""
+        why = (
+            f"above {name}'s interval (up to {high:.3f})"
+            if high is not None
+            else "a tie goes to the blend"
+        )
         notes = [
             *notes,
             f"{won.label} ranks first and is the model saved: validation accuracy "
-            f"{won.val_acc:.3f}{loss}, against {short_policy(winner.policy)}'s "
-            f"{winner_score[0]:.3f}{theirs} measured the same way (a tie goes to the blend)",
+            f"{won.val_acc:.3f}{loss}, against {name}'s {winner_score[0]:.3f}{theirs} "
+            f"measured the same way ({why})",
         ]
     board = replace(board, rows=(*top, *board.rows[1:]), notes=(*board.notes, *notes))
     return board, won
