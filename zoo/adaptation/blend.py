@@ -6,10 +6,12 @@ value, so any two candidates' weights can be averaged tensor by tensor. Two blen
 (``compare(..., blend=True)``, ``--blend``) become rows of the leaderboard:
 
 * **soup** — a greedy soup (Wortsman et al., *Model soups*, ICML 2022): the candidates in
-  order of their validation score; each one joins the average when the average with it scores
-  at least as well on validation. Averaging runs that share a start is what makes this work on
-  CNNs (Ramé et al., *DiWA*, 2022); candidates that add modules (adapters) are left out, since
-  their tensors have no counterpart in the others.
+  order of their validation score; each one joins the average when the average with it keeps
+  at least the validation accuracy (the paper's rule: the loss is not asked, so on a
+  validation set the candidates fit perfectly a soup can still form). Averaging runs that
+  share a start is what makes this work on CNNs (Ramé et al., *DiWA*, 2022); candidates
+  that add modules (adapters) are left out, since their tensors have no counterpart in the
+  others.
 * **WiSE-FT** (Wortsman et al., *Robust fine-tuning of zero-shot models*, CVPR 2022): the
   weights interpolated between the start and the best candidate that trains more than the
   head, ``(1 - alpha) * start + alpha * tuned``, with ``alpha`` chosen on validation from
@@ -215,13 +217,13 @@ def _soup(pool: Sequence[Candidate], scorer: Scorer) -> Blend | str:
     for cand in pool[1:]:
         trial = [*states, _state(cand)]
         score = scorer(average(trial))
-        if _better(score, best):
+        if score[0] >= best[0]:  # the paper's rule: held-out accuracy, not the loss
             chosen.append(cand)
             states, best = trial, score
     if len(chosen) < 2:
         return (
             f"soup: averaging {short_policy(pool[0].spec)} with any of the next "
-            f"{len(pool) - 1} candidates lowered its validation score: no soup"
+            f"{len(pool) - 1} candidates lowered its validation accuracy: no soup"
             if len(pool) > 1
             else "soup: one candidate to average (blends need two that share a start)"
         )
