@@ -8,6 +8,7 @@ statistics that stay frozen never changed; the parameters unfrozen later did tra
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import pytest
@@ -116,3 +117,46 @@ def test_distributed_true_without_launcher_is_a_clear_error(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(zoo.ZooError, match="torchrun"):
         setup(True)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc/self/task")
+def test_settle_threads_waits_for_a_running_thread_and_returns_once_it_parks():
+    """What zoo does at the exit of a distributed run, before the interpreter finalizes: wait
+    until no other thread is runnable (gloo's workers letting go of finished collectives).
+    A thread compressing without the GIL for the whole look is never quiet; a parked one is."""
+    import threading
+    import zlib
+
+    from zoo.adaptation.distributed import settle_threads
+
+    stop, started = threading.Event(), threading.Event()
+    data = os.urandom(1 << 22)
+
+    def compress() -> None:
+        started.set()
+        while not stop.is_set():
+            zlib.compress(data, 9)  # releases the GIL: runnable all along
+
+    worker = threading.Thread(target=compress)
+    worker.start()
+    started.wait()
+    try:
+        assert settle_threads(timeout_s=0.3) is False
+    finally:
+        stop.set()
+        worker.join()
+    parked = threading.Event()
+    idle = threading.Thread(target=parked.wait)  # blocked: not runnable
+    idle.start()
+    try:
+        assert settle_threads() is True
+    finally:
+        parked.set()
+        idle.join()
+
+
+def test_thread_state_reads_past_a_name_with_spaces_and_parentheses():
+    from zoo.adaptation.distributed import thread_state
+
+    assert thread_state("4242 (python) S 1 4242 4242 0 -1") == "S"
+    assert thread_state("4243 (a) b) (c ) R 1 4242 4242 0 -1") == "R"

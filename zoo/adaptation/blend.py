@@ -37,7 +37,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from zoo.io.leaderboard import Leaderboard, LeaderboardRow, rank_key, short_policy
+from zoo.io.leaderboard import (
+    NOISE_VALIDATION,
+    Leaderboard,
+    LeaderboardRow,
+    rank_key,
+    short_policy,
+    wilson,
+)
 from zoo.plans.plan import Plan
 
 if TYPE_CHECKING:
@@ -322,17 +329,17 @@ def ranked_with_blends(
     total_params: int,
     winner_score: tuple[float, float | None],
     notes: Sequence[str] = (),
+    val_images: int = 0,
 ) -> tuple[Leaderboard, Blend | None]:
     """``board`` with a row per blend, ranked against its winner, whose ``winner_score`` was
-    measured as the blends' (validation accuracy, then loss), right after it or first; returns
-    the board and the blend that now wins (None: the candidate still does).
+    measured as the blends' (validation accuracy, then loss, on the same images), right after
+    it or first; returns the board and the blend that now wins (None: the candidate still does).
 
-    Where the winner has an interval (a small validation set, :func:`zoo.io.leaderboard.
-    interval`), a blend replaces it only with a validation accuracy above the interval's upper
-    end: on 5 to 200 images a blend chosen on them mostly fits them, and one standard error is
-    the resolution of the ranking the winner came from. Without an interval (a large
-    validation set) a tie goes to the blend, as averaging runs that share a start is expected
-    to generalize at least as well."""
+    Below :data:`~zoo.io.leaderboard.NOISE_VALIDATION` validation images (``val_images``) a
+    blend replaces the winner only with an accuracy more than one standard error above the
+    winner's (:func:`noise_margin`): on 5 to 200 images a blend chosen on them mostly fits
+    them. With more (or ``val_images`` 0: unknown) a tie goes to the blend, as averaging runs
+    that share a start is expected to generalize at least as well."""
     winner = board.rows[0]
     rows = {id(winner): winner}
     of_row = {}
@@ -340,32 +347,35 @@ def ranked_with_blends(
         row = blend.row(total_params)
         rows[id(row)] = row
         of_row[id(row)] = blend
-    high = winner.interval[1] if winner.interval is not None else None
-    within = [b for b in blends if high is not None and b.val_acc <= high]
+    margin = noise_margin(winner, winner_score[0], val_images)
+    bar = winner_score[0] + margin if margin is not None else None
+    held = {id(b) for b in blends if bar is not None and b.val_acc <= bar}
 
     def key(row: LeaderboardRow) -> tuple:
         acc, loss = (row.val_acc, row.val_loss) if row is not winner else winner_score
-        noise = of_row.get(id(row)) in within
-        return noise, *rank_key(acc, loss, 0)[:2], row is winner, row.trainable_params
+        blend = of_row.get(id(row))
+        held_back = blend is not None and id(blend) in held
+        return held_back, *rank_key(acc, loss, 0)[:2], row is winner, row.trainable_params
 
     top = sorted(rows.values(), key=key)
     won = of_row.get(id(top[0]))
     theirs = f", loss {winner_score[1]:.4g}" if winner_score[1] is not None else ""
     name = short_policy(winner.policy)
-    held = [b for b in within if _better((b.val_acc, b.val_loss), winner_score)]
-    if held and high is not None:  # blends that would have ranked first without the rule
-        best = max(held, key=lambda b: b.val_acc)
+    would = [b for b in blends if id(b) in held and _better((b.val_acc, b.val_loss), winner_score)]
+    if won is None and would and bar is not None:  # what would have ranked first on a tie rule
+        best = max(would, key=lambda b: b.val_acc)
         notes = [
             *notes,
-            f"{best.label} scored {best.val_acc:.3f} on validation, within {name}'s interval "
-            f"(up to {high:.3f}): the blends stay below {name} (a blend replaces the winner "
-            "only above its interval)",
+            f"{best.label} scored {best.val_acc:.3f} on validation against {name}'s "
+            f"{winner_score[0]:.3f}{theirs}: not more than one standard error ({margin:.3f}) "
+            f"above it, so {name} stays the model (below {NOISE_VALIDATION} validation images a "
+            "blend must score above that to replace the winner)",
         ]
     if won is not None:
         loss = f", loss {won.val_loss:.4g}" if won.val_loss is not None else ""
         why = (
-            f"above {name}'s interval (up to {high:.3f})"
-            if high is not None
+            f"more than one standard error ({margin:.3f}) above it"
+            if margin is not None
             else "a tie goes to the blend"
         )
         notes = [
@@ -376,3 +386,14 @@ def ranked_with_blends(
         ]
     board = replace(board, rows=(*top, *board.rows[1:]), notes=(*board.notes, *notes))
     return board, won
+
+
+def noise_margin(winner: LeaderboardRow, accuracy: float, val_images: int) -> float | None:
+    """One standard error of the winner's validation accuracy, the margin a blend must clear
+    to replace it below :data:`~zoo.io.leaderboard.NOISE_VALIDATION` validation images: half
+    the width of the winner's interval (its repeated splits, when it has one), else of
+    Wilson's interval of ``accuracy`` on ``val_images``. None with more images (no margin)."""
+    if not 0 < val_images < NOISE_VALIDATION:
+        return None
+    low, high = winner.interval if winner.interval is not None else wilson(accuracy, val_images)
+    return (high - low) / 2

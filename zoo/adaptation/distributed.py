@@ -275,6 +275,8 @@ def setup(
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
         owns = True
     backend = dist.get_backend()
+    if "gloo" in str(backend):
+        settle_threads_at_exit()
     if device is None and backend == "gloo":
         dev = torch.device("cpu")
     else:
@@ -418,6 +420,84 @@ def end_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+#: How long :func:`settle_threads` waits at most, and how often it looks.
+SETTLE_TIMEOUT_S = 2.0
+SETTLE_POLL_S = 0.005
+#: Quiet looks in a row that count as settled (20 ms: a woken thread gets a CPU in that time
+#: even on a loaded machine).
+SETTLE_LOOKS = 4
+_SETTLE_REGISTERED = False
+
+
+def settle_threads(timeout_s: float = SETTLE_TIMEOUT_S) -> bool:
+    """Wait until no other thread of this process is runnable, as seen :data:`SETTLE_LOOKS`
+    times in a row after sleeping (so with the GIL released), or ``timeout_s``; True when they
+    settled.
+
+    Why: a gloo worker thread may still hold a finished collective's work — and with it tensors
+    whose Python objects only it keeps alive — for a moment after the caller's ``wait`` returned.
+    If the process is already finalizing when the thread lets go, freeing those objects takes
+    the GIL, Python 3.11 ends the thread with ``pthread_exit`` inside a C++ destructor, and the
+    process aborts ("terminate called without an active exception"; pytorch issue 190489, open
+    in torch 2.14). A sharded model keeps its process group alive past
+    ``destroy_process_group``, so the threads outlive any ending zoo or the caller can do;
+    letting them finish before finalization is what is left. It is a heuristic that makes the
+    abort rare, not impossible: a thread waiting for the GIL sleeps (``S``) while this one
+    holds it and becomes runnable when the sleep here hands it over, so quiet looks in a row
+    mostly mean the workers are parked. Reads ``/proc/self/task``; elsewhere returns True at
+    once."""
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return True
+    me = threading.get_native_id()
+    quiet = 0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(SETTLE_POLL_S)  # releases the GIL: a thread waiting for it goes on
+        quiet = quiet + 1 if not _runnable_threads(tasks, me) else 0
+        if quiet == SETTLE_LOOKS:
+            return True
+    return False
+
+
+def _runnable_threads(tasks: str, me: int) -> bool:
+    """Whether a thread of this process other than ``me`` is running or waiting for a CPU."""
+    try:
+        tids = os.listdir(tasks)
+    except OSError:
+        return False
+    for tid in tids:
+        if int(tid) == me:
+            continue
+        try:
+            with open(f"{tasks}/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if thread_state(stat) == "R":
+            return True
+    return False
+
+
+def thread_state(stat: str) -> str:
+    """The state letter of a ``/proc/PID/task/TID/stat`` line (``R`` running or runnable,
+    ``S`` sleeping, ...): the field after the name, which is in parentheses and may itself
+    hold spaces and parentheses, so the last ``)`` ends it."""
+    return stat.rpartition(")")[2].split()[0]
+
+
+def settle_threads_at_exit() -> None:
+    """Run :func:`settle_threads` when the interpreter exits, before it finalizes (``atexit``);
+    once per process. zoo's distributed runs on gloo register it, so a script that trains
+    through ``zoo.adapt`` under torchrun and then simply ends rarely aborts in gloo's threads."""
+    global _SETTLE_REGISTERED
+    if not _SETTLE_REGISTERED:
+        import atexit
+
+        atexit.register(settle_threads)
+        _SETTLE_REGISTERED = True
 
 
 def shard_by_depth(model: nn.Module, depths: Sequence[tuple[int, str]]) -> int:

@@ -827,7 +827,7 @@ def compare_candidates(
         ranked = sorted(outcome.candidates, key=lambda c: (c is not winner, -c.epochs_run, c.score))
         blends, more, score = blend_candidates(model, ranked, shared.loaders()[1][1], ctx)
         outcome.leaderboard, outcome.blend = ranked_with_blends(
-            outcome.leaderboard, blends, winner.total_params, score, more
+            outcome.leaderboard, blends, winner.total_params, score, more, images[0]
         )
     return outcome
 
