@@ -217,9 +217,13 @@ def _rng_tensors(generators: list[torch.Generator]) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def seed_python_rngs(seed: int) -> None:
-    """Seed python's ``random`` (timm's augmentations draw from it) and numpy's global RNG,
-    so that a run with a fixed seed is repeatable, as ``torch.manual_seed`` does for torch."""
+def seed_rngs(seed: int) -> None:
+    """Seed torch's generator, python's ``random`` (timm's augmentations draw from it) and
+    numpy's global RNG, as at the start of a run, so that a run with a fixed seed is
+    repeatable."""
+    import torch
+
+    torch.manual_seed(seed)
     random.seed(seed)
     with contextlib.suppress(ImportError):
         import numpy as np

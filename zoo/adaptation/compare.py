@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from zoo.adaptation.blend import blended, load_blend
 from zoo.adaptation.candidates import check_policy, plan_candidates
-from zoo.adaptation.checkpoint import seed_python_rngs
+from zoo.adaptation.checkpoint import seed_rngs
 from zoo.adaptation.compare_plot import check_plot_available, check_plot_path, write_plot
 from zoo.adaptation.config import TrainConfig, signature
 from zoo.adaptation.fit import fit, refit_config, refit_data
@@ -250,11 +250,8 @@ def _refit(job: Run, model: nn.Module, cand: Candidate) -> History:
     """``cand``'s policy trained on ``model`` at its rate, for its epochs, on every labelled
     image (with the candidates' augmentation: none unless asked for), the random generators
     seeded as at the start of a run: the refit trains as if nothing had run before it."""
-    import torch
-
     data, config = job.data, job.config
-    torch.manual_seed(config.seed)
-    seed_python_rngs(config.seed)
+    seed_rngs(config.seed)
     return fit(
         job,
         model,

@@ -22,10 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
-from zoo.adaptation.checkpoint import Checkpointer, run_config, seed_python_rngs
+from zoo.adaptation.checkpoint import Checkpointer, run_config, seed_rngs
 from zoo.adaptation.compare import (
     auto_ladder,
     auto_note,
@@ -309,8 +308,7 @@ def _decide_auto(job: Run, model: nn.Module, keeper: Checkpointer) -> _Decision:
     winner = outcome.winner
     refit = {"lr_factor": winner.lr_factor, "epochs": winner.epochs_run}
     keeper.auto = {"policy": winner.spec, "note": note[: checks.MAX_TEXT], **refit}
-    torch.manual_seed(config.seed)  # the refit trains as if nothing had run before it
-    seed_python_rngs(config.seed)
+    seed_rngs(config.seed)  # the refit trains as if nothing had run before it
     return _Decision(winner.spec, {}, [note], refit=refit, board=board)
 
 

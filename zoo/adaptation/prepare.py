@@ -19,11 +19,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from zoo.adaptation.cache import max_cache_bytes
-from zoo.adaptation.checkpoint import seed_python_rngs
+from zoo.adaptation.checkpoint import seed_rngs
 from zoo.adaptation.data import check_auto_augment, input_config_of, with_overrides
 from zoo.adaptation.distributed import DistContext, is_sharded, setup
 from zoo.adaptation.history import AdaptCallback, History
@@ -123,8 +122,7 @@ class Run:
             seed=config.seed,
             on_corrupt=config.on_corrupt,
         )
-        torch.manual_seed(config.seed)
-        seed_python_rngs(config.seed)  # timm's augmentations draw from `random`
+        seed_rngs(config.seed)
         model = build_model(
             self.point,
             self.data.classes,
